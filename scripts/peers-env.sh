@@ -1,0 +1,11 @@
+# shellcheck shell=bash
+# Source this file from bash:  . scripts/peers-env.sh
+# Exports the absolute paths of the test peers that scripts/peers.sh installs
+# under <repo>/.peers/. It installs nothing and does not check that they
+# exist: run scripts/peers.sh first.
+_kisum_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+export KISUM_KUBERNETES_VALIDATE="$_kisum_root/.peers/venv-kv/bin/kubernetes-validate"
+export KISUM_CHECKOV="$_kisum_root/.peers/venv-checkov/bin/checkov"
+
+unset _kisum_root

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Installs the test peers kisumctl's test suite needs, into <repo>/.peers/.
+#
+#   scripts/peers.sh            # idempotent; a re-run with everything present
+#                               # makes no network call and takes well under 1 s
+#   . scripts/peers-env.sh      # exports KISUM_* paths to the installed tools
+#
+# What it installs (see /work/shared/TESTING.md for why each one):
+#   .peers/venv-kv       PyPI kubernetes-validate  (schemas, `--strict -k 1.33.0`)
+#   .peers/venv-checkov  PyPI checkov              (own venv: it downgrades boto3)
+# Debian packages go through ensure_apt, which installs only what is missing.
+#
+# Environment:
+#   KISUM_PYTHON   interpreter used to create the venvs (default: first of
+#                  python3, /usr/bin/python3 that can create a venv)
+#
+# All progress goes to stderr; stdout stays empty. Exit 0 on success; on a
+# failure, the message names the package and the command to retry, and the
+# full installer output is in .peers/logs/.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS="$ROOT/.peers"
+LOGS="$PEERS/logs"
+SELF="scripts/peers.sh"
+
+# Pinned versions. Changing a pin makes the next run rebuild that venv.
+KUBERNETES_VALIDATE_SPEC="kubernetes-validate==1.37.0"
+CHECKOV_SPEC="checkov==3.3.30"
+
+say() { printf 'peers: %s\n' "$*" >&2; }
+die() { printf 'peers: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- apt ------
+APT_UPDATED=0
+
+apt_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run: $* (no sudo found)"
+    fi
+}
+
+# ensure_apt PKG...: installs the Debian packages that are not installed yet.
+# Runs `apt-get update` at most once per invocation, and only if something
+# has to be installed.
+ensure_apt() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        apt_installed "$pkg" || missing+=("$pkg")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+
+    mkdir -p "$LOGS"
+    local log="$LOGS/apt.log"
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        say "apt-get update"
+        if ! as_root apt-get update >>"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            die "apt-get update failed (log: $log); retry: apt-get update && bash $ROOT/$SELF"
+        fi
+        APT_UPDATED=1
+    fi
+    say "apt-get install ${missing[*]}"
+    if ! as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q "${missing[@]}" >>"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "apt package(s) '${missing[*]}' failed to install (log: $log); retry: apt-get install -y ${missing[*]} && bash $ROOT/$SELF"
+    fi
+}
+
+# ------------------------------------------------------------- python ------
+PYTHON=""
+
+# Sets PYTHON to an interpreter that can create a venv with pip in it.
+# Called only when a venv has to be built, so a no-op re-run never pays for it.
+# Default: `python3` on PATH (pyenv's CPython 3.11 on these machines), else
+# Debian's /usr/bin/python3, whose venv support is the python3-venv package.
+pick_python() {
+    [[ -n $PYTHON ]] && return 0
+    local c exe
+    if [[ -n ${KISUM_PYTHON:-} ]]; then
+        "$KISUM_PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+            || die "KISUM_PYTHON=$KISUM_PYTHON cannot create a venv (no venv/ensurepip module)"
+        PYTHON="$KISUM_PYTHON"
+        return 0
+    fi
+    for c in python3 /usr/bin/python3; do
+        command -v "$c" >/dev/null 2>&1 || continue
+        exe=$("$c" -c 'import sys; print(sys.executable)' 2>/dev/null) || continue
+        [[ -n $exe ]] || continue
+        if [[ $exe == /usr/bin/* ]]; then
+            # Debian's python imports ensurepip fine but cannot run it
+            # without python3-venv.
+            ensure_apt python3-venv
+        elif ! "$exe" -c 'import venv, ensurepip' 2>/dev/null; then
+            continue
+        fi
+        PYTHON="$exe"
+        return 0
+    done
+    die "no python3 found; retry: apt-get install -y python3 python3-venv && bash $ROOT/$SELF"
+}
+
+# ensure_venv DIR SPEC BIN: makes sure DIR is a venv with SPEC installed and
+# DIR/bin/BIN present. The fast path checks a stamp file and the binary only:
+# no interpreter start, no pip, no network.
+ensure_venv() {
+    local dir="$1" spec="$2" bin="$3"
+    local name stamp log
+    name="$(basename "$dir")"
+    stamp="$dir/.kisum-spec"
+    # bin/python is a symlink to the base interpreter: -e also catches a venv
+    # whose interpreter has gone away.
+    if [[ -x "$dir/bin/$bin" && -e "$dir/bin/python" && -f "$stamp" \
+            && "$(<"$stamp")" == "$spec" ]]; then
+        return 0
+    fi
+
+    pick_python
+    mkdir -p "$LOGS"
+    log="$LOGS/$name.log"
+    : >"$log"
+    local retry="bash $ROOT/$SELF"
+
+    # A venv without a matching stamp is half-built or out of date: start over.
+    rm -rf "$dir"
+    say "$name: creating venv ($("$PYTHON" -c 'import platform; print(platform.python_version())') at $PYTHON)"
+    if ! "$PYTHON" -m venv "$dir" >>"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        rm -rf "$dir"
+        die "$name: could not create the venv (log: $log); retry: $retry"
+    fi
+
+    local t0=$SECONDS
+    say "$name: pip install $spec"
+    if ! "$dir/bin/python" -m pip install --disable-pip-version-check --no-input \
+            --progress-bar off "$spec" >>"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        rm -rf "$dir"
+        die "$name: pip install '$spec' failed (log: $log); retry: $retry"
+    fi
+    if [[ ! -x "$dir/bin/$bin" ]]; then
+        rm -rf "$dir"
+        die "$name: '$spec' installed but $dir/bin/$bin is missing; retry: $retry"
+    fi
+    printf '%s' "$spec" >"$stamp"
+    say "$name: ok ($((SECONDS - t0)) s)"
+}
+
+# --------------------------------------------------------------- main ------
+main() {
+    mkdir -p "$PEERS"
+
+    # Two runs at once (say, parallel CI steps) would build the same venv twice.
+    if command -v flock >/dev/null 2>&1; then
+        exec 9>"$PEERS/.lock"
+        flock 9
+    fi
+
+    ensure_venv "$PEERS/venv-kv" "$KUBERNETES_VALIDATE_SPEC" kubernetes-validate
+    ensure_venv "$PEERS/venv-checkov" "$CHECKOV_SPEC" checkov
+
+    # Debian packages, when the tests need them:
+    # ensure_apt postgresql redis-server pebble
+
+    # kubectl (benchmarks only) is expected on the machine; not installed here.
+    command -v kubectl >/dev/null 2>&1 || say "note: kubectl not on PATH (only benchmarks use it)"
+
+    say "all peers present in $PEERS"
+}
+
+# Sourcing this file (`. scripts/peers.sh`) defines ensure_apt and friends
+# without installing anything.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

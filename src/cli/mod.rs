@@ -1,0 +1,90 @@
+//! Command-line parsing and dispatch. Each command lives in its own file:
+//! it parses its arguments, calls the library modules, and prints.
+
+// mod inventory;
+mod output;
+// mod render;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use output::OutputFormat;
+
+/// Exit codes, the same for every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Everything checked is fine.
+    Clean = 0,
+    /// A check failed: rule violations, stale manifests.
+    CheckFailed = 1,
+    /// The input cannot be used: malformed matrix, bad arguments.
+    UnusableInput = 2,
+    /// An operation failed while applying changes.
+    OperationFailed = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Infrastructure as code and operations for the Kisum platform.
+///
+/// Every command reads the environment matrix (`environments/`), the single
+/// source of truth about the platform. Exit codes: 0 clean, 1 a check
+/// failed, 2 unusable input or arguments, 3 an operation failed.
+#[derive(Debug, Parser)]
+#[command(name = "kisumctl", version, max_term_width = 100)]
+pub struct Cli {
+    /// Directory of the environment matrix.
+    #[arg(long, global = true, env = "KISUM_MATRIX", default_value = "environments")]
+    matrix: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Validate(validate::Args),
+//    Render(render::Args),
+//    Inventory(inventory::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { Exit::UnusableInput } else { Exit::Clean }.into();
+        }
+    };
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&cli.matrix, args),
+//        Command::Render(args) => render::run(&cli.matrix, args),
+//        Command::Inventory(args) => inventory::run(&cli.matrix, args),
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            Exit::OperationFailed.into()
+        }
+    }
+}
+
+/// Loads the matrix, printing input errors; `Err(exit)` when unusable.
+fn load_matrix(dir: &std::path::Path) -> Result<crate::matrix::Matrix, Exit> {
+    crate::matrix::Matrix::load(dir).map_err(|errors| {
+        for error in &errors.0 {
+            eprintln!("error: {error}");
+        }
+        eprintln!("the matrix in {} cannot be used (exit 2)", dir.display());
+        Exit::UnusableInput
+    })
+}

@@ -1,0 +1,10 @@
+//! The environment matrix: the single source of truth about the platform.
+
+pub mod index;
+pub mod load;
+pub mod model;
+pub mod rules;
+pub mod schema;
+
+pub use load::{InputError, InputErrors};
+pub use model::{ConfigValue, Environment, Matrix, ResolvedService};

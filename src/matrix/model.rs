@@ -1,0 +1,505 @@
+//! The matrix after loading: references checked, and one environment's
+//! view resolved from the base plus that environment's file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::load::{InputError, InputErrors, Loaded, Source, load_dir, suggest};
+use super::schema::{
+    BaseFile, ConfigEntry, Database, DatabaseDeployment, Engine, EnvironmentFile, Frontend,
+    Resources, SecretBackend, Service,
+};
+
+/// The four environments every matrix must define.
+pub const REQUIRED_ENVIRONMENTS: [&str; 4] = ["local", "dev", "staging", "production"];
+
+/// The target name that stands for the platform's Redis in `egress`.
+pub const REDIS: &str = "redis";
+
+/// A loaded matrix whose cross references all resolve.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    pub loaded: Loaded,
+}
+
+impl Matrix {
+    pub fn load(dir: &Path) -> Result<Matrix, InputErrors> {
+        let loaded = load_dir(dir)?;
+        let errors = check_references(&loaded);
+        if !errors.is_empty() {
+            return Err(InputErrors(errors));
+        }
+        let matrix = Matrix { loaded };
+        let mut errors = Vec::new();
+        for name in matrix.environment_names() {
+            if let Err(mut more) = matrix.environment(name) {
+                errors.append(&mut more.0);
+            }
+        }
+        if errors.is_empty() { Ok(matrix) } else { Err(InputErrors(errors)) }
+    }
+
+    pub fn base(&self) -> &BaseFile {
+        &self.loaded.base
+    }
+
+    pub fn base_source(&self) -> &Source {
+        &self.loaded.base_source
+    }
+
+    pub fn environment_names(&self) -> impl Iterator<Item = &str> {
+        self.loaded.environments.keys().map(String::as_str)
+    }
+
+    /// The resolved view of one environment.
+    pub fn environment(&self, name: &str) -> Result<Environment<'_>, InputErrors> {
+        let Some((env_name, (file, source))) = self.loaded.environments.get_key_value(name) else {
+            let known: Vec<&str> = self.environment_names().collect();
+            return Err(InputErrors(vec![InputError {
+                file: self.loaded.dir.join(format!("{name}.yaml")),
+                position: None,
+                field: String::new(),
+                message: format!("no environment `{name}` in the matrix"),
+                hint: suggest(name, &known)
+                    .map(|best| format!("did you mean `{best}`?"))
+                    .or_else(|| Some(format!("known environments: {}", known.join(", ")))),
+            }]));
+        };
+        Environment::resolve(self, env_name, file, source)
+    }
+}
+
+/// A configuration value as a service receives it in one environment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum ConfigValue {
+    Plain { value: String },
+    /// Injected from the secret named `secret` (inventory key), key `key`.
+    Secret { secret: String, key: String },
+    /// Optional and not set in this environment.
+    Unset,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedService<'m> {
+    pub id: &'m str,
+    pub spec: &'m Service,
+    pub host: String,
+    pub replicas: u32,
+    pub max_replicas: u32,
+    pub resources: &'m Resources,
+    pub image: String,
+    pub config: BTreeMap<&'m str, ConfigValue>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedFrontend<'m> {
+    pub id: &'m str,
+    pub spec: &'m Frontend,
+    pub host: String,
+}
+
+/// One environment: base facts with this environment's values applied.
+#[derive(Debug, Clone)]
+pub struct Environment<'m> {
+    pub name: &'m str,
+    pub base: &'m BaseFile,
+    pub file: &'m EnvironmentFile,
+    pub source: &'m Source,
+    pub base_source: &'m Source,
+    pub services: BTreeMap<&'m str, ResolvedService<'m>>,
+    pub frontends: BTreeMap<&'m str, ResolvedFrontend<'m>>,
+}
+
+impl<'m> Environment<'m> {
+    fn resolve(
+        matrix: &'m Matrix,
+        name: &'m str,
+        file: &'m EnvironmentFile,
+        source: &'m Source,
+    ) -> Result<Self, InputErrors> {
+        let base = matrix.base();
+        let mut errors = Vec::new();
+        let mut hosts = BTreeMap::new();
+        for (id, service) in &base.services {
+            let path = format!("services.{id}.host");
+            let explicit = file.services.get(id).and_then(|o| o.host.clone());
+            match explicit.map_or_else(|| derive_host(base, file, &service.host, &service.zone), Ok) {
+                Ok(host) => {
+                    hosts.insert(id.as_str(), host);
+                }
+                Err(message) => errors.push(error_at(matrix.base_source(), &path, message)),
+            }
+        }
+        for (id, frontend) in &base.frontends {
+            let path = format!("frontends.{id}.host");
+            let explicit = file.frontends.get(id).and_then(|o| o.host.clone());
+            match explicit
+                .map_or_else(|| derive_host(base, file, &frontend.host, &frontend.zone), Ok)
+            {
+                Ok(host) => {
+                    hosts.insert(id.as_str(), host);
+                }
+                Err(message) => errors.push(error_at(matrix.base_source(), &path, message)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(InputErrors(errors));
+        }
+
+        let shared = template_context(base, file, name, &hosts);
+        let mut services = BTreeMap::new();
+        for (id, spec) in &base.services {
+            let local = file.services.get(id).cloned().unwrap_or_default();
+            let mut context = shared.clone();
+            context.insert("service", id);
+            context.insert("ports", &spec.ports);
+            let mut config = BTreeMap::new();
+            let entries = base.common_config.iter().chain(&spec.config);
+            for (key, entry) in entries {
+                let value = match resolve_config(key, entry, local.config.get(key), &context) {
+                    Ok(value) => value,
+                    Err(message) => {
+                        let (source, field) = if local.config.contains_key(key) {
+                            (source, format!("services.{id}.config.{key}"))
+                        } else if spec.config.contains_key(key) {
+                            (matrix.base_source(), format!("services.{id}.config.{key}.value"))
+                        } else {
+                            (matrix.base_source(), format!("common-config.{key}.value"))
+                        };
+                        errors.push(error_at(source, &field, message));
+                        continue;
+                    }
+                };
+                config.insert(key.as_str(), value);
+            }
+            let image = match &local.image_tag {
+                Some(tag) if tag.starts_with("sha256:") => {
+                    format!("{}/{}@{tag}", base.platform.image_registry, spec.image)
+                }
+                Some(tag) => format!("{}/{}:{tag}", base.platform.image_registry, spec.image),
+                None => format!("{}/{}:latest", base.platform.image_registry, spec.image),
+            };
+            services.insert(
+                id.as_str(),
+                ResolvedService {
+                    id,
+                    spec,
+                    host: hosts[id.as_str()].clone(),
+                    replicas: local
+                        .replicas
+                        .or(file.scale.map(|scale| scale.replicas))
+                        .unwrap_or(spec.replicas),
+                    max_replicas: local
+                        .max_replicas
+                        .or(file.scale.map(|scale| scale.max_replicas))
+                        .unwrap_or(spec.max_replicas),
+                    resources: file
+                        .services
+                        .get(id)
+                        .and_then(|o| o.resources.as_ref())
+                        .unwrap_or(&spec.resources),
+                    image,
+                    config,
+                },
+            );
+        }
+        if !errors.is_empty() {
+            return Err(InputErrors(errors));
+        }
+        let frontends = base
+            .frontends
+            .iter()
+            .map(|(id, spec)| {
+                let host = hosts[id.as_str()].clone();
+                (id.as_str(), ResolvedFrontend { id, spec, host })
+            })
+            .collect();
+        Ok(Environment {
+            name,
+            base,
+            file,
+            source,
+            base_source: matrix.base_source(),
+            services,
+            frontends,
+        })
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.file.tier == super::schema::Tier::Production
+    }
+
+    /// Databases whose engine is decided, with their deployment here.
+    pub fn deployed_databases(
+        &self,
+    ) -> impl Iterator<Item = (&'m str, &'m Database, Option<&'m DatabaseDeployment>)> {
+        let file = self.file;
+        self.base
+            .databases
+            .iter()
+            .filter(|(_, db)| db.engine != Engine::Undecided)
+            .map(move |(id, db)| (id.as_str(), db, file.databases.get(id)))
+    }
+
+    /// Where a secret of the inventory lives in this environment.
+    pub fn secret_location(&self, secret: &str) -> String {
+        match &self.file.secrets {
+            SecretBackend::LocalFiles { path } => format!("file:{path}/{secret}"),
+            SecretBackend::AwsSecretsManager {
+                account,
+                region,
+                prefix,
+            } => format!("aws:{account}:{region}:{prefix}{secret}"),
+        }
+    }
+
+    /// Every public host name of this environment: services and frontends.
+    pub fn public_hosts(&self) -> Vec<(String, &'m str)> {
+        let mut hosts: Vec<(String, &str)> = self
+            .services
+            .values()
+            .filter(|s| s.spec.exposure == super::schema::Exposure::Public)
+            .map(|s| (s.host.clone(), s.id))
+            .chain(self.frontends.values().map(|f| (f.host.clone(), f.id)))
+            .collect();
+        hosts.sort();
+        hosts
+    }
+
+    /// Locates a field: in the environment file when written there,
+    /// otherwise in the base file.
+    pub fn locate(&self, field: &str) -> (&'m Source, Option<super::index::Position>) {
+        if self.source.has(field) {
+            (self.source, self.source.locate(field))
+        } else {
+            (self.base_source, self.base_source.locate(field))
+        }
+    }
+}
+
+/// `auth.kisum.io` in zone `kisum.io`, suffix `-staging`: `auth-staging.kisum.io`.
+fn derive_host(
+    base: &BaseFile,
+    file: &EnvironmentFile,
+    production_host: &str,
+    zone: &str,
+) -> Result<String, String> {
+    let domain = &base.dns.zones[zone].domain;
+    let Some(label) = production_host.strip_suffix(&format!(".{domain}")) else {
+        return Err(format!(
+            "host `{production_host}` is not inside its zone `{zone}` ({domain})"
+        ));
+    };
+    let (first, rest) = match label.split_once('.') {
+        Some((first, rest)) => (first, format!(".{rest}")),
+        None => (label, String::new()),
+    };
+    let domain = file.dns.domain_overrides.get(zone).unwrap_or(domain);
+    Ok(format!("{first}{}{rest}.{domain}", file.dns.host_suffix))
+}
+
+fn template_context(
+    base: &BaseFile,
+    file: &EnvironmentFile,
+    name: &str,
+    hosts: &BTreeMap<&str, String>,
+) -> tera::Context {
+    let mut context = tera::Context::new();
+    context.insert("environment", name);
+    context.insert("namespace", &file.namespace);
+    context.insert("hosts", hosts);
+    context.insert("tokens", &base.tokens);
+    let urls: BTreeMap<&str, String> = base
+        .services
+        .iter()
+        .map(|(id, s)| {
+            let url = format!("http://{id}.{}.svc:{}", file.namespace, s.ports.http);
+            (id.as_str(), url)
+        })
+        .collect();
+    let internal_urls: BTreeMap<&str, String> = base
+        .services
+        .iter()
+        .map(|(id, s)| {
+            let url = format!("http://{id}.{}.svc:{}", file.namespace, s.ports.internal);
+            (id.as_str(), url)
+        })
+        .collect();
+    context.insert("urls", &urls);
+    context.insert("internal_urls", &internal_urls);
+    context
+}
+
+fn resolve_config(
+    variable: &str,
+    entry: &ConfigEntry,
+    local: Option<&String>,
+    context: &tera::Context,
+) -> Result<ConfigValue, String> {
+    if let Some(secret) = &entry.secret {
+        return Ok(ConfigValue::Secret {
+            secret: secret.clone(),
+            key: entry.secret_key.clone().unwrap_or_else(|| variable.to_string()),
+        });
+    }
+    let Some(template) = local.or(entry.value.as_ref()) else {
+        return Ok(ConfigValue::Unset);
+    };
+    let tera = tera::Tera::default();
+    tera.render_str(template, context, false)
+        .map(|value| ConfigValue::Plain { value })
+        .map_err(|error| format!("cannot expand the value template: {error}"))
+}
+
+fn error_at(source: &Source, field: &str, message: String) -> InputError {
+    InputError {
+        file: source.path.clone(),
+        position: source.locate(field),
+        field: field.to_string(),
+        message,
+        hint: None,
+    }
+}
+
+/// Every name a reference points at must exist; reported with a hint.
+fn check_references(loaded: &Loaded) -> Vec<InputError> {
+    let base = &loaded.base;
+    let src = &loaded.base_source;
+    let mut errors = Vec::new();
+    let services: Vec<&str> = base.services.keys().map(String::as_str).collect();
+    let databases: Vec<&str> = base.databases.keys().map(String::as_str).collect();
+    let secrets: Vec<&str> = base.secrets.keys().map(String::as_str).collect();
+    let zones: Vec<&str> = base.dns.zones.keys().map(String::as_str).collect();
+    let frontends: Vec<&str> = base.frontends.keys().map(String::as_str).collect();
+    let targets: Vec<&str> = services
+        .iter()
+        .chain(&databases)
+        .copied()
+        .chain(std::iter::once(REDIS))
+        .chain(base.externals.keys().map(String::as_str))
+        .collect();
+    let mut check = |source: &Source, field: String, name: &str, kind: &str, known: &[&str]| {
+        if known.contains(&name) {
+            return;
+        }
+        errors.push(InputError {
+            file: source.path.clone(),
+            position: source.locate(&field),
+            message: format!("unknown {kind} `{name}`"),
+            hint: suggest(name, known).map(|best| format!("did you mean `{best}`?")),
+            field,
+        });
+    };
+
+    for (id, service) in &base.services {
+        check(src, format!("services.{id}.zone"), &service.zone, "zone", &zones);
+        if let Some(db) = &service.database {
+            check(src, format!("services.{id}.database"), db, "database", &databases);
+        }
+        for (n, target) in service.egress.iter().enumerate() {
+            check(src, format!("services.{id}.egress.{n}"), target, "egress target", &targets);
+        }
+        for (key, entry) in &service.config {
+            let field = format!("services.{id}.config.{key}");
+            if let Some(secret) = &entry.secret {
+                check(src, format!("{field}.secret"), secret, "secret", &secrets);
+            }
+        }
+    }
+    for (key, entry) in &base.common_config {
+        if let Some(secret) = &entry.secret {
+            let field = format!("common-config.{key}.secret");
+            check(src, field, secret, "secret", &secrets);
+        }
+    }
+    for (id, frontend) in &base.frontends {
+        check(src, format!("frontends.{id}.zone"), &frontend.zone, "zone", &zones);
+        for (n, callee) in frontend.calls.iter().enumerate() {
+            check(src, format!("frontends.{id}.calls.{n}"), callee, "service", &services);
+        }
+    }
+    for (caller, allowed) in &base.traffic {
+        check(src, format!("traffic.{caller}"), caller, "service", &services);
+        for (n, target) in allowed.iter().enumerate() {
+            check(src, format!("traffic.{caller}.{n}"), target, "traffic target", &targets);
+        }
+    }
+    for (id, db) in &base.databases {
+        check(src, format!("databases.{id}.owner"), &db.owner, "service", &services);
+        check(src, format!("databases.{id}.credentials"), &db.credentials, "secret", &secrets);
+    }
+    for (id, family) in &base.redis.key_families {
+        let field = format!("redis.key-families.{id}.owner");
+        check(src, field, &family.owner, "service", &services);
+    }
+    let verifiers: Vec<&str> = targets.clone();
+    for (id, secret) in &base.secrets {
+        for (n, verifier) in secret.verified_by.iter().enumerate() {
+            let field = format!("secrets.{id}.verified-by.{n}");
+            check(src, field, verifier, "service or database", &verifiers);
+        }
+    }
+    for (env, (file, source)) in &loaded.environments {
+        let _ = env;
+        for (id, local) in &file.services {
+            check(source, format!("services.{id}"), id, "service", &services);
+            let Some(service) = base.services.get(id) else { continue };
+            let keys: Vec<&str> = base
+                .common_config
+                .keys()
+                .chain(service.config.keys())
+                .map(String::as_str)
+                .collect();
+            for key in local.config.keys() {
+                let field = format!("services.{id}.config.{key}");
+                check(source, field, key, "config key", &keys);
+            }
+        }
+        for id in file.frontends.keys() {
+            check(source, format!("frontends.{id}"), id, "frontend", &frontends);
+        }
+        for id in file.databases.keys() {
+            check(source, format!("databases.{id}"), id, "database", &databases);
+        }
+        for zone in file.dns.domain_overrides.keys() {
+            check(source, format!("dns.domain-overrides.{zone}"), zone, "zone", &zones);
+        }
+    }
+    errors.extend(config_entry_shape(loaded));
+    errors
+}
+
+/// A config entry is a plain value or a secret reference, never both.
+fn config_entry_shape(loaded: &Loaded) -> Vec<InputError> {
+    let mut errors = Vec::new();
+    let common = loaded.base.common_config.iter().map(|(k, e)| ("common-config".to_string(), k, e));
+    let per_service = loaded.base.services.iter().flat_map(|(id, service)| {
+        service.config.iter().map(move |(k, e)| (format!("services.{id}.config"), k, e))
+    });
+    for (prefix, key, entry) in common.chain(per_service) {
+        {
+            if entry.value.is_some() && entry.secret.is_some() {
+                let field = format!("{prefix}.{key}");
+                errors.push(InputError {
+                    file: loaded.base_source.path.clone(),
+                    position: loaded.base_source.locate(&field),
+                    message: "has both `value` and `secret`".into(),
+                    hint: Some("a secret is never written inline: keep only `secret`".into()),
+                    field,
+                });
+            }
+            if entry.secret_key.is_some() && entry.secret.is_none() {
+                let field = format!("{prefix}.{key}.secret-key");
+                errors.push(InputError {
+                    file: loaded.base_source.path.clone(),
+                    position: loaded.base_source.locate(&field),
+                    message: "`secret-key` without `secret`".into(),
+                    hint: None,
+                    field,
+                });
+            }
+        }
+    }
+    errors
+}

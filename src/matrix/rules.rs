@@ -1,0 +1,1314 @@
+//! The checks of `kisumctl validate`: the plan's security review (section
+//! 27) and component checklists (section 28), as far as the matrix alone
+//! can answer them. Every rule has a stable id; findings point at the file,
+//! line and field that must change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::index::Position;
+use super::load::Source;
+use super::model::{ConfigValue, Environment, Matrix, REDIS, REQUIRED_ENVIRONMENTS};
+use super::schema::{
+    Engine, Exposure, Generation, RedisPersistence, RedisUse, SecretBackend, SecretCategory,
+    Tier, TlsMode,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+/// One rule of `validate`.
+pub struct Rule {
+    pub id: &'static str,
+    pub level: Level,
+    /// Plan sections the rule comes from.
+    pub sections: &'static str,
+    pub summary: &'static str,
+    check: fn(&Context) -> Vec<Finding>,
+}
+
+/// One thing a rule found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub level: Level,
+    /// `None` for findings about the base file as a whole.
+    pub environment: Option<String>,
+    pub file: PathBuf,
+    pub position: Option<Position>,
+    pub field: String,
+    pub message: String,
+}
+
+/// What the rules look at: the matrix and every environment resolved.
+pub struct Context<'m> {
+    pub matrix: &'m Matrix,
+    pub environments: Vec<Environment<'m>>,
+}
+
+impl<'m> Context<'m> {
+    pub fn new(matrix: &'m Matrix) -> Self {
+        let environments = matrix
+            .environment_names()
+            .filter_map(|name| matrix.environment(name).ok())
+            .collect();
+        Context {
+            matrix,
+            environments,
+        }
+    }
+
+    fn base_finding(&self, field: &str, message: String) -> Finding {
+        at(self.matrix.base_source(), None, field, message)
+    }
+}
+
+fn at(source: &Source, environment: Option<&str>, field: &str, message: String) -> Finding {
+    Finding {
+        rule: "",
+        level: Level::Error,
+        environment: environment.map(str::to_string),
+        file: source.path.clone(),
+        position: source.locate(field),
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// A finding about `field` of one environment: placed in the environment
+/// file when the field is written there, else in the base file.
+fn in_env(env: &Environment, field: &str, message: String) -> Finding {
+    let (source, position) = env.locate(field);
+    Finding {
+        rule: "",
+        level: Level::Error,
+        environment: Some(env.name.to_string()),
+        file: source.path.clone(),
+        position,
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// Runs every rule; findings sorted by level, rule, file and line.
+pub fn check(matrix: &Matrix) -> Vec<Finding> {
+    let context = Context::new(matrix);
+    let mut findings = Vec::new();
+    for rule in RULES {
+        for mut finding in (rule.check)(&context) {
+            finding.rule = rule.id;
+            finding.level = rule.level;
+            findings.push(finding);
+        }
+    }
+    findings.sort_by(|a, b| {
+        (a.level, a.rule, &a.file, a.position.map(|p| p.line), &a.field)
+            .cmp(&(b.level, b.rule, &b.file, b.position.map(|p| p.line), &b.field))
+    });
+    findings.dedup_by(|a, b| a.rule == b.rule && a.file == b.file && a.field == b.field);
+    findings
+}
+
+pub fn rule(id: &str) -> Option<&'static Rule> {
+    RULES.iter().find(|rule| rule.id == id)
+}
+
+pub static RULES: &[Rule] = &[
+    Rule {
+        id: "required-environments",
+        level: Level::Error,
+        sections: "3",
+        summary: "local, dev, staging and production exist; only production has the production tier",
+        check: required_environments,
+    },
+    Rule {
+        id: "core-internal",
+        level: Level::Error,
+        sections: "2.2, 6.2, 27",
+        summary: "Platform Core is internal-only and its name lives only in a private zone",
+        check: core_internal,
+    },
+    Rule {
+        id: "internal-host-private",
+        level: Level::Error,
+        sections: "4.1, 6.1",
+        summary: "internal services use private zones; public services use public zones",
+        check: internal_host_private,
+    },
+    Rule {
+        id: "data-private",
+        level: Level::Error,
+        sections: "6.1, 6.4, 27",
+        summary: "databases and Redis never accept public traffic and require TLS outside local",
+        check: data_private,
+    },
+    Rule {
+        id: "public-tls",
+        level: Level::Error,
+        sections: "5.1, 27, 28.9",
+        summary: "every public host has TLS, from ACME wherever DNS is managed",
+        check: public_tls,
+    },
+    Rule {
+        id: "dns-separation",
+        level: Level::Error,
+        sections: "4.3, 27",
+        summary: "no host name is shared between environments or between two services",
+        check: dns_separation,
+    },
+    Rule {
+        id: "secret-separation",
+        level: Level::Error,
+        sections: "12.2, 27",
+        summary: "no secret location is shared between production and non-production",
+        check: secret_separation,
+    },
+    Rule {
+        id: "secret-account-separation",
+        level: Level::Warning,
+        sections: "12.2, 27",
+        summary: "production secrets live in an AWS account no other environment uses",
+        check: secret_account_separation,
+    },
+    Rule {
+        id: "no-inline-secret",
+        level: Level::Error,
+        sections: "12.2, 13.1, 27",
+        summary: "secret-bearing settings are secret references, never values in the matrix",
+        check: no_inline_secret,
+    },
+    Rule {
+        id: "db-credential-unshared",
+        level: Level::Error,
+        sections: "9.1, 10.2, 12.2",
+        summary: "each database or Redis credential is used by one service, its owner",
+        check: db_credential_unshared,
+    },
+    Rule {
+        id: "egress-in-traffic-matrix",
+        level: Level::Error,
+        sections: "6.4",
+        summary: "each service calls only what its row of the traffic matrix allows",
+        check: egress_in_traffic_matrix,
+    },
+    Rule {
+        id: "data-owner-only",
+        level: Level::Error,
+        sections: "6.4, 8, 11",
+        summary: "a database is reached only by its owner, Redis only by services that use it",
+        check: data_owner_only,
+    },
+    Rule {
+        id: "core-callers",
+        level: Level::Error,
+        sections: "6.2, 16.3",
+        summary: "only Auth and Admin call Platform Core, and Core calls no one inside",
+        check: core_callers,
+    },
+    Rule {
+        id: "service-auth",
+        level: Level::Error,
+        sections: "12.4, 16, 27",
+        summary: "every internal call carries a credential the callee verifies",
+        check: service_auth,
+    },
+    Rule {
+        id: "jwt-keys",
+        level: Level::Error,
+        sections: "12.3, 27, 28.1",
+        summary: "the JWT key set is an RSA key set with kids, read only by Auth",
+        check: jwt_keys,
+    },
+    Rule {
+        id: "health-endpoints",
+        level: Level::Error,
+        sections: "15.1",
+        summary: "every service exposes /health and /ready",
+        check: health_endpoints,
+    },
+    Rule {
+        id: "backups-complete",
+        level: Level::Error,
+        sections: "9.4, 10.3, 22, 23.1",
+        summary: "every stateful database has backups, retention, a drill and RPO/RTO it can meet",
+        check: backups_complete,
+    },
+    Rule {
+        id: "restore-order",
+        level: Level::Error,
+        sections: "22.4",
+        summary: "restore priorities are unique and follow Auth, Core, Redis, Main, Finance",
+        check: restore_order,
+    },
+    Rule {
+        id: "production-backups",
+        level: Level::Error,
+        sections: "3.4, 27, 28.1",
+        summary: "production has backups on and a deployment for every decided database",
+        check: production_backups,
+    },
+    Rule {
+        id: "production-alerts",
+        level: Level::Error,
+        sections: "3.3, 3.4, 27",
+        summary: "production and staging have metrics, alerts and access logs on",
+        check: production_alerts,
+    },
+    Rule {
+        id: "mandatory-alerts",
+        level: Level::Error,
+        sections: "20.5",
+        summary: "every alert of section 20.5 is defined with a threshold",
+        check: mandatory_alerts,
+    },
+    Rule {
+        id: "redis-policy",
+        level: Level::Error,
+        sections: "11.3, 11.4, 11.5, 28.8",
+        summary: "Redis persistence is documented, memory is bounded, key families and TTLs follow 11.4/11.5",
+        check: redis_policy,
+    },
+    Rule {
+        id: "upstream-timeouts",
+        level: Level::Error,
+        sections: "17.4",
+        summary: "timeouts are set, connect <= read, and AI allows longer than Auth",
+        check: upstream_timeouts,
+    },
+    Rule {
+        id: "tls-policy",
+        level: Level::Error,
+        sections: "5.3, 5.4",
+        summary: "renewal starts before the expiry alert; HSTS lasts at least 180 days",
+        check: tls_policy,
+    },
+    Rule {
+        id: "unique-ports",
+        level: Level::Error,
+        sections: "7.3",
+        summary: "every service has its own HTTP and internal ports",
+        check: unique_ports,
+    },
+    Rule {
+        id: "scaling",
+        level: Level::Error,
+        sections: "24",
+        summary: "1 <= replicas <= max-replicas; requests do not exceed limits",
+        check: scaling,
+    },
+    Rule {
+        id: "production-redundancy",
+        level: Level::Warning,
+        sections: "3.4, 24.2",
+        summary: "production runs at least two instances of every service",
+        check: production_redundancy,
+    },
+    Rule {
+        id: "image-tagged",
+        level: Level::Error,
+        sections: "7.3, 14",
+        summary: "outside local, every service image has an explicit tag or digest",
+        check: image_tagged,
+    },
+    Rule {
+        id: "frontend-headers",
+        level: Level::Error,
+        sections: "5.4",
+        summary: "frontends have a Content-Security-Policy that forbids framing",
+        check: frontend_headers,
+    },
+    Rule {
+        id: "unused-secret",
+        level: Level::Warning,
+        sections: "12.1, 29",
+        summary: "every secret of the inventory is read by a service or by kisumctl",
+        check: unused_secret,
+    },
+    Rule {
+        id: "backup-encryption",
+        level: Level::Warning,
+        sections: "9.4",
+        summary: "production backups are encrypted with age recipients from the matrix",
+        check: backup_encryption,
+    },
+    Rule {
+        id: "assumption-path",
+        level: Level::Error,
+        sections: "29",
+        summary: "every assumption points at a value that exists",
+        check: assumption_path,
+    },
+    Rule {
+        id: "open-decision",
+        level: Level::Warning,
+        sections: "8.6, 8.7",
+        summary: "a question the plan leaves open; undecided engines must be listed",
+        check: open_decision,
+    },
+];
+
+/// Plan knowledge: deployment units that must never be public (2.2).
+const INTERNAL_ONLY_UNITS: [&str; 1] = ["platform-core-backend"];
+
+/// Plan knowledge: the services allowed to call Platform Core (6.2).
+const CORE_CALLERS: [&str; 2] = ["auth", "platform-admin"];
+
+/// Plan knowledge: alerts every environment with alerting must have (20.5).
+const MANDATORY_ALERTS: [&str; 10] = [
+    "service-down",
+    "readiness-failing",
+    "database-unavailable",
+    "redis-unavailable",
+    "elevated-5xx",
+    "elevated-login-failures",
+    "auth-denial-spike",
+    "slow-access-aggregation",
+    "certificate-expiry",
+    "backup-failure",
+];
+
+/// Plan knowledge: the Redis key design of section 11.4.
+const REDIS_KEY_PATTERNS: [&str; 6] = [
+    "access:{companyId}:{membershipId}:{accessVersion}:{entitlementVersion}",
+    "session:{sessionId}",
+    "revoked:session:{sessionId}",
+    "ratelimit:login:ip:{ip}",
+    "ratelimit:login:email:{email}",
+    "company-map:{raw-x-org}",
+];
+
+fn required_environments(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let names: BTreeSet<&str> = cx.matrix.environment_names().collect();
+    for required in REQUIRED_ENVIRONMENTS {
+        if !names.contains(required) {
+            let message = format!("no `{required}.yaml`: the plan requires {required} (section 3)");
+            findings.push(cx.base_finding("", message));
+        }
+    }
+    for env in &cx.environments {
+        let production_name = env.name == "production";
+        if env.is_production() != production_name {
+            let message = if production_name {
+                "production must have `tier: production`".to_string()
+            } else {
+                format!("`{}` has the production tier; only production may", env.name)
+            };
+            findings.push(in_env(env, "tier", message));
+        }
+    }
+    findings
+}
+
+fn core_internal(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (id, service) in &cx.matrix.base().services {
+        if INTERNAL_ONLY_UNITS.contains(&service.unit.as_str()) && service.exposure != Exposure::Internal
+        {
+            let message = format!("{} must be internal-only, not public", service.title);
+            findings.push(cx.base_finding(&format!("services.{id}.exposure"), message));
+        }
+    }
+    findings
+}
+
+fn internal_host_private(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for (id, service) in &base.services {
+        let Some(zone) = base.dns.zones.get(&service.zone) else { continue };
+        let wanted = match service.exposure {
+            Exposure::Internal => super::schema::Visibility::Private,
+            Exposure::Public => super::schema::Visibility::Public,
+        };
+        if zone.visibility != wanted {
+            let message = format!(
+                "{:?} service in {:?} zone `{}`",
+                service.exposure, zone.visibility, service.zone
+            )
+            .to_lowercase();
+            findings.push(cx.base_finding(&format!("services.{id}.zone"), message));
+        }
+    }
+    for (id, frontend) in &base.frontends {
+        let Some(zone) = base.dns.zones.get(&frontend.zone) else { continue };
+        if zone.visibility != super::schema::Visibility::Public {
+            let message = format!("frontend in private zone `{}`", frontend.zone);
+            findings.push(cx.base_finding(&format!("frontends.{id}.zone"), message));
+        }
+    }
+    findings
+}
+
+fn data_private(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for env in &cx.environments {
+        let local = env.name == "local";
+        for (id, deployment) in &env.file.databases {
+            if deployment.publicly_accessible {
+                let field = format!("databases.{id}.publicly-accessible");
+                findings.push(in_env(env, &field, "database open to public traffic".into()));
+            }
+            if !deployment.tls_required && !local {
+                let field = format!("databases.{id}.tls-required");
+                findings.push(in_env(env, &field, "database connections without TLS".into()));
+            }
+        }
+        if env.file.redis.publicly_accessible {
+            let field = "redis.publicly-accessible";
+            findings.push(in_env(env, field, "Redis open to public traffic".into()));
+        }
+        if !env.file.redis.tls_required && !local {
+            findings.push(in_env(env, "redis.tls-required", "Redis connections without TLS".into()));
+        }
+    }
+    findings
+}
+
+fn public_tls(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for env in &cx.environments {
+        let hosts = env.public_hosts();
+        if hosts.is_empty() {
+            continue;
+        }
+        let listed = hosts.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ");
+        if env.file.tls.mode == TlsMode::Disabled {
+            findings.push(in_env(env, "tls.mode", format!("public hosts without TLS: {listed}")));
+        } else if env.file.dns.managed && env.file.tls.mode != TlsMode::Acme {
+            let message = "public DNS is managed here, so certificates must come from ACME, \
+                           not a private CA browsers do not trust";
+            findings.push(in_env(env, "tls.mode", message.into()));
+        }
+    }
+    findings
+}
+
+fn dns_separation(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut owners: BTreeMap<String, (&str, &str)> = BTreeMap::new();
+    for env in &cx.environments {
+        let services = env.services.values().map(|s| (s.host.clone(), s.id, "services"));
+        let frontends = env.frontends.values().map(|f| (f.host.clone(), f.id, "frontends"));
+        for (host, id, kind) in services.chain(frontends) {
+            let field = format!("{kind}.{id}.host");
+            if let Some((other_env, other_id)) = owners.get(&host) {
+                let message = format!("`{host}` is also the host of {other_id} in {other_env}");
+                findings.push(in_env(env, &field, message));
+            } else {
+                owners.insert(host, (env.name, id));
+            }
+        }
+    }
+    findings
+}
+
+fn secret_separation(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let Some(production) = cx.environments.iter().find(|env| env.is_production()) else {
+        return findings;
+    };
+    let secrets = &cx.matrix.base().secrets;
+    let production_locations: BTreeSet<String> =
+        secrets.keys().map(|id| production.secret_location(id)).collect();
+    for env in cx.environments.iter().filter(|env| !env.is_production()) {
+        let shared: Vec<&String> = secrets
+            .keys()
+            .filter(|id| production_locations.contains(&env.secret_location(id)))
+            .collect();
+        if !shared.is_empty() {
+            let names = shared.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+            let message = format!("reads the same secrets as production: {names}");
+            findings.push(in_env(env, "secrets", message));
+        }
+    }
+    findings
+}
+
+fn secret_account_separation(cx: &Context) -> Vec<Finding> {
+    let account = |env: &Environment| match &env.file.secrets {
+        SecretBackend::AwsSecretsManager { account, .. } => Some(account.clone()),
+        SecretBackend::LocalFiles { .. } => None,
+    };
+    let mut findings = Vec::new();
+    let Some(production) = cx.environments.iter().find(|env| env.is_production()) else {
+        return findings;
+    };
+    let Some(production_account) = account(production) else {
+        let message = "production secrets are local files, not a secret manager".into();
+        return vec![in_env(production, "secrets.backend", message)];
+    };
+    for env in cx.environments.iter().filter(|env| !env.is_production()) {
+        if account(env).as_deref() == Some(production_account.as_str()) {
+            let message = format!("uses production's AWS account {production_account}");
+            findings.push(in_env(env, "secrets.account", message));
+        }
+    }
+    findings
+}
+
+/// Whether a variable name says it carries a credential.
+pub fn is_secret_name(key: &str) -> bool {
+    const MARKERS: [&str; 9] = [
+        "PASSWORD",
+        "SECRET",
+        "TOKEN",
+        "PRIVATE_KEY",
+        "API_KEY",
+        "CREDENTIAL",
+        "DB_URL",
+        "DATABASE_URL",
+        "REDIS_URL",
+    ];
+    let upper = key.to_ascii_uppercase();
+    let is_ttl = upper.ends_with("_TTL");
+    !is_ttl
+        && (MARKERS.iter().any(|marker| upper.contains(marker))
+            || upper.ends_with("_KEY")
+            || upper.starts_with("INTERNAL_CALLER_"))
+}
+
+/// Whether a value looks like a credential whatever its name.
+pub fn looks_like_secret_value(value: &str) -> bool {
+    let userinfo = value
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .is_some_and(|authority| authority.contains('@'));
+    userinfo || value.contains("-----BEGIN") || value.starts_with("AKIA")
+}
+
+fn no_inline_secret(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let base = cx.matrix.base();
+    let common = base.common_config.iter().map(|(k, e)| (format!("common-config.{k}"), k, e));
+    let per_service = base.services.iter().flat_map(|(id, service)| {
+        service.config.iter().map(move |(k, e)| (format!("services.{id}.config.{k}"), k, e))
+    });
+    for (field, key, entry) in common.chain(per_service) {
+        if let Some(value) = &entry.value {
+            if is_secret_name(key) || looks_like_secret_value(value) {
+                let message = format!("`{key}` carries a credential: use `secret:`, not `value:`");
+                findings.push(cx.base_finding(&format!("{field}.value"), message));
+            }
+        } else if entry.secret.is_none() && is_secret_name(key) && entry.required {
+            let message = format!("`{key}` is a required credential with no `secret:` reference");
+            findings.push(cx.base_finding(&field, message));
+        }
+    }
+    for env in &cx.environments {
+        for (id, local) in &env.file.services {
+            for (key, value) in &local.config {
+                let service = &base.services[id];
+                let is_secret_entry = base
+                    .common_config
+                    .get(key)
+                    .or_else(|| service.config.get(key))
+                    .is_some_and(|entry| entry.secret.is_some());
+                if is_secret_entry || is_secret_name(key) || looks_like_secret_value(value) {
+                    let field = format!("services.{id}.config.{key}");
+                    let message =
+                        format!("`{key}` is set inline; credentials come only from the secret backend");
+                    findings.push(in_env(env, &field, message));
+                }
+            }
+        }
+    }
+    findings
+}
+
+fn db_credential_unshared(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    let Some(env) = cx.environments.first() else { return findings };
+    let mut readers: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    for service in env.services.values() {
+        for (key, value) in &service.config {
+            if let ConfigValue::Secret { secret, .. } = value {
+                readers.entry(secret.as_str()).or_default().push((service.id, key));
+            }
+        }
+    }
+    for (secret_id, secret) in &base.secrets {
+        let credential = matches!(
+            secret.category,
+            SecretCategory::DatabaseCredential | SecretCategory::RedisCredential
+        );
+        let users = readers.get(secret_id.as_str()).cloned().unwrap_or_default();
+        let distinct: BTreeSet<&str> = users.iter().map(|(service, _)| *service).collect();
+        if credential && distinct.len() > 1 {
+            let names = distinct.iter().copied().collect::<Vec<_>>().join(", ");
+            let message = format!("credential `{secret_id}` is shared by {names}");
+            findings.push(cx.base_finding(&format!("secrets.{secret_id}"), message));
+        }
+    }
+    for (db_id, db) in &base.databases {
+        for (service, key) in readers.get(db.credentials.as_str()).cloned().unwrap_or_default() {
+            if service != db.owner {
+                let message = format!(
+                    "reads `{}`, the credential of {db_id} owned by {}",
+                    db.credentials, db.owner
+                );
+                findings.push(cx.base_finding(&format!("services.{service}.config.{key}"), message));
+            }
+        }
+    }
+    for (id, service) in &base.services {
+        let Some(db_id) = &service.database else { continue };
+        let own = &base.databases[db_id].credentials;
+        for (key, entry) in &service.config {
+            let Some(secret) = &entry.secret else { continue };
+            let category = base.secrets.get(secret).map(|s| s.category);
+            if category == Some(SecretCategory::DatabaseCredential) && secret != own {
+                let message = format!("reads `{secret}`, but its database {db_id} uses `{own}`");
+                findings.push(cx.base_finding(&format!("services.{id}.config.{key}"), message));
+            }
+        }
+    }
+    findings
+}
+
+fn egress_in_traffic_matrix(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for (id, service) in &base.services {
+        let Some(allowed) = base.traffic.get(id) else {
+            let message = format!("{id} has no row in the traffic matrix");
+            findings.push(cx.base_finding(&format!("services.{id}.egress"), message));
+            continue;
+        };
+        for (n, target) in service.egress.iter().enumerate() {
+            if !allowed.contains(target) {
+                let message = format!("{id} -> {target} is not allowed by the traffic matrix");
+                findings.push(cx.base_finding(&format!("services.{id}.egress.{n}"), message));
+            }
+        }
+    }
+    findings
+}
+
+fn data_owner_only(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for (id, service) in &base.services {
+        for (n, target) in service.egress.iter().enumerate() {
+            let field = format!("services.{id}.egress.{n}");
+            if let Some(db) = base.databases.get(target)
+                && db.owner != *id
+            {
+                let message = format!("{id} reaches {target}, which belongs to {}", db.owner);
+                findings.push(cx.base_finding(&field, message));
+            }
+            if target == REDIS && service.redis == RedisUse::None {
+                let message = format!("{id} reaches Redis but declares `redis: none`");
+                findings.push(cx.base_finding(&field, message));
+            }
+        }
+        if let Some(db) = &service.database
+            && !service.egress.contains(db)
+        {
+            let message = format!("{id} owns {db} but has no egress to it");
+            findings.push(cx.base_finding(&format!("services.{id}.egress"), message));
+        }
+        if service.redis != RedisUse::None && !service.egress.iter().any(|t| t == REDIS) {
+            let message = format!("{id} uses Redis but has no egress to it");
+            findings.push(cx.base_finding(&format!("services.{id}.egress"), message));
+        }
+        if let Some(db) = &service.database
+            && base.databases.get(db).is_some_and(|d| d.owner != *id)
+        {
+            let message = format!("{id} names {db} as its database, but {db} belongs to another service");
+            findings.push(cx.base_finding(&format!("services.{id}.database"), message));
+        }
+    }
+    findings
+}
+
+fn core_callers(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    let core_ids: Vec<&str> = base
+        .services
+        .iter()
+        .filter(|(_, s)| INTERNAL_ONLY_UNITS.contains(&s.unit.as_str()))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    for (id, service) in &base.services {
+        for (n, target) in service.egress.iter().enumerate() {
+            let field = format!("services.{id}.egress.{n}");
+            if core_ids.contains(&target.as_str()) && !CORE_CALLERS.contains(&id.as_str()) {
+                let message = format!("{id} calls Platform Core; only Auth and Admin may");
+                findings.push(cx.base_finding(&field, message));
+            }
+            if core_ids.contains(&id.as_str()) && base.services.contains_key(target) {
+                let message = format!("Platform Core calls {target}; Core calls no other service");
+                findings.push(cx.base_finding(&field, message));
+            }
+        }
+    }
+    findings
+}
+
+fn service_auth(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for (caller, service) in &base.services {
+        for (n, callee) in service.egress.iter().enumerate() {
+            let Some(callee_service) = base.services.get(callee) else { continue };
+            let field = format!("services.{caller}.egress.{n}");
+            let presented: Vec<&String> = service
+                .config
+                .values()
+                .filter_map(|e| e.secret.as_ref())
+                .filter(|s| {
+                    base.secrets.get(*s).is_some_and(|secret| {
+                        secret.category == SecretCategory::InternalServiceCredential
+                            && secret.verified_by.contains(callee)
+                    })
+                })
+                .collect();
+            let Some(credential) = presented.first() else {
+                let message = format!("{caller} calls {callee} without an internal credential {callee} verifies");
+                findings.push(cx.base_finding(&field, message));
+                continue;
+            };
+            let verified = callee_service
+                .config
+                .values()
+                .chain(base.common_config.values())
+                .any(|e| e.secret.as_ref() == Some(*credential));
+            if !verified {
+                let message = format!("{callee} does not read `{credential}`, so it cannot verify {caller}");
+                findings.push(cx.base_finding(&format!("services.{callee}.config"), message));
+            }
+        }
+    }
+    findings
+}
+
+fn jwt_keys(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    let signing: Vec<(&String, &super::schema::Secret)> = base
+        .secrets
+        .iter()
+        .filter(|(_, s)| s.category == SecretCategory::JwtSigningKey)
+        .collect();
+    if signing.is_empty() {
+        findings.push(cx.base_finding("secrets", "no secret of category jwt-signing-key".into()));
+    }
+    for (id, secret) in &signing {
+        if secret.generate != Generation::RsaKeySet {
+            let field = format!("secrets.{id}.generate");
+            findings.push(cx.base_finding(&field, "JWT keys must be an rsa-key-set (kid rotation)".into()));
+        }
+        if secret.rotation_days > 365 {
+            let field = format!("secrets.{id}.rotation-days");
+            findings.push(cx.base_finding(&field, "JWT keys must rotate at least yearly".into()));
+        }
+        for (service_id, service) in &base.services {
+            for (key, entry) in &service.config {
+                if entry.secret.as_ref() == Some(*id) && base.services[service_id].unit != "auth-backend"
+                {
+                    let field = format!("services.{service_id}.config.{key}");
+                    let message = format!("{service_id} reads the private signing keys; only Auth may");
+                    findings.push(cx.base_finding(&field, message));
+                }
+            }
+        }
+    }
+    findings
+}
+
+fn health_endpoints(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (id, service) in &cx.matrix.base().services {
+        if service.health.liveness != "/health" {
+            let field = format!("services.{id}.health.liveness");
+            findings.push(cx.base_finding(&field, "liveness must be /health".into()));
+        }
+        if service.health.readiness != "/ready" {
+            let field = format!("services.{id}.health.readiness");
+            findings.push(cx.base_finding(&field, "readiness must be /ready".into()));
+        }
+    }
+    findings
+}
+
+/// The shortest interval between runs of a simple cron schedule, in
+/// minutes, or an error for what is not a five-field cron expression.
+pub fn cron_interval_minutes(schedule: &str) -> Result<u32, String> {
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!("`{schedule}` is not a five-field cron expression"));
+    }
+    let valid = |field: &str| {
+        field
+            .split(',')
+            .all(|part| part.split(['/', '-']).all(|n| n == "*" || n.parse::<u32>().is_ok()))
+    };
+    if let Some(bad) = fields.iter().find(|field| !valid(field)) {
+        return Err(format!("`{bad}` in `{schedule}` is not a cron field"));
+    }
+    let step = |field: &str, unit: u32, span: u32| match field.split_once("*/") {
+        Some((_, n)) => n.parse::<u32>().map(|n| n * unit).unwrap_or(span),
+        None if field == "*" => unit,
+        None => span,
+    };
+    let minutes = step(fields[0], 1, 60);
+    let hours = step(fields[1], 60, 1440);
+    let days = if fields[2] == "*" && fields[4] == "*" { 1440 } else { 10080 };
+    Ok(if fields[0] == "*" || fields[0].starts_with("*/") {
+        minutes
+    } else if fields[1] == "*" || fields[1].starts_with("*/") {
+        hours
+    } else {
+        days
+    })
+}
+
+fn backups_complete(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for (id, db) in &base.databases {
+        let field = |name: &str| format!("databases.{id}.{name}");
+        for (name, schedule) in [
+            ("backup.schedule", &db.backup.schedule),
+            ("backup.drill-schedule", &db.backup.drill_schedule),
+        ] {
+            if let Err(message) = cron_interval_minutes(schedule) {
+                findings.push(cx.base_finding(&field(name), message));
+            }
+        }
+        if db.backup.retention_days == 0 {
+            findings.push(cx.base_finding(&field("backup.retention-days"), "no retention".into()));
+        }
+        if db.rpo_minutes == 0 || db.rto_minutes == 0 {
+            let message = "RPO and RTO must be positive targets".into();
+            findings.push(cx.base_finding(&field("rpo-minutes"), message));
+        }
+        if let Ok(interval) = cron_interval_minutes(&db.backup.schedule)
+            && interval > db.rpo_minutes
+            && !db.backup.point_in_time_recovery
+        {
+            let message = format!(
+                "backups every {interval} min cannot meet an RPO of {} min without point-in-time recovery",
+                db.rpo_minutes
+            );
+            findings.push(cx.base_finding(&field("rpo-minutes"), message));
+        }
+    }
+    for env in &cx.environments {
+        for (id, _, deployment) in env.deployed_databases() {
+            if let Some(d) = deployment
+                && d.retention_days == Some(0)
+            {
+                let field = format!("databases.{id}.retention-days");
+                findings.push(in_env(env, &field, "no retention".into()));
+            }
+        }
+    }
+    findings
+}
+
+fn restore_order(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    let mut seen: BTreeMap<u8, String> = BTreeMap::new();
+    seen.insert(base.redis.restore_priority, "redis".into());
+    for (id, db) in &base.databases {
+        if let Some(other) = seen.insert(db.restore_priority, id.clone()) {
+            let message = format!("restore priority {} is also {other}'s", db.restore_priority);
+            findings.push(cx.base_finding(&format!("databases.{id}.restore-priority"), message));
+        }
+    }
+    // Section 22.4: Auth DB, Core DB, Redis, Basic/Main DB, Finance DB, others.
+    let priority_of_owner = |unit: &str| {
+        base.databases
+            .iter()
+            .find(|(_, db)| base.services.get(&db.owner).is_some_and(|s| s.unit == unit))
+            .map(|(id, db)| (id.clone(), db.restore_priority))
+    };
+    let mut chain: Vec<(String, u8)> = Vec::new();
+    for unit in ["auth-backend", "platform-core-backend"] {
+        chain.extend(priority_of_owner(unit));
+    }
+    chain.push(("redis".into(), base.redis.restore_priority));
+    for unit in ["basic-backend", "finance-backend"] {
+        chain.extend(priority_of_owner(unit));
+    }
+    let others_min = base
+        .databases
+        .iter()
+        .filter(|(id, _)| !chain.iter().any(|(c, _)| c == *id))
+        .map(|(id, db)| (id.clone(), db.restore_priority))
+        .min_by_key(|(_, p)| *p);
+    chain.extend(others_min);
+    for pair in chain.windows(2) {
+        if pair[0].1 >= pair[1].1 {
+            let field = if pair[1].0 == "redis" {
+                "redis.restore-priority".to_string()
+            } else {
+                format!("databases.{}.restore-priority", pair[1].0)
+            };
+            let message = format!("{} must be restored after {} (section 22.4)", pair[1].0, pair[0].0);
+            findings.push(cx.base_finding(&field, message));
+        }
+    }
+    findings
+}
+
+fn production_backups(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for env in cx.environments.iter().filter(|env| env.is_production()) {
+        if !env.file.backups.enabled {
+            findings.push(in_env(env, "backups.enabled", "production backups are off".into()));
+        }
+        for (id, _, deployment) in env.deployed_databases() {
+            if deployment.is_none() {
+                let message = format!("no deployment for {id}, so nothing can back it up");
+                findings.push(in_env(env, "databases", message));
+            }
+        }
+    }
+    findings
+}
+
+fn production_alerts(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for env in &cx.environments {
+        if !(env.is_production() || env.name == "staging") {
+            continue;
+        }
+        let monitoring = &env.file.monitoring;
+        for (field, on) in [
+            ("monitoring.metrics", monitoring.metrics),
+            ("monitoring.alerts", monitoring.alerts),
+            ("monitoring.access-logs", monitoring.access_logs),
+        ] {
+            if !on {
+                findings.push(in_env(env, field, format!("{} must have this on", env.name)));
+            }
+        }
+    }
+    findings
+}
+
+fn mandatory_alerts(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for id in MANDATORY_ALERTS {
+        if !base.alerts.contains_key(id) {
+            findings.push(cx.base_finding("alerts", format!("alert `{id}` of section 20.5 is missing")));
+        }
+    }
+    for (id, alert) in &base.alerts {
+        if !alert.threshold.is_finite() || alert.threshold < 0.0 {
+            let message = "threshold must be a non-negative number".into();
+            findings.push(cx.base_finding(&format!("alerts.{id}.threshold"), message));
+        }
+    }
+    if let Some(expiry) = base.alerts.get("certificate-expiry")
+        && expiry.threshold != f64::from(base.tls.expiry_alert_days)
+    {
+        let message = format!(
+            "certificate-expiry fires at {} days but tls.expiry-alert-days is {}",
+            expiry.threshold, base.tls.expiry_alert_days
+        );
+        findings.push(cx.base_finding("alerts.certificate-expiry.threshold", message));
+    }
+    findings
+}
+
+const MAXMEMORY_POLICIES: [&str; 8] = [
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+];
+
+fn redis_policy(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let redis = &base.redis;
+    let mut findings = Vec::new();
+    if redis.persistence_reason.trim().is_empty() {
+        let message = "the persistence decision needs its reason (28.8)".into();
+        findings.push(cx.base_finding("redis.persistence-reason", message));
+    }
+    if !MAXMEMORY_POLICIES.contains(&redis.maxmemory_policy.as_str()) {
+        let message = format!("unknown policy; one of {}", MAXMEMORY_POLICIES.join(", "));
+        findings.push(cx.base_finding("redis.maxmemory-policy", message));
+    }
+    if redis.maxmemory_policy == "noeviction" && redis.persistence == RedisPersistence::None {
+        let message = "a cache that cannot evict fails writes when full".into();
+        findings.push(cx.base_finding("redis.maxmemory-policy", message));
+    }
+    let patterns: BTreeSet<&str> = redis.key_families.values().map(|f| f.pattern.as_str()).collect();
+    for pattern in REDIS_KEY_PATTERNS {
+        if !patterns.contains(pattern) {
+            let message = format!("key family `{pattern}` of section 11.4 is missing");
+            findings.push(cx.base_finding("redis.key-families", message));
+        }
+    }
+    for (id, family) in &redis.key_families {
+        let field = format!("redis.key-families.{id}.ttl-seconds");
+        if family.ttl_seconds == 0 {
+            let message = "every key needs a TTL: Redis is never the source of truth".into();
+            findings.push(cx.base_finding(&field, message));
+        }
+        if family.pattern.starts_with("access:") && !(300..=900).contains(&family.ttl_seconds) {
+            let message = "access cache TTL must be 5-15 minutes (11.5)".into();
+            findings.push(cx.base_finding(&field, message));
+        }
+        let floor = base.tokens.access_ttl_seconds + base.tokens.clock_skew_seconds;
+        if family.pattern.starts_with("revoked:") && family.ttl_seconds < floor {
+            let message = format!(
+                "revocation markers must outlive access tokens: at least {floor} s (11.5)"
+            );
+            findings.push(cx.base_finding(&field, message));
+        }
+    }
+    findings
+}
+
+fn upstream_timeouts(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for (id, service) in &base.services {
+        let t = service.timeouts;
+        let field = format!("services.{id}.timeouts");
+        if t.connect_seconds == 0 || t.read_seconds == 0 || t.idle_seconds == 0 {
+            findings.push(cx.base_finding(&field, "timeouts must be positive".into()));
+        } else if t.connect_seconds > t.read_seconds {
+            findings.push(cx.base_finding(&field, "connect timeout exceeds read timeout".into()));
+        }
+    }
+    let by_unit = |unit: &str| base.services.iter().find(|(_, s)| s.unit == unit);
+    if let (Some((_, auth)), Some((ai_id, ai))) = (by_unit("auth-backend"), by_unit("ai-backend"))
+        && ai.timeouts.read_seconds <= auth.timeouts.read_seconds
+    {
+        let message = "AI endpoints need a longer read timeout than Auth (17.4)".into();
+        findings.push(cx.base_finding(&format!("services.{ai_id}.timeouts.read-seconds"), message));
+    }
+    findings
+}
+
+fn tls_policy(cx: &Context) -> Vec<Finding> {
+    let tls = &cx.matrix.base().tls;
+    let mut findings = Vec::new();
+    if tls.expiry_alert_days == 0 || tls.renewal_window_days <= tls.expiry_alert_days {
+        let message = "renewal must start before the expiry alert would fire".into();
+        findings.push(cx.base_finding("tls.renewal-window-days", message));
+    }
+    if tls.renewal_window_days >= 90 {
+        let message = "a window of 90 days or more renews ACME certificates on every run".into();
+        findings.push(cx.base_finding("tls.renewal-window-days", message));
+    }
+    if tls.hsts_max_age_seconds < 15_552_000 {
+        let message = "HSTS max-age below 180 days".into();
+        findings.push(cx.base_finding("tls.hsts-max-age-seconds", message));
+    }
+    if !tls.acme_directory.starts_with("https://") {
+        findings.push(cx.base_finding("tls.acme-directory", "ACME directory must be https".into()));
+    }
+    findings
+}
+
+fn unique_ports(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut taken: BTreeMap<u16, String> = BTreeMap::new();
+    for (id, service) in &cx.matrix.base().services {
+        for (name, port) in [("http", service.ports.http), ("internal", service.ports.internal)] {
+            let field = format!("services.{id}.ports.{name}");
+            if port < 1024 {
+                let message = "ports below 1024 need privileges a non-root container lacks".into();
+                findings.push(cx.base_finding(&field, message));
+            }
+            if let Some(other) = taken.insert(port, field.clone()) {
+                findings.push(cx.base_finding(&field, format!("port {port} is also {other}")));
+            }
+        }
+    }
+    findings
+}
+
+/// Kubernetes quantity to a plain number (cores or bytes).
+pub fn quantity(text: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 8] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("m", 0.001),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+    ];
+    for (suffix, factor) in SUFFIXES {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return number.parse::<f64>().ok().map(|n| n * factor);
+        }
+    }
+    text.parse().ok()
+}
+
+fn scaling(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for env in &cx.environments {
+        for service in env.services.values() {
+            let id = service.id;
+            if service.replicas == 0 || service.max_replicas < service.replicas {
+                let message = format!(
+                    "replicas {} and max-replicas {} must satisfy 1 <= replicas <= max",
+                    service.replicas, service.max_replicas
+                );
+                findings.push(in_env(env, &format!("services.{id}.replicas"), message));
+            }
+            let r = service.resources;
+            for (name, request, limit) in [
+                ("cpu", &r.cpu_request, &r.cpu_limit),
+                ("memory", &r.memory_request, &r.memory_limit),
+            ] {
+                let field = format!("services.{id}.resources");
+                match (quantity(request), quantity(limit)) {
+                    (Some(request_value), Some(limit_value)) if request_value > limit_value => {
+                        let message = format!("{name} request {request} exceeds limit {limit}");
+                        findings.push(in_env(env, &field, message));
+                    }
+                    (Some(_), Some(_)) => {}
+                    _ => {
+                        let message = format!("{name} `{request}`/`{limit}` is not a Kubernetes quantity");
+                        findings.push(in_env(env, &field, message));
+                    }
+                }
+            }
+        }
+    }
+    findings
+}
+
+fn production_redundancy(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for env in cx.environments.iter().filter(|env| env.is_production()) {
+        for service in env.services.values().filter(|s| s.replicas < 2) {
+            let field = format!("services.{}.replicas", service.id);
+            let message = format!("{} runs a single instance in production", service.id);
+            findings.push(in_env(env, &field, message));
+        }
+    }
+    findings
+}
+
+fn image_tagged(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for env in cx.environments.iter().filter(|env| env.name != "local") {
+        for service in env.services.values() {
+            if service.image.ends_with(":latest") {
+                let field = format!("services.{}.image-tag", service.id);
+                let message = format!("{} would run `:latest`; set image-tag", service.id);
+                findings.push(in_env(env, &field, message));
+            }
+        }
+    }
+    findings
+}
+
+fn frontend_headers(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (id, frontend) in &cx.matrix.base().frontends {
+        let csp = &frontend.content_security_policy;
+        if !csp.contains("frame-ancestors") || !csp.contains("default-src") {
+            let field = format!("frontends.{id}.content-security-policy");
+            let message = "CSP needs default-src and frame-ancestors (5.4)".into();
+            findings.push(cx.base_finding(&field, message));
+        }
+    }
+    findings
+}
+
+fn unused_secret(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let read: BTreeSet<&String> = base
+        .services
+        .values()
+        .flat_map(|s| s.config.values())
+        .chain(base.common_config.values())
+        .filter_map(|e| e.secret.as_ref())
+        .chain(base.databases.values().map(|d| &d.credentials))
+        .collect();
+    let kisumctl_only = [
+        SecretCategory::JwtPublicKeys,
+        SecretCategory::AcmeAccountKey,
+        SecretCategory::TlsCertificate,
+    ];
+    base.secrets
+        .iter()
+        .filter(|(id, secret)| !read.contains(id) && !kisumctl_only.contains(&secret.category))
+        .map(|(id, _)| cx.base_finding(&format!("secrets.{id}"), format!("`{id}` is read by nothing")))
+        .collect()
+}
+
+fn backup_encryption(cx: &Context) -> Vec<Finding> {
+    cx.environments
+        .iter()
+        .filter(|env| env.is_production() && env.file.backups.age_recipients.is_empty())
+        .map(|env| {
+            let message = "no age recipients: backups rely on the store's own encryption".into();
+            in_env(env, "backups", message)
+        })
+        .collect()
+}
+
+fn assumption_path(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let base_source = cx.matrix.base_source();
+    let files = std::iter::once((None, base_source, &cx.matrix.base().assumptions)).chain(
+        cx.environments
+            .iter()
+            .map(|env| (Some(env.name), env.source, &env.file.assumptions)),
+    );
+    for (environment, source, assumptions) in files {
+        for (n, assumption) in assumptions.iter().enumerate() {
+            if !source.has(&assumption.path) {
+                let message = format!("`{}` does not exist in this file", assumption.path);
+                findings.push(at(source, environment, &format!("assumptions.{n}.path"), message));
+            }
+        }
+    }
+    findings
+}
+
+fn open_decision(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for (n, decision) in base.open_decisions.iter().enumerate() {
+        let message = format!("open: {} (section {})", decision.question, decision.section);
+        findings.push(cx.base_finding(&format!("open-decisions.{n}"), message));
+    }
+    for (id, db) in &base.databases {
+        let path = format!("databases.{id}.engine");
+        let listed = base.open_decisions.iter().any(|d| d.affects.contains(&path));
+        if db.engine == Engine::Undecided && !listed {
+            let message = format!("{id} has no engine and no open decision lists it");
+            findings.push(cx.base_finding(&path, message));
+        }
+    }
+    findings
+}
+
+/// The tier of an environment, for reports.
+pub fn tier_name(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Production => "production",
+        Tier::NonProduction => "non-production",
+    }
+}

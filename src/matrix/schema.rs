@@ -1,0 +1,588 @@
+//! The file formats of the environment matrix, exactly as written on disk.
+//!
+//! `environments/base.yaml` holds every fact shared by all environments;
+//! `environments/<name>.yaml` holds what differs per environment. Every
+//! struct denies unknown fields, so a typo is an error that names the file,
+//! line and field path instead of a silently ignored setting.
+//!
+//! `docs/matrix-reference.md` documents every field; keep the two in step.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `environments/base.yaml`: the platform as the infrastructure plan
+/// describes it, independent of any one environment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BaseFile {
+    pub platform: Platform,
+    pub tokens: TokenPolicy,
+    pub dns: DnsPolicy,
+    pub tls: TlsPolicy,
+    /// Dependencies outside the platform (email, billing, model providers).
+    #[serde(default)]
+    pub externals: BTreeMap<String, External>,
+    /// The allowed traffic matrix: caller -> targets it may reach.
+    pub traffic: BTreeMap<String, Vec<String>>,
+    pub services: BTreeMap<String, Service>,
+    pub frontends: BTreeMap<String, Frontend>,
+    pub databases: BTreeMap<String, Database>,
+    pub redis: Redis,
+    /// Config entries every service receives (templated per service).
+    pub common_config: BTreeMap<String, ConfigEntry>,
+    pub secrets: BTreeMap<String, Secret>,
+    pub alerts: BTreeMap<String, Alert>,
+    #[serde(default)]
+    pub assumptions: Vec<Assumption>,
+    #[serde(default)]
+    pub open_decisions: Vec<OpenDecision>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Platform {
+    pub name: String,
+    /// Kubernetes minor version the rendered manifests target, e.g. `1.33`.
+    pub kubernetes_version: String,
+    pub ingress: IngressController,
+    /// Registry and path prefix of the service images.
+    pub image_registry: String,
+    /// UID and GID every container runs as.
+    pub run_as_user: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct IngressController {
+    /// Only `ingress-nginx` is rendered today.
+    pub controller: IngressKind,
+    pub class_name: String,
+    /// Namespace the controller's pods run in (NetworkPolicy source).
+    pub namespace: String,
+    /// Labels that select the controller's pods.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IngressKind {
+    IngressNginx,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokenPolicy {
+    pub audience: String,
+    pub access_ttl_seconds: u32,
+    pub refresh_ttl_seconds: u32,
+    /// How long backends may cache Auth's JWKS.
+    pub jwks_cache_seconds: u32,
+    pub clock_skew_seconds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DnsPolicy {
+    pub zones: BTreeMap<String, Zone>,
+    pub default_ttl_seconds: u32,
+    /// TTL used ahead of a cutover or migration.
+    pub cutover_ttl_seconds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Zone {
+    pub domain: String,
+    pub visibility: Visibility,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Visibility {
+    Public,
+    Private,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsPolicy {
+    pub acme_directory: String,
+    pub challenge: AcmeChallenge,
+    /// Renew when fewer than this many days remain.
+    pub renewal_window_days: u32,
+    /// Alert when fewer than this many days remain.
+    pub expiry_alert_days: u32,
+    pub hsts_max_age_seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    #[serde(rename = "dns-01")]
+    Dns01,
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct External {
+    pub description: String,
+    /// Destination port reached over the internet.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Exposure {
+    Public,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisUse {
+    Required,
+    Optional,
+    None,
+}
+
+/// A backend deployment unit (spec section 7.3).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Service {
+    pub title: String,
+    /// Deployment unit name from the plan, e.g. `auth-backend`.
+    pub unit: String,
+    pub exposure: Exposure,
+    /// Production host name; other environments derive theirs from it.
+    pub host: String,
+    /// Key of `dns.zones` the host lives in.
+    pub zone: String,
+    /// Release wave (spec 14.4): lower waves roll out first.
+    pub release_wave: u8,
+    pub ports: Ports,
+    pub health: Health,
+    /// Routes served only on the internal port.
+    #[serde(default)]
+    pub internal_routes: Vec<String>,
+    pub database: Option<String>,
+    pub redis: RedisUse,
+    /// What this service actually calls; must stay inside `traffic`.
+    pub egress: Vec<String>,
+    pub config: BTreeMap<String, ConfigEntry>,
+    pub timeouts: Timeouts,
+    pub request_body_limit: String,
+    pub replicas: u32,
+    pub max_replicas: u32,
+    pub resources: Resources,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Ports {
+    /// Public routes (or, for internal-only services, the API port).
+    pub http: u16,
+    /// Internal routes: diagnostics, key reload, service-to-service calls.
+    pub internal: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Health {
+    pub liveness: String,
+    pub readiness: String,
+}
+
+/// One environment variable a service reads (spec section 13).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigEntry {
+    pub required: bool,
+    /// A plain, non-secret value; may use `{{ hosts.<service> }}`,
+    /// `{{ environment }}` and `{{ tokens.<field> }}`.
+    pub value: Option<String>,
+    /// Key of `secrets`: the value is injected from the secret backend.
+    pub secret: Option<String>,
+    /// Key inside the secret (defaults to the variable name).
+    pub secret_key: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Timeouts {
+    pub connect_seconds: u32,
+    pub read_seconds: u32,
+    pub idle_seconds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Resources {
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub cpu_limit: String,
+    pub memory_limit: String,
+}
+
+/// A frontend: DNS and TLS only; it is hosted outside the cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Frontend {
+    pub title: String,
+    pub host: String,
+    pub zone: String,
+    /// Content-Security-Policy the hosting must send.
+    pub content_security_policy: String,
+    /// Services whose base URLs the frontend is configured with (13.5).
+    pub calls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    Postgresql,
+    Mongodb,
+    /// The plan leaves the engine open; see `open-decisions`.
+    Undecided,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Criticality {
+    Highest,
+    High,
+    MediumHigh,
+    Medium,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Database {
+    pub engine: Engine,
+    /// Database name on the server.
+    pub name: String,
+    pub owner: String,
+    /// Named server the database lives on (several databases may share one).
+    pub cluster: String,
+    /// Key of `secrets` holding the owner's credentials.
+    pub credentials: String,
+    pub criticality: Criticality,
+    /// Restore order in a major incident (spec 22.4), 1 first.
+    pub restore_priority: u8,
+    pub rpo_minutes: u32,
+    pub rto_minutes: u32,
+    pub backup: BackupPolicy,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackupPolicy {
+    /// Cron expression (UTC).
+    pub schedule: String,
+    pub retention_days: u32,
+    pub point_in_time_recovery: bool,
+    /// Cron expression (UTC) of the restore drill.
+    pub drill_schedule: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisPersistence {
+    None,
+    Rdb,
+    Aof,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Redis {
+    pub persistence: RedisPersistence,
+    /// Why this persistence was chosen (spec 28.8 asks for it documented).
+    pub persistence_reason: String,
+    pub maxmemory_policy: String,
+    pub maxmemory: String,
+    pub port: u16,
+    /// Restore order in a major incident (spec 22.4).
+    pub restore_priority: u8,
+    pub key_families: BTreeMap<String, KeyFamily>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeyFamily {
+    pub pattern: String,
+    pub ttl_seconds: u32,
+    pub owner: String,
+    pub purpose: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretCategory {
+    JwtSigningKey,
+    JwtPublicKeys,
+    DatabaseCredential,
+    RedisCredential,
+    InternalServiceCredential,
+    BillingProviderKey,
+    EmailProviderKey,
+    AiProviderKey,
+    AdminBootstrap,
+    AcmeAccountKey,
+    TlsCertificate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generation {
+    /// Random password generated by kisumctl.
+    Password,
+    /// Random opaque token generated by kisumctl.
+    Token,
+    /// RSA key set with kids, generated and rotated by kisumctl.
+    RsaKeySet,
+    /// Derived from another secret (public keys of the key set).
+    Derived,
+    /// Issued through ACME by kisumctl.
+    Acme,
+    /// Supplied by a person or a provider; kisumctl only checks presence.
+    External,
+}
+
+/// One entry of the secrets inventory (spec 12.1). Never a value.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Secret {
+    pub category: SecretCategory,
+    pub description: String,
+    pub generate: Generation,
+    pub rotation_days: u32,
+    /// Keys held inside the secret.
+    pub keys: Vec<String>,
+    /// Who checks the credential: the services a caller presents it to,
+    /// or the database or Redis it opens.
+    #[serde(default)]
+    pub verified_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Alert {
+    pub summary: String,
+    /// Prometheus-style severity label.
+    pub severity: Severity,
+    /// Threshold in `unit`.
+    pub threshold: f64,
+    pub unit: String,
+    pub for_minutes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    Critical,
+    Warning,
+}
+
+/// A value chosen where the plan is silent, for the owners to confirm.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Assumption {
+    /// Dotted path of the assumed value inside the same file.
+    pub path: String,
+    pub reason: String,
+}
+
+/// A question the plan leaves open (spec: "TBD").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OpenDecision {
+    pub id: String,
+    pub question: String,
+    /// Plan section that leaves it open.
+    pub section: String,
+    /// Dotted paths of the values that depend on the answer.
+    pub affects: Vec<String>,
+}
+
+/// `environments/<name>.yaml`: what differs in one environment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EnvironmentFile {
+    /// Must equal the file name without `.yaml`.
+    pub environment: String,
+    pub tier: Tier,
+    pub namespace: String,
+    pub kubernetes: KubernetesTarget,
+    /// Where kisumctl keeps this environment's own state.
+    pub state_dir: String,
+    pub dns: EnvironmentDns,
+    pub tls: EnvironmentTls,
+    pub secrets: SecretBackend,
+    pub backups: EnvironmentBackups,
+    pub monitoring: Monitoring,
+    /// Replica counts applied to every service before per-service values.
+    pub scale: Option<Scale>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceOverride>,
+    #[serde(default)]
+    pub frontends: BTreeMap<String, FrontendOverride>,
+    pub databases: BTreeMap<String, DatabaseDeployment>,
+    pub redis: RedisDeployment,
+    #[serde(default)]
+    pub assumptions: Vec<Assumption>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    Production,
+    NonProduction,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KubernetesTarget {
+    pub context: String,
+    /// Path of the kubeconfig; the standard lookup when absent.
+    pub kubeconfig: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EnvironmentDns {
+    /// Appended to the first label of every production host name
+    /// (`auth.kisum.io` becomes `auth-staging.kisum.io`).
+    pub host_suffix: String,
+    /// Replaces a zone's domain in this environment (local only, usually).
+    #[serde(default)]
+    pub domain_overrides: BTreeMap<String, String>,
+    pub ttl_seconds: u32,
+    /// CNAME target of the public records: the ingress load balancer.
+    pub ingress_target: String,
+    /// Whether kisumctl manages DNS records for this environment.
+    pub managed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Certificates from the ACME directory of the TLS policy.
+    Acme,
+    /// A private CA kept in the state directory (local only).
+    SelfSigned,
+    /// No TLS at all; `validate` rejects this for any public host.
+    Disabled,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EnvironmentTls {
+    pub mode: TlsMode,
+    /// Overrides the policy's ACME directory (for example a test CA).
+    pub acme_directory: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "backend")]
+pub enum SecretBackend {
+    /// Files of mode 0600 under a directory.
+    LocalFiles { path: String },
+    /// AWS Secrets Manager; secret names are `prefix` + inventory key.
+    AwsSecretsManager {
+        account: String,
+        region: String,
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EnvironmentBackups {
+    pub enabled: bool,
+    pub store: BackupStore,
+    /// age recipients; backups are encrypted at rest when non-empty.
+    #[serde(default)]
+    pub age_recipients: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "kind")]
+pub enum BackupStore {
+    LocalDirectory { path: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+        region: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Monitoring {
+    pub metrics: bool,
+    pub alerts: bool,
+    pub access_logs: bool,
+    /// Alertmanager receiver the alerts route to.
+    pub alert_receiver: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Scale {
+    pub replicas: u32,
+    pub max_replicas: u32,
+}
+
+/// Per-environment changes to a service of the base file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServiceOverride {
+    pub host: Option<String>,
+    pub replicas: Option<u32>,
+    pub max_replicas: Option<u32>,
+    pub resources: Option<Resources>,
+    pub image_tag: Option<String>,
+    /// Non-secret config values for this environment.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FrontendOverride {
+    pub host: Option<String>,
+}
+
+/// Where a database of the base file runs in one environment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DatabaseDeployment {
+    pub endpoint: Endpoint,
+    pub publicly_accessible: bool,
+    pub tls_required: bool,
+    /// Overrides the base retention in this environment.
+    pub retention_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    /// Network the server lives in (NetworkPolicy egress target).
+    pub cidr: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RedisDeployment {
+    pub endpoint: Endpoint,
+    pub publicly_accessible: bool,
+    pub tls_required: bool,
+}
