@@ -2,8 +2,8 @@
 
 mod cli;
 mod matrix;
-// mod ops;
-// mod render;
+mod ops;
+mod render;
 
 use std::process::ExitCode;
 

@@ -1,9 +1,9 @@
 //! Command-line parsing and dispatch. Each command lives in its own file:
 //! it parses its arguments, calls the library modules, and prints.
 
-// mod inventory;
+mod inventory;
 mod output;
-// mod render;
+mod render;
 mod validate;
 
 use std::path::PathBuf;
@@ -42,7 +42,12 @@ impl From<Exit> for ExitCode {
 #[command(name = "kisumctl", version, max_term_width = 100)]
 pub struct Cli {
     /// Directory of the environment matrix.
-    #[arg(long, global = true, env = "KISUM_MATRIX", default_value = "environments")]
+    #[arg(
+        long,
+        global = true,
+        env = "KISUM_MATRIX",
+        default_value = "environments"
+    )]
     matrix: PathBuf,
 
     #[command(subcommand)]
@@ -52,8 +57,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Validate(validate::Args),
-//    Render(render::Args),
-//    Inventory(inventory::Args),
+    Render(render::Args),
+    Inventory(inventory::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -61,13 +66,18 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return if error.use_stderr() { Exit::UnusableInput } else { Exit::Clean }.into();
+            return if error.use_stderr() {
+                Exit::UnusableInput
+            } else {
+                Exit::Clean
+            }
+            .into();
         }
     };
     let result = match cli.command {
         Command::Validate(args) => validate::run(&cli.matrix, args),
-//        Command::Render(args) => render::run(&cli.matrix, args),
-//        Command::Inventory(args) => inventory::run(&cli.matrix, args),
+        Command::Render(args) => render::run(&cli.matrix, args),
+        Command::Inventory(args) => inventory::run(&cli.matrix, args),
     };
     match result {
         Ok(exit) => exit.into(),

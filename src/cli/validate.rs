@@ -81,7 +81,10 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     let report = Report {
         environment: args.env.as_deref(),
         errors: selected.iter().filter(|f| f.level == Level::Error).count(),
-        warnings: selected.iter().filter(|f| f.level == Level::Warning).count(),
+        warnings: selected
+            .iter()
+            .filter(|f| f.level == Level::Warning)
+            .count(),
         findings: selected,
         assumptions: assumptions(&matrix, args.env.as_deref()),
         open_decisions: matrix
@@ -101,7 +104,11 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text => print!("{}", text(&report, args.rules)),
     }
-    Ok(if report.errors > 0 { Exit::CheckFailed } else { Exit::Clean })
+    Ok(if report.errors > 0 {
+        Exit::CheckFailed
+    } else {
+        Exit::Clean
+    })
 }
 
 fn assumptions(matrix: &Matrix, env: Option<&str>) -> Vec<AssumptionRow> {
@@ -132,7 +139,10 @@ fn text(report: &Report, with_rules: bool) -> String {
         out += "rules:\n";
         for rule in rules::RULES {
             let level = format!("{:?}", rule.level).to_lowercase();
-            out += &format!("  {:<28} {level:<7} [{}] {}\n", rule.id, rule.sections, rule.summary);
+            out += &format!(
+                "  {:<28} {level:<7} [{}] {}\n",
+                rule.id, rule.sections, rule.summary
+            );
         }
         out += "\n";
     }
@@ -145,8 +155,15 @@ fn text(report: &Report, with_rules: bool) -> String {
             Some(at) => format!("{}:{}:{}", finding.file.display(), at.line, at.column),
             None => finding.file.display().to_string(),
         };
-        let env = finding.environment.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
-        out += &format!("{level}[{}]{env} {place}: {}: {}\n", finding.rule, finding.field, finding.message);
+        let env = finding
+            .environment
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        out += &format!(
+            "{level}[{}]{env} {place}: {}: {}\n",
+            finding.rule, finding.field, finding.message
+        );
     }
     if !report.findings.is_empty() {
         out += "\n";

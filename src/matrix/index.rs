@@ -22,8 +22,12 @@ pub struct PathIndex {
 
 enum Frame {
     /// Inside a mapping; `key` is the pending key once read.
-    Mapping { key: Option<String> },
-    Sequence { next: usize },
+    Mapping {
+        key: Option<String>,
+    },
+    Sequence {
+        next: usize,
+    },
 }
 
 impl PathIndex {
@@ -86,16 +90,13 @@ impl PathIndex {
 
     /// A value ends: drop its segment and, in a mapping, await a new key.
     fn leave_value(&mut self, stack: &mut [Frame], path: &mut Vec<String>) {
-        match stack.last_mut() {
-            Some(Frame::Mapping { key }) => {
-                if key.take().is_some() {
-                    path.pop();
-                }
-            }
-            Some(Frame::Sequence { .. }) => {
-                path.pop();
-            }
-            None => {}
+        let ends_item = match stack.last_mut() {
+            Some(Frame::Mapping { key }) => key.take().is_some(),
+            Some(Frame::Sequence { .. }) => true,
+            None => false,
+        };
+        if ends_item {
+            path.pop();
         }
     }
 
@@ -141,7 +142,10 @@ list:
     fn finds_nested_keys_with_one_based_positions() {
         let index = PathIndex::build(SAMPLE);
         assert_eq!(index.get("top"), Some(Position { line: 1, column: 1 }));
-        assert_eq!(index.get("services.auth"), Some(Position { line: 3, column: 3 }));
+        assert_eq!(
+            index.get("services.auth"),
+            Some(Position { line: 3, column: 3 })
+        );
         assert_eq!(index.get("services.auth.ports.internal").unwrap().line, 4);
     }
 

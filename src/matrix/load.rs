@@ -201,7 +201,11 @@ pub fn parse_str<T: DeserializeOwned>(text: &str) -> Result<T, Box<InputError>> 
             column: at.column(),
         });
         let message = plain_message(&error.without_snippet().to_string());
-        let field = if field == "?" || field == "." { String::new() } else { field };
+        let field = if field == "?" || field == "." {
+            String::new()
+        } else {
+            field
+        };
         Box::new(InputError {
             file: PathBuf::new(),
             position,
@@ -229,7 +233,11 @@ fn refine_field(field: &str, message: &str) -> String {
     if field.ends_with(&unknown) {
         return field.to_string();
     }
-    if field.is_empty() { unknown } else { format!("{field}.{unknown}") }
+    if field.is_empty() {
+        unknown
+    } else {
+        format!("{field}.{unknown}")
+    }
 }
 
 fn quoted_after(message: &str, marker: &str) -> Option<String> {
@@ -286,7 +294,10 @@ mod tests {
     #[test]
     fn missing_field_is_reported_with_its_name() {
         let error = parse_str::<Resources>("cpu-request: 1\n").unwrap_err();
-        assert!(error.message.contains("missing field `memory-request`"), "{error}");
+        assert!(
+            error.message.contains("missing field `memory-request`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -6,5 +6,4 @@ pub mod model;
 pub mod rules;
 pub mod schema;
 
-pub use load::{InputError, InputErrors};
 pub use model::{ConfigValue, Environment, Matrix, ResolvedService};

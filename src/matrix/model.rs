@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::load::{InputError, InputErrors, Loaded, Source, load_dir, suggest};
 use super::schema::{
-    BaseFile, ConfigEntry, Database, DatabaseDeployment, Engine, EnvironmentFile, Frontend,
-    Resources, SecretBackend, Service,
+    BaseFile, ConfigEntry, Database, DatabaseDeployment, Engine, EnvironmentFile, Resources,
+    SecretBackend, Service,
 };
 
 /// The four environments every matrix must define.
@@ -36,7 +36,11 @@ impl Matrix {
                 errors.append(&mut more.0);
             }
         }
-        if errors.is_empty() { Ok(matrix) } else { Err(InputErrors(errors)) }
+        if errors.is_empty() {
+            Ok(matrix)
+        } else {
+            Err(InputErrors(errors))
+        }
     }
 
     pub fn base(&self) -> &BaseFile {
@@ -73,9 +77,14 @@ impl Matrix {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum ConfigValue {
-    Plain { value: String },
+    Plain {
+        value: String,
+    },
     /// Injected from the secret named `secret` (inventory key), key `key`.
-    Secret { secret: String, key: String },
+    Secret {
+        secret: String,
+        key: String,
+    },
     /// Optional and not set in this environment.
     Unset,
 }
@@ -95,7 +104,6 @@ pub struct ResolvedService<'m> {
 #[derive(Debug, Clone)]
 pub struct ResolvedFrontend<'m> {
     pub id: &'m str,
-    pub spec: &'m Frontend,
     pub host: String,
 }
 
@@ -124,7 +132,8 @@ impl<'m> Environment<'m> {
         for (id, service) in &base.services {
             let path = format!("services.{id}.host");
             let explicit = file.services.get(id).and_then(|o| o.host.clone());
-            match explicit.map_or_else(|| derive_host(base, file, &service.host, &service.zone), Ok) {
+            match explicit.map_or_else(|| derive_host(base, file, &service.host, &service.zone), Ok)
+            {
                 Ok(host) => {
                     hosts.insert(id.as_str(), host);
                 }
@@ -134,9 +143,10 @@ impl<'m> Environment<'m> {
         for (id, frontend) in &base.frontends {
             let path = format!("frontends.{id}.host");
             let explicit = file.frontends.get(id).and_then(|o| o.host.clone());
-            match explicit
-                .map_or_else(|| derive_host(base, file, &frontend.host, &frontend.zone), Ok)
-            {
+            match explicit.map_or_else(
+                || derive_host(base, file, &frontend.host, &frontend.zone),
+                Ok,
+            ) {
                 Ok(host) => {
                     hosts.insert(id.as_str(), host);
                 }
@@ -163,7 +173,10 @@ impl<'m> Environment<'m> {
                         let (source, field) = if local.config.contains_key(key) {
                             (source, format!("services.{id}.config.{key}"))
                         } else if spec.config.contains_key(key) {
-                            (matrix.base_source(), format!("services.{id}.config.{key}.value"))
+                            (
+                                matrix.base_source(),
+                                format!("services.{id}.config.{key}.value"),
+                            )
                         } else {
                             (matrix.base_source(), format!("common-config.{key}.value"))
                         };
@@ -209,10 +222,10 @@ impl<'m> Environment<'m> {
         }
         let frontends = base
             .frontends
-            .iter()
-            .map(|(id, spec)| {
+            .keys()
+            .map(|id| {
                 let host = hosts[id.as_str()].clone();
-                (id.as_str(), ResolvedFrontend { id, spec, host })
+                (id.as_str(), ResolvedFrontend { id, host })
             })
             .collect();
         Ok(Environment {
@@ -340,7 +353,10 @@ fn resolve_config(
     if let Some(secret) = &entry.secret {
         return Ok(ConfigValue::Secret {
             secret: secret.clone(),
-            key: entry.secret_key.clone().unwrap_or_else(|| variable.to_string()),
+            key: entry
+                .secret_key
+                .clone()
+                .unwrap_or_else(|| variable.to_string()),
         });
     }
     let Some(template) = local.or(entry.value.as_ref()) else {
@@ -393,12 +409,30 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
     };
 
     for (id, service) in &base.services {
-        check(src, format!("services.{id}.zone"), &service.zone, "zone", &zones);
+        check(
+            src,
+            format!("services.{id}.zone"),
+            &service.zone,
+            "zone",
+            &zones,
+        );
         if let Some(db) = &service.database {
-            check(src, format!("services.{id}.database"), db, "database", &databases);
+            check(
+                src,
+                format!("services.{id}.database"),
+                db,
+                "database",
+                &databases,
+            );
         }
         for (n, target) in service.egress.iter().enumerate() {
-            check(src, format!("services.{id}.egress.{n}"), target, "egress target", &targets);
+            check(
+                src,
+                format!("services.{id}.egress.{n}"),
+                target,
+                "egress target",
+                &targets,
+            );
         }
         for (key, entry) in &service.config {
             let field = format!("services.{id}.config.{key}");
@@ -414,20 +448,56 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
         }
     }
     for (id, frontend) in &base.frontends {
-        check(src, format!("frontends.{id}.zone"), &frontend.zone, "zone", &zones);
+        check(
+            src,
+            format!("frontends.{id}.zone"),
+            &frontend.zone,
+            "zone",
+            &zones,
+        );
         for (n, callee) in frontend.calls.iter().enumerate() {
-            check(src, format!("frontends.{id}.calls.{n}"), callee, "service", &services);
+            check(
+                src,
+                format!("frontends.{id}.calls.{n}"),
+                callee,
+                "service",
+                &services,
+            );
         }
     }
     for (caller, allowed) in &base.traffic {
-        check(src, format!("traffic.{caller}"), caller, "service", &services);
+        check(
+            src,
+            format!("traffic.{caller}"),
+            caller,
+            "service",
+            &services,
+        );
         for (n, target) in allowed.iter().enumerate() {
-            check(src, format!("traffic.{caller}.{n}"), target, "traffic target", &targets);
+            check(
+                src,
+                format!("traffic.{caller}.{n}"),
+                target,
+                "traffic target",
+                &targets,
+            );
         }
     }
     for (id, db) in &base.databases {
-        check(src, format!("databases.{id}.owner"), &db.owner, "service", &services);
-        check(src, format!("databases.{id}.credentials"), &db.credentials, "secret", &secrets);
+        check(
+            src,
+            format!("databases.{id}.owner"),
+            &db.owner,
+            "service",
+            &services,
+        );
+        check(
+            src,
+            format!("databases.{id}.credentials"),
+            &db.credentials,
+            "secret",
+            &secrets,
+        );
     }
     for (id, family) in &base.redis.key_families {
         let field = format!("redis.key-families.{id}.owner");
@@ -444,7 +514,9 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
         let _ = env;
         for (id, local) in &file.services {
             check(source, format!("services.{id}"), id, "service", &services);
-            let Some(service) = base.services.get(id) else { continue };
+            let Some(service) = base.services.get(id) else {
+                continue;
+            };
             let keys: Vec<&str> = base
                 .common_config
                 .keys()
@@ -457,13 +529,31 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
             }
         }
         for id in file.frontends.keys() {
-            check(source, format!("frontends.{id}"), id, "frontend", &frontends);
+            check(
+                source,
+                format!("frontends.{id}"),
+                id,
+                "frontend",
+                &frontends,
+            );
         }
         for id in file.databases.keys() {
-            check(source, format!("databases.{id}"), id, "database", &databases);
+            check(
+                source,
+                format!("databases.{id}"),
+                id,
+                "database",
+                &databases,
+            );
         }
         for zone in file.dns.domain_overrides.keys() {
-            check(source, format!("dns.domain-overrides.{zone}"), zone, "zone", &zones);
+            check(
+                source,
+                format!("dns.domain-overrides.{zone}"),
+                zone,
+                "zone",
+                &zones,
+            );
         }
     }
     errors.extend(config_entry_shape(loaded));
@@ -473,9 +563,16 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
 /// A config entry is a plain value or a secret reference, never both.
 fn config_entry_shape(loaded: &Loaded) -> Vec<InputError> {
     let mut errors = Vec::new();
-    let common = loaded.base.common_config.iter().map(|(k, e)| ("common-config".to_string(), k, e));
+    let common = loaded
+        .base
+        .common_config
+        .iter()
+        .map(|(k, e)| ("common-config".to_string(), k, e));
     let per_service = loaded.base.services.iter().flat_map(|(id, service)| {
-        service.config.iter().map(move |(k, e)| (format!("services.{id}.config"), k, e))
+        service
+            .config
+            .iter()
+            .map(move |(k, e)| (format!("services.{id}.config"), k, e))
     });
     for (prefix, key, entry) in common.chain(per_service) {
         {

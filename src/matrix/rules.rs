@@ -13,7 +13,7 @@ use super::load::Source;
 use super::model::{ConfigValue, Environment, Matrix, REDIS, REQUIRED_ENVIRONMENTS};
 use super::schema::{
     Engine, Exposure, Generation, RedisPersistence, RedisUse, SecretBackend, SecretCategory,
-    Tier, TlsMode,
+    TlsMode,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -108,15 +108,23 @@ pub fn check(matrix: &Matrix) -> Vec<Finding> {
         }
     }
     findings.sort_by(|a, b| {
-        (a.level, a.rule, &a.file, a.position.map(|p| p.line), &a.field)
-            .cmp(&(b.level, b.rule, &b.file, b.position.map(|p| p.line), &b.field))
+        (
+            a.level,
+            a.rule,
+            &a.file,
+            a.position.map(|p| p.line),
+            &a.field,
+        )
+            .cmp(&(
+                b.level,
+                b.rule,
+                &b.file,
+                b.position.map(|p| p.line),
+                &b.field,
+            ))
     });
     findings.dedup_by(|a, b| a.rule == b.rule && a.file == b.file && a.field == b.field);
     findings
-}
-
-pub fn rule(id: &str) -> Option<&'static Rule> {
-    RULES.iter().find(|rule| rule.id == id)
 }
 
 pub static RULES: &[Rule] = &[
@@ -398,7 +406,10 @@ fn required_environments(cx: &Context) -> Vec<Finding> {
             let message = if production_name {
                 "production must have `tier: production`".to_string()
             } else {
-                format!("`{}` has the production tier; only production may", env.name)
+                format!(
+                    "`{}` has the production tier; only production may",
+                    env.name
+                )
             };
             findings.push(in_env(env, "tier", message));
         }
@@ -409,7 +420,8 @@ fn required_environments(cx: &Context) -> Vec<Finding> {
 fn core_internal(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (id, service) in &cx.matrix.base().services {
-        if INTERNAL_ONLY_UNITS.contains(&service.unit.as_str()) && service.exposure != Exposure::Internal
+        if INTERNAL_ONLY_UNITS.contains(&service.unit.as_str())
+            && service.exposure != Exposure::Internal
         {
             let message = format!("{} must be internal-only, not public", service.title);
             findings.push(cx.base_finding(&format!("services.{id}.exposure"), message));
@@ -422,7 +434,9 @@ fn internal_host_private(cx: &Context) -> Vec<Finding> {
     let base = cx.matrix.base();
     let mut findings = Vec::new();
     for (id, service) in &base.services {
-        let Some(zone) = base.dns.zones.get(&service.zone) else { continue };
+        let Some(zone) = base.dns.zones.get(&service.zone) else {
+            continue;
+        };
         let wanted = match service.exposure {
             Exposure::Internal => super::schema::Visibility::Private,
             Exposure::Public => super::schema::Visibility::Public,
@@ -437,7 +451,9 @@ fn internal_host_private(cx: &Context) -> Vec<Finding> {
         }
     }
     for (id, frontend) in &base.frontends {
-        let Some(zone) = base.dns.zones.get(&frontend.zone) else { continue };
+        let Some(zone) = base.dns.zones.get(&frontend.zone) else {
+            continue;
+        };
         if zone.visibility != super::schema::Visibility::Public {
             let message = format!("frontend in private zone `{}`", frontend.zone);
             findings.push(cx.base_finding(&format!("frontends.{id}.zone"), message));
@@ -453,11 +469,19 @@ fn data_private(cx: &Context) -> Vec<Finding> {
         for (id, deployment) in &env.file.databases {
             if deployment.publicly_accessible {
                 let field = format!("databases.{id}.publicly-accessible");
-                findings.push(in_env(env, &field, "database open to public traffic".into()));
+                findings.push(in_env(
+                    env,
+                    &field,
+                    "database open to public traffic".into(),
+                ));
             }
             if !deployment.tls_required && !local {
                 let field = format!("databases.{id}.tls-required");
-                findings.push(in_env(env, &field, "database connections without TLS".into()));
+                findings.push(in_env(
+                    env,
+                    &field,
+                    "database connections without TLS".into(),
+                ));
             }
         }
         if env.file.redis.publicly_accessible {
@@ -465,7 +489,11 @@ fn data_private(cx: &Context) -> Vec<Finding> {
             findings.push(in_env(env, field, "Redis open to public traffic".into()));
         }
         if !env.file.redis.tls_required && !local {
-            findings.push(in_env(env, "redis.tls-required", "Redis connections without TLS".into()));
+            findings.push(in_env(
+                env,
+                "redis.tls-required",
+                "Redis connections without TLS".into(),
+            ));
         }
     }
     findings
@@ -478,9 +506,17 @@ fn public_tls(cx: &Context) -> Vec<Finding> {
         if hosts.is_empty() {
             continue;
         }
-        let listed = hosts.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ");
+        let listed = hosts
+            .iter()
+            .map(|(h, _)| h.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         if env.file.tls.mode == TlsMode::Disabled {
-            findings.push(in_env(env, "tls.mode", format!("public hosts without TLS: {listed}")));
+            findings.push(in_env(
+                env,
+                "tls.mode",
+                format!("public hosts without TLS: {listed}"),
+            ));
         } else if env.file.dns.managed && env.file.tls.mode != TlsMode::Acme {
             let message = "public DNS is managed here, so certificates must come from ACME, \
                            not a private CA browsers do not trust";
@@ -494,8 +530,14 @@ fn dns_separation(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut owners: BTreeMap<String, (&str, &str)> = BTreeMap::new();
     for env in &cx.environments {
-        let services = env.services.values().map(|s| (s.host.clone(), s.id, "services"));
-        let frontends = env.frontends.values().map(|f| (f.host.clone(), f.id, "frontends"));
+        let services = env
+            .services
+            .values()
+            .map(|s| (s.host.clone(), s.id, "services"));
+        let frontends = env
+            .frontends
+            .values()
+            .map(|f| (f.host.clone(), f.id, "frontends"));
         for (host, id, kind) in services.chain(frontends) {
             let field = format!("{kind}.{id}.host");
             if let Some((other_env, other_id)) = owners.get(&host) {
@@ -515,15 +557,21 @@ fn secret_separation(cx: &Context) -> Vec<Finding> {
         return findings;
     };
     let secrets = &cx.matrix.base().secrets;
-    let production_locations: BTreeSet<String> =
-        secrets.keys().map(|id| production.secret_location(id)).collect();
+    let production_locations: BTreeSet<String> = secrets
+        .keys()
+        .map(|id| production.secret_location(id))
+        .collect();
     for env in cx.environments.iter().filter(|env| !env.is_production()) {
         let shared: Vec<&String> = secrets
             .keys()
             .filter(|id| production_locations.contains(&env.secret_location(id)))
             .collect();
         if !shared.is_empty() {
-            let names = shared.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+            let names = shared
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
             let message = format!("reads the same secrets as production: {names}");
             findings.push(in_env(env, "secrets", message));
         }
@@ -586,9 +634,15 @@ pub fn looks_like_secret_value(value: &str) -> bool {
 fn no_inline_secret(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     let base = cx.matrix.base();
-    let common = base.common_config.iter().map(|(k, e)| (format!("common-config.{k}"), k, e));
+    let common = base
+        .common_config
+        .iter()
+        .map(|(k, e)| (format!("common-config.{k}"), k, e));
     let per_service = base.services.iter().flat_map(|(id, service)| {
-        service.config.iter().map(move |(k, e)| (format!("services.{id}.config.{k}"), k, e))
+        service
+            .config
+            .iter()
+            .map(move |(k, e)| (format!("services.{id}.config.{k}"), k, e))
     });
     for (field, key, entry) in common.chain(per_service) {
         if let Some(value) = &entry.value {
@@ -612,8 +666,9 @@ fn no_inline_secret(cx: &Context) -> Vec<Finding> {
                     .is_some_and(|entry| entry.secret.is_some());
                 if is_secret_entry || is_secret_name(key) || looks_like_secret_value(value) {
                     let field = format!("services.{id}.config.{key}");
-                    let message =
-                        format!("`{key}` is set inline; credentials come only from the secret backend");
+                    let message = format!(
+                        "`{key}` is set inline; credentials come only from the secret backend"
+                    );
                     findings.push(in_env(env, &field, message));
                 }
             }
@@ -625,12 +680,17 @@ fn no_inline_secret(cx: &Context) -> Vec<Finding> {
 fn db_credential_unshared(cx: &Context) -> Vec<Finding> {
     let base = cx.matrix.base();
     let mut findings = Vec::new();
-    let Some(env) = cx.environments.first() else { return findings };
+    let Some(env) = cx.environments.first() else {
+        return findings;
+    };
     let mut readers: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
     for service in env.services.values() {
         for (key, value) in &service.config {
             if let ConfigValue::Secret { secret, .. } = value {
-                readers.entry(secret.as_str()).or_default().push((service.id, key));
+                readers
+                    .entry(secret.as_str())
+                    .or_default()
+                    .push((service.id, key));
             }
         }
     }
@@ -648,21 +708,30 @@ fn db_credential_unshared(cx: &Context) -> Vec<Finding> {
         }
     }
     for (db_id, db) in &base.databases {
-        for (service, key) in readers.get(db.credentials.as_str()).cloned().unwrap_or_default() {
+        for (service, key) in readers
+            .get(db.credentials.as_str())
+            .cloned()
+            .unwrap_or_default()
+        {
             if service != db.owner {
                 let message = format!(
                     "reads `{}`, the credential of {db_id} owned by {}",
                     db.credentials, db.owner
                 );
-                findings.push(cx.base_finding(&format!("services.{service}.config.{key}"), message));
+                findings
+                    .push(cx.base_finding(&format!("services.{service}.config.{key}"), message));
             }
         }
     }
     for (id, service) in &base.services {
-        let Some(db_id) = &service.database else { continue };
+        let Some(db_id) = &service.database else {
+            continue;
+        };
         let own = &base.databases[db_id].credentials;
         for (key, entry) in &service.config {
-            let Some(secret) = &entry.secret else { continue };
+            let Some(secret) = &entry.secret else {
+                continue;
+            };
             let category = base.secrets.get(secret).map(|s| s.category);
             if category == Some(SecretCategory::DatabaseCredential) && secret != own {
                 let message = format!("reads `{secret}`, but its database {db_id} uses `{own}`");
@@ -722,7 +791,8 @@ fn data_owner_only(cx: &Context) -> Vec<Finding> {
         if let Some(db) = &service.database
             && base.databases.get(db).is_some_and(|d| d.owner != *id)
         {
-            let message = format!("{id} names {db} as its database, but {db} belongs to another service");
+            let message =
+                format!("{id} names {db} as its database, but {db} belongs to another service");
             findings.push(cx.base_finding(&format!("services.{id}.database"), message));
         }
     }
@@ -759,7 +829,9 @@ fn service_auth(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (caller, service) in &base.services {
         for (n, callee) in service.egress.iter().enumerate() {
-            let Some(callee_service) = base.services.get(callee) else { continue };
+            let Some(callee_service) = base.services.get(callee) else {
+                continue;
+            };
             let field = format!("services.{caller}.egress.{n}");
             let presented: Vec<&String> = service
                 .config
@@ -773,7 +845,9 @@ fn service_auth(cx: &Context) -> Vec<Finding> {
                 })
                 .collect();
             let Some(credential) = presented.first() else {
-                let message = format!("{caller} calls {callee} without an internal credential {callee} verifies");
+                let message = format!(
+                    "{caller} calls {callee} without an internal credential {callee} verifies"
+                );
                 findings.push(cx.base_finding(&field, message));
                 continue;
             };
@@ -783,7 +857,8 @@ fn service_auth(cx: &Context) -> Vec<Finding> {
                 .chain(base.common_config.values())
                 .any(|e| e.secret.as_ref() == Some(*credential));
             if !verified {
-                let message = format!("{callee} does not read `{credential}`, so it cannot verify {caller}");
+                let message =
+                    format!("{callee} does not read `{credential}`, so it cannot verify {caller}");
                 findings.push(cx.base_finding(&format!("services.{callee}.config"), message));
             }
         }
@@ -805,7 +880,10 @@ fn jwt_keys(cx: &Context) -> Vec<Finding> {
     for (id, secret) in &signing {
         if secret.generate != Generation::RsaKeySet {
             let field = format!("secrets.{id}.generate");
-            findings.push(cx.base_finding(&field, "JWT keys must be an rsa-key-set (kid rotation)".into()));
+            findings.push(cx.base_finding(
+                &field,
+                "JWT keys must be an rsa-key-set (kid rotation)".into(),
+            ));
         }
         if secret.rotation_days > 365 {
             let field = format!("secrets.{id}.rotation-days");
@@ -813,10 +891,12 @@ fn jwt_keys(cx: &Context) -> Vec<Finding> {
         }
         for (service_id, service) in &base.services {
             for (key, entry) in &service.config {
-                if entry.secret.as_ref() == Some(*id) && base.services[service_id].unit != "auth-backend"
+                if entry.secret.as_ref() == Some(*id)
+                    && base.services[service_id].unit != "auth-backend"
                 {
                     let field = format!("services.{service_id}.config.{key}");
-                    let message = format!("{service_id} reads the private signing keys; only Auth may");
+                    let message =
+                        format!("{service_id} reads the private signing keys; only Auth may");
                     findings.push(cx.base_finding(&field, message));
                 }
             }
@@ -848,9 +928,10 @@ pub fn cron_interval_minutes(schedule: &str) -> Result<u32, String> {
         return Err(format!("`{schedule}` is not a five-field cron expression"));
     }
     let valid = |field: &str| {
-        field
-            .split(',')
-            .all(|part| part.split(['/', '-']).all(|n| n == "*" || n.parse::<u32>().is_ok()))
+        field.split(',').all(|part| {
+            part.split(['/', '-'])
+                .all(|n| n == "*" || n.parse::<u32>().is_ok())
+        })
     };
     if let Some(bad) = fields.iter().find(|field| !valid(field)) {
         return Err(format!("`{bad}` in `{schedule}` is not a cron field"));
@@ -862,7 +943,11 @@ pub fn cron_interval_minutes(schedule: &str) -> Result<u32, String> {
     };
     let minutes = step(fields[0], 1, 60);
     let hours = step(fields[1], 60, 1440);
-    let days = if fields[2] == "*" && fields[4] == "*" { 1440 } else { 10080 };
+    let days = if fields[2] == "*" && fields[4] == "*" {
+        1440
+    } else {
+        10080
+    };
     Ok(if fields[0] == "*" || fields[0].starts_with("*/") {
         minutes
     } else if fields[1] == "*" || fields[1].starts_with("*/") {
@@ -956,7 +1041,10 @@ fn restore_order(cx: &Context) -> Vec<Finding> {
             } else {
                 format!("databases.{}.restore-priority", pair[1].0)
             };
-            let message = format!("{} must be restored after {} (section 22.4)", pair[1].0, pair[0].0);
+            let message = format!(
+                "{} must be restored after {} (section 22.4)",
+                pair[1].0, pair[0].0
+            );
             findings.push(cx.base_finding(&field, message));
         }
     }
@@ -967,7 +1055,11 @@ fn production_backups(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     for env in cx.environments.iter().filter(|env| env.is_production()) {
         if !env.file.backups.enabled {
-            findings.push(in_env(env, "backups.enabled", "production backups are off".into()));
+            findings.push(in_env(
+                env,
+                "backups.enabled",
+                "production backups are off".into(),
+            ));
         }
         for (id, _, deployment) in env.deployed_databases() {
             if deployment.is_none() {
@@ -992,7 +1084,11 @@ fn production_alerts(cx: &Context) -> Vec<Finding> {
             ("monitoring.access-logs", monitoring.access_logs),
         ] {
             if !on {
-                findings.push(in_env(env, field, format!("{} must have this on", env.name)));
+                findings.push(in_env(
+                    env,
+                    field,
+                    format!("{} must have this on", env.name),
+                ));
             }
         }
     }
@@ -1004,7 +1100,9 @@ fn mandatory_alerts(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     for id in MANDATORY_ALERTS {
         if !base.alerts.contains_key(id) {
-            findings.push(cx.base_finding("alerts", format!("alert `{id}` of section 20.5 is missing")));
+            findings.push(
+                cx.base_finding("alerts", format!("alert `{id}` of section 20.5 is missing")),
+            );
         }
     }
     for (id, alert) in &base.alerts {
@@ -1052,7 +1150,11 @@ fn redis_policy(cx: &Context) -> Vec<Finding> {
         let message = "a cache that cannot evict fails writes when full".into();
         findings.push(cx.base_finding("redis.maxmemory-policy", message));
     }
-    let patterns: BTreeSet<&str> = redis.key_families.values().map(|f| f.pattern.as_str()).collect();
+    let patterns: BTreeSet<&str> = redis
+        .key_families
+        .values()
+        .map(|f| f.pattern.as_str())
+        .collect();
     for pattern in REDIS_KEY_PATTERNS {
         if !patterns.contains(pattern) {
             let message = format!("key family `{pattern}` of section 11.4 is missing");
@@ -1071,9 +1173,8 @@ fn redis_policy(cx: &Context) -> Vec<Finding> {
         }
         let floor = base.tokens.access_ttl_seconds + base.tokens.clock_skew_seconds;
         if family.pattern.starts_with("revoked:") && family.ttl_seconds < floor {
-            let message = format!(
-                "revocation markers must outlive access tokens: at least {floor} s (11.5)"
-            );
+            let message =
+                format!("revocation markers must outlive access tokens: at least {floor} s (11.5)");
             findings.push(cx.base_finding(&field, message));
         }
     }
@@ -1127,7 +1228,10 @@ fn unique_ports(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut taken: BTreeMap<u16, String> = BTreeMap::new();
     for (id, service) in &cx.matrix.base().services {
-        for (name, port) in [("http", service.ports.http), ("internal", service.ports.internal)] {
+        for (name, port) in [
+            ("http", service.ports.http),
+            ("internal", service.ports.internal),
+        ] {
             let field = format!("services.{id}.ports.{name}");
             if port < 1024 {
                 let message = "ports below 1024 need privileges a non-root container lacks".into();
@@ -1186,7 +1290,8 @@ fn scaling(cx: &Context) -> Vec<Finding> {
                     }
                     (Some(_), Some(_)) => {}
                     _ => {
-                        let message = format!("{name} `{request}`/`{limit}` is not a Kubernetes quantity");
+                        let message =
+                            format!("{name} `{request}`/`{limit}` is not a Kubernetes quantity");
                         findings.push(in_env(env, &field, message));
                     }
                 }
@@ -1253,7 +1358,12 @@ fn unused_secret(cx: &Context) -> Vec<Finding> {
     base.secrets
         .iter()
         .filter(|(id, secret)| !read.contains(id) && !kisumctl_only.contains(&secret.category))
-        .map(|(id, _)| cx.base_finding(&format!("secrets.{id}"), format!("`{id}` is read by nothing")))
+        .map(|(id, _)| {
+            cx.base_finding(
+                &format!("secrets.{id}"),
+                format!("`{id}` is read by nothing"),
+            )
+        })
         .collect()
 }
 
@@ -1280,7 +1390,12 @@ fn assumption_path(cx: &Context) -> Vec<Finding> {
         for (n, assumption) in assumptions.iter().enumerate() {
             if !source.has(&assumption.path) {
                 let message = format!("`{}` does not exist in this file", assumption.path);
-                findings.push(at(source, environment, &format!("assumptions.{n}.path"), message));
+                findings.push(at(
+                    source,
+                    environment,
+                    &format!("assumptions.{n}.path"),
+                    message,
+                ));
             }
         }
     }
@@ -1296,19 +1411,14 @@ fn open_decision(cx: &Context) -> Vec<Finding> {
     }
     for (id, db) in &base.databases {
         let path = format!("databases.{id}.engine");
-        let listed = base.open_decisions.iter().any(|d| d.affects.contains(&path));
+        let listed = base
+            .open_decisions
+            .iter()
+            .any(|d| d.affects.contains(&path));
         if db.engine == Engine::Undecided && !listed {
             let message = format!("{id} has no engine and no open decision lists it");
             findings.push(cx.base_finding(&path, message));
         }
     }
     findings
-}
-
-/// The tier of an environment, for reports.
-pub fn tier_name(tier: Tier) -> &'static str {
-    match tier {
-        Tier::Production => "production",
-        Tier::NonProduction => "non-production",
-    }
 }

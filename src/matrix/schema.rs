@@ -46,6 +46,8 @@ pub struct Platform {
     /// Kubernetes minor version the rendered manifests target, e.g. `1.33`.
     pub kubernetes_version: String,
     pub ingress: IngressController,
+    /// Where the metrics scraper runs (NetworkPolicy source for /metrics).
+    pub metrics_scraper: PodSource,
     /// Registry and path prefix of the service images.
     pub image_registry: String,
     /// UID and GID every container runs as.
@@ -61,6 +63,13 @@ pub struct IngressController {
     /// Namespace the controller's pods run in (NetworkPolicy source).
     pub namespace: String,
     /// Labels that select the controller's pods.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PodSource {
+    pub namespace: String,
     pub pod_labels: BTreeMap<String, String>,
 }
 
@@ -514,7 +523,9 @@ pub struct EnvironmentBackups {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "kind")]
 pub enum BackupStore {
-    LocalDirectory { path: String },
+    LocalDirectory {
+        path: String,
+    },
     S3 {
         bucket: String,
         prefix: String,

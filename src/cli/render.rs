@@ -1,0 +1,104 @@
+//! `kisumctl render [ENV] [--out DIR] [--check]`: Kubernetes manifests.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::{Exit, load_matrix};
+use crate::render::{self, output, templates::Templates};
+
+/// Render Kubernetes manifests from the matrix.
+///
+/// Writes one directory per environment, `DIR/<env>/`: `namespace.yaml`
+/// (namespace, default-deny and DNS policies), one file per service and a
+/// `kustomization.yaml`, so `kubectl apply -k manifests/<env>` works. The
+/// output is deterministic. With `--check`, nothing is written: the command
+/// exits 1 and prints a diff when the committed files differ from a fresh
+/// render.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment to render; every environment when omitted.
+    env: Option<String>,
+
+    /// Parent directory of the per-environment directories.
+    #[arg(long, default_value = "manifests")]
+    out: PathBuf,
+
+    /// Compare with the files in DIR instead of writing them.
+    #[arg(long)]
+    check: bool,
+
+    /// Directory of the tera templates.
+    #[arg(long, env = "KISUM_TEMPLATES", default_value = "templates")]
+    templates: PathBuf,
+}
+
+pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
+    let matrix = match load_matrix(dir) {
+        Ok(matrix) => matrix,
+        Err(exit) => return Ok(exit),
+    };
+    let names: Vec<String> = match &args.env {
+        Some(env) => vec![env.clone()],
+        None => matrix.environment_names().map(str::to_string).collect(),
+    };
+    let templates = match Templates::load(&args.templates) {
+        Ok(templates) => templates,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(Exit::UnusableInput);
+        }
+    };
+
+    let mut stale = false;
+    for name in &names {
+        let env = match matrix.environment(name) {
+            Ok(env) => env,
+            Err(errors) => {
+                for error in &errors.0 {
+                    eprintln!("error: {error}");
+                }
+                return Ok(Exit::UnusableInput);
+            }
+        };
+        let files = match render::render(&env, &templates) {
+            Ok(files) => files,
+            Err(error) => {
+                eprintln!("error: {name}: {error}");
+                return Ok(Exit::UnusableInput);
+            }
+        };
+        let target = args.out.join(name);
+        if args.check {
+            let staleness = output::check(&target, &files)
+                .with_context(|| format!("reading {}", target.display()))?;
+            if staleness.is_clean() {
+                eprintln!("{name}: {} is up to date", target.display());
+            } else {
+                stale = true;
+                print!("{}", staleness.diff);
+                eprintln!(
+                    "{name}: {} is stale: {} changed, {} missing, {} extra; run `kisumctl render {name}`",
+                    target.display(),
+                    staleness.changed.len(),
+                    staleness.missing.len(),
+                    staleness.extra.len()
+                );
+            }
+        } else {
+            let touched = output::write(&target, &files)
+                .with_context(|| format!("writing {}", target.display()))?;
+            eprintln!(
+                "{name}: {} files in {} ({} changed)",
+                files.len(),
+                target.display(),
+                touched.len()
+            );
+        }
+    }
+    Ok(if stale {
+        Exit::CheckFailed
+    } else {
+        Exit::Clean
+    })
+}

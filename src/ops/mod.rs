@@ -1,0 +1,3 @@
+//! Operational documents and reports derived from the matrix.
+
+pub mod inventory;

@@ -1,0 +1,173 @@
+//! Kubernetes manifests from the matrix, built as typed k8s-openapi values.
+//!
+//! One file per service plus `namespace.yaml` and `kustomization.yaml`, in
+//! a stable order with stable formatting, so that the committed copy under
+//! `manifests/<env>/` can be compared byte for byte with a fresh render.
+
+mod ingress;
+mod network;
+pub mod output;
+pub mod templates;
+mod workload;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+use crate::matrix::Environment;
+use templates::Templates;
+
+/// Label and field-manager name that mark what kisumctl owns.
+pub const MANAGER: &str = "kisumctl";
+
+/// First lines of every rendered file.
+pub const HEADER: &str = "# Rendered by kisumctl from environments/; do not edit by hand.\n\
+                          # Change the matrix or templates/ and run `kisumctl render`.\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template {template}: {message}")]
+    Template { template: String, message: String },
+    #[error("cannot serialize {what}: {message}")]
+    Serialize { what: String, message: String },
+}
+
+/// One rendered file: its name inside `manifests/<env>/` and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// All files of one environment, sorted by name.
+pub fn render(env: &Environment, templates: &Templates) -> Result<Vec<RenderedFile>, RenderError> {
+    let mut files = Vec::new();
+
+    let mut namespace_docs = vec![to_yaml(&namespace(env), "namespace")?];
+    for policy in network::namespace_policies(env) {
+        namespace_docs.push(to_yaml(&policy, "namespace network policy")?);
+    }
+    files.push(file("namespace.yaml", &namespace_docs));
+
+    for service in env.services.values() {
+        let mut docs = Vec::new();
+        for object in workload::objects(env, service) {
+            docs.push(object.to_yaml()?);
+        }
+        docs.push(to_yaml(
+            &network::service_policy(env, service),
+            "network policy",
+        )?);
+        if service.spec.exposure == crate::matrix::schema::Exposure::Public {
+            let (headers, ingress) = ingress::objects(env, service, templates)?;
+            docs.push(to_yaml(&headers, "security headers")?);
+            docs.push(to_yaml(&ingress, "ingress")?);
+        }
+        files.push(file(&format!("{}.yaml", service.id), &docs));
+    }
+
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    let kustomization = kustomization(env, &files);
+    files.push(RenderedFile {
+        name: "kustomization.yaml".into(),
+        text: format!("{HEADER}{}", serialize(&kustomization, "kustomization")?),
+    });
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+fn file(name: &str, docs: &[String]) -> RenderedFile {
+    let mut text = HEADER.to_string();
+    for doc in docs {
+        text += "---\n";
+        text += doc;
+    }
+    RenderedFile {
+        name: name.to_string(),
+        text,
+    }
+}
+
+/// Labels every object of a service carries.
+pub fn labels(env: &Environment, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), component.to_string()),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            env.base.platform.name.clone(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGER.to_string(),
+        ),
+        ("kisum.io/environment".to_string(), env.name.to_string()),
+    ])
+}
+
+/// The labels that select a service's pods.
+pub fn selector(service: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".to_string(), service.to_string())])
+}
+
+pub fn meta(env: &Environment, name: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(env.file.namespace.clone()),
+        labels: Some(labels(env, component)),
+        ..ObjectMeta::default()
+    }
+}
+
+fn namespace(env: &Environment) -> Namespace {
+    let mut labels = labels(env, "namespace");
+    for mode in ["enforce", "audit", "warn"] {
+        labels.insert(
+            format!("pod-security.kubernetes.io/{mode}"),
+            "restricted".into(),
+        );
+    }
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(env.file.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Kustomization {
+    api_version: &'static str,
+    kind: &'static str,
+    namespace: String,
+    resources: Vec<String>,
+}
+
+fn kustomization(env: &Environment, files: &[RenderedFile]) -> Kustomization {
+    Kustomization {
+        api_version: "kustomize.config.k8s.io/v1beta1",
+        kind: "Kustomization",
+        namespace: env.file.namespace.clone(),
+        resources: files.iter().map(|f| f.name.clone()).collect(),
+    }
+}
+
+/// Serializes one object as a YAML document body.
+pub fn to_yaml<T: Serialize>(object: &T, what: &str) -> Result<String, RenderError> {
+    serialize(object, what)
+}
+
+fn serialize<T: Serialize>(object: &T, what: &str) -> Result<String, RenderError> {
+    let mut text = serde_saphyr::to_string(object).map_err(|error| RenderError::Serialize {
+        what: what.to_string(),
+        message: error.to_string(),
+    })?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
