@@ -14,7 +14,8 @@ use crate::render::{self, output, templates::Templates};
 /// `kustomization.yaml`, so `kubectl apply -k manifests/<env>` works. The
 /// output is deterministic. With `--check`, nothing is written: the command
 /// exits 1 and prints a diff when the committed files differ from a fresh
-/// render.
+/// render. A matrix that violates a rule of `kisumctl validate` is not
+/// rendered (exit 1).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment to render; every environment when omitted.
@@ -42,6 +43,23 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         Some(env) => vec![env.clone()],
         None => matrix.environment_names().map(str::to_string).collect(),
     };
+    // A matrix that breaks a rule (an inline secret, a public Core) is
+    // never turned into manifests.
+    let violations: Vec<_> = crate::matrix::rules::check(&matrix)
+        .into_iter()
+        .filter(|f| f.level == crate::matrix::rules::Level::Error)
+        .filter(|f| f.environment.as_ref().is_none_or(|env| names.contains(env)))
+        .collect();
+    if !violations.is_empty() {
+        for finding in &violations {
+            print!("{}", super::validate::finding_line(finding));
+        }
+        eprintln!(
+            "not rendering: the matrix violates {} rule(s); see `kisumctl validate`",
+            violations.len()
+        );
+        return Ok(Exit::CheckFailed);
+    }
     let templates = match Templates::load(&args.templates) {
         Ok(templates) => templates,
         Err(error) => {

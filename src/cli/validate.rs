@@ -147,23 +147,7 @@ fn text(report: &Report, with_rules: bool) -> String {
         out += "\n";
     }
     for finding in &report.findings {
-        let level = match finding.level {
-            Level::Error => "error",
-            Level::Warning => "warning",
-        };
-        let place = match finding.position {
-            Some(at) => format!("{}:{}:{}", finding.file.display(), at.line, at.column),
-            None => finding.file.display().to_string(),
-        };
-        let env = finding
-            .environment
-            .as_deref()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
-        out += &format!(
-            "{level}[{}]{env} {place}: {}: {}\n",
-            finding.rule, finding.field, finding.message
-        );
+        out += &finding_line(finding);
     }
     if !report.findings.is_empty() {
         out += "\n";
@@ -187,4 +171,25 @@ fn text(report: &Report, with_rules: bool) -> String {
         report.errors, report.warnings
     );
     out
+}
+
+/// One finding as a line: `error[rule] (env) file:line:col: field: message`.
+pub fn finding_line(finding: &Finding) -> String {
+    let level = match finding.level {
+        Level::Error => "error",
+        Level::Warning => "warning",
+    };
+    let place = match finding.position {
+        Some(at) => format!("{}:{}:{}", finding.file.display(), at.line, at.column),
+        None => finding.file.display().to_string(),
+    };
+    let env = finding
+        .environment
+        .as_deref()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    format!(
+        "{level}[{}]{env} {place}: {}: {}\n",
+        finding.rule, finding.field, finding.message
+    )
 }

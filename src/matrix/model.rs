@@ -186,7 +186,7 @@ impl<'m> Environment<'m> {
                 };
                 config.insert(key.as_str(), value);
             }
-            let image = match &local.image_tag {
+            let image = match local.image_tag.as_ref().or(file.image_tag.as_ref()) {
                 Some(tag) if tag.starts_with("sha256:") => {
                     format!("{}/{}@{tag}", base.platform.image_registry, spec.image)
                 }

@@ -1318,7 +1318,12 @@ fn image_tagged(cx: &Context) -> Vec<Finding> {
     for env in cx.environments.iter().filter(|env| env.name != "local") {
         for service in env.services.values() {
             if service.image.ends_with(":latest") {
-                let field = format!("services.{}.image-tag", service.id);
+                let own = env.file.services.get(service.id).is_some_and(|s| s.image_tag.is_some());
+                let field = if own {
+                    format!("services.{}.image-tag", service.id)
+                } else {
+                    "image-tag".to_string()
+                };
                 let message = format!("{} would run `:latest`; set image-tag", service.id);
                 findings.push(in_env(env, &field, message));
             }
@@ -1421,4 +1426,574 @@ fn open_decision(cx: &Context) -> Vec<Finding> {
         }
     }
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::matrix::load::Loaded;
+    use crate::matrix::schema::{Assumption, Visibility};
+
+    fn shipped() -> Matrix {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        Matrix::load(&dir).expect("the shipped matrix loads")
+    }
+
+    /// Findings of `rule` after `edit` is applied to the shipped matrix.
+    fn flagged(rule: &str, edit: impl FnOnce(&mut Loaded)) -> Vec<Finding> {
+        let mut matrix = shipped();
+        edit(&mut matrix.loaded);
+        check(&matrix)
+            .into_iter()
+            .filter(|f| f.rule == rule)
+            .collect()
+    }
+
+    fn env_file<'a>(
+        loaded: &'a mut Loaded,
+        name: &str,
+    ) -> &'a mut super::super::schema::EnvironmentFile {
+        &mut loaded
+            .environments
+            .get_mut(name)
+            .expect("environment exists")
+            .0
+    }
+
+    fn assert_one_at(findings: &[Finding], field: &str) {
+        assert!(
+            findings.iter().any(|f| f.field == field),
+            "expected a finding at {field}, got {findings:#?}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_matrix_violates_no_rule() {
+        let errors: Vec<Finding> = check(&shipped())
+            .into_iter()
+            .filter(|f| f.level == Level::Error)
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+
+    #[test]
+    fn rule_ids_are_unique() {
+        let ids: BTreeSet<&str> = RULES.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), RULES.len());
+    }
+
+    #[test]
+    fn required_environments_flags_a_missing_one_and_a_second_production_tier() {
+        let findings = flagged("required-environments", |m| {
+            m.environments.remove("dev");
+            env_file(m, "staging").tier = super::super::schema::Tier::Production;
+        });
+        assert!(findings.iter().any(|f| f.message.contains("dev.yaml")));
+        assert_one_at(&findings, "tier");
+    }
+
+    #[test]
+    fn core_internal_flags_a_public_core() {
+        let findings = flagged("core-internal", |m| {
+            m.base.services.get_mut("platform-core").unwrap().exposure = Exposure::Public;
+        });
+        assert_one_at(&findings, "services.platform-core.exposure");
+    }
+
+    #[test]
+    fn internal_host_private_flags_core_in_a_public_zone() {
+        let findings = flagged("internal-host-private", |m| {
+            m.base.services.get_mut("platform-core").unwrap().zone = "kisum-io".into();
+            m.base.services.get_mut("platform-core").unwrap().host = "core.kisum.io".into();
+        });
+        assert_one_at(&findings, "services.platform-core.zone");
+    }
+
+    #[test]
+    fn internal_host_private_flags_a_frontend_in_a_private_zone() {
+        let findings = flagged("internal-host-private", |m| {
+            m.base.dns.zones.get_mut("kisum-io").unwrap().visibility = Visibility::Private;
+        });
+        assert_one_at(&findings, "frontends.app.zone");
+    }
+
+    #[test]
+    fn data_private_flags_public_databases_redis_and_plain_connections() {
+        let findings = flagged("data-private", |m| {
+            let prod = env_file(m, "production");
+            prod.databases
+                .get_mut("auth-db")
+                .unwrap()
+                .publicly_accessible = true;
+            prod.redis.tls_required = false;
+        });
+        assert_one_at(&findings, "databases.auth-db.publicly-accessible");
+        assert_one_at(&findings, "redis.tls-required");
+    }
+
+    #[test]
+    fn data_private_allows_plain_connections_on_local_loopback() {
+        assert!(flagged("data-private", |_| {}).is_empty());
+    }
+
+    #[test]
+    fn public_tls_flags_disabled_tls_and_a_private_ca_on_managed_dns() {
+        let findings = flagged("public-tls", |m| {
+            env_file(m, "staging").tls.mode = TlsMode::Disabled;
+            env_file(m, "dev").tls.mode = TlsMode::SelfSigned;
+        });
+        assert_eq!(findings.len(), 2, "{findings:#?}");
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.message.contains("auth-staging.kisum.io"))
+        );
+    }
+
+    #[test]
+    fn dns_separation_flags_a_production_host_reused_in_staging() {
+        let findings = flagged("dns-separation", |m| {
+            let staging = env_file(m, "staging");
+            staging.services.get_mut("auth").unwrap().host = Some("auth.kisum.io".into());
+        });
+        assert_one_at(&findings, "services.auth.host");
+        assert!(findings[0].message.contains("production"), "{findings:#?}");
+    }
+
+    #[test]
+    fn secret_separation_flags_staging_reading_production_secrets() {
+        let findings = flagged("secret-separation", |m| {
+            let production = env_file(m, "production").secrets.clone();
+            env_file(m, "staging").secrets = production;
+        });
+        assert_eq!(findings[0].environment.as_deref(), Some("staging"));
+    }
+
+    #[test]
+    fn secret_account_separation_warns_on_a_shared_aws_account() {
+        let findings = flagged("secret-account-separation", |m| {
+            if let SecretBackend::AwsSecretsManager { account, .. } =
+                &mut env_file(m, "dev").secrets
+            {
+                *account = "210987654321".into();
+            }
+        });
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].level, Level::Warning);
+    }
+
+    #[test]
+    fn no_inline_secret_flags_values_for_credentials_and_inline_overrides() {
+        let findings = flagged("no-inline-secret", |m| {
+            let entry = m
+                .base
+                .services
+                .get_mut("finance")
+                .unwrap()
+                .config
+                .get_mut("DATABASE_URL");
+            let entry = entry.unwrap();
+            entry.secret = None;
+            entry.secret_key = None;
+            entry.value = Some("postgres://finance:hunter2@db/finance".into());
+            let local = env_file(m, "local").services.get_mut("auth").unwrap();
+            local
+                .config
+                .insert("AUTH_DB_URL".into(), "postgres://x".into());
+        });
+        assert_one_at(&findings, "services.finance.config.DATABASE_URL.value");
+        assert_one_at(&findings, "services.auth.config.AUTH_DB_URL");
+    }
+
+    #[test]
+    fn secret_names_and_values_are_recognised() {
+        assert!(is_secret_name("AUTH_DB_URL"));
+        assert!(is_secret_name("EMAIL_PROVIDER_KEY"));
+        assert!(!is_secret_name("ACCESS_TOKEN_TTL"));
+        assert!(!is_secret_name("JWT_AUDIENCE"));
+        assert!(looks_like_secret_value("redis://user:pw@host:6379"));
+        assert!(!looks_like_secret_value("https://auth.kisum.io"));
+    }
+
+    #[test]
+    fn db_credential_unshared_flags_a_second_reader() {
+        let findings = flagged("db-credential-unshared", |m| {
+            let market = m.base.services.get_mut("market").unwrap();
+            market.config.get_mut("DATABASE_URL").unwrap().secret =
+                Some("touring-db-credentials".into());
+        });
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.field == "secrets.touring-db-credentials")
+        );
+        assert_one_at(&findings, "services.market.config.DATABASE_URL");
+    }
+
+    #[test]
+    fn egress_in_traffic_matrix_flags_an_unlisted_call() {
+        let findings = flagged("egress-in-traffic-matrix", |m| {
+            m.base
+                .services
+                .get_mut("finance")
+                .unwrap()
+                .egress
+                .push("redis".into());
+        });
+        assert_one_at(&findings, "services.finance.egress.2");
+    }
+
+    #[test]
+    fn data_owner_only_flags_another_services_database() {
+        let findings = flagged("data-owner-only", |m| {
+            m.base
+                .traffic
+                .get_mut("auth")
+                .unwrap()
+                .push("finance-db".into());
+            m.base
+                .services
+                .get_mut("auth")
+                .unwrap()
+                .egress
+                .push("finance-db".into());
+        });
+        assert_one_at(&findings, "services.auth.egress.4");
+    }
+
+    #[test]
+    fn data_owner_only_flags_an_owner_without_egress_to_its_database() {
+        let findings = flagged("data-owner-only", |m| {
+            m.base
+                .services
+                .get_mut("finance")
+                .unwrap()
+                .egress
+                .retain(|t| t != "finance-db");
+        });
+        assert_one_at(&findings, "services.finance.egress");
+    }
+
+    #[test]
+    fn core_callers_flags_a_module_calling_core() {
+        let findings = flagged("core-callers", |m| {
+            m.base
+                .services
+                .get_mut("basic")
+                .unwrap()
+                .egress
+                .push("platform-core".into());
+        });
+        assert_one_at(&findings, "services.basic.egress.3");
+    }
+
+    #[test]
+    fn core_callers_flags_core_calling_auth() {
+        let findings = flagged("core-callers", |m| {
+            m.base
+                .services
+                .get_mut("platform-core")
+                .unwrap()
+                .egress
+                .push("auth".into());
+        });
+        assert_one_at(&findings, "services.platform-core.egress.2");
+    }
+
+    #[test]
+    fn service_auth_flags_a_callee_that_cannot_verify_the_caller() {
+        let findings = flagged("service-auth", |m| {
+            m.base
+                .services
+                .get_mut("auth")
+                .unwrap()
+                .config
+                .remove("INTERNAL_CALLER_FINANCE");
+        });
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.message.contains("cannot verify finance")),
+            "{findings:#?}"
+        );
+    }
+
+    #[test]
+    fn service_auth_flags_a_call_without_credential() {
+        let findings = flagged("service-auth", |m| {
+            m.base
+                .services
+                .get_mut("finance")
+                .unwrap()
+                .config
+                .remove("INTERNAL_CREDENTIAL");
+        });
+        assert_one_at(&findings, "services.finance.egress.1");
+    }
+
+    #[test]
+    fn jwt_keys_flags_a_module_reading_the_signing_keys() {
+        let findings = flagged("jwt-keys", |m| {
+            let auth_entry = m.base.services["auth"].config["JWT_KEY_SET"].clone();
+            let ai = m.base.services.get_mut("ai").unwrap();
+            ai.config.insert("JWT_KEY_SET".into(), auth_entry);
+        });
+        assert_one_at(&findings, "services.ai.config.JWT_KEY_SET");
+    }
+
+    #[test]
+    fn health_endpoints_flags_other_paths() {
+        let findings = flagged("health-endpoints", |m| {
+            m.base.services.get_mut("venue").unwrap().health.readiness = "/healthz".into();
+        });
+        assert_one_at(&findings, "services.venue.health.readiness");
+    }
+
+    #[test]
+    fn backups_complete_flags_an_rpo_the_schedule_cannot_meet() {
+        let findings = flagged("backups-complete", |m| {
+            let db = m.base.databases.get_mut("finance-db").unwrap();
+            db.backup.point_in_time_recovery = false;
+        });
+        assert_one_at(&findings, "databases.finance-db.rpo-minutes");
+    }
+
+    #[test]
+    fn backups_complete_flags_a_malformed_schedule() {
+        let findings = flagged("backups-complete", |m| {
+            m.base
+                .databases
+                .get_mut("main-db")
+                .unwrap()
+                .backup
+                .drill_schedule = "weekly".into();
+        });
+        assert_one_at(&findings, "databases.main-db.backup.drill-schedule");
+    }
+
+    #[test]
+    fn cron_intervals_are_read_from_the_fields() {
+        assert_eq!(cron_interval_minutes("*/5 * * * *"), Ok(5));
+        assert_eq!(cron_interval_minutes("0 * * * *"), Ok(60));
+        assert_eq!(cron_interval_minutes("0 */4 * * *"), Ok(240));
+        assert_eq!(cron_interval_minutes("0 2 * * *"), Ok(1440));
+        assert_eq!(cron_interval_minutes("0 5 * * 1"), Ok(10080));
+        assert!(cron_interval_minutes("0 2 * *").is_err());
+    }
+
+    #[test]
+    fn restore_order_flags_duplicates_and_core_before_auth() {
+        let findings = flagged("restore-order", |m| {
+            m.base
+                .databases
+                .get_mut("platform-core-db")
+                .unwrap()
+                .restore_priority = 1;
+        });
+        assert_one_at(&findings, "databases.platform-core-db.restore-priority");
+    }
+
+    #[test]
+    fn production_backups_flags_backups_off() {
+        let findings = flagged("production-backups", |m| {
+            env_file(m, "production").backups.enabled = false;
+        });
+        assert_one_at(&findings, "backups.enabled");
+    }
+
+    #[test]
+    fn production_backups_flags_a_database_with_no_deployment() {
+        let findings = flagged("production-backups", |m| {
+            env_file(m, "production").databases.remove("finance-db");
+        });
+        assert!(findings[0].message.contains("finance-db"));
+    }
+
+    #[test]
+    fn production_alerts_flags_alerts_off_in_staging_but_not_dev() {
+        let findings = flagged("production-alerts", |m| {
+            env_file(m, "staging").monitoring.alerts = false;
+        });
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].environment.as_deref(), Some("staging"));
+    }
+
+    #[test]
+    fn mandatory_alerts_flags_a_missing_alert_and_a_mismatched_expiry() {
+        let findings = flagged("mandatory-alerts", |m| {
+            m.base.alerts.remove("backup-failure");
+            m.base.tls.expiry_alert_days = 7;
+        });
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.message.contains("backup-failure"))
+        );
+        assert_one_at(&findings, "alerts.certificate-expiry.threshold");
+    }
+
+    #[test]
+    fn redis_policy_flags_short_revocation_markers_and_missing_families() {
+        let findings = flagged("redis-policy", |m| {
+            let families = &mut m.base.redis.key_families;
+            families.get_mut("revoked-session").unwrap().ttl_seconds = 60;
+            families.remove("company-map");
+            families.get_mut("access-context").unwrap().ttl_seconds = 3600;
+        });
+        assert_one_at(&findings, "redis.key-families.revoked-session.ttl-seconds");
+        assert_one_at(&findings, "redis.key-families.access-context.ttl-seconds");
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.message.contains("company-map:{raw-x-org}"))
+        );
+    }
+
+    #[test]
+    fn redis_policy_flags_an_unknown_eviction_policy() {
+        let findings = flagged("redis-policy", |m| {
+            m.base.redis.maxmemory_policy = "lru".into()
+        });
+        assert_one_at(&findings, "redis.maxmemory-policy");
+    }
+
+    #[test]
+    fn upstream_timeouts_flags_ai_not_longer_than_auth() {
+        let findings = flagged("upstream-timeouts", |m| {
+            m.base.services.get_mut("ai").unwrap().timeouts.read_seconds = 15;
+        });
+        assert_one_at(&findings, "services.ai.timeouts.read-seconds");
+    }
+
+    #[test]
+    fn tls_policy_flags_renewal_after_the_alert() {
+        let findings = flagged("tls-policy", |m| m.base.tls.renewal_window_days = 10);
+        assert_one_at(&findings, "tls.renewal-window-days");
+    }
+
+    #[test]
+    fn unique_ports_flags_a_clash() {
+        let findings = flagged("unique-ports", |m| {
+            m.base.services.get_mut("venue").unwrap().ports.http = 8101;
+        });
+        assert_one_at(&findings, "services.venue.ports.http");
+    }
+
+    #[test]
+    fn scaling_flags_requests_above_limits_and_zero_replicas() {
+        let findings = flagged("scaling", |m| {
+            let auth = m.base.services.get_mut("auth").unwrap();
+            auth.resources.cpu_request = "2".into();
+            env_file(m, "production")
+                .services
+                .get_mut("ai")
+                .unwrap()
+                .replicas = Some(0);
+        });
+        assert_one_at(&findings, "services.auth.resources");
+        assert_one_at(&findings, "services.ai.replicas");
+    }
+
+    #[test]
+    fn quantities_parse_like_kubernetes() {
+        assert_eq!(quantity("250m"), Some(0.25));
+        assert_eq!(quantity("2"), Some(2.0));
+        assert_eq!(quantity("512Mi"), Some(536870912.0));
+        assert_eq!(quantity("lots"), None);
+    }
+
+    #[test]
+    fn production_redundancy_warns_on_a_single_instance() {
+        let findings = flagged("production-redundancy", |m| {
+            env_file(m, "production")
+                .services
+                .get_mut("venue")
+                .unwrap()
+                .replicas = Some(1);
+        });
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].level, Level::Warning);
+    }
+
+    #[test]
+    fn image_tagged_flags_latest_outside_local() {
+        let findings = flagged("image-tagged", |m| {
+            env_file(m, "staging")
+                .services
+                .get_mut("finance")
+                .unwrap()
+                .image_tag = None;
+        });
+        assert_one_at(&findings, "services.finance.image-tag");
+    }
+
+    #[test]
+    fn frontend_headers_flags_a_csp_that_allows_framing() {
+        let findings = flagged("frontend-headers", |m| {
+            m.base
+                .frontends
+                .get_mut("app")
+                .unwrap()
+                .content_security_policy = "default-src 'self'".into();
+        });
+        assert_one_at(&findings, "frontends.app.content-security-policy");
+    }
+
+    #[test]
+    fn unused_secret_warns_on_an_orphan() {
+        let findings = flagged("unused-secret", |m| {
+            m.base
+                .services
+                .get_mut("ai")
+                .unwrap()
+                .config
+                .remove("AI_PROVIDER_KEY");
+        });
+        assert_one_at(&findings, "secrets.ai-provider-key");
+    }
+
+    #[test]
+    fn backup_encryption_warns_until_recipients_are_set() {
+        assert_eq!(flagged("backup-encryption", |_| {}).len(), 1);
+        let findings = flagged("backup-encryption", |m| {
+            env_file(m, "production").backups.age_recipients = vec!["age1example".into()];
+        });
+        assert!(findings.is_empty());
+    }
+
+    #[test]
+    fn assumption_path_flags_a_stale_assumption() {
+        let findings = flagged("assumption-path", |m| {
+            m.base.assumptions.push(Assumption {
+                path: "services.nothing.host".into(),
+                reason: "gone".into(),
+            });
+        });
+        assert_eq!(findings.len(), 1);
+        assert!(findings[0].message.contains("services.nothing.host"));
+    }
+
+    #[test]
+    fn open_decision_lists_each_question_and_an_unlisted_undecided_engine() {
+        assert_eq!(flagged("open-decision", |_| {}).len(), 2);
+        let findings = flagged("open-decision", |m| m.base.open_decisions.clear());
+        assert_one_at(&findings, "databases.venue-db.engine");
+        assert_one_at(&findings, "databases.ai-db.engine");
+    }
+
+    #[test]
+    fn findings_point_at_the_line_that_must_change() {
+        let findings = flagged("core-internal", |m| {
+            m.base.services.get_mut("platform-core").unwrap().exposure = Exposure::Public;
+        });
+        let finding = &findings[0];
+        let text = std::fs::read_to_string(&finding.file).unwrap();
+        let line = text
+            .lines()
+            .nth(finding.position.unwrap().line as usize - 1)
+            .unwrap();
+        assert_eq!(line.trim(), "exposure: internal");
+    }
 }

@@ -437,6 +437,9 @@ pub struct EnvironmentFile {
     pub monitoring: Monitoring,
     /// Replica counts applied to every service before per-service values.
     pub scale: Option<Scale>,
+    /// Image tag (or `sha256:` digest) of every service, unless a service
+    /// sets its own.
+    pub image_tag: Option<String>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceOverride>,
     #[serde(default)]

@@ -1,0 +1,10 @@
+//! Integration tests: the real `kisumctl` binary against the shipped
+//! matrix, copies of it, and the real peers (kubernetes-validate, checkov).
+//! One test binary for the whole crate keeps link time down.
+
+#[path = "cli/common.rs"]
+mod common;
+#[path = "cli/corpus.rs"]
+mod corpus;
+#[path = "cli/manifests.rs"]
+mod manifests;

@@ -1,0 +1,55 @@
+//! Shared helpers: running the binary, copying the matrix.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `kisumctl ARGS` with `dir` as working directory.
+pub fn kisumctl(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KISUM_MATRIX")
+        .env_remove("KISUM_TEMPLATES")
+        .output()
+        .expect("kisumctl runs")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A scratch copy of the repository's `environments/`, `templates/` and
+/// `manifests/`, for tests that edit them. Its name avoids a leading dot:
+/// some tools skip such directories silently.
+pub fn scratch_copy() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("kisum-test-")
+        .tempdir()
+        .expect("temp dir");
+    for name in ["environments", "templates", "manifests"] {
+        copy_dir(&root().join(name), &dir.path().join(name));
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}

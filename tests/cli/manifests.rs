@@ -1,0 +1,296 @@
+//! `kisumctl render`: committed snapshots, determinism, schema validity
+//! (kubernetes-validate --strict) and security posture (checkov).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{kisumctl, root, scratch_copy, stderr, stdout};
+
+const ENVIRONMENTS: [&str; 4] = ["local", "dev", "staging", "production"];
+
+/// A peer installed by `scripts/peers.sh`, or the path in `variable`.
+fn peer(variable: &str, installed: &str) -> PathBuf {
+    let path = std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".peers").join(installed));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/peers.sh (or set {variable})",
+        path.display()
+    );
+    path
+}
+
+/// The Kubernetes version the matrix targets, e.g. `1.33`.
+fn target_version() -> String {
+    let text = std::fs::read_to_string(root().join("environments/base.yaml")).unwrap();
+    let base: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    base["platform"]["kubernetes-version"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn render_into(dir: &Path, out: &Path) {
+    let output = kisumctl(dir, &["render", "--out", out.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "render failed: {}",
+        stderr(&output)
+    );
+}
+
+/// Rendered object documents (not the kustomization) of one environment.
+fn object_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.file_name().unwrap() != "kustomization.yaml")
+        .collect();
+    files.sort();
+    files
+}
+
+fn count_objects(files: &[PathBuf]) -> usize {
+    files
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            text.lines()
+                .filter(|line| line.starts_with("kind: "))
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn committed_manifests_match_a_fresh_render() {
+    let output = kisumctl(&root(), &["render", "--check"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "manifests/ is stale; run `kisumctl render`:\n{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn a_hand_edit_makes_check_fail_with_a_diff_until_rendered_again() {
+    let copy = scratch_copy();
+    let auth = copy.path().join("manifests/staging/auth.yaml");
+    let text = std::fs::read_to_string(&auth).unwrap();
+    std::fs::write(
+        &auth,
+        text.replace("imagePullPolicy: Always", "imagePullPolicy: Never"),
+    )
+    .unwrap();
+    std::fs::write(
+        copy.path().join("manifests/staging/stray.yaml"),
+        "kind: Stray\n",
+    )
+    .unwrap();
+
+    let check = kisumctl(copy.path(), &["render", "staging", "--check"]);
+    assert_eq!(check.status.code(), Some(1));
+    let diff = stdout(&check);
+    assert!(diff.contains("-        imagePullPolicy: Never"), "{diff}");
+    assert!(diff.contains("+        imagePullPolicy: Always"), "{diff}");
+    assert!(diff.contains("-kind: Stray"), "{diff}");
+    assert!(
+        stderr(&check).contains("1 changed, 0 missing, 1 extra"),
+        "{}",
+        stderr(&check)
+    );
+
+    let fix = kisumctl(copy.path(), &["render", "staging"]);
+    assert!(fix.status.success());
+    assert!(!copy.path().join("manifests/staging/stray.yaml").exists());
+    let again = kisumctl(copy.path(), &["render", "staging", "--check"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+}
+
+#[test]
+fn rendering_twice_gives_identical_bytes() {
+    let copy = scratch_copy();
+    let (first, second) = (copy.path().join("first"), copy.path().join("second"));
+    render_into(copy.path(), &first);
+    render_into(copy.path(), &second);
+    for env in ENVIRONMENTS {
+        for file in object_files(&first.join(env)) {
+            let name = file.file_name().unwrap();
+            let other = second.join(env).join(name);
+            assert_eq!(
+                std::fs::read(&file).unwrap(),
+                std::fs::read(&other).unwrap(),
+                "{name:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_environment_passes_kubernetes_validate_strict() {
+    let validator = peer(
+        "KISUM_KUBERNETES_VALIDATE",
+        "venv-kv/bin/kubernetes-validate",
+    );
+    let copy = scratch_copy();
+    let out = copy.path().join("rendered");
+    render_into(copy.path(), &out);
+    // The version the matrix targets, and the newest the validator knows.
+    for version in [format!("{}.0", target_version()), "1.37.0".to_string()] {
+        for env in ENVIRONMENTS {
+            let files = object_files(&out.join(env));
+            let result = Command::new(&validator)
+                .args(["--strict", "-k", &version])
+                .args(&files)
+                .output()
+                .unwrap();
+            let report = String::from_utf8_lossy(&result.stdout);
+            assert!(
+                result.status.success() && !report.contains("ERROR"),
+                "{env} against {version}:\n{report}{}",
+                String::from_utf8_lossy(&result.stderr)
+            );
+            let passed = report.matches(" passed for resource ").count();
+            assert_eq!(
+                passed,
+                count_objects(&files),
+                "{env}: every object validated\n{report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_environment_passes_checkov_with_reasons_for_each_skip() {
+    let checkov = peer("KISUM_CHECKOV", "venv-checkov/bin/checkov");
+    let copy = scratch_copy();
+    let out = copy.path().join("rendered");
+    render_into(copy.path(), &out);
+    let result = Command::new(&checkov)
+        .args(["-d", out.to_str().unwrap(), "--framework", "kubernetes"])
+        .args(["--skip-download", "--quiet", "-o", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkov printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&result.stderr)
+        )
+    });
+    let summary = &report["summary"];
+    let failed = &report["results"]["failed_checks"];
+    assert_eq!(summary["failed"], 0, "checkov failures: {failed:#}");
+    assert_eq!(summary["parsing_errors"], 0, "{summary}");
+    let files: Vec<PathBuf> = ENVIRONMENTS
+        .iter()
+        .flat_map(|e| object_files(&out.join(e)))
+        .collect();
+    let scanned = summary["resource_count"].as_u64().unwrap() as usize;
+    assert!(
+        scanned >= count_objects(&files) - 4 * 3,
+        "only {scanned} resources scanned"
+    );
+    assert!(result.status.success());
+    for skipped in report["results"]["skipped_checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let reason = skipped["check_result"]["suppress_comment"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            reason.len() > 20,
+            "skip without a written reason: {skipped:#}"
+        );
+    }
+}
+
+#[test]
+fn internal_routes_and_core_are_never_behind_an_ingress() {
+    let copy = scratch_copy();
+    let out = copy.path().join("rendered");
+    render_into(copy.path(), &out);
+    for env in ENVIRONMENTS {
+        let core = std::fs::read_to_string(out.join(env).join("platform-core.yaml")).unwrap();
+        assert!(
+            !core.contains("kind: Ingress"),
+            "{env}: Platform Core has an Ingress"
+        );
+        for file in object_files(&out.join(env)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for ingress in text
+                .split("---\n")
+                .filter(|doc| doc.contains("kind: Ingress"))
+            {
+                assert!(
+                    ingress.contains("name: http"),
+                    "{file:?}: ingress not on the http port"
+                );
+                assert!(
+                    !ingress.contains("name: internal"),
+                    "{file:?}: ingress on internal port"
+                );
+                assert!(
+                    ingress.contains("secretName: tls-"),
+                    "{file:?}: ingress without TLS"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn render_refuses_a_matrix_with_an_inline_secret_and_writes_nothing() {
+    let copy = scratch_copy();
+    let local = copy.path().join("environments/local.yaml");
+    let text = std::fs::read_to_string(&local).unwrap();
+    let canary = "postgres://auth:CANARY-7f3a@127.0.0.1/auth_db";
+    let edited = text.replace(
+        "      LOG_LEVEL: debug",
+        &format!("      LOG_LEVEL: debug\n      AUTH_DB_URL: {canary}"),
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&local, edited).unwrap();
+
+    let out = copy.path().join("rendered");
+    let output = kisumctl(
+        copy.path(),
+        &["render", "local", "--out", out.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("no-inline-secret"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        !out.exists(),
+        "render wrote files for a matrix that fails validation"
+    );
+    let printed = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(
+        !printed.contains("CANARY-7f3a"),
+        "the secret value was printed:\n{printed}"
+    );
+}
+
+#[test]
+fn no_rendered_object_carries_a_secret_value() {
+    for env in ENVIRONMENTS {
+        for file in object_files(&root().join("manifests").join(env)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                !text.contains("kind: Secret\n"),
+                "{file:?} defines a Secret"
+            );
+            assert!(
+                !text.contains("secretKeyRef"),
+                "{file:?} passes a secret through env"
+            );
+            assert!(!text.contains("stringData"), "{file:?} holds secret data");
+        }
+    }
+}
