@@ -1318,7 +1318,11 @@ fn image_tagged(cx: &Context) -> Vec<Finding> {
     for env in cx.environments.iter().filter(|env| env.name != "local") {
         for service in env.services.values() {
             if service.image.ends_with(":latest") {
-                let own = env.file.services.get(service.id).is_some_and(|s| s.image_tag.is_some());
+                let own = env
+                    .file
+                    .services
+                    .get(service.id)
+                    .is_some_and(|s| s.image_tag.is_some());
                 let field = if own {
                     format!("services.{}.image-tag", service.id)
                 } else {
@@ -1556,7 +1560,7 @@ mod tests {
     fn dns_separation_flags_a_production_host_reused_in_staging() {
         let findings = flagged("dns-separation", |m| {
             let staging = env_file(m, "staging");
-            staging.services.get_mut("auth").unwrap().host = Some("auth.kisum.io".into());
+            staging.services.entry("auth".into()).or_default().host = Some("auth.kisum.io".into());
         });
         assert_one_at(&findings, "services.auth.host");
         assert!(findings[0].message.contains("production"), "{findings:#?}");
@@ -1598,7 +1602,10 @@ mod tests {
             entry.secret = None;
             entry.secret_key = None;
             entry.value = Some("postgres://finance:hunter2@db/finance".into());
-            let local = env_file(m, "local").services.get_mut("auth").unwrap();
+            let local = env_file(m, "local")
+                .services
+                .entry("auth".into())
+                .or_default();
             local
                 .config
                 .insert("AUTH_DB_URL".into(), "postgres://x".into());
