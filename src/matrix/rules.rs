@@ -1895,8 +1895,8 @@ mod tests {
             auth.resources.cpu_request = "2".into();
             env_file(m, "production")
                 .services
-                .get_mut("ai")
-                .unwrap()
+                .entry("ai".into())
+                .or_default()
                 .replicas = Some(0);
         });
         assert_one_at(&findings, "services.auth.resources");
@@ -1916,8 +1916,8 @@ mod tests {
         let findings = flagged("production-redundancy", |m| {
             env_file(m, "production")
                 .services
-                .get_mut("venue")
-                .unwrap()
+                .entry("venue".into())
+                .or_default()
                 .replicas = Some(1);
         });
         assert_eq!(findings.len(), 1);
@@ -1927,13 +1927,13 @@ mod tests {
     #[test]
     fn image_tagged_flags_latest_outside_local() {
         let findings = flagged("image-tagged", |m| {
-            env_file(m, "staging")
-                .services
-                .get_mut("finance")
-                .unwrap()
-                .image_tag = None;
+            let staging = env_file(m, "staging");
+            staging.image_tag = None;
+            let finance = staging.services.entry("finance".into()).or_default();
+            finance.image_tag = Some("latest".into());
         });
         assert_one_at(&findings, "services.finance.image-tag");
+        assert_one_at(&findings, "image-tag");
     }
 
     #[test]
