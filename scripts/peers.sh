@@ -5,7 +5,7 @@
 #                               # makes no network call and takes well under 1 s
 #   . scripts/peers-env.sh      # exports KISUM_* paths to the installed tools
 #
-# What it installs (see /work/shared/TESTING.md for why each one):
+# What it installs:
 #   .peers/venv-kv       PyPI kubernetes-validate  (schemas, `--strict -k 1.33.0`)
 #   .peers/venv-checkov  PyPI checkov              (own venv: it downgrades boto3)
 # Debian packages go through ensure_apt, which installs only what is missing.
