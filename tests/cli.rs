@@ -8,3 +8,5 @@ mod common;
 mod corpus;
 #[path = "cli/manifests.rs"]
 mod manifests;
+#[path = "cli/help.rs"]
+mod help;
