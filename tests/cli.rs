@@ -6,7 +6,7 @@
 mod common;
 #[path = "cli/corpus.rs"]
 mod corpus;
-#[path = "cli/manifests.rs"]
-mod manifests;
 #[path = "cli/help.rs"]
 mod help;
+#[path = "cli/manifests.rs"]
+mod manifests;

@@ -108,6 +108,15 @@ impl PathIndex {
         self.positions.get(path).copied()
     }
 
+    /// The path of the last key that starts before `at`.
+    pub fn last_key_before(&self, at: Position) -> Option<String> {
+        self.positions
+            .iter()
+            .filter(|(_, p)| (p.line, p.column) < (at.line, at.column))
+            .max_by_key(|(path, p)| (p.line, p.column, path.len()))
+            .map(|(path, _)| path.clone())
+    }
+
     /// The position of `path`, or of its nearest ancestor that exists.
     pub fn nearest(&self, path: &str) -> Option<Position> {
         let mut candidate = path;

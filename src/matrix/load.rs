@@ -196,24 +196,61 @@ pub fn parse_str<T: DeserializeOwned>(text: &str) -> Result<T, Box<InputError>> 
         })
     });
     result.map_err(|error| {
-        let position = error.location().map(|at| Position {
+        let reported = error.location().map(|at| Position {
             line: at.line(),
             column: at.column(),
         });
-        let message = plain_message(&error.without_snippet().to_string());
-        let field = if field == "?" || field == "." {
-            String::new()
-        } else {
-            field
-        };
+        let message = explain_type(&plain_message(&error.without_snippet().to_string()));
+        let index = PathIndex::build(text);
+        let field = refine_field(&known_segments(&field), &message, &index, reported);
+        let position = best_position(&message, &field, &index, reported);
         Box::new(InputError {
             file: PathBuf::new(),
             position,
             hint: hint_for(&message),
-            field: refine_field(&field, &message),
+            field,
             message,
         })
     })
+}
+
+/// The path without the `?` segments serde_path_to_error uses for keys
+/// it could not name.
+fn known_segments(field: &str) -> String {
+    field
+        .split('.')
+        .take_while(|segment| *segment != "?" && !segment.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Where to point. The parser reports a missing field where the mapping
+/// ended and an unknown key of a tagged block at the block; the key itself
+/// is more useful in both cases.
+fn best_position(
+    message: &str,
+    field: &str,
+    index: &PathIndex,
+    reported: Option<Position>,
+) -> Option<Position> {
+    let by_key = message.starts_with("missing field") || message.starts_with("unknown field");
+    match index.get(field) {
+        Some(key) if by_key => Some(key),
+        _ => reported.or_else(|| index.nearest(field)),
+    }
+}
+
+/// "invalid u16" says what is wrong but not what is right.
+fn explain_type(message: &str) -> String {
+    let range = match message {
+        "invalid u8" => "a whole number from 0 to 255",
+        "invalid u16" => "a whole number from 0 to 65535",
+        "invalid u32" => "a whole number from 0 to 4294967295",
+        "invalid i32" | "invalid i64" => "a whole number",
+        "invalid f64" => "a number",
+        _ => return message.to_string(),
+    };
+    format!("{message}: expected {range}")
 }
 
 /// The parser appends "at line L, column C"; the position is kept apart.
@@ -225,19 +262,36 @@ fn plain_message(message: &str) -> String {
     trimmed.replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
 
-/// For an unknown key, the path ends at the parent; add the key itself.
-fn refine_field(field: &str, message: &str) -> String {
-    let Some(unknown) = quoted_after(message, "unknown field `") else {
-        return field.to_string();
-    };
-    if field.ends_with(&unknown) {
-        return field.to_string();
+/// Completes the field path: an unknown or duplicate key is named by the
+/// message, not the path; a syntax error has no path, so the last key
+/// read before the error stands in.
+fn refine_field(
+    field: &str,
+    message: &str,
+    index: &PathIndex,
+    reported: Option<Position>,
+) -> String {
+    let named = quoted_after(message, "unknown field `").or_else(|| {
+        message
+            .strip_prefix("duplicate mapping key: ")
+            .map(|key| key.trim().to_string())
+    });
+    if let Some(key) = named {
+        if field.ends_with(&key) {
+            return field.to_string();
+        }
+        return if field.is_empty() {
+            key
+        } else {
+            format!("{field}.{key}")
+        };
     }
-    if field.is_empty() {
-        unknown
-    } else {
-        format!("{field}.{unknown}")
+    if field.is_empty()
+        && let Some(at) = reported
+    {
+        return index.last_key_before(at).unwrap_or_default();
     }
+    field.to_string()
 }
 
 fn quoted_after(message: &str, marker: &str) -> Option<String> {

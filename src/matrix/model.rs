@@ -30,10 +30,21 @@ impl Matrix {
             return Err(InputErrors(errors));
         }
         let matrix = Matrix { loaded };
-        let mut errors = Vec::new();
+        let mut errors: Vec<InputError> = Vec::new();
         for name in matrix.environment_names() {
-            if let Err(mut more) = matrix.environment(name) {
-                errors.append(&mut more.0);
+            for error in matrix
+                .environment(name)
+                .err()
+                .map(|e| e.0)
+                .unwrap_or_default()
+            {
+                // A broken base value breaks every environment the same way.
+                let seen = errors.iter().any(|e| {
+                    e.file == error.file && e.field == error.field && e.message == error.message
+                });
+                if !seen {
+                    errors.push(error);
+                }
             }
         }
         if errors.is_empty() {
@@ -365,7 +376,10 @@ fn resolve_config(
     let tera = tera::Tera::default();
     tera.render_str(template, context, false)
         .map(|value| ConfigValue::Plain { value })
-        .map_err(|error| format!("cannot expand the value template: {error}"))
+        .map_err(|error| {
+            let detail = error.to_string().replace("__tera_one_off", "value");
+            format!("cannot expand the value template `{template}`: {detail}")
+        })
 }
 
 fn error_at(source: &Source, field: &str, message: String) -> InputError {

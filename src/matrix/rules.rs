@@ -107,23 +107,20 @@ pub fn check(matrix: &Matrix) -> Vec<Finding> {
             findings.push(finding);
         }
     }
-    findings.sort_by(|a, b| {
+    let key = |f: &Finding| {
+        let line = f.position.map(|p| p.line);
         (
-            a.level,
-            a.rule,
-            &a.file,
-            a.position.map(|p| p.line),
-            &a.field,
+            f.level,
+            f.rule,
+            f.file.clone(),
+            line,
+            f.field.clone(),
+            f.environment.clone(),
         )
-            .cmp(&(
-                b.level,
-                b.rule,
-                &b.file,
-                b.position.map(|p| p.line),
-                &b.field,
-            ))
-    });
-    findings.dedup_by(|a, b| a.rule == b.rule && a.file == b.file && a.field == b.field);
+    };
+    findings.sort_by_key(key);
+    // A rule may reach the same field twice (say, through two callers).
+    findings.dedup_by(|a, b| key(a) == key(b) && a.message == b.message);
     findings
 }
 
@@ -529,7 +526,10 @@ fn public_tls(cx: &Context) -> Vec<Finding> {
 fn dns_separation(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut owners: BTreeMap<String, (&str, &str)> = BTreeMap::new();
-    for env in &cx.environments {
+    // Production's names are the reference: a clash is the other's fault.
+    let mut ordered: Vec<&Environment> = cx.environments.iter().collect();
+    ordered.sort_by_key(|env| !env.is_production());
+    for env in ordered {
         let services = env
             .services
             .values()
@@ -1272,10 +1272,10 @@ fn scaling(cx: &Context) -> Vec<Finding> {
             let id = service.id;
             if service.replicas == 0 || service.max_replicas < service.replicas {
                 let message = format!(
-                    "replicas {} and max-replicas {} must satisfy 1 <= replicas <= max",
+                    "{id}: replicas {} and max-replicas {} must satisfy 1 <= replicas <= max",
                     service.replicas, service.max_replicas
                 );
-                findings.push(in_env(env, &format!("services.{id}.replicas"), message));
+                findings.push(in_env(env, &replicas_origin(env, id), message));
             }
             let r = service.resources;
             for (name, request, limit) in [
@@ -1301,11 +1301,27 @@ fn scaling(cx: &Context) -> Vec<Finding> {
     findings
 }
 
+/// The field that set a service's replica count in this environment.
+fn replicas_origin(env: &Environment, id: &str) -> String {
+    let own = env
+        .file
+        .services
+        .get(id)
+        .is_some_and(|s| s.replicas.is_some());
+    if own {
+        format!("services.{id}.replicas")
+    } else if env.file.scale.is_some() {
+        "scale.replicas".to_string()
+    } else {
+        format!("services.{id}.replicas")
+    }
+}
+
 fn production_redundancy(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     for env in cx.environments.iter().filter(|env| env.is_production()) {
         for service in env.services.values().filter(|s| s.replicas < 2) {
-            let field = format!("services.{}.replicas", service.id);
+            let field = replicas_origin(env, service.id);
             let message = format!("{} runs a single instance in production", service.id);
             findings.push(in_env(env, &field, message));
         }
@@ -1316,21 +1332,31 @@ fn production_redundancy(cx: &Context) -> Vec<Finding> {
 fn image_tagged(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     for env in cx.environments.iter().filter(|env| env.name != "local") {
-        for service in env.services.values() {
-            if service.image.ends_with(":latest") {
-                let own = env
-                    .file
-                    .services
-                    .get(service.id)
-                    .is_some_and(|s| s.image_tag.is_some());
-                let field = if own {
-                    format!("services.{}.image-tag", service.id)
-                } else {
-                    "image-tag".to_string()
-                };
-                let message = format!("{} would run `:latest`; set image-tag", service.id);
+        let mut untagged = Vec::new();
+        for service in env
+            .services
+            .values()
+            .filter(|s| s.image.ends_with(":latest"))
+        {
+            let own = env
+                .file
+                .services
+                .get(service.id)
+                .is_some_and(|s| s.image_tag.is_some());
+            if own {
+                let field = format!("services.{}.image-tag", service.id);
+                let message = format!("{} would run `:latest`; pin a version", service.id);
                 findings.push(in_env(env, &field, message));
+            } else {
+                untagged.push(service.id);
             }
+        }
+        if !untagged.is_empty() {
+            let message = format!(
+                "no `image-tag`, so {} would run `:latest`; set one for the environment",
+                untagged.join(", ")
+            );
+            findings.push(at(env.source, Some(env.name), "image-tag", message));
         }
     }
     findings

@@ -25,7 +25,9 @@ fn help_pages_match_their_snapshots() {
             .unwrap();
         assert!(output.status.success(), "{name}: --help failed");
         let text = String::from_utf8(output.stdout).unwrap();
-        let path = root().join("tests/snapshots").join(format!("help-{name}.txt"));
+        let path = root()
+            .join("tests/snapshots")
+            .join(format!("help-{name}.txt"));
         if std::env::var_os("KISUM_UPDATE_SNAPSHOTS").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &text).unwrap();
@@ -36,5 +38,9 @@ fn help_pages_match_their_snapshots() {
             stale.push(format!("{}:\n{text}", path.display()));
         }
     }
-    assert!(stale.is_empty(), "help changed; rerun with KISUM_UPDATE_SNAPSHOTS=1:\n{}", stale.join("\n"));
+    assert!(
+        stale.is_empty(),
+        "help changed; rerun with KISUM_UPDATE_SNAPSHOTS=1:\n{}",
+        stale.join("\n")
+    );
 }
