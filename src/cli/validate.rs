@@ -188,8 +188,13 @@ pub fn finding_line(finding: &Finding) -> String {
         .as_deref()
         .map(|e| format!(" ({e})"))
         .unwrap_or_default();
+    let field = if finding.field.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", finding.field)
+    };
     format!(
-        "{level}[{}]{env} {place}: {}: {}\n",
-        finding.rule, finding.field, finding.message
+        "{level}[{}]{env} {place}: {field}{}\n",
+        finding.rule, finding.message
     )
 }

@@ -140,28 +140,30 @@ impl<'m> Environment<'m> {
         let base = matrix.base();
         let mut errors = Vec::new();
         let mut hosts = BTreeMap::new();
-        for (id, service) in &base.services {
-            let path = format!("services.{id}.host");
+        let services = base.services.iter().map(|(id, s)| {
             let explicit = file.services.get(id).and_then(|o| o.host.clone());
-            match explicit.map_or_else(|| derive_host(base, file, &service.host, &service.zone), Ok)
-            {
-                Ok(host) => {
-                    hosts.insert(id.as_str(), host);
-                }
-                Err(message) => errors.push(error_at(matrix.base_source(), &path, message)),
-            }
-        }
-        for (id, frontend) in &base.frontends {
-            let path = format!("frontends.{id}.host");
+            ("services", id, &s.host, &s.zone, explicit)
+        });
+        let frontends = base.frontends.iter().map(|(id, f)| {
             let explicit = file.frontends.get(id).and_then(|o| o.host.clone());
-            match explicit.map_or_else(
-                || derive_host(base, file, &frontend.host, &frontend.zone),
-                Ok,
-            ) {
+            ("frontends", id, &f.host, &f.zone, explicit)
+        });
+        for (kind, id, production_host, zone, explicit) in services.chain(frontends) {
+            let path = format!("{kind}.{id}.host");
+            let origin = if explicit.is_some() {
+                source
+            } else {
+                matrix.base_source()
+            };
+            let host = match explicit {
+                Some(host) => check_override(base, file, host, zone),
+                None => derive_host(base, file, production_host, zone),
+            };
+            match host {
                 Ok(host) => {
                     hosts.insert(id.as_str(), host);
                 }
-                Err(message) => errors.push(error_at(matrix.base_source(), &path, message)),
+                Err(message) => errors.push(error_at(origin, &path, message)),
             }
         }
         if !errors.is_empty() {
@@ -299,6 +301,25 @@ impl<'m> Environment<'m> {
         } else {
             (self.base_source, self.base_source.locate(field))
         }
+    }
+}
+
+/// A host written in an environment file must still be inside the zone's
+/// domain as this environment sees it.
+fn check_override(
+    base: &BaseFile,
+    file: &EnvironmentFile,
+    host: String,
+    zone: &str,
+) -> Result<String, String> {
+    let domain = &base.dns.zones[zone].domain;
+    let domain = file.dns.domain_overrides.get(zone).unwrap_or(domain);
+    if host.ends_with(&format!(".{domain}")) {
+        Ok(host)
+    } else {
+        Err(format!(
+            "host `{host}` is not inside its zone `{zone}` ({domain})"
+        ))
     }
 }
 
@@ -460,6 +481,25 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
             let field = format!("common-config.{key}.secret");
             check(src, field, secret, "secret", &secrets);
         }
+    }
+    let entries = base
+        .common_config
+        .iter()
+        .map(|(k, e)| (format!("common-config.{k}"), k, e))
+        .chain(base.services.iter().flat_map(|(id, service)| {
+            service
+                .config
+                .iter()
+                .map(move |(k, e)| (format!("services.{id}.config.{k}"), k, e))
+        }));
+    for (field, key, entry) in entries {
+        let Some(secret) = entry.secret.as_ref().and_then(|s| base.secrets.get(s)) else {
+            continue;
+        };
+        let item = entry.secret_key.as_deref().unwrap_or(key);
+        let keys: Vec<&str> = secret.keys.iter().map(String::as_str).collect();
+        let field = format!("{field}.secret-key");
+        check(src, field, item, "key of that secret", &keys);
     }
     for (id, frontend) in &base.frontends {
         check(

@@ -136,7 +136,7 @@ pub static RULES: &[Rule] = &[
         id: "core-internal",
         level: Level::Error,
         sections: "2.2, 6.2, 27",
-        summary: "Platform Core is internal-only and its name lives only in a private zone",
+        summary: "Platform Core is internal-only",
         check: core_internal,
     },
     Rule {
@@ -222,6 +222,13 @@ pub static RULES: &[Rule] = &[
         sections: "12.4, 16, 27",
         summary: "every internal call carries a credential the callee verifies",
         check: service_auth,
+    },
+    Rule {
+        id: "required-config",
+        level: Level::Error,
+        sections: "13.1",
+        summary: "every required setting has a value or a secret in every environment",
+        check: required_config,
     },
     Rule {
         id: "jwt-keys",
@@ -325,7 +332,7 @@ pub static RULES: &[Rule] = &[
         id: "frontend-headers",
         level: Level::Error,
         sections: "5.4",
-        summary: "frontends have a Content-Security-Policy that forbids framing",
+        summary: "frontends have a Content-Security-Policy with default-src and frame-ancestors 'none' or 'self'",
         check: frontend_headers,
     },
     Rule {
@@ -362,7 +369,7 @@ pub static RULES: &[Rule] = &[
 const INTERNAL_ONLY_UNITS: [&str; 1] = ["platform-core-backend"];
 
 /// Plan knowledge: the services allowed to call Platform Core (6.2).
-const CORE_CALLERS: [&str; 2] = ["auth", "platform-admin"];
+const CORE_CALLER_UNITS: [&str; 2] = ["auth-backend", "platform-admin-backend"];
 
 /// Plan knowledge: alerts every environment with alerting must have (20.5).
 const MANDATORY_ALERTS: [&str; 10] = [
@@ -811,7 +818,9 @@ fn core_callers(cx: &Context) -> Vec<Finding> {
     for (id, service) in &base.services {
         for (n, target) in service.egress.iter().enumerate() {
             let field = format!("services.{id}.egress.{n}");
-            if core_ids.contains(&target.as_str()) && !CORE_CALLERS.contains(&id.as_str()) {
+            if core_ids.contains(&target.as_str())
+                && !CORE_CALLER_UNITS.contains(&service.unit.as_str())
+            {
                 let message = format!("{id} calls Platform Core; only Auth and Admin may");
                 findings.push(cx.base_finding(&field, message));
             }
@@ -866,6 +875,35 @@ fn service_auth(cx: &Context) -> Vec<Finding> {
     findings
 }
 
+fn required_config(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for env in &cx.environments {
+        for service in env.services.values() {
+            for (key, value) in &service.config {
+                let entry = service
+                    .spec
+                    .config
+                    .get(*key)
+                    .or_else(|| base.common_config.get(*key));
+                if *value == ConfigValue::Unset && entry.is_some_and(|e| e.required) {
+                    let field = if service.spec.config.contains_key(*key) {
+                        format!("services.{}.config.{key}", service.id)
+                    } else {
+                        format!("common-config.{key}")
+                    };
+                    let message = format!(
+                        "{} requires `{key}` but {} gives it no value",
+                        service.id, env.name
+                    );
+                    findings.push(in_env(env, &field, message));
+                }
+            }
+        }
+    }
+    findings
+}
+
 fn jwt_keys(cx: &Context) -> Vec<Finding> {
     let base = cx.matrix.base();
     let mut findings = Vec::new();
@@ -888,6 +926,14 @@ fn jwt_keys(cx: &Context) -> Vec<Finding> {
         if secret.rotation_days > 365 {
             let field = format!("secrets.{id}.rotation-days");
             findings.push(cx.base_finding(&field, "JWT keys must rotate at least yearly".into()));
+        }
+        for (key, entry) in &base.common_config {
+            if entry.secret.as_ref() == Some(*id) {
+                let field = format!("common-config.{key}");
+                let message =
+                    "common config reaches every service; only Auth may read the signing keys";
+                findings.push(cx.base_finding(&field, message.into()));
+            }
         }
         for (service_id, service) in &base.services {
             for (key, entry) in &service.config {
@@ -1134,6 +1180,25 @@ const MAXMEMORY_POLICIES: [&str; 8] = [
     "volatile-ttl",
 ];
 
+/// A Redis memory size (`1gb`, `512mb`, `100m`, `1024`) in bytes.
+pub fn redis_memory(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    const UNITS: [(&str, u64); 6] = [
+        ("kb", 1 << 10),
+        ("mb", 1 << 20),
+        ("gb", 1 << 30),
+        ("k", 1_000),
+        ("m", 1_000_000),
+        ("g", 1_000_000_000),
+    ];
+    for (unit, factor) in UNITS {
+        if let Some(number) = lower.strip_suffix(unit) {
+            return number.parse::<u64>().ok()?.checked_mul(factor);
+        }
+    }
+    lower.parse().ok()
+}
+
 fn redis_policy(cx: &Context) -> Vec<Finding> {
     let base = cx.matrix.base();
     let redis = &base.redis;
@@ -1145,6 +1210,13 @@ fn redis_policy(cx: &Context) -> Vec<Finding> {
     if !MAXMEMORY_POLICIES.contains(&redis.maxmemory_policy.as_str()) {
         let message = format!("unknown policy; one of {}", MAXMEMORY_POLICIES.join(", "));
         findings.push(cx.base_finding("redis.maxmemory-policy", message));
+    }
+    if redis_memory(&redis.maxmemory).is_none_or(|bytes| bytes == 0) {
+        let message = format!(
+            "`{}` is not a positive memory size such as 1gb",
+            redis.maxmemory
+        );
+        findings.push(cx.base_finding("redis.maxmemory", message));
     }
     if redis.maxmemory_policy == "noeviction" && redis.persistence == RedisPersistence::None {
         let message = "a cache that cannot evict fails writes when full".into();
@@ -1366,9 +1438,15 @@ fn frontend_headers(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (id, frontend) in &cx.matrix.base().frontends {
         let csp = &frontend.content_security_policy;
-        if !csp.contains("frame-ancestors") || !csp.contains("default-src") {
+        let framing = csp
+            .split(';')
+            .map(str::trim)
+            .find_map(|directive| directive.strip_prefix("frame-ancestors"))
+            .map(str::trim);
+        let no_framing = matches!(framing, Some("'none'" | "'self'"));
+        if !no_framing || !csp.contains("default-src") {
             let field = format!("frontends.{id}.content-security-policy");
-            let message = "CSP needs default-src and frame-ancestors (5.4)".into();
+            let message = "CSP needs default-src and frame-ancestors 'none' or 'self' (5.4)".into();
             findings.push(cx.base_finding(&field, message));
         }
     }
@@ -1882,6 +1960,58 @@ mod tests {
                 .iter()
                 .any(|f| f.message.contains("company-map:{raw-x-org}"))
         );
+    }
+
+    #[test]
+    fn redis_memory_sizes_follow_redis_units() {
+        assert_eq!(redis_memory("1gb"), Some(1 << 30));
+        assert_eq!(redis_memory("100m"), Some(100_000_000));
+        assert_eq!(redis_memory("4096"), Some(4096));
+        assert_eq!(redis_memory("lots"), None);
+    }
+
+    #[test]
+    fn redis_policy_flags_unbounded_memory() {
+        let findings = flagged("redis-policy", |m| m.base.redis.maxmemory = "0".into());
+        assert_one_at(&findings, "redis.maxmemory");
+    }
+
+    #[test]
+    fn frontend_headers_flags_framing_allowed_for_everyone() {
+        let findings = flagged("frontend-headers", |m| {
+            let csp = "default-src 'self'; frame-ancestors *".to_string();
+            m.base
+                .frontends
+                .get_mut("admin")
+                .unwrap()
+                .content_security_policy = csp;
+        });
+        assert_one_at(&findings, "frontends.admin.content-security-policy");
+    }
+
+    #[test]
+    fn required_config_flags_a_required_setting_without_value() {
+        let findings = flagged("required-config", |m| {
+            let entry = m
+                .base
+                .services
+                .get_mut("auth")
+                .unwrap()
+                .config
+                .get_mut("JWT_AUDIENCE");
+            entry.unwrap().value = None;
+        });
+        assert_one_at(&findings, "services.auth.config.JWT_AUDIENCE");
+        assert_eq!(findings.len(), 4, "one per environment: {findings:#?}");
+    }
+
+    #[test]
+    fn jwt_keys_flags_signing_keys_in_common_config() {
+        let findings = flagged("jwt-keys", |m| {
+            let entry = m.base.services["auth"].config["JWT_KEY_SET"].clone();
+            m.base.common_config.insert("JWT_KEY_SET".into(), entry);
+        });
+        assert_one_at(&findings, "common-config.JWT_KEY_SET");
     }
 
     #[test]

@@ -210,8 +210,9 @@ pub struct Health {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ConfigEntry {
     pub required: bool,
-    /// A plain, non-secret value; may use `{{ hosts.<service> }}`,
-    /// `{{ environment }}` and `{{ tokens.<field> }}`.
+    /// A plain, non-secret value, a tera template with the variables
+    /// `environment`, `namespace`, `service`, `ports`, `hosts`, `urls`,
+    /// `internal_urls` and `tokens` (see docs/matrix-reference.md).
     pub value: Option<String>,
     /// Key of `secrets`: the value is injected from the secret backend.
     pub secret: Option<String>,
@@ -315,7 +316,6 @@ pub struct Redis {
     pub persistence_reason: String,
     pub maxmemory_policy: String,
     pub maxmemory: String,
-    pub port: u16,
     /// Restore order in a major incident (spec 22.4).
     pub restore_priority: u8,
     pub key_families: BTreeMap<String, KeyFamily>,

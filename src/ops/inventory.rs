@@ -167,8 +167,13 @@ fn network(env: &Environment) -> Vec<NetworkRow> {
                     "database",
                     format!("{} ({})", db.endpoint.port, db.endpoint.cidr),
                 )
-            } else if base.databases.contains_key(target) {
-                ("database", "undecided engine: denied".to_string())
+            } else if let Some(db) = base.databases.get(target) {
+                let why = if db.engine == crate::matrix::schema::Engine::Undecided {
+                    "engine undecided"
+                } else {
+                    "no deployment here"
+                };
+                ("database", format!("{why}: denied"))
             } else if target == REDIS {
                 let endpoint = &env.file.redis.endpoint;
                 ("redis", format!("{} ({})", endpoint.port, endpoint.cidr))
