@@ -6,6 +6,8 @@
 mod common;
 #[path = "cli/corpus.rs"]
 mod corpus;
+#[path = "cli/docs.rs"]
+mod docs;
 #[path = "cli/help.rs"]
 mod help;
 #[path = "cli/manifests.rs"]
