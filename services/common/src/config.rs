@@ -1,0 +1,209 @@
+//! Typed configuration from environment variables (plan section 13.1).
+//!
+//! A variable `NAME` may instead be given as `NAME_FILE`, the path of a
+//! file holding the value: that is how secrets reach a service (mounted
+//! files, never values in the environment). A missing or malformed
+//! critical value stops the service with a message naming the variable.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{name} is required but not set (nor {name}_FILE)")]
+    Missing { name: String },
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("{name}_FILE={path} cannot be read: {reason}")]
+    File {
+        name: String,
+        path: String,
+        reason: String,
+    },
+}
+
+/// The variables a service reads; built from the process environment or,
+/// in tests, from a map.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    values: BTreeMap<String, String>,
+}
+
+impl Vars {
+    pub fn from_env() -> Self {
+        Vars {
+            values: std::env::vars().collect(),
+        }
+    }
+
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Vars {
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.values.insert(name.into(), value.into());
+    }
+
+    /// `NAME`, else the trimmed content of the file `NAME_FILE` names.
+    pub fn optional(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        if let Some(value) = self.values.get(name) {
+            return Ok(Some(value.clone()));
+        }
+        let Some(path) = self.values.get(&format!("{name}_FILE")) else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(path)
+            .map(|text| Some(text.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|error| ConfigError::File {
+                name: name.to_string(),
+                path: path.clone(),
+                reason: error.to_string(),
+            })
+    }
+
+    pub fn required(&self, name: &str) -> Result<String, ConfigError> {
+        match self.optional(name)? {
+            Some(value) if !value.trim().is_empty() => Ok(value),
+            _ => Err(ConfigError::Missing {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// A required value parsed as `T`.
+    pub fn parsed<T>(&self, name: &str) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        parse(name, &self.required(name)?)
+    }
+
+    /// An optional value parsed as `T`, or `default`.
+    pub fn parsed_or<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.optional(name)? {
+            Some(value) => parse(name, &value),
+            None => Ok(default),
+        }
+    }
+
+    /// The path a `NAME_FILE` variable points at, when it is given that way.
+    pub fn file_path(&self, name: &str) -> Option<String> {
+        self.values.get(&format!("{name}_FILE")).cloned()
+    }
+
+    /// Every `PREFIX<SUFFIX>` variable (or `PREFIX<SUFFIX>_FILE`), by suffix.
+    pub fn with_prefix(&self, prefix: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut names: Vec<String> = self
+            .values
+            .keys()
+            .filter_map(|key| key.strip_prefix(prefix))
+            .map(|rest| rest.strip_suffix("_FILE").unwrap_or(rest).to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|suffix| {
+                let value = self.required(&format!("{prefix}{suffix}"))?;
+                Ok((suffix, value))
+            })
+            .collect()
+    }
+}
+
+fn parse<T>(name: &str, value: &str) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|error: T::Err| ConfigError::Invalid {
+            name: name.to_string(),
+            reason: format!("`{}` does not parse: {error}", value.trim()),
+        })
+}
+
+/// A SHA-256 digest of the non-secret configuration, for diagnostics:
+/// two instances with the same digest run the same configuration.
+pub fn digest<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (key, value) in pairs {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_required_variable_is_named() {
+        let vars = Vars::default();
+        let error = vars.required("AUTH_DB_URL").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "AUTH_DB_URL is required but not set (nor AUTH_DB_URL_FILE)"
+        );
+    }
+
+    #[test]
+    fn a_value_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url");
+        std::fs::write(&path, "postgres://x\n").unwrap();
+        let vars = Vars::from_pairs([("AUTH_DB_URL_FILE", path.to_str().unwrap())]);
+        assert_eq!(vars.required("AUTH_DB_URL").unwrap(), "postgres://x");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_naming_the_variable() {
+        let vars = Vars::from_pairs([("X_FILE", "/nonexistent/kisum")]);
+        let error = vars.optional("X").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("X_FILE=/nonexistent/kisum cannot be read")
+        );
+    }
+
+    #[test]
+    fn a_malformed_number_is_named() {
+        let vars = Vars::from_pairs([("HTTP_PORT", "eighty")]);
+        let error = vars.parsed::<u16>("HTTP_PORT").unwrap_err();
+        assert!(matches!(error, ConfigError::Invalid { ref name, .. } if name == "HTTP_PORT"));
+    }
+
+    #[test]
+    fn prefixed_variables_are_collected_by_suffix() {
+        let vars = Vars::from_pairs([
+            ("INTERNAL_CALLER_AUTH", "a"),
+            ("INTERNAL_CALLER_PLATFORM_ADMIN", "b"),
+            ("OTHER", "c"),
+        ]);
+        let callers = vars.with_prefix("INTERNAL_CALLER_").unwrap();
+        assert_eq!(callers.len(), 2);
+        assert_eq!(callers["PLATFORM_ADMIN"], "b");
+    }
+}

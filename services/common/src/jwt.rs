@@ -1,0 +1,215 @@
+//! Access tokens: RS256 JWTs, small and identity-only (sub, sid, iss, aud,
+//! exp, iat, nbf; kid in the header), verified strictly.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{KeySet, KeySetError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// The session id.
+    pub sid: String,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("algorithm {0} is not accepted; only RS256")]
+    Algorithm(String),
+    #[error("token has no kid")]
+    NoKid,
+    #[error("unknown kid {0}")]
+    UnknownKid(String),
+    #[error("token rejected: {0}")]
+    Invalid(String),
+}
+
+/// Issuer, audience and clock-skew allowance every verifier applies.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_seconds: u64,
+}
+
+impl TokenPolicy {
+    /// Signs an access token for a user's session with the active key.
+    pub fn sign(
+        &self,
+        keys: &KeySet,
+        user: &str,
+        session: &str,
+        now: i64,
+        ttl_seconds: i64,
+    ) -> Result<String, KeySetError> {
+        let key = keys.active();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(key.kid.clone());
+        let claims = Claims {
+            sub: user.to_string(),
+            sid: session.to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            exp: now + ttl_seconds,
+            iat: now,
+            nbf: now,
+        };
+        jsonwebtoken::encode(&header, &claims, &key.encoding_key()?).map_err(|e| {
+            KeySetError::BadKey {
+                kid: key.kid.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// The kid a token names, after checking it asks for RS256.
+    pub fn kid_of(token: &str) -> Result<String, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => {
+                TokenError::Algorithm("unknown".into())
+            }
+            _ => TokenError::Malformed,
+        })?;
+        if header.alg != Algorithm::RS256 {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        header.kid.ok_or(TokenError::NoKid)
+    }
+
+    /// Verifies signature, issuer, audience, expiry and not-before.
+    pub fn verify(&self, token: &str, key: &DecodingKey) -> Result<Claims, TokenError> {
+        Self::kid_of(token)?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway_seconds;
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
+    /// Verifies against a key set's published keys (Auth's own check).
+    pub fn verify_with_set(&self, token: &str, keys: &KeySet) -> Result<Claims, TokenError> {
+        let kid = Self::kid_of(token)?;
+        let key = keys
+            .published()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| TokenError::UnknownKid(kid.clone()))?;
+        let decoding = key
+            .decoding_key()
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        self.verify(token, &decoding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+    use crate::keys::{Key, KeyState};
+
+    fn policy() -> TokenPolicy {
+        TokenPolicy {
+            issuer: "https://auth.kisum.test".into(),
+            audience: "kisum-api".into(),
+            leeway_seconds: 0,
+        }
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn a_signed_token_verifies_and_carries_only_identity() {
+        let keys = KeySet::generate(1).unwrap();
+        let token = policy().sign(&keys, "u1", "s1", now(), 900).unwrap();
+        let claims = policy().verify_with_set(&token, &keys).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.sid.as_str()), ("u1", "s1"));
+        let payload = token.split('.').nth(1).unwrap();
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let fields: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
+        assert_eq!(fields.as_object().unwrap().len(), 7);
+    }
+
+    #[test]
+    fn wrong_issuer_audience_expiry_and_future_tokens_are_rejected() {
+        let keys = KeySet::generate(1).unwrap();
+        let other = TokenPolicy {
+            issuer: "https://evil".into(),
+            ..policy()
+        };
+        let token = other.sign(&keys, "u", "s", now(), 900).unwrap();
+        assert!(policy().verify_with_set(&token, &keys).is_err());
+        let other = TokenPolicy {
+            audience: "other".into(),
+            ..policy()
+        };
+        let token = other.sign(&keys, "u", "s", now(), 900).unwrap();
+        assert!(policy().verify_with_set(&token, &keys).is_err());
+        let expired = policy().sign(&keys, "u", "s", now() - 1000, 900).unwrap();
+        assert!(policy().verify_with_set(&expired, &keys).is_err());
+        let future = policy().sign(&keys, "u", "s", now() + 600, 900).unwrap();
+        assert!(policy().verify_with_set(&future, &keys).is_err());
+    }
+
+    #[test]
+    fn alg_none_and_hs256_are_rejected_before_any_key_is_used() {
+        let header = b64(br#"{"alg":"none","kid":"x"}"#);
+        let body = b64(br#"{"sub":"u","sid":"s"}"#);
+        let none = format!("{header}.{body}.");
+        assert!(matches!(TokenPolicy::kid_of(&none), Err(_)));
+        let header = b64(br#"{"alg":"HS256","kid":"x","typ":"JWT"}"#);
+        let hs = format!("{header}.{body}.c2ln");
+        assert!(matches!(
+            TokenPolicy::kid_of(&hs),
+            Err(TokenError::Algorithm(_))
+        ));
+    }
+
+    #[test]
+    fn a_tampered_payload_or_unknown_kid_is_rejected() {
+        let keys = KeySet::generate(1).unwrap();
+        let token = policy().sign(&keys, "u1", "s1", now(), 900).unwrap();
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        let claims = format!(
+            r#"{{"sub":"admin","sid":"s1","iss":"{}","aud":"kisum-api","exp":{},"iat":{},"nbf":{}}}"#,
+            policy().issuer,
+            now() + 900,
+            now(),
+            now()
+        );
+        parts[1] = b64(claims.as_bytes());
+        assert!(policy().verify_with_set(&parts.join("."), &keys).is_err());
+        let stranger = KeySet {
+            format: keys.format.clone(),
+            keys: vec![Key::generate(KeyState::Active, 1).unwrap()],
+        };
+        let token = policy().sign(&stranger, "u", "s", now(), 900).unwrap();
+        assert!(matches!(
+            policy().verify_with_set(&token, &keys),
+            Err(TokenError::UnknownKid(_))
+        ));
+    }
+}
