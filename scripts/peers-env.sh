@@ -7,5 +7,7 @@ _kisum_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 export KISUM_KUBERNETES_VALIDATE="$_kisum_root/.peers/venv-kv/bin/kubernetes-validate"
 export KISUM_CHECKOV="$_kisum_root/.peers/venv-checkov/bin/checkov"
+# Python of the mongoeco venv; runs scripts/mongoeco-launcher.py.
+export KISUM_MONGOECO_PYTHON="$_kisum_root/.peers/venv-mongoeco/bin/python"
 
 unset _kisum_root

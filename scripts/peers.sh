@@ -8,11 +8,17 @@
 # What it installs:
 #   .peers/venv-kv       PyPI kubernetes-validate  (schemas, `--strict -k 1.33.0`)
 #   .peers/venv-checkov  PyPI checkov              (own venv: it downgrades boto3)
+#   .peers/venv-mongoeco PyPI mongoeco[wire]       (MongoDB wire emulator; needs
+#                        Python >= 3.13; started by scripts/mongoeco-launcher.py)
+#   Debian postgresql, redis-server                (started per test by the
+#                                                   kisum-testkit crate)
 # Debian packages go through ensure_apt, which installs only what is missing.
 #
 # Environment:
-#   KISUM_PYTHON   interpreter used to create the venvs (default: first of
-#                  python3, /usr/bin/python3 that can create a venv)
+#   KISUM_PYTHON      interpreter used to create the venvs (default: first of
+#                     python3, /usr/bin/python3 that can create a venv)
+#   KISUM_PYTHON313   Python 3.13 interpreter for the mongoeco venv (default:
+#                     /root/.pyenv/versions/3.13.0/bin/python3.13)
 #
 # All progress goes to stderr; stdout stays empty. Exit 0 on success; on a
 # failure, the message names the package and the command to retry, and the
@@ -27,6 +33,8 @@ SELF="scripts/peers.sh"
 # Pinned versions. Changing a pin makes the next run rebuild that venv.
 KUBERNETES_VALIDATE_SPEC="kubernetes-validate==1.37.0"
 CHECKOV_SPEC="checkov==3.3.30"
+MONGOECO_SPEC="mongoeco[wire]==4.11.0"
+PYTHON313_DEFAULT="/root/.pyenv/versions/3.13.0/bin/python3.13"
 
 say() { printf 'peers: %s\n' "$*" >&2; }
 die() { printf 'peers: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -109,11 +117,26 @@ pick_python() {
     die "no python3 found; retry: apt-get install -y python3 python3-venv && bash $ROOT/$SELF"
 }
 
-# ensure_venv DIR SPEC BIN: makes sure DIR is a venv with SPEC installed and
-# DIR/bin/BIN present. The fast path checks a stamp file and the binary only:
-# no interpreter start, no pip, no network.
+# Checks that the mongoeco venv's interpreter ($KISUM_PYTHON313, or pyenv's
+# CPython 3.13.0) exists and is >= 3.13 with venv support, and prints it.
+# Called only when that venv has to be built.
+python313() {
+    local py="${KISUM_PYTHON313:-$PYTHON313_DEFAULT}"
+    if [[ ! -x $py ]]; then
+        die "mongoeco needs Python >= 3.13, and $py does not exist; install CPython 3.13 (pyenv's 3.13.0 lives at $PYTHON313_DEFAULT) or point KISUM_PYTHON313 at a python3.13 interpreter, then retry: bash $ROOT/$SELF"
+    fi
+    "$py" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 13))' 2>/dev/null \
+        || die "$py is not a Python >= 3.13 that can create a venv (mongoeco needs one); set KISUM_PYTHON313 to one and retry: bash $ROOT/$SELF"
+    printf '%s\n' "$py"
+}
+
+# ensure_venv DIR SPEC BIN [PYTHON]: makes sure DIR is a venv with SPEC
+# installed and DIR/bin/BIN present, built with PYTHON (default: pick_python).
+# PYTHON may also be a function name that prints the interpreter, so that it is
+# only looked for when the venv has to be built. The fast path checks a stamp
+# file and the binary only: no interpreter start, no pip, no network.
 ensure_venv() {
-    local dir="$1" spec="$2" bin="$3"
+    local dir="$1" spec="$2" bin="$3" want_py="${4:-}"
     local name stamp log
     name="$(basename "$dir")"
     stamp="$dir/.kisum-spec"
@@ -124,7 +147,15 @@ ensure_venv() {
         return 0
     fi
 
-    pick_python
+    local py
+    if [[ -z $want_py ]]; then
+        pick_python
+        py="$PYTHON"
+    elif declare -F "$want_py" >/dev/null; then
+        py="$("$want_py")" || exit 1
+    else
+        py="$want_py"
+    fi
     mkdir -p "$LOGS"
     log="$LOGS/$name.log"
     : >"$log"
@@ -132,8 +163,8 @@ ensure_venv() {
 
     # A venv without a matching stamp is half-built or out of date: start over.
     rm -rf "$dir"
-    say "$name: creating venv ($("$PYTHON" -c 'import platform; print(platform.python_version())') at $PYTHON)"
-    if ! "$PYTHON" -m venv "$dir" >>"$log" 2>&1; then
+    say "$name: creating venv ($("$py" -c 'import platform; print(platform.python_version())') at $py)"
+    if ! "$py" -m venv "$dir" >>"$log" 2>&1; then
         tail -n 20 "$log" >&2
         rm -rf "$dir"
         die "$name: could not create the venv (log: $log); retry: $retry"
@@ -167,9 +198,10 @@ main() {
 
     ensure_venv "$PEERS/venv-kv" "$KUBERNETES_VALIDATE_SPEC" kubernetes-validate
     ensure_venv "$PEERS/venv-checkov" "$CHECKOV_SPEC" checkov
+    ensure_venv "$PEERS/venv-mongoeco" "$MONGOECO_SPEC" python python313
 
-    # Debian packages, when the tests need them:
-    # ensure_apt postgresql redis-server pebble
+    # Servers the integration tests start on loopback (kisum-testkit).
+    ensure_apt postgresql redis-server
 
     # kubectl (benchmarks only) is expected on the machine; not installed here.
     command -v kubectl >/dev/null 2>&1 || say "note: kubectl not on PATH (only benchmarks use it)"

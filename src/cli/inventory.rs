@@ -33,16 +33,14 @@ enum Table {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir) {
+    let matrix = match load_matrix(dir, args.output) {
         Ok(matrix) => matrix,
         Err(exit) => return Ok(exit),
     };
     let env = match matrix.environment(&args.env) {
         Ok(env) => env,
         Err(errors) => {
-            for error in &errors.0 {
-                eprintln!("error: {error}");
-            }
+            super::report_input_errors(&errors.0, args.output);
             return Ok(Exit::UnusableInput);
         }
     };
@@ -173,7 +171,9 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
             table(&header, &rows)
         ));
     }
-    print!("{}", sections.join("\n"));
+    for line in sections.join("\n").lines() {
+        println!("{}", crate::matrix::load::printable(line));
+    }
     Ok(Exit::Clean)
 }
 

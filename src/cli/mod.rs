@@ -89,12 +89,26 @@ pub fn main() -> ExitCode {
 }
 
 /// Loads the matrix, printing input errors; `Err(exit)` when unusable.
-fn load_matrix(dir: &std::path::Path) -> Result<crate::matrix::Matrix, Exit> {
+fn load_matrix(dir: &std::path::Path, format: OutputFormat) -> Result<crate::matrix::Matrix, Exit> {
     crate::matrix::Matrix::load(dir).map_err(|errors| {
-        for error in &errors.0 {
-            eprintln!("error: {error}");
-        }
+        report_input_errors(&errors.0, format);
         eprintln!("the matrix in {} cannot be used (exit 2)", dir.display());
         Exit::UnusableInput
     })
+}
+
+/// Input errors on stderr; with `-o json` also as JSON on stdout, so a
+/// pipeline always gets a document.
+fn report_input_errors(errors: &[crate::matrix::InputError], format: OutputFormat) {
+    for error in errors {
+        eprintln!("error: {error}");
+    }
+    if format == OutputFormat::Json {
+        let redacted: Vec<_> = errors.iter().map(|e| e.redacted()).collect();
+        let document = serde_json::json!({ "input_errors": redacted });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        );
+    }
 }

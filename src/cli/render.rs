@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, default_value = "manifests")]
     out: PathBuf,
 
-    /// Compare with the files in DIR instead of writing them.
+    /// Compare with the files under --out instead of writing them.
     #[arg(long)]
     check: bool,
 
@@ -35,7 +35,7 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir) {
+    let matrix = match load_matrix(dir, super::OutputFormat::Text) {
         Ok(matrix) => matrix,
         Err(exit) => return Ok(exit),
     };
@@ -96,16 +96,23 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                 stale = true;
                 print!("{}", staleness.diff);
                 eprintln!(
-                    "{name}: {} is stale: {} changed, {} missing, {} extra; run `kisumctl render {name}`",
+                    "{name}: {} is stale: {} changed, {} missing, {} extra; run `kisumctl render {name} --out {}`",
                     target.display(),
                     staleness.changed.len(),
                     staleness.missing.len(),
-                    staleness.extra.len()
+                    staleness.extra.len(),
+                    args.out.display()
                 );
             }
         } else {
             let touched = output::write(&target, &files)
                 .with_context(|| format!("writing {}", target.display()))?;
+            for foreign in output::foreign_entries(&target)? {
+                eprintln!(
+                    "warning: {} was not written by render; remove it or `render --check` fails",
+                    target.join(foreign).display()
+                );
+            }
             eprintln!(
                 "{name}: {} files in {} ({} changed)",
                 files.len(),
@@ -113,6 +120,22 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                 touched.len()
             );
         }
+    }
+    // Directories beside the environments' that no environment renders.
+    if args.env.is_none() {
+        let known: Vec<&str> = matrix.environment_names().collect();
+        let strays: Vec<String> = output::foreign_entries(&args.out)
+            .with_context(|| format!("reading {}", args.out.display()))?
+            .into_iter()
+            .filter(|name| !known.contains(&name.as_str()))
+            .collect();
+        for stray in &strays {
+            eprintln!(
+                "{}: not an environment of the matrix",
+                args.out.join(stray).display()
+            );
+        }
+        stale |= args.check && !strays.is_empty();
     }
     Ok(if stale {
         Exit::CheckFailed

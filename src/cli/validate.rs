@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{Exit, OutputFormat, load_matrix};
 use crate::matrix::Matrix;
+use crate::matrix::load::printable;
 use crate::matrix::rules::{self, Finding, Level};
 
 /// Check the environment matrix against the platform's rules.
@@ -32,11 +33,21 @@ pub struct Args {
 #[derive(Serialize)]
 struct Report<'a> {
     environment: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<RuleRow>,
     errors: usize,
     warnings: usize,
     findings: Vec<&'a Finding>,
     assumptions: Vec<AssumptionRow>,
     open_decisions: Vec<DecisionRow>,
+}
+
+#[derive(Serialize)]
+struct RuleRow {
+    id: &'static str,
+    level: Level,
+    sections: &'static str,
+    summary: &'static str,
 }
 
 #[derive(Serialize)]
@@ -57,16 +68,14 @@ struct DecisionRow {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir) {
+    let matrix = match load_matrix(dir, args.output) {
         Ok(matrix) => matrix,
         Err(exit) => return Ok(exit),
     };
     if let Some(env) = &args.env
         && let Err(errors) = matrix.environment(env)
     {
-        for error in &errors.0 {
-            eprintln!("error: {error}");
-        }
+        super::report_input_errors(&errors.0, args.output);
         return Ok(Exit::UnusableInput);
     }
 
@@ -78,8 +87,22 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
             _ => true,
         })
         .collect();
+    let rules = if args.rules {
+        rules::RULES
+            .iter()
+            .map(|r| RuleRow {
+                id: r.id,
+                level: r.level,
+                sections: r.sections,
+                summary: r.summary,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let report = Report {
         environment: args.env.as_deref(),
+        rules,
         errors: selected.iter().filter(|f| f.level == Level::Error).count(),
         warnings: selected
             .iter()
@@ -126,7 +149,11 @@ fn assumptions(matrix: &Matrix, env: Option<&str>) -> Vec<AssumptionRow> {
                 file: source.path.display().to_string(),
                 line: source.index.get(&a.path).map(|p| p.line),
                 path: a.path.clone(),
-                written: source.line_of(&a.path).map(str::to_string),
+                // A line that looks like a credential is not repeated.
+                written: source
+                    .line_of(&a.path)
+                    .filter(|line| !rules::looks_like_secret_value(line))
+                    .map(printable),
                 reason: a.reason.clone(),
             })
         })
@@ -193,8 +220,8 @@ pub fn finding_line(finding: &Finding) -> String {
     } else {
         format!("{}: ", finding.field)
     };
-    format!(
-        "{level}[{}]{env} {place}: {field}{}\n",
+    printable(&format!(
+        "{level}[{}]{env} {place}: {field}{}",
         finding.rule, finding.message
-    )
+    )) + "\n"
 }

@@ -50,8 +50,61 @@ pub struct InputError {
     pub hint: Option<String>,
 }
 
+/// Control characters shown as escapes, so a value cannot rewrite the
+/// operator's terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.plain();
+        write!(f, "{}", printable(&redact(&text)))
+    }
+}
+
+/// A quoted value that looks like a credential is not repeated back.
+pub fn redact(message: &str) -> String {
+    let mut out = String::new();
+    for (n, part) in message.split('`').enumerate() {
+        if n > 0 {
+            out.push('`');
+        }
+        let quoted = n % 2 == 1;
+        if quoted && crate::matrix::rules::looks_like_secret_value(part) {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+impl InputError {
+    /// The same error with credential-looking values removed, for output.
+    pub fn redacted(&self) -> InputError {
+        InputError {
+            message: redact(&self.message),
+            hint: self.hint.as_deref().map(redact),
+            ..self.clone()
+        }
+    }
+
+    fn plain(&self) -> String {
+        let mut f = String::new();
+        self.write_plain(&mut f).ok();
+        f
+    }
+
+    fn write_plain(&self, f: &mut impl fmt::Write) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
         if let Some(at) = self.position {
             write!(f, ":{}:{}", at.line, at.column)?;
@@ -148,14 +201,31 @@ fn environment_files(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
         position: None,
         field: String::new(),
         message: format!("cannot read the matrix directory: {error}"),
-        hint: Some("run from the repository root or pass --matrix DIR".into()),
+        hint: Some(
+            "run from the repository root, or pass --matrix DIR (or set KISUM_MATRIX)".into(),
+        ),
     })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
         .filter(|path| path.file_name().is_some_and(|name| name != BASE_FILE))
         .collect();
     paths.sort();
+    if let Some(yml) = paths
+        .iter()
+        .find(|path| path.extension().is_some_and(|ext| ext == "yml"))
+    {
+        return Err(InputError {
+            file: yml.clone(),
+            position: None,
+            field: String::new(),
+            message: "matrix files end in `.yaml`; this one would be ignored".into(),
+            hint: Some("rename it to .yaml".into()),
+        });
+    }
     Ok(paths)
 }
 
@@ -167,6 +237,16 @@ fn file_stem(path: &Path) -> String {
 
 /// Parses one YAML file into `T`, keeping the first error with its place.
 pub fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<(T, Source), Box<InputError>> {
+    // A FIFO or device would block or never end.
+    if std::fs::metadata(path).is_ok_and(|meta| !meta.is_file()) {
+        return Err(Box::new(InputError {
+            file: path.to_path_buf(),
+            position: None,
+            field: String::new(),
+            message: "not a regular file".into(),
+            hint: None,
+        }));
+    }
     let text = std::fs::read_to_string(path).map_err(|error| InputError {
         file: path.to_path_buf(),
         position: None,
@@ -189,12 +269,16 @@ pub fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<(T, Source), Box<I
 /// Parses YAML text into `T`; the error's `file` is left empty.
 pub fn parse_str<T: DeserializeOwned>(text: &str) -> Result<T, Box<InputError>> {
     let mut field = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
-        serde_path_to_error::deserialize::<_, T>(deserializer).map_err(|error| {
-            field = error.path().to_string();
-            error.into_inner()
-        })
-    });
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options.reject_unsupported_tags = true;
+    let result =
+        serde_saphyr::with_deserializer_from_str_with_options(text, options, |deserializer| {
+            serde_path_to_error::deserialize::<_, T>(deserializer).map_err(|error| {
+                field = error.path().to_string();
+                error.into_inner()
+            })
+        });
     result.map_err(|error| {
         let reported = error.location().map(|at| Position {
             line: at.line(),
@@ -217,6 +301,7 @@ pub fn parse_str<T: DeserializeOwned>(text: &str) -> Result<T, Box<InputError>> 
 /// The path without the `?` segments serde_path_to_error uses for keys
 /// it could not name.
 fn known_segments(field: &str) -> String {
+    let field = field.replace('[', ".").replace(']', "");
     field
         .split('.')
         .take_while(|segment| *segment != "?" && !segment.is_empty())
@@ -254,12 +339,37 @@ fn explain_type(message: &str) -> String {
 }
 
 /// The parser appends "at line L, column C"; the position is kept apart.
+/// Advice meant for the programmer is replaced by advice for the operator.
 fn plain_message(message: &str) -> String {
     let trimmed = match message.rfind(" at line ") {
-        Some(cut) => &message[..cut],
-        None => message,
+        Some(cut) if is_position(&message[cut + " at line ".len()..]) => &message[..cut],
+        _ => message,
     };
-    trimmed.replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+    let trimmed = trimmed.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    if trimmed.contains("multiple YAML documents") {
+        return "a matrix file holds one YAML document; remove the second `---`".to_string();
+    }
+    if trimmed.contains("budget breached") {
+        return "too many YAML aliases; write the values out or use fewer anchors".to_string();
+    }
+    if trimmed == "unexpected end of input" || trimmed.starts_with("EOF") {
+        return "the file is empty or ends too early".to_string();
+    }
+    match trimmed.find(", use Option<") {
+        Some(cut) => trimmed[..cut].to_string(),
+        None => trimmed,
+    }
+}
+
+/// Whether `text` is exactly `L, column C`.
+fn is_position(text: &str) -> bool {
+    let Some((line, column)) = text.split_once(", column ") else {
+        return false;
+    };
+    !line.is_empty()
+        && line.chars().all(|c| c.is_ascii_digit())
+        && !column.is_empty()
+        && column.chars().all(|c| c.is_ascii_digit())
 }
 
 /// Completes the field path: an unknown or duplicate key is named by the

@@ -5,5 +5,7 @@ pub mod load;
 pub mod model;
 pub mod rules;
 pub mod schema;
+pub mod syntax;
 
+pub use load::InputError;
 pub use model::{ConfigValue, Environment, Matrix, ResolvedService};

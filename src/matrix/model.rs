@@ -271,7 +271,9 @@ impl<'m> Environment<'m> {
     /// Where a secret of the inventory lives in this environment.
     pub fn secret_location(&self, secret: &str) -> String {
         match &self.file.secrets {
-            SecretBackend::LocalFiles { path } => format!("file:{path}/{secret}"),
+            SecretBackend::LocalFiles { path } => {
+                format!("file:{}/{secret}", super::rules::normal_path(path))
+            }
             SecretBackend::AwsSecretsManager {
                 account,
                 region,
@@ -611,6 +613,290 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
         }
     }
     errors.extend(config_entry_shape(loaded));
+    errors.extend(value_shapes(loaded));
+    errors
+}
+
+/// Service ids that name something else in the platform.
+const RESERVED_IDS: [&str; 2] = ["kisumctl", "redis"];
+
+/// Every value that reaches a manifest has a shape Kubernetes accepts.
+fn value_shapes(loaded: &Loaded) -> Vec<InputError> {
+    use super::syntax::*;
+    let base = &loaded.base;
+    let mut errors = Vec::new();
+    let mut bad = |source: &Source, field: String, message: String, hint: Option<&str>| {
+        errors.push(InputError {
+            file: source.path.clone(),
+            position: source.locate(&field),
+            field,
+            message,
+            hint: hint.map(str::to_string),
+        });
+    };
+    let src = &loaded.base_source;
+    let label_hint = Some("lowercase letters, digits and `-`, at most 63");
+    for id in base
+        .services
+        .keys()
+        .chain(base.frontends.keys())
+        .chain(base.databases.keys())
+    {
+        if !is_dns_label(id) || RESERVED_IDS.contains(&id.as_str()) {
+            let kind = if base.services.contains_key(id) {
+                "services"
+            } else if base.frontends.contains_key(id) {
+                "frontends"
+            } else {
+                "databases"
+            };
+            let message = format!("`{id}` cannot name a Kubernetes object or is reserved");
+            bad(src, format!("{kind}.{id}"), message, label_hint);
+        }
+    }
+    for (id, secret) in &base.secrets {
+        if !is_dns_label(id) {
+            bad(
+                src,
+                format!("secrets.{id}"),
+                format!("`{id}` cannot name a Secret"),
+                label_hint,
+            );
+        }
+        for (n, key) in secret.keys.iter().enumerate() {
+            if !is_secret_key(key) {
+                let message = format!("`{key}` is not a usable key (letters, digits, `-_.`)");
+                bad(src, format!("secrets.{id}.keys.{n}"), message, None);
+            }
+        }
+    }
+    for (id, zone) in &base.dns.zones {
+        if !is_host_name(&zone.domain) {
+            bad(
+                src,
+                format!("dns.zones.{id}.domain"),
+                format!("`{}` is not a domain", zone.domain),
+                None,
+            );
+        }
+    }
+    let host_hint = Some("lowercase ASCII labels separated by dots, no trailing dot");
+    for (id, service) in &base.services {
+        if !is_host_name(&service.host) {
+            bad(
+                src,
+                format!("services.{id}.host"),
+                format!("`{}` is not a host name", service.host),
+                host_hint,
+            );
+        }
+        if !is_body_size(&service.request_body_limit) {
+            let message = format!(
+                "`{}` is not a size such as 64k or 10m",
+                service.request_body_limit
+            );
+            bad(
+                src,
+                format!("services.{id}.request-body-limit"),
+                message,
+                None,
+            );
+        }
+        if !is_image_path_part(&service.image) {
+            bad(
+                src,
+                format!("services.{id}.image"),
+                format!("`{}` is not an image name", service.image),
+                None,
+            );
+        }
+        for key in service.config.keys() {
+            if !is_variable_name(key) {
+                bad(
+                    src,
+                    format!("services.{id}.config.{key}"),
+                    format!("`{key}` is not a variable name"),
+                    None,
+                );
+            }
+        }
+    }
+    for key in base.common_config.keys() {
+        if !is_variable_name(key) {
+            bad(
+                src,
+                format!("common-config.{key}"),
+                format!("`{key}` is not a variable name"),
+                None,
+            );
+        }
+    }
+    for (id, frontend) in &base.frontends {
+        if !is_host_name(&frontend.host) {
+            bad(
+                src,
+                format!("frontends.{id}.host"),
+                format!("`{}` is not a host name", frontend.host),
+                host_hint,
+            );
+        }
+    }
+    if !is_image_registry(&base.platform.image_registry) {
+        let message = format!(
+            "`{}` is not a registry host and path",
+            base.platform.image_registry
+        );
+        bad(
+            src,
+            "platform.image-registry".into(),
+            message,
+            Some("like registry.kisum.io/kisum, no scheme or credentials"),
+        );
+    }
+    if !(1..=2_147_483_647).contains(&base.platform.run_as_user) {
+        bad(
+            src,
+            "platform.run-as-user".into(),
+            "must be a non-root UID (1 or more)".into(),
+            None,
+        );
+    }
+    for (file, source) in loaded.environments.values() {
+        if !is_dns_label(&file.namespace) {
+            bad(
+                source,
+                "namespace".into(),
+                format!("`{}` is not a namespace name", file.namespace),
+                label_hint,
+            );
+        }
+        for (zone, domain) in &file.dns.domain_overrides {
+            if !is_host_name(domain) {
+                bad(
+                    source,
+                    format!("dns.domain-overrides.{zone}"),
+                    format!("`{domain}` is not a domain"),
+                    host_hint,
+                );
+            }
+        }
+        if !file.dns.host_suffix.is_empty() && !is_dns_label(&format!("a{}", file.dns.host_suffix))
+        {
+            let message = format!("`{}` cannot extend a host label", file.dns.host_suffix);
+            bad(
+                source,
+                "dns.host-suffix".into(),
+                message,
+                Some("like -staging"),
+            );
+        }
+        if let Some(tag) = &file.image_tag
+            && !is_image_tag(tag)
+        {
+            bad(
+                source,
+                "image-tag".into(),
+                format!("`{tag}` is not an image tag or sha256 digest"),
+                None,
+            );
+        }
+        for (id, local) in &file.services {
+            if let Some(tag) = &local.image_tag
+                && !is_image_tag(tag)
+            {
+                let message = format!("`{tag}` is not an image tag or sha256 digest");
+                bad(source, format!("services.{id}.image-tag"), message, None);
+            }
+            if let Some(host) = &local.host
+                && !is_host_name(host)
+            {
+                bad(
+                    source,
+                    format!("services.{id}.host"),
+                    format!("`{host}` is not a host name"),
+                    host_hint,
+                );
+            }
+        }
+        for (id, local) in &file.frontends {
+            if let Some(host) = &local.host
+                && !is_host_name(host)
+            {
+                bad(
+                    source,
+                    format!("frontends.{id}.host"),
+                    format!("`{host}` is not a host name"),
+                    host_hint,
+                );
+            }
+        }
+        if let SecretBackend::AwsSecretsManager {
+            account,
+            region,
+            prefix,
+        } = &file.secrets
+        {
+            if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+                bad(
+                    source,
+                    "secrets.account".into(),
+                    format!("`{account}` is not a 12-digit AWS account"),
+                    None,
+                );
+            }
+            if !is_dns_label(region) {
+                bad(
+                    source,
+                    "secrets.region".into(),
+                    format!("`{region}` is not an AWS region"),
+                    None,
+                );
+            }
+            let prefix_ok = prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c));
+            if !prefix_ok {
+                bad(
+                    source,
+                    "secrets.prefix".into(),
+                    format!("`{prefix}` is not a secret name prefix"),
+                    None,
+                );
+            }
+        }
+        if let super::schema::BackupStore::S3 { bucket, region, .. } = &file.backups.store
+            && !(is_host_name(bucket) || is_dns_label(bucket)) | !is_dns_label(region)
+        {
+            let message = format!("`{bucket}` in `{region}` is not an S3 bucket and region");
+            bad(source, "backups.store".into(), message, None);
+        }
+        let endpoints = file
+            .databases
+            .iter()
+            .map(|(id, d)| (format!("databases.{id}.endpoint"), &d.endpoint))
+            .chain(std::iter::once((
+                "redis.endpoint".to_string(),
+                &file.redis.endpoint,
+            )));
+        for (field, endpoint) in endpoints {
+            if parse_cidr(&endpoint.cidr).is_none() {
+                let message = format!(
+                    "`{}` is not an IPv4 network like 10.0.1.0/28",
+                    endpoint.cidr
+                );
+                bad(source, format!("{field}.cidr"), message, None);
+            }
+            let is_ip = endpoint.host.parse::<std::net::Ipv4Addr>().is_ok();
+            if !is_ip && !is_host_name(&endpoint.host) {
+                bad(
+                    source,
+                    format!("{field}.host"),
+                    format!("`{}` is not a host", endpoint.host),
+                    host_hint,
+                );
+            }
+        }
+    }
     errors
 }
 

@@ -133,6 +133,34 @@ pub static RULES: &[Rule] = &[
         check: required_environments,
     },
     Rule {
+        id: "deployment-units",
+        level: Level::Error,
+        sections: "7.3",
+        summary: "each deployment unit of the plan is exactly one service",
+        check: deployment_units,
+    },
+    Rule {
+        id: "environment-separation",
+        level: Level::Error,
+        sections: "3, 4.3, 27",
+        summary: "environments never share a namespace, cluster context, state directory or backup location",
+        check: environment_separation,
+    },
+    Rule {
+        id: "config-override",
+        level: Level::Error,
+        sections: "13.1, 27",
+        summary: "an environment changes only the settings marked per-environment",
+        check: config_override,
+    },
+    Rule {
+        id: "production-secret-manager",
+        level: Level::Error,
+        sections: "12.2, 27",
+        summary: "production secrets live in a secret manager, not in files",
+        check: production_secret_manager,
+    },
+    Rule {
         id: "core-internal",
         level: Level::Error,
         sections: "2.2, 6.2, 27",
@@ -368,6 +396,28 @@ pub static RULES: &[Rule] = &[
 /// Plan knowledge: deployment units that must never be public (2.2).
 const INTERNAL_ONLY_UNITS: [&str; 1] = ["platform-core-backend"];
 
+/// Plan knowledge: the deployment units of section 7.3.
+const PLAN_UNITS: [&str; 9] = [
+    "auth-backend",
+    "platform-core-backend",
+    "platform-admin-backend",
+    "basic-backend",
+    "finance-backend",
+    "market-backend",
+    "touring-backend",
+    "venue-backend",
+    "ai-backend",
+];
+
+/// More instances than this is a typo, not a plan.
+const MAX_REPLICAS: u32 = 1000;
+
+/// Namespaces that belong to the cluster, not to an environment.
+const SYSTEM_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// Shortest backup retention production accepts, in days.
+const PRODUCTION_MIN_RETENTION_DAYS: u32 = 7;
+
 /// Plan knowledge: the services allowed to call Platform Core (6.2).
 const CORE_CALLER_UNITS: [&str; 2] = ["auth-backend", "platform-admin-backend"];
 
@@ -419,6 +469,130 @@ fn required_environments(cx: &Context) -> Vec<Finding> {
         }
     }
     findings
+}
+
+fn deployment_units(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for unit in PLAN_UNITS {
+        let holders: Vec<&String> = base
+            .services
+            .iter()
+            .filter(|(_, s)| s.unit == unit)
+            .map(|(id, _)| id)
+            .collect();
+        match holders.as_slice() {
+            [_] => {}
+            [] => findings
+                .push(cx.base_finding("services", format!("no service is the unit `{unit}`"))),
+            [_, rest @ ..] => {
+                for id in rest {
+                    let message = format!("`{unit}` is already another service's unit");
+                    findings.push(cx.base_finding(&format!("services.{id}.unit"), message));
+                }
+            }
+        }
+    }
+    for (id, service) in &base.services {
+        if !PLAN_UNITS.contains(&service.unit.as_str()) {
+            let message = format!("`{}` is not a deployment unit of the plan", service.unit);
+            findings.push(cx.base_finding(&format!("services.{id}.unit"), message));
+        }
+    }
+    findings
+}
+
+/// Local filesystem paths compared by their components.
+pub fn normal_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    format!("{}{}", if absolute { "/" } else { "" }, parts.join("/"))
+}
+
+fn environment_separation(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut seen: BTreeMap<(&str, String), &str> = BTreeMap::new();
+    for env in &cx.environments {
+        let file = env.file;
+        if SYSTEM_NAMESPACES.contains(&file.namespace.as_str())
+            || file.namespace.starts_with("kube-")
+        {
+            let message = format!(
+                "`{}` belongs to the cluster, not to an environment",
+                file.namespace
+            );
+            findings.push(in_env(env, "namespace", message));
+        }
+        let backup = match &file.backups.store {
+            super::schema::BackupStore::LocalDirectory { path } => {
+                format!("dir:{}", normal_path(path))
+            }
+            super::schema::BackupStore::S3 { bucket, prefix, .. } => {
+                format!("s3:{bucket}/{prefix}")
+            }
+        };
+        let owned = [
+            ("namespace", "namespace", file.namespace.clone()),
+            (
+                "kubernetes.context",
+                "cluster context",
+                file.kubernetes.context.clone(),
+            ),
+            ("state-dir", "state directory", normal_path(&file.state_dir)),
+            ("backups.store", "backup location", backup),
+        ];
+        for (field, what, value) in owned {
+            if let Some(other) = seen.insert((field, value.clone()), env.name) {
+                let message = format!("{what} `{value}` is also {other}'s");
+                findings.push(in_env(env, field, message));
+            }
+        }
+    }
+    findings
+}
+
+fn config_override(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut findings = Vec::new();
+    for env in &cx.environments {
+        for (id, local) in &env.file.services {
+            let Some(service) = base.services.get(id) else {
+                continue;
+            };
+            for key in local.config.keys() {
+                let entry = service
+                    .config
+                    .get(key)
+                    .or_else(|| base.common_config.get(key));
+                if entry.is_some_and(|e| !e.per_environment) {
+                    let field = format!("services.{id}.config.{key}");
+                    let message = format!(
+                        "`{key}` is the same in every environment; only settings marked `per-environment: true` may differ"
+                    );
+                    findings.push(in_env(env, &field, message));
+                }
+            }
+        }
+    }
+    findings
+}
+
+fn production_secret_manager(cx: &Context) -> Vec<Finding> {
+    cx.environments
+        .iter()
+        .filter(|env| env.is_production())
+        .filter(|env| matches!(env.file.secrets, SecretBackend::LocalFiles { .. }))
+        .map(|env| {
+            in_env(
+                env,
+                "secrets.backend",
+                "production secrets are plain files".into(),
+            )
+        })
+        .collect()
 }
 
 fn core_internal(cx: &Context) -> Vec<Finding> {
@@ -488,6 +662,26 @@ fn data_private(cx: &Context) -> Vec<Finding> {
                 ));
             }
         }
+        let endpoints = env
+            .file
+            .databases
+            .iter()
+            .map(|(id, d)| (format!("databases.{id}.endpoint.cidr"), &d.endpoint.cidr))
+            .chain(std::iter::once((
+                "redis.endpoint.cidr".to_string(),
+                &env.file.redis.endpoint.cidr,
+            )));
+        for (field, cidr) in endpoints {
+            if !super::syntax::is_private_network(cidr) {
+                let message = format!(
+                    "`{cidr}` is not a private network; data servers never face the internet"
+                );
+                findings.push(in_env(env, &field, message));
+            }
+        }
+        if !local {
+            findings.extend(shared_networks(env));
+        }
         if env.file.redis.publicly_accessible {
             let field = "redis.publicly-accessible";
             findings.push(in_env(env, field, "Redis open to public traffic".into()));
@@ -499,6 +693,38 @@ fn data_private(cx: &Context) -> Vec<Finding> {
                 "Redis connections without TLS".into(),
             ));
         }
+    }
+    findings
+}
+
+/// Databases of different clusters must not share a network, or the
+/// NetworkPolicy of one owner would reach another owner's server.
+fn shared_networks(env: &Environment) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut by_network: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for (id, deployment) in &env.file.databases {
+        let Some(db) = env.base.databases.get(id) else {
+            continue;
+        };
+        let cidr = deployment.endpoint.cidr.as_str();
+        match by_network.get(cidr) {
+            Some((other, cluster)) if *cluster != db.cluster => {
+                let message = format!("{id} shares network {cidr} with {other} of another cluster");
+                findings.push(in_env(
+                    env,
+                    &format!("databases.{id}.endpoint.cidr"),
+                    message,
+                ));
+            }
+            Some(_) => {}
+            None => {
+                by_network.insert(cidr, (id.as_str(), db.cluster.as_str()));
+            }
+        }
+    }
+    if let Some((other, _)) = by_network.get(env.file.redis.endpoint.cidr.as_str()) {
+        let message = format!("Redis shares its network with {other}");
+        findings.push(in_env(env, "redis.endpoint.cidr", message));
     }
     findings
 }
@@ -521,7 +747,9 @@ fn public_tls(cx: &Context) -> Vec<Finding> {
                 "tls.mode",
                 format!("public hosts without TLS: {listed}"),
             ));
-        } else if env.file.dns.managed && env.file.tls.mode != TlsMode::Acme {
+        } else if (env.file.dns.managed || env.is_production() || env.name == "staging")
+            && env.file.tls.mode != TlsMode::Acme
+        {
             let message = "public DNS is managed here, so certificates must come from ACME, \
                            not a private CA browsers do not trust";
             findings.push(in_env(env, "tls.mode", message.into()));
@@ -546,7 +774,15 @@ fn dns_separation(cx: &Context) -> Vec<Finding> {
             .values()
             .map(|f| (f.host.clone(), f.id, "frontends"));
         for (host, id, kind) in services.chain(frontends) {
-            let field = format!("{kind}.{id}.host");
+            let overridden = match kind {
+                "services" => env.file.services.get(id).is_some_and(|s| s.host.is_some()),
+                _ => env.file.frontends.get(id).is_some_and(|f| f.host.is_some()),
+            };
+            let field = if overridden || env.is_production() {
+                format!("{kind}.{id}.host")
+            } else {
+                "dns.host-suffix".to_string()
+            };
             if let Some((other_env, other_id)) = owners.get(&host) {
                 let message = format!("`{host}` is also the host of {other_id} in {other_env}");
                 findings.push(in_env(env, &field, message));
@@ -596,8 +832,7 @@ fn secret_account_separation(cx: &Context) -> Vec<Finding> {
         return findings;
     };
     let Some(production_account) = account(production) else {
-        let message = "production secrets are local files, not a secret manager".into();
-        return vec![in_env(production, "secrets.backend", message)];
+        return findings;
     };
     for env in cx.environments.iter().filter(|env| !env.is_production()) {
         if account(env).as_deref() == Some(production_account.as_str()) {
@@ -610,8 +845,12 @@ fn secret_account_separation(cx: &Context) -> Vec<Finding> {
 
 /// Whether a variable name says it carries a credential.
 pub fn is_secret_name(key: &str) -> bool {
-    const MARKERS: [&str; 9] = [
+    const MARKERS: [&str; 13] = [
         "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "PWD",
+        "AUTH_HEADER",
         "SECRET",
         "TOKEN",
         "PRIVATE_KEY",
@@ -631,15 +870,42 @@ pub fn is_secret_name(key: &str) -> bool {
 
 /// Whether a value looks like a credential whatever its name.
 pub fn looks_like_secret_value(value: &str) -> bool {
-    let userinfo = value
+    const PREFIXES: [&str; 9] = [
+        "AKIA",
+        "ASIA",
+        "ghp_",
+        "gho_",
+        "github_pat_",
+        "sk_live_",
+        "rk_live_",
+        "xoxb-",
+        "xoxp-",
+    ];
+    let trimmed = value.trim();
+    let authority = trimmed
         .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .is_some_and(|authority| authority.contains('@'));
-    userinfo || value.contains("-----BEGIN") || value.starts_with("AKIA")
+        .map_or(trimmed, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    // user:password@host, with or without a scheme.
+    let userinfo = authority
+        .split_once('@')
+        .is_some_and(|(user, host)| user.contains(':') && !host.is_empty());
+    let lower = trimmed.to_ascii_lowercase();
+    let keyword = ["password=", "passwd=", "pwd=", "secret=", "bearer "]
+        .iter()
+        .any(|k| lower.contains(k));
+    let jwt = trimmed.starts_with("eyJ") && trimmed.matches('.').count() == 2;
+    userinfo
+        || keyword
+        || jwt
+        || trimmed.contains("-----BEGIN")
+        || PREFIXES.iter().any(|p| trimmed.starts_with(p))
 }
 
 fn no_inline_secret(cx: &Context) -> Vec<Finding> {
-    let mut findings = Vec::new();
+    let mut findings = resolved_secrets(cx);
     let base = cx.matrix.base();
     let common = base
         .common_config
@@ -678,6 +944,38 @@ fn no_inline_secret(cx: &Context) -> Vec<Finding> {
                     );
                     findings.push(in_env(env, &field, message));
                 }
+            }
+        }
+    }
+    findings
+}
+
+/// What a value template expands to is checked too: a template can build
+/// a credential that no written value shows.
+fn resolved_secrets(cx: &Context) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for env in &cx.environments {
+        for service in env.services.values() {
+            for (key, value) in &service.config {
+                let ConfigValue::Plain { value } = value else {
+                    continue;
+                };
+                if !looks_like_secret_value(value) {
+                    continue;
+                }
+                let overridden = env
+                    .file
+                    .services
+                    .get(service.id)
+                    .is_some_and(|s| s.config.contains_key(*key));
+                let field = if overridden || service.spec.config.contains_key(*key) {
+                    format!("services.{}.config.{key}", service.id)
+                } else {
+                    format!("common-config.{key}")
+                };
+                let message =
+                    format!("`{key}` expands to what looks like a credential; use `secret:`");
+                findings.push(in_env(env, &field, message));
             }
         }
     }
@@ -1107,10 +1405,21 @@ fn production_backups(cx: &Context) -> Vec<Finding> {
                 "production backups are off".into(),
             ));
         }
-        for (id, _, deployment) in env.deployed_databases() {
-            if deployment.is_none() {
+        for (id, db, deployment) in env.deployed_databases() {
+            let Some(deployment) = deployment else {
                 let message = format!("no deployment for {id}, so nothing can back it up");
                 findings.push(in_env(env, "databases", message));
+                continue;
+            };
+            let retention = deployment
+                .retention_days
+                .unwrap_or(db.backup.retention_days);
+            if retention < PRODUCTION_MIN_RETENTION_DAYS {
+                let field = format!("databases.{id}.retention-days");
+                let message = format!(
+                    "{retention} day(s) of retention; production keeps at least {PRODUCTION_MIN_RETENTION_DAYS}"
+                );
+                findings.push(in_env(env, &field, message));
             }
         }
     }
@@ -1342,9 +1651,12 @@ fn scaling(cx: &Context) -> Vec<Finding> {
     for env in &cx.environments {
         for service in env.services.values() {
             let id = service.id;
-            if service.replicas == 0 || service.max_replicas < service.replicas {
+            if service.replicas == 0
+                || service.max_replicas < service.replicas
+                || service.max_replicas > MAX_REPLICAS
+            {
                 let message = format!(
-                    "{id}: replicas {} and max-replicas {} must satisfy 1 <= replicas <= max",
+                    "{id}: replicas {} and max-replicas {} must satisfy 1 <= replicas <= max <= {MAX_REPLICAS}",
                     service.replicas, service.max_replicas
                 );
                 findings.push(in_env(env, &replicas_origin(env, id), message));
@@ -1405,6 +1717,7 @@ fn image_tagged(cx: &Context) -> Vec<Finding> {
     let mut findings = Vec::new();
     for env in cx.environments.iter().filter(|env| env.name != "local") {
         let mut untagged = Vec::new();
+        let explicit_latest = env.file.image_tag.as_deref() == Some("latest");
         for service in env
             .services
             .values()
@@ -1424,10 +1737,17 @@ fn image_tagged(cx: &Context) -> Vec<Finding> {
             }
         }
         if !untagged.is_empty() {
-            let message = format!(
-                "no `image-tag`, so {} would run `:latest`; set one for the environment",
-                untagged.join(", ")
-            );
+            let message = if explicit_latest {
+                format!(
+                    "`latest` is not a version: {} would run whatever was pushed last",
+                    untagged.join(", ")
+                )
+            } else {
+                format!(
+                    "no `image-tag`, so {} would run `:latest`; set one for the environment",
+                    untagged.join(", ")
+                )
+            };
             findings.push(at(env.source, Some(env.name), "image-tag", message));
         }
     }
@@ -1444,6 +1764,20 @@ fn frontend_headers(cx: &Context) -> Vec<Finding> {
             .find_map(|directive| directive.strip_prefix("frame-ancestors"))
             .map(str::trim);
         let no_framing = matches!(framing, Some("'none'" | "'self'"));
+        let wide_open = csp.split(';').map(str::trim).any(|directive| {
+            let mut words = directive.split_whitespace();
+            let name = words.next().unwrap_or_default();
+            let sources: Vec<&str> = words.collect();
+            (name == "default-src" || name == "script-src")
+                && sources
+                    .iter()
+                    .any(|s| *s == "*" || *s == "'unsafe-eval'" || *s == "data:")
+        });
+        if wide_open {
+            let field = format!("frontends.{id}.content-security-policy");
+            let message = "CSP allows any origin, data: or eval for scripts (5.4)".into();
+            findings.push(cx.base_finding(&field, message));
+        }
         if !no_framing || !csp.contains("default-src") {
             let field = format!("frontends.{id}.content-security-policy");
             let message = "CSP needs default-src and frame-ancestors 'none' or 'self' (5.4)".into();
@@ -2144,6 +2478,138 @@ mod tests {
         let findings = flagged("open-decision", |m| m.base.open_decisions.clear());
         assert_one_at(&findings, "databases.venue-db.engine");
         assert_one_at(&findings, "databases.ai-db.engine");
+    }
+
+    #[test]
+    fn deployment_units_flags_a_renamed_unit_and_a_duplicate() {
+        let findings = flagged("deployment-units", |m| {
+            m.base.services.get_mut("platform-core").unwrap().unit = "platform-core".into();
+            m.base.services.get_mut("market").unwrap().unit = "auth-backend".into();
+        });
+        assert_one_at(&findings, "services.platform-core.unit");
+        assert_one_at(&findings, "services.market.unit");
+        assert!(findings.iter().any(|f| f.message.contains("platform-core-backend")));
+    }
+
+    #[test]
+    fn environment_separation_flags_a_shared_namespace_and_a_system_one() {
+        let findings = flagged("environment-separation", |m| {
+            env_file(m, "staging").namespace = "kisum-production".into();
+            env_file(m, "dev").namespace = "kube-system".into();
+        });
+        assert!(findings.iter().any(|f| f.environment.as_deref() == Some("staging")));
+        assert!(findings.iter().any(|f| f.message.contains("kube-system")));
+    }
+
+    #[test]
+    fn environment_separation_flags_a_shared_backup_bucket() {
+        let findings = flagged("environment-separation", |m| {
+            let store = env_file(m, "production").backups.store.clone();
+            env_file(m, "staging").backups.store = store;
+        });
+        assert_one_at(&findings, "backups.store");
+    }
+
+    #[test]
+    fn config_override_flags_an_issuer_changed_per_environment() {
+        let findings = flagged("config-override", |m| {
+            let ai = env_file(m, "production").services.entry("ai".into()).or_default();
+            ai.config.insert("JWT_ISSUER".into(), "https://attacker.example".into());
+            let auth = env_file(m, "production").services.entry("auth".into()).or_default();
+            auth.config.insert("LOG_LEVEL".into(), "debug".into());
+        });
+        assert_one_at(&findings, "services.ai.config.JWT_ISSUER");
+        assert_eq!(findings.len(), 1, "LOG_LEVEL may vary: {findings:#?}");
+    }
+
+    #[test]
+    fn production_secret_manager_flags_plain_files() {
+        let findings = flagged("production-secret-manager", |m| {
+            env_file(m, "production").secrets = SecretBackend::LocalFiles { path: "/srv/secrets".into() };
+        });
+        assert_eq!(findings.len(), 1);
+    }
+
+    #[test]
+    fn data_private_flags_a_public_network_and_a_network_shared_across_clusters() {
+        let findings = flagged("data-private", |m| {
+            let prod = env_file(m, "production");
+            prod.databases.get_mut("finance-db").unwrap().endpoint.cidr = "0.0.0.0/0".into();
+            let auth_cidr = prod.databases["auth-db"].endpoint.cidr.clone();
+            prod.databases.get_mut("platform-core-db").unwrap().endpoint.cidr = auth_cidr;
+        });
+        assert_one_at(&findings, "databases.finance-db.endpoint.cidr");
+        assert_one_at(&findings, "databases.platform-core-db.endpoint.cidr");
+    }
+
+    #[test]
+    fn public_tls_requires_acme_in_production_even_without_managed_dns() {
+        let findings = flagged("public-tls", |m| {
+            let prod = env_file(m, "production");
+            prod.dns.managed = false;
+            prod.tls.mode = TlsMode::SelfSigned;
+        });
+        assert_eq!(findings.len(), 1);
+    }
+
+    #[test]
+    fn production_backups_flags_a_short_retention() {
+        let findings = flagged("production-backups", |m| {
+            let prod = env_file(m, "production");
+            prod.databases.get_mut("auth-db").unwrap().retention_days = Some(1);
+        });
+        assert_one_at(&findings, "databases.auth-db.retention-days");
+    }
+
+    #[test]
+    fn scaling_flags_absurd_replica_counts() {
+        let findings = flagged("scaling", |m| {
+            m.base.services.get_mut("auth").unwrap().max_replicas = 4_294_967_295;
+        });
+        assert!(findings.iter().any(|f| f.message.contains("auth:")));
+    }
+
+    #[test]
+    fn frontend_headers_flags_wildcards_and_eval() {
+        let findings = flagged("frontend-headers", |m| {
+            let csp = "default-src * 'unsafe-eval'; frame-ancestors 'none'".to_string();
+            m.base.frontends.get_mut("app").unwrap().content_security_policy = csp;
+        });
+        assert_one_at(&findings, "frontends.app.content-security-policy");
+    }
+
+    #[test]
+    fn no_inline_secret_checks_what_a_template_expands_to() {
+        let findings = flagged("no-inline-secret", |m| {
+            let entry = m.base.common_config.get_mut("LOG_LEVEL").unwrap();
+            entry.value = Some(r#"{{ "-----BEG" ~ "IN PRIVATE KEY----- X" }}"#.into());
+        });
+        assert_one_at(&findings, "common-config.LOG_LEVEL");
+    }
+
+    #[test]
+    fn credential_shaped_values_are_recognised() {
+        for value in [
+            "user:pw@db:5432",
+            "host=db password=x",
+            "ASIAXXXXXXXX",
+            "ghp_abcdef",
+            "sk_live_123",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+            "Bearer abc",
+        ] {
+            assert!(looks_like_secret_value(value), "{value}");
+        }
+        for value in ["info", "https://auth.kisum.io", "kisum-api", "900"] {
+            assert!(!looks_like_secret_value(value), "{value}");
+        }
+    }
+
+    #[test]
+    fn dns_separation_blames_the_suffix_that_made_the_clash() {
+        let findings = flagged("dns-separation", |m| env_file(m, "staging").dns.host_suffix = String::new());
+        assert!(findings.iter().all(|f| f.field == "dns.host-suffix"), "{findings:#?}");
+        assert!(findings.iter().all(|f| f.environment.as_deref() == Some("staging")));
     }
 
     #[test]

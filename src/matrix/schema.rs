@@ -218,6 +218,9 @@ pub struct ConfigEntry {
     pub secret: Option<String>,
     /// Key inside the secret (defaults to the variable name).
     pub secret_key: Option<String>,
+    /// Whether an environment file may set its own plain value.
+    #[serde(default)]
+    pub per_environment: bool,
     #[serde(default)]
     pub description: String,
 }

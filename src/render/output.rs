@@ -63,6 +63,27 @@ pub fn write(dir: &Path, files: &[RenderedFile]) -> io::Result<Vec<String>> {
     Ok(touched)
 }
 
+/// Entries of `dir` that are not plain YAML files: render never writes
+/// them, so their presence means someone else did.
+pub fn foreign_entries(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut foreign: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            !(is_file && name.ends_with(".yaml"))
+        })
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    foreign.sort();
+    Ok(foreign)
+}
+
 /// Compares `files` with the contents of `dir` without writing.
 pub fn check(dir: &Path, files: &[RenderedFile]) -> io::Result<Staleness> {
     let mut staleness = Staleness::default();
@@ -88,6 +109,10 @@ pub fn check(dir: &Path, files: &[RenderedFile]) -> io::Result<Staleness> {
             staleness.diff += &unified(&committed, "", &shown(&name));
             staleness.extra.push(name);
         }
+    }
+    for name in foreign_entries(dir)? {
+        staleness.diff += &format!("--- {} (not written by render)\n", shown(&name));
+        staleness.extra.push(name);
     }
     Ok(staleness)
 }
