@@ -2488,7 +2488,11 @@ mod tests {
         });
         assert_one_at(&findings, "services.platform-core.unit");
         assert_one_at(&findings, "services.market.unit");
-        assert!(findings.iter().any(|f| f.message.contains("platform-core-backend")));
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.message.contains("platform-core-backend"))
+        );
     }
 
     #[test]
@@ -2497,7 +2501,11 @@ mod tests {
             env_file(m, "staging").namespace = "kisum-production".into();
             env_file(m, "dev").namespace = "kube-system".into();
         });
-        assert!(findings.iter().any(|f| f.environment.as_deref() == Some("staging")));
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.environment.as_deref() == Some("staging"))
+        );
         assert!(findings.iter().any(|f| f.message.contains("kube-system")));
     }
 
@@ -2513,9 +2521,16 @@ mod tests {
     #[test]
     fn config_override_flags_an_issuer_changed_per_environment() {
         let findings = flagged("config-override", |m| {
-            let ai = env_file(m, "production").services.entry("ai".into()).or_default();
-            ai.config.insert("JWT_ISSUER".into(), "https://attacker.example".into());
-            let auth = env_file(m, "production").services.entry("auth".into()).or_default();
+            let ai = env_file(m, "production")
+                .services
+                .entry("ai".into())
+                .or_default();
+            ai.config
+                .insert("JWT_ISSUER".into(), "https://attacker.example".into());
+            let auth = env_file(m, "production")
+                .services
+                .entry("auth".into())
+                .or_default();
             auth.config.insert("LOG_LEVEL".into(), "debug".into());
         });
         assert_one_at(&findings, "services.ai.config.JWT_ISSUER");
@@ -2525,7 +2540,9 @@ mod tests {
     #[test]
     fn production_secret_manager_flags_plain_files() {
         let findings = flagged("production-secret-manager", |m| {
-            env_file(m, "production").secrets = SecretBackend::LocalFiles { path: "/srv/secrets".into() };
+            env_file(m, "production").secrets = SecretBackend::LocalFiles {
+                path: "/srv/secrets".into(),
+            };
         });
         assert_eq!(findings.len(), 1);
     }
@@ -2536,7 +2553,11 @@ mod tests {
             let prod = env_file(m, "production");
             prod.databases.get_mut("finance-db").unwrap().endpoint.cidr = "0.0.0.0/0".into();
             let auth_cidr = prod.databases["auth-db"].endpoint.cidr.clone();
-            prod.databases.get_mut("platform-core-db").unwrap().endpoint.cidr = auth_cidr;
+            prod.databases
+                .get_mut("platform-core-db")
+                .unwrap()
+                .endpoint
+                .cidr = auth_cidr;
         });
         assert_one_at(&findings, "databases.finance-db.endpoint.cidr");
         assert_one_at(&findings, "databases.platform-core-db.endpoint.cidr");
@@ -2573,7 +2594,11 @@ mod tests {
     fn frontend_headers_flags_wildcards_and_eval() {
         let findings = flagged("frontend-headers", |m| {
             let csp = "default-src * 'unsafe-eval'; frame-ancestors 'none'".to_string();
-            m.base.frontends.get_mut("app").unwrap().content_security_policy = csp;
+            m.base
+                .frontends
+                .get_mut("app")
+                .unwrap()
+                .content_security_policy = csp;
         });
         assert_one_at(&findings, "frontends.app.content-security-policy");
     }
@@ -2607,9 +2632,18 @@ mod tests {
 
     #[test]
     fn dns_separation_blames_the_suffix_that_made_the_clash() {
-        let findings = flagged("dns-separation", |m| env_file(m, "staging").dns.host_suffix = String::new());
-        assert!(findings.iter().all(|f| f.field == "dns.host-suffix"), "{findings:#?}");
-        assert!(findings.iter().all(|f| f.environment.as_deref() == Some("staging")));
+        let findings = flagged("dns-separation", |m| {
+            env_file(m, "staging").dns.host_suffix = String::new()
+        });
+        assert!(
+            findings.iter().all(|f| f.field == "dns.host-suffix"),
+            "{findings:#?}"
+        );
+        assert!(
+            findings
+                .iter()
+                .all(|f| f.environment.as_deref() == Some("staging"))
+        );
     }
 
     #[test]
