@@ -1,0 +1,174 @@
+//! Platform Admin (`docs/services.md`): the API of the admin frontend.
+//! Platform roles come from Auth; subscription, add-on and catalog changes
+//! go through Platform Core and are followed by an invalidation in Auth;
+//! organizations are approved or rejected here; every change is audited in
+//! `platform_admin_db`.
+
+pub mod audit;
+pub mod changes;
+pub mod clients;
+pub mod config;
+pub mod error;
+pub mod migrations;
+pub mod organizations;
+pub mod rbac;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use kisum_common::jwks::JwksCache;
+use kisum_common::serve::{self, Diagnostics, Listeners, Readiness};
+use kisum_common::telemetry::Metrics;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::clients::{AuthClient, CoreClient};
+pub use crate::config::Config;
+use crate::state::AppState;
+
+/// The request body limit of the environment matrix (`request-body-limit`).
+const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+/// How long Auth's keys are trusted before a refetch, and how often an
+/// unknown kid may cause one.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
+
+/// The two routers and what they share.
+pub struct App {
+    pub public: Router,
+    pub internal: Router,
+    pub metrics: Metrics,
+    pub pool: PgPool,
+}
+
+/// A pool that connects on first use, so a service whose database is down
+/// still starts and reports not-ready.
+pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&config.database_url)
+        .context("ADMIN_DB_URL is not a valid PostgreSQL URL")
+}
+
+pub async fn app(config: Config) -> anyhow::Result<App> {
+    let pool = pool(&config)?;
+    let metrics = Metrics::new(&config.service, &config.environment);
+    let jwks = JwksCache::new(config.jwks_url.clone(), JWKS_MAX_AGE, JWKS_MIN_REFETCH);
+    let state = AppState {
+        pool: pool.clone(),
+        core: CoreClient::new(&config.core_internal_url, &config.credential),
+        auth: AuthClient::new(&config.auth_internal_url, &config.credential),
+        jwks: jwks.clone(),
+        token_policy: config.token_policy.clone(),
+        metrics: metrics.clone(),
+    };
+    let public = routes::router(state)
+        .merge(serve::probes(readiness(pool.clone())))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+    let internal = serve::internal_router(
+        Router::new(),
+        diagnostics(&config, jwks),
+        config.diagnostics_callers.clone(),
+        metrics.clone(),
+    );
+    Ok(App {
+        public,
+        internal,
+        metrics,
+        pool,
+    })
+}
+
+/// Ready when the database answers and every migration is applied. Auth and
+/// Core are not checked: their outage shows as 502s, not as a restart loop.
+fn readiness(pool: PgPool) -> Readiness {
+    let database = pool.clone();
+    Readiness::default()
+        .check("database", move || {
+            let pool = database.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| format!("database unreachable: {error}"))
+            }
+        })
+        .check("migrations", move || {
+            let pool = pool.clone();
+            async move {
+                migrations::schema_state(&pool)
+                    .await
+                    .map_err(|error| format!("cannot read the migrations: {error}"))?
+                    .require_current()
+            }
+        })
+}
+
+fn diagnostics(config: &Config, jwks: JwksCache) -> Diagnostics {
+    let kids = jwks.clone();
+    Diagnostics {
+        service: config.service.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_digest: config.digest.clone(),
+        routes: routes::route_permissions(),
+        kids: Arc::new(move || {
+            let jwks = kids.clone();
+            Box::pin(async move { jwks.kids().await })
+        }),
+        reload: Arc::new(move || {
+            let jwks = jwks.clone();
+            Box::pin(async move { jwks.reload().await.map_err(|error| error.to_string()) })
+        }),
+    }
+}
+
+/// `kisum-admin migrate`: applies the pending migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = pool(config)?;
+    migrations::migrate(&pool)
+        .await
+        .context("applying the platform_admin_db migrations")?;
+    pool.close().await;
+    Ok(())
+}
+
+/// `Err` (naming the pending migrations) unless the schema is current.
+pub async fn require_current_schema(pool: &PgPool) -> anyhow::Result<()> {
+    migrations::schema_state(pool)
+        .await
+        .context("cannot reach platform_admin_db to check its migrations")?
+        .require_current()
+        .map_err(|reason| anyhow::anyhow!("refusing to start: {reason}"))
+}
+
+/// The start-up check alone, before any port is bound.
+pub async fn check_schema(config: &Config) -> anyhow::Result<()> {
+    let pool = pool(config)?;
+    let outcome = require_current_schema(&pool).await;
+    pool.close().await;
+    outcome
+}
+
+/// Serves until `shutdown` resolves; refuses to start while the database
+/// has pending migrations.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app(config).await?;
+    require_current_schema(&app.pool).await?;
+    let (public, internal) = listeners.addresses()?;
+    tracing::info!(%public, %internal, "platform admin serving");
+    serve::serve(listeners, app.public, app.internal, app.metrics, shutdown).await?;
+    app.pool.close().await;
+    Ok(())
+}

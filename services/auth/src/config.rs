@@ -1,0 +1,219 @@
+//! Auth's configuration: the variables of `common-config` and of
+//! `services.auth.config` in environments/base.yaml, plus the optional
+//! `TRUSTED_PROXIES`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kisum_common::config::{ConfigError, Vars, digest};
+use kisum_common::internal::{Allowlist, Credential};
+use kisum_common::jwt::TokenPolicy;
+
+use crate::client_ip::TrustedProxies;
+
+/// Clock skew accepted on `exp`/`nbf` (`tokens.clock-skew-seconds`).
+pub const CLOCK_SKEW_SECONDS: u64 = 60;
+
+/// Where the signing key set comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// `JWT_KEY_SET_FILE`: watched and reloaded on change.
+    File(PathBuf),
+    /// `JWT_KEY_SET` given inline: loaded once.
+    Inline(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    pub per_ip: u64,
+    pub per_email: u64,
+    pub window: Duration,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub service: String,
+    pub environment: String,
+    pub http: SocketAddr,
+    pub internal: SocketAddr,
+    pub log_level: String,
+    pub database_url: String,
+    pub redis_url: String,
+    pub policy: TokenPolicy,
+    pub keys: KeySource,
+    pub access_ttl: i64,
+    pub refresh_ttl: i64,
+    pub core_url: String,
+    pub credential: Credential,
+    pub allowlist: Allowlist,
+    pub rate_limits: RateLimits,
+    pub trusted_proxies: TrustedProxies,
+    pub config_digest: String,
+}
+
+impl std::fmt::Debug for Config {
+    // URLs may carry passwords: only the digest is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("service", &self.service)
+            .field("environment", &self.environment)
+            .field("http", &self.http)
+            .field("internal", &self.internal)
+            .field("config_digest", &self.config_digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn from_vars(vars: &Vars) -> Result<Config, ConfigError> {
+        let listen = |name: &str| -> Result<SocketAddr, ConfigError> {
+            let port: u16 = vars.parsed(name)?;
+            Ok(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port))
+        };
+        let policy = TokenPolicy {
+            issuer: vars.required("JWT_ISSUER")?,
+            audience: vars.required("JWT_AUDIENCE")?,
+            leeway_seconds: CLOCK_SKEW_SECONDS,
+        };
+        let access_ttl: i64 = positive("ACCESS_TOKEN_TTL", vars.parsed("ACCESS_TOKEN_TTL")?)?;
+        let refresh_ttl: i64 = positive("REFRESH_TOKEN_TTL", vars.parsed("REFRESH_TOKEN_TTL")?)?;
+        let rate_limits = RateLimits {
+            per_ip: vars.parsed_or("LOGIN_RATE_LIMIT_PER_IP", 20)?,
+            per_email: vars.parsed_or("LOGIN_RATE_LIMIT_PER_EMAIL", 5)?,
+            window: Duration::from_secs(positive(
+                "LOGIN_RATE_LIMIT_WINDOW_SECONDS",
+                vars.parsed_or("LOGIN_RATE_LIMIT_WINDOW_SECONDS", 900)?,
+            )?),
+        };
+        let trusted_proxies = match vars.optional("TRUSTED_PROXIES")? {
+            Some(list) => TrustedProxies::parse(&list).map_err(|reason| ConfigError::Invalid {
+                name: "TRUSTED_PROXIES".into(),
+                reason,
+            })?,
+            None => TrustedProxies::default(),
+        };
+        let core_url = vars
+            .required("CORE_INTERNAL_URL")?
+            .trim_end_matches('/')
+            .to_string();
+        let service = vars
+            .optional("SERVICE_NAME")?
+            .unwrap_or_else(|| "auth".into());
+        let environment = vars
+            .optional("KISUM_ENVIRONMENT")?
+            .unwrap_or_else(|| "local".into());
+        let config_digest = digest([
+            ("SERVICE_NAME", service.as_str()),
+            ("KISUM_ENVIRONMENT", environment.as_str()),
+            ("JWT_ISSUER", policy.issuer.as_str()),
+            ("JWT_AUDIENCE", policy.audience.as_str()),
+            ("ACCESS_TOKEN_TTL", &access_ttl.to_string()),
+            ("REFRESH_TOKEN_TTL", &refresh_ttl.to_string()),
+            ("CORE_INTERNAL_URL", core_url.as_str()),
+            ("LOGIN_RATE_LIMIT_PER_IP", &rate_limits.per_ip.to_string()),
+            (
+                "LOGIN_RATE_LIMIT_PER_EMAIL",
+                &rate_limits.per_email.to_string(),
+            ),
+            (
+                "LOGIN_RATE_LIMIT_WINDOW_SECONDS",
+                &rate_limits.window.as_secs().to_string(),
+            ),
+            ("TRUSTED_PROXIES", &trusted_proxies.to_string()),
+        ]);
+        Ok(Config {
+            http: listen("HTTP_PORT")?,
+            internal: listen("INTERNAL_PORT")?,
+            log_level: vars.optional("LOG_LEVEL")?.unwrap_or_else(|| "info".into()),
+            database_url: vars.required("AUTH_DB_URL")?,
+            redis_url: vars.required("REDIS_URL")?,
+            keys: key_source(vars)?,
+            access_ttl,
+            refresh_ttl,
+            core_url,
+            credential: Credential::new("auth", vars.required("INTERNAL_CREDENTIAL")?),
+            allowlist: Allowlist::from_vars(vars)?,
+            policy,
+            rate_limits,
+            trusted_proxies,
+            service,
+            environment,
+            config_digest,
+        })
+    }
+}
+
+fn key_source(vars: &Vars) -> Result<KeySource, ConfigError> {
+    if let Some(path) = vars.file_path("JWT_KEY_SET") {
+        return Ok(KeySource::File(PathBuf::from(path)));
+    }
+    vars.required("JWT_KEY_SET").map(KeySource::Inline)
+}
+
+fn positive<T: Default + PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+) -> Result<T, ConfigError> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            name: name.into(),
+            reason: format!("must be positive, got {value}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAIRS: [(&str, &str); 12] = [
+        ("HTTP_PORT", "8101"),
+        ("INTERNAL_PORT", "9101"),
+        ("AUTH_DB_URL", "postgres://auth@127.0.0.1/auth_db"),
+        ("REDIS_URL", "redis://127.0.0.1/"),
+        ("JWT_ISSUER", "https://auth.kisum.io"),
+        ("JWT_AUDIENCE", "kisum-api"),
+        ("JWT_KEY_SET_FILE", "/run/secrets/key-set.json"),
+        ("ACCESS_TOKEN_TTL", "900"),
+        ("REFRESH_TOKEN_TTL", "2592000"),
+        ("CORE_INTERNAL_URL", "http://127.0.0.1:9102/"),
+        ("INTERNAL_CREDENTIAL", "c"),
+        ("INTERNAL_CALLER_KISUMCTL", "k"),
+    ];
+
+    fn vars() -> Vars {
+        Vars::from_pairs(PAIRS)
+    }
+
+    #[test]
+    fn defaults_follow_base_yaml() {
+        let config = Config::from_vars(&vars()).unwrap();
+        assert_eq!(config.rate_limits.per_ip, 20);
+        assert_eq!(config.rate_limits.per_email, 5);
+        assert_eq!(config.rate_limits.window, Duration::from_secs(900));
+        assert_eq!(config.core_url, "http://127.0.0.1:9102");
+        assert!(matches!(config.keys, KeySource::File(_)));
+        assert!(!format!("{config:?}").contains("postgres://"));
+    }
+
+    #[test]
+    fn a_missing_key_set_is_named() {
+        let pairs = PAIRS.iter().filter(|(name, _)| *name != "JWT_KEY_SET_FILE");
+        let error = Config::from_vars(&Vars::from_pairs(pairs.copied())).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "JWT_KEY_SET is required but not set (nor JWT_KEY_SET_FILE)"
+        );
+    }
+
+    #[test]
+    fn a_bad_proxy_list_is_refused() {
+        let mut vars = vars();
+        vars.set("TRUSTED_PROXIES", "10.0.0.0/33");
+        let error = Config::from_vars(&vars).unwrap_err();
+        assert!(error.to_string().starts_with("TRUSTED_PROXIES is invalid"));
+    }
+}

@@ -1,0 +1,74 @@
+//! auth_db: the pool, the embedded migrations, and the start-up check
+//! that refuses to serve a schema that is behind the binary.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        // sqlx errors never include the password; the URL is not repeated.
+        .map_err(|e| anyhow::anyhow!("cannot connect to auth_db: {e}"))
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("auth_db migration failed: {e}"))
+}
+
+/// The embedded migrations auth_db has not applied (or applied with other
+/// content), by version and description.
+pub async fn pending_migrations(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    let table: Option<String> = sqlx::query_scalar("select to_regclass('_sqlx_migrations')::text")
+        .fetch_one(pool)
+        .await?;
+    let applied: Vec<(i64, Vec<u8>)> = if table.is_some() {
+        sqlx::query_as("select version, checksum from _sqlx_migrations where success")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .filter(|m| {
+            !applied
+                .iter()
+                .any(|(version, checksum)| *version == m.version && **checksum == *m.checksum)
+        })
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect())
+}
+
+/// `serve` refuses to start unless every migration is applied.
+pub async fn require_migrated(pool: &PgPool) -> anyhow::Result<()> {
+    let pending = pending_migrations(pool).await?;
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "auth_db has pending migrations ({}); run `kisum-auth migrate` first",
+            pending.join(", ")
+        )
+    }
+}
+
+/// `/ready`: auth_db answers a trivial query in time.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    let query = sqlx::query_scalar::<_, i32>("select 1").fetch_one(pool);
+    match tokio::time::timeout(Duration::from_secs(2), query).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(format!("auth_db unreachable: {error}")),
+        Err(_) => Err("auth_db unreachable: timed out".into()),
+    }
+}

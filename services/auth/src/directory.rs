@@ -1,0 +1,216 @@
+//! Writes to the identity directory: users, platform roles, companies,
+//! roles and permissions, memberships, module grants and delegations.
+//! Used by `kisum-auth seed-user`, by operators' tooling and by the tests
+//! of the services that need Auth data. Access version bumps happen in
+//! auth_db's triggers, whoever writes.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The platform roles Admin's RBAC knows.
+pub const PLATFORM_ROLES: [&str; 2] = ["platform-admin", "support"];
+
+/// Emails are compared trimmed and lower-cased.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// Creates the user, or replaces the password hash of an existing one;
+/// returns the user id.
+pub async fn upsert_user(pool: &PgPool, email: &str, password_hash: &str) -> sqlx::Result<Uuid> {
+    sqlx::query_scalar(
+        "insert into users (id, email, password_hash) values ($1, $2, $3)
+         on conflict (email) do update set password_hash = excluded.password_hash
+         returning id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(normalize_email(email))
+    .bind(password_hash)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn set_user_status(pool: &PgPool, user: Uuid, active: bool) -> sqlx::Result<()> {
+    sqlx::query("update users set status = $2 where id = $1")
+        .bind(user)
+        .bind(if active { "active" } else { "disabled" })
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+pub async fn grant_platform_role(pool: &PgPool, user: Uuid, role: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        PLATFORM_ROLES.contains(&role),
+        "unknown platform role `{role}` (known: {})",
+        PLATFORM_ROLES.join(", ")
+    );
+    sqlx::query(
+        "insert into platform_roles (user_id, role) values ($1, $2) on conflict do nothing",
+    )
+    .bind(user)
+    .bind(role)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn platform_roles(pool: &PgPool, user: Uuid) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("select role from platform_roles where user_id = $1 order by role")
+        .bind(user)
+        .fetch_all(pool)
+        .await
+}
+
+/// Registers a company under the id Platform Core uses for it.
+pub async fn upsert_company(pool: &PgPool, id: Uuid, slug: &str, name: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into companies (id, slug, name) values ($1, $2, $3)
+         on conflict (id) do update set slug = excluded.slug, name = excluded.name",
+    )
+    .bind(id)
+    .bind(slug)
+    .bind(name)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+pub async fn set_company_active(pool: &PgPool, company: Uuid, active: bool) -> sqlx::Result<()> {
+    sqlx::query("update companies set status = $2 where id = $1")
+        .bind(company)
+        .bind(if active { "active" } else { "suspended" })
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Defines (or extends) a role with permission keys; a key's module is its
+/// first dot-separated segment (`finance.invoices.read` -> `finance`).
+pub async fn define_role(pool: &PgPool, role: &str, permissions: &[&str]) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("insert into roles (key) values ($1) on conflict do nothing")
+        .bind(role)
+        .execute(&mut *tx)
+        .await?;
+    for permission in permissions {
+        let module = permission
+            .split_once('.')
+            .map(|(module, _)| module)
+            .filter(|module| !module.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("permission `{permission}` names no module"))?;
+        sqlx::query("insert into permissions (key, module) values ($1, $2) on conflict do nothing")
+            .bind(permission)
+            .bind(module)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "insert into role_permissions (role, permission) values ($1, $2) on conflict do nothing",
+        )
+        .bind(role)
+        .bind(permission)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Adds the user to the company with a role; returns the membership id.
+pub async fn add_membership(
+    pool: &PgPool,
+    user: Uuid,
+    company: Uuid,
+    role: &str,
+) -> sqlx::Result<Uuid> {
+    sqlx::query_scalar(
+        "insert into memberships (id, user_id, company_id, role) values ($1, $2, $3, $4)
+         on conflict (user_id, company_id) do update set role = excluded.role
+         returning id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(user)
+    .bind(company)
+    .bind(role)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn set_membership_active(
+    pool: &PgPool,
+    membership: Uuid,
+    active: bool,
+) -> sqlx::Result<()> {
+    sqlx::query("update memberships set status = $2 where id = $1")
+        .bind(membership)
+        .bind(if active { "active" } else { "suspended" })
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+pub async fn grant_module(pool: &PgPool, membership: Uuid, module: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into module_grants (membership_id, module) values ($1, $2) on conflict do nothing",
+    )
+    .bind(membership)
+    .bind(module)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+pub async fn revoke_module(pool: &PgPool, membership: Uuid, module: &str) -> sqlx::Result<()> {
+    sqlx::query("delete from module_grants where membership_id = $1 and module = $2")
+        .bind(membership)
+        .bind(module)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// `from` lends its role's permissions of `module` to `to` (same company)
+/// for `seconds`; returns the delegation id.
+pub async fn delegate(
+    pool: &PgPool,
+    from: Uuid,
+    to: Uuid,
+    module: &str,
+    seconds: i64,
+) -> anyhow::Result<Uuid> {
+    let same_company: bool = sqlx::query_scalar(
+        "select count(distinct company_id) = 1 and count(*) = 2
+           from memberships where id in ($1, $2)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(pool)
+    .await?;
+    anyhow::ensure!(
+        same_company,
+        "a delegation joins two memberships of one company"
+    );
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "insert into delegations (id, from_membership, to_membership, module, expires_at)
+         values ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+    )
+    .bind(id)
+    .bind(from)
+    .bind(to)
+    .bind(module)
+    .bind(seconds as f64)
+    .execute(pool)
+    .await?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_compare_trimmed_and_lower_case() {
+        assert_eq!(normalize_email("  Ada@Example.COM "), "ada@example.com");
+    }
+}

@@ -1,0 +1,1548 @@
+//! Auth end to end: real PostgreSQL and Redis (kisum-testkit), the real
+//! Platform Core (kisum-core) in-process, Auth served on loopback ports
+//! and called over HTTP as the frontend, the module backends and Platform
+//! Admin call it.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use kisum_auth::{Config, db, directory, password::Passwords};
+use kisum_common::config::Vars;
+use kisum_common::internal::Credential;
+use kisum_common::jwt::TokenPolicy;
+use kisum_common::keys::{Key, KeySet, KeyState};
+use kisum_common::serve::Listeners;
+use kisum_testkit::{Postgres, Redis};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const ISSUER: &str = "https://auth.kisum.test";
+const AUDIENCE: &str = "kisum-api";
+const AUTH_TO_CORE: &str = "auth-to-core-credential";
+const ADMIN_SECRET: &str = "platform-admin-credential";
+const FINANCE_SECRET: &str = "finance-credential";
+const KISUMCTL_SECRET: &str = "kisumctl-credential";
+const PASSWORD: &str = "correct horse battery staple";
+
+// ------------------------------------------------------------------ logs --
+
+/// Every log line of this test process, as JSON text.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("info")
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs_text() -> String {
+    String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned()
+}
+
+// -------------------------------------------------------------- harness --
+
+/// A running Platform Core on a migrated database of its own.
+struct Core {
+    internal: SocketAddr,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Core {
+    async fn start() -> Core {
+        let url = Postgres::shared()
+            .create_unique_database("core")
+            .await
+            .unwrap();
+        let vars = Vars::from_pairs([
+            ("SERVICE_NAME", "platform-core"),
+            ("KISUM_ENVIRONMENT", "test"),
+            ("HTTP_PORT", "0"),
+            ("INTERNAL_PORT", "0"),
+            ("CORE_DB_URL", url.as_str()),
+            ("INTERNAL_ALLOWED_CALLERS", "auth,platform-admin"),
+            ("INTERNAL_CALLER_AUTH", AUTH_TO_CORE),
+            ("INTERNAL_CALLER_PLATFORM_ADMIN", ADMIN_SECRET),
+            ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_SECRET),
+        ]);
+        let config = kisum_core::Config::from_vars(&vars).unwrap();
+        kisum_core::migrate(&config).await.unwrap();
+        let listeners = loopback_listeners().await;
+        let (_, internal) = listeners.addresses().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            kisum_core::run(config, listeners, shutdown).await.unwrap();
+        });
+        Core {
+            internal,
+            stop: Mutex::new(Some(stop)),
+        }
+    }
+
+    /// Shuts Core down (graceful: it stops accepting at once).
+    fn stop(&self) {
+        if let Some(stop) = self.stop.lock().unwrap().take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn loopback_listeners() -> Listeners {
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Listeners::bind(loopback, loopback).await.unwrap()
+}
+
+/// Settings a test may change before Auth starts.
+struct Options {
+    per_ip: u32,
+    per_email: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            per_ip: 1000,
+            per_email: 1000,
+        }
+    }
+}
+
+struct Harness {
+    public: SocketAddr,
+    internal: SocketAddr,
+    core: Core,
+    redis: Redis,
+    db: PgPool,
+    keys: KeySet,
+    key_file: PathBuf,
+    _key_dir: tempfile::TempDir,
+    http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn now() -> i64 {
+    kisum_auth::unix_now()
+}
+
+fn policy() -> TokenPolicy {
+    TokenPolicy {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        leeway_seconds: 0,
+    }
+}
+
+async fn auth_database() -> (String, PgPool) {
+    let url = Postgres::shared()
+        .create_unique_database("auth")
+        .await
+        .unwrap();
+    let pool = db::connect(&url).await.unwrap();
+    (url, pool)
+}
+
+fn auth_vars(
+    db_url: &str,
+    redis_url: &str,
+    key_file: &str,
+    core: SocketAddr,
+    options: &Options,
+) -> Vars {
+    let (per_ip, per_email) = (options.per_ip.to_string(), options.per_email.to_string());
+    Vars::from_pairs([
+        ("SERVICE_NAME", "auth"),
+        ("KISUM_ENVIRONMENT", "test"),
+        ("HTTP_PORT", "0"),
+        ("INTERNAL_PORT", "0"),
+        ("AUTH_DB_URL", db_url),
+        ("REDIS_URL", redis_url),
+        ("JWT_ISSUER", ISSUER),
+        ("JWT_AUDIENCE", AUDIENCE),
+        ("JWT_KEY_SET_FILE", key_file),
+        ("ACCESS_TOKEN_TTL", "900"),
+        ("REFRESH_TOKEN_TTL", "2592000"),
+        ("CORE_INTERNAL_URL", &format!("http://{core}")),
+        ("INTERNAL_CREDENTIAL", AUTH_TO_CORE),
+        ("INTERNAL_CALLER_PLATFORM_ADMIN", ADMIN_SECRET),
+        ("INTERNAL_CALLER_FINANCE", FINANCE_SECRET),
+        ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_SECRET),
+        ("LOGIN_RATE_LIMIT_PER_IP", &per_ip),
+        ("LOGIN_RATE_LIMIT_PER_EMAIL", &per_email),
+        ("LOGIN_RATE_LIMIT_WINDOW_SECONDS", "900"),
+    ])
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        Harness::with(Options::default()).await
+    }
+
+    async fn with(options: Options) -> Harness {
+        captured_logs();
+        let core = Core::start().await;
+        let redis = Redis::start().await.unwrap();
+        let (db_url, db) = auth_database().await;
+        db::migrate(&db).await.unwrap();
+        let key_dir = tempfile::tempdir().unwrap();
+        let key_file = key_dir.path().join("key-set.json");
+        let keys = KeySet::generate(now()).unwrap();
+        keys.save(&key_file).unwrap();
+        let vars = auth_vars(
+            &db_url,
+            &redis.url(),
+            key_file.to_str().unwrap(),
+            core.internal,
+            &options,
+        );
+        let config = Config::from_vars(&vars).unwrap();
+        let listeners = loopback_listeners().await;
+        let (public, internal) = listeners.addresses().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = kisum_auth::app(config).await.unwrap();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            app.serve(listeners, shutdown).await.unwrap();
+        });
+        Harness {
+            public,
+            internal,
+            core,
+            redis,
+            db,
+            keys,
+            key_file,
+            _key_dir: key_dir,
+            http: reqwest::Client::new(),
+            _stop: stop,
+        }
+    }
+
+    async fn user(&self, email: &str) -> Uuid {
+        let hash = Passwords::default().hash(PASSWORD.into()).await.unwrap();
+        directory::upsert_user(&self.db, email, &hash)
+            .await
+            .unwrap()
+    }
+
+    async fn company(&self, slug: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        directory::upsert_company(&self.db, id, slug, slug)
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: String,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.http.request(method, url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, body)
+    }
+
+    async fn public_call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let url = format!("http://{}{path}", self.public);
+        let (status, _, body) = self.send(method, url, headers, body).await;
+        (status, body)
+    }
+
+    async fn login(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        self.public_call(
+            Method::POST,
+            "/auth/login",
+            &[],
+            Some(json!({ "email": email, "password": password })),
+        )
+        .await
+    }
+
+    /// A successful login's tokens.
+    async fn tokens(&self, email: &str) -> Value {
+        let (status, body) = self.login(email, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn refresh(&self, refresh_token: &Value) -> (StatusCode, Value) {
+        self.public_call(
+            Method::POST,
+            "/auth/refresh",
+            &[],
+            Some(json!({ "refresh_token": refresh_token })),
+        )
+        .await
+    }
+
+    async fn me(&self, access_token: &str) -> StatusCode {
+        let bearer = format!("Bearer {access_token}");
+        self.public_call(Method::GET, "/auth/me", &[("authorization", &bearer)], None)
+            .await
+            .0
+    }
+
+    async fn me_access(&self, access_token: &str, org: &str) -> (StatusCode, Value) {
+        let bearer = format!("Bearer {access_token}");
+        self.public_call(
+            Method::GET,
+            "/auth/me/access",
+            &[("authorization", &bearer), ("x-org", org)],
+            None,
+        )
+        .await
+    }
+
+    /// An internal call as `caller` (no credential when `None`).
+    async fn internal_call(
+        &self,
+        caller: Option<(&str, &str)>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some((caller, secret)) = caller {
+            Credential::new(caller, secret).apply(&mut headers);
+        }
+        let mut request = self
+            .http
+            .request(method, format!("http://{}{path}", self.internal))
+            .headers(headers);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn as_admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.internal_call(Some(("platform-admin", ADMIN_SECRET)), method, path, body)
+            .await
+    }
+
+    /// A write to Platform Core as Platform Admin would make it.
+    async fn core_write(&self, path: &str, body: Value) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        Credential::new("platform-admin", ADMIN_SECRET).apply(&mut headers);
+        let response = self
+            .http
+            .put(format!("http://{}{path}", self.core.internal))
+            .headers(headers)
+            .header("x-kisum-actor", "admin-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+
+    async fn subscribe(&self, company: Uuid, package: &str, active: bool) {
+        let status = if active { "active" } else { "inactive" };
+        self.core_write(
+            &format!("/v1/companies/{company}/subscription"),
+            json!({ "package": package, "status": status }),
+        )
+        .await;
+    }
+
+    async fn add_on(&self, company: Uuid, add_on: &str, active: bool) {
+        self.core_write(
+            &format!("/v1/companies/{company}/add-ons/{add_on}"),
+            json!({ "active": active }),
+        )
+        .await;
+    }
+
+    async fn invalidate(&self, body: Value) {
+        let (status, answer) = self
+            .as_admin(Method::POST, "/internal/invalidate", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+
+    async fn audit_count(&self, action: &str) -> i64 {
+        sqlx::query_scalar("select count(*) from audit_events where action = $1")
+            .bind(action)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.internal))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+fn str_of(value: &Value) -> &str {
+    value.as_str().expect("a string")
+}
+
+/// The claims part of a JWT, decoded.
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+// ---------------------------------------------------------------- login --
+
+#[tokio::test]
+async fn login_succeeds_only_with_the_right_password_of_a_known_user() {
+    let h = Harness::start().await;
+    let user = h.user("ada@example.com").await;
+
+    let (status, body) = h.login("  Ada@Example.com ", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(str_of(&body["refresh_token"]).len(), 43);
+    let access = str_of(&body["access_token"]);
+    let claims = policy().verify_with_set(access, &h.keys).unwrap();
+    assert_eq!(claims.sub, user.to_string());
+    assert_eq!(claims_of(access).as_object().unwrap().len(), 7);
+    assert_eq!(h.me(access).await, StatusCode::OK);
+
+    let (status, wrong) = h.login("ada@example.com", "not the password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong["error"], "invalid_credentials");
+    let (status, unknown) = h.login("nobody@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown, wrong, "unknown users are indistinguishable");
+
+    directory::set_user_status(&h.db, user, false)
+        .await
+        .unwrap();
+    let (status, disabled) = h.login("ada@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(disabled, wrong);
+    assert_eq!(
+        h.me(access).await,
+        StatusCode::UNAUTHORIZED,
+        "a disabled user's sessions end"
+    );
+
+    let (status, bad) = h
+        .public_call(
+            Method::POST,
+            "/auth/login",
+            &[],
+            Some(json!({ "email": 1 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["error"], "bad_request");
+
+    assert_eq!(h.audit_count("login.success").await, 1);
+    assert_eq!(h.audit_count("login.failure").await, 3);
+    let metrics = h.metrics().await;
+    assert!(metrics.contains(r#"kisum_events_total{event="login",outcome="success"}"#));
+    assert!(metrics.contains(r#"kisum_events_total{event="login",outcome="failure"}"#));
+}
+
+#[tokio::test]
+async fn me_lists_identity_platform_roles_and_companies() {
+    let h = Harness::start().await;
+    let user = h.user("me@example.com").await;
+    directory::grant_platform_role(&h.db, user, "support")
+        .await
+        .unwrap();
+    let company = h.company("acme").await;
+    directory::define_role(&h.db, "member", &[]).await.unwrap();
+    directory::add_membership(&h.db, user, company, "member")
+        .await
+        .unwrap();
+    let tokens = h.tokens("me@example.com").await;
+    let bearer = format!("Bearer {}", str_of(&tokens["access_token"]));
+    let (status, me) = h
+        .public_call(Method::GET, "/auth/me", &[("authorization", &bearer)], None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["user"], user.to_string());
+    assert_eq!(me["email"], "me@example.com");
+    assert_eq!(me["platform_roles"], json!(["support"]));
+    assert_eq!(me["companies"][0]["slug"], "acme");
+    assert_eq!(me["companies"][0]["role"], "member");
+}
+
+// ------------------------------------------------------- refresh tokens --
+
+#[tokio::test]
+async fn refresh_rotates_the_refresh_token() {
+    let h = Harness::start().await;
+    h.user("rot@example.com").await;
+    let first = h.tokens("rot@example.com").await;
+    let (status, second) = h.refresh(&first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    assert_eq!(second["token_type"], "Bearer");
+    let (a, b) = (
+        str_of(&first["access_token"]),
+        str_of(&second["access_token"]),
+    );
+    assert_eq!(claims_of(a)["sid"], claims_of(b)["sid"], "same session");
+    assert_eq!(h.me(b).await, StatusCode::OK);
+    let (status, third) = h.refresh(&second["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{third}");
+    let stored: i64 =
+        sqlx::query_scalar("select count(*) from refresh_tokens where used_at is not null")
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
+    assert_eq!(stored, 2);
+    let (status, body) = h.refresh(&json!("not-a-token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_refresh_token");
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_revokes_the_whole_session_family() {
+    let h = Harness::start().await;
+    h.user("reuse@example.com").await;
+    let first = h.tokens("reuse@example.com").await;
+    let (status, second) = h.refresh(&first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The first refresh token again: stolen or replayed.
+    let (status, body) = h.refresh(&first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_refresh_token");
+
+    let (status, _) = h.refresh(&second["refresh_token"]).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the new refresh token died too"
+    );
+    for tokens in [&first, &second] {
+        assert_eq!(
+            h.me(str_of(&tokens["access_token"])).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(h.audit_count("refresh.reuse_detected").await, 1);
+    let reason: String = sqlx::query_scalar("select revoked_reason from sessions")
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+    assert_eq!(reason, "refresh_token_reuse");
+    // Another login starts a fresh, unaffected family.
+    let fresh = h.tokens("reuse@example.com").await;
+    assert_eq!(h.me(str_of(&fresh["access_token"])).await, StatusCode::OK);
+}
+
+// --------------------------------------------------------------- logout --
+
+#[tokio::test]
+async fn logout_ends_one_session_and_logout_all_every_session() {
+    let h = Harness::start().await;
+    h.user("out@example.com").await;
+    let a = h.tokens("out@example.com").await;
+    let b = h.tokens("out@example.com").await;
+    let c = h.tokens("out@example.com").await;
+
+    let bearer_a = format!("Bearer {}", str_of(&a["access_token"]));
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout",
+            &[("authorization", &bearer_a)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.me(str_of(&a["access_token"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.refresh(&a["refresh_token"]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(h.me(str_of(&b["access_token"])).await, StatusCode::OK);
+
+    // A client whose access token expired logs out with its refresh token.
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout",
+            &[],
+            Some(json!({ "refresh_token": b["refresh_token"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.me(str_of(&b["access_token"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(h.me(str_of(&c["access_token"])).await, StatusCode::OK);
+
+    let d = h.tokens("out@example.com").await;
+    let bearer_d = format!("Bearer {}", str_of(&d["access_token"]));
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout-all",
+            &[("authorization", &bearer_d)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for tokens in [&c, &d] {
+        assert_eq!(
+            h.me(str_of(&tokens["access_token"])).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            h.refresh(&tokens["refresh_token"]).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let live: i64 = sqlx::query_scalar("select count(*) from sessions where revoked_at is null")
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+    assert_eq!(live, 0);
+    assert_eq!(h.audit_count("logout").await, 2);
+    assert_eq!(h.audit_count("logout_all").await, 1);
+    assert_eq!(
+        h.me(str_of(&h.tokens("out@example.com").await["access_token"]))
+            .await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn revocation_holds_with_redis_stopped_and_after_its_restart() {
+    let mut h = Harness::start().await;
+    h.user("red@example.com").await;
+    let kept = h.tokens("red@example.com").await;
+    let ended = h.tokens("red@example.com").await;
+
+    h.redis.stop();
+    let (status, ready) = h.public_call(Method::GET, "/ready", &[], None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_ne!(ready["checks"]["redis"], "ok", "{ready}");
+    assert_eq!(ready["checks"]["auth_db"], "ok");
+    assert_eq!(ready["checks"]["signing_keys"], "ok");
+
+    assert_eq!(h.me(str_of(&kept["access_token"])).await, StatusCode::OK);
+    let bearer = format!("Bearer {}", str_of(&ended["access_token"]));
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.me(str_of(&ended["access_token"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(h.me(str_of(&kept["access_token"])).await, StatusCode::OK);
+    // Logins and refreshes still work without Redis.
+    let during = h.tokens("red@example.com").await;
+    assert_eq!(h.refresh(&during["refresh_token"]).await.0, StatusCode::OK);
+
+    // Back, empty: no revocation marker survived, auth_db still says no.
+    h.redis.restart().await.unwrap();
+    assert_eq!(
+        h.me(str_of(&ended["access_token"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(h.me(str_of(&kept["access_token"])).await, StatusCode::OK);
+    let ready_again = wait_until(Duration::from_secs(10), || async {
+        h.public_call(Method::GET, "/ready", &[], None).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(ready_again, "ready again once Redis is back");
+    assert_eq!(
+        h.me(str_of(&ended["access_token"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let metrics = h.metrics().await;
+    assert!(metrics.contains(r#"kisum_events_total{event="redis",outcome="unavailable"}"#));
+    assert!(
+        metrics.contains(r#"kisum_events_total{event="revoked_session_use",outcome="denied"}"#)
+    );
+}
+
+/// Polls `check` until it holds or `limit` passes.
+async fn wait_until<F, Fut>(limit: Duration, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+// ---------------------------------------------------------- rate limits --
+
+#[tokio::test]
+async fn the_email_limit_answers_429_and_is_skipped_while_redis_is_down() {
+    let mut h = Harness::with(Options {
+        per_email: 3,
+        ..Options::default()
+    })
+    .await;
+    h.user("limited@example.com").await;
+    for _ in 0..3 {
+        assert_eq!(
+            h.login("limited@example.com", "wrong").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let url = format!("http://{}/auth/login", h.public);
+    let body = json!({ "email": "LIMITED@example.com", "password": PASSWORD });
+    let (status, headers, answer) = h
+        .send(Method::POST, url.clone(), &[], Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer["error"], "rate_limited");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=900).contains(&retry_after), "{retry_after}");
+    // Other accounts are not affected.
+    h.user("other@example.com").await;
+    h.tokens("other@example.com").await;
+
+    h.redis.stop();
+    for _ in 0..5 {
+        let (status, _, _) = h
+            .send(Method::POST, url.clone(), &[], Some(body.clone()))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "no rate limit, no failure without Redis"
+        );
+    }
+    let metrics = h.metrics().await;
+    assert!(metrics.contains(r#"kisum_events_total{event="login_rate_limit",outcome="skipped"}"#));
+    assert!(metrics.contains(r#"kisum_events_total{event="login_rate_limit",outcome="limited"}"#));
+    let warnings = logs_text()
+        .lines()
+        .filter(|line| line.contains("Redis unavailable"))
+        .count();
+    assert!(warnings >= 1, "the degradation is logged");
+}
+
+#[tokio::test]
+async fn the_address_limit_answers_429_and_a_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let mut h = Harness::with(Options {
+        per_ip: 3,
+        ..Options::default()
+    })
+    .await;
+    h.user("ip@example.com").await;
+    for n in 0..3 {
+        // Spoofed X-Forwarded-For: the peer (127.0.0.1) is no trusted proxy.
+        let spoofed = format!("198.51.100.{n}");
+        let url = format!("http://{}/auth/login", h.public);
+        let body = json!({ "email": format!("user{n}@example.com"), "password": "x" });
+        let (status, _, _) = h
+            .send(
+                Method::POST,
+                url,
+                &[("x-forwarded-for", &spoofed)],
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, _, _) = h
+        .send(
+            Method::POST,
+            format!("http://{}/auth/login", h.public),
+            &[("x-forwarded-for", "203.0.113.77")],
+            Some(json!({ "email": "ip@example.com", "password": PASSWORD })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    h.redis.stop();
+    assert_eq!(h.login("ip@example.com", PASSWORD).await.0, StatusCode::OK);
+}
+
+// --------------------------------------------------------------- access --
+
+/// A user with a `manager` membership in a company, granted `modules`.
+async fn member(h: &Harness, email: &str, slug: &str, modules: &[&str]) -> (Uuid, Uuid, Uuid) {
+    directory::define_role(
+        &h.db,
+        "manager",
+        &[
+            "basic.contacts.read",
+            "finance.invoices.read",
+            "finance.invoices.write",
+            "market.listings.read",
+        ],
+    )
+    .await
+    .unwrap();
+    let user = h.user(email).await;
+    let company = h.company(slug).await;
+    let membership = directory::add_membership(&h.db, user, company, "manager")
+        .await
+        .unwrap();
+    for module in modules {
+        directory::grant_module(&h.db, membership, module)
+            .await
+            .unwrap();
+    }
+    (user, company, membership)
+}
+
+#[tokio::test]
+async fn the_access_context_follows_an_entitlement_change_right_after_invalidate() {
+    let h = Harness::start().await;
+    let (user, company, membership) =
+        member(&h, "ent@example.com", "ent-co", &["basic", "finance"]).await;
+    h.subscribe(company, "basic-standard", true).await;
+    let tokens = h.tokens("ent@example.com").await;
+    let access = str_of(&tokens["access_token"]);
+
+    let (status, context) = h.me_access(access, "ent-co").await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["user"], user.to_string());
+    assert_eq!(context["session"], claims_of(access)["sid"]);
+    assert_eq!(context["company"], company.to_string());
+    assert_eq!(context["membership"], membership.to_string());
+    assert_eq!(context["core_app"], true);
+    assert_eq!(
+        context["modules"],
+        json!({ "basic": ["basic.contacts.read"] })
+    );
+    let first_version = context["entitlement_version"].as_i64().unwrap();
+
+    // Served from the cache the second time; by id as well as by slug.
+    let (_, again) = h.me_access(access, &company.to_string()).await;
+    assert_eq!(again, context);
+    assert!(
+        h.metrics()
+            .await
+            .contains(r#"kisum_events_total{event="access_cache",outcome="hit"}"#)
+    );
+
+    h.add_on(company, "finance", true).await;
+    h.invalidate(json!({ "company": company })).await;
+    let (status, changed) = h.me_access(access, "ent-co").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        changed["modules"],
+        json!({
+            "basic": ["basic.contacts.read"],
+            "finance": ["finance.invoices.read", "finance.invoices.write"],
+        })
+    );
+    assert!(changed["entitlement_version"].as_i64().unwrap() > first_version);
+    assert!(
+        changed["access_version"].as_i64().unwrap() > context["access_version"].as_i64().unwrap()
+    );
+
+    // A grant change bumps the user's access version in auth_db itself.
+    directory::revoke_module(&h.db, membership, "finance")
+        .await
+        .unwrap();
+    let (_, regranted) = h.me_access(access, "ent-co").await;
+    assert_eq!(
+        regranted["modules"],
+        json!({ "basic": ["basic.contacts.read"] })
+    );
+
+    // `{user}` invalidation is accepted too.
+    h.invalidate(json!({ "user": user })).await;
+    let (status, _) = h
+        .as_admin(Method::POST, "/internal/invalidate", Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn access_stays_correct_with_redis_down() {
+    let mut h = Harness::start().await;
+    let (_, company, _) = member(&h, "nored@example.com", "nored-co", &["basic", "market"]).await;
+    h.subscribe(company, "basic-standard", true).await;
+    let tokens = h.tokens("nored@example.com").await;
+    let access = str_of(&tokens["access_token"]);
+    let (_, cached) = h.me_access(access, "nored-co").await;
+    assert_eq!(
+        cached["modules"],
+        json!({ "basic": ["basic.contacts.read"] })
+    );
+
+    h.redis.stop();
+    let (status, uncached) = h.me_access(access, "nored-co").await;
+    assert_eq!(status, StatusCode::OK, "{uncached}");
+    assert_eq!(uncached, cached);
+    // Core changes; Redis is down, so nothing is cached: seen at once.
+    h.add_on(company, "market", true).await;
+    h.invalidate(json!({ "company": company })).await;
+    let (_, changed) = h.me_access(access, "nored-co").await;
+    assert_eq!(
+        changed["modules"],
+        json!({ "basic": ["basic.contacts.read"], "market": ["market.listings.read"] })
+    );
+    // Back, empty: rebuilt from the databases.
+    h.redis.restart().await.unwrap();
+    let (_, rebuilt) = h.me_access(access, "nored-co").await;
+    assert_eq!(rebuilt["modules"], changed["modules"]);
+}
+
+#[tokio::test]
+async fn core_app_is_hidden_without_basic_while_an_add_on_module_stays() {
+    let h = Harness::start().await;
+    let (_, company, _) = member(&h, "addon@example.com", "addon-co", &["basic", "market"]).await;
+    h.subscribe(company, "basic-standard", true).await;
+    h.add_on(company, "market", true).await;
+    h.subscribe(company, "basic-standard", false).await;
+    let tokens = h.tokens("addon@example.com").await;
+    let (status, context) = h
+        .me_access(str_of(&tokens["access_token"]), "addon-co")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["core_app"], false);
+    assert_eq!(
+        context["modules"],
+        json!({ "market": ["market.listings.read"] })
+    );
+}
+
+#[tokio::test]
+async fn core_down_is_a_503_and_an_aggregation_failure_never_a_guess() {
+    let h = Harness::start().await;
+    let (_, company, _) = member(&h, "down@example.com", "down-co", &["basic"]).await;
+    h.subscribe(company, "basic-standard", true).await;
+    let tokens = h.tokens("down@example.com").await;
+    let access = str_of(&tokens["access_token"]);
+    assert_eq!(h.me_access(access, "down-co").await.0, StatusCode::OK);
+
+    h.core.stop();
+    h.invalidate(json!({ "company": company })).await;
+    let stopped = wait_until(Duration::from_secs(10), || async {
+        h.me_access(access, "down-co").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(stopped, "no access context without Core");
+    let (_, body) = h.me_access(access, "down-co").await;
+    assert_eq!(body["error"], "access_unavailable");
+    assert!(logs_text().contains("access aggregation failure"));
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(r#"kisum_events_total{event="access_aggregation",outcome="failure"}"#)
+    );
+    assert!(metrics.contains("kisum_auth_core_entitlement_lookup_seconds_count"));
+}
+
+#[tokio::test]
+async fn delegation_lends_the_lenders_permissions_of_one_module() {
+    let h = Harness::start().await;
+    let (_, company, lender) = member(&h, "lender@example.com", "del-co", &["finance"]).await;
+    h.add_on(company, "finance", true).await;
+    directory::define_role(&h.db, "viewer", &[]).await.unwrap();
+    let borrower_user = h.user("borrower@example.com").await;
+    let borrower = directory::add_membership(&h.db, borrower_user, company, "viewer")
+        .await
+        .unwrap();
+    directory::grant_module(&h.db, borrower, "finance")
+        .await
+        .unwrap();
+    let tokens = h.tokens("borrower@example.com").await;
+    let access = str_of(&tokens["access_token"]);
+    let (_, before) = h.me_access(access, "del-co").await;
+    assert_eq!(before["modules"], json!({ "finance": [] }));
+
+    directory::delegate(&h.db, lender, borrower, "finance", 3600)
+        .await
+        .unwrap();
+    let (_, after) = h.me_access(access, "del-co").await;
+    assert_eq!(
+        after["modules"],
+        json!({ "finance": ["finance.invoices.read", "finance.invoices.write"] })
+    );
+}
+
+#[tokio::test]
+async fn x_org_of_a_company_without_membership_is_forbidden() {
+    let h = Harness::start().await;
+    let (user, _, _) = member(&h, "own@example.com", "own-co", &["basic"]).await;
+    let foreign = h.company("foreign-co").await;
+    let tokens = h.tokens("own@example.com").await;
+    let access = str_of(&tokens["access_token"]);
+    for org in ["foreign-co", &foreign.to_string(), "no-such-company"] {
+        let (status, body) = h.me_access(access, org).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{org}");
+        assert_eq!(body["error"], "forbidden");
+    }
+    let (status, _) = h.me_access(access, "own-co").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The module backends' route: same answers, by user and session.
+    let session = claims_of(access)["sid"].clone();
+    let finance = Some(("finance", FINANCE_SECRET));
+    let request = |org: &str| json!({ "user": user, "session": session, "org": org });
+    let (status, context) = h
+        .internal_call(
+            finance,
+            Method::POST,
+            "/internal/access-context",
+            Some(request("own-co")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["session"], session);
+    let (status, _) = h
+        .internal_call(
+            finance,
+            Method::POST,
+            "/internal/access-context",
+            Some(request("foreign-co")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let unknown = json!({ "user": user, "session": Uuid::new_v4(), "org": "own-co" });
+    let (status, _) = h
+        .internal_call(
+            finance,
+            Method::POST,
+            "/internal/access-context",
+            Some(unknown),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A suspended membership is denied like a missing one.
+    let membership: Uuid = sqlx::query_scalar("select id from memberships where user_id = $1")
+        .bind(user)
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+    directory::set_membership_active(&h.db, membership, false)
+        .await
+        .unwrap();
+    assert_eq!(h.me_access(access, "own-co").await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn platform_access_lists_platform_roles_of_a_live_session() {
+    let h = Harness::start().await;
+    let user = h.user("admin@example.com").await;
+    directory::grant_platform_role(&h.db, user, "platform-admin")
+        .await
+        .unwrap();
+    let tokens = h.tokens("admin@example.com").await;
+    let session = claims_of(str_of(&tokens["access_token"]))["sid"].clone();
+    let body = json!({ "user": user, "session": session });
+    let (status, answer) = h
+        .as_admin(
+            Method::POST,
+            "/internal/platform-access",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["platform_roles"], json!(["platform-admin"]));
+    let bearer = format!("Bearer {}", str_of(&tokens["access_token"]));
+    h.public_call(
+        Method::POST,
+        "/auth/logout",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    let (status, _) = h
+        .as_admin(Method::POST, "/internal/platform-access", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+// ------------------------------------------------------- token attacks --
+
+/// The public half of a key as a PEM, the "secret" of the HS256 confusion.
+fn public_key_pem(key: &Key) -> String {
+    use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+    use aws_lc_rs::signature::KeyPair as _;
+    let body: String = key
+        .private_key_pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&der).unwrap();
+    let public: PublicKeyX509Der = pair.public_key().as_der().unwrap();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(public.as_ref());
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn forged_expired_and_misdirected_access_tokens_are_all_401() {
+    let h = Harness::start().await;
+    let user = h.user("victim@example.com").await;
+    let tokens = h.tokens("victim@example.com").await;
+    let genuine = str_of(&tokens["access_token"]).to_string();
+    let sid = str_of(&claims_of(&genuine)["sid"]).to_string();
+    let (uid, t) = (user.to_string(), now());
+    let kid = h.keys.active().kid.clone();
+    let sign = |policy: &TokenPolicy, at: i64| policy.sign(&h.keys, &uid, &sid, at, 900).unwrap();
+    let claims = json!({ "sub": uid, "sid": sid, "iss": ISSUER, "aud": AUDIENCE,
+                         "exp": t + 900, "iat": t, "nbf": t });
+
+    let none = format!(
+        "{}.{}.",
+        b64(json!({ "alg": "none", "typ": "JWT", "kid": kid })
+            .to_string()
+            .as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = Some(kid.clone());
+    let hs256 = jsonwebtoken::encode(
+        &hs_header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(public_key_pem(h.keys.active()).as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    let expired = sign(&policy(), t - 1000);
+    let not_yet = sign(&policy(), t + 600);
+    let wrong_issuer = sign(
+        &TokenPolicy {
+            issuer: "https://evil.example".into(),
+            ..policy()
+        },
+        t,
+    );
+    let wrong_audience = sign(
+        &TokenPolicy {
+            audience: "other-api".into(),
+            ..policy()
+        },
+        t,
+    );
+    let stranger = KeySet::generate(t).unwrap();
+    let unknown_kid = policy().sign(&stranger, &uid, &sid, t, 900).unwrap();
+    let tampered = {
+        let mut parts: Vec<String> = genuine.split('.').map(str::to_string).collect();
+        let mut forged = claims_of(&genuine);
+        forged["sub"] = json!(Uuid::new_v4().to_string());
+        parts[1] = b64(forged.to_string().as_bytes());
+        parts.join(".")
+    };
+
+    assert_eq!(
+        h.me(&genuine).await,
+        StatusCode::OK,
+        "the genuine token works"
+    );
+    let attacks = [
+        ("alg none", none),
+        ("HS256 with the public key as secret", hs256),
+        ("expired", expired),
+        ("not yet valid", not_yet),
+        ("wrong issuer", wrong_issuer),
+        ("wrong audience", wrong_audience),
+        ("unknown kid", unknown_kid),
+        ("tampered payload", tampered),
+        ("garbage", "a.b.c".to_string()),
+    ];
+    for (name, token) in &attacks {
+        assert_eq!(h.me(token).await, StatusCode::UNAUTHORIZED, "{name}");
+    }
+    let (status, body) = h.public_call(Method::GET, "/auth/me", &[], None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "unauthenticated");
+
+    let bearer = format!("Bearer {genuine}");
+    h.public_call(
+        Method::POST,
+        "/auth/logout",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    let (status, body) = h.me_access(&genuine, "any").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked session");
+    assert_eq!(body["error"], "session_revoked");
+    assert_eq!(h.me(&genuine).await, StatusCode::UNAUTHORIZED);
+}
+
+// ----------------------------------------------------------------- keys --
+
+async fn jwks_kids(h: &Harness) -> Vec<String> {
+    let (status, jwks) = h
+        .public_call(Method::GET, "/.well-known/jwks.json", &[], None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| str_of(&k["kid"]).to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn jwks_publishes_next_active_and_retiring_keys_but_not_retired_ones() {
+    let h = Harness::start().await;
+    let t = now();
+    let mut set = h.keys.clone();
+    set.keys[0].state = KeyState::Retiring;
+    set.keys.push(Key::generate(KeyState::Active, t).unwrap());
+    set.keys.push(Key::generate(KeyState::Next, t).unwrap());
+    set.keys.push(Key::generate(KeyState::Retired, t).unwrap());
+    set.save(&h.key_file).unwrap();
+    let (status, reloaded) = h
+        .internal_call(
+            Some(("kisumctl", KISUMCTL_SECRET)),
+            Method::POST,
+            "/internal/keys/reload",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reloaded}");
+    let mut published = jwks_kids(&h).await;
+    published.sort();
+    let mut expected: Vec<String> = set.keys[..3].iter().map(|k| k.kid.clone()).collect();
+    expected.sort();
+    assert_eq!(published, expected);
+    assert!(!published.contains(&set.keys[3].kid));
+    let (_, jwks) = h
+        .public_call(Method::GET, "/.well-known/jwks.json", &[], None)
+        .await;
+    for key in jwks["keys"].as_array().unwrap() {
+        assert_eq!(key["alg"], "RS256");
+        assert!(key.get("d").is_none(), "no private part");
+    }
+    let (status, diagnostics) = h
+        .internal_call(
+            Some(("kisumctl", KISUMCTL_SECRET)),
+            Method::GET,
+            "/internal/diagnostics",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(diagnostics["kids"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_changed_key_set_file_is_picked_up_without_a_restart() {
+    let h = Harness::start().await;
+    h.user("rotate@example.com").await;
+    let before = h.tokens("rotate@example.com").await;
+    let old_kid = h.keys.active().kid.clone();
+
+    let mut rotated = h.keys.clone();
+    rotated.keys[0].state = KeyState::Retiring;
+    let new_key = Key::generate(KeyState::Active, now()).unwrap();
+    let new_kid = new_key.kid.clone();
+    rotated.keys.push(new_key);
+    rotated.save(&h.key_file).unwrap();
+
+    let picked_up = wait_until(Duration::from_secs(10), || async {
+        jwks_kids(&h).await.contains(&new_kid)
+    })
+    .await;
+    assert!(picked_up, "the new key was published without a restart");
+    let after = h.tokens("rotate@example.com").await;
+    let header = jsonwebtoken::decode_header(str_of(&after["access_token"])).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+    // Tokens of the retiring key still verify.
+    assert_eq!(h.me(str_of(&before["access_token"])).await, StatusCode::OK);
+    assert!(jwks_kids(&h).await.contains(&old_kid));
+
+    // A broken file changes nothing.
+    std::fs::File::create(&h.key_file)
+        .unwrap()
+        .write_all(b"{ not json")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(jwks_kids(&h).await.contains(&new_kid));
+    let (status, _) = h
+        .internal_call(
+            Some(("kisumctl", KISUMCTL_SECRET)),
+            Method::POST,
+            "/internal/keys/reload",
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "a bad set is refused, the old one kept"
+    );
+    assert_eq!(h.me(str_of(&after["access_token"])).await, StatusCode::OK);
+}
+
+// ------------------------------------------------------ internal routes --
+
+#[tokio::test]
+async fn internal_routes_require_an_allowed_caller_and_stay_off_the_public_port() {
+    let h = Harness::start().await;
+    let routes = [
+        (Method::POST, "/internal/access-context"),
+        (Method::POST, "/internal/invalidate"),
+        (Method::POST, "/internal/platform-access"),
+        (Method::GET, "/internal/diagnostics"),
+        (Method::POST, "/internal/keys/reload"),
+    ];
+    let body = json!({ "company": Uuid::new_v4() });
+    for (method, path) in &routes {
+        for caller in [
+            None,
+            Some(("platform-admin", "wrong")),
+            Some(("finance", ADMIN_SECRET)),
+            Some(("stranger", ADMIN_SECRET)),
+        ] {
+            let (status, _) = h
+                .internal_call(caller, method.clone(), path, Some(body.clone()))
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} as {caller:?}"
+            );
+        }
+        let (status, _) = h
+            .public_call(method.clone(), path, &[], Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} on the public port");
+    }
+    let (status, _) = h
+        .as_admin(Method::POST, "/internal/invalidate", Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // A module backend reads access contexts; it administers nothing.
+    let finance = Some(("finance", FINANCE_SECRET));
+    for path in ["/internal/invalidate", "/internal/platform-access"] {
+        let (status, answer) = h
+            .internal_call(finance, Method::POST, path, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(answer["error"], "forbidden");
+    }
+    let (status, answer) = h
+        .public_call(
+            Method::POST,
+            "/auth/login",
+            &[("content-type", "text/plain")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+}
+
+// ------------------------------------------------------- start and logs --
+
+#[tokio::test]
+async fn serve_refuses_pending_migrations_and_a_missing_key_set() {
+    let core = Core::start().await;
+    let redis = Redis::start().await.unwrap();
+    let (db_url, db) = auth_database().await;
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("key-set.json");
+    KeySet::generate(now()).unwrap().save(&key_file).unwrap();
+    let vars = auth_vars(
+        &db_url,
+        &redis.url(),
+        key_file.to_str().unwrap(),
+        core.internal,
+        &Options::default(),
+    );
+
+    let error = kisum_auth::app(Config::from_vars(&vars).unwrap())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        format!("{error:#}").contains("pending migrations"),
+        "{error:#}"
+    );
+
+    // `kisum-auth migrate`, then `seed-user` with the password on stdin.
+    let binary = env!("CARGO_BIN_EXE_kisum-auth");
+    let migrate = std::process::Command::new(binary)
+        .arg("migrate")
+        .env("AUTH_DB_URL", &db_url)
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(db::pending_migrations(&db).await.unwrap().is_empty());
+    let mut seed = std::process::Command::new(binary)
+        .args([
+            "seed-user",
+            "seeded@example.com",
+            "--platform-role",
+            "platform-admin",
+        ])
+        .env("AUTH_DB_URL", &db_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    seed.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let seeded = seed.wait_with_output().unwrap();
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    let user = Uuid::parse_str(String::from_utf8_lossy(&seeded.stdout).trim()).unwrap();
+    assert_eq!(
+        directory::platform_roles(&db, user).await.unwrap(),
+        ["platform-admin"]
+    );
+    assert!(!String::from_utf8_lossy(&seeded.stderr).contains(PASSWORD));
+
+    kisum_auth::app(Config::from_vars(&vars).unwrap())
+        .await
+        .unwrap();
+    std::fs::write(&key_file, "{}").unwrap();
+    let error = kisum_auth::app(Config::from_vars(&vars).unwrap())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        format!("{error:#}").contains("no valid signing key set"),
+        "{error:#}"
+    );
+}
+
+#[tokio::test]
+async fn logs_carry_ids_and_events_but_never_secrets() {
+    let h = Harness::start().await;
+    let user = h.user("quiet@example.com").await;
+    let first = h.tokens("quiet@example.com").await;
+    h.login("quiet@example.com", "a-wrong-password-123").await;
+    let (_, second) = h.refresh(&first["refresh_token"]).await;
+    h.refresh(&first["refresh_token"]).await;
+    let logs = logs_text();
+    let mine: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(&user.to_string()))
+        .collect();
+    assert!(
+        mine.iter().all(|l| l.contains("\"request_id\"")),
+        "event lines carry the request id"
+    );
+    for event in [
+        "login success",
+        "login failure",
+        "refresh success",
+        "session revoked: refresh token reused",
+    ] {
+        assert!(mine.iter().any(|l| l.contains(event)), "missing `{event}`");
+    }
+    for secret in [
+        PASSWORD,
+        "a-wrong-password-123",
+        str_of(&first["access_token"]),
+        str_of(&first["refresh_token"]),
+        str_of(&second["refresh_token"]),
+        "PRIVATE KEY",
+        "$argon2id$",
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+}

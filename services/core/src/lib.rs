@@ -1,0 +1,153 @@
+//! Platform Core: the catalog of modules, packages and add-ons, and what
+//! each company is entitled to (`docs/services.md`). Internal only: every
+//! API route is on the internal port, for Auth and Platform Admin; Core
+//! calls no other service.
+
+pub mod catalog;
+pub mod config;
+pub mod entitlements;
+pub mod error;
+pub mod migrations;
+pub mod model;
+pub mod routes;
+pub mod subscriptions;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use kisum_common::serve::{self, Diagnostics, Listeners, Readiness};
+use kisum_common::telemetry::Metrics;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+pub use config::Config;
+
+/// The request body limit of the environment matrix (`request-body-limit`).
+const BODY_LIMIT_BYTES: usize = 256 * 1024;
+
+/// The two routers and what they share.
+pub struct App {
+    pub public: Router,
+    pub internal: Router,
+    pub metrics: Metrics,
+    pub pool: PgPool,
+}
+
+/// A pool that connects on first use, so a service whose database is down
+/// still starts and reports not-ready.
+pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&config.database_url)
+        .context("CORE_DB_URL is not a valid PostgreSQL URL")
+}
+
+pub async fn app(config: Config) -> anyhow::Result<App> {
+    let pool = pool(&config)?;
+    Ok(app_with_pool(&config, pool))
+}
+
+pub fn app_with_pool(config: &Config, pool: PgPool) -> App {
+    let metrics = Metrics::new(&config.service, &config.environment);
+    let state = routes::AppState::new(pool.clone(), metrics.clone());
+    let api = routes::router(state, config.api_callers.clone());
+    let internal = serve::internal_router(
+        Router::new(),
+        diagnostics(config),
+        config.diagnostics_callers.clone(),
+        metrics.clone(),
+    )
+    .merge(api)
+    .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+    App {
+        public: serve::probes(readiness(pool.clone())),
+        internal,
+        metrics,
+        pool,
+    }
+}
+
+/// Ready when the database answers and every migration is applied.
+fn readiness(pool: PgPool) -> Readiness {
+    let database = pool.clone();
+    Readiness::default()
+        .check("database", move || {
+            let pool = database.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| format!("database unreachable: {error}"))
+            }
+        })
+        .check("migrations", move || {
+            let pool = pool.clone();
+            async move {
+                migrations::schema_state(&pool)
+                    .await
+                    .map_err(|error| format!("cannot read the migrations: {error}"))?
+                    .require_current()
+            }
+        })
+}
+
+fn diagnostics(config: &Config) -> Diagnostics {
+    Diagnostics {
+        service: config.service.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_digest: config.digest.clone(),
+        routes: routes::route_permissions(&config.api_callers),
+        // Core verifies no tokens: it has no keys to list or reload.
+        kids: Arc::new(|| Box::pin(async { Vec::new() })),
+        reload: Arc::new(|| Box::pin(async { Ok(Vec::new()) })),
+    }
+}
+
+/// `kisum-core migrate`: applies the pending migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = pool(config)?;
+    migrations::migrate(&pool)
+        .await
+        .context("applying the platform_core_db migrations")?;
+    pool.close().await;
+    Ok(())
+}
+
+/// `Err` (naming the pending migrations) unless the schema is current.
+pub async fn require_current_schema(pool: &PgPool) -> anyhow::Result<()> {
+    migrations::schema_state(pool)
+        .await
+        .context("cannot reach platform_core_db to check its migrations")?
+        .require_current()
+        .map_err(|reason| anyhow::anyhow!("refusing to start: {reason}"))
+}
+
+/// The start-up check alone, before any port is bound.
+pub async fn check_schema(config: &Config) -> anyhow::Result<()> {
+    let pool = pool(config)?;
+    let outcome = require_current_schema(&pool).await;
+    pool.close().await;
+    outcome
+}
+
+/// Serves until `shutdown` resolves; refuses to start while the database
+/// has pending migrations.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app(config).await?;
+    require_current_schema(&app.pool).await?;
+    let (public, internal) = listeners.addresses()?;
+    tracing::info!(%public, %internal, "platform core serving");
+    serve::serve(listeners, app.public, app.internal, app.metrics, shutdown).await?;
+    app.pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! The access context of a request: which company `x-org` resolves to for
+//! this user and session, and which modules and permissions the user has
+//! there. Auth computes it (`POST /internal/access-context`); this module
+//! asks on the user's behalf and keeps each answer for a few seconds
+//! (`ACCESS_CACHE_SECONDS`), so a revoked session or a removed permission
+//! takes effect within that time.
+//!
+//! Denials are never cached: a revoked session is asked about again on its
+//! next request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kisum_common::internal::Credential;
+use kisum_common::telemetry::{Metrics, RequestContext};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::module::Module;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Past this many cached contexts, expired ones are dropped, then all.
+const MAX_CACHED: usize = 10_000;
+/// What `kisum_common::internal::require` answers when Auth refuses this
+/// module's own credential (a 401 like a revoked session, but a fault here).
+const CREDENTIAL_REFUSED: &str = "internal credential required";
+
+/// The part of Auth's access context the module backends use; the other
+/// fields (membership, core_app, versions) are ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccessContext {
+    pub user: String,
+    pub session: String,
+    /// The company `x-org` resolved to: the owner of every record the
+    /// request reads or writes.
+    pub company: Uuid,
+    #[serde(default)]
+    pub modules: BTreeMap<String, Vec<String>>,
+}
+
+impl AccessContext {
+    /// The permissions held in `module`, or `None` when the company's
+    /// entitlements or the user's roles do not include the module at all.
+    pub fn permissions(&self, module: Module) -> Option<&[String]> {
+        self.modules.get(module.name()).map(Vec::as_slice)
+    }
+}
+
+/// Who asks, in which company: the cache key and the request body.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct AccessRequest {
+    pub user: String,
+    pub session: String,
+    pub org: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("Auth reports the session revoked or unknown")]
+    SessionRevoked,
+    #[error("Auth reports no membership in that company")]
+    NotAMember,
+    #[error("Auth refused this module's internal credential")]
+    CredentialRefused,
+    #[error("Auth did not answer usably: {0}")]
+    Unavailable(String),
+}
+
+impl AccessError {
+    /// The outcome label of the fetch counter.
+    fn outcome(&self) -> &'static str {
+        match self {
+            AccessError::SessionRevoked => "revoked",
+            AccessError::NotAMember => "forbidden",
+            AccessError::CredentialRefused => "credential_refused",
+            AccessError::Unavailable(_) => "error",
+        }
+    }
+}
+
+/// Asks Auth for access contexts and keeps them briefly.
+#[derive(Clone)]
+pub struct AccessClient {
+    url: String,
+    credential: Credential,
+    http: reqwest::Client,
+    cache: AccessCache,
+    metrics: Metrics,
+    fetch_latency: Histogram,
+}
+
+impl AccessClient {
+    pub fn new(
+        auth_internal_url: &str,
+        credential: Credential,
+        cache_ttl: Duration,
+        metrics: &Metrics,
+    ) -> AccessClient {
+        let fetch_latency = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        metrics.register(
+            "access_context_fetch_duration_seconds",
+            "Latency of Auth's internal access-context route as seen by this backend",
+            fetch_latency.clone(),
+        );
+        AccessClient {
+            url: format!("{auth_internal_url}/internal/access-context"),
+            credential,
+            http: reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            cache: AccessCache::new(cache_ttl),
+            metrics: metrics.clone(),
+            fetch_latency,
+        }
+    }
+
+    /// The context for `request`, from the cache while it is fresh.
+    pub async fn context(
+        &self,
+        request: &AccessRequest,
+        trace: Option<&RequestContext>,
+    ) -> Result<Arc<AccessContext>, AccessError> {
+        if let Some(context) = self.cache.get(request) {
+            self.metrics.event("access_context_cache", "hit");
+            return Ok(context);
+        }
+        self.metrics.event("access_context_cache", "miss");
+        let started = Instant::now();
+        let fetched = self.fetch(request, trace).await;
+        self.fetch_latency.observe(started.elapsed().as_secs_f64());
+        let outcome = fetched.as_ref().map_or_else(AccessError::outcome, |_| "ok");
+        self.metrics.event("access_context_fetch", outcome);
+        let context = Arc::new(fetched?);
+        self.cache.put(request.clone(), context.clone());
+        Ok(context)
+    }
+
+    async fn fetch(
+        &self,
+        request: &AccessRequest,
+        trace: Option<&RequestContext>,
+    ) -> Result<AccessContext, AccessError> {
+        let mut headers = trace.map(RequestContext::outgoing).unwrap_or_default();
+        self.credential.apply(&mut headers);
+        let response = self
+            .http
+            .post(&self.url)
+            .headers(headers)
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| AccessError::Unavailable(e.without_url().to_string()))?;
+        match response.status() {
+            StatusCode::OK => {
+                let context: AccessContext = response
+                    .json()
+                    .await
+                    .map_err(|e| AccessError::Unavailable(format!("malformed context: {e}")))?;
+                ensure_same_session(request, context)
+            }
+            StatusCode::UNAUTHORIZED => Err(unauthorized(response).await),
+            StatusCode::FORBIDDEN => Err(AccessError::NotAMember),
+            status => Err(AccessError::Unavailable(format!("status {status}"))),
+        }
+    }
+}
+
+/// Auth's 401 means a revoked session, unless it is the credential check
+/// in front of Auth's internal routes refusing this module.
+async fn unauthorized(response: reqwest::Response) -> AccessError {
+    let body = response.text().await.unwrap_or_default();
+    if body.trim() == CREDENTIAL_REFUSED {
+        AccessError::CredentialRefused
+    } else {
+        AccessError::SessionRevoked
+    }
+}
+
+/// A context for some other user or session is never used.
+fn ensure_same_session(
+    request: &AccessRequest,
+    context: AccessContext,
+) -> Result<AccessContext, AccessError> {
+    if context.user == request.user && context.session == request.session {
+        Ok(context)
+    } else {
+        Err(AccessError::Unavailable(
+            "the context names another user or session".into(),
+        ))
+    }
+}
+
+/// Access contexts by (user, session, org), each kept for `ttl`.
+#[derive(Clone)]
+struct AccessCache {
+    ttl: Duration,
+    entries: Arc<Mutex<HashMap<AccessRequest, Cached>>>,
+}
+
+struct Cached {
+    stored: Instant,
+    context: Arc<AccessContext>,
+}
+
+impl AccessCache {
+    fn new(ttl: Duration) -> AccessCache {
+        AccessCache {
+            ttl,
+            entries: Arc::default(),
+        }
+    }
+
+    fn get(&self, key: &AccessRequest) -> Option<Arc<AccessContext>> {
+        let entries = self.entries.lock().ok()?;
+        let cached = entries.get(key)?;
+        (cached.stored.elapsed() < self.ttl).then(|| cached.context.clone())
+    }
+
+    fn put(&self, key: AccessRequest, context: Arc<AccessContext>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= MAX_CACHED {
+            entries.retain(|_, cached| cached.stored.elapsed() < self.ttl);
+        }
+        if entries.len() >= MAX_CACHED {
+            entries.clear();
+        }
+        let stored = Instant::now();
+        entries.insert(key, Cached { stored, context });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(org: &str) -> AccessRequest {
+        AccessRequest {
+            user: "u".into(),
+            session: "s".into(),
+            org: org.into(),
+        }
+    }
+
+    fn context() -> Arc<AccessContext> {
+        Arc::new(AccessContext {
+            user: "u".into(),
+            session: "s".into(),
+            company: Uuid::nil(),
+            modules: BTreeMap::new(),
+        })
+    }
+
+    #[test]
+    fn a_cached_context_is_reused_only_for_the_same_org() {
+        let cache = AccessCache::new(Duration::from_secs(5));
+        cache.put(request("acme"), context());
+        assert!(cache.get(&request("acme")).is_some());
+        assert!(cache.get(&request("globex")).is_none());
+    }
+
+    #[test]
+    fn a_cache_of_zero_seconds_keeps_nothing() {
+        let cache = AccessCache::new(Duration::ZERO);
+        cache.put(request("acme"), context());
+        assert!(cache.get(&request("acme")).is_none());
+    }
+
+    #[test]
+    fn a_context_for_another_session_is_refused() {
+        let mut other = (*context()).clone();
+        other.session = "s2".into();
+        assert!(ensure_same_session(&request("acme"), other).is_err());
+    }
+
+    #[test]
+    fn the_context_ignores_fields_it_does_not_use() {
+        let body = r#"{"user":"u","session":"s","company":"00000000-0000-0000-0000-000000000001",
+            "membership":{"role":"owner"},"core_app":true,"modules":{"finance":["finance.invoices.read"]},
+            "access_version":3,"entitlement_version":7}"#;
+        let context: AccessContext = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            context.permissions(Module::Finance).unwrap(),
+            ["finance.invoices.read"]
+        );
+        assert!(context.permissions(Module::Venue).is_none());
+    }
+}

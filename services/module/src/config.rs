@@ -1,0 +1,195 @@
+//! The module backend's configuration, read once at start.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `MODULE_NAME` | basic, finance, market, touring, venue or ai |
+//! | `KISUM_ENVIRONMENT` | environment name, for logs and metrics |
+//! | `AUTH_JWKS_URL` | Auth's JWKS |
+//! | `AUTH_INTERNAL_URL` | base URL of Auth's internal port |
+//! | `JWT_ISSUER`, `JWT_AUDIENCE` | checked strictly in every token |
+//! | `JWKS_CACHE_SECONDS` | how long fetched keys are used before a refresh |
+//! | `JWKS_MIN_REFETCH_SECONDS` | least time between two fetches triggered by tokens (default 30) |
+//! | `X_ORG_POLICY` | `required`: a request without `x-org` is refused |
+//! | `ACCESS_CACHE_SECONDS` | how long an access context is reused (default 5; 0 = never) |
+//! | `DATABASE_URL` | the module's PostgreSQL or MongoDB (the URL names the database) |
+//! | `REDIS_URL` | optional; only basic looks at it |
+//! | `INTERNAL_CREDENTIAL` | presented to Auth as caller `MODULE_NAME` |
+//! | `INTERNAL_CALLER_<SERVICE>` | who may call this service's internal routes |
+//!
+//! Secrets may arrive as `<NAME>_FILE`.
+
+use std::time::Duration;
+
+use kisum_common::config::{self, ConfigError, Vars};
+use kisum_common::internal::{Allowlist, Credential};
+use kisum_common::jwt::TokenPolicy;
+
+use crate::module::Module;
+
+/// Clock skew allowed on `exp` and `nbf`, as Auth's tokens are issued.
+const CLOCK_SKEW_SECONDS: u64 = 60;
+const DEFAULT_JWKS_MIN_REFETCH_SECONDS: u64 = 30;
+const DEFAULT_ACCESS_CACHE_SECONDS: u64 = 5;
+
+#[derive(Clone)]
+pub struct Config {
+    pub module: Module,
+    pub environment: String,
+    pub auth_jwks_url: String,
+    pub auth_internal_url: String,
+    pub token_policy: TokenPolicy,
+    pub jwks_cache: Duration,
+    pub jwks_min_refetch: Duration,
+    pub access_cache: Duration,
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    pub credential: Credential,
+    pub allowlist: Allowlist,
+    /// Digest of the non-secret settings, shown in diagnostics.
+    pub digest: String,
+}
+
+impl std::fmt::Debug for Config {
+    // URLs of databases carry passwords: they stay out of the output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("module", &self.module)
+            .field("environment", &self.environment)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn from_vars(vars: &Vars) -> Result<Config, ConfigError> {
+        let module: Module = vars.parsed("MODULE_NAME")?;
+        require_org_policy(vars)?;
+        Ok(Config {
+            module,
+            environment: vars.required("KISUM_ENVIRONMENT")?,
+            auth_jwks_url: vars.required("AUTH_JWKS_URL")?,
+            auth_internal_url: vars
+                .required("AUTH_INTERNAL_URL")?
+                .trim_end_matches('/')
+                .to_string(),
+            token_policy: TokenPolicy {
+                issuer: vars.required("JWT_ISSUER")?,
+                audience: vars.required("JWT_AUDIENCE")?,
+                leeway_seconds: CLOCK_SKEW_SECONDS,
+            },
+            jwks_cache: seconds(vars.parsed("JWKS_CACHE_SECONDS")?),
+            jwks_min_refetch: seconds(
+                vars.parsed_or("JWKS_MIN_REFETCH_SECONDS", DEFAULT_JWKS_MIN_REFETCH_SECONDS)?,
+            ),
+            access_cache: seconds(
+                vars.parsed_or("ACCESS_CACHE_SECONDS", DEFAULT_ACCESS_CACHE_SECONDS)?,
+            ),
+            database_url: vars.required("DATABASE_URL")?,
+            redis_url: vars
+                .optional("REDIS_URL")?
+                .filter(|url| !url.trim().is_empty()),
+            credential: Credential::new(module.name(), vars.required("INTERNAL_CREDENTIAL")?),
+            allowlist: Allowlist::from_vars(vars)?,
+            digest: digest(vars),
+        })
+    }
+}
+
+/// Only `required` is defined: every request names its company.
+fn require_org_policy(vars: &Vars) -> Result<(), ConfigError> {
+    let policy = vars.required("X_ORG_POLICY")?;
+    if policy.trim() == "required" {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        name: "X_ORG_POLICY".into(),
+        reason: format!("`{policy}` is not supported; the module backends need `required`"),
+    })
+}
+
+fn seconds(value: u64) -> Duration {
+    Duration::from_secs(value)
+}
+
+fn digest(vars: &Vars) -> String {
+    const NON_SECRET: [&str; 10] = [
+        "MODULE_NAME",
+        "KISUM_ENVIRONMENT",
+        "AUTH_JWKS_URL",
+        "AUTH_INTERNAL_URL",
+        "JWT_ISSUER",
+        "JWT_AUDIENCE",
+        "JWKS_CACHE_SECONDS",
+        "JWKS_MIN_REFETCH_SECONDS",
+        "X_ORG_POLICY",
+        "ACCESS_CACHE_SECONDS",
+    ];
+    let values: Vec<(&str, String)> = NON_SECRET
+        .iter()
+        .map(|name| {
+            (
+                *name,
+                vars.optional(name).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect();
+    config::digest(values.iter().map(|(name, value)| (*name, value.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Vars {
+        Vars::from_pairs([
+            ("MODULE_NAME", "finance"),
+            ("KISUM_ENVIRONMENT", "test"),
+            ("AUTH_JWKS_URL", "http://127.0.0.1:1/.well-known/jwks.json"),
+            ("AUTH_INTERNAL_URL", "http://127.0.0.1:2/"),
+            ("JWT_ISSUER", "https://auth.kisum.test"),
+            ("JWT_AUDIENCE", "kisum-api"),
+            ("JWKS_CACHE_SECONDS", "300"),
+            ("X_ORG_POLICY", "required"),
+            ("DATABASE_URL", "postgres://127.0.0.1:3/finance_db"),
+            ("INTERNAL_CREDENTIAL", "s3cr3t"),
+            ("INTERNAL_CALLER_KISUMCTL", "ctl"),
+        ])
+    }
+
+    #[test]
+    fn the_base_variables_give_a_finance_backend_with_defaults() {
+        let config = Config::from_vars(&vars()).unwrap();
+        assert_eq!(config.module, Module::Finance);
+        assert_eq!(config.auth_internal_url, "http://127.0.0.1:2");
+        assert_eq!(config.jwks_min_refetch, Duration::from_secs(30));
+        assert_eq!(config.access_cache, Duration::from_secs(5));
+        assert_eq!(config.credential.caller, "finance");
+        assert_eq!(config.allowlist.callers(), ["kisumctl"]);
+        assert!(config.redis_url.is_none());
+    }
+
+    #[test]
+    fn an_unknown_module_is_named() {
+        let mut vars = vars();
+        vars.set("MODULE_NAME", "payroll");
+        let error = Config::from_vars(&vars).unwrap_err();
+        assert!(error.to_string().contains("MODULE_NAME"), "{error}");
+    }
+
+    #[test]
+    fn an_optional_org_policy_is_refused() {
+        let mut vars = vars();
+        vars.set("X_ORG_POLICY", "optional");
+        let error = Config::from_vars(&vars).unwrap_err();
+        assert!(error.to_string().contains("X_ORG_POLICY"), "{error}");
+    }
+
+    #[test]
+    fn the_debug_form_hides_urls_and_credentials() {
+        let text = format!("{:?}", Config::from_vars(&vars()).unwrap());
+        assert!(
+            !text.contains("postgres://") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! The business routes of a module and the permission each requires:
+//! `GET /v1/<resource>` (list), `POST /v1/<resource>` (create) and
+//! `GET /v1/<resource>/{id}` (one record), with the permission keys
+//! `<module>.<resource>.read` and `<module>.<resource>.write`.
+//!
+//! The same list of [`Endpoint`]s builds the router, drives the guard and
+//! is shown in the diagnostics, so they cannot disagree.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::routing::get;
+use axum::{Extension, Json, Router, middleware};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::guard::{self, Access, Guard};
+use crate::module::Module;
+use crate::records::{Fields, Limit, Record};
+use crate::store::{RecordStore, Resource};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Write,
+}
+
+/// A permission key, `<module>.<resource>.<read|write>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub module: Module,
+    pub resource: &'static str,
+    pub action: Action,
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = match self.action {
+            Action::Read => "read",
+            Action::Write => "write",
+        };
+        write!(f, "{}.{}.{action}", self.module, self.resource)
+    }
+}
+
+/// One business route and the permission it requires.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub method: Method,
+    /// As axum matches it: `/v1/invoices/{id}`.
+    pub path: String,
+    pub permission: Permission,
+}
+
+/// `/v1/<resource>` and `/v1/<resource>/{id}`.
+fn paths(module: Module) -> (String, String) {
+    let collection = format!("/v1/{}", module.resource());
+    let item = format!("{collection}/{{id}}");
+    (collection, item)
+}
+
+pub fn endpoints(module: Module) -> Vec<Endpoint> {
+    let (collection, item) = paths(module);
+    let permission = |action| Permission {
+        module,
+        resource: module.resource(),
+        action,
+    };
+    vec![
+        Endpoint {
+            method: Method::GET,
+            path: collection.clone(),
+            permission: permission(Action::Read),
+        },
+        Endpoint {
+            method: Method::POST,
+            path: collection,
+            permission: permission(Action::Write),
+        },
+        Endpoint {
+            method: Method::GET,
+            path: item,
+            permission: permission(Action::Read),
+        },
+    ]
+}
+
+/// `"GET /v1/invoices" -> "finance.invoices.read"`, for the diagnostics.
+pub fn permission_map(endpoints: &[Endpoint]) -> BTreeMap<String, String> {
+    endpoints
+        .iter()
+        .map(|e| (format!("{} {}", e.method, e.path), e.permission.to_string()))
+        .collect()
+}
+
+/// The module's business routes, each behind the guard.
+pub fn business_router(module: Module, resource: Resource, guard: Guard) -> Router {
+    let router = match resource {
+        Resource::Contacts(store) => resource_routes(module, store),
+        Resource::Invoices(store) => resource_routes(module, store),
+        Resource::Listings(store) => resource_routes(module, store),
+        Resource::Tours(store) => resource_routes(module, store),
+        Resource::Venues(store) => resource_routes(module, store),
+        Resource::Prompts(store) => resource_routes(module, store),
+    };
+    router.route_layer(middleware::from_fn_with_state(guard, guard::require_access))
+}
+
+type Store<F> = Arc<dyn RecordStore<F>>;
+
+fn resource_routes<F: Fields>(module: Module, store: Store<F>) -> Router {
+    let (collection, item) = paths(module);
+    Router::new()
+        .route(&collection, get(list::<F>).post(create::<F>))
+        .route(&item, get(find::<F>))
+        .with_state(store)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Listing<F> {
+    items: Vec<Record<F>>,
+    limit: u32,
+}
+
+async fn list<F: Fields>(
+    State(store): State<Store<F>>,
+    Extension(access): Extension<Access>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Listing<F>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = Limit::new(query.limit).map_err(|e| ApiError::BadRequest(e.0))?;
+    let items = store.list(access.company, limit).await?;
+    Ok(Json(Listing {
+        items,
+        limit: limit.get(),
+    }))
+}
+
+async fn create<F: Fields>(
+    State(store): State<Store<F>>,
+    Extension(access): Extension<Access>,
+    body: Result<Json<F::Input>, JsonRejection>,
+) -> Result<(StatusCode, Json<Record<F>>), ApiError> {
+    let Json(input) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let fields = F::accept(input).map_err(|e| ApiError::BadRequest(e.0))?;
+    let record = store.create(access.company, fields).await?;
+    tracing::info!(
+        record = F::NOUN,
+        id = %record.id,
+        company = %access.company,
+        user = %access.user,
+        "record created"
+    );
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn find<F: Fields>(
+    State(store): State<Store<F>>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Result<Json<Record<F>>, ApiError> {
+    // An id that is not a UUID names no record, like an id of another company.
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(F::NOUN))?;
+    let record = store.find(access.company, id).await?;
+    record.map(Json).ok_or(ApiError::NotFound(F::NOUN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finance_routes_map_to_invoice_permissions() {
+        let map = permission_map(&endpoints(Module::Finance));
+        assert_eq!(map["GET /v1/invoices"], "finance.invoices.read");
+        assert_eq!(map["POST /v1/invoices"], "finance.invoices.write");
+        assert_eq!(map["GET /v1/invoices/{id}"], "finance.invoices.read");
+    }
+
+    #[test]
+    fn every_permission_starts_with_its_module() {
+        for module in Module::ALL {
+            for endpoint in endpoints(module) {
+                let key = endpoint.permission.to_string();
+                assert!(key.starts_with(&format!("{module}.")), "{key}");
+            }
+        }
+    }
+}

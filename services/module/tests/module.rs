@@ -1,0 +1,1283 @@
+//! The module backends end to end: the real `kisum_module::run` on
+//! loopback ports, real PostgreSQL and the mongoeco MongoDB emulator from
+//! `kisum-testkit`, and a stand-in for Auth (see [`auth_stand_in`]).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kisum_common::config::Vars;
+use kisum_common::keys::KeySet;
+use kisum_common::serve::Listeners;
+use kisum_module::{Config, Module};
+use kisum_testkit::{Mongo, Postgres, Redis};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::{OnceCell, oneshot};
+use uuid::Uuid;
+
+use auth_stand_in::AuthStandIn;
+
+const ISSUER: &str = "https://auth.kisum.test";
+const AUDIENCE: &str = "kisum-api";
+const MODULE_CREDENTIAL: &str = "module-credential-for-tests";
+const KISUMCTL_CREDENTIAL: &str = "kisumctl-credential-for-tests";
+
+/// TEMPORARY: stands in for Auth's `GET /.well-known/jwks.json` and
+/// `POST /internal/access-context` (as docs/services.md describes them)
+/// until `services/auth` serves them; then these tests should start the
+/// real Auth instead. It signs with a real `KeySet` and `TokenPolicy`,
+/// checks the module's internal credential with the shared `Allowlist`
+/// middleware, and counts what it is asked.
+mod auth_stand_in {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use axum::{Json, Router, middleware};
+    use kisum_common::internal::{self, Allowlist};
+    use kisum_common::jwt::TokenPolicy;
+    use kisum_common::keys::{Key, KeySet, KeyState};
+    use serde::Deserialize;
+    use serde_json::json;
+    use tokio::sync::oneshot;
+    use uuid::Uuid;
+
+    /// What a user may do in one company.
+    #[derive(Clone)]
+    pub struct Grant {
+        pub company: Uuid,
+        pub modules: BTreeMap<String, Vec<String>>,
+    }
+
+    #[derive(Default)]
+    struct Calls {
+        jwks: AtomicUsize,
+        access_context: AtomicUsize,
+    }
+
+    struct Directory {
+        keys: Mutex<KeySet>,
+        /// (user, org as sent in x-org) -> grant.
+        grants: Mutex<HashMap<(String, String), Grant>>,
+        revoked: Mutex<HashSet<String>>,
+        /// x-request-id and traceparent of the last access-context call.
+        last_trace: Mutex<Option<(String, String)>>,
+        calls: Calls,
+    }
+
+    pub struct AuthStandIn {
+        pub addr: SocketAddr,
+        directory: Arc<Directory>,
+        _stop: oneshot::Sender<()>,
+    }
+
+    pub fn policy() -> TokenPolicy {
+        TokenPolicy {
+            issuer: super::ISSUER.into(),
+            audience: super::AUDIENCE.into(),
+            leeway_seconds: 0,
+        }
+    }
+
+    pub fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    impl AuthStandIn {
+        /// Serves on a free port of 127.0.0.1, admitting `module` as caller.
+        pub async fn start(module: &str) -> AuthStandIn {
+            let directory = Arc::new(Directory {
+                keys: Mutex::new(KeySet::generate(now()).unwrap()),
+                grants: Mutex::default(),
+                revoked: Mutex::default(),
+                last_trace: Mutex::default(),
+                calls: Calls::default(),
+            });
+            let allowlist =
+                Allowlist::from_pairs([(module.to_string(), super::MODULE_CREDENTIAL.to_string())]);
+            let internal_routes = Router::new()
+                .route("/internal/access-context", post(access_context))
+                .layer(middleware::from_fn_with_state(allowlist, internal::require));
+            let router = Router::new()
+                .route("/.well-known/jwks.json", get(jwks))
+                .merge(internal_routes)
+                .with_state(directory.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            AuthStandIn {
+                addr,
+                directory,
+                _stop: stop,
+            }
+        }
+
+        pub fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        pub fn grant(&self, user: &str, org: &str, grant: Grant) {
+            let key = (user.to_string(), org.to_string());
+            self.directory.grants.lock().unwrap().insert(key, grant);
+        }
+
+        pub fn revoke(&self, session: &str) {
+            self.directory
+                .revoked
+                .lock()
+                .unwrap()
+                .insert(session.into());
+        }
+
+        /// An access token for the user's session, signed with the active key.
+        pub fn token(&self, user: &str, session: &str) -> String {
+            self.token_with(&policy(), user, session, now())
+        }
+
+        pub fn token_with(
+            &self,
+            policy: &TokenPolicy,
+            user: &str,
+            session: &str,
+            at: i64,
+        ) -> String {
+            let keys = self.keys();
+            policy.sign(&keys, user, session, at, 900).unwrap()
+        }
+
+        pub fn keys(&self) -> KeySet {
+            self.directory.keys.lock().unwrap().clone()
+        }
+
+        /// Publishes a new key and signs with it from now on; the old one
+        /// stays published as retiring. Returns the new kid.
+        pub fn rotate(&self) -> String {
+            let mut keys = self.directory.keys.lock().unwrap();
+            for key in &mut keys.keys {
+                if key.state == KeyState::Active {
+                    key.state = KeyState::Retiring;
+                }
+            }
+            let key = Key::generate(KeyState::Active, now()).unwrap();
+            let kid = key.kid.clone();
+            keys.keys.push(key);
+            kid
+        }
+
+        pub fn jwks_fetches(&self) -> usize {
+            self.directory.calls.jwks.load(Ordering::SeqCst)
+        }
+
+        pub fn access_context_calls(&self) -> usize {
+            self.directory.calls.access_context.load(Ordering::SeqCst)
+        }
+
+        pub fn last_trace(&self) -> Option<(String, String)> {
+            self.directory.last_trace.lock().unwrap().clone()
+        }
+    }
+
+    async fn jwks(State(directory): State<Arc<Directory>>) -> Response {
+        directory.calls.jwks.fetch_add(1, Ordering::SeqCst);
+        let jwks = directory.keys.lock().unwrap().jwks().unwrap();
+        Json(jwks).into_response()
+    }
+
+    #[derive(Deserialize)]
+    struct AccessQuery {
+        user: String,
+        session: String,
+        org: String,
+    }
+
+    async fn access_context(
+        State(directory): State<Arc<Directory>>,
+        headers: HeaderMap,
+        Json(query): Json<AccessQuery>,
+    ) -> Response {
+        directory
+            .calls
+            .access_context
+            .fetch_add(1, Ordering::SeqCst);
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        *directory.last_trace.lock().unwrap() =
+            Some((header("x-request-id"), header("traceparent")));
+        if directory.revoked.lock().unwrap().contains(&query.session) {
+            let body =
+                json!({"error": "session_revoked", "message": "the session is revoked or unknown"});
+            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        }
+        let grant = directory
+            .grants
+            .lock()
+            .unwrap()
+            .get(&(query.user.clone(), query.org.clone()))
+            .cloned();
+        let Some(grant) = grant else {
+            let body = json!({"error": "forbidden", "message": "no access to this company"});
+            return (StatusCode::FORBIDDEN, Json(body)).into_response();
+        };
+        Json(json!({
+            "user": query.user,
+            "session": query.session,
+            "company": grant.company,
+            "membership": {"role": "member"},
+            "core_app": true,
+            "modules": grant.modules,
+            "access_version": 1,
+            "entitlement_version": 1,
+        }))
+        .into_response()
+    }
+}
+
+/// One module backend running on loopback ports against a stand-in Auth.
+struct Backend {
+    public: SocketAddr,
+    internal: SocketAddr,
+    auth: AuthStandIn,
+    http: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+fn base_vars(module: Module, auth: &AuthStandIn, database_url: &str) -> Vars {
+    Vars::from_pairs([
+        ("MODULE_NAME", module.name().to_string()),
+        ("KISUM_ENVIRONMENT", "test".into()),
+        (
+            "AUTH_JWKS_URL",
+            format!("{}/.well-known/jwks.json", auth.url()),
+        ),
+        ("AUTH_INTERNAL_URL", auth.url()),
+        ("JWT_ISSUER", ISSUER.into()),
+        ("JWT_AUDIENCE", AUDIENCE.into()),
+        ("JWKS_CACHE_SECONDS", "300".into()),
+        ("JWKS_MIN_REFETCH_SECONDS", "60".into()),
+        ("X_ORG_POLICY", "required".into()),
+        ("DATABASE_URL", database_url.into()),
+        ("INTERNAL_CREDENTIAL", MODULE_CREDENTIAL.into()),
+        ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_CREDENTIAL.into()),
+    ])
+}
+
+impl Backend {
+    /// Migrates the database, starts the backend and waits until it is ready.
+    async fn start(module: Module, database_url: &str, settings: &[(&str, &str)]) -> Backend {
+        let auth = AuthStandIn::start(module.name()).await;
+        let mut vars = base_vars(module, &auth, database_url);
+        for (name, value) in settings {
+            vars.set(*name, *value);
+        }
+        let config = Config::from_vars(&vars).unwrap();
+        kisum_module::migrate(module, database_url).await.unwrap();
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listeners = Listeners::bind(loopback, loopback).await.unwrap();
+        let (public, internal) = listeners.addresses().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(kisum_module::run(config, listeners, async {
+            let _ = stopped.await;
+        }));
+        let backend = Backend {
+            public,
+            internal,
+            auth,
+            http: reqwest::Client::new(),
+            _stop: stop,
+        };
+        backend.wait_ready().await;
+        backend
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = self.http.get(self.url("/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the backend never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    fn internal_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.internal)
+    }
+
+    fn get(&self, path: &str, token: &str, org: Option<&str>) -> reqwest::RequestBuilder {
+        let request = self.http.get(self.url(path)).bearer_auth(token);
+        match org {
+            Some(org) => request.header("x-org", org),
+            None => request,
+        }
+    }
+
+    fn post(&self, path: &str, token: &str, org: &str, body: Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("x-org", org)
+            .json(&body)
+    }
+
+    /// An internal route, called as kisumctl.
+    fn internal(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.internal_url(path))
+            .header("x-kisum-caller", "kisumctl")
+            .header("x-kisum-credential", KISUMCTL_CREDENTIAL)
+    }
+
+    async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(self.internal_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+}
+
+/// A user with a session in one company, granted some permissions.
+struct Member {
+    user: String,
+    session: String,
+    company: Uuid,
+}
+
+impl Member {
+    fn new() -> Member {
+        Member {
+            user: Uuid::new_v4().to_string(),
+            session: Uuid::new_v4().to_string(),
+            company: Uuid::new_v4(),
+        }
+    }
+
+    fn org(&self) -> String {
+        self.company.to_string()
+    }
+
+    /// Grants `permissions` in `module` (`None`: the module is absent).
+    fn grant(&self, auth: &AuthStandIn, module: Module, permissions: Option<&[&str]>) {
+        let modules = permissions
+            .map(|held| {
+                let held = held.iter().map(|p| p.to_string()).collect();
+                [(module.name().to_string(), held)].into_iter().collect()
+            })
+            .unwrap_or_default();
+        let grant = auth_stand_in::Grant {
+            company: self.company,
+            modules,
+        };
+        auth.grant(&self.user, &self.org(), grant);
+    }
+
+    fn token(&self, auth: &AuthStandIn) -> String {
+        auth.token(&self.user, &self.session)
+    }
+}
+
+async fn finance_database() -> String {
+    Postgres::shared()
+        .create_unique_database("finance")
+        .await
+        .unwrap()
+}
+
+/// One emulator for the whole test binary (it exits with the process);
+/// every test uses a database of its own in it.
+async fn mongo_url(database: &str) -> String {
+    static MONGO: OnceCell<Mongo> = OnceCell::const_new();
+    let mongo = MONGO
+        .get_or_init(|| async { Mongo::start().await.unwrap() })
+        .await;
+    let unique = format!("{database}_{}", Uuid::new_v4().simple());
+    mongo.url().replacen("/?", &format!("/{unique}?"), 1)
+}
+
+const INVOICE_READ: &str = "finance.invoices.read";
+const INVOICE_WRITE: &str = "finance.invoices.write";
+
+fn invoice(number: &str) -> Value {
+    json!({"number": number, "customer": "Ada Music", "amount_cents": 125_000, "currency": "EUR"})
+}
+
+async fn body(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn assert_error(outcome: &(StatusCode, Value), status: StatusCode, message: &str) {
+    assert_eq!(outcome.0, status, "{}", outcome.1);
+    assert_eq!(outcome.1["message"], message, "{}", outcome.1);
+}
+
+#[tokio::test]
+async fn an_entitled_member_creates_lists_and_reads_invoices_on_postgres() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let member = Member::new();
+    member.grant(
+        &backend.auth,
+        Module::Finance,
+        Some(&[INVOICE_READ, INVOICE_WRITE]),
+    );
+    let token = member.token(&backend.auth);
+
+    let created = body(
+        backend
+            .post("/v1/invoices", &token, &member.org(), invoice("INV-1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(created.0, StatusCode::CREATED, "{}", created.1);
+    assert_eq!(created.1["company"], member.org());
+    assert_eq!(created.1["status"], "draft");
+
+    let listed = body(
+        backend
+            .get("/v1/invoices", &token, Some(&member.org()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed.0, StatusCode::OK);
+    assert_eq!(listed.1["items"].as_array().unwrap().len(), 1);
+
+    let id = created.1["id"].as_str().unwrap();
+    let one = body(
+        backend
+            .get(&format!("/v1/invoices/{id}"), &token, Some(&member.org()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((one.0, &one.1["number"]), (StatusCode::OK, &json!("INV-1")));
+
+    let again = backend
+        .post("/v1/invoices", &token, &member.org(), invoice("INV-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn the_access_context_is_fetched_with_the_credential_and_trace_and_cached() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+    let token = member.token(&backend.auth);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    for _ in 0..3 {
+        let response = backend
+            .get("/v1/invoices", &token, Some(&member.org()))
+            .header("x-request-id", "req-module-1")
+            .header("traceparent", traceparent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    assert_eq!(
+        backend.auth.access_context_calls(),
+        1,
+        "cached within ACCESS_CACHE_SECONDS"
+    );
+    let (request_id, forwarded) = backend.auth.last_trace().unwrap();
+    assert_eq!(request_id, "req-module-1");
+    assert!(
+        forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{forwarded}"
+    );
+    let metrics = backend.metrics().await;
+    assert!(
+        metrics.contains("kisum_access_context_fetch_duration_seconds_count 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_company_without_the_module_is_denied_by_module() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, None);
+
+    let outcome = body(
+        backend
+            .get(
+                "/v1/invoices",
+                &member.token(&backend.auth),
+                Some(&member.org()),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_error(&outcome, StatusCode::FORBIDDEN, "access denied by module");
+    assert_eq!(outcome.1["error"], "forbidden");
+    let metrics = backend.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"kisum_events_total{event="access_denied_by_module",outcome="finance"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_member_without_the_permission_is_denied_by_permission() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+    let token = member.token(&backend.auth);
+
+    let read = backend
+        .get("/v1/invoices", &token, Some(&member.org()))
+        .send()
+        .await
+        .unwrap();
+    let write = body(
+        backend
+            .post("/v1/invoices", &token, &member.org(), invoice("INV-9"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_error(&write, StatusCode::FORBIDDEN, "access denied by permission");
+    let metrics = backend.metrics().await;
+    let counter = r#"kisum_events_total{event="access_denied_by_permission",outcome="finance.invoices.write"} 1"#;
+    assert!(metrics.contains(counter), "{metrics}");
+}
+
+#[tokio::test]
+async fn an_x_org_of_another_company_is_forbidden() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+    let elsewhere = Uuid::new_v4().to_string();
+
+    let outcome = body(
+        backend
+            .get(
+                "/v1/invoices",
+                &member.token(&backend.auth),
+                Some(&elsewhere),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_error(
+        &outcome,
+        StatusCode::FORBIDDEN,
+        "no membership in that company",
+    );
+    let metrics = backend.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"kisum_events_total{event="x_org_resolution_failure",outcome="forbidden"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_x_org_is_refused() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+
+    let outcome = body(
+        backend
+            .get("/v1/invoices", &member.token(&backend.auth), None)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_error(&outcome, StatusCode::BAD_REQUEST, "x-org required");
+    assert_eq!(backend.auth.access_context_calls(), 0);
+}
+
+/// Tokens an attacker could present, each with what makes it invalid.
+fn forged_tokens(auth: &AuthStandIn, member: &Member) -> Vec<(&'static str, String)> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = auth_stand_in::now();
+    let keys = auth.keys();
+    let kid = keys.active().kid.clone();
+    let valid = member.token(auth);
+    let claims = json!({"sub": member.user, "sid": member.session, "iss": ISSUER,
+        "aud": AUDIENCE, "exp": now + 900, "iat": now, "nbf": now});
+
+    let none_header = json!({"alg": "none", "typ": "JWT", "kid": kid});
+    let alg_none = format!(
+        "{}.{}.",
+        b64(none_header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = Some(kid.clone());
+    let public_pem = public_key_pem(&keys);
+    let hs256 = jsonwebtoken::encode(
+        &hs_header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(public_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+
+    let policy = auth_stand_in::policy();
+    let wrong_issuer = kisum_common::jwt::TokenPolicy {
+        issuer: "https://evil.test".into(),
+        ..policy.clone()
+    };
+    let wrong_audience = kisum_common::jwt::TokenPolicy {
+        audience: "another-api".into(),
+        ..policy.clone()
+    };
+    let stranger = KeySet::generate(now).unwrap();
+    let mut tampered: Vec<String> = valid.split('.').map(str::to_string).collect();
+    let mut raised = claims.clone();
+    raised["sub"] = json!("someone-else");
+    tampered[1] = b64(raised.to_string().as_bytes());
+
+    vec![
+        ("alg none", alg_none),
+        ("HS256 keyed with the public key", hs256),
+        (
+            "expired",
+            auth.token_with(&policy, &member.user, &member.session, now - 1000),
+        ),
+        (
+            "wrong issuer",
+            auth.token_with(&wrong_issuer, &member.user, &member.session, now),
+        ),
+        (
+            "wrong audience",
+            auth.token_with(&wrong_audience, &member.user, &member.session, now),
+        ),
+        (
+            "unknown kid",
+            policy
+                .sign(&stranger, &member.user, &member.session, now, 900)
+                .unwrap(),
+        ),
+        ("tampered payload", tampered.join(".")),
+        ("not a JWT", "not-a-token".into()),
+    ]
+}
+
+/// The active key's public half as PEM: what an attacker would use as an
+/// HMAC secret.
+fn public_key_pem(keys: &KeySet) -> String {
+    use aws_lc_rs::signature::KeyPair as _;
+    use base64::Engine as _;
+    let pem = &keys.active().private_key_pem;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&der).unwrap();
+    let public = base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref());
+    format!("-----BEGIN RSA PUBLIC KEY-----\n{public}\n-----END RSA PUBLIC KEY-----\n")
+}
+
+#[tokio::test]
+async fn invalid_tokens_are_refused_before_auth_is_asked() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+
+    for (what, token) in forged_tokens(&backend.auth, &member) {
+        let outcome = body(
+            backend
+                .get("/v1/invoices", &token, Some(&member.org()))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(outcome.0, StatusCode::UNAUTHORIZED, "{what}: {}", outcome.1);
+        assert_eq!(outcome.1["error"], "unauthorized", "{what}");
+    }
+    let unauthenticated = backend
+        .http
+        .get(backend.url("/v1/invoices"))
+        .header("x-org", member.org())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unauthenticated.headers()["www-authenticate"], "Bearer");
+
+    assert_eq!(backend.auth.access_context_calls(), 0);
+    let metrics = backend.metrics().await;
+    assert!(
+        metrics.contains(r#"event="auth_verification_failure",outcome="unknown_kid""#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_session_is_refused_once_its_cached_context_expires() {
+    let settings = [("ACCESS_CACHE_SECONDS", "1")];
+    let backend = Backend::start(Module::Finance, &finance_database().await, &settings).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+    let token = member.token(&backend.auth);
+    let list = || {
+        backend
+            .get("/v1/invoices", &token, Some(&member.org()))
+            .send()
+    };
+    assert_eq!(list().await.unwrap().status(), StatusCode::OK);
+
+    backend.auth.revoke(&member.session);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let outcome = body(list().await.unwrap()).await;
+
+    assert_error(
+        &outcome,
+        StatusCode::UNAUTHORIZED,
+        "session revoked or unknown",
+    );
+}
+
+/// A token naming a random kid (its signature is never checked: the kid
+/// is unknown).
+fn unknown_kid_token(member: &Member) -> String {
+    use base64::Engine as _;
+    let b64 = |value: Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string().as_bytes())
+    };
+    let now = auth_stand_in::now();
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": Uuid::new_v4().simple().to_string()});
+    let claims = json!({"sub": member.user, "sid": member.session, "iss": ISSUER,
+        "aud": AUDIENCE, "exp": now + 900, "iat": now, "nbf": now});
+    format!("{}.{}.c2lnbmF0dXJl", b64(header), b64(claims))
+}
+
+#[tokio::test]
+async fn a_new_kid_is_fetched_on_first_use_but_unknown_kids_are_rate_limited() {
+    let settings = [("JWKS_MIN_REFETCH_SECONDS", "2")];
+    let backend = Backend::start(Module::Finance, &finance_database().await, &settings).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+    assert_eq!(backend.auth.jwks_fetches(), 1, "the first load at start");
+
+    // A key published after start: its first token triggers one fetch.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    backend.auth.rotate();
+    let rotated = member.token(&backend.auth);
+    let response = backend
+        .get("/v1/invoices", &rotated, Some(&member.org()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(backend.auth.jwks_fetches(), 2);
+
+    // A flood of kids nobody published, at once: at most one more fetch
+    // per interval, however many requests.
+    let started = Instant::now();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let request = backend.get(
+            "/v1/invoices",
+            &unknown_kid_token(&member),
+            Some(&member.org()),
+        );
+        flood.spawn(async move { request.send().await.unwrap().status() });
+    }
+    while let Some(status) = flood.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let allowed = 1 + started.elapsed().as_secs() as usize / 2;
+    assert!(
+        backend.auth.jwks_fetches() - 2 <= allowed,
+        "{} fetches for the flood, at most {allowed} allowed",
+        backend.auth.jwks_fetches() - 2
+    );
+}
+
+#[tokio::test]
+async fn a_key_reload_bypasses_the_minimum_interval() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let member = Member::new();
+    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+    let new_kid = backend.auth.rotate();
+    let rotated = member.token(&backend.auth);
+    let list = || {
+        backend
+            .get("/v1/invoices", &rotated, Some(&member.org()))
+            .send()
+    };
+
+    // Within the 60 s interval since the start, the new kid stays unknown.
+    assert_eq!(list().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(backend.auth.jwks_fetches(), 1);
+
+    let anonymous = backend
+        .http
+        .post(backend.internal_url("/internal/keys/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let reloaded = body(
+        backend
+            .internal(reqwest::Method::POST, "/internal/keys/reload")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reloaded.0, StatusCode::OK);
+    assert!(
+        reloaded.1["kids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(new_kid))
+    );
+    assert_eq!(backend.auth.jwks_fetches(), 2);
+    assert_eq!(list().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_company_never_sees_another_companys_invoices() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let (acme, globex) = (Member::new(), Member::new());
+    for member in [&acme, &globex] {
+        member.grant(
+            &backend.auth,
+            Module::Finance,
+            Some(&[INVOICE_READ, INVOICE_WRITE]),
+        );
+    }
+    let (acme_token, globex_token) = (acme.token(&backend.auth), globex.token(&backend.auth));
+    let created = body(
+        backend
+            .post("/v1/invoices", &acme_token, &acme.org(), invoice("INV-1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let id = created.1["id"].as_str().unwrap().to_string();
+    // The same number in another company is another invoice.
+    let same_number = backend
+        .post(
+            "/v1/invoices",
+            &globex_token,
+            &globex.org(),
+            invoice("INV-1"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_number.status(), StatusCode::CREATED);
+
+    let globex_list = body(
+        backend
+            .get("/v1/invoices", &globex_token, Some(&globex.org()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let acme_invoice_from_globex = backend
+        .get(
+            &format!("/v1/invoices/{id}"),
+            &globex_token,
+            Some(&globex.org()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let acme_x_org_with_globex_token = backend
+        .get("/v1/invoices", &globex_token, Some(&acme.org()))
+        .send()
+        .await
+        .unwrap();
+
+    let items = globex_list.1["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["company"], globex.org());
+    assert_ne!(items[0]["id"], json!(id));
+    assert_eq!(acme_invoice_from_globex.status(), StatusCode::NOT_FOUND);
+    assert_eq!(acme_x_org_with_globex_token.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn contacts_round_trip_through_mongodb_with_a_limit_and_per_company() {
+    let backend = Backend::start(Module::Basic, &mongo_url("basic").await, &[]).await;
+    let (member, outsider) = (Member::new(), Member::new());
+    let permissions: &[&str] = &["basic.contacts.read", "basic.contacts.write"];
+    member.grant(&backend.auth, Module::Basic, Some(permissions));
+    outsider.grant(&backend.auth, Module::Basic, Some(permissions));
+    let token = member.token(&backend.auth);
+
+    let mut first_id = String::new();
+    for n in 0..200 {
+        let contact = json!({"name": format!("Contact {n}"), "email": format!("c{n}@example.org")});
+        let created = body(
+            backend
+                .post("/v1/contacts", &token, &member.org(), contact)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(created.0, StatusCode::CREATED, "{}", created.1);
+        if n == 0 {
+            first_id = created.1["id"].as_str().unwrap().to_string();
+        }
+    }
+
+    let page = body(
+        backend
+            .get("/v1/contacts?limit=50", &token, Some(&member.org()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let all = body(
+        backend
+            .get("/v1/contacts?limit=200", &token, Some(&member.org()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let too_many = backend
+        .get("/v1/contacts?limit=201", &token, Some(&member.org()))
+        .send()
+        .await
+        .unwrap();
+    let first = body(
+        backend
+            .get(
+                &format!("/v1/contacts/{first_id}"),
+                &token,
+                Some(&member.org()),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let outsider_token = outsider.token(&backend.auth);
+    let outsider_list = body(
+        backend
+            .get("/v1/contacts", &outsider_token, Some(&outsider.org()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let outsider_lookup = backend
+        .get(
+            &format!("/v1/contacts/{first_id}"),
+            &outsider_token,
+            Some(&outsider.org()),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let page = page.1["items"].as_array().unwrap().clone();
+    assert_eq!(page.len(), 50);
+    assert_eq!(page[0]["name"], "Contact 199", "newest first");
+    assert_eq!(all.1["items"].as_array().unwrap().len(), 200);
+    assert_eq!(too_many.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (first.0, &first.1["email"]),
+        (StatusCode::OK, &json!("c0@example.org"))
+    );
+    assert_eq!(outsider_list.1["items"].as_array().unwrap().len(), 0);
+    assert_eq!(outsider_lookup.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn market_and_touring_keep_their_records_in_mongodb() {
+    for (module, path, record) in [
+        (
+            Module::Market,
+            "/v1/listings",
+            json!({"title": "Backline", "price_cents": 9900, "currency": "EUR"}),
+        ),
+        (
+            Module::Touring,
+            "/v1/tours",
+            json!({"name": "Spring", "artist": "Ada", "starts_on": "2027-03-01"}),
+        ),
+    ] {
+        let url = mongo_url(module.name()).await;
+        let backend = Backend::start(module, &url, &[]).await;
+        let member = Member::new();
+        let resource = module.resource();
+        let read = format!("{module}.{resource}.read");
+        let write = format!("{module}.{resource}.write");
+        member.grant(
+            &backend.auth,
+            module,
+            Some(&[read.as_str(), write.as_str()]),
+        );
+        let token = member.token(&backend.auth);
+
+        let created = backend
+            .post(path, &token, &member.org(), record)
+            .send()
+            .await
+            .unwrap();
+        let listed = body(
+            backend
+                .get(path, &token, Some(&member.org()))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+
+        assert_eq!(created.status(), StatusCode::CREATED, "{module}");
+        assert_eq!(listed.1["items"].as_array().unwrap().len(), 1, "{module}");
+        kisum_module::migrate(module, &url)
+            .await
+            .expect("creating the indexes again is a no-op");
+    }
+}
+
+#[tokio::test]
+async fn venue_and_ai_keep_their_records_in_postgres() {
+    let postgres = Postgres::shared();
+    let cases = [
+        (
+            Module::Venue,
+            "/v1/venues",
+            json!({"name": "Hall", "city": "Oslo", "capacity": 1200}),
+        ),
+        (Module::Ai, "/v1/prompts", json!({"prompt": "plan a tour"})),
+    ];
+    for (module, path, record) in cases {
+        let url = postgres
+            .create_unique_database(module.name())
+            .await
+            .unwrap();
+        let backend = Backend::start(module, &url, &[]).await;
+        let member = Member::new();
+        let resource = module.resource();
+        let read = format!("{module}.{resource}.read");
+        let write = format!("{module}.{resource}.write");
+        member.grant(
+            &backend.auth,
+            module,
+            Some(&[read.as_str(), write.as_str()]),
+        );
+        let token = member.token(&backend.auth);
+
+        let created = body(
+            backend
+                .post(path, &token, &member.org(), record)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let listed = body(
+            backend
+                .get(path, &token, Some(&member.org()))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+
+        assert_eq!(created.0, StatusCode::CREATED, "{module}: {}", created.1);
+        assert_eq!(listed.1["items"].as_array().unwrap().len(), 1, "{module}");
+        if module == Module::Ai {
+            assert_eq!(created.1["model"], "canned");
+        }
+        kisum_module::migrate(module, &url)
+            .await
+            .expect("migrating again is a no-op");
+    }
+}
+
+#[tokio::test]
+async fn the_internal_port_reports_keys_routes_and_dependencies() {
+    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+
+    let anonymous = backend
+        .http
+        .get(backend.internal_url("/internal/diagnostics"))
+        .send()
+        .await
+        .unwrap();
+    let diagnostics = body(
+        backend
+            .internal(reqwest::Method::GET, "/internal/diagnostics")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let dependencies = body(
+        backend
+            .internal(reqwest::Method::GET, "/internal/dependencies")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ready = body(
+        backend
+            .http
+            .get(backend.url("/ready"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let on_public = backend
+        .http
+        .get(backend.url("/internal/diagnostics"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(diagnostics.1["service"], "finance");
+    assert_eq!(
+        diagnostics.1["kids"],
+        json!([backend.auth.keys().active().kid])
+    );
+    assert_eq!(
+        diagnostics.1["routes"]["POST /v1/invoices"],
+        "finance.invoices.write"
+    );
+    assert_eq!(dependencies.1["database"]["status"], "ok");
+    assert_eq!(ready.1["checks"], json!({"database": "ok", "jwks": "ok"}));
+    assert_eq!(on_public.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn basic_reports_an_unreachable_redis_but_stays_ready() {
+    let mut redis = Redis::start().await.unwrap();
+    let settings = [("REDIS_URL", redis.url())];
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let backend = Backend::start(Module::Basic, &mongo_url("basic").await, &settings).await;
+    let dependencies = || async {
+        body(
+            backend
+                .internal(reqwest::Method::GET, "/internal/dependencies")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+        .1
+    };
+    assert_eq!(
+        dependencies().await["redis"],
+        json!({"required": false, "status": "ok"})
+    );
+
+    redis.stop();
+    let report = dependencies().await;
+    let ready = backend
+        .http
+        .get(backend.url("/ready"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(report["redis"]["required"], false);
+    assert_ne!(report["redis"]["status"], "ok");
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_backend_without_its_database_starts_but_is_not_ready() {
+    // A "database" that hangs up on every connection.
+    let hang_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hang_up.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = hang_up.accept().await {
+            drop(connection);
+        }
+    });
+    let url = format!("postgres://kisum@127.0.0.1:{port}/finance_db?sslmode=disable");
+    let auth = AuthStandIn::start("finance").await;
+    let config = Config::from_vars(&base_vars(Module::Finance, &auth, &url)).unwrap();
+    let app = kisum_module::app(config).await.unwrap();
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let listeners = Listeners::bind(loopback, loopback).await.unwrap();
+    let (public, _) = listeners.addresses().unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(kisum_common::serve::serve(
+        listeners,
+        app.public,
+        app.internal,
+        app.metrics,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let ready = body(
+        reqwest::get(format!("http://{public}/ready"))
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(ready.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.1["checks"]["jwks"], "ok");
+    assert_ne!(ready.1["checks"]["database"], "ok");
+}
