@@ -107,7 +107,7 @@ fn readiness(pool: PgPool) -> Readiness {
                 migrations::schema_state(&pool)
                     .await
                     .map_err(|error| format!("cannot read the migrations: {error}"))?
-                    .require_current()
+                    .require_current(migrations::MIGRATE_COMMAND)
             }
         })
 }
@@ -145,7 +145,7 @@ pub async fn require_current_schema(pool: &PgPool) -> anyhow::Result<()> {
     migrations::schema_state(pool)
         .await
         .context("cannot reach platform_admin_db to check its migrations")?
-        .require_current()
+        .require_current(migrations::MIGRATE_COMMAND)
         .map_err(|reason| anyhow::anyhow!("refusing to start: {reason}"))
 }
 

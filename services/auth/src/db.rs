@@ -26,28 +26,14 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// The embedded migrations auth_db has not applied (or applied with other
-/// content), by version and description.
+/// content), by version.
 pub async fn pending_migrations(pool: &PgPool) -> anyhow::Result<Vec<String>> {
-    let table: Option<String> = sqlx::query_scalar("select to_regclass('_sqlx_migrations')::text")
-        .fetch_one(pool)
-        .await?;
-    let applied: Vec<(i64, Vec<u8>)> = if table.is_some() {
-        sqlx::query_as("select version, checksum from _sqlx_migrations where success")
-            .fetch_all(pool)
-            .await?
-    } else {
-        Vec::new()
-    };
-    Ok(MIGRATOR
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration())
-        .filter(|m| {
-            !applied
-                .iter()
-                .any(|(version, checksum)| *version == m.version && **checksum == *m.checksum)
-        })
-        .map(|m| format!("{} {}", m.version, m.description))
-        .collect())
+    use kisum_common::schema::{self, SchemaState};
+    Ok(match schema::state(pool, &MIGRATOR).await? {
+        SchemaState::Current => Vec::new(),
+        SchemaState::Pending(versions) => versions.iter().map(i64::to_string).collect(),
+        SchemaState::Diverged(version) => vec![format!("{version} (changed after it was applied)")],
+    })
 }
 
 /// `serve` refuses to start unless every migration is applied.

@@ -24,7 +24,6 @@ pub mod state;
 pub mod tokens;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,9 +191,8 @@ fn diagnostics(state: &AppState) -> Diagnostics {
 }
 
 impl App {
-    /// Serves both routers until `shutdown` resolves, then drains. Like
-    /// `kisum_common::serve::serve`, with the peer address of each
-    /// connection available to the handlers (the login rate limit needs it).
+    /// Serves both routers until `shutdown` resolves, then drains and stops
+    /// the background tasks (key-set polling).
     pub async fn serve(
         self,
         listeners: Listeners,
@@ -206,29 +204,10 @@ impl App {
             metrics,
             background,
         } = self;
-        let tracked = |router: Router| {
-            router
-                .layer(middleware::from_fn_with_state(
-                    metrics.clone(),
-                    telemetry::track,
-                ))
-                .into_make_service_with_connect_info::<SocketAddr>()
-        };
-        let (stop, _) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let public = axum::serve(listeners.public, tracked(public))
-            .with_graceful_shutdown(stopped(stop.subscribe()));
-        let internal = axum::serve(listeners.internal, tracked(internal))
-            .with_graceful_shutdown(stopped(stop.subscribe()));
-        let trigger = async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        };
-        let (a, b, ()) = tokio::join!(public.into_future(), internal.into_future(), trigger);
+        let served =
+            kisum_common::serve::serve(listeners, public, internal, metrics, shutdown).await;
         drop(background);
-        a.and(b)
+        served
     }
 }
 

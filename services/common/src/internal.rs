@@ -15,6 +15,9 @@ use subtle::ConstantTimeEq as _;
 use crate::config::{ConfigError, Vars};
 
 pub const CALLER_HEADER: &str = "x-kisum-caller";
+/// The `error` code of the 401 an internal route answers without a valid
+/// credential, so a caller can tell it from its own 401s.
+pub const CREDENTIAL_REQUIRED: &str = "internal_credential_required";
 pub const CREDENTIAL_HEADER: &str = "x-kisum-credential";
 
 /// Who may call this service's internal routes, and with what.
@@ -85,7 +88,11 @@ pub async fn require(
                 .unwrap_or("-")
                 .to_string();
             tracing::warn!(caller = %caller, path = %request.uri().path(), "internal call rejected");
-            (StatusCode::UNAUTHORIZED, "internal credential required").into_response()
+            let body = serde_json::json!({
+                "error": CREDENTIAL_REQUIRED,
+                "message": "internal credential required",
+            });
+            (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
         }
     }
 }

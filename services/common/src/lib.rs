@@ -3,10 +3,12 @@
 //! verification, the JWKS cache of the backends, internal service
 //! credentials, logging and metrics, and the two-port server.
 
+pub mod command;
 pub mod config;
 pub mod internal;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod schema;
 pub mod serve;
 pub mod telemetry;

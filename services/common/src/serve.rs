@@ -171,11 +171,14 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Handlers may read the peer address (`ConnectInfo<SocketAddr>`).
     let tracked = |router: Router| {
-        router.layer(middleware::from_fn_with_state(
-            metrics.clone(),
-            telemetry::track,
-        ))
+        router
+            .layer(middleware::from_fn_with_state(
+                metrics.clone(),
+                telemetry::track,
+            ))
+            .into_make_service_with_connect_info::<SocketAddr>()
     };
     let (stop_public, stop_internal) = {
         let (tx, rx) = tokio::sync::watch::channel(false);

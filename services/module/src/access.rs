@@ -25,9 +25,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Past this many cached contexts, expired ones are dropped, then all.
 const MAX_CACHED: usize = 10_000;
-/// What `kisum_common::internal::require` answers when Auth refuses this
-/// module's own credential (a 401 like a revoked session, but a fault here).
-const CREDENTIAL_REFUSED: &str = "internal credential required";
 
 /// The part of Auth's access context the module backends use; the other
 /// fields (membership, core_app, versions) are ignored.
@@ -174,8 +171,10 @@ impl AccessClient {
 /// Auth's 401 means a revoked session, unless it is the credential check
 /// in front of Auth's internal routes refusing this module.
 async fn unauthorized(response: reqwest::Response) -> AccessError {
-    let body = response.text().await.unwrap_or_default();
-    if body.trim() == CREDENTIAL_REFUSED {
+    // Auth refusing this module's own credential is a 401 like a revoked
+    // session, but a fault here: the error code tells them apart.
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if body["error"] == kisum_common::internal::CREDENTIAL_REQUIRED {
         AccessError::CredentialRefused
     } else {
         AccessError::SessionRevoked

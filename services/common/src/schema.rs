@@ -1,0 +1,74 @@
+//! Whether a PostgreSQL database has every migration a binary embeds.
+//! A service refuses to serve, and reports not ready, while the schema is
+//! behind it or differs from it (an edited or half-applied migration).
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaState {
+    Current,
+    /// Versions the binary embeds that the database has not applied.
+    Pending(Vec<i64>),
+    /// An applied migration whose text differs from the binary's, or one
+    /// that failed half-way.
+    Diverged(i64),
+}
+
+impl SchemaState {
+    /// `Err` with a message for operators unless the schema is current;
+    /// `binary` names the command that migrates (`kisum-core`).
+    pub fn require_current(&self, binary: &str) -> Result<(), String> {
+        match self {
+            SchemaState::Current => Ok(()),
+            SchemaState::Pending(versions) => Err(format!(
+                "{} pending migration(s) {versions:?}; run `{binary} migrate` first",
+                versions.len()
+            )),
+            SchemaState::Diverged(version) => Err(format!(
+                "migration {version} was changed after it was applied, or failed"
+            )),
+        }
+    }
+}
+
+/// Compares the applied migrations with `migrator`'s, without writing.
+pub async fn state(pool: &PgPool, migrator: &Migrator) -> Result<SchemaState, sqlx::Error> {
+    let applied = applied(pool).await?;
+    let embedded = migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration());
+    for migration in embedded.clone() {
+        let found = applied
+            .iter()
+            .find(|(version, ..)| *version == migration.version);
+        match found {
+            Some((_, checksum, success)) if *success && *checksum == *migration.checksum => {}
+            Some((version, ..)) => return Ok(SchemaState::Diverged(*version)),
+            None => {}
+        }
+    }
+    let pending: Vec<i64> = embedded
+        .map(|migration| migration.version)
+        .filter(|version| !applied.iter().any(|(done, ..)| done == version))
+        .collect();
+    Ok(if pending.is_empty() {
+        SchemaState::Current
+    } else {
+        SchemaState::Pending(pending)
+    })
+}
+
+/// (version, checksum, success) of every applied migration; none when the
+/// bookkeeping table does not exist yet.
+async fn applied(pool: &PgPool) -> Result<Vec<(i64, Vec<u8>, bool)>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+        .fetch_all(pool)
+        .await
+}
