@@ -149,6 +149,9 @@ pub enum Exposure {
     Internal,
 }
 
+/// How a service depends on Redis: `required` services are not ready
+/// without it; `optional` ones use it when reachable and answer correctly
+/// (slower) when it is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RedisUse {

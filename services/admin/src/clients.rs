@@ -262,6 +262,15 @@ impl AuthClient {
                 .map_err(|error| {
                     AdminError::AuthUnavailable(format!("unreadable answer: {error}"))
                 }),
+            // Auth refusing Admin's own credential is a fault here, not the
+            // user's session: the error code tells the two apart.
+            StatusCode::UNAUTHORIZED
+                if answer["error"] == kisum_common::internal::CREDENTIAL_REQUIRED =>
+            {
+                Err(AdminError::AuthUnavailable(
+                    "Auth refused Admin's internal credential".to_string(),
+                ))
+            }
             StatusCode::UNAUTHORIZED => Ok(None),
             other => Err(AdminError::AuthUnavailable(format!(
                 "platform-access answered {other}"

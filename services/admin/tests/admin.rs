@@ -1,209 +1,150 @@
-//! Platform Admin over HTTP, with its own real PostgreSQL database, a REAL
-//! Platform Core (kisum-core on its own database) and, for Auth, the
-//! in-test `auth_stand_in` below.
+//! Platform Admin over HTTP, with its own real PostgreSQL database and the
+//! REAL Platform Core and Auth (`kisum-core`, `kisum-auth`, in-process; see
+//! the shared harness in `services/module/tests/platform/`). Users and
+//! their platform roles live in auth_db, tokens come from Auth's login,
+//! invalidations reach Auth. The one fake is [`InvalidationFaultProxy`], a
+//! fault-injecting proxy in front of the real Auth.
+//! `smoke_paths_of_the_platform` runs the platform's smoke checks against
+//! Core, Auth, Admin and a module backend together.
 
-use std::collections::{BTreeMap, BTreeSet};
+#[path = "../../module/tests/platform/mod.rs"]
+mod platform;
+
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router, middleware};
 use kisum_admin::rbac::Permission;
 use kisum_admin::routes::ROUTES;
 use kisum_common::config::Vars;
-use kisum_common::internal::{self, Allowlist, Credential};
 use kisum_common::jwt::TokenPolicy;
 use kisum_common::keys::KeySet;
-use kisum_common::serve::Listeners;
-use kisum_testkit::Postgres;
-use reqwest::Method;
+use platform::{
+    ADMIN_SECRET, AUDIENCE, ISSUER, Platform, database, eventually, loopback, loopback_listeners,
+    module_credential, now, serve_until_dropped,
+};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::sync::{OnceCell, oneshot};
 use uuid::Uuid;
 
-const ADMIN_SECRET: &str = "admin-credential-for-tests";
-const AUTH_SECRET: &str = "auth-credential-for-tests";
-const ISSUER: &str = "https://auth.kisum.test";
-const AUDIENCE: &str = "kisum-api";
+const INVOICE_READ: &str = "finance.invoices.read";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+/// A fault-injecting reverse proxy on loopback in front of the real Auth's
+/// internal port. Every request goes through to Auth unchanged, except
+/// that while [`refuse_invalidations`](Self::refuse_invalidations) is on
+/// it answers `POST /internal/invalidate` with a 503 itself: Auth never
+/// sees that call.
+struct InvalidationFaultProxy {
+    address: SocketAddr,
+    refusing: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+    _stop: oneshot::Sender<()>,
 }
 
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    refusing: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
 }
 
-async fn database(prefix: &str) -> String {
-    Postgres::shared()
-        .create_unique_database(prefix)
-        .await
-        .expect("a test database")
-}
-
-/// Runs a service until the sender is dropped or fired.
-fn spawn_until_stopped<F>(serve: F) -> tokio::sync::oneshot::Sender<()>
-where
-    F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> tokio::task::JoinHandle<()>,
-{
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    serve(Box::pin(async {
-        let _ = stopped.await;
-    }));
-    stop
-}
-
-/// A stand-in for Auth, limited to what Admin calls: the two internal
-/// routes of the contract in docs/services.md (`POST
-/// /internal/platform-access`, `POST /internal/invalidate`, behind the
-/// internal credential check) and the public JWKS the tokens verify
-/// against. It will be replaced by the real Auth (services/auth) when that
-/// lands; everything else in these tests is real.
-mod auth_stand_in {
-    use super::*;
-
-    #[derive(Clone, Default)]
-    pub struct Shared {
-        /// user id -> platform roles
-        pub roles: Arc<Mutex<BTreeMap<String, Vec<String>>>>,
-        pub revoked_sessions: Arc<Mutex<BTreeSet<String>>>,
-        /// The bodies of the invalidations received, in order.
-        pub invalidations: Arc<Mutex<Vec<Value>>>,
-        /// The x-request-id of every internal call received.
-        pub request_ids: Arc<Mutex<Vec<String>>>,
-        pub fail_invalidations: Arc<AtomicBool>,
-        pub jwks: Arc<Value>,
-    }
-
-    pub struct AuthStandIn {
-        pub address: SocketAddr,
-        pub keys: Arc<KeySet>,
-        pub shared: Shared,
-        _stop: tokio::sync::oneshot::Sender<()>,
-    }
-
-    impl AuthStandIn {
-        pub async fn start() -> AuthStandIn {
-            let keys = Arc::new(KeySet::generate(now()).unwrap());
-            let shared = Shared {
-                jwks: Arc::new(serde_json::to_value(keys.jwks().unwrap()).unwrap()),
-                ..Shared::default()
-            };
-            let allowlist =
-                Allowlist::from_pairs([("platform-admin".to_string(), ADMIN_SECRET.to_string())]);
-            let internal = Router::new()
-                .route("/internal/platform-access", post(platform_access))
-                .route("/internal/invalidate", post(invalidate))
-                .layer(middleware::from_fn_with_state(allowlist, internal::require));
-            let router = Router::new()
-                .route("/.well-known/jwks.json", get(jwks))
-                .merge(internal)
-                .with_state(shared.clone());
-            let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
-            let address = listener.local_addr().unwrap();
-            let stop = spawn_until_stopped(|stopped| {
-                tokio::spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(stopped)
-                        .await
-                        .unwrap();
-                })
-            });
-            AuthStandIn {
-                address,
-                keys,
-                shared,
-                _stop: stop,
-            }
-        }
-
-        pub fn grant(&self, user: &str, roles: &[&str]) {
-            let roles = roles.iter().map(|r| r.to_string()).collect();
-            self.shared
-                .roles
-                .lock()
-                .unwrap()
-                .insert(user.to_string(), roles);
-        }
-
-        pub fn revoke(&self, session: &str) {
-            self.shared
-                .revoked_sessions
-                .lock()
-                .unwrap()
-                .insert(session.to_string());
-        }
-
-        pub fn invalidations(&self) -> Vec<Value> {
-            self.shared.invalidations.lock().unwrap().clone()
-        }
-    }
-
-    fn remember_request_id(shared: &Shared, headers: &HeaderMap) {
-        if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-            shared.request_ids.lock().unwrap().push(id.to_string());
-        }
-    }
-
-    async fn jwks(State(shared): State<Shared>) -> Json<Value> {
-        Json((*shared.jwks).clone())
-    }
-
-    /// `{user, session}` -> `{platform_roles}`; 401 for a revoked session.
-    async fn platform_access(
-        State(shared): State<Shared>,
-        headers: HeaderMap,
-        Json(body): Json<Value>,
-    ) -> Response {
-        remember_request_id(&shared, &headers);
-        let (user, session) = (body["user"].as_str(), body["session"].as_str());
-        let (Some(user), Some(session)) = (user, session) else {
-            return StatusCode::BAD_REQUEST.into_response();
+impl InvalidationFaultProxy {
+    async fn start(upstream: &str) -> InvalidationFaultProxy {
+        let state = ProxyState {
+            upstream: upstream.to_string(),
+            http: reqwest::Client::new(),
+            refusing: Arc::default(),
+            refused: Arc::default(),
         };
-        if shared.revoked_sessions.lock().unwrap().contains(session) {
-            return StatusCode::UNAUTHORIZED.into_response();
+        let (refusing, refused) = (state.refusing.clone(), state.refused.clone());
+        let router = Router::new().fallback(forward).with_state(state);
+        let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = serve_until_dropped(|shutdown| async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .unwrap();
+        });
+        InvalidationFaultProxy {
+            address,
+            refusing,
+            refused,
+            _stop: stop,
         }
-        let roles = shared
-            .roles
-            .lock()
-            .unwrap()
-            .get(user)
-            .cloned()
-            .unwrap_or_default();
-        Json(json!({ "user": user, "session": session, "platform_roles": roles })).into_response()
     }
 
-    /// `{company}` or `{user}`; answers 503 while failures are switched on.
-    async fn invalidate(
-        State(shared): State<Shared>,
-        headers: HeaderMap,
-        Json(body): Json<Value>,
-    ) -> Response {
-        remember_request_id(&shared, &headers);
-        if shared.fail_invalidations.load(Ordering::SeqCst) {
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
-        }
-        shared.invalidations.lock().unwrap().push(body.clone());
-        Json(body).into_response()
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn refuse_invalidations(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
+    }
+
+    /// How many invalidations it answered itself.
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 }
 
-use auth_stand_in::AuthStandIn;
+async fn forward(State(proxy): State<ProxyState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if proxy.refusing.load(Ordering::SeqCst)
+        && parts.method == Method::POST
+        && parts.uri.path() == "/internal/invalidate"
+    {
+        proxy.refused.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fault injected by the test proxy",
+        )
+            .into_response();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = parts.headers;
+    headers.remove(header::HOST);
+    let answer = proxy
+        .http
+        .request(parts.method, format!("{}{path}", proxy.upstream))
+        .headers(headers)
+        .body(bytes)
+        .send()
+        .await;
+    let Ok(answer) = answer else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let mut headers = answer.headers().clone();
+    for hop in [header::TRANSFER_ENCODING, header::CONNECTION] {
+        headers.remove(hop);
+    }
+    match answer.bytes().await {
+        Ok(bytes) => (status, headers, bytes).into_response(),
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
 
-/// Admin, a real Core and the Auth stand-in, each on loopback ports.
+/// Admin on its own database, with the real Core and Auth of `platform`.
 struct Stack {
+    platform: Platform,
     admin: SocketAddr,
-    core: SocketAddr,
-    auth: AuthStandIn,
     admin_pool: sqlx::PgPool,
     http: reqwest::Client,
-    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// A `support` user for reading the audit log.
+    reader: OnceCell<User>,
+    _stop: oneshot::Sender<()>,
 }
 
 /// A signed-in admin-frontend user.
@@ -214,42 +155,19 @@ struct User {
     token: String,
 }
 
-async fn start_core(prefix: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let url = database(&format!("{prefix}_core")).await;
-    let vars = Vars::from_pairs([
-        ("SERVICE_NAME", "platform-core"),
-        ("KISUM_ENVIRONMENT", "test"),
-        ("HTTP_PORT", "0"),
-        ("INTERNAL_PORT", "0"),
-        ("CORE_DB_URL", url.as_str()),
-        ("INTERNAL_ALLOWED_CALLERS", "auth,platform-admin"),
-        ("INTERNAL_CALLER_AUTH", AUTH_SECRET),
-        ("INTERNAL_CALLER_PLATFORM_ADMIN", ADMIN_SECRET),
-    ]);
-    let config = kisum_core::Config::from_vars(&vars).unwrap();
-    kisum_core::migrate(&config).await.unwrap();
-    let listeners = Listeners::bind(loopback(), loopback()).await.unwrap();
-    let (_, internal) = listeners.addresses().unwrap();
-    let stop = spawn_until_stopped(|stopped| {
-        tokio::spawn(async move { kisum_core::run(config, listeners, stopped).await.unwrap() })
-    });
-    (internal, stop)
-}
-
-fn admin_vars(database_url: &str, auth: SocketAddr, core: SocketAddr) -> Vars {
-    let auth_url = format!("http://{auth}");
+fn admin_vars(database_url: &str, auth: &str, auth_internal: &str, core: &str) -> Vars {
     Vars::from_pairs([
         ("SERVICE_NAME", "platform-admin".to_string()),
         ("KISUM_ENVIRONMENT", "test".into()),
         ("HTTP_PORT", "0".into()),
         ("INTERNAL_PORT", "0".into()),
         ("ADMIN_DB_URL", database_url.into()),
-        ("AUTH_URL", auth_url.clone()),
-        ("AUTH_INTERNAL_URL", auth_url.clone()),
-        ("CORE_INTERNAL_URL", format!("http://{core}")),
+        ("AUTH_URL", auth.into()),
+        ("AUTH_INTERNAL_URL", auth_internal.into()),
+        ("CORE_INTERNAL_URL", core.into()),
         ("JWT_ISSUER", ISSUER.into()),
         ("JWT_AUDIENCE", AUDIENCE.into()),
-        ("JWKS_URL", format!("{auth_url}/.well-known/jwks.json")),
+        ("JWKS_URL", format!("{auth}/.well-known/jwks.json")),
         ("INTERNAL_CREDENTIAL", ADMIN_SECRET.into()),
         (
             "INTERNAL_CALLER_KISUMCTL",
@@ -260,53 +178,46 @@ fn admin_vars(database_url: &str, auth: SocketAddr, core: SocketAddr) -> Vars {
 
 impl Stack {
     async fn start(prefix: &str) -> Stack {
-        let auth = AuthStandIn::start().await;
-        let (core, stop_core) = start_core(prefix).await;
-        Stack::with(prefix, auth, core, vec![stop_core]).await
+        let platform = Platform::start().await;
+        let (auth_internal, core) = (platform.auth_internal_url(), platform.core_url());
+        Stack::with(prefix, platform, &auth_internal, &core).await
     }
 
-    async fn with(
-        prefix: &str,
-        auth: AuthStandIn,
-        core: SocketAddr,
-        mut stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    ) -> Stack {
+    /// Admin calling Auth's internal routes at `auth_internal` and Core at
+    /// `core` (the platform's own, or something in front of them).
+    async fn with(prefix: &str, platform: Platform, auth_internal: &str, core: &str) -> Stack {
         let url = database(&format!("{prefix}_admin")).await;
-        let config = kisum_admin::Config::from_vars(&admin_vars(&url, auth.address, core)).unwrap();
+        let vars = admin_vars(&url, &platform.auth_url(), auth_internal, core);
+        let config = kisum_admin::Config::from_vars(&vars).unwrap();
         kisum_admin::migrate(&config).await.unwrap();
         let admin_pool = kisum_admin::pool(&config).unwrap();
-        let listeners = Listeners::bind(loopback(), loopback()).await.unwrap();
+        let listeners = loopback_listeners().await;
         let (admin, _) = listeners.addresses().unwrap();
-        stops.push(spawn_until_stopped(|stopped| {
-            tokio::spawn(async move { kisum_admin::run(config, listeners, stopped).await.unwrap() })
-        }));
+        let stop = serve_until_dropped(|shutdown| async move {
+            kisum_admin::run(config, listeners, shutdown).await.unwrap();
+        });
         Stack {
+            platform,
             admin,
-            core,
-            auth,
             admin_pool,
             http: reqwest::Client::new(),
-            _stops: stops,
+            reader: OnceCell::new(),
+            _stop: stop,
         }
     }
 
-    fn policy(&self) -> TokenPolicy {
-        TokenPolicy {
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-            leeway_seconds: 0,
+    /// A new user in auth_db with `platform_roles`, signed in.
+    async fn user(&self, platform_roles: &[&str]) -> User {
+        let user = self.platform.user().await;
+        for role in platform_roles {
+            self.platform.grant_platform_role(user.id, role).await;
         }
-    }
-
-    /// A user with `roles` and a token for a fresh session.
-    fn user(&self, roles: &[&str]) -> User {
-        let (id, session) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
-        self.auth.grant(&id, roles);
-        let token = self
-            .policy()
-            .sign(&self.auth.keys, &id, &session, now(), 900)
-            .unwrap();
-        User { id, session, token }
+        let session = self.platform.login(&user.email).await;
+        User {
+            id: session.user,
+            session: session.session,
+            token: session.access_token,
+        }
     }
 
     async fn call(
@@ -326,13 +237,7 @@ impl Stack {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
-        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        platform::body(request.send().await.unwrap()).await
     }
 
     async fn as_user(
@@ -347,28 +252,19 @@ impl Stack {
 
     /// Core's own view, asked directly with Auth's credential.
     async fn core_get(&self, path: &str) -> Value {
-        let mut headers = reqwest::header::HeaderMap::new();
-        Credential::new("auth", AUTH_SECRET).apply(&mut headers);
-        let response = self
-            .http
-            .get(format!("http://{}{path}", self.core))
-            .headers(headers)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
+        self.platform.core_get(path).await
+    }
+
+    /// How many invalidations Auth has received.
+    async fn invalidations(&self) -> u64 {
+        self.platform.auth_requests("/internal/invalidate").await
     }
 
     async fn audit(&self, target: &str) -> Vec<Value> {
-        let reader = self.user(&["support"]);
+        let reader = self.reader.get_or_init(|| self.user(&["support"])).await;
         let (status, body) = self
             .as_user(
-                &reader,
+                reader,
                 Method::GET,
                 &format!("/admin/audit?target={target}"),
                 None,
@@ -406,12 +302,23 @@ fn concrete(method: &str, route: &str, company: Uuid) -> (Method, String, Option
 async fn every_route_needs_a_valid_token_a_live_session_and_a_platform_role() {
     let stack = Stack::start("admin_rbac").await;
     let company = Uuid::new_v4();
-    let admin = stack.user(&["platform-admin"]);
-    let support = stack.user(&["support"]);
-    let nobody = stack.user(&["finance-manager"]);
-    let revoked = stack.user(&["platform-admin"]);
-    stack.auth.revoke(&revoked.session);
-    let policy = stack.policy();
+    let admin = stack.user(&["platform-admin"]).await;
+    let support = stack.user(&["support"]).await;
+    // A company role, but no platform role.
+    let nobody = stack.user(&[]).await;
+    let acme = stack.platform.company("acme").await;
+    let finance_manager = stack.platform.role(&[INVOICE_READ]).await;
+    let nobody_id = Uuid::parse_str(&nobody.id).unwrap();
+    stack
+        .platform
+        .membership(nobody_id, acme.id, &finance_manager, &["finance"])
+        .await;
+    // Signed out: Auth holds the session revoked.
+    let revoked = stack.user(&["platform-admin"]).await;
+    stack.platform.logout(&revoked.token).await;
+    // Tokens signed with Auth's own key that are still wrong.
+    let keys = stack.platform.keys();
+    let policy = platform::policy();
     let stranger_keys = KeySet::generate(now()).unwrap();
     let forged = policy
         .sign(&stranger_keys, &admin.id, &admin.session, now(), 900)
@@ -420,22 +327,16 @@ async fn every_route_needs_a_valid_token_a_live_session_and_a_platform_role() {
         issuer: "https://evil.test".into(),
         ..policy.clone()
     }
-    .sign(&stack.auth.keys, &admin.id, &admin.session, now(), 900)
+    .sign(&keys, &admin.id, &admin.session, now(), 900)
     .unwrap();
     let wrong_audience = TokenPolicy {
         audience: "other-api".into(),
         ..policy.clone()
     }
-    .sign(&stack.auth.keys, &admin.id, &admin.session, now(), 900)
+    .sign(&keys, &admin.id, &admin.session, now(), 900)
     .unwrap();
     let expired = policy
-        .sign(
-            &stack.auth.keys,
-            &admin.id,
-            &admin.session,
-            now() - 3600,
-            900,
-        )
+        .sign(&keys, &admin.id, &admin.session, now() - 3600, 900)
         .unwrap();
 
     for (method, route, permission) in ROUTES {
@@ -489,8 +390,9 @@ async fn every_route_needs_a_valid_token_a_live_session_and_a_platform_role() {
 #[tokio::test]
 async fn a_subscription_change_goes_through_core_then_auth_then_the_audit() {
     let stack = Stack::start("admin_subscription").await;
-    let admin = stack.user(&["platform-admin"]);
-    let company = Uuid::new_v4();
+    let admin = stack.user(&["platform-admin"]).await;
+    let company = stack.platform.company("subscriber").await.id;
+    let access_version = stack.platform.company_access_version(company).await;
     let path = format!("/admin/companies/{company}/subscription");
     let request_id = format!("req-{}", Uuid::new_v4());
     let response = stack
@@ -523,17 +425,18 @@ async fn a_subscription_change_goes_through_core_then_auth_then_the_audit() {
     );
     assert_eq!(row["request_id"], request_id.as_str());
 
-    // Auth was told before Admin answered.
-    assert_eq!(stack.auth.invalidations(), [json!({ "company": company })]);
-    assert!(
-        stack
-            .auth
-            .shared
-            .request_ids
-            .lock()
-            .unwrap()
-            .contains(&request_id)
+    // Auth was told before Admin answered: it bumped the company's access
+    // version, and logged both calls under the request's id.
+    assert_eq!(stack.invalidations().await, 1);
+    assert_eq!(
+        stack.platform.company_access_version(company).await,
+        access_version + 1
     );
+    for route in ["/internal/platform-access", "/internal/invalidate"] {
+        let logged = platform::auth_request_log(route, &request_id)
+            .unwrap_or_else(|| panic!("Auth logged no {route} call for {request_id}"));
+        assert_eq!(logged["status"], 200, "{logged}");
+    }
 
     // Admin's read goes through Core too.
     let (status, read) = stack
@@ -560,8 +463,16 @@ async fn a_subscription_change_goes_through_core_then_auth_then_the_audit() {
 #[tokio::test]
 async fn add_on_and_catalog_changes_invalidate_every_affected_company() {
     let stack = Stack::start("admin_catalog").await;
-    let admin = stack.user(&["platform-admin"]);
-    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let admin = stack.user(&["platform-admin"]).await;
+    let p = &stack.platform;
+    let (first, second) = (p.company("first").await.id, p.company("second").await.id);
+    // A member of the second company, with grants for every module of the
+    // package as it will become.
+    let role = p.role(&["basic.contacts.read", "venue.venues.read"]).await;
+    let member = p.user().await;
+    p.membership(member.id, second, &role, &["basic", "touring", "venue"])
+        .await;
+    let member = p.login(&member.email).await;
 
     let (status, change) = stack
         .as_user(
@@ -603,7 +514,18 @@ async fn add_on_and_catalog_changes_invalidate_every_affected_company() {
             .await;
         assert_eq!(status, StatusCode::OK);
     }
-    let before_update = stack.auth.invalidations().len();
+    // Auth has computed (and cached) the member's access before the change.
+    let (status, access) = p.me_access(&member.access_token, &second.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{access}");
+    assert_eq!(
+        access["modules"],
+        json!({ "basic": ["basic.contacts.read"], "touring": [] })
+    );
+    let invalidations = stack.invalidations().await;
+    let versions = [
+        p.company_access_version(first).await,
+        p.company_access_version(second).await,
+    ];
     let update = json!({ "key": "tour-pack", "name": "Tour pack", "modules": ["basic", "touring", "venue"] });
     let (status, updated) = stack
         .as_user(
@@ -624,11 +546,20 @@ async fn add_on_and_catalog_changes_invalidate_every_affected_company() {
         bumped,
         BTreeSet::from([first.to_string(), second.to_string()])
     );
-    let told: BTreeSet<String> = stack.auth.invalidations()[before_update..]
-        .iter()
-        .map(|i| i["company"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(told, bumped);
+    // Auth was told about each of them, once, before Admin answered.
+    assert_eq!(stack.invalidations().await, invalidations + 2);
+    assert_eq!(
+        [
+            p.company_access_version(first).await,
+            p.company_access_version(second).await,
+        ],
+        versions.map(|version| version + 1)
+    );
+    let (_, access) = p.me_access(&member.access_token, &second.to_string()).await;
+    assert_eq!(
+        access["modules"],
+        json!({ "basic": ["basic.contacts.read"], "touring": [], "venue": ["venue.venues.read"] })
+    );
     let modules = stack
         .core_get(&format!("/v1/companies/{second}/entitlements"))
         .await["modules"]
@@ -656,14 +587,15 @@ async fn add_on_and_catalog_changes_invalidate_every_affected_company() {
 
 #[tokio::test]
 async fn a_failed_invalidation_is_a_502_and_audited_as_invalidation_failed() {
-    let stack = Stack::start("admin_invalidation").await;
-    let admin = stack.user(&["platform-admin"]);
-    let company = Uuid::new_v4();
-    stack
-        .auth
-        .shared
-        .fail_invalidations
-        .store(true, Ordering::SeqCst);
+    // Admin reaches Auth's internal port through the fault proxy.
+    let platform = Platform::start().await;
+    let proxy = InvalidationFaultProxy::start(&platform.auth_internal_url()).await;
+    let core = platform.core_url();
+    let stack = Stack::with("admin_invalidation", platform, &proxy.url(), &core).await;
+    let admin = stack.user(&["platform-admin"]).await;
+    let company = stack.platform.company("unlucky").await.id;
+    let access_version = stack.platform.company_access_version(company).await;
+    proxy.refuse_invalidations(true);
     let (status, answer) = stack
         .as_user(
             &admin,
@@ -690,13 +622,15 @@ async fn a_failed_invalidation_is_a_502_and_audited_as_invalidation_failed() {
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0]["outcome"], "invalidation-failed");
     assert_eq!(audit[0]["after"], entitlements);
+    assert_eq!(proxy.refused(), 1);
+    assert_eq!(stack.invalidations().await, 0);
+    assert_eq!(
+        stack.platform.company_access_version(company).await,
+        access_version
+    );
 
     // Once Auth answers again, a retry settles it.
-    stack
-        .auth
-        .shared
-        .fail_invalidations
-        .store(false, Ordering::SeqCst);
+    proxy.refuse_invalidations(false);
     let (status, _) = stack
         .as_user(
             &admin,
@@ -706,13 +640,18 @@ async fn a_failed_invalidation_is_a_502_and_audited_as_invalidation_failed() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(stack.auth.invalidations(), [json!({ "company": company })]);
+    assert_eq!(stack.invalidations().await, 1);
+    assert_eq!(
+        stack.platform.company_access_version(company).await,
+        access_version + 1
+    );
+    assert_eq!(proxy.refused(), 1);
 }
 
 #[tokio::test]
 async fn core_refusals_are_passed_on_and_change_nothing() {
     let stack = Stack::start("admin_refusals").await;
-    let admin = stack.user(&["platform-admin"]);
+    let admin = stack.user(&["platform-admin"]).await;
     let company = Uuid::new_v4();
     let cases = [
         (
@@ -775,7 +714,7 @@ async fn core_refusals_are_passed_on_and_change_nothing() {
             "{method} {path}: {answer}"
         );
     }
-    assert!(stack.auth.invalidations().is_empty());
+    assert_eq!(stack.invalidations().await, 0);
     let audit_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
         .fetch_one(&stack.admin_pool)
         .await
@@ -789,15 +728,17 @@ async fn core_refusals_are_passed_on_and_change_nothing() {
 
 #[tokio::test]
 async fn an_unreachable_core_is_a_502() {
-    let auth = AuthStandIn::start().await;
+    let platform = Platform::start().await;
     // A loopback port that nothing listens on any more.
     let closed = tokio::net::TcpListener::bind(loopback())
         .await
         .unwrap()
         .local_addr()
         .unwrap();
-    let stack = Stack::with("admin_no_core", auth, closed, Vec::new()).await;
-    let admin = stack.user(&["platform-admin"]);
+    let auth_internal = platform.auth_internal_url();
+    let closed = format!("http://{closed}");
+    let stack = Stack::with("admin_no_core", platform, &auth_internal, &closed).await;
+    let admin = stack.user(&["platform-admin"]).await;
     let company = Uuid::new_v4();
     let (status, answer) = stack
         .as_user(
@@ -820,13 +761,13 @@ async fn an_unreachable_core_is_a_502() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(stack.auth.invalidations().is_empty());
+    assert_eq!(stack.invalidations().await, 0);
 }
 
 #[tokio::test]
 async fn organizations_are_created_pending_and_decided_once() {
     let stack = Stack::start("admin_organizations").await;
-    let admin = stack.user(&["platform-admin"]);
+    let admin = stack.user(&["platform-admin"]).await;
     let create = |name: &str| {
         let body = json!({ "name": name });
         stack.as_user(&admin, Method::POST, "/admin/organizations", Some(body))
@@ -916,9 +857,12 @@ async fn organizations_are_created_pending_and_decided_once() {
 #[tokio::test]
 async fn migrations_are_idempotent_and_serve_refuses_to_start_while_any_is_pending() {
     let url = database("admin_migrations").await;
-    let unused = loopback();
-    let config = kisum_admin::Config::from_vars(&admin_vars(&url, unused, unused)).unwrap();
-    let listeners = Listeners::bind(loopback(), loopback()).await.unwrap();
+    // Never called: the schema check comes first.
+    let unused = format!("http://{}", loopback());
+    let unused = unused.as_str();
+    let vars = admin_vars(&url, unused, unused, unused);
+    let config = kisum_admin::Config::from_vars(&vars).unwrap();
+    let listeners = loopback_listeners().await;
     let error = kisum_admin::run(config.clone(), listeners, std::future::pending())
         .await
         .unwrap_err()
@@ -969,5 +913,253 @@ async fn migrations_are_idempotent_and_serve_refuses_to_start_while_any_is_pendi
     assert_eq!(
         kisum_admin::migrations::schema_state(&pool).await.unwrap(),
         kisum_admin::migrations::SchemaState::Current
+    );
+}
+
+// ------------------------------------------------------------------ smoke --
+
+/// The module backends' access-context cache in the smoke test
+/// (`ACCESS_CACHE_SECONDS`): how stale a module's view of a revoked
+/// session or a removed module may be.
+const MODULE_ACCESS_CACHE: Duration = Duration::from_secs(1);
+/// Time for the requests themselves on top of that, on a loaded machine;
+/// the sum stays below the default cache time (5 s), so a backend that
+/// ignored `ACCESS_CACHE_SECONDS` would fail.
+const SLACK: Duration = Duration::from_secs(2);
+
+/// The finance backend (`kisum-module`) on its own database, against the
+/// platform's Auth, ready.
+async fn start_finance(platform: &Platform) -> (SocketAddr, oneshot::Sender<()>) {
+    let database_url = database("smoke_finance").await;
+    let cache_seconds = MODULE_ACCESS_CACHE.as_secs().to_string();
+    let vars = Vars::from_pairs([
+        ("MODULE_NAME", "finance".to_string()),
+        ("KISUM_ENVIRONMENT", "test".into()),
+        ("AUTH_JWKS_URL", platform.jwks_url()),
+        ("AUTH_INTERNAL_URL", platform.auth_internal_url()),
+        ("JWT_ISSUER", ISSUER.into()),
+        ("JWT_AUDIENCE", AUDIENCE.into()),
+        ("JWKS_CACHE_SECONDS", "300".into()),
+        ("X_ORG_POLICY", "required".into()),
+        ("ACCESS_CACHE_SECONDS", cache_seconds),
+        ("DATABASE_URL", database_url.clone()),
+        ("INTERNAL_CREDENTIAL", module_credential("finance")),
+    ]);
+    let config = kisum_module::Config::from_vars(&vars).unwrap();
+    kisum_module::migrate(kisum_module::Module::Finance, &database_url)
+        .await
+        .unwrap();
+    let listeners = loopback_listeners().await;
+    let (public, _) = listeners.addresses().unwrap();
+    let stop = serve_until_dropped(|shutdown| async move {
+        kisum_module::run(config, listeners, shutdown)
+            .await
+            .unwrap();
+    });
+    let http = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(20), || async {
+        let ready = http.get(format!("http://{public}/ready")).send().await;
+        ready.is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(ready, "the finance backend never became ready");
+    (public, stop)
+}
+
+/// Section 25.3 of the platform plan, against Platform Core, Auth,
+/// Platform Admin and a module backend (finance) running together.
+#[tokio::test]
+async fn smoke_paths_of_the_platform() {
+    let mut stack = Stack::start("admin_smoke").await;
+    let (finance, _stop_finance) = start_finance(&stack.platform).await;
+    let http = stack.http.clone();
+    let module = |method: Method, token: &str, org: &str| {
+        let request = http
+            .request(method.clone(), format!("http://{finance}/v1/invoices"))
+            .bearer_auth(token)
+            .header("x-org", org);
+        let request = if method == Method::POST {
+            request.json(&json!({"number": "INV-1", "customer": "Ada Music",
+                "amount_cents": 125_000, "currency": "EUR"}))
+        } else {
+            request
+        };
+        async move { platform::body(request.send().await.unwrap()).await }
+    };
+    let p = &stack.platform;
+
+    // The tenant: a company on Basic plus Finance, a member whose role may
+    // read invoices but not write them; and a company, on the same
+    // package, the member does not belong to.
+    let company = p.company("smoke").await;
+    p.subscribe(company.id, "basic-plus-finance", true).await;
+    let role = p.role(&["basic.contacts.read", INVOICE_READ]).await;
+    let member = p.user().await;
+    p.membership(member.id, company.id, &role, &["basic", "finance"])
+        .await;
+    let elsewhere = p.company("elsewhere").await;
+    p.subscribe(elsewhere.id, "basic-plus-finance", true).await;
+    let admin = stack.user(&["platform-admin"]).await;
+    let org = company.id.to_string();
+
+    // Auth health and readiness; the other three are ready too.
+    let (status, health) = p.auth_call(Method::GET, "/health", &[], None).await;
+    assert_eq!((status, &health["status"]), (StatusCode::OK, &json!("ok")));
+    let (status, ready) = p.auth_call(Method::GET, "/ready", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(
+        ready["checks"],
+        json!({ "auth_db": "ok", "redis": "ok", "signing_keys": "ok" })
+    );
+    for service in [p.core_public, stack.admin, finance] {
+        let ready = http
+            .get(format!("http://{service}/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::OK, "{service}");
+    }
+
+    // Login.
+    let (status, tokens) = p
+        .auth_call(
+            Method::POST,
+            "/auth/login",
+            &[],
+            Some(json!({ "email": member.email, "password": platform::PASSWORD })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    let token = tokens["access_token"].as_str().unwrap().to_string();
+
+    // /auth/me.
+    let (status, me) = p.me(&token).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["user"], member.id.to_string());
+    assert_eq!(me["email"], member.email);
+    assert_eq!(me["companies"][0]["company"], org);
+    assert_eq!(me["companies"][0]["slug"], company.slug);
+    assert_eq!(me["companies"].as_array().unwrap().len(), 1);
+
+    // /auth/me/access.
+    let (status, access) = p.me_access(&token, &company.slug).await;
+    assert_eq!(status, StatusCode::OK, "{access}");
+    assert_eq!(access["company"], org);
+    assert_eq!(access["session"], me["session"]);
+    assert_eq!(access["core_app"], true);
+    let entitled = json!({
+        "basic": ["basic.contacts.read"],
+        "finance": [INVOICE_READ],
+    });
+    assert_eq!(access["modules"], entitled);
+
+    // A Core entitlement read, through Admin (Core is internal).
+    let path = format!("/admin/companies/{org}/entitlements");
+    let (status, entitlements) = stack.as_user(&admin, Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{entitlements}");
+    assert_eq!(entitlements["company"], org);
+    assert_eq!(entitlements["core_app"], true);
+    assert_eq!(entitlements["modules"], json!(["basic", "finance"]));
+
+    // A module request allowed by permission, one denied by permission.
+    let (status, listed) = module(Method::GET, &token, &org).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["items"], json!([]));
+    let (status, denied) = module(Method::POST, &token, &org).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{denied}");
+    assert_eq!(denied["message"], "access denied by permission");
+
+    // An x-org for a company the user does not belong to.
+    let (status, denied) = module(Method::GET, &token, &elsewhere.id.to_string()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{denied}");
+    assert_eq!(denied["message"], "no membership in that company");
+
+    // An admin subscription change: once Admin's PUT returns, the very
+    // next /auth/me/access shows it (Auth had the old access cached).
+    let subscription = format!("/admin/companies/{org}/subscription");
+    let inactive = json!({ "package": "basic-plus-finance", "status": "inactive" });
+    let (status, change) = stack
+        .as_user(&admin, Method::PUT, &subscription, Some(inactive))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{change}");
+    assert_eq!(change["after"]["modules"], json!([]));
+    let (status, changed) = p.me_access(&token, &company.slug).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["modules"], json!({}));
+    assert_eq!(changed["core_app"], false);
+    assert!(changed["entitlement_version"].as_i64() > access["entitlement_version"].as_i64());
+    // The module follows within its cache time.
+    let by_module = eventually(MODULE_ACCESS_CACHE + SLACK, || async {
+        let (status, answer) = module(Method::GET, &token, &org).await;
+        status == StatusCode::FORBIDDEN && answer["message"] == "access denied by module"
+    })
+    .await;
+    assert!(by_module, "the module still allows finance");
+    // Restored, the same way.
+    let active = json!({ "package": "basic-plus-finance", "status": "active" });
+    let (status, change) = stack
+        .as_user(&admin, Method::PUT, &subscription, Some(active))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{change}");
+    let (_, restored) = p.me_access(&token, &company.slug).await;
+    assert_eq!(restored["modules"], entitled);
+    assert_eq!(restored["core_app"], true);
+    let allowed_again = eventually(MODULE_ACCESS_CACHE + SLACK, || async {
+        module(Method::GET, &token, &org).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(allowed_again, "the module still refuses finance");
+
+    // A revoked session: Auth refuses it at once, the module within
+    // ACCESS_CACHE_SECONDS. Another session of the user stays valid.
+    let kept = p.login(&member.email).await;
+    assert_eq!(module(Method::GET, &token, &org).await.0, StatusCode::OK);
+    p.logout(&token).await;
+    assert_eq!(p.me(&token).await.0, StatusCode::UNAUTHORIZED);
+    let revoked_at_module = eventually(MODULE_ACCESS_CACHE + SLACK, || async {
+        let (status, answer) = module(Method::GET, &token, &org).await;
+        status == StatusCode::UNAUTHORIZED && answer["message"] == "session revoked or unknown"
+    })
+    .await;
+    assert!(
+        revoked_at_module,
+        "the module still accepts a revoked session"
+    );
+    assert_eq!(
+        module(Method::GET, &kept.access_token, &org).await.0,
+        StatusCode::OK
+    );
+
+    // Redis stopped: Auth falls back to auth_db, the revocation holds.
+    stack.platform.redis.stop();
+    let p = &stack.platform;
+    let (status, ready) = p.auth_call(Method::GET, "/ready", &[], None).await;
+    // Degraded, not out of service: auth_db answers for Redis.
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert!(
+        ready["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("degraded"),
+        "{ready}"
+    );
+    assert_eq!(ready["checks"]["auth_db"], "ok");
+    let (status, refused) = module(Method::GET, &token, &org).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused}");
+    assert_eq!(refused["message"], "session revoked or unknown");
+    // A session the module has never seen is checked by Auth, without
+    // Redis, and admitted.
+    let fresh = p.login(&member.email).await;
+    let (status, listed) = module(Method::GET, &fresh.access_token, &org).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let metrics = p.auth_metrics().await;
+    assert!(
+        metrics.contains(r#"kisum_events_total{event="redis",outcome="unavailable"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"kisum_events_total{event="revoked_session_use",outcome="denied"}"#),
+        "{metrics}"
     );
 }

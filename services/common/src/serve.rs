@@ -23,10 +23,12 @@ use crate::telemetry::{self, Metrics};
 pub type Check =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-/// Named readiness checks: the service is ready when all pass.
+/// Named readiness checks: the service is ready when every required check
+/// passes; a degrading check is reported but does not take it out of
+/// service (a cache whose loss only costs speed).
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Vec<(String, Check)>,
+    checks: Vec<(String, Check, bool)>,
 }
 
 impl Readiness {
@@ -36,20 +38,32 @@ impl Readiness {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         self.checks
-            .push((name.to_string(), Arc::new(move || Box::pin(check()))));
+            .push((name.to_string(), Arc::new(move || Box::pin(check())), true));
+        self
+    }
+
+    /// A check whose failure is reported as `degraded: ...` only.
+    pub fn degrading<F, Fut>(mut self, name: &str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks
+            .push((name.to_string(), Arc::new(move || Box::pin(check())), false));
         self
     }
 
     async fn run(&self) -> (bool, BTreeMap<String, String>) {
         let mut all = true;
         let mut results = BTreeMap::new();
-        for (name, check) in &self.checks {
+        for (name, check, required) in &self.checks {
             let outcome = match check().await {
                 Ok(()) => "ok".to_string(),
-                Err(reason) => {
+                Err(reason) if *required => {
                     all = false;
                     reason
                 }
+                Err(reason) => format!("degraded: {reason}"),
             };
             results.insert(name.clone(), outcome);
         }

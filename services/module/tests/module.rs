@@ -1,298 +1,67 @@
 //! The module backends end to end: the real `kisum_module::run` on
 //! loopback ports, real PostgreSQL and the mongoeco MongoDB emulator from
-//! `kisum-testkit`, and a stand-in for Auth (see [`auth_stand_in`]).
+//! `kisum-testkit`, and the real Auth and Platform Core (`platform/`):
+//! tokens come from Auth's login, keys from Auth's JWKS, access contexts
+//! from Auth's internal route, computed from auth_db (written with
+//! `kisum_auth::directory`) and Core's entitlements.
+
+mod platform;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kisum_common::config::Vars;
+use kisum_common::jwt::TokenPolicy;
 use kisum_common::keys::KeySet;
-use kisum_common::serve::Listeners;
 use kisum_module::{Config, Module};
 use kisum_testkit::{Mongo, Postgres, Redis};
+use platform::{AUDIENCE, ISSUER, KISUMCTL_SECRET, Platform, body, module_credential, now};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, oneshot};
 use uuid::Uuid;
 
-use auth_stand_in::AuthStandIn;
-
-const ISSUER: &str = "https://auth.kisum.test";
-const AUDIENCE: &str = "kisum-api";
-const MODULE_CREDENTIAL: &str = "module-credential-for-tests";
-const KISUMCTL_CREDENTIAL: &str = "kisumctl-credential-for-tests";
-
-/// TEMPORARY: stands in for Auth's `GET /.well-known/jwks.json` and
-/// `POST /internal/access-context` (as docs/services.md describes them)
-/// until `services/auth` serves them; then these tests should start the
-/// real Auth instead. It signs with a real `KeySet` and `TokenPolicy`,
-/// checks the module's internal credential with the shared `Allowlist`
-/// middleware, and counts what it is asked.
-mod auth_stand_in {
-    use std::collections::{BTreeMap, HashMap, HashSet};
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    use axum::extract::State;
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::response::{IntoResponse, Response};
-    use axum::routing::{get, post};
-    use axum::{Json, Router, middleware};
-    use kisum_common::internal::{self, Allowlist};
-    use kisum_common::jwt::TokenPolicy;
-    use kisum_common::keys::{Key, KeySet, KeyState};
-    use serde::Deserialize;
-    use serde_json::json;
-    use tokio::sync::oneshot;
-    use uuid::Uuid;
-
-    /// What a user may do in one company.
-    #[derive(Clone)]
-    pub struct Grant {
-        pub company: Uuid,
-        pub modules: BTreeMap<String, Vec<String>>,
-    }
-
-    #[derive(Default)]
-    struct Calls {
-        jwks: AtomicUsize,
-        access_context: AtomicUsize,
-    }
-
-    struct Directory {
-        keys: Mutex<KeySet>,
-        /// (user, org as sent in x-org) -> grant.
-        grants: Mutex<HashMap<(String, String), Grant>>,
-        revoked: Mutex<HashSet<String>>,
-        /// x-request-id and traceparent of the last access-context call.
-        last_trace: Mutex<Option<(String, String)>>,
-        calls: Calls,
-    }
-
-    pub struct AuthStandIn {
-        pub addr: SocketAddr,
-        directory: Arc<Directory>,
-        _stop: oneshot::Sender<()>,
-    }
-
-    pub fn policy() -> TokenPolicy {
-        TokenPolicy {
-            issuer: super::ISSUER.into(),
-            audience: super::AUDIENCE.into(),
-            leeway_seconds: 0,
-        }
-    }
-
-    pub fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-    }
-
-    impl AuthStandIn {
-        /// Serves on a free port of 127.0.0.1, admitting `module` as caller.
-        pub async fn start(module: &str) -> AuthStandIn {
-            let directory = Arc::new(Directory {
-                keys: Mutex::new(KeySet::generate(now()).unwrap()),
-                grants: Mutex::default(),
-                revoked: Mutex::default(),
-                last_trace: Mutex::default(),
-                calls: Calls::default(),
-            });
-            let allowlist =
-                Allowlist::from_pairs([(module.to_string(), super::MODULE_CREDENTIAL.to_string())]);
-            let internal_routes = Router::new()
-                .route("/internal/access-context", post(access_context))
-                .layer(middleware::from_fn_with_state(allowlist, internal::require));
-            let router = Router::new()
-                .route("/.well-known/jwks.json", get(jwks))
-                .merge(internal_routes)
-                .with_state(directory.clone());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (stop, stopped) = oneshot::channel::<()>();
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-            });
-            AuthStandIn {
-                addr,
-                directory,
-                _stop: stop,
-            }
-        }
-
-        pub fn url(&self) -> String {
-            format!("http://{}", self.addr)
-        }
-
-        pub fn grant(&self, user: &str, org: &str, grant: Grant) {
-            let key = (user.to_string(), org.to_string());
-            self.directory.grants.lock().unwrap().insert(key, grant);
-        }
-
-        pub fn revoke(&self, session: &str) {
-            self.directory
-                .revoked
-                .lock()
-                .unwrap()
-                .insert(session.into());
-        }
-
-        /// An access token for the user's session, signed with the active key.
-        pub fn token(&self, user: &str, session: &str) -> String {
-            self.token_with(&policy(), user, session, now())
-        }
-
-        pub fn token_with(
-            &self,
-            policy: &TokenPolicy,
-            user: &str,
-            session: &str,
-            at: i64,
-        ) -> String {
-            let keys = self.keys();
-            policy.sign(&keys, user, session, at, 900).unwrap()
-        }
-
-        pub fn keys(&self) -> KeySet {
-            self.directory.keys.lock().unwrap().clone()
-        }
-
-        /// Publishes a new key and signs with it from now on; the old one
-        /// stays published as retiring. Returns the new kid.
-        pub fn rotate(&self) -> String {
-            let mut keys = self.directory.keys.lock().unwrap();
-            for key in &mut keys.keys {
-                if key.state == KeyState::Active {
-                    key.state = KeyState::Retiring;
-                }
-            }
-            let key = Key::generate(KeyState::Active, now()).unwrap();
-            let kid = key.kid.clone();
-            keys.keys.push(key);
-            kid
-        }
-
-        pub fn jwks_fetches(&self) -> usize {
-            self.directory.calls.jwks.load(Ordering::SeqCst)
-        }
-
-        pub fn access_context_calls(&self) -> usize {
-            self.directory.calls.access_context.load(Ordering::SeqCst)
-        }
-
-        pub fn last_trace(&self) -> Option<(String, String)> {
-            self.directory.last_trace.lock().unwrap().clone()
-        }
-    }
-
-    async fn jwks(State(directory): State<Arc<Directory>>) -> Response {
-        directory.calls.jwks.fetch_add(1, Ordering::SeqCst);
-        let jwks = directory.keys.lock().unwrap().jwks().unwrap();
-        Json(jwks).into_response()
-    }
-
-    #[derive(Deserialize)]
-    struct AccessQuery {
-        user: String,
-        session: String,
-        org: String,
-    }
-
-    async fn access_context(
-        State(directory): State<Arc<Directory>>,
-        headers: HeaderMap,
-        Json(query): Json<AccessQuery>,
-    ) -> Response {
-        directory
-            .calls
-            .access_context
-            .fetch_add(1, Ordering::SeqCst);
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
-        *directory.last_trace.lock().unwrap() =
-            Some((header("x-request-id"), header("traceparent")));
-        if directory.revoked.lock().unwrap().contains(&query.session) {
-            let body =
-                json!({"error": "session_revoked", "message": "the session is revoked or unknown"});
-            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
-        }
-        let grant = directory
-            .grants
-            .lock()
-            .unwrap()
-            .get(&(query.user.clone(), query.org.clone()))
-            .cloned();
-        let Some(grant) = grant else {
-            let body = json!({"error": "forbidden", "message": "no access to this company"});
-            return (StatusCode::FORBIDDEN, Json(body)).into_response();
-        };
-        Json(json!({
-            "user": query.user,
-            "session": query.session,
-            "company": grant.company,
-            "membership": {"role": "member"},
-            "core_app": true,
-            "modules": grant.modules,
-            "access_version": 1,
-            "entitlement_version": 1,
-        }))
-        .into_response()
-    }
-}
-
-/// One module backend running on loopback ports against a stand-in Auth.
+/// One module backend running on loopback ports against the real Auth.
 struct Backend {
     public: SocketAddr,
     internal: SocketAddr,
-    auth: AuthStandIn,
     http: reqwest::Client,
     _stop: oneshot::Sender<()>,
 }
 
-fn base_vars(module: Module, auth: &AuthStandIn, database_url: &str) -> Vars {
+fn base_vars(module: Module, platform: &Platform, database_url: &str) -> Vars {
     Vars::from_pairs([
         ("MODULE_NAME", module.name().to_string()),
         ("KISUM_ENVIRONMENT", "test".into()),
-        (
-            "AUTH_JWKS_URL",
-            format!("{}/.well-known/jwks.json", auth.url()),
-        ),
-        ("AUTH_INTERNAL_URL", auth.url()),
+        ("AUTH_JWKS_URL", platform.jwks_url()),
+        ("AUTH_INTERNAL_URL", platform.auth_internal_url()),
         ("JWT_ISSUER", ISSUER.into()),
         ("JWT_AUDIENCE", AUDIENCE.into()),
         ("JWKS_CACHE_SECONDS", "300".into()),
         ("JWKS_MIN_REFETCH_SECONDS", "60".into()),
         ("X_ORG_POLICY", "required".into()),
         ("DATABASE_URL", database_url.into()),
-        ("INTERNAL_CREDENTIAL", MODULE_CREDENTIAL.into()),
-        ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_CREDENTIAL.into()),
+        ("INTERNAL_CREDENTIAL", module_credential(module.name())),
+        ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_SECRET.into()),
     ])
 }
 
 impl Backend {
-    /// Migrates the database, starts the backend and waits until it is ready.
-    async fn start(module: Module, database_url: &str, settings: &[(&str, &str)]) -> Backend {
-        let auth = AuthStandIn::start(module.name()).await;
-        let mut vars = base_vars(module, &auth, database_url);
+    /// Migrates the database, starts the backend against the platform's
+    /// Auth and waits until it is ready.
+    async fn start(
+        platform: &Platform,
+        module: Module,
+        database_url: &str,
+        settings: &[(&str, &str)],
+    ) -> Backend {
+        let mut vars = base_vars(module, platform, database_url);
         for (name, value) in settings {
             vars.set(*name, *value);
         }
         let config = Config::from_vars(&vars).unwrap();
         kisum_module::migrate(module, database_url).await.unwrap();
-        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let listeners = Listeners::bind(loopback, loopback).await.unwrap();
+        let listeners = platform::loopback_listeners().await;
         let (public, internal) = listeners.addresses().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(kisum_module::run(config, listeners, async {
@@ -301,7 +70,6 @@ impl Backend {
         let backend = Backend {
             public,
             internal,
-            auth,
             http: reqwest::Client::new(),
             _stop: stop,
         };
@@ -350,7 +118,7 @@ impl Backend {
         self.http
             .request(method, self.internal_url(path))
             .header("x-kisum-caller", "kisumctl")
-            .header("x-kisum-credential", KISUMCTL_CREDENTIAL)
+            .header("x-kisum-credential", KISUMCTL_SECRET)
     }
 
     async fn metrics(&self) -> String {
@@ -364,43 +132,44 @@ impl Backend {
     }
 }
 
-/// A user with a session in one company, granted some permissions.
+/// A user signed in to Auth with a membership in a company of their own.
 struct Member {
     user: String,
     session: String,
+    email: String,
     company: Uuid,
+    token: String,
 }
 
 impl Member {
-    fn new() -> Member {
-        Member {
-            user: Uuid::new_v4().to_string(),
-            session: Uuid::new_v4().to_string(),
-            company: Uuid::new_v4(),
-        }
-    }
-
     fn org(&self) -> String {
         self.company.to_string()
     }
+}
 
-    /// Grants `permissions` in `module` (`None`: the module is absent).
-    fn grant(&self, auth: &AuthStandIn, module: Module, permissions: Option<&[&str]>) {
-        let modules = permissions
-            .map(|held| {
-                let held = held.iter().map(|p| p.to_string()).collect();
-                [(module.name().to_string(), held)].into_iter().collect()
-            })
-            .unwrap_or_default();
-        let grant = auth_stand_in::Grant {
-            company: self.company,
-            modules,
-        };
-        auth.grant(&self.user, &self.org(), grant);
+/// A new company, and a user who is a member of it with a role holding
+/// `permissions` and a grant for `module`, signed in. With `None` the
+/// company is not entitled to the module in Core (the user's role and
+/// grant would allow its read permission): Auth leaves the module out.
+async fn new_member(platform: &Platform, module: Module, permissions: Option<&[&str]>) -> Member {
+    let company = platform.company(module.name()).await;
+    let read = format!("{module}.{}.read", module.resource());
+    let role = platform.role(permissions.unwrap_or(&[read.as_str()])).await;
+    let user = platform.user().await;
+    platform
+        .membership(user.id, company.id, &role, &[module.name()])
+        .await;
+    if permissions.is_some() {
+        platform.entitle(company.id, module.name()).await;
     }
-
-    fn token(&self, auth: &AuthStandIn) -> String {
-        auth.token(&self.user, &self.session)
+    let session = platform.login(&user.email).await;
+    assert_eq!(session.user, user.id.to_string());
+    Member {
+        user: session.user,
+        session: session.session,
+        email: user.email,
+        company: company.id,
+        token: session.access_token,
     }
 }
 
@@ -424,18 +193,10 @@ async fn mongo_url(database: &str) -> String {
 
 const INVOICE_READ: &str = "finance.invoices.read";
 const INVOICE_WRITE: &str = "finance.invoices.write";
+const ACCESS_CONTEXT_ROUTE: &str = "/internal/access-context";
 
 fn invoice(number: &str) -> Value {
     json!({"number": number, "customer": "Ada Music", "amount_cents": 125_000, "currency": "EUR"})
-}
-
-async fn body(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 fn assert_error(outcome: &(StatusCode, Value), status: StatusCode, message: &str) {
@@ -445,18 +206,19 @@ fn assert_error(outcome: &(StatusCode, Value), status: StatusCode, message: &str
 
 #[tokio::test]
 async fn an_entitled_member_creates_lists_and_reads_invoices_on_postgres() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let member = Member::new();
-    member.grant(
-        &backend.auth,
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(
+        &platform,
         Module::Finance,
         Some(&[INVOICE_READ, INVOICE_WRITE]),
-    );
-    let token = member.token(&backend.auth);
+    )
+    .await;
+    let token = &member.token;
 
     let created = body(
         backend
-            .post("/v1/invoices", &token, &member.org(), invoice("INV-1"))
+            .post("/v1/invoices", token, &member.org(), invoice("INV-1"))
             .send()
             .await
             .unwrap(),
@@ -468,7 +230,7 @@ async fn an_entitled_member_creates_lists_and_reads_invoices_on_postgres() {
 
     let listed = body(
         backend
-            .get("/v1/invoices", &token, Some(&member.org()))
+            .get("/v1/invoices", token, Some(&member.org()))
             .send()
             .await
             .unwrap(),
@@ -480,7 +242,7 @@ async fn an_entitled_member_creates_lists_and_reads_invoices_on_postgres() {
     let id = created.1["id"].as_str().unwrap();
     let one = body(
         backend
-            .get(&format!("/v1/invoices/{id}"), &token, Some(&member.org()))
+            .get(&format!("/v1/invoices/{id}"), token, Some(&member.org()))
             .send()
             .await
             .unwrap(),
@@ -489,7 +251,7 @@ async fn an_entitled_member_creates_lists_and_reads_invoices_on_postgres() {
     assert_eq!((one.0, &one.1["number"]), (StatusCode::OK, &json!("INV-1")));
 
     let again = backend
-        .post("/v1/invoices", &token, &member.org(), invoice("INV-1"))
+        .post("/v1/invoices", token, &member.org(), invoice("INV-1"))
         .send()
         .await
         .unwrap();
@@ -498,16 +260,16 @@ async fn an_entitled_member_creates_lists_and_reads_invoices_on_postgres() {
 
 #[tokio::test]
 async fn the_access_context_is_fetched_with_the_credential_and_trace_and_cached() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
-    let token = member.token(&backend.auth);
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    let request_id = format!("req-module-{}", Uuid::new_v4());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     for _ in 0..3 {
         let response = backend
-            .get("/v1/invoices", &token, Some(&member.org()))
-            .header("x-request-id", "req-module-1")
+            .get("/v1/invoices", &member.token, Some(&member.org()))
+            .header("x-request-id", &request_id)
             .header("traceparent", traceparent)
             .send()
             .await
@@ -515,17 +277,18 @@ async fn the_access_context_is_fetched_with_the_credential_and_trace_and_cached(
         assert_eq!(response.status(), StatusCode::OK);
     }
 
+    // Auth answered one access-context call (its own request counter),
+    // admitting the module's credential: cached within ACCESS_CACHE_SECONDS.
     assert_eq!(
-        backend.auth.access_context_calls(),
+        platform.auth_requests(ACCESS_CONTEXT_ROUTE).await,
         1,
         "cached within ACCESS_CACHE_SECONDS"
     );
-    let (request_id, forwarded) = backend.auth.last_trace().unwrap();
-    assert_eq!(request_id, "req-module-1");
-    assert!(
-        forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-        "{forwarded}"
-    );
+    // Auth logged that call under the client's request id and trace.
+    let logged = platform::auth_request_log(ACCESS_CONTEXT_ROUTE, &request_id)
+        .expect("Auth logged the access-context call under the request id");
+    assert_eq!(logged["status"], 200, "{logged}");
+    assert_eq!(logged["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     let metrics = backend.metrics().await;
     assert!(
         metrics.contains("kisum_access_context_fetch_duration_seconds_count 1"),
@@ -535,17 +298,13 @@ async fn the_access_context_is_fetched_with_the_credential_and_trace_and_cached(
 
 #[tokio::test]
 async fn a_company_without_the_module_is_denied_by_module() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, None);
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(&platform, Module::Finance, None).await;
 
     let outcome = body(
         backend
-            .get(
-                "/v1/invoices",
-                &member.token(&backend.auth),
-                Some(&member.org()),
-            )
+            .get("/v1/invoices", &member.token, Some(&member.org()))
             .send()
             .await
             .unwrap(),
@@ -564,19 +323,19 @@ async fn a_company_without_the_module_is_denied_by_module() {
 
 #[tokio::test]
 async fn a_member_without_the_permission_is_denied_by_permission() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
-    let token = member.token(&backend.auth);
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    let token = &member.token;
 
     let read = backend
-        .get("/v1/invoices", &token, Some(&member.org()))
+        .get("/v1/invoices", token, Some(&member.org()))
         .send()
         .await
         .unwrap();
     let write = body(
         backend
-            .post("/v1/invoices", &token, &member.org(), invoice("INV-9"))
+            .post("/v1/invoices", token, &member.org(), invoice("INV-9"))
             .send()
             .await
             .unwrap(),
@@ -592,33 +351,33 @@ async fn a_member_without_the_permission_is_denied_by_permission() {
 
 #[tokio::test]
 async fn an_x_org_of_another_company_is_forbidden() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
-    let elsewhere = Uuid::new_v4().to_string();
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    // A real company, entitled to finance, with members of its own; and a
+    // company id nobody registered.
+    let neighbour = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    let unknown = Uuid::new_v4().to_string();
 
-    let outcome = body(
-        backend
-            .get(
-                "/v1/invoices",
-                &member.token(&backend.auth),
-                Some(&elsewhere),
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-
-    assert_error(
-        &outcome,
-        StatusCode::FORBIDDEN,
-        "no membership in that company",
-    );
+    for org in [neighbour.org(), unknown] {
+        let outcome = body(
+            backend
+                .get("/v1/invoices", &member.token, Some(&org))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(
+            &outcome,
+            StatusCode::FORBIDDEN,
+            "no membership in that company",
+        );
+    }
     let metrics = backend.metrics().await;
     assert!(
         metrics.contains(
-            r#"kisum_events_total{event="x_org_resolution_failure",outcome="forbidden"} 1"#
+            r#"kisum_events_total{event="x_org_resolution_failure",outcome="forbidden"} 2"#
         ),
         "{metrics}"
     );
@@ -626,13 +385,13 @@ async fn an_x_org_of_another_company_is_forbidden() {
 
 #[tokio::test]
 async fn a_request_without_x_org_is_refused() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
 
     let outcome = body(
         backend
-            .get("/v1/invoices", &member.token(&backend.auth), None)
+            .get("/v1/invoices", &member.token, None)
             .send()
             .await
             .unwrap(),
@@ -640,17 +399,18 @@ async fn a_request_without_x_org_is_refused() {
     .await;
 
     assert_error(&outcome, StatusCode::BAD_REQUEST, "x-org required");
-    assert_eq!(backend.auth.access_context_calls(), 0);
+    assert_eq!(platform.auth_requests(ACCESS_CONTEXT_ROUTE).await, 0);
 }
 
-/// Tokens an attacker could present, each with what makes it invalid.
-fn forged_tokens(auth: &AuthStandIn, member: &Member) -> Vec<(&'static str, String)> {
+/// Tokens an attacker could present, each with what makes it invalid. The
+/// ones signed with Auth's own key (wrong issuer, audience, expired) prove
+/// the module checks more than the signature.
+fn forged_tokens(platform: &Platform, member: &Member) -> Vec<(&'static str, String)> {
     use base64::Engine as _;
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let now = auth_stand_in::now();
-    let keys = auth.keys();
+    let now = now();
+    let keys = platform.keys();
     let kid = keys.active().kid.clone();
-    let valid = member.token(auth);
     let claims = json!({"sub": member.user, "sid": member.session, "iss": ISSUER,
         "aud": AUDIENCE, "exp": now + 900, "iat": now, "nbf": now});
 
@@ -671,36 +431,33 @@ fn forged_tokens(auth: &AuthStandIn, member: &Member) -> Vec<(&'static str, Stri
     )
     .unwrap();
 
-    let policy = auth_stand_in::policy();
-    let wrong_issuer = kisum_common::jwt::TokenPolicy {
+    let policy = platform::policy();
+    let sign = |policy: &TokenPolicy, at: i64| {
+        policy
+            .sign(&keys, &member.user, &member.session, at, 900)
+            .unwrap()
+    };
+    let wrong_issuer = TokenPolicy {
         issuer: "https://evil.test".into(),
         ..policy.clone()
     };
-    let wrong_audience = kisum_common::jwt::TokenPolicy {
+    let wrong_audience = TokenPolicy {
         audience: "another-api".into(),
         ..policy.clone()
     };
     let stranger = KeySet::generate(now).unwrap();
-    let mut tampered: Vec<String> = valid.split('.').map(str::to_string).collect();
+    // Auth's own token for this session, with its payload rewritten.
+    let mut tampered: Vec<String> = member.token.split('.').map(str::to_string).collect();
     let mut raised = claims.clone();
-    raised["sub"] = json!("someone-else");
+    raised["sub"] = json!(Uuid::new_v4().to_string());
     tampered[1] = b64(raised.to_string().as_bytes());
 
     vec![
         ("alg none", alg_none),
         ("HS256 keyed with the public key", hs256),
-        (
-            "expired",
-            auth.token_with(&policy, &member.user, &member.session, now - 1000),
-        ),
-        (
-            "wrong issuer",
-            auth.token_with(&wrong_issuer, &member.user, &member.session, now),
-        ),
-        (
-            "wrong audience",
-            auth.token_with(&wrong_audience, &member.user, &member.session, now),
-        ),
+        ("expired", sign(&policy, now - 1000)),
+        ("wrong issuer", sign(&wrong_issuer, now)),
+        ("wrong audience", sign(&wrong_audience, now)),
         (
             "unknown kid",
             policy
@@ -729,11 +486,11 @@ fn public_key_pem(keys: &KeySet) -> String {
 
 #[tokio::test]
 async fn invalid_tokens_are_refused_before_auth_is_asked() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
 
-    for (what, token) in forged_tokens(&backend.auth, &member) {
+    for (what, token) in forged_tokens(&platform, &member) {
         let outcome = body(
             backend
                 .get("/v1/invoices", &token, Some(&member.org()))
@@ -755,29 +512,41 @@ async fn invalid_tokens_are_refused_before_auth_is_asked() {
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(unauthenticated.headers()["www-authenticate"], "Bearer");
 
-    assert_eq!(backend.auth.access_context_calls(), 0);
+    assert_eq!(platform.auth_requests(ACCESS_CONTEXT_ROUTE).await, 0);
     let metrics = backend.metrics().await;
     assert!(
         metrics.contains(r#"event="auth_verification_failure",outcome="unknown_kid""#),
         "{metrics}"
     );
+    // The genuine token still works: the refusals were the forgeries'.
+    let genuine = backend
+        .get("/v1/invoices", &member.token, Some(&member.org()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(genuine.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_revoked_session_is_refused_once_its_cached_context_expires() {
     let settings = [("ACCESS_CACHE_SECONDS", "1")];
-    let backend = Backend::start(Module::Finance, &finance_database().await, &settings).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
-    let token = member.token(&backend.auth);
+    let platform = Platform::start().await;
+    let backend = Backend::start(
+        &platform,
+        Module::Finance,
+        &finance_database().await,
+        &settings,
+    )
+    .await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
     let list = || {
         backend
-            .get("/v1/invoices", &token, Some(&member.org()))
+            .get("/v1/invoices", &member.token, Some(&member.org()))
             .send()
     };
     assert_eq!(list().await.unwrap().status(), StatusCode::OK);
 
-    backend.auth.revoke(&member.session);
+    platform.logout(&member.token).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let outcome = body(list().await.unwrap()).await;
 
@@ -795,7 +564,7 @@ fn unknown_kid_token(member: &Member) -> String {
     let b64 = |value: Value| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string().as_bytes())
     };
-    let now = auth_stand_in::now();
+    let now = now();
     let header = json!({"alg": "RS256", "typ": "JWT", "kid": Uuid::new_v4().simple().to_string()});
     let claims = json!({"sub": member.user, "sid": member.session, "iss": ISSUER,
         "aud": AUDIENCE, "exp": now + 900, "iat": now, "nbf": now});
@@ -805,22 +574,30 @@ fn unknown_kid_token(member: &Member) -> String {
 #[tokio::test]
 async fn a_new_kid_is_fetched_on_first_use_but_unknown_kids_are_rate_limited() {
     let settings = [("JWKS_MIN_REFETCH_SECONDS", "2")];
-    let backend = Backend::start(Module::Finance, &finance_database().await, &settings).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
-    assert_eq!(backend.auth.jwks_fetches(), 1, "the first load at start");
+    let platform = Platform::start().await;
+    let backend = Backend::start(
+        &platform,
+        Module::Finance,
+        &finance_database().await,
+        &settings,
+    )
+    .await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    assert_eq!(platform.jwks_fetches().await, 1, "the first load at start");
 
-    // A key published after start: its first token triggers one fetch.
+    // Auth rotates its keys after the backend started; a token it signs
+    // with the new key triggers one fetch on first use.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    backend.auth.rotate();
-    let rotated = member.token(&backend.auth);
+    let new_kid = platform.rotate_keys().await;
+    let rotated = platform.login(&member.email).await.access_token;
+    assert_eq!(TokenPolicy::kid_of(&rotated).unwrap(), new_kid);
     let response = backend
         .get("/v1/invoices", &rotated, Some(&member.org()))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(backend.auth.jwks_fetches(), 2);
+    assert_eq!(platform.jwks_fetches().await, 2);
 
     // A flood of kids nobody published, at once: at most one more fetch
     // per interval, however many requests.
@@ -837,21 +614,22 @@ async fn a_new_kid_is_fetched_on_first_use_but_unknown_kids_are_rate_limited() {
     while let Some(status) = flood.join_next().await {
         assert_eq!(status.unwrap(), StatusCode::UNAUTHORIZED);
     }
-    let allowed = 1 + started.elapsed().as_secs() as usize / 2;
+    let allowed = 1 + started.elapsed().as_secs() / 2;
+    let flood_fetches = platform.jwks_fetches().await - 2;
     assert!(
-        backend.auth.jwks_fetches() - 2 <= allowed,
-        "{} fetches for the flood, at most {allowed} allowed",
-        backend.auth.jwks_fetches() - 2
+        flood_fetches <= allowed,
+        "{flood_fetches} fetches for the flood, at most {allowed} allowed"
     );
 }
 
 #[tokio::test]
 async fn a_key_reload_bypasses_the_minimum_interval() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let member = Member::new();
-    member.grant(&backend.auth, Module::Finance, Some(&[INVOICE_READ]));
-    let new_kid = backend.auth.rotate();
-    let rotated = member.token(&backend.auth);
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    let new_kid = platform.rotate_keys().await;
+    let rotated = platform.login(&member.email).await.access_token;
+    assert_eq!(TokenPolicy::kid_of(&rotated).unwrap(), new_kid);
     let list = || {
         backend
             .get("/v1/invoices", &rotated, Some(&member.org()))
@@ -860,7 +638,7 @@ async fn a_key_reload_bypasses_the_minimum_interval() {
 
     // Within the 60 s interval since the start, the new kid stays unknown.
     assert_eq!(list().await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(backend.auth.jwks_fetches(), 1);
+    assert_eq!(platform.jwks_fetches().await, 1);
 
     let anonymous = backend
         .http
@@ -884,25 +662,21 @@ async fn a_key_reload_bypasses_the_minimum_interval() {
             .unwrap()
             .contains(&json!(new_kid))
     );
-    assert_eq!(backend.auth.jwks_fetches(), 2);
+    assert_eq!(platform.jwks_fetches().await, 2);
     assert_eq!(list().await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_company_never_sees_another_companys_invoices() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
-    let (acme, globex) = (Member::new(), Member::new());
-    for member in [&acme, &globex] {
-        member.grant(
-            &backend.auth,
-            Module::Finance,
-            Some(&[INVOICE_READ, INVOICE_WRITE]),
-        );
-    }
-    let (acme_token, globex_token) = (acme.token(&backend.auth), globex.token(&backend.auth));
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let both: &[&str] = &[INVOICE_READ, INVOICE_WRITE];
+    let acme = new_member(&platform, Module::Finance, Some(both)).await;
+    let globex = new_member(&platform, Module::Finance, Some(both)).await;
+    let (acme_token, globex_token) = (&acme.token, &globex.token);
     let created = body(
         backend
-            .post("/v1/invoices", &acme_token, &acme.org(), invoice("INV-1"))
+            .post("/v1/invoices", acme_token, &acme.org(), invoice("INV-1"))
             .send()
             .await
             .unwrap(),
@@ -913,7 +687,7 @@ async fn a_company_never_sees_another_companys_invoices() {
     let same_number = backend
         .post(
             "/v1/invoices",
-            &globex_token,
+            globex_token,
             &globex.org(),
             invoice("INV-1"),
         )
@@ -924,7 +698,7 @@ async fn a_company_never_sees_another_companys_invoices() {
 
     let globex_list = body(
         backend
-            .get("/v1/invoices", &globex_token, Some(&globex.org()))
+            .get("/v1/invoices", globex_token, Some(&globex.org()))
             .send()
             .await
             .unwrap(),
@@ -933,14 +707,14 @@ async fn a_company_never_sees_another_companys_invoices() {
     let acme_invoice_from_globex = backend
         .get(
             &format!("/v1/invoices/{id}"),
-            &globex_token,
+            globex_token,
             Some(&globex.org()),
         )
         .send()
         .await
         .unwrap();
     let acme_x_org_with_globex_token = backend
-        .get("/v1/invoices", &globex_token, Some(&acme.org()))
+        .get("/v1/invoices", globex_token, Some(&acme.org()))
         .send()
         .await
         .unwrap();
@@ -955,19 +729,19 @@ async fn a_company_never_sees_another_companys_invoices() {
 
 #[tokio::test]
 async fn contacts_round_trip_through_mongodb_with_a_limit_and_per_company() {
-    let backend = Backend::start(Module::Basic, &mongo_url("basic").await, &[]).await;
-    let (member, outsider) = (Member::new(), Member::new());
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Basic, &mongo_url("basic").await, &[]).await;
     let permissions: &[&str] = &["basic.contacts.read", "basic.contacts.write"];
-    member.grant(&backend.auth, Module::Basic, Some(permissions));
-    outsider.grant(&backend.auth, Module::Basic, Some(permissions));
-    let token = member.token(&backend.auth);
+    let member = new_member(&platform, Module::Basic, Some(permissions)).await;
+    let outsider = new_member(&platform, Module::Basic, Some(permissions)).await;
+    let token = &member.token;
 
     let mut first_id = String::new();
     for n in 0..200 {
         let contact = json!({"name": format!("Contact {n}"), "email": format!("c{n}@example.org")});
         let created = body(
             backend
-                .post("/v1/contacts", &token, &member.org(), contact)
+                .post("/v1/contacts", token, &member.org(), contact)
                 .send()
                 .await
                 .unwrap(),
@@ -981,7 +755,7 @@ async fn contacts_round_trip_through_mongodb_with_a_limit_and_per_company() {
 
     let page = body(
         backend
-            .get("/v1/contacts?limit=50", &token, Some(&member.org()))
+            .get("/v1/contacts?limit=50", token, Some(&member.org()))
             .send()
             .await
             .unwrap(),
@@ -989,14 +763,14 @@ async fn contacts_round_trip_through_mongodb_with_a_limit_and_per_company() {
     .await;
     let all = body(
         backend
-            .get("/v1/contacts?limit=200", &token, Some(&member.org()))
+            .get("/v1/contacts?limit=200", token, Some(&member.org()))
             .send()
             .await
             .unwrap(),
     )
     .await;
     let too_many = backend
-        .get("/v1/contacts?limit=201", &token, Some(&member.org()))
+        .get("/v1/contacts?limit=201", token, Some(&member.org()))
         .send()
         .await
         .unwrap();
@@ -1004,7 +778,7 @@ async fn contacts_round_trip_through_mongodb_with_a_limit_and_per_company() {
         backend
             .get(
                 &format!("/v1/contacts/{first_id}"),
-                &token,
+                token,
                 Some(&member.org()),
             )
             .send()
@@ -1012,10 +786,10 @@ async fn contacts_round_trip_through_mongodb_with_a_limit_and_per_company() {
             .unwrap(),
     )
     .await;
-    let outsider_token = outsider.token(&backend.auth);
+    let outsider_token = &outsider.token;
     let outsider_list = body(
         backend
-            .get("/v1/contacts", &outsider_token, Some(&outsider.org()))
+            .get("/v1/contacts", outsider_token, Some(&outsider.org()))
             .send()
             .await
             .unwrap(),
@@ -1024,7 +798,7 @@ async fn contacts_round_trip_through_mongodb_with_a_limit_and_per_company() {
     let outsider_lookup = backend
         .get(
             &format!("/v1/contacts/{first_id}"),
-            &outsider_token,
+            outsider_token,
             Some(&outsider.org()),
         )
         .send()
@@ -1046,6 +820,7 @@ async fn contacts_round_trip_through_mongodb_with_a_limit_and_per_company() {
 
 #[tokio::test]
 async fn market_and_touring_keep_their_records_in_mongodb() {
+    let platform = Platform::start().await;
     for (module, path, record) in [
         (
             Module::Market,
@@ -1059,26 +834,20 @@ async fn market_and_touring_keep_their_records_in_mongodb() {
         ),
     ] {
         let url = mongo_url(module.name()).await;
-        let backend = Backend::start(module, &url, &[]).await;
-        let member = Member::new();
+        let backend = Backend::start(&platform, module, &url, &[]).await;
         let resource = module.resource();
         let read = format!("{module}.{resource}.read");
         let write = format!("{module}.{resource}.write");
-        member.grant(
-            &backend.auth,
-            module,
-            Some(&[read.as_str(), write.as_str()]),
-        );
-        let token = member.token(&backend.auth);
+        let member = new_member(&platform, module, Some(&[read.as_str(), write.as_str()])).await;
 
         let created = backend
-            .post(path, &token, &member.org(), record)
+            .post(path, &member.token, &member.org(), record)
             .send()
             .await
             .unwrap();
         let listed = body(
             backend
-                .get(path, &token, Some(&member.org()))
+                .get(path, &member.token, Some(&member.org()))
                 .send()
                 .await
                 .unwrap(),
@@ -1095,6 +864,7 @@ async fn market_and_touring_keep_their_records_in_mongodb() {
 
 #[tokio::test]
 async fn venue_and_ai_keep_their_records_in_postgres() {
+    let platform = Platform::start().await;
     let postgres = Postgres::shared();
     let cases = [
         (
@@ -1109,21 +879,15 @@ async fn venue_and_ai_keep_their_records_in_postgres() {
             .create_unique_database(module.name())
             .await
             .unwrap();
-        let backend = Backend::start(module, &url, &[]).await;
-        let member = Member::new();
+        let backend = Backend::start(&platform, module, &url, &[]).await;
         let resource = module.resource();
         let read = format!("{module}.{resource}.read");
         let write = format!("{module}.{resource}.write");
-        member.grant(
-            &backend.auth,
-            module,
-            Some(&[read.as_str(), write.as_str()]),
-        );
-        let token = member.token(&backend.auth);
+        let member = new_member(&platform, module, Some(&[read.as_str(), write.as_str()])).await;
 
         let created = body(
             backend
-                .post(path, &token, &member.org(), record)
+                .post(path, &member.token, &member.org(), record)
                 .send()
                 .await
                 .unwrap(),
@@ -1131,7 +895,7 @@ async fn venue_and_ai_keep_their_records_in_postgres() {
         .await;
         let listed = body(
             backend
-                .get(path, &token, Some(&member.org()))
+                .get(path, &member.token, Some(&member.org()))
                 .send()
                 .await
                 .unwrap(),
@@ -1151,7 +915,8 @@ async fn venue_and_ai_keep_their_records_in_postgres() {
 
 #[tokio::test]
 async fn the_internal_port_reports_keys_routes_and_dependencies() {
-    let backend = Backend::start(Module::Finance, &finance_database().await, &[]).await;
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
 
     let anonymous = backend
         .http
@@ -1193,10 +958,7 @@ async fn the_internal_port_reports_keys_routes_and_dependencies() {
 
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(diagnostics.1["service"], "finance");
-    assert_eq!(
-        diagnostics.1["kids"],
-        json!([backend.auth.keys().active().kid])
-    );
+    assert_eq!(diagnostics.1["kids"], json!([platform.keys().active().kid]));
     assert_eq!(
         diagnostics.1["routes"]["POST /v1/invoices"],
         "finance.invoices.write"
@@ -1208,10 +970,18 @@ async fn the_internal_port_reports_keys_routes_and_dependencies() {
 
 #[tokio::test]
 async fn basic_reports_an_unreachable_redis_but_stays_ready() {
+    let platform = Platform::start().await;
+    // The backend's own Redis, not Auth's.
     let mut redis = Redis::start().await.unwrap();
     let settings = [("REDIS_URL", redis.url())];
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let backend = Backend::start(Module::Basic, &mongo_url("basic").await, &settings).await;
+    let backend = Backend::start(
+        &platform,
+        Module::Basic,
+        &mongo_url("basic").await,
+        &settings,
+    )
+    .await;
     let dependencies = || async {
         body(
             backend
@@ -1253,11 +1023,10 @@ async fn a_backend_without_its_database_starts_but_is_not_ready() {
         }
     });
     let url = format!("postgres://kisum@127.0.0.1:{port}/finance_db?sslmode=disable");
-    let auth = AuthStandIn::start("finance").await;
-    let config = Config::from_vars(&base_vars(Module::Finance, &auth, &url)).unwrap();
+    let platform = Platform::start().await;
+    let config = Config::from_vars(&base_vars(Module::Finance, &platform, &url)).unwrap();
     let app = kisum_module::app(config).await.unwrap();
-    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let listeners = Listeners::bind(loopback, loopback).await.unwrap();
+    let listeners = platform::loopback_listeners().await;
     let (public, _) = listeners.addresses().unwrap();
     let (_stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(kisum_common::serve::serve(
