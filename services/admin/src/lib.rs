@@ -107,7 +107,7 @@ fn readiness(pool: PgPool) -> Readiness {
                 migrations::schema_state(&pool)
                     .await
                     .map_err(|error| format!("cannot read the migrations: {error}"))?
-                    .require_current(migrations::MIGRATE_COMMAND)
+                    .require_current(migrations::DATABASE.binary)
             }
         })
 }
@@ -133,20 +133,14 @@ fn diagnostics(config: &Config, jwks: JwksCache) -> Diagnostics {
 /// `kisum-admin migrate`: applies the pending migrations.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let pool = pool(config)?;
-    migrations::migrate(&pool)
-        .await
-        .context("applying the platform_admin_db migrations")?;
+    let outcome = migrations::DATABASE.migrate(&pool).await;
     pool.close().await;
-    Ok(())
+    outcome
 }
 
 /// `Err` (naming the pending migrations) unless the schema is current.
 pub async fn require_current_schema(pool: &PgPool) -> anyhow::Result<()> {
-    migrations::schema_state(pool)
-        .await
-        .context("cannot reach platform_admin_db to check its migrations")?
-        .require_current(migrations::MIGRATE_COMMAND)
-        .map_err(|reason| anyhow::anyhow!("refusing to start: {reason}"))
+    migrations::DATABASE.require_current(pool).await
 }
 
 /// The start-up check alone, before any port is bound.

@@ -4,14 +4,9 @@
 //! its migration Job ran).
 
 use sqlx::PgPool;
-use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::migrate::Migrator;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
-
-/// Applies every pending migration; a no-op when none is.
-pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
-    MIGRATOR.run(pool).await
-}
 
 pub use kisum_common::schema::SchemaState;
 
@@ -20,5 +15,9 @@ pub async fn schema_state(pool: &PgPool) -> Result<SchemaState, sqlx::Error> {
     kisum_common::schema::state(pool, &MIGRATOR).await
 }
 
-/// The command that applies this service's migrations.
-pub const MIGRATE_COMMAND: &str = "kisum-admin";
+/// This service's database, for the shared migrate and start-up checks.
+pub const DATABASE: kisum_common::schema::Database = kisum_common::schema::Database {
+    name: "platform_admin_db",
+    binary: "kisum-admin",
+    migrator: &MIGRATOR,
+};

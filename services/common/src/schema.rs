@@ -72,3 +72,46 @@ async fn applied(pool: &PgPool) -> Result<Vec<(i64, Vec<u8>, bool)>, sqlx::Error
         .fetch_all(pool)
         .await
 }
+
+/// The migrations of one database, as the binary that owns it sees them.
+#[derive(Clone, Copy)]
+pub struct Database {
+    /// e.g. `platform_core_db`.
+    pub name: &'static str,
+    /// The binary whose `migrate` command applies them, e.g. `kisum-core`.
+    pub binary: &'static str,
+    pub migrator: &'static Migrator,
+}
+
+impl Database {
+    /// Applies the pending migrations; a no-op when none is.
+    pub async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
+        self.migrator
+            .run(pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("applying the {} migrations: {e}", self.name))
+    }
+
+    /// `Err` naming the pending or changed migrations unless current.
+    pub async fn require_current(&self, pool: &PgPool) -> anyhow::Result<()> {
+        state(pool, self.migrator)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot reach {} to check its migrations: {e}", self.name)
+            })?
+            .require_current(self.binary)
+            .map_err(|reason| anyhow::anyhow!("refusing to start: {reason}"))
+    }
+}
+
+/// The database cannot be reached (as opposed to a query that failed).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
+}

@@ -55,17 +55,7 @@ impl CoreError {
     }
 }
 
-/// The database cannot be reached (as opposed to a query that failed).
-fn unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    )
-}
+use kisum_common::schema::is_unavailable as unavailable;
 
 impl From<JsonRejection> for CoreError {
     fn from(rejection: JsonRejection) -> Self {
