@@ -99,7 +99,14 @@ impl IntoResponse for AdminError {
             }
             _ => {}
         }
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        // The detail of an upstream failure (addresses, URLs) is logged
+        // above, never sent to the client.
+        let message = match &self {
+            AdminError::CoreUnavailable(_) => "Platform Core is unavailable".to_string(),
+            AdminError::AuthUnavailable(_) => "Auth is unavailable".to_string(),
+            _ => self.to_string(),
+        };
+        let body = serde_json::json!({ "error": self.code(), "message": message });
         (self.status(), Json(body)).into_response()
     }
 }

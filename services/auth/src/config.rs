@@ -2,7 +2,7 @@
 //! `services.auth.config` in environments/base.yaml, plus the optional
 //! `TRUSTED_PROXIES`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,9 +67,10 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     pub fn from_vars(vars: &Vars) -> Result<Config, ConfigError> {
+        let bind = kisum_common::command::bind_address(vars)?;
         let listen = |name: &str| -> Result<SocketAddr, ConfigError> {
             let port: u16 = vars.parsed(name)?;
-            Ok(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port))
+            Ok(SocketAddr::new(bind, port))
         };
         let policy = TokenPolicy {
             issuer: vars.required("JWT_ISSUER")?,

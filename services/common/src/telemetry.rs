@@ -193,6 +193,18 @@ pub async fn metrics_handler(State(metrics): State<Metrics>) -> Response {
         .into_response()
 }
 
+/// The method as a metric label: HTTP allows any token as a method, and an
+/// unbounded label set would let any client grow `/metrics` without end.
+fn method_label(method: &axum::http::Method) -> String {
+    const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    let name = method.as_str();
+    if KNOWN.contains(&name) {
+        name.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
 /// Middleware: request id, trace context, one log line and metrics per request.
 pub async fn track(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -202,7 +214,7 @@ pub async fn track(State(metrics): State<Metrics>, mut request: Request, next: N
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     request.extensions_mut().insert(context.clone());
 
     let mut response = next.run(request).await;
@@ -264,6 +276,13 @@ mod tests {
         assert_eq!(out[REQUEST_ID], "req-1");
         let traceparent = out[TRACEPARENT].to_str().unwrap();
         assert_eq!(parse_trace_id(traceparent).unwrap(), context.trace_id);
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        let odd = axum::http::Method::from_bytes(b"ZZZZZZZZ").unwrap();
+        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_label(&axum::http::Method::GET), "GET");
     }
 
     #[test]

@@ -99,10 +99,40 @@ pub fn router(state: AppState, api_callers: Allowlist) -> Router {
         )
         .route("/v1/companies/{company}/add-ons/{add_on}", put(put_add_on))
         .with_state(state)
+        .layer(middleware::from_fn(require_writer_for_changes))
         .layer(middleware::from_fn_with_state(
             api_callers,
             require_api_caller,
         ))
+}
+
+/// The caller that may change subscriptions, add-ons and the catalog.
+/// Auth only reads entitlements; Admin changes them (and then invalidates
+/// Auth's access and audits the change).
+pub const WRITER: &str = "platform-admin";
+
+/// 403 for a change requested by any caller but the writer.
+async fn require_writer_for_changes(request: Request, next: Next) -> Response {
+    let reading =
+        request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD;
+    let caller = request
+        .extensions()
+        .get::<kisum_common::internal::Caller>()
+        .map(|c| c.0.clone());
+    if reading || caller.as_deref() == Some(WRITER) {
+        return next.run(request).await;
+    }
+    tracing::warn!(
+        event = "internal_call_rejected",
+        caller = caller.as_deref().unwrap_or("-"),
+        path = %request.uri().path(),
+        "only {WRITER} may change entitlements"
+    );
+    let body = serde_json::json!({
+        "error": "forbidden",
+        "message": format!("only {WRITER} may change entitlements"),
+    });
+    (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 /// 401 (JSON) unless the request proves an allowed caller's credential.
