@@ -38,6 +38,8 @@ pub enum ApiError {
     AccessUnavailable,
     #[error("internal error")]
     Storage(StoreError),
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("internal error")]
     Internal,
 }
@@ -56,6 +58,7 @@ impl ApiError {
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::KeysUnavailable | ApiError::AccessUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -71,6 +74,7 @@ impl ApiError {
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
         }

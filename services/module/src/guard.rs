@@ -101,16 +101,20 @@ impl Guard {
 
     /// A business route without a permission is a bug; it is refused.
     fn permission_for(&self, route: Option<(Method, String)>) -> Result<&Permission, ApiError> {
-        let found = route.and_then(|(method, path)| {
-            self.endpoints
-                .iter()
-                .find(|endpoint| endpoint.method == method && endpoint.path == path)
-                .map(|endpoint| &endpoint.permission)
-        });
-        found.ok_or_else(|| {
+        let Some((method, path)) = route else {
             tracing::error!("business route without a permission; refused");
-            ApiError::Internal
-        })
+            return Err(ApiError::Internal);
+        };
+        let on_path: Vec<_> = self.endpoints.iter().filter(|e| e.path == path).collect();
+        match on_path.iter().find(|endpoint| endpoint.method == method) {
+            Some(endpoint) => Ok(&endpoint.permission),
+            // A known route asked with a method it does not serve.
+            None if !on_path.is_empty() => Err(ApiError::MethodNotAllowed),
+            None => {
+                tracing::error!("business route without a permission; refused");
+                Err(ApiError::Internal)
+            }
+        }
     }
 
     async fn authenticate(

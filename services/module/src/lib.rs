@@ -117,6 +117,17 @@ pub async fn run(
         database,
         _key_loader,
     } = app(config).await?;
+    // A schema behind the binary refuses the start, so no request meets a
+    // missing table; an unreachable database only makes the service unready.
+    match database.require_current(module).await {
+        Err(error @ store::StoreError::Migration(_)) => {
+            return Err(anyhow::anyhow!("refusing to start: {error}"));
+        }
+        Err(error) => {
+            tracing::warn!(%module, error = %error, "schema not checked: database unreachable")
+        }
+        Ok(()) => {}
+    }
     let (public_addr, internal_addr) = listeners.addresses()?;
     tracing::info!(%module, %public_addr, %internal_addr, "serving");
     serve::serve(listeners, public, internal, metrics, shutdown)

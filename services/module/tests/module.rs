@@ -1050,3 +1050,36 @@ async fn a_backend_without_its_database_starts_but_is_not_ready() {
     assert_eq!(ready.1["checks"]["jwks"], "ok");
     assert_ne!(ready.1["checks"]["database"], "ok");
 }
+
+#[tokio::test]
+async fn serve_refuses_a_database_with_pending_migrations() {
+    let platform = Platform::start().await;
+    let url = kisum_testkit::Postgres::shared()
+        .create_unique_database("finance_unmigrated")
+        .await
+        .unwrap();
+    let config = Config::from_vars(&base_vars(Module::Finance, &platform, &url)).unwrap();
+    let listeners = platform::loopback_listeners().await;
+    let refused = kisum_module::run(config, listeners, std::future::pending::<()>()).await;
+    let message = format!("{:#}", refused.expect_err("serve must refuse"));
+    assert!(message.contains("pending migration"), "{message}");
+    assert!(message.contains("kisum-module migrate"), "{message}");
+}
+
+#[tokio::test]
+async fn an_unserved_method_on_a_business_route_is_405_not_500() {
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    for path in [
+        "/v1/invoices",
+        "/v1/invoices/00000000-0000-4000-8000-000000000000",
+    ] {
+        let outcome = body(backend.http.delete(backend.url(path)).send().await.unwrap()).await;
+        assert_eq!(
+            outcome.0,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{path}: {:?}",
+            outcome.1
+        );
+    }
+}

@@ -91,6 +91,15 @@ impl Database {
         }
     }
 
+    /// PostgreSQL: refuses a schema behind (or different from) the binary.
+    /// MongoDB keeps no schema: indexes are created by `migrate`.
+    pub async fn require_current(&self, module: Module) -> Result<(), StoreError> {
+        match self {
+            Database::Postgres(pool) => postgres::require_current(pool, module).await,
+            Database::Mongo(_) => Ok(()),
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             Database::Postgres(pool) => pool.close().await,

@@ -62,6 +62,17 @@ pub async fn migrate(pool: &PgPool, module: Module) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Migration(e.to_string()))
 }
 
+/// `Err` naming the pending or changed migrations unless the module's
+/// tables are exactly what this binary embeds.
+pub async fn require_current(pool: &PgPool, module: Module) -> Result<(), StoreError> {
+    let migrator = Migrator::with_migrations(migrations(module));
+    kisum_common::schema::state(pool, &migrator)
+        .await
+        .map_err(postgres_error)?
+        .require_current("kisum-module")
+        .map_err(StoreError::Migration)
+}
+
 fn postgres_error(error: sqlx::Error) -> StoreError {
     StoreError::Postgres(error.to_string())
 }
