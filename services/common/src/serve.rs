@@ -194,29 +194,35 @@ pub async fn serve(
             ))
             .into_make_service_with_connect_info::<SocketAddr>()
     };
-    let (stop_public, stop_internal) = {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = tx.send(true);
-        });
-        let mut a = rx.clone();
-        let mut b = rx;
-        (
-            async move {
-                let _ = a.wait_for(|stop| *stop).await;
-            },
-            async move {
-                let _ = b.wait_for(|stop| *stop).await;
-            },
-        )
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    let public = axum::serve(listeners.public, tracked(public)).with_graceful_shutdown(stop_public);
-    let internal =
-        axum::serve(listeners.internal, tracked(internal)).with_graceful_shutdown(stop_internal);
-    let (a, b) = tokio::join!(public.into_future(), internal.into_future());
-    a.and(b)
+    let public =
+        axum::serve(listeners.public, tracked(public)).with_graceful_shutdown(stopped(rx.clone()));
+    let internal = axum::serve(listeners.internal, tracked(internal))
+        .with_graceful_shutdown(stopped(rx.clone()));
+    // Draining is bounded: a client that never finishes its request must
+    // not keep a stopping service alive.
+    let deadline = async move {
+        stopped(rx).await;
+        tokio::time::sleep(DRAIN_LIMIT).await;
+    };
+    tokio::select! {
+        (a, b) = async { tokio::join!(public.into_future(), internal.into_future()) } => a.and(b),
+        () = deadline => {
+            tracing::warn!("connections still open {DRAIN_LIMIT:?} after shutdown; closing them");
+            Ok(())
+        }
+    }
 }
+
+/// How long a stopping service waits for open requests.
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
@@ -340,5 +346,43 @@ mod tests {
                 .contains("kisum_http_requests_total")
         );
         let _ = stop.send(());
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_half_sent_request_cannot_hold_shutdown_past_the_drain_limit() {
+        use tokio::io::AsyncWriteExt as _;
+        let metrics = Metrics::new("test", "test");
+        let any = "127.0.0.1:0".parse().unwrap();
+        let listeners = Listeners::bind(any, any).await.unwrap();
+        let (public, _) = listeners.addresses().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listeners,
+            probes(Readiness::default()),
+            Router::new(),
+            metrics,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let mut stalled = tokio::net::TcpStream::connect(public).await.unwrap();
+        stalled
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let _ = tx.send(());
+        let limit = DRAIN_LIMIT + std::time::Duration::from_secs(5);
+        let finished = tokio::time::timeout(limit, server).await;
+        assert!(
+            finished.is_ok(),
+            "serve still running {limit:?} after shutdown"
+        );
+        drop(stalled);
     }
 }
