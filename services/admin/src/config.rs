@@ -99,19 +99,7 @@ impl Config {
 
 /// An http(s) URL, without a trailing `/`.
 fn base_url(vars: &Vars, name: &str) -> Result<String, ConfigError> {
-    let url = vars
-        .required(name)?
-        .trim()
-        .trim_end_matches('/')
-        .to_string();
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(url)
-    } else {
-        Err(ConfigError::Invalid {
-            name: name.to_string(),
-            reason: format!("`{url}` is not an http(s) URL"),
-        })
-    }
+    vars.http_url(name)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! The client address the login rate limit counts: the TCP peer, or the
-//! first `X-Forwarded-For` entry when (and only when) the peer is one of
-//! the trusted proxies (`TRUSTED_PROXIES`, a comma-separated CIDR list,
-//! empty by default).
+//! The client address the login rate limit counts: the TCP peer, or, when
+//! (and only when) the peer is one of the trusted proxies
+//! (`TRUSTED_PROXIES`, a comma-separated CIDR list, empty by default), the
+//! nearest `X-Forwarded-For` entry that is not itself a trusted proxy,
+//! read from the right: entries left of it were written by the client and
+//! prove nothing.
 
 use std::net::IpAddr;
 
@@ -108,13 +110,21 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
-        headers
-            .get(FORWARDED_FOR)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next())
-            .and_then(|first| first.trim().parse::<IpAddr>().ok())
-            .map(canonical)
-            .unwrap_or(peer)
+        let Some(chain) = headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) else {
+            return peer;
+        };
+        let mut nearest = peer;
+        for hop in chain.rsplit(',') {
+            let Ok(address) = hop.trim().parse::<IpAddr>().map(canonical) else {
+                // Garbled: trust nothing further left.
+                return nearest;
+            };
+            if !self.trusts(address) {
+                return address;
+            }
+            nearest = address;
+        }
+        nearest
     }
 }
 
@@ -152,6 +162,14 @@ mod tests {
         assert!(!proxies.trusts("192.168.1.8".parse().unwrap()));
         // A garbled header falls back to the peer.
         assert_eq!(proxies.client_ip(peer, &forwarded("nonsense")), peer);
+    }
+
+    #[test]
+    fn a_client_cannot_choose_its_address_by_prepending_entries() {
+        let proxies = TrustedProxies::parse("127.0.0.1").unwrap();
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let client = proxies.client_ip(peer, &forwarded("198.51.100.7, 203.0.113.7"));
+        assert_eq!(client, "203.0.113.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -94,10 +94,7 @@ impl Config {
             })?,
             None => TrustedProxies::default(),
         };
-        let core_url = vars
-            .required("CORE_INTERNAL_URL")?
-            .trim_end_matches('/')
-            .to_string();
+        let core_url = vars.http_url("CORE_INTERNAL_URL")?;
         let service = vars
             .optional("SERVICE_NAME")?
             .unwrap_or_else(|| "auth".into());

@@ -250,8 +250,14 @@ async fn session_to_end(
     headers: &axum::http::HeaderMap,
     refresh_token: Option<&str>,
 ) -> Result<Identity> {
+    // A valid access token names the session; an expired one (the usual
+    // case for a client logging out later) falls back to the refresh token.
     if sessions::bearer(headers).is_some() {
-        return sessions::verify_access_token(state, headers);
+        match sessions::verify_access_token(state, headers) {
+            Ok(identity) => return Ok(identity),
+            Err(error) if refresh_token.is_none() => return Err(error),
+            Err(_) => {}
+        }
     }
     let token = refresh_token
         .and_then(RefreshToken::parse)

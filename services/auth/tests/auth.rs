@@ -652,6 +652,22 @@ async fn logout_ends_one_session_and_logout_all_every_session() {
     );
     assert_eq!(h.me(str_of(&c["access_token"])).await, StatusCode::OK);
 
+    // A stale access token beside a valid refresh token: the refresh token
+    // names the session, and it ends.
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout",
+            &[("authorization", "Bearer stale.access.token")],
+            Some(json!({ "refresh_token": c["refresh_token"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.refresh(&c["refresh_token"]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
     let d = h.tokens("out@example.com").await;
     let bearer_d = format!("Bearer {}", str_of(&d["access_token"]));
     let (status, _) = h
@@ -678,7 +694,7 @@ async fn logout_ends_one_session_and_logout_all_every_session() {
         .await
         .unwrap();
     assert_eq!(live, 0);
-    assert_eq!(h.audit_count("logout").await, 2);
+    assert_eq!(h.audit_count("logout").await, 3);
     assert_eq!(h.audit_count("logout_all").await, 1);
     assert_eq!(
         h.me(str_of(&h.tokens("out@example.com").await["access_token"]))

@@ -101,6 +101,27 @@ impl Vars {
         }
     }
 
+    /// A required http(s) URL with a host, without a trailing `/`.
+    pub fn http_url(&self, name: &str) -> Result<String, ConfigError> {
+        let url = self
+            .required(name)?
+            .trim()
+            .trim_end_matches('/')
+            .to_string();
+        let parsed = reqwest::Url::parse(&url);
+        let valid = parsed.as_ref().is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        });
+        if valid {
+            Ok(url)
+        } else {
+            Err(ConfigError::Invalid {
+                name: name.to_string(),
+                reason: format!("`{url}` is not an http(s) URL with a host"),
+            })
+        }
+    }
+
     /// The path a `NAME_FILE` variable points at, when it is given that way.
     pub fn file_path(&self, name: &str) -> Option<String> {
         self.values.get(&format!("{name}_FILE")).cloned()
@@ -193,6 +214,24 @@ mod tests {
         let vars = Vars::from_pairs([("HTTP_PORT", "eighty")]);
         let error = vars.parsed::<u16>("HTTP_PORT").unwrap_err();
         assert!(matches!(error, ConfigError::Invalid { ref name, .. } if name == "HTTP_PORT"));
+    }
+
+    #[test]
+    fn urls_must_be_http_with_a_host() {
+        let vars = Vars::from_pairs([
+            ("A", "http://core:9102/"),
+            ("B", "not-a-url"),
+            ("C", "ftp://x"),
+        ]);
+        assert_eq!(vars.http_url("A").unwrap(), "http://core:9102");
+        assert!(matches!(
+            vars.http_url("B"),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert!(matches!(
+            vars.http_url("C"),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -67,11 +67,8 @@ impl Config {
         Ok(Config {
             module,
             environment: vars.required("KISUM_ENVIRONMENT")?,
-            auth_jwks_url: vars.required("AUTH_JWKS_URL")?,
-            auth_internal_url: vars
-                .required("AUTH_INTERNAL_URL")?
-                .trim_end_matches('/')
-                .to_string(),
+            auth_jwks_url: vars.http_url("AUTH_JWKS_URL")?,
+            auth_internal_url: vars.http_url("AUTH_INTERNAL_URL")?,
             token_policy: TokenPolicy {
                 issuer: vars.required("JWT_ISSUER")?,
                 audience: vars.required("JWT_AUDIENCE")?,
