@@ -92,6 +92,21 @@ impl Database {
             .map_err(|e| anyhow::anyhow!("applying the {} migrations: {e}", self.name))
     }
 
+    /// `migrate` on a pool opened for it alone, closed afterwards.
+    pub async fn migrate_and_close(&self, pool: PgPool) -> anyhow::Result<()> {
+        let outcome = self.migrate(&pool).await;
+        pool.close().await;
+        outcome
+    }
+
+    /// The start-up check on a pool opened for it alone, before any port
+    /// is bound; the pool is closed afterwards.
+    pub async fn check_and_close(&self, pool: PgPool) -> anyhow::Result<()> {
+        let outcome = self.require_current(&pool).await;
+        pool.close().await;
+        outcome
+    }
+
     /// `Err` naming the pending or changed migrations unless current.
     pub async fn require_current(&self, pool: &PgPool) -> anyhow::Result<()> {
         state(pool, self.migrator)

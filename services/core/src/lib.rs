@@ -111,23 +111,12 @@ fn diagnostics(config: &Config) -> Diagnostics {
 
 /// `kisum-core migrate`: applies the pending migrations.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = pool(config)?;
-    let outcome = migrations::DATABASE.migrate(&pool).await;
-    pool.close().await;
-    outcome
-}
-
-/// `Err` (naming the pending migrations) unless the schema is current.
-pub async fn require_current_schema(pool: &PgPool) -> anyhow::Result<()> {
-    migrations::DATABASE.require_current(pool).await
+    migrations::DATABASE.migrate_and_close(pool(config)?).await
 }
 
 /// The start-up check alone, before any port is bound.
 pub async fn check_schema(config: &Config) -> anyhow::Result<()> {
-    let pool = pool(config)?;
-    let outcome = require_current_schema(&pool).await;
-    pool.close().await;
-    outcome
+    migrations::DATABASE.check_and_close(pool(config)?).await
 }
 
 /// Serves until `shutdown` resolves; refuses to start while the database
@@ -138,7 +127,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = app(config).await?;
-    require_current_schema(&app.pool).await?;
+    migrations::DATABASE.require_current(&app.pool).await?;
     let (public, internal) = listeners.addresses()?;
     tracing::info!(%public, %internal, "platform core serving");
     serve::serve(listeners, app.public, app.internal, app.metrics, shutdown).await?;
