@@ -4,6 +4,8 @@ mod cli;
 mod matrix;
 mod ops;
 mod render;
+#[allow(dead_code, unused_imports)] // used by `deploy local`, arriving next
+mod secrets;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,155 @@
+//! The secret store: where kisumctl keeps the credentials and keys it
+//! generates for an environment (section 12 of the plan).
+//!
+//! A secret of the inventory (`secrets:` in `base.yaml`) has named keys,
+//! for example `auth-db-credentials` has `url`, `username` and `password`.
+//! Every backend stores one value per (secret, key). Values are wrapped in
+//! [`Secret`], whose `Debug` never shows them and which has no `Display`,
+//! so a value cannot reach output or logs by accident.
+//!
+//! The first backend is local files ([`LocalFiles`]); the AWS Secrets
+//! Manager backend implements the same trait.
+
+mod local;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use local::LocalFiles;
+
+/// A secret value. Shown as `<redacted>` by `Debug`; read it with
+/// [`Secret::expose`] only where it is handed to its consumer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A random password: 32 bytes from the operating system's generator,
+    /// URL-safe base64 without padding (43 characters, safe in URLs and
+    /// connection strings without escaping).
+    pub fn random_password() -> Self {
+        use base64::Engine as _;
+        let bytes: [u8; 32] = rand::random();
+        Secret(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why a secret store operation failed. Messages name the secret and key,
+/// never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "`{0}` is not a valid secret or key name (lowercase letters, digits, `-`, `_` and `.`, not starting with `.`)"
+    )]
+    BadName(String),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` or remove it", path = .path.display())]
+    TooOpen { path: PathBuf, mode: u32 },
+}
+
+/// Where an environment's secrets live.
+pub trait SecretStore: Send + Sync {
+    /// A human description of the backend and its location.
+    fn describe(&self) -> String;
+
+    /// The value of `key` of `secret`, `None` when it does not exist.
+    fn read(&self, secret: &str, key: &str) -> Result<Option<Secret>, StoreError>;
+
+    /// Writes `key` of `secret`, replacing any earlier value atomically.
+    fn write(&self, secret: &str, key: &str, value: &Secret) -> Result<(), StoreError>;
+
+    /// The secrets that exist, sorted.
+    fn list(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The keys of `secret` that exist, sorted.
+    fn keys(&self, secret: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Removes `secret` with all its keys; `false` when it did not exist.
+    fn remove(&self, secret: &str) -> Result<bool, StoreError>;
+
+    /// The path of a file holding the value, for backends that have one:
+    /// local processes receive `<NAME>_FILE` pointing at it, as pods do
+    /// with a mounted Secret.
+    fn file(&self, secret: &str, key: &str) -> Option<PathBuf>;
+
+    /// Reads `key` of `secret`, creating it with `generate` when missing.
+    /// Answers the value and whether it was created now.
+    fn ensure(
+        &self,
+        secret: &str,
+        key: &str,
+        generate: &mut dyn FnMut() -> Secret,
+    ) -> Result<(Secret, bool), StoreError> {
+        if let Some(value) = self.read(secret, key)? {
+            return Ok((value, false));
+        }
+        let value = generate();
+        self.write(secret, key, &value)?;
+        Ok((value, true))
+    }
+}
+
+/// Secret and key names: a safe path component and an unsurprising name in
+/// every backend.
+pub(crate) fn check_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.escape_debug().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+        assert_eq!(format!("{:?}", Some(&secret)), "Some(<redacted>)");
+    }
+
+    #[test]
+    fn random_passwords_are_long_distinct_and_url_safe() {
+        let a = Secret::random_password();
+        let b = Secret::random_password();
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 43);
+        assert!(
+            a.expose()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["auth-db-credentials", "key-set.json", "password", "a_b"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "..", ".hidden", "a/b", "A", "x y", "../etc", "é"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}
