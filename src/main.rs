@@ -4,8 +4,11 @@ mod cli;
 mod matrix;
 mod ops;
 mod render;
-#[allow(dead_code, unused_imports)] // used by `deploy local`, arriving next
+// `smoke` reads the store; writing, listing and generating are for
+// `deploy local`.
+#[allow(dead_code)]
 mod secrets;
+mod smoke;
 
 use std::process::ExitCode;
 

@@ -4,6 +4,7 @@
 mod inventory;
 mod output;
 mod render;
+mod smoke;
 mod validate;
 
 use std::path::PathBuf;
@@ -59,6 +60,7 @@ enum Command {
     Validate(validate::Args),
     Render(render::Args),
     Inventory(inventory::Args),
+    Smoke(smoke::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -78,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&cli.matrix, args),
         Command::Render(args) => render::run(&cli.matrix, args),
         Command::Inventory(args) => inventory::run(&cli.matrix, args),
+        Command::Smoke(args) => smoke::run(&cli.matrix, args),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -350,6 +350,8 @@ pub enum SecretCategory {
     AdminBootstrap,
     AcmeAccountKey,
     TlsCertificate,
+    /// The identities the smoke checks act as; read by kisumctl only.
+    SmokeTestCredential,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
