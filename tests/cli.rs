@@ -12,3 +12,5 @@ mod docs;
 mod help;
 #[path = "cli/manifests.rs"]
 mod manifests;
+#[path = "cli/smoke.rs"]
+mod smoke;

@@ -9,6 +9,7 @@
 
 #[path = "../../module/tests/platform/mod.rs"]
 mod platform;
+mod services;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -22,12 +23,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use kisum_admin::rbac::Permission;
 use kisum_admin::routes::ROUTES;
-use kisum_common::config::Vars;
 use kisum_common::jwt::TokenPolicy;
 use kisum_common::keys::KeySet;
+use services::{admin_vars, start_admin, start_finance};
 use platform::{
     ADMIN_SECRET, AUDIENCE, ISSUER, Platform, database, eventually, loopback, loopback_listeners,
-    module_credential, now, serve_until_dropped,
+    now, serve_until_dropped,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -155,27 +156,6 @@ struct User {
     token: String,
 }
 
-fn admin_vars(database_url: &str, auth: &str, auth_internal: &str, core: &str) -> Vars {
-    Vars::from_pairs([
-        ("SERVICE_NAME", "platform-admin".to_string()),
-        ("KISUM_ENVIRONMENT", "test".into()),
-        ("HTTP_PORT", "0".into()),
-        ("INTERNAL_PORT", "0".into()),
-        ("ADMIN_DB_URL", database_url.into()),
-        ("AUTH_URL", auth.into()),
-        ("AUTH_INTERNAL_URL", auth_internal.into()),
-        ("CORE_INTERNAL_URL", core.into()),
-        ("JWT_ISSUER", ISSUER.into()),
-        ("JWT_AUDIENCE", AUDIENCE.into()),
-        ("JWKS_URL", format!("{auth}/.well-known/jwks.json")),
-        ("INTERNAL_CREDENTIAL", ADMIN_SECRET.into()),
-        (
-            "INTERNAL_CALLER_KISUMCTL",
-            "kisumctl-credential-for-tests".into(),
-        ),
-    ])
-}
-
 impl Stack {
     async fn start(prefix: &str) -> Stack {
         let platform = Platform::start().await;
@@ -186,23 +166,14 @@ impl Stack {
     /// Admin calling Auth's internal routes at `auth_internal` and Core at
     /// `core` (the platform's own, or something in front of them).
     async fn with(prefix: &str, platform: Platform, auth_internal: &str, core: &str) -> Stack {
-        let url = database(&format!("{prefix}_admin")).await;
-        let vars = admin_vars(&url, &platform.auth_url(), auth_internal, core);
-        let config = kisum_admin::Config::from_vars(&vars).unwrap();
-        kisum_admin::migrate(&config).await.unwrap();
-        let admin_pool = kisum_admin::pool(&config).unwrap();
-        let listeners = loopback_listeners().await;
-        let (admin, _) = listeners.addresses().unwrap();
-        let stop = serve_until_dropped(|shutdown| async move {
-            kisum_admin::run(config, listeners, shutdown).await.unwrap();
-        });
+        let admin = start_admin(prefix, &platform, auth_internal, core).await;
         Stack {
             platform,
-            admin,
-            admin_pool,
+            admin: admin.address,
+            admin_pool: admin.pool,
             http: reqwest::Client::new(),
             reader: OnceCell::new(),
-            _stop: stop,
+            _stop: admin.stop,
         }
     }
 
@@ -927,51 +898,12 @@ const MODULE_ACCESS_CACHE: Duration = Duration::from_secs(1);
 /// ignored `ACCESS_CACHE_SECONDS` would fail.
 const SLACK: Duration = Duration::from_secs(2);
 
-/// The finance backend (`kisum-module`) on its own database, against the
-/// platform's Auth, ready.
-async fn start_finance(platform: &Platform) -> (SocketAddr, oneshot::Sender<()>) {
-    let database_url = database("smoke_finance").await;
-    let cache_seconds = MODULE_ACCESS_CACHE.as_secs().to_string();
-    let vars = Vars::from_pairs([
-        ("MODULE_NAME", "finance".to_string()),
-        ("KISUM_ENVIRONMENT", "test".into()),
-        ("AUTH_JWKS_URL", platform.jwks_url()),
-        ("AUTH_INTERNAL_URL", platform.auth_internal_url()),
-        ("JWT_ISSUER", ISSUER.into()),
-        ("JWT_AUDIENCE", AUDIENCE.into()),
-        ("JWKS_CACHE_SECONDS", "300".into()),
-        ("X_ORG_POLICY", "required".into()),
-        ("ACCESS_CACHE_SECONDS", cache_seconds),
-        ("DATABASE_URL", database_url.clone()),
-        ("INTERNAL_CREDENTIAL", module_credential("finance")),
-    ]);
-    let config = kisum_module::Config::from_vars(&vars).unwrap();
-    kisum_module::migrate(kisum_module::Module::Finance, &database_url)
-        .await
-        .unwrap();
-    let listeners = loopback_listeners().await;
-    let (public, _) = listeners.addresses().unwrap();
-    let stop = serve_until_dropped(|shutdown| async move {
-        kisum_module::run(config, listeners, shutdown)
-            .await
-            .unwrap();
-    });
-    let http = reqwest::Client::new();
-    let ready = eventually(Duration::from_secs(20), || async {
-        let ready = http.get(format!("http://{public}/ready")).send().await;
-        ready.is_ok_and(|r| r.status() == StatusCode::OK)
-    })
-    .await;
-    assert!(ready, "the finance backend never became ready");
-    (public, stop)
-}
-
 /// Section 25.3 of the platform plan, against Platform Core, Auth,
 /// Platform Admin and a module backend (finance) running together.
 #[tokio::test]
 async fn smoke_paths_of_the_platform() {
     let mut stack = Stack::start("admin_smoke").await;
-    let (finance, _stop_finance) = start_finance(&stack.platform).await;
+    let (finance, _stop_finance) = start_finance(&stack.platform, MODULE_ACCESS_CACHE).await;
     let http = stack.http.clone();
     let module = |method: Method, token: &str, org: &str| {
         let request = http
