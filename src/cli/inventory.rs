@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use super::output::table;
-use super::{Exit, OutputFormat, load_matrix};
+use super::{Exit, OutputFormat};
+use crate::matrix::{Environment, Matrix};
 use crate::ops::inventory;
 
 /// Print the environment matrix, service inventory, network matrix and
@@ -33,18 +34,13 @@ enum Table {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir, args.output) {
-        Ok(matrix) => matrix,
-        Err(exit) => return Ok(exit),
-    };
-    let env = match matrix.environment(&args.env) {
-        Ok(env) => env,
-        Err(errors) => {
-            super::report_input_errors(&errors.0, args.output);
-            return Ok(Exit::UnusableInput);
-        }
-    };
-    let inventory = inventory::build(&matrix, &env);
+    super::with_environment(dir, &args.env, args.output, |matrix, env| {
+        print_inventory(matrix, env, &args)
+    })
+}
+
+fn print_inventory(matrix: &Matrix, env: &Environment, args: &Args) -> anyhow::Result<Exit> {
+    let inventory = inventory::build(matrix, env);
     let wanted = |t: Table| args.table.is_none_or(|only| only == t);
 
     if args.output == OutputFormat::Json {

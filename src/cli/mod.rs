@@ -100,6 +100,27 @@ fn load_matrix(dir: &std::path::Path, format: OutputFormat) -> Result<crate::mat
     })
 }
 
+/// Loads the matrix and resolves environment `name`, then runs `command`
+/// on both; input errors are printed and end in exit 2.
+fn with_environment(
+    dir: &std::path::Path,
+    name: &str,
+    format: OutputFormat,
+    command: impl FnOnce(&crate::matrix::Matrix, &crate::matrix::Environment) -> anyhow::Result<Exit>,
+) -> anyhow::Result<Exit> {
+    let matrix = match load_matrix(dir, format) {
+        Ok(matrix) => matrix,
+        Err(exit) => return Ok(exit),
+    };
+    match matrix.environment(name) {
+        Ok(env) => command(&matrix, &env),
+        Err(errors) => {
+            report_input_errors(&errors.0, format);
+            Ok(Exit::UnusableInput)
+        }
+    }
+}
+
 /// Input errors on stderr; with `-o json` also as JSON on stdout, so a
 /// pipeline always gets a document.
 fn report_input_errors(errors: &[crate::matrix::InputError], format: OutputFormat) {

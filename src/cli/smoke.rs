@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{Exit, OutputFormat, load_matrix};
+use super::{Exit, OutputFormat};
+use crate::matrix::Environment;
 use crate::matrix::load::printable;
 use crate::matrix::schema::SecretBackend;
 use crate::secrets::{LocalFiles, SecretStore};
@@ -35,22 +36,16 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir, args.output) {
-        Ok(matrix) => matrix,
-        Err(exit) => return Ok(exit),
-    };
-    let env = match matrix.environment(&args.env) {
-        Ok(env) => env,
-        Err(errors) => {
-            super::report_input_errors(&errors.0, args.output);
-            return Ok(Exit::UnusableInput);
-        }
-    };
+    super::with_environment(dir, &args.env, args.output, |_, env| {
+        smoke_environment(dir, env, args.output)
+    })
+}
 
+fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> anyhow::Result<Exit> {
     let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
-    let target = match Target::for_environment(&env, &state_dir) {
+    let target = match Target::for_environment(env, &state_dir) {
         Ok(target) => target,
-        Err(error) => return Ok(refuse(args.output, &error.to_string(), Exit::UnusableInput)),
+        Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };
     let store = match &env.file.secrets {
         SecretBackend::LocalFiles { path } => {
@@ -65,15 +60,15 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                  backend for it yet: the smoke-test credentials cannot be read",
                 env.name
             );
-            return Ok(refuse(args.output, &message, Exit::OperationFailed));
+            return Ok(refuse(format, &message, Exit::OperationFailed));
         }
     };
     let credentials = match Credentials::from_store(&store) {
         Ok(credentials) => credentials,
         Err(smoke::CredentialsError::Store(error)) => {
-            return Ok(refuse(args.output, &error.to_string(), Exit::OperationFailed));
+            return Ok(refuse(format, &error.to_string(), Exit::OperationFailed));
         }
-        Err(error) => return Ok(refuse(args.output, &error.to_string(), Exit::UnusableInput)),
+        Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };
 
     eprintln!(
@@ -89,7 +84,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         .build()?;
     let report = runtime.block_on(smoke::run(&target, &credentials));
 
-    match args.output {
+    match format {
         OutputFormat::Json => {
             let document = document(env.name, &target, &report);
             println!("{}", serde_json::to_string_pretty(&document)?);
@@ -146,7 +141,12 @@ fn document(env: &str, target: &Target, report: &Report) -> serde_json::Value {
 }
 
 fn text(env: &str, report: &Report) -> String {
-    let width = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for check in &report.checks {
         let status = match check.status() {

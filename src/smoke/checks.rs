@@ -328,7 +328,11 @@ impl Run<'_> {
             if failing.is_empty() {
                 answer.unexpected("200")
             } else {
-                format!("{}; not ok: {}", answer.unexpected("200"), failing.join(", "))
+                format!(
+                    "{}; not ok: {}",
+                    answer.unexpected("200"),
+                    failing.join(", ")
+                )
             }
         })
     }
@@ -403,12 +407,17 @@ impl Run<'_> {
             "{}/admin/companies/{company}/entitlements",
             self.target.admin
         );
-        let answer = self.send(self.http.get(url).bearer_auth(token.expose())).await?;
+        let answer = self
+            .send(self.http.get(url).bearer_auth(token.expose()))
+            .await?;
         answer.expect_ok()?;
         expect(answer.body["company"] == company.as_str(), || {
             format!("the entitlements are not those of company {company}")
         })?;
-        let modules = answer.body["modules"].as_array().cloned().unwrap_or_default();
+        let modules = answer.body["modules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         expect(modules.iter().any(|m| m == READABLE_MODULE), || {
             format!("Core does not entitle the company to `{READABLE_MODULE}`")
         })
@@ -416,7 +425,9 @@ impl Run<'_> {
 
     async fn module_allowed(&mut self) -> Outcome {
         let token = self.user_token()?;
-        let answer = self.send(self.invoices(reqwest::Method::GET, &token)).await?;
+        let answer = self
+            .send(self.invoices(reqwest::Method::GET, &token))
+            .await?;
         expect(answer.status.is_success(), || answer.unexpected("2xx"))
     }
 
@@ -424,7 +435,9 @@ impl Run<'_> {
     /// as invalid (400) instead of creating a record.
     async fn module_denied(&mut self) -> Outcome {
         let token = self.user_token()?;
-        let request = self.invoices(reqwest::Method::POST, &token).json(&json!({}));
+        let request = self
+            .invoices(reqwest::Method::POST, &token)
+            .json(&json!({}));
         let answer = self.send(request).await?;
         expect(answer.status == StatusCode::FORBIDDEN, || {
             let mut detail = answer.unexpected("403");
@@ -517,7 +530,10 @@ impl Run<'_> {
 
     /// Ends both sessions (best effort: a session left over expires).
     async fn sign_out(&self) {
-        let tokens = [self.user_token.clone(), self.admin_token.clone().and_then(Result::ok)];
+        let tokens = [
+            self.user_token.clone(),
+            self.admin_token.clone().and_then(Result::ok),
+        ];
         for token in tokens.into_iter().flatten() {
             let request = self
                 .http
@@ -530,7 +546,10 @@ impl Run<'_> {
     /// `report` with every password and token replaced, should a service
     /// ever echo one.
     fn scrubbed(&self, mut report: Report) -> Report {
-        let tokens = [self.user_token.clone(), self.admin_token.clone().and_then(Result::ok)];
+        let tokens = [
+            self.user_token.clone(),
+            self.admin_token.clone().and_then(Result::ok),
+        ];
         let tokens: Vec<Secret> = tokens.into_iter().flatten().collect();
         let mut secrets: Vec<&str> = self.credentials.secrets().to_vec();
         secrets.extend(tokens.iter().map(Secret::expose));
@@ -580,7 +599,10 @@ mod tests {
             answer(401, json!({"error": "invalid_credentials"})).unexpected("200"),
             "expected 200, got 401 (invalid_credentials)"
         );
-        assert_eq!(answer(502, Value::Null).unexpected("200"), "expected 200, got 502");
+        assert_eq!(
+            answer(502, Value::Null).unexpected("200"),
+            "expected 200, got 502"
+        );
     }
 
     #[test]

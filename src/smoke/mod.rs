@@ -85,7 +85,10 @@ impl Report {
     }
 }
 
-fn milliseconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn milliseconds<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -121,7 +124,13 @@ mod tests {
             ..clean.clone()
         };
         assert!(!unrepaired.passed());
-        assert!(!Report { checks: vec![], repairs: vec![] }.passed());
+        assert!(
+            !Report {
+                checks: vec![],
+                repairs: vec![]
+            }
+            .passed()
+        );
     }
 
     #[test]

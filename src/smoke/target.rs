@@ -215,7 +215,10 @@ mod tests {
         let path = dir.path().join(ENDPOINTS_FILE);
         for (text, expected) in [
             ("{", "not valid JSON"),
-            (r#"{"auth": "http://127.0.0.1:1"}"#, "no URL for `platform-admin`"),
+            (
+                r#"{"auth": "http://127.0.0.1:1"}"#,
+                "no URL for `platform-admin`",
+            ),
             (
                 r#"{"auth": "ftp://127.0.0.1", "platform-admin": "x", "finance": "y"}"#,
                 "`auth`: `ftp://127.0.0.1` is not an http(s) URL",
@@ -226,7 +229,9 @@ mod tests {
             ),
         ] {
             std::fs::write(&path, text).unwrap();
-            let error = Target::from_endpoints("local", &path).unwrap_err().to_string();
+            let error = Target::from_endpoints("local", &path)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{text}: {error}");
             assert!(error.contains(ENDPOINTS_FILE), "{error}");
         }

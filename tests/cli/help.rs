@@ -5,11 +5,12 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 4] = [
+const PAGES: [(&str, &[&str]); 5] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
     ("inventory", &["inventory", "--help"]),
+    ("smoke", &["smoke", "--help"]),
 ];
 
 #[test]

@@ -254,10 +254,7 @@ async fn smoke_local_passes_every_check_against_the_seeded_platform() {
     assert_eq!(code, Some(0), "{text}");
     let names: Vec<String> = checks(&document).into_iter().map(|c| c.0).collect();
     assert_eq!(names, CHECKS, "{text}");
-    assert!(
-        checks(&document).iter().all(|c| c.1 == "pass"),
-        "{text}"
-    );
+    assert!(checks(&document).iter().all(|c| c.1 == "pass"), "{text}");
     assert_eq!(document["passed"], true);
     assert_eq!(document["summary"]["passed"], 9);
     assert_eq!(document["repairs"], json!([]));
@@ -339,7 +336,10 @@ async fn a_wrong_password_fails_login_and_skips_what_needs_the_token() {
         assert_eq!(status, "skip", "{name}: {text}");
         assert!(detail.contains("no access token"), "{name}: {detail}");
     }
-    assert_eq!(document["summary"], json!({"passed": 3, "failed": 1, "skipped": 5}));
+    assert_eq!(
+        document["summary"],
+        json!({"passed": 3, "failed": 1, "skipped": 5})
+    );
 
     let output = deployment.smoke(&["smoke", "local"]).await;
     let text = stdout(&output) + &stderr(&output);

@@ -25,13 +25,13 @@ use kisum_admin::rbac::Permission;
 use kisum_admin::routes::ROUTES;
 use kisum_common::jwt::TokenPolicy;
 use kisum_common::keys::KeySet;
-use services::{admin_vars, start_admin, start_finance};
 use platform::{
     ADMIN_SECRET, AUDIENCE, ISSUER, Platform, database, eventually, loopback, loopback_listeners,
     now, serve_until_dropped,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use services::{admin_vars, start_admin, start_finance};
 use tokio::sync::{OnceCell, oneshot};
 use uuid::Uuid;
 

@@ -29,23 +29,6 @@ struct Backend {
     _stop: oneshot::Sender<()>,
 }
 
-fn base_vars(module: Module, platform: &Platform, database_url: &str) -> Vars {
-    Vars::from_pairs([
-        ("MODULE_NAME", module.name().to_string()),
-        ("KISUM_ENVIRONMENT", "test".into()),
-        ("AUTH_JWKS_URL", platform.jwks_url()),
-        ("AUTH_INTERNAL_URL", platform.auth_internal_url()),
-        ("JWT_ISSUER", ISSUER.into()),
-        ("JWT_AUDIENCE", AUDIENCE.into()),
-        ("JWKS_CACHE_SECONDS", "300".into()),
-        ("JWKS_MIN_REFETCH_SECONDS", "60".into()),
-        ("X_ORG_POLICY", "required".into()),
-        ("DATABASE_URL", database_url.into()),
-        ("INTERNAL_CREDENTIAL", module_credential(module.name())),
-        ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_SECRET.into()),
-    ])
-}
-
 impl Backend {
     /// Migrates the database, starts the backend against the platform's
     /// Auth and waits until it is ready.
@@ -55,7 +38,7 @@ impl Backend {
         database_url: &str,
         settings: &[(&str, &str)],
     ) -> Backend {
-        let mut vars = base_vars(module, platform, database_url);
+        let mut vars = platform::module_vars(module, platform, database_url);
         for (name, value) in settings {
             vars.set(*name, *value);
         }

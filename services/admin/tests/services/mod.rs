@@ -14,9 +14,11 @@ use kisum_common::config::Vars;
 use reqwest::StatusCode;
 use tokio::sync::oneshot;
 
+use kisum_module::Module;
+
 use super::platform::{
     ADMIN_SECRET, AUDIENCE, ISSUER, KISUMCTL_SECRET, Platform, database, eventually,
-    loopback_listeners, module_credential, serve_until_dropped,
+    loopback_listeners, module_vars, serve_until_dropped,
 };
 
 /// Platform Admin's settings: its database, Auth's public and internal
@@ -51,7 +53,12 @@ pub struct Admin {
 /// Platform Admin on a migrated database of its own, calling Auth's
 /// internal routes at `auth_internal` and Core at `core` (the platform's
 /// own, or something in front of them).
-pub async fn start_admin(prefix: &str, platform: &Platform, auth_internal: &str, core: &str) -> Admin {
+pub async fn start_admin(
+    prefix: &str,
+    platform: &Platform,
+    auth_internal: &str,
+    core: &str,
+) -> Admin {
     let url = database(&format!("{prefix}_admin")).await;
     let vars = admin_vars(&url, &platform.auth_url(), auth_internal, core);
     let config = kisum_admin::Config::from_vars(&vars).unwrap();
@@ -77,21 +84,10 @@ pub async fn start_finance(
     access_cache: Duration,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let database_url = database("smoke_finance").await;
-    let vars = Vars::from_pairs([
-        ("MODULE_NAME", "finance".to_string()),
-        ("KISUM_ENVIRONMENT", "test".into()),
-        ("AUTH_JWKS_URL", platform.jwks_url()),
-        ("AUTH_INTERNAL_URL", platform.auth_internal_url()),
-        ("JWT_ISSUER", ISSUER.into()),
-        ("JWT_AUDIENCE", AUDIENCE.into()),
-        ("JWKS_CACHE_SECONDS", "300".into()),
-        ("X_ORG_POLICY", "required".into()),
-        ("ACCESS_CACHE_SECONDS", access_cache.as_secs().to_string()),
-        ("DATABASE_URL", database_url.clone()),
-        ("INTERNAL_CREDENTIAL", module_credential("finance")),
-    ]);
+    let mut vars = module_vars(Module::Finance, platform, &database_url);
+    vars.set("ACCESS_CACHE_SECONDS", access_cache.as_secs().to_string());
     let config = kisum_module::Config::from_vars(&vars).unwrap();
-    kisum_module::migrate(kisum_module::Module::Finance, &database_url)
+    kisum_module::migrate(Module::Finance, &database_url)
         .await
         .unwrap();
     let listeners = loopback_listeners().await;

@@ -276,6 +276,25 @@ fn auth_vars(db_url: &str, redis_url: &str, key_file: &str, core: SocketAddr) ->
     vars
 }
 
+/// A module backend's settings against the platform's Auth, on
+/// `database_url`.
+pub fn module_vars(module: kisum_module::Module, platform: &Platform, database_url: &str) -> Vars {
+    Vars::from_pairs([
+        ("MODULE_NAME", module.name().to_string()),
+        ("KISUM_ENVIRONMENT", "test".into()),
+        ("AUTH_JWKS_URL", platform.jwks_url()),
+        ("AUTH_INTERNAL_URL", platform.auth_internal_url()),
+        ("JWT_ISSUER", ISSUER.into()),
+        ("JWT_AUDIENCE", AUDIENCE.into()),
+        ("JWKS_CACHE_SECONDS", "300".into()),
+        ("JWKS_MIN_REFETCH_SECONDS", "60".into()),
+        ("X_ORG_POLICY", "required".into()),
+        ("DATABASE_URL", database_url.into()),
+        ("INTERNAL_CREDENTIAL", module_credential(module.name())),
+        ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_SECRET.into()),
+    ])
+}
+
 impl Platform {
     /// Core, then Redis and Auth (migrated auth_db, a fresh key set in a
     /// file), each on free loopback ports.
