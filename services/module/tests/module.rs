@@ -10,12 +10,11 @@ mod platform;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kisum_common::config::Vars;
 use kisum_common::jwt::TokenPolicy;
 use kisum_common::keys::KeySet;
 use kisum_module::{Config, Module};
 use kisum_testkit::{Mongo, Postgres, Redis};
-use platform::{AUDIENCE, ISSUER, KISUMCTL_SECRET, Platform, body, module_credential, now};
+use platform::{AUDIENCE, ISSUER, KISUMCTL_SECRET, Platform, body, now};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, oneshot};
@@ -1007,7 +1006,8 @@ async fn a_backend_without_its_database_starts_but_is_not_ready() {
     });
     let url = format!("postgres://kisum@127.0.0.1:{port}/finance_db?sslmode=disable");
     let platform = Platform::start().await;
-    let config = Config::from_vars(&base_vars(Module::Finance, &platform, &url)).unwrap();
+    let config =
+        Config::from_vars(&platform::module_vars(Module::Finance, &platform, &url)).unwrap();
     let app = kisum_module::app(config).await.unwrap();
     let listeners = platform::loopback_listeners().await;
     let (public, _) = listeners.addresses().unwrap();
@@ -1041,7 +1041,8 @@ async fn serve_refuses_a_database_with_pending_migrations() {
         .create_unique_database("finance_unmigrated")
         .await
         .unwrap();
-    let config = Config::from_vars(&base_vars(Module::Finance, &platform, &url)).unwrap();
+    let config =
+        Config::from_vars(&platform::module_vars(Module::Finance, &platform, &url)).unwrap();
     let listeners = platform::loopback_listeners().await;
     let refused = kisum_module::run(config, listeners, std::future::pending::<()>()).await;
     let message = format!("{:#}", refused.expect_err("serve must refuse"));
