@@ -4,8 +4,9 @@
 //!
 //! A module appears only if the company is entitled to it AND the
 //! membership has a grant for it; its permissions are the role's
-//! permissions of that module plus those lent by live delegations (from a
-//! membership of the same company that itself holds the grant). `core_app`
+//! permissions of that module plus those lent by live delegations (from an
+//! active membership of an active user in the same company that itself
+//! holds the grant). A disabled user has no access at all. `core_app`
 //! is Core's: true only while a Basic subscription is active; add-on
 //! modules stay available without it.
 //!
@@ -142,7 +143,7 @@ async fn membership(state: &AppState, user: Uuid, company: Uuid) -> Result<Optio
            from memberships m
            join companies c on c.id = m.company_id
            join users u on u.id = m.user_id
-          where m.user_id = $1 and m.company_id = $2",
+          where m.user_id = $1 and m.company_id = $2 and u.status = 'active'",
     )
     .bind(user)
     .bind(company)
@@ -269,6 +270,8 @@ async fn rights(state: &AppState, company: Uuid, membership: &Membership) -> Res
            from delegations d
            join memberships lender on lender.id = d.from_membership
                 and lender.status = 'active' and lender.company_id = $3
+           join users lending_user on lending_user.id = lender.user_id
+                and lending_user.status = 'active'
            join module_grants g on g.membership_id = lender.id and g.module = d.module
            join role_permissions rp on rp.role = lender.role
            join permissions p on p.key = rp.permission and p.module = d.module

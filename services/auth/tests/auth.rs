@@ -1068,6 +1068,69 @@ async fn delegation_lends_the_lenders_permissions_of_one_module() {
 }
 
 #[tokio::test]
+async fn a_disabled_user_lends_nothing_and_loses_every_access_at_once() {
+    let h = Harness::start().await;
+    let (lender_user, company, lender) =
+        member(&h, "off-lender@example.com", "off-co", &["finance"]).await;
+    h.add_on(company, "finance", true).await;
+    directory::define_role(&h.db, "viewer", &[]).await.unwrap();
+    let borrower_user = h.user("off-borrower@example.com").await;
+    let borrower = directory::add_membership(&h.db, borrower_user, company, "viewer")
+        .await
+        .unwrap();
+    directory::grant_module(&h.db, borrower, "finance")
+        .await
+        .unwrap();
+    directory::delegate(&h.db, lender, borrower, "finance", 3600)
+        .await
+        .unwrap();
+    let tokens = h.tokens("off-borrower@example.com").await;
+    let access = str_of(&tokens["access_token"]);
+    let lent = json!({ "finance": ["finance.invoices.read", "finance.invoices.write"] });
+    let (_, first) = h.me_access(access, "off-co").await;
+    assert_eq!(first["modules"], lent);
+    // Cached now: the next answer comes from Redis.
+    let (_, cached) = h.me_access(access, "off-co").await;
+    assert_eq!(cached, first);
+
+    // The lender is disabled: the cached context is unreachable at once and
+    // the delegation lends nothing.
+    directory::set_user_status(&h.db, lender_user, false)
+        .await
+        .unwrap();
+    let (status, after) = h.me_access(access, "off-co").await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(after["modules"], json!({ "finance": [] }));
+    assert!(after["access_version"].as_i64() > first["access_version"].as_i64());
+    directory::set_user_status(&h.db, lender_user, true)
+        .await
+        .unwrap();
+    assert_eq!(h.me_access(access, "off-co").await.1["modules"], lent);
+
+    // The borrower is disabled: no access, no session use, no refresh.
+    directory::set_user_status(&h.db, borrower_user, false)
+        .await
+        .unwrap();
+    let (status, body) = h.me_access(access, "off-co").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(h.me(access).await, StatusCode::UNAUTHORIZED);
+    let session = claims_of(access)["sid"].clone();
+    let (status, _) = h
+        .internal_call(
+            Some(("finance", FINANCE_SECRET)),
+            Method::POST,
+            "/internal/access-context",
+            Some(json!({ "user": borrower_user, "session": session, "org": "off-co" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.refresh(&tokens["refresh_token"]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
 async fn x_org_of_a_company_without_membership_is_forbidden() {
     let h = Harness::start().await;
     let (user, _, _) = member(&h, "own@example.com", "own-co", &["basic"]).await;
