@@ -1,9 +1,12 @@
 //! Platform Admin's configuration, from the variables the environment
 //! matrix gives it (`environments/base.yaml`).
 
+use std::time::Duration;
+
 use kisum_common::config::{ConfigError, Vars, digest};
 use kisum_common::internal::{Allowlist, Credential};
 use kisum_common::jwt::TokenPolicy;
+use kisum_common::serve::ServerSettings;
 
 /// Clock skew allowed when checking a token's expiry and not-before.
 const TOKEN_LEEWAY_SECONDS: u64 = 30;
@@ -30,9 +33,14 @@ pub struct Config {
     /// Whether `ADMIN_BOOTSTRAP` is set. No route uses it: the first
     /// platform admin is created in Auth, which owns users and roles.
     pub bootstrap_configured: bool,
+    /// Timeouts and `/metrics`, shared by every service.
+    pub server: ServerSettings,
     /// Digest of the non-secret settings, for diagnostics.
     pub digest: String,
 }
+
+/// `services.platform-admin.timeouts.read-seconds`: the default request timeout.
+const READ_SECONDS: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,6 +80,7 @@ impl Config {
                 .optional("ADMIN_BOOTSTRAP")?
                 .is_some_and(|value| !value.trim().is_empty()),
             service,
+            server: ServerSettings::from_vars(vars, READ_SECONDS)?,
             digest: String::new(),
         };
         Ok(Config {
@@ -82,18 +91,24 @@ impl Config {
 
     fn settings_digest(&self) -> String {
         let (http, internal) = (self.http_port.to_string(), self.internal_port.to_string());
-        digest([
-            ("SERVICE_NAME", self.service.as_str()),
-            ("KISUM_ENVIRONMENT", self.environment.as_str()),
-            ("HTTP_PORT", http.as_str()),
-            ("INTERNAL_PORT", internal.as_str()),
-            ("AUTH_URL", self.auth_url.as_str()),
-            ("AUTH_INTERNAL_URL", self.auth_internal_url.as_str()),
-            ("CORE_INTERNAL_URL", self.core_internal_url.as_str()),
-            ("JWKS_URL", self.jwks_url.as_str()),
-            ("JWT_ISSUER", self.token_policy.issuer.as_str()),
-            ("JWT_AUDIENCE", self.token_policy.audience.as_str()),
-        ])
+        let server = self.server.digest_pairs();
+        let server = server.iter().map(|(name, value)| (*name, value.as_str()));
+        digest(
+            [
+                ("SERVICE_NAME", self.service.as_str()),
+                ("KISUM_ENVIRONMENT", self.environment.as_str()),
+                ("HTTP_PORT", http.as_str()),
+                ("INTERNAL_PORT", internal.as_str()),
+                ("AUTH_URL", self.auth_url.as_str()),
+                ("AUTH_INTERNAL_URL", self.auth_internal_url.as_str()),
+                ("CORE_INTERNAL_URL", self.core_internal_url.as_str()),
+                ("JWKS_URL", self.jwks_url.as_str()),
+                ("JWT_ISSUER", self.token_policy.issuer.as_str()),
+                ("JWT_AUDIENCE", self.token_policy.audience.as_str()),
+            ]
+            .into_iter()
+            .chain(server),
+        )
     }
 }
 

@@ -76,7 +76,6 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
         Router::new(),
         diagnostics(&config, jwks),
         config.diagnostics_callers.clone(),
-        metrics.clone(),
     );
     Ok(App {
         public,
@@ -147,11 +146,20 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let server = config.server;
     let app = app(config).await?;
     migrations::DATABASE.require_current(&app.pool).await?;
     let (public, internal) = listeners.addresses()?;
     tracing::info!(%public, %internal, "platform admin serving");
-    serve::serve(listeners, app.public, app.internal, app.metrics, shutdown).await?;
+    serve::serve(
+        listeners,
+        app.public,
+        app.internal,
+        app.metrics,
+        server,
+        shutdown,
+    )
+    .await?;
     app.pool.close().await;
     Ok(())
 }

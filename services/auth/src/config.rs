@@ -9,11 +9,14 @@ use std::time::Duration;
 use kisum_common::config::{ConfigError, Vars, digest};
 use kisum_common::internal::{Allowlist, Credential};
 use kisum_common::jwt::TokenPolicy;
+use kisum_common::serve::ServerSettings;
 
 use crate::client_ip::TrustedProxies;
 
 /// Clock skew accepted on `exp`/`nbf` (`tokens.clock-skew-seconds`).
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
+/// `services.auth.timeouts.read-seconds`: the default request timeout.
+const READ_SECONDS: Duration = Duration::from_secs(15);
 
 /// Where the signing key set comes from.
 #[derive(Debug, Clone)]
@@ -49,6 +52,7 @@ pub struct Config {
     pub allowlist: Allowlist,
     pub rate_limits: RateLimits,
     pub trusted_proxies: TrustedProxies,
+    pub server: ServerSettings,
     pub config_digest: String,
 }
 
@@ -95,6 +99,8 @@ impl Config {
             None => TrustedProxies::default(),
         };
         let core_url = vars.http_url("CORE_INTERNAL_URL")?;
+        let server = ServerSettings::from_vars(vars, READ_SECONDS)?;
+        let server_pairs = server.digest_pairs();
         let service = vars
             .optional("SERVICE_NAME")?
             .unwrap_or_else(|| "auth".into());
@@ -119,6 +125,9 @@ impl Config {
                 &rate_limits.window.as_secs().to_string(),
             ),
             ("TRUSTED_PROXIES", &trusted_proxies.to_string()),
+            (server_pairs[0].0, &server_pairs[0].1),
+            (server_pairs[1].0, &server_pairs[1].1),
+            (server_pairs[2].0, &server_pairs[2].1),
         ]);
         Ok(Config {
             http: listen("HTTP_PORT")?,
@@ -135,6 +144,7 @@ impl Config {
             policy,
             rate_limits,
             trusted_proxies,
+            server,
             service,
             environment,
             config_digest,

@@ -2,9 +2,11 @@
 //! gives it (`environments/base.yaml`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use kisum_common::config::{ConfigError, Vars, digest};
 use kisum_common::internal::Allowlist;
+use kisum_common::serve::ServerSettings;
 
 const CALLER_PREFIX: &str = "INTERNAL_CALLER_";
 
@@ -24,9 +26,14 @@ pub struct Config {
     /// Whether `BILLING_PROVIDER_KEY` is set; the key itself is not used yet.
     pub billing_provider_configured: bool,
     pub self_service_billing: bool,
+    /// Timeouts and `/metrics`, shared by every service.
+    pub server: ServerSettings,
     /// Digest of the non-secret settings, for diagnostics.
     pub digest: String,
 }
+
+/// `services.platform-core.timeouts.read-seconds`: the default request timeout.
+const READ_SECONDS: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,6 +67,7 @@ impl Config {
                 .optional("BILLING_PROVIDER_KEY")?
                 .is_some_and(|key| !key.trim().is_empty()),
             self_service_billing: vars.parsed_or("SELF_SERVICE_BILLING", false)?,
+            server: ServerSettings::from_vars(vars, READ_SECONDS)?,
             digest: String::new(),
         };
         Ok(Config {
@@ -73,15 +81,21 @@ impl Config {
         let allowed = allowed.join(",");
         let billing = self.billing_provider_configured.to_string();
         let self_service = self.self_service_billing.to_string();
-        digest([
-            ("SERVICE_NAME", self.service.as_str()),
-            ("KISUM_ENVIRONMENT", self.environment.as_str()),
-            ("HTTP_PORT", http.as_str()),
-            ("INTERNAL_PORT", internal.as_str()),
-            ("INTERNAL_ALLOWED_CALLERS", allowed.as_str()),
-            ("BILLING_PROVIDER_KEY set", billing.as_str()),
-            ("SELF_SERVICE_BILLING", self_service.as_str()),
-        ])
+        let server = self.server.digest_pairs();
+        let server = server.iter().map(|(name, value)| (*name, value.as_str()));
+        digest(
+            [
+                ("SERVICE_NAME", self.service.as_str()),
+                ("KISUM_ENVIRONMENT", self.environment.as_str()),
+                ("HTTP_PORT", http.as_str()),
+                ("INTERNAL_PORT", internal.as_str()),
+                ("INTERNAL_ALLOWED_CALLERS", allowed.as_str()),
+                ("BILLING_PROVIDER_KEY set", billing.as_str()),
+                ("SELF_SERVICE_BILLING", self_service.as_str()),
+            ]
+            .into_iter()
+            .chain(server),
+        )
     }
 }
 

@@ -60,7 +60,6 @@ pub fn app_with_pool(config: &Config, pool: PgPool) -> App {
         Router::new(),
         diagnostics(config),
         config.diagnostics_callers.clone(),
-        metrics.clone(),
     )
     .merge(api)
     .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
@@ -126,11 +125,20 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let server = config.server;
     let app = app(config).await?;
     migrations::DATABASE.require_current(&app.pool).await?;
     let (public, internal) = listeners.addresses()?;
     tracing::info!(%public, %internal, "platform core serving");
-    serve::serve(listeners, app.public, app.internal, app.metrics, shutdown).await?;
+    serve::serve(
+        listeners,
+        app.public,
+        app.internal,
+        app.metrics,
+        server,
+        shutdown,
+    )
+    .await?;
     app.pool.close().await;
     Ok(())
 }

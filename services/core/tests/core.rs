@@ -58,8 +58,17 @@ impl Drop for Core {
 
 impl Core {
     async fn start(prefix: &str) -> Core {
+        Core::start_with(prefix, &[]).await
+    }
+
+    /// Core with `extra` variables set beside the usual ones.
+    async fn start_with(prefix: &str, extra: &[(&str, &str)]) -> Core {
         let database_url = database(prefix).await;
-        let config = Config::from_vars(&vars(&database_url)).unwrap();
+        let mut vars = vars(&database_url);
+        for (name, value) in extra {
+            vars.set(*name, *value);
+        }
+        let config = Config::from_vars(&vars).unwrap();
         kisum_core::migrate(&config).await.unwrap();
         let loopback = "127.0.0.1:0".parse().unwrap();
         let listeners = Listeners::bind(loopback, loopback).await.unwrap();
@@ -664,6 +673,7 @@ async fn serve_refuses_to_start_with_pending_migrations() {
         app.public,
         app.internal,
         app.metrics,
+        kisum_common::serve::ServerSettings::default(),
         async {
             let _ = stopped.await;
         },
@@ -744,4 +754,24 @@ async fn metrics_count_version_bumps_and_catalog_mutations() {
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_disconnected_on_both_ports() {
+    let core = Core::start_with("core_slow", &[("HEADER_READ_TIMEOUT_SECONDS", "1")]).await;
+    for port in [core.public, core.internal] {
+        let started = std::time::Instant::now();
+        let closed = kisum_testkit::trickle_headers(port, std::time::Duration::from_secs(10)).await;
+        assert!(closed, "{port}: still open after 10 s of trickled headers");
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(4),
+            "{port}: closed after {took:?}"
+        );
+    }
+    // A prompt client is served as before.
+    let health = reqwest::get(format!("http://{}/health", core.public))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
 }

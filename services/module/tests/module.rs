@@ -1034,6 +1034,7 @@ async fn a_backend_without_its_database_starts_but_is_not_ready() {
         app.public,
         app.internal,
         app.metrics,
+        kisum_common::serve::ServerSettings::default(),
         async {
             let _ = stopped.await;
         },
