@@ -29,9 +29,13 @@ pub enum KeySource {
 
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimits {
+    /// Attempts of one address per window.
     pub per_ip: u64,
+    /// Failed attempts on one account per window before its backoff starts.
     pub per_email: u64,
     pub window: Duration,
+    /// The longest one backoff of an account lasts.
+    pub backoff_max: Duration,
 }
 
 #[derive(Clone)]
@@ -90,6 +94,10 @@ impl Config {
                 "LOGIN_RATE_LIMIT_WINDOW_SECONDS",
                 vars.parsed_or("LOGIN_RATE_LIMIT_WINDOW_SECONDS", 900)?,
             )?),
+            backoff_max: Duration::from_secs(positive(
+                "LOGIN_BACKOFF_MAX_SECONDS",
+                vars.parsed_or("LOGIN_BACKOFF_MAX_SECONDS", 60)?,
+            )?),
         };
         let trusted_proxies = match vars.optional("TRUSTED_PROXIES")? {
             Some(list) => TrustedProxies::parse(&list).map_err(|reason| ConfigError::Invalid {
@@ -123,6 +131,10 @@ impl Config {
             (
                 "LOGIN_RATE_LIMIT_WINDOW_SECONDS",
                 &rate_limits.window.as_secs().to_string(),
+            ),
+            (
+                "LOGIN_BACKOFF_MAX_SECONDS",
+                &rate_limits.backoff_max.as_secs().to_string(),
             ),
             ("TRUSTED_PROXIES", &trusted_proxies.to_string()),
             (server_pairs[0].0, &server_pairs[0].1),
@@ -202,6 +214,7 @@ mod tests {
         assert_eq!(config.rate_limits.per_ip, 20);
         assert_eq!(config.rate_limits.per_email, 5);
         assert_eq!(config.rate_limits.window, Duration::from_secs(900));
+        assert_eq!(config.rate_limits.backoff_max, Duration::from_secs(60));
         assert_eq!(config.core_url, "http://127.0.0.1:9102");
         assert!(matches!(config.keys, KeySource::File(_)));
         assert!(!format!("{config:?}").contains("postgres://"));

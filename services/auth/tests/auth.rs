@@ -124,6 +124,10 @@ async fn loopback_listeners() -> Listeners {
 struct Options {
     per_ip: u32,
     per_email: u32,
+    backoff_max_seconds: u32,
+    /// `TRUSTED_PROXIES`: with 127.0.0.1 trusted, a test chooses the client
+    /// address through `X-Forwarded-For`.
+    trusted_proxies: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -131,6 +135,8 @@ impl Default for Options {
         Options {
             per_ip: 1000,
             per_email: 1000,
+            backoff_max_seconds: 60,
+            trusted_proxies: None,
         }
     }
 }
@@ -177,7 +183,8 @@ fn auth_vars(
     options: &Options,
 ) -> Vars {
     let (per_ip, per_email) = (options.per_ip.to_string(), options.per_email.to_string());
-    Vars::from_pairs([
+    let backoff_max = options.backoff_max_seconds.to_string();
+    let mut vars = Vars::from_pairs([
         ("SERVICE_NAME", "auth"),
         ("KISUM_ENVIRONMENT", "test"),
         ("HTTP_PORT", "0"),
@@ -197,7 +204,12 @@ fn auth_vars(
         ("LOGIN_RATE_LIMIT_PER_IP", &per_ip),
         ("LOGIN_RATE_LIMIT_PER_EMAIL", &per_email),
         ("LOGIN_RATE_LIMIT_WINDOW_SECONDS", "900"),
-    ])
+        ("LOGIN_BACKOFF_MAX_SECONDS", &backoff_max),
+    ]);
+    if let Some(proxies) = options.trusted_proxies {
+        vars.set("TRUSTED_PROXIES", proxies);
+    }
+    vars
 }
 
 impl Harness {
@@ -785,38 +797,76 @@ where
 
 // ---------------------------------------------------------- rate limits --
 
+/// A login from client address `ip` (Auth trusts the test's proxy).
+async fn login_from(h: &Harness, ip: &str, email: &str, password: &str) -> (StatusCode, u64) {
+    let url = format!("http://{}/auth/login", h.public);
+    let body = json!({ "email": email, "password": password });
+    let (status, headers, _) = h
+        .send(Method::POST, url, &[("x-forwarded-for", ip)], Some(body))
+        .await;
+    let retry_after = headers
+        .get("retry-after")
+        .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+    (status, retry_after)
+}
+
 #[tokio::test]
-async fn the_email_limit_answers_429_and_is_skipped_while_redis_is_down() {
+async fn wrong_passwords_slow_an_account_down_but_never_lock_its_owner_out() {
     let mut h = Harness::with(Options {
         per_email: 3,
+        backoff_max_seconds: 2,
+        trusted_proxies: Some("127.0.0.1/32"),
         ..Options::default()
     })
     .await;
-    h.user("limited@example.com").await;
+    h.user("target@example.com").await;
+    let attacker = "198.51.100.7";
+    // Up to the limit, failures cost nothing but the failure.
     for _ in 0..3 {
-        assert_eq!(
-            h.login("limited@example.com", "wrong").await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        let (status, _) = login_from(&h, attacker, "target@example.com", "guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let url = format!("http://{}/auth/login", h.public);
-    let body = json!({ "email": "LIMITED@example.com", "password": PASSWORD });
-    let (status, headers, answer) = h
-        .send(Method::POST, url.clone(), &[], Some(body.clone()))
-        .await;
+    // The fourth starts a backoff: the next try is refused unchecked.
+    let (status, _) = login_from(&h, attacker, "target@example.com", "guess").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, retry_after) = login_from(&h, attacker, "TARGET@example.com", PASSWORD).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(answer["error"], "rate_limited");
-    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=900).contains(&retry_after), "{retry_after}");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+
+    // The owner, from an address that has not failed: not slowed at all.
+    let (status, _) = login_from(&h, "203.0.113.9", "target@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Further failures back off longer, but never past the cap: after it,
+    // the right password goes through even from the guessing address.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let (status, _) = login_from(&h, attacker, "target@example.com", "guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, retry_after) = login_from(&h, attacker, "target@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!((1..=2).contains(&retry_after), "capped: {retry_after}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, _) = login_from(&h, attacker, "target@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
     // Other accounts are not affected.
     h.user("other@example.com").await;
-    h.tokens("other@example.com").await;
+    assert_eq!(
+        login_from(&h, attacker, "other@example.com", PASSWORD)
+            .await
+            .0,
+        StatusCode::OK
+    );
 
+    // Without Redis nothing is throttled, and nothing fails.
+    let (status, _) = login_from(&h, attacker, "target@example.com", "guess").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = login_from(&h, attacker, "target@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     h.redis.stop();
-    for _ in 0..5 {
-        let (status, _, _) = h
-            .send(Method::POST, url.clone(), &[], Some(body.clone()))
-            .await;
+    for _ in 0..3 {
+        let (status, _) = login_from(&h, attacker, "target@example.com", PASSWORD).await;
         assert_eq!(
             status,
             StatusCode::OK,
