@@ -8,6 +8,7 @@ pub mod audit;
 pub mod changes;
 pub mod clients;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod migrations;
 pub mod organizations;

@@ -4,7 +4,8 @@
 //!
 //! A module appears only if the company is entitled to it AND the
 //! membership has a grant for it; its permissions are the role's
-//! permissions of that module plus those lent by live delegations (from an
+//! permissions of that module, those granted to the membership itself,
+//! and those lent by live delegations (from an
 //! active membership of an active user in the same company that itself
 //! holds the grant). A disabled user has no access at all. `core_app`
 //! is Core's: true only while a Basic subscription is active; add-on
@@ -265,6 +266,9 @@ async fn rights(state: &AppState, company: Uuid, membership: &Membership) -> Res
         "select p.module, p.key
            from role_permissions rp join permissions p on p.key = rp.permission
           where rp.role = $1
+         union
+         select mp.module, mp.permission from membership_permissions mp
+          where mp.membership_id = $2
          union
          select p.module, p.key
            from delegations d

@@ -20,6 +20,10 @@ pub enum AuthError {
     SessionRevoked,
     #[error("no access to this company")]
     NoMembership,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("this caller may not use this internal route")]
     CallerNotAllowed,
     #[error("too many login attempts; retry in {retry_after} s")]
@@ -45,6 +49,8 @@ impl AuthError {
             | AuthError::Unauthenticated
             | AuthError::SessionRevoked => StatusCode::UNAUTHORIZED,
             AuthError::NoMembership | AuthError::CallerNotAllowed => StatusCode::FORBIDDEN,
+            AuthError::NotFound(_) => StatusCode::NOT_FOUND,
+            AuthError::Conflict(_) => StatusCode::CONFLICT,
             AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AuthError::AccessUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -60,6 +66,8 @@ impl AuthError {
             AuthError::Unauthenticated => "unauthenticated",
             AuthError::SessionRevoked => "session_revoked",
             AuthError::NoMembership | AuthError::CallerNotAllowed => "forbidden",
+            AuthError::NotFound(_) => "not_found",
+            AuthError::Conflict(_) => "conflict",
             AuthError::RateLimited { .. } => "rate_limited",
             AuthError::AccessUnavailable => "access_unavailable",
             AuthError::Internal(_) => "internal",

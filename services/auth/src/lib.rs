@@ -5,6 +5,7 @@
 //! and internal routers, [`run`] serves them until `shutdown` resolves.
 
 pub mod access;
+pub mod administration;
 pub mod audit;
 pub mod cache;
 pub mod client_ip;

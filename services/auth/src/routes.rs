@@ -18,11 +18,11 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::access::{self, AccessContext};
-use crate::directory;
 use crate::error::{AuthError, Result};
 use crate::login::{self, Credentials};
 use crate::sessions::{self, Identity};
 use crate::state::AppState;
+use crate::{administration, directory};
 
 pub const X_ORG: &str = "x-org";
 
@@ -47,6 +47,11 @@ pub fn route_requirements() -> BTreeMap<String, String> {
         ),
     ]
     .into_iter()
+    .chain(
+        administration::ROUTES
+            .iter()
+            .map(|route| (*route, "internal caller: platform-admin, kisumctl")),
+    )
     .map(|(route, needs)| (route.to_string(), needs.to_string()))
     .collect()
 }
@@ -67,6 +72,7 @@ pub fn internal(state: AppState) -> Router {
     let administration = Router::new()
         .route("/internal/invalidate", post(invalidate))
         .route("/internal/platform-access", post(platform_access))
+        .merge(administration::router())
         .route_layer(axum::middleware::from_fn(administrators_only));
     Router::new()
         .route("/internal/access-context", post(access_context))

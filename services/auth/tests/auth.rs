@@ -1540,13 +1540,43 @@ async fn internal_routes_require_an_allowed_caller_and_stay_off_the_public_port(
         .as_admin(Method::POST, "/internal/invalidate", Some(body.clone()))
         .await;
     assert_eq!(status, StatusCode::OK);
-    // A module backend reads access contexts; it administers nothing.
+    // A module backend reads access contexts; it administers nothing, the
+    // directory included.
     let finance = Some(("finance", FINANCE_SECRET));
-    for path in ["/internal/invalidate", "/internal/platform-access"] {
+    let company = Uuid::new_v4();
+    let membership = Uuid::new_v4();
+    let administration = [
+        (Method::POST, "/internal/invalidate".to_string()),
+        (Method::POST, "/internal/platform-access".to_string()),
+        (Method::PUT, format!("/internal/companies/{company}")),
+        (
+            Method::GET,
+            format!("/internal/companies/{company}/memberships"),
+        ),
+        (
+            Method::POST,
+            format!("/internal/companies/{company}/memberships"),
+        ),
+        (
+            Method::PUT,
+            format!("/internal/memberships/{membership}/status"),
+        ),
+        (
+            Method::PUT,
+            format!("/internal/memberships/{membership}/grants/finance"),
+        ),
+        (
+            Method::DELETE,
+            format!("/internal/memberships/{membership}/grants/finance/finance.invoices.read"),
+        ),
+        (Method::GET, "/internal/roles".to_string()),
+        (Method::PUT, "/internal/roles/clerk".to_string()),
+    ];
+    for (method, path) in administration {
         let (status, answer) = h
-            .internal_call(finance, Method::POST, path, Some(body.clone()))
+            .internal_call(finance, method.clone(), &path, Some(body.clone()))
             .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
         assert_eq!(answer["error"], "forbidden");
     }
     let (status, answer) = h
