@@ -1712,3 +1712,49 @@ async fn logs_carry_ids_and_events_but_never_secrets() {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
 }
+
+#[tokio::test]
+async fn an_invalid_traceparent_is_replaced_by_a_fresh_trace_and_a_valid_one_continued() {
+    let h = Harness::start().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let cases = [
+        (format!("00-{trace}-00f067aa0ba902b7-01"), true),
+        (
+            format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+            false,
+        ),
+        (format!("ff-{trace}-00f067aa0ba902b7-01"), false),
+        (format!("00-{trace}-0000000000000000-01"), false),
+        (format!("00-{trace}-00f067aa0ba902b7-01-extra"), false),
+    ];
+    for (header, valid) in cases {
+        let request_id = format!("trace-{}", Uuid::new_v4());
+        let headers = [
+            ("traceparent", header.as_str()),
+            ("x-request-id", &request_id),
+        ];
+        let (status, _) = h
+            .public_call(Method::GET, "/.well-known/jwks.json", &headers, None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let logged = logs_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(|line| line["fields"].clone())
+            .find(|fields| {
+                fields["message"] == "request" && fields["request_id"] == request_id.as_str()
+            })
+            .unwrap_or_else(|| panic!("no request log line for {header}"));
+        let trace_id = logged["trace_id"].as_str().unwrap();
+        if valid {
+            assert_eq!(trace_id, trace, "{header} continued");
+        } else {
+            assert_ne!(trace_id, trace, "{header} replaced");
+            let fresh = format!("00-{trace_id}-00f067aa0ba902b7-01");
+            assert!(
+                kisum_common::telemetry::parse_traceparent(&fresh).is_some(),
+                "{trace_id}"
+            );
+        }
+    }
+}

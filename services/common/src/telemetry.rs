@@ -78,12 +78,62 @@ impl RequestContext {
     }
 }
 
-/// The trace id of a `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+/// The trace id of a valid `traceparent`; `None` for an invalid one,
+/// which the request then replaces with a fresh trace.
 pub fn parse_trace_id(traceparent: &str) -> Option<String> {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    let hex = |s: &str, len| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
-    let valid = parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16);
-    (valid && parts[1] != "0".repeat(32)).then(|| parts[1].to_ascii_lowercase())
+    parse_traceparent(traceparent).map(|parent| parent.trace_id.to_string())
+}
+
+/// The fields of a W3C trace-context `traceparent` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    pub version: &'a str,
+    pub trace_id: &'a str,
+    pub parent_id: &'a str,
+    pub flags: &'a str,
+}
+
+/// Parses `traceparent` as W3C Trace Context level 1 says: version,
+/// trace id, parent id and flags are lowercase hex of 2, 32, 16 and 2
+/// digits; neither id is all zeros; version `ff` is invalid; version `00`
+/// has exactly these four fields, while a later version may append more
+/// after a `-` (read for the same four fields).
+pub fn parse_traceparent(header: &str) -> Option<TraceParent<'_>> {
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let version = header.get(..2)?;
+    if !hex(version, 2) || version == "ff" {
+        return None;
+    }
+    let length_ok = match version {
+        "00" => header.len() == 55,
+        _ => header.len() == 55 || (header.len() > 55 && header.as_bytes()[55] == b'-'),
+    };
+    if !length_ok {
+        return None;
+    }
+    let mut fields = header[..55].split('-');
+    let (_, trace_id, parent_id, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let valid = hex(trace_id, 32)
+        && nonzero(trace_id)
+        && hex(parent_id, 16)
+        && nonzero(parent_id)
+        && hex(flags, 2);
+    valid.then_some(TraceParent {
+        version,
+        trace_id,
+        parent_id,
+        flags,
+    })
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -255,16 +305,47 @@ pub async fn track(State(metrics): State<Metrics>, mut request: Request, next: N
 mod tests {
     use super::*;
 
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
     #[test]
-    fn a_valid_traceparent_is_continued_and_a_bad_one_replaced() {
-        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    fn a_valid_traceparent_is_continued() {
+        let good = format!("00-{TRACE}-00f067aa0ba902b7-01");
+        assert_eq!(parse_trace_id(&good).as_deref(), Some(TRACE));
+        let parent = parse_traceparent(&good).unwrap();
+        assert_eq!((parent.parent_id, parent.flags), ("00f067aa0ba902b7", "01"));
+        // A later version may carry more fields after the known ones.
+        let later = format!("cc-{TRACE}-00f067aa0ba902b7-01-what-the-future-holds");
+        assert_eq!(parse_trace_id(&later).as_deref(), Some(TRACE));
         assert_eq!(
-            parse_trace_id(good).as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            parse_trace_id(&format!("01-{TRACE}-00f067aa0ba902b7-00")).as_deref(),
+            Some(TRACE)
         );
-        assert_eq!(parse_trace_id("00-xyz-00f067aa0ba902b7-01"), None);
-        let zeros = format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32));
-        assert_eq!(parse_trace_id(&zeros), None);
+    }
+
+    #[test]
+    fn an_invalid_traceparent_is_refused() {
+        let zeros32 = "0".repeat(32);
+        let bad = [
+            "00-xyz-00f067aa0ba902b7-01".to_string(),
+            format!("00-{zeros32}-00f067aa0ba902b7-01"),
+            format!("00-{TRACE}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", TRACE.to_uppercase()),
+            format!("00-{TRACE}-00F067AA0BA902B7-01"),
+            format!("0A-{TRACE}-00f067aa0ba902b7-01"),
+            format!("00-{TRACE}-00f067aa0ba902b7-0g"),
+            format!("ff-{TRACE}-00f067aa0ba902b7-01"),
+            format!("00-{TRACE}-00f067aa0ba902b7-01-extra"),
+            format!("00-{TRACE}-00f067aa0ba902b7-1"),
+            format!("00-{TRACE}x-00f067aa0ba902b-01"),
+            format!("cc-{TRACE}-00f067aa0ba902b7-01x"),
+            format!("00_{TRACE}_00f067aa0ba902b7_01"),
+            format!(" 00-{TRACE}-00f067aa0ba902b7-01"),
+            "00-é".to_string(),
+            String::new(),
+        ];
+        for header in bad {
+            assert_eq!(parse_traceparent(&header), None, "{header:?}");
+        }
     }
 
     #[test]
