@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use kisum_common::org::OrgRef;
 use kisum_common::telemetry::RequestContext;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -36,8 +37,6 @@ const ACCESS_TTL: Duration = Duration::from_secs(600);
 const COMPANY_MAP_TTL: Duration = Duration::from_secs(300);
 /// How long Core's entitlement version is trusted without asking again.
 const ENTITLEMENT_VERSION_TTL: Duration = Duration::from_secs(30);
-/// The longest `x-org` value looked up.
-const MAX_ORG_LEN: usize = 128;
 
 /// The access context of docs/services.md.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,27 +93,28 @@ fn company_map_key(raw: &str) -> String {
     format!("company-map:{raw}")
 }
 
-/// The company an `x-org` value names (its id or its slug).
+/// The company an `x-org` value names (its id or its slug, as
+/// `kisum_common::org` reads them).
 pub async fn resolve_company(state: &AppState, raw: &str) -> Result<Option<Uuid>> {
-    let raw = raw.trim();
-    if raw.is_empty() || raw.len() > MAX_ORG_LEN || raw.chars().any(|c| c.is_control()) {
+    let Ok(org) = OrgRef::parse(raw) else {
         return Ok(None);
-    }
-    if let Ok(Some(cached)) = state.cache.get(&company_map_key(raw)).await
+    };
+    let key = company_map_key(&org.to_string());
+    if let Ok(Some(cached)) = state.cache.get(&key).await
         && let Ok(id) = Uuid::parse_str(&cached)
     {
         return Ok(Some(id));
     }
-    let id: Option<Uuid> = match Uuid::parse_str(raw) {
-        Ok(id) => {
+    let id: Option<Uuid> = match &org {
+        OrgRef::Id(id) => {
             sqlx::query_scalar("select id from companies where id = $1")
                 .bind(id)
                 .fetch_optional(&state.db)
                 .await?
         }
-        Err(_) => {
+        OrgRef::Slug(slug) => {
             sqlx::query_scalar("select id from companies where slug = $1")
-                .bind(raw)
+                .bind(slug)
                 .fetch_optional(&state.db)
                 .await?
         }
@@ -122,7 +122,7 @@ pub async fn resolve_company(state: &AppState, raw: &str) -> Result<Option<Uuid>
     if let Some(id) = id {
         let _ = state
             .cache
-            .set(&company_map_key(raw), &id.to_string(), COMPANY_MAP_TTL)
+            .set(&key, &id.to_string(), COMPANY_MAP_TTL)
             .await;
     }
     Ok(id)

@@ -24,7 +24,7 @@ use crate::sessions::{self, Identity};
 use crate::state::AppState;
 use crate::{administration, directory};
 
-pub const X_ORG: &str = "x-org";
+pub use kisum_common::org::ORG_HEADER as X_ORG;
 
 /// Every route with what it requires, for `/internal/diagnostics`.
 pub fn route_requirements() -> BTreeMap<String, String> {
