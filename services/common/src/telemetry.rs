@@ -19,20 +19,100 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rand::RngExt as _;
 
+use crate::config::{ConfigError, Vars};
+
 pub const REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";
 
-/// Starts JSON logging to stderr; `LOG_LEVEL` style filter (`info` default).
-pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for the log pipeline (the default).
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+/// `LOG_LEVEL` (a filter such as `info` or `kisum_auth=debug,info`; `info`
+/// by default) and `LOG_FORMAT` (`json` by default, or `text`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl LogSettings {
+    pub fn from_vars(vars: &Vars) -> Result<LogSettings, ConfigError> {
+        let level = vars.optional("LOG_LEVEL")?.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(ConfigError::Invalid {
+                name: "LOG_LEVEL".into(),
+                reason: format!("`{level}` is not a log filter"),
+            });
+        }
+        let format = match vars.optional("LOG_FORMAT")?.as_deref().map(str::trim) {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "LOG_FORMAT".into(),
+                    reason: format!("`{other}` is neither json nor text"),
+                });
+            }
+        };
+        Ok(LogSettings { level, format })
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// Starts logging to stderr as `settings` say.
+pub fn init_logging(settings: &LogSettings) {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(&settings.level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .with_env_filter(filter())
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => {
+            // Colours only for a terminal, and never under NO_COLOR.
+            let colours = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder
+                .with_ansi(colours)
+                .with_env_filter(filter())
+                .try_init()
+        }
+    };
+}
+
+/// Starts logging from `LOG_LEVEL` and `LOG_FORMAT`; an invalid value
+/// starts the default (JSON, `info`) and is returned, for the caller to
+/// refuse the start with.
+pub fn init_logging_from(vars: &Vars) -> Result<(), ConfigError> {
+    match LogSettings::from_vars(vars) {
+        Ok(settings) => {
+            init_logging(&settings);
+            Ok(())
+        }
+        Err(error) => {
+            init_logging(&LogSettings::default());
+            Err(error)
+        }
+    }
 }
 
 /// The trace context of one request, for logs and outgoing calls.
@@ -357,6 +437,28 @@ mod tests {
         assert_eq!(out[REQUEST_ID], "req-1");
         let traceparent = out[TRACEPARENT].to_str().unwrap();
         assert_eq!(parse_trace_id(traceparent).unwrap(), context.trace_id);
+    }
+
+    #[test]
+    fn log_settings_come_from_log_level_and_log_format() {
+        assert_eq!(
+            LogSettings::from_vars(&Vars::default()).unwrap(),
+            LogSettings::default()
+        );
+        let text = Vars::from_pairs([
+            ("LOG_FORMAT", "text"),
+            ("LOG_LEVEL", "kisum_auth=debug,warn"),
+        ]);
+        let settings = LogSettings::from_vars(&text).unwrap();
+        assert_eq!(settings.format, LogFormat::Text);
+        assert_eq!(settings.level, "kisum_auth=debug,warn");
+        for (name, value) in [("LOG_FORMAT", "xml"), ("LOG_LEVEL", "loud=[")] {
+            let error = LogSettings::from_vars(&Vars::from_pairs([(name, value)])).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Invalid { name: ref n, .. } if n == name),
+                "{error}"
+            );
+        }
     }
 
     #[test]

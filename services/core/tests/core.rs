@@ -775,3 +775,65 @@ async fn a_client_trickling_its_headers_is_disconnected_on_both_ports() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn metrics_enabled_false_removes_the_metrics_route() {
+    let core = Core::start_with("core_nometrics", &[("METRICS_ENABLED", "false")]).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", core.internal))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::NOT_FOUND);
+    // The rest of the internal port is unchanged.
+    let (status, _) = core
+        .call_as(
+            Some(("kisumctl", KISUMCTL_SECRET)),
+            Method::GET,
+            "/internal/diagnostics",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn log_format_chooses_json_or_text_lines_and_refuses_anything_else() {
+    let database_url = database("core_logformat").await;
+    let migrate = |format: &str| {
+        let mut process = Command::new(env!("CARGO_BIN_EXE_kisum-core"));
+        process.arg("migrate").env_clear();
+        for (name, value) in [
+            ("SERVICE_NAME", "platform-core"),
+            ("KISUM_ENVIRONMENT", "test"),
+            ("HTTP_PORT", "0"),
+            ("INTERNAL_PORT", "0"),
+            ("CORE_DB_URL", database_url.as_str()),
+            ("INTERNAL_ALLOWED_CALLERS", "auth"),
+            ("INTERNAL_CALLER_AUTH", AUTH_SECRET),
+            ("LOG_LEVEL", "info"),
+            ("LOG_FORMAT", format),
+        ] {
+            process.env(name, value);
+        }
+        let output = process.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stderr)
+    };
+    let (ok, json) = migrate("json");
+    assert!(ok, "{json}");
+    let line = json.lines().find(|l| l.contains("up to date")).unwrap();
+    let parsed: Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(parsed["fields"]["event"], "migrations_applied");
+
+    let (ok, text) = migrate("text");
+    assert!(ok, "{text}");
+    let line = text.lines().find(|l| l.contains("up to date")).unwrap();
+    assert!(serde_json::from_str::<Value>(line).is_err(), "{line}");
+    assert!(
+        line.contains("INFO") && line.contains("event=\"migrations_applied\""),
+        "{line}"
+    );
+
+    let (ok, refused) = migrate("xml");
+    assert!(!ok);
+    assert!(refused.contains("LOG_FORMAT is invalid"), "{refused}");
+}
