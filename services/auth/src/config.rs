@@ -38,6 +38,14 @@ pub struct RateLimits {
     pub backoff_max: Duration,
 }
 
+/// `POST /auth/refresh` limits, per session and per client address.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshLimits {
+    pub per_session: u64,
+    pub per_ip: u64,
+    pub window: Duration,
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub service: String,
@@ -55,6 +63,7 @@ pub struct Config {
     pub credential: Credential,
     pub allowlist: Allowlist,
     pub rate_limits: RateLimits,
+    pub refresh_limits: RefreshLimits,
     pub trusted_proxies: TrustedProxies,
     pub server: ServerSettings,
     pub config_digest: String,
@@ -99,6 +108,14 @@ impl Config {
                 vars.parsed_or("LOGIN_BACKOFF_MAX_SECONDS", 60)?,
             )?),
         };
+        let refresh_limits = RefreshLimits {
+            per_session: vars.parsed_or("REFRESH_RATE_LIMIT_PER_SESSION", 10)?,
+            per_ip: vars.parsed_or("REFRESH_RATE_LIMIT_PER_IP", 120)?,
+            window: Duration::from_secs(positive(
+                "REFRESH_RATE_LIMIT_WINDOW_SECONDS",
+                vars.parsed_or("REFRESH_RATE_LIMIT_WINDOW_SECONDS", 60)?,
+            )?),
+        };
         let trusted_proxies = match vars.optional("TRUSTED_PROXIES")? {
             Some(list) => TrustedProxies::parse(&list).map_err(|reason| ConfigError::Invalid {
                 name: "TRUSTED_PROXIES".into(),
@@ -136,6 +153,18 @@ impl Config {
                 "LOGIN_BACKOFF_MAX_SECONDS",
                 &rate_limits.backoff_max.as_secs().to_string(),
             ),
+            (
+                "REFRESH_RATE_LIMIT_PER_SESSION",
+                &refresh_limits.per_session.to_string(),
+            ),
+            (
+                "REFRESH_RATE_LIMIT_PER_IP",
+                &refresh_limits.per_ip.to_string(),
+            ),
+            (
+                "REFRESH_RATE_LIMIT_WINDOW_SECONDS",
+                &refresh_limits.window.as_secs().to_string(),
+            ),
             ("TRUSTED_PROXIES", &trusted_proxies.to_string()),
             (server_pairs[0].0, &server_pairs[0].1),
             (server_pairs[1].0, &server_pairs[1].1),
@@ -155,6 +184,7 @@ impl Config {
             allowlist: Allowlist::from_vars(vars)?,
             policy,
             rate_limits,
+            refresh_limits,
             trusted_proxies,
             server,
             service,

@@ -200,11 +200,13 @@ pub async fn refresh(state: &AppState, presented: &str, ip: Option<IpAddr>) -> R
     let Some(token) = RefreshToken::parse(presented) else {
         return Err(refresh_failed(state, None, "malformed"));
     };
+    ratelimit::check_refresh_address(state, ip).await?;
     let hash = token.hash();
     let mut tx = state.db.begin().await?;
     let Some(found) = lock_refresh_token(&mut tx, &hash).await? else {
         return Err(refresh_failed(state, None, "unknown"));
     };
+    ratelimit::check_refresh_session(state, found.session).await?;
     if found.used {
         let revoked = sessions::revoke_family(&mut tx, found.family, "refresh_token_reuse").await?;
         let entry = Entry::new(action::REFRESH_REUSE)

@@ -55,20 +55,85 @@ pub fn backoff(failures: u64, limit: u64, max: Duration) -> Option<Duration> {
     Some(Duration::from_secs(seconds).min(max))
 }
 
+/// Counts one hit on each `(key, limit)` counter of a fixed `window`: the
+/// seconds until the fullest exceeded one resets, if any is exceeded.
+/// `Err` when Redis could not count (the caller skips the limit).
+async fn over_limit(
+    state: &AppState,
+    counters: &[(String, u64)],
+    window: Duration,
+) -> std::result::Result<Option<u64>, ()> {
+    let mut retry_after: Option<u64> = None;
+    for (key, limit) in counters {
+        let (count, ttl) = state.cache.hit(key, window).await.map_err(drop)?;
+        if count > *limit {
+            retry_after = Some(retry_after.unwrap_or(0).max(ttl.max(1)));
+        }
+    }
+    Ok(retry_after)
+}
+
+/// Refuses with a 429 when `over_limit` says so; counts a skip (Redis down).
+async fn enforce(
+    state: &AppState,
+    metric: &str,
+    counters: &[(String, u64)],
+    window: Duration,
+) -> Result<()> {
+    match over_limit(state, counters, window).await {
+        Ok(None) => Ok(()),
+        Ok(Some(retry_after)) => {
+            state.metrics.event(metric, "limited");
+            tracing::warn!(limit = metric, retry_after, "rate limited");
+            Err(AuthError::RateLimited { retry_after })
+        }
+        Err(()) => {
+            state.metrics.event(metric, "skipped");
+            Ok(())
+        }
+    }
+}
+
+/// `POST /auth/refresh`, before the token is looked up: the client
+/// address's refreshes (`ratelimit:refresh:ip:{ip}`).
+pub async fn check_refresh_address(state: &AppState, ip: Option<IpAddr>) -> Result<()> {
+    let limits = state.config.refresh_limits;
+    let counters: Vec<(String, u64)> = ip
+        .map(|ip| (format!("ratelimit:refresh:ip:{ip}"), limits.per_ip))
+        .into_iter()
+        .collect();
+    enforce(state, event::REFRESH_RATE_LIMIT, &counters, limits.window).await
+}
+
+/// `POST /auth/refresh`, once the token names its session: that session's
+/// refreshes (`ratelimit:refresh:session:{session}`). A client refreshing
+/// in a loop is stopped before it rotates anything.
+pub async fn check_refresh_session(state: &AppState, session: uuid::Uuid) -> Result<()> {
+    let limits = state.config.refresh_limits;
+    let counters = [(
+        format!("ratelimit:refresh:session:{session}"),
+        limits.per_session,
+    )];
+    enforce(state, event::REFRESH_RATE_LIMIT, &counters, limits.window).await
+}
+
 /// Before the password is checked: counts the attempt against the address
 /// and refuses it while the address is over its limit or the account is
 /// backing off for this address.
 pub async fn check_login(state: &AppState, ip: Option<IpAddr>, email: &str) -> Result<()> {
     let limits = state.config.rate_limits;
     let mut skipped = false;
-    let mut retry_after = None;
-    if let Some(ip) = ip {
-        match state.cache.hit(&ip_key(ip), limits.window).await {
-            Ok((count, ttl)) if count > limits.per_ip => retry_after = Some(ttl.max(1)),
-            Ok(_) => {}
-            Err(_) => skipped = true,
+    let counters: Vec<(String, u64)> = ip
+        .map(|ip| (ip_key(ip), limits.per_ip))
+        .into_iter()
+        .collect();
+    let mut retry_after = match over_limit(state, &counters, limits.window).await {
+        Ok(wait) => wait,
+        Err(()) => {
+            skipped = true;
+            None
         }
-    }
+    };
     if retry_after.is_none() {
         match backing_off(state, ip, email).await {
             Ok(wait) => retry_after = wait,

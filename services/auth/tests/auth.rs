@@ -125,6 +125,8 @@ struct Options {
     per_ip: u32,
     per_email: u32,
     backoff_max_seconds: u32,
+    refresh_per_session: u32,
+    refresh_per_ip: u32,
     /// `TRUSTED_PROXIES`: with 127.0.0.1 trusted, a test chooses the client
     /// address through `X-Forwarded-For`.
     trusted_proxies: Option<&'static str>,
@@ -136,6 +138,8 @@ impl Default for Options {
             per_ip: 1000,
             per_email: 1000,
             backoff_max_seconds: 60,
+            refresh_per_session: 1000,
+            refresh_per_ip: 1000,
             trusted_proxies: None,
         }
     }
@@ -184,6 +188,8 @@ fn auth_vars(
 ) -> Vars {
     let (per_ip, per_email) = (options.per_ip.to_string(), options.per_email.to_string());
     let backoff_max = options.backoff_max_seconds.to_string();
+    let refresh_per_session = options.refresh_per_session.to_string();
+    let refresh_per_ip = options.refresh_per_ip.to_string();
     let mut vars = Vars::from_pairs([
         ("SERVICE_NAME", "auth"),
         ("KISUM_ENVIRONMENT", "test"),
@@ -205,6 +211,8 @@ fn auth_vars(
         ("LOGIN_RATE_LIMIT_PER_EMAIL", &per_email),
         ("LOGIN_RATE_LIMIT_WINDOW_SECONDS", "900"),
         ("LOGIN_BACKOFF_MAX_SECONDS", &backoff_max),
+        ("REFRESH_RATE_LIMIT_PER_SESSION", &refresh_per_session),
+        ("REFRESH_RATE_LIMIT_PER_IP", &refresh_per_ip),
     ]);
     if let Some(proxies) = options.trusted_proxies {
         vars.set("TRUSTED_PROXIES", proxies);
@@ -580,6 +588,64 @@ async fn refresh_rotates_the_refresh_token() {
     let (status, body) = h.refresh(&json!("not-a-token")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "invalid_refresh_token");
+}
+
+/// A refresh from client address `ip` (Auth trusts the test's proxy).
+async fn refresh_from(
+    h: &Harness,
+    ip: &str,
+    token: &Value,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let url = format!("http://{}/auth/refresh", h.public);
+    let body = json!({ "refresh_token": token });
+    h.send(Method::POST, url, &[("x-forwarded-for", ip)], Some(body))
+        .await
+}
+
+#[tokio::test]
+async fn refreshes_are_throttled_per_session_and_per_address_and_not_without_redis() {
+    let mut h = Harness::with(Options {
+        refresh_per_session: 2,
+        refresh_per_ip: 2,
+        trusted_proxies: Some("127.0.0.1/32"),
+        ..Options::default()
+    })
+    .await;
+    h.user("loop@example.com").await;
+    // One session refreshing in a loop: stopped after two, before rotating.
+    let mut tokens = h.tokens("loop@example.com").await;
+    for _ in 0..2 {
+        let (status, _, next) = refresh_from(&h, "198.51.100.1", &tokens["refresh_token"]).await;
+        assert_eq!(status, StatusCode::OK, "{next}");
+        tokens = next;
+    }
+    let (status, headers, body) = refresh_from(&h, "198.51.100.2", &tokens["refresh_token"]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Another session is not affected, but one address is limited too.
+    let other = h.tokens("loop@example.com").await;
+    let (status, _, _) = refresh_from(&h, "198.51.100.1", &other["refresh_token"]).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the address's third refresh"
+    );
+    let (status, _, other) = refresh_from(&h, "203.0.113.5", &other["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{other}");
+
+    // Without Redis: no throttling, and refreshes still work.
+    h.redis.stop();
+    let (status, _, body) = refresh_from(&h, "198.51.100.2", &tokens["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(r#"kisum_events_total{event="refresh_rate_limit",outcome="limited"}"#)
+    );
+    assert!(
+        metrics.contains(r#"kisum_events_total{event="refresh_rate_limit",outcome="skipped"}"#)
+    );
 }
 
 #[tokio::test]
