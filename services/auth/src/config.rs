@@ -12,6 +12,7 @@ use kisum_common::jwt::TokenPolicy;
 use kisum_common::serve::ServerSettings;
 
 use crate::client_ip::TrustedProxies;
+use crate::reset::ResetSettings;
 
 /// Clock skew accepted on `exp`/`nbf` (`tokens.clock-skew-seconds`).
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
@@ -64,6 +65,7 @@ pub struct Config {
     pub allowlist: Allowlist,
     pub rate_limits: RateLimits,
     pub refresh_limits: RefreshLimits,
+    pub password_reset: ResetSettings,
     pub trusted_proxies: TrustedProxies,
     pub server: ServerSettings,
     pub config_digest: String,
@@ -116,6 +118,22 @@ impl Config {
                 vars.parsed_or("REFRESH_RATE_LIMIT_WINDOW_SECONDS", 60)?,
             )?),
         };
+        let password_reset = ResetSettings {
+            ttl: Duration::from_secs(positive(
+                "PASSWORD_RESET_TTL_SECONDS",
+                vars.parsed_or("PASSWORD_RESET_TTL_SECONDS", 1800)?,
+            )?),
+            per_email: vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_PER_EMAIL", 3)?,
+            per_ip: vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_PER_IP", 10)?,
+            window: Duration::from_secs(positive(
+                "PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS",
+                vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS", 3600)?,
+            )?),
+            mailer_url: match vars.optional("PASSWORD_RESET_MAILER_URL")? {
+                Some(_) => Some(vars.http_url("PASSWORD_RESET_MAILER_URL")?),
+                None => None,
+            },
+        };
         let trusted_proxies = match vars.optional("TRUSTED_PROXIES")? {
             Some(list) => TrustedProxies::parse(&list).map_err(|reason| ConfigError::Invalid {
                 name: "TRUSTED_PROXIES".into(),
@@ -165,6 +183,26 @@ impl Config {
                 "REFRESH_RATE_LIMIT_WINDOW_SECONDS",
                 &refresh_limits.window.as_secs().to_string(),
             ),
+            (
+                "PASSWORD_RESET_TTL_SECONDS",
+                &password_reset.ttl.as_secs().to_string(),
+            ),
+            (
+                "PASSWORD_RESET_RATE_LIMIT_PER_EMAIL",
+                &password_reset.per_email.to_string(),
+            ),
+            (
+                "PASSWORD_RESET_RATE_LIMIT_PER_IP",
+                &password_reset.per_ip.to_string(),
+            ),
+            (
+                "PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS",
+                &password_reset.window.as_secs().to_string(),
+            ),
+            (
+                "PASSWORD_RESET_MAILER_URL",
+                password_reset.mailer_url.as_deref().unwrap_or(""),
+            ),
             ("TRUSTED_PROXIES", &trusted_proxies.to_string()),
             (server_pairs[0].0, &server_pairs[0].1),
             (server_pairs[1].0, &server_pairs[1].1),
@@ -185,6 +223,7 @@ impl Config {
             policy,
             rate_limits,
             refresh_limits,
+            password_reset,
             trusted_proxies,
             server,
             service,

@@ -14,6 +14,8 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("invalid or expired refresh token")]
     InvalidRefreshToken,
+    #[error("invalid, used or expired password reset token")]
+    InvalidResetToken,
     #[error("a valid bearer access token is required")]
     Unauthenticated,
     #[error("the session is revoked or unknown")]
@@ -43,7 +45,7 @@ impl From<sqlx::Error> for AuthError {
 impl AuthError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::BadRequest(_) | AuthError::InvalidResetToken => StatusCode::BAD_REQUEST,
             AuthError::InvalidCredentials
             | AuthError::InvalidRefreshToken
             | AuthError::Unauthenticated
@@ -63,6 +65,7 @@ impl AuthError {
             AuthError::BadRequest(_) => "bad_request",
             AuthError::InvalidCredentials => "invalid_credentials",
             AuthError::InvalidRefreshToken => "invalid_refresh_token",
+            AuthError::InvalidResetToken => "invalid_reset_token",
             AuthError::Unauthenticated => "unauthenticated",
             AuthError::SessionRevoked => "session_revoked",
             AuthError::NoMembership | AuthError::CallerNotAllowed => "forbidden",

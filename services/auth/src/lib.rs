@@ -19,6 +19,7 @@ pub mod login;
 pub mod metrics;
 pub mod password;
 pub mod ratelimit;
+pub mod reset;
 pub mod routes;
 pub mod sessions;
 pub mod state;

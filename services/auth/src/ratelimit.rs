@@ -74,7 +74,7 @@ async fn over_limit(
 }
 
 /// Refuses with a 429 when `over_limit` says so; counts a skip (Redis down).
-async fn enforce(
+pub async fn enforce(
     state: &AppState,
     metric: &str,
     counters: &[(String, u64)],

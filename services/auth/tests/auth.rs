@@ -130,6 +130,8 @@ struct Options {
     /// `TRUSTED_PROXIES`: with 127.0.0.1 trusted, a test chooses the client
     /// address through `X-Forwarded-For`.
     trusted_proxies: Option<&'static str>,
+    /// `PASSWORD_RESET_*` variables.
+    password_reset: &'static [(&'static str, &'static str)],
 }
 
 impl Default for Options {
@@ -141,6 +143,7 @@ impl Default for Options {
             refresh_per_session: 1000,
             refresh_per_ip: 1000,
             trusted_proxies: None,
+            password_reset: &[],
         }
     }
 }
@@ -216,6 +219,9 @@ fn auth_vars(
     ]);
     if let Some(proxies) = options.trusted_proxies {
         vars.set("TRUSTED_PROXIES", proxies);
+    }
+    for (name, value) in options.password_reset {
+        vars.set(*name, *value);
     }
     vars
 }
@@ -1823,4 +1829,180 @@ async fn an_invalid_traceparent_is_replaced_by_a_fresh_trace_and_a_valid_one_con
             );
         }
     }
+}
+
+/// The mailer Auth hands reset tokens to: a capture server on loopback (no
+/// email provider can run here); it keeps every body it receives.
+struct Mailer {
+    url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Mailer {
+    async fn start() -> Mailer {
+        use axum::routing::post;
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let kept = received.clone();
+        let router = axum::Router::new().route(
+            "/password-reset",
+            post(move |axum::Json(body): axum::Json<Value>| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push(body);
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Mailer {
+            url,
+            received,
+            _stop: stop,
+        }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_password_reset_answers_alike_for_every_email_and_its_token_works_once() {
+    let mailer = Mailer::start().await;
+    let url: &'static str = Box::leak(mailer.url.clone().into_boxed_str());
+    let settings: &'static [(&'static str, &'static str)] = Box::leak(Box::new([
+        ("PASSWORD_RESET_MAILER_URL", url),
+        ("PASSWORD_RESET_RATE_LIMIT_PER_EMAIL", "2"),
+        ("PASSWORD_RESET_RATE_LIMIT_PER_IP", "4"),
+    ]));
+    let h = Harness::with(Options {
+        password_reset: settings,
+        ..Options::default()
+    })
+    .await;
+    let h = &h;
+    h.user("reset@example.com").await;
+    let before = h.tokens("reset@example.com").await;
+    let ask = |email: &'static str| async move {
+        h.public_call(
+            Method::POST,
+            "/auth/password-reset",
+            &[],
+            Some(json!({ "email": email })),
+        )
+        .await
+    };
+
+    // Known or not: the same answer.
+    let known = ask("reset@example.com").await;
+    let unknown = ask("nobody@example.com").await;
+    assert_eq!(known.0, StatusCode::ACCEPTED);
+    assert_eq!(known, unknown);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            mailer.received().len() == 1
+        })
+        .await
+    );
+    let message = mailer.received()[0].clone();
+    assert_eq!(message["email"], "reset@example.com");
+    let first = str_of(&message["token"]).to_string();
+    // Only the token's SHA-256 is stored.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("select token_hash from password_resets")
+        .fetch_all(&h.db)
+        .await
+        .unwrap();
+    use sha2::Digest as _;
+    assert_eq!(stored, [sha2::Sha256::digest(first.as_bytes()).to_vec()]);
+
+    // Throttled: past two per email the request is dropped unseen; past
+    // four per address, a 429.
+    assert_eq!(ask("reset@example.com").await.0, StatusCode::ACCEPTED);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            mailer.received().len() == 2
+        })
+        .await
+    );
+    let second = str_of(&mailer.received()[1]["token"]).to_string();
+    assert_eq!(ask("reset@example.com").await.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        ask("reset@example.com").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mailer.received().len(),
+        2,
+        "the throttled requests sent nothing"
+    );
+
+    let confirm = |token: &str, password: &str| {
+        let body = json!({ "token": token, "password": password });
+        async move {
+            h.public_call(
+                Method::POST,
+                "/auth/password-reset/confirm",
+                &[],
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (status, body) = confirm(&first, "short").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = confirm("not-a-token", "a long new password").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_reset_token"))
+    );
+    // An expired token is refused.
+    sqlx::query(
+        "update password_resets set expires_at = now() - interval '1 second' where token_hash = $1",
+    )
+    .bind(sha2::Sha256::digest(second.as_bytes()).to_vec())
+    .execute(&h.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        confirm(&second, "a long new password").await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let (status, body) = confirm(&first, "a long new password").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // Every session ended; the old password is gone, the new one works.
+    assert_eq!(
+        h.me(str_of(&before["access_token"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.refresh(&before["refresh_token"]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.login("reset@example.com", PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.login("reset@example.com", "a long new password").await.0,
+        StatusCode::OK
+    );
+    // Single use.
+    assert_eq!(
+        confirm(&first, "yet another password").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(h.audit_count("password_reset.done").await, 1);
 }
