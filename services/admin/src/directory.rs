@@ -65,7 +65,19 @@ async fn change(
         after: Some(answer["after"].clone()),
         request_id: &principal.context.request_id,
     };
-    audit::write(&state.pool, &entry).await?;
+    if let Err(error) = audit::write(&state.pool, &entry).await {
+        // Auth made the change: keep its record in the log at least.
+        tracing::error!(
+            event = "audit_write_failed",
+            action,
+            target = %entry.target,
+            user_id = %principal.user,
+            before = %answer["before"],
+            after = %answer["after"],
+            "the change was made in Auth but its audit row could not be written"
+        );
+        return Err(error);
+    }
     state.metrics.event("directory_change", action);
     tracing::info!(
         event = "directory_change",
