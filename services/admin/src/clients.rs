@@ -197,26 +197,53 @@ impl CoreClient {
 /// A 2xx body as `T`; Core's refusals of the request are passed on, its
 /// refusal of Admin's credential and its failures are Admin's 502.
 fn core_answer<T: DeserializeOwned>(status: StatusCode, answer: Value) -> Result<T, AdminError> {
+    upstream_answer(
+        status,
+        answer,
+        AdminError::CoreUnavailable,
+        |status, code, message| AdminError::CoreRejected {
+            status,
+            code: code.unwrap_or_else(|| "core_rejected".into()),
+            message,
+        },
+    )
+}
+
+/// The same for Auth's directory routes.
+fn auth_answer<T: DeserializeOwned>(status: StatusCode, answer: Value) -> Result<T, AdminError> {
+    upstream_answer(
+        status,
+        answer,
+        AdminError::AuthUnavailable,
+        |status, code, message| AdminError::AuthRejected {
+            status,
+            code: code.unwrap_or_else(|| "auth_rejected".into()),
+            message,
+        },
+    )
+}
+
+fn upstream_answer<T: DeserializeOwned>(
+    status: StatusCode,
+    answer: Value,
+    unavailable: fn(String) -> AdminError,
+    rejected: fn(StatusCode, Option<String>, String) -> AdminError,
+) -> Result<T, AdminError> {
     if status.is_success() {
         return serde_json::from_value(answer)
-            .map_err(|error| AdminError::CoreUnavailable(format!("unreadable answer: {error}")));
+            .map_err(|error| unavailable(format!("unreadable answer: {error}")));
     }
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        return Err(AdminError::CoreUnavailable(format!(
-            "Platform Core refused Admin's internal credential ({status})"
+        return Err(unavailable(format!(
+            "the internal credential of Admin was refused ({status})"
         )));
     }
     if status.is_client_error() {
         let text = |field: &str| answer[field].as_str().unwrap_or_default().to_string();
-        return Err(AdminError::CoreRejected {
-            status,
-            code: Some(text("error"))
-                .filter(|code| !code.is_empty())
-                .unwrap_or_else(|| "core_rejected".into()),
-            message: text("message"),
-        });
+        let code = Some(text("error")).filter(|code| !code.is_empty());
+        return Err(rejected(status, code, text("message")));
     }
-    Err(AdminError::CoreUnavailable(format!("answered {status}")))
+    Err(unavailable(format!("answered {status}")))
 }
 
 #[derive(Clone)]
@@ -276,6 +303,24 @@ impl AuthClient {
                 "platform-access answered {other}"
             ))),
         }
+    }
+
+    /// A directory route of Auth (`/internal/companies/...`,
+    /// `/internal/memberships/...`, `/internal/roles...`), made for `actor`.
+    pub async fn directory(
+        &self,
+        context: &RequestContext,
+        actor: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, AdminError> {
+        let (status, answer) = self
+            .upstream
+            .send(context, method, path, Some(actor), body)
+            .await
+            .map_err(|error| AdminError::AuthUnavailable(error.to_string()))?;
+        auth_answer(status, answer)
     }
 
     /// Tells Auth to recompute the company's access on next use.

@@ -1,7 +1,9 @@
 //! Platform Admin's configuration, from the variables the environment
 //! matrix gives it (`environments/base.yaml`).
 
-use kisum_common::config::{ConfigError, Vars, digest};
+use std::time::Duration;
+
+use kisum_common::config::{CommonConfig, ConfigError, Vars, digest_with};
 use kisum_common::internal::{Allowlist, Credential};
 use kisum_common::jwt::TokenPolicy;
 
@@ -10,11 +12,9 @@ const TOKEN_LEEWAY_SECONDS: u64 = 30;
 
 #[derive(Clone)]
 pub struct Config {
-    pub service: String,
-    pub environment: String,
-    pub http_port: u16,
-    pub internal_port: u16,
-    pub log_level: String,
+    /// Service name (also the caller Admin presents), environment, ports,
+    /// timeouts, `/metrics`.
+    pub common: CommonConfig,
     /// `ADMIN_DB_URL`: a secret (it holds the password); never logged.
     pub database_url: String,
     /// Auth's public URL (where the admin frontend signs in).
@@ -34,11 +34,13 @@ pub struct Config {
     pub digest: String,
 }
 
+/// `services.platform-admin.timeouts.read-seconds`: the default request timeout.
+const READ_SECONDS: Duration = Duration::from_secs(30);
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("service", &self.service)
-            .field("environment", &self.environment)
+            .field("common", &self.common)
             .field("auth_internal_url", &self.auth_internal_url)
             .field("core_internal_url", &self.core_internal_url)
             .field("jwks_url", &self.jwks_url)
@@ -49,57 +51,51 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     pub fn from_vars(vars: &Vars) -> Result<Config, ConfigError> {
-        let service = vars.required("SERVICE_NAME")?;
-        let credential = Credential::new(service.clone(), vars.required("INTERNAL_CREDENTIAL")?);
-        let config = Config {
-            environment: vars.required("KISUM_ENVIRONMENT")?,
-            http_port: vars.parsed("HTTP_PORT")?,
-            internal_port: vars.parsed("INTERNAL_PORT")?,
-            log_level: vars.optional("LOG_LEVEL")?.unwrap_or_else(|| "info".into()),
+        let common = CommonConfig::from_vars(vars, READ_SECONDS)?;
+        let credential = Credential::new(
+            common.service.clone(),
+            vars.required("INTERNAL_CREDENTIAL")?,
+        );
+        let token_policy = TokenPolicy {
+            issuer: vars.required("JWT_ISSUER")?,
+            audience: vars.required("JWT_AUDIENCE")?,
+            leeway_seconds: TOKEN_LEEWAY_SECONDS,
+        };
+        let (auth_url, auth_internal_url) = (
+            vars.http_url("AUTH_URL")?,
+            vars.http_url("AUTH_INTERNAL_URL")?,
+        );
+        let (core_internal_url, jwks_url) = (
+            vars.http_url("CORE_INTERNAL_URL")?,
+            vars.http_url("JWKS_URL")?,
+        );
+        let digest = digest_with(
+            &common,
+            &[
+                ("AUTH_URL", &auth_url),
+                ("AUTH_INTERNAL_URL", &auth_internal_url),
+                ("CORE_INTERNAL_URL", &core_internal_url),
+                ("JWKS_URL", &jwks_url),
+                ("JWT_ISSUER", &token_policy.issuer),
+                ("JWT_AUDIENCE", &token_policy.audience),
+            ],
+        );
+        Ok(Config {
             database_url: vars.required("ADMIN_DB_URL")?,
-            auth_url: base_url(vars, "AUTH_URL")?,
-            auth_internal_url: base_url(vars, "AUTH_INTERNAL_URL")?,
-            core_internal_url: base_url(vars, "CORE_INTERNAL_URL")?,
-            jwks_url: base_url(vars, "JWKS_URL")?,
-            token_policy: TokenPolicy {
-                issuer: vars.required("JWT_ISSUER")?,
-                audience: vars.required("JWT_AUDIENCE")?,
-                leeway_seconds: TOKEN_LEEWAY_SECONDS,
-            },
+            auth_url,
+            auth_internal_url,
+            core_internal_url,
+            jwks_url,
+            token_policy,
             credential,
             diagnostics_callers: Allowlist::from_vars(vars)?,
             bootstrap_configured: vars
                 .optional("ADMIN_BOOTSTRAP")?
                 .is_some_and(|value| !value.trim().is_empty()),
-            service,
-            digest: String::new(),
-        };
-        Ok(Config {
-            digest: config.settings_digest(),
-            ..config
+            common,
+            digest,
         })
     }
-
-    fn settings_digest(&self) -> String {
-        let (http, internal) = (self.http_port.to_string(), self.internal_port.to_string());
-        digest([
-            ("SERVICE_NAME", self.service.as_str()),
-            ("KISUM_ENVIRONMENT", self.environment.as_str()),
-            ("HTTP_PORT", http.as_str()),
-            ("INTERNAL_PORT", internal.as_str()),
-            ("AUTH_URL", self.auth_url.as_str()),
-            ("AUTH_INTERNAL_URL", self.auth_internal_url.as_str()),
-            ("CORE_INTERNAL_URL", self.core_internal_url.as_str()),
-            ("JWKS_URL", self.jwks_url.as_str()),
-            ("JWT_ISSUER", self.token_policy.issuer.as_str()),
-            ("JWT_AUDIENCE", self.token_policy.audience.as_str()),
-        ])
-    }
-}
-
-/// An http(s) URL, without a trailing `/`.
-fn base_url(vars: &Vars, name: &str) -> Result<String, ConfigError> {
-    vars.http_url(name)
 }
 
 #[cfg(test)]

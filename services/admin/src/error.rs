@@ -27,6 +27,14 @@ pub enum AdminError {
         code: String,
         message: String,
     },
+    /// Auth refused a directory request (unknown user, role or
+    /// membership, slug taken, ...): its status and error code are passed on.
+    #[error("{message}")]
+    AuthRejected {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
     #[error("Platform Core is unavailable: {0}")]
     CoreUnavailable(String),
     #[error("Auth is unavailable: {0}")]
@@ -48,7 +56,9 @@ impl AdminError {
             AdminError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::OrganizationNotFound(_) => StatusCode::NOT_FOUND,
             AdminError::OrganizationDecided { .. } => StatusCode::CONFLICT,
-            AdminError::CoreRejected { status, .. } => *status,
+            AdminError::CoreRejected { status, .. } | AdminError::AuthRejected { status, .. } => {
+                *status
+            }
             AdminError::CoreUnavailable(_)
             | AdminError::AuthUnavailable(_)
             | AdminError::InvalidationFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -64,7 +74,7 @@ impl AdminError {
             AdminError::InvalidRequest(_) => "invalid_request",
             AdminError::OrganizationNotFound(_) => "organization_not_found",
             AdminError::OrganizationDecided { .. } => "organization_already_decided",
-            AdminError::CoreRejected { code, .. } => code,
+            AdminError::CoreRejected { code, .. } | AdminError::AuthRejected { code, .. } => code,
             AdminError::CoreUnavailable(_) => "core_unavailable",
             AdminError::AuthUnavailable(_) => "auth_unavailable",
             AdminError::InvalidationFailed { .. } => "invalidation_failed",

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod changes;
 pub mod clients;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod migrations;
 pub mod organizations;
@@ -19,14 +20,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use kisum_common::jwks::JwksCache;
-use kisum_common::serve::{self, Diagnostics, Listeners, Readiness};
+use kisum_common::serve::{self, Diagnostics, Listeners};
 use kisum_common::telemetry::Metrics;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use crate::clients::{AuthClient, CoreClient};
 pub use crate::config::Config;
@@ -39,27 +38,18 @@ const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 
-/// The two routers and what they share.
-pub struct App {
-    pub public: Router,
-    pub internal: Router,
-    pub metrics: Metrics,
-    pub pool: PgPool,
-}
+/// The two routers and the pool they share.
+pub use kisum_common::schema::App;
 
 /// A pool that connects on first use, so a service whose database is down
 /// still starts and reports not-ready.
 pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&config.database_url)
-        .context("ADMIN_DB_URL is not a valid PostgreSQL URL")
+    migrations::DATABASE.lazy_pool(&config.database_url)
 }
 
 pub async fn app(config: Config) -> anyhow::Result<App> {
     let pool = pool(&config)?;
-    let metrics = Metrics::new(&config.service, &config.environment);
+    let metrics = Metrics::new(&config.common.service, &config.common.environment);
     let jwks = JwksCache::new(config.jwks_url.clone(), JWKS_MAX_AGE, JWKS_MIN_REFETCH);
     let state = AppState {
         pool: pool.clone(),
@@ -70,13 +60,15 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
         metrics: metrics.clone(),
     };
     let public = routes::router(state)
-        .merge(serve::probes(readiness(pool.clone())))
+        // Ready when the database answers and every migration is applied.
+        // Auth and Core are not checked: their outage shows as 502s, not as
+        // a restart loop.
+        .merge(serve::probes(migrations::DATABASE.readiness(pool.clone())))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     let internal = serve::internal_router(
         Router::new(),
         diagnostics(&config, jwks),
         config.diagnostics_callers.clone(),
-        metrics.clone(),
     );
     Ok(App {
         public,
@@ -86,36 +78,10 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
     })
 }
 
-/// Ready when the database answers and every migration is applied. Auth and
-/// Core are not checked: their outage shows as 502s, not as a restart loop.
-fn readiness(pool: PgPool) -> Readiness {
-    let database = pool.clone();
-    Readiness::default()
-        .check("database", move || {
-            let pool = database.clone();
-            async move {
-                sqlx::query("SELECT 1")
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|error| format!("database unreachable: {error}"))
-            }
-        })
-        .check("migrations", move || {
-            let pool = pool.clone();
-            async move {
-                migrations::schema_state(&pool)
-                    .await
-                    .map_err(|error| format!("cannot read the migrations: {error}"))?
-                    .require_current(migrations::DATABASE.binary)
-            }
-        })
-}
-
 fn diagnostics(config: &Config, jwks: JwksCache) -> Diagnostics {
     let kids = jwks.clone();
     Diagnostics {
-        service: config.service.clone(),
+        service: config.common.service.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         config_digest: config.digest.clone(),
         routes: routes::route_permissions(),
@@ -147,11 +113,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let server = config.common.server;
     let app = app(config).await?;
-    migrations::DATABASE.require_current(&app.pool).await?;
-    let (public, internal) = listeners.addresses()?;
-    tracing::info!(%public, %internal, "platform admin serving");
-    serve::serve(listeners, app.public, app.internal, app.metrics, shutdown).await?;
-    app.pool.close().await;
-    Ok(())
+    migrations::DATABASE
+        .serve(app, listeners, server, shutdown)
+        .await
 }

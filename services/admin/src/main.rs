@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
             async move { kisum_admin::check_schema(&config).await }
         },
         run: |config, listeners| kisum_admin::run(config, listeners, until_shutdown()),
-        ports: |config: &Config| (config.http_port, config.internal_port),
+        ports: |config: &Config| config.common.ports(),
     })
     .await
 }

@@ -19,5 +19,6 @@ pub async fn schema_state(pool: &PgPool) -> Result<SchemaState, sqlx::Error> {
 pub const DATABASE: kisum_common::schema::Database = kisum_common::schema::Database {
     name: "platform_admin_db",
     binary: "kisum-admin",
+    url_variable: "ADMIN_DB_URL",
     migrator: &MIGRATOR,
 };

@@ -12,13 +12,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::audit;
 use crate::changes::{self, AddOnDefinition, AddOnRequest, PackageRequest, SubscriptionRequest};
 use crate::clients::{CatalogChange, EntitlementChange};
 use crate::error::AdminError;
 use crate::organizations::{self, Actor, Decision, Organization, Status};
 use crate::rbac::{PLATFORM_ADMIN, Permission, Principal, SUPPORT};
 use crate::state::AppState;
+use crate::{audit, directory};
 
 const AUDIT_DEFAULT_LIMIT: i64 = 100;
 const AUDIT_MAX_LIMIT: i64 = 1000;
@@ -56,6 +56,44 @@ pub const ROUTES: &[(&str, &str, Permission)] = &[
         Permission::Write,
     ),
     ("GET", "/admin/audit", Permission::Read),
+    ("PUT", "/admin/companies/{company}", Permission::Write),
+    (
+        "GET",
+        "/admin/companies/{company}/memberships",
+        Permission::Read,
+    ),
+    (
+        "POST",
+        "/admin/companies/{company}/memberships",
+        Permission::Write,
+    ),
+    (
+        "PUT",
+        "/admin/memberships/{membership}/status",
+        Permission::Write,
+    ),
+    (
+        "PUT",
+        "/admin/memberships/{membership}/grants/{module}",
+        Permission::Write,
+    ),
+    (
+        "DELETE",
+        "/admin/memberships/{membership}/grants/{module}",
+        Permission::Write,
+    ),
+    (
+        "PUT",
+        "/admin/memberships/{membership}/grants/{module}/{permission}",
+        Permission::Write,
+    ),
+    (
+        "DELETE",
+        "/admin/memberships/{membership}/grants/{module}/{permission}",
+        Permission::Write,
+    ),
+    ("GET", "/admin/roles", Permission::Read),
+    ("PUT", "/admin/roles/{role}", Permission::Write),
 ];
 
 /// The diagnostics view of [`ROUTES`]: route -> the platform role it needs.
@@ -102,6 +140,25 @@ pub fn router(state: AppState) -> Router {
             post(reject_organization),
         )
         .route("/admin/audit", get(get_audit))
+        .route("/admin/companies/{company}", put(directory::put_company))
+        .route(
+            "/admin/companies/{company}/memberships",
+            get(directory::list_memberships).post(directory::add_membership),
+        )
+        .route(
+            "/admin/memberships/{membership}/status",
+            put(directory::set_membership_status),
+        )
+        .route(
+            "/admin/memberships/{membership}/grants/{module}",
+            put(directory::module_grant).delete(directory::module_grant),
+        )
+        .route(
+            "/admin/memberships/{membership}/grants/{module}/{permission}",
+            put(directory::permission_grant).delete(directory::permission_grant),
+        )
+        .route("/admin/roles", get(directory::list_roles))
+        .route("/admin/roles/{role}", put(directory::put_role))
         .with_state(state)
 }
 

@@ -251,8 +251,21 @@ fn concrete(method: &str, route: &str, company: Uuid) -> (Method, String, Option
     let path = route
         .replace("{company}", &company.to_string())
         .replace("{add_on}", "finance")
-        .replace("{id}", &Uuid::new_v4().to_string());
+        .replace("{id}", &Uuid::new_v4().to_string())
+        .replace("{membership}", &Uuid::new_v4().to_string())
+        .replace("{module}", "finance")
+        .replace("{permission}", INVOICE_READ)
+        .replace("{role}", "rbac-role");
     let body = match (method, route) {
+        ("PUT", "/admin/companies/{company}") => Some(
+            json!({ "slug": format!("rbac-{}", company.simple()), "name": "RBAC test company" }),
+        ),
+        ("PUT", "/admin/memberships/{membership}/status") => Some(json!({ "active": false })),
+        ("PUT", "/admin/roles/{role}") => Some(json!({ "permissions": [INVOICE_READ] })),
+        ("PUT" | "DELETE", r) if r.contains("/grants/") => None,
+        ("POST", "/admin/companies/{company}/memberships") => {
+            Some(json!({ "email": "nobody-here@kisum.test", "role": "rbac-role" }))
+        }
         ("PUT", r) if r.ends_with("/subscription") => {
             Some(json!({ "package": "basic-standard", "status": "active" }))
         }
@@ -346,7 +359,10 @@ async fn every_route_needs_a_valid_token_a_live_session_and_a_platform_role() {
         let (status, answer) = stack
             .as_user(&admin, method.clone(), &path, body.clone())
             .await;
-        let expected_not_found = path.contains("/admin/organizations/");
+        // Unknown organizations, memberships and users.
+        let expected_not_found = path.contains("/admin/organizations/")
+            || path.contains("/admin/memberships/")
+            || (method == Method::POST && path.ends_with("/memberships"));
         if expected_not_found {
             assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {answer}");
         } else {
@@ -1094,4 +1110,191 @@ async fn smoke_paths_of_the_platform() {
         metrics.contains(r#"kisum_events_total{event="revoked_session_use",outcome="denied"}"#),
         "{metrics}"
     );
+}
+
+/// `GET /auth/me/access` of `session` in `company`: the modules, or the status.
+async fn modules_of(
+    stack: &Stack,
+    session: &platform::Session,
+    company: &str,
+) -> Result<Value, StatusCode> {
+    let (status, context) = stack
+        .platform
+        .me_access(&session.access_token, company)
+        .await;
+    if status == StatusCode::OK {
+        Ok(context["modules"].clone())
+    } else {
+        Err(status)
+    }
+}
+
+#[tokio::test]
+async fn memberships_grants_and_roles_change_through_admin_show_at_once_and_are_audited() {
+    let stack = Stack::start("admin_directory").await;
+    let admin = stack.user(&["platform-admin"]).await;
+    let support = stack.user(&["support"]).await;
+
+    // A company Core knows, registered in Auth's directory through Admin.
+    let company = Uuid::new_v4();
+    let slug = format!("dir-{}", &company.simple().to_string()[..12]);
+    let (status, created) = stack
+        .as_user(
+            &admin,
+            Method::PUT,
+            &format!("/admin/companies/{company}"),
+            Some(json!({ "slug": slug, "name": "Directory Co" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["before"], Value::Null);
+    assert_eq!(created["after"]["slug"], slug.as_str());
+    stack.platform.add_on(company, "finance", true).await;
+
+    // Roles: one holding the read permission, one that defines the write.
+    let role = format!("clerk-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    for (name, permission) in [
+        (role.clone(), INVOICE_READ),
+        (format!("{role}-w"), "finance.invoices.write"),
+    ] {
+        let (status, answer) = stack
+            .as_user(
+                &admin,
+                Method::PUT,
+                &format!("/admin/roles/{name}"),
+                Some(json!({ "permissions": [permission] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (status, roles) = stack
+        .as_user(&support, Method::GET, "/admin/roles", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(roles["roles"][&role], json!([INVOICE_READ]));
+
+    // A user joins the company with the role: no module granted yet.
+    let member = stack.platform.user().await;
+    let session = stack.platform.login(&member.email).await;
+    let (status, added) = stack
+        .as_user(
+            &admin,
+            Method::POST,
+            &format!("/admin/companies/{company}/memberships"),
+            Some(json!({ "email": member.email, "role": role })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let membership = added["after"]["membership"].as_str().unwrap().to_string();
+    assert_eq!(modules_of(&stack, &session, &slug).await, Ok(json!({})));
+
+    let base = format!("/admin/memberships/{membership}/grants/finance");
+    let write = format!("{base}/finance.invoices.write");
+    let steps: [(Method, &str, Result<Value, StatusCode>); 4] = [
+        (Method::PUT, &base, Ok(json!({ "finance": [INVOICE_READ] }))),
+        (
+            Method::PUT,
+            &write,
+            Ok(json!({ "finance": [INVOICE_READ, "finance.invoices.write"] })),
+        ),
+        (
+            Method::DELETE,
+            &write,
+            Ok(json!({ "finance": [INVOICE_READ] })),
+        ),
+        (Method::DELETE, &base, Ok(json!({}))),
+    ];
+    for (method, path, expected) in steps {
+        let (status, answer) = stack.as_user(&admin, method.clone(), path, None).await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {answer}");
+        assert_eq!(
+            modules_of(&stack, &session, &slug).await,
+            expected,
+            "after {method} {path}"
+        );
+    }
+    let (status, answer) = stack.as_user(&admin, Method::PUT, &base, None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["after"]["grants"], json!({ "finance": [] }));
+
+    // Suspended: no access in that company, at once.
+    let (status, answer) = stack
+        .as_user(
+            &admin,
+            Method::PUT,
+            &format!("/admin/memberships/{membership}/status"),
+            Some(json!({ "active": false })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["before"]["status"], "active");
+    assert_eq!(answer["after"]["status"], "suspended");
+    assert_eq!(
+        modules_of(&stack, &session, &slug).await,
+        Err(StatusCode::FORBIDDEN)
+    );
+
+    // Support reads the memberships; refusals of Auth are passed on.
+    let (status, listed) = stack
+        .as_user(
+            &support,
+            Method::GET,
+            &format!("/admin/companies/{company}/memberships"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["memberships"][0]["email"], member.email.as_str());
+    let unknown = format!("/admin/memberships/{}/grants/finance", Uuid::new_v4());
+    let (status, answer) = stack.as_user(&admin, Method::PUT, &unknown, None).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, answer) = stack
+        .as_user(
+            &admin,
+            Method::POST,
+            &format!("/admin/companies/{company}/memberships"),
+            Some(json!({ "email": member.email, "role": "no-such-role" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let (status, _) = stack
+        .as_user(
+            &admin,
+            Method::PUT,
+            &format!("{base}/market.listings.read"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a permission of another module"
+    );
+
+    // Every change is audited with its before and after.
+    let audit = stack.audit(&format!("membership:{membership}")).await;
+    let actions: Vec<&str> = audit
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "membership.status",
+            "grant.module.put",
+            "grant.module.delete",
+            "grant.permission.delete",
+            "grant.permission.put",
+            "grant.module.put",
+            "membership.put",
+        ]
+    );
+    assert!(audit.iter().all(|e| e["actor"] == admin.id.as_str()));
+    assert_eq!(audit[0]["after"]["status"], "suspended");
+    assert_eq!(audit[6]["before"], Value::Null);
+    let company_audit = stack.audit(&format!("company:{company}")).await;
+    assert_eq!(company_audit[0]["action"], "company.put");
 }

@@ -4,8 +4,10 @@
 //!
 //! A module appears only if the company is entitled to it AND the
 //! membership has a grant for it; its permissions are the role's
-//! permissions of that module plus those lent by live delegations (from a
-//! membership of the same company that itself holds the grant). `core_app`
+//! permissions of that module, those granted to the membership itself,
+//! and those lent by live delegations (from an
+//! active membership of an active user in the same company that itself
+//! holds the grant). A disabled user has no access at all. `core_app`
 //! is Core's: true only while a Basic subscription is active; add-on
 //! modules stay available without it.
 //!
@@ -18,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use kisum_common::org::OrgRef;
 use kisum_common::telemetry::RequestContext;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -34,8 +37,6 @@ const ACCESS_TTL: Duration = Duration::from_secs(600);
 const COMPANY_MAP_TTL: Duration = Duration::from_secs(300);
 /// How long Core's entitlement version is trusted without asking again.
 const ENTITLEMENT_VERSION_TTL: Duration = Duration::from_secs(30);
-/// The longest `x-org` value looked up.
-const MAX_ORG_LEN: usize = 128;
 
 /// The access context of docs/services.md.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,27 +93,28 @@ fn company_map_key(raw: &str) -> String {
     format!("company-map:{raw}")
 }
 
-/// The company an `x-org` value names (its id or its slug).
+/// The company an `x-org` value names (its id or its slug, as
+/// `kisum_common::org` reads them).
 pub async fn resolve_company(state: &AppState, raw: &str) -> Result<Option<Uuid>> {
-    let raw = raw.trim();
-    if raw.is_empty() || raw.len() > MAX_ORG_LEN || raw.chars().any(|c| c.is_control()) {
+    let Ok(org) = OrgRef::parse(raw) else {
         return Ok(None);
-    }
-    if let Ok(Some(cached)) = state.cache.get(&company_map_key(raw)).await
+    };
+    let key = company_map_key(&org.to_string());
+    if let Ok(Some(cached)) = state.cache.get(&key).await
         && let Ok(id) = Uuid::parse_str(&cached)
     {
         return Ok(Some(id));
     }
-    let id: Option<Uuid> = match Uuid::parse_str(raw) {
-        Ok(id) => {
+    let id: Option<Uuid> = match &org {
+        OrgRef::Id(id) => {
             sqlx::query_scalar("select id from companies where id = $1")
                 .bind(id)
                 .fetch_optional(&state.db)
                 .await?
         }
-        Err(_) => {
+        OrgRef::Slug(slug) => {
             sqlx::query_scalar("select id from companies where slug = $1")
-                .bind(raw)
+                .bind(slug)
                 .fetch_optional(&state.db)
                 .await?
         }
@@ -120,7 +122,7 @@ pub async fn resolve_company(state: &AppState, raw: &str) -> Result<Option<Uuid>
     if let Some(id) = id {
         let _ = state
             .cache
-            .set(&company_map_key(raw), &id.to_string(), COMPANY_MAP_TTL)
+            .set(&key, &id.to_string(), COMPANY_MAP_TTL)
             .await;
     }
     Ok(id)
@@ -142,7 +144,7 @@ async fn membership(state: &AppState, user: Uuid, company: Uuid) -> Result<Optio
            from memberships m
            join companies c on c.id = m.company_id
            join users u on u.id = m.user_id
-          where m.user_id = $1 and m.company_id = $2",
+          where m.user_id = $1 and m.company_id = $2 and u.status = 'active'",
     )
     .bind(user)
     .bind(company)
@@ -265,10 +267,15 @@ async fn rights(state: &AppState, company: Uuid, membership: &Membership) -> Res
            from role_permissions rp join permissions p on p.key = rp.permission
           where rp.role = $1
          union
+         select mp.module, mp.permission from membership_permissions mp
+          where mp.membership_id = $2
+         union
          select p.module, p.key
            from delegations d
            join memberships lender on lender.id = d.from_membership
                 and lender.status = 'active' and lender.company_id = $3
+           join users lending_user on lending_user.id = lender.user_id
+                and lending_user.status = 'active'
            join module_grants g on g.membership_id = lender.id and g.module = d.module
            join role_permissions rp on rp.role = lender.role
            join permissions p on p.key = rp.permission and p.module = d.module

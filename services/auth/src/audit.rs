@@ -11,6 +11,8 @@ pub mod action {
     pub const LOGOUT: &str = "logout";
     pub const LOGOUT_ALL: &str = "logout_all";
     pub const ACCESS_INVALIDATED: &str = "access.invalidated";
+    pub const PASSWORD_RESET_REQUESTED: &str = "password_reset.requested";
+    pub const PASSWORD_RESET: &str = "password_reset.done";
 }
 
 #[derive(Debug, Default, Clone)]

@@ -147,6 +147,15 @@ impl Cache {
             .await
     }
 
+    /// The seconds a key has left; `None` when it does not exist.
+    pub async fn ttl(&self, key: &str) -> Cached<Option<u64>> {
+        self.run("TTL", |mut c| async move {
+            let ttl: i64 = c.ttl(key).await?;
+            Ok(u64::try_from(ttl).ok())
+        })
+        .await
+    }
+
     /// Counts one hit in a fixed window: the count so far (this hit
     /// included) and the seconds until the window ends.
     pub async fn hit(&self, key: &str, window: Duration) -> Cached<(u64, u64)> {

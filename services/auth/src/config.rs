@@ -9,11 +9,15 @@ use std::time::Duration;
 use kisum_common::config::{ConfigError, Vars, digest};
 use kisum_common::internal::{Allowlist, Credential};
 use kisum_common::jwt::TokenPolicy;
+use kisum_common::serve::ServerSettings;
 
 use crate::client_ip::TrustedProxies;
+use crate::reset::ResetSettings;
 
 /// Clock skew accepted on `exp`/`nbf` (`tokens.clock-skew-seconds`).
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
+/// `services.auth.timeouts.read-seconds`: the default request timeout.
+const READ_SECONDS: Duration = Duration::from_secs(15);
 
 /// Where the signing key set comes from.
 #[derive(Debug, Clone)]
@@ -26,8 +30,20 @@ pub enum KeySource {
 
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimits {
+    /// Attempts of one address per window.
     pub per_ip: u64,
+    /// Failed attempts on one account per window before its backoff starts.
     pub per_email: u64,
+    pub window: Duration,
+    /// The longest one backoff of an account lasts.
+    pub backoff_max: Duration,
+}
+
+/// `POST /auth/refresh` limits, per session and per client address.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshLimits {
+    pub per_session: u64,
+    pub per_ip: u64,
     pub window: Duration,
 }
 
@@ -48,7 +64,10 @@ pub struct Config {
     pub credential: Credential,
     pub allowlist: Allowlist,
     pub rate_limits: RateLimits,
+    pub refresh_limits: RefreshLimits,
+    pub password_reset: ResetSettings,
     pub trusted_proxies: TrustedProxies,
+    pub server: ServerSettings,
     pub config_digest: String,
 }
 
@@ -86,6 +105,34 @@ impl Config {
                 "LOGIN_RATE_LIMIT_WINDOW_SECONDS",
                 vars.parsed_or("LOGIN_RATE_LIMIT_WINDOW_SECONDS", 900)?,
             )?),
+            backoff_max: Duration::from_secs(positive(
+                "LOGIN_BACKOFF_MAX_SECONDS",
+                vars.parsed_or("LOGIN_BACKOFF_MAX_SECONDS", 60)?,
+            )?),
+        };
+        let refresh_limits = RefreshLimits {
+            per_session: vars.parsed_or("REFRESH_RATE_LIMIT_PER_SESSION", 10)?,
+            per_ip: vars.parsed_or("REFRESH_RATE_LIMIT_PER_IP", 120)?,
+            window: Duration::from_secs(positive(
+                "REFRESH_RATE_LIMIT_WINDOW_SECONDS",
+                vars.parsed_or("REFRESH_RATE_LIMIT_WINDOW_SECONDS", 60)?,
+            )?),
+        };
+        let password_reset = ResetSettings {
+            ttl: Duration::from_secs(positive(
+                "PASSWORD_RESET_TTL_SECONDS",
+                vars.parsed_or("PASSWORD_RESET_TTL_SECONDS", 1800)?,
+            )?),
+            per_email: vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_PER_EMAIL", 3)?,
+            per_ip: vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_PER_IP", 10)?,
+            window: Duration::from_secs(positive(
+                "PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS",
+                vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS", 3600)?,
+            )?),
+            mailer_url: match vars.optional("PASSWORD_RESET_MAILER_URL")? {
+                Some(_) => Some(vars.http_url("PASSWORD_RESET_MAILER_URL")?),
+                None => None,
+            },
         };
         let trusted_proxies = match vars.optional("TRUSTED_PROXIES")? {
             Some(list) => TrustedProxies::parse(&list).map_err(|reason| ConfigError::Invalid {
@@ -95,6 +142,8 @@ impl Config {
             None => TrustedProxies::default(),
         };
         let core_url = vars.http_url("CORE_INTERNAL_URL")?;
+        let server = ServerSettings::from_vars(vars, READ_SECONDS)?;
+        let server_pairs = server.digest_pairs();
         let service = vars
             .optional("SERVICE_NAME")?
             .unwrap_or_else(|| "auth".into());
@@ -118,7 +167,46 @@ impl Config {
                 "LOGIN_RATE_LIMIT_WINDOW_SECONDS",
                 &rate_limits.window.as_secs().to_string(),
             ),
+            (
+                "LOGIN_BACKOFF_MAX_SECONDS",
+                &rate_limits.backoff_max.as_secs().to_string(),
+            ),
+            (
+                "REFRESH_RATE_LIMIT_PER_SESSION",
+                &refresh_limits.per_session.to_string(),
+            ),
+            (
+                "REFRESH_RATE_LIMIT_PER_IP",
+                &refresh_limits.per_ip.to_string(),
+            ),
+            (
+                "REFRESH_RATE_LIMIT_WINDOW_SECONDS",
+                &refresh_limits.window.as_secs().to_string(),
+            ),
+            (
+                "PASSWORD_RESET_TTL_SECONDS",
+                &password_reset.ttl.as_secs().to_string(),
+            ),
+            (
+                "PASSWORD_RESET_RATE_LIMIT_PER_EMAIL",
+                &password_reset.per_email.to_string(),
+            ),
+            (
+                "PASSWORD_RESET_RATE_LIMIT_PER_IP",
+                &password_reset.per_ip.to_string(),
+            ),
+            (
+                "PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS",
+                &password_reset.window.as_secs().to_string(),
+            ),
+            (
+                "PASSWORD_RESET_MAILER_URL",
+                password_reset.mailer_url.as_deref().unwrap_or(""),
+            ),
             ("TRUSTED_PROXIES", &trusted_proxies.to_string()),
+            (server_pairs[0].0, &server_pairs[0].1),
+            (server_pairs[1].0, &server_pairs[1].1),
+            (server_pairs[2].0, &server_pairs[2].1),
         ]);
         Ok(Config {
             http: listen("HTTP_PORT")?,
@@ -134,7 +222,10 @@ impl Config {
             allowlist: Allowlist::from_vars(vars)?,
             policy,
             rate_limits,
+            refresh_limits,
+            password_reset,
             trusted_proxies,
+            server,
             service,
             environment,
             config_digest,
@@ -192,6 +283,7 @@ mod tests {
         assert_eq!(config.rate_limits.per_ip, 20);
         assert_eq!(config.rate_limits.per_email, 5);
         assert_eq!(config.rate_limits.window, Duration::from_secs(900));
+        assert_eq!(config.rate_limits.backoff_max, Duration::from_secs(60));
         assert_eq!(config.core_url, "http://127.0.0.1:9102");
         assert!(matches!(config.keys, KeySource::File(_)));
         assert!(!format!("{config:?}").contains("postgres://"));

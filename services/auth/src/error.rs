@@ -14,12 +14,18 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("invalid or expired refresh token")]
     InvalidRefreshToken,
+    #[error("invalid, used or expired password reset token")]
+    InvalidResetToken,
     #[error("a valid bearer access token is required")]
     Unauthenticated,
     #[error("the session is revoked or unknown")]
     SessionRevoked,
     #[error("no access to this company")]
     NoMembership,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("this caller may not use this internal route")]
     CallerNotAllowed,
     #[error("too many login attempts; retry in {retry_after} s")]
@@ -39,12 +45,14 @@ impl From<sqlx::Error> for AuthError {
 impl AuthError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::BadRequest(_) | AuthError::InvalidResetToken => StatusCode::BAD_REQUEST,
             AuthError::InvalidCredentials
             | AuthError::InvalidRefreshToken
             | AuthError::Unauthenticated
             | AuthError::SessionRevoked => StatusCode::UNAUTHORIZED,
             AuthError::NoMembership | AuthError::CallerNotAllowed => StatusCode::FORBIDDEN,
+            AuthError::NotFound(_) => StatusCode::NOT_FOUND,
+            AuthError::Conflict(_) => StatusCode::CONFLICT,
             AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AuthError::AccessUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -57,9 +65,12 @@ impl AuthError {
             AuthError::BadRequest(_) => "bad_request",
             AuthError::InvalidCredentials => "invalid_credentials",
             AuthError::InvalidRefreshToken => "invalid_refresh_token",
+            AuthError::InvalidResetToken => "invalid_reset_token",
             AuthError::Unauthenticated => "unauthenticated",
             AuthError::SessionRevoked => "session_revoked",
             AuthError::NoMembership | AuthError::CallerNotAllowed => "forbidden",
+            AuthError::NotFound(_) => "not_found",
+            AuthError::Conflict(_) => "conflict",
             AuthError::RateLimited { .. } => "rate_limited",
             AuthError::AccessUnavailable => "access_unavailable",
             AuthError::Internal(_) => "internal",

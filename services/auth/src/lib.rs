@@ -5,6 +5,7 @@
 //! and internal routers, [`run`] serves them until `shutdown` resolves.
 
 pub mod access;
+pub mod administration;
 pub mod audit;
 pub mod cache;
 pub mod client_ip;
@@ -18,6 +19,7 @@ pub mod login;
 pub mod metrics;
 pub mod password;
 pub mod ratelimit;
+pub mod reset;
 pub mod routes;
 pub mod sessions;
 pub mod state;
@@ -25,14 +27,14 @@ pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::{Router, middleware};
-use kisum_common::serve::{Diagnostics, Listeners, Readiness, internal_router, probes};
+use kisum_common::serve::{
+    Diagnostics, Listeners, Readiness, ServerSettings, internal_router, probes,
+};
 use kisum_common::telemetry::{self, Metrics};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
 pub use config::Config;
 pub use state::unix_now;
@@ -46,8 +48,6 @@ use crate::state::{AppState, Shared};
 
 /// `services.auth.request-body-limit`.
 const BODY_LIMIT: usize = 64 * 1024;
-/// `services.auth.timeouts.read-seconds`.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Aborts the background tasks (the key-set watcher) when dropped.
 struct Background(Vec<tokio::task::JoinHandle<()>>);
@@ -65,6 +65,7 @@ pub struct App {
     pub public: Router,
     pub internal: Router,
     pub metrics: Metrics,
+    pub server: ServerSettings,
     background: Background,
 }
 
@@ -102,22 +103,18 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
         router
             .layer(middleware::from_fn(request_span))
             .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
-            .layer(TimeoutLayer::with_status_code(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                REQUEST_TIMEOUT,
-            ))
     };
     let public = limits(routes::public(state.clone()).merge(probes(readiness(&state))));
     let internal = limits(internal_router(
         routes::internal(state.clone()),
         diagnostics(&state),
         state.config.allowlist.clone(),
-        state.metrics.shared.clone(),
     ));
     Ok(App {
         public,
         internal,
         metrics: state.metrics.shared.clone(),
+        server: state.config.server,
         background,
     })
 }
@@ -204,10 +201,12 @@ impl App {
             public,
             internal,
             metrics,
+            server,
             background,
         } = self;
         let served =
-            kisum_common::serve::serve(listeners, public, internal, metrics, shutdown).await;
+            kisum_common::serve::serve(listeners, public, internal, metrics, server, shutdown)
+                .await;
         drop(background);
         served
     }

@@ -63,11 +63,15 @@ pub async fn login(
     let user = find_user(state, &email).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let matches = state.passwords.verify(credentials.password, hash).await?;
+    let failed = |user: Option<Uuid>, reason| login_failed(state, user, reason, ip, &email);
     match user {
-        Some(user) if matches && user.active => start_session(state, user.id, ip).await,
-        Some(user) if matches => login_failed(state, Some(user.id), "disabled", ip).await,
-        Some(user) => login_failed(state, Some(user.id), "wrong_password", ip).await,
-        None => login_failed(state, None, "unknown_user", ip).await,
+        Some(user) if matches && user.active => {
+            ratelimit::login_succeeded(state, ip, &email).await;
+            start_session(state, user.id, ip).await
+        }
+        Some(user) if matches => failed(Some(user.id), "disabled").await,
+        Some(user) => failed(Some(user.id), "wrong_password").await,
+        None => failed(None, "unknown_user").await,
     }
 }
 
@@ -76,7 +80,9 @@ async fn login_failed(
     user: Option<Uuid>,
     reason: &str,
     ip: Option<IpAddr>,
+    email: &str,
 ) -> Result<TokenPair> {
+    ratelimit::login_failed(state, ip, email).await;
     state.metrics.event(event::LOGIN, "failure");
     tracing::info!(user_id = ?user, reason, client_ip = ?ip, "login failure");
     let mut entry = Entry::new(action::LOGIN_FAILURE)
@@ -194,11 +200,13 @@ pub async fn refresh(state: &AppState, presented: &str, ip: Option<IpAddr>) -> R
     let Some(token) = RefreshToken::parse(presented) else {
         return Err(refresh_failed(state, None, "malformed"));
     };
+    ratelimit::check_refresh_address(state, ip).await?;
     let hash = token.hash();
     let mut tx = state.db.begin().await?;
     let Some(found) = lock_refresh_token(&mut tx, &hash).await? else {
         return Err(refresh_failed(state, None, "unknown"));
     };
+    ratelimit::check_refresh_session(state, found.session).await?;
     if found.used {
         let revoked = sessions::revoke_family(&mut tx, found.family, "refresh_token_reuse").await?;
         let entry = Entry::new(action::REFRESH_REUSE)

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use kisum_auth::{Config, db, directory, password::Passwords};
 use kisum_common::config::Vars;
 use kisum_common::serve::{Listeners, shutdown_signal};
-use kisum_common::telemetry::init_logging;
+use kisum_common::telemetry::init_logging_from;
 
 const USAGE: &str = "usage:
   kisum-auth migrate                 apply auth_db migrations (AUTH_DB_URL)
@@ -55,13 +55,10 @@ async fn main() -> ExitCode {
         }
     };
     let vars = Vars::from_env();
-    init_logging(
-        &vars
-            .optional("LOG_LEVEL")
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "info".into()),
-    );
+    if let Err(error) = init_logging_from(&vars) {
+        eprintln!("kisum-auth: invalid configuration: {error}");
+        return ExitCode::FAILURE;
+    }
     match execute(command, &vars).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -18,6 +18,9 @@ pub mod event {
     pub const ACCESS_AGGREGATION: &str = "access_aggregation";
     pub const ACCESS_DENIED: &str = "access_denied";
     pub const LOGIN_RATE_LIMIT: &str = "login_rate_limit";
+    pub const REFRESH_RATE_LIMIT: &str = "refresh_rate_limit";
+    pub const PASSWORD_RESET_RATE_LIMIT: &str = "password_reset_rate_limit";
+    pub const PASSWORD_RESET: &str = "password_reset";
     pub const REDIS: &str = "redis";
 }
 

@@ -18,13 +18,13 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::access::{self, AccessContext};
-use crate::directory;
 use crate::error::{AuthError, Result};
 use crate::login::{self, Credentials};
 use crate::sessions::{self, Identity};
 use crate::state::AppState;
+use crate::{administration, directory, reset};
 
-pub const X_ORG: &str = "x-org";
+pub use kisum_common::org::ORG_HEADER as X_ORG;
 
 /// Every route with what it requires, for `/internal/diagnostics`.
 pub fn route_requirements() -> BTreeMap<String, String> {
@@ -33,6 +33,8 @@ pub fn route_requirements() -> BTreeMap<String, String> {
         ("POST /auth/refresh", "refresh token"),
         ("POST /auth/logout", "access or refresh token"),
         ("POST /auth/logout-all", "access token"),
+        ("POST /auth/password-reset", ""),
+        ("POST /auth/password-reset/confirm", "reset token"),
         ("GET /auth/me", "access token"),
         ("GET /auth/me/access", "access token, x-org"),
         ("GET /.well-known/jwks.json", ""),
@@ -47,6 +49,11 @@ pub fn route_requirements() -> BTreeMap<String, String> {
         ),
     ]
     .into_iter()
+    .chain(
+        administration::ROUTES
+            .iter()
+            .map(|route| (*route, "internal caller: platform-admin, kisumctl")),
+    )
     .map(|(route, needs)| (route.to_string(), needs.to_string()))
     .collect()
 }
@@ -57,6 +64,8 @@ pub fn public(state: AppState) -> Router {
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
         .route("/auth/logout-all", post(logout_all))
+        .route("/auth/password-reset", post(password_reset))
+        .route("/auth/password-reset/confirm", post(password_reset_confirm))
         .route("/auth/me", get(me))
         .route("/auth/me/access", get(me_access))
         .route("/.well-known/jwks.json", get(jwks))
@@ -67,6 +76,7 @@ pub fn internal(state: AppState) -> Router {
     let administration = Router::new()
         .route("/internal/invalidate", post(invalidate))
         .route("/internal/platform-access", post(platform_access))
+        .merge(administration::router())
         .route_layer(axum::middleware::from_fn(administrators_only));
     Router::new()
         .route("/internal/access-context", post(access_context))
@@ -190,6 +200,25 @@ async fn logout(
         Body::parse(&body)?
     };
     login::logout(&state, &headers, request.refresh_token.as_deref(), ip).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn password_reset(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Trace(trace): Trace,
+    Body(request): Body<reset::ResetRequest>,
+) -> Result<StatusCode> {
+    reset::request(&state, &trace, request, ip).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn password_reset_confirm(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Body(confirmation): Body<reset::ResetConfirmation>,
+) -> Result<StatusCode> {
+    reset::confirm(&state, confirmation, ip).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -124,6 +124,14 @@ async fn loopback_listeners() -> Listeners {
 struct Options {
     per_ip: u32,
     per_email: u32,
+    backoff_max_seconds: u32,
+    refresh_per_session: u32,
+    refresh_per_ip: u32,
+    /// `TRUSTED_PROXIES`: with 127.0.0.1 trusted, a test chooses the client
+    /// address through `X-Forwarded-For`.
+    trusted_proxies: Option<&'static str>,
+    /// `PASSWORD_RESET_*` variables.
+    password_reset: &'static [(&'static str, &'static str)],
 }
 
 impl Default for Options {
@@ -131,6 +139,11 @@ impl Default for Options {
         Options {
             per_ip: 1000,
             per_email: 1000,
+            backoff_max_seconds: 60,
+            refresh_per_session: 1000,
+            refresh_per_ip: 1000,
+            trusted_proxies: None,
+            password_reset: &[],
         }
     }
 }
@@ -177,7 +190,10 @@ fn auth_vars(
     options: &Options,
 ) -> Vars {
     let (per_ip, per_email) = (options.per_ip.to_string(), options.per_email.to_string());
-    Vars::from_pairs([
+    let backoff_max = options.backoff_max_seconds.to_string();
+    let refresh_per_session = options.refresh_per_session.to_string();
+    let refresh_per_ip = options.refresh_per_ip.to_string();
+    let mut vars = Vars::from_pairs([
         ("SERVICE_NAME", "auth"),
         ("KISUM_ENVIRONMENT", "test"),
         ("HTTP_PORT", "0"),
@@ -197,7 +213,17 @@ fn auth_vars(
         ("LOGIN_RATE_LIMIT_PER_IP", &per_ip),
         ("LOGIN_RATE_LIMIT_PER_EMAIL", &per_email),
         ("LOGIN_RATE_LIMIT_WINDOW_SECONDS", "900"),
-    ])
+        ("LOGIN_BACKOFF_MAX_SECONDS", &backoff_max),
+        ("REFRESH_RATE_LIMIT_PER_SESSION", &refresh_per_session),
+        ("REFRESH_RATE_LIMIT_PER_IP", &refresh_per_ip),
+    ]);
+    if let Some(proxies) = options.trusted_proxies {
+        vars.set("TRUSTED_PROXIES", proxies);
+    }
+    for (name, value) in options.password_reset {
+        vars.set(*name, *value);
+    }
+    vars
 }
 
 impl Harness {
@@ -570,6 +596,64 @@ async fn refresh_rotates_the_refresh_token() {
     assert_eq!(body["error"], "invalid_refresh_token");
 }
 
+/// A refresh from client address `ip` (Auth trusts the test's proxy).
+async fn refresh_from(
+    h: &Harness,
+    ip: &str,
+    token: &Value,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let url = format!("http://{}/auth/refresh", h.public);
+    let body = json!({ "refresh_token": token });
+    h.send(Method::POST, url, &[("x-forwarded-for", ip)], Some(body))
+        .await
+}
+
+#[tokio::test]
+async fn refreshes_are_throttled_per_session_and_per_address_and_not_without_redis() {
+    let mut h = Harness::with(Options {
+        refresh_per_session: 2,
+        refresh_per_ip: 2,
+        trusted_proxies: Some("127.0.0.1/32"),
+        ..Options::default()
+    })
+    .await;
+    h.user("loop@example.com").await;
+    // One session refreshing in a loop: stopped after two, before rotating.
+    let mut tokens = h.tokens("loop@example.com").await;
+    for _ in 0..2 {
+        let (status, _, next) = refresh_from(&h, "198.51.100.1", &tokens["refresh_token"]).await;
+        assert_eq!(status, StatusCode::OK, "{next}");
+        tokens = next;
+    }
+    let (status, headers, body) = refresh_from(&h, "198.51.100.2", &tokens["refresh_token"]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Another session is not affected, but one address is limited too.
+    let other = h.tokens("loop@example.com").await;
+    let (status, _, _) = refresh_from(&h, "198.51.100.1", &other["refresh_token"]).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the address's third refresh"
+    );
+    let (status, _, other) = refresh_from(&h, "203.0.113.5", &other["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{other}");
+
+    // Without Redis: no throttling, and refreshes still work.
+    h.redis.stop();
+    let (status, _, body) = refresh_from(&h, "198.51.100.2", &tokens["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(r#"kisum_events_total{event="refresh_rate_limit",outcome="limited"}"#)
+    );
+    assert!(
+        metrics.contains(r#"kisum_events_total{event="refresh_rate_limit",outcome="skipped"}"#)
+    );
+}
+
 #[tokio::test]
 async fn a_reused_refresh_token_revokes_the_whole_session_family() {
     let h = Harness::start().await;
@@ -785,38 +869,76 @@ where
 
 // ---------------------------------------------------------- rate limits --
 
+/// A login from client address `ip` (Auth trusts the test's proxy).
+async fn login_from(h: &Harness, ip: &str, email: &str, password: &str) -> (StatusCode, u64) {
+    let url = format!("http://{}/auth/login", h.public);
+    let body = json!({ "email": email, "password": password });
+    let (status, headers, _) = h
+        .send(Method::POST, url, &[("x-forwarded-for", ip)], Some(body))
+        .await;
+    let retry_after = headers
+        .get("retry-after")
+        .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+    (status, retry_after)
+}
+
 #[tokio::test]
-async fn the_email_limit_answers_429_and_is_skipped_while_redis_is_down() {
+async fn wrong_passwords_slow_an_account_down_but_never_lock_its_owner_out() {
     let mut h = Harness::with(Options {
         per_email: 3,
+        backoff_max_seconds: 2,
+        trusted_proxies: Some("127.0.0.1/32"),
         ..Options::default()
     })
     .await;
-    h.user("limited@example.com").await;
+    h.user("target@example.com").await;
+    let attacker = "198.51.100.7";
+    // Up to the limit, failures cost nothing but the failure.
     for _ in 0..3 {
-        assert_eq!(
-            h.login("limited@example.com", "wrong").await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        let (status, _) = login_from(&h, attacker, "target@example.com", "guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let url = format!("http://{}/auth/login", h.public);
-    let body = json!({ "email": "LIMITED@example.com", "password": PASSWORD });
-    let (status, headers, answer) = h
-        .send(Method::POST, url.clone(), &[], Some(body.clone()))
-        .await;
+    // The fourth starts a backoff: the next try is refused unchecked.
+    let (status, _) = login_from(&h, attacker, "target@example.com", "guess").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, retry_after) = login_from(&h, attacker, "TARGET@example.com", PASSWORD).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(answer["error"], "rate_limited");
-    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=900).contains(&retry_after), "{retry_after}");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+
+    // The owner, from an address that has not failed: not slowed at all.
+    let (status, _) = login_from(&h, "203.0.113.9", "target@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Further failures back off longer, but never past the cap: after it,
+    // the right password goes through even from the guessing address.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let (status, _) = login_from(&h, attacker, "target@example.com", "guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, retry_after) = login_from(&h, attacker, "target@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!((1..=2).contains(&retry_after), "capped: {retry_after}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, _) = login_from(&h, attacker, "target@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
     // Other accounts are not affected.
     h.user("other@example.com").await;
-    h.tokens("other@example.com").await;
+    assert_eq!(
+        login_from(&h, attacker, "other@example.com", PASSWORD)
+            .await
+            .0,
+        StatusCode::OK
+    );
 
+    // Without Redis nothing is throttled, and nothing fails.
+    let (status, _) = login_from(&h, attacker, "target@example.com", "guess").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = login_from(&h, attacker, "target@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     h.redis.stop();
-    for _ in 0..5 {
-        let (status, _, _) = h
-            .send(Method::POST, url.clone(), &[], Some(body.clone()))
-            .await;
+    for _ in 0..3 {
+        let (status, _) = login_from(&h, attacker, "target@example.com", PASSWORD).await;
         assert_eq!(
             status,
             StatusCode::OK,
@@ -1064,6 +1186,69 @@ async fn delegation_lends_the_lenders_permissions_of_one_module() {
     assert_eq!(
         after["modules"],
         json!({ "finance": ["finance.invoices.read", "finance.invoices.write"] })
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_user_lends_nothing_and_loses_every_access_at_once() {
+    let h = Harness::start().await;
+    let (lender_user, company, lender) =
+        member(&h, "off-lender@example.com", "off-co", &["finance"]).await;
+    h.add_on(company, "finance", true).await;
+    directory::define_role(&h.db, "viewer", &[]).await.unwrap();
+    let borrower_user = h.user("off-borrower@example.com").await;
+    let borrower = directory::add_membership(&h.db, borrower_user, company, "viewer")
+        .await
+        .unwrap();
+    directory::grant_module(&h.db, borrower, "finance")
+        .await
+        .unwrap();
+    directory::delegate(&h.db, lender, borrower, "finance", 3600)
+        .await
+        .unwrap();
+    let tokens = h.tokens("off-borrower@example.com").await;
+    let access = str_of(&tokens["access_token"]);
+    let lent = json!({ "finance": ["finance.invoices.read", "finance.invoices.write"] });
+    let (_, first) = h.me_access(access, "off-co").await;
+    assert_eq!(first["modules"], lent);
+    // Cached now: the next answer comes from Redis.
+    let (_, cached) = h.me_access(access, "off-co").await;
+    assert_eq!(cached, first);
+
+    // The lender is disabled: the cached context is unreachable at once and
+    // the delegation lends nothing.
+    directory::set_user_status(&h.db, lender_user, false)
+        .await
+        .unwrap();
+    let (status, after) = h.me_access(access, "off-co").await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(after["modules"], json!({ "finance": [] }));
+    assert!(after["access_version"].as_i64() > first["access_version"].as_i64());
+    directory::set_user_status(&h.db, lender_user, true)
+        .await
+        .unwrap();
+    assert_eq!(h.me_access(access, "off-co").await.1["modules"], lent);
+
+    // The borrower is disabled: no access, no session use, no refresh.
+    directory::set_user_status(&h.db, borrower_user, false)
+        .await
+        .unwrap();
+    let (status, body) = h.me_access(access, "off-co").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(h.me(access).await, StatusCode::UNAUTHORIZED);
+    let session = claims_of(access)["sid"].clone();
+    let (status, _) = h
+        .internal_call(
+            Some(("finance", FINANCE_SECRET)),
+            Method::POST,
+            "/internal/access-context",
+            Some(json!({ "user": borrower_user, "session": session, "org": "off-co" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.refresh(&tokens["refresh_token"]).await.0,
+        StatusCode::UNAUTHORIZED
     );
 }
 
@@ -1427,13 +1612,43 @@ async fn internal_routes_require_an_allowed_caller_and_stay_off_the_public_port(
         .as_admin(Method::POST, "/internal/invalidate", Some(body.clone()))
         .await;
     assert_eq!(status, StatusCode::OK);
-    // A module backend reads access contexts; it administers nothing.
+    // A module backend reads access contexts; it administers nothing, the
+    // directory included.
     let finance = Some(("finance", FINANCE_SECRET));
-    for path in ["/internal/invalidate", "/internal/platform-access"] {
+    let company = Uuid::new_v4();
+    let membership = Uuid::new_v4();
+    let administration = [
+        (Method::POST, "/internal/invalidate".to_string()),
+        (Method::POST, "/internal/platform-access".to_string()),
+        (Method::PUT, format!("/internal/companies/{company}")),
+        (
+            Method::GET,
+            format!("/internal/companies/{company}/memberships"),
+        ),
+        (
+            Method::POST,
+            format!("/internal/companies/{company}/memberships"),
+        ),
+        (
+            Method::PUT,
+            format!("/internal/memberships/{membership}/status"),
+        ),
+        (
+            Method::PUT,
+            format!("/internal/memberships/{membership}/grants/finance"),
+        ),
+        (
+            Method::DELETE,
+            format!("/internal/memberships/{membership}/grants/finance/finance.invoices.read"),
+        ),
+        (Method::GET, "/internal/roles".to_string()),
+        (Method::PUT, "/internal/roles/clerk".to_string()),
+    ];
+    for (method, path) in administration {
         let (status, answer) = h
-            .internal_call(finance, Method::POST, path, Some(body.clone()))
+            .internal_call(finance, method.clone(), &path, Some(body.clone()))
             .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
         assert_eq!(answer["error"], "forbidden");
     }
     let (status, answer) = h
@@ -1568,4 +1783,226 @@ async fn logs_carry_ids_and_events_but_never_secrets() {
     ] {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
+}
+
+#[tokio::test]
+async fn an_invalid_traceparent_is_replaced_by_a_fresh_trace_and_a_valid_one_continued() {
+    let h = Harness::start().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let cases = [
+        (format!("00-{trace}-00f067aa0ba902b7-01"), true),
+        (
+            format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+            false,
+        ),
+        (format!("ff-{trace}-00f067aa0ba902b7-01"), false),
+        (format!("00-{trace}-0000000000000000-01"), false),
+        (format!("00-{trace}-00f067aa0ba902b7-01-extra"), false),
+    ];
+    for (header, valid) in cases {
+        let request_id = format!("trace-{}", Uuid::new_v4());
+        let headers = [
+            ("traceparent", header.as_str()),
+            ("x-request-id", &request_id),
+        ];
+        let (status, _) = h
+            .public_call(Method::GET, "/.well-known/jwks.json", &headers, None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let logged = logs_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(|line| line["fields"].clone())
+            .find(|fields| {
+                fields["message"] == "request" && fields["request_id"] == request_id.as_str()
+            })
+            .unwrap_or_else(|| panic!("no request log line for {header}"));
+        let trace_id = logged["trace_id"].as_str().unwrap();
+        if valid {
+            assert_eq!(trace_id, trace, "{header} continued");
+        } else {
+            assert_ne!(trace_id, trace, "{header} replaced");
+            let fresh = format!("00-{trace_id}-00f067aa0ba902b7-01");
+            assert!(
+                kisum_common::telemetry::parse_traceparent(&fresh).is_some(),
+                "{trace_id}"
+            );
+        }
+    }
+}
+
+/// The mailer Auth hands reset tokens to: a capture server on loopback (no
+/// email provider can run here); it keeps every body it receives.
+struct Mailer {
+    url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Mailer {
+    async fn start() -> Mailer {
+        use axum::routing::post;
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let kept = received.clone();
+        let router = axum::Router::new().route(
+            "/password-reset",
+            post(move |axum::Json(body): axum::Json<Value>| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push(body);
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Mailer {
+            url,
+            received,
+            _stop: stop,
+        }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_password_reset_answers_alike_for_every_email_and_its_token_works_once() {
+    let mailer = Mailer::start().await;
+    let url: &'static str = Box::leak(mailer.url.clone().into_boxed_str());
+    let settings: &'static [(&'static str, &'static str)] = Box::leak(Box::new([
+        ("PASSWORD_RESET_MAILER_URL", url),
+        ("PASSWORD_RESET_RATE_LIMIT_PER_EMAIL", "2"),
+        ("PASSWORD_RESET_RATE_LIMIT_PER_IP", "4"),
+    ]));
+    let h = Harness::with(Options {
+        password_reset: settings,
+        ..Options::default()
+    })
+    .await;
+    let h = &h;
+    h.user("reset@example.com").await;
+    let before = h.tokens("reset@example.com").await;
+    let ask = |email: &'static str| async move {
+        h.public_call(
+            Method::POST,
+            "/auth/password-reset",
+            &[],
+            Some(json!({ "email": email })),
+        )
+        .await
+    };
+
+    // Known or not: the same answer.
+    let known = ask("reset@example.com").await;
+    let unknown = ask("nobody@example.com").await;
+    assert_eq!(known.0, StatusCode::ACCEPTED);
+    assert_eq!(known, unknown);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            mailer.received().len() == 1
+        })
+        .await
+    );
+    let message = mailer.received()[0].clone();
+    assert_eq!(message["email"], "reset@example.com");
+    let first = str_of(&message["token"]).to_string();
+    // Only the token's SHA-256 is stored.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("select token_hash from password_resets")
+        .fetch_all(&h.db)
+        .await
+        .unwrap();
+    use sha2::Digest as _;
+    assert_eq!(stored, [sha2::Sha256::digest(first.as_bytes()).to_vec()]);
+
+    // Throttled: past two per email the request is dropped unseen; past
+    // four per address, a 429.
+    assert_eq!(ask("reset@example.com").await.0, StatusCode::ACCEPTED);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            mailer.received().len() == 2
+        })
+        .await
+    );
+    let second = str_of(&mailer.received()[1]["token"]).to_string();
+    assert_eq!(ask("reset@example.com").await.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        ask("reset@example.com").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mailer.received().len(),
+        2,
+        "the throttled requests sent nothing"
+    );
+
+    let confirm = |token: &str, password: &str| {
+        let body = json!({ "token": token, "password": password });
+        async move {
+            h.public_call(
+                Method::POST,
+                "/auth/password-reset/confirm",
+                &[],
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (status, body) = confirm(&first, "short").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = confirm("not-a-token", "a long new password").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_reset_token"))
+    );
+    // An expired token is refused.
+    sqlx::query(
+        "update password_resets set expires_at = now() - interval '1 second' where token_hash = $1",
+    )
+    .bind(sha2::Sha256::digest(second.as_bytes()).to_vec())
+    .execute(&h.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        confirm(&second, "a long new password").await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let (status, body) = confirm(&first, "a long new password").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // Every session ended; the old password is gone, the new one works.
+    assert_eq!(
+        h.me(str_of(&before["access_token"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.refresh(&before["refresh_token"]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.login("reset@example.com", PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.login("reset@example.com", "a long new password").await.0,
+        StatusCode::OK
+    );
+    // Single use.
+    assert_eq!(
+        confirm(&first, "yet another password").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(h.audit_count("password_reset.done").await, 1);
 }

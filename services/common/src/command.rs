@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use crate::config::Vars;
 use crate::serve::{Listeners, shutdown_signal};
-use crate::telemetry::init_logging;
+use crate::telemetry::init_logging_from;
 
 /// What a service binary plugs into the shared command line.
 pub struct Service<C, Load, Migrate, Check, Run> {
@@ -57,13 +57,9 @@ where
         return ExitCode::from(2);
     }
     let vars = Vars::from_env();
-    init_logging(
-        &vars
-            .optional("LOG_LEVEL")
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "info".into()),
-    );
+    if let Err(error) = init_logging_from(&vars) {
+        return fail(binary, "invalid configuration", error);
+    }
     let bind = match bind_address(&vars) {
         Ok(address) => address,
         Err(error) => return fail(binary, "invalid configuration", error),

@@ -161,6 +161,60 @@ where
         })
 }
 
+/// The settings every service has (`common-config` in
+/// environments/base.yaml): who it is, where it listens, how it treats
+/// slow clients and whether it exposes `/metrics`.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// `SERVICE_NAME`: also the caller name this service presents.
+    pub service: String,
+    /// `KISUM_ENVIRONMENT`.
+    pub environment: String,
+    pub http_port: u16,
+    pub internal_port: u16,
+    pub server: crate::serve::ServerSettings,
+}
+
+impl CommonConfig {
+    /// `default_request_timeout` is the service's `timeouts.read-seconds`.
+    pub fn from_vars(
+        vars: &Vars,
+        default_request_timeout: std::time::Duration,
+    ) -> Result<CommonConfig, ConfigError> {
+        Ok(CommonConfig {
+            service: vars.required("SERVICE_NAME")?,
+            environment: vars.required("KISUM_ENVIRONMENT")?,
+            http_port: vars.parsed("HTTP_PORT")?,
+            internal_port: vars.parsed("INTERNAL_PORT")?,
+            server: crate::serve::ServerSettings::from_vars(vars, default_request_timeout)?,
+        })
+    }
+
+    /// The public and internal ports.
+    pub fn ports(&self) -> (u16, u16) {
+        (self.http_port, self.internal_port)
+    }
+
+    /// These settings as `(variable, value)` pairs, for a digest.
+    pub fn digest_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = vec![
+            ("SERVICE_NAME", self.service.clone()),
+            ("KISUM_ENVIRONMENT", self.environment.clone()),
+            ("HTTP_PORT", self.http_port.to_string()),
+            ("INTERNAL_PORT", self.internal_port.to_string()),
+        ];
+        pairs.extend(self.server.digest_pairs());
+        pairs
+    }
+}
+
+/// A digest of the common settings followed by `pairs`.
+pub fn digest_with(common: &CommonConfig, pairs: &[(&str, &str)]) -> String {
+    let common = common.digest_pairs();
+    let common = common.iter().map(|(name, value)| (*name, value.as_str()));
+    digest(common.chain(pairs.iter().copied()))
+}
+
 /// A SHA-256 digest of the non-secret configuration, for diagnostics:
 /// two instances with the same digest run the same configuration.
 pub fn digest<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
@@ -232,6 +286,31 @@ mod tests {
             vars.http_url("C"),
             Err(ConfigError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn the_common_settings_are_read_once_for_every_service() {
+        let vars = Vars::from_pairs([
+            ("SERVICE_NAME", "platform-core"),
+            ("KISUM_ENVIRONMENT", "dev"),
+            ("HTTP_PORT", "8102"),
+            ("INTERNAL_PORT", "9102"),
+            ("METRICS_ENABLED", "false"),
+        ]);
+        let common = CommonConfig::from_vars(&vars, std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(common.ports(), (8102, 9102));
+        assert_eq!(common.server.request_timeout.as_secs(), 10);
+        assert!(!common.server.metrics_enabled);
+        let other = CommonConfig {
+            http_port: 8103,
+            ..common.clone()
+        };
+        assert_ne!(digest_with(&common, &[]), digest_with(&other, &[]));
+        let error = CommonConfig::from_vars(&Vars::default(), std::time::Duration::from_secs(1));
+        assert_eq!(
+            error.unwrap_err().to_string(),
+            "SERVICE_NAME is required but not set (nor SERVICE_NAME_FILE)"
+        );
     }
 
     #[test]

@@ -2,8 +2,15 @@
 //! A service refuses to serve, and reports not ready, while the schema is
 //! behind it or differs from it (an edited or half-applied migration).
 
+use std::future::Future;
+use std::time::Duration;
+
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::serve::{self, Listeners, Readiness, ServerSettings};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchemaState {
@@ -80,10 +87,83 @@ pub struct Database {
     pub name: &'static str,
     /// The binary whose `migrate` command applies them, e.g. `kisum-core`.
     pub binary: &'static str,
+    /// The variable holding its URL, e.g. `CORE_DB_URL`.
+    pub url_variable: &'static str,
     pub migrator: &'static Migrator,
 }
 
+/// The routers of a database-backed service, ready to serve.
+pub struct App {
+    pub public: axum::Router,
+    pub internal: axum::Router,
+    pub metrics: Metrics,
+    pub pool: PgPool,
+}
+
 impl Database {
+    /// A pool that connects on first use, so a service whose database is
+    /// down still starts and reports not ready.
+    pub fn lazy_pool(&self, url: &str) -> anyhow::Result<PgPool> {
+        PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(url)
+            .map_err(|_| anyhow::anyhow!("{} is not a valid PostgreSQL URL", self.url_variable))
+    }
+
+    /// Ready when the database answers and every migration is applied.
+    pub fn readiness(self, pool: PgPool) -> Readiness {
+        let database = pool.clone();
+        Readiness::default()
+            .check("database", move || {
+                let pool = database.clone();
+                async move {
+                    sqlx::query("SELECT 1")
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| format!("database unreachable: {error}"))
+                }
+            })
+            .check("migrations", move || {
+                let pool = pool.clone();
+                async move {
+                    state(&pool, self.migrator)
+                        .await
+                        .map_err(|error| format!("cannot read the migrations: {error}"))?
+                        .require_current(self.binary)
+                }
+            })
+    }
+
+    /// Serves `app` until `shutdown` resolves, refusing to start while the
+    /// schema is behind the binary; closes the pool afterwards.
+    pub async fn serve(
+        &self,
+        app: App,
+        listeners: Listeners,
+        settings: ServerSettings,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let App {
+            public,
+            internal,
+            metrics,
+            pool,
+        } = app;
+        self.require_current(&pool).await?;
+        let (public_address, internal_address) = listeners.addresses()?;
+        tracing::info!(
+            service = %metrics.service,
+            public = %public_address,
+            internal = %internal_address,
+            "serving"
+        );
+        serve::serve(listeners, public, internal, metrics, settings, shutdown).await?;
+        pool.close().await;
+        Ok(())
+    }
+
     /// Applies the pending migrations; a no-op when none is.
     pub async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
         self.migrator

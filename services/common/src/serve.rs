@@ -8,15 +8,22 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tower::ServiceExt as _;
+use tower_http::timeout::TimeoutLayer;
 
+use crate::config::{ConfigError, Vars};
 use crate::internal::{self, Allowlist};
 use crate::telemetry::{self, Metrics};
 
@@ -138,24 +145,104 @@ async fn reload_keys(State(d): State<Diagnostics>) -> Response {
     }
 }
 
-/// Internal routes every service has, behind the credential check, plus
-/// `/metrics` (reachable only on the internal port).
+/// Internal routes every service has, behind the credential check.
+/// `serve` adds `/metrics` beside them unless `METRICS_ENABLED=false`.
 pub fn internal_router(
     extra: Router,
     diagnostics_state: Diagnostics,
     allowlist: Allowlist,
-    metrics: Metrics,
 ) -> Router {
-    let guarded = Router::new()
+    Router::new()
         .route("/internal/diagnostics", get(diagnostics))
         .route("/internal/keys/reload", post(reload_keys))
         .with_state(diagnostics_state)
         .merge(extra)
-        .layer(middleware::from_fn_with_state(allowlist, internal::require));
-    Router::new()
-        .route("/metrics", get(telemetry::metrics_handler))
-        .with_state(metrics)
-        .merge(guarded)
+        .layer(middleware::from_fn_with_state(allowlist, internal::require))
+}
+
+/// How the listeners treat slow clients and what they expose, from the
+/// variables every service shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// `HEADER_READ_TIMEOUT_SECONDS` (10 by default): how long a client has
+    /// to send the whole head of a request, counted from when the server
+    /// starts waiting for it; a connection still sending headers then is
+    /// closed. An idle keep-alive connection is closed after the same time.
+    pub header_read_timeout: Duration,
+    /// `REQUEST_TIMEOUT_SECONDS` (the service's `timeouts.read-seconds` by
+    /// default): the longest a request may take, body upload included;
+    /// past it the answer is a 503.
+    pub request_timeout: Duration,
+    /// `METRICS_ENABLED` (`true` by default): `false` removes `/metrics`.
+    pub metrics_enabled: bool,
+}
+
+/// `HEADER_READ_TIMEOUT_SECONDS` when not set.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ServerSettings {
+    /// `default_request_timeout` is the service's own
+    /// (`services.<id>.timeouts.read-seconds` in the environment matrix).
+    pub fn from_vars(vars: &Vars, default_request_timeout: Duration) -> Result<Self, ConfigError> {
+        let seconds = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
+            let value: u64 = vars.parsed_or(name, default.as_secs())?;
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    name: name.into(),
+                    reason: "must be at least 1 second".into(),
+                });
+            }
+            Ok(Duration::from_secs(value))
+        };
+        Ok(ServerSettings {
+            header_read_timeout: seconds(
+                "HEADER_READ_TIMEOUT_SECONDS",
+                DEFAULT_HEADER_READ_TIMEOUT,
+            )?,
+            request_timeout: seconds("REQUEST_TIMEOUT_SECONDS", default_request_timeout)?,
+            metrics_enabled: flag(vars, "METRICS_ENABLED", true)?,
+        })
+    }
+
+    /// The settings' part of a configuration digest.
+    pub fn digest_pairs(&self) -> [(&'static str, String); 3] {
+        [
+            (
+                "HEADER_READ_TIMEOUT_SECONDS",
+                self.header_read_timeout.as_secs().to_string(),
+            ),
+            (
+                "REQUEST_TIMEOUT_SECONDS",
+                self.request_timeout.as_secs().to_string(),
+            ),
+            ("METRICS_ENABLED", self.metrics_enabled.to_string()),
+        ]
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            request_timeout: Duration::from_secs(30),
+            metrics_enabled: true,
+        }
+    }
+}
+
+/// A `true`/`false` variable (also `1`/`0`, `yes`/`no`), or `default`.
+pub fn flag(vars: &Vars, name: &str, default: bool) -> Result<bool, ConfigError> {
+    match vars.optional(name)?.map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(value) => match value.as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(ConfigError::Invalid {
+                name: name.into(),
+                reason: format!("`{value}` is not true or false"),
+            }),
+        },
+    }
 }
 
 /// Both ports, bound before serving so tests can read the addresses.
@@ -178,34 +265,43 @@ impl Listeners {
 }
 
 /// Serves both routers until `shutdown` resolves, then drains requests.
+/// The internal one gets `/metrics` unless the settings disable it.
 pub async fn serve(
     listeners: Listeners,
     public: Router,
     internal: Router,
     metrics: Metrics,
+    settings: ServerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Handlers may read the peer address (`ConnectInfo<SocketAddr>`).
+    // Outside the credential check: the scraper presents none. Disabled,
+    // the route answers 404 (not the guard's 401 for unknown paths).
+    let metrics_route = if settings.metrics_enabled {
+        get(telemetry::metrics_handler).with_state(metrics.clone())
+    } else {
+        get(|| async { StatusCode::NOT_FOUND })
+    };
+    let internal = Router::new()
+        .route("/metrics", metrics_route)
+        .merge(internal);
     let tracked = |router: Router| {
         router
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                settings.request_timeout,
+            ))
             .layer(middleware::from_fn_with_state(
                 metrics.clone(),
                 telemetry::track,
             ))
-            .into_make_service_with_connect_info::<SocketAddr>()
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let public =
-        axum::serve(listeners.public, tracked(public)).with_graceful_shutdown(stopped(rx.clone()));
-    let internal = axum::serve(listeners.internal, tracked(internal))
-        .with_graceful_shutdown(stopped(rx.clone()));
+    let public = accept(listeners.public, tracked(public), settings, rx.clone());
+    let internal = accept(listeners.internal, tracked(internal), settings, rx.clone());
     // Draining is bounded: a client that never finishes its request must
     // not keep a stopping service alive.
     let deadline = async move {
@@ -213,7 +309,7 @@ pub async fn serve(
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
     tokio::select! {
-        (a, b) = async { tokio::join!(public.into_future(), internal.into_future()) } => a.and(b),
+        ((), ()) = async { tokio::join!(public, internal) } => Ok(()),
         () = deadline => {
             tracing::warn!("connections still open {DRAIN_LIMIT:?} after shutdown; closing them");
             Ok(())
@@ -221,8 +317,66 @@ pub async fn serve(
     }
 }
 
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Accepts HTTP/1.1 connections until `stop`, then waits for the open ones
+/// to finish their requests. Handlers may read the peer address
+/// (`ConnectInfo<SocketAddr>`).
+async fn accept(
+    listener: TcpListener,
+    router: Router,
+    settings: ServerSettings,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    // Every connection task holds a receiver; all gone = all closed.
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(stop.clone()) => break,
+        };
+        let service = router
+            .clone()
+            .map_request(move |request: hyper::Request<Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let (stop, open) = (stop.clone(), open_rx.clone());
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopped(stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
 /// How long a stopping service waits for open requests.
-pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
@@ -250,6 +404,13 @@ mod tests {
     use crate::internal::Credential;
 
     async fn started(ready: bool) -> (SocketAddr, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        started_with(ready, ServerSettings::default()).await
+    }
+
+    async fn started_with(
+        ready: bool,
+        settings: ServerSettings,
+    ) -> (SocketAddr, SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let metrics = Metrics::new("test", "test");
         let readiness = Readiness::default().check("database", move || async move {
             if ready {
@@ -267,16 +428,24 @@ mod tests {
             reload: Arc::new(|| Box::pin(async { Ok(vec!["k2".to_string()]) })),
         };
         let allowlist = Allowlist::from_pairs([("kisumctl".to_string(), "t0ken".to_string())]);
-        let internal = internal_router(Router::new(), diagnostics, allowlist, metrics.clone());
+        let internal = internal_router(Router::new(), diagnostics, allowlist);
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
         let any = "127.0.0.1:0".parse().unwrap();
         let listeners = Listeners::bind(any, any).await.unwrap();
         let (public_addr, internal_addr) = listeners.addresses().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve(
             listeners,
-            probes(readiness),
+            probes(readiness).merge(slow),
             internal,
             metrics,
+            settings,
             async {
                 let _ = rx.await;
             },
@@ -347,42 +516,78 @@ mod tests {
         );
         let _ = stop.send(());
     }
-}
 
-#[cfg(test)]
-mod drain_tests {
-    use super::*;
+    fn quick() -> ServerSettings {
+        ServerSettings {
+            header_read_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            metrics_enabled: true,
+        }
+    }
 
     #[tokio::test]
-    async fn a_half_sent_request_cannot_hold_shutdown_past_the_drain_limit() {
-        use tokio::io::AsyncWriteExt as _;
-        let metrics = Metrics::new("test", "test");
-        let any = "127.0.0.1:0".parse().unwrap();
-        let listeners = Listeners::bind(any, any).await.unwrap();
-        let (public, _) = listeners.addresses().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listeners,
-            probes(Readiness::default()),
-            Router::new(),
-            metrics,
-            async {
-                let _ = rx.await;
-            },
-        ));
-        let mut stalled = tokio::net::TcpStream::connect(public).await.unwrap();
-        stalled
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    async fn a_client_trickling_its_headers_is_disconnected_after_the_header_read_timeout() {
+        let (public, _, stop) = started_with(true, quick()).await;
+        let started = std::time::Instant::now();
+        let closed = kisum_testkit::trickle_headers(public, Duration::from_secs(10)).await;
+        assert!(closed, "the connection outlived the header read timeout");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "closed after {took:?}");
+        let _ = stop.send(());
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_request_timeout_answers_503() {
+        let (public, _, stop) = started_with(true, quick()).await;
+        let response = reqwest::get(format!("http://{public}/slow")).await.unwrap();
+        assert_eq!(response.status(), 503);
+        let _ = stop.send(());
+    }
+
+    #[tokio::test]
+    async fn metrics_disabled_removes_the_metrics_route() {
+        let settings = ServerSettings {
+            metrics_enabled: false,
+            ..ServerSettings::default()
+        };
+        let (_, internal, stop) = started_with(true, settings).await;
+        let response = reqwest::get(format!("http://{internal}/metrics"))
             .await
             .unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let _ = tx.send(());
-        let limit = DRAIN_LIMIT + std::time::Duration::from_secs(5);
-        let finished = tokio::time::timeout(limit, server).await;
-        assert!(
-            finished.is_ok(),
-            "serve still running {limit:?} after shutdown"
-        );
-        drop(stalled);
+        assert_eq!(response.status(), 404);
+        let _ = stop.send(());
+    }
+
+    #[test]
+    fn settings_come_from_the_shared_variables() {
+        let defaults =
+            ServerSettings::from_vars(&Vars::default(), Duration::from_secs(15)).unwrap();
+        assert_eq!(defaults.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
+        assert_eq!(defaults.request_timeout, Duration::from_secs(15));
+        assert!(defaults.metrics_enabled);
+        let vars = Vars::from_pairs([
+            ("HEADER_READ_TIMEOUT_SECONDS", "3"),
+            ("REQUEST_TIMEOUT_SECONDS", "300"),
+            ("METRICS_ENABLED", "false"),
+        ]);
+        let set = ServerSettings::from_vars(&vars, Duration::from_secs(15)).unwrap();
+        assert_eq!(set.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(set.request_timeout, Duration::from_secs(300));
+        assert!(!set.metrics_enabled);
+        for (name, value) in [
+            ("METRICS_ENABLED", "maybe"),
+            ("HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("REQUEST_TIMEOUT_SECONDS", "soon"),
+        ] {
+            let error = ServerSettings::from_vars(
+                &Vars::from_pairs([(name, value)]),
+                Duration::from_secs(1),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Invalid { name: ref n, .. } if n == name),
+                "{error}"
+            );
+        }
     }
 }

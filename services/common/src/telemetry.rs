@@ -19,20 +19,100 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rand::RngExt as _;
 
+use crate::config::{ConfigError, Vars};
+
 pub const REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";
 
-/// Starts JSON logging to stderr; `LOG_LEVEL` style filter (`info` default).
-pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for the log pipeline (the default).
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+/// `LOG_LEVEL` (a filter such as `info` or `kisum_auth=debug,info`; `info`
+/// by default) and `LOG_FORMAT` (`json` by default, or `text`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl LogSettings {
+    pub fn from_vars(vars: &Vars) -> Result<LogSettings, ConfigError> {
+        let level = vars.optional("LOG_LEVEL")?.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(ConfigError::Invalid {
+                name: "LOG_LEVEL".into(),
+                reason: format!("`{level}` is not a log filter"),
+            });
+        }
+        let format = match vars.optional("LOG_FORMAT")?.as_deref().map(str::trim) {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "LOG_FORMAT".into(),
+                    reason: format!("`{other}` is neither json nor text"),
+                });
+            }
+        };
+        Ok(LogSettings { level, format })
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// Starts logging to stderr as `settings` say.
+pub fn init_logging(settings: &LogSettings) {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(&settings.level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .with_env_filter(filter())
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => {
+            // Colours only for a terminal, and never under NO_COLOR.
+            let colours = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder
+                .with_ansi(colours)
+                .with_env_filter(filter())
+                .try_init()
+        }
+    };
+}
+
+/// Starts logging from `LOG_LEVEL` and `LOG_FORMAT`; an invalid value
+/// starts the default (JSON, `info`) and is returned, for the caller to
+/// refuse the start with.
+pub fn init_logging_from(vars: &Vars) -> Result<(), ConfigError> {
+    match LogSettings::from_vars(vars) {
+        Ok(settings) => {
+            init_logging(&settings);
+            Ok(())
+        }
+        Err(error) => {
+            init_logging(&LogSettings::default());
+            Err(error)
+        }
+    }
 }
 
 /// The trace context of one request, for logs and outgoing calls.
@@ -78,12 +158,62 @@ impl RequestContext {
     }
 }
 
-/// The trace id of a `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+/// The trace id of a valid `traceparent`; `None` for an invalid one,
+/// which the request then replaces with a fresh trace.
 pub fn parse_trace_id(traceparent: &str) -> Option<String> {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    let hex = |s: &str, len| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
-    let valid = parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16);
-    (valid && parts[1] != "0".repeat(32)).then(|| parts[1].to_ascii_lowercase())
+    parse_traceparent(traceparent).map(|parent| parent.trace_id.to_string())
+}
+
+/// The fields of a W3C trace-context `traceparent` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    pub version: &'a str,
+    pub trace_id: &'a str,
+    pub parent_id: &'a str,
+    pub flags: &'a str,
+}
+
+/// Parses `traceparent` as W3C Trace Context level 1 says: version,
+/// trace id, parent id and flags are lowercase hex of 2, 32, 16 and 2
+/// digits; neither id is all zeros; version `ff` is invalid; version `00`
+/// has exactly these four fields, while a later version may append more
+/// after a `-` (read for the same four fields).
+pub fn parse_traceparent(header: &str) -> Option<TraceParent<'_>> {
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let version = header.get(..2)?;
+    if !hex(version, 2) || version == "ff" {
+        return None;
+    }
+    let length_ok = match version {
+        "00" => header.len() == 55,
+        _ => header.len() == 55 || (header.len() > 55 && header.as_bytes()[55] == b'-'),
+    };
+    if !length_ok {
+        return None;
+    }
+    let mut fields = header[..55].split('-');
+    let (_, trace_id, parent_id, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let valid = hex(trace_id, 32)
+        && nonzero(trace_id)
+        && hex(parent_id, 16)
+        && nonzero(parent_id)
+        && hex(flags, 2);
+    valid.then_some(TraceParent {
+        version,
+        trace_id,
+        parent_id,
+        flags,
+    })
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -255,16 +385,47 @@ pub async fn track(State(metrics): State<Metrics>, mut request: Request, next: N
 mod tests {
     use super::*;
 
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
     #[test]
-    fn a_valid_traceparent_is_continued_and_a_bad_one_replaced() {
-        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    fn a_valid_traceparent_is_continued() {
+        let good = format!("00-{TRACE}-00f067aa0ba902b7-01");
+        assert_eq!(parse_trace_id(&good).as_deref(), Some(TRACE));
+        let parent = parse_traceparent(&good).unwrap();
+        assert_eq!((parent.parent_id, parent.flags), ("00f067aa0ba902b7", "01"));
+        // A later version may carry more fields after the known ones.
+        let later = format!("cc-{TRACE}-00f067aa0ba902b7-01-what-the-future-holds");
+        assert_eq!(parse_trace_id(&later).as_deref(), Some(TRACE));
         assert_eq!(
-            parse_trace_id(good).as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            parse_trace_id(&format!("01-{TRACE}-00f067aa0ba902b7-00")).as_deref(),
+            Some(TRACE)
         );
-        assert_eq!(parse_trace_id("00-xyz-00f067aa0ba902b7-01"), None);
-        let zeros = format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32));
-        assert_eq!(parse_trace_id(&zeros), None);
+    }
+
+    #[test]
+    fn an_invalid_traceparent_is_refused() {
+        let zeros32 = "0".repeat(32);
+        let bad = [
+            "00-xyz-00f067aa0ba902b7-01".to_string(),
+            format!("00-{zeros32}-00f067aa0ba902b7-01"),
+            format!("00-{TRACE}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", TRACE.to_uppercase()),
+            format!("00-{TRACE}-00F067AA0BA902B7-01"),
+            format!("0A-{TRACE}-00f067aa0ba902b7-01"),
+            format!("00-{TRACE}-00f067aa0ba902b7-0g"),
+            format!("ff-{TRACE}-00f067aa0ba902b7-01"),
+            format!("00-{TRACE}-00f067aa0ba902b7-01-extra"),
+            format!("00-{TRACE}-00f067aa0ba902b7-1"),
+            format!("00-{TRACE}x-00f067aa0ba902b-01"),
+            format!("cc-{TRACE}-00f067aa0ba902b7-01x"),
+            format!("00_{TRACE}_00f067aa0ba902b7_01"),
+            format!(" 00-{TRACE}-00f067aa0ba902b7-01"),
+            "00-é".to_string(),
+            String::new(),
+        ];
+        for header in bad {
+            assert_eq!(parse_traceparent(&header), None, "{header:?}");
+        }
     }
 
     #[test]
@@ -276,6 +437,28 @@ mod tests {
         assert_eq!(out[REQUEST_ID], "req-1");
         let traceparent = out[TRACEPARENT].to_str().unwrap();
         assert_eq!(parse_trace_id(traceparent).unwrap(), context.trace_id);
+    }
+
+    #[test]
+    fn log_settings_come_from_log_level_and_log_format() {
+        assert_eq!(
+            LogSettings::from_vars(&Vars::default()).unwrap(),
+            LogSettings::default()
+        );
+        let text = Vars::from_pairs([
+            ("LOG_FORMAT", "text"),
+            ("LOG_LEVEL", "kisum_auth=debug,warn"),
+        ]);
+        let settings = LogSettings::from_vars(&text).unwrap();
+        assert_eq!(settings.format, LogFormat::Text);
+        assert_eq!(settings.level, "kisum_auth=debug,warn");
+        for (name, value) in [("LOG_FORMAT", "xml"), ("LOG_LEVEL", "loud=[")] {
+            let error = LogSettings::from_vars(&Vars::from_pairs([(name, value)])).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Invalid { name: ref n, .. } if n == name),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -2,19 +2,17 @@
 //! gives it (`environments/base.yaml`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use kisum_common::config::{ConfigError, Vars, digest};
+use kisum_common::config::{CommonConfig, ConfigError, Vars, digest_with};
 use kisum_common::internal::Allowlist;
 
 const CALLER_PREFIX: &str = "INTERNAL_CALLER_";
 
 #[derive(Clone)]
 pub struct Config {
-    pub service: String,
-    pub environment: String,
-    pub http_port: u16,
-    pub internal_port: u16,
-    pub log_level: String,
+    /// Service name, environment, ports, timeouts, `/metrics`.
+    pub common: CommonConfig,
     /// `CORE_DB_URL`: a secret (it holds the password); never logged.
     pub database_url: String,
     /// The callers of the entitlement API (`INTERNAL_ALLOWED_CALLERS`).
@@ -28,13 +26,13 @@ pub struct Config {
     pub digest: String,
 }
 
+/// `services.platform-core.timeouts.read-seconds`: the default request timeout.
+const READ_SECONDS: Duration = Duration::from_secs(10);
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("service", &self.service)
-            .field("environment", &self.environment)
-            .field("http_port", &self.http_port)
-            .field("internal_port", &self.internal_port)
+            .field("common", &self.common)
             .field("api_callers", &self.api_callers)
             .field("diagnostics_callers", &self.diagnostics_callers)
             .field("self_service_billing", &self.self_service_billing)
@@ -47,41 +45,31 @@ impl Config {
         let credentials = caller_credentials(vars)?;
         let allowed = allowed_callers(vars)?;
         let api_callers = api_allowlist(&credentials, &allowed)?;
-        let config = Config {
-            service: vars.required("SERVICE_NAME")?,
-            environment: vars.required("KISUM_ENVIRONMENT")?,
-            http_port: vars.parsed("HTTP_PORT")?,
-            internal_port: vars.parsed("INTERNAL_PORT")?,
-            log_level: vars.optional("LOG_LEVEL")?.unwrap_or_else(|| "info".into()),
+        let common = CommonConfig::from_vars(vars, READ_SECONDS)?;
+        let billing_provider_configured = vars
+            .optional("BILLING_PROVIDER_KEY")?
+            .is_some_and(|key| !key.trim().is_empty());
+        let self_service_billing = vars.parsed_or("SELF_SERVICE_BILLING", false)?;
+        let digest = digest_with(
+            &common,
+            &[
+                ("INTERNAL_ALLOWED_CALLERS", &allowed.join(",")),
+                (
+                    "BILLING_PROVIDER_KEY set",
+                    &billing_provider_configured.to_string(),
+                ),
+                ("SELF_SERVICE_BILLING", &self_service_billing.to_string()),
+            ],
+        );
+        Ok(Config {
+            common,
             database_url: vars.required("CORE_DB_URL")?,
             api_callers,
             diagnostics_callers: Allowlist::from_pairs(credentials),
-            billing_provider_configured: vars
-                .optional("BILLING_PROVIDER_KEY")?
-                .is_some_and(|key| !key.trim().is_empty()),
-            self_service_billing: vars.parsed_or("SELF_SERVICE_BILLING", false)?,
-            digest: String::new(),
-        };
-        Ok(Config {
-            digest: config.settings_digest(&allowed),
-            ..config
+            billing_provider_configured,
+            self_service_billing,
+            digest,
         })
-    }
-
-    fn settings_digest(&self, allowed: &[String]) -> String {
-        let (http, internal) = (self.http_port.to_string(), self.internal_port.to_string());
-        let allowed = allowed.join(",");
-        let billing = self.billing_provider_configured.to_string();
-        let self_service = self.self_service_billing.to_string();
-        digest([
-            ("SERVICE_NAME", self.service.as_str()),
-            ("KISUM_ENVIRONMENT", self.environment.as_str()),
-            ("HTTP_PORT", http.as_str()),
-            ("INTERNAL_PORT", internal.as_str()),
-            ("INTERNAL_ALLOWED_CALLERS", allowed.as_str()),
-            ("BILLING_PROVIDER_KEY set", billing.as_str()),
-            ("SELF_SERVICE_BILLING", self_service.as_str()),
-        ])
     }
 }
 

@@ -14,37 +14,25 @@ pub mod subscriptions;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use kisum_common::serve::{self, Diagnostics, Listeners, Readiness};
+use kisum_common::serve::{self, Diagnostics, Listeners};
 use kisum_common::telemetry::Metrics;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 pub use config::Config;
 
 /// The request body limit of the environment matrix (`request-body-limit`).
 const BODY_LIMIT_BYTES: usize = 256 * 1024;
 
-/// The two routers and what they share.
-pub struct App {
-    pub public: Router,
-    pub internal: Router,
-    pub metrics: Metrics,
-    pub pool: PgPool,
-}
+/// The two routers and the pool they share.
+pub use kisum_common::schema::App;
 
 /// A pool that connects on first use, so a service whose database is down
 /// still starts and reports not-ready.
 pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&config.database_url)
-        .context("CORE_DB_URL is not a valid PostgreSQL URL")
+    migrations::DATABASE.lazy_pool(&config.database_url)
 }
 
 pub async fn app(config: Config) -> anyhow::Result<App> {
@@ -53,53 +41,28 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
 }
 
 pub fn app_with_pool(config: &Config, pool: PgPool) -> App {
-    let metrics = Metrics::new(&config.service, &config.environment);
+    let metrics = Metrics::new(&config.common.service, &config.common.environment);
     let state = routes::AppState::new(pool.clone(), metrics.clone());
     let api = routes::router(state, config.api_callers.clone());
     let internal = serve::internal_router(
         Router::new(),
         diagnostics(config),
         config.diagnostics_callers.clone(),
-        metrics.clone(),
     )
     .merge(api)
     .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     App {
-        public: serve::probes(readiness(pool.clone())),
+        // Ready when the database answers and every migration is applied.
+        public: serve::probes(migrations::DATABASE.readiness(pool.clone())),
         internal,
         metrics,
         pool,
     }
 }
 
-/// Ready when the database answers and every migration is applied.
-fn readiness(pool: PgPool) -> Readiness {
-    let database = pool.clone();
-    Readiness::default()
-        .check("database", move || {
-            let pool = database.clone();
-            async move {
-                sqlx::query("SELECT 1")
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|error| format!("database unreachable: {error}"))
-            }
-        })
-        .check("migrations", move || {
-            let pool = pool.clone();
-            async move {
-                migrations::schema_state(&pool)
-                    .await
-                    .map_err(|error| format!("cannot read the migrations: {error}"))?
-                    .require_current(migrations::DATABASE.binary)
-            }
-        })
-}
-
 fn diagnostics(config: &Config) -> Diagnostics {
     Diagnostics {
-        service: config.service.clone(),
+        service: config.common.service.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         config_digest: config.digest.clone(),
         routes: routes::route_permissions(&config.api_callers),
@@ -126,11 +89,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let server = config.common.server;
     let app = app(config).await?;
-    migrations::DATABASE.require_current(&app.pool).await?;
-    let (public, internal) = listeners.addresses()?;
-    tracing::info!(%public, %internal, "platform core serving");
-    serve::serve(listeners, app.public, app.internal, app.metrics, shutdown).await?;
-    app.pool.close().await;
-    Ok(())
+    migrations::DATABASE
+        .serve(app, listeners, server, shutdown)
+        .await
 }

@@ -19,5 +19,6 @@ pub async fn schema_state(pool: &PgPool) -> Result<SchemaState, sqlx::Error> {
 pub const DATABASE: kisum_common::schema::Database = kisum_common::schema::Database {
     name: "platform_core_db",
     binary: "kisum-core",
+    url_variable: "CORE_DB_URL",
     migrator: &MIGRATOR,
 };

@@ -58,8 +58,17 @@ impl Drop for Core {
 
 impl Core {
     async fn start(prefix: &str) -> Core {
+        Core::start_with(prefix, &[]).await
+    }
+
+    /// Core with `extra` variables set beside the usual ones.
+    async fn start_with(prefix: &str, extra: &[(&str, &str)]) -> Core {
         let database_url = database(prefix).await;
-        let config = Config::from_vars(&vars(&database_url)).unwrap();
+        let mut vars = vars(&database_url);
+        for (name, value) in extra {
+            vars.set(*name, *value);
+        }
+        let config = Config::from_vars(&vars).unwrap();
         kisum_core::migrate(&config).await.unwrap();
         let loopback = "127.0.0.1:0".parse().unwrap();
         let listeners = Listeners::bind(loopback, loopback).await.unwrap();
@@ -664,6 +673,7 @@ async fn serve_refuses_to_start_with_pending_migrations() {
         app.public,
         app.internal,
         app.metrics,
+        kisum_common::serve::ServerSettings::default(),
         async {
             let _ = stopped.await;
         },
@@ -744,4 +754,86 @@ async fn metrics_count_version_bumps_and_catalog_mutations() {
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_disconnected_on_both_ports() {
+    let core = Core::start_with("core_slow", &[("HEADER_READ_TIMEOUT_SECONDS", "1")]).await;
+    for port in [core.public, core.internal] {
+        let started = std::time::Instant::now();
+        let closed = kisum_testkit::trickle_headers(port, std::time::Duration::from_secs(10)).await;
+        assert!(closed, "{port}: still open after 10 s of trickled headers");
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(4),
+            "{port}: closed after {took:?}"
+        );
+    }
+    // A prompt client is served as before.
+    let health = reqwest::get(format!("http://{}/health", core.public))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_enabled_false_removes_the_metrics_route() {
+    let core = Core::start_with("core_nometrics", &[("METRICS_ENABLED", "false")]).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", core.internal))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::NOT_FOUND);
+    // The rest of the internal port is unchanged.
+    let (status, _) = core
+        .call_as(
+            Some(("kisumctl", KISUMCTL_SECRET)),
+            Method::GET,
+            "/internal/diagnostics",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn log_format_chooses_json_or_text_lines_and_refuses_anything_else() {
+    let database_url = database("core_logformat").await;
+    let migrate = |format: &str| {
+        let mut process = Command::new(env!("CARGO_BIN_EXE_kisum-core"));
+        process.arg("migrate").env_clear();
+        for (name, value) in [
+            ("SERVICE_NAME", "platform-core"),
+            ("KISUM_ENVIRONMENT", "test"),
+            ("HTTP_PORT", "0"),
+            ("INTERNAL_PORT", "0"),
+            ("CORE_DB_URL", database_url.as_str()),
+            ("INTERNAL_ALLOWED_CALLERS", "auth"),
+            ("INTERNAL_CALLER_AUTH", AUTH_SECRET),
+            ("LOG_LEVEL", "info"),
+            ("LOG_FORMAT", format),
+        ] {
+            process.env(name, value);
+        }
+        let output = process.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stderr)
+    };
+    let (ok, json) = migrate("json");
+    assert!(ok, "{json}");
+    let line = json.lines().find(|l| l.contains("up to date")).unwrap();
+    let parsed: Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(parsed["fields"]["event"], "migrations_applied");
+
+    let (ok, text) = migrate("text");
+    assert!(ok, "{text}");
+    let line = text.lines().find(|l| l.contains("up to date")).unwrap();
+    assert!(serde_json::from_str::<Value>(line).is_err(), "{line}");
+    assert!(
+        line.contains("INFO") && line.contains("event=\"migrations_applied\""),
+        "{line}"
+    );
+
+    let (ok, refused) = migrate("xml");
+    assert!(!ok);
+    assert!(refused.contains("LOG_FORMAT is invalid"), "{refused}");
 }

@@ -15,6 +15,7 @@
 //! | `REDIS_URL` | optional; only basic looks at it |
 //! | `INTERNAL_CREDENTIAL` | presented to Auth as caller `MODULE_NAME` |
 //! | `INTERNAL_CALLER_<SERVICE>` | who may call this service's internal routes |
+//! | `HEADER_READ_TIMEOUT_SECONDS`, `REQUEST_TIMEOUT_SECONDS`, `METRICS_ENABLED` | see `kisum_common::serve::ServerSettings` |
 //!
 //! Secrets may arrive as `<NAME>_FILE`.
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 use kisum_common::config::{self, ConfigError, Vars};
 use kisum_common::internal::{Allowlist, Credential};
 use kisum_common::jwt::TokenPolicy;
+use kisum_common::serve::ServerSettings;
 
 use crate::module::Module;
 
@@ -45,6 +47,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub credential: Credential,
     pub allowlist: Allowlist,
+    /// Timeouts and `/metrics`, shared by every service.
+    pub server: ServerSettings,
     /// Digest of the non-secret settings, shown in diagnostics.
     pub digest: String,
 }
@@ -87,6 +91,7 @@ impl Config {
                 .filter(|url| !url.trim().is_empty()),
             credential: Credential::new(module.name(), vars.required("INTERNAL_CREDENTIAL")?),
             allowlist: Allowlist::from_vars(vars)?,
+            server: ServerSettings::from_vars(vars, module.read_timeout())?,
             digest: digest(vars),
         })
     }
@@ -109,7 +114,7 @@ fn seconds(value: u64) -> Duration {
 }
 
 fn digest(vars: &Vars) -> String {
-    const NON_SECRET: [&str; 10] = [
+    const NON_SECRET: [&str; 13] = [
         "MODULE_NAME",
         "KISUM_ENVIRONMENT",
         "AUTH_JWKS_URL",
@@ -120,6 +125,9 @@ fn digest(vars: &Vars) -> String {
         "JWKS_MIN_REFETCH_SECONDS",
         "X_ORG_POLICY",
         "ACCESS_CACHE_SECONDS",
+        "HEADER_READ_TIMEOUT_SECONDS",
+        "REQUEST_TIMEOUT_SECONDS",
+        "METRICS_ENABLED",
     ];
     let values: Vec<(&str, String)> = NON_SECRET
         .iter()

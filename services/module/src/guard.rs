@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kisum_common::jwks::{JwksCache, VerifyError};
 use kisum_common::jwt::{Claims, TokenError, TokenPolicy};
+use kisum_common::org::{OrgError, OrgRef};
 use kisum_common::telemetry::{Metrics, RequestContext};
 use uuid::Uuid;
 
@@ -22,8 +23,7 @@ use crate::error::ApiError;
 use crate::module::Module;
 use crate::routes::{Endpoint, Permission};
 
-pub const ORG_HEADER: &str = "x-org";
-const MAX_ORG_LENGTH: usize = 128;
+pub use kisum_common::org::ORG_HEADER;
 
 /// Who a request acts as and for which company, once the guard let it in.
 #[derive(Debug, Clone)]
@@ -280,20 +280,14 @@ fn token_outcome(error: &TokenError) -> &'static str {
     }
 }
 
-/// `x-org`: a company id or slug, passed to Auth to resolve.
+/// `x-org`: a company id or slug (`kisum_common::org`), passed to Auth
+/// in its canonical form to resolve.
 fn org_header(headers: &HeaderMap) -> Result<String, ApiError> {
-    let Some(value) = headers.get(ORG_HEADER) else {
-        return Err(ApiError::OrgRequired);
-    };
-    let org = value.to_str().map_err(|_| ApiError::OrgInvalid)?.trim();
-    if org.is_empty() {
-        return Err(ApiError::OrgRequired);
+    match OrgRef::from_headers(headers) {
+        Ok(org) => Ok(org.to_string()),
+        Err(OrgError::Missing) => Err(ApiError::OrgRequired),
+        Err(OrgError::Invalid) => Err(ApiError::OrgInvalid),
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if org.len() > MAX_ORG_LENGTH || !org.chars().all(allowed) {
-        return Err(ApiError::OrgInvalid);
-    }
-    Ok(org.to_string())
 }
 
 #[cfg(test)]
@@ -344,6 +338,14 @@ mod tests {
         assert_eq!(
             org_header(&headers(&[("x-org", "acme-music")])).unwrap(),
             "acme-music"
+        );
+        assert_eq!(
+            org_header(&headers(&[(
+                "x-org",
+                "urn:uuid:67E55044-10B1-426F-9247-BB680E5FE0C8"
+            )]))
+            .unwrap(),
+            "67e55044-10b1-426f-9247-bb680e5fe0c8"
         );
     }
 }

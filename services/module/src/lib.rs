@@ -91,7 +91,6 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
         dependencies.router(),
         diagnostics(&config, &jwks, &endpoints, &metrics),
         config.allowlist.clone(),
-        metrics.clone(),
     );
     Ok(App {
         public,
@@ -109,7 +108,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let module = config.module;
+    let (module, server) = (config.module, config.server);
     let App {
         public,
         internal,
@@ -130,7 +129,7 @@ pub async fn run(
     }
     let (public_addr, internal_addr) = listeners.addresses()?;
     tracing::info!(%module, %public_addr, %internal_addr, "serving");
-    serve::serve(listeners, public, internal, metrics, shutdown)
+    serve::serve(listeners, public, internal, metrics, server, shutdown)
         .await
         .context("serving")?;
     database.close().await;

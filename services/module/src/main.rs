@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use kisum_common::config::Vars;
 use kisum_common::serve::{Listeners, shutdown_signal};
-use kisum_common::telemetry::init_logging;
+use kisum_common::telemetry::init_logging_from;
 use kisum_module::{Config, Module};
 
 const USAGE: &str = "usage: kisum-module <serve|migrate>
@@ -44,8 +44,10 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let vars = Vars::from_env();
-    let level = vars.optional("LOG_LEVEL").ok().flatten();
-    init_logging(level.as_deref().unwrap_or("info"));
+    if let Err(error) = init_logging_from(&vars) {
+        eprintln!("kisum-module: invalid configuration: {error}");
+        return ExitCode::FAILURE;
+    }
     let outcome = match command {
         Command::Serve => serve(&vars).await,
         Command::Migrate => migrate(&vars).await,

@@ -75,6 +75,17 @@ impl Module {
         }
     }
 
+    /// The default request timeout: the module's
+    /// `services.<module>.timeouts.read-seconds` in the environment matrix.
+    pub fn read_timeout(self) -> std::time::Duration {
+        let seconds = match self {
+            Module::Finance => 60,
+            Module::Ai => 300,
+            Module::Basic | Module::Market | Module::Touring | Module::Venue => 30,
+        };
+        std::time::Duration::from_secs(seconds)
+    }
+
     pub fn redis_use(self) -> RedisUse {
         match self {
             Module::Basic => RedisUse::Optional,

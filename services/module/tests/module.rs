@@ -332,6 +332,58 @@ async fn a_member_without_the_permission_is_denied_by_permission() {
 }
 
 #[tokio::test]
+async fn x_org_is_read_as_auth_reads_it_urn_and_upper_case_ids_included() {
+    let platform = Platform::start().await;
+    let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    let id = member.company.to_string();
+    let slug: String = sqlx::query_scalar("select slug from companies where id = $1")
+        .bind(member.company)
+        .fetch_one(&platform.db)
+        .await
+        .unwrap();
+    let forms = [
+        id.clone(),
+        id.to_uppercase(),
+        format!("urn:uuid:{id}"),
+        format!("URN:UUID:{}", id.to_uppercase()),
+        slug,
+    ];
+    for org in forms {
+        // The module backend and Auth's own route agree on every form.
+        let outcome = body(
+            backend
+                .get("/v1/invoices", &member.token, Some(&org))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(outcome.0, StatusCode::OK, "{org}: {}", outcome.1);
+        let (status, context) = platform.me_access(&member.token, &org).await;
+        assert_eq!(status, StatusCode::OK, "{org}: {context}");
+        assert_eq!(context["company"], id.as_str());
+    }
+    for org in ["urn:uuid:not-an-id", "acme/../x"] {
+        let outcome = body(
+            backend
+                .get("/v1/invoices", &member.token, Some(org))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(outcome.0, StatusCode::BAD_REQUEST, "{org}");
+        let (status, _) = platform.me_access(&member.token, org).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{org}: Auth resolves no company"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_x_org_of_another_company_is_forbidden() {
     let platform = Platform::start().await;
     let backend = Backend::start(&platform, Module::Finance, &finance_database().await, &[]).await;
@@ -1017,6 +1069,7 @@ async fn a_backend_without_its_database_starts_but_is_not_ready() {
         app.public,
         app.internal,
         app.metrics,
+        kisum_common::serve::ServerSettings::default(),
         async {
             let _ = stopped.await;
         },

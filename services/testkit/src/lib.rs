@@ -39,10 +39,12 @@ use anyhow::{Context, Result, bail};
 mod mongo;
 mod postgres;
 mod redis;
+mod slow_client;
 
 pub use mongo::Mongo;
 pub use postgres::Postgres;
 pub use redis::Redis;
+pub use slow_client::trickle_headers;
 
 /// The command that installs every peer, quoted in error messages.
 pub const INSTALL_HINT: &str = "bash scripts/peers.sh";
