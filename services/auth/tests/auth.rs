@@ -1014,6 +1014,29 @@ async fn core_app_is_hidden_without_basic_while_an_add_on_module_stays() {
 }
 
 #[tokio::test]
+async fn core_reachability_reports_whether_auth_reaches_core() {
+    let h = Harness::start().await;
+    let (status, body) = h
+        .as_admin(Method::GET, "/internal/core-reachability", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["core"], "reachable");
+    h.core.stop();
+    let unreachable = wait_until(Duration::from_secs(10), || async {
+        h.as_admin(Method::GET, "/internal/core-reachability", None)
+            .await
+            .0
+            == StatusCode::BAD_GATEWAY
+    })
+    .await;
+    assert!(unreachable, "a stopped Core is reported");
+    let (_, body) = h
+        .as_admin(Method::GET, "/internal/core-reachability", None)
+        .await;
+    assert_eq!(body["core"], "unreachable");
+}
+
+#[tokio::test]
 async fn core_down_is_a_503_and_an_aggregation_failure_never_a_guess() {
     let h = Harness::start().await;
     let (_, company, _) = member(&h, "down@example.com", "down-co", &["basic"]).await;
@@ -1398,6 +1421,7 @@ async fn internal_routes_require_an_allowed_caller_and_stay_off_the_public_port(
         (Method::POST, "/internal/access-context"),
         (Method::POST, "/internal/invalidate"),
         (Method::POST, "/internal/platform-access"),
+        (Method::GET, "/internal/core-reachability"),
         (Method::GET, "/internal/diagnostics"),
         (Method::POST, "/internal/keys/reload"),
     ];
@@ -1429,9 +1453,13 @@ async fn internal_routes_require_an_allowed_caller_and_stay_off_the_public_port(
     assert_eq!(status, StatusCode::OK);
     // A module backend reads access contexts; it administers nothing.
     let finance = Some(("finance", FINANCE_SECRET));
-    for path in ["/internal/invalidate", "/internal/platform-access"] {
+    for (method, path) in [
+        (Method::POST, "/internal/invalidate"),
+        (Method::POST, "/internal/platform-access"),
+        (Method::GET, "/internal/core-reachability"),
+    ] {
         let (status, answer) = h
-            .internal_call(finance, Method::POST, path, Some(body.clone()))
+            .internal_call(finance, method, path, Some(body.clone()))
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(answer["error"], "forbidden");
