@@ -1,9 +1,14 @@
 //! Command-line parsing and dispatch. Each command lives in its own file:
 //! it parses its arguments, calls the library modules, and prints.
 
+mod deploy;
+mod down;
 mod inventory;
+mod logs;
 mod output;
 mod render;
+mod status;
+mod supervise;
 mod validate;
 
 use std::path::PathBuf;
@@ -59,6 +64,12 @@ enum Command {
     Validate(validate::Args),
     Render(render::Args),
     Inventory(inventory::Args),
+    Deploy(deploy::Args),
+    Status(status::Args),
+    Logs(logs::Args),
+    Down(down::Args),
+    #[command(hide = true)]
+    Supervise(supervise::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -78,6 +89,11 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&cli.matrix, args),
         Command::Render(args) => render::run(&cli.matrix, args),
         Command::Inventory(args) => inventory::run(&cli.matrix, args),
+        Command::Deploy(args) => deploy::run(&cli.matrix, args),
+        Command::Status(args) => status::run(&cli.matrix, args),
+        Command::Logs(args) => logs::run(&cli.matrix, args),
+        Command::Down(args) => down::run(&cli.matrix, args),
+        Command::Supervise(args) => supervise::run(args),
     };
     match result {
         Ok(exit) => exit.into(),
