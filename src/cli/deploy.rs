@@ -8,9 +8,10 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::table;
-use super::{Exit, OutputFormat, load_matrix};
+use super::{Exit, OutputFormat};
 use crate::local::Context;
 use crate::local::deploy::{self, Options, Outcome, Progress};
+use crate::matrix::Environment;
 
 /// Deploy the platform to an environment.
 ///
@@ -43,17 +44,12 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir, OutputFormat::Text) {
-        Ok(matrix) => matrix,
-        Err(exit) => return Ok(exit),
-    };
-    let env = match matrix.environment(&args.env) {
-        Ok(env) => env,
-        Err(errors) => {
-            super::report_input_errors(&errors.0, OutputFormat::Text);
-            return Ok(Exit::UnusableInput);
-        }
-    };
+    let name = args.env.clone();
+    let format = OutputFormat::Text;
+    super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
+}
+
+fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     if env.name != "local" {
         eprintln!(
             "error: `deploy {}` is not available yet; only `deploy local` is",
@@ -61,14 +57,14 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::UnusableInput);
     }
-    let context = Context::for_environment(&env, dir)?;
+    let context = Context::for_environment(env, dir)?;
     let options = Options {
         bin_dir: args.bin_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
         lock_timeout: Duration::from_secs(args.lock_timeout),
     };
     let progress = Bars::new();
     let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime.block_on(deploy::deploy(&env, &context, &options, &progress));
+    let outcome = runtime.block_on(deploy::deploy(env, &context, &options, &progress));
     progress.clear();
     let outcome = match outcome {
         Ok(outcome) => outcome,

@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Exit, OutputFormat, load_matrix};
+use super::{Exit, OutputFormat};
 use crate::local::state::{DesiredState, RunState, SupervisorStatus, read_json, write_json};
 use crate::local::{Context, lock, supervisor};
+use crate::matrix::Environment;
 
 /// Stop a local environment.
 ///
@@ -35,18 +36,13 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir, OutputFormat::Text) {
-        Ok(matrix) => matrix,
-        Err(exit) => return Ok(exit),
-    };
-    let env = match matrix.environment(&args.env) {
-        Ok(env) => env,
-        Err(errors) => {
-            super::report_input_errors(&errors.0, OutputFormat::Text);
-            return Ok(Exit::UnusableInput);
-        }
-    };
-    let context = Context::for_environment(&env, dir)?;
+    let name = args.env.clone();
+    let format = OutputFormat::Text;
+    super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
+}
+
+fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+    let context = Context::for_environment(env, dir)?;
     let state = &context.state;
     if !state.root().exists() {
         eprintln!(

@@ -4,8 +4,9 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Exit, OutputFormat, load_matrix};
+use super::{Exit, OutputFormat};
 use crate::local::Context;
+use crate::matrix::Environment;
 
 /// Print the log of a process of a local environment.
 ///
@@ -30,18 +31,13 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir, OutputFormat::Text) {
-        Ok(matrix) => matrix,
-        Err(exit) => return Ok(exit),
-    };
-    let env = match matrix.environment(&args.env) {
-        Ok(env) => env,
-        Err(errors) => {
-            super::report_input_errors(&errors.0, OutputFormat::Text);
-            return Ok(Exit::UnusableInput);
-        }
-    };
-    let context = Context::for_environment(&env, dir)?;
+    let name = args.env.clone();
+    let format = OutputFormat::Text;
+    super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
+}
+
+fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+    let context = Context::for_environment(env, dir)?;
     let valid = args
         .service
         .bytes()

@@ -113,6 +113,27 @@ fn load_matrix(dir: &std::path::Path, format: OutputFormat) -> Result<crate::mat
     })
 }
 
+/// Loads the matrix and resolves one environment, printing input errors;
+/// `Err(exit)` when either is unusable. `f` gets the environment.
+fn with_environment(
+    dir: &std::path::Path,
+    name: &str,
+    format: OutputFormat,
+    f: impl FnOnce(&crate::matrix::Environment) -> anyhow::Result<Exit>,
+) -> anyhow::Result<Exit> {
+    let matrix = match load_matrix(dir, format) {
+        Ok(matrix) => matrix,
+        Err(exit) => return Ok(exit),
+    };
+    match matrix.environment(name) {
+        Ok(env) => f(&env),
+        Err(errors) => {
+            report_input_errors(&errors.0, format);
+            Ok(Exit::UnusableInput)
+        }
+    }
+}
+
 /// Input errors on stderr; with `-o json` also as JSON on stdout, so a
 /// pipeline always gets a document.
 fn report_input_errors(errors: &[crate::matrix::InputError], format: OutputFormat) {

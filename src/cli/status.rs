@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use super::output::table;
-use super::{Exit, OutputFormat, load_matrix};
+use super::{Exit, OutputFormat};
 use crate::local::plan::Endpoints;
 use crate::local::state::{DesiredState, read_json};
 use crate::local::{Context, checks, probe, seed, status};
+use crate::matrix::Environment;
 use crate::secrets::SecretStore as _;
 
 /// Show the processes of a local environment and whether they are ready.
@@ -32,18 +33,13 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let matrix = match load_matrix(dir, args.output) {
-        Ok(matrix) => matrix,
-        Err(exit) => return Ok(exit),
-    };
-    let env = match matrix.environment(&args.env) {
-        Ok(env) => env,
-        Err(errors) => {
-            super::report_input_errors(&errors.0, args.output);
-            return Ok(Exit::UnusableInput);
-        }
-    };
-    let context = Context::for_environment(&env, dir)?;
+    let name = args.env.clone();
+    let format = args.output;
+    super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
+}
+
+fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+    let context = Context::for_environment(env, dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(status::collect(env.name, &context))?;
     let verified = if args.verify {
@@ -149,12 +145,12 @@ async fn verify(context: &Context) -> anyhow::Result<Vec<checks::QuickCheck>> {
         .read("internal-credential-kisumctl", "token")?
         .ok_or_else(|| anyhow::anyhow!("the secret internal-credential-kisumctl is missing"))?;
     let client = probe::http_client();
-    Ok(checks::run(
-        &client,
-        &endpoints,
-        &desired.processes,
-        &kisumctl,
-        &fixtures,
-    )
-    .await)
+    // A process stopped on purpose (`down --only`) is not expected ready.
+    let expected: Vec<_> = desired
+        .processes
+        .iter()
+        .filter(|p| !desired.held.contains(&p.name))
+        .cloned()
+        .collect();
+    Ok(checks::run(&client, &endpoints, &expected, &kisumctl, &fixtures).await)
 }

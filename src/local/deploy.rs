@@ -109,11 +109,8 @@ pub async fn deploy(
         ));
     })?;
     let previous: Option<DeployRecord> = read_json(&state.deploy_record())?;
-    if let Some(previous) = previous.as_ref().filter(|r| !r.completed) {
-        progress.note(&format!(
-            "previous deploy (pid {}) was interrupted at step {}; resuming",
-            previous.pid, previous.step
-        ));
+    if let Some(note) = previous.as_ref().and_then(resume_note) {
+        progress.note(&note);
     }
     let mut run = Run {
         context,
@@ -123,10 +120,49 @@ pub async fn deploy(
             started_at: unix_now(),
             step: String::new(),
             completed: false,
+            failed: None,
             seeded: previous.and_then(|r| r.seeded),
         },
         steps: Vec::new(),
     };
+    match steps(env, &mut run, options).await {
+        Ok(outcome) => Ok(outcome),
+        Err(error) => {
+            run.record.failed = Some(
+                format!("{error:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            let _ = write_json(&state.deploy_record(), &run.record);
+            Err(error)
+        }
+    }
+}
+
+/// What to say about the last deploy when it did not complete.
+pub fn resume_note(previous: &DeployRecord) -> Option<String> {
+    if previous.completed {
+        return None;
+    }
+    Some(match &previous.failed {
+        Some(_) => format!("previous deploy failed at step {}; resuming", previous.step),
+        None => format!(
+            "previous deploy (pid {}) was interrupted at step {}; resuming",
+            previous.pid, previous.step
+        ),
+    })
+}
+
+async fn steps(
+    env: &Environment<'_>,
+    run: &mut Run<'_>,
+    options: &Options,
+) -> anyhow::Result<Outcome> {
+    let context = run.context;
+    let progress = run.progress;
+    let state = &context.state;
     let store: &dyn SecretStore = &context.store;
 
     let started = run.begin("programs")?;
@@ -251,16 +287,8 @@ pub async fn deploy(
         &format!("{migrated} databases up to date"),
     );
 
-    let waves: [(&str, u8); 2] = [("core", 1), ("auth", 2)];
-    for (step, wave) in waves {
-        let started = run.begin(step)?;
-        let specs: Vec<ProcessSpec> = services
-            .iter()
-            .filter(|s| s.wave == wave)
-            .cloned()
-            .collect();
-        apply(state, &client, &mut desired, &specs, progress).await?;
-        run.end(step, started, &names(&specs));
+    for (step, wave) in [("core", 1), ("auth", 2)] {
+        start_wave(run, step, wave, &services, &mut desired, &client).await?;
     }
 
     let endpoints = plan::endpoints(env)?;
@@ -272,15 +300,8 @@ pub async fn deploy(
     let reached = wait_reachable(&client, &endpoints, &kisumctl).await?;
     run.end("auth-reaches-core", started, &reached);
 
-    for (step, wave) in [("modules", 3u8), ("admin", 4)] {
-        let started = run.begin(step)?;
-        let specs: Vec<ProcessSpec> = services
-            .iter()
-            .filter(|s| s.wave == wave)
-            .cloned()
-            .collect();
-        apply(state, &client, &mut desired, &specs, progress).await?;
-        run.end(step, started, &names(&specs));
+    for (step, wave) in [("modules", 3), ("admin", 4)] {
+        start_wave(run, step, wave, &services, &mut desired, &client).await?;
     }
     // Anything the matrix no longer names stops now.
     let all: Vec<ProcessSpec> = data.iter().chain(&services).cloned().collect();
@@ -355,11 +376,32 @@ pub async fn deploy(
     run.record.completed = true;
     write_json(&state.deploy_record(), &run.record)?;
     Ok(Outcome {
-        steps: run.steps,
+        steps: std::mem::take(&mut run.steps),
         changed,
         checks: quick,
         smoke: report,
     })
+}
+
+/// One step of the release order: the services of a release wave,
+/// started and ready.
+async fn start_wave(
+    run: &mut Run<'_>,
+    step: &str,
+    wave: u8,
+    services: &[ProcessSpec],
+    desired: &mut DesiredState,
+    client: &reqwest::Client,
+) -> anyhow::Result<()> {
+    let started = run.begin(step)?;
+    let specs: Vec<ProcessSpec> = services
+        .iter()
+        .filter(|s| s.wave == wave)
+        .cloned()
+        .collect();
+    apply(&run.context.state, client, desired, &specs, run.progress).await?;
+    run.end(step, started, &names(&specs));
+    Ok(())
 }
 
 fn names(specs: &[ProcessSpec]) -> String {
@@ -592,5 +634,34 @@ async fn wait_reachable(
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(step: &str, completed: bool, failed: Option<&str>) -> DeployRecord {
+        DeployRecord {
+            pid: 42,
+            started_at: 1,
+            step: step.into(),
+            completed,
+            failed: failed.map(str::to_string),
+            seeded: None,
+        }
+    }
+
+    #[test]
+    fn an_unfinished_deploy_is_named_with_its_step() {
+        assert_eq!(resume_note(&record("smoke", true, None)), None);
+        assert_eq!(
+            resume_note(&record("migrate", false, None)).unwrap(),
+            "previous deploy (pid 42) was interrupted at step migrate; resuming"
+        );
+        assert_eq!(
+            resume_note(&record("programs", false, Some("redis-server not found"))).unwrap(),
+            "previous deploy failed at step programs; resuming"
+        );
     }
 }

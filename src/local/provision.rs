@@ -144,19 +144,13 @@ pub async fn postgres(
                 .await
                 .with_context(|| statement.clone())?;
         }
-        put(
-            store,
-            &db.credentials,
-            "username",
-            &Secret::new(db.role.clone()),
-        )?;
         let url = format!(
             "postgres://{}:{}@127.0.0.1:{port}/{}?sslmode=disable",
             db.role,
             secret.expose(),
             db.name
         );
-        put(store, &db.credentials, "url", &Secret::new(url))?;
+        store_login(store, db, url)?;
     }
     Ok(())
 }
@@ -169,19 +163,20 @@ pub fn mongo(
 ) -> anyhow::Result<()> {
     for db in databases.iter().filter(|db| db.engine == Engine::Mongodb) {
         password(store, &db.credentials, "password")?;
-        put(
-            store,
-            &db.credentials,
-            "username",
-            &Secret::new(db.role.clone()),
-        )?;
-        put(
-            store,
-            &db.credentials,
-            "url",
-            &Secret::new(mongo::url(&db.name, port)),
-        )?;
+        store_login(store, db, mongo::url(&db.name, port))?;
     }
+    Ok(())
+}
+
+/// The `username` and `url` keys of a database's credentials secret.
+fn store_login(store: &dyn SecretStore, db: &LocalDatabase, url: String) -> anyhow::Result<()> {
+    put(
+        store,
+        &db.credentials,
+        "username",
+        &Secret::new(db.role.clone()),
+    )?;
+    put(store, &db.credentials, "url", &Secret::new(url))?;
     Ok(())
 }
 

@@ -201,6 +201,9 @@ pub struct DeployRecord {
     /// The step being worked on, or the last one when `completed`.
     pub step: String,
     pub completed: bool,
+    /// Why the deploy stopped, when it failed (rather than being killed).
+    #[serde(default)]
+    pub failed: Option<String>,
     /// Digest of the smoke fixtures seeded last; seeding is skipped while
     /// it matches.
     #[serde(default)]
@@ -284,6 +287,7 @@ mod tests {
             started_at: 1,
             step: "migrate".into(),
             completed: false,
+            failed: None,
             seeded: None,
         };
         write_json(&state.deploy_record(), &record).unwrap();
@@ -305,6 +309,7 @@ mod tests {
         let text = r#"{"pid":1,"started_at":2,"step":"data","completed":false}"#;
         let record: DeployRecord = serde_json::from_str(text).unwrap();
         assert_eq!(record.seeded, None);
+        assert_eq!(record.failed, None);
         assert_eq!(record.step, "data");
     }
 }

@@ -40,8 +40,9 @@ pub struct Report {
 }
 
 impl Report {
+    /// Every process ready, except those stopped on purpose (held).
     pub fn all_ready(&self) -> bool {
-        !self.processes.is_empty() && self.processes.iter().all(|p| p.ready)
+        !self.processes.is_empty() && self.processes.iter().all(|p| p.ready || p.state == "held")
     }
 }
 

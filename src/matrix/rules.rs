@@ -1801,6 +1801,7 @@ fn unused_secret(cx: &Context) -> Vec<Finding> {
         SecretCategory::JwtPublicKeys,
         SecretCategory::AcmeAccountKey,
         SecretCategory::TlsCertificate,
+        SecretCategory::SmokeTestCredential,
     ];
     base.secrets
         .iter()

@@ -350,6 +350,8 @@ pub enum SecretCategory {
     AdminBootstrap,
     AcmeAccountKey,
     TlsCertificate,
+    /// The smoke-test fixtures' logins, read by kisumctl only.
+    SmokeTestCredential,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

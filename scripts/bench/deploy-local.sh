@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Benchmark a cold `kisumctl deploy local` (nothing running, no state) up to
+# its last check, with the services already built, and print the per-step
+# breakdown of each run (not part of the test command).
+#
+# Usage: scripts/bench/deploy-local.sh
+#   BENCH_RUNS (default 3) cold deploys, one after the other.
+#   BENCH_BIN_DIR (default target/release, built first if missing) holds the
+#   service binaries; kisumctl is target/release/kisumctl (built here).
+#
+# Each run deploys a scratch copy of environments/ with its state in a
+# temporary directory and free loopback ports, so a platform already
+# running from .kisum/local is not touched; `down --purge` ends every run
+# (also on failure or Ctrl-C). Needs PostgreSQL, Redis and the mongoeco venv
+# (`bash scripts/peers.sh`).
+#
+# The deploy's exit code is reported as-is: it is 1 while the smoke checks
+# are a placeholder, which does not change the timing of the other steps.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ROOT="$PWD"
+
+RUNS="${BENCH_RUNS:-3}"
+BIN_DIR="${BENCH_BIN_DIR:-$ROOT/target/release}"
+
+cargo build --locked --release --quiet -p kisumctl
+if [[ ! -x "$BIN_DIR/kisum-auth" ]]; then
+    cargo build --locked --release --quiet -p kisum-core -p kisum-auth -p kisum-module -p kisum-admin
+fi
+kisumctl="$ROOT/target/release/kisumctl"
+export KISUM_MONGOECO_PYTHON="${KISUM_MONGOECO_PYTHON:-$ROOT/.peers/venv-mongoeco/bin/python}"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+SCRATCH="$(mktemp -d /tmp/kisum-bench-deploy-XXXXXX)"
+cleanup() {
+    "$kisumctl" --matrix "$SCRATCH/environments" down local --purge >/dev/null 2>&1 || true
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+
+cp -r environments "$SCRATCH/"
+offset=$(( 20000 + $(free_port) % 20000 ))
+sed -i \
+    -e "s/port: 55432/port: $(free_port)/" \
+    -e "s/port: 56379/port: $(free_port)/" \
+    -e "s/port: 57017/port: $(free_port)/" \
+    -e "s/port-offset: 50000/port-offset: $offset/" \
+    "$SCRATCH/environments/local.yaml"
+
+for run in $(seq 1 "$RUNS"); do
+    "$kisumctl" --matrix "$SCRATCH/environments" down local --purge >/dev/null 2>&1 || true
+    start=$(date +%s%N)
+    code=0
+    "$kisumctl" --matrix "$SCRATCH/environments" deploy local --bin-dir "$BIN_DIR" \
+        >"$SCRATCH/out.txt" 2>"$SCRATCH/err.txt" || code=$?
+    ms=$(( ($(date +%s%N) - start) / 1000000 ))
+    printf '\n== run %s: %d.%03d s wall, exit %s\n' "$run" $((ms / 1000)) $((ms % 1000)) "$code"
+    sed -n '/^STEP/,/^total/p' "$SCRATCH/out.txt"
+    if [[ $code -ne 0 && $code -ne 1 ]]; then
+        tail -n 20 "$SCRATCH/err.txt" >&2
+        exit "$code"
+    fi
+done
