@@ -37,15 +37,12 @@ pub struct Args {
     #[arg(long, env = "KISUM_SERVICE_BIN_DIR", value_name = "DIR")]
     bin_dir: Option<PathBuf>,
 
-    /// Seconds to wait for another deploy or down of the environment to
-    /// finish before refusing.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    lock_timeout: u64,
+    #[command(flatten)]
+    lock: super::LockWait,
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let name = args.env.clone();
-    let format = OutputFormat::Text;
+    let (name, format) = (args.env.clone(), OutputFormat::Text);
     super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
 }
 
@@ -60,7 +57,7 @@ fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     let context = Context::for_environment(env, dir)?;
     let options = Options {
         bin_dir: args.bin_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
-        lock_timeout: Duration::from_secs(args.lock_timeout),
+        lock_timeout: args.lock.timeout(),
     };
     let progress = Bars::new();
     let runtime = tokio::runtime::Runtime::new()?;

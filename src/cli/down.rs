@@ -30,14 +30,12 @@ pub struct Args {
     #[arg(long, value_name = "PROCESS")]
     only: Option<String>,
 
-    /// Seconds to wait for a running deploy of the environment to finish.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    lock_timeout: u64,
+    #[command(flatten)]
+    lock: super::LockWait,
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let name = args.env.clone();
-    let format = OutputFormat::Text;
+    let (name, format) = (args.env.clone(), OutputFormat::Text);
     super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
 }
 
@@ -52,17 +50,13 @@ fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Clean);
     }
-    let _lock = lock::acquire(
-        &state.lock(),
-        Duration::from_secs(args.lock_timeout),
-        &mut |holder| {
-            eprintln!(
-                "waiting for a deploy of `{}` ({}) to finish",
-                env.name,
-                holder.map_or("pid unknown".into(), |pid| format!("pid {pid}"))
-            );
-        },
-    )?;
+    let _lock = lock::acquire(&state.lock(), args.lock.timeout(), &mut |holder| {
+        eprintln!(
+            "waiting for a deploy of `{}` ({}) to finish",
+            env.name,
+            holder.map_or("pid unknown".into(), |pid| format!("pid {pid}"))
+        );
+    })?;
 
     if let Some(name) = args.only {
         return hold(&context, &name);

@@ -31,8 +31,7 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let name = args.env.clone();
-    let format = OutputFormat::Text;
+    let (name, format) = (args.env.clone(), OutputFormat::Text);
     super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
 }
 

@@ -113,6 +113,21 @@ fn load_matrix(dir: &std::path::Path, format: OutputFormat) -> Result<crate::mat
     })
 }
 
+/// How long a command waits for the environment's deploy lock.
+#[derive(Debug, clap::Args)]
+pub struct LockWait {
+    /// Seconds to wait for another deploy or down of the environment to
+    /// finish before refusing.
+    #[arg(long = "lock-timeout", default_value_t = 120, value_name = "SECONDS")]
+    seconds: u64,
+}
+
+impl LockWait {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.seconds)
+    }
+}
+
 /// Loads the matrix and resolves one environment, printing input errors;
 /// `Err(exit)` when either is unusable. `f` gets the environment.
 fn with_environment(

@@ -33,8 +33,7 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let name = args.env.clone();
-    let format = args.output;
+    let (name, format) = (args.env.clone(), args.output);
     super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
 }
 

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::plan::{base_env, file_fingerprint, finish};
+use super::plan::{DataProcess, base_env, data_process, file_fingerprint};
 use super::programs::{self, missing};
-use super::state::{Probe, ProcessSpec, StateDir, StopSignal, write_atomic};
+use super::state::{ProcessSpec, StateDir, StopSignal, write_atomic};
 
 /// The launcher, embedded so that a matrix outside the repository works.
 const LAUNCHER: &str = include_str!("../../scripts/mongoeco-launcher.py");
@@ -112,18 +112,15 @@ impl MongoServer {
         };
         let mut env = base_env();
         env.insert("PYTHONUNBUFFERED".into(), "1".into());
-        finish(ProcessSpec {
-            name: "mongo".into(),
-            wave: 0,
+        data_process(DataProcess {
+            name: "mongo",
             argv,
             env,
             cwd: dir,
             run_as: None,
             stop_signal: StopSignal::Term,
-            ports: vec![port],
-            probe: Probe::Tcp { port },
-            version: None,
-            digest: format!("{}:{}", file_fingerprint(&program), LAUNCHER.len()),
+            port,
+            program: format!("{}:{}", file_fingerprint(&program), LAUNCHER.len()),
         })
     }
 }

@@ -231,6 +231,35 @@ fn localize(value: &str, rewrites: &[(String, String)]) -> String {
     value
 }
 
+/// A data service's process (wave 0): probed by a TCP connection to its
+/// port; `program` is the fingerprint part of the digest.
+pub struct DataProcess<'a> {
+    pub name: &'a str,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub run_as: Option<(u32, u32)>,
+    pub stop_signal: StopSignal,
+    pub port: u16,
+    pub program: String,
+}
+
+pub fn data_process(process: DataProcess) -> ProcessSpec {
+    finish(ProcessSpec {
+        name: process.name.to_string(),
+        wave: 0,
+        argv: process.argv,
+        env: process.env,
+        cwd: process.cwd,
+        run_as: process.run_as,
+        stop_signal: process.stop_signal,
+        ports: vec![process.port],
+        probe: Probe::Tcp { port: process.port },
+        version: None,
+        digest: process.program,
+    })
+}
+
 /// Sets the digest: everything the process is started from, plus the
 /// fingerprint of its program passed in `spec.digest`.
 pub fn finish(mut spec: ProcessSpec) -> ProcessSpec {

@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use super::plan::{base_env, file_fingerprint, finish};
+use super::plan::{DataProcess, base_env, data_process, file_fingerprint};
 use super::programs::{self, missing};
-use super::state::{Probe, ProcessSpec, StateDir, StopSignal};
+use super::state::{ProcessSpec, StateDir, StopSignal};
 use crate::secrets::Secret;
 
 /// The cluster's superuser.
@@ -181,18 +181,15 @@ impl Postgres {
             "-h".into(),
             "127.0.0.1".into(),
         ];
-        finish(ProcessSpec {
-            name: "postgres".into(),
-            wave: 0,
+        data_process(DataProcess {
+            name: "postgres",
             argv,
             env: base_env(),
             cwd: dir,
             run_as: self.run_as,
             stop_signal: StopSignal::Int,
-            ports: vec![port],
-            probe: Probe::Tcp { port },
-            version: None,
-            digest: file_fingerprint(&program),
+            port,
+            program: file_fingerprint(&program),
         })
     }
 }

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
-use super::plan::{base_env, file_fingerprint, finish};
+use super::plan::{DataProcess, base_env, data_process, file_fingerprint};
 use super::programs::{self, missing};
-use super::state::{Probe, ProcessSpec, StateDir, StopSignal, write_atomic};
+use super::state::{ProcessSpec, StateDir, StopSignal, write_atomic};
 use crate::matrix::schema::{BaseFile, RedisPersistence, SecretCategory};
 use crate::secrets::Secret;
 
@@ -122,18 +122,15 @@ pub fn spec(program: &std::path::Path, state: &StateDir, port: u16) -> ProcessSp
     let conf_digest = fs::read(&conf)
         .map(|bytes| hex::encode(&Sha256::digest(&bytes)[..8]))
         .unwrap_or_default();
-    finish(ProcessSpec {
-        name: "redis".into(),
-        wave: 0,
+    data_process(DataProcess {
+        name: "redis",
         argv: vec![program.display().to_string(), conf.display().to_string()],
         env: base_env(),
         cwd: dir,
         run_as: None,
         stop_signal: StopSignal::Term,
-        ports: vec![port],
-        probe: Probe::Tcp { port },
-        version: None,
-        digest: format!("{}:{conf_digest}", file_fingerprint(program)),
+        port,
+        program: format!("{}:{conf_digest}", file_fingerprint(program)),
     })
 }
 
