@@ -30,11 +30,35 @@ fi
 kisumctl="$ROOT/target/release/kisumctl"
 export KISUM_MONGOECO_PYTHON="${KISUM_MONGOECO_PYTHON:-$ROOT/.peers/venv-mongoeco/bin/python}"
 
+# A free port (or, with an argument, the first of 18 free service ports
+# base + offset) below the ephemeral range, printed.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 - "$@" <<'PY'
+import random, socket, sys
+def free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+bases = [8101, 8102, 8103, 8111, 8112, 8113, 8114, 8115, 8116,
+         9101, 9102, 9103, 9111, 9112, 9113, 9114, 9115, 9116]
+for _ in range(1000):
+    if len(sys.argv) > 1:
+        offset = random.randrange(12000, 22000)
+        if all(free(b + offset) for b in bases):
+            print(offset); break
+    else:
+        port = random.randrange(10000, 20000)
+        if free(port):
+            print(port); break
+PY
 }
 
 SCRATCH="$(mktemp -d /tmp/kisum-bench-deploy-XXXXXX)"
+# As root, PostgreSQL runs as the postgres user, which must enter the directory.
+chmod 755 "$SCRATCH"
 cleanup() {
     "$kisumctl" --matrix "$SCRATCH/environments" down local --purge >/dev/null 2>&1 || true
     rm -rf "$SCRATCH"
@@ -42,12 +66,11 @@ cleanup() {
 trap cleanup EXIT
 
 cp -r environments "$SCRATCH/"
-offset=$(( 20000 + $(free_port) % 20000 ))
 sed -i \
-    -e "s/port: 55432/port: $(free_port)/" \
-    -e "s/port: 56379/port: $(free_port)/" \
-    -e "s/port: 57017/port: $(free_port)/" \
-    -e "s/port-offset: 50000/port-offset: $offset/" \
+    -e "s/port: 25432/port: $(free_port)/" \
+    -e "s/port: 26379/port: $(free_port)/" \
+    -e "s/port: 27117/port: $(free_port)/" \
+    -e "s/port-offset: 20000/port-offset: $(free_port services)/" \
     "$SCRATCH/environments/local.yaml"
 
 for run in $(seq 1 "$RUNS"); do

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::Exit;
 use super::output::table;
-use super::{Exit, OutputFormat};
 use crate::local::Context;
 use crate::local::deploy::{self, Options, Outcome, Progress};
 use crate::matrix::Environment;
@@ -29,7 +29,7 @@ use crate::matrix::Environment;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment to deploy (only `local` is supported so far).
-    env: String,
+    pub(super) env: String,
 
     /// Directory of prebuilt service binaries (kisum-core, kisum-auth,
     /// kisum-module, kisum-admin); without it they are built with
@@ -41,12 +41,7 @@ pub struct Args {
     lock: super::LockWait,
 }
 
-pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let (name, format) = (args.env.clone(), OutputFormat::Text);
-    super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
-}
-
-fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     if env.name != "local" {
         eprintln!(
             "error: `deploy {}` is not available yet; only `deploy local` is",

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Exit, OutputFormat};
+use super::Exit;
 use crate::local::state::{DesiredState, RunState, SupervisorStatus, read_json, write_json};
 use crate::local::{Context, lock, supervisor};
 use crate::matrix::Environment;
@@ -18,7 +18,7 @@ use crate::matrix::Environment;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment (only `local` runs processes).
-    env: String,
+    pub(super) env: String,
 
     /// Also remove the state directory: databases, logs and the secret
     /// store with every generated key and password.
@@ -34,12 +34,7 @@ pub struct Args {
     lock: super::LockWait,
 }
 
-pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let (name, format) = (args.env.clone(), OutputFormat::Text);
-    super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
-}
-
-fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     let context = Context::for_environment(env, dir)?;
     let state = &context.state;
     if !state.root().exists() {

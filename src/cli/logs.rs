@@ -4,7 +4,7 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Exit, OutputFormat};
+use super::Exit;
 use crate::local::Context;
 use crate::matrix::Environment;
 
@@ -16,7 +16,7 @@ use crate::matrix::Environment;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment (only `local` runs processes).
-    env: String,
+    pub(super) env: String,
 
     /// The process whose log to print.
     service: String,
@@ -30,12 +30,7 @@ pub struct Args {
     lines: Option<usize>,
 }
 
-pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let (name, format) = (args.env.clone(), OutputFormat::Text);
-    super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
-}
-
-fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     let context = Context::for_environment(env, dir)?;
     let valid = args
         .service

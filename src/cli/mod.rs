@@ -89,10 +89,30 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&cli.matrix, args),
         Command::Render(args) => render::run(&cli.matrix, args),
         Command::Inventory(args) => inventory::run(&cli.matrix, args),
-        Command::Deploy(args) => deploy::run(&cli.matrix, args),
-        Command::Status(args) => status::run(&cli.matrix, args),
-        Command::Logs(args) => logs::run(&cli.matrix, args),
-        Command::Down(args) => down::run(&cli.matrix, args),
+        Command::Deploy(args) => {
+            let (name, format) = (args.env.clone(), OutputFormat::Text);
+            with_environment(&cli.matrix, &name, format, |env| {
+                deploy::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Status(args) => {
+            let (name, format) = (args.env.clone(), args.output);
+            with_environment(&cli.matrix, &name, format, |env| {
+                status::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Logs(args) => {
+            let (name, format) = (args.env.clone(), OutputFormat::Text);
+            with_environment(&cli.matrix, &name, format, |env| {
+                logs::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Down(args) => {
+            let (name, format) = (args.env.clone(), OutputFormat::Text);
+            with_environment(&cli.matrix, &name, format, |env| {
+                down::run(&cli.matrix, env, args)
+            })
+        }
         Command::Supervise(args) => supervise::run(args),
     };
     match result {

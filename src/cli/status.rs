@@ -20,7 +20,7 @@ use crate::secrets::SecretStore as _;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment (only `local` runs processes).
-    env: String,
+    pub(super) env: String,
 
     /// Also run the deploy's quick checks (readiness, Auth reaches Core,
     /// the smoke user's login and a finance read).
@@ -29,15 +29,10 @@ pub struct Args {
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
 }
 
-pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
-    let (name, format) = (args.env.clone(), args.output);
-    super::with_environment(dir, &name, format, |env| run_in(dir, env, args))
-}
-
-fn run_in(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     let context = Context::for_environment(env, dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(status::collect(env.name, &context))?;

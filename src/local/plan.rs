@@ -15,7 +15,7 @@ use crate::matrix::schema::Engine;
 use crate::matrix::{ConfigValue, Environment, ResolvedService};
 
 /// Used when an environment has no `local-runtime` section.
-pub const DEFAULT_PORT_OFFSET: u16 = 50000;
+pub const DEFAULT_PORT_OFFSET: u16 = 20000;
 
 /// PATH of every supervised process: the system's programs only.
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -369,9 +369,9 @@ mod tests {
         assert_eq!(order[1], ("auth", 2));
         assert_eq!(order.last(), Some(&("platform-admin", 4)));
         let auth = specs.iter().find(|s| s.name == "auth").unwrap();
-        assert_eq!(auth.ports, [58101, 59101]);
-        assert_eq!(auth.env["HTTP_PORT"], "58101");
-        assert_eq!(auth.env["CORE_INTERNAL_URL"], "http://127.0.0.1:59102");
+        assert_eq!(auth.ports, [28101, 29101]);
+        assert_eq!(auth.env["HTTP_PORT"], "28101");
+        assert_eq!(auth.env["CORE_INTERNAL_URL"], "http://127.0.0.1:29102");
         assert_eq!(auth.env["BIND_ADDRESS"], "127.0.0.1");
         assert_eq!(
             auth.env["AUTH_DB_URL_FILE"],
@@ -383,7 +383,7 @@ mod tests {
         let admin = specs.iter().find(|s| s.name == "platform-admin").unwrap();
         assert_eq!(
             admin.env["JWKS_URL"],
-            "http://127.0.0.1:58101/.well-known/jwks.json"
+            "http://127.0.0.1:28101/.well-known/jwks.json"
         );
     }
 
@@ -407,7 +407,7 @@ mod tests {
     #[test]
     fn a_port_offset_change_restarts_every_service() {
         let (_a, before) = matrix(|text| text);
-        let (_b, after) = matrix(|text| text.replace("port-offset: 50000", "port-offset: 40000"));
+        let (_b, after) = matrix(|text| text.replace("port-offset: 20000", "port-offset: 21000"));
         let current = DesiredState {
             processes: plan(&before),
             held: Default::default(),
@@ -457,13 +457,13 @@ mod tests {
         assert_eq!(
             ports,
             DataPorts {
-                postgres: 55432,
-                redis: 56379,
-                mongo: 57017
+                postgres: 25432,
+                redis: 26379,
+                mongo: 27117
             }
         );
         let endpoints = endpoints(&env).unwrap();
-        assert_eq!(endpoints.public["finance"], "http://127.0.0.1:58112");
-        assert_eq!(endpoints.internal["auth"], "http://127.0.0.1:59101");
+        assert_eq!(endpoints.public["finance"], "http://127.0.0.1:28112");
+        assert_eq!(endpoints.internal["auth"], "http://127.0.0.1:29101");
     }
 }

@@ -43,14 +43,12 @@ impl Platform {
         }
         let local = environments.join("local.yaml");
         let text = std::fs::read_to_string(&local).unwrap();
+        let offset = free_offset();
         let text = text
-            .replace("port: 55432", &format!("port: {}", free_port()))
-            .replace("port: 56379", &format!("port: {}", free_port()))
-            .replace("port: 57017", &format!("port: {}", free_port()))
-            .replace(
-                "port-offset: 50000",
-                &format!("port-offset: {}", free_offset()),
-            );
+            .replace("port: 25432", &format!("port: {}", free_port()))
+            .replace("port: 26379", &format!("port: {}", free_port()))
+            .replace("port: 27117", &format!("port: {}", free_port()))
+            .replace("port-offset: 20000", &format!("port-offset: {offset}"));
         std::fs::write(&local, text).unwrap();
         Platform { dir, bin_dir }
     }
@@ -148,22 +146,27 @@ fn mongoeco_python() -> PathBuf {
     python
 }
 
+/// A port that nothing listens on, below the ephemeral range (where an
+/// outgoing connection could take it before the server binds it).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..1000 {
+        let port = 10000 + random_below(10000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 10000 and 20000");
 }
 
 /// An offset that puts every service port (8101-9116 of the base file)
-/// on a free port.
+/// on a free port between 20101 and 31116.
 fn free_offset() -> u16 {
     let base = [
         8101, 8102, 8103, 8111, 8112, 8113, 8114, 8115, 8116, 9101, 9102, 9103, 9111, 9112, 9113,
         9114, 9115, 9116,
     ];
     for _ in 0..200 {
-        let offset = 20000 + (free_port() % 30000);
+        let offset = 12000 + random_below(10000);
         let all_free = base
             .iter()
             .all(|port| TcpListener::bind(("127.0.0.1", port + offset)).is_ok());
@@ -172,6 +175,14 @@ fn free_offset() -> u16 {
         }
     }
     panic!("no free port range for the services");
+}
+
+fn random_below(n: u16) -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    ((nanos ^ std::process::id().wrapping_mul(2654435761)) % u32::from(n)) as u16
 }
 
 /// Deploy succeeded: exit 0, or exit 1 only because the smoke checks are
