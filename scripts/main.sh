@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# The main job, from a fresh clone on a fresh machine. Until
-# `kisumctl deploy local` exists, it builds kisumctl, validates the matrix
-# of every environment and checks that the committed manifests are what
-# the matrix renders. Exit 0 on the shipped matrix.
+# The main job, from a fresh clone on a fresh machine (Debian 12 with the
+# Rust toolchain): installs what `kisumctl deploy local` runs (PostgreSQL,
+# Redis, the mongoeco MongoDB-wire emulator: scripts/peers.sh runtime),
+# builds kisumctl, checks the matrix and the committed manifests, then runs
+# `kisumctl deploy local`, which builds the services (release), starts the
+# whole platform under its supervisor and ends with the smoke checks.
+#
+# Exit 0 when every check passed. The platform keeps running afterwards:
+# `target/release/kisumctl status local`, `... logs local auth`,
+# `... down local [--purge]`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build --locked --quiet
-kisumctl=target/debug/kisumctl
+bash scripts/peers.sh runtime
+# shellcheck source=scripts/peers-env.sh
+. scripts/peers-env.sh
+
+cargo build --locked --release --quiet -p kisumctl
+kisumctl=target/release/kisumctl
 
 "$kisumctl" validate
 "$kisumctl" render --check
-"$kisumctl" inventory production --table environments
+"$kisumctl" deploy local

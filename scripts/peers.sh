@@ -3,6 +3,8 @@
 #
 #   scripts/peers.sh            # idempotent; a re-run with everything present
 #                               # makes no network call and takes well under 1 s
+#   scripts/peers.sh runtime    # only what `kisumctl deploy local` runs:
+#                               # postgresql, redis-server, the mongoeco venv
 #   . scripts/peers-env.sh      # exports KISUM_* paths to the installed tools
 #
 # What it installs:
@@ -196,11 +198,19 @@ main() {
         flock 9
     fi
 
-    ensure_venv "$PEERS/venv-kv" "$KUBERNETES_VALIDATE_SPEC" kubernetes-validate
-    ensure_venv "$PEERS/venv-checkov" "$CHECKOV_SPEC" checkov
+    local what="${1:-all}"
+    case "$what" in
+        all | runtime) ;;
+        *) die "unknown argument '$what' (expected: runtime, or nothing for everything)" ;;
+    esac
+    if [[ $what == all ]]; then
+        ensure_venv "$PEERS/venv-kv" "$KUBERNETES_VALIDATE_SPEC" kubernetes-validate
+        ensure_venv "$PEERS/venv-checkov" "$CHECKOV_SPEC" checkov
+    fi
     ensure_venv "$PEERS/venv-mongoeco" "$MONGOECO_SPEC" python python313
 
-    # Servers the integration tests start on loopback (kisum-testkit).
+    # Servers the integration tests start on loopback (kisum-testkit) and
+    # `kisumctl deploy local` runs.
     ensure_apt postgresql redis-server
 
     # kubectl (benchmarks only) is expected on the machine; not installed here.

@@ -6,6 +6,8 @@
 mod common;
 #[path = "cli/corpus.rs"]
 mod corpus;
+#[path = "cli/deploy_local.rs"]
+mod deploy_local;
 #[path = "cli/docs.rs"]
 mod docs;
 #[path = "cli/help.rs"]

@@ -1,10 +1,15 @@
 //! Command-line parsing and dispatch. Each command lives in its own file:
 //! it parses its arguments, calls the library modules, and prints.
 
+mod deploy;
+mod down;
 mod inventory;
+mod logs;
 mod output;
 mod render;
 mod smoke;
+mod status;
+mod supervise;
 mod validate;
 
 use std::path::PathBuf;
@@ -61,6 +66,12 @@ enum Command {
     Render(render::Args),
     Inventory(inventory::Args),
     Smoke(smoke::Args),
+    Deploy(deploy::Args),
+    Status(status::Args),
+    Logs(logs::Args),
+    Down(down::Args),
+    #[command(hide = true)]
+    Supervise(supervise::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -81,6 +92,31 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(&cli.matrix, args),
         Command::Inventory(args) => inventory::run(&cli.matrix, args),
         Command::Smoke(args) => smoke::run(&cli.matrix, args),
+        Command::Deploy(args) => {
+            let (name, format) = (args.env.clone(), OutputFormat::Text);
+            with_environment(&cli.matrix, &name, format, |_, env| {
+                deploy::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Status(args) => {
+            let (name, format) = (args.env.clone(), args.output);
+            with_environment(&cli.matrix, &name, format, |_, env| {
+                status::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Logs(args) => {
+            let (name, format) = (args.env.clone(), OutputFormat::Text);
+            with_environment(&cli.matrix, &name, format, |_, env| {
+                logs::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Down(args) => {
+            let (name, format) = (args.env.clone(), OutputFormat::Text);
+            with_environment(&cli.matrix, &name, format, |_, env| {
+                down::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Supervise(args) => supervise::run(args),
     };
     match result {
         Ok(exit) => exit.into(),
@@ -100,8 +136,23 @@ fn load_matrix(dir: &std::path::Path, format: OutputFormat) -> Result<crate::mat
     })
 }
 
-/// Loads the matrix and resolves environment `name`, then runs `command`
-/// on both; input errors are printed and end in exit 2.
+/// How long a command waits for the environment's deploy lock.
+#[derive(Debug, clap::Args)]
+pub struct LockWait {
+    /// Seconds to wait for another deploy or down of the environment to
+    /// finish before refusing.
+    #[arg(long = "lock-timeout", default_value_t = 120, value_name = "SECONDS")]
+    seconds: u64,
+}
+
+impl LockWait {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.seconds)
+    }
+}
+
+/// Loads the matrix and resolves one environment, printing input errors;
+/// `Err(exit)` when either is unusable. `f` gets the environment.
 fn with_environment(
     dir: &std::path::Path,
     name: &str,

@@ -454,8 +454,19 @@ pub struct EnvironmentFile {
     pub frontends: BTreeMap<String, FrontendOverride>,
     pub databases: BTreeMap<String, DatabaseDeployment>,
     pub redis: RedisDeployment,
+    /// How `kisumctl deploy local` runs the services as processes.
+    pub local_runtime: Option<LocalRuntime>,
     #[serde(default)]
     pub assumptions: Vec<Assumption>,
+}
+
+/// Processes on one machine (`kisumctl deploy local`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LocalRuntime {
+    /// Added to every service's public and internal port of the base file,
+    /// so that the whole platform fits on loopback without clashes.
+    pub port_offset: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

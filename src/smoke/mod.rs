@@ -62,7 +62,7 @@ impl Check {
 }
 
 /// Every check in order, and what is left to repair by hand.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub checks: Vec<Check>,
     /// Changes the checks made and could not undo, each with the call that

@@ -5,12 +5,16 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 5] = [
+const PAGES: [(&str, &[&str]); 9] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
     ("inventory", &["inventory", "--help"]),
     ("smoke", &["smoke", "--help"]),
+    ("deploy", &["deploy", "--help"]),
+    ("status", &["status", "--help"]),
+    ("logs", &["logs", "--help"]),
+    ("down", &["down", "--help"]),
 ];
 
 #[test]
@@ -22,6 +26,7 @@ fn help_pages_match_their_snapshots() {
             .env("COLUMNS", "100")
             .env_remove("KISUM_MATRIX")
             .env_remove("KISUM_TEMPLATES")
+            .env_remove("KISUM_SERVICE_BIN_DIR")
             .output()
             .unwrap();
         assert!(output.status.success(), "{name}: --help failed");

@@ -113,6 +113,18 @@ impl CoreClient {
         Ok(version.map_or(0, |v| v.version))
     }
 
+    /// Reads Core's catalog with Auth's credential: proves that Core is
+    /// reachable and admits Auth. Answers how long the call took.
+    pub async fn probe(&self, context: &RequestContext) -> Result<Duration, CoreError> {
+        let started = Instant::now();
+        let url = format!("{}/v1/catalog", self.base);
+        let found: Option<serde_json::Value> = self.get(context, &url).await?;
+        match found {
+            Some(_) => Ok(started.elapsed()),
+            None => Err(CoreError::Status(404)),
+        }
+    }
+
     /// The body, or `None` for a 404 (a company Core does not know).
     async fn get<T: serde::de::DeserializeOwned>(
         &self,

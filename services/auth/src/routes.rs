@@ -47,6 +47,10 @@ pub fn route_requirements() -> BTreeMap<String, String> {
             "POST /internal/platform-access",
             "internal caller: platform-admin, kisumctl",
         ),
+        (
+            "GET /internal/core-reachability",
+            "internal caller: platform-admin, kisumctl",
+        ),
     ]
     .into_iter()
     .chain(
@@ -77,6 +81,7 @@ pub fn internal(state: AppState) -> Router {
         .route("/internal/invalidate", post(invalidate))
         .route("/internal/platform-access", post(platform_access))
         .merge(administration::router())
+        .route("/internal/core-reachability", get(core_reachability))
         .route_layer(axum::middleware::from_fn(administrators_only));
     Router::new()
         .route("/internal/access-context", post(access_context))
@@ -368,6 +373,27 @@ async fn invalidate(
         _ => Err(AuthError::BadRequest(
             "name exactly one of `company` or `user`".into(),
         )),
+    }
+}
+
+/// Whether Auth reaches Platform Core with its own credential (the
+/// "validate internal Auth <-> Core" step of a release, plan 25.1): 200
+/// with the latency, or 502 naming what failed.
+async fn core_reachability(State(state): State<AppState>, Trace(context): Trace) -> Response {
+    match state.core.probe(&context).await {
+        Ok(took) => Json(serde_json::json!({
+            "core": "reachable",
+            "milliseconds": took.as_millis(),
+        }))
+        .into_response(),
+        Err(error) => {
+            tracing::warn!(error = %error, "Platform Core probe failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                Json(serde_json::json!({ "core": "unreachable", "error": error.to_string() })),
+            )
+                .into_response()
+        }
     }
 }
 

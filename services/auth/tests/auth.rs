@@ -1136,6 +1136,29 @@ async fn core_app_is_hidden_without_basic_while_an_add_on_module_stays() {
 }
 
 #[tokio::test]
+async fn core_reachability_reports_whether_auth_reaches_core() {
+    let h = Harness::start().await;
+    let (status, body) = h
+        .as_admin(Method::GET, "/internal/core-reachability", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["core"], "reachable");
+    h.core.stop();
+    let unreachable = wait_until(Duration::from_secs(10), || async {
+        h.as_admin(Method::GET, "/internal/core-reachability", None)
+            .await
+            .0
+            == StatusCode::BAD_GATEWAY
+    })
+    .await;
+    assert!(unreachable, "a stopped Core is reported");
+    let (_, body) = h
+        .as_admin(Method::GET, "/internal/core-reachability", None)
+        .await;
+    assert_eq!(body["core"], "unreachable");
+}
+
+#[tokio::test]
 async fn core_down_is_a_503_and_an_aggregation_failure_never_a_guess() {
     let h = Harness::start().await;
     let (_, company, _) = member(&h, "down@example.com", "down-co", &["basic"]).await;
@@ -1583,6 +1606,7 @@ async fn internal_routes_require_an_allowed_caller_and_stay_off_the_public_port(
         (Method::POST, "/internal/access-context"),
         (Method::POST, "/internal/invalidate"),
         (Method::POST, "/internal/platform-access"),
+        (Method::GET, "/internal/core-reachability"),
         (Method::GET, "/internal/diagnostics"),
         (Method::POST, "/internal/keys/reload"),
     ];
@@ -1643,6 +1667,7 @@ async fn internal_routes_require_an_allowed_caller_and_stay_off_the_public_port(
         ),
         (Method::GET, "/internal/roles".to_string()),
         (Method::PUT, "/internal/roles/clerk".to_string()),
+        (Method::GET, "/internal/core-reachability".to_string()),
     ];
     for (method, path) in administration {
         let (status, answer) = h

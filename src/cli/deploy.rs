@@ -1,0 +1,188 @@
+//! `kisumctl deploy ENV`: only `local` so far.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::Exit;
+use super::output::table;
+use crate::local::Context;
+use crate::local::deploy::{self, Options, Outcome, Progress};
+use crate::matrix::Environment;
+
+/// Deploy the platform to an environment.
+///
+/// `local` runs the whole platform on this machine: a private PostgreSQL,
+/// Redis and MongoDB-wire server, every database with its own login, the
+/// migrations, generated keys and credentials (in the environment's secret
+/// store, never printed), then Core, Auth, the module backends and Admin
+/// as supervised processes in release order, each ready before the next;
+/// finally the smoke fixtures are seeded and the smoke checks run. The
+/// supervisor keeps running after the command returns, until `kisumctl
+/// down local`. A second run converges: only what changed restarts.
+///
+/// Exit codes: 0 deployed and every check passed, 1 a check failed,
+/// 2 unusable input, 3 the deploy failed (rerun it to resume).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment to deploy (only `local` is supported so far).
+    pub(super) env: String,
+
+    /// Directory of prebuilt service binaries (kisum-core, kisum-auth,
+    /// kisum-module, kisum-admin); without it they are built with
+    /// `cargo build --release` in the repository.
+    #[arg(long, env = "KISUM_SERVICE_BIN_DIR", value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    lock: super::LockWait,
+}
+
+pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+    if env.name != "local" {
+        eprintln!(
+            "error: `deploy {}` is not available yet; only `deploy local` is",
+            env.name
+        );
+        return Ok(Exit::UnusableInput);
+    }
+    let context = Context::for_environment(env, dir)?;
+    let options = Options {
+        bin_dir: args.bin_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
+        lock_timeout: args.lock.timeout(),
+    };
+    let progress = Bars::new();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(deploy::deploy(env, &context, &options, &progress));
+    progress.clear();
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("error: deploy local failed: {error:#}");
+            eprintln!(
+                "the platform may be partly deployed; `kisumctl deploy local` resumes, `kisumctl status local` shows what runs (exit 3)"
+            );
+            return Ok(Exit::OperationFailed);
+        }
+    };
+    print!("{}", report(&outcome));
+    if outcome.passed() {
+        eprintln!("deploy local: every check passed");
+        Ok(Exit::Clean)
+    } else {
+        eprintln!("deploy local: deployed, but a check failed (exit 1)");
+        Ok(Exit::CheckFailed)
+    }
+}
+
+fn report(outcome: &Outcome) -> String {
+    let total: Duration = outcome.steps.iter().map(|(_, d)| *d).sum();
+    let mut rows: Vec<Vec<String>> = outcome
+        .steps
+        .iter()
+        .map(|(name, took)| vec![name.clone(), format!("{:.2}", took.as_secs_f64())])
+        .collect();
+    rows.push(vec!["total".into(), format!("{:.2}", total.as_secs_f64())]);
+    let mut out = table(&["STEP", "SECONDS"], &rows);
+    out.push('\n');
+    out += &format!(
+        "changed: {}\n\n",
+        if outcome.changed.is_empty() {
+            "nothing".to_string()
+        } else {
+            outcome.changed.join(", ")
+        }
+    );
+    let checks: Vec<Vec<String>> = outcome
+        .checks
+        .iter()
+        .map(|c| (c.name.to_string(), c.passed, c.duration, c.detail.clone()))
+        .chain(outcome.smoke.checks.iter().map(|c| {
+            (
+                format!("smoke/{}", c.name),
+                c.passed,
+                c.duration,
+                c.detail.clone().unwrap_or_default(),
+            )
+        }))
+        .map(|(name, passed, took, detail)| {
+            vec![
+                name,
+                if passed { "pass" } else { "FAIL" }.to_string(),
+                format!("{:.2}", took.as_secs_f64()),
+                detail,
+            ]
+        })
+        .collect();
+    out + &table(&["CHECK", "RESULT", "SECONDS", "DETAIL"], &checks)
+}
+
+/// A spinner per step on a terminal, plain lines otherwise.
+struct Bars {
+    terminal: bool,
+    current: Mutex<Option<ProgressBar>>,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        Bars {
+            terminal: std::io::stderr().is_terminal(),
+            current: Mutex::new(None),
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(bar) = self.current.lock().ok().and_then(|mut c| c.take()) {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn step(&self, name: &str) {
+        if !self.terminal {
+            eprintln!("deploy: {name} ...");
+            return;
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:18} {elapsed:>4} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some(bar);
+        }
+    }
+
+    fn detail(&self, text: &str) {
+        if let Some(bar) = self.current.lock().ok().and_then(|c| c.clone()) {
+            bar.set_message(text.chars().take(100).collect::<String>());
+        }
+    }
+
+    fn done(&self, name: &str, took: Duration, summary: &str) {
+        let line = format!("{name:18} {:>6.2} s  {summary}", took.as_secs_f64());
+        match self.current.lock().ok().and_then(|mut c| c.take()) {
+            Some(bar) => {
+                bar.set_style(
+                    ProgressStyle::with_template("✓ {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.finish_with_message(line);
+            }
+            None => eprintln!("deploy: {line}"),
+        }
+    }
+
+    fn note(&self, text: &str) {
+        match self.current.lock().ok().and_then(|c| c.clone()) {
+            Some(bar) => bar.println(format!("note: {text}")),
+            None => eprintln!("note: {text}"),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `kisumctl down local [--purge] [--only PROCESS]`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::Exit;
+use crate::local::state::{DesiredState, RunState, SupervisorStatus, read_json, write_json};
+use crate::local::{Context, lock, supervisor};
+use crate::matrix::Environment;
+
+/// Stop a local environment.
+///
+/// Every service and data service, then the supervisor. Data and secrets
+/// stay unless `--purge`.
+///
+/// Exit codes: 0 stopped, 2 unusable input, 3 something could not be
+/// stopped or removed.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment (only `local` runs processes).
+    pub(super) env: String,
+
+    /// Also remove the state directory: databases, logs and the secret
+    /// store with every generated key and password.
+    #[arg(long, conflicts_with = "only")]
+    purge: bool,
+
+    /// Stop only this process (e.g. `redis`) and keep it stopped until the
+    /// next `deploy`.
+    #[arg(long, value_name = "PROCESS")]
+    only: Option<String>,
+
+    #[command(flatten)]
+    lock: super::LockWait,
+}
+
+pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+    let context = Context::for_environment(env, dir)?;
+    let state = &context.state;
+    if !state.root().exists() {
+        eprintln!(
+            "{}: nothing to stop ({} does not exist)",
+            env.name,
+            state.root().display()
+        );
+        return Ok(Exit::Clean);
+    }
+    let _lock = lock::acquire(&state.lock(), args.lock.timeout(), &mut |holder| {
+        eprintln!(
+            "waiting for a deploy of `{}` ({}) to finish",
+            env.name,
+            holder.map_or("pid unknown".into(), |pid| format!("pid {pid}"))
+        );
+    })?;
+
+    if let Some(name) = args.only {
+        return hold(&context, &name);
+    }
+    supervisor::stop(state, Duration::from_secs(60))?;
+    eprintln!("{}: every process and the supervisor are stopped", env.name);
+    if args.purge {
+        purge(&context)?;
+    }
+    Ok(Exit::Clean)
+}
+
+fn hold(context: &Context, name: &str) -> anyhow::Result<Exit> {
+    let state = &context.state;
+    let mut desired: DesiredState = read_json(&state.desired())?.unwrap_or_default();
+    if desired.get(name).is_none() {
+        let known: Vec<&str> = desired.processes.iter().map(|p| p.name.as_str()).collect();
+        eprintln!("error: no process `{name}`; known: {}", known.join(", "));
+        return Ok(Exit::UnusableInput);
+    }
+    desired.held.insert(name.to_string());
+    write_json(&state.desired(), &desired)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: Option<SupervisorStatus> = read_json(&state.status()).ok().flatten();
+        let held = status
+            .as_ref()
+            .and_then(|s| s.processes.get(name))
+            .is_some_and(|p| p.state == RunState::Held);
+        if held || supervisor::live_supervisor(state).is_none() {
+            eprintln!("{name} is stopped until the next `kisumctl deploy`");
+            return Ok(Exit::Clean);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{name} did not stop within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes the state directory and the secret store (which lives inside
+/// it unless the matrix says otherwise).
+fn purge(context: &Context) -> anyhow::Result<()> {
+    let root = context.state.root();
+    for path in [root, context.store.dir()] {
+        if context.repo.starts_with(path) || path.parent().is_none() {
+            anyhow::bail!(
+                "refusing to remove {}: it contains the repository or is the file system root",
+                path.display()
+            );
+        }
+    }
+    for path in [context.store.dir(), root] {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => eprintln!("removed {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).map_err(|e| anyhow::anyhow!("removing {}: {e}", path.display()));
+            }
+        }
+    }
+    Ok(())
+}

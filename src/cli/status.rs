@@ -1,0 +1,150 @@
+//! `kisumctl status local`.
+
+use std::path::Path;
+
+use super::output::table;
+use super::{Exit, OutputFormat};
+use crate::local::plan::Endpoints;
+use crate::local::state::{DesiredState, read_json};
+use crate::local::{Context, checks, probe, seed, status};
+use crate::matrix::Environment;
+use crate::secrets::SecretStore as _;
+
+/// Show the processes of a local environment and whether they are ready.
+///
+/// Each data service and service with its supervisor state, whether it is
+/// up and ready now, pid, ports, version and restarts.
+///
+/// Exit codes: 0 everything is ready, 1 something is not (or a check of
+/// `--verify` failed), 2 unusable input.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment (only `local` runs processes).
+    pub(super) env: String,
+
+    /// Also run the deploy's quick checks (readiness, Auth reaches Core,
+    /// the smoke user's login and a finance read).
+    #[arg(long)]
+    verify: bool,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(super) output: OutputFormat,
+}
+
+pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+    let context = Context::for_environment(env, dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(status::collect(env.name, &context))?;
+    let verified = if args.verify {
+        Some(runtime.block_on(verify(&context))?)
+    } else {
+        None
+    };
+    let passed = report.all_ready() && verified.as_ref().is_none_or(|c| c.iter().all(|c| c.passed));
+
+    if args.output == OutputFormat::Json {
+        let mut document = serde_json::to_value(&report)?;
+        if let Some(checks) = &verified {
+            document["checks"] = serde_json::to_value(checks)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print_text(&report, verified.as_deref());
+    }
+    Ok(if passed {
+        Exit::Clean
+    } else {
+        Exit::CheckFailed
+    })
+}
+
+fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) {
+    let supervisor = report
+        .supervisor
+        .map_or("not running".to_string(), |pid| format!("pid {pid}"));
+    println!(
+        "environment {}  state {}  supervisor {supervisor}",
+        report.environment, report.state_dir
+    );
+    if report.processes.is_empty() {
+        println!(
+            "nothing deployed; run `kisumctl deploy {}`",
+            report.environment
+        );
+        return;
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let rows: Vec<Vec<String>> = report
+        .processes
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.kind.to_string(),
+                p.state.clone(),
+                yes(p.up),
+                yes(p.ready),
+                p.pid.map_or("-".into(), |pid| pid.to_string()),
+                p.ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                p.version.clone().unwrap_or_else(|| "-".into()),
+                p.restarts.to_string(),
+                p.detail.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME", "KIND", "STATE", "UP", "READY", "PID", "PORTS", "VERSION", "RESTARTS",
+                "DETAIL"
+            ],
+            &rows
+        )
+    );
+    if let Some(keys) = report.redis_keys {
+        println!("redis keys: {keys}");
+    }
+    if let Some(checks) = verified {
+        let rows: Vec<Vec<String>> = checks
+            .iter()
+            .map(|c| {
+                vec![
+                    c.name.to_string(),
+                    if c.passed { "pass" } else { "FAIL" }.to_string(),
+                    format!("{:.2}", c.duration.as_secs_f64()),
+                    c.detail.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "\n{}",
+            table(&["CHECK", "RESULT", "SECONDS", "DETAIL"], &rows)
+        );
+    }
+}
+
+async fn verify(context: &Context) -> anyhow::Result<Vec<checks::QuickCheck>> {
+    let state = &context.state;
+    let desired: DesiredState = read_json(&state.desired())?.unwrap_or_default();
+    let endpoints: Endpoints = read_json(&state.endpoints())?.unwrap_or_default();
+    let fixtures = seed::read_fixtures(&context.store)?;
+    let kisumctl = context
+        .store
+        .read("internal-credential-kisumctl", "token")?
+        .ok_or_else(|| anyhow::anyhow!("the secret internal-credential-kisumctl is missing"))?;
+    let client = probe::http_client();
+    // A process stopped on purpose (`down --only`) is not expected ready.
+    let expected: Vec<_> = desired
+        .processes
+        .iter()
+        .filter(|p| !desired.held.contains(&p.name))
+        .cloned()
+        .collect();
+    Ok(checks::run(&client, &endpoints, &expected, &kisumctl, &fixtures).await)
+}
