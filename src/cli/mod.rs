@@ -1,9 +1,12 @@
 //! Command-line parsing and dispatch. Each command lives in its own file:
 //! it parses its arguments, calls the library modules, and prints.
 
+mod backup;
+mod drill;
 mod inventory;
 mod output;
 mod render;
+mod restore;
 mod smoke;
 mod validate;
 
@@ -61,6 +64,9 @@ enum Command {
     Render(render::Args),
     Inventory(inventory::Args),
     Smoke(smoke::Args),
+    Backup(backup::Args),
+    Restore(restore::Args),
+    Drill(drill::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -81,6 +87,9 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(&cli.matrix, args),
         Command::Inventory(args) => inventory::run(&cli.matrix, args),
         Command::Smoke(args) => smoke::run(&cli.matrix, args),
+        Command::Backup(args) => backup::run(&cli.matrix, args),
+        Command::Restore(args) => restore::run(&cli.matrix, args),
+        Command::Drill(args) => drill::run(&cli.matrix, args),
     };
     match result {
         Ok(exit) => exit.into(),
