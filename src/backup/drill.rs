@@ -122,12 +122,6 @@ async fn run(cx: &Context<'_>, target: &Target, result: &mut DrillResult) -> Res
             manifest.id, result.rpo_seconds, result.rpo_target_seconds
         ),
     });
-    if target.engine != EngineKind::Postgresql {
-        bail!(
-            "drills of {:?} backups are not implemented yet: checksums only",
-            target.engine
-        );
-    }
 
     let scratch_dir = cx.scratch()?;
     let prepared = super::prepare(cx, &manifest.id, scratch_dir.path()).await;
@@ -171,7 +165,13 @@ async fn run(cx: &Context<'_>, target: &Target, result: &mut DrillResult) -> Res
             dropped
         }
         EngineKind::Redis => {
-            bail!("restoring Redis snapshots is not implemented yet: checksums only")
+            let snapshot = prepared
+                .plain
+                .get(super::redis::RDB_FILE)
+                .context("the backup has no RDB snapshot")?;
+            let counts = super::redis::load_in_scratch_server(snapshot).await?;
+            push_counts(result, &prepared.manifest.counts, &counts);
+            Ok(())
         }
     }
 }

@@ -135,6 +135,75 @@ fn dump_blocking(
     })
 }
 
+/// Loads `snapshot` into a scratch `redis-server` on a free port of
+/// 127.0.0.1 (no persistence, stopped afterwards) and answers its key
+/// counts: proof that the snapshot loads, and what it holds.
+pub async fn load_in_scratch_server(snapshot: &Path) -> Result<BTreeMap<String, u64>> {
+    let snapshot = snapshot.to_path_buf();
+    tokio::task::spawn_blocking(move || load_blocking(&snapshot))
+        .await
+        .context("the scratch Redis task")?
+}
+
+fn load_blocking(snapshot: &Path) -> Result<BTreeMap<String, u64>> {
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    std::fs::copy(snapshot, dir.path().join(RDB_FILE)).context("copying the snapshot")?;
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dbfilename", RDB_FILE])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting a scratch redis-server")?;
+    let target = Target {
+        id: "redis".into(),
+        engine: super::EngineKind::Redis,
+        name: "0".into(),
+        cluster: "scratch".into(),
+        credentials: None,
+        host: "127.0.0.1".into(),
+        port,
+        rpo_minutes: 0,
+        rto_minutes: 0,
+        retention_days: 0,
+        restore_priority: 0,
+        persistent: true,
+    };
+    let result = (|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mut ping = cli(&target, None);
+            ping.arg("PING");
+            if run(ping, "PING").is_ok_and(|out| out.trim() == "PONG") {
+                break;
+            }
+            if std::time::Instant::now() > deadline || server.try_wait()?.is_some() {
+                bail!("the scratch redis-server did not load the snapshot");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut keyspace = cli(&target, None);
+        keyspace.args(["INFO", "keyspace"]);
+        Ok(parse_keyspace(&run(keyspace, "INFO keyspace")?))
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

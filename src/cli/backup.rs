@@ -62,10 +62,11 @@ struct ListArgs {
     output: OutputFormat,
 }
 
-/// Verify backups: the manifest's consistency, the size and SHA-256 of
-/// every file, and, for encrypted backups, that each file decrypts with the
-/// identity of the secret store to the recorded content. Exit 1 when a
-/// backup fails.
+/// Verify backups; exit 1 when one fails.
+///
+/// Checks the manifest's consistency, the size and SHA-256 of every file,
+/// and, for encrypted backups, that each file decrypts with the identity of
+/// the secret store to the recorded content.
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
     env: String,
@@ -75,9 +76,10 @@ struct VerifyArgs {
     output: OutputFormat,
 }
 
-/// Delete the backups the retention policy no longer keeps: per database,
-/// everything that finished less than `retention-days` ago stays, and so
-/// does the newest backup that is not a safety backup.
+/// Delete the backups the retention policy no longer keeps.
+///
+/// Per database, every backup that finished less than `retention-days` ago
+/// stays, and so does the newest backup that is not a safety backup.
 #[derive(Debug, clap::Args)]
 struct PruneArgs {
     env: String,

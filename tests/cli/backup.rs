@@ -729,3 +729,134 @@ async fn age_backup_s3(endpoint: &str, mut manifest: Value, days: i64) {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_is_backed_up_as_an_rdb_snapshot_only_when_persistent() {
+    let redis = kisum_testkit::Redis::start().await.unwrap();
+    let pg = Postgres::start().await.unwrap();
+    let site = Site::new(pg.port());
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 56379", &format!("port: {}", redis.port()))
+    });
+    let refused = site.expect(&["backup", "local", "redis"], 3);
+    assert!(
+        stderr(&refused).contains("pure cache"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let commands: String = (0..250)
+        .map(|n| format!("SET session:{n} value-{n}\n"))
+        .collect();
+    let mut cli = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(cli.stdin.as_mut().unwrap(), commands.as_bytes()).unwrap();
+    drop(cli.stdin.take());
+    assert!(cli.wait().unwrap().success());
+
+    site.edit("environments/base.yaml", |t| {
+        t.replacen("  persistence: none\n", "  persistence: rdb\n", 1)
+    });
+    let manifest = site.backup("redis");
+    assert_eq!(manifest["counts"]["db0"], 250);
+    let snapshot = std::fs::read(dump_path(&site, &manifest)).unwrap();
+    assert!(snapshot.starts_with(b"REDIS"), "an RDB file");
+    assert_eq!(
+        manifest["files"][0]["sha256"],
+        hex_sha256(&snapshot).as_str()
+    );
+    site.expect(&["backup", "verify", "local"], 0);
+
+    // The drill loads the snapshot into a scratch server and counts.
+    let drill = site.json(&["drill", "local", "redis", "-o", "json"], 0);
+    assert_eq!(drill["databases"][0]["passed"], true, "{drill:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_documents_come_back_byte_for_byte_with_their_indexes() {
+    use mongodb::bson::{self, Bson, RawDocumentBuf, doc};
+    use mongodb::options::IndexOptions;
+
+    let mongo = kisum_testkit::Mongo::start().await.unwrap();
+    let pg = Postgres::start().await.unwrap();
+    let site = Site::new(pg.port());
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 57017", &format!("port: {}", mongo.port()))
+    });
+    let url = format!(
+        "mongodb://127.0.0.1:{}/?directConnection=true&connectTimeoutMS=60000",
+        mongo.port()
+    );
+    let client = mongodb::Client::with_uri_str(&url).await.unwrap();
+    let db = client.database("main");
+    let docs: Vec<bson::Document> = (0..300)
+        .map(|n: i64| {
+            doc! {
+                "_id": bson::oid::ObjectId::new(),
+                "n": n,
+                "small": n as i32,
+                "price": "12.50".parse::<bson::Decimal128>().unwrap(),
+                "ratio": -0.0_f64,
+                "when": bson::DateTime::from_millis(-62_135_596_800_000 + n),
+                "blob": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0, 255, n as u8] }),
+                "text": format!("zoë 日本 {n}\u{0}end"),
+                "nested": { "z": 1, "a": [1, "two", { "three": 3 }] },
+            }
+        })
+        .collect();
+    db.collection::<bson::Document>("users")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    db.create_collection("empty").await.unwrap();
+    let unique = mongodb::IndexModel::builder()
+        .keys(doc! { "n": 1 })
+        .options(
+            IndexOptions::builder()
+                .unique(true)
+                .name("n_unique".to_string())
+                .build(),
+        )
+        .build();
+    db.collection::<bson::Document>("users")
+        .create_index(unique)
+        .await
+        .unwrap();
+
+    let manifest = site.backup("main-db");
+    assert_eq!(manifest["counts"]["users"], 300);
+    assert_eq!(manifest["counts"]["empty"], 0);
+
+    // The data file holds exactly the server's documents, byte for byte.
+    let dir = site.store().join(manifest["id"].as_str().unwrap());
+    let file = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"].as_str().unwrap().ends_with("-users.bson"))
+        .unwrap();
+    let stored = std::fs::read(dir.join(file["name"].as_str().unwrap())).unwrap();
+    let mut cursor = db
+        .collection::<RawDocumentBuf>("users")
+        .find(doc! {})
+        .await
+        .unwrap();
+    let mut live = Vec::new();
+    while cursor.advance().await.unwrap() {
+        live.extend_from_slice(cursor.current().as_bytes());
+    }
+    assert_eq!(stored, live);
+    let catalog = std::fs::read_to_string(dir.join("collections.json")).unwrap();
+    assert!(
+        catalog.contains("n_unique") && catalog.contains("\"unique\": true"),
+        "{catalog}"
+    );
+
+    // The drill restores into a scratch database and counts.
+    let drill = site.json(&["drill", "local", "main-db", "-o", "json"], 0);
+    assert_eq!(drill["databases"][0]["passed"], true, "{drill:#}");
+}

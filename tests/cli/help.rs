@@ -5,12 +5,15 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 5] = [
+const PAGES: [(&str, &[&str]); 8] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
     ("inventory", &["inventory", "--help"]),
     ("smoke", &["smoke", "--help"]),
+    ("backup", &["backup", "--help"]),
+    ("restore", &["restore", "--help"]),
+    ("drill", &["drill", "--help"]),
 ];
 
 #[test]
