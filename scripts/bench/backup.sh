@@ -58,7 +58,7 @@ mkdir -p "$work/pg" "$work/sock"
 chown postgres "$work/pg" "$work/sock"
 say "initdb and start on 127.0.0.1:$port"
 runuser -u postgres -- "$pg_bindir/initdb" -D "$work/pg" -U kisum --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-runuser -u postgres -- "$pg_bindir/pg_ctl" -D "$work/pg" -w -l "$work/pg.log" \
+runuser -u postgres -- "$pg_bindir/pg_ctl" -D "$work/pg" -w -l "$work/sock/pg.log" \
     -o "-p $port -c listen_addresses=127.0.0.1 -k $work/sock -c max_wal_size=4GB -c checkpoint_timeout=30min" start >/dev/null
 pg_started=1
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=kisum

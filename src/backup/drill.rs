@@ -262,3 +262,24 @@ pub fn markdown(environment: &str, at: &str, results: &[DrillResult]) -> String 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_difference_in_counts_is_named() {
+        let expected = BTreeMap::from([("public.a".to_string(), 3), ("public.b".to_string(), 1)]);
+        let found = BTreeMap::from([("public.a".to_string(), 2), ("public.c".to_string(), 0)]);
+        let problems = count_mismatches(&expected, &found);
+        assert_eq!(
+            problems,
+            [
+                "public.a: 2 row(s), the manifest says 3",
+                "public.b is missing",
+                "public.c is not in the manifest"
+            ]
+        );
+        assert!(count_mismatches(&expected, &expected).is_empty());
+    }
+}

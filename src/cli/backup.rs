@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{Exit, OutputFormat};
+use super::{Exit, OutputFormat, refuse};
 use crate::backup::store::BackupStore;
 use crate::backup::{self, Context, Target, Trigger, connection, retention};
 use crate::matrix::Environment;
@@ -152,19 +152,6 @@ pub(super) fn secret_store(dir: &Path, env: &Environment) -> Result<Box<dyn Secr
             env.name
         )),
     }
-}
-
-/// An error before any work: on stderr, and with `-o json` as a document.
-pub(super) fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
-    eprintln!("error: {}", printable(message));
-    if format == OutputFormat::Json {
-        let document = json!({ "error": message, "exit": exit as u8 });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&document).unwrap_or_default()
-        );
-    }
-    exit
 }
 
 /// The targets named on the command line (all with `all`), in restore

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::backup::{chosen, refuse, with_context};
-use super::{Exit, OutputFormat};
+use super::backup::{chosen, with_context};
+use super::{Exit, OutputFormat, refuse};
 use crate::backup::{Context, drill};
 use crate::matrix::load::printable;
 

@@ -130,6 +130,20 @@ fn with_environment(
     }
 }
 
+/// An error before any work was done: on stderr, and with `-o json` also
+/// as a document on stdout.
+fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
+    eprintln!("error: {}", crate::matrix::load::printable(message));
+    if format == OutputFormat::Json {
+        let document = serde_json::json!({ "error": message, "exit": exit as u8 });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        );
+    }
+    exit
+}
+
 /// Input errors on stderr; with `-o json` also as JSON on stdout, so a
 /// pipeline always gets a document.
 fn report_input_errors(errors: &[crate::matrix::InputError], format: OutputFormat) {

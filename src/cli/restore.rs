@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::backup::{chosen, refuse, with_context};
-use super::{Exit, OutputFormat};
+use super::backup::{chosen, with_context};
+use super::{Exit, OutputFormat, refuse};
 use crate::backup::{self, Context, Corrupt, Target, restore};
 use crate::matrix::load::printable;
 
@@ -20,7 +20,7 @@ use crate::matrix::load::printable;
 /// database keeps serving; after a crash, the next run finds the journal
 /// and cleans up. The previous database stays until `--cleanup`.
 /// PostgreSQL only in this release. `--all` follows the restore order of
-/// the matrix (section 22.4). Asks for confirmation on a terminal; `--yes`
+/// the matrix (section 22.4), skips the other engines and then exits 3. Asks for confirmation on a terminal; `--yes`
 /// skips it. Exit 0 on success, 1 when a backup fails verification
 /// (nothing changed), 2 for bad input or a refused confirmation, 3 when an
 /// operation failed.
@@ -77,6 +77,17 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         return cleanup(cx, &targets, args.output).await;
     }
 
+    // Only PostgreSQL restores exist so far: with --all the others are
+    // skipped and reported, and the command ends with exit 3.
+    let (targets, skipped): (Vec<Target>, Vec<Target>) = targets
+        .into_iter()
+        .partition(|t| !args.all || t.engine == backup::EngineKind::Postgresql);
+    for target in &skipped {
+        eprintln!(
+            "restore {}: skipping {} ({:?}): not implemented yet for this engine",
+            cx.env.name, target.id, target.engine
+        );
+    }
     let mut plans = Vec::new();
     for target in &targets {
         match restore::plan(cx, target, args.backup.as_deref()).await {

@@ -264,17 +264,21 @@ async fn backup_then_restore_brings_a_postgres_database_back_exactly() {
 
     // The safety backup holds the damaged state and is listed as such.
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
-    let triggers: Vec<&str> = list["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["trigger"].as_str().unwrap())
-        .collect();
+    let triggers = strings(&list["backups"], "trigger");
     assert_eq!(triggers, ["manual", "safety"]);
     assert_eq!(list["backups"][1]["counts"]["public.events"], 500_000);
 
     site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
     assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+/// Field `field` of every object of a JSON array.
+fn strings(array: &Value, field: &str) -> Vec<String> {
+    let items = array.as_array().expect("an array");
+    items
+        .iter()
+        .map(|item| item[field].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
@@ -424,12 +428,7 @@ async fn pruning_keeps_exactly_what_the_retention_policy_says() {
     assert_eq!(dry["decisions"].as_array().unwrap().len(), 6);
     let remaining = |site: &Site| -> Vec<String> {
         let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
-        let mut ids: Vec<String> = list["backups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["id"].as_str().unwrap().to_string())
-            .collect();
+        let mut ids = strings(&list["backups"], "id");
         ids.sort();
         ids
     };
@@ -464,12 +463,7 @@ async fn the_drill_restores_verifies_and_compares_with_the_targets() {
     );
     let result = &drill["databases"][0];
     assert_eq!(result["passed"], true, "{drill:#}");
-    let checks: Vec<&str> = result["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let checks = strings(&result["checks"], "name");
     assert_eq!(checks, ["rpo", "checksums", "counts", "sanity", "rto"]);
     let files: Vec<String> = std::fs::read_dir(&reports)
         .unwrap()
@@ -689,12 +683,7 @@ async fn backups_go_to_s3_and_restore_from_it() {
     }
     site.expect(&["backup", "prune", "local"], 0);
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
-    let left: Vec<&str> = list["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap())
-        .collect();
+    let left = strings(&list["backups"], "id");
     assert_eq!(left, [manifest["id"].as_str().unwrap()]);
 }
 
