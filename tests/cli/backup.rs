@@ -448,9 +448,8 @@ async fn the_drill_restores_verifies_and_compares_with_the_targets() {
     let manifest = site.backup("auth-db");
     let reports = site.root().join("reports");
     let report = reports.to_str().unwrap();
-
-    let drill = site.json(
-        &[
+    let drill_auth = |code| {
+        let args = [
             "drill",
             "local",
             "auth-db",
@@ -458,9 +457,11 @@ async fn the_drill_restores_verifies_and_compares_with_the_targets() {
             report,
             "-o",
             "json",
-        ],
-        0,
-    );
+        ];
+        site.json(&args, code)
+    };
+
+    let drill = drill_auth(0);
     let result = &drill["databases"][0];
     assert_eq!(result["passed"], true, "{drill:#}");
     let checks = strings(&result["checks"], "name");
@@ -481,18 +482,7 @@ async fn the_drill_restores_verifies_and_compares_with_the_targets() {
 
     // A backup older than auth-db's RPO (5 minutes) fails the drill.
     age_backup(&site, manifest["id"].as_str().unwrap(), 1);
-    let late = site.json(
-        &[
-            "drill",
-            "local",
-            "auth-db",
-            "--report-dir",
-            report,
-            "-o",
-            "json",
-        ],
-        1,
-    );
+    let late = drill_auth(1);
     let rpo = &late["databases"][0]["checks"][0];
     assert_eq!(
         (rpo["name"].as_str(), rpo["passed"].as_bool()),
@@ -504,18 +494,7 @@ async fn the_drill_restores_verifies_and_compares_with_the_targets() {
     exec(&mut db, "UPDATE users SET status = 'disabled'").await;
     db.close().await.unwrap();
     site.backup("auth-db");
-    let insane = site.json(
-        &[
-            "drill",
-            "local",
-            "auth-db",
-            "--report-dir",
-            report,
-            "-o",
-            "json",
-        ],
-        1,
-    );
+    let insane = drill_auth(1);
     let sanity = insane["databases"][0]["checks"]
         .as_array()
         .unwrap()
