@@ -9,5 +9,7 @@ export KISUM_KUBERNETES_VALIDATE="$_kisum_root/.peers/venv-kv/bin/kubernetes-val
 export KISUM_CHECKOV="$_kisum_root/.peers/venv-checkov/bin/checkov"
 # Python of the mongoeco venv; runs scripts/mongoeco-launcher.py.
 export KISUM_MONGOECO_PYTHON="$_kisum_root/.peers/venv-mongoeco/bin/python"
+# moto's server (S3 for the backup store tests).
+export KISUM_MOTO_SERVER="$_kisum_root/.peers/venv-moto/bin/moto_server"
 
 unset _kisum_root

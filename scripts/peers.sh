@@ -12,6 +12,8 @@
 #   .peers/venv-checkov  PyPI checkov              (own venv: it downgrades boto3)
 #   .peers/venv-mongoeco PyPI mongoeco[wire]       (MongoDB wire emulator; needs
 #                        Python >= 3.13; started by scripts/mongoeco-launcher.py)
+#   .peers/venv-moto     PyPI moto[server]         (S3 emulator for the backup
+#                        store tests: `moto_server -H 127.0.0.1 -p PORT`)
 #   Debian postgresql, redis-server                (started per test by the
 #                                                   kisum-testkit crate)
 # Debian packages go through ensure_apt, which installs only what is missing.
@@ -36,6 +38,7 @@ SELF="scripts/peers.sh"
 KUBERNETES_VALIDATE_SPEC="kubernetes-validate==1.37.0"
 CHECKOV_SPEC="checkov==3.3.30"
 MONGOECO_SPEC="mongoeco[wire]==4.11.0"
+MOTO_SPEC="moto[server]==5.2.*"
 PYTHON313_DEFAULT="/root/.pyenv/versions/3.13.0/bin/python3.13"
 
 say() { printf 'peers: %s\n' "$*" >&2; }
@@ -208,6 +211,7 @@ main() {
         ensure_venv "$PEERS/venv-checkov" "$CHECKOV_SPEC" checkov
     fi
     ensure_venv "$PEERS/venv-mongoeco" "$MONGOECO_SPEC" python python313
+    ensure_venv "$PEERS/venv-moto" "$MOTO_SPEC" moto_server
 
     # Servers the integration tests start on loopback (kisum-testkit) and
     # `kisumctl deploy local` runs.

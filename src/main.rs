@@ -1,5 +1,6 @@
 //! kisumctl: infrastructure as code and operations for the Kisum platform.
 
+mod backup;
 mod cli;
 mod local;
 mod matrix;

@@ -2,6 +2,8 @@
 //! matrix, copies of it, and the real peers (kubernetes-validate, checkov).
 //! One test binary for the whole crate keeps link time down.
 
+#[path = "cli/backup.rs"]
+mod backup;
 #[path = "cli/common.rs"]
 mod common;
 #[path = "cli/corpus.rs"]

@@ -1,12 +1,15 @@
 //! Command-line parsing and dispatch. Each command lives in its own file:
 //! it parses its arguments, calls the library modules, and prints.
 
+mod backup;
 mod deploy;
 mod down;
+mod drill;
 mod inventory;
 mod logs;
 mod output;
 mod render;
+mod restore;
 mod smoke;
 mod status;
 mod supervise;
@@ -72,6 +75,9 @@ enum Command {
     Down(down::Args),
     #[command(hide = true)]
     Supervise(supervise::Args),
+    Backup(backup::Args),
+    Restore(restore::Args),
+    Drill(drill::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -117,6 +123,9 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Supervise(args) => supervise::run(args),
+        Command::Backup(args) => backup::run(&cli.matrix, args),
+        Command::Restore(args) => restore::run(&cli.matrix, args),
+        Command::Drill(args) => drill::run(&cli.matrix, args),
     };
     match result {
         Ok(exit) => exit.into(),
@@ -170,6 +179,20 @@ fn with_environment(
             Ok(Exit::UnusableInput)
         }
     }
+}
+
+/// An error before any work was done: on stderr, and with `-o json` also
+/// as a document on stdout.
+fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
+    eprintln!("error: {}", crate::matrix::load::printable(message));
+    if format == OutputFormat::Json {
+        let document = serde_json::json!({ "error": message, "exit": exit as u8 });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        );
+    }
+    exit
 }
 
 /// Input errors on stderr; with `-o json` also as JSON on stdout, so a

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{Exit, OutputFormat};
+use super::{Exit, OutputFormat, refuse};
 use crate::matrix::Environment;
 use crate::matrix::load::printable;
 use crate::matrix::schema::SecretBackend;
@@ -99,20 +99,6 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
     } else {
         Exit::CheckFailed
     })
-}
-
-/// An error before any check ran: on stderr, and with `-o json` also as a
-/// document on stdout.
-fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
-    eprintln!("error: {}", printable(message));
-    if format == OutputFormat::Json {
-        let document = json!({ "error": message, "exit": exit as u8 });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&document).unwrap_or_default()
-        );
-    }
-    exit
 }
 
 fn document(env: &str, target: &Target, report: &Report) -> serde_json::Value {

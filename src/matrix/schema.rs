@@ -552,6 +552,10 @@ pub enum BackupStore {
         bucket: String,
         prefix: String,
         region: String,
+        /// An S3-compatible endpoint URL in place of AWS's own (path-style
+        /// addressing); absent for AWS S3.
+        #[serde(default)]
+        endpoint: Option<String>,
     },
 }
 

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 9] = [
+const PAGES: [(&str, &[&str]); 12] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -15,6 +15,9 @@ const PAGES: [(&str, &[&str]); 9] = [
     ("status", &["status", "--help"]),
     ("logs", &["logs", "--help"]),
     ("down", &["down", "--help"]),
+    ("backup", &["backup", "--help"]),
+    ("restore", &["restore", "--help"]),
+    ("drill", &["drill", "--help"]),
 ];
 
 #[test]

@@ -1,0 +1,180 @@
+//! Where each database of an environment is and how kisumctl logs in to it
+//! for backups and restores: the endpoint from the environment file, the
+//! credentials from the secret store. Kept in one place so that it follows
+//! the names `deploy local` and database provisioning give their secrets.
+//!
+//! - PostgreSQL: a superuser-level login (dump every object, create and
+//!   rename databases, end sessions). In `local`, secret
+//!   `local-postgres-superuser` (keys `username`, `password`), which
+//!   `deploy local` writes; elsewhere `<cluster>-superuser` with the same
+//!   keys. A missing password means a server that trusts loopback
+//!   connections (test clusters).
+//! - MongoDB: `url` of the database's credentials secret when present,
+//!   else an unauthenticated `mongodb://host:port`.
+//! - Redis: `password` of secret `redis-admin-credentials` when present.
+
+use anyhow::{Result, bail};
+
+use super::manifest::EngineKind;
+use crate::matrix::Environment;
+use crate::matrix::schema::{Engine, RedisPersistence};
+use crate::secrets::{Secret, SecretStore};
+
+/// Id of Redis among the backup targets.
+pub const REDIS_ID: &str = "redis";
+
+/// Secret holding the Redis login used for backups.
+pub const REDIS_ADMIN_SECRET: &str = "redis-admin-credentials";
+
+/// A database (or Redis) that can be backed up in one environment.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Database id of the matrix, or `redis`.
+    pub id: String,
+    pub engine: EngineKind,
+    /// Database name on the server (`auth_db`); `0` for Redis.
+    pub name: String,
+    /// Named server of the matrix (`auth-postgres`).
+    pub cluster: String,
+    /// Key of the secret with the owning service's credentials.
+    pub credentials: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub rpo_minutes: u32,
+    pub rto_minutes: u32,
+    pub retention_days: u32,
+    pub restore_priority: u8,
+    /// Redis only: whether the matrix keeps its data on disk.
+    pub persistent: bool,
+}
+
+/// Every target of `env`, in restore order (section 22.4: the matrix's
+/// `restore-priority`). Databases of an undecided engine or without a
+/// deployment in this environment are left out.
+pub fn targets(env: &Environment) -> Vec<Target> {
+    let mut targets: Vec<Target> = env
+        .base
+        .databases
+        .iter()
+        .filter_map(|(id, db)| {
+            let engine = match db.engine {
+                Engine::Postgresql => EngineKind::Postgresql,
+                Engine::Mongodb => EngineKind::Mongodb,
+                Engine::Undecided => return None,
+            };
+            let deployment = env.file.databases.get(id)?;
+            Some(Target {
+                id: id.clone(),
+                engine,
+                name: db.name.clone(),
+                cluster: db.cluster.clone(),
+                credentials: Some(db.credentials.clone()),
+                host: deployment.endpoint.host.clone(),
+                port: deployment.endpoint.port,
+                rpo_minutes: db.rpo_minutes,
+                rto_minutes: db.rto_minutes,
+                retention_days: deployment
+                    .retention_days
+                    .unwrap_or(db.backup.retention_days),
+                restore_priority: db.restore_priority,
+                persistent: true,
+            })
+        })
+        .collect();
+    let redis = &env.base.redis;
+    // Redis has no RPO/RTO of its own in the matrix: a cache is rebuilt,
+    // so the loosest database targets stand in, and the retention of the
+    // database restored right after it.
+    let loosest = |f: fn(&Target) -> u32| targets.iter().map(f).max().unwrap_or(60);
+    targets.push(Target {
+        id: REDIS_ID.into(),
+        engine: EngineKind::Redis,
+        name: "0".into(),
+        cluster: REDIS_ID.into(),
+        credentials: None,
+        host: env.file.redis.endpoint.host.clone(),
+        port: env.file.redis.endpoint.port,
+        rpo_minutes: loosest(|t| t.rpo_minutes),
+        rto_minutes: loosest(|t| t.rto_minutes),
+        retention_days: loosest(|t| t.retention_days),
+        restore_priority: redis.restore_priority,
+        persistent: redis.persistence != RedisPersistence::None,
+    });
+    targets.sort_by_key(|t| t.restore_priority);
+    targets
+}
+
+/// The target named `id`, with a hint when there is none.
+pub fn target(env: &Environment, id: &str) -> Result<Target> {
+    let all = targets(env);
+    if let Some(target) = all.iter().find(|t| t.id == id) {
+        return Ok(target.clone());
+    }
+    let names: Vec<&str> = all.iter().map(|t| t.id.as_str()).collect();
+    bail!(
+        "environment {} has no database `{}` to back up (known: {})",
+        env.name,
+        id.escape_debug(),
+        names.join(", ")
+    )
+}
+
+/// A PostgreSQL login.
+#[derive(Clone)]
+pub struct PgLogin {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Option<Secret>,
+}
+
+/// The secret with the superuser-level login of a PostgreSQL target.
+pub fn postgres_secret(env: &Environment, target: &Target) -> String {
+    if env.name == "local" {
+        "local-postgres-superuser".into()
+    } else {
+        format!("{}-superuser", target.cluster)
+    }
+}
+
+pub fn postgres_login(
+    env: &Environment,
+    target: &Target,
+    store: &dyn SecretStore,
+) -> Result<PgLogin> {
+    let secret = postgres_secret(env, target);
+    let username = store.read(&secret, "username")?;
+    let Some(username) = username else {
+        bail!(
+            "no PostgreSQL login for {} in the secret store ({}): secret `{secret}` key `username` \
+             is missing",
+            target.id,
+            store.describe()
+        );
+    };
+    Ok(PgLogin {
+        host: target.host.clone(),
+        port: target.port,
+        username: username.expose().to_string(),
+        password: store.read(&secret, "password")?,
+    })
+}
+
+/// The MongoDB connection string for a target (may hold a password: never
+/// print it).
+pub fn mongo_url(target: &Target, store: &dyn SecretStore) -> Result<Secret> {
+    if let Some(secret) = &target.credentials
+        && let Some(url) = store.read(secret, "url")?
+    {
+        return Ok(url);
+    }
+    Ok(Secret::new(format!(
+        "mongodb://{}:{}/?directConnection=true&connectTimeoutMS=60000&serverSelectionTimeoutMS=60000",
+        target.host, target.port
+    )))
+}
+
+/// The Redis password, if the store has one.
+pub fn redis_password(store: &dyn SecretStore) -> Result<Option<Secret>> {
+    Ok(store.read(REDIS_ADMIN_SECRET, "password")?)
+}

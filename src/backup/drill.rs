@@ -1,0 +1,285 @@
+//! The restore drill (section 22.3): restore the newest backup of each
+//! database into a scratch database, verify it, measure the real recovery
+//! time and the backup's age, and compare both with the matrix's RTO and
+//! RPO.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+
+use super::connection::{self, Target};
+use super::postgres::{self, DatabaseFacts};
+use super::{Context, EngineKind, mongo};
+
+/// Per database: a query whose first column must be a count of at least 1
+/// in a healthy restore, and what it means.
+const SANITY: &[(&str, &str, &str)] = &[
+    (
+        "auth-db",
+        "an active platform admin exists",
+        "SELECT count(*) FROM platform_roles r JOIN users u ON u.id = r.user_id \
+         WHERE r.role = 'platform-admin' AND u.status = 'active'",
+    ),
+    (
+        "platform-core-db",
+        "the module catalog is not empty",
+        "SELECT count(*) FROM modules",
+    ),
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillResult {
+    pub database: String,
+    pub backup_id: Option<String>,
+    pub passed: bool,
+    /// Seconds from the start of the fetch to a verified scratch database.
+    pub rto_seconds: f64,
+    pub rto_target_seconds: u64,
+    /// Age of the backup at the start of the drill.
+    pub rpo_seconds: i64,
+    pub rpo_target_seconds: u64,
+    pub checks: Vec<DrillCheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillCheck {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Differences between the counts of a manifest and those found.
+pub fn count_mismatches(
+    expected: &BTreeMap<String, u64>,
+    found: &BTreeMap<String, u64>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (table, count) in expected {
+        match found.get(table) {
+            Some(n) if n == count => {}
+            Some(n) => problems.push(format!("{table}: {n} row(s), the manifest says {count}")),
+            None => problems.push(format!("{table} is missing")),
+        }
+    }
+    for table in found.keys().filter(|t| !expected.contains_key(*t)) {
+        problems.push(format!("{table} is not in the manifest"));
+    }
+    problems
+}
+
+/// Drills `target`; a failure of any step is a failed check, not an error.
+pub async fn drill(cx: &Context<'_>, target: &Target) -> DrillResult {
+    let mut result = DrillResult {
+        database: target.id.clone(),
+        backup_id: None,
+        passed: false,
+        rto_seconds: 0.0,
+        rto_target_seconds: u64::from(target.rto_minutes) * 60,
+        rpo_seconds: 0,
+        rpo_target_seconds: u64::from(target.rpo_minutes) * 60,
+        checks: vec![],
+    };
+    let started = Instant::now();
+    if let Err(error) = run(cx, target, &mut result).await {
+        result.checks.push(DrillCheck {
+            name: "drill".into(),
+            passed: false,
+            detail: format!("{error:#}"),
+        });
+    }
+    result.rto_seconds = started.elapsed().as_secs_f64();
+    let rto_ok = result.rto_seconds <= result.rto_target_seconds as f64;
+    result.checks.push(DrillCheck {
+        name: "rto".into(),
+        passed: rto_ok,
+        detail: format!(
+            "{:.1} s measured, target {} s",
+            result.rto_seconds, result.rto_target_seconds
+        ),
+    });
+    result.passed = result.checks.iter().all(|c| c.passed);
+    result
+}
+
+async fn run(cx: &Context<'_>, target: &Target, result: &mut DrillResult) -> Result<()> {
+    let (manifests, _) = cx.store.list().await?;
+    let Some(manifest) = super::newest(&manifests, &target.id) else {
+        bail!(
+            "no backup of {} in {}",
+            target.id,
+            super::store::BackupStore::describe(&cx.store)
+        );
+    };
+    result.backup_id = Some(manifest.id.clone());
+    result.rpo_seconds = super::age_seconds(&manifest.finished_at)?;
+    result.checks.push(DrillCheck {
+        name: "rpo".into(),
+        passed: result.rpo_seconds.max(0) as u64 <= result.rpo_target_seconds,
+        detail: format!(
+            "newest backup {} is {} s old, target {} s",
+            manifest.id, result.rpo_seconds, result.rpo_target_seconds
+        ),
+    });
+
+    let scratch_dir = cx.scratch()?;
+    let prepared = super::prepare(cx, &manifest.id, scratch_dir.path()).await;
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            result.checks.push(DrillCheck {
+                name: "checksums".into(),
+                passed: false,
+                detail: format!("{error:#}"),
+            });
+            return Ok(());
+        }
+    };
+    result.checks.push(DrillCheck {
+        name: "checksums".into(),
+        passed: true,
+        detail: format!(
+            "{} file(s) match the manifest",
+            prepared.manifest.files.len()
+        ),
+    });
+
+    let scratch = format!(
+        "{}_drill_{}",
+        target.name,
+        jiff::Timestamp::now().strftime("%Y%m%dt%H%M%S")
+    );
+    match target.engine {
+        EngineKind::Postgresql => {
+            let login = connection::postgres_login(cx.env, target, cx.secrets.as_ref())?;
+            let outcome = restore_and_check(&login, target, &prepared, &scratch, result).await;
+            postgres::drop_database(&login, &scratch).await?;
+            outcome
+        }
+        EngineKind::Mongodb => {
+            let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+            let restored = mongo::restore_into(&url, &scratch, &prepared.plain).await;
+            let dropped = mongo::drop_database(&url, &scratch).await;
+            push_counts(result, &prepared.manifest.counts, &restored?);
+            dropped
+        }
+        EngineKind::Redis => {
+            let snapshot = prepared
+                .plain
+                .get(super::redis::RDB_FILE)
+                .context("the backup has no RDB snapshot")?;
+            let counts = super::redis::load_in_scratch_server(snapshot).await?;
+            push_counts(result, &prepared.manifest.counts, &counts);
+            Ok(())
+        }
+    }
+}
+
+fn push_counts(
+    result: &mut DrillResult,
+    expected: &BTreeMap<String, u64>,
+    counts: &BTreeMap<String, u64>,
+) {
+    let mismatches = count_mismatches(expected, counts);
+    result.checks.push(DrillCheck {
+        name: "counts".into(),
+        passed: mismatches.is_empty(),
+        detail: if mismatches.is_empty() {
+            format!(
+                "{} table(s) or collection(s) match the manifest",
+                counts.len()
+            )
+        } else {
+            mismatches.join("; ")
+        },
+    });
+}
+
+async fn restore_and_check(
+    login: &connection::PgLogin,
+    target: &Target,
+    prepared: &super::Prepared,
+    scratch: &str,
+    result: &mut DrillResult,
+) -> Result<()> {
+    let facts: DatabaseFacts =
+        serde_json::from_value(prepared.manifest.details.clone()).unwrap_or_default();
+    let dump = prepared
+        .plain
+        .get(&postgres::dump_file_name(&target.name))
+        .context("the backup has no dump of this database")?;
+    postgres::create_database(login, scratch, &facts).await?;
+    postgres::restore_file(login, scratch, dump).await?;
+    let counts = postgres::count_database(login, scratch).await?;
+    push_counts(result, &prepared.manifest.counts, &counts);
+    for (database, meaning, query) in SANITY.iter().filter(|s| s.0 == target.id) {
+        let _ = database;
+        let mut conn = postgres::connect(login, scratch).await?;
+        let found: Result<i64, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(*query))
+            .fetch_one(&mut conn)
+            .await;
+        let _ = sqlx::Connection::close(conn).await;
+        let (passed, detail) = match found {
+            Ok(n) if n >= 1 => (true, format!("{meaning}: {n}")),
+            Ok(n) => (false, format!("{meaning}: found {n}")),
+            Err(error) => (false, format!("{meaning}: {error}")),
+        };
+        result.checks.push(DrillCheck {
+            name: "sanity".into(),
+            passed,
+            detail,
+        });
+    }
+    Ok(())
+}
+
+/// The drill report in Markdown.
+pub fn markdown(environment: &str, at: &str, results: &[DrillResult]) -> String {
+    let passed = results.iter().all(|r| r.passed);
+    let mut out = format!(
+        "# Restore drill: {environment}\n\n{at}, {}\n\n| database | backup | RTO (s) | target | RPO (s) | target | result |\n|---|---|---|---|---|---|---|\n",
+        if passed { "passed" } else { "FAILED" }
+    );
+    for r in results {
+        out += &format!(
+            "| {} | {} | {:.1} | {} | {} | {} | {} |\n",
+            r.database,
+            r.backup_id.as_deref().unwrap_or("none"),
+            r.rto_seconds,
+            r.rto_target_seconds,
+            r.rpo_seconds,
+            r.rpo_target_seconds,
+            if r.passed { "pass" } else { "FAIL" }
+        );
+    }
+    for r in results {
+        out += &format!("\n## {}\n\n", r.database);
+        for c in &r.checks {
+            let status = if c.passed { "pass" } else { "FAIL" };
+            out += &format!("- {status} {}: {}\n", c.name, c.detail.replace('\n', " "));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_difference_in_counts_is_named() {
+        let expected = BTreeMap::from([("public.a".to_string(), 3), ("public.b".to_string(), 1)]);
+        let found = BTreeMap::from([("public.a".to_string(), 2), ("public.c".to_string(), 0)]);
+        let problems = count_mismatches(&expected, &found);
+        assert_eq!(
+            problems,
+            [
+                "public.a: 2 row(s), the manifest says 3",
+                "public.b is missing",
+                "public.c is not in the manifest"
+            ]
+        );
+        assert!(count_mismatches(&expected, &expected).is_empty());
+    }
+}

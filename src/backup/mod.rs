@@ -1,0 +1,343 @@
+//! Backups, restores and restore drills of an environment's databases
+//! (sections 9.4, 10.3, 22 and 23 of the plan).
+//!
+//! A backup is a set of files plus a [`Manifest`] in a [`store::Store`]:
+//! PostgreSQL as one `pg_dump` custom-format file, MongoDB as one BSON file
+//! per collection plus its indexes, Redis as an RDB snapshot. Every file is
+//! hashed while it is written, and encrypted with age when the matrix names
+//! recipients. Nothing in this module prints.
+
+pub mod connection;
+pub mod drill;
+pub mod encrypt;
+pub mod manifest;
+pub mod mongo;
+pub mod postgres;
+pub mod redis;
+pub mod restore;
+pub mod retention;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+pub use connection::Target;
+pub use manifest::{EngineKind, Manifest, Trigger};
+use store::{BackupStore, Store};
+
+use crate::matrix::Environment;
+use crate::matrix::schema::BackupStore as StoreSettings;
+use crate::secrets::SecretStore;
+
+/// Everything a backup operation of one environment needs.
+pub struct Context<'e> {
+    pub env: &'e Environment<'e>,
+    pub state_dir: PathBuf,
+    pub store: Store,
+    pub recipients: encrypt::Recipients,
+    pub secrets: Box<dyn SecretStore>,
+}
+
+impl<'e> Context<'e> {
+    /// The store of the matrix (`backups.store`; a relative directory
+    /// resolves like every matrix path) and the recipients of
+    /// `backups.age-recipients`.
+    pub async fn new(
+        matrix_dir: &Path,
+        env: &'e Environment<'e>,
+        secrets: Box<dyn SecretStore>,
+    ) -> Result<Context<'e>> {
+        let store = match &env.file.backups.store {
+            StoreSettings::LocalDirectory { path } => Store::Local(store::LocalDirectory::new(
+                crate::matrix::resolve_path(matrix_dir, path),
+            )),
+            StoreSettings::S3 {
+                bucket,
+                prefix,
+                region,
+                endpoint,
+            } => Store::S3(
+                store::S3Store::connect(store::S3Settings {
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    region: region.clone(),
+                    endpoint: endpoint.clone(),
+                    static_credentials: None,
+                })
+                .await,
+            ),
+        };
+        let recipients = encrypt::Recipients::parse(&env.file.backups.age_recipients)
+            .map_err(anyhow::Error::msg)?;
+        Ok(Context {
+            env,
+            state_dir: crate::matrix::resolve_path(matrix_dir, &env.file.state_dir),
+            store,
+            recipients,
+            secrets,
+        })
+    }
+
+    /// A scratch directory under the state directory, removed on drop.
+    pub fn scratch(&self) -> Result<tempfile::TempDir> {
+        let parent = self.state_dir.join("backup-scratch");
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        tempfile::TempDir::with_prefix_in("work-", &parent)
+            .with_context(|| format!("creating a directory in {}", parent.display()))
+    }
+}
+
+/// Now, RFC 3339 in UTC to the second.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// A new backup id: UTC time first (ids sort by age), the database, and
+/// four random hex digits so that two backups in one second differ.
+pub fn new_id(database: &str) -> String {
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    format!("{stamp}-{database}-{:04x}", rand::random::<u16>())
+}
+
+/// Seconds since an RFC 3339 time of a manifest.
+pub fn age_seconds(rfc3339: &str) -> Result<i64> {
+    let then: jiff::Timestamp = rfc3339
+        .parse()
+        .with_context(|| format!("time {rfc3339:?}"))?;
+    Ok(jiff::Timestamp::now().as_second() - then.as_second())
+}
+
+/// What an engine's dump produced.
+struct Dumped {
+    files: Vec<manifest::FileEntry>,
+    counts: BTreeMap<String, u64>,
+    tools: BTreeMap<String, String>,
+    details: serde_json::Value,
+}
+
+/// Backs `target` up into the environment's store; answers the manifest.
+pub async fn backup(cx: &Context<'_>, target: &Target, trigger: Trigger) -> Result<Manifest> {
+    if !cx.env.file.backups.enabled {
+        bail!(
+            "backups are off in environment {} (backups.enabled)",
+            cx.env.name
+        );
+    }
+    let id = new_id(&target.id);
+    let staging = cx.store.staging_dir(&id, &cx.state_dir);
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let started_at = now_rfc3339();
+    let result = dump(cx, target, &staging).await;
+    let dumped = match result {
+        Ok(dumped) => dumped,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+    };
+    let manifest = Manifest {
+        schema_version: manifest::SCHEMA_VERSION,
+        id: id.clone(),
+        environment: cx.env.name.to_string(),
+        database: target.id.clone(),
+        engine: target.engine,
+        trigger,
+        started_at,
+        finished_at: now_rfc3339(),
+        source: manifest::Source {
+            host: target.host.clone(),
+            port: target.port,
+            name: target.name.clone(),
+        },
+        tools: dumped.tools,
+        counts: dumped.counts,
+        files: dumped.files,
+        recipients: cx.recipients.keys(),
+        details: dumped.details,
+    };
+    let written = std::fs::write(staging.join(manifest::FILE_NAME), manifest.to_json())
+        .with_context(|| format!("writing the manifest in {}", staging.display()));
+    if let Err(error) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error);
+    }
+    if let Err(error) = cx.store.commit(&id, &staging).await {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error);
+    }
+    Ok(manifest)
+}
+
+async fn dump(cx: &Context<'_>, target: &Target, dir: &Path) -> Result<Dumped> {
+    match target.engine {
+        EngineKind::Postgresql => {
+            let login = connection::postgres_login(cx.env, target, cx.secrets.as_ref())?;
+            let dumped = postgres::dump(&login, &target.name, dir, &cx.recipients).await?;
+            Ok(Dumped {
+                files: vec![dumped.file],
+                counts: dumped.counts,
+                tools: dumped.tools,
+                details: serde_json::to_value(&dumped.facts)?,
+            })
+        }
+        EngineKind::Mongodb => {
+            let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+            let dumped = mongo::dump(&url, &target.name, dir, &cx.recipients).await?;
+            Ok(Dumped {
+                files: dumped.files,
+                counts: dumped.counts,
+                tools: dumped.tools,
+                details: serde_json::Value::Null,
+            })
+        }
+        EngineKind::Redis => {
+            if !target.persistent {
+                bail!(
+                    "Redis is a pure cache in the matrix (redis.persistence: none): there is \
+                     nothing to back up"
+                );
+            }
+            let password = connection::redis_password(cx.secrets.as_ref())?;
+            let dumped = redis::dump(target, password.as_ref(), dir, &cx.recipients).await?;
+            Ok(Dumped {
+                files: vec![dumped.file],
+                counts: dumped.counts,
+                tools: dumped.tools,
+                details: serde_json::Value::Null,
+            })
+        }
+    }
+}
+
+/// A backup fetched to local disk, checked, and decrypted when needed:
+/// `plain` maps each file of the manifest to a readable plain file.
+pub struct Prepared {
+    pub manifest: Manifest,
+    pub plain: BTreeMap<String, PathBuf>,
+}
+
+/// Why a backup cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("backup {id} failed verification: {}", problems.join("; "))]
+pub struct Corrupt {
+    pub id: String,
+    pub problems: Vec<String>,
+}
+
+/// Fetches backup `id` into `scratch` (a no-op for a directory store),
+/// checks the manifest, the size and SHA-256 of every stored file, and,
+/// for an encrypted backup, decrypts each file with the identity of the
+/// secret store and checks the plain digest. Fails with [`Corrupt`] when
+/// anything does not match.
+pub async fn prepare(cx: &Context<'_>, id: &str, scratch: &Path) -> Result<Prepared> {
+    let manifest = cx.store.manifest(id).await?;
+    let corrupt = |problems: Vec<String>| Corrupt {
+        id: id.to_string(),
+        problems,
+    };
+    let mut problems = manifest.check_consistency();
+    if manifest.id != id {
+        problems.push(format!("the manifest names backup {}", manifest.id));
+    }
+    if !problems.is_empty() {
+        return Err(corrupt(problems).into());
+    }
+    let dir = cx.store.fetch(id, &manifest, scratch).await?;
+    let identity = if manifest.encrypted() {
+        match encrypt::Identity::from_store(cx.secrets.as_ref()).map_err(anyhow::Error::msg)? {
+            Some(identity) => Some(identity),
+            None => bail!(
+                "backup {id} is encrypted and the secret store ({}) has no `{}` to decrypt it",
+                cx.secrets.describe(),
+                encrypt::IDENTITY_SECRET
+            ),
+        }
+    } else {
+        None
+    };
+    let files = manifest.files.clone();
+    let plain_dir = scratch.join("plain");
+    let checked = tokio::task::spawn_blocking(move || {
+        check_files(&dir, &files, identity.as_ref(), &plain_dir)
+    })
+    .await
+    .context("the verification task")??;
+    match checked {
+        Ok(plain) => Ok(Prepared { manifest, plain }),
+        Err(problems) => Err(corrupt(problems).into()),
+    }
+}
+
+type Checked = std::result::Result<BTreeMap<String, PathBuf>, Vec<String>>;
+
+fn check_files(
+    dir: &Path,
+    files: &[manifest::FileEntry],
+    identity: Option<&encrypt::Identity>,
+    plain_dir: &Path,
+) -> Result<Checked> {
+    let mut problems = Vec::new();
+    let mut plain = BTreeMap::new();
+    for file in files {
+        let path = dir.join(&file.name);
+        let opened = File::open(&path);
+        let Ok(opened) = opened else {
+            problems.push(format!("{} is missing", file.name));
+            continue;
+        };
+        let (size, digest) = manifest::digest_reader(std::io::BufReader::new(opened))
+            .with_context(|| format!("reading {}", path.display()))?;
+        if size != file.size || digest != file.sha256 {
+            problems.push(format!(
+                "{}: SHA-256 {digest} ({size} bytes), the manifest says {} ({} bytes)",
+                file.name, file.sha256, file.size
+            ));
+            continue;
+        }
+        let Some(identity) = identity else {
+            plain.insert(file.name.clone(), path);
+            continue;
+        };
+        let target = plain_dir.join(&file.name);
+        match decrypt_file(identity, &path, &target) {
+            Ok(entry) if entry.plain_sha256 == file.plain_sha256 => {
+                plain.insert(file.name.clone(), target);
+            }
+            Ok(_) => problems.push(format!("{}: decrypted content does not match", file.name)),
+            Err(error) => problems.push(format!("{}: cannot be decrypted: {error}", file.name)),
+        }
+    }
+    Ok(if problems.is_empty() {
+        Ok(plain)
+    } else {
+        Err(problems)
+    })
+}
+
+fn decrypt_file(
+    identity: &encrypt::Identity,
+    source: &Path,
+    target: &Path,
+) -> Result<manifest::FileEntry> {
+    let input = std::io::BufReader::new(File::open(source)?);
+    let mut reader = identity.decrypt(input)?;
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let mut sink = manifest::FileSink::create(dir, &name, &encrypt::Recipients::default())?;
+    std::io::copy(&mut reader, &mut sink)?;
+    Ok(sink.finish()?)
+}
+
+/// The newest backup of `database` that is not a safety backup.
+pub fn newest<'m>(manifests: &'m [Manifest], database: &str) -> Option<&'m Manifest> {
+    manifests
+        .iter()
+        .filter(|m| m.database == database && m.trigger != Trigger::Safety)
+        .max_by(|a, b| (&a.finished_at, &a.id).cmp(&(&b.finished_at, &b.id)))
+}

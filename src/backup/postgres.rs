@@ -1,0 +1,455 @@
+//! PostgreSQL backups with `pg_dump` in custom format (an operator can
+//! still `pg_restore` one by hand) and restores with `pg_restore`.
+//!
+//! The dump and the row counts see the same data: kisumctl opens a
+//! repeatable-read transaction, exports its snapshot, hands it to
+//! `pg_dump --snapshot`, and counts every table in that transaction while
+//! the dump runs. The password reaches the tools through `PGPASSWORD`,
+//! never their command line.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, PgConnection};
+
+use super::connection::PgLogin;
+use super::encrypt::Recipients;
+use super::manifest::{FileEntry, FileSink};
+
+/// Database-level facts `pg_dump` leaves out unless `--create` is used,
+/// kept in the manifest so that a restore under another name keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseFacts {
+    pub owner: String,
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+    /// `None`: the default privileges; else every grant of the ACL.
+    pub grants: Option<Vec<Grant>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// A quoted role name or `PUBLIC`.
+    pub grantee: String,
+    pub privilege: String,
+    pub grantable: bool,
+}
+
+/// What a dump produced.
+pub struct Dumped {
+    pub file: FileEntry,
+    pub counts: BTreeMap<String, u64>,
+    pub tools: BTreeMap<String, String>,
+    pub facts: DatabaseFacts,
+}
+
+/// The file name of the dump of database `name` inside a backup.
+pub fn dump_file_name(name: &str) -> String {
+    format!("{name}.dump")
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+pub async fn connect(login: &PgLogin, database: &str) -> Result<PgConnection> {
+    let mut options = sqlx::postgres::PgConnectOptions::new()
+        .host(&login.host)
+        .port(login.port)
+        .username(&login.username)
+        .database(database)
+        .application_name("kisumctl");
+    if let Some(password) = &login.password {
+        options = options.password(password.expose());
+    }
+    PgConnection::connect_with(&options).await.with_context(|| {
+        format!(
+            "connecting to PostgreSQL {}:{} database {database} as {}",
+            login.host, login.port, login.username
+        )
+    })
+}
+
+/// `program` (pg_dump, pg_restore) with the login in its environment.
+pub fn tool(program: &str, login: &PgLogin) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(["-w", "-h", &login.host, "-p", &login.port.to_string()])
+        .args(["-U", &login.username])
+        .env("PGCONNECT_TIMEOUT", "30")
+        .env_remove("PGPASSFILE")
+        .stdin(Stdio::null());
+    match &login.password {
+        Some(password) => command.env("PGPASSWORD", password.expose()),
+        None => command.env_remove("PGPASSWORD"),
+    };
+    command
+}
+
+/// The first line `program --version` prints.
+pub fn tool_version(program: &str) -> Result<String> {
+    let output = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!("running {program} --version (is PostgreSQL's client installed?)")
+        })?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Dumps database `name` into `dir/<name>.dump`, hashing (and encrypting)
+/// as it writes, and counts the rows of every table in the dump's snapshot.
+pub async fn dump(
+    login: &PgLogin,
+    name: &str,
+    dir: &Path,
+    recipients: &Recipients,
+) -> Result<Dumped> {
+    let mut tools = BTreeMap::new();
+    tools.insert("pg_dump".to_string(), tool_version("pg_dump")?);
+    let mut conn = connect(login, name).await?;
+    let server: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut conn)
+        .await?;
+    tools.insert("postgresql-server".into(), server);
+    let facts = database_facts(&mut conn, name).await?;
+
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut conn)
+        .await?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut conn)
+        .await?;
+
+    let mut child = tool("pg_dump", login)
+        .args(["-Fc", "--snapshot", &snapshot, "-d", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting pg_dump (is PostgreSQL's client installed?)")?;
+    let stdout = child.stdout.take().context("pg_dump has no stdout")?;
+    let file_name = dump_file_name(name);
+    let (dir, recipients) = (dir.to_path_buf(), recipients.clone());
+    let copy = tokio::task::spawn_blocking(move || -> Result<FileEntry> {
+        let mut sink = FileSink::create(&dir, &file_name, &recipients)
+            .with_context(|| format!("creating {}", dir.join(&file_name).display()))?;
+        let mut stdout = stdout;
+        std::io::copy(&mut stdout, &mut sink).context("writing the dump")?;
+        let entry = sink.finish().context("writing the dump")?;
+        let output = child.wait_with_output().context("waiting for pg_dump")?;
+        if !output.status.success() {
+            bail!(
+                "pg_dump of {} failed ({}): {}",
+                file_name.trim_end_matches(".dump"),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(entry)
+    });
+
+    let counts = count_rows(&mut conn).await;
+    let file = copy.await.context("the dump task")??;
+    let counts = counts?;
+    sqlx::query("COMMIT").execute(&mut conn).await?;
+    let _ = conn.close().await;
+    Ok(Dumped {
+        file,
+        counts,
+        tools,
+        facts,
+    })
+}
+
+async fn database_facts(conn: &mut PgConnection, name: &str) -> Result<DatabaseFacts> {
+    let (owner, encoding, collate, ctype, has_acl): (String, String, String, String, bool) =
+        sqlx::query_as(
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype, \
+             datacl IS NOT NULL FROM pg_database WHERE datname = $1",
+        )
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+    let grants = if has_acl {
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
+             a.privilege_type, a.is_grantable \
+             FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1 ORDER BY 1, 2",
+        )
+        .bind(name)
+        .fetch_all(&mut *conn)
+        .await?;
+        Some(
+            rows.into_iter()
+                .map(|(grantee, privilege, grantable)| Grant {
+                    grantee,
+                    privilege,
+                    grantable,
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    Ok(DatabaseFacts {
+        owner,
+        encoding,
+        collate,
+        ctype,
+        grants,
+    })
+}
+
+/// Exact row counts of every ordinary table (partitions count on their
+/// own; a partitioned parent holds no rows), keyed `schema.table`.
+pub async fn count_rows(conn: &mut PgConnection) -> Result<BTreeMap<String, u64>> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .context("listing tables")?;
+    let mut counts = BTreeMap::new();
+    for (schema, table) in tables {
+        let sql = format!("SELECT count(*) FROM {}.{}", ident(&schema), ident(&table));
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await
+            .with_context(|| format!("counting {schema}.{table}"))?;
+        counts.insert(format!("{schema}.{table}"), count.max(0) as u64);
+    }
+    Ok(counts)
+}
+
+/// Counts the rows of database `name`.
+pub async fn count_database(login: &PgLogin, name: &str) -> Result<BTreeMap<String, u64>> {
+    let mut conn = connect(login, name).await?;
+    let counts = count_rows(&mut conn).await;
+    let _ = conn.close().await;
+    counts
+}
+
+pub async fn database_exists(login: &PgLogin, name: &str) -> Result<bool> {
+    let mut conn = connect(login, "postgres").await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    let _ = conn.close().await;
+    Ok(exists)
+}
+
+/// Databases whose name starts with `prefix`.
+pub async fn databases_with_prefix(login: &PgLogin, prefix: &str) -> Result<Vec<String>> {
+    let mut conn = connect(login, "postgres").await?;
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+    )
+    .bind(prefix)
+    .fetch_all(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(names)
+}
+
+/// Creates an empty database `name` with the facts of the dumped one.
+pub async fn create_database(login: &PgLogin, name: &str, facts: &DatabaseFacts) -> Result<()> {
+    let mut conn = connect(login, "postgres").await?;
+    let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", ident(name));
+    if !facts.owner.is_empty() {
+        sql += &format!(" OWNER {}", ident(&facts.owner));
+    }
+    if !facts.encoding.is_empty() {
+        sql += &format!(
+            " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            literal(&facts.encoding),
+            literal(&facts.collate),
+            literal(&facts.ctype)
+        );
+    }
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("creating database {name}"))?;
+    if let Some(grants) = &facts.grants {
+        let mut statements = vec![format!(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            ident(name)
+        )];
+        for grant in grants {
+            let privilege: String = grant
+                .privilege
+                .chars()
+                .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
+                .collect();
+            statements.push(format!(
+                "GRANT {privilege} ON DATABASE {} TO {}{}",
+                ident(name),
+                grant.grantee,
+                if grant.grantable {
+                    " WITH GRANT OPTION"
+                } else {
+                    ""
+                }
+            ));
+        }
+        for statement in &statements {
+            sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("restoring the database privileges of {name}"))?;
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// `pg_restore` of a plain custom-format dump into the existing, empty
+/// database `name`; stops at the first error.
+pub async fn restore_file(login: &PgLogin, name: &str, dump: &Path) -> Result<()> {
+    let mut command = tool("pg_restore", login);
+    command
+        .args(["--exit-on-error", "-d", name])
+        .arg(dump)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut child = command.spawn().context("starting pg_restore")?;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        let status = child.wait().context("waiting for pg_restore")?;
+        if !status.success() {
+            bail!(
+                "pg_restore into {name} failed ({status}): {}",
+                stderr.trim()
+            );
+        }
+        Ok(())
+    })
+    .await
+    .context("the pg_restore task")?
+}
+
+/// Drops `name` if it exists, ending its sessions.
+pub async fn drop_database(login: &PgLogin, name: &str) -> Result<()> {
+    let mut conn = connect(login, "postgres").await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        ident(name)
+    )))
+    .execute(&mut conn)
+    .await
+    .with_context(|| format!("dropping database {name}"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// In one transaction: ends the sessions of `live`, renames it to
+/// `previous` (when it exists) and `replacement` to `live`. Either both
+/// renames happen or neither. Retried a few times when a client connects
+/// again between the end of its session and the rename.
+pub async fn swap(login: &PgLogin, live: &str, replacement: &str, previous: &str) -> Result<()> {
+    let mut conn = connect(login, "postgres").await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = swap_once(&mut conn, live, replacement, previous).await;
+        match result {
+            Ok(()) => break,
+            Err(error) if attempt < 5 && is_in_use(&error) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+            }
+            Err(error) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                return Err(error).with_context(|| format!("swapping {replacement} in as {live}"));
+            }
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn swap_once(
+    conn: &mut PgConnection,
+    live: &str,
+    replacement: &str,
+    previous: &str,
+) -> Result<()> {
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(live)
+            .fetch_one(&mut *conn)
+            .await?;
+    if exists {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(live)
+        .execute(&mut *conn)
+        .await?;
+        let sql = format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(live),
+            ident(previous)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let sql = format!(
+        "ALTER DATABASE {} RENAME TO {}",
+        ident(replacement),
+        ident(live)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    Ok(())
+}
+
+fn is_in_use(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55006")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(ident("auth_db"), "\"auth_db\"");
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}

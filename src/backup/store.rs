@@ -1,0 +1,493 @@
+//! Where backups are kept: a local directory or an S3 bucket (the
+//! `backups.store` of the environment file).
+//!
+//! Layout, the same in both: one directory (key prefix) per backup id
+//! holding its files and, written last, `manifest.json`. A backup being
+//! written is staged elsewhere (`<root>/.partial/<id>` for a directory, a
+//! staging directory on local disk for S3) and becomes visible only once
+//! complete; a backup without a manifest is not a backup.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use tokio::io::AsyncReadExt;
+
+use super::manifest::{self, Manifest};
+
+/// Files above this size go up in parts of this size.
+const PART_SIZE: usize = 16 << 20;
+
+/// Operations every backup store offers.
+#[allow(async_fn_in_trait)]
+pub trait BackupStore {
+    /// A human description of the store (never a credential).
+    fn describe(&self) -> String;
+
+    /// Where a backup is written before [`BackupStore::commit`].
+    fn staging_dir(&self, id: &str, state_dir: &Path) -> PathBuf;
+
+    /// The ids of the complete backups, any order.
+    async fn ids(&self) -> Result<Vec<String>>;
+
+    /// The manifest of backup `id`.
+    async fn manifest(&self, id: &str) -> Result<Manifest>;
+
+    /// Makes the staged backup `id` visible; the manifest goes last.
+    async fn commit(&self, id: &str, staging: &Path) -> Result<()>;
+
+    /// A local directory holding the files of backup `id`: the backup
+    /// itself for a directory store, a download into `scratch` otherwise.
+    async fn fetch(&self, id: &str, manifest: &Manifest, scratch: &Path) -> Result<PathBuf>;
+
+    /// Removes backup `id`, manifest first so that it stops counting at once.
+    async fn delete(&self, id: &str) -> Result<()>;
+}
+
+/// The stores kisumctl knows.
+pub enum Store {
+    Local(LocalDirectory),
+    S3(S3Store),
+}
+
+impl Store {
+    /// Every readable manifest, oldest first; unreadable ones come back as
+    /// `(id, problem)`.
+    pub async fn list(&self) -> Result<(Vec<Manifest>, Vec<(String, String)>)> {
+        let mut manifests = Vec::new();
+        let mut problems = Vec::new();
+        for id in self.ids().await? {
+            match self.manifest(&id).await {
+                Ok(manifest) if manifest.id == id => manifests.push(manifest),
+                Ok(manifest) => problems.push((
+                    id,
+                    format!("manifest names another backup, {}", manifest.id),
+                )),
+                Err(error) => problems.push((id, format!("{error:#}"))),
+            }
+        }
+        manifests.sort_by(|a, b| (&a.finished_at, &a.id).cmp(&(&b.finished_at, &b.id)));
+        Ok((manifests, problems))
+    }
+}
+
+impl BackupStore for Store {
+    fn describe(&self) -> String {
+        match self {
+            Store::Local(s) => s.describe(),
+            Store::S3(s) => s.describe(),
+        }
+    }
+
+    fn staging_dir(&self, id: &str, state_dir: &Path) -> PathBuf {
+        match self {
+            Store::Local(s) => s.staging_dir(id, state_dir),
+            Store::S3(s) => s.staging_dir(id, state_dir),
+        }
+    }
+
+    async fn ids(&self) -> Result<Vec<String>> {
+        match self {
+            Store::Local(s) => s.ids().await,
+            Store::S3(s) => s.ids().await,
+        }
+    }
+
+    async fn manifest(&self, id: &str) -> Result<Manifest> {
+        match self {
+            Store::Local(s) => s.manifest(id).await,
+            Store::S3(s) => s.manifest(id).await,
+        }
+    }
+
+    async fn commit(&self, id: &str, staging: &Path) -> Result<()> {
+        match self {
+            Store::Local(s) => s.commit(id, staging).await,
+            Store::S3(s) => s.commit(id, staging).await,
+        }
+    }
+
+    async fn fetch(&self, id: &str, manifest: &Manifest, scratch: &Path) -> Result<PathBuf> {
+        match self {
+            Store::Local(s) => s.fetch(id, manifest, scratch).await,
+            Store::S3(s) => s.fetch(id, manifest, scratch).await,
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        match self {
+            Store::Local(s) => s.delete(id).await,
+            Store::S3(s) => s.delete(id).await,
+        }
+    }
+}
+
+/// A backup id is a safe single path component.
+pub fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        bail!("`{}` is not a backup id", id.escape_debug());
+    }
+    Ok(())
+}
+
+/// Backups as directories under `root`.
+pub struct LocalDirectory {
+    root: PathBuf,
+}
+
+impl LocalDirectory {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalDirectory { root: root.into() }
+    }
+}
+
+impl BackupStore for LocalDirectory {
+    fn describe(&self) -> String {
+        format!("directory {}", self.root.display())
+    }
+
+    fn staging_dir(&self, id: &str, _state_dir: &Path) -> PathBuf {
+        self.root.join(".partial").join(id)
+    }
+
+    async fn ids(&self) -> Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", self.root.display())),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", self.root.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if check_id(&name).is_ok() && entry.path().join(manifest::FILE_NAME).is_file() {
+                ids.push(name);
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn manifest(&self, id: &str) -> Result<Manifest> {
+        check_id(id)?;
+        let path = self.root.join(id).join(manifest::FILE_NAME);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Manifest::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    async fn commit(&self, id: &str, staging: &Path) -> Result<()> {
+        check_id(id)?;
+        let target = self.root.join(id);
+        std::fs::rename(staging, &target)
+            .with_context(|| format!("moving {} to {}", staging.display(), target.display()))?;
+        let _ = std::fs::remove_dir(self.root.join(".partial"));
+        Ok(())
+    }
+
+    async fn fetch(&self, id: &str, _manifest: &Manifest, _scratch: &Path) -> Result<PathBuf> {
+        check_id(id)?;
+        Ok(self.root.join(id))
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let dir = self.root.join(id);
+        let manifest = dir.join(manifest::FILE_NAME);
+        std::fs::remove_file(&manifest)
+            .with_context(|| format!("removing {}", manifest.display()))?;
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+    }
+}
+
+/// Backups as objects `<prefix><id>/<file>` of an S3 bucket.
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+/// How to reach S3.
+pub struct S3Settings {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    /// An S3-compatible endpoint (path-style addressing is used with it).
+    pub endpoint: Option<String>,
+    /// Fixed credentials; `None` takes the SDK's default chain (environment,
+    /// profile, web identity, instance role).
+    pub static_credentials: Option<(String, String)>,
+}
+
+impl S3Store {
+    pub async fn connect(settings: S3Settings) -> S3Store {
+        use aws_config::{BehaviorVersion, Region};
+
+        let region = Region::new(settings.region.clone());
+        let config = match &settings.static_credentials {
+            Some((key, secret)) => {
+                let credentials = aws_sdk_s3::config::Credentials::new(
+                    key,
+                    secret,
+                    None,
+                    None,
+                    "kisumctl-static",
+                );
+                aws_sdk_s3::config::Builder::new()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(region)
+                    .credentials_provider(credentials)
+            }
+            None => {
+                let shared = aws_config::defaults(BehaviorVersion::latest())
+                    .region(region)
+                    .load()
+                    .await;
+                aws_sdk_s3::config::Builder::from(&shared)
+            }
+        };
+        let config = match &settings.endpoint {
+            Some(endpoint) => config.endpoint_url(endpoint).force_path_style(true),
+            None => config,
+        };
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(config.build()),
+            bucket: settings.bucket,
+            prefix: settings.prefix,
+        }
+    }
+
+    fn key(&self, id: &str, name: &str) -> String {
+        format!("{}{id}/{name}", self.prefix)
+    }
+
+    async fn upload(&self, key: &str, path: &Path) -> Result<()> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        if size <= PART_SIZE as u64 {
+            let body = ByteStream::from_path(path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(body)
+                .send()
+                .await
+                .with_context(|| format!("uploading s3://{}/{key}", self.bucket))?;
+            return Ok(());
+        }
+        self.upload_in_parts(key, path).await
+    }
+
+    async fn upload_in_parts(&self, key: &str, path: &Path) -> Result<()> {
+        let what = || format!("uploading s3://{}/{key} in parts", self.bucket);
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .with_context(what)?;
+        let upload_id = upload.upload_id().context("no upload id")?.to_string();
+        let result = self.send_parts(key, path, &upload_id).await;
+        match result {
+            Ok(parts) => {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .with_context(what)?;
+                Ok(())
+            }
+            Err(error) => {
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                Err(error.context(what()))
+            }
+        }
+    }
+
+    async fn send_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        upload_id: &str,
+    ) -> Result<Vec<CompletedPart>> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut parts = Vec::new();
+        for number in 1.. {
+            let mut chunk = Vec::with_capacity(PART_SIZE);
+            (&mut file)
+                .take(PART_SIZE as u64)
+                .read_to_end(&mut chunk)
+                .await?;
+            if chunk.is_empty() {
+                break;
+            }
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk))
+                .send()
+                .await?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .build(),
+            );
+        }
+        Ok(parts)
+    }
+
+    async fn download(&self, key: &str, path: &Path) -> Result<()> {
+        let what = || format!("downloading s3://{}/{key}", self.bucket);
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .with_context(what)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut body = object.body.into_async_read();
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .with_context(|| format!("creating {}", path.display()))?;
+        tokio::io::copy(&mut body, &mut file)
+            .await
+            .with_context(what)?;
+        file.sync_all().await?;
+        Ok(())
+    }
+}
+
+impl BackupStore for S3Store {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn staging_dir(&self, id: &str, state_dir: &Path) -> PathBuf {
+        state_dir.join("backup-staging").join(id)
+    }
+
+    async fn ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.with_context(|| format!("listing s3://{}/{}", self.bucket, self.prefix))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let Some(rest) = key.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                if let Some((id, name)) = rest.split_once('/')
+                    && name == manifest::FILE_NAME
+                    && check_id(id).is_ok()
+                {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn manifest(&self, id: &str) -> Result<Manifest> {
+        check_id(id)?;
+        let key = self.key(id, manifest::FILE_NAME);
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .with_context(|| format!("reading s3://{}/{key}", self.bucket))?;
+        let bytes = object.body.collect().await?.into_bytes();
+        let text = String::from_utf8(bytes.to_vec()).context("the manifest is not UTF-8")?;
+        Manifest::from_json(&text).map_err(|e| anyhow::anyhow!("s3://{}/{key}: {e}", self.bucket))
+    }
+
+    async fn commit(&self, id: &str, staging: &Path) -> Result<()> {
+        check_id(id)?;
+        let text = std::fs::read_to_string(staging.join(manifest::FILE_NAME))?;
+        let manifest = Manifest::from_json(&text).map_err(|e| anyhow::anyhow!(e))?;
+        for file in &manifest.files {
+            self.upload(&self.key(id, &file.name), &staging.join(&file.name))
+                .await?;
+        }
+        self.upload(
+            &self.key(id, manifest::FILE_NAME),
+            &staging.join(manifest::FILE_NAME),
+        )
+        .await?;
+        std::fs::remove_dir_all(staging).with_context(|| format!("removing {}", staging.display()))
+    }
+
+    async fn fetch(&self, id: &str, manifest: &Manifest, scratch: &Path) -> Result<PathBuf> {
+        check_id(id)?;
+        let dir = scratch.join(id);
+        for file in &manifest.files {
+            self.download(&self.key(id, &file.name), &dir.join(&file.name))
+                .await?;
+        }
+        Ok(dir)
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let manifest = self.manifest(id).await?;
+        let mut keys = vec![self.key(id, manifest::FILE_NAME)];
+        keys.extend(manifest.files.iter().map(|f| self.key(id, &f.name)));
+        for key in keys {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .with_context(|| format!("deleting s3://{}/{key}", self.bucket))?;
+        }
+        Ok(())
+    }
+}

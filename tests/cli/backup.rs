@@ -1,0 +1,830 @@
+//! `kisumctl backup`, `restore` and `drill` against real peers: a private
+//! PostgreSQL cluster per test (kisum-testkit), Redis, mongoeco and moto
+//! for S3, with a scratch copy of the matrix whose local endpoints, state
+//! directory and backup store point at them.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kisum_testkit::Postgres;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+use crate::common::{scratch_copy, stderr, stdout};
+
+/// A scratch matrix whose `local` environment points at test peers.
+struct Site {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Site {
+    fn new(postgres_port: u16) -> Site {
+        let dir = scratch_copy();
+        let site = Site { dir, env: vec![] };
+        site.edit("environments/local.yaml", |text| {
+            text.replace("port: 25432", &format!("port: {postgres_port}"))
+        });
+        site.secret("local-postgres-superuser", "username", "kisum");
+        site
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn edit(&self, file: &str, change: impl FnOnce(&str) -> String) {
+        let path = self.root().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = change(&text);
+        assert_ne!(changed, text, "{file} did not change");
+        std::fs::write(&path, changed).unwrap();
+    }
+
+    fn secrets_dir(&self) -> PathBuf {
+        self.root().join(".kisum/local/secrets")
+    }
+
+    fn secret(&self, secret: &str, key: &str, value: &str) {
+        let dir = self.secrets_dir().join(secret);
+        std::fs::create_dir_all(&dir).unwrap();
+        for d in [self.secrets_dir(), dir.clone()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let path = dir.join(key);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn store(&self) -> PathBuf {
+        self.root().join(".kisum/local/backups")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kisumctl"));
+        command
+            .args(args)
+            .current_dir(self.root())
+            .env_remove("KISUM_MATRIX")
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("kisumctl runs")
+    }
+
+    /// Runs and asserts the exit code, printing both streams on failure.
+    fn expect(&self, args: &[&str], code: i32) -> Output {
+        let output = self.run(args);
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "kisumctl {args:?}\nstdout:\n{}\nstderr:\n{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        output
+    }
+
+    fn json(&self, args: &[&str], code: i32) -> Value {
+        let output = self.expect(args, code);
+        serde_json::from_slice(&output.stdout).expect("a JSON document")
+    }
+
+    fn backup(&self, database: &str) -> Value {
+        let document = self.json(&["backup", "local", database, "-o", "json"], 0);
+        document["backups"][0]["manifest"].clone()
+    }
+}
+
+async fn connect(pg: &Postgres, db: &str) -> PgConnection {
+    PgConnection::connect(&pg.url(db)).await.unwrap()
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// auth_db with what a faithful restore must keep: sequences, a view, a
+/// function, bytea, unicode text, grants, database privileges, and a
+/// table of `big_rows` rows. Also the platform admin the drill looks for.
+async fn seed_auth_db(pg: &Postgres, big_rows: u32) {
+    let mut admin = connect(pg, "postgres").await;
+    exec(
+        &mut admin,
+        "CREATE ROLE auth_app LOGIN; CREATE ROLE auditor NOLOGIN",
+    )
+    .await;
+    exec(&mut admin, "CREATE DATABASE auth_db OWNER auth_app").await;
+    exec(
+        &mut admin,
+        "REVOKE ALL ON DATABASE auth_db FROM PUBLIC; GRANT CONNECT ON DATABASE auth_db TO auditor",
+    )
+    .await;
+    let mut db = connect(pg, "auth_db").await;
+    let script = format!(
+        "CREATE SEQUENCE invoice_numbers START 1000 INCREMENT 7;
+         SELECT nextval('invoice_numbers'), nextval('invoice_numbers');
+         CREATE TABLE users (id uuid PRIMARY KEY, email text NOT NULL UNIQUE,
+             status text NOT NULL DEFAULT 'active', created_at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE platform_roles (user_id uuid REFERENCES users (id), role text NOT NULL);
+         INSERT INTO users (id, email) VALUES
+             ('00000000-0000-0000-0000-000000000001', 'admin@kisum.test'),
+             ('00000000-0000-0000-0000-000000000002', 'zoë.ünïcødé@kisum.test');
+         INSERT INTO platform_roles VALUES ('00000000-0000-0000-0000-000000000001', 'platform-admin');
+         CREATE TABLE notes (id serial PRIMARY KEY, body text, blob bytea);
+         INSERT INTO notes (body, blob) VALUES
+             ('日本語のテキスト 🚀', '\\x00ff10'::bytea), (E'tab\\tand newline\\n', decode(repeat('ab', 300), 'hex'));
+         CREATE TABLE events (id bigint PRIMARY KEY, payload text, at timestamptz);
+         INSERT INTO events SELECT g, md5(g::text), timestamptz '2026-01-01' + g * interval '1 second'
+             FROM generate_series(1, {big_rows}) g;
+         CREATE VIEW active_users AS SELECT id, email FROM users WHERE status = 'active';
+         CREATE FUNCTION shout(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT upper(t) || '!' $$;
+         CREATE SCHEMA audit;
+         CREATE TABLE audit.log (id bigserial PRIMARY KEY, line text);
+         INSERT INTO audit.log (line) VALUES ('created');
+         GRANT SELECT, INSERT ON users TO auth_app;
+         GRANT SELECT ON active_users TO auditor;
+         GRANT USAGE ON SCHEMA audit TO auditor;
+         GRANT SELECT ON audit.log TO auditor;"
+    );
+    exec(&mut db, &script).await;
+}
+
+/// A fingerprint of auth_db's content, objects and privileges.
+async fn fingerprint(pg: &Postgres, db_name: &str) -> Vec<String> {
+    let mut db = connect(pg, db_name).await;
+    let queries = [
+        "SELECT string_agg(u::text, '|' ORDER BY u.id) FROM users u",
+        "SELECT string_agg(n::text, '|' ORDER BY n.id) FROM notes n",
+        "SELECT count(*)::text || ':' || sum(hashtext(e::text)::bigint)::text FROM events e",
+        "SELECT string_agg(l::text, '|') FROM audit.log l",
+        "SELECT last_value::text FROM invoice_numbers",
+        "SELECT last_value::text || is_called::text FROM notes_id_seq",
+        "SELECT string_agg(email, ',' ORDER BY email) FROM active_users",
+        "SELECT shout('ok')",
+        "SELECT has_table_privilege('auth_app', 'users', 'INSERT')::text \
+         || has_table_privilege('auth_app', 'notes', 'SELECT')::text \
+         || has_table_privilege('auditor', 'audit.log', 'SELECT')::text",
+        "SELECT has_database_privilege('auditor', current_database(), 'CONNECT')::text \
+         || (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database())",
+    ];
+    let mut out = Vec::new();
+    for query in queries {
+        let value: Option<String> = sqlx::query_scalar(query).fetch_one(&mut db).await.unwrap();
+        out.push(value.unwrap_or_default());
+    }
+    // A public user without an explicit grant cannot connect.
+    let public: bool = sqlx::query_scalar(
+        "SELECT has_database_privilege('public', current_database(), 'CONNECT')",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap_or(true);
+    out.push(public.to_string());
+    db.close().await.unwrap();
+    out
+}
+
+async fn databases(pg: &Postgres) -> Vec<String> {
+    let mut admin = connect(pg, "postgres").await;
+    sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'auth_db%' ORDER BY 1",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap()
+}
+
+fn dump_path(site: &Site, manifest: &Value) -> PathBuf {
+    site.store()
+        .join(manifest["id"].as_str().unwrap())
+        .join(manifest["files"][0]["name"].as_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_then_restore_brings_a_postgres_database_back_exactly() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    let before = fingerprint(&pg, "auth_db").await;
+
+    let manifest = site.backup("auth-db");
+    assert_eq!(manifest["counts"]["public.events"], 1_000_000);
+    assert_eq!(manifest["counts"]["public.users"], 2);
+    assert_eq!(manifest["counts"]["audit.log"], 1);
+    assert_eq!(manifest["engine"], "postgresql");
+    assert!(
+        manifest["tools"]["pg_dump"]
+            .as_str()
+            .unwrap()
+            .contains("pg_dump")
+    );
+    let dump = dump_path(&site, &manifest);
+    let bytes = std::fs::read(&dump).unwrap();
+    assert_eq!(
+        &bytes[..5],
+        b"PGDMP",
+        "a custom-format dump pg_restore can read"
+    );
+    let digest = hex_sha256(&bytes);
+    assert_eq!(manifest["files"][0]["sha256"], digest.as_str());
+    assert_eq!(manifest["files"][0]["size"], bytes.len());
+
+    // Damage the live database, then restore the backup.
+    let mut db = connect(&pg, "auth_db").await;
+    exec(&mut db, "DELETE FROM events WHERE id % 2 = 0; UPDATE users SET status = 'disabled'; DROP VIEW active_users").await;
+    db.close().await.unwrap();
+    let dry = site.expect(&["restore", "local", "auth-db", "--dry-run"], 0);
+    assert!(stdout(&dry).contains("safety backup"), "{}", stdout(&dry));
+    assert_eq!(
+        databases(&pg).await,
+        ["auth_db"],
+        "a dry run changes nothing"
+    );
+
+    let restored = site.json(&["restore", "local", "auth-db", "--yes", "-o", "json"], 0);
+    let outcome = &restored["restores"][0];
+    assert_eq!(outcome["backup_id"], manifest["id"]);
+    assert_eq!(fingerprint(&pg, "auth_db").await, before);
+    let previous = outcome["previous"].as_str().unwrap().to_string();
+    assert_eq!(
+        databases(&pg).await,
+        vec!["auth_db".to_string(), previous.clone()]
+    );
+
+    // The safety backup holds the damaged state and is listed as such.
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    let triggers = strings(&list["backups"], "trigger");
+    assert_eq!(triggers, ["manual", "safety"]);
+    assert_eq!(list["backups"][1]["counts"]["public.events"], 500_000);
+
+    site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+/// Field `field` of every object of a JSON array.
+fn strings(array: &Value, field: &str) -> Vec<String> {
+    let items = array.as_array().expect("an array");
+    items
+        .iter()
+        .map(|item| item[field].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_corrupted_byte_makes_verify_and_restore_refuse() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1000).await;
+    let site = Site::new(pg.port());
+    let manifest = site.backup("auth-db");
+    site.expect(&["backup", "verify", "local"], 0);
+
+    let dump = dump_path(&site, &manifest);
+    let mut bytes = std::fs::read(&dump).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&dump, bytes).unwrap();
+
+    let verify = site.expect(&["backup", "verify", "local"], 1);
+    assert!(stdout(&verify).contains("FAIL"), "{}", stdout(&verify));
+    let before = fingerprint(&pg, "auth_db").await;
+    let restore = site.expect(&["restore", "local", "auth-db", "--yes"], 1);
+    assert!(
+        stderr(&restore).contains("failed verification"),
+        "{}",
+        stderr(&restore)
+    );
+    assert_eq!(fingerprint(&pg, "auth_db").await, before);
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_restore_leaves_the_original_serving() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let mut db = connect(&pg, "auth_db").await;
+    exec(
+        &mut db,
+        "INSERT INTO audit.log (line) VALUES ('after the backup')",
+    )
+    .await;
+    db.close().await.unwrap();
+    let before = fingerprint(&pg, "auth_db").await;
+
+    let mut child = site
+        .command(&["restore", "local", "auth-db", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it while pg_restore fills the new database.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the restore never started restoring"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it could be killed"
+        );
+        if databases(&pg)
+            .await
+            .iter()
+            .any(|d| d.starts_with("auth_db_restore_"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(
+        fingerprint(&pg, "auth_db").await,
+        before,
+        "the original keeps serving, untouched"
+    );
+    assert!(
+        site.root()
+            .join(".kisum/local/restores/auth-db.json")
+            .is_file(),
+        "the journal remains"
+    );
+
+    // The next run settles the interrupted restore, then restores.
+    let rerun = site.expect(&["restore", "local", "auth-db", "--yes"], 0);
+    assert!(
+        stderr(&rerun).contains("before the swap"),
+        "{}",
+        stderr(&rerun)
+    );
+    let after = fingerprint(&pg, "auth_db").await;
+    assert_ne!(
+        after[3], before[3],
+        "the backup, without the later audit line, is live"
+    );
+    site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+/// Rewrites the finish time of a backup in a directory store.
+fn age_backup(site: &Site, id: &str, days: i64) {
+    let path = site.store().join(id).join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
+    let at = at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    manifest["started_at"] = Value::from(at.clone());
+    manifest["finished_at"] = Value::from(at);
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_exactly_what_the_retention_policy_says() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let mut admin = connect(&pg, "postgres").await;
+    exec(&mut admin, "CREATE DATABASE finance_db").await;
+    let site = Site::new(pg.port());
+    // local.yaml keeps 3 days of backups.
+    let auth: Vec<String> = (0..4)
+        .map(|_| site.backup("auth-db")["id"].as_str().unwrap().to_string())
+        .collect();
+    let finance: Vec<String> = (0..2)
+        .map(|_| {
+            site.backup("finance-db")["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for (id, days) in auth.iter().zip([10, 5, 2, 0]) {
+        age_backup(&site, id, days);
+    }
+    for (id, days) in finance.iter().zip([30, 20]) {
+        age_backup(&site, id, days);
+    }
+
+    let dry = site.json(&["backup", "prune", "local", "--dry-run", "-o", "json"], 0);
+    assert_eq!(dry["decisions"].as_array().unwrap().len(), 6);
+    let remaining = |site: &Site| -> Vec<String> {
+        let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+        let mut ids = strings(&list["backups"], "id");
+        ids.sort();
+        ids
+    };
+    assert_eq!(remaining(&site).len(), 6, "a dry run deletes nothing");
+
+    site.expect(&["backup", "prune", "local"], 0);
+    let mut expected = vec![auth[2].clone(), auth[3].clone(), finance[1].clone()];
+    expected.sort();
+    assert_eq!(remaining(&site), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_restores_verifies_and_compares_with_the_targets() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1000).await;
+    let site = Site::new(pg.port());
+    let manifest = site.backup("auth-db");
+    let reports = site.root().join("reports");
+    let report = reports.to_str().unwrap();
+    let drill_auth = |code| {
+        let args = [
+            "drill",
+            "local",
+            "auth-db",
+            "--report-dir",
+            report,
+            "-o",
+            "json",
+        ];
+        site.json(&args, code)
+    };
+
+    let drill = drill_auth(0);
+    let result = &drill["databases"][0];
+    assert_eq!(result["passed"], true, "{drill:#}");
+    let checks = strings(&result["checks"], "name");
+    assert_eq!(checks, ["rpo", "checksums", "counts", "sanity", "rto"]);
+    let files: Vec<String> = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.ends_with(".md")) && files.iter().any(|f| f.ends_with(".json")),
+        "{files:?}"
+    );
+    assert_eq!(
+        databases(&pg).await,
+        ["auth_db"],
+        "the scratch database is gone"
+    );
+
+    // A backup older than auth-db's RPO (5 minutes) fails the drill.
+    age_backup(&site, manifest["id"].as_str().unwrap(), 1);
+    let late = drill_auth(1);
+    let rpo = &late["databases"][0]["checks"][0];
+    assert_eq!(
+        (rpo["name"].as_str(), rpo["passed"].as_bool()),
+        (Some("rpo"), Some(false))
+    );
+
+    // Without an active platform admin, the sanity check fails.
+    let mut db = connect(&pg, "auth_db").await;
+    exec(&mut db, "UPDATE users SET status = 'disabled'").await;
+    db.close().await.unwrap();
+    site.backup("auth-db");
+    let insane = drill_auth(1);
+    let sanity = insane["databases"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sanity")
+        .unwrap()
+        .clone();
+    assert_eq!(sanity["passed"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_backups_need_the_identity_of_the_secret_store() {
+    use age::secrecy::ExposeSecret;
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1000).await;
+    let site = Site::new(pg.port());
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    site.edit("environments/local.yaml", |t| {
+        t.replace(
+            "backups:\n  enabled: true\n",
+            &format!("backups:\n  enabled: true\n  age-recipients: [{recipient}]\n"),
+        )
+    });
+    site.secret(
+        "backup-age-identity",
+        "identity",
+        identity.to_string().expose_secret(),
+    );
+    let before = fingerprint(&pg, "auth_db").await;
+
+    let manifest = site.backup("auth-db");
+    assert_eq!(manifest["recipients"][0], recipient.as_str());
+    let stored = std::fs::read(dump_path(&site, &manifest)).unwrap();
+    assert!(
+        stored.starts_with(b"age-encryption.org/v1"),
+        "stored encrypted"
+    );
+    site.expect(&["backup", "verify", "local"], 0);
+    let mut db = connect(&pg, "auth_db").await;
+    exec(&mut db, "DELETE FROM notes").await;
+    db.close().await.unwrap();
+    site.expect(&["restore", "local", "auth-db", "--yes"], 0);
+    assert_eq!(fingerprint(&pg, "auth_db").await, before);
+
+    // Another identity cannot decrypt: verify refuses.
+    let other = age::x25519::Identity::generate();
+    site.secret(
+        "backup-age-identity",
+        "identity",
+        other.to_string().expose_secret(),
+    );
+    let verify = site.expect(
+        &[
+            "backup",
+            "verify",
+            "local",
+            manifest["id"].as_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(
+        stdout(&verify).contains("cannot be decrypted"),
+        "{}",
+        stdout(&verify)
+    );
+    for output in [stdout(&verify), stderr(&verify)] {
+        assert!(!output.contains("AGE-SECRET-KEY"), "no identity in output");
+    }
+}
+
+/// moto's S3 on a free loopback port, stopped on drop.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_moto() -> Moto {
+    let program = std::env::var("KISUM_MOTO_SERVER").unwrap_or_else(|_| {
+        crate::common::root()
+            .join(".peers/venv-moto/bin/moto_server")
+            .display()
+            .to_string()
+    });
+    assert!(
+        Path::new(&program).is_file(),
+        "{program} missing: run bash scripts/peers.sh"
+    );
+    let port = kisum_testkit::free_port().unwrap();
+    let child = Command::new(program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let moto = Moto { child, port };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = format!("http://127.0.0.1:{port}/kisum-local-backups");
+    loop {
+        if let Ok(response) = client.put(&url).send().await
+            && response.status().is_success()
+        {
+            return moto;
+        }
+        assert!(Instant::now() < deadline, "moto did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_go_to_s3_and_restore_from_it() {
+    let moto = start_moto().await;
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 200_000).await;
+    let mut site = Site::new(pg.port());
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    site.edit("environments/local.yaml", |t| {
+        t.replace(
+            "    kind: local-directory\n    path: .kisum/local/backups\n",
+            &format!("    kind: s3\n    bucket: kisum-local-backups\n    prefix: databases/\n    region: us-east-1\n    endpoint: {endpoint}\n"),
+        )
+    });
+    // Dummy credentials; no instance metadata; any default endpoint is a
+    // dead loopback port, so nothing can leave the machine.
+    site.env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec();
+    let before = fingerprint(&pg, "auth_db").await;
+
+    let manifest = site.backup("auth-db");
+    assert!(!site.store().exists(), "nothing in the local directory");
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    assert_eq!(list["store"], "s3://kisum-local-backups/databases/");
+    assert_eq!(list["backups"][0]["id"], manifest["id"]);
+    site.expect(&["backup", "verify", "local"], 0);
+
+    let mut db = connect(&pg, "auth_db").await;
+    exec(&mut db, "TRUNCATE events").await;
+    db.close().await.unwrap();
+    site.expect(&["restore", "local", "auth-db", "--yes"], 0);
+    assert_eq!(fingerprint(&pg, "auth_db").await, before);
+
+    // An old safety backup goes; the newest manual backup stays however old.
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    let backups = list["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 2, "the backup and the safety backup");
+    for backup in backups {
+        age_backup_s3(&endpoint, backup.clone(), 10).await;
+    }
+    site.expect(&["backup", "prune", "local"], 0);
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    let left = strings(&list["backups"], "id");
+    assert_eq!(left, [manifest["id"].as_str().unwrap()]);
+}
+
+/// Rewrites the finish time of a backup in moto, with the SDK (fixed
+/// dummy credentials, moto's endpoint).
+async fn age_backup_s3(endpoint: &str, mut manifest: Value, days: i64) {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(config);
+    let key = format!(
+        "databases/{}/manifest.json",
+        manifest["id"].as_str().unwrap()
+    );
+    let at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
+    let at = at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    manifest["started_at"] = Value::from(at.clone());
+    manifest["finished_at"] = Value::from(at);
+    let body = aws_sdk_s3::primitives::ByteStream::from(manifest.to_string().into_bytes());
+    client
+        .put_object()
+        .bucket("kisum-local-backups")
+        .key(key)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_is_backed_up_as_an_rdb_snapshot_only_when_persistent() {
+    let redis = kisum_testkit::Redis::start().await.unwrap();
+    let pg = Postgres::start().await.unwrap();
+    let site = Site::new(pg.port());
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 26379", &format!("port: {}", redis.port()))
+    });
+    let refused = site.expect(&["backup", "local", "redis"], 3);
+    assert!(
+        stderr(&refused).contains("pure cache"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let commands: String = (0..250)
+        .map(|n| format!("SET session:{n} value-{n}\n"))
+        .collect();
+    let mut cli = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(cli.stdin.as_mut().unwrap(), commands.as_bytes()).unwrap();
+    drop(cli.stdin.take());
+    assert!(cli.wait().unwrap().success());
+
+    site.edit("environments/base.yaml", |t| {
+        t.replacen("  persistence: none\n", "  persistence: rdb\n", 1)
+    });
+    let manifest = site.backup("redis");
+    assert_eq!(manifest["counts"]["db0"], 250);
+    let snapshot = std::fs::read(dump_path(&site, &manifest)).unwrap();
+    assert!(snapshot.starts_with(b"REDIS"), "an RDB file");
+    assert_eq!(
+        manifest["files"][0]["sha256"],
+        hex_sha256(&snapshot).as_str()
+    );
+    site.expect(&["backup", "verify", "local"], 0);
+
+    // The drill loads the snapshot into a scratch server and counts.
+    let drill = site.json(&["drill", "local", "redis", "-o", "json"], 0);
+    assert_eq!(drill["databases"][0]["passed"], true, "{drill:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_documents_come_back_byte_for_byte_with_their_indexes() {
+    use mongodb::bson::{self, Bson, RawDocumentBuf, doc};
+    use mongodb::options::IndexOptions;
+
+    let mongo = kisum_testkit::Mongo::start().await.unwrap();
+    let pg = Postgres::start().await.unwrap();
+    let site = Site::new(pg.port());
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 27117", &format!("port: {}", mongo.port()))
+    });
+    let url = format!(
+        "mongodb://127.0.0.1:{}/?directConnection=true&connectTimeoutMS=60000",
+        mongo.port()
+    );
+    let client = mongodb::Client::with_uri_str(&url).await.unwrap();
+    let db = client.database("main");
+    let docs: Vec<bson::Document> = (0..300)
+        .map(|n: i64| {
+            doc! {
+                "_id": bson::oid::ObjectId::new(),
+                "n": n,
+                "small": n as i32,
+                "price": "12.50".parse::<bson::Decimal128>().unwrap(),
+                "ratio": -0.0_f64,
+                "when": bson::DateTime::from_millis(-62_135_596_800_000 + n),
+                "blob": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0, 255, n as u8] }),
+                "text": format!("zoë 日本 {n}\u{0}end"),
+                "nested": { "z": 1, "a": [1, "two", { "three": 3 }] },
+            }
+        })
+        .collect();
+    db.collection::<bson::Document>("users")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    db.create_collection("empty").await.unwrap();
+    let unique = mongodb::IndexModel::builder()
+        .keys(doc! { "n": 1 })
+        .options(
+            IndexOptions::builder()
+                .unique(true)
+                .name("n_unique".to_string())
+                .build(),
+        )
+        .build();
+    db.collection::<bson::Document>("users")
+        .create_index(unique)
+        .await
+        .unwrap();
+
+    let manifest = site.backup("main-db");
+    assert_eq!(manifest["counts"]["users"], 300);
+    assert_eq!(manifest["counts"]["empty"], 0);
+
+    // The data file holds exactly the server's documents, byte for byte.
+    let dir = site.store().join(manifest["id"].as_str().unwrap());
+    let file = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"].as_str().unwrap().ends_with("-users.bson"))
+        .unwrap();
+    let stored = std::fs::read(dir.join(file["name"].as_str().unwrap())).unwrap();
+    let mut cursor = db
+        .collection::<RawDocumentBuf>("users")
+        .find(doc! {})
+        .await
+        .unwrap();
+    let mut live = Vec::new();
+    while cursor.advance().await.unwrap() {
+        live.extend_from_slice(cursor.current().as_bytes());
+    }
+    assert_eq!(stored, live);
+    let catalog = std::fs::read_to_string(dir.join("collections.json")).unwrap();
+    assert!(
+        catalog.contains("n_unique") && catalog.contains("\"unique\": true"),
+        "{catalog}"
+    );
+
+    // The drill restores into a scratch database and counts.
+    let drill = site.json(&["drill", "local", "main-db", "-o", "json"], 0);
+    assert_eq!(drill["databases"][0]["passed"], true, "{drill:#}");
+}
