@@ -107,8 +107,10 @@ fn bearer(parts: &Parts) -> Result<&str, AdminError> {
         .headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+        // The scheme is case-insensitive (RFC 7235).
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|token| !token.is_empty())
         .ok_or_else(|| AdminError::Unauthenticated("a Bearer access token is required".into()))
 }
@@ -116,6 +118,24 @@ fn bearer(parts: &Parts) -> Result<&str, AdminError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parts_with(authorization: &str) -> Parts {
+        let request = axum::http::Request::builder()
+            .header(AUTHORIZATION, authorization)
+            .body(())
+            .unwrap();
+        request.into_parts().0
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for value in ["Bearer tok", "bearer tok", "BEARER  tok ", "bEaReR tok"] {
+            assert_eq!(bearer(&parts_with(value)).unwrap(), "tok", "{value}");
+        }
+        for value in ["Basic tok", "Bearer ", "Bearertok", "tok"] {
+            assert!(bearer(&parts_with(value)).is_err(), "{value}");
+        }
+    }
 
     fn principal(roles: &[&str]) -> Principal {
         Principal {

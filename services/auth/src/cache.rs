@@ -105,6 +105,8 @@ impl Cache {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if self.cooling_down() {
+            // Not tried, but failed all the same: every failed call counts.
+            self.metrics.event(event::REDIS, "unavailable");
             return Err(Unavailable);
         }
         match tokio::time::timeout(OPERATION_TIMEOUT, call(self.manager.clone())).await {
@@ -200,8 +202,10 @@ mod tests {
         // Nothing listens on loopback port 1: every call fails.
         let cache = Cache::new("redis://127.0.0.1:1/", metrics.clone()).unwrap();
         assert_eq!(cache.get("k").await, Err(Unavailable));
-        // Within the cool-down Redis is not even tried.
+        // Within the cool-down Redis is not even tried; each call still
+        // counts as a failed one.
         assert_eq!(cache.exists("k").await, Err(Unavailable));
+        assert_eq!(cache.ttl("k").await, Err(Unavailable));
         cache.failed("GET", "test");
         cache.failed("GET", "test");
         let (warned, suppressed) = {
@@ -214,7 +218,7 @@ mod tests {
             metrics
                 .shared
                 .render()
-                .contains(r#"kisum_events_total{event="redis",outcome="unavailable"} 3"#)
+                .contains(r#"kisum_events_total{event="redis",outcome="unavailable"} 5"#)
         );
         assert!(cache.ping().await.is_err());
     }

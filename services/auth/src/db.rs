@@ -14,8 +14,13 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        // sqlx errors never include the password; the URL is not repeated.
-        .map_err(|e| anyhow::anyhow!("cannot connect to auth_db: {e}"))
+        // The URL is not repeated: it holds the password.
+        .map_err(|e| match e {
+            sqlx::Error::Configuration(_) => {
+                anyhow::anyhow!("AUTH_DB_URL is not a valid PostgreSQL URL")
+            }
+            e => anyhow::anyhow!("cannot connect to auth_db (AUTH_DB_URL): {e}"),
+        })
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -56,5 +61,18 @@ pub async fn ping(pool: &PgPool) -> Result<(), String> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(format!("auth_db unreachable: {error}")),
         Err(_) => Err("auth_db unreachable: timed out".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_bad_database_url_is_named_by_its_variable_without_its_password() {
+        let error = super::connect("postgres://svc:authS3cretPW@db.invalid:notaport/x")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("AUTH_DB_URL is not a valid"), "{error}");
+        assert!(!error.contains("authS3cretPW"), "{error}");
     }
 }

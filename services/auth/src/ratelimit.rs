@@ -6,16 +6,20 @@
 //!   until the window ends. One address cannot spray many accounts.
 //! - `ratelimit:login:email:{email}` counts the *failed* attempts on an
 //!   account in the window. Past `LOGIN_RATE_LIMIT_PER_EMAIL` failures,
-//!   every further failure sets `ratelimit:login:backoff:{email}` for
-//!   1, 2, 4, ... seconds, capped at `LOGIN_BACKOFF_MAX_SECONDS` (60 by
-//!   default): while it is set, attempts on that account are refused
-//!   (429, `Retry-After`) before the password is checked.
+//!   every further failure makes the address it came from wait 1, 2, 4,
+//!   ... seconds, capped at `LOGIN_BACKOFF_MAX_SECONDS` (60 by default),
+//!   and sets `ratelimit:login:backoff:{email}` (the account is backing
+//!   off; it lasts at most the cap after the last failure).
 //! - `ratelimit:login:email-ip:{email}:{ip}` marks an address that failed
-//!   on that account in the window. The backoff applies only to marked
-//!   addresses: the owner signing in from an address that has not failed
-//!   is never slowed down by someone else's guesses, and one that has is
-//!   slowed down for at most the cap. A successful login clears its own
-//!   address's mark.
+//!   on that account in the window; its value is the unix time until
+//!   which that address waits. The wait runs from the address's *own*
+//!   last failure: failures from other addresses never extend it, so an
+//!   address that failed waits at most the cap, and its next attempt is
+//!   checked. While it waits, its attempts are refused (429,
+//!   `Retry-After`) before the password is checked. The owner signing in
+//!   from an address that has not failed is never slowed down by someone
+//!   else's guesses. A successful login clears its own address's mark; a
+//!   password reset clears the account's backoff.
 //!
 //! With Redis down the limits are skipped (plan 11.6: login may lose rate
 //! limiting); that is counted in
@@ -27,7 +31,7 @@ use std::time::Duration;
 
 use crate::error::{AuthError, Result};
 use crate::metrics::event;
-use crate::state::AppState;
+use crate::state::{AppState, unix_now};
 
 pub fn ip_key(ip: IpAddr) -> String {
     format!("ratelimit:login:ip:{ip}")
@@ -41,8 +45,12 @@ fn backoff_key(email: &str) -> String {
     format!("ratelimit:login:backoff:{email}")
 }
 
-fn failed_from_key(email: &str, ip: IpAddr) -> String {
-    format!("ratelimit:login:email-ip:{email}:{ip}")
+/// An address the server cannot tell shares the `unknown` mark.
+fn failed_from_key(email: &str, ip: Option<IpAddr>) -> String {
+    match ip {
+        Some(ip) => format!("ratelimit:login:email-ip:{email}:{ip}"),
+        None => format!("ratelimit:login:email-ip:{email}:unknown"),
+    }
 }
 
 /// The backoff after the `failures`-th failure of a window: none up to the
@@ -153,42 +161,56 @@ pub async fn check_login(state: &AppState, ip: Option<IpAddr>, email: &str) -> R
     }
 }
 
-/// Seconds left of the account's backoff, when it applies to this address.
+/// Seconds this address still waits on the account: only while the
+/// account is backing off, and only from the address's own last failure.
 async fn backing_off(
     state: &AppState,
     ip: Option<IpAddr>,
     email: &str,
 ) -> std::result::Result<Option<u64>, ()> {
-    let Some(left) = state.cache.ttl(&backoff_key(email)).await.map_err(drop)? else {
+    if !state
+        .cache
+        .exists(&backoff_key(email))
+        .await
+        .map_err(drop)?
+    {
+        return Ok(None);
+    }
+    let Some(until) = state
+        .cache
+        .get(&failed_from_key(email, ip))
+        .await
+        .map_err(drop)?
+    else {
         return Ok(None);
     };
-    let failed_here = match ip {
-        Some(ip) => state
-            .cache
-            .exists(&failed_from_key(email, ip))
-            .await
-            .map_err(drop)?,
-        // An address the server cannot tell: treated as one that failed.
-        None => true,
-    };
-    Ok(failed_here.then_some(left.max(1)))
+    let until: i64 = until.parse().unwrap_or(0);
+    let left = until.saturating_sub(unix_now());
+    Ok((left > 0).then_some(left as u64))
 }
 
-/// After a wrong password (or an unknown account): counts the failure and
-/// starts or extends the account's backoff past the limit.
+/// After a wrong password (or an unknown account): counts the failure,
+/// marks the address and, past the limit, makes this address wait.
 pub async fn login_failed(state: &AppState, ip: Option<IpAddr>, email: &str) {
     let limits = state.config.rate_limits;
     let Ok((failures, _)) = state.cache.hit(&email_key(email), limits.window).await else {
         return;
     };
-    if let Some(ip) = ip {
+    let wait = backoff(failures, limits.per_email, limits.backoff_max);
+    let until = wait.map_or(0, |wait| unix_now() + wait.as_secs() as i64);
+    let _ = state
+        .cache
+        .set(
+            &failed_from_key(email, ip),
+            &until.to_string(),
+            limits.window,
+        )
+        .await;
+    if let Some(wait) = wait {
         let _ = state
             .cache
-            .set(&failed_from_key(email, ip), "1", limits.window)
+            .set(&backoff_key(email), "1", limits.backoff_max)
             .await;
-    }
-    if let Some(wait) = backoff(failures, limits.per_email, limits.backoff_max) {
-        let _ = state.cache.set(&backoff_key(email), "1", wait).await;
         tracing::info!(
             failures,
             backoff_seconds = wait.as_secs(),
@@ -199,9 +221,13 @@ pub async fn login_failed(state: &AppState, ip: Option<IpAddr>, email: &str) {
 
 /// After a successful login: this address is trusted again for the account.
 pub async fn login_succeeded(state: &AppState, ip: Option<IpAddr>, email: &str) {
-    if let Some(ip) = ip {
-        let _ = state.cache.delete(&failed_from_key(email, ip)).await;
-    }
+    let _ = state.cache.delete(&failed_from_key(email, ip)).await;
+}
+
+/// After a password reset: the account's failures and backoff are over.
+pub async fn clear_account(state: &AppState, email: &str) {
+    let _ = state.cache.delete(&backoff_key(email)).await;
+    let _ = state.cache.delete(&email_key(email)).await;
 }
 
 #[cfg(test)]

@@ -209,8 +209,8 @@ pub async fn confirm(
     }
     let hash = state.passwords.hash(password).await?;
     let mut tx = state.db.begin().await?;
-    let user: Option<Uuid> = sqlx::query_scalar(
-        "select r.user_id from password_resets r join users u on u.id = r.user_id
+    let found: Option<(Uuid, String)> = sqlx::query_as(
+        "select r.user_id, u.email from password_resets r join users u on u.id = r.user_id
           where r.token_hash = $1 and r.used_at is null and r.expires_at > now()
             and u.status = 'active'
           for update of r",
@@ -218,7 +218,7 @@ pub async fn confirm(
     .bind(token.hash())
     .fetch_optional(&mut *tx)
     .await?;
-    let user = user.ok_or_else(invalid)?;
+    let (user, email) = found.ok_or_else(invalid)?;
     sqlx::query("update users set password_hash = $2 where id = $1")
         .bind(user)
         .bind(&hash)
@@ -238,6 +238,7 @@ pub async fn confirm(
     audit::record(&mut *tx, entry).await?;
     tx.commit().await?;
     sessions::mark_revoked(state, &revoked).await;
+    crate::ratelimit::clear_account(state, &email).await;
     state.metrics.event(event::PASSWORD_RESET, "success");
     tracing::info!(user_id = %user, revoked = revoked.len(), "password reset");
     Ok(())

@@ -956,6 +956,51 @@ async fn wrong_passwords_slow_an_account_down_but_never_lock_its_owner_out() {
 }
 
 #[tokio::test]
+async fn guesses_from_rotating_addresses_never_hold_the_owner_past_the_cap() {
+    let h = Harness::with(Options {
+        per_email: 2,
+        backoff_max_seconds: 2,
+        trusted_proxies: Some("127.0.0.1/32"),
+        ..Options::default()
+    })
+    .await;
+    h.user("owner@example.com").await;
+    let owner = "203.0.113.50";
+    // Guesses push the account past its limit; then the owner mistypes.
+    for n in 0..3 {
+        let guesser = format!("198.51.100.{n}");
+        let (status, _) = login_from(&h, &guesser, "owner@example.com", "guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, _) = login_from(&h, owner, "owner@example.com", "typo").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let mistyped = Instant::now();
+    // Fresh addresses keep failing while the owner retries the right password.
+    let mut signed_in = None;
+    for n in 0..40u32 {
+        let guesser = format!("198.51.101.{n}");
+        let (status, _) = login_from(&h, &guesser, "owner@example.com", "guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, retry_after) = login_from(&h, owner, "owner@example.com", PASSWORD).await;
+        if status == StatusCode::OK {
+            signed_in = Some(mistyped.elapsed());
+            break;
+        }
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let waited = signed_in.expect("the owner gets in once the cap has passed");
+    assert!(waited <= Duration::from_millis(3500), "{waited:?}");
+    // The success cleared the owner's mark: a new guess elsewhere does not
+    // hold the owner back.
+    let (status, _) = login_from(&h, "198.51.102.1", "owner@example.com", "guess").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = login_from(&h, owner, "owner@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn the_address_limit_answers_429_and_a_forwarded_for_from_an_untrusted_peer_is_ignored() {
     let mut h = Harness::with(Options {
         per_ip: 3,

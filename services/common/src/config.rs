@@ -117,7 +117,10 @@ impl Vars {
         } else {
             Err(ConfigError::Invalid {
                 name: name.to_string(),
-                reason: format!("`{url}` is not an http(s) URL with a host"),
+                reason: format!(
+                    "`{}` is not an http(s) URL with a host",
+                    redact_userinfo(&url)
+                ),
             })
         }
     }
@@ -229,6 +232,21 @@ pub fn digest<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String
     hex::encode(hasher.finalize())
 }
 
+/// `value` with the userinfo (`user:password@`) of a URL replaced by
+/// `***@`, for error messages: a configuration error never echoes
+/// credentials, even of a value that does not parse as a URL.
+pub fn redact_userinfo(value: &str) -> String {
+    let Some(start) = value.find("://").map(|i| i + 3) else {
+        return value.to_string();
+    };
+    let rest = &value[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &value[..start], &rest[at..]),
+        None => value.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +286,25 @@ mod tests {
         let vars = Vars::from_pairs([("HTTP_PORT", "eighty")]);
         let error = vars.parsed::<u16>("HTTP_PORT").unwrap_err();
         assert!(matches!(error, ConfigError::Invalid { ref name, .. } if name == "HTTP_PORT"));
+    }
+
+    #[test]
+    fn url_errors_never_echo_credentials() {
+        let vars = Vars::from_pairs([
+            ("CORE_INTERNAL_URL", "ftp://svc:coreS3cretPW@core:9102/x"),
+            ("B", "http://svc:p%40ss@/path"),
+        ]);
+        for name in ["CORE_INTERNAL_URL", "B"] {
+            let error = vars.http_url(name).unwrap_err().to_string();
+            assert!(error.contains(name), "{error}");
+            assert!(
+                !error.contains("coreS3cretPW") && !error.contains("svc:"),
+                "{error}"
+            );
+            assert!(error.contains("***@"), "{error}");
+        }
+        assert_eq!(redact_userinfo("no url"), "no url");
+        assert_eq!(redact_userinfo("http://h/a@b"), "http://h/a@b");
     }
 
     #[test]

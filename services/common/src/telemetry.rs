@@ -41,13 +41,40 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// The level names `LOG_LEVEL` accepts, alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Whether `filter` is comma-separated level names or `target=level`
+/// directives. A bare word that is no level (`warning`, `verbose`) would
+/// be read as a target name and silence every log line: it is refused.
+fn is_log_filter(filter: &str) -> bool {
+    let is_level = |word: &str| LOG_LEVELS.contains(&word.trim().to_ascii_lowercase().as_str());
+    let is_target = |word: &str| {
+        let word = word.trim();
+        !word.is_empty()
+            && word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+    };
+    filter
+        .split(',')
+        .all(|directive| match directive.split_once('=') {
+            Some((target, level)) => is_target(target) && is_level(level),
+            None => is_level(directive),
+        })
+}
+
 impl LogSettings {
     pub fn from_vars(vars: &Vars) -> Result<LogSettings, ConfigError> {
         let level = vars.optional("LOG_LEVEL")?.unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        if !is_log_filter(&level) || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(ConfigError::Invalid {
                 name: "LOG_LEVEL".into(),
-                reason: format!("`{level}` is not a log filter"),
+                reason: format!(
+                    "`{level}` is not a log filter: use one of {} or `target=level` \
+                     directives separated by commas",
+                    LOG_LEVELS.join(", ")
+                ),
             });
         }
         let format = match vars.optional("LOG_FORMAT")?.as_deref().map(str::trim) {
@@ -452,12 +479,26 @@ mod tests {
         let settings = LogSettings::from_vars(&text).unwrap();
         assert_eq!(settings.format, LogFormat::Text);
         assert_eq!(settings.level, "kisum_auth=debug,warn");
-        for (name, value) in [("LOG_FORMAT", "xml"), ("LOG_LEVEL", "loud=[")] {
+        for level in ["off", "TRACE", "error", "kisum_common::config=trace,info"] {
+            let vars = Vars::from_pairs([("LOG_LEVEL", level)]);
+            assert_eq!(LogSettings::from_vars(&vars).unwrap().level, level);
+        }
+        for (name, value) in [
+            ("LOG_FORMAT", "xml"),
+            ("LOG_LEVEL", "loud=["),
+            ("LOG_LEVEL", "warning"),
+            ("LOG_LEVEL", "verbose"),
+            ("LOG_LEVEL", "info,warning"),
+            ("LOG_LEVEL", "kisum_auth=loud"),
+            ("LOG_LEVEL", "=info"),
+            ("LOG_LEVEL", ""),
+        ] {
             let error = LogSettings::from_vars(&Vars::from_pairs([(name, value)])).unwrap_err();
             assert!(
                 matches!(error, ConfigError::Invalid { name: ref n, .. } if n == name),
                 "{error}"
             );
+            assert!(error.to_string().contains(name), "{error}");
         }
     }
 
