@@ -53,3 +53,16 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The smoke checks of section 25.3, in the order `kisumctl smoke` runs them.
+pub const SMOKE_CHECKS: [&str; 9] = [
+    "auth-health",
+    "auth-ready",
+    "login",
+    "auth-me",
+    "auth-me-access",
+    "core-entitlements",
+    "module-allowed",
+    "module-denied",
+    "subscription-invalidates-access",
+];

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{root, stderr, stdout};
+use crate::common::{SMOKE_CHECKS, root, stderr, stdout};
 
 /// The platform of one test; stopped and purged when dropped, even when
 /// the test fails half-way.
@@ -191,17 +191,7 @@ fn assert_deployed(output: &Output) {
     let (out, err) = (stdout(output), stderr(output));
     let code = output.status.code();
     assert!(code == Some(0), "deploy failed ({code:?}):\n{out}\n{err}");
-    for check in [
-        "auth-health",
-        "auth-ready",
-        "login",
-        "auth-me",
-        "auth-me-access",
-        "core-entitlements",
-        "module-allowed",
-        "module-denied",
-        "subscription-invalidates-access",
-    ] {
+    for check in SMOKE_CHECKS {
         let name = format!("smoke/{check} ");
         let line = out
             .lines()

@@ -25,24 +25,13 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::common::{scratch_copy, stderr, stdout};
+use crate::common::{SMOKE_CHECKS, scratch_copy, stderr, stdout};
 
 const SECRET: &str = "smoke-test-credentials";
 const ROLE: &str = "smoke-reader";
 const INVOICES_READ: &str = "finance.invoices.read";
 const INVOICES_WRITE: &str = "finance.invoices.write";
 const LISTINGS_READ: &str = "market.listings.read";
-const CHECKS: [&str; 9] = [
-    "auth-health",
-    "auth-ready",
-    "login",
-    "auth-me",
-    "auth-me-access",
-    "core-entitlements",
-    "module-allowed",
-    "module-denied",
-    "subscription-invalidates-access",
-];
 
 /// The platform running, seeded, and a scratch matrix whose `local`
 /// points at it. Fields drop in order: the services stop first.
@@ -253,7 +242,7 @@ async fn smoke_local_passes_every_check_against_the_seeded_platform() {
     let (code, document, text) = deployment.smoke_json().await;
     assert_eq!(code, Some(0), "{text}");
     let names: Vec<String> = checks(&document).into_iter().map(|c| c.0).collect();
-    assert_eq!(names, CHECKS, "{text}");
+    assert_eq!(names, SMOKE_CHECKS, "{text}");
     assert!(checks(&document).iter().all(|c| c.1 == "pass"), "{text}");
     assert_eq!(document["passed"], true);
     assert_eq!(document["summary"]["passed"], 9);
@@ -267,7 +256,7 @@ async fn smoke_local_passes_every_check_against_the_seeded_platform() {
     assert_eq!(output.status.code(), Some(0), "{text}");
     let printed = stdout(&output);
     let lines: Vec<&str> = printed.lines().take(9).collect();
-    for (line, name) in lines.iter().zip(CHECKS) {
+    for (line, name) in lines.iter().zip(SMOKE_CHECKS) {
         assert!(line.starts_with(&format!("PASS  {name} ")), "{line}");
         assert!(line.ends_with(" ms)"), "{line}");
     }
