@@ -9,6 +9,7 @@ pub mod internal;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod logs;
 pub mod schema;
 pub mod serve;
 pub mod telemetry;

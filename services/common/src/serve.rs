@@ -212,13 +212,16 @@ pub async fn serve(
         stopped(rx).await;
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
-    tokio::select! {
+    let served = tokio::select! {
         (a, b) = async { tokio::join!(public.into_future(), internal.into_future()) } => a.and(b),
         () = deadline => {
             tracing::warn!("connections still open {DRAIN_LIMIT:?} after shutdown; closing them");
             Ok(())
         }
-    }
+    };
+    // The last requests' log lines, before the process ends.
+    crate::logs::flush();
+    served
 }
 
 /// How long a stopping service waits for open requests.
