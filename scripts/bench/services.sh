@@ -16,7 +16,11 @@
 # headers (Authorization: Bearer <access token>, x-org: <company id>):
 #   (1) Auth      GET /auth/me/access, warm (the access context cached)
 #   (2) finance   GET /v1/invoices (20 invoices in the company), authorized
-#                 through Auth's /internal/access-context
+#                 through Auth's /internal/access-context (JWT, x-org, module
+#                 and permission checked on every request; the context kept
+#                 ACCESS_CACHE_SECONDS), the list served by the module's read
+#                 cache, which every write to the table invalidates (see
+#                 services/module/src/record_cache.rs)
 #   (3) bench-verify: one RS256 verification + one Redis GET, then 200: the
 #                 irreducible work of an authenticated request (baseline)
 #   (4) bench-hello: GET / -> "ok" (the floor of any axum request)
@@ -506,7 +510,9 @@ metric() { # metric PORT PATTERN: the sum of the matching samples of /metrics
 {
     echo "  caches over the whole run:"
     echo "    Auth access_cache: hit $(metric "$auth_int" 'kisum_events_total{event="access_cache",outcome="hit"}'), miss $(metric "$auth_int" 'kisum_events_total{event="access_cache",outcome="miss"}'); Redis unavailable: $(metric "$auth_int" 'kisum_events_total{event="redis",outcome="unavailable"}')"
+    echo "    Auth access_snapshot (one Redis round trip): complete $(metric "$auth_int" 'kisum_events_total{event="access_snapshot",outcome="complete"}'), partial $(metric "$auth_int" 'kisum_events_total{event="access_snapshot",outcome="partial"}'), unavailable $(metric "$auth_int" 'kisum_events_total{event="access_snapshot",outcome="unavailable"}')"
     echo "    finance access_context_cache: hit $(metric "$fin_int" 'kisum_events_total{event="access_context_cache",outcome="hit"}'), miss $(metric "$fin_int" 'kisum_events_total{event="access_context_cache",outcome="miss"}')"
+    echo "    finance record_cache: hit $(metric "$fin_int" 'kisum_events_total{event="record_cache",outcome="hit"}'), miss $(metric "$fin_int" 'kisum_events_total{event="record_cache",outcome="miss"}')"
 } >>"$work/profile.txt"
 
 # --- report ------------------------------------------------------------------

@@ -16,19 +16,41 @@
 //! the access version (user's + company's counters in auth_db, which only
 //! grow) and the entitlement version change whenever the inputs do, so a
 //! stale entry is never looked up again.
+//!
+//! The warm path ([`for_session`]) reads no database: one Redis round trip
+//! ([`Cache::snapshot`](crate::cache::Cache::snapshot), one `MGET`) gives
+//! the revocation marker, the session entry, the company, the membership
+//! entry (id, access version, the three statuses), the entitlement version
+//! and the cached context (under the key the previous request ended with;
+//! used only if the entries read name that same key). Where the access version lives: auth_db
+//! is its truth (its triggers bump it); the membership entry is a copy
+//! stamped with the access epoch it was read under. Every write Auth makes
+//! or is told of bumps the epoch after its commit (`/internal/invalidate`,
+//! the directory given Auth's Redis), so an older copy is never trusted
+//! again, however a concurrent read raced the write. A write to auth_db
+//! that bypasses Auth (SQL alone) is seen once the copy expires
+//! ([`ROW_COPY_TTL`], 5 s), or at once after `/internal/invalidate`.
+//! Whatever is missing or stale in Redis is read from auth_db (and Core)
+//! and written back; with Redis unavailable every request takes the
+//! auth_db path.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use kisum_common::org::OrgRef;
 use kisum_common::telemetry::RequestContext;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::cache::{AccessKey, Guess, ROW_COPY_TTL, Rendered, Snapshot, key};
 use crate::core_client::{CoreError, Entitlements};
 use crate::error::{AuthError, Result};
 use crate::metrics::event;
-use crate::sessions::Identity;
+use crate::sessions::{self, Identity};
 use crate::state::AppState;
 
 /// `redis.key-families.access-context.ttl-seconds`.
@@ -82,15 +104,15 @@ impl Computed {
 }
 
 fn access_key(company: Uuid, membership: Uuid, access: i64, entitlement: i64) -> String {
-    format!("access:{company}:{membership}:{access}:{entitlement}")
+    key::access(company, membership, access, entitlement)
 }
 
 fn entitlement_version_key(company: Uuid) -> String {
-    format!("entitlement-version:{company}")
+    key::entitlement_version(company)
 }
 
 fn company_map_key(raw: &str) -> String {
-    format!("company-map:{raw}")
+    key::company_map(raw)
 }
 
 /// The company an `x-org` value names (its id or its slug, as
@@ -159,6 +181,407 @@ async fn membership(state: &AppState, user: Uuid, company: Uuid) -> Result<Optio
             access_version,
         },
     ))
+}
+
+/// The membership as the warm path needs it: cached in Redis under
+/// `membership:{company}:{user}` as `{epoch}:{id}:{accessVersion}:{flags}`,
+/// stamped with the access epoch read before the row was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    epoch: String,
+    id: Uuid,
+    /// The user's plus the company's access version.
+    access_version: i64,
+    active: bool,
+    company_active: bool,
+    user_active: bool,
+}
+
+impl Member {
+    fn encode(&self) -> String {
+        let flag = |on: bool| if on { '1' } else { '0' };
+        format!(
+            "{}:{}:{}:{}{}{}",
+            self.epoch,
+            self.id,
+            self.access_version,
+            flag(self.active),
+            flag(self.company_active),
+            flag(self.user_active)
+        )
+    }
+
+    fn decode(text: &str) -> Option<Member> {
+        let mut parts = text.split(':');
+        let epoch = parts.next()?.to_string();
+        let id = Uuid::parse_str(parts.next()?).ok()?;
+        let access_version = parts.next()?.parse().ok()?;
+        let flags = parts.next()?.as_bytes();
+        if parts.next().is_some() || flags.len() != 3 || flags.iter().any(|f| !b"01".contains(f)) {
+            return None;
+        }
+        Some(Member {
+            epoch,
+            id,
+            access_version,
+            active: flags[0] == b'1',
+            company_active: flags[1] == b'1',
+            user_active: flags[2] == b'1',
+        })
+    }
+}
+
+/// The membership row from auth_db, with the role [`compute`] needs.
+async fn member_from_db(
+    state: &AppState,
+    user: Uuid,
+    company: Uuid,
+    epoch: &str,
+) -> Result<Option<(Member, String)>> {
+    let row: Option<(Uuid, String, bool, bool, bool, i64)> = sqlx::query_as(
+        "select m.id, m.role, m.status = 'active', c.status = 'active', u.status = 'active',
+                u.access_version + c.access_version
+           from memberships m
+           join companies c on c.id = m.company_id
+           join users u on u.id = m.user_id
+          where m.user_id = $1 and m.company_id = $2",
+    )
+    .bind(user)
+    .bind(company)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(row.map(
+        |(id, role, active, company_active, user_active, access_version)| {
+            let member = Member {
+                epoch: epoch.to_string(),
+                id,
+                access_version,
+                active,
+                company_active,
+                user_active,
+            };
+            (member, role)
+        },
+    ))
+}
+
+/// Reads the membership row and keeps a copy stamped with `epoch` (read
+/// before the row, so a write committed in between leaves the copy stale
+/// under the bumped epoch, never trusted).
+async fn refresh_member(
+    state: &AppState,
+    user: Uuid,
+    company: Uuid,
+    epoch: &str,
+) -> Result<Option<(Member, String)>> {
+    let found = member_from_db(state, user, company, epoch).await?;
+    if let Some((member, _)) = &found {
+        let _ = state
+            .cache
+            .set(
+                &key::membership(company, user),
+                &member.encode(),
+                ROW_COPY_TTL,
+            )
+            .await;
+    }
+    Ok(found)
+}
+
+/// `GET /auth/me/access` and `POST /internal/access-context`: the session
+/// check and the access context of a verified identity. Warm, one Redis
+/// round trip answers both (see the module comment); whatever Redis lacks
+/// is read from auth_db or Core and written back; without Redis, the
+/// auth_db path ([`sessions::ensure_live`], then [`access_context`]).
+pub async fn for_session(
+    state: &AppState,
+    context: &RequestContext,
+    identity: Identity,
+    org: &str,
+) -> Result<Answer> {
+    let Ok(parsed) = OrgRef::parse(org) else {
+        sessions::ensure_live(state, identity).await?;
+        return Err(denied(state, identity, None, "unknown company"));
+    };
+    // Cached under its canonical form, as `resolve_company` does.
+    let canonical = parsed.to_string();
+    let org = canonical.as_str();
+    let guess = state.cache.guess(identity.user, org);
+    // An `x-org` that is an id names the company directly: no company map
+    // to read.
+    let (org_id, slug) = match &parsed {
+        OrgRef::Id(id) => (Some(*id), None),
+        OrgRef::Slug(slug) => (None, Some(slug.as_str())),
+    };
+    // The company whose entries to read along: named by the `x-org` id, or
+    // where the last check with this `x-org` ended.
+    let expected = org_id.or(guess.as_ref().map(|g| g.key.company));
+    let cached = state
+        .cache
+        .snapshot(
+            identity.session,
+            identity.user,
+            slug,
+            expected,
+            guess.as_ref().map(|g| &g.key),
+        )
+        .await;
+    let epoch = match &cached {
+        Ok(Snapshot { revoked: true, .. }) => {
+            return Err(sessions::refuse_revoked(state, identity));
+        }
+        Ok(Snapshot {
+            epoch: Some(epoch), ..
+        }) => Ok(epoch.clone()),
+        Ok(_) => state.cache.ensure_epoch().await,
+        Err(unavailable) => Err(*unavailable),
+    };
+    let (Ok(snapshot), Ok(epoch)) = (cached, epoch) else {
+        state.metrics.event(event::ACCESS_SNAPSHOT, "unavailable");
+        sessions::ensure_live(state, identity).await?;
+        let context = access_context(state, context, identity, org).await?;
+        return Answer::of(&context);
+    };
+    let (answer, ended) = warm(
+        state, context, identity, org, org_id, expected, snapshot, guess, epoch,
+    )
+    .await?;
+    if let Some(ended) = ended {
+        state.cache.remember(identity.user, org, ended);
+    }
+    Ok(answer)
+}
+
+/// An access context as its JSON answer.
+pub struct Answer(Bytes);
+
+impl Answer {
+    pub fn of(context: &AccessContext) -> Result<Answer> {
+        serde_json::to_vec(context)
+            .map(|body| Answer(body.into()))
+            .map_err(|e| AuthError::Internal(e.into()))
+    }
+
+    fn rendered(rendered: &Rendered, session: Uuid) -> Answer {
+        let mut body = Vec::with_capacity(rendered.head.len() + 36 + rendered.tail.len());
+        body.extend_from_slice(rendered.head.as_bytes());
+        body.extend_from_slice(
+            session
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        body.extend_from_slice(rendered.tail.as_bytes());
+        Answer(body.into())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
+/// The answer of `context` split around its session, for every later
+/// request that finds `text` in Redis under the same key.
+fn render(text: &str, context: &AccessContext) -> Option<Rendered> {
+    const FIELD: &str = "\"session\":\"";
+    let answer = serde_json::to_string(context).ok()?;
+    let session = context.session.to_string();
+    let start = answer.find(FIELD)? + FIELD.len();
+    let end = start + session.len();
+    (answer.get(start..end)? == session).then(|| Rendered {
+        text: text.into(),
+        head: answer[..start].into(),
+        tail: answer[end..].into(),
+    })
+}
+
+/// The warm path: what the snapshot holds, the rest from auth_db or Core.
+/// Also returns where it ended when that differs from the guess: the
+/// guess of the next request.
+#[allow(clippy::too_many_arguments)]
+async fn warm(
+    state: &AppState,
+    context: &RequestContext,
+    identity: Identity,
+    org: &str,
+    org_id: Option<Uuid>,
+    expected: Option<Uuid>,
+    snapshot: Snapshot,
+    guess: Option<Guess>,
+    epoch: String,
+) -> Result<(Answer, Option<Guess>)> {
+    let company = org_id.or_else(|| {
+        snapshot
+            .company
+            .as_deref()
+            .and_then(|c| Uuid::parse_str(c).ok())
+    });
+    // The snapshot's membership and entitlement version were read for the
+    // expected company, its access context for the guessed one: they count
+    // only if that is this one.
+    let expected = expected.filter(|expected| company == Some(*expected));
+    let guess = guess.filter(|g| company == Some(g.key.company));
+    let cached_member = expected
+        .and(snapshot.membership.as_deref())
+        .and_then(Member::decode)
+        .filter(|member| member.epoch == epoch);
+    let cached_entitlement = expected
+        .and(snapshot.entitlement.as_deref())
+        .and_then(|v| v.parse::<i64>().ok());
+
+    // The session: its entry names this user, and the user is active as of
+    // the current epoch; else auth_db decides (and refreshes the entry).
+    let session_cached = snapshot
+        .session
+        .as_deref()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        == Some(identity.user)
+        && cached_member.as_ref().is_some_and(|m| m.user_active);
+    if !session_cached {
+        state.metrics.event(event::SESSION_CACHE, "miss");
+        sessions::ensure_live_in_db(state, identity).await?;
+    }
+
+    // Known as a company unless only the `x-org` id says so and no cached
+    // membership of it vouches for it.
+    let company = match company {
+        Some(company) if org_id.is_none() || cached_member.is_some() => company,
+        _ => resolve_company(state, org)
+            .await?
+            .ok_or_else(|| denied(state, identity, None, "unknown company"))?,
+    };
+    let (member, role) = match cached_member {
+        Some(member) => (member, None),
+        None => {
+            let (member, role) = refresh_member(state, identity.user, company, &epoch)
+                .await?
+                .ok_or_else(|| denied(state, identity, Some(company), "no membership"))?;
+            (member, Some(role))
+        }
+    };
+    if !member.user_active {
+        // auth_db said the session was live a moment ago; it is not now.
+        return Err(sessions::refuse_revoked(state, identity));
+    }
+    if !member.company_active {
+        return Err(denied(state, identity, Some(company), "company inactive"));
+    }
+    if !member.active {
+        return Err(denied(
+            state,
+            identity,
+            Some(company),
+            "membership inactive",
+        ));
+    }
+    let from_snapshot = session_cached && role.is_none() && cached_entitlement.is_some();
+    let entitlement_version = match cached_entitlement {
+        Some(version) => version,
+        None => entitlement_version(state, context, company).await?,
+    };
+    let ended = AccessKey {
+        company,
+        membership: member.id,
+        access_version: member.access_version,
+        entitlement_version,
+    };
+    // The snapshot's access context is under the guessed key: the one the
+    // current entries name only if the guess was right.
+    let guess = guess.filter(|g| g.key == ended);
+    let complete = guess.is_some() && from_snapshot;
+    let text = match &guess {
+        Some(_) => snapshot.access,
+        None => state.cache.get(&ended.key()).await.ok().flatten(),
+    };
+    if let Some(text) = text {
+        // Rendered before from exactly this value: nothing to parse.
+        if let Some(rendered) = guess.as_ref().and_then(|g| g.rendered.as_ref())
+            && *rendered.text == *text
+        {
+            cache_hit(state, complete);
+            return Ok((Answer::rendered(rendered, identity.session), None));
+        }
+        if let Ok(cached) = serde_json::from_str::<Computed>(&text)
+            && cached.user == identity.user
+            && cached.company == company
+            && cached.membership == member.id
+        {
+            cache_hit(state, complete);
+            let context = cached.for_session(identity.session);
+            let answer = Answer::of(&context)?;
+            let rendered = render(&text, &context).map(Arc::new);
+            let ended = Guess {
+                key: ended,
+                rendered,
+            };
+            return Ok((answer, Some(ended)));
+        }
+    }
+    state.metrics.event(event::ACCESS_CACHE, "miss");
+    state.metrics.event(event::ACCESS_SNAPSHOT, "partial");
+    // Computed from auth_db as it is now: a membership entry read from
+    // Redis may lag a write made with SQL alone.
+    let (member, role) = match role {
+        Some(role) => (member, role),
+        None => refresh_member(state, identity.user, company, &epoch)
+            .await?
+            .ok_or_else(|| denied(state, identity, Some(company), "no membership"))?,
+    };
+    if !member.user_active {
+        return Err(sessions::refuse_revoked(state, identity));
+    }
+    if !member.company_active || !member.active {
+        return Err(denied(state, identity, Some(company), "access changed"));
+    }
+    let membership = Membership {
+        id: member.id,
+        role,
+        active: member.active,
+        company_active: member.company_active,
+        access_version: member.access_version,
+    };
+    let computed = compute(state, context, identity.user, company, &membership).await?;
+    let stored = store(state, &computed, entitlement_version).await;
+    let ended = AccessKey {
+        company,
+        membership: computed.membership,
+        access_version: computed.access_version,
+        entitlement_version: computed.entitlement_version,
+    };
+    let context = computed.for_session(identity.session);
+    let answer = Answer::of(&context)?;
+    let rendered = stored
+        .and_then(|text| render(&text, &context))
+        .map(Arc::new);
+    Ok((
+        answer,
+        Some(Guess {
+            key: ended,
+            rendered,
+        }),
+    ))
+}
+
+fn cache_hit(state: &AppState, complete: bool) {
+    if complete {
+        state.metrics.warm_hit();
+    } else {
+        state.metrics.event(event::ACCESS_CACHE, "hit");
+        state.metrics.event(event::ACCESS_SNAPSHOT, "partial");
+    }
 }
 
 /// `POST /internal/access-context` and `GET /auth/me/access`, after the
@@ -354,8 +777,9 @@ async fn compute(
 }
 
 /// Caches the context under the versions it was computed from; a context
-/// with delegations expires with the first of them.
-async fn store(state: &AppState, computed: &Computed, looked_up_version: i64) {
+/// with delegations expires with the first of them. Returns the value
+/// written, if Redis took it.
+async fn store(state: &AppState, computed: &Computed, looked_up_version: i64) -> Option<String> {
     let ttl = match computed.first_delegation_end {
         Some(seconds) => ACCESS_TTL.min(Duration::from_secs(seconds.max(1) as u64)),
         None => ACCESS_TTL,
@@ -366,9 +790,11 @@ async fn store(state: &AppState, computed: &Computed, looked_up_version: i64) {
         computed.access_version,
         computed.entitlement_version,
     );
-    if let Ok(text) = serde_json::to_string(computed) {
-        let _ = state.cache.set(&key, &text, ttl).await;
-    }
+    let text = serde_json::to_string(computed).ok();
+    let written = match &text {
+        Some(text) => state.cache.set(&key, text, ttl).await.is_ok(),
+        None => false,
+    };
     // Core moved on since the version was read: remember the newer one so
     // the next request finds this entry.
     if computed.entitlement_version > looked_up_version {
@@ -381,6 +807,7 @@ async fn store(state: &AppState, computed: &Computed, looked_up_version: i64) {
             )
             .await;
     }
+    text.filter(|_| written)
 }
 
 /// `POST /internal/invalidate {company}`: the next request reads Core's
@@ -394,6 +821,10 @@ pub async fn invalidate_company(state: &AppState, company: Uuid) -> Result<Optio
     .bind(company)
     .fetch_optional(&state.db)
     .await?;
+    sessions::bump_epoch(state).await;
+    // Again after the bump: a request that read Core's old version before
+    // the first delete may have written it back since.
+    let _ = state.cache.delete(&entitlement_version_key(company)).await;
     tracing::info!(company_id = %company, access_version = ?version, "access invalidated for company");
     Ok(version)
 }
@@ -407,6 +838,7 @@ pub async fn invalidate_user(state: &AppState, user: Uuid) -> Result<Option<i64>
     .bind(user)
     .fetch_optional(&state.db)
     .await?;
+    sessions::bump_epoch(state).await;
     tracing::info!(user_id = %user, access_version = ?version, "access invalidated for user");
     Ok(version)
 }
@@ -450,6 +882,66 @@ mod tests {
                 "finance".to_string(),
                 vec!["finance.invoices.read".to_string()]
             )])
+        );
+    }
+
+    #[test]
+    fn a_membership_entry_round_trips_and_garbage_is_refused() {
+        let member = Member {
+            epoch: "1700000000000000".into(),
+            id: Uuid::new_v4(),
+            access_version: 12,
+            active: true,
+            company_active: false,
+            user_active: true,
+        };
+        let text = member.encode();
+        assert!(text.ends_with(":12:101"), "{text}");
+        assert_eq!(Member::decode(&text), Some(member));
+        for junk in [
+            "",
+            "1:2:3:4",
+            "1:not-a-uuid:3:111",
+            &format!("1:{}:x:111", Uuid::nil()),
+        ] {
+            assert_eq!(Member::decode(junk), None, "{junk}");
+        }
+        let nil = Uuid::nil();
+        for junk in [
+            format!("1:{nil}:3:11"),
+            format!("1:{nil}:3:112"),
+            format!("1:{nil}:3:111:x"),
+        ] {
+            assert_eq!(Member::decode(&junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn a_rendered_answer_is_the_serialized_context_with_any_session() {
+        let context = AccessContext {
+            user: Uuid::new_v4(),
+            session: Uuid::new_v4(),
+            company: Uuid::new_v4(),
+            membership: Uuid::new_v4(),
+            core_app: true,
+            modules: BTreeMap::from([(
+                "finance".to_string(),
+                vec!["finance.invoices.read".to_string()],
+            )]),
+            access_version: 4,
+            entitlement_version: 9,
+        };
+        let rendered = render("the redis value", &context).unwrap();
+        assert_eq!(&*rendered.text, "the redis value");
+        let other = AccessContext {
+            session: Uuid::new_v4(),
+            ..context.clone()
+        };
+        let answer = Answer::rendered(&rendered, other.session);
+        assert_eq!(answer.bytes(), serde_json::to_vec(&other).unwrap());
+        assert_eq!(
+            Answer::rendered(&rendered, context.session).bytes(),
+            Answer::of(&context).unwrap().bytes()
         );
     }
 

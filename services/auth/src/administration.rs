@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use kisum_common::internal::Caller;
+use kisum_common::modules::{MODULE_NAMES, is_module, module_of_permission};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -71,7 +72,28 @@ fn change(before: Option<impl Serialize>, after: Option<impl Serialize>) -> Json
 }
 
 fn parse_id(what: &str, raw: &str) -> Result<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| AuthError::BadRequest(format!("{what} `{raw}` is not a UUID")))
+    match Uuid::parse_str(raw) {
+        Ok(id) if !id.is_nil() => Ok(id),
+        Ok(_) => Err(AuthError::BadRequest(format!(
+            "{what} id must not be the nil UUID"
+        ))),
+        Err(_) => Err(AuthError::BadRequest(format!(
+            "{what} `{raw}` is not a UUID"
+        ))),
+    }
+}
+
+/// A module the platform has (`kisum_common::modules`).
+fn known_module(module: &str) -> Result<()> {
+    valid_key("module", module, false)?;
+    if is_module(module) {
+        Ok(())
+    } else {
+        Err(AuthError::BadRequest(format!(
+            "unknown module `{module}`: one of {}",
+            MODULE_NAMES.join(", ")
+        )))
+    }
 }
 
 /// A key that names a module, role or permission: lower-case letters,
@@ -152,6 +174,18 @@ async fn put_company(
     if slug.len() > 63 || request.name.len() > 200 {
         return Err(AuthError::BadRequest("slug or name too long".into()));
     }
+    if request.name.trim().is_empty() {
+        return Err(AuthError::BadRequest(
+            "the company name must not be empty".into(),
+        ));
+    }
+    // `x-org` reads a value that parses as an id as an id: such a slug
+    // could never be used.
+    if Uuid::parse_str(&slug).is_ok() {
+        return Err(AuthError::BadRequest(format!(
+            "slug `{slug}` reads as a company id; choose another"
+        )));
+    }
     let mut tx = state.db.begin().await?;
     let before = company(&mut tx, id).await?;
     let taken: Option<Uuid> =
@@ -176,6 +210,7 @@ async fn put_company(
     let detail = json!({ "before": before, "after": after });
     audited(&mut tx, &caller, &headers, "company.put", Some(id), detail).await?;
     tx.commit().await?;
+    state.cache.directory_changed().await;
     // `x-org` resolution is cached by slug: forget the old and new names.
     for slug in before
         .iter()
@@ -353,6 +388,7 @@ async fn add_membership(
     )
     .await?;
     tx.commit().await?;
+    state.cache.directory_changed().await;
     let status = if before.is_some() {
         StatusCode::OK
     } else {
@@ -442,6 +478,7 @@ where
     )
     .await?;
     tx.commit().await?;
+    state.cache.directory_changed().await;
     Ok(change(Some(before), Some(after)))
 }
 
@@ -453,7 +490,7 @@ async fn grant_module(
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     let id = parse_id("membership", &id)?;
-    valid_key("module", &module, false)?;
+    known_module(&module)?;
     membership_write(&state, &caller, &headers, id, "grant.module.put", |tx| {
         Box::pin(async move {
             sqlx::query(
@@ -479,7 +516,7 @@ async fn revoke_module(
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     let id = parse_id("membership", &id)?;
-    valid_key("module", &module, false)?;
+    known_module(&module)?;
     membership_write(&state, &caller, &headers, id, "grant.module.delete", |tx| {
         Box::pin(async move {
             sqlx::query("delete from module_grants where membership_id = $1 and module = $2")
@@ -519,7 +556,7 @@ async fn grant_permission(
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     let id = parse_id("membership", &id)?;
-    valid_key("module", &module, false)?;
+    known_module(&module)?;
     valid_key("permission", &permission, true)?;
     require_permission(&mut *state.db.acquire().await?, &module, &permission).await?;
     membership_write(
@@ -562,7 +599,7 @@ async fn revoke_permission(
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     let id = parse_id("membership", &id)?;
-    valid_key("module", &module, false)?;
+    known_module(&module)?;
     valid_key("permission", &permission, true)?;
     membership_write(
         &state,
@@ -631,9 +668,11 @@ async fn put_role(
     valid_key("role", &role, false)?;
     for permission in &request.permissions {
         valid_key("permission", permission, true)?;
-        if !permission.contains('.') || permission.starts_with('.') {
+        if module_of_permission(permission).is_none() {
             return Err(AuthError::BadRequest(format!(
-                "permission `{permission}` must start with its module (`finance.invoices.read`)"
+                "permission `{permission}` must start with its module (`finance.invoices.read`), \
+                 one of {}",
+                MODULE_NAMES.join(", ")
             )));
         }
     }
@@ -667,5 +706,6 @@ async fn put_role(
     let detail = json!({ "role": role, "before": before, "after": after });
     audited(&mut tx, &caller, &headers, "role.put", None, detail).await?;
     tx.commit().await?;
+    state.cache.directory_changed().await;
     Ok(change(before, after))
 }

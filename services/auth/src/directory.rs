@@ -3,9 +3,60 @@
 //! Used by `kisum-auth seed-user`, by operators' tooling and by the tests
 //! of the services that need Auth data. Access version bumps happen in
 //! auth_db's triggers, whoever writes.
+//!
+//! Every write takes a [`Target`]: a [`Directory`] (auth_db and the Redis
+//! of the running Auth) bumps the access epoch after its commit, so Auth
+//! stops trusting its Redis copies of membership rows at once; a bare
+//! `PgPool` writes auth_db only, and a running Auth sees the change within
+//! `cache::ROW_COPY_TTL` (5 s), or at once after `POST /internal/invalidate`.
+
+use std::future::Future;
 
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::cache::Cache;
+
+/// Where directory writes go.
+pub trait Target: Sync {
+    fn pool(&self) -> &PgPool;
+    /// Runs after every committed write that can change access.
+    fn written(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// auth_db alone: the running Auth sees the write within 5 s.
+impl Target for PgPool {
+    fn pool(&self) -> &PgPool {
+        self
+    }
+
+    fn written(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}
+
+/// auth_db and the Redis of the running Auth: writes are seen at once.
+#[derive(Clone)]
+pub struct Directory {
+    db: PgPool,
+    cache: Cache,
+}
+
+impl Directory {
+    pub fn new(db: PgPool, cache: Cache) -> Directory {
+        Directory { db, cache }
+    }
+}
+
+impl Target for Directory {
+    fn pool(&self) -> &PgPool {
+        &self.db
+    }
+
+    async fn written(&self) {
+        self.cache.directory_changed().await;
+    }
+}
 
 /// The platform roles Admin's RBAC knows.
 pub const PLATFORM_ROLES: [&str; 2] = ["platform-admin", "support"];
@@ -17,7 +68,12 @@ pub fn normalize_email(email: &str) -> String {
 
 /// Creates the user, or replaces the password hash of an existing one;
 /// returns the user id.
-pub async fn upsert_user(pool: &PgPool, email: &str, password_hash: &str) -> sqlx::Result<Uuid> {
+pub async fn upsert_user(
+    target: &impl Target,
+    email: &str,
+    password_hash: &str,
+) -> sqlx::Result<Uuid> {
+    let pool = target.pool();
     sqlx::query_scalar(
         "insert into users (id, email, password_hash) values ($1, $2, $3)
          on conflict (email) do update set password_hash = excluded.password_hash
@@ -30,16 +86,23 @@ pub async fn upsert_user(pool: &PgPool, email: &str, password_hash: &str) -> sql
     .await
 }
 
-pub async fn set_user_status(pool: &PgPool, user: Uuid, active: bool) -> sqlx::Result<()> {
+pub async fn set_user_status(target: &impl Target, user: Uuid, active: bool) -> sqlx::Result<()> {
+    let pool = target.pool();
     sqlx::query("update users set status = $2 where id = $1")
         .bind(user)
         .bind(if active { "active" } else { "disabled" })
         .execute(pool)
-        .await
-        .map(drop)
+        .await?;
+    target.written().await;
+    Ok(())
 }
 
-pub async fn grant_platform_role(pool: &PgPool, user: Uuid, role: &str) -> anyhow::Result<()> {
+pub async fn grant_platform_role(
+    target: &impl Target,
+    user: Uuid,
+    role: &str,
+) -> anyhow::Result<()> {
+    let pool = target.pool();
     anyhow::ensure!(
         PLATFORM_ROLES.contains(&role),
         "unknown platform role `{role}` (known: {})",
@@ -63,7 +126,13 @@ pub async fn platform_roles(pool: &PgPool, user: Uuid) -> sqlx::Result<Vec<Strin
 }
 
 /// Registers a company under the id Platform Core uses for it.
-pub async fn upsert_company(pool: &PgPool, id: Uuid, slug: &str, name: &str) -> sqlx::Result<()> {
+pub async fn upsert_company(
+    target: &impl Target,
+    id: Uuid,
+    slug: &str,
+    name: &str,
+) -> sqlx::Result<()> {
+    let pool = target.pool();
     sqlx::query(
         "insert into companies (id, slug, name) values ($1, $2, $3)
          on conflict (id) do update set slug = excluded.slug, name = excluded.name",
@@ -76,29 +145,40 @@ pub async fn upsert_company(pool: &PgPool, id: Uuid, slug: &str, name: &str) -> 
     .map(drop)
 }
 
-pub async fn set_company_active(pool: &PgPool, company: Uuid, active: bool) -> sqlx::Result<()> {
+pub async fn set_company_active(
+    target: &impl Target,
+    company: Uuid,
+    active: bool,
+) -> sqlx::Result<()> {
+    let pool = target.pool();
     sqlx::query("update companies set status = $2 where id = $1")
         .bind(company)
         .bind(if active { "active" } else { "suspended" })
         .execute(pool)
-        .await
-        .map(drop)
+        .await?;
+    target.written().await;
+    Ok(())
 }
 
 /// Defines (or extends) a role with permission keys; a key's module is its
 /// first dot-separated segment (`finance.invoices.read` -> `finance`).
-pub async fn define_role(pool: &PgPool, role: &str, permissions: &[&str]) -> anyhow::Result<()> {
+pub async fn define_role(
+    target: &impl Target,
+    role: &str,
+    permissions: &[&str],
+) -> anyhow::Result<()> {
+    let pool = target.pool();
     let mut tx = pool.begin().await?;
     sqlx::query("insert into roles (key) values ($1) on conflict do nothing")
         .bind(role)
         .execute(&mut *tx)
         .await?;
     for permission in permissions {
-        let module = permission
-            .split_once('.')
-            .map(|(module, _)| module)
-            .filter(|module| !module.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("permission `{permission}` names no module"))?;
+        let module = kisum_common::modules::module_of_permission(permission).ok_or_else(|| {
+            anyhow::anyhow!(
+                "permission `{permission}` does not start with a module of the platform"
+            )
+        })?;
         sqlx::query("insert into permissions (key, module) values ($1, $2) on conflict do nothing")
             .bind(permission)
             .bind(module)
@@ -113,17 +193,19 @@ pub async fn define_role(pool: &PgPool, role: &str, permissions: &[&str]) -> any
         .await?;
     }
     tx.commit().await?;
+    target.written().await;
     Ok(())
 }
 
 /// Adds the user to the company with a role; returns the membership id.
 pub async fn add_membership(
-    pool: &PgPool,
+    target: &impl Target,
     user: Uuid,
     company: Uuid,
     role: &str,
 ) -> sqlx::Result<Uuid> {
-    sqlx::query_scalar(
+    let pool = target.pool();
+    let id = sqlx::query_scalar(
         "insert into memberships (id, user_id, company_id, role) values ($1, $2, $3, $4)
          on conflict (user_id, company_id) do update set role = excluded.role
          returning id",
@@ -133,51 +215,68 @@ pub async fn add_membership(
     .bind(company)
     .bind(role)
     .fetch_one(pool)
-    .await
+    .await?;
+    target.written().await;
+    Ok(id)
 }
 
 pub async fn set_membership_active(
-    pool: &PgPool,
+    target: &impl Target,
     membership: Uuid,
     active: bool,
 ) -> sqlx::Result<()> {
+    let pool = target.pool();
     sqlx::query("update memberships set status = $2 where id = $1")
         .bind(membership)
         .bind(if active { "active" } else { "suspended" })
         .execute(pool)
-        .await
-        .map(drop)
+        .await?;
+    target.written().await;
+    Ok(())
 }
 
-pub async fn grant_module(pool: &PgPool, membership: Uuid, module: &str) -> sqlx::Result<()> {
+pub async fn grant_module(
+    target: &impl Target,
+    membership: Uuid,
+    module: &str,
+) -> sqlx::Result<()> {
+    let pool = target.pool();
     sqlx::query(
         "insert into module_grants (membership_id, module) values ($1, $2) on conflict do nothing",
     )
     .bind(membership)
     .bind(module)
     .execute(pool)
-    .await
-    .map(drop)
+    .await?;
+    target.written().await;
+    Ok(())
 }
 
-pub async fn revoke_module(pool: &PgPool, membership: Uuid, module: &str) -> sqlx::Result<()> {
+pub async fn revoke_module(
+    target: &impl Target,
+    membership: Uuid,
+    module: &str,
+) -> sqlx::Result<()> {
+    let pool = target.pool();
     sqlx::query("delete from module_grants where membership_id = $1 and module = $2")
         .bind(membership)
         .bind(module)
         .execute(pool)
-        .await
-        .map(drop)
+        .await?;
+    target.written().await;
+    Ok(())
 }
 
 /// `from` lends its role's permissions of `module` to `to` (same company)
 /// for `seconds`; returns the delegation id.
 pub async fn delegate(
-    pool: &PgPool,
+    target: &impl Target,
     from: Uuid,
     to: Uuid,
     module: &str,
     seconds: i64,
 ) -> anyhow::Result<Uuid> {
+    let pool = target.pool();
     let same_company: bool = sqlx::query_scalar(
         "select count(distinct company_id) = 1 and count(*) = 2
            from memberships where id in ($1, $2)",
@@ -202,6 +301,7 @@ pub async fn delegate(
     .bind(seconds as f64)
     .execute(pool)
     .await?;
+    target.written().await;
     Ok(id)
 }
 

@@ -157,7 +157,7 @@ impl KeyStore {
             .decoding
             .get(&kid)
             .ok_or(TokenError::UnknownKid(kid))?;
-        policy.verify(token, key)
+        policy.verify_checked_header(token, key)
     }
 }
 

@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use uuid::Uuid;
 
+use kisum_auth::cache::Cache;
+use kisum_auth::directory::{Directory, Target};
+use kisum_auth::metrics::AuthMetrics;
+use kisum_auth::reset::MIN_PASSWORD_CHARS;
 use kisum_auth::{Config, db, directory, password::Passwords};
 use kisum_common::config::Vars;
 use kisum_common::serve::{Listeners, shutdown_signal};
@@ -173,17 +177,29 @@ async fn seed_user(vars: &Vars, seed: &SeedUser) -> anyhow::Result<()> {
     let pool = db::connect(&vars.required("AUTH_DB_URL")?).await?;
     db::require_migrated(&pool).await?;
     let hash = Passwords::default().hash(password).await?;
-    let user = directory::upsert_user(&pool, &seed.email, &hash).await?;
+    // With Auth's Redis named, a running Auth sees the seeded access at
+    // once; without it, within the membership copies' 5 s.
+    match vars.optional("REDIS_URL")? {
+        Some(url) => {
+            let cache = Cache::new(&url, AuthMetrics::new("kisum-auth-seed", "seed"))?;
+            seed_into(&Directory::new(pool, cache), seed, &hash).await
+        }
+        None => seed_into(&pool, seed, &hash).await,
+    }
+}
+
+async fn seed_into(target: &impl Target, seed: &SeedUser, hash: &str) -> anyhow::Result<()> {
+    let user = directory::upsert_user(target, &seed.email, hash).await?;
     for role in &seed.platform_roles {
-        directory::grant_platform_role(&pool, user, role).await?;
+        directory::grant_platform_role(target, user, role).await?;
     }
     if let Some(m) = &seed.membership {
-        directory::upsert_company(&pool, m.company, &m.slug, &m.name).await?;
+        directory::upsert_company(target, m.company, &m.slug, &m.name).await?;
         let permissions: Vec<&str> = m.permissions.iter().map(String::as_str).collect();
-        directory::define_role(&pool, &m.role, &permissions).await?;
-        let membership = directory::add_membership(&pool, user, m.company, &m.role).await?;
+        directory::define_role(target, &m.role, &permissions).await?;
+        let membership = directory::add_membership(target, user, m.company, &m.role).await?;
         for module in &m.grants {
-            directory::grant_module(&pool, membership, module).await?;
+            directory::grant_module(target, membership, module).await?;
         }
         tracing::info!(user_id = %user, company_id = %m.company, role = %m.role, grants = ?m.grants, "membership seeded");
     }
@@ -202,8 +218,8 @@ fn read_password() -> anyhow::Result<String> {
 fn checked_password(password: &str) -> anyhow::Result<String> {
     let password = password.trim_end_matches('\r').to_string();
     anyhow::ensure!(
-        !password.is_empty(),
-        "the password (from --password-file or stdin) must not be empty"
+        password.chars().count() >= MIN_PASSWORD_CHARS,
+        "the password (from --password-file or stdin) needs at least {MIN_PASSWORD_CHARS} characters"
     );
     anyhow::ensure!(
         password.len() <= kisum_auth::password::MAX_PASSWORD_BYTES,

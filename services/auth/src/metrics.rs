@@ -1,9 +1,11 @@
 //! Auth's metrics (plan 20.2) on top of the shared registry: event counters
 //! through `Metrics::event`, and two latency histograms.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kisum_common::telemetry::Metrics;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 /// Event names and outcomes, as they appear in `kisum_events_total`.
@@ -15,6 +17,13 @@ pub mod event {
     pub const REVOKED_SESSION_USE: &str = "revoked_session_use";
     pub const ACCESS_TOKEN: &str = "access_token";
     pub const ACCESS_CACHE: &str = "access_cache";
+    /// How an access-context request used Redis: `complete` (one round
+    /// trip answered everything), `partial` (something was read from
+    /// auth_db or Core), `unavailable` (the auth_db path).
+    pub const ACCESS_SNAPSHOT: &str = "access_snapshot";
+    /// The session entry of the access-context routes: `miss` when auth_db
+    /// was asked (a hit is an `access_snapshot` `complete`, or `partial`).
+    pub const SESSION_CACHE: &str = "session_cache";
     pub const ACCESS_AGGREGATION: &str = "access_aggregation";
     pub const ACCESS_DENIED: &str = "access_denied";
     pub const LOGIN_RATE_LIMIT: &str = "login_rate_limit";
@@ -29,6 +38,9 @@ pub struct AuthMetrics {
     pub shared: Metrics,
     access_merge: Histogram,
     core_lookup: Histogram,
+    /// `access_cache` `hit` with `access_snapshot` `complete`: the warm
+    /// path's count, resolved on first use.
+    warm: Arc<OnceLock<(Counter, Counter)>>,
 }
 
 impl AuthMetrics {
@@ -50,11 +62,25 @@ impl AuthMetrics {
             shared,
             access_merge,
             core_lookup,
+            warm: Arc::default(),
         }
     }
 
     pub fn event(&self, event: &str, outcome: &str) {
         self.shared.event(event, outcome);
+    }
+
+    /// An access context answered from one Redis round trip.
+    pub fn warm_hit(&self) {
+        let (hit, complete) = self.warm.get_or_init(|| {
+            (
+                self.shared.event_counter(event::ACCESS_CACHE, "hit"),
+                self.shared
+                    .event_counter(event::ACCESS_SNAPSHOT, "complete"),
+            )
+        });
+        hit.inc();
+        complete.inc();
     }
 
     pub fn access_merge(&self, took: Duration) {
@@ -78,5 +104,12 @@ mod tests {
         let text = metrics.shared.render();
         assert!(text.contains("kisum_auth_access_merge_seconds_count 1"));
         assert!(text.contains("kisum_auth_core_entitlement_lookup_seconds_count 1"));
+        metrics.warm_hit();
+        metrics.warm_hit();
+        let text = metrics.shared.render();
+        assert!(text.contains(r#"kisum_events_total{event="access_cache",outcome="hit"} 2"#));
+        assert!(
+            text.contains(r#"kisum_events_total{event="access_snapshot",outcome="complete"} 2"#)
+        );
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::access::{self, AccessContext};
+use crate::access::{self, Answer};
 use crate::error::{AuthError, Result};
 use crate::login::{self, Credentials};
 use crate::sessions::{self, Identity};
@@ -272,15 +272,17 @@ async fn me_access(
     State(state): State<AppState>,
     Trace(trace): Trace,
     headers: HeaderMap,
-) -> Result<Json<AccessContext>> {
-    let identity = sessions::authenticate(&state, &headers).await?;
-    let org = headers
-        .get(X_ORG)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| AuthError::BadRequest("the x-org header names the company".into()))?;
-    access::access_context(&state, &trace, identity, org)
-        .await
-        .map(Json)
+) -> Result<Answer> {
+    let identity = sessions::verify_access_token(&state, &headers)?;
+    let Some(org) = headers.get(X_ORG).and_then(|v| v.to_str().ok()) else {
+        // A revoked session is told so first, as on every other route.
+        sessions::ensure_live(&state, identity).await?;
+        return Err(AuthError::BadRequest(
+            "the x-org header names the company".into(),
+        ));
+    };
+    // The session check and the context together (one Redis round trip warm).
+    access::for_session(&state, &trace, identity, org).await
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {
@@ -320,12 +322,9 @@ async fn access_context(
     State(state): State<AppState>,
     Trace(trace): Trace,
     Body(request): Body<AccessRequest>,
-) -> Result<Json<AccessContext>> {
+) -> Result<Answer> {
     let identity = request.session.identity()?;
-    sessions::ensure_live(&state, identity).await?;
-    access::access_context(&state, &trace, identity, &request.org)
-        .await
-        .map(Json)
+    access::for_session(&state, &trace, identity, &request.org).await
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,14 @@
 //! Sessions: creation, the liveness check every authenticated request
 //! makes (Redis revocation marker first, auth_db as the truth), and
-//! revocation (auth_db first, then the marker, best effort).
+//! revocation (auth_db first, then the marker and the removal of the
+//! session entry, retried in the background while Redis is unreachable).
+//!
+//! The access-context routes read the marker and the session entry
+//! (`session:{id}`, written only after auth_db said the session is live,
+//! kept [`ROW_COPY_TTL`]) in their one Redis round trip
+//! (`access::for_session`); the marker always wins over the entry, so a
+//! request that read auth_db just before a revocation and writes the entry
+//! just after it still cannot bring the session back.
 
 use std::time::Duration;
 
@@ -8,16 +16,21 @@ use axum::http::{HeaderMap, header};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::cache::{COOL_DOWN, Cache, ROW_COPY_TTL, key};
 use crate::error::{AuthError, Result};
 use crate::metrics::event;
 use crate::state::AppState;
 
-/// `redis.key-families.revoked-session.ttl-seconds`: the access-token
-/// lifetime plus clock skew, so no token of a revoked session outlives it.
-const REVOKED_MARKER_TTL: Duration = Duration::from_secs(960);
+/// How often a Redis write of a revocation or an epoch bump is retried
+/// after a failure (just past the cool-down, so each retry reaches Redis).
+const RETRY_INTERVAL: Duration = Duration::from_millis(COOL_DOWN.as_millis() as u64 + 100);
+/// Retries cover the lifetime of a session entry or membership entry
+/// written before the failure: after it, nothing in Redis can vouch for
+/// what auth_db changed.
+const RETRIES: u32 = (ROW_COPY_TTL.as_millis() / RETRY_INTERVAL.as_millis()) as u32 + 2;
 
 fn revoked_key(session: Uuid) -> String {
-    format!("revoked:session:{session}")
+    key::revoked_session(session)
 }
 
 /// Who an authenticated request comes from.
@@ -63,31 +76,86 @@ pub async fn ensure_live(state: &AppState, identity: Identity) -> Result<()> {
         if !marked {
             mark_revoked(state, &[identity.session]).await;
         }
-        state.metrics.event(event::REVOKED_SESSION_USE, "denied");
-        tracing::warn!(
-            user_id = %identity.user,
-            session_id = %identity.session,
-            "access denied: session revoked or inactive"
-        );
-        return Err(AuthError::SessionRevoked);
+        return Err(refuse_revoked(state, identity));
     }
     Ok(())
 }
 
-/// Sets the Redis markers of revoked sessions (auth_db already says so).
-pub async fn mark_revoked(state: &AppState, sessions: &[Uuid]) {
-    for session in sessions {
-        let key = revoked_key(*session);
-        if state
-            .cache
-            .set(&key, "1", REVOKED_MARKER_TTL)
-            .await
-            .is_err()
-        {
-            // Redis is down: auth_db alone enforces the revocation.
-            return;
-        }
+/// auth_db's answer for a session no marker names, remembered in the
+/// session entry when it is live.
+pub async fn ensure_live_in_db(state: &AppState, identity: Identity) -> Result<()> {
+    if !is_live_in_db(&state.db, identity).await? {
+        mark_revoked(state, &[identity.session]).await;
+        return Err(refuse_revoked(state, identity));
     }
+    let _ = state
+        .cache
+        .set(
+            &key::session(identity.session),
+            &identity.user.to_string(),
+            ROW_COPY_TTL,
+        )
+        .await;
+    Ok(())
+}
+
+/// The answer to a request of a revoked or inactive session.
+pub fn refuse_revoked(state: &AppState, identity: Identity) -> AuthError {
+    state.metrics.event(event::REVOKED_SESSION_USE, "denied");
+    tracing::warn!(
+        user_id = %identity.user,
+        session_id = %identity.session,
+        "access denied: session revoked or inactive"
+    );
+    AuthError::SessionRevoked
+}
+
+/// Tells Redis about sessions auth_db already holds revoked: each gets its
+/// marker and loses its session entry. Redis unreachable from here: this
+/// replica reads auth_db meanwhile (every failure sends it there), and the
+/// write is retried in the background, so that another replica that still
+/// reaches Redis cannot trust a session entry for long.
+pub async fn mark_revoked(state: &AppState, sessions: &[Uuid]) {
+    if sessions.is_empty() || state.cache.revoke_sessions(sessions).await.is_ok() {
+        return;
+    }
+    let sessions = sessions.to_vec();
+    retry_in_background(&state.cache, "revocation", move |cache| {
+        let sessions = sessions.clone();
+        async move { cache.revoke_sessions(&sessions).await.is_ok() }
+    });
+}
+
+/// After a write that changes access (`/internal/invalidate`): bumps the
+/// access epoch, so no membership entry read before the write is trusted.
+pub async fn bump_epoch(state: &AppState) {
+    if state.cache.bump_epoch().await.is_ok() {
+        return;
+    }
+    retry_in_background(&state.cache, "access epoch bump", |cache| async move {
+        cache.bump_epoch().await.is_ok()
+    });
+}
+
+fn retry_in_background<F, Fut>(cache: &Cache, what: &'static str, attempt: F)
+where
+    F: Fn(Cache) -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let cache = cache.clone();
+    tokio::spawn(async move {
+        for _ in 0..RETRIES {
+            tokio::time::sleep(RETRY_INTERVAL).await;
+            if attempt(cache.clone()).await {
+                tracing::info!(what, "Redis write done after a retry");
+                return;
+            }
+        }
+        tracing::warn!(
+            what,
+            "Redis write abandoned: whatever Redis kept has expired by now"
+        );
+    });
 }
 
 /// Revokes one live session; returns whether it was live.

@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use kisum_auth::cache::{Cache, ROW_COPY_TTL, key};
+use kisum_auth::directory::Directory;
+use kisum_auth::metrics::AuthMetrics;
 use kisum_auth::{Config, db, directory, password::Passwords};
 use kisum_common::config::Vars;
 use kisum_common::internal::Credential;
@@ -154,6 +157,11 @@ struct Harness {
     core: Core,
     redis: Redis,
     db: PgPool,
+    /// auth_db and Auth's Redis, as operators' tooling writes the
+    /// directory (seen by Auth at once); `db` alone writes auth_db only.
+    dir: Directory,
+    /// Auth's Redis, read and written directly.
+    cache: Cache,
     keys: KeySet,
     key_file: PathBuf,
     _key_dir: tempfile::TempDir,
@@ -259,11 +267,14 @@ impl Harness {
             };
             app.serve(listeners, shutdown).await.unwrap();
         });
+        let cache = Cache::new(&redis.url(), AuthMetrics::new("auth-test", "test")).unwrap();
         Harness {
             public,
             internal,
             core,
             redis,
+            dir: Directory::new(db.clone(), cache.clone()),
+            cache,
             db,
             keys,
             key_file,
@@ -511,7 +522,7 @@ async fn login_succeeds_only_with_the_right_password_of_a_known_user() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown, wrong, "unknown users are indistinguishable");
 
-    directory::set_user_status(&h.db, user, false)
+    directory::set_user_status(&h.dir, user, false)
         .await
         .unwrap();
     let (status, disabled) = h.login("ada@example.com", PASSWORD).await;
@@ -1112,8 +1123,9 @@ async fn the_access_context_follows_an_entitlement_change_right_after_invalidate
         changed["access_version"].as_i64().unwrap() > context["access_version"].as_i64().unwrap()
     );
 
-    // A grant change bumps the user's access version in auth_db itself.
-    directory::revoke_module(&h.db, membership, "finance")
+    // A grant change bumps the user's access version in auth_db itself
+    // (and, written with Auth's Redis, the access epoch).
+    directory::revoke_module(&h.dir, membership, "finance")
         .await
         .unwrap();
     let (_, regranted) = h.me_access(access, "ent-co").await;
@@ -1247,7 +1259,7 @@ async fn delegation_lends_the_lenders_permissions_of_one_module() {
     let (_, before) = h.me_access(access, "del-co").await;
     assert_eq!(before["modules"], json!({ "finance": [] }));
 
-    directory::delegate(&h.db, lender, borrower, "finance", 3600)
+    directory::delegate(&h.dir, lender, borrower, "finance", 3600)
         .await
         .unwrap();
     let (_, after) = h.me_access(access, "del-co").await;
@@ -1285,20 +1297,20 @@ async fn a_disabled_user_lends_nothing_and_loses_every_access_at_once() {
 
     // The lender is disabled: the cached context is unreachable at once and
     // the delegation lends nothing.
-    directory::set_user_status(&h.db, lender_user, false)
+    directory::set_user_status(&h.dir, lender_user, false)
         .await
         .unwrap();
     let (status, after) = h.me_access(access, "off-co").await;
     assert_eq!(status, StatusCode::OK, "{after}");
     assert_eq!(after["modules"], json!({ "finance": [] }));
     assert!(after["access_version"].as_i64() > first["access_version"].as_i64());
-    directory::set_user_status(&h.db, lender_user, true)
+    directory::set_user_status(&h.dir, lender_user, true)
         .await
         .unwrap();
     assert_eq!(h.me_access(access, "off-co").await.1["modules"], lent);
 
     // The borrower is disabled: no access, no session use, no refresh.
-    directory::set_user_status(&h.db, borrower_user, false)
+    directory::set_user_status(&h.dir, borrower_user, false)
         .await
         .unwrap();
     let (status, body) = h.me_access(access, "off-co").await;
@@ -1375,7 +1387,7 @@ async fn x_org_of_a_company_without_membership_is_forbidden() {
         .fetch_one(&h.db)
         .await
         .unwrap();
-    directory::set_membership_active(&h.db, membership, false)
+    directory::set_membership_active(&h.dir, membership, false)
         .await
         .unwrap();
     assert_eq!(h.me_access(access, "own-co").await.0, StatusCode::FORBIDDEN);
@@ -2075,4 +2087,500 @@ async fn a_password_reset_answers_alike_for_every_email_and_its_token_works_once
         StatusCode::BAD_REQUEST
     );
     assert_eq!(h.audit_count("password_reset.done").await, 1);
+}
+
+// ----------------------------------------------------- warm access path --
+
+/// The value of one `kisum_events_total` sample (0 when absent).
+fn event_count(metrics: &str, event: &str, outcome: &str) -> u64 {
+    let sample = format!(r#"kisum_events_total{{event="{event}",outcome="{outcome}"}} "#);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&sample))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// A member of a subscribed company, signed in, whose access context was
+/// asked for twice (computed, then remembered): the next ask is warm.
+async fn warm_member(h: &Harness, email: &str, slug: &str) -> (Uuid, Uuid, Uuid, Value) {
+    let (user, company, membership) = member(h, email, slug, &["basic", "finance"]).await;
+    h.subscribe(company, "basic-standard", true).await;
+    let tokens = h.tokens(email).await;
+    for _ in 0..2 {
+        let (status, body) = h.me_access(str_of(&tokens["access_token"]), slug).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    (user, company, membership, tokens)
+}
+
+#[tokio::test]
+async fn a_warm_access_check_is_answered_from_one_redis_round_trip() {
+    let h = Harness::start().await;
+    let (user, company, membership, tokens) = warm_member(&h, "warm@example.com", "warm-co").await;
+    let access = str_of(&tokens["access_token"]);
+    let session: Uuid = claims_of(access)["sid"].as_str().unwrap().parse().unwrap();
+    let before = h.metrics().await;
+    let (status, first) = h.me_access(access, "warm-co").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    // By id as well as by slug, and on the module backends' route.
+    let (status, by_id) = h.me_access(access, &company.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{by_id}");
+    let (status, by_id_again) = h.me_access(access, &company.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let request = json!({ "user": user, "session": session, "org": "warm-co" });
+    let (status, internal) = h
+        .internal_call(
+            Some(("finance", FINANCE_SECRET)),
+            Method::POST,
+            "/internal/access-context",
+            Some(request),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{internal}");
+    for answer in [&by_id, &by_id_again, &internal] {
+        assert_eq!(*answer, first);
+    }
+    assert_eq!(first["user"], user.to_string());
+    assert_eq!(first["session"], session.to_string());
+    assert_eq!(first["membership"], membership.to_string());
+    assert_eq!(
+        first["modules"],
+        json!({ "basic": ["basic.contacts.read"] })
+    );
+
+    let after = h.metrics().await;
+    let complete = |m: &str| event_count(m, "access_snapshot", "complete");
+    assert!(
+        complete(&after) >= complete(&before) + 3,
+        "warm requests answered from one MGET"
+    );
+    assert_eq!(
+        event_count(&after, "session_cache", "miss"),
+        event_count(&before, "session_cache", "miss"),
+        "no session was looked up in auth_db"
+    );
+    // What the one round trip read.
+    assert_eq!(
+        h.cache.get(&key::session(session)).await.unwrap(),
+        Some(user.to_string())
+    );
+    let entry = h
+        .cache
+        .get(&key::membership(company, user))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(entry.contains(&membership.to_string()), "{entry}");
+}
+
+#[tokio::test]
+async fn every_revocation_reaches_the_warm_path_at_once() {
+    let h = Harness::start().await;
+    let (user, _, _, a) = warm_member(&h, "rev@example.com", "rev-co").await;
+    let b = h.tokens("rev@example.com").await;
+    let c = h.tokens("rev@example.com").await;
+    let d = h.tokens("rev@example.com").await;
+    for tokens in [&b, &c, &d] {
+        for _ in 0..2 {
+            let (status, _) = h.me_access(str_of(&tokens["access_token"]), "rev-co").await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    let access = |tokens: &Value| str_of(&tokens["access_token"]).to_string();
+
+    // Logout: the very next request of the session is refused, on both
+    // routes, while the user's other sessions stay.
+    let bearer = format!("Bearer {}", access(&a));
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = h.me_access(&access(&a), "rev-co").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "session_revoked");
+    let request =
+        json!({ "user": user, "session": claims_of(&access(&a))["sid"], "org": "rev-co" });
+    let (status, _) = h
+        .internal_call(
+            Some(("finance", FINANCE_SECRET)),
+            Method::POST,
+            "/internal/access-context",
+            Some(request),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.me_access(&access(&b), "rev-co").await.0, StatusCode::OK);
+
+    // A reused refresh token revokes its family at once.
+    let (status, _) = h.refresh(&b["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h.refresh(&b["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.me_access(&access(&b), "rev-co").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(h.me_access(&access(&c), "rev-co").await.0, StatusCode::OK);
+
+    // Logout-all: every other session too.
+    let bearer = format!("Bearer {}", access(&d));
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout-all",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for tokens in [&c, &d] {
+        assert_eq!(
+            h.me_access(&access(tokens), "rev-co").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Each revoked session has its marker and lost its session entry.
+    for tokens in [&a, &b, &c, &d] {
+        let session: Uuid = claims_of(&access(tokens))["sid"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            h.cache
+                .exists(&key::revoked_session(session))
+                .await
+                .unwrap()
+        );
+        assert_eq!(h.cache.get(&key::session(session)).await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn the_warm_path_reads_auth_db_while_redis_is_down() {
+    let mut h = Harness::start().await;
+    let (_, _, _, kept) = warm_member(&h, "down-warm@example.com", "down-warm-co").await;
+    let ended = h.tokens("down-warm@example.com").await;
+    let (_, warm) = h
+        .me_access(str_of(&kept["access_token"]), "down-warm-co")
+        .await;
+    assert_eq!(
+        h.me_access(str_of(&ended["access_token"]), "down-warm-co")
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    h.redis.stop();
+    let (status, cold) = h
+        .me_access(str_of(&kept["access_token"]), "down-warm-co")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cold}");
+    assert_eq!(cold, warm);
+    // A revocation while Redis is down holds at once...
+    let bearer = format!("Bearer {}", str_of(&ended["access_token"]));
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.me_access(str_of(&ended["access_token"]), "down-warm-co")
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // ...and so does a directory change.
+    let membership: Uuid = warm["membership"].as_str().unwrap().parse().unwrap();
+    directory::revoke_module(&h.db, membership, "basic")
+        .await
+        .unwrap();
+    let (_, changed) = h
+        .me_access(str_of(&kept["access_token"]), "down-warm-co")
+        .await;
+    assert_eq!(changed["modules"], json!({}));
+    assert!(event_count(&h.metrics().await, "access_snapshot", "unavailable") >= 2);
+
+    // Back (empty): auth_db still says the session is revoked.
+    h.redis.restart().await.unwrap();
+    let back = wait_until(Duration::from_secs(10), || async {
+        h.me_access(str_of(&kept["access_token"]), "down-warm-co")
+            .await
+            .0
+            == StatusCode::OK
+            && event_count(&h.metrics().await, "access_snapshot", "complete") > 0
+    })
+    .await;
+    assert!(back);
+    for _ in 0..3 {
+        assert_eq!(
+            h.me_access(str_of(&ended["access_token"]), "down-warm-co")
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_redis_missed_is_written_once_redis_is_back() {
+    let mut h = Harness::start().await;
+    let (user, _, _, tokens) = warm_member(&h, "missed@example.com", "missed-co").await;
+    let access = str_of(&tokens["access_token"]);
+    let session: Uuid = claims_of(access)["sid"].as_str().unwrap().parse().unwrap();
+
+    h.redis.stop();
+    let bearer = format!("Bearer {access}");
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    h.redis.restart().await.unwrap();
+    // As if the session entry had outlived the outage (another replica
+    // wrote it just before the logout): the marker still arrives.
+    let entry = || async {
+        let _ = h
+            .cache
+            .set(&key::session(session), &user.to_string(), ROW_COPY_TTL)
+            .await;
+    };
+    entry().await;
+    let marked = wait_until(ROW_COPY_TTL + Duration::from_secs(3), || async {
+        h.cache.exists(&key::revoked_session(session)).await == Ok(true)
+    })
+    .await;
+    assert!(marked, "the background retry wrote the marker");
+    entry().await;
+    assert_eq!(
+        h.me_access(access, "missed-co").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(logs_text().contains("Redis write done after a retry"));
+}
+
+#[tokio::test]
+async fn directory_changes_reach_the_warm_path_at_once_through_auth_redis() {
+    let h = Harness::start().await;
+    let (user, company, membership, tokens) = warm_member(&h, "dir@example.com", "dir-co").await;
+    let access = str_of(&tokens["access_token"]);
+    let modules = |body: &Value| body["modules"].clone();
+
+    directory::revoke_module(&h.dir, membership, "basic")
+        .await
+        .unwrap();
+    let (_, context) = h.me_access(access, "dir-co").await;
+    assert_eq!(modules(&context), json!({}));
+    directory::grant_module(&h.dir, membership, "basic")
+        .await
+        .unwrap();
+    let (_, context) = h.me_access(access, "dir-co").await;
+    assert_eq!(
+        modules(&context),
+        json!({ "basic": ["basic.contacts.read"] })
+    );
+
+    // A role's permissions (a company-wide bump).
+    directory::define_role(&h.dir, "manager", &["basic.contacts.write"])
+        .await
+        .unwrap();
+    let (_, context) = h.me_access(access, "dir-co").await;
+    assert_eq!(
+        modules(&context),
+        json!({ "basic": ["basic.contacts.read", "basic.contacts.write"] })
+    );
+
+    // The company suspended, then the user disabled: refused at once.
+    directory::set_company_active(&h.dir, company, false)
+        .await
+        .unwrap();
+    assert_eq!(h.me_access(access, "dir-co").await.0, StatusCode::FORBIDDEN);
+    directory::set_company_active(&h.dir, company, true)
+        .await
+        .unwrap();
+    assert_eq!(h.me_access(access, "dir-co").await.0, StatusCode::OK);
+    directory::set_user_status(&h.dir, user, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.me_access(access, "dir-co").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A disabled user's sessions end (as on every route); enabled again,
+    // the user signs in anew.
+    directory::set_user_status(&h.dir, user, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.me_access(access, "dir-co").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let fresh = h.tokens("dir@example.com").await;
+    assert_eq!(
+        h.me_access(str_of(&fresh["access_token"]), "dir-co")
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_change_written_to_auth_db_alone_is_seen_within_seconds_or_at_invalidate() {
+    let h = Harness::start().await;
+    let (user, _, membership, tokens) = warm_member(&h, "sql@example.com", "sql-co").await;
+    let access = str_of(&tokens["access_token"]);
+    let basic = json!({ "basic": ["basic.contacts.read"] });
+
+    // SQL alone (no Redis): Auth's copy of the membership row may answer
+    // for at most ROW_COPY_TTL.
+    directory::revoke_module(&h.db, membership, "basic")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let seen = wait_until(ROW_COPY_TTL + Duration::from_secs(2), || async {
+        h.me_access(access, "sql-co").await.1["modules"] == json!({})
+    })
+    .await;
+    assert!(seen, "not seen within {:?}", started.elapsed());
+    assert!(started.elapsed() <= ROW_COPY_TTL + Duration::from_secs(2));
+
+    // `POST /internal/invalidate {user}` after such a write: at once.
+    directory::grant_module(&h.db, membership, "basic")
+        .await
+        .unwrap();
+    h.invalidate(json!({ "user": user })).await;
+    assert_eq!(h.me_access(access, "sql-co").await.1["modules"], basic);
+    directory::revoke_module(&h.db, membership, "basic")
+        .await
+        .unwrap();
+    h.invalidate(json!({ "user": user })).await;
+    assert_eq!(h.me_access(access, "sql-co").await.1["modules"], json!({}));
+}
+
+#[tokio::test]
+async fn redis_entries_that_are_stale_or_garbled_are_not_trusted() {
+    let h = Harness::start().await;
+    let (user, company, membership, tokens) = warm_member(&h, "junk@example.com", "junk-co").await;
+    let access = str_of(&tokens["access_token"]);
+    let (_, good) = h.me_access(access, "junk-co").await;
+    let entry = key::membership(company, user);
+    let current = h.cache.get(&entry).await.unwrap().unwrap();
+    let (epoch, rest) = current.split_once(':').unwrap();
+
+    // Garbled, or stamped with another epoch (read before a directory
+    // write): auth_db is asked again.
+    let other = Uuid::new_v4();
+    let stale = format!("{}:{other}:999:111", epoch.parse::<u128>().unwrap() - 1);
+    for junk in ["garbage", "1:2:3:4", stale.as_str()] {
+        h.cache.set(&entry, junk, ROW_COPY_TTL).await.unwrap();
+        let (status, answer) = h.me_access(access, "junk-co").await;
+        assert_eq!(status, StatusCode::OK, "{junk}");
+        assert_eq!(answer, good, "{junk}");
+        assert_eq!(answer["membership"], membership.to_string());
+    }
+    assert!(rest.starts_with(&membership.to_string()));
+    // The epoch gone (evicted): a new one starts, every entry is re-read.
+    h.cache.delete(key::ACCESS_EPOCH).await.unwrap();
+    assert_eq!(h.me_access(access, "junk-co").await.1, good);
+    let new_epoch = h.cache.get(key::ACCESS_EPOCH).await.unwrap().unwrap();
+    assert_ne!(new_epoch, epoch);
+    // A session entry naming another user proves nothing.
+    let session: Uuid = claims_of(access)["sid"].as_str().unwrap().parse().unwrap();
+    h.cache
+        .set(&key::session(session), &other.to_string(), ROW_COPY_TTL)
+        .await
+        .unwrap();
+    assert_eq!(h.me_access(access, "junk-co").await.1, good);
+    assert_eq!(
+        h.cache.get(&key::session(session)).await.unwrap(),
+        Some(user.to_string())
+    );
+}
+
+#[tokio::test]
+async fn directory_routes_refuse_ids_names_slugs_and_modules_that_cannot_work() {
+    let h = Harness::start().await;
+    let company = Uuid::new_v4();
+    let nil = Uuid::nil();
+    let refused = [
+        (
+            Method::PUT,
+            format!("/internal/companies/{nil}"),
+            Some(json!({ "slug": "nil-co", "name": "Nil" })),
+            "nil UUID",
+        ),
+        (
+            Method::PUT,
+            format!("/internal/companies/{company}"),
+            Some(json!({ "slug": "blank-co", "name": "  " })),
+            "must not be empty",
+        ),
+        (
+            Method::PUT,
+            format!("/internal/companies/{company}"),
+            Some(json!({ "slug": Uuid::new_v4().simple().to_string(), "name": "Hex" })),
+            "reads as a company id",
+        ),
+        (
+            Method::PUT,
+            "/internal/roles/clerk".to_string(),
+            Some(json!({ "permissions": ["billing.invoices.read"] })),
+            "must start with its module",
+        ),
+    ];
+    for (method, path, body, why) in refused {
+        let (status, answer) = h.as_admin(method, &path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert!(answer.to_string().contains(why), "{path}: {answer}");
+    }
+    // A real company and membership, then a grant of a module that is none.
+    let (status, answer) = h
+        .as_admin(
+            Method::PUT,
+            &format!("/internal/companies/{company}"),
+            Some(json!({ "slug": "checked-co", "name": "Checked" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    h.user("checked@example.com").await;
+    directory::define_role(&h.dir, "member", &[]).await.unwrap();
+    let (status, answer) = h
+        .as_admin(
+            Method::POST,
+            &format!("/internal/companies/{company}/memberships"),
+            Some(json!({ "email": "checked@example.com", "role": "member" })),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+    let membership = answer["after"]["membership"].as_str().unwrap().to_string();
+    let (status, answer) = h
+        .as_admin(
+            Method::PUT,
+            &format!("/internal/memberships/{membership}/grants/billing"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer.to_string().contains("unknown module"), "{answer}");
+    let (status, answer) = h
+        .as_admin(
+            Method::PUT,
+            &format!("/internal/memberships/{membership}/grants/finance"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
 }

@@ -3,7 +3,7 @@
 //! and reloadable on demand (key rotation and emergency revocation).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
@@ -18,10 +18,12 @@ pub enum JwksError {
     Fetch { url: String, reason: String },
 }
 
-struct Cached {
+/// The keys of one successful fetch. Replaced whole, never changed, so a
+/// request verifies against a snapshot without holding any lock.
+#[derive(Default)]
+struct Snapshot {
     keys: BTreeMap<String, DecodingKey>,
     fetched: Option<Instant>,
-    attempted: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -30,7 +32,10 @@ pub struct JwksCache {
     client: reqwest::Client,
     max_age: Duration,
     min_refetch: Duration,
-    cached: Arc<Mutex<Cached>>,
+    /// What requests read: a read lock held only to clone the `Arc`.
+    current: Arc<RwLock<Arc<Snapshot>>>,
+    /// Serializes fetches; holds when the last one was attempted.
+    attempted: Arc<Mutex<Option<Instant>>>,
 }
 
 impl JwksCache {
@@ -43,12 +48,31 @@ impl JwksCache {
                 .unwrap_or_default(),
             max_age,
             min_refetch,
-            cached: Arc::new(Mutex::new(Cached {
-                keys: BTreeMap::new(),
-                fetched: None,
-                attempted: None,
-            })),
+            current: Arc::default(),
+            attempted: Arc::default(),
         }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&guard)
+    }
+
+    fn install(&self, keys: BTreeMap<String, DecodingKey>) -> Arc<Snapshot> {
+        let snapshot = Arc::new(Snapshot {
+            keys,
+            fetched: Some(Instant::now()),
+        });
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *guard = Arc::clone(&snapshot);
+        snapshot
+    }
+
+    fn usable(&self, snapshot: &Snapshot, kid: &str) -> bool {
+        let fresh = snapshot
+            .fetched
+            .is_some_and(|at| at.elapsed() < self.max_age);
+        fresh && snapshot.keys.contains_key(kid)
     }
 
     async fn fetch(&self) -> Result<BTreeMap<String, DecodingKey>, JwksError> {
@@ -76,55 +100,67 @@ impl JwksCache {
             .collect())
     }
 
+    /// The keys to verify a token of `kid` with: the current snapshot while
+    /// it is fresh and knows the kid, else after a fetch (when the cache is
+    /// stale or the kid is new, at most once per minimum interval).
+    async fn keys_for(&self, kid: &str) -> Result<Arc<Snapshot>, JwksError> {
+        let current = self.snapshot();
+        if self.usable(&current, kid) {
+            return Ok(current);
+        }
+        let mut attempted = self.attempted.lock().await;
+        // Another request may have fetched while this one waited.
+        let current = self.snapshot();
+        if self.usable(&current, kid) {
+            return Ok(current);
+        }
+        if attempted.is_some_and(|at| at.elapsed() < self.min_refetch) {
+            return Ok(current);
+        }
+        *attempted = Some(Instant::now());
+        match self.fetch().await {
+            Ok(keys) => Ok(self.install(keys)),
+            // Keep serving the keys we have; a fresh kid stays unknown.
+            Err(error) if !current.keys.is_empty() => {
+                tracing::warn!(error = %error, "jwks refresh failed; keeping cached keys");
+                Ok(current)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// The key for `kid`, fetching when the cache is stale or the kid is
     /// new (at most once per minimum interval).
     pub async fn key(&self, kid: &str) -> Result<Option<DecodingKey>, JwksError> {
-        let mut cached = self.cached.lock().await;
-        let stale = cached.fetched.is_none_or(|at| at.elapsed() >= self.max_age);
-        let known = cached.keys.contains_key(kid);
-        let may_refetch = cached
-            .attempted
-            .is_none_or(|at| at.elapsed() >= self.min_refetch);
-        if (stale || !known) && may_refetch {
-            cached.attempted = Some(Instant::now());
-            match self.fetch().await {
-                Ok(keys) => {
-                    cached.keys = keys;
-                    cached.fetched = Some(Instant::now());
-                }
-                // Keep serving the keys we have; a fresh kid stays unknown.
-                Err(error) if !cached.keys.is_empty() => {
-                    tracing::warn!(error = %error, "jwks refresh failed; keeping cached keys");
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(cached.keys.get(kid).cloned())
+        Ok(self.keys_for(kid).await?.keys.get(kid).cloned())
     }
 
     /// Fetches now, ignoring the minimum interval; returns the kids.
     pub async fn reload(&self) -> Result<Vec<String>, JwksError> {
+        let mut attempted = self.attempted.lock().await;
         let keys = self.fetch().await?;
-        let mut cached = self.cached.lock().await;
-        cached.keys = keys;
-        cached.fetched = Some(Instant::now());
-        cached.attempted = cached.fetched;
-        Ok(cached.keys.keys().cloned().collect())
+        let snapshot = self.install(keys);
+        *attempted = snapshot.fetched;
+        Ok(snapshot.keys.keys().cloned().collect())
     }
 
     pub async fn kids(&self) -> Vec<String> {
-        self.cached.lock().await.keys.keys().cloned().collect()
+        self.snapshot().keys.keys().cloned().collect()
     }
 
-    /// Verifies a token with the cached keys.
+    /// Verifies a token with the cached keys: the header is decoded once,
+    /// and no lock is held (nor any key copied) while the signature is
+    /// checked.
     pub async fn verify(&self, policy: &TokenPolicy, token: &str) -> Result<Claims, VerifyError> {
         let kid = TokenPolicy::kid_of(token).map_err(VerifyError::Token)?;
-        let key = self
-            .key(&kid)
-            .await
-            .map_err(VerifyError::Jwks)?
-            .ok_or(VerifyError::Token(TokenError::UnknownKid(kid)))?;
-        policy.verify(token, &key).map_err(VerifyError::Token)
+        let snapshot = self.keys_for(&kid).await.map_err(VerifyError::Jwks)?;
+        let key = snapshot
+            .keys
+            .get(&kid)
+            .ok_or(VerifyError::Token(TokenError::UnknownKid(kid.clone())))?;
+        policy
+            .verify_checked_header(token, key)
+            .map_err(VerifyError::Token)
     }
 }
 

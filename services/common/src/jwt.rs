@@ -1,10 +1,18 @@
 //! Access tokens: RS256 JWTs, small and identity-only (sub, sid, iss, aud,
 //! exp, iat, nbf; kid in the header), verified strictly.
 
+use std::cell::RefCell;
+
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeySet, KeySetError};
+
+thread_local! {
+    /// The last policy's `Validation` (a handful of allocations to build),
+    /// rebuilt whenever a thread verifies for another policy.
+    static VALIDATION: RefCell<Option<(TokenPolicy, Validation)>> = const { RefCell::new(None) };
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -88,15 +96,44 @@ impl TokenPolicy {
     /// Verifies signature, issuer, audience, expiry and not-before.
     pub fn verify(&self, token: &str, key: &DecodingKey) -> Result<Claims, TokenError> {
         Self::kid_of(token)?;
+        self.verify_checked_header(token, key)
+    }
+
+    /// [`verify`](Self::verify) for a token whose header [`kid_of`](Self::kid_of)
+    /// already accepted (it chose `key`): the header is not decoded twice.
+    /// jsonwebtoken still refuses any algorithm but RS256 while verifying.
+    pub fn verify_checked_header(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+    ) -> Result<Claims, TokenError> {
+        VALIDATION.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            let validation = match &mut *cached {
+                Some((policy, validation)) if policy.same_as(self) => validation,
+                slot => &mut slot.insert((self.clone(), self.validation())).1,
+            };
+            jsonwebtoken::decode::<Claims>(token, key, validation)
+                .map(|data| data.claims)
+                .map_err(|e| TokenError::Invalid(e.to_string()))
+        })
+    }
+
+    /// What jsonwebtoken checks besides the signature.
+    fn validation(&self) -> Validation {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway_seconds;
-        jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| TokenError::Invalid(e.to_string()))
+        validation
+    }
+
+    fn same_as(&self, other: &TokenPolicy) -> bool {
+        self.issuer == other.issuer
+            && self.audience == other.audience
+            && self.leeway_seconds == other.leeway_seconds
     }
 
     /// Verifies against a key set's published keys (Auth's own check).
@@ -109,7 +146,7 @@ impl TokenPolicy {
         let decoding = key
             .decoding_key()
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
-        self.verify(token, &decoding)
+        self.verify_checked_header(token, &decoding)
     }
 }
 
@@ -172,6 +209,28 @@ mod tests {
         assert!(policy().verify_with_set(&expired, &keys).is_err());
         let future = policy().sign(&keys, "u", "s", now() + 600, 900).unwrap();
         assert!(policy().verify_with_set(&future, &keys).is_err());
+    }
+
+    #[test]
+    fn each_policy_is_checked_even_when_one_thread_alternates() {
+        let keys = KeySet::generate(1).unwrap();
+        let other = TokenPolicy {
+            audience: "other-api".into(),
+            ..policy()
+        };
+        let token = policy().sign(&keys, "u", "s", now(), 900).unwrap();
+        for _ in 0..2 {
+            assert!(policy().verify_with_set(&token, &keys).is_ok());
+            assert!(other.verify_with_set(&token, &keys).is_err());
+        }
+        let lenient = TokenPolicy {
+            leeway_seconds: 120,
+            ..policy()
+        };
+        let just_expired = policy().sign(&keys, "u", "s", now() - 960, 900).unwrap();
+        assert!(policy().verify_with_set(&just_expired, &keys).is_err());
+        assert!(lenient.verify_with_set(&just_expired, &keys).is_ok());
+        assert!(policy().verify_with_set(&just_expired, &keys).is_err());
     }
 
     #[test]

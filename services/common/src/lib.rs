@@ -9,6 +9,8 @@ pub mod internal;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod logs;
+pub mod modules;
 pub mod org;
 pub mod schema;
 pub mod serve;

@@ -308,13 +308,16 @@ pub async fn serve(
         stopped(rx).await;
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
-    tokio::select! {
+    let served = tokio::select! {
         ((), ()) = async { tokio::join!(public, internal) } => Ok(()),
         () = deadline => {
             tracing::warn!("connections still open {DRAIN_LIMIT:?} after shutdown; closing them");
             Ok(())
         }
-    }
+    };
+    // The last requests' log lines, before the process ends.
+    crate::logs::flush();
+    served
 }
 
 async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {

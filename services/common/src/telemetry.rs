@@ -106,7 +106,8 @@ pub fn init_logging(settings: &LogSettings) {
         tracing_subscriber::EnvFilter::try_new(&settings.level)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // Request lines are written in batches (see `logs`).
+    let builder = tracing_subscriber::fmt().with_writer(crate::logs::Stderr);
     let _ = match settings.format {
         LogFormat::Json => builder
             .json()
@@ -157,7 +158,7 @@ impl RequestContext {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
             .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(new_request_id);
         let trace_id = headers
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -243,6 +244,16 @@ pub fn parse_traceparent(header: &str) -> Option<TraceParent<'_>> {
     })
 }
 
+/// A random (v4) UUID from the thread-local generator: `Uuid::new_v4`
+/// asks the kernel for entropy on every call, a system call per request.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand::rng().fill(&mut buffer[..]);
@@ -317,6 +328,18 @@ impl Metrics {
             .inc();
     }
 
+    /// The counter of one event, for a caller that counts it on every
+    /// request without building its labels each time. The event appears in
+    /// the exposition from this call on (at 0 until counted).
+    pub fn event_counter(&self, event: &str, outcome: &str) -> Counter {
+        self.events
+            .get_or_create(&EventLabels {
+                event: event.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .clone()
+    }
+
     /// Registers a further metric (for example a latency histogram).
     pub fn register(
         &self,
@@ -379,8 +402,8 @@ pub async fn track(State(metrics): State<Metrics>, mut request: Request, next: N
     let status = response.status();
     let latency = started.elapsed();
     let labels = RequestLabels {
-        route: route.clone(),
-        method: method.clone(),
+        route,
+        method,
         status: status.as_u16().to_string(),
     };
     metrics.requests.get_or_create(&labels).inc();
@@ -392,13 +415,14 @@ pub async fn track(State(metrics): State<Metrics>, mut request: Request, next: N
         response.headers_mut().insert(REQUEST_ID, value);
     }
     let level_error = status == StatusCode::INTERNAL_SERVER_ERROR;
+    let route = labels.route.as_str();
     if level_error || route != "/health" && route != "/ready" && route != "/metrics" {
         tracing::info!(
             service = %metrics.service,
             environment = %metrics.environment,
             request_id = %context.request_id,
             trace_id = %context.trace_id,
-            method = %method,
+            method = %labels.method,
             route = %route,
             status = status.as_u16(),
             latency_ms = latency.as_secs_f64() * 1000.0,
@@ -500,6 +524,15 @@ mod tests {
             );
             assert!(error.to_string().contains(name), "{error}");
         }
+    }
+
+    #[test]
+    fn a_request_without_an_id_gets_a_fresh_v4_uuid() {
+        let first = RequestContext::from_headers(&HeaderMap::new()).request_id;
+        let second = RequestContext::from_headers(&HeaderMap::new()).request_id;
+        assert_ne!(first, second);
+        let id = uuid::Uuid::parse_str(&first).unwrap();
+        assert_eq!(id.get_version(), Some(uuid::Version::Random));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod dependencies;
 pub mod error;
 pub mod guard;
 pub mod module;
+pub mod record_cache;
 pub mod records;
 pub mod routes;
 pub mod store;
@@ -36,6 +37,8 @@ pub use module::Module;
 use crate::access::AccessClient;
 use crate::dependencies::{Dependencies, KeyLoader, RedisProbe};
 use crate::guard::Guard;
+use crate::module::Engine;
+use crate::record_cache::{ListenerTask, RecordCache};
 use crate::routes::Endpoint;
 use crate::store::{Database, Resource};
 
@@ -47,6 +50,8 @@ pub struct App {
     database: Database,
     /// Retries the first JWKS load while Auth is unreachable.
     _key_loader: Option<KeyLoader>,
+    /// Feeds the PostgreSQL modules' read cache with change notifications.
+    _record_listener: Option<ListenerTask>,
 }
 
 /// Builds the backend. Neither the database nor Auth has to be up: the
@@ -85,7 +90,17 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
         metrics: metrics.clone(),
     };
     let resource = Resource::of(module, &database)?;
-    let public = routes::business_router(module, resource, guard)
+    // PostgreSQL modules cache their reads while a listener hears of every
+    // change; MongoDB modules read the database every time.
+    let cache = RecordCache::default();
+    let record_listener = (module.engine() == Engine::Postgres).then(|| {
+        record_cache::listen(
+            cache.clone(),
+            config.database_url.clone(),
+            module.resource(),
+        )
+    });
+    let public = routes::business_router(module, resource, guard, cache)
         .merge(serve::probes(dependencies.readiness()));
     let internal = serve::internal_router(
         dependencies.router(),
@@ -98,6 +113,7 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
         metrics,
         database,
         _key_loader: key_loader,
+        _record_listener: record_listener,
     })
 }
 
@@ -115,6 +131,7 @@ pub async fn run(
         metrics,
         database,
         _key_loader,
+        _record_listener,
     } = app(config).await?;
     // A schema behind the binary refuses the start, so no request meets a
     // missing table; an unreachable database only makes the service unready.

@@ -10,17 +10,21 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router, middleware};
+use kisum_common::telemetry::Metrics;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::guard::{self, Access, Guard};
 use crate::module::Module;
+use crate::record_cache::{Read, RecordCache};
 use crate::records::{Fields, Limit, Record};
 use crate::store::{RecordStore, Resource};
 
@@ -98,27 +102,103 @@ pub fn permission_map(endpoints: &[Endpoint]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The module's business routes, each behind the guard.
-pub fn business_router(module: Module, resource: Resource, guard: Guard) -> Router {
+/// The module's business routes, each behind the guard. Reads go through
+/// `cache` (a [`RecordCache`] that is never filled unless its listener
+/// runs, as for the PostgreSQL modules).
+pub fn business_router(
+    module: Module,
+    resource: Resource,
+    guard: Guard,
+    cache: RecordCache,
+) -> Router {
+    let metrics = guard.metrics.clone();
     let router = match resource {
-        Resource::Contacts(store) => resource_routes(module, store),
-        Resource::Invoices(store) => resource_routes(module, store),
-        Resource::Listings(store) => resource_routes(module, store),
-        Resource::Tours(store) => resource_routes(module, store),
-        Resource::Venues(store) => resource_routes(module, store),
-        Resource::Prompts(store) => resource_routes(module, store),
+        Resource::Contacts(store) => resource_routes(module, Records::new(store, &cache, &metrics)),
+        Resource::Invoices(store) => resource_routes(module, Records::new(store, &cache, &metrics)),
+        Resource::Listings(store) => resource_routes(module, Records::new(store, &cache, &metrics)),
+        Resource::Tours(store) => resource_routes(module, Records::new(store, &cache, &metrics)),
+        Resource::Venues(store) => resource_routes(module, Records::new(store, &cache, &metrics)),
+        Resource::Prompts(store) => resource_routes(module, Records::new(store, &cache, &metrics)),
     };
     router.route_layer(middleware::from_fn_with_state(guard, guard::require_access))
 }
 
 type Store<F> = Arc<dyn RecordStore<F>>;
 
-fn resource_routes<F: Fields>(module: Module, store: Store<F>) -> Router {
+/// What the handlers of one resource share.
+struct Records<F> {
+    store: Store<F>,
+    cache: RecordCache,
+    metrics: Metrics,
+}
+
+impl<F> Clone for Records<F> {
+    fn clone(&self) -> Self {
+        Records {
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<F: Fields> Records<F> {
+    fn new(store: Store<F>, cache: &RecordCache, metrics: &Metrics) -> Self {
+        Records {
+            store,
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// `read` of the company from the cache, else from the database
+    /// (`load`, serialized, then offered to the cache).
+    async fn read<T, Load>(
+        &self,
+        company: Uuid,
+        read: Read,
+        load: Load,
+    ) -> Result<Response, ApiError>
+    where
+        T: Serialize,
+        Load: Future<Output = Result<Option<T>, ApiError>>,
+    {
+        if let Some(body) = self.cache.get(company, read) {
+            self.metrics.event("record_cache", "hit");
+            return Ok(json_body(body));
+        }
+        self.metrics.event("record_cache", "miss");
+        let ticket = self.cache.ticket(company);
+        let Some(value) = load.await? else {
+            return Err(ApiError::NotFound(F::NOUN));
+        };
+        let body = Bytes::from(serde_json::to_vec(&value).map_err(|error| {
+            tracing::error!(error = %error, "cannot serialize a record");
+            ApiError::Internal
+        })?);
+        self.cache.put(ticket, read, body.clone());
+        Ok(json_body(body))
+    }
+}
+
+/// A JSON body already serialized (what `Json` would have answered).
+fn json_body(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn resource_routes<F: Fields>(module: Module, records: Records<F>) -> Router {
     let (collection, item) = paths(module);
     Router::new()
         .route(&collection, get(list::<F>).post(create::<F>))
         .route(&item, get(find::<F>))
-        .with_state(store)
+        .with_state(records)
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,27 +214,34 @@ struct Listing<F> {
 }
 
 async fn list<F: Fields>(
-    State(store): State<Store<F>>,
+    State(records): State<Records<F>>,
     Extension(access): Extension<Access>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Listing<F>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = Limit::new(query.limit).map_err(|e| ApiError::BadRequest(e.0))?;
-    let items = store.list(access.company, limit).await?;
-    Ok(Json(Listing {
-        items,
-        limit: limit.get(),
-    }))
+    let read = Read::List { limit: limit.get() };
+    let load = async {
+        let items = records.store.list(access.company, limit).await?;
+        Ok(Some(Listing {
+            items,
+            limit: limit.get(),
+        }))
+    };
+    records.read(access.company, read, load).await
 }
 
 async fn create<F: Fields>(
-    State(store): State<Store<F>>,
+    State(records): State<Records<F>>,
     Extension(access): Extension<Access>,
     body: Result<Json<F::Input>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Record<F>>), ApiError> {
     let Json(input) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let fields = F::accept(input).map_err(|e| ApiError::BadRequest(e.0))?;
-    let record = store.create(access.company, fields).await?;
+    let record = records.store.create(access.company, fields).await?;
+    // Committed: this replica's cached reads of the company go before the
+    // answer (the other replicas hear of it through the trigger's NOTIFY).
+    records.cache.invalidate(access.company);
     tracing::info!(
         record = F::NOUN,
         id = %record.id,
@@ -166,14 +253,14 @@ async fn create<F: Fields>(
 }
 
 async fn find<F: Fields>(
-    State(store): State<Store<F>>,
+    State(records): State<Records<F>>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
-) -> Result<Json<Record<F>>, ApiError> {
+) -> Result<Response, ApiError> {
     // An id that is not a UUID names no record, like an id of another company.
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(F::NOUN))?;
-    let record = store.find(access.company, id).await?;
-    record.map(Json).ok_or(ApiError::NotFound(F::NOUN))
+    let load = async { Ok(records.store.find(access.company, id).await?) };
+    records.read(access.company, Read::Find { id }, load).await
 }
 
 #[cfg(test)]

@@ -1120,3 +1120,232 @@ async fn an_unserved_method_on_a_business_route_is_405_not_500() {
         );
     }
 }
+
+// ------------------------------------------------------------ read cache --
+
+/// The value of one `kisum_events_total` sample (0 when absent).
+fn event_count(metrics: &str, event: &str, outcome: &str) -> u64 {
+    let sample = format!(r#"kisum_events_total{{event="{event}",outcome="{outcome}"}} "#);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&sample))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Polls `check` until it holds or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// An invoice written to finance_db by someone else than this backend:
+/// another replica, or SQL.
+async fn insert_elsewhere(db: &sqlx::PgPool, company: Uuid, number: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO invoices (id, company, number, customer, amount_cents, currency)
+         VALUES ($1, $2, $3, 'Elsewhere', 1, 'EUR')",
+    )
+    .bind(id)
+    .bind(company)
+    .bind(number)
+    .execute(db)
+    .await
+    .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn reads_are_cached_until_any_write_to_the_table_from_anywhere() {
+    let platform = Platform::start().await;
+    let database = finance_database().await;
+    let backend = Backend::start(&platform, Module::Finance, &database, &[]).await;
+    let db = sqlx::PgPool::connect(&database).await.unwrap();
+    let both: &[&str] = &[INVOICE_READ, INVOICE_WRITE];
+    let member = new_member(&platform, Module::Finance, Some(both)).await;
+    let other = new_member(&platform, Module::Finance, Some(both)).await;
+    let (token, org) = (&member.token, member.org());
+    let numbers = |listed: &Value| -> Vec<String> {
+        let items = listed["items"].as_array().unwrap();
+        items
+            .iter()
+            .map(|i| i["number"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let list = || async {
+        body(
+            backend
+                .get("/v1/invoices", token, Some(&org))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+
+    let created = body(
+        backend
+            .post("/v1/invoices", token, &org, invoice("INV-1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(created.0, StatusCode::CREATED);
+    let id = created.1["id"].as_str().unwrap().to_string();
+    let hits = || async { event_count(&backend.metrics().await, "record_cache", "hit") };
+    let first = list().await;
+    assert_eq!(numbers(&first.1), ["INV-1"]);
+    let before = hits().await;
+    let second = list().await;
+    assert_eq!(second, first);
+    assert_eq!(
+        hits().await,
+        before + 1,
+        "the second list came from the cache"
+    );
+    // The answer is the JSON of before, header included.
+    let raw = backend
+        .get("/v1/invoices", token, Some(&org))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.headers()["content-type"], "application/json");
+
+    // Written here: listed at once.
+    backend
+        .post("/v1/invoices", token, &org, invoice("INV-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(numbers(&list().await.1), ["INV-2", "INV-1"]);
+
+    // Written elsewhere (another replica, SQL): the trigger's NOTIFY
+    // reaches this backend and the next read sees it.
+    insert_elsewhere(&db, member.company, "INV-3").await;
+    let seen = eventually(Duration::from_secs(3), || async {
+        numbers(&list().await.1).contains(&"INV-3".to_string())
+    })
+    .await;
+    assert!(seen, "a write elsewhere invalidated the cached list");
+
+    // One record, changed elsewhere.
+    let one = || async {
+        body(
+            backend
+                .get(&format!("/v1/invoices/{id}"), token, Some(&org))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    assert_eq!(one().await.1["status"], "draft");
+    assert_eq!(one().await.1["status"], "draft");
+    sqlx::query("UPDATE invoices SET status = 'paid' WHERE id = $1")
+        .bind(Uuid::parse_str(&id).unwrap())
+        .execute(&db)
+        .await
+        .unwrap();
+    let paid = eventually(Duration::from_secs(3), || async {
+        one().await.1["status"] == "paid"
+    })
+    .await;
+    assert!(paid, "a change elsewhere invalidated the cached record");
+
+    // Another company's reads are its own, cached or not.
+    let theirs = body(
+        backend
+            .get("/v1/invoices", &other.token, Some(&other.org()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(theirs.0, StatusCode::OK);
+    assert!(numbers(&theirs.1).is_empty());
+    let mine_from_them = backend
+        .get(
+            &format!("/v1/invoices/{id}"),
+            &other.token,
+            Some(&other.org()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine_from_them.status(), StatusCode::NOT_FOUND);
+    // A TRUNCATE drops everything.
+    sqlx::query("TRUNCATE invoices").execute(&db).await.unwrap();
+    let emptied = eventually(Duration::from_secs(3), || async {
+        numbers(&list().await.1).is_empty()
+    })
+    .await;
+    assert!(emptied);
+}
+
+#[tokio::test]
+async fn the_read_cache_is_off_while_its_listener_is_disconnected() {
+    let platform = Platform::start().await;
+    let database = finance_database().await;
+    let backend = Backend::start(&platform, Module::Finance, &database, &[]).await;
+    let db = sqlx::PgPool::connect(&database).await.unwrap();
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    let (token, org) = (&member.token, member.org());
+    let count = || async {
+        let listed = body(
+            backend
+                .get("/v1/invoices", token, Some(&org))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        listed.1["items"].as_array().unwrap().len()
+    };
+    let hits = || async { event_count(&backend.metrics().await, "record_cache", "hit") };
+    let cached = eventually(Duration::from_secs(5), || async {
+        let before = hits().await;
+        count().await;
+        count().await;
+        hits().await > before
+    })
+    .await;
+    assert!(cached, "the cache serves once its listener listens");
+
+    // Cut the listener's connection: notifications sent meanwhile are lost,
+    // so nothing may be served from the cache until it listens again.
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(cut, 1, "one listener connection");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    insert_elsewhere(&db, member.company, "INV-LOST").await;
+    assert_eq!(count().await, 1, "read from the database, not the cache");
+    assert_eq!(count().await, 1);
+
+    let back = eventually(Duration::from_secs(10), || async {
+        let before = hits().await;
+        count().await;
+        count().await;
+        hits().await > before
+    })
+    .await;
+    assert!(back, "the cache serves again once the listener is back");
+    insert_elsewhere(&db, member.company, "INV-NEW").await;
+    let seen = eventually(Duration::from_secs(3), || async { count().await == 2 }).await;
+    assert!(seen);
+}

@@ -37,22 +37,38 @@ pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
 }
 
 /// The module's migrations, compiled into the binary. Only the PostgreSQL
-/// modules have any.
+/// modules have any: the table, then the trigger that notifies the
+/// backends' read caches (`record_cache`) of every change.
 fn migrations(module: Module) -> Vec<Migration> {
-    let sql = match module {
-        Module::Finance => include_str!("../../migrations/finance/0001_invoices.sql"),
-        Module::Venue => include_str!("../../migrations/venue/0001_venues.sql"),
-        Module::Ai => include_str!("../../migrations/ai/0001_prompts.sql"),
+    let (table, notify) = match module {
+        Module::Finance => (
+            include_str!("../../migrations/finance/0001_invoices.sql"),
+            include_str!("../../migrations/finance/0002_invoices_notify.sql"),
+        ),
+        Module::Venue => (
+            include_str!("../../migrations/venue/0001_venues.sql"),
+            include_str!("../../migrations/venue/0002_venues_notify.sql"),
+        ),
+        Module::Ai => (
+            include_str!("../../migrations/ai/0001_prompts.sql"),
+            include_str!("../../migrations/ai/0002_prompts_notify.sql"),
+        ),
         Module::Basic | Module::Market | Module::Touring => return Vec::new(),
     };
-    let description = format!("{} {}", module.name(), module.resource());
-    vec![Migration::new(
-        1,
-        description.into(),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )]
+    let migration = |version: i64, what: &str, sql: &'static str| {
+        let description = format!("{} {}{what}", module.name(), module.resource());
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    vec![
+        migration(1, "", table),
+        migration(2, " change notifications", notify),
+    ]
 }
 
 pub async fn migrate(pool: &PgPool, module: Module) -> Result<(), StoreError> {

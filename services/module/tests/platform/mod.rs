@@ -296,6 +296,15 @@ pub fn module_vars(module: kisum_module::Module, platform: &Platform, database_u
 }
 
 impl Platform {
+    /// auth_db with Auth's Redis: a directory write through it is seen by
+    /// the running Auth at once (a bare `db` write within 5 s).
+    #[allow(dead_code)]
+    pub fn directory(&self) -> directory::Directory {
+        let metrics = kisum_auth::metrics::AuthMetrics::new("platform-test", "test");
+        let cache = kisum_auth::cache::Cache::new(&self.redis.url(), metrics).unwrap();
+        directory::Directory::new(self.db.clone(), cache)
+    }
+
     /// Core, then Redis and Auth (migrated auth_db, a fresh key set in a
     /// file), each on free loopback ports.
     pub async fn start() -> Platform {
