@@ -71,11 +71,7 @@ impl FromRequestParts<AppState> for Principal {
             .extensions
             .get::<RequestContext>()
             .cloned()
-            .unwrap_or_else(|| RequestContext {
-                request_id: uuid::Uuid::new_v4().to_string(),
-                trace_id: uuid::Uuid::new_v4().simple().to_string(),
-                span_id: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
-            });
+            .unwrap_or_else(RequestContext::fresh);
         let token = bearer(parts)?;
         let claims = state
             .jwks
@@ -142,11 +138,7 @@ mod tests {
             user: "u".into(),
             session: "s".into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
-            context: RequestContext {
-                request_id: "r".into(),
-                trace_id: "t".into(),
-                span_id: "s".into(),
-            },
+            context: RequestContext::fresh(),
         }
     }
 

@@ -561,9 +561,16 @@ mod tests {
         );
     }
 
+    /// A Redis URL on a loopback port this test bound and let go: every
+    /// call to it fails at once.
+    fn unreachable() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("redis://{}/", listener.local_addr().unwrap())
+    }
+
     #[tokio::test]
     async fn guesses_are_kept_per_user_and_org_and_stay_bounded() {
-        let cache = Cache::new("redis://127.0.0.1:1/", AuthMetrics::new("auth", "test")).unwrap();
+        let cache = Cache::new(&unreachable(), AuthMetrics::new("auth", "test")).unwrap();
         let user = Uuid::new_v4();
         let key = AccessKey {
             company: Uuid::new_v4(),
@@ -601,8 +608,7 @@ mod tests {
     #[tokio::test]
     async fn failures_warn_once_a_minute_and_cool_down_between_tries() {
         let metrics = AuthMetrics::new("auth", "test");
-        // Nothing listens on loopback port 1: every call fails.
-        let cache = Cache::new("redis://127.0.0.1:1/", metrics.clone()).unwrap();
+        let cache = Cache::new(&unreachable(), metrics.clone()).unwrap();
         assert_eq!(cache.get("k").await, Err(Unavailable));
         // Within the cool-down Redis is not even tried; each call still
         // counts as a failed one.

@@ -118,6 +118,11 @@ impl Config {
                 vars.parsed_or("REFRESH_RATE_LIMIT_WINDOW_SECONDS", 60)?,
             )?),
         };
+        // A mailer URL needs the mailer's own credential.
+        let mailer_url = match vars.optional("PASSWORD_RESET_MAILER_URL")? {
+            Some(_) => Some(vars.http_url("PASSWORD_RESET_MAILER_URL")?),
+            None => None,
+        };
         let password_reset = ResetSettings {
             ttl: Duration::from_secs(positive(
                 "PASSWORD_RESET_TTL_SECONDS",
@@ -129,10 +134,14 @@ impl Config {
                 "PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS",
                 vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS", 3600)?,
             )?),
-            mailer_url: match vars.optional("PASSWORD_RESET_MAILER_URL")? {
-                Some(_) => Some(vars.http_url("PASSWORD_RESET_MAILER_URL")?),
+            mailer_credential: match &mailer_url {
+                Some(_) => Some(Credential::new(
+                    "auth",
+                    vars.required("PASSWORD_RESET_MAILER_CREDENTIAL")?,
+                )),
                 None => None,
             },
+            mailer_url,
         };
         let trusted_proxies = match vars.optional("TRUSTED_PROXIES")? {
             Some(list) => TrustedProxies::parse(&list).map_err(|reason| ConfigError::Invalid {
@@ -305,5 +314,23 @@ mod tests {
         vars.set("TRUSTED_PROXIES", "10.0.0.0/33");
         let error = Config::from_vars(&vars).unwrap_err();
         assert!(error.to_string().starts_with("TRUSTED_PROXIES is invalid"));
+    }
+
+    #[test]
+    fn a_mailer_url_needs_the_mailers_own_credential() {
+        let mut vars = vars();
+        vars.set("PASSWORD_RESET_MAILER_URL", "http://127.0.0.1:9300");
+        let error = Config::from_vars(&vars).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("PASSWORD_RESET_MAILER_CREDENTIAL"),
+            "{error}"
+        );
+        vars.set("PASSWORD_RESET_MAILER_CREDENTIAL", "mailer-secret-value");
+        let config = Config::from_vars(&vars).unwrap();
+        assert!(!format!("{config:?}").contains("mailer-secret-value"));
+        let credential = config.password_reset.mailer_credential.unwrap();
+        assert_eq!(credential.caller, "auth");
     }
 }

@@ -5,9 +5,10 @@
 //!   the answer nor its timing tells). For an active user it records the
 //!   SHA-256 of a fresh single-use token in auth_db, valid for
 //!   `PASSWORD_RESET_TTL_SECONDS` (1800), and hands the token to the mailer
-//!   (`PASSWORD_RESET_MAILER_URL`, an internal service that emails it;
-//!   without one the token is recorded but not delivered, and that is
-//!   logged). Throttled in Redis per client address (a 429) and per email
+//!   (`PASSWORD_RESET_MAILER_URL`, an internal service that emails it,
+//!   called with the credential `PASSWORD_RESET_MAILER_CREDENTIAL` that
+//!   serves for nothing else; without a URL the token is recorded but not
+//!   delivered, and that is logged). Throttled in Redis per client address (a 429) and per email
 //!   (requests past the limit are answered 202 and dropped).
 //! - `POST /auth/password-reset/confirm {token, password}` sets the new
 //!   password, uses up every outstanding token of the user, and ends every
@@ -17,6 +18,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use kisum_common::internal::Credential;
 use kisum_common::telemetry::RequestContext;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -42,6 +44,10 @@ pub struct ResetSettings {
     pub window: Duration,
     /// Where tokens are handed over for delivery; `None`: not delivered.
     pub mailer_url: Option<String>,
+    /// What Auth presents to the mailer (`PASSWORD_RESET_MAILER_CREDENTIAL`,
+    /// required with the URL): its own, never the credential Auth uses
+    /// with Core, so a mailer that leaks loses nothing else.
+    pub mailer_credential: Option<Credential>,
 }
 
 #[derive(Deserialize)]
@@ -148,13 +154,14 @@ async fn issue(
         .client_ip(ip);
     audit::record(&mut *tx, entry).await?;
     tx.commit().await?;
-    let Some(mailer) = &settings.mailer_url else {
+    let (Some(mailer), Some(credential)) = (&settings.mailer_url, &settings.mailer_credential)
+    else {
         state.metrics.event(event::PASSWORD_RESET, "undelivered");
         tracing::warn!(user_id = %user, "password reset recorded but not delivered: PASSWORD_RESET_MAILER_URL is not set");
         return Ok(());
     };
     let mut headers = context.outgoing();
-    state.config.credential.apply(&mut headers);
+    credential.apply(&mut headers);
     let body = serde_json::json!({
         "email": email,
         "token": token.into_string(),

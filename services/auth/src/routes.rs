@@ -25,6 +25,7 @@ use crate::state::AppState;
 use crate::{administration, directory, reset};
 
 pub use kisum_common::org::ORG_HEADER as X_ORG;
+use kisum_common::org::OrgRef;
 
 /// Every route with what it requires, for `/internal/diagnostics`.
 pub fn route_requirements() -> BTreeMap<String, String> {
@@ -148,11 +149,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Trace {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let context = parts.extensions.get::<RequestContext>().cloned();
-        Ok(Trace(context.unwrap_or_else(|| RequestContext {
-            request_id: Uuid::new_v4().to_string(),
-            trace_id: Uuid::new_v4().simple().to_string(),
-            span_id: Uuid::new_v4().simple().to_string()[..16].to_string(),
-        })))
+        Ok(Trace(context.unwrap_or_else(RequestContext::fresh)))
     }
 }
 
@@ -274,15 +271,20 @@ async fn me_access(
     headers: HeaderMap,
 ) -> Result<Answer> {
     let identity = sessions::verify_access_token(&state, &headers)?;
-    let Some(org) = headers.get(X_ORG).and_then(|v| v.to_str().ok()) else {
-        // A revoked session is told so first, as on every other route.
-        sessions::ensure_live(&state, identity).await?;
-        return Err(AuthError::BadRequest(
-            "the x-org header names the company".into(),
-        ));
+    // A missing or malformed `x-org` is a 400, as in the module backends
+    // (one parser); a well-formed one naming no company of the user, a 403.
+    let org = match OrgRef::from_headers(&headers) {
+        Ok(org) => org.to_string(),
+        Err(error) => {
+            // A revoked session is told so first, as on every other route.
+            sessions::ensure_live(&state, identity).await?;
+            return Err(AuthError::BadRequest(format!(
+                "{error}: the x-org header names the company"
+            )));
+        }
     };
     // The session check and the context together (one Redis round trip warm).
-    access::for_session(&state, &trace, identity, org).await
+    access::for_session(&state, &trace, identity, &org).await
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {

@@ -1346,6 +1346,23 @@ async fn x_org_of_a_company_without_membership_is_forbidden() {
     }
     let (status, _) = h.me_access(access, "own-co").await;
     assert_eq!(status, StatusCode::OK);
+    // A malformed x-org is a 400, as the module backends answer it.
+    for org in ["own-co/../x", "own co", "", &"a".repeat(129)] {
+        let (status, body) = h.me_access(access, org).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{org:?}: {body}");
+    }
+    let non_ascii = h
+        .http
+        .get(format!("http://{}/auth/me/access", h.public))
+        .bearer_auth(access)
+        .header(
+            "x-org",
+            reqwest::header::HeaderValue::from_bytes("own-c\u{f6}".as_bytes()).unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(non_ascii.status(), StatusCode::BAD_REQUEST);
 
     // The module backends' route: same answers, by user and session.
     let session = claims_of(access)["sid"].clone();
@@ -1913,8 +1930,12 @@ async fn an_invalid_traceparent_is_replaced_by_a_fresh_trace_and_a_valid_one_con
     }
 }
 
+/// The credential Auth presents to the mailer (not its Core credential).
+const MAILER_CREDENTIAL: &str = "mailer-credential-for-tests";
+
 /// The mailer Auth hands reset tokens to: a capture server on loopback (no
-/// email provider can run here); it keeps every body it receives.
+/// email provider can run here); it keeps every body that came with the
+/// mailer credential and answers 401 to any other.
 struct Mailer {
     url: String,
     received: Arc<Mutex<Vec<Value>>>,
@@ -1928,13 +1949,22 @@ impl Mailer {
         let kept = received.clone();
         let router = axum::Router::new().route(
             "/password-reset",
-            post(move |axum::Json(body): axum::Json<Value>| {
-                let kept = kept.clone();
-                async move {
-                    kept.lock().unwrap().push(body);
-                    axum::http::StatusCode::ACCEPTED
-                }
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                    let kept = kept.clone();
+                    async move {
+                        // Only Auth's mailer credential opens the door.
+                        let credential = headers
+                            .get(kisum_common::internal::CREDENTIAL_HEADER)
+                            .and_then(|v| v.to_str().ok());
+                        if credential != Some(MAILER_CREDENTIAL) {
+                            return axum::http::StatusCode::UNAUTHORIZED;
+                        }
+                        kept.lock().unwrap().push(body);
+                        axum::http::StatusCode::ACCEPTED
+                    }
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1965,6 +1995,7 @@ async fn a_password_reset_answers_alike_for_every_email_and_its_token_works_once
     let url: &'static str = Box::leak(mailer.url.clone().into_boxed_str());
     let settings: &'static [(&'static str, &'static str)] = Box::leak(Box::new([
         ("PASSWORD_RESET_MAILER_URL", url),
+        ("PASSWORD_RESET_MAILER_CREDENTIAL", MAILER_CREDENTIAL),
         ("PASSWORD_RESET_RATE_LIMIT_PER_EMAIL", "2"),
         ("PASSWORD_RESET_RATE_LIMIT_PER_IP", "4"),
     ]));
@@ -2091,14 +2122,7 @@ async fn a_password_reset_answers_alike_for_every_email_and_its_token_works_once
 
 // ----------------------------------------------------- warm access path --
 
-/// The value of one `kisum_events_total` sample (0 when absent).
-fn event_count(metrics: &str, event: &str, outcome: &str) -> u64 {
-    let sample = format!(r#"kisum_events_total{{event="{event}",outcome="{outcome}"}} "#);
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&sample))
-        .map_or(0, |n| n.trim().parse().unwrap())
-}
+use kisum_testkit::event_count;
 
 /// A member of a subscribed company, signed in, whose access context was
 /// asked for twice (computed, then remembered): the next ask is warm.

@@ -149,6 +149,10 @@ pub struct RequestContext {
     pub request_id: String,
     pub trace_id: String,
     pub span_id: String,
+    /// The trace flags passed on (W3C `trace-flags`, two hex digits): the
+    /// caller's when its `traceparent` was valid, `01` (sampled) for a
+    /// trace this request starts.
+    pub flags: String,
 }
 
 impl RequestContext {
@@ -159,16 +163,25 @@ impl RequestContext {
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
-        let trace_id = headers
+        let parent = headers
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_trace_id)
-            .unwrap_or_else(|| random_hex(16));
+            .and_then(parse_traceparent);
+        let (trace_id, flags) = match parent {
+            Some(parent) => (parent.trace_id.to_string(), parent.flags.to_string()),
+            None => (random_hex(16), "01".to_string()),
+        };
         RequestContext {
             request_id,
             trace_id,
             span_id: random_hex(8),
+            flags,
         }
+    }
+
+    /// A context for work no request carried in: a fresh id and trace.
+    pub fn fresh() -> Self {
+        RequestContext::from_headers(&HeaderMap::new())
     }
 
     /// Headers for a call this request makes: same request id and trace,
@@ -178,7 +191,7 @@ impl RequestContext {
         if let Ok(value) = HeaderValue::from_str(&self.request_id) {
             headers.insert(REQUEST_ID, value);
         }
-        let parent = format!("00-{}-{}-01", self.trace_id, self.span_id);
+        let parent = format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags);
         if let Ok(value) = HeaderValue::from_str(&parent) {
             headers.insert(TRACEPARENT, value);
         }
@@ -488,6 +501,25 @@ mod tests {
         assert_eq!(out[REQUEST_ID], "req-1");
         let traceparent = out[TRACEPARENT].to_str().unwrap();
         assert_eq!(parse_trace_id(traceparent).unwrap(), context.trace_id);
+        assert!(traceparent.ends_with("-01"), "a new trace is sampled");
+    }
+
+    #[test]
+    fn the_callers_trace_flags_are_passed_on() {
+        for flags in ["00", "01", "03"] {
+            let mut headers = HeaderMap::new();
+            let header = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            headers.insert(TRACEPARENT, HeaderValue::from_str(&header).unwrap());
+            let out = RequestContext::from_headers(&headers).outgoing();
+            let traceparent = out[TRACEPARENT].to_str().unwrap();
+            let parsed = parse_traceparent(traceparent).unwrap();
+            assert_eq!(parsed.flags, flags);
+            assert_eq!(parsed.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_ne!(
+                parsed.parent_id, "00f067aa0ba902b7",
+                "this request is the parent"
+            );
+        }
     }
 
     #[test]

@@ -232,3 +232,13 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
 pub(crate) fn note(msg: &str) {
     eprintln!("kisum-testkit: {msg}");
 }
+
+/// The value of one `kisum_events_total{event, outcome}` sample in a
+/// Prometheus exposition (0 when absent).
+pub fn event_count(metrics: &str, event: &str, outcome: &str) -> u64 {
+    let sample = format!(r#"kisum_events_total{{event="{event}",outcome="{outcome}"}} "#);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&sample))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
