@@ -235,17 +235,7 @@ pub async fn module_grant(
     method: Method,
     Path((membership, module)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
-    let principal = principal.require(Permission::Write)?;
-    let membership = parse_id("membership", &membership)?;
-    let module = key("module", &module)?;
-    let action = if method == Method::DELETE {
-        "grant.module.delete"
-    } else {
-        "grant.module.put"
-    };
-    let path = format!("/internal/memberships/{membership}/grants/{module}");
-    let target = |_: &Value| format!("membership:{membership}");
-    change(&state, principal, action, target, method, &path, None).await
+    grant(&state, principal, method, &membership, &module, None).await
 }
 
 /// `PUT` grants, `DELETE` revokes, one `MODULE:PERMISSION` for the
@@ -256,17 +246,41 @@ pub async fn permission_grant(
     method: Method,
     Path((membership, module, permission)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, AdminError> {
+    grant(
+        &state,
+        principal,
+        method,
+        &membership,
+        &module,
+        Some(&permission),
+    )
+    .await
+}
+
+/// A module or permission grant, passed on to Auth.
+async fn grant(
+    state: &AppState,
+    principal: Principal,
+    method: Method,
+    membership: &str,
+    module: &str,
+    permission: Option<&str>,
+) -> Result<Json<Value>, AdminError> {
     let principal = principal.require(Permission::Write)?;
-    let membership = parse_id("membership", &membership)?;
-    let (module, permission) = (key("module", &module)?, key("permission", &permission)?);
-    let action = if method == Method::DELETE {
-        "grant.permission.delete"
-    } else {
-        "grant.permission.put"
+    let membership = parse_id("membership", membership)?;
+    let module = key("module", module)?;
+    let mut path = format!("/internal/memberships/{membership}/grants/{module}");
+    if let Some(permission) = permission {
+        path = format!("{path}/{}", key("permission", permission)?);
+    }
+    let action = match (permission.is_some(), method == Method::DELETE) {
+        (false, false) => "grant.module.put",
+        (false, true) => "grant.module.delete",
+        (true, false) => "grant.permission.put",
+        (true, true) => "grant.permission.delete",
     };
-    let path = format!("/internal/memberships/{membership}/grants/{module}/{permission}");
     let target = |_: &Value| format!("membership:{membership}");
-    change(&state, principal, action, target, method, &path, None).await
+    change(state, principal, action, target, method, &path, None).await
 }
 
 pub async fn list_roles(

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use kisum_common::internal::Caller;
@@ -43,11 +43,11 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/internal/memberships/{membership}/grants/{module}",
-            put(grant_module).delete(revoke_module),
+            put(module_grant).delete(module_grant),
         )
         .route(
             "/internal/memberships/{membership}/grants/{module}/{permission}",
-            put(grant_permission).delete(revoke_permission),
+            put(permission_grant).delete(permission_grant),
         )
         .route("/internal/roles", get(list_roles))
         .route("/internal/roles/{role}", put(put_role))
@@ -482,52 +482,139 @@ where
     Ok(change(Some(before), Some(after)))
 }
 
-/// `PUT /internal/memberships/{membership}/grants/{module}`.
-async fn grant_module(
+/// `PUT` grants, `DELETE` revokes, a module for the membership (revoking
+/// it drops every permission granted in it).
+async fn module_grant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    method: Method,
     Path((id, module)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let id = parse_id("membership", &id)?;
-    known_module(&module)?;
-    membership_write(&state, &caller, &headers, id, "grant.module.put", |tx| {
-        Box::pin(async move {
-            sqlx::query(
-                "insert into module_grants (membership_id, module) values ($1, $2)
-                 on conflict do nothing",
-            )
-            .bind(id)
-            .bind(module)
-            .execute(tx)
-            .await
-            .map(drop)
-        })
-    })
-    .await
+    let grant = Grant::new(&id, module, None, method == Method::PUT)?;
+    grant.write(&state, &caller, &headers).await
 }
 
-/// `DELETE /internal/memberships/{membership}/grants/{module}`: the module
-/// and every permission granted in it.
-async fn revoke_module(
+/// `PUT` grants (with its module, when not yet granted), `DELETE` revokes,
+/// one permission beyond the membership's role.
+async fn permission_grant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((id, module)): Path<(String, String)>,
+    method: Method,
+    Path((id, module, permission)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let id = parse_id("membership", &id)?;
-    known_module(&module)?;
-    membership_write(&state, &caller, &headers, id, "grant.module.delete", |tx| {
-        Box::pin(async move {
-            sqlx::query("delete from module_grants where membership_id = $1 and module = $2")
-                .bind(id)
-                .bind(module)
-                .execute(tx)
-                .await
-                .map(drop)
+    let grant = Grant::new(&id, module, Some(permission), method == Method::PUT)?;
+    if let (true, Some(permission)) = (grant.given, &grant.permission) {
+        require_permission(&mut *state.db.acquire().await?, &grant.module, permission).await?;
+    }
+    grant.write(&state, &caller, &headers).await
+}
+
+/// One grant route's change: a module, or one permission of it; given or
+/// taken away.
+struct Grant {
+    membership: Uuid,
+    module: String,
+    permission: Option<String>,
+    given: bool,
+}
+
+impl Grant {
+    fn new(
+        membership: &str,
+        module: String,
+        permission: Option<String>,
+        given: bool,
+    ) -> Result<Grant> {
+        let membership = parse_id("membership", membership)?;
+        known_module(&module)?;
+        if let Some(permission) = &permission {
+            valid_key("permission", permission, true)?;
+        }
+        Ok(Grant {
+            membership,
+            module,
+            permission,
+            given,
         })
-    })
-    .await
+    }
+
+    fn action(&self) -> &'static str {
+        match (self.permission.is_some(), self.given) {
+            (false, true) => "grant.module.put",
+            (false, false) => "grant.module.delete",
+            (true, true) => "grant.permission.put",
+            (true, false) => "grant.permission.delete",
+        }
+    }
+
+    async fn write(
+        self,
+        state: &AppState,
+        caller: &Caller,
+        headers: &HeaderMap,
+    ) -> Result<Json<Value>> {
+        let (id, action) = (self.membership, self.action());
+        membership_write(state, caller, headers, id, action, move |tx| {
+            Box::pin(async move { self.apply(tx).await })
+        })
+        .await
+    }
+
+    async fn apply(self, tx: &mut PgConnection) -> sqlx::Result<()> {
+        let Grant {
+            membership,
+            module,
+            permission,
+            given,
+        } = self;
+        match (given, &permission) {
+            (false, None) => {
+                return sqlx::query(
+                    "delete from module_grants where membership_id = $1 and module = $2",
+                )
+                .bind(membership)
+                .bind(&module)
+                .execute(&mut *tx)
+                .await
+                .map(drop);
+            }
+            (false, Some(permission)) => {
+                return sqlx::query(
+                    "delete from membership_permissions
+                      where membership_id = $1 and module = $2 and permission = $3",
+                )
+                .bind(membership)
+                .bind(&module)
+                .bind(permission)
+                .execute(&mut *tx)
+                .await
+                .map(drop);
+            }
+            (true, _) => {}
+        }
+        sqlx::query(
+            "insert into module_grants (membership_id, module) values ($1, $2)
+             on conflict do nothing",
+        )
+        .bind(membership)
+        .bind(&module)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(permission) = permission {
+            sqlx::query(
+                "insert into membership_permissions (membership_id, module, permission)
+                 values ($1, $2, $3) on conflict do nothing",
+            )
+            .bind(membership)
+            .bind(&module)
+            .bind(&permission)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// The permission exists and belongs to the module (400 otherwise).
@@ -545,84 +632,6 @@ async fn require_permission(db: &mut PgConnection, module: &str, permission: &st
             "unknown permission `{permission}`"
         ))),
     }
-}
-
-/// `PUT /internal/memberships/{membership}/grants/{module}/{permission}`:
-/// grants the module too, when it is not yet.
-async fn grant_permission(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, module, permission)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    let id = parse_id("membership", &id)?;
-    known_module(&module)?;
-    valid_key("permission", &permission, true)?;
-    require_permission(&mut *state.db.acquire().await?, &module, &permission).await?;
-    membership_write(
-        &state,
-        &caller,
-        &headers,
-        id,
-        "grant.permission.put",
-        |tx| {
-            Box::pin(async move {
-                sqlx::query(
-                    "insert into module_grants (membership_id, module) values ($1, $2)
-                 on conflict do nothing",
-                )
-                .bind(id)
-                .bind(&module)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "insert into membership_permissions (membership_id, module, permission)
-                 values ($1, $2, $3) on conflict do nothing",
-                )
-                .bind(id)
-                .bind(&module)
-                .bind(&permission)
-                .execute(&mut *tx)
-                .await
-                .map(drop)
-            })
-        },
-    )
-    .await
-}
-
-/// `DELETE /internal/memberships/{membership}/grants/{module}/{permission}`.
-async fn revoke_permission(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, module, permission)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    let id = parse_id("membership", &id)?;
-    known_module(&module)?;
-    valid_key("permission", &permission, true)?;
-    membership_write(
-        &state,
-        &caller,
-        &headers,
-        id,
-        "grant.permission.delete",
-        |tx| {
-            Box::pin(async move {
-                sqlx::query(
-                    "delete from membership_permissions
-                  where membership_id = $1 and module = $2 and permission = $3",
-                )
-                .bind(id)
-                .bind(module)
-                .bind(permission)
-                .execute(tx)
-                .await
-                .map(drop)
-            })
-        },
-    )
-    .await
 }
 
 // ---------------------------------------------------------------- roles --
