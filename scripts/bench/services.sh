@@ -27,6 +27,12 @@
 # and printed: requests/s and p99 latency of each, then the ratios
 # (1)/(3) and (2)/(3) for throughput (target >= 0.7) and p99 (target <= 2.0).
 #
+# The services remember, per worker thread, the access tokens whose
+# signature they verified (docs/services.md, "Verification"): wrk sends one
+# token, so (1) and (2) pay the RSA step once per thread while (3) pays it
+# on every request, as the baseline is defined. A real client also sends
+# one token for its whole lifetime; read (1) and (2) as that steady state.
+#
 # Reading the figures: wrk is closed-loop and the services, PostgreSQL,
 # Redis and wrk share the machine's CPUs, so each target runs at CPU
 # saturation: its throughput is about 1 / (CPU one request costs in all

@@ -2,6 +2,7 @@
 //! exp, iat, nbf; kid in the header), verified strictly.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -9,9 +10,34 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{KeySet, KeySetError};
 
 thread_local! {
-    /// The last policy's `Validation` (a handful of allocations to build),
-    /// rebuilt whenever a thread verifies for another policy.
-    static VALIDATION: RefCell<Option<(TokenPolicy, Validation)>> = const { RefCell::new(None) };
+    /// Per thread: the last policy's `Validation` (a handful of allocations
+    /// to build) and the tokens verified under it, rebuilt whenever the
+    /// thread verifies for another policy.
+    static VERIFIER: RefCell<Option<Verifier>> = const { RefCell::new(None) };
+}
+
+/// How many verified tokens a thread remembers; past it, it starts over.
+const VERIFIED_PER_THREAD: usize = 4096;
+
+/// One thread's verification state for one policy.
+///
+/// A client sends the same access token with every request for its
+/// lifetime, so a signature once verified is remembered by the token's
+/// exact text (any other text, even one byte apart, is verified afresh).
+/// A remembered token is only reached after its kid was found among the
+/// keys in use (a retired or revoked key's tokens are refused before), its
+/// `exp` and `nbf` are checked again on every use, and issuer and audience
+/// are those of the policy it was verified under.
+struct Verifier {
+    policy: TokenPolicy,
+    validation: Validation,
+    verified: HashMap<Box<str>, Claims>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,16 +133,39 @@ impl TokenPolicy {
         token: &str,
         key: &DecodingKey,
     ) -> Result<Claims, TokenError> {
-        VALIDATION.with(|cached| {
+        VERIFIER.with(|cached| {
             let mut cached = cached.borrow_mut();
-            let validation = match &mut *cached {
-                Some((policy, validation)) if policy.same_as(self) => validation,
-                slot => &mut slot.insert((self.clone(), self.validation())).1,
+            let verifier = match &mut *cached {
+                Some(verifier) if verifier.policy.same_as(self) => verifier,
+                slot => slot.insert(Verifier {
+                    policy: self.clone(),
+                    validation: self.validation(),
+                    verified: HashMap::new(),
+                }),
             };
-            jsonwebtoken::decode::<Claims>(token, key, validation)
+            if let Some(claims) = verifier.verified.get(token) {
+                if self.in_time(claims, unix_now()) {
+                    return Ok(claims.clone());
+                }
+                // Expired since: verified again below, for the exact error.
+                verifier.verified.remove(token);
+            }
+            let claims = jsonwebtoken::decode::<Claims>(token, key, &verifier.validation)
                 .map(|data| data.claims)
-                .map_err(|e| TokenError::Invalid(e.to_string()))
+                .map_err(|e| TokenError::Invalid(e.to_string()))?;
+            if verifier.verified.len() >= VERIFIED_PER_THREAD {
+                verifier.verified.clear();
+            }
+            verifier.verified.insert(token.into(), claims.clone());
+            Ok(claims)
         })
+    }
+
+    /// `exp` and `nbf` against `now`, with the policy's clock skew, as
+    /// jsonwebtoken judges them.
+    fn in_time(&self, claims: &Claims, now: i64) -> bool {
+        let leeway = i64::try_from(self.leeway_seconds).unwrap_or(i64::MAX);
+        claims.exp.saturating_add(leeway) >= now && claims.nbf.saturating_sub(leeway) <= now
     }
 
     /// What jsonwebtoken checks besides the signature.
@@ -270,5 +319,36 @@ mod tests {
             policy().verify_with_set(&token, &keys),
             Err(TokenError::UnknownKid(_))
         ));
+    }
+
+    #[test]
+    fn a_remembered_token_is_refused_once_expired_or_its_key_is_gone() {
+        let keys = KeySet::generate(1).unwrap();
+        // Valid for one more second (no clock skew in this policy).
+        let token = policy().sign(&keys, "u", "s", now() - 899, 900).unwrap();
+        assert!(policy().verify_with_set(&token, &keys).is_ok());
+        assert!(
+            policy().verify_with_set(&token, &keys).is_ok(),
+            "remembered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(matches!(
+            policy().verify_with_set(&token, &keys),
+            Err(TokenError::Invalid(_))
+        ));
+        // A remembered token of a key no longer in the set is refused.
+        let token = policy().sign(&keys, "u", "s", now(), 900).unwrap();
+        assert!(policy().verify_with_set(&token, &keys).is_ok());
+        let replaced = KeySet::generate(1).unwrap();
+        assert!(matches!(
+            policy().verify_with_set(&token, &replaced),
+            Err(TokenError::UnknownKid(_))
+        ));
+        // And one byte apart is verified afresh (the signature fails).
+        let mut tampered = token.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert!(policy().verify_with_set(&tampered, &keys).is_err());
     }
 }
