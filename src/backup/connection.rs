@@ -24,7 +24,7 @@ use crate::secrets::{Secret, SecretStore};
 pub const REDIS_ID: &str = "redis";
 
 /// Secret holding the Redis login used for backups.
-pub const REDIS_ADMIN_SECRET: &str = "redis-admin-credentials";
+pub use crate::matrix::model::REDIS_ADMIN_SECRET;
 
 /// A database (or Redis) that can be backed up in one environment.
 #[derive(Debug, Clone)]
@@ -131,9 +131,9 @@ pub struct PgLogin {
 /// The secret with the superuser-level login of a PostgreSQL target.
 pub fn postgres_secret(env: &Environment, target: &Target) -> String {
     if env.name == "local" {
-        "local-postgres-superuser".into()
+        crate::local::postgres::SUPERUSER_SECRET.into()
     } else {
-        format!("{}-superuser", target.cluster)
+        crate::matrix::model::superuser_secret(&target.cluster)
     }
 }
 
