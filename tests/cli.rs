@@ -18,6 +18,8 @@ mod docs;
 mod help;
 #[path = "cli/manifests.rs"]
 mod manifests;
+#[path = "cli/restore_engines.rs"]
+mod restore_engines;
 #[path = "cli/site.rs"]
 mod site;
 #[path = "cli/smoke.rs"]

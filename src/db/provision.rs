@@ -868,7 +868,14 @@ async fn apply_mongo(
     record: &mut dyn FnMut(Change),
 ) -> Result<()> {
     let password = password(secrets, &db.credentials, "password")?;
-    let live = db.name.clone();
+    // A restore may have pointed the service at a restored copy: keep it.
+    let current = secrets.read(&db.credentials, "url")?;
+    let live = current
+        .as_ref()
+        .and_then(|url| connection::url_database(url.expose()))
+        .filter(|name| connection::is_generation(&db.name, name))
+        .unwrap_or(&db.name)
+        .to_string();
     let client = crate::backup::mongo::client(admin_url).await?;
     let database = client.database(&live);
     let url = match database.run_command(users_info(user)).await {

@@ -228,35 +228,15 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
     db.close().await.unwrap();
     let before = fingerprint(&pg, "auth_db").await;
 
-    let mut child = site
-        .command(&["restore", "local", "auth-db", "--yes"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Kill it while pg_restore fills the new database.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the restore never started restoring"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the restore ended before it could be killed"
-        );
-        if databases(&pg)
-            .await
+    site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
+        let names = databases(&pg).await;
+        names
             .iter()
             .any(|d| d.starts_with("auth_db_restore_"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+            .then_some(())
+    })
+    .await;
 
     assert_eq!(
         fingerprint(&pg, "auth_db").await,

@@ -36,16 +36,6 @@ async fn require_passwords(site: &Site, pg: &Postgres) {
     site.secret("local-postgres-superuser", "password", "superuser-secret");
 }
 
-fn secret(site: &Site, secret: &str, key: &str) -> String {
-    std::fs::read_to_string(
-        site.root()
-            .join(".kisum/local/secrets")
-            .join(secret)
-            .join(key),
-    )
-    .unwrap()
-}
-
 async fn login(url: &str) -> Result<PgConnection, sqlx::Error> {
     PgConnection::connect(url).await
 }
@@ -131,7 +121,7 @@ async fn provisioning_makes_least_privilege_roles_and_a_second_run_changes_nothi
     assert_eq!((owner.as_str(), public_connects), ("auth_migrator", false));
 
     // The service's login, from its secret, with the SCRAM verifier set.
-    let app_url = secret(&site, "auth-db-credentials", "url");
+    let app_url = site.read_secret("auth-db-credentials", "url");
     assert!(
         app_url.starts_with("postgres://auth_app_a:"),
         "the first login is active"
@@ -149,7 +139,7 @@ async fn provisioning_makes_least_privilege_roles_and_a_second_run_changes_nothi
     assert!(other.to_string().contains("permission denied"), "{other}");
 
     // What the migration role creates, the group may use but not drop.
-    let migration_url = secret(&site, "auth-db-migration-credentials", "url");
+    let migration_url = site.read_secret("auth-db-migration-credentials", "url");
     let mut migrator = login(&migration_url).await.unwrap();
     exec(
         &mut migrator,
@@ -198,7 +188,7 @@ async fn provisioning_makes_least_privilege_roles_and_a_second_run_changes_nothi
         "{}",
         stderr(&first)
     );
-    assert!(!secret(&site, "main-db-credentials", "url").contains('@'));
+    assert!(!site.read_secret("main-db-credentials", "url").contains('@'));
 
     // Idempotent: nothing is created or changed the second time.
     let second = site.expect(&["db", "provision", "local"], 0);
@@ -338,7 +328,7 @@ async fn migrations_run_in_release_order_and_the_services_agree_with_them() {
 
     // Each service, logged in as its own login, finds its schema current.
     let pool = |secret_name: &str| {
-        let url = secret(&site, secret_name, "url");
+        let url = site.read_secret(secret_name, "url");
         PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy(&url)
@@ -359,7 +349,7 @@ async fn migrations_run_in_release_order_and_the_services_agree_with_them() {
         .await
         .unwrap();
     assert_eq!(state, kisum_common::schema::SchemaState::Current);
-    let finance_url = secret(&site, "finance-db-credentials", "url");
+    let finance_url = site.read_secret("finance-db-credentials", "url");
     let finance =
         kisum_module::store::Database::open(kisum_module::module::Module::Finance, &finance_url)
             .await

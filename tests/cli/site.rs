@@ -56,6 +56,50 @@ impl Site {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
+    /// A value of the site's secret store.
+    pub fn read_secret(&self, secret: &str, key: &str) -> String {
+        std::fs::read_to_string(self.secrets_dir().join(secret).join(key)).unwrap()
+    }
+
+    /// Starts `kisumctl ARGS` and kills it with SIGKILL as soon as `ready`
+    /// answers something, polling every 20 ms for up to two minutes; the
+    /// command must still be running then. Answers what `ready` answered.
+    pub async fn kill_when<T>(
+        &self,
+        args: &[&str],
+        mut ready: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let found = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{args:?} never got there"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{args:?} ended before it could be killed"
+            );
+            if let Some(found) = ready().await {
+                break found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended before it could be killed"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        found
+    }
+
     pub fn store(&self) -> PathBuf {
         self.root().join(".kisum/local/backups")
     }
