@@ -2,6 +2,7 @@
 
 mod backup;
 mod cli;
+mod db;
 mod local;
 mod matrix;
 mod ops;

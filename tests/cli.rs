@@ -8,6 +8,8 @@ mod backup;
 mod common;
 #[path = "cli/corpus.rs"]
 mod corpus;
+#[path = "cli/db.rs"]
+mod db;
 #[path = "cli/deploy_local.rs"]
 mod deploy_local;
 #[path = "cli/docs.rs"]
@@ -16,5 +18,9 @@ mod docs;
 mod help;
 #[path = "cli/manifests.rs"]
 mod manifests;
+#[path = "cli/restore_engines.rs"]
+mod restore_engines;
+#[path = "cli/site.rs"]
+mod site;
 #[path = "cli/smoke.rs"]
 mod smoke;

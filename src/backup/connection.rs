@@ -10,7 +10,8 @@
 //!   keys. A missing password means a server that trusts loopback
 //!   connections (test clusters).
 //! - MongoDB: `url` of the database's credentials secret when present,
-//!   else an unauthenticated `mongodb://host:port`.
+//!   else an unauthenticated `mongodb://host:port`. The database its path
+//!   names is the live one: a restore repoints it (see `restore`).
 //! - Redis: `password` of secret `redis-admin-credentials` when present.
 
 use anyhow::{Result, bail};
@@ -24,7 +25,7 @@ use crate::secrets::{Secret, SecretStore};
 pub const REDIS_ID: &str = "redis";
 
 /// Secret holding the Redis login used for backups.
-pub const REDIS_ADMIN_SECRET: &str = "redis-admin-credentials";
+pub use crate::matrix::model::REDIS_ADMIN_SECRET;
 
 /// A database (or Redis) that can be backed up in one environment.
 #[derive(Debug, Clone)]
@@ -131,9 +132,9 @@ pub struct PgLogin {
 /// The secret with the superuser-level login of a PostgreSQL target.
 pub fn postgres_secret(env: &Environment, target: &Target) -> String {
     if env.name == "local" {
-        "local-postgres-superuser".into()
+        crate::local::postgres::SUPERUSER_SECRET.into()
     } else {
-        format!("{}-superuser", target.cluster)
+        crate::matrix::model::superuser_secret(&target.cluster)
     }
 }
 
@@ -174,7 +175,71 @@ pub fn mongo_url(target: &Target, store: &dyn SecretStore) -> Result<Secret> {
     )))
 }
 
+/// The database a MongoDB URL names in its path, if any.
+pub fn url_database(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split_once('/')?.1;
+    let name = path.split(['?', '#']).next().unwrap_or_default();
+    (!name.is_empty()).then_some(name)
+}
+
+/// `url` naming database `name` instead, options kept.
+pub fn with_database(url: &str, name: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = path.find(['?', '#']).map_or("", |at| &path[at..]);
+    format!("{scheme}://{authority}/{name}{query}")
+}
+
+/// The database that serves a MongoDB target now: the matrix's name, or a
+/// restored copy of it (`<name>_restored_<time>`) that a restore pointed
+/// the service's credentials at (MongoDB cannot rename a database).
+pub fn mongo_database(target: &Target, store: &dyn SecretStore) -> Result<String> {
+    let url = match &target.credentials {
+        Some(secret) => store.read(secret, "url")?,
+        None => None,
+    };
+    Ok(url
+        .as_ref()
+        .and_then(|url| url_database(url.expose()))
+        .filter(|name| is_generation(&target.name, name))
+        .unwrap_or(&target.name)
+        .to_string())
+}
+
+/// Whether `name` is database `base` or a restored copy of it.
+pub fn is_generation(base: &str, name: &str) -> bool {
+    name == base
+        || name
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix("_restored_"))
+            .is_some_and(|stamp| !stamp.is_empty())
+}
+
 /// The Redis password, if the store has one.
 pub fn redis_password(store: &dyn SecretStore) -> Result<Option<Secret>> {
     Ok(store.read(REDIS_ADMIN_SECRET, "password")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_repointed_to_another_database() {
+        let url = "mongodb://u:p@127.0.0.1:27117/main?directConnection=true";
+        assert_eq!(url_database(url), Some("main"));
+        let moved = with_database(url, "main_restored_20260101t000000");
+        assert_eq!(
+            moved,
+            "mongodb://u:p@127.0.0.1:27117/main_restored_20260101t000000?directConnection=true"
+        );
+        assert_eq!(url_database("mongodb://127.0.0.1:1/?x=1"), None);
+        assert_eq!(with_database("mongodb://h:1", "main"), "mongodb://h:1/main");
+        assert!(is_generation("main", "main_restored_20260101t000000"));
+        assert!(!is_generation("main", "market"));
+        assert!(!is_generation("main", "main_restored_"));
+    }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::connection::{self, Target};
-use super::postgres::{self, DatabaseFacts};
+use super::postgres;
 use super::{Context, EngineKind, mongo};
 
 /// Per database: a query whose first column must be a count of at least 1
@@ -203,12 +203,7 @@ async fn restore_and_check(
     scratch: &str,
     result: &mut DrillResult,
 ) -> Result<()> {
-    let facts: DatabaseFacts =
-        serde_json::from_value(prepared.manifest.details.clone()).unwrap_or_default();
-    let dump = prepared
-        .plain
-        .get(&postgres::dump_file_name(&target.name))
-        .context("the backup has no dump of this database")?;
+    let (facts, dump) = prepared.postgres_dump(&target.name)?;
     postgres::create_database(login, scratch, &facts).await?;
     postgres::restore_file(login, scratch, dump).await?;
     let counts = postgres::count_database(login, scratch).await?;

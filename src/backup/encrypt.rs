@@ -9,7 +9,7 @@ use std::str::FromStr;
 use crate::secrets::{Secret, SecretStore};
 
 /// Secret and key of the age identity in the secret store.
-pub const IDENTITY_SECRET: &str = "backup-age-identity";
+pub use crate::matrix::model::BACKUP_IDENTITY_SECRET as IDENTITY_SECRET;
 pub const IDENTITY_KEY: &str = "identity";
 
 /// The recipients a backup is encrypted to; none means plain files.

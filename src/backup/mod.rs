@@ -153,7 +153,10 @@ pub async fn backup(cx: &Context<'_>, target: &Target, trigger: Trigger) -> Resu
         source: manifest::Source {
             host: target.host.clone(),
             port: target.port,
-            name: target.name.clone(),
+            name: match target.engine {
+                EngineKind::Mongodb => connection::mongo_database(target, cx.secrets.as_ref())?,
+                _ => target.name.clone(),
+            },
         },
         tools: dumped.tools,
         counts: dumped.counts,
@@ -188,7 +191,8 @@ async fn dump(cx: &Context<'_>, target: &Target, dir: &Path) -> Result<Dumped> {
         }
         EngineKind::Mongodb => {
             let url = connection::mongo_url(target, cx.secrets.as_ref())?;
-            let dumped = mongo::dump(&url, &target.name, dir, &cx.recipients).await?;
+            let live = connection::mongo_database(target, cx.secrets.as_ref())?;
+            let dumped = mongo::dump(&url, &live, dir, &cx.recipients).await?;
             Ok(Dumped {
                 files: dumped.files,
                 counts: dumped.counts,
@@ -220,6 +224,19 @@ async fn dump(cx: &Context<'_>, target: &Target, dir: &Path) -> Result<Dumped> {
 pub struct Prepared {
     pub manifest: Manifest,
     pub plain: BTreeMap<String, PathBuf>,
+}
+
+impl Prepared {
+    /// A PostgreSQL backup's dump of database `name` and the database
+    /// facts its manifest recorded.
+    pub fn postgres_dump(&self, name: &str) -> Result<(postgres::DatabaseFacts, &Path)> {
+        let facts = serde_json::from_value(self.manifest.details.clone()).unwrap_or_default();
+        let dump = self
+            .plain
+            .get(&postgres::dump_file_name(name))
+            .context("the backup has no dump of this database")?;
+        Ok((facts, dump))
+    }
 }
 
 /// Why a backup cannot be used.

@@ -140,68 +140,276 @@ fn dump_blocking(
 /// counts: proof that the snapshot loads, and what it holds.
 pub async fn load_in_scratch_server(snapshot: &Path) -> Result<BTreeMap<String, u64>> {
     let snapshot = snapshot.to_path_buf();
-    tokio::task::spawn_blocking(move || load_blocking(&snapshot))
-        .await
-        .context("the scratch Redis task")?
+    tokio::task::spawn_blocking(move || {
+        let server = ScratchServer::start(&snapshot)?;
+        server.counts()
+    })
+    .await
+    .context("the scratch Redis task")?
 }
 
-fn load_blocking(snapshot: &Path) -> Result<BTreeMap<String, u64>> {
-    let dir = tempfile::tempdir().context("creating a scratch directory")?;
-    std::fs::copy(snapshot, dir.path().join(RDB_FILE)).context("copying the snapshot")?;
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port();
-    let mut server = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--dbfilename", RDB_FILE])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting a scratch redis-server")?;
-    let target = Target {
-        id: "redis".into(),
-        engine: super::EngineKind::Redis,
-        name: "0".into(),
-        cluster: "scratch".into(),
-        credentials: None,
-        host: "127.0.0.1".into(),
-        port,
-        rpo_minutes: 0,
-        rto_minutes: 0,
-        retention_days: 0,
-        restore_priority: 0,
-        persistent: true,
-    };
-    let result = (|| {
+/// A `redis-server` on a free loopback port serving a snapshot, without
+/// persistence; stopped when dropped.
+pub struct ScratchServer {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ScratchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ScratchServer {
+    /// Starts it and waits until it has loaded `snapshot` (blocking).
+    pub fn start(snapshot: &Path) -> Result<ScratchServer> {
+        let dir = tempfile::tempdir().context("creating a scratch directory")?;
+        std::fs::copy(snapshot, dir.path().join(RDB_FILE)).context("copying the snapshot")?;
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+            .local_addr()?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dbfilename", RDB_FILE])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a scratch redis-server")?;
+        let mut server = ScratchServer {
+            child,
+            port,
+            _dir: dir,
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let mut ping = cli(&target, None);
+            let mut ping = cli(&server.target(), None);
             ping.arg("PING");
             if run(ping, "PING").is_ok_and(|out| out.trim() == "PONG") {
-                break;
+                return Ok(server);
             }
-            if std::time::Instant::now() > deadline || server.try_wait()?.is_some() {
+            if std::time::Instant::now() > deadline || server.child.try_wait()?.is_some() {
                 bail!("the scratch redis-server did not load the snapshot");
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let mut keyspace = cli(&target, None);
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            id: "redis".into(),
+            engine: super::EngineKind::Redis,
+            name: "0".into(),
+            cluster: "scratch".into(),
+            credentials: None,
+            host: "127.0.0.1".into(),
+            port: self.port,
+            rpo_minutes: 0,
+            rto_minutes: 0,
+            retention_days: 0,
+            restore_priority: 0,
+            persistent: true,
+        }
+    }
+
+    /// Key counts per database, `db0` first.
+    pub fn counts(&self) -> Result<BTreeMap<String, u64>> {
+        let mut keyspace = cli(&self.target(), None);
         keyspace.args(["INFO", "keyspace"]);
         Ok(parse_keyspace(&run(keyspace, "INFO keyspace")?))
-    })();
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    }
+}
+
+/// One database index of a Redis server, reached with the redis crate.
+pub struct Server<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub password: Option<&'a Secret>,
+}
+
+impl Server<'_> {
+    pub async fn connect(&self, db: u32) -> Result<redis::aio::MultiplexedConnection> {
+        let auth = match self.password {
+            Some(password) => format!(
+                ":{}@",
+                percent_encoding::utf8_percent_encode(
+                    password.expose(),
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            ),
+            None => String::new(),
+        };
+        let url = format!("redis://{auth}{}:{}/{db}", self.host, self.port);
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("a Redis URL for {}: {:?}", self.host, e.kind()))?;
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to Redis {}:{} database {db}",
+                    self.host, self.port
+                )
+            })
+    }
+
+    /// Key counts per database (`INFO keyspace`).
+    pub async fn keyspace(&self) -> Result<BTreeMap<String, u64>> {
+        let mut conn = self.connect(0).await?;
+        let info: String = redis::cmd("INFO")
+            .arg("keyspace")
+            .query_async(&mut conn)
+            .await
+            .context("INFO keyspace")?;
+        Ok(parse_keyspace(&info))
+    }
+
+    /// `count` empty database indexes, highest first, none of `exclude`.
+    pub async fn free_indexes(&self, count: usize, exclude: &[u32]) -> Result<Vec<u32>> {
+        let mut conn = self.connect(0).await?;
+        let databases: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("databases")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let total: u32 = databases.get(1).and_then(|n| n.parse().ok()).unwrap_or(16);
+        let used = self.keyspace().await?;
+        let free: Vec<u32> = (0..total)
+            .rev()
+            .filter(|n| !exclude.contains(n) && !used.contains_key(&format!("db{n}")))
+            .take(count)
+            .collect();
+        if free.len() < count {
+            bail!(
+                "Redis has no {count} empty database index(es) to restore into (of {total}); \
+                 `restore --cleanup` frees those of earlier restores"
+            );
+        }
+        Ok(free)
+    }
+
+    pub async fn dbsize(&self, db: u32) -> Result<u64> {
+        let mut conn = self.connect(db).await?;
+        Ok(redis::cmd("DBSIZE").query_async(&mut conn).await?)
+    }
+
+    pub async fn flush(&self, db: u32) -> Result<()> {
+        let mut conn = self.connect(db).await?;
+        redis::cmd("FLUSHDB")
+            .query_async::<()>(&mut conn)
+            .await
+            .with_context(|| format!("FLUSHDB of database {db}"))
+    }
+
+    /// `SWAPDB a b`: atomic, for every client at once.
+    pub async fn swap(&self, a: u32, b: u32) -> Result<()> {
+        let mut conn = self.connect(0).await?;
+        redis::cmd("SWAPDB")
+            .arg(a)
+            .arg(b)
+            .query_async::<()>(&mut conn)
+            .await
+            .with_context(|| format!("SWAPDB {a} {b}"))
+    }
+
+    pub async fn set(&self, db: u32, key: &str, value: &str) -> Result<()> {
+        let mut conn = self.connect(db).await?;
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `key` exists in `db`; deletes it when `delete`.
+    pub async fn exists(&self, db: u32, key: &str) -> Result<bool> {
+        let mut conn = self.connect(db).await?;
+        Ok(redis::cmd("EXISTS")
+            .arg(key)
+            .query_async::<u64>(&mut conn)
+            .await?
+            > 0)
+    }
+
+    pub async fn delete(&self, db: u32, key: &str) -> Result<()> {
+        let mut conn = self.connect(db).await?;
+        redis::cmd("DEL")
+            .arg(key)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Keys go over in batches of this many.
+const COPY_BATCH: usize = 500;
+
+/// Copies every key of database `from_db` of `from` into database `to_db`
+/// of `to` with `DUMP`/`RESTORE ... REPLACE`, keeping the remaining time to
+/// live; answers the keys `to_db` holds afterwards.
+pub async fn copy_database(
+    from: &Server<'_>,
+    from_db: u32,
+    to: &Server<'_>,
+    to_db: u32,
+) -> Result<u64> {
+    let mut source = from.connect(from_db).await?;
+    let mut target = to.connect(to_db).await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(COPY_BATCH)
+            .query_async(&mut source)
+            .await
+            .context("SCAN")?;
+        if !keys.is_empty() {
+            let mut read = redis::pipe();
+            for key in &keys {
+                read.cmd("PTTL").arg(key).cmd("DUMP").arg(key);
+            }
+            let values: Vec<(i64, Option<Vec<u8>>)> =
+                read.query_async(&mut source).await.context("DUMP")?;
+            let mut write = redis::pipe();
+            for (key, (ttl, payload)) in keys.iter().zip(values) {
+                // -2: gone since the scan; -1: no expiry.
+                let Some(payload) = payload.filter(|_| ttl != -2) else {
+                    continue;
+                };
+                write
+                    .cmd("RESTORE")
+                    .arg(key)
+                    .arg(ttl.max(0))
+                    .arg(payload)
+                    .arg("REPLACE")
+                    .ignore();
+            }
+            write
+                .query_async::<()>(&mut target)
+                .await
+                .context("RESTORE")?;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    to.dbsize(to_db).await
 }
 
 #[cfg(test)]

@@ -6,19 +6,24 @@
 //!
 //! 1. fetch the backup and verify it (checksums, decryption, manifest);
 //!    a corrupt backup stops here and nothing has changed;
-//! 2. take a safety backup of the live database;
-//! 3. restore into a new database `<name>_restore_<stamp>`;
-//! 4. count its rows and compare them with the manifest;
-//! 5. in one transaction, end the live database's sessions and rename it
-//!    to `<name>_previous_<stamp>`, and the new one to `<name>`.
+//! 2. take a safety backup of the live data;
+//! 3. restore into a new place beside it;
+//! 4. count what is there and compare it with the manifest;
+//! 5. swap it in, in one atomic step, keeping the previous data.
 //!
-//! Until step 5 commits, the live database is untouched; the transaction
-//! makes step 5 all or nothing. A rerun after a crash or `SIGKILL` reads the
-//! journal: an interrupted restore before the swap is abandoned (its new
-//! database dropped), one whose swap committed is recorded as complete.
-//! The previous database stays until `restore --cleanup`.
+//! What "a new place" and "swap" are depends on the engine:
 //!
-//! MongoDB and Redis restores are not implemented yet (see docs/backups.md).
+//! | engine | restored into | swap (atomic) | previous kept as |
+//! |---|---|---|---|
+//! | PostgreSQL | database `<name>_restore_<time>` | one transaction: end the live database's sessions, rename it to `<name>_previous_<time>`, rename the new one to `<name>` | `<name>_previous_<time>` |
+//! | MongoDB (no database rename) | database `<name>_restored_<time>` | rewrite the `url` of the database's credentials secret to name it (one atomic file replace), then restart the owning service so it reconnects | the database that served until then |
+//! | Redis | empty database indexes of the same server | `SWAPDB live staging`, for every client at once | the staging index, now holding the old keys |
+//!
+//! Until step 5 the live data is untouched, and step 5 is all or nothing.
+//! A rerun after a crash or `SIGKILL` reads the journal: a restore
+//! interrupted before the swap is abandoned (what it built is dropped), one
+//! whose swap happened is recorded as complete. The previous data stays
+//! until `restore --cleanup`.
 
 use std::path::{Path, PathBuf};
 
@@ -26,9 +31,10 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::connection::{self, PgLogin, Target};
-use super::postgres::{self, DatabaseFacts};
+use super::postgres;
 use super::store::BackupStore;
-use super::{Context, EngineKind, Manifest, Trigger};
+use super::{Context, EngineKind, Manifest, Trigger, mongo, redis};
+use crate::secrets::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -49,16 +55,25 @@ pub struct Journal {
     pub restore_id: String,
     pub environment: String,
     pub database: String,
+    /// The live database (Redis: the live index, `0`).
     pub name: String,
     pub backup_id: String,
     pub pid: u32,
+    /// Where the backup is restored (Redis: the staging indexes).
     pub scratch: String,
+    /// What the live data is called after the swap.
     pub previous: String,
     pub original_exists: bool,
     pub safety_backup: Option<String>,
     pub steps: Vec<(Step, String)>,
     #[serde(default)]
     pub error: Option<String>,
+    /// Redis: (live index, staging index) per database of the snapshot.
+    #[serde(default)]
+    pub redis_pairs: Vec<(u32, u32)>,
+    /// Set by `--cleanup` once what the restore kept is gone.
+    #[serde(default)]
+    pub cleaned: bool,
 }
 
 impl Journal {
@@ -77,6 +92,8 @@ pub struct Plan {
     pub original_exists: bool,
     pub scratch: String,
     pub previous: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redis_pairs: Vec<(u32, u32)>,
     pub steps: Vec<String>,
 }
 
@@ -93,6 +110,9 @@ pub struct Outcome {
     pub safety_backup_seconds: f64,
     /// What was found of an earlier interrupted restore.
     pub recovered: Option<String>,
+    /// MongoDB: how the service was moved to the restored database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repointed: Option<String>,
 }
 
 fn journal_dir(state_dir: &Path) -> PathBuf {
@@ -103,16 +123,19 @@ fn journal_path(state_dir: &Path, database: &str) -> PathBuf {
     journal_dir(state_dir).join(format!("{database}.json"))
 }
 
-fn write_journal(state_dir: &Path, journal: &Journal) -> Result<()> {
-    let dir = journal_dir(state_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = journal_path(state_dir, &journal.database);
+fn write_json_atomic(path: &Path, journal: &Journal) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(journal)?;
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     let file = std::fs::File::open(&tmp)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_journal(state_dir: &Path, journal: &Journal) -> Result<()> {
+    let dir = journal_dir(state_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_json_atomic(&journal_path(state_dir, &journal.database), journal)
 }
 
 fn record(state_dir: &Path, journal: &mut Journal, step: Step) -> Result<()> {
@@ -140,6 +163,29 @@ pub fn read_journal(state_dir: &Path, database: &str) -> Result<Option<Journal>>
     }
 }
 
+/// The finished journals of `database`, oldest first, with their paths.
+fn history(state_dir: &Path, database: &str) -> Result<Vec<(PathBuf, Journal)>> {
+    let dir = journal_dir(state_dir).join("history");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut journals = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let journal: Journal =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        if journal.database == database {
+            journals.push((path, journal));
+        }
+    }
+    journals.sort_by(|a, b| a.1.restore_id.cmp(&b.1.restore_id));
+    Ok(journals)
+}
+
 fn running_elsewhere(journal: &Journal) -> bool {
     journal.pid != std::process::id() && Path::new(&format!("/proc/{}", journal.pid)).exists()
 }
@@ -148,21 +194,32 @@ fn stamp() -> String {
     jiff::Timestamp::now().strftime("%Y%m%dt%H%M%S").to_string()
 }
 
-fn login(cx: &Context<'_>, target: &Target) -> Result<PgLogin> {
-    if target.engine != EngineKind::Postgresql {
-        bail!(
-            "restoring a {:?} database is not implemented yet: only PostgreSQL restores are \
-             (see docs/backups.md)",
-            target.engine
-        );
-    }
+fn pg_login(cx: &Context<'_>, target: &Target) -> Result<PgLogin> {
     connection::postgres_login(cx.env, target, cx.secrets.as_ref())
+}
+
+/// The Redis server of the environment, as backups reach it.
+fn redis_password(cx: &Context<'_>) -> Result<Option<Secret>> {
+    connection::redis_password(cx.secrets.as_ref())
+}
+
+fn redis_server<'a>(target: &'a Target, password: Option<&'a Secret>) -> redis::Server<'a> {
+    redis::Server {
+        host: &target.host,
+        port: target.port,
+        password,
+    }
 }
 
 /// Plans the restore of `target` from backup `backup_id`, or from its
 /// newest backup (safety backups excluded).
 pub async fn plan(cx: &Context<'_>, target: &Target, backup_id: Option<&str>) -> Result<Plan> {
-    let login = login(cx, target)?;
+    if target.engine == EngineKind::Redis && !target.persistent {
+        bail!(
+            "Redis is a pure cache in the matrix (redis.persistence: none): there is nothing to \
+             restore; it refills from the databases (section 22.2)"
+        );
+    }
     let backup = match backup_id {
         Some(id) => cx.store.manifest(id).await?,
         None => {
@@ -183,52 +240,231 @@ pub async fn plan(cx: &Context<'_>, target: &Target, backup_id: Option<&str>) ->
             cx.env.name
         );
     }
-    let original_exists = postgres::database_exists(&login, &target.name).await?;
     let stamp = stamp();
-    let scratch = format!("{}_restore_{stamp}", target.name);
-    let previous = format!("{}_previous_{stamp}", target.name);
-    let mut steps = vec![format!(
-        "verify backup {} ({} file(s), {} bytes): checksums, decryption, manifest",
-        backup.id,
-        backup.files.len(),
-        backup.total_size()
-    )];
-    if original_exists {
-        steps.push(format!(
+    let mut plan = Plan {
+        environment: cx.env.name.to_string(),
+        database: target.id.clone(),
+        name: target.name.clone(),
+        original_exists: true,
+        scratch: String::new(),
+        previous: String::new(),
+        redis_pairs: Vec::new(),
+        steps: vec![format!(
+            "verify backup {} ({} file(s), {} bytes): checksums, decryption, manifest",
+            backup.id,
+            backup.files.len(),
+            backup.total_size()
+        )],
+        backup,
+    };
+    match target.engine {
+        EngineKind::Postgresql => plan_postgres(cx, target, &stamp, &mut plan).await?,
+        EngineKind::Mongodb => plan_mongo(cx, target, &stamp, &mut plan).await?,
+        EngineKind::Redis => plan_redis(cx, target, &mut plan).await?,
+    }
+    Ok(plan)
+}
+
+fn safety_step(cx: &Context<'_>, plan: &mut Plan) {
+    if plan.original_exists {
+        plan.steps.push(format!(
             "take a safety backup of {} into {}",
-            target.name,
+            plan.name,
             cx.store.describe()
         ));
     }
-    steps.push(format!("restore into a new database {scratch}"));
-    steps.push(format!(
-        "verify the row counts of {} table(s) against the manifest",
-        backup.counts.len()
-    ));
-    if original_exists {
+}
+
+async fn plan_postgres(
+    cx: &Context<'_>,
+    target: &Target,
+    stamp: &str,
+    plan: &mut Plan,
+) -> Result<()> {
+    let login = pg_login(cx, target)?;
+    plan.original_exists = postgres::database_exists(&login, &target.name).await?;
+    plan.scratch = format!("{}_restore_{stamp}", target.name);
+    plan.previous = format!("{}_previous_{stamp}", target.name);
+    safety_step(cx, plan);
+    let (name, scratch, previous) = (&plan.name, &plan.scratch, &plan.previous);
+    let mut steps = vec![
+        format!("restore into a new database {scratch}"),
+        format!(
+            "verify the row counts of {} table(s) against the manifest",
+            plan.backup.counts.len()
+        ),
+    ];
+    if plan.original_exists {
         steps.push(format!(
-            "end the sessions of {name}, rename it to {previous} and {scratch} to {name}, in one transaction",
-            name = target.name
+            "end the sessions of {name}, rename it to {previous} and {scratch} to {name}, in one transaction"
         ));
         steps.push(format!(
             "keep {previous} until `kisumctl restore --cleanup`"
         ));
     } else {
         steps.push(format!(
-            "rename {scratch} to {} ({} does not exist)",
-            target.name, target.name
+            "rename {scratch} to {name} ({name} does not exist)"
         ));
     }
-    Ok(Plan {
-        environment: cx.env.name.to_string(),
-        database: target.id.clone(),
-        name: target.name.clone(),
-        backup,
-        original_exists,
-        scratch,
-        previous,
-        steps,
-    })
+    plan.steps.extend(steps);
+    Ok(())
+}
+
+async fn plan_mongo(cx: &Context<'_>, target: &Target, stamp: &str, plan: &mut Plan) -> Result<()> {
+    let secret = target
+        .credentials
+        .as_deref()
+        .context("the database has no credentials secret to repoint")?;
+    let url = cx.secrets.read(secret, "url")?.with_context(|| {
+        format!(
+            "secret `{secret}` has no `url`: the service's connection cannot be repointed (run \
+             `kisumctl db provision` first)"
+        )
+    })?;
+    if url.expose().contains('@') {
+        bail!(
+            "{}'s URL carries a login: the service's user lives in its database, and moving it to \
+             a restored copy is not implemented yet (only servers without user management, such \
+             as the local one, can be restored)",
+            target.id
+        );
+    }
+    let live = connection::mongo_database(target, cx.secrets.as_ref())?;
+    let client = mongo::client(&url).await?;
+    plan.original_exists = !client
+        .database(&live)
+        .list_collection_names()
+        .await
+        .context("listing the live collections")?
+        .is_empty();
+    plan.name = live.clone();
+    plan.scratch = format!("{}_restored_{stamp}", target.name);
+    plan.previous = live.clone();
+    safety_step(cx, plan);
+    let owner = &cx.env.base.databases[&target.id].owner;
+    plan.steps.extend([
+        format!(
+            "restore every collection and its indexes into a new database {}",
+            plan.scratch
+        ),
+        format!(
+            "verify the document counts of {} collection(s) against the manifest",
+            plan.backup.counts.len()
+        ),
+        format!(
+            "point the service at {}: rewrite `url` of secret {secret} (one atomic replace), then \
+             restart {owner} where kisumctl runs it",
+            plan.scratch
+        ),
+        format!("keep {live} until `kisumctl restore --cleanup`"),
+    ]);
+    Ok(())
+}
+
+async fn plan_redis(cx: &Context<'_>, target: &Target, plan: &mut Plan) -> Result<()> {
+    let password = redis_password(cx)?;
+    let server = redis_server(target, password.as_ref());
+    let mut sources: Vec<u32> = plan
+        .backup
+        .counts
+        .keys()
+        .filter_map(|db| db.strip_prefix("db")?.parse().ok())
+        .collect();
+    if sources.is_empty() {
+        sources.push(0);
+    }
+    let staging = server.free_indexes(sources.len(), &sources).await?;
+    plan.redis_pairs = sources.iter().copied().zip(staging).collect();
+    let list = |f: fn(&(u32, u32)) -> u32| {
+        plan.redis_pairs
+            .iter()
+            .map(|p| f(p).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    plan.name = list(|p| p.0);
+    plan.scratch = list(|p| p.1);
+    plan.previous = plan.scratch.clone();
+    safety_step(cx, plan);
+    plan.steps.extend([
+        format!(
+            "load the snapshot into a scratch redis-server, copy its keys into the empty \
+             database index(es) {} of {}:{}",
+            plan.scratch, target.host, target.port
+        ),
+        format!(
+            "verify the key counts of {} database(s) against the manifest",
+            plan.redis_pairs.len()
+        ),
+        format!(
+            "SWAPDB {} (atomic for every client)",
+            plan.redis_pairs
+                .iter()
+                .map(|(a, b)| format!("{a} {b}"))
+                .collect::<Vec<_>>()
+                .join(", then ")
+        ),
+        format!(
+            "keep the previous keys in database index(es) {} until `kisumctl restore --cleanup`",
+            plan.scratch
+        ),
+    ]);
+    Ok(())
+}
+
+/// The key that tells, after a crash between `SWAPDB` and the journal,
+/// which side of the swap the restored keys are on.
+fn marker(journal: &Journal) -> String {
+    format!("kisumctl:restore:{}", journal.restore_id)
+}
+
+/// Whether the swap of an interrupted restore happened.
+async fn swap_happened(cx: &Context<'_>, target: &Target, journal: &Journal) -> Result<bool> {
+    match target.engine {
+        // The rename transaction committed or not: the new database's name tells.
+        EngineKind::Postgresql => {
+            let login = pg_login(cx, target)?;
+            Ok(!postgres::database_exists(&login, &journal.scratch).await?)
+        }
+        EngineKind::Mongodb => {
+            Ok(connection::mongo_database(target, cx.secrets.as_ref())? == journal.scratch)
+        }
+        EngineKind::Redis => {
+            let password = redis_password(cx)?;
+            let server = redis_server(target, password.as_ref());
+            let marker = marker(journal);
+            for (live, _) in &journal.redis_pairs {
+                if server.exists(*live, &marker).await? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Drops what an unfinished restore built; the live data is never touched.
+async fn drop_scratch(cx: &Context<'_>, target: &Target, journal: &Journal) -> Result<()> {
+    match target.engine {
+        EngineKind::Postgresql => {
+            postgres::drop_database(&pg_login(cx, target)?, &journal.scratch).await
+        }
+        EngineKind::Mongodb => {
+            if journal.scratch == connection::mongo_database(target, cx.secrets.as_ref())? {
+                return Ok(());
+            }
+            let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+            mongo::drop_database(&url, &journal.scratch).await
+        }
+        EngineKind::Redis => {
+            let password = redis_password(cx)?;
+            let server = redis_server(target, password.as_ref());
+            for (_, staging) in &journal.redis_pairs {
+                server.flush(*staging).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Settles what an interrupted restore of `target` left behind; answers a
@@ -245,26 +481,23 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
             journal.restore_id
         );
     }
-    let login = login(cx, target)?;
     let last = journal.last();
     let swapped = match last {
         Step::Swapped => true,
-        Step::Swapping => {
-            // The rename transaction either committed or did not: the new
-            // database's name tells which.
-            let scratch_left = postgres::database_exists(&login, &journal.scratch).await?;
-            !scratch_left
-        }
+        Step::Swapping => swap_happened(cx, target, &journal).await?,
         _ => false,
     };
     let description = if swapped {
+        if target.engine == EngineKind::Redis {
+            remove_markers(cx, target, &journal).await?;
+        }
         record(&cx.state_dir, &mut journal, Step::Swapped)?;
         format!(
             "restore {} of {} had swapped in backup {} before it stopped; recorded as complete",
             journal.restore_id, journal.database, journal.backup_id
         )
     } else {
-        postgres::drop_database(&login, &journal.scratch).await?;
+        drop_scratch(cx, target, &journal).await?;
         journal.error = Some(format!("interrupted at step {last:?}"));
         record(&cx.state_dir, &mut journal, Step::Abandoned)?;
         format!(
@@ -288,24 +521,16 @@ pub async fn run(
     if let Some(note) = &recovered {
         progress(note);
     }
-    let login = login(cx, target)?;
 
     progress(&format!("verifying backup {}", plan.backup.id));
     let scratch_dir = cx.scratch()?;
     let prepared = super::prepare(cx, &plan.backup.id, scratch_dir.path()).await?;
-    let facts: DatabaseFacts =
-        serde_json::from_value(prepared.manifest.details.clone()).unwrap_or_default();
-    let dump = prepared
-        .plain
-        .get(&postgres::dump_file_name(&target.name))
-        .cloned()
-        .context("the backup has no dump of this database")?;
 
     let mut journal = Journal {
         restore_id: format!("{}-{}", target.id, stamp()),
         environment: cx.env.name.to_string(),
         database: target.id.clone(),
-        name: target.name.clone(),
+        name: plan.name.clone(),
         backup_id: plan.backup.id.clone(),
         pid: std::process::id(),
         scratch: plan.scratch.clone(),
@@ -314,12 +539,14 @@ pub async fn run(
         safety_backup: None,
         steps: vec![],
         error: None,
+        redis_pairs: plan.redis_pairs.clone(),
+        cleaned: false,
     };
     record(&cx.state_dir, &mut journal, Step::Started)?;
 
-    let result = steps(cx, target, &login, &dump, &facts, &mut journal, progress).await;
+    let result = steps(cx, target, &prepared, &mut journal, progress).await;
     match result {
-        Ok((restore_seconds, safety_backup_seconds)) => {
+        Ok((restore_seconds, safety_backup_seconds, repointed)) => {
             archive(&cx.state_dir, &journal)?;
             Ok(Outcome {
                 restore_id: journal.restore_id.clone(),
@@ -330,13 +557,14 @@ pub async fn run(
                 restore_seconds,
                 safety_backup_seconds,
                 recovered,
+                repointed,
             })
         }
         Err(error) => {
-            // Before the swap the live database was never touched; drop
-            // what was built and close the journal.
+            // Before the swap the live data was never touched; drop what
+            // was built and close the journal.
             if journal.last() != Step::Swapped {
-                let _ = postgres::drop_database(&login, &journal.scratch).await;
+                let _ = drop_scratch(cx, target, &journal).await;
                 journal.error = Some(format!("{error:#}"));
                 let _ = record(&cx.state_dir, &mut journal, Step::Abandoned);
                 let _ = archive(&cx.state_dir, &journal);
@@ -349,15 +577,13 @@ pub async fn run(
 async fn steps(
     cx: &Context<'_>,
     target: &Target,
-    login: &PgLogin,
-    dump: &Path,
-    facts: &DatabaseFacts,
+    prepared: &super::Prepared,
     journal: &mut Journal,
     progress: &mut dyn FnMut(&str),
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, Option<String>)> {
     let mut safety_seconds = 0.0;
     if journal.original_exists {
-        progress(&format!("safety backup of {}", target.name));
+        progress(&format!("safety backup of {}", journal.name));
         let started = std::time::Instant::now();
         let safety = super::backup(cx, target, Trigger::Safety).await?;
         safety_seconds = started.elapsed().as_secs_f64();
@@ -366,20 +592,16 @@ async fn steps(
     }
 
     let started = std::time::Instant::now();
-    let expected = read_counts(cx, &journal.backup_id).await?;
     progress(&format!("restoring into {}", journal.scratch));
-    postgres::drop_database(login, &journal.scratch).await?;
-    postgres::create_database(login, &journal.scratch, facts).await?;
-    record(&cx.state_dir, journal, Step::Created)?;
-    postgres::restore_file(login, &journal.scratch, dump).await?;
-    record(&cx.state_dir, journal, Step::Restored)?;
-
-    progress(&format!("verifying the row counts of {}", journal.scratch));
-    let counts = postgres::count_database(login, &journal.scratch).await?;
-    let mismatches = super::drill::count_mismatches(&expected, &counts);
+    let counts = match target.engine {
+        EngineKind::Postgresql => restore_postgres(cx, target, prepared, journal, progress).await?,
+        EngineKind::Mongodb => restore_mongo(cx, target, prepared, journal).await?,
+        EngineKind::Redis => restore_redis(cx, target, prepared, journal).await?,
+    };
+    let mismatches = super::drill::count_mismatches(&prepared.manifest.counts, &counts);
     if !mismatches.is_empty() {
         bail!(
-            "the restored database does not match the manifest: {}",
+            "the restored data does not match the manifest: {}",
             mismatches.join("; ")
         );
     }
@@ -387,24 +609,168 @@ async fn steps(
     let restore_seconds = started.elapsed().as_secs_f64();
 
     progress(&format!(
-        "swapping {} in as {}",
+        "swapping {} in for {}",
         journal.scratch, journal.name
     ));
+    if target.engine == EngineKind::Redis {
+        // Written before the journal says `swapping`, so that a crash
+        // after the swap can be told from one before it.
+        let password = redis_password(cx)?;
+        let server = redis_server(target, password.as_ref());
+        for (_, staging) in &journal.redis_pairs {
+            server
+                .set(*staging, &marker(journal), "swapped in by kisumctl restore")
+                .await?;
+        }
+    }
     record(&cx.state_dir, journal, Step::Swapping)?;
-    postgres::swap(login, &journal.name, &journal.scratch, &journal.previous).await?;
+    let repointed = match target.engine {
+        EngineKind::Postgresql => {
+            let login = pg_login(cx, target)?;
+            postgres::swap(&login, &journal.name, &journal.scratch, &journal.previous).await?;
+            None
+        }
+        EngineKind::Mongodb => Some(repoint(cx, target, &journal.scratch)?),
+        EngineKind::Redis => {
+            let password = redis_password(cx)?;
+            let server = redis_server(target, password.as_ref());
+            for (live, staging) in &journal.redis_pairs {
+                server.swap(*live, *staging).await?;
+            }
+            None
+        }
+    };
     record(&cx.state_dir, journal, Step::Swapped)?;
-    Ok((restore_seconds, safety_seconds))
+    if target.engine == EngineKind::Redis {
+        remove_markers(cx, target, journal).await?;
+    }
+    Ok((restore_seconds, safety_seconds, repointed))
 }
 
-async fn read_counts(
+async fn restore_postgres(
     cx: &Context<'_>,
-    id: &str,
+    target: &Target,
+    prepared: &super::Prepared,
+    journal: &mut Journal,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<std::collections::BTreeMap<String, u64>> {
-    Ok(cx.store.manifest(id).await?.counts)
+    let login = pg_login(cx, target)?;
+    let (facts, dump) = prepared.postgres_dump(&target.name)?;
+    postgres::drop_database(&login, &journal.scratch).await?;
+    postgres::create_database(&login, &journal.scratch, &facts).await?;
+    record(&cx.state_dir, journal, Step::Created)?;
+    postgres::restore_file(&login, &journal.scratch, dump).await?;
+    record(&cx.state_dir, journal, Step::Restored)?;
+    progress(&format!("verifying the row counts of {}", journal.scratch));
+    postgres::count_database(&login, &journal.scratch).await
 }
 
-/// Drops the previous databases kept by earlier restores of `target`, and
-/// any new database an abandoned restore left. Answers the dropped names.
+async fn restore_mongo(
+    cx: &Context<'_>,
+    target: &Target,
+    prepared: &super::Prepared,
+    journal: &mut Journal,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+    mongo::drop_database(&url, &journal.scratch).await?;
+    record(&cx.state_dir, journal, Step::Created)?;
+    let counts = mongo::restore_into(&url, &journal.scratch, &prepared.plain).await?;
+    record(&cx.state_dir, journal, Step::Restored)?;
+    Ok(counts)
+}
+
+async fn restore_redis(
+    cx: &Context<'_>,
+    target: &Target,
+    prepared: &super::Prepared,
+    journal: &mut Journal,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let snapshot = prepared
+        .plain
+        .get(redis::RDB_FILE)
+        .context("the backup has no RDB snapshot")?
+        .clone();
+    let scratch = tokio::task::spawn_blocking(move || redis::ScratchServer::start(&snapshot))
+        .await
+        .context("the scratch Redis task")??;
+    let password = redis_password(cx)?;
+    let live = redis_server(target, password.as_ref());
+    let from = redis::Server {
+        host: "127.0.0.1",
+        port: scratch.port,
+        password: None,
+    };
+    for (_, staging) in &journal.redis_pairs {
+        live.flush(*staging).await?;
+    }
+    record(&cx.state_dir, journal, Step::Created)?;
+    let mut counts = std::collections::BTreeMap::new();
+    for (source, staging) in &journal.redis_pairs {
+        let copied = redis::copy_database(&from, *source, &live, *staging).await?;
+        if copied > 0 {
+            counts.insert(format!("db{source}"), copied);
+        }
+    }
+    record(&cx.state_dir, journal, Step::Restored)?;
+    Ok(counts)
+}
+
+async fn remove_markers(cx: &Context<'_>, target: &Target, journal: &Journal) -> Result<()> {
+    let password = redis_password(cx)?;
+    let server = redis_server(target, password.as_ref());
+    for (live, staging) in &journal.redis_pairs {
+        for db in [live, staging] {
+            server.delete(*db, &marker(journal)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Points the owning service at database `to`: the credentials secret's
+/// `url` is rewritten in one atomic replace; then, where kisumctl runs the
+/// service itself (`local`), it is restarted so that it reconnects.
+fn repoint(cx: &Context<'_>, target: &Target, to: &str) -> Result<String> {
+    let secret = target
+        .credentials
+        .as_deref()
+        .context("the database has no credentials secret")?;
+    let url = cx
+        .secrets
+        .read(secret, "url")?
+        .with_context(|| format!("secret `{secret}` has no `url`"))?;
+    let moved = Secret::new(connection::with_database(url.expose(), to));
+    cx.secrets.write(secret, "url", &moved)?;
+    let owner = &cx.env.base.databases[&target.id].owner;
+    let restarted = if cx.env.name == "local" {
+        restart_local_service(&cx.state_dir, owner)
+    } else {
+        None
+    };
+    Ok(match restarted {
+        Some(pid) => format!(
+            "secret {secret} now names {to}; {owner} (pid {pid}) was stopped and its supervisor \
+             starts it again on it"
+        ),
+        None => {
+            format!("secret {secret} now names {to}; restart {owner} so that it connects to it")
+        }
+    })
+}
+
+/// Stops a service the local supervisor runs; the supervisor starts it
+/// again at once. Answers the pid stopped.
+fn restart_local_service(state_dir: &Path, service: &str) -> Option<u32> {
+    use crate::local::state::{StateDir, SupervisorStatus, read_json};
+    let state = StateDir::new(state_dir);
+    let status: SupervisorStatus = read_json(&state.status()).ok()??;
+    let pid = status.processes.get(service)?.pid?;
+    let pid_ = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::kill_process(pid_, rustix::process::Signal::TERM).ok()?;
+    Some(pid)
+}
+
+/// Drops what earlier restores of `target` kept (the previous database or
+/// keys) and what an abandoned restore left. Answers what was dropped.
 pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<Vec<String>> {
     if let Some(journal) = read_journal(&cx.state_dir, &target.id)?
         && running_elsewhere(&journal)
@@ -416,15 +782,44 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<Vec<String>> {
         );
     }
     recover(cx, target).await?;
-    let login = login(cx, target)?;
     let mut dropped = Vec::new();
-    for kind in ["_previous_", "_restore_"] {
-        for name in
-            postgres::databases_with_prefix(&login, &format!("{}{kind}", target.name)).await?
-        {
-            postgres::drop_database(&login, &name).await?;
-            dropped.push(name);
+    if target.engine == EngineKind::Postgresql {
+        let login = pg_login(cx, target)?;
+        for kind in ["_previous_", "_restore_"] {
+            let prefix = format!("{}{kind}", target.name);
+            for name in postgres::databases_with_prefix(&login, &prefix).await? {
+                postgres::drop_database(&login, &name).await?;
+                dropped.push(name);
+            }
         }
+        return Ok(dropped);
+    }
+    // MongoDB and Redis: what each finished restore recorded, once.
+    for (path, mut journal) in history(&cx.state_dir, &target.id)? {
+        if journal.cleaned {
+            continue;
+        }
+        match (target.engine, journal.last()) {
+            (EngineKind::Mongodb, Step::Swapped) if journal.original_exists => {
+                let live = connection::mongo_database(target, cx.secrets.as_ref())?;
+                if journal.previous != live {
+                    let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+                    mongo::drop_database(&url, &journal.previous).await?;
+                    dropped.push(journal.previous.clone());
+                }
+            }
+            (EngineKind::Redis, Step::Swapped) => {
+                let password = redis_password(cx)?;
+                let server = redis_server(target, password.as_ref());
+                for (_, staging) in &journal.redis_pairs {
+                    server.flush(*staging).await?;
+                    dropped.push(format!("Redis database {staging}"));
+                }
+            }
+            _ => {}
+        }
+        journal.cleaned = true;
+        write_json_atomic(&path, &journal)?;
     }
     Ok(dropped)
 }

@@ -120,15 +120,7 @@ where
     F: AsyncFnOnce(&Context<'_>) -> anyhow::Result<Exit>,
 {
     super::with_environment(dir, env, format, |_, env| {
-        let secrets = match secret_store(dir, env) {
-            Ok(secrets) => secrets,
-            Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
-        };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
+        with_secrets(dir, env, format, async |secrets| {
             let cx = match Context::new(dir, env, secrets).await {
                 Ok(cx) => cx,
                 Err(error) => {
@@ -140,6 +132,28 @@ where
     })
 }
 
+/// Opens the secret store of `env` (refusing a backend kisumctl has no
+/// client for) and runs `command` in a Tokio runtime.
+pub(super) fn with_secrets<F>(
+    dir: &Path,
+    env: &Environment,
+    format: OutputFormat,
+    command: F,
+) -> anyhow::Result<Exit>
+where
+    F: AsyncFnOnce(Box<dyn SecretStore>) -> anyhow::Result<Exit>,
+{
+    let secrets = match secret_store(dir, env) {
+        Ok(secrets) => secrets,
+        Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(command(secrets))
+}
+
 /// The environment's secret store.
 pub(super) fn secret_store(dir: &Path, env: &Environment) -> Result<Box<dyn SecretStore>, String> {
     match &env.file.secrets {
@@ -148,7 +162,7 @@ pub(super) fn secret_store(dir: &Path, env: &Environment) -> Result<Box<dyn Secr
         ))),
         SecretBackend::AwsSecretsManager { .. } => Err(format!(
             "environment {} keeps its secrets in AWS Secrets Manager, and kisumctl has no backend \
-             for it yet: database credentials cannot be read",
+             for it yet: database credentials can be neither read nor written, so nothing was done",
             env.name
         )),
     }

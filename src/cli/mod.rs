@@ -2,6 +2,7 @@
 //! it parses its arguments, calls the library modules, and prints.
 
 mod backup;
+mod db;
 mod deploy;
 mod down;
 mod drill;
@@ -78,6 +79,7 @@ enum Command {
     Backup(backup::Args),
     Restore(restore::Args),
     Drill(drill::Args),
+    Db(db::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -126,6 +128,7 @@ pub fn main() -> ExitCode {
         Command::Backup(args) => backup::run(&cli.matrix, args),
         Command::Restore(args) => restore::run(&cli.matrix, args),
         Command::Drill(args) => drill::run(&cli.matrix, args),
+        Command::Db(args) => db::run(&cli.matrix, args),
     };
     match result {
         Ok(exit) => exit.into(),

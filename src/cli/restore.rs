@@ -13,15 +13,19 @@ use crate::matrix::load::printable;
 /// Restore databases of an environment from their backups.
 ///
 /// For each database: verify the backup (checksums, decryption, manifest),
-/// take a safety backup of the live database, restore into a new database,
-/// check its row counts against the manifest, then swap it in: the live
-/// database is renamed to `<name>_previous_<time>` and the new one takes
-/// its name, in one transaction. Until that transaction commits the live
-/// database keeps serving; after a crash, the next run finds the journal
-/// and cleans up. The previous database stays until `--cleanup`.
-/// PostgreSQL only in this release. `--all` follows the restore order of
-/// the matrix (section 22.4), skips the other engines and then exits 3. Asks for confirmation on a terminal; `--yes`
-/// skips it. Exit 0 on success, 1 when a backup fails verification
+/// take a safety backup of the live data, restore into a new place beside
+/// it, check its counts against the manifest, then swap it in, in one
+/// atomic step. PostgreSQL: the live database is renamed to
+/// `<name>_previous_<time>` and the new one takes its name, in one
+/// transaction. MongoDB (which cannot rename a database): the service's
+/// credentials secret is repointed at the new `<name>_restored_<time>` and
+/// the service restarted. Redis (when the matrix keeps it): `SWAPDB` with
+/// the staging index. Until the swap the live data keeps serving; after a
+/// crash or SIGKILL, the next run finds the journal and cleans up. The
+/// previous data stays until `--cleanup`. `--all` follows the restore order
+/// of the matrix (section 22.4), stopping at the first failure; Redis as a
+/// pure cache is left to refill. Asks for confirmation on a terminal;
+/// `--yes` skips it. Exit 0 on success, 1 when a backup fails verification
 /// (nothing changed), 2 for bad input or a refused confirmation, 3 when an
 /// operation failed.
 #[derive(Debug, clap::Args)]
@@ -50,8 +54,8 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
 
-    /// Drop the previous databases kept by earlier restores (and what an
-    /// interrupted restore left), instead of restoring.
+    /// Drop the previous databases (Redis: keys) kept by earlier restores,
+    /// and what an interrupted restore left, instead of restoring.
     #[arg(long, conflicts_with_all = ["backup", "dry_run"])]
     cleanup: bool,
 
@@ -77,15 +81,14 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         return cleanup(cx, &targets, args.output).await;
     }
 
-    // Only PostgreSQL restores exist so far: with --all the others are
-    // skipped and reported, and the command ends with exit 3.
-    let (targets, skipped): (Vec<Target>, Vec<Target>) = targets
-        .into_iter()
-        .partition(|t| !args.all || t.engine == backup::EngineKind::Postgresql);
-    for target in &skipped {
+    if args.all
+        && let Ok(redis) = backup::connection::target(cx.env, backup::connection::REDIS_ID)
+        && !redis.persistent
+    {
         eprintln!(
-            "restore {}: skipping {} ({:?}): not implemented yet for this engine",
-            cx.env.name, target.id, target.engine
+            "restore {}: redis is a pure cache (redis.persistence: none): nothing to restore, it \
+             refills from the databases",
+            cx.env.name
         );
     }
     let mut plans = Vec::new();
@@ -147,6 +150,9 @@ async fn execute(
                 outcome.safety_backup_seconds,
                 outcome.previous.as_deref().unwrap_or("none")
             );
+            if let Some(note) = &outcome.repointed {
+                eprintln!("restore {name} {}: {}", target.id, printable(note));
+            }
             if format == OutputFormat::Text {
                 println!("{}", outcome.restore_id);
             }
@@ -224,10 +230,7 @@ async fn cleanup(
     format: OutputFormat,
 ) -> anyhow::Result<Exit> {
     let mut dropped = Vec::new();
-    for target in targets
-        .iter()
-        .filter(|t| t.engine == backup::EngineKind::Postgresql)
-    {
+    for target in targets {
         match restore::cleanup(cx, target).await {
             Ok(names) => dropped.extend(names),
             Err(error) => {

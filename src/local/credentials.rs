@@ -2,7 +2,7 @@
 //! when missing: internal service credentials (tokens), the first JWT key
 //! set (`kisum-key-set/v1`) and its public half, the Redis ACL users'
 //! passwords and URLs, and the PostgreSQL superuser's password. Database
-//! credentials are made by `provision`, the smoke fixtures by `seed`.
+//! credentials are made by `db provision`, the smoke fixtures by `seed`.
 
 use kisum_common::keys::KeySet;
 

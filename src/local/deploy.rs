@@ -21,7 +21,6 @@ use super::mongo::MongoServer;
 use super::plan::{self, DataPorts, Endpoints, Inputs};
 use super::postgres::{self, Postgres};
 use super::probe;
-use super::provision;
 use super::redis;
 use super::seed;
 use super::state::{
@@ -29,7 +28,9 @@ use super::state::{
     unix_now, write_json,
 };
 use super::supervisor;
+use crate::db;
 use crate::matrix::Environment;
+use crate::matrix::schema::Engine;
 use crate::secrets::{Secret, SecretStore};
 use crate::smoke;
 
@@ -251,16 +252,24 @@ async fn steps(
     );
 
     let started = run.begin("provision")?;
-    let databases = provision::databases(env);
-    let mut connection =
-        provision::connect_superuser(ports.postgres, &superuser, Duration::from_secs(30)).await?;
-    provision::postgres(&mut connection, ports.postgres, &databases, store).await?;
-    drop(connection);
-    provision::mongo(ports.mongo, &databases, store)?;
+    let provisioning = db::provision::plan(env, None)?;
+    let admin = db::provision::Admin {
+        env,
+        secrets: store,
+        connect_timeout: Duration::from_secs(30),
+    };
+    let changes = db::provision::apply(&provisioning, &admin, &mut |_| {}).await?;
+    let created = changes
+        .iter()
+        .filter(|c| c.outcome == db::provision::Outcome::Created)
+        .count();
     run.end(
         "provision",
         started,
-        &format!("{} databases, one login each", databases.len()),
+        &format!(
+            "{} databases, {created} roles, users or databases created now",
+            provisioning.databases.len()
+        ),
     );
 
     let fingerprint = plan::file_fingerprint;
@@ -280,11 +289,14 @@ async fn steps(
     let services = plan::services(env, &inputs)?;
 
     let started = run.begin("migrate")?;
-    let migrated = migrate(env, &services)?;
+    let applied = migrate_postgres(env, &context.repo, store).await?;
+    let indexed = migrate_mongo(env, &services)?;
     run.end(
         "migrate",
         started,
-        &format!("{migrated} databases up to date"),
+        &format!(
+            "{applied} PostgreSQL migrations applied now; {indexed} MongoDB databases indexed"
+        ),
     );
 
     for (step, wave) in [("core", 1), ("auth", 2)] {
@@ -485,14 +497,38 @@ fn build(repo: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
     Ok(target.join("release"))
 }
 
-/// `<binary> migrate` of every database-backed service, in parallel.
-fn migrate(env: &Environment, services: &[ProcessSpec]) -> anyhow::Result<usize> {
+/// The PostgreSQL migrations of every service, in release order, as the
+/// migration roles (`kisumctl db migrate`); answers how many ran now.
+async fn migrate_postgres(
+    env: &Environment<'_>,
+    repo: &Path,
+    store: &dyn SecretStore,
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    let sets = db::migrate::sets(env, repo, None)?;
+    db::migrate::readable(&sets)?;
+    for set in sets {
+        let mut conn = db::migrate::connect(&set, store).await?;
+        let report = db::migrate::run(&mut conn, &set, false, READY_TIMEOUT, &mut |_| {})
+            .await
+            .map_err(anyhow::Error::from)?;
+        applied += report.applied.len();
+        let _ = sqlx::Connection::close(conn).await;
+    }
+    Ok(applied)
+}
+
+/// `<binary> migrate` of every service on MongoDB (which creates its
+/// indexes), in parallel.
+fn migrate_mongo(env: &Environment, services: &[ProcessSpec]) -> anyhow::Result<usize> {
     let with_database: Vec<&ProcessSpec> = services
         .iter()
         .filter(|s| {
             env.services
                 .get(s.name.as_str())
-                .is_some_and(|r| r.spec.database.is_some())
+                .and_then(|r| r.spec.database.as_ref())
+                .and_then(|db| env.base.databases.get(db))
+                .is_some_and(|db| db.engine == Engine::Mongodb)
         })
         .collect();
     let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {

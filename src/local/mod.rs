@@ -2,8 +2,9 @@
 //! processes on one machine (docs/deploy-local.md).
 //!
 //! `plan` computes the desired state from the matrix; `postgres`, `redis`
-//! and `mongo` prepare and describe the data services; `credentials`,
-//! `provision` and `seed` fill the secret store and the databases;
+//! and `mongo` prepare and describe the data services; `credentials` and
+//! `seed` fill the secret store and the databases (the databases, roles and
+//! migrations themselves come from `crate::db`, as for every environment);
 //! `supervisor` runs the processes; `deploy` orders it all; `status` reads
 //! it back. Nothing here prints: the command files under `cli` do.
 
@@ -16,7 +17,6 @@ pub mod plan;
 pub mod postgres;
 pub mod probe;
 pub mod programs;
-pub mod provision;
 pub mod redis;
 pub mod seed;
 pub mod state;

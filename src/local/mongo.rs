@@ -124,11 +124,3 @@ impl MongoServer {
         })
     }
 }
-
-/// The URL a module receives: the database in the path, generous timeouts
-/// (the emulator can be slow to answer while it writes).
-pub fn url(database: &str, port: u16) -> String {
-    format!(
-        "mongodb://127.0.0.1:{port}/{database}?directConnection=true&connectTimeoutMS=60000&serverSelectionTimeoutMS=60000"
-    )
-}

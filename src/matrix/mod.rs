@@ -20,8 +20,14 @@ pub fn resolve_path(matrix_dir: &Path, path: &str) -> PathBuf {
     if path.is_absolute() {
         return path.to_path_buf();
     }
+    root(matrix_dir).join(path)
+}
+
+/// The directory relative matrix paths resolve against: the parent of the
+/// matrix directory.
+pub fn root(matrix_dir: &Path) -> PathBuf {
     let matrix_dir = std::fs::canonicalize(matrix_dir).unwrap_or_else(|_| matrix_dir.to_path_buf());
-    matrix_dir.parent().unwrap_or(Path::new(".")).join(path)
+    matrix_dir.parent().unwrap_or(Path::new(".")).to_path_buf()
 }
 
 #[cfg(test)]

@@ -16,6 +16,16 @@ pub const REQUIRED_ENVIRONMENTS: [&str; 4] = ["local", "dev", "staging", "produc
 /// The target name that stands for the platform's Redis in `egress`.
 pub const REDIS: &str = "redis";
 
+/// The Redis login of kisumctl's backups and restores.
+pub const REDIS_ADMIN_SECRET: &str = "redis-admin-credentials";
+/// The age identity that decrypts backups (key `identity`).
+pub const BACKUP_IDENTITY_SECRET: &str = "backup-age-identity";
+
+/// The administrative login of a database server of the matrix.
+pub fn superuser_secret(cluster: &str) -> String {
+    format!("{cluster}-superuser")
+}
+
 /// A loaded matrix whose cross references all resolve.
 #[derive(Debug, Clone)]
 pub struct Matrix {
@@ -554,6 +564,10 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
             "secret",
             &secrets,
         );
+        if let Some(secret) = &db.migration_credentials {
+            let field = format!("databases.{id}.migration-credentials");
+            check(src, field, secret, "secret", &secrets);
+        }
     }
     for (id, family) in &base.redis.key_families {
         let field = format!("redis.key-families.{id}.owner");

@@ -371,6 +371,13 @@ pub static RULES: &[Rule] = &[
         check: unused_secret,
     },
     Rule {
+        id: "operator-secrets",
+        level: Level::Error,
+        sections: "9.1, 10.2, 12.1, 22",
+        summary: "the secrets kisumctl logs in with are in the inventory: every server's superuser, every PostgreSQL database's migration role, the Redis backup login, the backup identity",
+        check: operator_secrets,
+    },
+    Rule {
         id: "backup-encryption",
         level: Level::Warning,
         sections: "9.4",
@@ -1796,12 +1803,20 @@ fn unused_secret(cx: &Context) -> Vec<Finding> {
         .chain(base.common_config.values())
         .filter_map(|e| e.secret.as_ref())
         .chain(base.databases.values().map(|d| &d.credentials))
+        .chain(
+            base.databases
+                .values()
+                .filter_map(|d| d.migration_credentials.as_ref()),
+        )
         .collect();
     let kisumctl_only = [
         SecretCategory::JwtPublicKeys,
         SecretCategory::AcmeAccountKey,
         SecretCategory::TlsCertificate,
         SecretCategory::SmokeTestCredential,
+        SecretCategory::DatabaseAdminCredential,
+        SecretCategory::RedisAdminCredential,
+        SecretCategory::BackupEncryptionKey,
     ];
     base.secrets
         .iter()
@@ -1813,6 +1828,64 @@ fn unused_secret(cx: &Context) -> Vec<Finding> {
             )
         })
         .collect()
+}
+
+/// The secrets kisumctl itself logs in with are declared, each of the
+/// category its use needs, so that `inventory` lists them and a missing one
+/// is found before an incident rather than during it.
+fn operator_secrets(cx: &Context) -> Vec<Finding> {
+    let base = cx.matrix.base();
+    let mut wanted: Vec<(String, String, SecretCategory, &str)> = Vec::new();
+    let mut findings = Vec::new();
+    for (id, db) in &base.databases {
+        if db.engine == Engine::Undecided {
+            continue;
+        }
+        wanted.push((
+            format!("databases.{id}.cluster"),
+            super::model::superuser_secret(&db.cluster),
+            SecretCategory::DatabaseAdminCredential,
+            "database-admin-credential",
+        ));
+        if db.engine != Engine::Postgresql {
+            continue;
+        }
+        match &db.migration_credentials {
+            Some(secret) => wanted.push((
+                format!("databases.{id}.migration-credentials"),
+                secret.clone(),
+                SecretCategory::DatabaseMigrationCredential,
+                "database-migration-credential",
+            )),
+            None => findings.push(cx.base_finding(
+                &format!("databases.{id}"),
+                "a PostgreSQL database needs `migration-credentials`: the login of the role that owns its objects".into(),
+            )),
+        }
+    }
+    for (secret, category, name) in [
+        (
+            super::model::REDIS_ADMIN_SECRET,
+            SecretCategory::RedisAdminCredential,
+            "redis-admin-credential",
+        ),
+        (
+            super::model::BACKUP_IDENTITY_SECRET,
+            SecretCategory::BackupEncryptionKey,
+            "backup-encryption-key",
+        ),
+    ] {
+        wanted.push(("secrets".into(), secret.into(), category, name));
+    }
+    for (field, secret, category, name) in wanted {
+        let message = match base.secrets.get(&secret) {
+            Some(entry) if entry.category == category => continue,
+            Some(_) => format!("`{secret}` must be of category `{name}`"),
+            None => format!("`{secret}` is not in the secrets inventory (category `{name}`)"),
+        };
+        findings.push(cx.base_finding(&field, message));
+    }
+    findings
 }
 
 fn backup_encryption(cx: &Context) -> Vec<Finding> {
@@ -2450,6 +2523,27 @@ mod tests {
                 .remove("AI_PROVIDER_KEY");
         });
         assert_one_at(&findings, "secrets.ai-provider-key");
+    }
+
+    #[test]
+    fn operator_secrets_must_be_declared_with_their_category() {
+        assert!(flagged("operator-secrets", |_| {}).is_empty());
+        let findings = flagged("operator-secrets", |m| {
+            m.base.secrets.remove("core-postgres-superuser");
+            let finance = m.base.databases.get_mut("finance-db").unwrap();
+            finance.migration_credentials = None;
+            let identity = m.base.secrets.get_mut("backup-age-identity").unwrap();
+            identity.category = SecretCategory::DatabaseCredential;
+        });
+        let fields: Vec<&str> = findings.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "databases.platform-core-db.cluster",
+                "databases.finance-db",
+                "secrets"
+            ]
+        );
     }
 
     #[test]

@@ -287,6 +287,14 @@ pub struct Database {
     pub cluster: String,
     /// Key of `secrets` holding the owner's credentials.
     pub credentials: String,
+    /// PostgreSQL: key of `secrets` holding the login of the migration
+    /// role, which owns the database's objects (spec 9.1).
+    #[serde(default)]
+    pub migration_credentials: Option<String>,
+    /// PostgreSQL: the directory of the owner's sqlx migrations, relative
+    /// to the parent of the matrix directory.
+    #[serde(default)]
+    pub migrations: Option<String>,
     pub criticality: Criticality,
     /// Restore order in a major incident (spec 22.4), 1 first.
     pub restore_priority: u8,
@@ -352,6 +360,18 @@ pub enum SecretCategory {
     TlsCertificate,
     /// The identities the smoke checks act as; read by kisumctl only.
     SmokeTestCredential,
+    /// A database's migration role, which owns its objects; read by
+    /// kisumctl only.
+    DatabaseMigrationCredential,
+    /// The administrative login of a database server (`<cluster>-superuser`);
+    /// read by kisumctl only.
+    DatabaseAdminCredential,
+    /// The Redis login of backups (`redis-admin-credentials`); read by
+    /// kisumctl only.
+    RedisAdminCredential,
+    /// The age identity that decrypts backups (`backup-age-identity`); read
+    /// by kisumctl only.
+    BackupEncryptionKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -3,116 +3,16 @@
 //! for S3, with a scratch copy of the matrix whose local endpoints, state
 //! directory and backup store point at them.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kisum_testkit::Postgres;
 use serde_json::Value;
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 
-use crate::common::{scratch_copy, stderr, stdout};
-
-/// A scratch matrix whose `local` environment points at test peers.
-struct Site {
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-}
-
-impl Site {
-    fn new(postgres_port: u16) -> Site {
-        let dir = scratch_copy();
-        let site = Site { dir, env: vec![] };
-        site.edit("environments/local.yaml", |text| {
-            text.replace("port: 25432", &format!("port: {postgres_port}"))
-        });
-        site.secret("local-postgres-superuser", "username", "kisum");
-        site
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn edit(&self, file: &str, change: impl FnOnce(&str) -> String) {
-        let path = self.root().join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let changed = change(&text);
-        assert_ne!(changed, text, "{file} did not change");
-        std::fs::write(&path, changed).unwrap();
-    }
-
-    fn secrets_dir(&self) -> PathBuf {
-        self.root().join(".kisum/local/secrets")
-    }
-
-    fn secret(&self, secret: &str, key: &str, value: &str) {
-        let dir = self.secrets_dir().join(secret);
-        std::fs::create_dir_all(&dir).unwrap();
-        for d in [self.secrets_dir(), dir.clone()] {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-        }
-        let path = dir.join(key);
-        std::fs::write(&path, value).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-
-    fn store(&self) -> PathBuf {
-        self.root().join(".kisum/local/backups")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kisumctl"));
-        command
-            .args(args)
-            .current_dir(self.root())
-            .env_remove("KISUM_MATRIX")
-            .stdin(Stdio::null());
-        for (k, v) in &self.env {
-            command.env(k, v);
-        }
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("kisumctl runs")
-    }
-
-    /// Runs and asserts the exit code, printing both streams on failure.
-    fn expect(&self, args: &[&str], code: i32) -> Output {
-        let output = self.run(args);
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "kisumctl {args:?}\nstdout:\n{}\nstderr:\n{}",
-            stdout(&output),
-            stderr(&output)
-        );
-        output
-    }
-
-    fn json(&self, args: &[&str], code: i32) -> Value {
-        let output = self.expect(args, code);
-        serde_json::from_slice(&output.stdout).expect("a JSON document")
-    }
-
-    fn backup(&self, database: &str) -> Value {
-        let document = self.json(&["backup", "local", database, "-o", "json"], 0);
-        document["backups"][0]["manifest"].clone()
-    }
-}
-
-async fn connect(pg: &Postgres, db: &str) -> PgConnection {
-    PgConnection::connect(&pg.url(db)).await.unwrap()
-}
-
-async fn exec(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut *conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
+use crate::common::{stderr, stdout};
+use crate::site::{Site, connect, exec};
 
 /// auth_db with what a faithful restore must keep: sequences, a view, a
 /// function, bytea, unicode text, grants, database privileges, and a
@@ -328,35 +228,15 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
     db.close().await.unwrap();
     let before = fingerprint(&pg, "auth_db").await;
 
-    let mut child = site
-        .command(&["restore", "local", "auth-db", "--yes"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Kill it while pg_restore fills the new database.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the restore never started restoring"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the restore ended before it could be killed"
-        );
-        if databases(&pg)
-            .await
+    site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
+        let names = databases(&pg).await;
+        names
             .iter()
             .any(|d| d.starts_with("auth_db_restore_"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+            .then_some(())
+    })
+    .await;
 
     assert_eq!(
         fingerprint(&pg, "auth_db").await,
@@ -572,6 +452,12 @@ struct Moto {
     port: u16,
 }
 
+impl Moto {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -618,26 +504,8 @@ async fn backups_go_to_s3_and_restore_from_it() {
     let moto = start_moto().await;
     let pg = Postgres::start().await.unwrap();
     seed_auth_db(&pg, 200_000).await;
-    let mut site = Site::new(pg.port());
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    site.edit("environments/local.yaml", |t| {
-        t.replace(
-            "    kind: local-directory\n    path: .kisum/local/backups\n",
-            &format!("    kind: s3\n    bucket: kisum-local-backups\n    prefix: databases/\n    region: us-east-1\n    endpoint: {endpoint}\n"),
-        )
-    });
-    // Dummy credentials; no instance metadata; any default endpoint is a
-    // dead loopback port, so nothing can leave the machine.
-    site.env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-    ]
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .to_vec();
+    let site = s3_site(pg.port(), &moto);
+    let endpoint = moto.endpoint();
     let before = fingerprint(&pg, "auth_db").await;
 
     let manifest = site.backup("auth-db");
@@ -666,9 +534,33 @@ async fn backups_go_to_s3_and_restore_from_it() {
     assert_eq!(left, [manifest["id"].as_str().unwrap()]);
 }
 
-/// Rewrites the finish time of a backup in moto, with the SDK (fixed
-/// dummy credentials, moto's endpoint).
-async fn age_backup_s3(endpoint: &str, mut manifest: Value, days: i64) {
+/// A site whose backup store is a bucket of `moto`.
+fn s3_site(postgres_port: u16, moto: &Moto) -> Site {
+    let mut site = Site::new(postgres_port);
+    let endpoint = moto.endpoint();
+    site.edit("environments/local.yaml", |t| {
+        t.replace(
+            "    kind: local-directory\n    path: .kisum/local/backups\n",
+            &format!("    kind: s3\n    bucket: kisum-local-backups\n    prefix: databases/\n    region: us-east-1\n    endpoint: {endpoint}\n"),
+        )
+    });
+    // Dummy credentials; no instance metadata; any default endpoint is a
+    // dead loopback port, so nothing can leave the machine.
+    site.env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec();
+    site
+}
+
+/// An S3 client of moto, with fixed dummy credentials.
+fn moto_client(endpoint: &str) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -678,7 +570,62 @@ async fn age_backup_s3(endpoint: &str, mut manifest: Value, days: i64) {
         .endpoint_url(endpoint)
         .force_path_style(true)
         .build();
-    let client = aws_sdk_s3::Client::from_conf(config);
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_above_the_multipart_threshold_goes_to_s3_in_parts() {
+    let moto = start_moto().await;
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let mut db = connect(&pg, "auth_db").await;
+    // 25 MB of random bytes, which no compression brings under the 16 MiB
+    // part size.
+    exec(
+        &mut db,
+        "CREATE TABLE blobs (id int PRIMARY KEY, data bytea NOT NULL);
+         INSERT INTO blobs SELECT g, decode((SELECT string_agg(md5(random()::text || g || h), '')
+             FROM generate_series(1, 128) h), 'hex') FROM generate_series(1, 12288) g",
+    )
+    .await;
+    let digest = "SELECT md5(string_agg(md5(data), '' ORDER BY id)) FROM blobs";
+    let before: String = sqlx::query_scalar(digest).fetch_one(&mut db).await.unwrap();
+    let site = s3_site(pg.port(), &moto);
+
+    let manifest = site.backup("auth-db");
+    let size = manifest["files"][0]["size"].as_u64().unwrap();
+    assert!(size > 16 << 20, "{size} bytes is above one part");
+    let key = format!(
+        "databases/{}/{}",
+        manifest["id"].as_str().unwrap(),
+        manifest["files"][0]["name"].as_str().unwrap()
+    );
+    let head = moto_client(&moto.endpoint())
+        .head_object()
+        .bucket("kisum-local-backups")
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(size as i64));
+    let etag = head.e_tag().unwrap_or_default();
+    assert!(
+        etag.trim_matches('"').ends_with("-2"),
+        "a two-part upload: {etag}"
+    );
+    site.expect(&["backup", "verify", "local"], 0);
+
+    exec(&mut db, "DELETE FROM blobs WHERE id % 3 = 0").await;
+    site.expect(&["restore", "local", "auth-db", "--yes"], 0);
+    let mut db = connect(&pg, "auth_db").await;
+    let after: String = sqlx::query_scalar(digest).fetch_one(&mut db).await.unwrap();
+    assert_eq!(after, before, "the restore brings back every byte");
+}
+
+/// Rewrites the finish time of a backup in moto, with the SDK (fixed
+/// dummy credentials, moto's endpoint).
+async fn age_backup_s3(endpoint: &str, mut manifest: Value, days: i64) {
+    let client = moto_client(endpoint);
     let key = format!(
         "databases/{}/manifest.json",
         manifest["id"].as_str().unwrap()
@@ -827,4 +774,75 @@ async fn mongodb_documents_come_back_byte_for_byte_with_their_indexes() {
     // The drill restores into a scratch database and counts.
     let drill = site.json(&["drill", "local", "main-db", "-o", "json"], 0);
     assert_eq!(drill["databases"][0]["passed"], true, "{drill:#}");
+}
+
+/// Runs `kisumctl ARGS` in the site on a pseudo-terminal (util-linux
+/// `script`), typing `answer` and Enter; answers the exit code and what the
+/// terminal showed.
+fn on_a_terminal(site: &Site, args: &[&str], answer: &str) -> (Option<i32>, String) {
+    use std::io::{Read, Write};
+    let quote = |word: &str| format!("'{}'", word.replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_kisumctl"))
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect();
+    let mut child = Command::new("script")
+        .args([
+            "--quiet",
+            "--return",
+            "--command",
+            &line.join(" "),
+            "/dev/null",
+        ])
+        .current_dir(site.root())
+        .env_remove("KISUM_MATRIX")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    // stdin stays open until the command ends: `script` stops at its EOF.
+    let status = child.wait().unwrap();
+    drop(stdin);
+    (status.code(), reader.join().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_restore_asks_for_the_environment_name() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let before = fingerprint(&pg, "auth_db").await;
+    site.backup("auth-db");
+    let mut db = connect(&pg, "auth_db").await;
+    exec(&mut db, "DELETE FROM notes").await;
+    db.close().await.unwrap();
+    let damaged = fingerprint(&pg, "auth_db").await;
+
+    let args = ["restore", "local", "auth-db"];
+    let (code, screen) = on_a_terminal(&site, &args, "production");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(
+        screen.contains("type the environment name (local) to go ahead"),
+        "{screen}"
+    );
+    assert!(screen.contains("restore not confirmed"), "{screen}");
+    assert_eq!(
+        fingerprint(&pg, "auth_db").await,
+        damaged,
+        "nothing changed"
+    );
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+
+    let (code, screen) = on_a_terminal(&site, &args, "local");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(fingerprint(&pg, "auth_db").await, before);
 }

@@ -50,6 +50,8 @@ impl Platform {
             .replace("port: 27117", &format!("port: {}", free_port()))
             .replace("port-offset: 20000", &format!("port-offset: {offset}"));
         std::fs::write(&local, text).unwrap();
+        // The matrix's migration directories resolve against its parent.
+        std::os::unix::fs::symlink(root().join("services"), dir.path().join("services")).unwrap();
         Platform { dir, bin_dir }
     }
 

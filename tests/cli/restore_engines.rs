@@ -1,0 +1,299 @@
+//! `kisumctl restore` of MongoDB and Redis, and `restore --all`: the swap
+//! equivalents (a repointed MongoDB database, `SWAPDB` for Redis), SIGKILL
+//! during a MongoDB restore, `--cleanup`, and the order of section 22.4.
+
+use kisum_testkit::{Mongo, Postgres, Redis};
+use mongodb::bson::{Document, doc};
+use serde_json::Value;
+
+use crate::common::{stderr, stdout};
+use crate::site::{Site, connect, exec};
+
+/// The database the service's credentials point at.
+fn live_database(site: &Site) -> String {
+    let url = site.read_secret("main-db-credentials", "url");
+    let path = url.split_once("://").unwrap().1.split_once('/').unwrap().1;
+    path.split('?').next().unwrap().to_string()
+}
+
+async fn mongo_client(mongo: &Mongo) -> mongodb::Client {
+    let url = format!(
+        "mongodb://127.0.0.1:{}/?directConnection=true&connectTimeoutMS=60000",
+        mongo.port()
+    );
+    mongodb::Client::with_uri_str(&url).await.unwrap()
+}
+
+async fn count(client: &mongodb::Client, database: &str) -> u64 {
+    client
+        .database(database)
+        .collection::<Document>("users")
+        .count_documents(doc! {})
+        .await
+        .unwrap()
+}
+
+/// main-db with `n` users and an index, provisioned as `deploy local` does.
+async fn mongo_site(n: i64) -> (Site, Mongo, mongodb::Client) {
+    let mongo = Mongo::start().await.unwrap();
+    let site = Site::new(1);
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 27117", &format!("port: {}", mongo.port()))
+    });
+    site.expect(&["db", "provision", "local", "main-db"], 0);
+    let client = mongo_client(&mongo).await;
+    let users = client.database("main").collection::<Document>("users");
+    let docs: Vec<Document> = (0..n)
+        .map(|n| doc! { "n": n, "name": format!("user {n}") })
+        .collect();
+    users.insert_many(docs).await.unwrap();
+    let index = mongodb::IndexModel::builder().keys(doc! { "n": 1 }).build();
+    users.create_index(index).await.unwrap();
+    (site, mongo, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_restore_repoints_the_service_and_keeps_the_previous_database() {
+    let (site, _mongo, client) = mongo_site(300).await;
+    let manifest = site.backup("main-db");
+    let users = client.database("main").collection::<Document>("users");
+    users
+        .delete_many(doc! { "n": { "$lt": 100 } })
+        .await
+        .unwrap();
+
+    let dry = site.expect(&["restore", "local", "main-db", "--dry-run"], 0);
+    assert!(stdout(&dry).contains("main_restored_"), "{}", stdout(&dry));
+    assert_eq!(live_database(&site), "main", "a dry run changes nothing");
+
+    let restored = site.json(&["restore", "local", "main-db", "--yes", "-o", "json"], 0);
+    let outcome = &restored["restores"][0];
+    assert_eq!(outcome["backup_id"], manifest["id"]);
+    assert_eq!(outcome["previous"], "main");
+    let live = live_database(&site);
+    assert!(live.starts_with("main_restored_"), "{live}");
+    assert_eq!(count(&client, &live).await, 300, "the backup is live");
+    assert_eq!(
+        count(&client, "main").await,
+        200,
+        "the previous one is kept"
+    );
+    let indexes = client
+        .database(&live)
+        .collection::<Document>("users")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(indexes.contains(&"n_1".to_string()), "{indexes:?}");
+
+    // What follows works on the live database: backups, and provisioning
+    // keeps the service where the restore put it.
+    let next = site.backup("main-db");
+    assert_eq!(next["source"]["name"], live.as_str());
+    assert_eq!(next["counts"]["users"], 300);
+    site.expect(&["db", "provision", "local", "main-db"], 0);
+    assert_eq!(live_database(&site), live);
+
+    let cleanup = site.expect(&["restore", "local", "main-db", "--cleanup"], 0);
+    assert!(
+        stdout(&cleanup).contains("dropped main\n"),
+        "{}",
+        stdout(&cleanup)
+    );
+    assert_eq!(count(&client, "main").await, 0);
+    assert_eq!(count(&client, &live).await, 300, "the live database stays");
+    let again = site.expect(&["restore", "local", "main-db", "--cleanup"], 0);
+    assert_eq!(stdout(&again), "", "nothing is dropped twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_mongodb_restore_leaves_the_original_serving() {
+    let (site, _mongo, client) = mongo_site(1500).await;
+    site.backup("main-db");
+    let users = client.database("main").collection::<Document>("users");
+    users
+        .insert_one(doc! { "n": -1, "name": "after the backup" })
+        .await
+        .unwrap();
+
+    // Kill it while the documents go into the new database.
+    let journal = site.root().join(".kisum/local/restores/main-db.json");
+    let args = ["restore", "local", "main-db", "--yes"];
+    let scratch = site
+        .kill_when(&args, async || {
+            let text = std::fs::read_to_string(&journal).unwrap_or_default();
+            let value: Value = serde_json::from_str(&text).ok()?;
+            let steps = value["steps"].as_array()?;
+            steps
+                .iter()
+                .any(|s| s[0] == "created")
+                .then(|| value["scratch"].as_str().unwrap().to_string())
+        })
+        .await;
+
+    assert_eq!(
+        live_database(&site),
+        "main",
+        "the service still points at the original"
+    );
+    assert_eq!(
+        count(&client, "main").await,
+        1501,
+        "the original is untouched"
+    );
+    assert!(journal.is_file(), "the journal remains");
+
+    let rerun = site.expect(&["restore", "local", "main-db", "--yes"], 0);
+    assert!(
+        stderr(&rerun).contains("before the swap"),
+        "{}",
+        stderr(&rerun)
+    );
+    assert_eq!(
+        count(&client, &scratch).await,
+        0,
+        "the unfinished copy was dropped"
+    );
+    assert_eq!(count(&client, &live_database(&site)).await, 1500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restore_swaps_databases_and_keeps_the_previous_keys() {
+    let redis = Redis::start().await.unwrap();
+    let site = Site::new(1);
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 26379", &format!("port: {}", redis.port()))
+    });
+    let refused = site.expect(&["restore", "local", "redis", "--yes"], 2);
+    assert!(
+        stderr(&refused).contains("pure cache"),
+        "{}",
+        stderr(&refused)
+    );
+    site.edit("environments/base.yaml", |t| {
+        t.replacen("  persistence: none\n", "  persistence: rdb\n", 1)
+    });
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for n in 0..250 {
+        pipe.set(format!("session:{n}"), format!("value-{n}"))
+            .ignore();
+    }
+    pipe.set_ex("expiring", "soon", 3600).ignore();
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    site.backup("redis");
+    let mut pipe = redis::pipe();
+    for n in 0..100 {
+        pipe.del(format!("session:{n}")).ignore();
+    }
+    pipe.set("session:0", "changed").ignore();
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+
+    let restored = site.json(&["restore", "local", "redis", "--yes", "-o", "json"], 0);
+    let previous = restored["restores"][0]["previous"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let value: String = redis::cmd("GET")
+        .arg("session:0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value, "value-0", "the backup's keys are live");
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert_eq!(size, 251);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("expiring")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 3000, "expiry kept: {ttl}");
+    let index: u32 = previous.parse().unwrap();
+    let mut before = redis::Client::open(format!("{}/{index}", redis.url()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let kept: String = redis::cmd("GET")
+        .arg("session:0")
+        .query_async(&mut before)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept, "changed",
+        "the previous keys are kept in database {index}"
+    );
+
+    site.expect(&["restore", "local", "redis", "--cleanup"], 0);
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut before).await.unwrap();
+    assert_eq!(size, 0);
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert_eq!(size, 251, "the live keys stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_all_follows_the_restore_priority_of_the_matrix() {
+    let pg = Postgres::start().await.unwrap();
+    let mongo = Mongo::start().await.unwrap();
+    let redis = Redis::start().await.unwrap();
+    let site = Site::new(pg.port());
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 27117", &format!("port: {}", mongo.port()))
+            .replace("port: 26379", &format!("port: {}", redis.port()))
+    });
+    site.edit("environments/base.yaml", |t| {
+        t.replacen("  persistence: none\n", "  persistence: rdb\n", 1)
+    });
+    site.expect(&["db", "provision", "local"], 0);
+    let mut admin = connect(&pg, "auth_db").await;
+    exec(
+        &mut admin,
+        "CREATE TABLE auth.users (id int); INSERT INTO auth.users VALUES (1)",
+    )
+    .await;
+    let client = mongo_client(&mongo).await;
+    for db in ["main", "market", "touring"] {
+        client
+            .database(db)
+            .collection::<Document>("users")
+            .insert_one(doc! { "n": 1 })
+            .await
+            .unwrap();
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    site.expect(&["backup", "local", "--all"], 0);
+
+    let all = site.expect(&["restore", "local", "--all", "--yes"], 0);
+    let order = [
+        "auth-db",
+        "platform-core-db",
+        "redis",
+        "main-db",
+        "finance-db",
+        "market-db",
+        "touring-db",
+        "venue-db",
+        "ai-db",
+        "platform-admin-db",
+    ];
+    let text = stderr(&all);
+    let at: Vec<usize> = order
+        .iter()
+        .map(|db| {
+            text.find(&format!("restore local {db}: backup "))
+                .unwrap_or_else(|| panic!("{db}: {text}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+}

@@ -1,0 +1,157 @@
+//! A scratch copy of the matrix whose `local` environment points at the
+//! test peers, with the real binary run against it: shared by the backup
+//! and database tests.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use kisum_testkit::Postgres;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+use crate::common::{scratch_copy, stderr, stdout};
+
+/// A scratch matrix whose `local` environment points at test peers.
+pub struct Site {
+    dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Site {
+    pub fn new(postgres_port: u16) -> Site {
+        let dir = scratch_copy();
+        let site = Site { dir, env: vec![] };
+        site.edit("environments/local.yaml", |text| {
+            text.replace("port: 25432", &format!("port: {postgres_port}"))
+        });
+        site.secret("local-postgres-superuser", "username", "kisum");
+        site
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn edit(&self, file: &str, change: impl FnOnce(&str) -> String) {
+        let path = self.root().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = change(&text);
+        assert_ne!(changed, text, "{file} did not change");
+        std::fs::write(&path, changed).unwrap();
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root().join(".kisum/local/secrets")
+    }
+
+    pub fn secret(&self, secret: &str, key: &str, value: &str) {
+        let dir = self.secrets_dir().join(secret);
+        std::fs::create_dir_all(&dir).unwrap();
+        for d in [self.secrets_dir(), dir.clone()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let path = dir.join(key);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// A value of the site's secret store.
+    pub fn read_secret(&self, secret: &str, key: &str) -> String {
+        std::fs::read_to_string(self.secrets_dir().join(secret).join(key)).unwrap()
+    }
+
+    /// Starts `kisumctl ARGS` and kills it with SIGKILL as soon as `ready`
+    /// answers something, polling every 20 ms for up to two minutes; the
+    /// command must still be running then. Answers what `ready` answered.
+    pub async fn kill_when<T>(
+        &self,
+        args: &[&str],
+        mut ready: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let found = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{args:?} never got there"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{args:?} ended before it could be killed"
+            );
+            if let Some(found) = ready().await {
+                break found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended before it could be killed"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        found
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.root().join(".kisum/local/backups")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kisumctl"));
+        command
+            .args(args)
+            .current_dir(self.root())
+            .env_remove("KISUM_MATRIX")
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("kisumctl runs")
+    }
+
+    /// Runs and asserts the exit code, printing both streams on failure.
+    pub fn expect(&self, args: &[&str], code: i32) -> Output {
+        let output = self.run(args);
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "kisumctl {args:?}\nstdout:\n{}\nstderr:\n{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        output
+    }
+
+    pub fn json(&self, args: &[&str], code: i32) -> Value {
+        let output = self.expect(args, code);
+        serde_json::from_slice(&output.stdout).expect("a JSON document")
+    }
+
+    pub fn backup(&self, database: &str) -> Value {
+        let document = self.json(&["backup", "local", database, "-o", "json"], 0);
+        document["backups"][0]["manifest"].clone()
+    }
+}
+
+pub async fn connect(pg: &Postgres, db: &str) -> PgConnection {
+    PgConnection::connect(&pg.url(db)).await.unwrap()
+}
+
+pub async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
