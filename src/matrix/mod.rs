@@ -24,6 +24,22 @@ pub fn resolve_path(matrix_dir: &Path, path: &str) -> PathBuf {
     matrix_dir.parent().unwrap_or(Path::new(".")).join(path)
 }
 
+/// Removes `.` and resolves `..` lexically (symbolic links are not
+/// followed).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
