@@ -6,7 +6,7 @@ use super::output::table;
 use super::{Exit, OutputFormat};
 use crate::local::plan::Endpoints;
 use crate::local::state::{DesiredState, read_json};
-use crate::local::{Context, checks, probe, seed, status};
+use crate::local::{Context, checks, probe, status};
 use crate::matrix::Environment;
 use crate::secrets::SecretStore as _;
 
@@ -133,7 +133,7 @@ async fn verify(context: &Context) -> anyhow::Result<Vec<checks::QuickCheck>> {
     let state = &context.state;
     let desired: DesiredState = read_json(&state.desired())?.unwrap_or_default();
     let endpoints: Endpoints = read_json(&state.endpoints())?.unwrap_or_default();
-    let fixtures = seed::read_fixtures(&context.store)?;
+    let fixtures = crate::smoke::Credentials::from_store(&context.store)?;
     let kisumctl = context
         .store
         .read("internal-credential-kisumctl", "token")?

@@ -317,7 +317,7 @@ async fn steps(
     write_json(&state.desired(), &desired)?;
 
     let started = run.begin("seed")?;
-    let digest = fixtures.digest();
+    let digest = seed::digest(&fixtures);
     let summary = if run.record.seeded.as_deref() == Some(digest.as_str()) {
         "already seeded".to_string()
     } else {
@@ -352,11 +352,8 @@ async fn steps(
     );
 
     let started = run.begin("smoke")?;
-    let prepared = smoke::Target::for_environment(env, state.root())
-        .map_err(anyhow::Error::from)
-        .and_then(|target| Ok((target, smoke::Credentials::from_store(store)?)));
-    let report = match prepared {
-        Ok((target, credentials)) => smoke::run(&target, &credentials).await,
+    let report = match smoke::Target::for_environment(env, state.root()) {
+        Ok(target) => smoke::run(&target, &fixtures).await,
         Err(error) => smoke::Report {
             checks: vec![smoke::Check {
                 name: "smoke",
