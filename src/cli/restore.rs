@@ -1,5 +1,6 @@
 //! `kisumctl restore`: replace a live database with one of its backups.
 
+use super::output::{err, errln, outln};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
@@ -83,9 +84,11 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         .into_iter()
         .partition(|t| !args.all || t.engine == backup::EngineKind::Postgresql);
     for target in &skipped {
-        eprintln!(
+        errln!(
             "restore {}: skipping {} ({:?}): not implemented yet for this engine",
-            cx.env.name, target.id, target.engine
+            cx.env.name,
+            target.id,
+            target.engine
         );
     }
     let mut plans = Vec::new();
@@ -123,7 +126,7 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     if args.output == OutputFormat::Json {
         let document =
             json!({ "environment": cx.env.name, "restores": outcomes, "exit": exit as u8 });
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        outln!("{}", serde_json::to_string_pretty(&document)?);
     }
     Ok(exit)
 }
@@ -135,10 +138,10 @@ async fn execute(
     format: OutputFormat,
 ) -> Result<restore::Outcome, (String, Exit)> {
     let name = cx.env.name;
-    let mut progress = |line: &str| eprintln!("restore {name} {}: {}", target.id, printable(line));
+    let mut progress = |line: &str| errln!("restore {name} {}: {}", target.id, printable(line));
     match restore::run(cx, target, plan, &mut progress).await {
         Ok(outcome) => {
-            eprintln!(
+            errln!(
                 "restore {name} {}: backup {} is live (restore and verify {:.1} s, safety backup {:.1} s); \
                  previous database: {}",
                 target.id,
@@ -148,13 +151,13 @@ async fn execute(
                 outcome.previous.as_deref().unwrap_or("none")
             );
             if format == OutputFormat::Text {
-                println!("{}", outcome.restore_id);
+                outln!("{}", outcome.restore_id);
             }
             Ok(outcome)
         }
         Err(error) => {
             let message = format!("{error:#}");
-            eprintln!(
+            errln!(
                 "error: restore of {} failed; {} was left as it was: {}",
                 target.id,
                 target.name,
@@ -179,16 +182,18 @@ fn print_plans(
         OutputFormat::Json => {
             let plans: Vec<_> = plans.iter().map(|(_, p)| p).collect();
             let document = json!({ "environment": cx.env.name, "dry_run": true, "plans": plans });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
             for (target, plan) in plans {
-                println!(
+                outln!(
                     "restore {} {} from backup {} (dry run):",
-                    cx.env.name, target.id, plan.backup.id
+                    cx.env.name,
+                    target.id,
+                    plan.backup.id
                 );
                 for (n, step) in plan.steps.iter().enumerate() {
-                    println!("  {}. {step}", n + 1);
+                    outln!("  {}. {step}", n + 1);
                 }
             }
         }
@@ -199,19 +204,21 @@ fn print_plans(
 /// Asks on the terminal; without one, refuses (the caller names `--yes`).
 fn confirmed(cx: &Context<'_>, plans: &[(Target, restore::Plan)]) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        eprintln!("restore needs confirmation and stdin is not a terminal");
+        errln!("restore needs confirmation and stdin is not a terminal");
         return Ok(false);
     }
     for (target, plan) in plans {
-        eprintln!(
+        errln!(
             "restore {} {} from backup {}:",
-            cx.env.name, target.id, plan.backup.id
+            cx.env.name,
+            target.id,
+            plan.backup.id
         );
         for step in &plan.steps {
-            eprintln!("  - {step}");
+            errln!("  - {step}");
         }
     }
-    eprint!("type the environment name ({}) to go ahead: ", cx.env.name);
+    err!("type the environment name ({}) to go ahead: ", cx.env.name);
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -240,11 +247,11 @@ async fn cleanup(
         }
     }
     match format {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "dropped": dropped }))?
         ),
-        OutputFormat::Text => dropped.iter().for_each(|name| println!("dropped {name}")),
+        OutputFormat::Text => dropped.iter().for_each(|name| outln!("dropped {name}")),
     }
     Ok(Exit::Clean)
 }

@@ -1,5 +1,6 @@
 //! `kisumctl status local`.
 
+use super::output::{out, outln};
 use std::path::Path;
 
 use super::output::table;
@@ -48,7 +49,7 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         if let Some(checks) = &verified {
             document["checks"] = serde_json::to_value(checks)?;
         }
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        outln!("{}", serde_json::to_string_pretty(&document)?);
     } else {
         print_text(&report, verified.as_deref());
     }
@@ -63,12 +64,13 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
     let supervisor = report
         .supervisor
         .map_or("not running".to_string(), |pid| format!("pid {pid}"));
-    println!(
+    outln!(
         "environment {}  state {}  supervisor {supervisor}",
-        report.environment, report.state_dir
+        report.environment,
+        report.state_dir
     );
     if report.processes.is_empty() {
-        println!(
+        outln!(
             "nothing deployed; run `kisumctl deploy {}`",
             report.environment
         );
@@ -97,7 +99,7 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -108,7 +110,7 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
         )
     );
     if let Some(keys) = report.redis_keys {
-        println!("redis keys: {keys}");
+        outln!("redis keys: {keys}");
     }
     if let Some(checks) = verified {
         let rows: Vec<Vec<String>> = checks
@@ -122,7 +124,7 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
                 ]
             })
             .collect();
-        print!(
+        out!(
             "\n{}",
             table(&["CHECK", "RESULT", "SECONDS", "DETAIL"], &rows)
         );

@@ -38,6 +38,8 @@ pub const BINARIES: [&str; 4] = ["kisum-core", "kisum-auth", "kisum-module", "ki
 const PACKAGES: [&str; 4] = ["kisum-core", "kisum-auth", "kisum-module", "kisum-admin"];
 /// How long one wave of processes may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the build may be silent before the deploy says it still runs.
+const BUILD_QUIET: Duration = Duration::from_secs(30);
 
 pub struct Options {
     /// Prebuilt service binaries; `None` builds them with cargo (release).
@@ -456,16 +458,39 @@ fn build(repo: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running cargo build (is the Rust toolchain installed?)")?;
-    let mut tail = Vec::new();
+    let mut tail: Vec<String> = Vec::new();
     if let Some(stderr) = child.stderr.take() {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            progress.detail(line.trim());
-            tail.push(line);
-            if tail.len() > 30 {
-                tail.remove(0);
+        // Lines as cargo writes them; a reminder when it has said nothing
+        // for a while (one crate can take minutes to compile or link).
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        loop {
+            match received.recv_timeout(BUILD_QUIET) {
+                Ok(line) => {
+                    progress.detail(line.trim());
+                    tail.push(line);
+                    if tail.len() > 30 {
+                        tail.remove(0);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let last = tail.last().map_or("", |l| l.trim());
+                    progress.detail(&format!(
+                        "cargo is still building ({} s; last: {last})",
+                        started.elapsed().as_secs()
+                    ));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
     }
@@ -614,7 +639,8 @@ fn log_tail(path: &Path) -> String {
     let mut tail = String::from("\n  last lines:");
     for line in lines.into_iter().rev() {
         tail.push_str("\n    ");
-        tail.push_str(&line.chars().take(300).collect::<String>());
+        let line: String = line.chars().take(300).collect();
+        tail.push_str(&crate::matrix::load::printable(&line));
     }
     tail
 }
