@@ -46,12 +46,14 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Clean);
     }
-    let _lock = lock::acquire(&state.lock(), args.lock.timeout(), &mut |holder| {
-        errln!(
-            "waiting for a deploy of `{}` ({}) to finish",
-            env.name,
-            holder.map_or("pid unknown".into(), |pid| format!("pid {pid}"))
-        );
+    let command = match (&args.only, args.purge) {
+        (Some(name), _) => format!("kisumctl down {} --only {name}", env.name),
+        (None, true) => format!("kisumctl down {} --purge", env.name),
+        (None, false) => format!("kisumctl down {}", env.name),
+    };
+    let timeout = args.lock.timeout();
+    let _lock = lock::acquire(state, &command, timeout, &mut |holder| {
+        errln!("{}", lock::waiting_note(holder, state, timeout));
     })?;
 
     if let Some(name) = args.only {

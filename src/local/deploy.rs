@@ -103,12 +103,9 @@ pub async fn deploy(
     let state = &context.state;
     std::fs::create_dir_all(state.root())
         .with_context(|| format!("creating the state directory {}", state.root().display()))?;
-    let _lock = lock::acquire(&state.lock(), options.lock_timeout, &mut |holder| {
-        progress.note(&format!(
-            "waiting for another deploy of `{}` ({}) to finish",
-            env.name,
-            holder.map_or("pid unknown".into(), |pid| format!("pid {pid}"))
-        ));
+    let command = format!("kisumctl deploy {}", env.name);
+    let _lock = lock::acquire(state, &command, options.lock_timeout, &mut |holder| {
+        progress.note(&lock::waiting_note(holder, state, options.lock_timeout));
     })?;
     let previous: Option<DeployRecord> = read_json(&state.deploy_record())?;
     if let Some(note) = previous.as_ref().and_then(resume_note) {
