@@ -1,5 +1,9 @@
 //! kisumctl: infrastructure as code and operations for the Kisum platform.
 
+// Output goes through `cli::output` (`out!`, `outln!`, `err!`, `errln!`),
+// which survives a closed pipe; `print!` and friends panic there.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 mod backup;
 mod cli;
 mod db;

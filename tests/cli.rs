@@ -16,6 +16,8 @@ mod deploy_local;
 mod docs;
 #[path = "cli/help.rs"]
 mod help;
+#[path = "cli/local_commands.rs"]
+mod local_commands;
 #[path = "cli/manifests.rs"]
 mod manifests;
 #[path = "cli/restore_engines.rs"]

@@ -1,5 +1,6 @@
 //! `kisumctl backup`: back databases up, list, verify and prune backups.
 
+use super::output::{errln, out, outln};
 use std::path::Path;
 
 use serde_json::json;
@@ -193,7 +194,7 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for target in &targets {
-        eprintln!(
+        errln!(
             "backup {}: {} into {}",
             cx.env.name,
             target.id,
@@ -202,7 +203,7 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         let started = std::time::Instant::now();
         match backup::backup(cx, target, Trigger::Manual).await {
             Ok(manifest) => {
-                eprintln!(
+                errln!(
                     "backup {}: {} done in {:.1} s, {} bytes",
                     cx.env.name,
                     manifest.id,
@@ -212,7 +213,7 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
                 done.push((manifest, started.elapsed().as_secs_f64()));
             }
             Err(error) => {
-                eprintln!(
+                errln!(
                     "error: backup of {} failed: {}",
                     target.id,
                     printable(&format!("{error:#}"))
@@ -229,11 +230,11 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
                 .collect();
             let document =
                 json!({ "environment": cx.env.name, "backups": backups, "failed": failed });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
             for (manifest, _) in &done {
-                println!("{}", manifest.id);
+                outln!("{}", manifest.id);
             }
         }
     }
@@ -250,7 +251,7 @@ async fn list(cx: &Context<'_>, args: ListArgs) -> anyhow::Result<Exit> {
         manifests.retain(|m| &m.database == database);
     }
     for (id, problem) in &problems {
-        eprintln!("warning: {id}: {}", printable(problem));
+        errln!("warning: {id}: {}", printable(problem));
     }
     match args.output {
         OutputFormat::Json => {
@@ -264,7 +265,7 @@ async fn list(cx: &Context<'_>, args: ListArgs) -> anyhow::Result<Exit> {
                 "backups": manifests,
                 "unreadable": unreadable,
             });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
             let rows: Vec<Vec<String>> = manifests
@@ -290,7 +291,7 @@ async fn list(cx: &Context<'_>, args: ListArgs) -> anyhow::Result<Exit> {
                 "ROWS",
                 "ENCRYPTED",
             ];
-            print!("{}", super::output::table(&header, &rows));
+            out!("{}", super::output::table(&header, &rows));
         }
     }
     Ok(Exit::Clean)
@@ -317,14 +318,14 @@ async fn verify(cx: &Context<'_>, args: VerifyArgs) -> anyhow::Result<Exit> {
         };
         if args.output == OutputFormat::Text {
             let status = if ok { "OK  " } else { "FAIL" };
-            println!("{status}  {id}: {}", printable(&detail));
+            outln!("{status}  {id}: {}", printable(&detail));
         }
         results.push(json!({ "id": id, "ok": ok, "detail": detail }));
     }
     let passed = results.iter().all(|r| r["ok"] == true);
     if args.output == OutputFormat::Json {
         let document = json!({ "environment": cx.env.name, "verified": results, "passed": passed });
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        outln!("{}", serde_json::to_string_pretty(&document)?);
     }
     Ok(if passed {
         Exit::Clean
@@ -351,7 +352,7 @@ async fn prune(cx: &Context<'_>, args: PruneArgs) -> anyhow::Result<Exit> {
             continue;
         }
         if let Err(error) = cx.store.delete(&decision.id).await {
-            eprintln!(
+            errln!(
                 "error: deleting {}: {}",
                 decision.id,
                 printable(&format!("{error:#}"))
@@ -362,7 +363,7 @@ async fn prune(cx: &Context<'_>, args: PruneArgs) -> anyhow::Result<Exit> {
     match args.output {
         OutputFormat::Json => {
             let document = json!({ "environment": cx.env.name, "dry_run": args.dry_run, "decisions": decisions });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
             for d in &decisions {
@@ -371,7 +372,7 @@ async fn prune(cx: &Context<'_>, args: PruneArgs) -> anyhow::Result<Exit> {
                     (false, true) => "would delete",
                     (false, false) => "delete",
                 };
-                println!("{verb}  {}  ({})", d.id, d.reason);
+                outln!("{verb}  {}  ({})", d.id, d.reason);
             }
         }
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::backup::with_secrets;
+use super::output::{errln, outln};
 use super::{Exit, OutputFormat, refuse};
 use crate::db::migrate::{self, Stop};
 use crate::db::provision::{self, Admin, Outcome};
@@ -118,25 +119,25 @@ fn provision(dir: &Path, env: &Environment, args: ProvisionArgs) -> anyhow::Resu
         }
     };
     if args.output == OutputFormat::Text {
-        println!(
+        outln!(
             "db provision {}{}:",
             env.name,
             if args.dry_run { " (dry run)" } else { "" }
         );
         for db in &plan.databases {
-            println!(
+            outln!(
                 "{} ({:?} {} on {}:{}, service {})",
                 db.id, db.engine, db.name, db.host, db.port, db.service
             );
             for step in db.steps() {
-                println!("  - {step}");
+                outln!("  - {step}");
             }
         }
     }
     if args.dry_run {
         if args.output == OutputFormat::Json {
             let document = json!({ "environment": env.name, "dry_run": true, "plan": plan });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
         return Ok(Exit::Clean);
     }
@@ -148,7 +149,7 @@ fn provision(dir: &Path, env: &Environment, args: ProvisionArgs) -> anyhow::Resu
             connect_timeout: std::time::Duration::from_secs(10),
         };
         let mut progress = |change: &provision::Change| {
-            eprintln!("db provision {}: {}", env.name, printable(&change.line()));
+            errln!("db provision {}: {}", env.name, printable(&change.line()));
         };
         let changes = match provision::apply(&plan, &admin, &mut progress).await {
             Ok(changes) => changes,
@@ -158,7 +159,7 @@ fn provision(dir: &Path, env: &Environment, args: ProvisionArgs) -> anyhow::Resu
             }
         };
         let count = |outcome| changes.iter().filter(|c| c.outcome == outcome).count();
-        eprintln!(
+        errln!(
             "db provision {}: {} database(s); {} created, {} updated, {} unchanged, {} skipped",
             env.name,
             plan.databases.len(),
@@ -169,7 +170,7 @@ fn provision(dir: &Path, env: &Environment, args: ProvisionArgs) -> anyhow::Resu
         );
         if format == OutputFormat::Json {
             let document = json!({ "environment": env.name, "dry_run": false, "plan": plan, "changes": changes });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
         Ok(Exit::Clean)
     })
@@ -186,7 +187,7 @@ fn migrate(dir: &Path, env: &Environment, args: MigrateArgs) -> anyhow::Result<E
         let mut stopped = None;
         for set in &sets {
             let mut progress =
-                |line: &str| eprintln!("db migrate {}: {}", env.name, printable(line));
+                |line: &str| errln!("db migrate {}: {}", env.name, printable(line));
             let outcome = match migrate::connect(set, secrets.as_ref()).await {
                 Ok(mut conn) => {
                     let timeout = std::time::Duration::from_secs(args.lock_timeout);
@@ -216,7 +217,7 @@ fn migrate(dir: &Path, env: &Environment, args: MigrateArgs) -> anyhow::Result<E
             Some(_) => Exit::OperationFailed,
         };
         if let Some(stop) = &stopped {
-            eprintln!("error: {}", printable(&format!("{stop:#}")));
+            errln!("error: {}", printable(&format!("{stop:#}")));
         }
         if format == OutputFormat::Json {
             let error = stopped.as_ref().map(|s| format!("{s:#}"));
@@ -227,7 +228,7 @@ fn migrate(dir: &Path, env: &Environment, args: MigrateArgs) -> anyhow::Result<E
                 "error": error,
                 "exit": exit as u8,
             });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
         Ok(exit)
     })
@@ -255,7 +256,7 @@ fn print_report(report: &migrate::Report) {
     } else {
         "applied"
     };
-    println!(
+    outln!(
         "{} ({}): {verb} {}, {} applied before",
         report.database,
         report.service,
@@ -263,7 +264,7 @@ fn print_report(report: &migrate::Report) {
         report.already
     );
     for entry in &report.applied {
-        println!("  {verb} {}", printable(&entry.file));
+        outln!("  {verb} {}", printable(&entry.file));
     }
 }
 
@@ -294,7 +295,7 @@ fn status(dir: &Path, env: &Environment, args: StatusArgs) -> anyhow::Result<Exi
                     .collect();
                 let document =
                     json!({ "environment": env.name, "current": current, "databases": databases });
-                println!("{}", serde_json::to_string_pretty(&document)?);
+                outln!("{}", serde_json::to_string_pretty(&document)?);
             }
             OutputFormat::Text => print_status(&rows),
         }

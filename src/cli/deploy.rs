@@ -1,5 +1,6 @@
 //! `kisumctl deploy ENV`: only `local` so far.
 
+use super::output::{errln, out};
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -42,13 +43,6 @@ pub struct Args {
 }
 
 pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
-    if env.name != "local" {
-        eprintln!(
-            "error: `deploy {}` is not available yet; only `deploy local` is",
-            env.name
-        );
-        return Ok(Exit::UnusableInput);
-    }
     let context = Context::for_environment(env, dir)?;
     let options = Options {
         bin_dir: args.bin_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
@@ -61,19 +55,19 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) => {
-            eprintln!("error: deploy local failed: {error:#}");
-            eprintln!(
+            errln!("error: deploy local failed: {error:#}");
+            errln!(
                 "the platform may be partly deployed; `kisumctl deploy local` resumes, `kisumctl status local` shows what runs (exit 3)"
             );
             return Ok(Exit::OperationFailed);
         }
     };
-    print!("{}", report(&outcome));
+    out!("{}", report(&outcome));
     if outcome.passed() {
-        eprintln!("deploy local: every check passed");
+        errln!("deploy local: every check passed");
         Ok(Exit::Clean)
     } else {
-        eprintln!("deploy local: deployed, but a check failed (exit 1)");
+        errln!("deploy local: deployed, but a check failed (exit 1)");
         Ok(Exit::CheckFailed)
     }
 }
@@ -120,10 +114,14 @@ fn report(outcome: &Outcome) -> String {
     out + &table(&["CHECK", "RESULT", "SECONDS", "DETAIL"], &checks)
 }
 
-/// A spinner per step on a terminal, plain lines otherwise.
+/// A spinner per step on a terminal (indicatif), with the step's latest
+/// detail (cargo's progress, a wait); plain lines otherwise, one per
+/// detail, so that a log or CI shows the build advancing too.
 struct Bars {
     terminal: bool,
     current: Mutex<Option<ProgressBar>>,
+    /// The step under way, for the plain lines.
+    step: Mutex<String>,
 }
 
 impl Bars {
@@ -131,6 +129,7 @@ impl Bars {
         Bars {
             terminal: std::io::stderr().is_terminal(),
             current: Mutex::new(None),
+            step: Mutex::new(String::new()),
         }
     }
 
@@ -143,8 +142,11 @@ impl Bars {
 
 impl Progress for Bars {
     fn step(&self, name: &str) {
+        if let Ok(mut step) = self.step.lock() {
+            *step = name.to_string();
+        }
         if !self.terminal {
-            eprintln!("deploy: {name} ...");
+            errln!("deploy: {name} ...");
             return;
         }
         let bar = ProgressBar::new_spinner();
@@ -160,6 +162,12 @@ impl Progress for Bars {
     }
 
     fn detail(&self, text: &str) {
+        let text = crate::matrix::load::printable(text);
+        if !self.terminal {
+            let step = self.step.lock().map(|s| s.clone()).unwrap_or_default();
+            errln!("deploy: {step}: {text}");
+            return;
+        }
         if let Some(bar) = self.current.lock().ok().and_then(|c| c.clone()) {
             bar.set_message(text.chars().take(100).collect::<String>());
         }
@@ -175,14 +183,14 @@ impl Progress for Bars {
                 );
                 bar.finish_with_message(line);
             }
-            None => eprintln!("deploy: {line}"),
+            None => errln!("deploy: {line}"),
         }
     }
 
     fn note(&self, text: &str) {
         match self.current.lock().ok().and_then(|c| c.clone()) {
             Some(bar) => bar.println(format!("note: {text}")),
-            None => eprintln!("note: {text}"),
+            None => errln!("note: {text}"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `kisumctl down local [--purge] [--only PROCESS]`.
 
+use super::output::errln;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,26 +39,28 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     let context = Context::for_environment(env, dir)?;
     let state = &context.state;
     if !state.root().exists() {
-        eprintln!(
+        errln!(
             "{}: nothing to stop ({} does not exist)",
             env.name,
             state.root().display()
         );
         return Ok(Exit::Clean);
     }
-    let _lock = lock::acquire(&state.lock(), args.lock.timeout(), &mut |holder| {
-        eprintln!(
-            "waiting for a deploy of `{}` ({}) to finish",
-            env.name,
-            holder.map_or("pid unknown".into(), |pid| format!("pid {pid}"))
-        );
+    let command = match (&args.only, args.purge) {
+        (Some(name), _) => format!("kisumctl down {} --only {name}", env.name),
+        (None, true) => format!("kisumctl down {} --purge", env.name),
+        (None, false) => format!("kisumctl down {}", env.name),
+    };
+    let timeout = args.lock.timeout();
+    let _lock = lock::acquire(state, &command, timeout, &mut |holder| {
+        errln!("{}", lock::waiting_note(holder, state, timeout));
     })?;
 
     if let Some(name) = args.only {
         return hold(&context, &name);
     }
     supervisor::stop(state, Duration::from_secs(60))?;
-    eprintln!("{}: every process and the supervisor are stopped", env.name);
+    errln!("{}: every process and the supervisor are stopped", env.name);
     if args.purge {
         purge(&context)?;
     }
@@ -69,7 +72,7 @@ fn hold(context: &Context, name: &str) -> anyhow::Result<Exit> {
     let mut desired: DesiredState = read_json(&state.desired())?.unwrap_or_default();
     if desired.get(name).is_none() {
         let known: Vec<&str> = desired.processes.iter().map(|p| p.name.as_str()).collect();
-        eprintln!("error: no process `{name}`; known: {}", known.join(", "));
+        errln!("error: no process `{name}`; known: {}", known.join(", "));
         return Ok(Exit::UnusableInput);
     }
     desired.held.insert(name.to_string());
@@ -82,7 +85,7 @@ fn hold(context: &Context, name: &str) -> anyhow::Result<Exit> {
             .and_then(|s| s.processes.get(name))
             .is_some_and(|p| p.state == RunState::Held);
         if held || supervisor::live_supervisor(state).is_none() {
-            eprintln!("{name} is stopped until the next `kisumctl deploy`");
+            errln!("{name} is stopped until the next `kisumctl deploy`");
             return Ok(Exit::Clean);
         }
         if Instant::now() > deadline {
@@ -106,7 +109,7 @@ fn purge(context: &Context) -> anyhow::Result<()> {
     }
     for path in [context.store.dir(), root] {
         match std::fs::remove_dir_all(path) {
-            Ok(()) => eprintln!("removed {}", path.display()),
+            Ok(()) => errln!("removed {}", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(e).map_err(|e| anyhow::anyhow!("removing {}: {e}", path.display()));

@@ -1,5 +1,6 @@
 //! `kisumctl drill`: the restore drill of section 22.3.
 
+use super::output::{errln, out, outln};
 use std::path::{Path, PathBuf};
 
 use super::backup::{chosen, with_context};
@@ -51,9 +52,9 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     let at = crate::backup::now_rfc3339();
     let mut results = Vec::new();
     for target in &targets {
-        eprintln!("drill {}: {}", cx.env.name, target.id);
+        errln!("drill {}: {}", cx.env.name, target.id);
         let result = drill::drill(cx, target).await;
-        eprintln!(
+        errln!(
             "drill {}: {} {} (RTO {:.1} s of {} s, RPO {} s of {} s)",
             cx.env.name,
             target.id,
@@ -91,14 +92,14 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         );
         return Ok(refuse(args.output, &message, Exit::OperationFailed));
     }
-    eprintln!(
+    errln!(
         "drill {}: report in {}",
         cx.env.name,
         printable(&report_dir.join(&stem).display().to_string())
     );
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&document)?),
-        OutputFormat::Text => print!("{markdown}"),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&document)?),
+        OutputFormat::Text => out!("{markdown}"),
     }
     Ok(if passed {
         Exit::Clean

@@ -1,5 +1,6 @@
 //! `kisumctl inventory ENV`: the matrix as tables.
 
+use super::output::outln;
 use std::path::Path;
 
 use super::output::table;
@@ -54,7 +55,7 @@ fn print_inventory(matrix: &Matrix, env: &Environment, args: &Args) -> anyhow::R
             };
             map.retain(|k, _| k == key || k == "environment");
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(Exit::Clean);
     }
 
@@ -168,7 +169,7 @@ fn print_inventory(matrix: &Matrix, env: &Environment, args: &Args) -> anyhow::R
         ));
     }
     for line in sections.join("\n").lines() {
-        println!("{}", crate::matrix::load::printable(line));
+        outln!("{}", crate::matrix::load::printable(line));
     }
     Ok(Exit::Clean)
 }

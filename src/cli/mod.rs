@@ -16,6 +16,7 @@ mod status;
 mod supervise;
 mod validate;
 
+use output::{errln, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -102,25 +103,25 @@ pub fn main() -> ExitCode {
         Command::Smoke(args) => smoke::run(&cli.matrix, args),
         Command::Deploy(args) => {
             let (name, format) = (args.env.clone(), OutputFormat::Text);
-            with_environment(&cli.matrix, &name, format, |_, env| {
+            with_local_environment(&cli.matrix, "deploy", &name, format, |env| {
                 deploy::run(&cli.matrix, env, args)
             })
         }
         Command::Status(args) => {
             let (name, format) = (args.env.clone(), args.output);
-            with_environment(&cli.matrix, &name, format, |_, env| {
+            with_local_environment(&cli.matrix, "status", &name, format, |env| {
                 status::run(&cli.matrix, env, args)
             })
         }
         Command::Logs(args) => {
             let (name, format) = (args.env.clone(), OutputFormat::Text);
-            with_environment(&cli.matrix, &name, format, |_, env| {
+            with_local_environment(&cli.matrix, "logs", &name, format, |env| {
                 logs::run(&cli.matrix, env, args)
             })
         }
         Command::Down(args) => {
             let (name, format) = (args.env.clone(), OutputFormat::Text);
-            with_environment(&cli.matrix, &name, format, |_, env| {
+            with_local_environment(&cli.matrix, "down", &name, format, |env| {
                 down::run(&cli.matrix, env, args)
             })
         }
@@ -130,20 +131,26 @@ pub fn main() -> ExitCode {
         Command::Drill(args) => drill::run(&cli.matrix, args),
         Command::Db(args) => db::run(&cli.matrix, args),
     };
-    match result {
-        Ok(exit) => exit.into(),
+    let exit = match result {
+        Ok(exit) => exit,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            Exit::OperationFailed.into()
+            errln!("error: {error:#}");
+            Exit::OperationFailed
         }
+    };
+    // A closed pipe (`| head`) is not an error; a full disk is.
+    if let Some(error) = output::stdout_error() {
+        errln!("error: cannot write the output: {error}");
+        return Exit::OperationFailed.into();
     }
+    exit.into()
 }
 
 /// Loads the matrix, printing input errors; `Err(exit)` when unusable.
 fn load_matrix(dir: &std::path::Path, format: OutputFormat) -> Result<crate::matrix::Matrix, Exit> {
     crate::matrix::Matrix::load(dir).map_err(|errors| {
         report_input_errors(&errors.0, format);
-        eprintln!("the matrix in {} cannot be used (exit 2)", dir.display());
+        errln!("the matrix in {} cannot be used (exit 2)", dir.display());
         Exit::UnusableInput
     })
 }
@@ -184,13 +191,34 @@ fn with_environment(
     }
 }
 
+/// The commands that run processes on this machine (`deploy`, `status`,
+/// `logs`, `down`) work on the `local` environment only, so far: another
+/// environment is a usage error (exit 2), not a failed operation.
+fn with_local_environment(
+    dir: &std::path::Path,
+    command: &str,
+    name: &str,
+    format: OutputFormat,
+    run: impl FnOnce(&crate::matrix::Environment) -> anyhow::Result<Exit>,
+) -> anyhow::Result<Exit> {
+    with_environment(dir, name, format, |_, env| {
+        if env.name != "local" {
+            let message = format!(
+                "`{command} {name}` is not supported: only `{command} local` is, so far (the other environments need the Kubernetes path, still to come)"
+            );
+            return Ok(refuse(format, &message, Exit::UnusableInput));
+        }
+        run(env)
+    })
+}
+
 /// An error before any work was done: on stderr, and with `-o json` also
 /// as a document on stdout.
 fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
-    eprintln!("error: {}", crate::matrix::load::printable(message));
+    errln!("error: {}", crate::matrix::load::printable(message));
     if format == OutputFormat::Json {
         let document = serde_json::json!({ "error": message, "exit": exit as u8 });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&document).unwrap_or_default()
         );
@@ -202,12 +230,12 @@ fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
 /// pipeline always gets a document.
 fn report_input_errors(errors: &[crate::matrix::InputError], format: OutputFormat) {
     for error in errors {
-        eprintln!("error: {error}");
+        errln!("error: {error}");
     }
     if format == OutputFormat::Json {
         let redacted: Vec<_> = errors.iter().map(|e| e.redacted()).collect();
         let document = serde_json::json!({ "input_errors": redacted });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&document).unwrap_or_default()
         );

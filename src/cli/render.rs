@@ -1,5 +1,6 @@
 //! `kisumctl render [ENV] [--out DIR] [--check]`: Kubernetes manifests.
 
+use super::output::{errln, out};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -52,9 +53,9 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         .collect();
     if !violations.is_empty() {
         for finding in &violations {
-            print!("{}", super::validate::finding_line(finding));
+            out!("{}", super::validate::finding_line(finding));
         }
-        eprintln!(
+        errln!(
             "not rendering: the matrix violates {} rule(s); see `kisumctl validate`",
             violations.len()
         );
@@ -63,7 +64,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     let templates = match Templates::load(&args.templates) {
         Ok(templates) => templates,
         Err(error) => {
-            eprintln!("error: {error}");
+            errln!("error: {error}");
             return Ok(Exit::UnusableInput);
         }
     };
@@ -74,7 +75,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
             Ok(env) => env,
             Err(errors) => {
                 for error in &errors.0 {
-                    eprintln!("error: {error}");
+                    errln!("error: {error}");
                 }
                 return Ok(Exit::UnusableInput);
             }
@@ -82,7 +83,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         let files = match render::render(&env, &templates) {
             Ok(files) => files,
             Err(error) => {
-                eprintln!("error: {name}: {error}");
+                errln!("error: {name}: {error}");
                 return Ok(Exit::UnusableInput);
             }
         };
@@ -91,11 +92,11 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
             let staleness = output::check(&target, &files)
                 .with_context(|| format!("reading {}", target.display()))?;
             if staleness.is_clean() {
-                eprintln!("{name}: {} is up to date", target.display());
+                errln!("{name}: {} is up to date", target.display());
             } else {
                 stale = true;
-                print!("{}", staleness.diff);
-                eprintln!(
+                out!("{}", staleness.diff);
+                errln!(
                     "{name}: {} is stale: {} changed, {} missing, {} extra; run `kisumctl render {name} --out {}`",
                     target.display(),
                     staleness.changed.len(),
@@ -108,12 +109,12 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
             let touched = output::write(&target, &files)
                 .with_context(|| format!("writing {}", target.display()))?;
             for foreign in output::foreign_entries(&target)? {
-                eprintln!(
+                errln!(
                     "warning: {} was not written by render; remove it or `render --check` fails",
                     target.join(foreign).display()
                 );
             }
-            eprintln!(
+            errln!(
                 "{name}: {} files in {} ({} changed)",
                 files.len(),
                 target.display(),
@@ -130,7 +131,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
             .filter(|name| !known.contains(&name.as_str()))
             .collect();
         for stray in &strays {
-            eprintln!(
+            errln!(
                 "{}: not an environment of the matrix",
                 args.out.join(stray).display()
             );

@@ -1,5 +1,6 @@
 //! `kisumctl restore`: replace a live database with one of its backups.
 
+use super::output::{err, errln, outln};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
@@ -85,7 +86,7 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         && let Ok(redis) = backup::connection::target(cx.env, backup::connection::REDIS_ID)
         && !redis.persistent
     {
-        eprintln!(
+        errln!(
             "restore {}: redis is a pure cache (redis.persistence: none): nothing to restore, it \
              refills from the databases",
             cx.env.name
@@ -126,7 +127,7 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     if args.output == OutputFormat::Json {
         let document =
             json!({ "environment": cx.env.name, "restores": outcomes, "exit": exit as u8 });
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        outln!("{}", serde_json::to_string_pretty(&document)?);
     }
     Ok(exit)
 }
@@ -138,10 +139,10 @@ async fn execute(
     format: OutputFormat,
 ) -> Result<restore::Outcome, (String, Exit)> {
     let name = cx.env.name;
-    let mut progress = |line: &str| eprintln!("restore {name} {}: {}", target.id, printable(line));
+    let mut progress = |line: &str| errln!("restore {name} {}: {}", target.id, printable(line));
     match restore::run(cx, target, plan, &mut progress).await {
         Ok(outcome) => {
-            eprintln!(
+            errln!(
                 "restore {name} {}: backup {} is live (restore and verify {:.1} s, safety backup {:.1} s); \
                  previous database: {}",
                 target.id,
@@ -151,16 +152,16 @@ async fn execute(
                 outcome.previous.as_deref().unwrap_or("none")
             );
             if let Some(note) = &outcome.repointed {
-                eprintln!("restore {name} {}: {}", target.id, printable(note));
+                errln!("restore {name} {}: {}", target.id, printable(note));
             }
             if format == OutputFormat::Text {
-                println!("{}", outcome.restore_id);
+                outln!("{}", outcome.restore_id);
             }
             Ok(outcome)
         }
         Err(error) => {
             let message = format!("{error:#}");
-            eprintln!(
+            errln!(
                 "error: restore of {} failed; {} was left as it was: {}",
                 target.id,
                 target.name,
@@ -185,16 +186,18 @@ fn print_plans(
         OutputFormat::Json => {
             let plans: Vec<_> = plans.iter().map(|(_, p)| p).collect();
             let document = json!({ "environment": cx.env.name, "dry_run": true, "plans": plans });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
             for (target, plan) in plans {
-                println!(
+                outln!(
                     "restore {} {} from backup {} (dry run):",
-                    cx.env.name, target.id, plan.backup.id
+                    cx.env.name,
+                    target.id,
+                    plan.backup.id
                 );
                 for (n, step) in plan.steps.iter().enumerate() {
-                    println!("  {}. {step}", n + 1);
+                    outln!("  {}. {step}", n + 1);
                 }
             }
         }
@@ -205,19 +208,21 @@ fn print_plans(
 /// Asks on the terminal; without one, refuses (the caller names `--yes`).
 fn confirmed(cx: &Context<'_>, plans: &[(Target, restore::Plan)]) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        eprintln!("restore needs confirmation and stdin is not a terminal");
+        errln!("restore needs confirmation and stdin is not a terminal");
         return Ok(false);
     }
     for (target, plan) in plans {
-        eprintln!(
+        errln!(
             "restore {} {} from backup {}:",
-            cx.env.name, target.id, plan.backup.id
+            cx.env.name,
+            target.id,
+            plan.backup.id
         );
         for step in &plan.steps {
-            eprintln!("  - {step}");
+            errln!("  - {step}");
         }
     }
-    eprint!("type the environment name ({}) to go ahead: ", cx.env.name);
+    err!("type the environment name ({}) to go ahead: ", cx.env.name);
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -243,11 +248,11 @@ async fn cleanup(
         }
     }
     match format {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "dropped": dropped }))?
         ),
-        OutputFormat::Text => dropped.iter().for_each(|name| println!("dropped {name}")),
+        OutputFormat::Text => dropped.iter().for_each(|name| outln!("dropped {name}")),
     }
     Ok(Exit::Clean)
 }

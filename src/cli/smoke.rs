@@ -1,6 +1,7 @@
 //! `kisumctl smoke ENV`: the post-deploy smoke checks against an
 //! environment's public URLs.
 
+use super::output::{errln, out, outln};
 use std::path::Path;
 
 use serde_json::json;
@@ -71,7 +72,7 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
         Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };
 
-    eprintln!(
+    errln!(
         "smoke {}: auth {}, platform-admin {}, finance {}; credentials from {}",
         env.name,
         target.auth,
@@ -87,12 +88,12 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
     match format {
         OutputFormat::Json => {
             let document = document(env.name, &target, &report);
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            outln!("{}", serde_json::to_string_pretty(&document)?);
         }
-        OutputFormat::Text => print!("{}", text(env.name, &report)),
+        OutputFormat::Text => out!("{}", text(env.name, &report)),
     }
     for repair in &report.repairs {
-        eprintln!("REPAIR NEEDED: {}", printable(repair));
+        errln!("REPAIR NEEDED: {}", printable(repair));
     }
     Ok(if report.passed() {
         Exit::Clean

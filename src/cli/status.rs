@@ -1,12 +1,13 @@
 //! `kisumctl status local`.
 
+use super::output::{out, outln};
 use std::path::Path;
 
 use super::output::table;
 use super::{Exit, OutputFormat};
 use crate::local::plan::Endpoints;
 use crate::local::state::{DesiredState, read_json};
-use crate::local::{Context, checks, probe, seed, status};
+use crate::local::{Context, checks, probe, status};
 use crate::matrix::Environment;
 use crate::secrets::SecretStore as _;
 
@@ -48,7 +49,7 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         if let Some(checks) = &verified {
             document["checks"] = serde_json::to_value(checks)?;
         }
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        outln!("{}", serde_json::to_string_pretty(&document)?);
     } else {
         print_text(&report, verified.as_deref());
     }
@@ -63,12 +64,13 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
     let supervisor = report
         .supervisor
         .map_or("not running".to_string(), |pid| format!("pid {pid}"));
-    println!(
+    outln!(
         "environment {}  state {}  supervisor {supervisor}",
-        report.environment, report.state_dir
+        report.environment,
+        report.state_dir
     );
     if report.processes.is_empty() {
-        println!(
+        outln!(
             "nothing deployed; run `kisumctl deploy {}`",
             report.environment
         );
@@ -97,7 +99,7 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -108,7 +110,7 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
         )
     );
     if let Some(keys) = report.redis_keys {
-        println!("redis keys: {keys}");
+        outln!("redis keys: {keys}");
     }
     if let Some(checks) = verified {
         let rows: Vec<Vec<String>> = checks
@@ -122,7 +124,7 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
                 ]
             })
             .collect();
-        print!(
+        out!(
             "\n{}",
             table(&["CHECK", "RESULT", "SECONDS", "DETAIL"], &rows)
         );
@@ -133,7 +135,7 @@ async fn verify(context: &Context) -> anyhow::Result<Vec<checks::QuickCheck>> {
     let state = &context.state;
     let desired: DesiredState = read_json(&state.desired())?.unwrap_or_default();
     let endpoints: Endpoints = read_json(&state.endpoints())?.unwrap_or_default();
-    let fixtures = seed::read_fixtures(&context.store)?;
+    let fixtures = crate::smoke::Credentials::from_store(&context.store)?;
     let kisumctl = context
         .store
         .read("internal-credential-kisumctl", "token")?

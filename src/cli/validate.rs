@@ -1,5 +1,6 @@
 //! `kisumctl validate [ENV]`: check the matrix against the plan's rules.
 
+use super::output::{out, outln};
 use std::path::Path;
 
 use serde::Serialize;
@@ -124,8 +125,8 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     };
 
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        OutputFormat::Text => print!("{}", text(&report, args.rules)),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text => out!("{}", text(&report, args.rules)),
     }
     Ok(if report.errors > 0 {
         Exit::CheckFailed

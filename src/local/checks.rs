@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use super::plan::Endpoints;
 use super::probe;
-use super::seed::{self, Fixtures};
+use super::seed;
 use super::state::ProcessSpec;
 use crate::secrets::Secret;
+use crate::smoke::Credentials;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QuickCheck {
@@ -65,7 +66,7 @@ pub async fn run(
     endpoints: &Endpoints,
     processes: &[ProcessSpec],
     kisumctl: &Secret,
-    fixtures: &Fixtures,
+    fixtures: &Credentials,
 ) -> Vec<QuickCheck> {
     let mut checks = Vec::new();
     let started = Instant::now();

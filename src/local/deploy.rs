@@ -39,6 +39,8 @@ pub const BINARIES: [&str; 4] = ["kisum-core", "kisum-auth", "kisum-module", "ki
 const PACKAGES: [&str; 4] = ["kisum-core", "kisum-auth", "kisum-module", "kisum-admin"];
 /// How long one wave of processes may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the build may be silent before the deploy says it still runs.
+const BUILD_QUIET: Duration = Duration::from_secs(30);
 
 pub struct Options {
     /// Prebuilt service binaries; `None` builds them with cargo (release).
@@ -102,12 +104,9 @@ pub async fn deploy(
     let state = &context.state;
     std::fs::create_dir_all(state.root())
         .with_context(|| format!("creating the state directory {}", state.root().display()))?;
-    let _lock = lock::acquire(&state.lock(), options.lock_timeout, &mut |holder| {
-        progress.note(&format!(
-            "waiting for another deploy of `{}` ({}) to finish",
-            env.name,
-            holder.map_or("pid unknown".into(), |pid| format!("pid {pid}"))
-        ));
+    let command = format!("kisumctl deploy {}", env.name);
+    let _lock = lock::acquire(state, &command, options.lock_timeout, &mut |holder| {
+        progress.note(&lock::waiting_note(holder, state, options.lock_timeout));
     })?;
     let previous: Option<DeployRecord> = read_json(&state.deploy_record())?;
     if let Some(note) = previous.as_ref().and_then(resume_note) {
@@ -329,7 +328,7 @@ async fn steps(
     write_json(&state.desired(), &desired)?;
 
     let started = run.begin("seed")?;
-    let digest = fixtures.digest();
+    let digest = seed::digest(&fixtures);
     let summary = if run.record.seeded.as_deref() == Some(digest.as_str()) {
         "already seeded".to_string()
     } else {
@@ -364,11 +363,8 @@ async fn steps(
     );
 
     let started = run.begin("smoke")?;
-    let prepared = smoke::Target::for_environment(env, state.root())
-        .map_err(anyhow::Error::from)
-        .and_then(|target| Ok((target, smoke::Credentials::from_store(store)?)));
-    let report = match prepared {
-        Ok((target, credentials)) => smoke::run(&target, &credentials).await,
+    let report = match smoke::Target::for_environment(env, state.root()) {
+        Ok(target) => smoke::run(&target, &fixtures).await,
         Err(error) => smoke::Report {
             checks: vec![smoke::Check {
                 name: "smoke",
@@ -471,16 +467,39 @@ fn build(repo: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running cargo build (is the Rust toolchain installed?)")?;
-    let mut tail = Vec::new();
+    let mut tail: Vec<String> = Vec::new();
     if let Some(stderr) = child.stderr.take() {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            progress.detail(line.trim());
-            tail.push(line);
-            if tail.len() > 30 {
-                tail.remove(0);
+        // Lines as cargo writes them; a reminder when it has said nothing
+        // for a while (one crate can take minutes to compile or link).
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        loop {
+            match received.recv_timeout(BUILD_QUIET) {
+                Ok(line) => {
+                    progress.detail(line.trim());
+                    tail.push(line);
+                    if tail.len() > 30 {
+                        tail.remove(0);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let last = tail.last().map_or("", |l| l.trim());
+                    progress.detail(&format!(
+                        "cargo is still building ({} s; last: {last})",
+                        started.elapsed().as_secs()
+                    ));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
     }
@@ -653,7 +672,8 @@ fn log_tail(path: &Path) -> String {
     let mut tail = String::from("\n  last lines:");
     for line in lines.into_iter().rev() {
         tail.push_str("\n    ");
-        tail.push_str(&line.chars().take(300).collect::<String>());
+        let line: String = line.chars().take(300).collect();
+        tail.push_str(&crate::matrix::load::printable(&line));
     }
     tail
 }

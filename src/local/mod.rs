@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
-use crate::matrix::Environment;
 use crate::matrix::schema::SecretBackend;
+use crate::matrix::{Environment, normalize};
 use crate::secrets::LocalFiles;
 use state::StateDir;
 
@@ -68,21 +68,6 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         return Ok(normalize(path));
     }
     Ok(normalize(&std::env::current_dir()?.join(path)))
-}
-
-/// Removes `.` and resolves `..` lexically.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

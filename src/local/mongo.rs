@@ -120,7 +120,13 @@ impl MongoServer {
             run_as: None,
             stop_signal: StopSignal::Term,
             port,
-            program: format!("{}:{}", file_fingerprint(&program), LAUNCHER.len()),
+            program: format!("{}:{}", file_fingerprint(&program), launcher_digest()),
         })
     }
+}
+
+/// The launcher's content, as part of the emulator's digest.
+fn launcher_digest() -> String {
+    use sha2::{Digest as _, Sha256};
+    hex::encode(&Sha256::digest(LAUNCHER.as_bytes())[..8])
 }

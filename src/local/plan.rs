@@ -128,7 +128,7 @@ pub struct Inputs<'a> {
     pub state: &'a StateDir,
     /// Directory of the service binaries.
     pub bin_dir: &'a Path,
-    /// A fingerprint of a program file (size and modification time).
+    /// A fingerprint of a program file (the digest of its content).
     pub fingerprint: &'a dyn Fn(&Path) -> String,
     /// The file holding `key` of `secret`, when the store has it.
     pub secret_file: &'a dyn Fn(&str, &str) -> Option<PathBuf>,
@@ -285,19 +285,50 @@ pub fn finish(mut spec: ProcessSpec) -> ProcessSpec {
     spec
 }
 
-/// Size and modification time of a file; `missing` when it does not exist.
+/// The SHA-256 of a program file's content; `missing` when it cannot be
+/// read. The content, not the size and modification time: a rebuild that
+/// writes the same bytes restarts nothing. Each file is read once per
+/// run (the six module backends share one binary).
 pub fn file_fingerprint(path: &Path) -> String {
     use std::os::unix::fs::MetadataExt as _;
-    match std::fs::metadata(path) {
-        Ok(meta) => format!(
-            "{}:{}.{}:{}",
-            meta.len(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.ino()
-        ),
-        Err(_) => "missing".into(),
+    type Seen = BTreeMap<(PathBuf, u64, i64, i64, u64), String>;
+    static SEEN: std::sync::Mutex<Seen> = std::sync::Mutex::new(BTreeMap::new());
+    let Ok(meta) = std::fs::metadata(path) else {
+        return "missing".into();
+    };
+    let key = (
+        path.to_path_buf(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ino(),
+    );
+    if let Some(known) = SEEN.lock().ok().and_then(|seen| seen.get(&key).cloned()) {
+        return known;
     }
+    let digest = match content_digest(path) {
+        Ok(digest) => digest,
+        Err(_) => return "missing".into(),
+    };
+    if let Ok(mut seen) = SEEN.lock() {
+        seen.insert(key, digest.clone());
+    }
+    digest
+}
+
+fn content_digest(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hash.update(&buffer[..read]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hash.finalize())))
 }
 
 /// The names of the processes that a move from `current` to `next` starts,
@@ -447,6 +478,20 @@ mod tests {
         let changed = changes(&current, &plan(&m));
         assert!(changed.contains(&"retired".to_string()));
         assert!(changed.contains(&"platform-core".to_string()));
+    }
+
+    #[test]
+    fn a_program_is_known_by_its_content_not_its_dates() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first");
+        let second = dir.path().join("second");
+        std::fs::write(&first, b"the same bytes").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&second, b"the same bytes").unwrap();
+        assert_eq!(file_fingerprint(&first), file_fingerprint(&second));
+        std::fs::write(&second, b"other bytes").unwrap();
+        assert_ne!(file_fingerprint(&first), file_fingerprint(&second));
+        assert_eq!(file_fingerprint(&dir.path().join("none")), "missing");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The smoke-test fixtures: a company, a reader role, a user who is a
 //! member with finance and market grants, a platform admin, and the
 //! company's subscription in Platform Core. Credentials are generated once
-//! into the secret `smoke-test-credentials`; the Auth directory is seeded
+//! into the secret `smoke-test-credentials` and read back as the smoke
+//! checks read them ([`Credentials`]); the Auth directory is seeded
 //! through `kisum-auth seed-user` (passwords from files, never argv); Core
 //! through Platform Admin's HTTP API, logged in as the smoke admin.
 
@@ -15,8 +16,8 @@ use sha2::{Digest as _, Sha256};
 use super::credentials::{password, put};
 use super::probe::without_url;
 use crate::secrets::{Secret, SecretStore};
+use crate::smoke::{CREDENTIALS_SECRET as SECRET, Credentials};
 
-pub const SECRET: &str = "smoke-test-credentials";
 pub const USER_EMAIL: &str = "smoke-user@kisum.localhost";
 pub const ADMIN_EMAIL: &str = "smoke-admin@kisum.localhost";
 pub const COMPANY_SLUG: &str = "smoke-test";
@@ -27,82 +28,48 @@ pub const GRANTS: [&str; 2] = ["finance", "market"];
 pub const PACKAGE: &str = "basic-plus-finance";
 pub const ADD_ON: &str = "market";
 
-/// The fixtures' credentials, as the smoke checks read them.
-#[derive(Debug, Clone)]
-pub struct Fixtures {
-    pub user_email: String,
-    pub user_password: Secret,
-    pub admin_email: String,
-    pub admin_password: Secret,
-    pub company_id: String,
-    pub company_slug: String,
-}
-
-impl Fixtures {
-    /// Everything seeded, as a digest: seeding is redone when it changes.
-    pub fn digest(&self) -> String {
-        let mut hash = Sha256::new();
-        for part in [
-            self.user_email.as_str(),
-            self.user_password.expose(),
-            self.admin_email.as_str(),
-            self.admin_password.expose(),
-            self.company_id.as_str(),
-            self.company_slug.as_str(),
-            ROLE,
-            PACKAGE,
-            ADD_ON,
-        ]
-        .into_iter()
-        .chain(PERMISSIONS)
-        .chain(GRANTS)
-        {
-            hash.update(part.as_bytes());
-            hash.update([0]);
-        }
-        hex::encode(&hash.finalize()[..12])
+/// Everything seeded, as a digest: seeding is redone when it changes.
+pub fn digest(fixtures: &Credentials) -> String {
+    let company = fixtures.company_id.to_string();
+    let mut hash = Sha256::new();
+    for part in [
+        fixtures.user_email.as_str(),
+        fixtures.user_password.expose(),
+        fixtures.admin_email.as_str(),
+        fixtures.admin_password.expose(),
+        company.as_str(),
+        fixtures.company_slug.as_str(),
+        ROLE,
+        PACKAGE,
+        ADD_ON,
+    ]
+    .into_iter()
+    .chain(PERMISSIONS)
+    .chain(GRANTS)
+    {
+        hash.update(part.as_bytes());
+        hash.update([0]);
     }
+    hex::encode(&hash.finalize()[..12])
 }
 
-/// Generates what is missing of `smoke-test-credentials`.
-pub fn ensure_fixtures(store: &dyn SecretStore) -> anyhow::Result<Fixtures> {
+/// Generates what is missing of `smoke-test-credentials`; the fixtures as
+/// the smoke checks will read them.
+pub fn ensure_fixtures(store: &dyn SecretStore) -> anyhow::Result<Credentials> {
     put(store, SECRET, "user-email", &Secret::new(USER_EMAIL))?;
     put(store, SECRET, "admin-email", &Secret::new(ADMIN_EMAIL))?;
     put(store, SECRET, "company-slug", &Secret::new(COMPANY_SLUG))?;
-    let (company, _) = store.ensure(SECRET, "company-id", &mut || {
+    store.ensure(SECRET, "company-id", &mut || {
         Secret::new(uuid::Uuid::new_v4().to_string())
     })?;
-    Ok(Fixtures {
-        user_email: USER_EMAIL.into(),
-        user_password: password(store, SECRET, "user-password")?,
-        admin_email: ADMIN_EMAIL.into(),
-        admin_password: password(store, SECRET, "admin-password")?,
-        company_id: company.expose().trim().to_string(),
-        company_slug: COMPANY_SLUG.into(),
-    })
-}
-
-/// The fixtures as seeded, without generating anything.
-pub fn read_fixtures(store: &dyn SecretStore) -> anyhow::Result<Fixtures> {
-    let read = |key: &str| -> anyhow::Result<Secret> {
-        store
-            .read(SECRET, key)?
-            .with_context(|| format!("{SECRET} has no `{key}`; run `kisumctl deploy local`"))
-    };
-    let text = |key: &str| read(key).map(|s| s.expose().trim().to_string());
-    Ok(Fixtures {
-        user_email: text("user-email")?,
-        user_password: read("user-password")?,
-        admin_email: text("admin-email")?,
-        admin_password: read("admin-password")?,
-        company_id: text("company-id")?,
-        company_slug: text("company-slug")?,
-    })
+    password(store, SECRET, "user-password")?;
+    password(store, SECRET, "admin-password")?;
+    Ok(Credentials::from_store(store)?)
 }
 
 /// The `kisum-auth seed-user` command lines (no password on them).
 pub fn seed_user_args(
-    fixtures: &Fixtures,
+    fixtures: &Credentials,
     store: &dyn SecretStore,
 ) -> anyhow::Result<Vec<Vec<String>>> {
     let file = |key: &str| {
@@ -196,7 +163,7 @@ pub async fn seed_core(
     client: &reqwest::Client,
     auth: &str,
     admin: &str,
-    fixtures: &Fixtures,
+    fixtures: &Credentials,
 ) -> anyhow::Result<()> {
     let token = login(
         client,
@@ -248,10 +215,10 @@ mod tests {
         let store = LocalFiles::new(root.path().join("secrets"));
         let first = ensure_fixtures(&store).unwrap();
         let second = ensure_fixtures(&store).unwrap();
-        assert_eq!(first.digest(), second.digest());
-        assert_eq!(read_fixtures(&store).unwrap().digest(), first.digest());
+        assert_eq!(digest(&first), digest(&second));
+        let read = Credentials::from_store(&store).unwrap();
+        assert_eq!(digest(&read), digest(&first));
         assert_eq!(first.company_slug, "smoke-test");
-        assert!(uuid::Uuid::parse_str(&first.company_id).is_ok());
         assert_eq!(
             store.keys(SECRET).unwrap(),
             [

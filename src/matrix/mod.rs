@@ -30,6 +30,22 @@ pub fn root(matrix_dir: &Path) -> PathBuf {
     matrix_dir.parent().unwrap_or(Path::new(".")).to_path_buf()
 }
 
+/// Removes `.` and resolves `..` lexically (symbolic links are not
+/// followed).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,19 +190,31 @@ impl<'m> Environment<'m> {
             let mut config = BTreeMap::new();
             let entries = base.common_config.iter().chain(&spec.config);
             for (key, entry) in entries {
-                let value = match resolve_config(key, entry, local.config.get(key), &context) {
+                // Where the value is written: the environment's override,
+                // the service's entry or the common one.
+                let origin = || {
+                    if local.config.contains_key(key) {
+                        (source, format!("services.{id}.config.{key}"))
+                    } else if spec.config.contains_key(key) {
+                        (
+                            matrix.base_source(),
+                            format!("services.{id}.config.{key}.value"),
+                        )
+                    } else {
+                        (matrix.base_source(), format!("common-config.{key}.value"))
+                    }
+                };
+                let checked =
+                    resolve_config(key, entry, local.config.get(key), &context).and_then(|value| {
+                        match log_setting_error(key, &value) {
+                            Some(message) => Err(message),
+                            None => Ok(value),
+                        }
+                    });
+                let value = match checked {
                     Ok(value) => value,
                     Err(message) => {
-                        let (source, field) = if local.config.contains_key(key) {
-                            (source, format!("services.{id}.config.{key}"))
-                        } else if spec.config.contains_key(key) {
-                            (
-                                matrix.base_source(),
-                                format!("services.{id}.config.{key}.value"),
-                            )
-                        } else {
-                            (matrix.base_source(), format!("common-config.{key}.value"))
-                        };
+                        let (source, field) = origin();
                         errors.push(error_at(source, &field, message));
                         continue;
                     }
@@ -413,6 +425,24 @@ fn resolve_config(
             let detail = error.to_string().replace("__tera_one_off", "value");
             format!("cannot expand the value template `{template}`: {detail}")
         })
+}
+
+/// `LOG_LEVEL` and `LOG_FORMAT` are checked as the services check them at
+/// start (kisum-common's `LogSettings`): a value they would refuse is an
+/// input error here, not a service that exits at deploy time.
+fn log_setting_error(key: &str, value: &ConfigValue) -> Option<String> {
+    let ConfigValue::Plain { value } = value else {
+        return None;
+    };
+    if key != "LOG_LEVEL" && key != "LOG_FORMAT" {
+        return None;
+    }
+    let vars = kisum_common::config::Vars::from_pairs([(key, value.as_str())]);
+    match kisum_common::telemetry::LogSettings::from_vars(&vars) {
+        Ok(_) => None,
+        Err(kisum_common::config::ConfigError::Invalid { reason, .. }) => Some(reason),
+        Err(error) => Some(error.to_string()),
+    }
 }
 
 fn error_at(source: &Source, field: &str, message: String) -> InputError {
@@ -628,6 +658,161 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
     }
     errors.extend(config_entry_shape(loaded));
     errors.extend(value_shapes(loaded));
+    errors.extend(local_paths(loaded));
+    errors.extend(local_ports(loaded));
+    errors
+}
+
+/// The lowest port an unprivileged process may listen on.
+const FIRST_UNPRIVILEGED_PORT: u32 = 1024;
+
+/// Every environment's `state-dir` and local `secrets.path`: paths kisumctl
+/// creates, fills with databases and keys, and removes with `down --purge`.
+fn local_paths(loaded: &Loaded) -> Vec<InputError> {
+    let matrix_dir = std::fs::canonicalize(&loaded.dir).unwrap_or_else(|_| loaded.dir.clone());
+    let repo = super::normalize(matrix_dir.parent().unwrap_or(Path::new("/")));
+    let problem = |path: &str| -> Option<String> {
+        if path.trim().is_empty() {
+            return Some("is empty: name the directory to use".into());
+        }
+        if path.chars().any(char::is_control) {
+            return Some("contains a control character".into());
+        }
+        let resolved = super::normalize(&super::resolve_path(&loaded.dir, path));
+        repo.starts_with(&resolved).then(|| {
+            format!(
+                "`{path}` is {}, which `kisumctl down --purge` would remove",
+                if resolved == repo {
+                    "the repository itself".to_string()
+                } else {
+                    format!(
+                        "{}, a directory that holds the repository",
+                        resolved.display()
+                    )
+                }
+            )
+        })
+    };
+    let mut errors = Vec::new();
+    for (file, source) in loaded.environments.values() {
+        let mut paths = vec![("state-dir", file.state_dir.as_str())];
+        if let SecretBackend::LocalFiles { path } = &file.secrets {
+            paths.push(("secrets.path", path.as_str()));
+        }
+        for (field, path) in &paths {
+            if let Some(message) = problem(path) {
+                errors.push(error_at(source, field, message));
+            }
+        }
+        if let [(_, state), (_, secrets)] = paths[..]
+            && super::rules::normal_path(state) == super::rules::normal_path(secrets)
+        {
+            let mut error = error_at(
+                source,
+                "secrets.path",
+                "is the state directory itself: the secret store needs a directory of its own"
+                    .into(),
+            );
+            error.hint = Some(format!("such as {}/secrets", state.trim_end_matches('/')));
+            errors.push(error);
+        }
+    }
+    errors
+}
+
+/// The ports of an environment that runs as processes (`local-runtime`):
+/// each between 1024 and 65535, none used twice, and one server per
+/// database engine (every PostgreSQL database on one port, every MongoDB
+/// database on one port), as `deploy local` runs them.
+fn local_ports(loaded: &Loaded) -> Vec<InputError> {
+    let base = &loaded.base;
+    let mut errors = Vec::new();
+    for (file, source) in loaded.environments.values() {
+        let Some(runtime) = file.local_runtime else {
+            continue;
+        };
+        let mut bad = |field: &str, message: String| errors.push(error_at(source, field, message));
+        // Port -> who listens on it, for the collision messages.
+        let mut taken: BTreeMap<u32, String> = BTreeMap::new();
+        let mut servers: BTreeMap<&str, (u32, String)> = BTreeMap::new();
+        let databases = base.databases.iter().filter_map(|(id, db)| {
+            let server = match db.engine {
+                Engine::Postgresql => "postgres",
+                Engine::Mongodb => "mongo",
+                Engine::Undecided => return None,
+            };
+            let endpoint = &file.databases.get(id)?.endpoint;
+            Some((
+                format!("databases.{id}.endpoint.port"),
+                server,
+                endpoint.port,
+            ))
+        });
+        let data = databases.chain(std::iter::once((
+            "redis.endpoint.port".to_string(),
+            "redis",
+            file.redis.endpoint.port,
+        )));
+        for (field, server, port) in data {
+            let port = u32::from(port);
+            if port < FIRST_UNPRIVILEGED_PORT {
+                bad(
+                    &field,
+                    format!(
+                        "port {port} is below {FIRST_UNPRIVILEGED_PORT}: `deploy local` runs {server} as an unprivileged process"
+                    ),
+                );
+                continue;
+            }
+            match servers.get(server) {
+                Some((first, first_field)) if *first != port => bad(
+                    &field,
+                    format!(
+                        "port {port} differs from {first} of `{first_field}`: `deploy local` runs one {server} server for every database of its engine"
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    servers.insert(server, (port, field.clone()));
+                    if let Some(owner) = taken.insert(port, format!("{server} (`{field}`)")) {
+                        bad(&field, format!("port {port} is also {owner}'s"));
+                    }
+                }
+            }
+        }
+        let offset = u32::from(runtime.port_offset);
+        let mut outside = Vec::new();
+        for (id, service) in &base.services {
+            for (kind, port) in [
+                ("http", service.ports.http),
+                ("internal", service.ports.internal),
+            ] {
+                let local = u32::from(port) + offset;
+                let who = format!("`{id}`'s {kind} port ({port} + {offset} = {local})");
+                if !(FIRST_UNPRIVILEGED_PORT..=u32::from(u16::MAX)).contains(&local) {
+                    outside.push(who);
+                } else if let Some(owner) = taken.insert(local, who.clone()) {
+                    bad(
+                        "local-runtime.port-offset",
+                        format!("puts {who} on a port that {owner} uses already"),
+                    );
+                }
+            }
+        }
+        if !outside.is_empty() {
+            let more = match outside.len() {
+                0..=3 => String::new(),
+                n => format!(" and {} more", n - 3),
+            };
+            bad(
+                "local-runtime.port-offset",
+                format!(
+                    "puts {}{more} outside {FIRST_UNPRIVILEGED_PORT}-65535",
+                    outside[..outside.len().min(3)].join(", ")
+                ),
+            );
+        }
+    }
     errors
 }
 

@@ -2721,10 +2721,10 @@ mod tests {
     #[test]
     fn no_inline_secret_checks_what_a_template_expands_to() {
         let findings = flagged("no-inline-secret", |m| {
-            let entry = m.base.common_config.get_mut("LOG_LEVEL").unwrap();
+            let entry = m.base.common_config.get_mut("SERVICE_NAME").unwrap();
             entry.value = Some(r#"{{ "-----BEG" ~ "IN PRIVATE KEY----- X" }}"#.into());
         });
-        assert_one_at(&findings, "common-config.LOG_LEVEL");
+        assert_one_at(&findings, "common-config.SERVICE_NAME");
     }
 
     #[test]

@@ -42,16 +42,28 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Refuses a path whose mode lets group or others in.
+/// Refuses a path whose mode lets group or others in: a file they could
+/// read, a directory they could list or enter.
 fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(StoreError::TooOpen {
             path: path.to_path_buf(),
             mode,
+            directory: meta.is_dir(),
         });
     }
     Ok(())
+}
+
+/// An existing directory of the store must be private; a missing one is
+/// fine (nothing is in it).
+fn check_private_dir(path: &Path) -> Result<(), StoreError> {
+    match fs::metadata(path) {
+        Ok(meta) => check_private(path, &meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path)(e)),
+    }
 }
 
 fn make_private_dir(path: &Path) -> Result<(), StoreError> {
@@ -90,6 +102,8 @@ impl SecretStore for LocalFiles {
 
     fn read(&self, secret: &str, key: &str) -> Result<Option<Secret>, StoreError> {
         let path = self.key_path(secret, key)?;
+        check_private_dir(&self.dir)?;
+        check_private_dir(&self.secret_dir(secret)?)?;
         let meta = match fs::metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -126,6 +140,7 @@ impl SecretStore for LocalFiles {
     }
 
     fn list(&self) -> Result<Vec<String>, StoreError> {
+        check_private_dir(&self.dir)?;
         let mut names = sorted_names(&self.dir)?;
         names.retain(|n| self.dir.join(n).is_dir());
         Ok(names)
@@ -133,6 +148,8 @@ impl SecretStore for LocalFiles {
 
     fn keys(&self, secret: &str) -> Result<Vec<String>, StoreError> {
         let dir = self.secret_dir(secret)?;
+        check_private_dir(&self.dir)?;
+        check_private_dir(&dir)?;
         let mut names = sorted_names(&dir)?;
         names.retain(|n| dir.join(n).is_file());
         Ok(names)
@@ -233,8 +250,35 @@ mod tests {
         let path = store.file("smoke", "password").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let error = store.read("smoke", "password").unwrap_err().to_string();
-        assert!(error.contains("readable by other users"), "{error}");
+        assert!(error.contains("open to other users"), "{error}");
         assert!(error.contains("chmod 600"), "{error}");
+    }
+
+    #[test]
+    fn open_directories_are_refused_and_named_even_for_reading() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalFiles::new(root.path().join("secrets"));
+        store.write("smoke", "password", &Secret::new("x")).unwrap();
+        for dir in [store.dir().to_path_buf(), store.dir().join("smoke")] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+            for error in [
+                store.read("smoke", "password").unwrap_err(),
+                store.keys("smoke").unwrap_err(),
+                store
+                    .write("smoke", "other", &Secret::new("y"))
+                    .unwrap_err(),
+            ] {
+                let error = error.to_string();
+                assert!(error.contains(&dir.display().to_string()), "{error}");
+                assert!(error.contains("mode 755"), "{error}");
+                assert!(error.contains("chmod 700"), "{error}");
+            }
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        assert_eq!(
+            store.read("smoke", "password").unwrap().unwrap().expose(),
+            "x"
+        );
     }
 
     #[test]

@@ -57,8 +57,17 @@ pub enum StoreError {
     BadName(String),
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
-    #[error("{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` or remove it", path = .path.display())]
-    TooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is open to other users (mode {mode:o}): the secret store must be private; run `chmod {private:o} {path}`{or_remove}",
+        path = .path.display(),
+        private = if *.directory { 0o700 } else { 0o600 },
+        or_remove = if *.directory { "" } else { " or remove it" }
+    )]
+    TooOpen {
+        path: PathBuf,
+        mode: u32,
+        directory: bool,
+    },
 }
 
 /// Where an environment's secrets live.

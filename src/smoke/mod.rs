@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use checks::run;
-pub use credentials::{Credentials, CredentialsError};
+pub use credentials::{Credentials, CredentialsError, SECRET as CREDENTIALS_SECRET};
 pub use target::Target;
 
 /// The outcome of one check.

@@ -342,7 +342,11 @@ fn deploy_local_end_to_end() {
     let message = stderr(&refused);
     assert!(message.contains("another deploy"), "{message}");
     assert!(
-        message.contains(&format!("pid {}", std::process::id())),
+        message.contains(&format!(
+            "pid {} holds {}",
+            std::process::id(),
+            platform.state().join("deploy.lock").display()
+        )),
         "{message}"
     );
     drop(lock);

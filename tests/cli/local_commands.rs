@@ -1,0 +1,136 @@
+//! The commands of a local environment where no platform is needed: the
+//! environments they refuse, output to a closed pipe, and the escaping of
+//! logs.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{kisumctl, root, scratch_copy, stderr, stdout};
+
+#[test]
+fn local_commands_refuse_another_environment_as_a_usage_error() {
+    for args in [
+        &["status", "dev"][..],
+        &["logs", "dev", "auth"],
+        &["down", "staging"],
+        &["deploy", "production"],
+    ] {
+        let output = kisumctl(&root(), args);
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
+        let expected = format!(
+            "error: `{} {}` is not supported: only `{} local` is, so far",
+            args[0], args[1], args[0]
+        );
+        assert!(message.contains(&expected), "{args:?}: {message}");
+    }
+    let output = kisumctl(&root(), &["status", "dev", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(2));
+    let document: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(document["exit"], 2, "{document}");
+}
+
+/// Which stream of the command is a pipe whose reader has already gone.
+#[derive(Clone, Copy, Debug)]
+enum Closed {
+    Stdout,
+    Stderr,
+}
+
+/// Runs kisumctl in `dir` with one stream closed; killed after 30 s.
+fn with_closed(dir: &Path, closed: Closed, args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kisumctl"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KISUM_MATRIX")
+        .stdin(Stdio::null());
+    match closed {
+        Closed::Stdout => command.stdout(writer).stderr(Stdio::piped()),
+        Closed::Stderr => command.stderr(writer).stdout(Stdio::piped()),
+    };
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kisumctl {args:?} did not end with its {closed:?} closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut other = String::new();
+    if let Some(mut out) = child.stderr.take() {
+        out.read_to_string(&mut other).unwrap();
+    }
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut other).unwrap();
+    }
+    (status.code(), other)
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let dir = scratch_copy();
+    let logs = dir.path().join(".kisum/local/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("supervisor.log"), "a line\n".repeat(10_000)).unwrap();
+    // (command, the exit code it has with a reader)
+    let cases: [(&[&str], i32); 5] = [
+        (&["status", "local", "-o", "json"], 1),
+        (&["status", "local"], 1),
+        (&["validate"], 0),
+        (&["inventory", "local"], 0),
+        (&["logs", "local", "supervisor", "-f"], 0),
+    ];
+    for (args, code) in cases {
+        let (exit, stderr) = with_closed(dir.path(), Closed::Stdout, args);
+        assert_eq!(exit, Some(code), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+    // Messages to a closed stderr: the exit code stays the command's.
+    let (exit, _) = with_closed(dir.path(), Closed::Stderr, &["status", "dev"]);
+    assert_eq!(exit, Some(2));
+    std::fs::write(dir.path().join("environments/local.yaml"), "tier: [").unwrap();
+    let (exit, _) = with_closed(dir.path(), Closed::Stderr, &["validate"]);
+    assert_eq!(exit, Some(2));
+}
+
+#[test]
+fn logs_escape_control_characters_unless_raw() {
+    let dir = scratch_copy();
+    let logs = dir.path().join(".kisum/local/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let raw: &[u8] = b"first\tline\n\x1b[2J\x1b]0;owned\x07title\rover\n\xff\xfe caf\xc3\xa9\n";
+    std::fs::write(logs.join("auth.log"), raw).unwrap();
+
+    let output: Output = kisumctl(dir.path(), &["logs", "local", "auth"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "first\tline\n\\u{1b}[2J\\u{1b}]0;owned\\u{7}title\\rover\n\\xff\\xfe caf\u{e9}\n"
+    );
+    assert!(
+        !output
+            .stdout
+            .iter()
+            .any(|b| *b < 0x20 && *b != b'\n' && *b != b'\t'),
+        "a control character reached the output"
+    );
+
+    let last = kisumctl(dir.path(), &["logs", "local", "auth", "-n", "1"]);
+    assert_eq!(stdout(&last), "\\xff\\xfe caf\u{e9}\n");
+
+    let output = kisumctl(dir.path(), &["logs", "local", "auth", "--raw"]);
+    assert_eq!(output.stdout, raw);
+}
