@@ -127,7 +127,12 @@ fn provision(dir: &Path, env: &Environment, args: ProvisionArgs) -> anyhow::Resu
         for db in &plan.databases {
             outln!(
                 "{} ({:?} {} on {}:{}, service {})",
-                db.id, db.engine, db.name, db.host, db.port, db.service
+                db.id,
+                db.engine,
+                db.name,
+                db.host,
+                db.port,
+                db.service
             );
             for step in db.steps() {
                 outln!("  - {step}");
@@ -186,8 +191,7 @@ fn migrate(dir: &Path, env: &Environment, args: MigrateArgs) -> anyhow::Result<E
         let mut reports = Vec::new();
         let mut stopped = None;
         for set in &sets {
-            let mut progress =
-                |line: &str| errln!("db migrate {}: {}", env.name, printable(line));
+            let mut progress = |line: &str| errln!("db migrate {}: {}", env.name, printable(line));
             let outcome = match migrate::connect(set, secrets.as_ref()).await {
                 Ok(mut conn) => {
                     let timeout = std::time::Duration::from_secs(args.lock_timeout);
@@ -350,5 +354,5 @@ fn print_status(rows: &[(&migrate::Set, anyhow::Result<migrate::Status>)]) {
         })
         .collect();
     let header = ["DATABASE", "SERVICE", "APPLIED", "PENDING", "STATE"];
-    print!("{}", super::output::table(&header, &table));
+    super::output::out!("{}", super::output::table(&header, &table));
 }
