@@ -293,6 +293,9 @@ async fn steps(
         &format!("{} databases, one login each", databases.len()),
     );
 
+    // The services' specs, with the digests of their binaries' content,
+    // are worked out within the migrate step (which runs them first).
+    let started = run.begin("migrate")?;
     let fingerprint = plan::file_fingerprint;
     let secret_file = |secret: &str, key: &str| {
         store
@@ -308,8 +311,6 @@ async fn steps(
         secret_file: &secret_file,
     };
     let services = plan::services(env, &inputs)?;
-
-    let started = run.begin("migrate")?;
     let migrated = migrate(env, &services)?;
     run.end(
         "migrate",
@@ -713,36 +714,42 @@ fn check_ports(
         })
         .unwrap_or_default();
     let mut taken = Vec::new();
-    for &(port, process) in wanted {
-        // A socket with no process (one still closing, or a process that
-        // just exited) goes away by itself: looked at again for a while.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let holders = loop {
-            if ports::is_free(port) {
-                break None;
+    // A socket with no process (one still closing, or a process that just
+    // exited) goes away by itself: looked at again for a while.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut pending: Vec<(u16, &str)> = wanted
+        .iter()
+        .copied()
+        .filter(|(port, _)| !ports::is_free(*port))
+        .collect();
+    while !pending.is_empty() {
+        let numbers: Vec<u16> = pending.iter().map(|(port, _)| *port).collect();
+        let holders = ports::holders(&numbers);
+        let mut unseen = Vec::new();
+        for (port, process) in pending {
+            let found = holders.get(&port).map_or(&[][..], Vec::as_slice);
+            if found.iter().any(|h| ours.contains(&h.pid)) || ports::is_free(port) {
+                continue;
             }
-            let holders = ports::holders(port);
-            if holders.iter().any(|h| ours.contains(&h.pid)) {
-                break None;
+            if found.is_empty() && Instant::now() < deadline {
+                unseen.push((port, process));
+                continue;
             }
-            if !holders.is_empty() || Instant::now() >= deadline {
-                break Some(holders);
-            }
+            let holder = found.first().map_or_else(
+                || "a process this user cannot see".to_string(),
+                ToString::to_string,
+            );
+            let origin = origins
+                .get(&port)
+                .map_or_else(String::new, |o| format!(", set by {}", o.field));
+            taken.push(format!(
+                "port {port} of {process} is taken by {holder}{origin}"
+            ));
+        }
+        pending = unseen;
+        if !pending.is_empty() {
             std::thread::sleep(Duration::from_millis(100));
-        };
-        let Some(holders) = holders else {
-            continue;
-        };
-        let holder = holders.first().map_or_else(
-            || "a process this user cannot see".to_string(),
-            ToString::to_string,
-        );
-        let origin = origins
-            .get(&port)
-            .map_or_else(String::new, |o| format!(", set by {}", o.field));
-        taken.push(format!(
-            "port {port} of {process} is taken by {holder}{origin}"
-        ));
+        }
     }
     if taken.is_empty() {
         return Ok(());

@@ -2,6 +2,7 @@
 //! is not: from `/proc/net/tcp{,6}` (the socket's inode) and the
 //! `/proc/<pid>/fd` links that point at that socket.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::TcpListener;
 
@@ -25,17 +26,17 @@ pub fn is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// The processes with a TCP socket on local port `port` (listening ones
-/// first). Empty when none can be seen: processes of other users are only
-/// visible to root.
-pub fn holders(port: u16) -> Vec<Holder> {
-    let inodes = socket_inodes(port);
+/// The processes with a TCP socket on each of `ports` (listening ones
+/// first), from one look at `/proc`. A port nobody visible holds has no
+/// entry: processes of other users are only visible to root.
+pub fn holders(ports: &[u16]) -> BTreeMap<u16, Vec<Holder>> {
+    let inodes = socket_inodes(ports);
+    let mut found: BTreeMap<u16, Vec<(bool, Holder)>> = BTreeMap::new();
     if inodes.is_empty() {
-        return Vec::new();
+        return BTreeMap::new();
     }
-    let mut found: Vec<(usize, Holder)> = Vec::new();
     let Ok(processes) = fs::read_dir("/proc") else {
-        return Vec::new();
+        return BTreeMap::new();
     };
     for process in processes.flatten() {
         let Some(pid) = process.file_name().to_str().and_then(|n| n.parse().ok()) else {
@@ -44,34 +45,41 @@ pub fn holders(port: u16) -> Vec<Holder> {
         let Ok(fds) = fs::read_dir(process.path().join("fd")) else {
             continue;
         };
-        let rank = fds.flatten().find_map(|fd| {
-            let target = fs::read_link(fd.path()).ok()?;
-            let inode = target
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .to_string();
-            inodes.iter().position(|(i, _)| *i == inode)
-        });
-        if let Some(rank) = rank {
-            let listening = usize::from(!inodes[rank].1);
-            found.push((
-                listening,
-                Holder {
-                    pid,
-                    command: command_line(pid),
-                },
-            ));
+        let mut sockets: Vec<(u16, bool)> = fds
+            .flatten()
+            .filter_map(|fd| {
+                let target = fs::read_link(fd.path()).ok()?;
+                let inode = target
+                    .to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?;
+                inodes.get(inode).copied()
+            })
+            .collect();
+        // One entry per port, listening if any of its sockets listens.
+        sockets.sort_by_key(|(port, listening)| (*port, !*listening));
+        sockets.dedup_by_key(|(port, _)| *port);
+        for (port, listening) in sockets {
+            let holder = Holder {
+                pid,
+                command: command_line(pid),
+            };
+            found.entry(port).or_default().push((listening, holder));
         }
     }
-    found.sort_by_key(|(listening, holder)| (*listening, holder.pid));
-    found.into_iter().map(|(_, holder)| holder).collect()
+    found
+        .into_iter()
+        .map(|(port, mut holders)| {
+            holders.sort_by_key(|(listening, holder)| (!listening, holder.pid));
+            (port, holders.into_iter().map(|(_, h)| h).collect())
+        })
+        .collect()
 }
 
-/// Inodes of the TCP sockets whose local port is `port`, each with
-/// whether it listens.
-fn socket_inodes(port: u16) -> Vec<(String, bool)> {
-    let mut inodes = Vec::new();
+/// The TCP sockets whose local port is one of `ports`: inode -> (port,
+/// whether it listens).
+fn socket_inodes(ports: &[u16]) -> BTreeMap<String, (u16, bool)> {
+    let mut inodes = BTreeMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = fs::read_to_string(table) else {
             continue;
@@ -83,13 +91,15 @@ fn socket_inodes(port: u16) -> Vec<(String, bool)> {
             else {
                 continue;
             };
-            let local_port = local
+            let port = local
                 .rsplit(':')
                 .next()
                 .and_then(|hex| u16::from_str_radix(hex, 16).ok());
-            if local_port == Some(port) && *inode != "0" {
+            if let Some(port) = port.filter(|p| ports.contains(p))
+                && *inode != "0"
+            {
                 // 0A: TCP_LISTEN.
-                inodes.push((inode.to_string(), *state == "0A"));
+                inodes.insert(inode.to_string(), (port, *state == "0A"));
             }
         }
     }
@@ -127,14 +137,15 @@ mod tests {
         let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         assert!(!is_free(port));
-        let holders = holders(port);
+        let holders = holders(&[port]);
+        let first = holders.get(&port).and_then(|h| h.first());
         assert_eq!(
-            holders.first().map(|h| h.pid),
+            first.map(|h| h.pid),
             Some(std::process::id()),
             "{holders:?}"
         );
         drop(listener);
         assert!(is_free(port));
-        assert!(super::holders(port).is_empty());
+        assert!(super::holders(&[port]).is_empty());
     }
 }
