@@ -16,8 +16,12 @@ use crate::secrets::SecretStore as _;
 /// Each data service and service with its supervisor state, whether it is
 /// up and ready now, pid, ports, version and restarts.
 ///
-/// Exit codes: 0 everything is ready, 1 something is not (or a check of
-/// `--verify` failed), 2 unusable input.
+/// Without a supervisor (it was killed), processes it started may still
+/// run: they are shown as `unsupervised` (nothing restarts them).
+///
+/// Exit codes: 0 a supervisor runs and everything is ready, 1 something is
+/// not (or a check of `--verify` failed), 2 unusable input or an
+/// environment other than `local`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment (only `local` runs processes).
@@ -75,6 +79,14 @@ fn print_text(report: &status::Report, verified: Option<&[checks::QuickCheck]>) 
             report.environment
         );
         return;
+    }
+    let unsupervised = report.unsupervised();
+    if unsupervised > 0 {
+        outln!(
+            "the supervisor is gone, but {unsupervised} of its processes still run: nothing restarts them; \
+             `kisumctl deploy {env}` starts a supervisor that takes over, `kisumctl down {env}` stops them",
+            env = report.environment
+        );
     }
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
     let rows: Vec<Vec<String>> = report

@@ -7,6 +7,7 @@
 //! programs, secrets, build, data-services, provision, migrate, core, auth,
 //! auth-reaches-core, modules, admin, seed, checks, smoke.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +19,8 @@ use super::checks::{self, QuickCheck};
 use super::credentials;
 use super::lock;
 use super::mongo::MongoServer;
-use super::plan::{self, DataPorts, Endpoints, Inputs};
+use super::plan::{self, DataPorts, Endpoints, Inputs, PortOrigin};
+use super::ports;
 use super::postgres::{self, Postgres};
 use super::probe;
 use super::redis;
@@ -41,6 +43,9 @@ const PACKAGES: [&str; 4] = ["kisum-core", "kisum-auth", "kisum-module", "kisum-
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the build may be silent before the deploy says it still runs.
 const BUILD_QUIET: Duration = Duration::from_secs(30);
+/// A process that exits this many times in a row right after starting
+/// fails the deploy at once, with its log, rather than at READY_TIMEOUT.
+const EARLY_EXITS: u32 = 3;
 
 pub struct Options {
     /// Prebuilt service binaries; `None` builds them with cargo (release).
@@ -60,7 +65,8 @@ pub trait Progress {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub steps: Vec<(String, Duration)>,
-    /// Processes started, restarted or stopped by this run.
+    /// Processes started, restarted or stopped by this run (after `down`,
+    /// every one: a new supervisor starts them all).
     pub changed: Vec<String>,
     pub checks: Vec<QuickCheck>,
     pub smoke: smoke::Report,
@@ -213,7 +219,16 @@ async fn steps(
     run.end("build", started, &format!("{built}, {}", bin_dir.display()));
 
     let client = probe::http_client();
+    let origins = plan::port_origins(env);
     let started = run.begin("data-services")?;
+    // Every port at once, before anything starts: a port another program
+    // holds fails the deploy now rather than at the wave that needs it.
+    let status: Option<SupervisorStatus> = read_json(&state.status()).ok().flatten();
+    let all_ports: Vec<(u16, &str)> = origins
+        .iter()
+        .map(|(port, origin)| (*port, origin.process.as_str()))
+        .collect();
+    check_ports(status.as_ref(), &all_ports, &origins)?;
     let created_cluster = pg.init(state, &superuser)?;
     redis::configure(state, env.base, ports.redis, &redis_users)?;
     mongo.prepare(state)?;
@@ -225,14 +240,30 @@ async fn steps(
     data[0].version = pg.version();
     data[1].version = redis::version(&redis_server);
     data[2].version = mongo.version();
+    // A new supervisor (the first deploy, or one after `down`) starts from
+    // an empty desired state, so that the steps below hand it the
+    // processes one release wave at a time, each ready before the next;
+    // and everything it then runs counts as changed by this run.
+    let mut desired: DesiredState = match supervisor::live_supervisor(state) {
+        Some(_) => read_json(&state.desired())?.unwrap_or_default(),
+        None => {
+            write_json(&state.desired(), &DesiredState::default())?;
+            DesiredState::default()
+        }
+    };
     let (supervisor_pid, started_now) = supervisor::ensure_running(state)?;
     if started_now {
         progress.note(&format!("supervisor started (pid {supervisor_pid})"));
     }
-    let mut desired: DesiredState = read_json(&state.desired())?.unwrap_or_default();
     let before = desired.clone();
     desired.held.clear();
-    apply(state, &client, &mut desired, &data, progress).await?;
+    let waves = Waves {
+        state,
+        client: &client,
+        origins: &origins,
+        progress,
+    };
+    waves.apply(&mut desired, &data).await?;
     let cluster = if created_cluster {
         "new cluster"
     } else {
@@ -271,6 +302,9 @@ async fn steps(
         ),
     );
 
+    // The services' specs, with the digests of their binaries' content,
+    // are worked out within the migrate step (which runs them first).
+    let started = run.begin("migrate")?;
     let fingerprint = plan::file_fingerprint;
     let secret_file = |secret: &str, key: &str| {
         store
@@ -286,8 +320,6 @@ async fn steps(
         secret_file: &secret_file,
     };
     let services = plan::services(env, &inputs)?;
-
-    let started = run.begin("migrate")?;
     let applied = migrate_postgres(env, &context.repo, store).await?;
     let indexed = migrate_mongo(env, &services)?;
     run.end(
@@ -299,7 +331,7 @@ async fn steps(
     );
 
     for (step, wave) in [("core", 1), ("auth", 2)] {
-        start_wave(run, step, wave, &services, &mut desired, &client).await?;
+        start_wave(run, &waves, step, wave, &services, &mut desired).await?;
     }
 
     let endpoints = plan::endpoints(env)?;
@@ -312,7 +344,7 @@ async fn steps(
     run.end("auth-reaches-core", started, &reached);
 
     for (step, wave) in [("modules", 3), ("admin", 4)] {
-        start_wave(run, step, wave, &services, &mut desired, &client).await?;
+        start_wave(run, &waves, step, wave, &services, &mut desired).await?;
     }
     // Anything the matrix no longer names stops now.
     let all: Vec<ProcessSpec> = data.iter().chain(&services).cloned().collect();
@@ -397,11 +429,11 @@ async fn steps(
 /// started and ready.
 async fn start_wave(
     run: &mut Run<'_>,
+    waves: &Waves<'_>,
     step: &str,
     wave: u8,
     services: &[ProcessSpec],
     desired: &mut DesiredState,
-    client: &reqwest::Client,
 ) -> anyhow::Result<()> {
     let started = run.begin(step)?;
     let specs: Vec<ProcessSpec> = services
@@ -409,7 +441,7 @@ async fn start_wave(
         .filter(|s| s.wave == wave)
         .cloned()
         .collect();
-    apply(&run.context.state, client, desired, &specs, run.progress).await?;
+    waves.apply(desired, &specs).await?;
     run.end(step, started, &names(&specs));
     Ok(())
 }
@@ -610,61 +642,170 @@ fn migrate_one(spec: &ProcessSpec) -> anyhow::Result<()> {
     bail!(last.unwrap_or_default())
 }
 
-/// Adds the specs to the desired state, lets the supervisor converge and
-/// waits until each runs the wanted digest and passes its probe.
-async fn apply(
-    state: &StateDir,
-    client: &reqwest::Client,
-    desired: &mut DesiredState,
-    specs: &[ProcessSpec],
-    progress: &dyn Progress,
-) -> anyhow::Result<()> {
-    desired.upsert(specs);
-    write_json(&state.desired(), desired)?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    for spec in specs {
-        progress.detail(&format!("waiting for {} to be ready", spec.name));
-        loop {
-            let status: Option<SupervisorStatus> = read_json(&state.status()).ok().flatten();
-            let current = status.as_ref().and_then(|s| s.processes.get(&spec.name));
-            let running =
-                current.is_some_and(|p| p.state == RunState::Running && p.digest == spec.digest);
-            let reason = if running {
-                match probe::check(client, &spec.probe).await {
-                    Ok(()) => break,
-                    Err(reason) => reason,
-                }
-            } else {
-                current
-                    .and_then(|p| p.last_exit.clone())
-                    .map_or("not started yet".to_string(), |exit| {
-                        format!("last exit: {exit}")
-                    })
-            };
-            if supervisor::live_supervisor(state).is_none() {
-                bail!(
-                    "the supervisor stopped; see {}",
-                    state.log("supervisor").display()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} is not ready after {} s ({reason}); its log: {}{}",
-                    spec.name,
-                    READY_TIMEOUT.as_secs(),
-                    state.log(&spec.name).display(),
-                    log_tail(&state.log(&spec.name))
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
+/// What handing processes to the supervisor needs.
+struct Waves<'a> {
+    state: &'a StateDir,
+    client: &'a reqwest::Client,
+    /// The matrix field behind each port, for messages.
+    origins: &'a BTreeMap<u16, PortOrigin>,
+    progress: &'a dyn Progress,
 }
 
-/// The last lines of a log, indented, for an error message.
+impl Waves<'_> {
+    /// Checks the specs' ports, adds the specs to the desired state, lets
+    /// the supervisor converge and waits until each runs the wanted digest
+    /// and passes its probe. A process that keeps exiting right after its
+    /// start fails the deploy at once, with the end of its log.
+    async fn apply(&self, desired: &mut DesiredState, specs: &[ProcessSpec]) -> anyhow::Result<()> {
+        let state = self.state;
+        let status: Option<SupervisorStatus> = read_json(&state.status()).ok().flatten();
+        let wanted: Vec<(u16, &str)> = specs
+            .iter()
+            .flat_map(|spec| spec.ports.iter().map(|port| (*port, spec.name.as_str())))
+            .collect();
+        check_ports(status.as_ref(), &wanted, self.origins)?;
+        // Exits already counted before this wave was handed over.
+        let counted: BTreeMap<&str, u32> = specs
+            .iter()
+            .map(|spec| {
+                let current = status.as_ref().and_then(|s| s.processes.get(&spec.name));
+                let failures = current
+                    .filter(|p| p.digest == spec.digest)
+                    .map_or(0, |p| p.failures);
+                (spec.name.as_str(), failures)
+            })
+            .collect();
+        desired.upsert(specs);
+        write_json(&state.desired(), desired)?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for spec in specs {
+            self.progress
+                .detail(&format!("waiting for {} to be ready", spec.name));
+            loop {
+                let status: Option<SupervisorStatus> = read_json(&state.status()).ok().flatten();
+                let current = status.as_ref().and_then(|s| s.processes.get(&spec.name));
+                let ours = current.filter(|p| p.digest == spec.digest);
+                let running = ours.is_some_and(|p| p.state == RunState::Running);
+                let reason = if running {
+                    match probe::check(self.client, &spec.probe).await {
+                        Ok(()) => break,
+                        Err(reason) => reason,
+                    }
+                } else {
+                    current
+                        .and_then(|p| p.last_exit.clone())
+                        .map_or("not started yet".to_string(), |exit| {
+                            format!("last exit: {exit}")
+                        })
+                };
+                let exits = ours.map_or(0, |p| p.failures);
+                if exits >= counted[spec.name.as_str()] + EARLY_EXITS {
+                    let last = ours
+                        .and_then(|p| p.last_exit.as_deref())
+                        .unwrap_or("unknown");
+                    bail!(
+                        "{} exited {exits} times in a row right after starting (last exit: {last}); its log: {}{}",
+                        spec.name,
+                        state.log(&spec.name).display(),
+                        log_tail(&state.log(&spec.name))
+                    );
+                }
+                if supervisor::live_supervisor(state).is_none() {
+                    bail!(
+                        "the supervisor stopped; see {}",
+                        state.log("supervisor").display()
+                    );
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "{} is not ready after {} s ({reason}); its log: {}{}",
+                        spec.name,
+                        READY_TIMEOUT.as_secs(),
+                        state.log(&spec.name).display(),
+                        log_tail(&state.log(&spec.name))
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses to hand over a process whose port another program holds: it
+/// would exit at once (or the deploy would talk to that program). A port
+/// held by a process of this environment's supervisor is fine: it is
+/// this process, or one the supervisor stops first.
+fn check_ports(
+    status: Option<&SupervisorStatus>,
+    wanted: &[(u16, &str)],
+    origins: &BTreeMap<u16, PortOrigin>,
+) -> anyhow::Result<()> {
+    let ours: Vec<u32> = status
+        .map(|s| {
+            s.processes
+                .values()
+                .filter_map(supervisor::leftover)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut taken = Vec::new();
+    // A socket with no process (one still closing, or a process that just
+    // exited) goes away by itself: looked at again for a while.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut pending: Vec<(u16, &str)> = wanted
+        .iter()
+        .copied()
+        .filter(|(port, _)| !ports::is_free(*port))
+        .collect();
+    while !pending.is_empty() {
+        let numbers: Vec<u16> = pending.iter().map(|(port, _)| *port).collect();
+        let holders = ports::holders(&numbers);
+        let mut unseen = Vec::new();
+        for (port, process) in pending {
+            let found = holders.get(&port).map_or(&[][..], Vec::as_slice);
+            if found.iter().any(|h| ours.contains(&h.pid)) || ports::is_free(port) {
+                continue;
+            }
+            if found.is_empty() && Instant::now() < deadline {
+                unseen.push((port, process));
+                continue;
+            }
+            let holder = found.first().map_or_else(
+                || "a process this user cannot see".to_string(),
+                ToString::to_string,
+            );
+            let origin = origins
+                .get(&port)
+                .map_or_else(String::new, |o| format!(", set by {}", o.field));
+            taken.push(format!(
+                "port {port} of {process} is taken by {holder}{origin}"
+            ));
+        }
+        pending = unseen;
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{}\nstop that program, or give {} another port in the matrix",
+        taken.join("\n"),
+        if taken.len() == 1 {
+            "the process"
+        } else {
+            "the processes"
+        }
+    )
+}
+
+/// The last lines of a log, indented, control characters escaped, for
+/// an error message.
 fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().rev().take(8).collect();
     if lines.is_empty() {
         return String::new();

@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod lock;
 pub mod mongo;
 pub mod plan;
+pub mod ports;
 pub mod postgres;
 pub mod probe;
 pub mod programs;

@@ -86,6 +86,66 @@ pub fn port_offset(env: &Environment) -> u16 {
         .map_or(DEFAULT_PORT_OFFSET, |runtime| runtime.port_offset)
 }
 
+/// Who listens on a local port, and the matrix field that sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortOrigin {
+    /// The process: `postgres`, `redis`, `mongo` or a service.
+    pub process: String,
+    /// The field with its file and line, for messages:
+    /// `` `databases.auth-db.endpoint.port` (environments/local.yaml:71) ``.
+    pub field: String,
+}
+
+/// Every local port of the environment, with its origin.
+pub fn port_origins(env: &Environment) -> BTreeMap<u16, PortOrigin> {
+    let at = |field: &str| {
+        let (source, position) = env.locate(field);
+        match position {
+            Some(position) => format!("`{field}` ({}:{})", source.path.display(), position.line),
+            None => format!("`{field}` ({})", source.path.display()),
+        }
+    };
+    let origin = |process: &str, field: String| PortOrigin {
+        process: process.to_string(),
+        field,
+    };
+    let mut origins = BTreeMap::new();
+    for (id, db, deployment) in env.deployed_databases() {
+        if let Some(deployment) = deployment {
+            let process = match db.engine {
+                Engine::Mongodb => "mongo",
+                _ => "postgres",
+            };
+            origins
+                .entry(deployment.endpoint.port)
+                .or_insert_with(|| origin(process, at(&format!("databases.{id}.endpoint.port"))));
+        }
+    }
+    origins
+        .entry(env.file.redis.endpoint.port)
+        .or_insert_with(|| origin("redis", at("redis.endpoint.port")));
+    let offset = port_offset(env);
+    for service in env.services.values() {
+        let ports = [
+            ("http", service.spec.ports.http),
+            ("internal", service.spec.ports.internal),
+        ];
+        for (kind, port) in ports {
+            if let Some(local) = port.checked_add(offset) {
+                origins.entry(local).or_insert_with(|| {
+                    let field = format!(
+                        "{} plus {}",
+                        at(&format!("services.{}.ports.{kind}", service.id)),
+                        at("local-runtime.port-offset")
+                    );
+                    origin(service.id, field)
+                });
+            }
+        }
+    }
+    origins
+}
+
 /// The binary that runs a service, from its image name.
 pub fn binary_of(service: &ResolvedService) -> anyhow::Result<&'static str> {
     Ok(match service.spec.image.as_str() {
@@ -468,19 +528,6 @@ mod tests {
     }
 
     #[test]
-    fn removed_processes_are_changes() {
-        let (_a, m) = matrix(|text| text);
-        let mut current = DesiredState {
-            processes: plan(&m),
-            held: Default::default(),
-        };
-        current.processes[0].name = "retired".into();
-        let changed = changes(&current, &plan(&m));
-        assert!(changed.contains(&"retired".to_string()));
-        assert!(changed.contains(&"platform-core".to_string()));
-    }
-
-    #[test]
     fn a_program_is_known_by_its_content_not_its_dates() {
         let dir = tempfile::tempdir().unwrap();
         let first = dir.path().join("first");
@@ -492,6 +539,19 @@ mod tests {
         std::fs::write(&second, b"other bytes").unwrap();
         assert_ne!(file_fingerprint(&first), file_fingerprint(&second));
         assert_eq!(file_fingerprint(&dir.path().join("none")), "missing");
+    }
+
+    #[test]
+    fn removed_processes_are_changes() {
+        let (_a, m) = matrix(|text| text);
+        let mut current = DesiredState {
+            processes: plan(&m),
+            held: Default::default(),
+        };
+        current.processes[0].name = "retired".into();
+        let changed = changes(&current, &plan(&m));
+        assert!(changed.contains(&"retired".to_string()));
+        assert!(changed.contains(&"platform-core".to_string()));
     }
 
     #[test]

@@ -179,10 +179,20 @@ pub struct ProcessStatus {
     pub digest: String,
     /// Unix seconds of the last start.
     pub started_at: u64,
-    /// Starts after the first one (crashes and digest changes).
+    /// Starts that followed an unplanned exit (a crash, a kill). Planned
+    /// restarts (a changed spec, the end of a hold, a new supervisor) do
+    /// not count.
     pub restarts: u32,
-    /// How the last run ended, e.g. `exit status: 1` or `signal: 9 (SIGKILL)`.
+    /// How the last run ended, e.g. `exit status 1` or `killed by signal 9`.
     pub last_exit: Option<String>,
+    /// The program (`argv[0]`) last started: a process found by its pid is
+    /// only taken for this one while its command line still names it.
+    #[serde(default)]
+    pub program: String,
+    /// Unplanned exits in a row, each within 30 s of its start; 0 again
+    /// after 30 s of uptime or a new spec.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 /// Written by the supervisor after every change.

@@ -15,7 +15,10 @@ pub struct Row {
     pub name: String,
     /// `data` or `service`.
     pub kind: &'static str,
-    /// The supervisor's view: running, backoff, held, stopped, unknown.
+    /// `running`; `exited` (gone, the supervisor restarts it at once);
+    /// `backoff` (exited, restarted after a delay); `held` (`down --only`);
+    /// `stopped`; `unsupervised` (still running, but its supervisor is
+    /// gone: nothing restarts it); `unknown` (not started yet).
     pub state: String,
     /// A live process.
     pub up: bool,
@@ -40,9 +43,20 @@ pub struct Report {
 }
 
 impl Report {
-    /// Every process ready, except those stopped on purpose (held).
+    /// A supervisor runs, and every process is ready except those stopped
+    /// on purpose (held).
     pub fn all_ready(&self) -> bool {
-        !self.processes.is_empty() && self.processes.iter().all(|p| p.ready || p.state == "held")
+        self.supervisor.is_some()
+            && !self.processes.is_empty()
+            && self.processes.iter().all(|p| p.ready || p.state == "held")
+    }
+
+    /// Processes still running although their supervisor is gone.
+    pub fn unsupervised(&self) -> usize {
+        self.processes
+            .iter()
+            .filter(|p| p.state == "unsupervised")
+            .count()
     }
 }
 
@@ -60,7 +74,12 @@ pub async fn collect(environment: &str, context: &Context) -> anyhow::Result<Rep
     let mut rows = Vec::new();
     for spec in &desired.processes {
         let current = status.processes.get(&spec.name);
-        let pid = current.and_then(|p| p.pid).filter(|_| supervisor.is_some());
+        // Without a supervisor (killed, or stopped), a process it started
+        // may still run: found by its pid and program.
+        let pid = match supervisor {
+            Some(_) => current.and_then(|p| p.pid),
+            None => current.and_then(supervisor::leftover),
+        };
         let up = pid.is_some_and(supervisor::alive);
         let ready = up && probe::check(&client, &spec.probe).await.is_ok();
         let version = match (&spec.version, &kisumctl) {
@@ -69,7 +88,9 @@ pub async fn collect(environment: &str, context: &Context) -> anyhow::Result<Rep
             _ => None,
         };
         let state_name = match current.map(|p| p.state) {
+            _ if supervisor.is_none() && up => "unsupervised".to_string(),
             _ if supervisor.is_none() => "stopped".to_string(),
+            Some(RunState::Running) if !up => "exited".into(),
             Some(RunState::Running) => "running".into(),
             Some(RunState::Backoff) => "backoff".into(),
             Some(RunState::Held) => "held".into(),

@@ -5,6 +5,10 @@
 //! listed or is held, and writes `status.json`. It stops everything, in
 //! reverse release order, on SIGTERM or when `supervisor.stop` appears.
 //!
+//! Every process runs in a process group of its own: a signal sent to a
+//! service's group (`kill -KILL -PID`) reaches that service only, never
+//! the supervisor or the other processes.
+//!
 //! The control side (`ensure_running`, `stop`) is used by `deploy`,
 //! `down` and `status`.
 
@@ -44,6 +48,9 @@ struct Entry {
     status: Option<ProcessStatus>,
     next_start: Option<Instant>,
     failures: u32,
+    /// The last run ended without being asked to: the next start is a
+    /// crash restart.
+    crashed: bool,
 }
 
 /// Runs until stopped. `state` must be absolute.
@@ -145,9 +152,19 @@ pub fn run(state: &StateDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A line of `logs/supervisor.log`, stamped with Unix seconds and
+/// milliseconds.
 fn say(line: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{} supervisor: {line}", unix_now());
+    let _ = writeln!(
+        out,
+        "{}.{:03} supervisor: {line}",
+        now.as_secs(),
+        now.subsec_millis()
+    );
     let _ = out.flush();
 }
 
@@ -174,11 +191,13 @@ fn reap(entries: &mut BTreeMap<String, Entry>) {
             delay.as_secs_f64()
         ));
         entry.running = None;
+        entry.crashed = true;
         entry.next_start = Some(Instant::now() + delay);
         if let Some(status) = entry.status.as_mut() {
             status.state = RunState::Backoff;
             status.pid = None;
             status.last_exit = Some(describe_exit(exit));
+            status.failures = entry.failures;
         }
     }
 }
@@ -214,6 +233,7 @@ fn converge(state: &StateDir, desired: &DesiredState, entries: &mut BTreeMap<Str
         if desired.held.contains(&spec.name) {
             entry.next_start = None;
             entry.failures = 0;
+            entry.crashed = false;
             continue;
         }
         if let Some(running) = &entry.running
@@ -228,8 +248,21 @@ fn converge(state: &StateDir, desired: &DesiredState, entries: &mut BTreeMap<Str
             let entry = entries.entry(name).or_default();
             entry.next_start = None;
             entry.failures = 0;
+            entry.crashed = false;
         }
         let entry = entries.entry(spec.name.clone()).or_default();
+        // A new spec for a process waiting out its backoff starts at once,
+        // as a planned start with a clean record.
+        if entry.running.is_none()
+            && entry
+                .status
+                .as_ref()
+                .is_some_and(|s| s.digest != spec.digest)
+        {
+            entry.next_start = None;
+            entry.failures = 0;
+            entry.crashed = false;
+        }
         let due = entry.next_start.is_none_or(|at| at <= Instant::now());
         if entry.running.is_none() && due {
             start(state, spec, entry);
@@ -241,7 +274,8 @@ fn start(state: &StateDir, spec: &ProcessSpec, entry: &mut Entry) {
     let restarts = entry
         .status
         .as_ref()
-        .map_or(0, |s| s.restarts + u32::from(s.started_at > 0));
+        .map_or(0, |s| s.restarts + u32::from(entry.crashed));
+    let program = spec.argv.first().cloned().unwrap_or_default();
     match spawn(state, spec) {
         Ok(child) => {
             say(&format!(
@@ -259,6 +293,8 @@ fn start(state: &StateDir, spec: &ProcessSpec, entry: &mut Entry) {
                 started_at: unix_now(),
                 restarts,
                 last_exit: entry.status.as_ref().and_then(|s| s.last_exit.clone()),
+                program,
+                failures: entry.failures,
             });
             entry.running = Some(Running {
                 spec: spec.clone(),
@@ -266,6 +302,7 @@ fn start(state: &StateDir, spec: &ProcessSpec, entry: &mut Entry) {
                 since: Instant::now(),
             });
             entry.next_start = None;
+            entry.crashed = false;
         }
         Err(error) => {
             entry.failures += 1;
@@ -285,9 +322,12 @@ fn start(state: &StateDir, spec: &ProcessSpec, entry: &mut Entry) {
                 started_at: 0,
                 restarts: 0,
                 last_exit: None,
+                program,
+                failures: 0,
             });
             status.state = RunState::Backoff;
             status.last_exit = Some(format!("could not start: {error:#}"));
+            status.failures = entry.failures;
         }
     }
 }
@@ -313,6 +353,7 @@ fn spawn(state: &StateDir, spec: &ProcessSpec) -> anyhow::Result<Child> {
         .env_clear()
         .envs(&spec.env)
         .current_dir(&spec.cwd)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -397,10 +438,7 @@ fn stop_leftovers(previous: &SupervisorStatus) {
     let mut leftovers: Vec<(&String, &ProcessStatus)> = previous.processes.iter().collect();
     leftovers.sort_by_key(|(_, status)| std::cmp::Reverse(status.wave));
     for (name, status) in leftovers {
-        let Some(pid) = status.pid else {
-            continue;
-        };
-        if alive(pid) && !is_supervisor(pid) {
+        if let Some(pid) = leftover(status) {
             say(&format!(
                 "stopping {name} (pid {pid}) left by a previous supervisor"
             ));
@@ -428,6 +466,23 @@ fn command_line(pid: u32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The pid of a process a status names, while it is alive and still runs
+/// the same program (a pid can be reused once its process is gone). The
+/// program begins the command line, alone or followed by a space: a
+/// process may rewrite its title (`/usr/bin/redis-server 127.0.0.1:26379`).
+pub fn leftover(status: &ProcessStatus) -> Option<u32> {
+    let pid = status.pid?;
+    let program = status.program.as_str();
+    let same_program = program.is_empty()
+        || command_line(pid).first().is_some_and(|argv0| {
+            argv0 == program
+                || argv0
+                    .strip_prefix(program)
+                    .is_some_and(|title| title.starts_with(' '))
+        });
+    (alive(pid) && same_program && !is_supervisor(pid)).then_some(pid)
 }
 
 fn is_supervisor(pid: u32) -> bool {
@@ -535,6 +590,30 @@ mod tests {
         assert_eq!(backoff(4), Duration::from_secs(4));
         assert_eq!(backoff(10), BACKOFF_MAX);
         assert_eq!(backoff(1000), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn a_leftover_is_found_by_its_pid_while_it_runs_its_program() {
+        let me = std::process::id();
+        let argv0 = command_line(me).first().cloned().unwrap();
+        let status = |pid, program: &str| ProcessStatus {
+            state: RunState::Running,
+            wave: 1,
+            stop_signal: StopSignal::Term,
+            pid: Some(pid),
+            digest: String::new(),
+            started_at: 0,
+            restarts: 0,
+            last_exit: None,
+            program: program.into(),
+            failures: 0,
+        };
+        assert_eq!(leftover(&status(me, &argv0)), Some(me));
+        assert_eq!(leftover(&status(me, "")), Some(me));
+        assert_eq!(leftover(&status(me, "/usr/bin/another-program")), None);
+        let prefix = &argv0[..argv0.len() - 1];
+        assert_eq!(leftover(&status(me, prefix)), None);
+        assert_eq!(leftover(&status(u32::MAX / 2, &argv0)), None);
     }
 
     #[test]

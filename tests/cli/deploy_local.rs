@@ -1,9 +1,12 @@
 //! `deploy local` end to end: the real binary, a copy of the matrix on
 //! free loopback ports with its state in a temporary directory, and the
-//! workspace's debug service binaries. Needs PostgreSQL, redis-server and
-//! the mongoeco venv (`bash scripts/peers.sh`).
+//! workspace's debug service binaries (through a directory of links per
+//! test, which a test may change). Needs PostgreSQL, redis-server and the
+//! mongoeco venv (`bash scripts/peers.sh`). Every test stops and purges
+//! its platform when it ends, failed or not.
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -16,7 +19,9 @@ use crate::common::{SMOKE_CHECKS, root, stderr, stdout};
 /// the test fails half-way.
 struct Platform {
     dir: tempfile::TempDir,
+    /// Links to the workspace's debug service binaries.
     bin_dir: PathBuf,
+    redis_port: u16,
 }
 
 impl Drop for Platform {
@@ -30,11 +35,16 @@ impl Drop for Platform {
 
 impl Platform {
     fn start() -> Platform {
-        let bin_dir = service_binaries();
+        let built = service_binaries();
         let dir = tempfile::Builder::new()
             .prefix("kisum-deploy-")
             .tempdir()
             .expect("temp dir");
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir(&bin_dir).unwrap();
+        for binary in ["kisum-core", "kisum-auth", "kisum-module", "kisum-admin"] {
+            std::os::unix::fs::symlink(built.join(binary), bin_dir.join(binary)).unwrap();
+        }
         let environments = dir.path().join("environments");
         std::fs::create_dir(&environments).unwrap();
         for entry in std::fs::read_dir(root().join("environments")).unwrap() {
@@ -44,15 +54,20 @@ impl Platform {
         let local = environments.join("local.yaml");
         let text = std::fs::read_to_string(&local).unwrap();
         let offset = free_offset();
+        let redis_port = free_port();
         let text = text
             .replace("port: 25432", &format!("port: {}", free_port()))
-            .replace("port: 26379", &format!("port: {}", free_port()))
+            .replace("port: 26379", &format!("port: {redis_port}"))
             .replace("port: 27117", &format!("port: {}", free_port()))
             .replace("port-offset: 20000", &format!("port-offset: {offset}"));
         std::fs::write(&local, text).unwrap();
         // The matrix's migration directories resolve against its parent.
         std::os::unix::fs::symlink(root().join("services"), dir.path().join("services")).unwrap();
-        Platform { dir, bin_dir }
+        Platform {
+            dir,
+            bin_dir,
+            redis_port,
+        }
     }
 
     fn matrix(&self) -> PathBuf {
@@ -110,6 +125,39 @@ impl Platform {
                 )
             })
             .collect()
+    }
+
+    /// A process's row of `status -o json`.
+    fn row(&self, name: &str) -> Value {
+        self.status(false)["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no process {name} in status"))
+    }
+
+    fn supervisor_pid(&self) -> u32 {
+        std::fs::read_to_string(self.state().join("supervisor.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// `kisumctl smoke local` passes, every check of section 25.3.
+    fn assert_smoke_passes(&self) {
+        let output = self.run(&["smoke", "local"]);
+        let out = stdout(&output);
+        assert_eq!(output.status.code(), Some(0), "{out}{}", stderr(&output));
+        for check in SMOKE_CHECKS {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with("PASS") && l.contains(&format!(" {check} "))),
+                "{check} did not pass:\n{out}"
+            );
+        }
     }
 
     fn edit_local(&self, from: &str, to: &str) {
@@ -231,6 +279,46 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// The process is there and not a zombie.
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Sends SIGKILL to a process (`-PID`: to its process group).
+fn kill(target: &str) {
+    let status = Command::new("kill")
+        .args(["-KILL", "--", target])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -KILL -- {target} failed");
+}
+
+/// The processes the newest supervisor started, with the second of each
+/// start, from `logs/supervisor.log`.
+fn starts(log: &Path) -> Vec<(f64, String)> {
+    let text = std::fs::read_to_string(log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let newest = lines
+        .iter()
+        .rposition(|l| l.contains(" supervisor: supervisor started "))
+        .expect("no supervisor start in the log");
+    lines[newest..]
+        .iter()
+        .filter_map(|line| {
+            let (time, rest) = line.split_once(" supervisor: started ")?;
+            let name = rest.split_whitespace().next()?;
+            Some((time.parse().ok()?, name.to_string()))
+        })
+        .collect()
+}
+
 fn checks_pass(status: &Value) -> bool {
     status["checks"]
         .as_array()
@@ -311,6 +399,31 @@ fn deploy_local_end_to_end() {
     assert_eq!(changed(&again), "nothing");
     assert_eq!(platform.pids(), before);
 
+    // A rebuild that writes the same bytes restarts nothing: a program is
+    // known by its content, not by its file's dates or inode.
+    let link = platform.bin_dir.join("kisum-auth");
+    let copy = platform.bin_dir.join("kisum-auth.rebuilt");
+    std::fs::copy(std::fs::read_link(&link).unwrap(), &copy).unwrap();
+    std::fs::rename(&copy, &link).unwrap();
+    let rebuilt = platform.deploy(&[]);
+    assert_deployed(&rebuilt);
+    assert_eq!(changed(&rebuilt), "nothing");
+    assert_eq!(platform.pids(), before);
+
+    // A secret store that other users can list is refused, by name.
+    let store = platform.state().join("secrets");
+    let mode = |mode| std::fs::Permissions::from_mode(mode);
+    std::fs::set_permissions(&store, mode(0o755)).unwrap();
+    let refused = platform.deploy(&[]);
+    std::fs::set_permissions(&store, mode(0o700)).unwrap();
+    let message = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(3), "{message}");
+    let expected = format!(
+        "{} is open to other users (mode 755): the secret store must be private; run `chmod 700 ",
+        store.display()
+    );
+    assert!(message.contains(&expected), "{message}");
+
     // A matrix change restarts only the service it changes.
     platform.edit_local(
         "services:\n  auth:\n",
@@ -323,6 +436,8 @@ fn deploy_local_end_to_end() {
     for ((name, old), (_, new)) in before.iter().zip(&after) {
         assert_eq!(old != new, name == "finance", "{name}: {old} -> {new}");
     }
+    // A planned restart is no crash.
+    assert_eq!(platform.row("finance")["restarts"], 0);
 
     // A second deploy while one holds the lock waits, then refuses with
     // the holder's pid.
@@ -351,26 +466,26 @@ fn deploy_local_end_to_end() {
     );
     drop(lock);
 
-    // A service killed with SIGKILL comes back, and the checks pass again.
+    // A service killed with SIGKILL is restarted by the supervisor, status
+    // says so, and the smoke checks pass again.
     let auth = after.iter().find(|(n, _)| n == "auth").unwrap().1;
-    Command::new("kill")
-        .args(["-KILL", &auth.to_string()])
-        .status()
-        .unwrap();
+    kill(&auth.to_string());
     let back = wait_until(Duration::from_secs(30), || {
         let status = platform.status(true);
-        let auth_row = status["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "auth")
-            .cloned()
-            .unwrap_or_default();
+        let auth_row = &platform.row("auth");
         auth_row["pid"].as_u64().is_some_and(|pid| pid != auth)
-            && auth_row["restarts"].as_u64() >= Some(1)
+            && auth_row["state"] == "running"
+            && auth_row["ready"] == true
             && checks_pass(&status)
     });
     assert!(back, "auth was not restarted: {}", platform.status(true));
+    let auth_row = platform.row("auth");
+    assert_eq!(auth_row["restarts"], 1, "{auth_row}");
+    assert_eq!(
+        auth_row["detail"], "last exit: killed by signal 9",
+        "{auth_row}"
+    );
+    platform.assert_smoke_passes();
 
     // Redis stopped: the checks still pass (Auth falls back to auth_db).
     let held = platform.run(&["down", "local", "--only", "redis"]);
@@ -452,9 +567,233 @@ fn deploy_local_end_to_end() {
     assert!(down.status.success(), "{}", stderr(&down));
     assert!(!platform.state().exists());
     for pid in pids {
+        assert!(!running(pid), "pid {pid} still runs");
+    }
+}
+
+#[test]
+fn deploy_local_survives_kills_restarts_in_release_order_and_admits_one_deploy_at_a_time() {
+    let platform = Platform::start();
+    assert_deployed(&platform.deploy(&[]));
+
+    // A SIGKILL sent to a service's process group reaches that service
+    // only: the supervisor lives on and restarts it.
+    let supervisor = platform.supervisor_pid();
+    let before = platform.pids();
+    let finance = before.iter().find(|(n, _)| n == "finance").unwrap().1;
+    kill(&format!("-{finance}"));
+    let back = wait_until(Duration::from_secs(30), || {
+        let row = platform.row("finance");
+        row["pid"].as_u64().is_some_and(|pid| pid != finance) && row["ready"] == true
+    });
+    assert!(
+        back,
+        "finance was not restarted: {}",
+        platform.status(false)
+    );
+    assert_eq!(platform.supervisor_pid(), supervisor);
+    for ((name, old), (_, new)) in before.iter().zip(&platform.pids()) {
+        assert_eq!(old != new, name == "finance", "{name}: {old} -> {new}");
+    }
+    platform.assert_smoke_passes();
+
+    // The supervisor killed with SIGKILL: status tells that its processes
+    // still run, unsupervised, and exits 1.
+    let pids = platform.pids();
+    kill(&supervisor.to_string());
+    assert!(wait_until(Duration::from_secs(10), || !running(u64::from(
+        supervisor
+    ))));
+    let output = platform.run(&["status", "local", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let status: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(status["supervisor"], Value::Null, "{status}");
+    for row in status["processes"].as_array().unwrap() {
+        assert_eq!(row["state"], "unsupervised", "{row}");
+        assert_eq!(row["up"], true, "{row}");
+    }
+    let text = stdout(&platform.run(&["status", "local"]));
+    assert!(
+        text.contains("the supervisor is gone, but 12 of its processes still run"),
+        "{text}"
+    );
+    // down stops what the killed supervisor left running.
+    let down = platform.run(&["down", "local"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    for (name, pid) in &pids {
+        assert!(!running(*pid), "{name} (pid {pid}) still runs");
+    }
+
+    // The deploy after a down starts every process, wave after wave, each
+    // once the one before is ready, and says it changed them all.
+    let again = platform.deploy(&[]);
+    assert_deployed(&again);
+    let mut names: Vec<String> = pids.iter().map(|(name, _)| name.clone()).collect();
+    let mut started: Vec<String> = changed(&again).split(", ").map(str::to_string).collect();
+    names.sort();
+    started.sort();
+    assert_eq!(started, names, "{}", stdout(&again));
+    let wave = |name: &str| match name {
+        "postgres" | "redis" | "mongo" => 0,
+        "platform-core" => 1,
+        "auth" => 2,
+        "platform-admin" => 4,
+        _ => 3,
+    };
+    let mut starts = starts(&platform.state().join("logs/supervisor.log"));
+    let mut seen = std::collections::BTreeSet::new();
+    starts.retain(|(_, name)| seen.insert(name.clone()));
+    assert_eq!(starts.len(), 12, "{starts:?}");
+    for w in 0..4 {
+        let last = starts.iter().filter(|(_, n)| wave(n) == w).map(|(t, _)| *t);
+        let next = starts
+            .iter()
+            .filter(|(_, n)| wave(n) == w + 1)
+            .map(|(t, _)| *t);
+        let (last, next) = (last.fold(f64::MIN, f64::max), next.fold(f64::MAX, f64::min));
         assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "pid {pid} still runs"
+            next >= last + 0.1,
+            "wave {} started {:.3} s after wave {w}: {starts:?}",
+            w + 1,
+            next - last
         );
     }
+    for row in platform.status(false)["processes"].as_array().unwrap() {
+        assert_eq!(
+            row["restarts"], 0,
+            "a planned start counted as a crash: {row}"
+        );
+    }
+
+    // Two deploys at once: the second waits for the first; one that will
+    // not wait is refused, naming the holder and what it is doing.
+    let bin_dir = platform.bin_dir.display().to_string();
+    let spawn = || {
+        platform
+            .command(&["deploy", "local", "--bin-dir", &bin_dir])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    let holder = first.id();
+    let lock = platform.state().join("deploy.lock");
+    let holds = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.starts_with(&format!("{holder}\n")))
+    });
+    assert!(holds, "the first deploy never took the lock");
+    let second = spawn();
+    let refused = platform.deploy(&["--lock-timeout", "0"]);
+    let (first, second) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
+    assert_deployed(&first);
+    assert_deployed(&second);
+    let message = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(3), "{message}");
+    let named = format!(
+        "another deploy or down of this environment is running: pid {holder} (kisumctl deploy local, at step "
+    );
+    assert!(message.contains(&named), "{message}");
+    assert!(
+        message.contains(&format!("holds {}", lock.display())),
+        "{message}"
+    );
+    let waited = format!("note: waiting for pid {holder} (kisumctl deploy local");
+    assert!(stderr(&second).contains(&waited), "{}", stderr(&second));
+}
+
+#[test]
+fn deploy_local_names_a_port_another_program_holds() {
+    let platform = Platform::start();
+    let squatter = TcpListener::bind(("127.0.0.1", platform.redis_port)).unwrap();
+    let started = Instant::now();
+    let output = platform.deploy(&[]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{message}");
+    let expected = format!(
+        "port {} of redis is taken by pid {} (`",
+        platform.redis_port,
+        std::process::id()
+    );
+    assert!(message.contains(&expected), "{message}");
+    assert!(
+        message.contains("set by `redis.endpoint.port` ("),
+        "{message}"
+    );
+    assert!(message.contains("local.yaml:"), "{message}");
+    drop(squatter);
+}
+
+#[test]
+fn deploy_local_stops_at_a_process_that_exits_at_once_and_shows_its_log() {
+    let platform = Platform::start();
+    // An Admin that migrates, then refuses to serve.
+    let real = std::fs::read_link(platform.bin_dir.join("kisum-admin")).unwrap();
+    let admin = platform.bin_dir.join("kisum-admin");
+    std::fs::remove_file(&admin).unwrap();
+    std::fs::write(
+        &admin,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = migrate ] && exec {} \"$@\"\nprintf 'admin: cannot start: \\033[31mboom\\033[0m\\n' >&2\nexit 1\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = Instant::now();
+    let output = platform.deploy(&[]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{message}");
+    assert!(
+        message.contains("platform-admin exited 3 times in a row right after starting"),
+        "{message}"
+    );
+    assert!(
+        message.contains("admin: cannot start: \\u{1b}[31mboom\\u{1b}[0m"),
+        "{message}"
+    );
+    assert!(!message.contains('\u{1b}'), "{message}");
+    // Well before the 90 s a process may take to become ready.
+    assert!(
+        started.elapsed() < Duration::from_secs(75),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn deploy_local_shows_the_build_advancing_off_a_terminal() {
+    let platform = Platform::start();
+    // A stand-in for cargo that reports like cargo and builds nothing.
+    let cargo = platform.dir.path().join("fake-cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\necho \"   Compiling kisum-auth v0.1.0 ($*)\" >&2\necho '    Finished `release` profile' >&2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(platform.dir.path().join("Cargo.toml"), "[workspace]\n").unwrap();
+    let output = platform
+        .command(&["deploy", "local"])
+        .env("CARGO", &cargo)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{message}");
+    assert!(
+        message.contains(
+            "deploy: build: Compiling kisum-auth v0.1.0 (build --release --locked -p kisum-core"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("deploy: build: Finished `release` profile"),
+        "{message}"
+    );
+    assert!(message.contains("kisum-core is missing"), "{message}");
 }
