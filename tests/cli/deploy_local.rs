@@ -392,6 +392,14 @@ fn deploy_local_end_to_end() {
         assert_no_secret_in(&values, &path.display().to_string(), &text);
     }
 
+    // Auth's Redis took every command the deploy and the smoke checks
+    // made it send: its ACL admits every key family Auth uses.
+    let auth_log = std::fs::read_to_string(platform.state().join("logs/auth.log")).unwrap();
+    assert!(
+        !auth_log.contains("Redis unavailable"),
+        "Auth lost its Redis during the deploy:\n{auth_log}"
+    );
+
     // A second run converges without restarting anything.
     let before = platform.pids();
     let again = platform.deploy(&[]);

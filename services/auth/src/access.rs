@@ -46,7 +46,7 @@ use kisum_common::telemetry::RequestContext;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::cache::{AccessKey, Guess, ROW_COPY_TTL, Rendered, Snapshot, key};
+use crate::cache::{AccessKey, Guess, Held, ROW_COPY_TTL, Rendered, Snapshot, key};
 use crate::core_client::{CoreError, Entitlements};
 use crate::error::{AuthError, Result};
 use crate::metrics::event;
@@ -306,6 +306,16 @@ pub async fn for_session(
     // Cached under its canonical form, as `resolve_company` does.
     let canonical = parsed.to_string();
     let org = canonical.as_str();
+    match state.cache.held(identity.session) {
+        Held::Clear => {}
+        Held::Revoked => return Err(sessions::refuse_revoked(state, identity)),
+        // A directory change Redis has not been told of: auth_db answers.
+        Held::Epoch => {
+            sessions::ensure_live(state, identity).await?;
+            let context = access_context(state, context, identity, org).await?;
+            return Answer::of(&context);
+        }
+    }
     let guess = state.cache.guess(identity.user, org);
     // An `x-org` that is an id names the company directly: no company map
     // to read.

@@ -225,7 +225,31 @@ pub struct Cache {
     scripts: Arc<Scripts>,
     /// By user, by `x-org`.
     guesses: Arc<RwLock<Guesses>>,
+    /// Writes Redis refused that this replica honours until they land.
+    unsent: Arc<Mutex<Unsent>>,
+    /// Set while `unsent` holds anything, so the healthy path takes no lock.
+    has_unsent: Arc<AtomicBool>,
     metrics: AuthMetrics,
+}
+
+/// What Redis has not taken yet: revocations (its marker, the removal of
+/// the session entry) and an access-epoch bump, each until it lands or
+/// until whatever Redis held before has expired.
+#[derive(Default)]
+struct Unsent {
+    revoked: HashMap<Uuid, Instant>,
+    epoch_until: Option<Instant>,
+}
+
+/// Whether this replica may use Redis's copies for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Nothing unsent concerns it.
+    Clear,
+    /// Its revocation has not reached Redis: refuse it.
+    Revoked,
+    /// An epoch bump has not reached Redis: read auth_db.
+    Epoch,
 }
 
 impl Cache {
@@ -250,8 +274,67 @@ impl Cache {
                 bump_epoch: Script::new(BUMP_EPOCH_SCRIPT),
             }),
             guesses: Arc::default(),
+            unsent: Arc::default(),
+            has_unsent: Arc::new(AtomicBool::new(false)),
             metrics,
         })
+    }
+
+    fn unsent(&self) -> std::sync::MutexGuard<'_, Unsent> {
+        self.unsent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Revocations Redis refused: refused here until [`Cache::sent_revoked`]
+    /// or for `hold`.
+    pub fn hold_revoked(&self, sessions: &[Uuid], hold: Duration) {
+        let until = Instant::now() + hold;
+        let mut unsent = self.unsent();
+        for session in sessions {
+            unsent.revoked.insert(*session, until);
+        }
+        self.has_unsent.store(true, Ordering::Release);
+    }
+
+    pub fn sent_revoked(&self, sessions: &[Uuid]) {
+        let mut unsent = self.unsent();
+        for session in sessions {
+            unsent.revoked.remove(session);
+        }
+    }
+
+    /// An epoch bump Redis refused: membership copies are not trusted here
+    /// until [`Cache::sent_epoch`] or for `hold`.
+    pub fn hold_epoch(&self, hold: Duration) {
+        self.unsent().epoch_until = Some(Instant::now() + hold);
+        self.has_unsent.store(true, Ordering::Release);
+    }
+
+    pub fn sent_epoch(&self) {
+        self.unsent().epoch_until = None;
+    }
+
+    /// What unsent writes mean for `session` now.
+    pub fn held(&self, session: Uuid) -> Held {
+        if !self.has_unsent.load(Ordering::Acquire) {
+            return Held::Clear;
+        }
+        let now = Instant::now();
+        let mut unsent = self.unsent();
+        unsent.revoked.retain(|_, until| *until > now);
+        if unsent.epoch_until.is_some_and(|until| until <= now) {
+            unsent.epoch_until = None;
+        }
+        if unsent.revoked.is_empty() && unsent.epoch_until.is_none() {
+            self.has_unsent.store(false, Ordering::Release);
+            return Held::Clear;
+        }
+        if unsent.revoked.contains_key(&session) {
+            Held::Revoked
+        } else if unsent.epoch_until.is_some() {
+            Held::Epoch
+        } else {
+            Held::Clear
+        }
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -455,6 +538,8 @@ impl Cache {
     /// Redis could not be told (the copies then expire within 5 s).
     pub async fn directory_changed(&self) {
         if self.bump_epoch().await.is_err() {
+            // Not trusted here either until the copies expire.
+            self.hold_epoch(ROW_COPY_TTL + COOL_DOWN);
             tracing::warn!(
                 "Redis unreachable: the running Auth sees this directory change within 5 s"
             );

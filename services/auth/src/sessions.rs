@@ -28,6 +28,9 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(COOL_DOWN.as_millis() as 
 /// written before the failure: after it, nothing in Redis can vouch for
 /// what auth_db changed.
 const RETRIES: u32 = (ROW_COPY_TTL.as_millis() / RETRY_INTERVAL.as_millis()) as u32 + 2;
+/// How long this replica honours a write Redis refused: as long as the
+/// retries last, past which nothing Redis held from before can remain.
+const HOLD: Duration = Duration::from_millis(RETRY_INTERVAL.as_millis() as u64 * RETRIES as u64);
 
 fn revoked_key(session: Uuid) -> String {
     key::revoked_session(session)
@@ -119,10 +122,19 @@ pub async fn mark_revoked(state: &AppState, sessions: &[Uuid]) {
     if sessions.is_empty() || state.cache.revoke_sessions(sessions).await.is_ok() {
         return;
     }
+    // Until Redis takes it, this replica refuses these sessions itself
+    // (Redis may still answer reads with their session entries).
+    state.cache.hold_revoked(sessions, HOLD);
     let sessions = sessions.to_vec();
     retry_in_background(&state.cache, "revocation", move |cache| {
         let sessions = sessions.clone();
-        async move { cache.revoke_sessions(&sessions).await.is_ok() }
+        async move {
+            let sent = cache.revoke_sessions(&sessions).await.is_ok();
+            if sent {
+                cache.sent_revoked(&sessions);
+            }
+            sent
+        }
     });
 }
 
@@ -132,8 +144,13 @@ pub async fn bump_epoch(state: &AppState) {
     if state.cache.bump_epoch().await.is_ok() {
         return;
     }
+    state.cache.hold_epoch(HOLD);
     retry_in_background(&state.cache, "access epoch bump", |cache| async move {
-        cache.bump_epoch().await.is_ok()
+        let sent = cache.bump_epoch().await.is_ok();
+        if sent {
+            cache.sent_epoch();
+        }
+        sent
     });
 }
 

@@ -2608,3 +2608,52 @@ async fn directory_routes_refuse_ids_names_slugs_and_modules_that_cannot_work() 
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
+
+/// Redis that answers reads but refuses every write (as a full Redis with
+/// `noeviction`, or a read-only one, does).
+async fn refuse_redis_writes(h: &Harness, refuse: bool) {
+    let client = redis::Client::open(h.redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let replicas = if refuse { "1" } else { "0" };
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg(replicas)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_logout_redis_refused_to_write_is_still_refused_by_this_replica() {
+    let h = Harness::start().await;
+    let (_, _, _, tokens) = warm_member(&h, "ro@example.com", "ro-co").await;
+    let access = str_of(&tokens["access_token"]).to_string();
+    assert_eq!(h.me_access(&access, "ro-co").await.0, StatusCode::OK);
+    refuse_redis_writes(&h, true).await;
+    let bearer = format!("Bearer {access}");
+    let (status, _) = h
+        .public_call(
+            Method::POST,
+            "/auth/logout",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Past the 1 s cool-down the session entry still reads from Redis; the
+    // revocation Redis refused must win for the whole entry lifetime.
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    let mut asked = 0;
+    while std::time::Instant::now() < until {
+        let (status, body) = h.me_access(&access, "ro-co").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "after {asked}: {body}");
+        asked += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    refuse_redis_writes(&h, false).await;
+    assert_eq!(
+        h.me_access(&access, "ro-co").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
