@@ -84,7 +84,12 @@ async fn login_failed(
 ) -> Result<TokenPair> {
     ratelimit::login_failed(state, ip, email).await;
     state.metrics.event(event::LOGIN, "failure");
-    tracing::info!(user_id = ?user, reason, client_ip = ?ip, "login failure");
+    tracing::info!(
+        user_id = user.map(tracing::field::display),
+        reason,
+        client_ip = ip.map(tracing::field::display),
+        "login failure"
+    );
     let mut entry = Entry::new(action::LOGIN_FAILURE)
         .client_ip(ip)
         .detail(serde_json::json!({ "reason": reason }));
@@ -185,8 +190,8 @@ async fn lock_refresh_token(db: &mut PgConnection, hash: &[u8]) -> sqlx::Result<
 fn refresh_failed(state: &AppState, presented: Option<&Presented>, reason: &str) -> AuthError {
     state.metrics.event(event::REFRESH, "failure");
     tracing::info!(
-        user_id = ?presented.map(|p| p.user),
-        session_id = ?presented.map(|p| p.session),
+        user_id = presented.map(|p| tracing::field::display(p.user)),
+        session_id = presented.map(|p| tracing::field::display(p.session)),
         reason,
         "refresh failure"
     );

@@ -154,7 +154,11 @@ pub async fn check_login(state: &AppState, ip: Option<IpAddr>, email: &str) -> R
     match retry_after {
         Some(retry_after) => {
             state.metrics.event(event::LOGIN_RATE_LIMIT, "limited");
-            tracing::warn!(client_ip = ?ip, retry_after, "login rate limited");
+            tracing::warn!(
+                client_ip = ip.map(tracing::field::display),
+                retry_after,
+                "login rate limited"
+            );
             Err(AuthError::RateLimited { retry_after })
         }
         None => Ok(()),
