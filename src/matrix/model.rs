@@ -278,6 +278,7 @@ impl<'m> Environment<'m> {
                 account,
                 region,
                 prefix,
+                ..
             } => format!("aws:{account}:{region}:{prefix}{secret}"),
         }
     }
@@ -834,6 +835,7 @@ fn value_shapes(loaded: &Loaded) -> Vec<InputError> {
             account,
             region,
             prefix,
+            ..
         } = &file.secrets
         {
             if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {

@@ -12,7 +12,7 @@ use kisum_testkit::Postgres;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
-use crate::common::{scratch_copy, stderr, stdout};
+use crate::common::{Moto, SEALED_AWS, scratch_copy, stderr, stdout};
 
 /// A scratch matrix whose `local` environment points at test peers.
 struct Site {
@@ -566,78 +566,23 @@ async fn encrypted_backups_need_the_identity_of_the_secret_store() {
     }
 }
 
-/// moto's S3 on a free loopback port, stopped on drop.
-struct Moto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_moto() -> Moto {
-    let program = std::env::var("KISUM_MOTO_SERVER").unwrap_or_else(|_| {
-        crate::common::root()
-            .join(".peers/venv-moto/bin/moto_server")
-            .display()
-            .to_string()
-    });
-    assert!(
-        Path::new(&program).is_file(),
-        "{program} missing: run bash scripts/peers.sh"
-    );
-    let port = kisum_testkit::free_port().unwrap();
-    let child = Command::new(program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let moto = Moto { child, port };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let url = format!("http://127.0.0.1:{port}/kisum-local-backups");
-    loop {
-        if let Ok(response) = client.put(&url).send().await
-            && response.status().is_success()
-        {
-            return moto;
-        }
-        assert!(Instant::now() < deadline, "moto did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_go_to_s3_and_restore_from_it() {
-    let moto = start_moto().await;
+    let moto = Moto::start().await;
+    moto.create_bucket("kisum-local-backups").await;
     let pg = Postgres::start().await.unwrap();
     seed_auth_db(&pg, 200_000).await;
     let mut site = Site::new(pg.port());
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let endpoint = moto.endpoint();
     site.edit("environments/local.yaml", |t| {
         t.replace(
             "    kind: local-directory\n    path: .kisum/local/backups\n",
             &format!("    kind: s3\n    bucket: kisum-local-backups\n    prefix: databases/\n    region: us-east-1\n    endpoint: {endpoint}\n"),
         )
     });
-    // Dummy credentials; no instance metadata; any default endpoint is a
-    // dead loopback port, so nothing can leave the machine.
-    site.env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-    ]
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .to_vec();
+    site.env = SEALED_AWS
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec();
     let before = fingerprint(&pg, "auth_db").await;
 
     let manifest = site.backup("auth-db");
