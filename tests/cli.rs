@@ -16,5 +16,7 @@ mod docs;
 mod help;
 #[path = "cli/manifests.rs"]
 mod manifests;
+#[path = "cli/rotate.rs"]
+mod rotate;
 #[path = "cli/smoke.rs"]
 mod smoke;

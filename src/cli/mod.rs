@@ -10,6 +10,7 @@ mod logs;
 mod output;
 mod render;
 mod restore;
+mod rotate;
 mod smoke;
 mod status;
 mod supervise;
@@ -78,6 +79,7 @@ enum Command {
     Backup(backup::Args),
     Restore(restore::Args),
     Drill(drill::Args),
+    RotateJwtKey(rotate::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -126,6 +128,12 @@ pub fn main() -> ExitCode {
         Command::Backup(args) => backup::run(&cli.matrix, args),
         Command::Restore(args) => restore::run(&cli.matrix, args),
         Command::Drill(args) => drill::run(&cli.matrix, args),
+        Command::RotateJwtKey(args) => {
+            let (name, format) = (args.env.clone(), args.output);
+            with_environment(&cli.matrix, &name, format, |_, env| {
+                rotate::run(&cli.matrix, env, args)
+            })
+        }
     };
     match result {
         Ok(exit) => exit.into(),
@@ -193,6 +201,25 @@ fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
         );
     }
     exit
+}
+
+/// Asks on the terminal (stderr and stdin) after showing `lines`; true
+/// when the answer is `word`. False without asking when either is not a
+/// terminal: `command` needs `--yes` then.
+fn confirm_by_typing(command: &str, lines: &[String], word: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        eprintln!("{command} needs confirmation and stdin is not a terminal");
+        return Ok(false);
+    }
+    for line in lines {
+        eprintln!("{line}");
+    }
+    eprint!("type {word} to go ahead: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == word)
 }
 
 /// Input errors on stderr; with `-o json` also as JSON on stdout, so a

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 12] = [
+const PAGES: [(&str, &[&str]); 13] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -18,6 +18,7 @@ const PAGES: [(&str, &[&str]); 12] = [
     ("backup", &["backup", "--help"]),
     ("restore", &["restore", "--help"]),
     ("drill", &["drill", "--help"]),
+    ("rotate-jwt-key", &["rotate-jwt-key", "--help"]),
 ];
 
 #[test]
