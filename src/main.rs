@@ -11,6 +11,7 @@ mod local;
 mod matrix;
 mod ops;
 mod render;
+mod rotation;
 // `list`, `keys` and `remove` serve the secrets commands still to come.
 #[allow(dead_code)]
 mod secrets;

@@ -22,6 +22,8 @@ mod local_commands;
 mod manifests;
 #[path = "cli/restore_engines.rs"]
 mod restore_engines;
+#[path = "cli/rotate.rs"]
+mod rotate;
 #[path = "cli/site.rs"]
 mod site;
 #[path = "cli/smoke.rs"]

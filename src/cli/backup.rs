@@ -10,8 +10,7 @@ use crate::backup::store::BackupStore;
 use crate::backup::{self, Context, Target, Trigger, connection, retention};
 use crate::matrix::Environment;
 use crate::matrix::load::printable;
-use crate::matrix::schema::SecretBackend;
-use crate::secrets::{LocalFiles, SecretStore};
+use crate::secrets::SecretStore;
 
 /// Back up databases of an environment into its backup store.
 ///
@@ -157,16 +156,7 @@ where
 
 /// The environment's secret store.
 pub(super) fn secret_store(dir: &Path, env: &Environment) -> Result<Box<dyn SecretStore>, String> {
-    match &env.file.secrets {
-        SecretBackend::LocalFiles { path } => Ok(Box::new(LocalFiles::new(
-            crate::matrix::resolve_path(dir, path),
-        ))),
-        SecretBackend::AwsSecretsManager { .. } => Err(format!(
-            "environment {} keeps its secrets in AWS Secrets Manager, and kisumctl has no backend \
-             for it yet: database credentials can be neither read nor written, so nothing was done",
-            env.name
-        )),
-    }
+    crate::secrets::for_environment(dir, env).map_err(|e| e.to_string())
 }
 
 /// The targets named on the command line (all with `all`), in restore

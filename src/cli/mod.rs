@@ -11,6 +11,7 @@ mod logs;
 mod output;
 mod render;
 mod restore;
+mod rotate;
 mod smoke;
 mod status;
 mod supervise;
@@ -81,6 +82,7 @@ enum Command {
     Restore(restore::Args),
     Drill(drill::Args),
     Db(db::Args),
+    RotateJwtKey(rotate::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -130,6 +132,12 @@ pub fn main() -> ExitCode {
         Command::Restore(args) => restore::run(&cli.matrix, args),
         Command::Drill(args) => drill::run(&cli.matrix, args),
         Command::Db(args) => db::run(&cli.matrix, args),
+        Command::RotateJwtKey(args) => {
+            let (name, format) = (args.env.clone(), args.output);
+            with_environment(&cli.matrix, &name, format, |_, env| {
+                rotate::run(&cli.matrix, env, args)
+            })
+        }
     };
     let exit = match result {
         Ok(exit) => exit,
@@ -224,6 +232,25 @@ fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
         );
     }
     exit
+}
+
+/// Asks on the terminal (stderr and stdin) after showing `lines`; true
+/// when the answer is `word`. False without asking when either is not a
+/// terminal: `command` needs `--yes` then.
+fn confirm_by_typing(command: &str, lines: &[String], word: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        errln!("{command} needs confirmation and stdin is not a terminal");
+        return Ok(false);
+    }
+    for line in lines {
+        errln!("{line}");
+    }
+    output::err!("type {word} to go ahead: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == word)
 }
 
 /// Input errors on stderr; with `-o json` also as JSON on stdout, so a

@@ -1,7 +1,6 @@
 //! `kisumctl restore`: replace a live database with one of its backups.
 
-use super::output::{err, errln, outln};
-use std::io::{BufRead, IsTerminal, Write};
+use super::output::{errln, outln};
 use std::path::Path;
 
 use serde_json::json;
@@ -207,26 +206,15 @@ fn print_plans(
 
 /// Asks on the terminal; without one, refuses (the caller names `--yes`).
 fn confirmed(cx: &Context<'_>, plans: &[(Target, restore::Plan)]) -> anyhow::Result<bool> {
-    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        errln!("restore needs confirmation and stdin is not a terminal");
-        return Ok(false);
-    }
+    let mut lines = Vec::new();
     for (target, plan) in plans {
-        errln!(
+        lines.push(format!(
             "restore {} {} from backup {}:",
-            cx.env.name,
-            target.id,
-            plan.backup.id
-        );
-        for step in &plan.steps {
-            errln!("  - {step}");
-        }
+            cx.env.name, target.id, plan.backup.id
+        ));
+        lines.extend(plan.steps.iter().map(|step| format!("  - {step}")));
     }
-    err!("type the environment name ({}) to go ahead: ", cx.env.name);
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(answer.trim() == cx.env.name)
+    super::confirm_by_typing("restore", &lines, cx.env.name)
 }
 
 async fn cleanup(

@@ -9,8 +9,6 @@ use serde_json::json;
 use super::{Exit, OutputFormat, refuse};
 use crate::matrix::Environment;
 use crate::matrix::load::printable;
-use crate::matrix::schema::SecretBackend;
-use crate::secrets::{LocalFiles, SecretStore};
 use crate::smoke::{self, Credentials, Report, Status, Target};
 
 /// Run the smoke checks of the plan (section 25.3) against an environment.
@@ -48,23 +46,11 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
         Ok(target) => target,
         Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };
-    let store = match &env.file.secrets {
-        SecretBackend::LocalFiles { path } => {
-            LocalFiles::new(crate::matrix::resolve_path(dir, path))
-        }
-        SecretBackend::AwsSecretsManager { .. } => {
-            // The AWS Secrets Manager backend of the secret store is not
-            // written yet; until then the credentials of such an
-            // environment cannot be read.
-            let message = format!(
-                "environment {} keeps its secrets in AWS Secrets Manager, and kisumctl has no \
-                 backend for it yet: the smoke-test credentials cannot be read",
-                env.name
-            );
-            return Ok(refuse(format, &message, Exit::OperationFailed));
-        }
+    let store = match crate::secrets::for_environment(dir, env) {
+        Ok(store) => store,
+        Err(error) => return Ok(refuse(format, &error.to_string(), Exit::OperationFailed)),
     };
-    let credentials = match Credentials::from_store(&store) {
+    let credentials = match Credentials::from_store(store.as_ref()) {
         Ok(credentials) => credentials,
         Err(smoke::CredentialsError::Store(error)) => {
             return Ok(refuse(format, &error.to_string(), Exit::OperationFailed));

@@ -8,6 +8,7 @@
 
 use std::fs::{self, File, TryLockError};
 use std::io::{Read as _, Seek as _, Write as _};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::state::{DeployRecord, StateDir, read_json};
@@ -75,7 +76,19 @@ pub fn acquire(
     timeout: Duration,
     waiting: &mut dyn FnMut(&Holder),
 ) -> Result<DeployLock, LockError> {
-    let path = state.lock();
+    acquire_at(&state.lock(), state, command, timeout, waiting)
+}
+
+/// [`acquire`] of another lock file of the environment (`path`), for a
+/// command that must not run twice at once but may run beside a deploy.
+pub fn acquire_at(
+    path: &Path,
+    state: &StateDir,
+    command: &str,
+    timeout: Duration,
+    waiting: &mut dyn FnMut(&Holder),
+) -> Result<DeployLock, LockError> {
+    let path = path.to_path_buf();
     let io = |source| LockError::Io {
         path: path.display().to_string(),
         source,

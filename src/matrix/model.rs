@@ -300,6 +300,7 @@ impl<'m> Environment<'m> {
                 account,
                 region,
                 prefix,
+                ..
             } => format!("aws:{account}:{region}:{prefix}{secret}"),
         }
     }
@@ -1033,6 +1034,7 @@ fn value_shapes(loaded: &Loaded) -> Vec<InputError> {
             account,
             region,
             prefix,
+            ..
         } = &file.secrets
         {
             if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {

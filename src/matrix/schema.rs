@@ -549,6 +549,10 @@ pub enum SecretBackend {
         account: String,
         region: String,
         prefix: String,
+        /// A Secrets Manager-compatible endpoint URL in place of AWS's own
+        /// (a test server on loopback); absent for AWS.
+        #[serde(default)]
+        endpoint: Option<String>,
     },
 }
 

@@ -7,15 +7,21 @@
 //! [`Secret`], whose `Debug` never shows them and which has no `Display`,
 //! so a value cannot reach output or logs by accident.
 //!
-//! The first backend is local files ([`LocalFiles`]); the AWS Secrets
-//! Manager backend implements the same trait.
+//! Two backends: local files ([`LocalFiles`]) and AWS Secrets Manager
+//! ([`SecretsManager`]); [`for_environment`] opens the one the matrix
+//! names.
 
+mod aws;
 mod local;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+pub use aws::{SecretsManager, SecretsManagerSettings};
 pub use local::LocalFiles;
+
+use crate::matrix::Environment;
+use crate::matrix::schema::SecretBackend;
 
 /// A secret value. Shown as `<redacted>` by `Debug`; read it with
 /// [`Secret::expose`] only where it is handed to its consumer.
@@ -68,6 +74,22 @@ pub enum StoreError {
         mode: u32,
         directory: bool,
     },
+    #[error("{store}: {secret}: {message}")]
+    Remote {
+        store: String,
+        secret: String,
+        message: String,
+    },
+}
+
+/// One stored version of a secret, in backends that keep versions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecretVersion {
+    pub id: String,
+    /// Staging labels (`AWSCURRENT`, `AWSPREVIOUS`, ...).
+    pub stages: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub created_at: Option<i64>,
 }
 
 /// Where an environment's secrets live.
@@ -80,6 +102,12 @@ pub trait SecretStore: Send + Sync {
 
     /// Writes `key` of `secret`, replacing any earlier value atomically.
     fn write(&self, secret: &str, key: &str, value: &Secret) -> Result<(), StoreError>;
+
+    /// The versions of `secret` the backend keeps, newest first; empty for
+    /// backends without versions.
+    fn versions(&self, _secret: &str) -> Result<Vec<SecretVersion>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// The secrets that exist, sorted.
     fn list(&self) -> Result<Vec<String>, StoreError>;
@@ -109,6 +137,30 @@ pub trait SecretStore: Send + Sync {
         let value = generate();
         self.write(secret, key, &value)?;
         Ok((value, true))
+    }
+}
+
+/// The secret store the matrix names for `env`. A relative `local-files`
+/// path resolves against the parent of the matrix directory.
+pub fn for_environment(
+    matrix_dir: &Path,
+    env: &Environment,
+) -> Result<Box<dyn SecretStore>, StoreError> {
+    match &env.file.secrets {
+        SecretBackend::LocalFiles { path } => Ok(Box::new(LocalFiles::new(
+            crate::matrix::resolve_path(matrix_dir, path),
+        ))),
+        SecretBackend::AwsSecretsManager {
+            region,
+            prefix,
+            endpoint,
+            ..
+        } => Ok(Box::new(SecretsManager::connect(SecretsManagerSettings {
+            region: region.clone(),
+            prefix: prefix.clone(),
+            endpoint: endpoint.clone(),
+            static_credentials: None,
+        })?)),
     }
 }
 

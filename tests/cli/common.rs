@@ -66,3 +66,45 @@ pub const SMOKE_CHECKS: [&str; 9] = [
     "module-denied",
     "subscription-invalidates-access",
 ];
+
+/// What kisumctl's AWS SDK sees in tests: dummy credentials, no instance
+/// metadata, no configuration files, and a default endpoint on a dead
+/// loopback port, so nothing can ever reach AWS. A test names moto's
+/// endpoint itself (in the matrix or per service).
+pub const SEALED_AWS: [(&str, &str); 6] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+    ("AWS_CONFIG_FILE", "/dev/null"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+];
+
+/// moto (S3, Secrets Manager) on a free loopback port, stopped on drop.
+pub struct Moto(kisum_testkit::Moto);
+
+impl Moto {
+    pub async fn start() -> Moto {
+        Moto(
+            tokio::task::spawn_blocking(|| kisum_testkit::Moto::start().unwrap())
+                .await
+                .unwrap(),
+        )
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.0.endpoint()
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .put(format!("{}/{bucket}", self.endpoint()))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+}

@@ -16,11 +16,11 @@ use serde_json::Value;
 use crate::common::{SMOKE_CHECKS, root, stderr, stdout};
 
 /// The platform of one test; stopped and purged when dropped, even when
-/// the test fails half-way.
-struct Platform {
+/// the test fails half-way. Also used by the key rotation tests.
+pub struct Platform {
     dir: tempfile::TempDir,
     /// Links to the workspace's debug service binaries.
-    bin_dir: PathBuf,
+    pub bin_dir: PathBuf,
     redis_port: u16,
 }
 
@@ -34,7 +34,7 @@ impl Drop for Platform {
 }
 
 impl Platform {
-    fn start() -> Platform {
+    pub fn start() -> Platform {
         let built = service_binaries();
         let dir = tempfile::Builder::new()
             .prefix("kisum-deploy-")
@@ -70,15 +70,15 @@ impl Platform {
         }
     }
 
-    fn matrix(&self) -> PathBuf {
+    pub fn matrix(&self) -> PathBuf {
         self.dir.path().join("environments")
     }
 
-    fn state(&self) -> PathBuf {
+    pub fn state(&self) -> PathBuf {
         self.dir.path().join(".kisum/local")
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kisumctl"));
         command
             .arg("--matrix")
@@ -91,18 +91,18 @@ impl Platform {
         command
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("kisumctl runs")
     }
 
-    fn deploy(&self, extra: &[&str]) -> Output {
+    pub fn deploy(&self, extra: &[&str]) -> Output {
         let bin_dir = self.bin_dir.display().to_string();
         let mut args = vec!["deploy", "local", "--bin-dir", &bin_dir];
         args.extend(extra);
         self.run(&args)
     }
 
-    fn status(&self, verify: bool) -> Value {
+    pub fn status(&self, verify: bool) -> Value {
         let mut args = vec!["status", "local", "-o", "json"];
         if verify {
             args.push("--verify");
@@ -112,7 +112,7 @@ impl Platform {
             .unwrap_or_else(|e| panic!("status -o json: {e}\n{}", stderr(&output)))
     }
 
-    fn pids(&self) -> Vec<(String, u64)> {
+    pub fn pids(&self) -> Vec<(String, u64)> {
         let status = self.status(false);
         status["processes"]
             .as_array()
@@ -161,9 +161,14 @@ impl Platform {
     }
 
     fn edit_local(&self, from: &str, to: &str) {
-        let path = self.matrix().join("local.yaml");
+        self.edit_matrix("local.yaml", from, to);
+    }
+
+    /// Replaces the first `from` in a file of the matrix copy.
+    pub fn edit_matrix(&self, file: &str, from: &str, to: &str) {
+        let path = self.matrix().join(file);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "local.yaml has no `{from}`");
+        assert!(text.contains(from), "{file} has no `{from}`");
         std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
     }
 }
@@ -237,7 +242,7 @@ fn random_below(n: u16) -> u16 {
 
 /// Deploy succeeded: exit 0, every quick check and every smoke check
 /// passing.
-fn assert_deployed(output: &Output) {
+pub fn assert_deployed(output: &Output) {
     let (out, err) = (stdout(output), stderr(output));
     let code = output.status.code();
     assert!(code == Some(0), "deploy failed ({code:?}):\n{out}\n{err}");

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 16] = [
+const PAGES: [(&str, &[&str]); 17] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -22,6 +22,7 @@ const PAGES: [(&str, &[&str]); 16] = [
     ("db-provision", &["db", "provision", "--help"]),
     ("db-migrate", &["db", "migrate", "--help"]),
     ("db-status", &["db", "status", "--help"]),
+    ("rotate-jwt-key", &["rotate-jwt-key", "--help"]),
 ];
 
 #[test]

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::common::{SMOKE_CHECKS, scratch_copy, stderr, stdout};
+use crate::common::{SEALED_AWS, SMOKE_CHECKS, scratch_copy, stderr, stdout};
 
 const SECRET: &str = "smoke-test-credentials";
 const ROLE: &str = "smoke-reader";
@@ -369,9 +369,22 @@ async fn local_without_endpoints_is_not_deployed() {
 }
 
 #[tokio::test]
-async fn an_environment_on_aws_secrets_manager_is_refused_before_any_request() {
+async fn an_unreachable_secret_backend_fails_before_any_request() {
+    // dev keeps its secrets in AWS Secrets Manager; here its endpoint is a
+    // dead loopback port.
     let matrix = scratch_copy();
-    let output = smoke(&matrix.path().join("environments"), &["smoke", "dev"]).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+        .arg("--matrix")
+        .arg(matrix.path().join("environments"))
+        .args(["smoke", "dev"])
+        .current_dir(elsewhere.path())
+        .env_remove("KISUM_MATRIX")
+        .env_remove("AWS_PROFILE")
+        .envs(SEALED_AWS)
+        .output()
+        .await
+        .unwrap();
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("AWS Secrets Manager"),

@@ -22,6 +22,10 @@ pub struct Config {
     pub auth_internal_url: String,
     pub core_internal_url: String,
     pub jwks_url: String,
+    /// `JWKS_CACHE_SECONDS` (300 by default, the matrix's
+    /// `tokens.jwks-cache-seconds`): how long Auth's keys are used before
+    /// a refetch. kisumctl's key rotation waits on it.
+    pub jwks_cache: Duration,
     pub token_policy: TokenPolicy,
     /// What Admin presents to Auth and Platform Core, as `SERVICE_NAME`.
     pub credential: Credential,
@@ -33,6 +37,9 @@ pub struct Config {
     /// Digest of the non-secret settings, for diagnostics.
     pub digest: String,
 }
+
+/// `JWKS_CACHE_SECONDS` when not set.
+const DEFAULT_JWKS_CACHE_SECONDS: u64 = 300;
 
 /// `services.platform-admin.timeouts.read-seconds`: the default request timeout.
 const READ_SECONDS: Duration = Duration::from_secs(30);
@@ -69,6 +76,14 @@ impl Config {
             vars.http_url("CORE_INTERNAL_URL")?,
             vars.http_url("JWKS_URL")?,
         );
+        let jwks_cache_seconds: u64 =
+            vars.parsed_or("JWKS_CACHE_SECONDS", DEFAULT_JWKS_CACHE_SECONDS)?;
+        if jwks_cache_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                name: "JWKS_CACHE_SECONDS".into(),
+                reason: "must be at least 1 second".into(),
+            });
+        }
         let digest = digest_with(
             &common,
             &[
@@ -76,6 +91,7 @@ impl Config {
                 ("AUTH_INTERNAL_URL", &auth_internal_url),
                 ("CORE_INTERNAL_URL", &core_internal_url),
                 ("JWKS_URL", &jwks_url),
+                ("JWKS_CACHE_SECONDS", &jwks_cache_seconds.to_string()),
                 ("JWT_ISSUER", &token_policy.issuer),
                 ("JWT_AUDIENCE", &token_policy.audience),
             ],
@@ -86,6 +102,7 @@ impl Config {
             auth_internal_url,
             core_internal_url,
             jwks_url,
+            jwks_cache: Duration::from_secs(jwks_cache_seconds),
             token_policy,
             credential,
             diagnostics_callers: Allowlist::from_vars(vars)?,
@@ -130,6 +147,21 @@ mod tests {
         assert_eq!(config.auth_url, "https://auth.kisum.test");
         assert_eq!(config.diagnostics_callers.callers(), ["kisumctl"]);
         assert!(!config.bootstrap_configured);
+        assert_eq!(config.jwks_cache, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_jwks_cache_lifetime_comes_from_the_matrix() {
+        let mut vars = vars();
+        vars.set("JWKS_CACHE_SECONDS", "5");
+        let config = Config::from_vars(&vars).unwrap();
+        assert_eq!(config.jwks_cache, Duration::from_secs(5));
+        vars.set("JWKS_CACHE_SECONDS", "0");
+        let error = Config::from_vars(&vars).unwrap_err().to_string();
+        assert!(
+            error.starts_with("JWKS_CACHE_SECONDS is invalid"),
+            "{error}"
+        );
     }
 
     #[test]

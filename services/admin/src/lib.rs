@@ -33,9 +33,7 @@ use crate::state::AppState;
 
 /// The request body limit of the environment matrix (`request-body-limit`).
 const BODY_LIMIT_BYTES: usize = 1024 * 1024;
-/// How long Auth's keys are trusted before a refetch, and how often an
-/// unknown kid may cause one.
-const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// How often an unknown kid may cause a refetch of Auth's keys.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 
 /// The two routers and the pool they share.
@@ -50,7 +48,7 @@ pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
 pub async fn app(config: Config) -> anyhow::Result<App> {
     let pool = pool(&config)?;
     let metrics = Metrics::new(&config.common.service, &config.common.environment);
-    let jwks = JwksCache::new(config.jwks_url.clone(), JWKS_MAX_AGE, JWKS_MIN_REFETCH);
+    let jwks = JwksCache::new(config.jwks_url.clone(), config.jwks_cache, JWKS_MIN_REFETCH);
     let state = AppState {
         pool: pool.clone(),
         core: CoreClient::new(&config.core_internal_url, &config.credential),
@@ -87,8 +85,9 @@ fn diagnostics(config: &Config, jwks: JwksCache) -> Diagnostics {
         routes: routes::route_permissions(),
         kids: Arc::new(move || {
             let jwks = kids.clone();
-            Box::pin(async move { jwks.kids().await })
+            Box::pin(async move { jwks.current_kids().await })
         }),
+        signing: None,
         reload: Arc::new(move || {
             let jwks = jwks.clone();
             Box::pin(async move { jwks.reload().await.map_err(|error| error.to_string()) })

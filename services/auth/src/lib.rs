@@ -167,6 +167,7 @@ fn readiness(state: &AppState) -> Readiness {
 
 fn diagnostics(state: &AppState) -> Diagnostics {
     let kids = state.keys.clone();
+    let signing = state.keys.clone();
     let reload = state.keys.clone();
     Diagnostics {
         service: state.config.service.clone(),
@@ -177,6 +178,7 @@ fn diagnostics(state: &AppState) -> Diagnostics {
             let kids = kids.current().published_kids();
             Box::pin(async move { kids })
         }),
+        signing: Some(Arc::new(move || signing.current().set.active().kid.clone())),
         reload: Arc::new(move || {
             let store = reload.clone();
             Box::pin(async move {

@@ -148,6 +148,25 @@ impl JwksCache {
         self.snapshot().keys.keys().cloned().collect()
     }
 
+    /// The kids the next request would be verified with: the cached ones,
+    /// refreshed first when the cache has aged past its lifetime (at most
+    /// once per minimum interval), as a request would. This is what
+    /// `/internal/diagnostics` reports, so an idle backend shows a key
+    /// Auth published within one cache lifetime, like a busy one.
+    pub async fn current_kids(&self) -> Vec<String> {
+        let current = self.snapshot();
+        let fresh = current
+            .fetched
+            .is_some_and(|at| at.elapsed() < self.max_age);
+        if fresh {
+            return current.keys.keys().cloned().collect();
+        }
+        match self.keys_for("").await {
+            Ok(snapshot) => snapshot.keys.keys().cloned().collect(),
+            Err(_) => current.keys.keys().cloned().collect(),
+        }
+    }
+
     /// Verifies a token with the cached keys: the header is decoded once,
     /// and no lock is held (nor any key copied) while the signature is
     /// checked.

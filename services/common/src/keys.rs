@@ -240,6 +240,21 @@ impl KeySet {
     }
 }
 
+/// The error without any quoted input: a JSON error may quote a value, and
+/// a value may be a private key.
+pub fn safe_message(error: &KeySetError) -> String {
+    match error {
+        KeySetError::Parse(detail) => {
+            let position = detail
+                .rfind(" at line ")
+                .map(|at| detail[at..].to_string())
+                .unwrap_or_default();
+            format!("the key set is not valid kisum-key-set/v1 JSON{position}")
+        }
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +303,14 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(KeySet::load(&path).unwrap().active().kid, set.active().kid);
+    }
+
+    #[test]
+    fn a_parse_error_never_quotes_its_input() {
+        let error = KeySet::from_json(r#"{"format": 1, "keys": "-----BEGIN PRIVATE KEY-----"}"#)
+            .unwrap_err();
+        let message = safe_message(&error);
+        assert!(!message.contains("BEGIN"));
+        assert!(message.contains("at line 1"));
     }
 }

@@ -106,6 +106,8 @@ pub type KidsFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<String>> + Sen
 pub type ReloadFn = Arc<
     dyn Fn() -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send>> + Send + Sync,
 >;
+/// The kid a signing service (Auth) signs new tokens with.
+pub type SigningFn = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What `GET /internal/diagnostics` reports.
 #[derive(Clone)]
@@ -115,26 +117,50 @@ pub struct Diagnostics {
     pub config_digest: String,
     /// Route -> permission it requires (empty where none).
     pub routes: BTreeMap<String, String>,
+    /// The kids this service would verify a token with now.
     pub kids: KidsFn,
+    /// Signing services only: the kid of the active key.
+    pub signing: Option<SigningFn>,
     pub reload: ReloadFn,
 }
 
 #[derive(Serialize)]
 struct DiagnosticsReport {
     service: String,
+    /// Which process answered (`<host name>/<pid>`): behind a load balancer,
+    /// a caller counts the instances it has heard from.
+    instance: String,
     version: String,
     config_digest: String,
     kids: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_kid: Option<String>,
     routes: BTreeMap<String, String>,
 }
 
 async fn diagnostics(State(d): State<Diagnostics>) -> Json<DiagnosticsReport> {
     Json(DiagnosticsReport {
         service: d.service.clone(),
+        instance: instance().to_string(),
         version: d.version.clone(),
         config_digest: d.config_digest.clone(),
         kids: (d.kids)().await,
+        signing_kid: d.signing.as_ref().map(|signing| signing()),
         routes: d.routes.clone(),
+    })
+}
+
+/// `<host name>/<pid>`; in Kubernetes the host name is the pod's name.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|| "unknown".to_string());
+        format!("{host}/{}", std::process::id())
     })
 }
 
@@ -428,6 +454,7 @@ mod tests {
             config_digest: "d".into(),
             routes: BTreeMap::from([("GET /x".to_string(), "x.read".to_string())]),
             kids: Arc::new(|| Box::pin(async { vec!["k1".to_string()] })),
+            signing: Some(Arc::new(|| "k1".to_string())),
             reload: Arc::new(|| Box::pin(async { Ok(vec!["k2".to_string()]) })),
         };
         let allowlist = Allowlist::from_pairs([("kisumctl".to_string(), "t0ken".to_string())]);
@@ -493,6 +520,12 @@ mod tests {
         assert_eq!(response.status(), 200);
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["kids"][0], "k1");
+        assert_eq!(body["signing_kid"], "k1");
+        let instance = body["instance"].as_str().unwrap();
+        assert!(
+            instance.ends_with(&format!("/{}", std::process::id())),
+            "{instance}"
+        );
         let reload = format!("http://{internal}/internal/keys/reload");
         let reloaded = client.post(&reload).headers(headers).send().await.unwrap();
         assert_eq!(

@@ -68,6 +68,7 @@ fn diagnostics(config: &Config) -> Diagnostics {
         routes: routes::route_permissions(&config.api_callers),
         // Core verifies no tokens: it has no keys to list or reload.
         kids: Arc::new(|| Box::pin(async { Vec::new() })),
+        signing: None,
         reload: Arc::new(|| Box::pin(async { Ok(Vec::new()) })),
     }
 }

@@ -185,8 +185,9 @@ fn diagnostics(
         routes: routes::permission_map(endpoints),
         kids: Arc::new(move || {
             let jwks = kids_from.clone();
-            Box::pin(async move { jwks.kids().await })
+            Box::pin(async move { jwks.current_kids().await })
         }),
+        signing: None,
         reload: Arc::new(move || {
             let (jwks, metrics) = (reload_with.clone(), metrics.clone());
             Box::pin(async move { reload_keys(&jwks, &metrics).await })

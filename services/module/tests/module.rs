@@ -59,6 +59,12 @@ impl Backend {
         backend
     }
 
+    /// A finance backend on a database of its own.
+    async fn finance(platform: &Platform, settings: &[(&str, &str)]) -> Backend {
+        let database = finance_database().await;
+        Backend::start(platform, Module::Finance, &database, settings).await
+    }
+
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -101,6 +107,11 @@ impl Backend {
             .request(method, self.internal_url(path))
             .header("x-kisum-caller", "kisumctl")
             .header("x-kisum-credential", KISUMCTL_SECRET)
+    }
+
+    /// An internal route's status and JSON answer, called as kisumctl.
+    async fn internal_answer(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+        body(self.internal(method, path).send().await.unwrap()).await
     }
 
     async fn metrics(&self) -> String {
@@ -565,13 +576,7 @@ async fn invalid_tokens_are_refused_before_auth_is_asked() {
 async fn a_revoked_session_is_refused_once_its_cached_context_expires() {
     let settings = [("ACCESS_CACHE_SECONDS", "1")];
     let platform = Platform::start().await;
-    let backend = Backend::start(
-        &platform,
-        Module::Finance,
-        &finance_database().await,
-        &settings,
-    )
-    .await;
+    let backend = Backend::finance(&platform, &settings).await;
     let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
     let list = || {
         backend
@@ -681,14 +686,9 @@ async fn a_key_reload_bypasses_the_minimum_interval() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-    let reloaded = body(
-        backend
-            .internal(reqwest::Method::POST, "/internal/keys/reload")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let reloaded = backend
+        .internal_answer(reqwest::Method::POST, "/internal/keys/reload")
+        .await;
     assert_eq!(reloaded.0, StatusCode::OK);
     assert!(
         reloaded.1["kids"]
@@ -698,6 +698,40 @@ async fn a_key_reload_bypasses_the_minimum_interval() {
     );
     assert_eq!(platform.jwks_fetches().await, 2);
     assert_eq!(list().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_idle_backend_reports_a_new_kid_within_its_cache_lifetime() {
+    // What kisumctl's key rotation waits on: no request reaches the
+    // backend, yet once its cache has aged its diagnostics show the key
+    // Auth published since, fetched as a request would fetch it.
+    let settings = [
+        ("JWKS_CACHE_SECONDS", "1"),
+        ("JWKS_MIN_REFETCH_SECONDS", "1"),
+    ];
+    let platform = Platform::start().await;
+    let backend = Backend::finance(&platform, &settings).await;
+    let kids = || async {
+        let (status, report) = backend
+            .internal_answer(reqwest::Method::GET, "/internal/diagnostics")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(report["instance"].is_string(), "{report}");
+        assert!(report.get("signing_kid").is_none(), "{report}");
+        report["kids"].clone()
+    };
+    let first = kids().await;
+    let new_kid = platform.rotate_keys().await;
+    let seen = platform::eventually(Duration::from_secs(10), || async {
+        kids().await.as_array().unwrap().contains(&json!(new_kid))
+    })
+    .await;
+    assert!(seen, "the backend still reports {first} only");
+    assert_eq!(
+        platform.jwks_fetches().await,
+        2,
+        "one fetch at start, one after"
+    );
 }
 
 #[tokio::test]

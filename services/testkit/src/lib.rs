@@ -1,5 +1,6 @@
-//! Real peers for integration tests: PostgreSQL 15, Redis 7 and the mongoeco
-//! MongoDB-wire emulator, each started on a free port of 127.0.0.1 (PostgreSQL
+//! Real peers for integration tests: PostgreSQL 15, Redis 7, the mongoeco
+//! MongoDB-wire emulator and the moto AWS emulator, each started on a free
+//! port of 127.0.0.1 (PostgreSQL
 //! and Redis keep their files in a fresh temporary directory; mongoeco keeps
 //! its data in memory).
 //!
@@ -37,11 +38,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 mod mongo;
+mod moto;
 mod postgres;
 mod redis;
 mod slow_client;
 
 pub use mongo::Mongo;
+pub use moto::Moto;
 pub use postgres::Postgres;
 pub use redis::Redis;
 pub use slow_client::trickle_headers;

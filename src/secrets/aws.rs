@@ -1,0 +1,433 @@
+//! Secrets in AWS Secrets Manager: one secret per inventory id, named
+//! `<prefix><id>`, whose value is a JSON object of its keys
+//! (`{"url": "...", "username": "...", "password": "..."}`).
+//!
+//! Every read asks for the `AWSCURRENT` stage explicitly. Every change
+//! is one new version (`PutSecretValue`): Secrets Manager moves
+//! `AWSCURRENT` to it and `AWSPREVIOUS` to the version before, which stays
+//! readable for a rollback. A write that changes nothing makes no version.
+//!
+//! The store's trait is synchronous; the SDK is not. The backend runs the
+//! SDK on a small runtime of its own, on a scoped thread per call, so it can
+//! be used from inside or outside another Tokio runtime.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+
+use super::{Secret, SecretStore, SecretVersion, StoreError, check_name};
+
+/// The stage every read asks for.
+const CURRENT: &str = "AWSCURRENT";
+/// Days a removed secret can still be restored.
+const RECOVERY_WINDOW_DAYS: i64 = 7;
+
+/// How to reach Secrets Manager.
+#[derive(Debug, Clone)]
+pub struct SecretsManagerSettings {
+    pub region: String,
+    /// Prepended to every secret id.
+    pub prefix: String,
+    /// A Secrets Manager-compatible endpoint in place of AWS's own.
+    pub endpoint: Option<String>,
+    /// Fixed credentials; `None` takes the SDK's default chain.
+    pub static_credentials: Option<(String, String)>,
+}
+
+pub struct SecretsManager {
+    client: Client,
+    settings: SecretsManagerSettings,
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for SecretsManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsManager")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SecretsManager {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which Tokio forbids inside another one.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl SecretsManager {
+    /// Credentials come from the settings or the SDK's default chain
+    /// (environment, profile, web identity, instance role); the endpoint
+    /// from the settings, else from `AWS_ENDPOINT_URL_SECRETS_MANAGER` /
+    /// `AWS_ENDPOINT_URL`, else AWS.
+    pub fn connect(settings: SecretsManagerSettings) -> Result<SecretsManager, StoreError> {
+        use aws_config::timeout::TimeoutConfig;
+        use aws_config::{BehaviorVersion, Region};
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kisumctl-secrets")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Remote {
+                store: "AWS Secrets Manager".into(),
+                secret: String::new(),
+                message: format!("cannot start the SDK's runtime: {e}"),
+            })?;
+        let load = {
+            let settings = settings.clone();
+            async move {
+                let timeouts = TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(20))
+                    .operation_timeout(Duration::from_secs(60))
+                    .build();
+                let region = Region::new(settings.region.clone());
+                let config = match &settings.static_credentials {
+                    Some((key, secret)) => aws_sdk_secretsmanager::config::Builder::new()
+                        .behavior_version(BehaviorVersion::latest())
+                        .region(region)
+                        .timeout_config(timeouts)
+                        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                            key,
+                            secret,
+                            None,
+                            None,
+                            "kisumctl-static",
+                        )),
+                    None => {
+                        let shared = aws_config::defaults(BehaviorVersion::latest())
+                            .region(region)
+                            .timeout_config(timeouts)
+                            .load()
+                            .await;
+                        aws_sdk_secretsmanager::config::Builder::from(&shared)
+                    }
+                };
+                let config = match &settings.endpoint {
+                    Some(endpoint) => config.endpoint_url(endpoint),
+                    None => config,
+                };
+                Client::from_conf(config.build())
+            }
+        };
+        let client = std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(load))
+                .join()
+                .expect("the SDK's configuration does not panic")
+        });
+        Ok(SecretsManager {
+            client,
+            settings,
+            runtime: Some(runtime),
+        })
+    }
+
+    fn name(&self, secret: &str) -> Result<String, StoreError> {
+        check_name(secret)?;
+        Ok(format!("{}{secret}", self.settings.prefix))
+    }
+
+    /// Runs an SDK call to completion on the backend's runtime.
+    fn call<T: Send>(&self, future: impl Future<Output = T> + Send) -> T {
+        let runtime = self.runtime.as_ref().expect("runtime present until drop");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(future))
+                .join()
+                .expect("an SDK call does not panic")
+        })
+    }
+
+    fn error(&self, secret: &str, what: &str, error: impl std::error::Error) -> StoreError {
+        StoreError::Remote {
+            store: self.describe(),
+            secret: secret.to_string(),
+            message: format!("{what}: {}", DisplayErrorContext(&error)),
+        }
+    }
+
+    /// The keys of `secret` at `AWSCURRENT`; `None` when it does not exist.
+    fn current(&self, secret: &str) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        let name = self.name(secret)?;
+        let request = self
+            .client
+            .get_secret_value()
+            .secret_id(&name)
+            .version_stage(CURRENT);
+        let output = match self.call(request.send()) {
+            Ok(output) => output,
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(self.error(secret, "reading AWSCURRENT", error)),
+        };
+        let text = output.secret_string().unwrap_or_default();
+        // The value is never quoted back: it may be a credential.
+        let keys = serde_json::from_str(text).map_err(|_| StoreError::Remote {
+            store: self.describe(),
+            secret: secret.to_string(),
+            message: "AWSCURRENT is not a JSON object of string values".into(),
+        })?;
+        Ok(Some(keys))
+    }
+
+    fn put(
+        &self,
+        secret: &str,
+        keys: &BTreeMap<String, String>,
+        exists: bool,
+    ) -> Result<(), StoreError> {
+        let name = self.name(secret)?;
+        let text = serde_json::to_string(keys).unwrap_or_default();
+        // One token per change: the SDK's own retries of it make one
+        // version, not several.
+        let token = uuid::Uuid::new_v4().to_string();
+        if exists {
+            self.call(
+                self.client
+                    .put_secret_value()
+                    .secret_id(&name)
+                    .secret_string(text)
+                    .client_request_token(token)
+                    .send(),
+            )
+            .map(|_| ())
+            .map_err(|e| self.error(secret, "writing a new version", e))
+        } else {
+            self.call(
+                self.client
+                    .create_secret()
+                    .name(&name)
+                    .secret_string(text)
+                    .client_request_token(token)
+                    .send(),
+            )
+            .map(|_| ())
+            .map_err(|e| self.error(secret, "creating the secret", e))
+        }
+    }
+}
+
+impl SecretStore for SecretsManager {
+    fn describe(&self) -> String {
+        let endpoint = match &self.settings.endpoint {
+            Some(endpoint) => format!(" at {endpoint}"),
+            None => String::new(),
+        };
+        format!(
+            "AWS Secrets Manager ({}, names {}*){endpoint}",
+            self.settings.region, self.settings.prefix
+        )
+    }
+
+    fn read(&self, secret: &str, key: &str) -> Result<Option<Secret>, StoreError> {
+        check_name(key)?;
+        Ok(self
+            .current(secret)?
+            .and_then(|mut keys| keys.remove(key))
+            .map(Secret::new))
+    }
+
+    /// A new version holding every key of the current one, `key` set to
+    /// `value`; none when the value is already current.
+    fn write(&self, secret: &str, key: &str, value: &Secret) -> Result<(), StoreError> {
+        check_name(key)?;
+        let current = self.current(secret)?;
+        let exists = current.is_some();
+        let mut keys = current.unwrap_or_default();
+        if keys.get(key).map(String::as_str) == Some(value.expose()) {
+            return Ok(());
+        }
+        keys.insert(key.to_string(), value.expose().to_string());
+        self.put(secret, &keys, exists)
+    }
+
+    fn list(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = &self.settings.prefix;
+        let mut request = self.client.list_secrets();
+        if !prefix.is_empty() {
+            let filter = Filter::builder()
+                .key(FilterNameStringType::Name)
+                .values(prefix)
+                .build();
+            request = request.filters(filter);
+        }
+        let pages =
+            self.call(async move { request.into_paginator().send().collect::<Vec<_>>().await });
+        let mut names = Vec::new();
+        for page in pages {
+            let page = page.map_err(|e| self.error("", "listing secrets", e))?;
+            for entry in page.secret_list() {
+                let id = entry
+                    .name()
+                    .and_then(|name| name.strip_prefix(prefix.as_str()));
+                if let Some(id) = id.filter(|id| check_name(id).is_ok()) {
+                    names.push(id.to_string());
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn keys(&self, secret: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .current(secret)?
+            .map(|keys| keys.into_keys().collect())
+            .unwrap_or_default())
+    }
+
+    /// Deletes with a recovery window of seven days: a mistaken removal
+    /// can still be undone with `aws secretsmanager restore-secret`.
+    fn remove(&self, secret: &str) -> Result<bool, StoreError> {
+        let name = self.name(secret)?;
+        let request = self
+            .client
+            .delete_secret()
+            .secret_id(&name)
+            .recovery_window_in_days(RECOVERY_WINDOW_DAYS);
+        match self.call(request.send()) {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(self.error(secret, "deleting", error)),
+        }
+    }
+
+    fn file(&self, _secret: &str, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn versions(&self, secret: &str) -> Result<Vec<SecretVersion>, StoreError> {
+        // Asked first because moto answers ListSecretVersionIds of a
+        // missing secret with a 500 rather than ResourceNotFound.
+        if self.current(secret)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let name = self.name(secret)?;
+        let request = self.client.list_secret_version_ids().secret_id(&name);
+        let pages =
+            self.call(async move { request.into_paginator().send().collect::<Vec<_>>().await });
+        let mut versions = Vec::new();
+        for page in pages {
+            let page = match page {
+                Ok(page) => page,
+                Err(error)
+                    if error
+                        .as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found_exception()) =>
+                {
+                    return Ok(Vec::new());
+                }
+                Err(error) => return Err(self.error(secret, "listing versions", error)),
+            };
+            versions.extend(page.versions().iter().map(|entry| SecretVersion {
+                id: entry.version_id().unwrap_or_default().to_string(),
+                stages: entry.version_stages().to_vec(),
+                created_at: entry.created_date().map(|d| d.secs()),
+            }));
+        }
+        versions.sort_by_key(|v| std::cmp::Reverse(v.created_at));
+        Ok(versions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kisum_testkit::Moto;
+
+    use super::*;
+
+    fn store(moto: &Moto, prefix: &str) -> SecretsManager {
+        SecretsManager::connect(SecretsManagerSettings {
+            region: "eu-west-1".into(),
+            prefix: prefix.into(),
+            endpoint: Some(moto.endpoint()),
+            static_credentials: Some(("test".into(), "test".into())),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_round_trip_and_every_change_is_a_version() {
+        let moto = Moto::start().unwrap();
+        let store = store(&moto, "kisum/test/");
+        assert_eq!(store.read("db-credentials", "password").unwrap(), None);
+        assert!(store.versions("db-credentials").unwrap().is_empty());
+
+        store
+            .write("db-credentials", "password", &Secret::new("one"))
+            .unwrap();
+        store
+            .write("db-credentials", "username", &Secret::new("svc"))
+            .unwrap();
+        // The same value again makes no version.
+        store
+            .write("db-credentials", "username", &Secret::new("svc"))
+            .unwrap();
+        let read = |key| store.read("db-credentials", key).unwrap().unwrap();
+        assert_eq!(read("password").expose(), "one");
+        assert_eq!(read("username").expose(), "svc");
+        assert_eq!(
+            store.keys("db-credentials").unwrap(),
+            ["password", "username"]
+        );
+        let versions = store.versions("db-credentials").unwrap();
+        assert_eq!(versions.len(), 2, "{versions:?}");
+        let staged = |stage: &str| {
+            versions
+                .iter()
+                .filter(|v| v.stages.iter().any(|s| s == stage))
+                .count()
+        };
+        assert_eq!(staged("AWSCURRENT"), 1, "{versions:?}");
+        assert_eq!(staged("AWSPREVIOUS"), 1, "{versions:?}");
+
+        store.write("other", "token", &Secret::new("t")).unwrap();
+        store.write("unrelated", "x", &Secret::new("y")).unwrap();
+        let elsewhere = self::store(&moto, "kisum/elsewhere/");
+        elsewhere.write("hidden", "k", &Secret::new("v")).unwrap();
+        assert_eq!(
+            store.list().unwrap(),
+            ["db-credentials", "other", "unrelated"]
+        );
+        assert!(store.remove("other").unwrap());
+        assert!(!store.list().unwrap().contains(&"other".to_string()));
+        assert!(store.describe().contains("kisum/test/"));
+    }
+
+    #[test]
+    fn a_value_that_is_not_a_json_object_is_refused_without_quoting_it() {
+        let moto = Moto::start().unwrap();
+        let store = store(&moto, "kisum/test/");
+        let create = store
+            .client
+            .create_secret()
+            .name("kisum/test/broken")
+            .secret_string("hunter2-not-json")
+            .send();
+        store.call(create).unwrap();
+        let error = store.read("broken", "k").unwrap_err().to_string();
+        assert!(error.contains("not a JSON object"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}
