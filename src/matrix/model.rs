@@ -614,6 +614,7 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
     }
     errors.extend(config_entry_shape(loaded));
     errors.extend(value_shapes(loaded));
+    errors.extend(super::provisioning::check(loaded));
     errors
 }
 
