@@ -2,6 +2,7 @@
 
 mod backup;
 mod cli;
+mod dns;
 mod local;
 mod matrix;
 mod ops;
@@ -10,6 +11,7 @@ mod render;
 #[allow(dead_code)]
 mod secrets;
 mod smoke;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -10,11 +10,21 @@ mod common;
 mod corpus;
 #[path = "cli/deploy_local.rs"]
 mod deploy_local;
+#[path = "cli/dns.rs"]
+mod dns;
 #[path = "cli/docs.rs"]
 mod docs;
 #[path = "cli/help.rs"]
 mod help;
 #[path = "cli/manifests.rs"]
 mod manifests;
+#[path = "cli/moto.rs"]
+mod moto;
+#[path = "cli/pebble.rs"]
+mod pebble;
+#[path = "cli/proxy.rs"]
+mod proxy;
 #[path = "cli/smoke.rs"]
 mod smoke;
+#[path = "cli/tls.rs"]
+mod tls;

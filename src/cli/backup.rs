@@ -148,7 +148,7 @@ pub(super) fn secret_store(dir: &Path, env: &Environment) -> Result<Box<dyn Secr
         ))),
         SecretBackend::AwsSecretsManager { .. } => Err(format!(
             "environment {} keeps its secrets in AWS Secrets Manager, and kisumctl has no backend \
-             for it yet: database credentials cannot be read",
+             for it yet: its secrets cannot be read or written",
             env.name
         )),
     }

@@ -3,6 +3,7 @@
 
 mod backup;
 mod deploy;
+mod dns;
 mod down;
 mod drill;
 mod inventory;
@@ -13,6 +14,7 @@ mod restore;
 mod smoke;
 mod status;
 mod supervise;
+mod tls;
 mod validate;
 
 use std::path::PathBuf;
@@ -78,6 +80,8 @@ enum Command {
     Backup(backup::Args),
     Restore(restore::Args),
     Drill(drill::Args),
+    Dns(dns::Args),
+    Tls(tls::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -126,6 +130,8 @@ pub fn main() -> ExitCode {
         Command::Backup(args) => backup::run(&cli.matrix, args),
         Command::Restore(args) => restore::run(&cli.matrix, args),
         Command::Drill(args) => drill::run(&cli.matrix, args),
+        Command::Dns(args) => dns::run(&cli.matrix, args),
+        Command::Tls(args) => tls::run(&cli.matrix, args),
     };
     match result {
         Ok(exit) => exit.into(),

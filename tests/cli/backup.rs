@@ -81,15 +81,7 @@ impl Site {
 
     /// Runs and asserts the exit code, printing both streams on failure.
     fn expect(&self, args: &[&str], code: i32) -> Output {
-        let output = self.run(args);
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "kisumctl {args:?}\nstdout:\n{}\nstderr:\n{}",
-            stdout(&output),
-            stderr(&output)
-        );
-        output
+        crate::common::assert_exit(args, self.run(args), code)
     }
 
     fn json(&self, args: &[&str], code: i32) -> Value {
@@ -566,51 +558,17 @@ async fn encrypted_backups_need_the_identity_of_the_secret_store() {
     }
 }
 
-/// moto's S3 on a free loopback port, stopped on drop.
-struct Moto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_moto() -> Moto {
-    let program = std::env::var("KISUM_MOTO_SERVER").unwrap_or_else(|_| {
-        crate::common::root()
-            .join(".peers/venv-moto/bin/moto_server")
-            .display()
-            .to_string()
-    });
+/// moto with the test's bucket, stopped on drop.
+async fn start_moto() -> crate::moto::Moto {
+    let moto = crate::moto::start().await;
+    let url = format!("{}/kisum-local-backups", moto.url());
+    let response = reqwest::Client::new().put(&url).send().await.unwrap();
     assert!(
-        Path::new(&program).is_file(),
-        "{program} missing: run bash scripts/peers.sh"
+        response.status().is_success(),
+        "bucket: {}",
+        response.status()
     );
-    let port = kisum_testkit::free_port().unwrap();
-    let child = Command::new(program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let moto = Moto { child, port };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let url = format!("http://127.0.0.1:{port}/kisum-local-backups");
-    loop {
-        if let Ok(response) = client.put(&url).send().await
-            && response.status().is_success()
-        {
-            return moto;
-        }
-        assert!(Instant::now() < deadline, "moto did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    moto
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,16 +586,7 @@ async fn backups_go_to_s3_and_restore_from_it() {
     });
     // Dummy credentials; no instance metadata; any default endpoint is a
     // dead loopback port, so nothing can leave the machine.
-    site.env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-    ]
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .to_vec();
+    site.env = crate::moto::offline_aws_env();
     let before = fingerprint(&pg, "auth_db").await;
 
     let manifest = site.backup("auth-db");

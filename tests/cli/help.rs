@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 12] = [
+const PAGES: [(&str, &[&str]); 16] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -18,6 +18,10 @@ const PAGES: [(&str, &[&str]); 12] = [
     ("backup", &["backup", "--help"]),
     ("restore", &["restore", "--help"]),
     ("drill", &["drill", "--help"]),
+    ("dns", &["dns", "--help"]),
+    ("dns-cutover", &["dns", "cutover", "--help"]),
+    ("tls", &["tls", "--help"]),
+    ("tls-issue", &["tls", "issue", "--help"]),
 ];
 
 #[test]
