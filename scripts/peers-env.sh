@@ -9,7 +9,10 @@ export KISUM_KUBERNETES_VALIDATE="$_kisum_root/.peers/venv-kv/bin/kubernetes-val
 export KISUM_CHECKOV="$_kisum_root/.peers/venv-checkov/bin/checkov"
 # Python of the mongoeco venv; runs scripts/mongoeco-launcher.py.
 export KISUM_MONGOECO_PYTHON="$_kisum_root/.peers/venv-mongoeco/bin/python"
-# moto's server (S3 for the backup store tests).
+# moto's server (S3 for the backup store tests, Route53 for dns and tls).
 export KISUM_MOTO_SERVER="$_kisum_root/.peers/venv-moto/bin/moto_server"
+# The ACME test CA and its challenge server (Debian package `pebble`).
+export KISUM_PEBBLE="${KISUM_PEBBLE:-$(command -v pebble || echo /usr/bin/pebble)}"
+export KISUM_PEBBLE_CHALLTESTSRV="${KISUM_PEBBLE_CHALLTESTSRV:-$(command -v pebble-challtestsrv || echo /usr/bin/pebble-challtestsrv)}"
 
 unset _kisum_root

@@ -12,10 +12,14 @@
 #   .peers/venv-checkov  PyPI checkov              (own venv: it downgrades boto3)
 #   .peers/venv-mongoeco PyPI mongoeco[wire]       (MongoDB wire emulator; needs
 #                        Python >= 3.13; started by scripts/mongoeco-launcher.py)
-#   .peers/venv-moto     PyPI moto[server]         (S3 emulator for the backup
-#                        store tests: `moto_server -H 127.0.0.1 -p PORT`)
+#   .peers/venv-moto     PyPI moto[server]         (S3 and Route53 emulator for
+#                        the backup store and dns/tls tests:
+#                        `moto_server -H 127.0.0.1 -p PORT`)
 #   Debian postgresql, redis-server                (started per test by the
 #                                                   kisum-testkit crate)
+#   Debian pebble                                  (ACME test CA: `pebble` and
+#                                                   `pebble-challtestsrv`, started
+#                                                   per test by tests/cli/tls.rs)
 # Debian packages go through ensure_apt, which installs only what is missing.
 #
 # Environment:
@@ -216,6 +220,11 @@ main() {
     # Servers the integration tests start on loopback (kisum-testkit) and
     # `kisumctl deploy local` runs.
     ensure_apt postgresql redis-server
+
+    # The ACME test CA and its DNS/HTTP challenge server (the tls tests).
+    if [[ $what == all ]]; then
+        ensure_apt pebble
+    fi
 
     # kubectl (benchmarks only) is expected on the machine; not installed here.
     command -v kubectl >/dev/null 2>&1 || say "note: kubectl not on PATH (only benchmarks use it)"

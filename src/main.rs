@@ -7,6 +7,7 @@
 mod backup;
 mod cli;
 mod db;
+mod dns;
 mod local;
 mod matrix;
 mod ops;
@@ -16,6 +17,7 @@ mod rotation;
 #[allow(dead_code)]
 mod secrets;
 mod smoke;
+mod tls;
 
 use std::process::ExitCode;
 

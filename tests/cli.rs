@@ -12,6 +12,8 @@ mod corpus;
 mod db;
 #[path = "cli/deploy_local.rs"]
 mod deploy_local;
+#[path = "cli/dns.rs"]
+mod dns;
 #[path = "cli/docs.rs"]
 mod docs;
 #[path = "cli/help.rs"]
@@ -20,6 +22,12 @@ mod help;
 mod local_commands;
 #[path = "cli/manifests.rs"]
 mod manifests;
+#[path = "cli/moto.rs"]
+mod moto;
+#[path = "cli/pebble.rs"]
+mod pebble;
+#[path = "cli/proxy.rs"]
+mod proxy;
 #[path = "cli/restore_engines.rs"]
 mod restore_engines;
 #[path = "cli/rotate.rs"]
@@ -28,3 +36,5 @@ mod rotate;
 mod site;
 #[path = "cli/smoke.rs"]
 mod smoke;
+#[path = "cli/tls.rs"]
+mod tls;

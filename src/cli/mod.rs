@@ -4,6 +4,7 @@
 mod backup;
 mod db;
 mod deploy;
+mod dns;
 mod down;
 mod drill;
 mod inventory;
@@ -15,6 +16,7 @@ mod rotate;
 mod smoke;
 mod status;
 mod supervise;
+mod tls;
 mod validate;
 
 use output::{errln, outln};
@@ -83,6 +85,8 @@ enum Command {
     Drill(drill::Args),
     Db(db::Args),
     RotateJwtKey(rotate::Args),
+    Dns(dns::Args),
+    Tls(tls::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -138,6 +142,8 @@ pub fn main() -> ExitCode {
                 rotate::run(&cli.matrix, env, args)
             })
         }
+        Command::Dns(args) => dns::run(&cli.matrix, args),
+        Command::Tls(args) => tls::run(&cli.matrix, args),
     };
     let exit = match result {
         Ok(exit) => exit,

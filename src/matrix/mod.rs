@@ -3,6 +3,7 @@
 pub mod index;
 pub mod load;
 pub mod model;
+pub mod provisioning;
 pub mod rules;
 pub mod schema;
 pub mod syntax;

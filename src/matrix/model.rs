@@ -659,6 +659,7 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
     }
     errors.extend(config_entry_shape(loaded));
     errors.extend(value_shapes(loaded));
+    errors.extend(super::provisioning::check(loaded));
     errors.extend(local_paths(loaded));
     errors.extend(local_ports(loaded));
     errors

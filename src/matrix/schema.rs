@@ -516,8 +516,37 @@ pub struct EnvironmentDns {
     pub ttl_seconds: u32,
     /// CNAME target of the public records: the ingress load balancer.
     pub ingress_target: String,
+    /// Alias A and AAAA records to `ingress-target` instead of a CNAME
+    /// (an AWS load balancer, whose hosted zone this names).
+    pub ingress_alias: Option<IngressAlias>,
+    /// A and AAAA records with these addresses instead of a CNAME (hosts
+    /// or a load balancer with fixed addresses).
+    #[serde(default)]
+    pub ingress_addresses: Vec<String>,
+    /// CNAME target of the frontends' records (their managed hosting);
+    /// the frontends share the services' records when absent.
+    pub frontend_target: Option<String>,
+    /// CNAME target of the internal services' names in their private zone
+    /// (an internal load balancer); no internal records when absent.
+    pub internal_target: Option<String>,
+    /// Route53 hosted zone id per zone of `dns.zones`; looked up by domain
+    /// and visibility when absent.
+    #[serde(default)]
+    pub hosted_zones: BTreeMap<String, String>,
+    /// Route53 API endpoint in place of AWS's own (a test server).
+    pub endpoint: Option<String>,
     /// Whether kisumctl manages DNS records for this environment.
     pub managed: bool,
+}
+
+/// An alias target: the hosted zone of the load balancer `ingress-target`
+/// names.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct IngressAlias {
+    pub hosted_zone_id: String,
+    #[serde(default)]
+    pub evaluate_target_health: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -537,6 +566,14 @@ pub struct EnvironmentTls {
     pub mode: TlsMode,
     /// Overrides the policy's ACME directory (for example a test CA).
     pub acme_directory: Option<String>,
+    /// PEM file of the CA that signs the ACME directory's HTTPS
+    /// certificate, trusted instead of the system roots (a test CA).
+    pub acme_ca_root: Option<String>,
+    /// Overrides the policy's challenge here.
+    pub challenge: Option<AcmeChallenge>,
+    /// Address kisumctl serves HTTP-01 tokens on (`host:port`); required
+    /// where the challenge is `http-01`.
+    pub http01_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

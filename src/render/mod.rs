@@ -5,6 +5,7 @@
 //! `manifests/<env>/` can be compared byte for byte with a fresh render.
 
 mod ingress;
+pub use ingress::tls_secret_name;
 mod network;
 pub mod output;
 pub mod templates;

@@ -27,6 +27,19 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts the exit code of `kisumctl ARGS`, printing both streams on
+/// failure.
+pub fn assert_exit(args: &[&str], output: Output, code: i32) -> Output {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "kisumctl {args:?}\nstdout:\n{}\nstderr:\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    output
+}
+
 /// A scratch copy of the repository's `environments/`, `templates/` and
 /// `manifests/`, for tests that edit them. Its name avoids a leading dot:
 /// some tools skip such directories silently.

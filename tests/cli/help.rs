@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 17] = [
+const PAGES: [(&str, &[&str]); 21] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -23,6 +23,10 @@ const PAGES: [(&str, &[&str]); 17] = [
     ("db-migrate", &["db", "migrate", "--help"]),
     ("db-status", &["db", "status", "--help"]),
     ("rotate-jwt-key", &["rotate-jwt-key", "--help"]),
+    ("dns", &["dns", "--help"]),
+    ("dns-cutover", &["dns", "cutover", "--help"]),
+    ("tls", &["tls", "--help"]),
+    ("tls-issue", &["tls", "issue", "--help"]),
 ];
 
 #[test]

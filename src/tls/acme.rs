@@ -1,0 +1,465 @@
+//! Certificates from an ACME directory with instant-acme.
+//!
+//! One order per host (each host has its own Kubernetes TLS secret). The
+//! orders of a run are opened together, every DNS-01 TXT record is written
+//! to Route53 before any is waited for (an INSYNC wait takes up to a
+//! minute on AWS), then each order is validated, finalized with a fresh
+//! ECDSA P-256 key, and stored. Challenge records are removed afterwards
+//! whatever happened, leaving any other value at the same name alone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, Key, NewOrder, Order, OrderStatus,
+    RetryPolicy,
+};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::Serialize;
+
+use super::{ACCOUNT_KEY, ACCOUNT_SECRET, CERT_KEY, KEY_KEY, TlsHost};
+use crate::dns::plan::{Change, ChangeAction};
+use crate::dns::records::{RecordSet, RecordType};
+use crate::dns::route53::{ChangeError, Route53};
+use crate::matrix::Environment;
+use crate::matrix::schema::AcmeChallenge;
+use crate::secrets::{Secret, SecretStore};
+
+/// TTL of the challenge TXT records.
+const CHALLENGE_TTL: u32 = 60;
+
+/// Where and how certificates are obtained.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub directory: String,
+    /// PEM file of the CA to trust for the directory's HTTPS, instead of
+    /// the system's roots.
+    pub ca_root: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    pub http01_listen: Option<SocketAddr>,
+    /// How long one order may take to become ready, and its certificate.
+    pub timeout: Duration,
+}
+
+/// What happened to one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Issued {
+    #[serde(flatten)]
+    pub host: TlsHost,
+    #[serde(flatten)]
+    pub outcome: IssueOutcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum IssueOutcome {
+    Issued { expires: String },
+    Failed { error: String },
+}
+
+/// The environment's ACME account: its key comes from the secret store
+/// (created there on first use); the account is found or registered by it.
+async fn account(store: &dyn SecretStore, settings: &Settings) -> Result<Account> {
+    let pem = match store.read(ACCOUNT_SECRET, ACCOUNT_KEY)? {
+        Some(pem) => pem,
+        None => {
+            let key = rcgen::KeyPair::generate().context("generating the ACME account key")?;
+            let pem = Secret::new(key.serialize_pem());
+            store.write(ACCOUNT_SECRET, ACCOUNT_KEY, &pem)?;
+            pem
+        }
+    };
+    let key = rcgen::KeyPair::from_pem(pem.expose())
+        .map_err(|_| anyhow!("secret {ACCOUNT_SECRET}/{ACCOUNT_KEY} is not a PEM private key"))?;
+    let der = PrivatePkcs8KeyDer::from(key.serialize_der());
+    let signing = Key::from_pkcs8_der(der.clone_key()).map_err(|e| {
+        anyhow!("secret {ACCOUNT_SECRET}/{ACCOUNT_KEY} is not an ECDSA P-256 key: {e}")
+    })?;
+    let builder = match &settings.ca_root {
+        Some(root) => Account::builder_with_root(root)
+            .with_context(|| format!("trusting the CA of {}", root.display()))?,
+        None => Account::builder()?,
+    };
+    let (account, _) = builder
+        .create_from_key(
+            (signing, PrivateKeyDer::Pkcs8(der)),
+            settings.directory.clone(),
+        )
+        .await
+        .with_context(|| format!("registering the ACME account at {}", settings.directory))?;
+    Ok(account)
+}
+
+/// A challenge answer to publish.
+struct Answer {
+    host: usize,
+    /// DNS-01: the TXT record name; HTTP-01: the token.
+    name: String,
+    value: String,
+}
+
+/// A published TXT value, to withdraw afterwards.
+struct Published {
+    hosted_zone: String,
+    name: String,
+    value: String,
+}
+
+/// Issues a certificate for each of `hosts` and stores it. An error of one
+/// host is reported in its `Issued`; an `Err` is a failure before any
+/// order (the account, the secret store).
+pub async fn issue(
+    env: &Environment<'_>,
+    store: &dyn SecretStore,
+    settings: &Settings,
+    hosts: &[TlsHost],
+) -> Result<Vec<Issued>> {
+    let mut outcomes: BTreeMap<usize, IssueOutcome> = BTreeMap::new();
+    if hosts.is_empty() {
+        return Ok(vec![]);
+    }
+    let account = account(store, settings).await?;
+    let kind = match settings.challenge {
+        AcmeChallenge::Dns01 => ChallengeType::Dns01,
+        AcmeChallenge::Http01 => ChallengeType::Http01,
+    };
+
+    // Open every order and collect what each challenge wants published.
+    let mut orders: Vec<(usize, Order)> = Vec::new();
+    let mut answers = Vec::new();
+    for (n, host) in hosts.iter().enumerate() {
+        let opened = open(&account, host, kind.clone()).await;
+        match opened {
+            Ok((order, wanted)) => {
+                answers.extend(wanted.into_iter().map(|(name, value)| Answer {
+                    host: n,
+                    name,
+                    value,
+                }));
+                orders.push((n, order));
+            }
+            Err(error) => {
+                outcomes.insert(n, failed(error));
+            }
+        }
+    }
+
+    // Publish the answers.
+    let mut published = Vec::new();
+    let mut server = None;
+    match settings.challenge {
+        AcmeChallenge::Dns01 if !answers.is_empty() => {
+            let r53 = crate::dns::connect(env).await;
+            let failures =
+                publish(&r53, env, hosts, &answers, &mut published, settings.timeout).await;
+            for (n, error) in failures {
+                outcomes.insert(n, failed(error));
+            }
+            let result = finish_all(&mut orders, hosts, store, settings, &mut outcomes).await;
+            withdraw(&r53, &published).await;
+            result?;
+        }
+        AcmeChallenge::Http01 if !answers.is_empty() => {
+            let listen = settings
+                .http01_listen
+                .context("the challenge is http-01 but tls.http01-listen is not set")?;
+            let tokens: HashMap<String, String> = answers
+                .iter()
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect();
+            server = Some(serve_http01(listen, tokens).await?);
+            let result = finish_all(&mut orders, hosts, store, settings, &mut outcomes).await;
+            if let Some(stop) = server.take() {
+                let _ = stop.send(());
+            }
+            result?;
+        }
+        _ => finish_all(&mut orders, hosts, store, settings, &mut outcomes).await?,
+    }
+    drop(server);
+
+    Ok(hosts
+        .iter()
+        .enumerate()
+        .map(|(n, host)| Issued {
+            host: host.clone(),
+            outcome: outcomes
+                .remove(&n)
+                .unwrap_or_else(|| failed(anyhow!("no outcome"))),
+        })
+        .collect())
+}
+
+fn failed(error: anyhow::Error) -> IssueOutcome {
+    IssueOutcome::Failed {
+        error: format!("{error:#}"),
+    }
+}
+
+/// A new order for `host` and the (name, value) its pending challenges
+/// want: `_acme-challenge.<host>` and the digest for DNS-01, the token and
+/// key authorization for HTTP-01.
+async fn open(
+    account: &Account,
+    host: &TlsHost,
+    kind: ChallengeType,
+) -> Result<(Order, Vec<(String, String)>)> {
+    let identifiers = [Identifier::Dns(host.host.clone())];
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .with_context(|| format!("ordering a certificate for {}", host.host))?;
+    let mut wanted = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => bail!("authorization for {} is {other:?}", host.host),
+        }
+        let challenge = authz
+            .challenge(kind.clone())
+            .with_context(|| format!("the CA offers no {kind:?} challenge for {}", host.host))?;
+        let key_authorization = challenge.key_authorization();
+        wanted.push(match kind {
+            ChallengeType::Dns01 => (
+                format!("_acme-challenge.{}", challenge.identifier()),
+                key_authorization.dns_value(),
+            ),
+            _ => (
+                challenge.token.clone(),
+                key_authorization.as_str().to_string(),
+            ),
+        });
+    }
+    Ok((order, wanted))
+}
+
+/// Writes every DNS-01 answer to Route53, then waits until all are
+/// INSYNC. Answers that could not be written are returned per host.
+async fn publish(
+    r53: &Route53,
+    env: &Environment<'_>,
+    hosts: &[TlsHost],
+    answers: &[Answer],
+    published: &mut Vec<Published>,
+    timeout: Duration,
+) -> Vec<(usize, anyhow::Error)> {
+    let mut zones: BTreeMap<&str, String> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut changes = Vec::new();
+    for answer in answers {
+        let zone = hosts[answer.host].zone.as_str();
+        let hosted = match zones.get(zone) {
+            Some(id) => id.clone(),
+            None => match crate::dns::hosted_zone(r53, env, zone).await {
+                Ok(id) => {
+                    zones.insert(zone, id.clone());
+                    id
+                }
+                Err(error) => {
+                    failures.push((answer.host, error));
+                    continue;
+                }
+            },
+        };
+        let value = format!("\"{}\"", answer.value);
+        let result = async {
+            let mut set = r53
+                .get(&hosted, &answer.name, RecordType::Txt)
+                .await?
+                .unwrap_or(RecordSet {
+                    name: answer.name.clone(),
+                    rtype: RecordType::Txt,
+                    ttl: Some(CHALLENGE_TTL),
+                    values: vec![],
+                    alias: None,
+                });
+            if !set.values.contains(&value) {
+                set.values.push(value.clone());
+            }
+            let change = Change {
+                action: ChangeAction::Upsert,
+                set,
+            };
+            r53.change(&hosted, &[&change], "kisumctl tls: ACME DNS-01 challenge")
+                .await
+                .map_err(change_error)
+        }
+        .await;
+        match result {
+            Ok(id) => {
+                published.push(Published {
+                    hosted_zone: hosted,
+                    name: answer.name.clone(),
+                    value,
+                });
+                changes.push((answer.host, id));
+            }
+            Err(error) => failures.push((answer.host, error)),
+        }
+    }
+    for (host, id) in changes {
+        if let Err(error) = r53.wait_insync(&id, timeout).await {
+            failures.push((host, error));
+        }
+    }
+    failures
+}
+
+/// Removes the published challenge values; other values stay.
+async fn withdraw(r53: &Route53, published: &[Published]) {
+    for item in published {
+        let result = async {
+            let Some(current) = r53
+                .get(&item.hosted_zone, &item.name, RecordType::Txt)
+                .await?
+            else {
+                return Ok(());
+            };
+            let mut rest = current.clone();
+            rest.values.retain(|v| *v != item.value);
+            let change = if rest.values.is_empty() {
+                Change {
+                    action: ChangeAction::Delete,
+                    set: current,
+                }
+            } else {
+                Change {
+                    action: ChangeAction::Upsert,
+                    set: rest,
+                }
+            };
+            r53.change(
+                &item.hosted_zone,
+                &[&change],
+                "kisumctl tls: challenge done",
+            )
+            .await
+            .map(|_| ())
+            .map_err(change_error)
+        }
+        .await;
+        if let Err(error) = result {
+            // Left behind, a challenge record is harmless; say so (a
+            // closed stderr only loses the warning).
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("warning: could not remove {}: {error:#}", item.name);
+            }
+        }
+    }
+}
+
+fn change_error(error: ChangeError) -> anyhow::Error {
+    match error {
+        ChangeError::Refused(message) => anyhow!("Route53 refused the change: {message}"),
+        ChangeError::Other(error) => error,
+    }
+}
+
+/// Tells the CA every challenge is ready, then validates, finalizes and
+/// stores each order in turn.
+async fn finish_all(
+    orders: &mut [(usize, Order)],
+    hosts: &[TlsHost],
+    store: &dyn SecretStore,
+    settings: &Settings,
+    outcomes: &mut BTreeMap<usize, IssueOutcome>,
+) -> Result<()> {
+    for (n, order) in orders.iter_mut() {
+        if outcomes.contains_key(n) {
+            continue;
+        }
+        let outcome = match finish(order, &hosts[*n], store, settings).await {
+            Ok(expires) => IssueOutcome::Issued { expires },
+            Err(error) if error.downcast_ref::<crate::secrets::StoreError>().is_some() => {
+                return Err(error);
+            }
+            Err(error) => failed(error),
+        };
+        outcomes.insert(*n, outcome);
+    }
+    Ok(())
+}
+
+async fn finish(
+    order: &mut Order,
+    host: &TlsHost,
+    store: &dyn SecretStore,
+    settings: &Settings,
+) -> Result<String> {
+    let kind = match settings.challenge {
+        AcmeChallenge::Dns01 => ChallengeType::Dns01,
+        AcmeChallenge::Http01 => ChallengeType::Http01,
+    };
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz?;
+        if authz.status != AuthorizationStatus::Pending {
+            continue;
+        }
+        if let Some(mut challenge) = authz.challenge(kind.clone()) {
+            challenge.set_ready().await?;
+        }
+    }
+    let retries = RetryPolicy::new().timeout(settings.timeout);
+    let status = order.poll_ready(&retries).await?;
+    if status != OrderStatus::Ready {
+        let detail = order
+            .state()
+            .error
+            .as_ref()
+            .map(|problem| format!(": {problem}"))
+            .unwrap_or_default();
+        bail!("the order for {} is {status:?}{detail}", host.host);
+    }
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![host.host.clone()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    order.finalize_csr(csr.der()).await?;
+    let chain = order.poll_certificate(&retries).await?;
+    let (info, _) =
+        super::cert::inspect(&chain).map_err(|e| anyhow!("the CA's certificate: {e}"))?;
+    store.write(&host.secret, KEY_KEY, &Secret::new(key.serialize_pem()))?;
+    store.write(&host.secret, CERT_KEY, &Secret::new(chain))?;
+    Ok(jiff::Timestamp::from_second(info.not_after)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default())
+}
+
+/// Serves HTTP-01 tokens on `listen` until the sender is used or dropped.
+async fn serve_http01(
+    listen: SocketAddr,
+    tokens: HashMap<String, String>,
+) -> Result<tokio::sync::oneshot::Sender<()>> {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+
+    let tokens = Arc::new(tokens);
+    let app = axum::Router::new().route(
+        "/.well-known/acme-challenge/{token}",
+        axum::routing::get(move |Path(token): Path<String>| {
+            let tokens = tokens.clone();
+            async move { tokens.get(&token).cloned().ok_or(StatusCode::NOT_FOUND) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen} for HTTP-01 (tls.http01-listen)"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(stop)
+}

@@ -1,0 +1,216 @@
+//! A small HTTP proxy on loopback in front of moto's Route53 that can
+//! inject faults (moto cannot throttle) and, for the tls tests, bridge
+//! Route53 to pebble-challtestsrv: every `_acme-challenge` TXT change moto
+//! accepts is published to (or cleared from) challtestsrv before the
+//! answer goes back, because pebble resolves names through challtestsrv,
+//! never through Route53.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+
+#[derive(Default)]
+pub struct Faults {
+    /// The next this many requests get a Route53 `Throttling` error.
+    pub throttle: AtomicUsize,
+    /// Change batches whose body contains this text get
+    /// `InvalidChangeBatch` (as if the record had been created meanwhile).
+    pub refuse_containing: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+pub struct Counts {
+    pub requests: AtomicUsize,
+    pub throttled: AtomicUsize,
+    pub refused: AtomicUsize,
+    pub bridged: AtomicUsize,
+}
+
+struct State {
+    upstream: String,
+    faults: Arc<Faults>,
+    counts: Arc<Counts>,
+    /// challtestsrv's management URL.
+    bridge: Option<String>,
+    client: reqwest::Client,
+}
+
+pub struct Proxy {
+    pub port: u16,
+    pub faults: Arc<Faults>,
+    pub counts: Arc<Counts>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Proxy {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+pub async fn start(upstream: &str, bridge: Option<String>) -> Proxy {
+    let faults = Arc::new(Faults::default());
+    let counts = Arc::new(Counts::default());
+    let state = Arc::new(State {
+        upstream: upstream.to_string(),
+        faults: faults.clone(),
+        counts: counts.clone(),
+        bridge,
+        client: reqwest::Client::new(),
+    });
+    let app = axum::Router::new().fallback(move |method, uri, headers, body| {
+        handle(state.clone(), method, uri, headers, body)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Proxy {
+        port,
+        faults,
+        counts,
+        stop: Some(stop),
+    }
+}
+
+fn route53_error(code: &str, message: &str) -> Response {
+    let body = format!(
+        "<?xml version=\"1.0\"?>\n<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\">\
+         <Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>\
+         <RequestId>proxy</RequestId></ErrorResponse>"
+    );
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header("content-type", "text/xml")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+async fn handle(
+    state: Arc<State>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state.counts.requests.fetch_add(1, Ordering::SeqCst);
+    let throttle = state
+        .faults
+        .throttle
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    if throttle.is_ok() {
+        state.counts.throttled.fetch_add(1, Ordering::SeqCst);
+        return route53_error("Throttling", "Rate exceeded");
+    }
+    let text = String::from_utf8_lossy(&body).to_string();
+    let is_change = method == Method::POST && uri.path().trim_end_matches('/').ends_with("/rrset");
+    let refuse = state.faults.refuse_containing.lock().unwrap().clone();
+    if is_change
+        && refuse
+            .as_ref()
+            .is_some_and(|needle| text.contains(needle.as_str()))
+    {
+        state.counts.refused.fetch_add(1, Ordering::SeqCst);
+        return route53_error(
+            "InvalidChangeBatch",
+            "[Tried to create resource record set but it already exists]",
+        );
+    }
+    let url = format!(
+        "{}{}",
+        state.upstream,
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let mut request = state.client.request(method, url).body(body.clone());
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let upstream = request.send().await.unwrap();
+    let status = upstream.status();
+    let content_type = upstream.headers().get("content-type").cloned();
+    let answer = upstream.bytes().await.unwrap();
+    if is_change
+        && status.is_success()
+        && let Some(bridge) = &state.bridge
+    {
+        for (action, name, values) in challenge_changes(&text) {
+            let host = format!("{}.", name.trim_end_matches('.'));
+            let clear = serde_json::json!({ "host": host });
+            state
+                .client
+                .post(format!("{bridge}/clear-txt"))
+                .json(&clear)
+                .send()
+                .await
+                .unwrap();
+            if action != "DELETE" {
+                for value in values {
+                    let set = serde_json::json!({ "host": host, "value": value });
+                    state
+                        .client
+                        .post(format!("{bridge}/set-txt"))
+                        .json(&set)
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+            state.counts.bridged.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let mut response = Response::builder().status(status);
+    if let Some(content_type) = content_type {
+        response = response.header("content-type", content_type);
+    }
+    response.body(Body::from(answer)).unwrap()
+}
+
+/// (action, name, unquoted values) of every `_acme-challenge` TXT change
+/// in a ChangeResourceRecordSets body.
+fn challenge_changes(xml: &str) -> Vec<(String, String, Vec<String>)> {
+    let between = |text: &str, tag: &str| -> Vec<String> {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        text.split(&open)
+            .skip(1)
+            .filter_map(|part| {
+                part.split_once(&close)
+                    .map(|(inside, _)| inside.to_string())
+            })
+            .collect()
+    };
+    between(xml, "Change")
+        .into_iter()
+        .filter_map(|change| {
+            let action = between(&change, "Action").pop()?;
+            let name = between(&change, "Name").pop()?;
+            let rtype = between(&change, "Type").pop()?;
+            if rtype != "TXT" || !name.starts_with("_acme-challenge.") {
+                return None;
+            }
+            let values = between(&change, "Value")
+                .into_iter()
+                .map(|v| v.replace("&quot;", "\"").trim_matches('"').to_string())
+                .collect();
+            Some((action, name, values))
+        })
+        .collect()
+}

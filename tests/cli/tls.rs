@@ -1,0 +1,252 @@
+//! `kisumctl tls`: status and renewal decisions on planted certificates,
+//! then issuance and renewal end to end against pebble, with DNS-01
+//! through Route53 (moto) bridged to pebble-challtestsrv by the proxy, and
+//! HTTP-01 on pebble's validation port.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use crate::common::{root, stderr, stdout};
+use crate::dns::{Site, create_zones, records, route53};
+
+/// The public hosts of `dev` and their secret names.
+const HOSTS: [(&str, &str); 10] = [
+    ("admin-api-dev.kisum.io", "tls-platform-admin"),
+    ("admin-dev.kisum.io", "tls-admin"),
+    ("api-v2-ai-dev.kisum.dev", "tls-ai"),
+    ("api-v2-dev.kisum.dev", "tls-basic"),
+    ("api-v2-finance-dev.kisum.dev", "tls-finance"),
+    ("api-v2-market-dev.kisum.dev", "tls-market"),
+    ("api-v2-touring-dev.kisum.dev", "tls-touring"),
+    ("api-v2-venue-dev.kisum.dev", "tls-venue"),
+    ("app-dev.kisum.io", "tls-app"),
+    ("auth-dev.kisum.io", "tls-auth"),
+];
+
+fn secrets(site: &Site) -> std::path::PathBuf {
+    site.root().join(".kisum/dev/secrets")
+}
+
+/// Writes a value into the scratch site's local secret store.
+fn put(site: &Site, secret: &str, key: &str, value: &str) {
+    let dir = secrets(site).join(secret);
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [secrets(site), dir.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::fs::write(dir.join(key), value).unwrap();
+    std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn read(site: &Site, secret: &str, key: &str) -> String {
+    std::fs::read_to_string(secrets(site).join(secret).join(key)).unwrap()
+}
+
+/// A self-signed certificate for `host` with `days` left, and its key.
+fn plant(site: &Site, host: &str, secret: &str, days: u64) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - std::time::Duration::from_secs(86_400)).into();
+    params.not_after = (now + std::time::Duration::from_secs(days * 86_400 + 3_600)).into();
+    put(
+        site,
+        secret,
+        "tls.crt",
+        &params.self_signed(&key).unwrap().pem(),
+    );
+    put(site, secret, "tls.key", &key.serialize_pem());
+}
+
+fn host<'a>(document: &'a Value, list: &str, name: &str) -> &'a Value {
+    document[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {document:#}"))
+}
+
+fn no_private_key(outputs: &[&std::process::Output]) {
+    for output in outputs {
+        for text in [stdout(output), stderr(output)] {
+            assert!(!text.contains("PRIVATE KEY"), "a key was printed:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn tls_status_judges_each_host_and_renew_takes_the_window() {
+    let site = Site::new("http://127.0.0.1:9");
+    for (host, secret) in HOSTS {
+        let days = match secret {
+            "tls-auth" => 20,
+            "tls-platform-admin" => 5,
+            _ => 60,
+        };
+        plant(&site, host, secret, days);
+    }
+    let status = site.json(&["tls", "status", "dev", "-o", "json"], 1);
+    assert_eq!(status["alarming"], 1, "{status:#}");
+    assert_eq!(
+        host(&status, "hosts", "auth-dev.kisum.io")["health"],
+        "renew-due"
+    );
+    assert_eq!(
+        host(&status, "hosts", "admin-api-dev.kisum.io")["health"],
+        "alert"
+    );
+    assert_eq!(host(&status, "hosts", "app-dev.kisum.io")["health"], "ok");
+    assert_eq!(host(&status, "hosts", "app-dev.kisum.io")["days_left"], 60);
+
+    let renew = site.json(&["tls", "renew", "dev", "--dry-run", "-o", "json"], 0);
+    let due: Vec<&str> = renew["due"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(due, ["admin-api-dev.kisum.io", "auth-dev.kisum.io"]);
+
+    // Another host's certificate, and no certificate at all.
+    plant(&site, "app-dev.kisum.io", "tls-admin", 60);
+    std::fs::remove_dir_all(secrets(&site).join("tls-app")).unwrap();
+    plant(&site, "auth-dev.kisum.io", "tls-auth", 60);
+    plant(&site, "admin-api-dev.kisum.io", "tls-platform-admin", 60);
+    let status = site.json(&["tls", "status", "dev", "-o", "json"], 1);
+    assert_eq!(status["alarming"], 2, "{status:#}");
+    assert_eq!(
+        host(&status, "hosts", "admin-dev.kisum.io")["health"],
+        "invalid"
+    );
+    assert_eq!(
+        host(&status, "hosts", "app-dev.kisum.io")["health"],
+        "missing"
+    );
+    let text = site.expect(&["tls", "status", "dev"], 1);
+    assert!(stdout(&text).contains("issued for app-dev.kisum.io, not admin-dev.kisum.io"));
+    no_private_key(&[&text]);
+
+    // Local's certificates come from a private CA, not ACME.
+    let output = site.expect(&["tls", "issue", "local"], 2);
+    assert!(
+        stderr(&output).contains("self-signed"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_issues_and_renews_through_route53_and_pebble() {
+    let pebble = crate::pebble::start().await;
+    let moto = crate::moto::start().await;
+    let proxy = crate::proxy::start(&moto.url(), Some(pebble.challtestsrv_url())).await;
+    let client = route53(&moto.url());
+    let (io, dev) = create_zones(&client).await;
+    let site = Site::new(&proxy.url());
+    let ca_root = pebble.ca_root().display().to_string();
+    site.edit("environments/dev.yaml", |t| {
+        t.replace(
+            "tls:\n  mode: acme\n",
+            &format!(
+                "tls:\n  mode: acme\n  acme-directory: {}\n  acme-ca-root: {ca_root}\n",
+                pebble.directory()
+            ),
+        )
+    });
+
+    let issue = site.expect(&["tls", "issue", "dev", "-o", "json"], 0);
+    let issued: Value = serde_json::from_slice(&issue.stdout).unwrap();
+    assert_eq!(issued["failed"], 0, "{issued:#}\n{}", stderr(&issue));
+    assert_eq!(issued["results"].as_array().unwrap().len(), HOSTS.len());
+    assert!(proxy.counts.bridged.load(Ordering::SeqCst) >= 2 * HOSTS.len());
+    for zone in [&io, &dev] {
+        let left: Vec<_> = records(&client, zone)
+            .await
+            .into_keys()
+            .filter(|(name, _)| name.starts_with("_acme-challenge."))
+            .collect();
+        assert!(left.is_empty(), "challenge records left behind: {left:?}");
+    }
+    let account = secrets(&site).join("acme-account-key/key.pem");
+    assert_eq!(
+        std::fs::metadata(&account).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The secrets are the ones the rendered Ingresses name.
+    for (_, secret) in HOSTS {
+        assert!(read(&site, secret, "tls.crt").contains("BEGIN CERTIFICATE"));
+        assert!(read(&site, secret, "tls.key").contains("PRIVATE KEY"));
+    }
+    for service in [
+        "auth",
+        "platform-admin",
+        "basic",
+        "finance",
+        "market",
+        "touring",
+        "venue",
+        "ai",
+    ] {
+        let manifest =
+            std::fs::read_to_string(root().join(format!("manifests/dev/{service}.yaml"))).unwrap();
+        assert!(
+            manifest.contains(&format!("secretName: tls-{service}")),
+            "{service}"
+        );
+    }
+
+    let status = site.json(&["tls", "status", "dev", "-o", "json"], 0);
+    let auth = host(&status, "hosts", "auth-dev.kisum.io");
+    assert_eq!(auth["health"], "ok", "{status:#}");
+    assert!(
+        auth["certificate"]["issuer"]
+            .as_str()
+            .unwrap()
+            .contains("Pebble"),
+        "{auth:#}"
+    );
+
+    // One certificate near its end: only it is renewed.
+    let finance_before = read(&site, "tls-finance", "tls.crt");
+    plant(&site, "auth-dev.kisum.io", "tls-auth", 5);
+    site.expect(&["tls", "status", "dev"], 1);
+    let renew = site.expect(&["tls", "renew", "dev", "-o", "json"], 0);
+    let renewed: Value = serde_json::from_slice(&renew.stdout).unwrap();
+    let hosts: Vec<&str> = renewed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["auth-dev.kisum.io"], "{renewed:#}");
+    site.expect(&["tls", "status", "dev"], 0);
+    assert_eq!(read(&site, "tls-finance", "tls.crt"), finance_before);
+    let nothing = site.expect(&["tls", "issue", "dev"], 0);
+    assert!(stdout(&nothing).contains("nothing to do"));
+
+    // HTTP-01 where the matrix chooses it, served on pebble's port.
+    site.edit("environments/dev.yaml", |t| {
+        t.replace(
+            "tls:\n  mode: acme\n",
+            &format!(
+                "tls:\n  mode: acme\n  challenge: http-01\n  http01-listen: 127.0.0.1:{}\n",
+                pebble.http_port
+            ),
+        )
+    });
+    let auth_before = read(&site, "tls-auth", "tls.crt");
+    let http = site.json(
+        &[
+            "tls", "issue", "dev", "--host", "auth", "--force", "-o", "json",
+        ],
+        0,
+    );
+    assert_eq!(http["challenge"], "http-01");
+    assert_eq!(http["results"][0]["status"], "issued", "{http:#}");
+    assert_ne!(read(&site, "tls-auth", "tls.crt"), auth_before);
+    no_private_key(&[&issue, &renew, &nothing]);
+}
