@@ -36,7 +36,7 @@ async fn count(client: &mongodb::Client, database: &str) -> u64 {
 /// main-db with `n` users and an index, provisioned as `deploy local` does.
 async fn mongo_site(n: i64) -> (Site, Mongo, mongodb::Client) {
     let mongo = Mongo::start().await.unwrap();
-    let site = Site::new(1);
+    let site = Site::new(25433);
     site.edit("environments/local.yaml", |t| {
         t.replace("port: 27117", &format!("port: {}", mongo.port()))
     });
@@ -160,7 +160,7 @@ async fn sigkill_during_a_mongodb_restore_leaves_the_original_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restore_swaps_databases_and_keeps_the_previous_keys() {
     let redis = Redis::start().await.unwrap();
-    let site = Site::new(1);
+    let site = Site::new(25433);
     site.edit("environments/local.yaml", |t| {
         t.replace("port: 26379", &format!("port: {}", redis.port()))
     });

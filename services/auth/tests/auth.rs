@@ -406,6 +406,16 @@ impl Harness {
         )
     }
 
+    /// Empties Auth's Redis, as a restarted cache would be.
+    async fn redis_flush(&self) {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+
     async fn as_admin(
         &self,
         method: Method,
@@ -1313,6 +1323,15 @@ async fn a_disabled_user_lends_nothing_and_loses_every_access_at_once() {
     directory::set_user_status(&h.dir, borrower_user, false)
         .await
         .unwrap();
+    // auth_db itself holds every session of the user revoked.
+    let live: i64 = sqlx::query_scalar(
+        "select count(*) from sessions where user_id = $1 and revoked_at is null",
+    )
+    .bind(borrower_user)
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
+    assert_eq!(live, 0, "a disabled user keeps no live session");
     let (status, body) = h.me_access(access, "off-co").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(h.me(access).await, StatusCode::UNAUTHORIZED);
@@ -1330,6 +1349,21 @@ async fn a_disabled_user_lends_nothing_and_loses_every_access_at_once() {
         h.refresh(&tokens["refresh_token"]).await.0,
         StatusCode::UNAUTHORIZED
     );
+
+    // Enabled again (with SQL alone, past any Redis marker): the old
+    // session stays ended; the user signs in anew.
+    sqlx::query("update users set status = 'active' where id = $1")
+        .bind(borrower_user)
+        .execute(&h.db)
+        .await
+        .unwrap();
+    h.redis_flush().await;
+    assert_eq!(h.me(access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.refresh(&tokens["refresh_token"]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    h.tokens("off-borrower@example.com").await;
 }
 
 #[tokio::test]
