@@ -13,10 +13,13 @@
 #      postgres, trust on 127.0.0.1 only, a free port);
 #   3. fills auth_db with generate_series until it is over 1 GB (a table
 #      of 14 million rows with a primary key, plus a small users table);
-#   4. per round: times pg_dump -Fc, kisumctl backup, pg_restore into a
-#      fresh database, and kisumctl restore (whose JSON output carries the
-#      restore-step and safety-backup times), then drops what it created;
-#   5. prints the figures and the ratios (target: at most 1.10 each).
+#   4. per round: times pg_dump -Fc and kisumctl backup (wall time, and the
+#      CPU seconds of client and server; which goes first alternates by
+#      round), pg_restore into a fresh database, and kisumctl restore (whose
+#      JSON output carries the restore-step and safety-backup times), then
+#      drops what it created;
+#   5. prints the figures, the ratios and their medians (target: at most
+#      1.10 each).
 # A trap stops PostgreSQL and removes the temp dirs however it ends.
 # Needs root (initdb runs as postgres through runuser) and the Debian
 # package postgresql (scripts/peers.sh installs it).
@@ -57,9 +60,12 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 mkdir -p "$work/pg" "$work/sock"
 chown postgres "$work/pg" "$work/sock"
 say "initdb and start on 127.0.0.1:$port"
+# max_wal_size 1GB: the WAL of the fill and of the restores stays small on
+# a shared disk (the run needs about 8 GB free: the cluster, two dumps, and
+# the restored and previous copies of auth_db).
 runuser -u postgres -- "$pg_bindir/initdb" -D "$work/pg" -U kisum --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
 runuser -u postgres -- "$pg_bindir/pg_ctl" -D "$work/pg" -w -l "$work/sock/pg.log" \
-    -o "-p $port -c listen_addresses=127.0.0.1 -k $work/sock -c max_wal_size=4GB -c checkpoint_timeout=30min" start >/dev/null
+    -o "-p $port -c listen_addresses=127.0.0.1 -k $work/sock -c max_wal_size=1GB -c checkpoint_timeout=30min" start >/dev/null
 pg_started=1
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=kisum
 
@@ -80,7 +86,8 @@ say "auth_db is $((size / 1024 / 1024)) MiB (filled in $((SECONDS - t0)) s)"
 
 # A matrix copy whose local environment points at this server.
 cp -r "$ROOT/environments" "$work/environments"
-sed -i "s/port: 55432/port: $port/" "$work/environments/local.yaml"
+sed -i "s/port: 25432/port: $port/" "$work/environments/local.yaml"
+grep -q "port: $port" "$work/environments/local.yaml" || die "could not point the local environment at port $port"
 secret="$work/.kisum/local/secrets/local-postgres-superuser"
 mkdir -p "$secret"
 chmod 700 "$work/.kisum" "$work/.kisum/local" "$work/.kisum/local/secrets" "$secret"
@@ -91,15 +98,44 @@ now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 ratio() { python3 -c "print(f'{$1 / $2:.3f}')"; }
 
+# CPU seconds as well as wall time: on a shared machine the wall time of
+# one run depends on what else runs, the CPU a command costs much less.
+# Server CPU is what the postmaster's finished children (the backends and
+# parallel workers) used: field 16 + 17 of its /proc stat.
+postmaster=$(head -1 "$work/pg/postmaster.pid")
+server_cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($16 + $17) / t}' "/proc/$postmaster/stat"; }
+# timed NAME COMMAND...: sets NAME_wall and NAME_cpu (client with its
+# children, plus server).
+timed() {
+    local name=$1; shift
+    local s0 w0 w1 s1 client
+    s0=$(server_cpu); w0=$(now)
+    /usr/bin/time -f "%U %S" -o "$work/time.out" "$@"
+    w1=$(now)
+    sleep 1 # the backend's exit, so the postmaster has reaped it
+    s1=$(server_cpu)
+    client=$(awk '{print $1 + $2}' "$work/time.out")
+    printf -v "${name}_wall" '%s' "$(elapsed "$w0" "$w1")"
+    printf -v "${name}_cpu" '%s' "$(python3 -c "print(f'{$client + $s1 - $s0:.1f}')")"
+}
+raw_backup() { timed raw pg_dump -Fc -d auth_db -f "$work/raw.dump"; }
+ctl_backup() {
+    cd "$work"
+    timed ctl "$kisumctl" backup local auth-db -o json --matrix "$work/environments" >"$work/backup.json"
+    cd - >/dev/null
+}
+
 declare -a results
 for ((round = 1; round <= ROUNDS; round++)); do
-    say "round $round: pg_dump -Fc"
-    t=$(now); pg_dump -Fc -d auth_db -f "$work/raw.dump"; raw_dump=$(elapsed "$t" "$(now)")
-
-    say "round $round: kisumctl backup"
-    t=$(now)
-    (cd "$work" && "$kisumctl" backup local auth-db -o json >"$work/backup.json")
-    ctl_dump=$(elapsed "$t" "$(now)")
+    # Alternate which goes first, so that neither always meets a warmer
+    # cache or a quieter machine.
+    if ((round % 2)); then
+        say "round $round: pg_dump -Fc, then kisumctl backup"
+        raw_backup; ctl_backup
+    else
+        say "round $round: kisumctl backup, then pg_dump -Fc"
+        ctl_backup; raw_backup
+    fi
 
     say "round $round: pg_restore into a new database"
     t=$(now)
@@ -120,14 +156,25 @@ print(f\"{r['restore_seconds']:.2f} {r['safety_backup_seconds']:.2f}\")")
     rm -rf "$work/.kisum/local/backups" "$work/raw.dump"
 
     dump_size=$(python3 -c "import json; print(json.load(open('$work/backup.json'))['backups'][0]['manifest']['files'][0]['size'])")
-    results+=("$round $raw_dump $ctl_dump $(ratio "$ctl_dump" "$raw_dump") $raw_restore $ctl_restore $(ratio "$ctl_restore" "$raw_restore") $ctl_safety $ctl_total $dump_size")
+    results+=("$round $raw_wall $ctl_wall $(ratio "$ctl_wall" "$raw_wall") $raw_cpu $ctl_cpu $(ratio "$ctl_cpu" "$raw_cpu") $raw_restore $ctl_restore $(ratio "$ctl_restore" "$raw_restore") $ctl_safety $ctl_total $dump_size")
+    # Each round's figures at once, so that a run cut short still has them.
+    say "round $round: ${results[-1]}"
 done
 
 printf '\nauth_db: %s MiB, %s rows in sessions; PostgreSQL %s\n' "$((size / 1024 / 1024))" "$ROWS" \
     "$(psql -Atc 'SHOW server_version' -d postgres)"
-printf '%-5s %10s %14s %6s %13s %16s %6s %12s %14s %10s\n' round pg_dump_s kisumctl_bk_s ratio pg_restore_s kisumctl_rst_s ratio safety_bk_s restore_total_s dump_MiB
+format='%-5s %9s %9s %6s %8s %8s %6s %10s %10s %6s %9s %9s %8s\n'
+# shellcheck disable=SC2059
+printf "$format" round dump_s ctl_bk_s ratio dump_cpu ctl_cpu ratio restore_s ctl_rst_s ratio safety_s rst_all_s dump_MiB
 for line in "${results[@]}"; do
-    read -r r a b c d e f g h i <<<"$line"
-    printf '%-5s %10s %14s %6s %13s %16s %6s %12s %14s %10s\n' "$r" "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$((i / 1024 / 1024))"
+    read -r r a b c d e f g h i j k l <<<"$line"
+    # shellcheck disable=SC2059
+    printf "$format" "$r" "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$k" "$((l / 1024 / 1024))"
 done
+medians=$(printf '%s\n' "${results[@]}" | python3 -c "
+import statistics, sys
+rows = [line.split() for line in sys.stdin if line.strip()]
+m = lambda n: statistics.median(float(r[n]) for r in rows)
+print(f'backup wall {m(3):.3f}, backup CPU {m(6):.3f}, restore step wall {m(9):.3f}')")
+echo "median ratios: $medians"
 echo "targets: kisumctl backup <= 1.10 x pg_dump -Fc; kisumctl restore step <= 1.10 x pg_restore"

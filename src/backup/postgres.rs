@@ -112,8 +112,9 @@ pub fn tool_version(program: &str) -> Result<String> {
         .to_string())
 }
 
-/// Dumps database `name` into `dir/<name>.dump`, hashing (and encrypting)
-/// as it writes, and counts the rows of every table in the dump's snapshot.
+/// Dumps database `name` into `dir/<name>.dump` (plain: written by pg_dump
+/// and hashed after; encrypted: encrypted and hashed as it streams), and
+/// counts the rows of every table in the dump's snapshot meanwhile.
 pub async fn dump(
     login: &PgLogin,
     name: &str,
@@ -136,31 +137,17 @@ pub async fn dump(
         .fetch_one(&mut conn)
         .await?;
 
-    let mut child = tool("pg_dump", login)
-        .args(["-Fc", "--snapshot", &snapshot, "-d", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting pg_dump (is PostgreSQL's client installed?)")?;
-    let stdout = child.stdout.take().context("pg_dump has no stdout")?;
     let file_name = dump_file_name(name);
-    let (dir, recipients) = (dir.to_path_buf(), recipients.clone());
+    let path = dir.join(&file_name);
+    let mut command = tool("pg_dump", login);
+    command.args(["-Fc", "--snapshot", &snapshot, "-d", name]);
+    let recipients = recipients.clone();
     let copy = tokio::task::spawn_blocking(move || -> Result<FileEntry> {
-        let mut sink = FileSink::create(&dir, &file_name, &recipients)
-            .with_context(|| format!("creating {}", dir.join(&file_name).display()))?;
-        let mut stdout = stdout;
-        std::io::copy(&mut stdout, &mut sink).context("writing the dump")?;
-        let entry = sink.finish().context("writing the dump")?;
-        let output = child.wait_with_output().context("waiting for pg_dump")?;
-        if !output.status.success() {
-            bail!(
-                "pg_dump of {} failed ({}): {}",
-                file_name.trim_end_matches(".dump"),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+        if recipients.is_empty() {
+            dump_to_file(command, &path)
+        } else {
+            dump_encrypted(command, &path, &recipients)
         }
-        Ok(entry)
     });
 
     let counts = count_rows(&mut conn).await;
@@ -174,6 +161,71 @@ pub async fn dump(
         tools,
         facts,
     })
+}
+
+/// A plain dump: `pg_dump -f` writes the file itself, which keeps the
+/// archive seekable (pg_dump then records where each table's data starts,
+/// which `pg_restore -j` and `pg_restore -t` need) and syncs it; the file
+/// is then hashed once, from the page cache it was just written to.
+fn dump_to_file(mut command: Command, path: &Path) -> Result<FileEntry> {
+    let output = command
+        .arg("-f")
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("starting pg_dump (is PostgreSQL's client installed?)")?;
+    check_pg_dump(path, &output)?;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let (size, sha256) =
+        super::manifest::digest_reader(std::io::BufReader::with_capacity(1 << 20, file))
+            .with_context(|| format!("reading {}", path.display()))?;
+    Ok(FileEntry {
+        name: file_name_of(path),
+        size,
+        sha256: sha256.clone(),
+        plain_size: size,
+        plain_sha256: sha256,
+    })
+}
+
+/// An encrypted dump: pg_dump's output is encrypted (and hashed) as it
+/// streams through, so no plain copy ever reaches the disk. The archive
+/// is then not seekable: pg_restore reads it in order.
+fn dump_encrypted(mut command: Command, path: &Path, recipients: &Recipients) -> Result<FileEntry> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting pg_dump (is PostgreSQL's client installed?)")?;
+    let mut stdout = child.stdout.take().context("pg_dump has no stdout")?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut sink = FileSink::create(dir, &file_name_of(path), recipients)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::copy(&mut stdout, &mut sink).context("writing the dump")?;
+    let entry = sink.finish().context("writing the dump")?;
+    let output = child.wait_with_output().context("waiting for pg_dump")?;
+    check_pg_dump(path, &output)?;
+    Ok(entry)
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn check_pg_dump(path: &Path, output: &std::process::Output) -> Result<()> {
+    if !output.status.success() {
+        bail!(
+            "pg_dump into {} failed ({}): {}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 async fn database_facts(conn: &mut PgConnection, name: &str) -> Result<DatabaseFacts> {
@@ -215,16 +267,24 @@ async fn database_facts(conn: &mut PgConnection, name: &str) -> Result<DatabaseF
     })
 }
 
+/// `FROM ... WHERE ... ORDER BY` of the ordinary tables of a database
+/// (`c` the table, `n` its schema), system schemas left out.
+const TABLES: &str = "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1, 2";
+
 /// Exact row counts of every ordinary table (partitions count on their
 /// own; a partitioned parent holds no rows), keyed `schema.table`.
 pub async fn count_rows(conn: &mut PgConnection) -> Result<BTreeMap<String, u64>> {
-    let tables: Vec<(String, String)> = sqlx::query_as(
-        "SELECT n.nspname::text, c.relname::text FROM pg_class c \
-         JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-         AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-         ORDER BY 1, 2",
-    )
+    // One plain scan per table: the counts run beside pg_dump, and parallel
+    // workers or JIT compilation would only take CPU from it.
+    sqlx::query("SET jit = off").execute(&mut *conn).await?;
+    sqlx::query("SET max_parallel_workers_per_gather = 0")
+        .execute(&mut *conn)
+        .await?;
+    let tables: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT n.nspname::text, c.relname::text {TABLES}"
+    )))
     .fetch_all(&mut *conn)
     .await
     .context("listing tables")?;
@@ -240,12 +300,72 @@ pub async fn count_rows(conn: &mut PgConnection) -> Result<BTreeMap<String, u64>
     Ok(counts)
 }
 
-/// Counts the rows of database `name`.
-pub async fn count_database(login: &PgLogin, name: &str) -> Result<BTreeMap<String, u64>> {
+/// The rows of every table of database `name`, which a restore has just
+/// filled, checked against `expected` (the manifest).
+///
+/// Counting is a full scan of the database in the restore's critical path
+/// (and the first scan of a freshly loaded table also sets its rows' hint
+/// bits). So the fast path asks PostgreSQL how many rows were inserted into each table
+/// (`pg_stat_get_tuples_inserted`, a counter `ANALYZE` does not touch),
+/// which for a database nothing but `pg_restore` has written is exactly
+/// its row count. A session's counters reach the server as it ends, so the
+/// restore's sessions must be gone first. Whenever those numbers differ
+/// from `expected` (or statistics are off), every table is counted with
+/// `count(*)` and that answer is the one returned: the fast path can only
+/// confirm, never excuse, a difference.
+pub async fn count_restored(
+    login: &PgLogin,
+    name: &str,
+    expected: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, u64>> {
     let mut conn = connect(login, name).await?;
-    let counts = count_rows(&mut conn).await;
+    let inserted = rows_inserted(&mut conn).await;
+    let counts = match inserted {
+        Ok(Some(inserted)) if &inserted == expected => Ok(inserted),
+        _ => count_rows(&mut conn).await,
+    };
     let _ = conn.close().await;
     counts
+}
+
+/// Rows inserted per table since the database was created, once no other
+/// session is connected to it; `None` when statistics are not collected.
+async fn rows_inserted(conn: &mut PgConnection) -> Result<Option<BTreeMap<String, u64>>> {
+    let tracked: String = sqlx::query_scalar("SHOW track_counts")
+        .fetch_one(&mut *conn)
+        .await?;
+    if tracked != "on" {
+        return Ok(None);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if others == 0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await?;
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT n.nspname::text, c.relname::text, pg_stat_get_tuples_inserted(c.oid) {TABLES}"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|(schema, table, n)| (format!("{schema}.{table}"), n.max(0) as u64))
+            .collect(),
+    ))
 }
 
 pub async fn database_exists(login: &PgLogin, name: &str) -> Result<bool> {

@@ -662,7 +662,7 @@ async fn restore_postgres(
     postgres::restore_file(&login, &journal.scratch, dump).await?;
     record(&cx.state_dir, journal, Step::Restored)?;
     progress(&format!("verifying the row counts of {}", journal.scratch));
-    postgres::count_database(&login, &journal.scratch).await
+    postgres::count_restored(&login, &journal.scratch, &prepared.manifest.counts).await
 }
 
 async fn restore_mongo(

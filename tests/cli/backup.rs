@@ -186,6 +186,41 @@ fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_can_restore_a_plain_dump_in_parallel_by_hand() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 5000).await;
+    let site = Site::new(pg.port());
+    let manifest = site.backup("auth-db");
+    let mut admin = connect(&pg, "postgres").await;
+    exec(&mut admin, "CREATE DATABASE by_hand").await;
+    // `-j` needs the data offsets pg_dump writes only into a seekable file.
+    let output = Command::new("pg_restore")
+        .args([
+            "-j",
+            "2",
+            "--exit-on-error",
+            "--no-owner",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args(["-p", &pg.port().to_string(), "-U", "kisum", "-d", "by_hand"])
+        .arg(dump_path(&site, &manifest))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut db = connect(&pg, "by_hand").await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(events, 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_corrupted_byte_makes_verify_and_restore_refuse() {
     let pg = Postgres::start().await.unwrap();
     seed_auth_db(&pg, 1000).await;
