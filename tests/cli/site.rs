@@ -10,7 +10,7 @@ use kisum_testkit::Postgres;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
-use crate::common::{scratch_copy, stderr, stdout};
+use crate::common::scratch_copy;
 
 /// A scratch matrix whose `local` environment points at test peers.
 pub struct Site {
@@ -123,15 +123,7 @@ impl Site {
 
     /// Runs and asserts the exit code, printing both streams on failure.
     pub fn expect(&self, args: &[&str], code: i32) -> Output {
-        let output = self.run(args);
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "kisumctl {args:?}\nstdout:\n{}\nstderr:\n{}",
-            stdout(&output),
-            stderr(&output)
-        );
-        output
+        crate::common::assert_exit(args, self.run(args), code)
     }
 
     pub fn json(&self, args: &[&str], code: i32) -> Value {
