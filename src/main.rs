@@ -13,8 +13,6 @@ mod matrix;
 mod ops;
 mod render;
 mod rotation;
-// `list`, `keys` and `remove` serve the secrets commands still to come.
-#[allow(dead_code)]
 mod secrets;
 mod smoke;
 mod tls;

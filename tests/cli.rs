@@ -32,6 +32,8 @@ mod proxy;
 mod restore_engines;
 #[path = "cli/rotate.rs"]
 mod rotate;
+#[path = "cli/secrets.rs"]
+mod secrets;
 #[path = "cli/site.rs"]
 mod site;
 #[path = "cli/smoke.rs"]

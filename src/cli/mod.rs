@@ -13,6 +13,7 @@ mod output;
 mod render;
 mod restore;
 mod rotate;
+mod secrets;
 mod smoke;
 mod status;
 mod supervise;
@@ -87,6 +88,7 @@ enum Command {
     RotateJwtKey(rotate::Args),
     Dns(dns::Args),
     Tls(tls::Args),
+    Secrets(secrets::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -144,6 +146,7 @@ pub fn main() -> ExitCode {
         }
         Command::Dns(args) => dns::run(&cli.matrix, args),
         Command::Tls(args) => tls::run(&cli.matrix, args),
+        Command::Secrets(args) => secrets::run(&cli.matrix, args),
     };
     let exit = match result {
         Ok(exit) => exit,

@@ -713,6 +713,17 @@ pub async fn bookkeeping_read_only(conn: &mut PgConnection, roles: &RoleNames) -
     Ok(())
 }
 
+/// Gives `role` a new password (sent as a SCRAM verifier) and lets it log
+/// in: the step of a rotation that prepares the waiting login.
+pub async fn set_password(conn: &mut PgConnection, role: &str, password: &Secret) -> Result<()> {
+    let clause = literal(scram::password_clause(password).expose());
+    let statement = format!(
+        "ALTER ROLE {} WITH LOGIN PASSWORD {clause}",
+        identifier(role)?
+    );
+    execute(conn, &[statement]).await
+}
+
 async fn execute(conn: &mut PgConnection, statements: &[String]) -> Result<()> {
     for statement in statements {
         sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
@@ -754,7 +765,7 @@ fn is_loopback(host: &str) -> bool {
 
 /// The service's (or migration role's) connection URL: TLS required when
 /// the matrix says so, off on loopback, preferred otherwise.
-fn postgres_url(db: &Database, user: &str, password: &str) -> String {
+pub fn postgres_url(db: &Database, user: &str, password: &str) -> String {
     let mode = if db.tls_required {
         "require"
     } else if is_loopback(&db.host) {

@@ -16,6 +16,12 @@ use std::path::{Path, PathBuf};
 /// A path written in the matrix (`state-dir`, `secrets.path`, ...): an
 /// absolute one as it is, a relative one against the directory that holds
 /// the matrix directory (the repository root for `environments/`).
+/// The repository's own matrix, for unit tests.
+#[cfg(test)]
+pub fn shipped() -> Matrix {
+    Matrix::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("environments")).unwrap()
+}
+
 pub fn resolve_path(matrix_dir: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
     if path.is_absolute() {

@@ -19,11 +19,14 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 
-use super::{Secret, SecretStore, SecretVersion, StoreError, check_name};
+use super::{Secret, SecretStore, SecretVersion, Stage, Staged, StoreError, check_name};
 
 /// The stage every read asks for.
 const CURRENT: &str = "AWSCURRENT";
+const PENDING: &str = "AWSPENDING";
+const PREVIOUS: &str = "AWSPREVIOUS";
 /// Days a removed secret can still be restored.
+#[allow(dead_code)]
 const RECOVERY_WINDOW_DAYS: i64 = 7;
 
 /// How to reach Secrets Manager.
@@ -157,12 +160,22 @@ impl SecretsManager {
 
     /// The keys of `secret` at `AWSCURRENT`; `None` when it does not exist.
     fn current(&self, secret: &str) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        self.at_stage(secret, CURRENT)
+    }
+
+    /// The keys of `secret` at `stage`; `None` when the secret or the
+    /// stage does not exist.
+    fn at_stage(
+        &self,
+        secret: &str,
+        stage: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
         let name = self.name(secret)?;
         let request = self
             .client
             .get_secret_value()
             .secret_id(&name)
-            .version_stage(CURRENT);
+            .version_stage(stage);
         let output = match self.call(request.send()) {
             Ok(output) => output,
             Err(error)
@@ -172,16 +185,41 @@ impl SecretsManager {
             {
                 return Ok(None);
             }
-            Err(error) => return Err(self.error(secret, "reading AWSCURRENT", error)),
+            Err(error) => return Err(self.error(secret, &format!("reading {stage}"), error)),
         };
         let text = output.secret_string().unwrap_or_default();
         // The value is never quoted back: it may be a credential.
         let keys = serde_json::from_str(text).map_err(|_| StoreError::Remote {
             store: self.describe(),
             secret: secret.to_string(),
-            message: "AWSCURRENT is not a JSON object of string values".into(),
+            message: format!("{stage} is not a JSON object of string values"),
         })?;
         Ok(Some(keys))
+    }
+
+    /// Moves `stage` to version `to` (from whichever version has it).
+    fn move_stage(
+        &self,
+        secret: &str,
+        stage: &str,
+        to: Option<&str>,
+        from: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let name = self.name(secret)?;
+        let mut request = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(&name)
+            .version_stage(stage);
+        if let Some(to) = to {
+            request = request.move_to_version_id(to);
+        }
+        if let Some(from) = from {
+            request = request.remove_from_version_id(from);
+        }
+        self.call(request.send())
+            .map(|_| ())
+            .map_err(|e| self.error(secret, &format!("moving {stage}"), e))
     }
 
     fn put(
@@ -190,22 +228,36 @@ impl SecretsManager {
         keys: &BTreeMap<String, String>,
         exists: bool,
     ) -> Result<(), StoreError> {
+        self.put_at(secret, keys, exists, None)
+    }
+
+    /// A new version of `keys`; with `stage`, labelled only with it (the
+    /// current version stays current).
+    fn put_at(
+        &self,
+        secret: &str,
+        keys: &BTreeMap<String, String>,
+        exists: bool,
+        stage: Option<&str>,
+    ) -> Result<(), StoreError> {
         let name = self.name(secret)?;
         let text = serde_json::to_string(keys).unwrap_or_default();
         // One token per change: the SDK's own retries of it make one
         // version, not several.
         let token = uuid::Uuid::new_v4().to_string();
         if exists {
-            self.call(
-                self.client
-                    .put_secret_value()
-                    .secret_id(&name)
-                    .secret_string(text)
-                    .client_request_token(token)
-                    .send(),
-            )
-            .map(|_| ())
-            .map_err(|e| self.error(secret, "writing a new version", e))
+            let mut request = self
+                .client
+                .put_secret_value()
+                .secret_id(&name)
+                .secret_string(text)
+                .client_request_token(token);
+            if let Some(stage) = stage {
+                request = request.version_stages(stage);
+            }
+            self.call(request.send())
+                .map(|_| ())
+                .map_err(|e| self.error(secret, "writing a new version", e))
         } else {
             self.call(
                 self.client
@@ -219,6 +271,12 @@ impl SecretsManager {
             .map_err(|e| self.error(secret, "creating the secret", e))
         }
     }
+}
+
+fn exposed(keys: &BTreeMap<String, Secret>) -> BTreeMap<String, String> {
+    keys.iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+        .collect()
 }
 
 impl SecretStore for SecretsManager {
@@ -253,6 +311,77 @@ impl SecretStore for SecretsManager {
         }
         keys.insert(key.to_string(), value.expose().to_string());
         self.put(secret, &keys, exists)
+    }
+
+    /// One new version with every given key set, the others kept; none
+    /// when nothing changes.
+    fn write_keys(&self, secret: &str, keys: &BTreeMap<String, Secret>) -> Result<(), StoreError> {
+        for key in keys.keys() {
+            check_name(key)?;
+        }
+        let current = self.current(secret)?;
+        let exists = current.is_some();
+        let before = current.unwrap_or_default();
+        let mut after = before.clone();
+        after.extend(exposed(keys));
+        if exists && after == before {
+            return Ok(());
+        }
+        self.put(secret, &after, exists)
+    }
+
+    fn read_stage(&self, secret: &str, stage: Stage) -> Result<Option<Staged>, StoreError> {
+        Ok(self.at_stage(secret, stage.label())?.map(|keys| Staged {
+            keys: keys.into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
+        }))
+    }
+
+    /// A version labelled `AWSPENDING` only (Secrets Manager takes the
+    /// label off any earlier pending version).
+    fn put_pending(&self, secret: &str, keys: &BTreeMap<String, Secret>) -> Result<(), StoreError> {
+        for key in keys.keys() {
+            check_name(key)?;
+        }
+        self.put_at(secret, &exposed(keys), true, Some(PENDING))
+    }
+
+    /// `AWSCURRENT` moved to the pending version (Secrets Manager moves
+    /// `AWSPREVIOUS` to the version that was current; it is moved here
+    /// when the server did not), then `AWSPENDING` removed.
+    fn promote_pending(&self, secret: &str) -> Result<(), StoreError> {
+        let versions = self.versions(secret)?;
+        let holder = |stage: &str| {
+            versions
+                .iter()
+                .find(|v| v.stages.iter().any(|s| s == stage))
+                .map(|v| v.id.clone())
+        };
+        let Some(pending) = holder(PENDING) else {
+            return Ok(());
+        };
+        let current = holder(CURRENT);
+        if current.as_deref() != Some(pending.as_str()) {
+            self.move_stage(secret, CURRENT, Some(&pending), current.as_deref())?;
+            let previous = self
+                .versions(secret)?
+                .into_iter()
+                .find(|v| v.stages.iter().any(|s| s == PREVIOUS))
+                .map(|v| v.id);
+            if let Some(old) = &current
+                && previous.as_ref() != Some(old)
+            {
+                self.move_stage(secret, PREVIOUS, Some(old), previous.as_deref())?;
+            }
+        }
+        self.move_stage(secret, PENDING, None, Some(&pending))
+    }
+
+    fn changed_at(&self, secret: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .versions(secret)?
+            .into_iter()
+            .find(|v| v.stages.iter().any(|s| s == CURRENT))
+            .and_then(|v| v.created_at))
     }
 
     fn list(&self) -> Result<Vec<String>, StoreError> {

@@ -2,13 +2,28 @@
 //! files of mode 0600, each written to a temporary file, synced and renamed
 //! into place so a crash never leaves half a value. A file or directory
 //! that other users can read is refused rather than used.
+//!
+//! Rotation stages, as Secrets Manager's `AWSPENDING` and `AWSPREVIOUS`:
+//! `<dir>/<secret>/.pending/<key>` holds a new value while it is tested,
+//! `<dir>/<secret>/.previous/<key>` the values before the last promotion.
+//! Their names start with a dot, so they are never keys. A promotion copies
+//! the current keys into `.previous` (marking `.pending` with `.moved` once
+//! done, so a rerun after a crash does not copy half-new values), replaces
+//! each current key atomically, then removes `.pending`.
 
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use super::{Secret, SecretStore, StoreError, check_name};
+use std::collections::BTreeMap;
+
+use super::{Secret, SecretStore, SecretVersion, Stage, Staged, StoreError, check_name};
+
+const PENDING: &str = ".pending";
+const PREVIOUS: &str = ".previous";
+/// In `.pending`: the current keys have been copied to `.previous`.
+const MOVED: &str = ".moved";
 
 #[derive(Debug, Clone)]
 pub struct LocalFiles {
@@ -95,6 +110,79 @@ fn sorted_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     Ok(names)
 }
 
+/// Writes `<dir>/<key>` through a synced temporary file and a rename.
+fn write_file(dir: &Path, key: &str, value: &Secret) -> Result<(), StoreError> {
+    let path = dir.join(key);
+    let temporary = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(io(&temporary))?;
+    // A leftover temporary file of another mode is reset to 0600.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io(&temporary))?;
+    file.write_all(value.expose().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(&temporary))?;
+    fs::rename(&temporary, &path).map_err(io(&path))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+fn remove_dir(dir: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
+/// Every key file of a private directory, values checked private too.
+fn read_dir_keys(dir: &Path) -> Result<BTreeMap<String, Secret>, StoreError> {
+    check_private_dir(dir)?;
+    let mut keys = BTreeMap::new();
+    for name in sorted_names(dir)? {
+        let path = dir.join(&name);
+        let meta = fs::metadata(&path).map_err(io(&path))?;
+        if !meta.is_file() {
+            continue;
+        }
+        check_private(&path, &meta)?;
+        let value = fs::read_to_string(&path).map_err(io(&path))?;
+        keys.insert(name, Secret::new(value));
+    }
+    Ok(keys)
+}
+
+/// The newest modification time of the key files in `dir`.
+fn newest_mtime(dir: &Path) -> Result<Option<i64>, StoreError> {
+    let mut newest = None;
+    for name in sorted_names(dir)? {
+        let path = dir.join(&name);
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let seconds = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        newest = newest.max(seconds);
+    }
+    Ok(newest)
+}
+
 impl SecretStore for LocalFiles {
     fn describe(&self) -> String {
         format!("local files in {}", self.dir.display())
@@ -115,28 +203,100 @@ impl SecretStore for LocalFiles {
     }
 
     fn write(&self, secret: &str, key: &str, value: &Secret) -> Result<(), StoreError> {
-        let path = self.key_path(secret, key)?;
+        check_name(key)?;
         make_private_dir(&self.dir)?;
         let dir = self.secret_dir(secret)?;
         make_private_dir(&dir)?;
-        let temporary = dir.join(format!(".{key}.{}.tmp", std::process::id()));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(io(&temporary))?;
-        // A leftover temporary file of another mode is reset to 0600.
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io(&temporary))?;
-        file.write_all(value.expose().as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io(&temporary))?;
-        fs::rename(&temporary, &path).map_err(io(&path))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))
+        write_file(&dir, key, value)
+    }
+
+    fn read_stage(&self, secret: &str, stage: Stage) -> Result<Option<Staged>, StoreError> {
+        let dir = self.secret_dir(secret)?;
+        check_private_dir(&self.dir)?;
+        let dir = match stage {
+            Stage::Current => dir,
+            Stage::Pending => dir.join(PENDING),
+            Stage::Previous => dir.join(PREVIOUS),
+        };
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        Ok(Some(Staged {
+            keys: read_dir_keys(&dir)?,
+        }))
+    }
+
+    fn put_pending(&self, secret: &str, keys: &BTreeMap<String, Secret>) -> Result<(), StoreError> {
+        let dir = self.secret_dir(secret)?;
+        check_private_dir(&self.dir)?;
+        make_private_dir(&dir)?;
+        // Written aside and renamed in: a crash never leaves half a version.
+        let fresh = dir.join(format!(".pending-new.{}", std::process::id()));
+        remove_dir(&fresh)?;
+        make_private_dir(&fresh)?;
+        for (key, value) in keys {
+            check_name(key)?;
+            write_file(&fresh, key, value)?;
+        }
+        let pending = dir.join(PENDING);
+        remove_dir(&pending)?;
+        fs::rename(&fresh, &pending).map_err(io(&pending))?;
+        sync_dir(&dir)
+    }
+
+    fn promote_pending(&self, secret: &str) -> Result<(), StoreError> {
+        let dir = self.secret_dir(secret)?;
+        check_private_dir(&self.dir)?;
+        let pending = dir.join(PENDING);
+        if !pending.is_dir() {
+            return Ok(());
+        }
+        check_private_dir(&pending)?;
+        if !pending.join(MOVED).exists() {
+            let current = read_dir_keys(&dir)?;
+            let fresh = dir.join(format!(".previous-new.{}", std::process::id()));
+            remove_dir(&fresh)?;
+            make_private_dir(&fresh)?;
+            for (key, value) in &current {
+                write_file(&fresh, key, value)?;
+            }
+            let previous = dir.join(PREVIOUS);
+            remove_dir(&previous)?;
+            fs::rename(&fresh, &previous).map_err(io(&previous))?;
+            write_file(&pending, MOVED, &Secret::new(""))?;
+        }
+        for (key, value) in read_dir_keys(&pending)? {
+            write_file(&dir, &key, &value)?;
+        }
+        remove_dir(&pending)?;
+        sync_dir(&dir)
+    }
+
+    fn stages(&self, secret: &str) -> Result<Vec<SecretVersion>, StoreError> {
+        let dir = self.secret_dir(secret)?;
+        let mut stages = Vec::new();
+        for (stage, path) in [
+            (Stage::Pending, dir.join(PENDING)),
+            (Stage::Current, dir.clone()),
+            (Stage::Previous, dir.join(PREVIOUS)),
+        ] {
+            if path.is_dir() && (stage != Stage::Current || !read_dir_keys(&path)?.is_empty()) {
+                stages.push(SecretVersion {
+                    id: match stage {
+                        Stage::Current => "current".into(),
+                        Stage::Pending => PENDING.into(),
+                        Stage::Previous => PREVIOUS.into(),
+                    },
+                    stages: vec![stage.label().to_string()],
+                    created_at: newest_mtime(&path)?,
+                });
+            }
+        }
+        Ok(stages)
+    }
+
+    fn changed_at(&self, secret: &str) -> Result<Option<i64>, StoreError> {
+        newest_mtime(&self.secret_dir(secret)?)
     }
 
     fn list(&self) -> Result<Vec<String>, StoreError> {
@@ -157,11 +317,9 @@ impl SecretStore for LocalFiles {
 
     fn remove(&self, secret: &str) -> Result<bool, StoreError> {
         let dir = self.secret_dir(secret)?;
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io(&dir)(e)),
-        }
+        let existed = dir.exists();
+        remove_dir(&dir)?;
+        Ok(existed)
     }
 
     fn file(&self, secret: &str, key: &str) -> Option<PathBuf> {

@@ -121,3 +121,32 @@ impl Moto {
         assert!(response.status().is_success(), "{}", response.status());
     }
 }
+
+/// The Secrets Manager SDK on moto, with fixed dummy credentials.
+pub fn secrets_manager(moto: &Moto) -> aws_sdk_secretsmanager::Client {
+    use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_secretsmanager::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("eu-west-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(moto.endpoint())
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+}
+
+/// The keys of a Secrets Manager secret at `stage`; `None` when there is
+/// no such secret or stage.
+pub async fn secret_at(
+    client: &aws_sdk_secretsmanager::Client,
+    name: &str,
+    stage: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let value = client
+        .get_secret_value()
+        .secret_id(name)
+        .version_stage(stage)
+        .send()
+        .await
+        .ok()?;
+    Some(serde_json::from_str(value.secret_string()?).unwrap())
+}

@@ -25,7 +25,7 @@ async fn site() -> (Site, Postgres, Mongo) {
 
 /// From now on every login needs its password (SCRAM), the superuser's
 /// included; the site's secret store gets that password.
-async fn require_passwords(site: &Site, pg: &Postgres) {
+pub async fn require_passwords(site: &Site, pg: &Postgres) {
     let mut admin = connect(pg, "postgres").await;
     exec(&mut admin, "ALTER ROLE kisum PASSWORD 'superuser-secret'").await;
     let hba = pg.data_dir().join("pg_hba.conf");

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 21] = [
+const PAGES: [(&str, &[&str]); 23] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -27,6 +27,8 @@ const PAGES: [(&str, &[&str]); 21] = [
     ("dns-cutover", &["dns", "cutover", "--help"]),
     ("tls", &["tls", "--help"]),
     ("tls-issue", &["tls", "issue", "--help"]),
+    ("secrets", &["secrets", "--help"]),
+    ("secrets-rotate", &["secrets", "rotate", "--help"]),
 ];
 
 #[test]

@@ -25,7 +25,7 @@ use kisum_common::jwt::TokenPolicy;
 use kisum_common::keys::{KeySet, KeyState};
 use serde_json::{Value, json};
 
-use crate::common::{Moto, SEALED_AWS, stderr, stdout};
+use crate::common::{Moto, SEALED_AWS, secret_at, secrets_manager, stderr, stdout};
 use crate::deploy_local::{Platform, assert_deployed};
 
 /// One platform at a time: each test runs all of it under load.
@@ -621,31 +621,11 @@ async fn rotate_jwt_key_on_local_under_load_then_revoke_a_key() {
 
 // ----------------------------------------------------- Secrets Manager --
 
-/// The SDK on moto, with fixed dummy credentials.
-fn secrets_manager(moto: &Moto) -> aws_sdk_secretsmanager::Client {
-    use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-    let config = aws_sdk_secretsmanager::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(moto.endpoint())
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
-}
-
 const KEY_SET_SECRET: &str = "kisum/staging/jwt-signing-keys";
 
 /// The key set of a stage of the key-set secret.
 async fn key_set_at(client: &aws_sdk_secretsmanager::Client, stage: &str) -> KeySet {
-    let value = client
-        .get_secret_value()
-        .secret_id(KEY_SET_SECRET)
-        .version_stage(stage)
-        .send()
-        .await
-        .unwrap();
-    let keys: BTreeMap<String, String> =
-        serde_json::from_str(value.secret_string().unwrap()).unwrap();
+    let keys = secret_at(client, KEY_SET_SECRET, stage).await.unwrap();
     KeySet::from_json(&keys["key-set.json"]).unwrap()
 }
 

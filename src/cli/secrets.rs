@@ -1,0 +1,384 @@
+//! `kisumctl secrets plan|apply|list|rotate|check ENV`: the secrets
+//! inventory in the environment's secret store. Never prints a value.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::backup::with_secrets;
+use super::output::{errln, out, outln, table};
+use super::{Exit, OutputFormat, refuse};
+use crate::matrix::Environment;
+use crate::matrix::load::printable;
+use crate::secrets::inventory::{self, Action, Plan};
+use crate::secrets::rotate::{self, Outcome, Rotator};
+
+/// Provision, list, rotate and check the environment's secrets (plan
+/// section 12).
+///
+/// The secrets inventory of the matrix (`secrets:` in base.yaml) held
+/// against the environment's secret backend: local files for `local`, AWS
+/// Secrets Manager for the others (credentials from the SDK's standard
+/// chain, the endpoint from `secrets.endpoint`, else
+/// `AWS_ENDPOINT_URL_SECRETS_MANAGER` or `AWS_ENDPOINT_URL`, else AWS).
+/// Values are never printed, logged or shown in a plan: only names, keys,
+/// stages and dates.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Show what apply would do, per secret and key.
+    ///
+    /// generate (passwords, tokens, the first JWT key set and its JWKS),
+    /// present (never overwritten), awaits (written by another command,
+    /// named), must-supply (third-party keys and administrative logins,
+    /// never invented), not-here (no use in this environment).
+    Plan(EnvArgs),
+    /// Generate the missing passwords, tokens and key sets, one version per
+    /// secret; never overwrite a value.
+    Apply(EnvArgs),
+    /// Keys, versions and stages, last change and rotation due date of
+    /// every secret of the inventory and of the backend.
+    List(EnvArgs),
+    Rotate(RotateArgs),
+    /// Report missing secrets and keys, secrets past their rotation date
+    /// (`rotation-days`), secrets in the backend nothing refers to, and
+    /// unfinished rotations; exit 1 when there is any.
+    Check(EnvArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EnvArgs {
+    /// Environment of the matrix (local, dev, staging, production).
+    env: String,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+/// Rotate one secret, or every secret past its rotation date.
+///
+/// A new value is stored as the pending version (AWSPENDING; `.pending`
+/// beside local files), tested, then made current, the old one kept as
+/// AWSPREVIOUS (`.previous`). A PostgreSQL service login alternates between
+/// the service's two login roles: the waiting role gets the new password,
+/// a login with it is tried, then the secret is switched to that role; the
+/// old role keeps its password until the next rotation. A migration role
+/// gets a new password in place; an internal token is regenerated. Key
+/// sets, certificates and supplied secrets are rotated elsewhere (named).
+/// A failure leaves the current value in use and exits 3; the next run
+/// continues from the pending version.
+#[derive(Debug, clap::Args)]
+struct RotateArgs {
+    /// Environment of the matrix.
+    env: String,
+    /// The secret to rotate (`auth-db-credentials`).
+    #[arg(required_unless_present = "due", conflicts_with = "due")]
+    name: Option<String>,
+    /// Rotate every secret past its rotation date, and finish rotations
+    /// left pending.
+    #[arg(long)]
+    due: bool,
+    /// Seconds to keep trying to reach a database server.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    connect_timeout: u64,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
+    let (name, output) = match &args.action {
+        Command::Plan(a) | Command::Apply(a) | Command::List(a) | Command::Check(a) => {
+            (a.env.clone(), a.output)
+        }
+        Command::Rotate(a) => (a.env.clone(), a.output),
+    };
+    super::with_environment(dir, &name, output, |_, env| {
+        with_secrets(dir, env, output, async |store| {
+            let store = store.as_ref();
+            let now = jiff::Timestamp::now().as_second();
+            match args.action {
+                Command::Plan(_) => plan(env, store, output, false),
+                Command::Apply(_) => plan(env, store, output, true),
+                Command::List(_) => list(env, store, output, now),
+                Command::Check(_) => check(env, store, output, now),
+                Command::Rotate(a) => rotate(env, store, a, now).await,
+            }
+        })
+    })
+}
+
+fn failed(output: OutputFormat, error: impl std::fmt::Display) -> anyhow::Result<Exit> {
+    Ok(refuse(output, &format!("{error:#}"), Exit::OperationFailed))
+}
+
+/// `secrets plan` and `secrets apply`.
+fn plan(
+    env: &Environment,
+    store: &dyn crate::secrets::SecretStore,
+    output: OutputFormat,
+    apply: bool,
+) -> anyhow::Result<Exit> {
+    let mut plan = match inventory::plan(env, store) {
+        Ok(plan) => plan,
+        Err(error) => return failed(output, error),
+    };
+    let mut error = None;
+    if apply {
+        errln!(
+            "secrets {}: generating {} key(s) in {}",
+            env.name,
+            plan.to_generate().len(),
+            plan.backend
+        );
+        let now = jiff::Timestamp::now().as_second();
+        let mut progress = |secret: &str, keys: usize| {
+            errln!("secrets {}: {secret}: {keys} key(s) generated", env.name);
+        };
+        if let Err(e) = inventory::apply(env, &mut plan, store, now, &mut progress) {
+            error = Some(format!("{e:#}"));
+        }
+    }
+    match output {
+        OutputFormat::Json => {
+            let document = json!({
+                "environment": plan.environment,
+                "backend": plan.backend,
+                "applied": apply,
+                "secrets": plan.secrets,
+                "summary": summary(&plan),
+                "error": error,
+            });
+            outln!("{}", serde_json::to_string_pretty(&document)?);
+        }
+        OutputFormat::Text => out!("{}", plan_text(&plan, apply)),
+    }
+    if let Some(error) = &error {
+        errln!("error: {}", printable(error));
+        return Ok(Exit::OperationFailed);
+    }
+    Ok(Exit::Clean)
+}
+
+fn summary(plan: &Plan) -> serde_json::Value {
+    json!({
+        "generate": plan.count(Action::Generate),
+        "keys_to_generate": plan.to_generate().len(),
+        "present": plan.count(Action::Present),
+        "awaits": plan.count(Action::Awaits),
+        "must_supply": plan.count(Action::MustSupply),
+        "not_here": plan.count(Action::NotHere),
+    })
+}
+
+fn plan_text(plan: &Plan, applied: bool) -> String {
+    let mut out = format!("secrets {} in {}\n\n", plan.environment, plan.backend);
+    let rows: Vec<Vec<String>> = plan
+        .secrets
+        .iter()
+        .map(|s| {
+            let action = match (applied, s.applied) {
+                (true, Some(true)) => "generated".to_string(),
+                _ => s.action.as_str().to_string(),
+            };
+            let keys = s
+                .keys
+                .iter()
+                .map(|k| match k.action {
+                    Action::Present => k.key.clone(),
+                    other => format!("{} ({})", k.key, other.as_str()),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                action,
+                s.name.clone(),
+                keys,
+                printable(s.note.as_deref().unwrap_or_default()),
+            ]
+        })
+        .collect();
+    out += &table(&["ACTION", "SECRET", "KEYS", "NOTE"], &rows);
+    out += &format!(
+        "\n{} to generate ({} key(s)), {} present, {} awaiting another command, {} to be \
+         supplied, {} not used here\n",
+        plan.count(Action::Generate),
+        plan.to_generate().len(),
+        plan.count(Action::Present),
+        plan.count(Action::Awaits),
+        plan.count(Action::MustSupply),
+        plan.count(Action::NotHere)
+    );
+    out
+}
+
+fn list(
+    env: &Environment,
+    store: &dyn crate::secrets::SecretStore,
+    output: OutputFormat,
+    now: i64,
+) -> anyhow::Result<Exit> {
+    let listed = match inventory::list(env, store, now) {
+        Ok(listed) => listed,
+        Err(error) => return failed(output, error),
+    };
+    if output == OutputFormat::Json {
+        let document = json!({
+            "environment": env.name,
+            "backend": store.describe(),
+            "secrets": listed,
+        });
+        outln!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(Exit::Clean);
+    }
+    let rows: Vec<Vec<String>> = listed
+        .iter()
+        .map(|s| {
+            let stages = s
+                .versions
+                .iter()
+                .map(|v| v.stages.join("+"))
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let versions = if s.exists {
+                format!("{} ({stages})", s.versions.len())
+            } else {
+                "missing".into()
+            };
+            let due = match (&s.rotation_due, s.overdue) {
+                (Some(due), true) => format!("{due} OVERDUE"),
+                (Some(due), false) => due.clone(),
+                (None, _) => "-".into(),
+            };
+            vec![
+                s.name.clone(),
+                s.keys.join(", "),
+                versions,
+                s.changed.clone().unwrap_or_else(|| "-".into()),
+                due,
+            ]
+        })
+        .collect();
+    outln!("secrets {} in {}\n", env.name, store.describe());
+    out!(
+        "{}",
+        table(
+            &["SECRET", "KEYS", "VERSIONS", "CHANGED", "ROTATION DUE"],
+            &rows
+        )
+    );
+    Ok(Exit::Clean)
+}
+
+fn check(
+    env: &Environment,
+    store: &dyn crate::secrets::SecretStore,
+    output: OutputFormat,
+    now: i64,
+) -> anyhow::Result<Exit> {
+    let findings = match inventory::check(env, store, now) {
+        Ok(findings) => findings,
+        Err(error) => return failed(output, error),
+    };
+    let exit = if findings.is_empty() {
+        Exit::Clean
+    } else {
+        Exit::CheckFailed
+    };
+    match output {
+        OutputFormat::Json => {
+            let document = json!({
+                "environment": env.name,
+                "backend": store.describe(),
+                "findings": findings,
+                "exit": exit as u8,
+            });
+            outln!("{}", serde_json::to_string_pretty(&document)?);
+        }
+        OutputFormat::Text => {
+            let rows: Vec<Vec<String>> = findings
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.kind.as_str().to_string(),
+                        f.secret.clone(),
+                        printable(&f.detail),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                out!("{}", table(&["FINDING", "SECRET", "DETAIL"], &rows));
+            }
+            outln!(
+                "secrets {}: {} finding(s) in {}",
+                env.name,
+                findings.len(),
+                store.describe()
+            );
+        }
+    }
+    Ok(exit)
+}
+
+async fn rotate(
+    env: &Environment<'_>,
+    store: &dyn crate::secrets::SecretStore,
+    args: RotateArgs,
+    now: i64,
+) -> anyhow::Result<Exit> {
+    let output = args.output;
+    let (chosen, mut results) =
+        match rotate::select(env, store, args.name.as_deref(), args.due, now) {
+            Ok(selected) => selected,
+            Err(message) => return Ok(refuse(output, &message, Exit::UnusableInput)),
+        };
+    let rotator = Rotator {
+        env,
+        store,
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+    };
+    for secret in &chosen {
+        let mut progress = |line: &str| errln!("secrets rotate {}: {}", env.name, printable(line));
+        let rotated = rotator.rotate(secret, &mut progress).await;
+        results.push(rotated);
+    }
+    let failures = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+        .count();
+    let exit = if failures > 0 {
+        Exit::OperationFailed
+    } else {
+        Exit::Clean
+    };
+    match output {
+        OutputFormat::Json => {
+            let document = json!({
+                "environment": env.name,
+                "backend": store.describe(),
+                "results": results,
+                "exit": exit as u8,
+            });
+            outln!("{}", serde_json::to_string_pretty(&document)?);
+        }
+        OutputFormat::Text => {
+            for r in &results {
+                let verb = match r.outcome {
+                    Outcome::Rotated => "rotated",
+                    Outcome::Skipped => "skipped",
+                    Outcome::Failed => "FAILED",
+                };
+                outln!("{verb} {}: {}", r.secret, printable(&r.detail));
+            }
+            if results.is_empty() {
+                outln!("secrets rotate {}: nothing is due", env.name);
+            }
+        }
+    }
+    Ok(exit)
+}

@@ -1,0 +1,549 @@
+//! `kisumctl secrets plan|apply|list|rotate|check`: against Secrets
+//! Manager on moto (loopback, dummy credentials, AWS's endpoints pointed at
+//! a dead port), against local files, and, for database logins, against a
+//! private PostgreSQL cluster with SCRAM logins. A canary value planted in
+//! the store, and every value kisumctl generates, must never appear in any
+//! output.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kisum_testkit::Postgres;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+use crate::common::{Moto, SEALED_AWS, assert_exit, secret_at, secrets_manager, stderr};
+use crate::site::{Site, exec};
+
+const CANARY: &str = "canary-7f3a9c-never-printed";
+
+/// A scratch matrix run with the sealed AWS environment; its `local`
+/// PostgreSQL port is a free one nothing listens on (these tests need none).
+fn sealed_site() -> Site {
+    let mut site = Site::new(kisum_testkit::free_port().unwrap());
+    site.env = SEALED_AWS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    site
+}
+
+/// Runs, asserts the exit code, and keeps both streams in `seen`.
+fn expect(site: &Site, args: &[&str], code: i32, seen: &mut Vec<String>) -> Output {
+    let output = site.expect(args, code);
+    seen.push(String::from_utf8_lossy(&output.stdout).into_owned());
+    seen.push(stderr(&output));
+    output
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).expect("a JSON document")
+}
+
+fn secret<'a>(document: &'a Value, name: &str) -> &'a Value {
+    document["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {document}"))
+}
+
+/// No value in `values` appears in any of `seen`.
+fn assert_never_shown(values: &[String], seen: &[String]) {
+    for value in values.iter().filter(|v| v.len() >= 12) {
+        for text in seen {
+            assert!(
+                !text.contains(value.as_str()),
+                "a secret value was printed:\n{text}"
+            );
+        }
+    }
+}
+
+/// Every value under a local secret store, stages included.
+fn local_values(dir: &Path) -> Vec<String> {
+    let mut values = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return values;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            values.extend(local_values(&path));
+        } else if let Ok(text) = std::fs::read_to_string(&path) {
+            values.push(text);
+        }
+    }
+    values
+}
+
+// ------------------------------------------------------ Secrets Manager --
+
+async fn version_count(client: &aws_sdk_secretsmanager::Client, name: &str) -> usize {
+    client
+        .list_secret_version_ids()
+        .secret_id(name)
+        .send()
+        .await
+        .unwrap()
+        .versions()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_checked() {
+    let moto = Moto::start().await;
+    let site = sealed_site();
+    site.edit("environments/staging.yaml", |text| {
+        text.replace(
+            "  prefix: kisum/staging/\n",
+            &format!(
+                "  prefix: kisum/staging/\n  endpoint: {}\n",
+                moto.endpoint()
+            ),
+        )
+    });
+    let client = secrets_manager(&moto);
+    client
+        .create_secret()
+        .name("kisum/staging/billing-provider-key")
+        .secret_string(serde_json::json!({ "api-key": CANARY }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let site = Arc::new(site);
+    let blocking = |args: &'static [&'static str], code: i32| {
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut seen = Vec::new();
+            let output = expect(&site, args, code, &mut seen);
+            (output, seen)
+        })
+    };
+
+    // The plan: what is generated, what a person supplies, what awaits.
+    let (planned, out) = blocking(&["secrets", "plan", "staging", "-o", "json"], 0)
+        .await
+        .unwrap();
+    seen.extend(out);
+    let plan = json(&planned);
+    assert_eq!(secret(&plan, "billing-provider-key")["action"], "present");
+    assert_eq!(secret(&plan, "email-provider-key")["action"], "must-supply");
+    assert_eq!(
+        secret(&plan, "internal-credential-auth")["action"],
+        "generate"
+    );
+    assert_eq!(secret(&plan, "auth-db-credentials")["action"], "generate");
+    assert_eq!(secret(&plan, "tls-auth")["action"], "awaits");
+    assert!(
+        version_count(&client, "kisum/staging/billing-provider-key").await == 1,
+        "a plan writes nothing"
+    );
+    let (text_plan, out) = blocking(&["secrets", "plan", "staging"], 0).await.unwrap();
+    seen.extend(out);
+    let text_plan = String::from_utf8_lossy(&text_plan.stdout).into_owned();
+    assert!(text_plan.contains("must-supply"), "{text_plan}");
+
+    // Apply: one version per generated secret; nothing supplied is invented.
+    let (applied, out) = blocking(&["secrets", "apply", "staging", "-o", "json"], 0)
+        .await
+        .unwrap();
+    seen.extend(out);
+    let applied = json(&applied);
+    assert_eq!(
+        secret(&applied, "internal-credential-auth")["applied"],
+        true
+    );
+    let token = secret_at(
+        &client,
+        "kisum/staging/internal-credential-auth",
+        "AWSCURRENT",
+    )
+    .await
+    .unwrap();
+    assert_eq!(token["token"].len(), 43);
+    let db = secret_at(&client, "kisum/staging/auth-db-credentials", "AWSCURRENT")
+        .await
+        .unwrap();
+    assert_eq!(db.keys().collect::<Vec<_>>(), ["password"]);
+    assert!(
+        secret_at(&client, "kisum/staging/email-provider-key", "AWSCURRENT")
+            .await
+            .is_none()
+    );
+    let jwks = secret_at(&client, "kisum/staging/jwt-public-keys", "AWSCURRENT")
+        .await
+        .unwrap();
+    assert!(jwks["jwks.json"].contains("\"keys\""));
+    let billing = secret_at(&client, "kisum/staging/billing-provider-key", "AWSCURRENT")
+        .await
+        .unwrap();
+    assert_eq!(billing["api-key"], CANARY, "an existing value is kept");
+
+    // Idempotent: nothing to generate, no new version.
+    let (again, out) = blocking(&["secrets", "apply", "staging", "-o", "json"], 0)
+        .await
+        .unwrap();
+    seen.extend(out);
+    assert_eq!(json(&again)["summary"]["keys_to_generate"], 0);
+    assert_eq!(
+        version_count(&client, "kisum/staging/internal-credential-auth").await,
+        1
+    );
+
+    // List: versions, stages and dates, no value.
+    let (listed, out) = blocking(&["secrets", "list", "staging", "-o", "json"], 0)
+        .await
+        .unwrap();
+    seen.extend(out);
+    let listed = json(&listed);
+    let auth = secret(&listed, "internal-credential-auth");
+    assert_eq!(auth["versions"][0]["stages"][0], "AWSCURRENT");
+    assert!(
+        auth["rotation_due"].as_str().unwrap().ends_with('Z'),
+        "{auth}"
+    );
+    assert_eq!(auth["overdue"], false);
+    let (_, out) = blocking(&["secrets", "list", "staging"], 0).await.unwrap();
+    seen.extend(out);
+
+    // Check: missing supplied secrets, a secret nobody refers to.
+    client
+        .create_secret()
+        .name("kisum/staging/leftover")
+        .secret_string("{}")
+        .send()
+        .await
+        .unwrap();
+    let (checked, out) = blocking(&["secrets", "check", "staging", "-o", "json"], 1)
+        .await
+        .unwrap();
+    seen.extend(out);
+    let findings = json(&checked)["findings"].as_array().unwrap().clone();
+    let found = |kind: &str, name: &str| {
+        findings
+            .iter()
+            .any(|f| f["kind"] == kind && f["secret"] == name)
+    };
+    assert!(found("missing", "email-provider-key"), "{findings:?}");
+    assert!(found("unreferenced", "leftover"), "{findings:?}");
+    assert!(
+        !found("overdue", "internal-credential-auth"),
+        "{findings:?}"
+    );
+
+    // Staged rotation: AWSPENDING, then AWSCURRENT, the old value AWSPREVIOUS.
+    let (rotated, out) = blocking(
+        &["secrets", "rotate", "staging", "internal-credential-auth"],
+        0,
+    )
+    .await
+    .unwrap();
+    seen.extend(out);
+    assert!(
+        stderr(&rotated).contains("stored as AWSPENDING"),
+        "{}",
+        stderr(&rotated)
+    );
+    let name = "kisum/staging/internal-credential-auth";
+    let current = secret_at(&client, name, "AWSCURRENT").await.unwrap();
+    let previous = secret_at(&client, name, "AWSPREVIOUS").await.unwrap();
+    assert_ne!(current["token"], token["token"]);
+    assert_eq!(previous["token"], token["token"]);
+    assert!(secret_at(&client, name, "AWSPENDING").await.is_none());
+    assert_eq!(version_count(&client, name).await, 2);
+    let (listed, out) = blocking(&["secrets", "list", "staging", "-o", "json"], 0)
+        .await
+        .unwrap();
+    seen.extend(out);
+    let stages: Vec<String> = secret(&json(&listed), "internal-credential-auth")["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["stages"].as_array().unwrap().clone())
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert!(stages.contains(&"AWSPREVIOUS".to_string()), "{stages:?}");
+
+    // What rotate does not do is named, not attempted.
+    let (refused, out) = blocking(&["secrets", "rotate", "staging", "billing-provider-key"], 2)
+        .await
+        .unwrap();
+    seen.extend(out);
+    assert!(
+        stderr(&refused).contains("a person"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let mut values = vec![CANARY.to_string()];
+    for value in [&current, &previous, &db, &jwks] {
+        values.extend(value.values().cloned());
+    }
+    assert_never_shown(&values, &seen);
+}
+
+// ----------------------------------------------------------- local files --
+
+#[test]
+fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
+    let site = sealed_site();
+    let store = site.secrets_dir();
+    let mut seen = Vec::new();
+    site.secret("billing-provider-key", "api-key", CANARY);
+
+    let plan = json(&expect(
+        &site,
+        &["secrets", "plan", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    assert_eq!(secret(&plan, "billing-provider-key")["action"], "present");
+    assert_eq!(secret(&plan, "tls-certificates")["action"], "not-here");
+    assert_eq!(
+        secret(&plan, "auth-postgres-superuser")["action"],
+        "not-here"
+    );
+    expect(&site, &["secrets", "apply", "local"], 0, &mut seen);
+    let token = std::fs::read_to_string(store.join("internal-credential-auth/token")).unwrap();
+    assert_eq!(token.len(), 43);
+    let again = json(&expect(
+        &site,
+        &["secrets", "apply", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    assert_eq!(again["summary"]["keys_to_generate"], 0);
+
+    site.secret("stray-secret", "k", "left behind");
+    let check = json(&expect(
+        &site,
+        &["secrets", "check", "local", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    let findings = check["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["kind"] == "unreferenced" && f["secret"] == "stray-secret"),
+        "{check}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["kind"] == "missing" && f["secret"] == "email-provider-key"),
+        "{check}"
+    );
+
+    expect(
+        &site,
+        &["secrets", "rotate", "local", "internal-credential-auth"],
+        0,
+        &mut seen,
+    );
+    let current = std::fs::read_to_string(store.join("internal-credential-auth/token")).unwrap();
+    let previous =
+        std::fs::read_to_string(store.join("internal-credential-auth/.previous/token")).unwrap();
+    assert_ne!(current, token);
+    assert_eq!(previous, token);
+    assert!(!store.join("internal-credential-auth/.pending").exists());
+    let listed = json(&expect(
+        &site,
+        &["secrets", "list", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    let versions = secret(&listed, "internal-credential-auth")["versions"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(versions, 2, "{listed}");
+    expect(&site, &["secrets", "list", "local"], 0, &mut seen);
+    expect(&site, &["secrets", "check", "local"], 1, &mut seen);
+    assert_never_shown(&local_values(&store), &seen);
+}
+
+// ------------------------------------------------------------ PostgreSQL --
+
+/// A site on a fresh PostgreSQL with SCRAM logins and auth-db provisioned.
+async fn provisioned() -> (Site, Postgres) {
+    let pg = Postgres::start().await.unwrap();
+    let site = Site::new(pg.port());
+    crate::db::require_passwords(&site, &pg).await;
+    let site = tokio::task::spawn_blocking(move || {
+        site.expect(&["db", "provision", "local", "auth-db"], 0);
+        site
+    })
+    .await
+    .unwrap();
+    (site, pg)
+}
+
+async fn works(url: &str) -> bool {
+    match PgConnection::connect(url).await {
+        Ok(mut conn) => {
+            let one: Result<i32, _> = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await;
+            let _ = conn.close().await;
+            one.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+async fn rotate_blocking(site: &Arc<Site>, args: &'static [&'static str]) -> Output {
+    let site = site.clone();
+    tokio::task::spawn_blocking(move || site.run(args))
+        .await
+        .unwrap()
+}
+
+const ROTATE_AUTH_DB: &[&str] = &["secrets", "rotate", "local", "auth-db-credentials"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_password_rotates_while_the_old_login_keeps_working() {
+    let (site, _pg) = provisioned().await;
+    let site = Arc::new(site);
+    let old = site.read_secret("auth-db-credentials", "url");
+    assert!(old.starts_with("postgres://auth_app_a:"));
+
+    // A bounded loop of connections with the old credential.
+    let stop = Arc::new(AtomicBool::new(false));
+    let looping = {
+        let (old, stop) = (old.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let started = Instant::now();
+            while !stop.load(Ordering::SeqCst)
+                && ok + failed < 2_000
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                if works(&old).await {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rotated = rotate_blocking(&site, ROTATE_AUTH_DB).await;
+    let rotated = assert_exit(ROTATE_AUTH_DB, rotated, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = looping.await.unwrap();
+    assert_eq!(failed, 0, "the old login failed {failed} times ({ok} fine)");
+    assert!(ok >= 5, "only {ok} connections");
+
+    let new = site.read_secret("auth-db-credentials", "url");
+    assert!(new.starts_with("postgres://auth_app_b:"), "switched role");
+    assert!(works(&new).await, "the new login works");
+    assert!(works(&old).await, "the old login still works");
+    assert_eq!(
+        site.read_secret("auth-db-credentials", ".previous/url"),
+        old
+    );
+    assert_eq!(
+        site.read_secret("auth-db-credentials", "username"),
+        "auth_app_b"
+    );
+    let mut seen = vec![
+        String::from_utf8_lossy(&rotated.stdout).into_owned(),
+        stderr(&rotated),
+    ];
+
+    // The next rotation goes back to the first role, with a new password:
+    // the oldest credential stops working then.
+    let again = assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        0,
+    );
+    seen.push(String::from_utf8_lossy(&again.stdout).into_owned());
+    seen.push(stderr(&again));
+    let third = site.read_secret("auth-db-credentials", "url");
+    assert!(third.starts_with("postgres://auth_app_a:"));
+    assert!(works(&third).await);
+    assert!(works(&new).await, "the previous login keeps working");
+    assert!(!works(&old).await, "the oldest password is gone");
+    let listed = site.run(&["secrets", "list", "local"]);
+    seen.push(String::from_utf8_lossy(&listed.stdout).into_owned());
+    assert_never_shown(&local_values(&site.secrets_dir()), &seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rotation_leaves_the_old_secret_current_and_resumes() {
+    let (site, pg) = provisioned().await;
+    let site = Arc::new(site);
+    let old = site.read_secret("auth-db-credentials", "url");
+
+    // PostgreSQL refuses the waiting role's logins.
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all auth_app_b 127.0.0.1/32 reject\n{original}"),
+    )
+    .unwrap();
+    let mut admin = PgConnection::connect(
+        &pg.url("postgres")
+            .replace("kisum@", "kisum:superuser-secret@"),
+    )
+    .await
+    .unwrap();
+    exec(&mut admin, "SELECT pg_reload_conf()").await;
+
+    let failed = assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        3,
+    );
+    let text = String::from_utf8_lossy(&failed.stdout).into_owned();
+    assert!(text.contains("FAILED auth-db-credentials"), "{text}");
+    assert!(text.contains("current value is unchanged"), "{text}");
+    assert_eq!(site.read_secret("auth-db-credentials", "url"), old);
+    assert!(works(&old).await, "the current login still works");
+    let pending = site.read_secret("auth-db-credentials", ".pending/password");
+    let check = site.run(&["secrets", "check", "local", "-o", "json"]);
+    assert_exit(&["secrets", "check"], check.clone(), 1);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("rotation-pending"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // Once PostgreSQL accepts it again, a rerun continues the same version.
+    std::fs::write(&hba, &original).unwrap();
+    exec(&mut admin, "SELECT pg_reload_conf()").await;
+    admin.close().await.unwrap();
+    let resumed = assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        0,
+    );
+    assert!(
+        stderr(&resumed).contains("continuing the pending version"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(site.read_secret("auth-db-credentials", "password"), pending);
+    let new = site.read_secret("auth-db-credentials", "url");
+    assert!(new.starts_with("postgres://auth_app_b:"));
+    assert!(works(&new).await);
+    assert!(works(&old).await);
+    let seen = [
+        String::from_utf8_lossy(&failed.stdout).into_owned(),
+        stderr(&failed),
+        String::from_utf8_lossy(&resumed.stdout).into_owned(),
+        stderr(&resumed),
+        String::from_utf8_lossy(&check.stdout).into_owned(),
+    ];
+    assert_never_shown(&local_values(&site.secrets_dir()), &seen);
+}
