@@ -6,6 +6,8 @@
 mod backup;
 #[path = "cli/common.rs"]
 mod common;
+#[path = "cli/converge.rs"]
+mod converge;
 #[path = "cli/corpus.rs"]
 mod corpus;
 #[path = "cli/db.rs"]

@@ -240,7 +240,7 @@ fn migrate(dir: &Path, env: &Environment, args: MigrateArgs) -> anyhow::Result<E
 
 /// The migration sets of `env` (of `service` only when given); with
 /// `readable`, every directory must be readable. `Err` is the message.
-fn migration_sets(
+pub(super) fn migration_sets(
     dir: &Path,
     env: &Environment,
     service: Option<&str>,

@@ -2,6 +2,7 @@
 //! it parses its arguments, calls the library modules, and prints.
 
 mod backup;
+mod converge;
 mod db;
 mod deploy;
 mod dns;
@@ -89,6 +90,8 @@ enum Command {
     Dns(dns::Args),
     Tls(tls::Args),
     Secrets(secrets::Args),
+    Plan(converge::PlanArgs),
+    Apply(converge::ApplyArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -147,6 +150,8 @@ pub fn main() -> ExitCode {
         Command::Dns(args) => dns::run(&cli.matrix, args),
         Command::Tls(args) => tls::run(&cli.matrix, args),
         Command::Secrets(args) => secrets::run(&cli.matrix, args),
+        Command::Plan(args) => converge::plan(&cli.matrix, args),
+        Command::Apply(args) => converge::apply(&cli.matrix, args),
     };
     let exit = match result {
         Ok(exit) => exit,

@@ -35,6 +35,18 @@ pub struct Args {
     templates: PathBuf,
 }
 
+/// The error-level findings of `validate` that concern `names`.
+pub(super) fn violations(
+    matrix: &crate::matrix::Matrix,
+    names: &[String],
+) -> Vec<crate::matrix::rules::Finding> {
+    crate::matrix::rules::check(matrix)
+        .into_iter()
+        .filter(|f| f.level == crate::matrix::rules::Level::Error)
+        .filter(|f| f.environment.as_ref().is_none_or(|env| names.contains(env)))
+        .collect()
+}
+
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     let matrix = match load_matrix(dir, super::OutputFormat::Text) {
         Ok(matrix) => matrix,
@@ -46,11 +58,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     };
     // A matrix that breaks a rule (an inline secret, a public Core) is
     // never turned into manifests.
-    let violations: Vec<_> = crate::matrix::rules::check(&matrix)
-        .into_iter()
-        .filter(|f| f.level == crate::matrix::rules::Level::Error)
-        .filter(|f| f.environment.as_ref().is_none_or(|env| names.contains(env)))
-        .collect();
+    let violations = violations(&matrix, &names);
     if !violations.is_empty() {
         for finding in &violations {
             out!("{}", super::validate::finding_line(finding));

@@ -86,7 +86,7 @@ struct StatusArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
-struct AcmeArgs {
+pub(super) struct AcmeArgs {
     /// ACME directory URL instead of the matrix's `tls.acme-directory`.
     #[arg(long, env = "KISUM_ACME_DIRECTORY", value_name = "URL")]
     acme_directory: Option<String>,
@@ -305,7 +305,11 @@ fn result_row(result: &Issued) -> Vec<String> {
 
 /// The ACME directory, trusted CA, challenge and listener: flags and
 /// their variables first, then the environment file, then the policy.
-fn settings(dir: &Path, env: &Environment, args: &AcmeArgs) -> Result<acme::Settings, String> {
+pub(super) fn settings(
+    dir: &Path,
+    env: &Environment,
+    args: &AcmeArgs,
+) -> Result<acme::Settings, String> {
     let file = &env.file.tls;
     let directory = args
         .acme_directory

@@ -13,7 +13,7 @@ use crate::common::{root, stderr, stdout};
 use crate::site::{Site, connect, exec};
 
 /// A site on a fresh PostgreSQL and mongoeco.
-async fn site() -> (Site, Postgres, Mongo) {
+pub async fn site() -> (Site, Postgres, Mongo) {
     let pg = Postgres::start().await.unwrap();
     let mongo = Mongo::start().await.unwrap();
     let site = Site::new(pg.port());
@@ -236,7 +236,7 @@ async fn provisioning_plans_any_environment_and_refuses_unknown_databases() {
 
 /// Copies the services' migration directories into the site, where the
 /// matrix's relative `migrations` paths point.
-fn copy_migrations(site: &Site) {
+pub fn copy_migrations(site: &Site) {
     for dir in [
         "services/auth/migrations",
         "services/core/migrations",

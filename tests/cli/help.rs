@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 23] = [
+const PAGES: [(&str, &[&str]); 25] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -29,6 +29,8 @@ const PAGES: [(&str, &[&str]); 23] = [
     ("tls-issue", &["tls", "issue", "--help"]),
     ("secrets", &["secrets", "--help"]),
     ("secrets-rotate", &["secrets", "rotate", "--help"]),
+    ("plan", &["plan", "--help"]),
+    ("apply", &["apply", "--help"]),
 ];
 
 #[test]

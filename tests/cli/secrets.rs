@@ -22,13 +22,26 @@ const CANARY: &str = "canary-7f3a9c-never-printed";
 
 /// A scratch matrix run with the sealed AWS environment; its `local`
 /// PostgreSQL port is a free one nothing listens on (these tests need none).
-fn sealed_site() -> Site {
+pub fn sealed_site() -> Site {
     let mut site = Site::new(kisum_testkit::free_port().unwrap());
     site.env = SEALED_AWS
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     site
+}
+
+/// `staging` keeps its secrets in moto's Secrets Manager.
+pub fn staging_secrets_on(site: &Site, moto: &Moto) {
+    site.edit("environments/staging.yaml", |text| {
+        text.replace(
+            "  prefix: kisum/staging/\n",
+            &format!(
+                "  prefix: kisum/staging/\n  endpoint: {}\n",
+                moto.endpoint()
+            ),
+        )
+    });
 }
 
 /// Runs, asserts the exit code, and keeps both streams in `seen`.
@@ -98,15 +111,7 @@ async fn version_count(client: &aws_sdk_secretsmanager::Client, name: &str) -> u
 async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_checked() {
     let moto = Moto::start().await;
     let site = sealed_site();
-    site.edit("environments/staging.yaml", |text| {
-        text.replace(
-            "  prefix: kisum/staging/\n",
-            &format!(
-                "  prefix: kisum/staging/\n  endpoint: {}\n",
-                moto.endpoint()
-            ),
-        )
-    });
+    staging_secrets_on(&site, &moto);
     let client = secrets_manager(&moto);
     client
         .create_secret()
