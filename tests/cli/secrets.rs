@@ -371,6 +371,42 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     assert_eq!(versions, 2, "{listed}");
     expect(&site, &["secrets", "list", "local"], 0, &mut seen);
     expect(&site, &["secrets", "check", "local"], 1, &mut seen);
+
+    // Internal tokens due at once: check says so, rotate --due takes them all.
+    site.edit("environments/base.yaml", |text| {
+        text.replace(
+            "rotation-days: 30\n    keys: [token]",
+            "rotation-days: 0\n    keys: [token]",
+        )
+    });
+    let check = json(&expect(
+        &site,
+        &["secrets", "check", "local", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    let overdue = check["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "overdue")
+        .count();
+    assert_eq!(overdue, 9, "{check}");
+    let due = json(&expect(
+        &site,
+        &["secrets", "rotate", "local", "--due", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    let results = due["results"].as_array().unwrap();
+    assert_eq!(results.len(), 9, "{due}");
+    assert!(results.iter().all(|r| r["outcome"] == "rotated"), "{due}");
+    let again = std::fs::read_to_string(store.join("internal-credential-auth/.previous/token"));
+    assert_eq!(
+        again.unwrap(),
+        current,
+        "the value before the last rotation"
+    );
     assert_never_shown(&local_values(&store), &seen);
 }
 
@@ -551,4 +587,66 @@ async fn a_refused_rotation_leaves_the_old_secret_current_and_resumes() {
         String::from_utf8_lossy(&check.stdout).into_owned(),
     ];
     assert_never_shown(&local_values(&site.secrets_dir()), &seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_password_rotates_in_secrets_manager_with_the_previous_login_kept() {
+    let moto = Moto::start().await;
+    let pg = Postgres::start().await.unwrap();
+    let mut site = Site::new(pg.port());
+    site.env = sealed_site().env;
+    crate::db::require_passwords(&site, &pg).await;
+    // `local` with its secrets in moto's Secrets Manager.
+    site.edit("environments/local.yaml", |text| {
+        text.replace(
+            "secrets:\n  backend: local-files\n  path: .kisum/local/secrets\n",
+            &format!(
+                "secrets:\n  backend: aws-secrets-manager\n  account: \"123456789012\"\n  \
+                 region: eu-west-1\n  prefix: kisum/local/\n  endpoint: {}\n",
+                moto.endpoint()
+            ),
+        )
+    });
+    let client = secrets_manager(&moto);
+    client
+        .create_secret()
+        .name("kisum/local/local-postgres-superuser")
+        .secret_string(
+            serde_json::json!({ "username": "kisum", "password": "superuser-secret" }).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let site = Arc::new(site);
+    let mut seen = Vec::new();
+    for args in [
+        &["secrets", "apply", "local"][..],
+        &["db", "provision", "local", "auth-db"][..],
+        ROTATE_AUTH_DB,
+    ] {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let site = site.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            site.expect(&args, 0)
+        })
+        .await
+        .unwrap();
+        seen.push(String::from_utf8_lossy(&output.stdout).into_owned());
+        seen.push(stderr(&output));
+    }
+    let name = "kisum/local/auth-db-credentials";
+    let current = secret_at(&client, name, "AWSCURRENT").await.unwrap();
+    let previous = secret_at(&client, name, "AWSPREVIOUS").await.unwrap();
+    assert!(secret_at(&client, name, "AWSPENDING").await.is_none());
+    assert_eq!(current["username"], "auth_app_b");
+    assert_eq!(previous["username"], "auth_app_a");
+    assert!(works(&current["url"]).await, "the new login works");
+    assert!(
+        works(&previous["url"]).await,
+        "the previous login still works"
+    );
+    let mut values: Vec<String> = current.values().cloned().collect();
+    values.extend(previous.values().cloned());
+    assert_never_shown(&values, &seen);
 }
