@@ -192,6 +192,36 @@ impl LockWait {
     }
 }
 
+/// Takes lock file `file` in the environment's state directory for
+/// `command` (one run of it per environment on this machine), waiting up
+/// to `timeout`; `Err` says who holds it.
+fn hold_lock(
+    state_dir: &std::path::Path,
+    file: &str,
+    command: &str,
+    timeout: std::time::Duration,
+) -> Result<crate::local::lock::DeployLock, String> {
+    use crate::local::lock::{self, LockError};
+    let path = state_dir.join(file);
+    let state = crate::local::state::StateDir::new(state_dir);
+    let waiting = &mut |holder: &lock::Holder| {
+        errln!(
+            "waiting for {holder} to finish: it holds {} (up to {} s, --lock-timeout)",
+            path.display(),
+            timeout.as_secs()
+        );
+    };
+    match lock::acquire_at(&path, &state, command, timeout, waiting) {
+        Ok(lock) => Ok(lock),
+        Err(LockError::Held { holder, waited, .. }) => Err(format!(
+            "another {command} is running: {holder} holds {}; waited {} s (--lock-timeout)",
+            path.display(),
+            waited.as_secs()
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// Loads the matrix and resolves one environment, printing input errors;
 /// `Err(exit)` when either is unusable. `f` gets the environment.
 fn with_environment(

@@ -9,7 +9,6 @@ use serde_json::json;
 
 use super::output::{errln, out, outln, table};
 use super::{Exit, OutputFormat, refuse};
-use crate::local::lock::{self, LockError};
 use crate::matrix::Environment;
 use crate::rotation::fleet::{Fleet, FleetError};
 use crate::rotation::store::{KeyStore, KeyStoreError};
@@ -173,28 +172,11 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         return Ok(refuse(format, message, Exit::UnusableInput));
     }
 
-    let lock_path = state_dir.join(LOCK_FILE);
-    let timeout = Duration::from_secs(args.lock_timeout);
-    let state = crate::local::state::StateDir::new(&state_dir);
     let command = format!("kisumctl rotate-jwt-key {}", env.name);
-    let _lock = match lock::acquire_at(&lock_path, &state, &command, timeout, &mut |holder| {
-        errln!(
-            "waiting for {holder} to finish: it holds {} (up to {} s, --lock-timeout)",
-            lock_path.display(),
-            timeout.as_secs()
-        );
-    }) {
+    let timeout = Duration::from_secs(args.lock_timeout);
+    let _lock = match super::hold_lock(&state_dir, LOCK_FILE, &command, timeout) {
         Ok(lock) => lock,
-        Err(LockError::Held { holder, waited, .. }) => {
-            let message = format!(
-                "another rotate-jwt-key of {} is running: {holder} holds {}; waited {} s (--lock-timeout)",
-                env.name,
-                lock_path.display(),
-                waited.as_secs()
-            );
-            return Ok(refuse(format, &message, Exit::OperationFailed));
-        }
-        Err(error) => return Ok(refuse(format, &error.to_string(), Exit::OperationFailed)),
+        Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

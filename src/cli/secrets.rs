@@ -86,6 +86,10 @@ struct RotateArgs {
     /// Seconds to keep trying to reach a database server.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     connect_timeout: u64,
+    /// Seconds to wait for another secrets rotate of the environment to
+    /// finish before refusing.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    lock_timeout: u64,
     #[arg(short, long, value_enum, default_value_t)]
     output: OutputFormat,
 }
@@ -106,7 +110,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                 Command::Apply(_) => plan(env, store, output, true),
                 Command::List(_) => list(env, store, output, now),
                 Command::Check(_) => check(env, store, output, now),
-                Command::Rotate(a) => rotate(env, store, a, now).await,
+                Command::Rotate(a) => rotate(dir, env, store, a, now).await,
             }
         })
     })
@@ -326,6 +330,7 @@ fn check(
 }
 
 async fn rotate(
+    dir: &Path,
     env: &Environment<'_>,
     store: &dyn crate::secrets::SecretStore,
     args: RotateArgs,
@@ -337,6 +342,15 @@ async fn rotate(
             Ok(selected) => selected,
             Err(message) => return Ok(refuse(output, &message, Exit::UnusableInput)),
         };
+    // One rotation per environment at a time on this machine: two would
+    // race for the same pending version and waiting role.
+    let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
+    let command = format!("kisumctl secrets rotate {}", env.name);
+    let timeout = Duration::from_secs(args.lock_timeout);
+    let _lock = match super::hold_lock(&state_dir, "secrets-rotate.lock", &command, timeout) {
+        Ok(lock) => lock,
+        Err(message) => return Ok(refuse(output, &message, Exit::OperationFailed)),
+    };
     let rotator = Rotator {
         env,
         store,

@@ -375,6 +375,25 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     expect(&site, &["secrets", "list", "local"], 0, &mut seen);
     expect(&site, &["secrets", "check", "local"], 1, &mut seen);
 
+    // One rotation at a time: a held lock refuses a second.
+    let lock = std::fs::File::create(site.root().join(".kisum/local/secrets-rotate.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let args = [
+        "secrets",
+        "rotate",
+        "local",
+        "internal-credential-auth",
+        "--lock-timeout",
+        "1",
+    ];
+    let held = expect(&site, &args, 3, &mut seen);
+    assert!(
+        stderr(&held).contains("another kisumctl secrets rotate local is running"),
+        "{}",
+        stderr(&held)
+    );
+    drop(lock);
+
     // Internal tokens due at once: check says so, rotate --due takes them all.
     site.edit("environments/base.yaml", |text| {
         text.replace(
