@@ -187,7 +187,7 @@ impl Rotator<'_> {
         }
         self.store.promote_pending(name)?;
         Ok(format!(
-            "new value current; the one before kept as {}",
+            "new value current; the one before kept as the previous version ({})",
             Stage::Previous.label()
         ))
     }
