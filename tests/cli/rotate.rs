@@ -621,18 +621,6 @@ async fn rotate_jwt_key_on_local_under_load_then_revoke_a_key() {
 
 // ----------------------------------------------------- Secrets Manager --
 
-/// The SDK on moto, with fixed dummy credentials.
-fn secrets_manager(moto: &Moto) -> aws_sdk_secretsmanager::Client {
-    use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-    let config = aws_sdk_secretsmanager::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(moto.endpoint())
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
-}
-
 const KEY_SET_SECRET: &str = "kisum/staging/jwt-signing-keys";
 
 /// The key set of a stage of the key-set secret.
@@ -682,7 +670,7 @@ async fn rotate_jwt_key_with_the_key_set_in_secrets_manager() {
         ),
     );
     // staging's key set and kisumctl's credential, as the platform uses them.
-    let client = secrets_manager(&moto);
+    let client = moto.secrets_manager();
     let old = site.key_set();
     for (name, key, value) in [
         (KEY_SET_SECRET, "key-set.json", old.to_json()),
