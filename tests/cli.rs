@@ -24,8 +24,6 @@ mod help;
 mod local_commands;
 #[path = "cli/manifests.rs"]
 mod manifests;
-#[path = "cli/moto.rs"]
-mod moto;
 #[path = "cli/pebble.rs"]
 mod pebble;
 #[path = "cli/proxy.rs"]

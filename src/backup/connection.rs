@@ -14,7 +14,7 @@
 //!   names is the live one: a restore repoints it (see `restore`).
 //! - Redis: `password` of secret `redis-admin-credentials` when present.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use super::manifest::EngineKind;
 use crate::matrix::Environment;
@@ -163,16 +163,50 @@ pub fn postgres_login(
 
 /// The MongoDB connection string for a target (may hold a password: never
 /// print it).
+///
+/// The service's own URL when it carries no login (a server without access
+/// control, such as the local one); else the administrator's `url` of
+/// secret `<cluster>-superuser`, since restores and drills create
+/// databases and roles the service's user may not.
 pub fn mongo_url(target: &Target, store: &dyn SecretStore) -> Result<Secret> {
     if let Some(secret) = &target.credentials
         && let Some(url) = store.read(secret, "url")?
     {
-        return Ok(url);
+        if !has_login(url.expose()) {
+            return Ok(url);
+        }
+        let admin = crate::matrix::model::superuser_secret(&target.cluster);
+        return store.read(&admin, "url")?.with_context(|| {
+            format!(
+                "{}'s URL carries a login, and there is no administrative login for {}: secret \
+                 `{admin}` key `url` is missing in {}",
+                target.id,
+                target.cluster,
+                store.describe()
+            )
+        });
     }
     Ok(Secret::new(format!(
         "mongodb://{}:{}/?directConnection=true&connectTimeoutMS=60000&serverSelectionTimeoutMS=60000",
         target.host, target.port
     )))
+}
+
+/// Whether a connection URL carries a user (and password).
+pub fn has_login(url: &str) -> bool {
+    url.split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or_default())
+        .is_some_and(|authority| authority.contains('@'))
+}
+
+/// The value of option `name` in a URL's query, if set.
+pub fn url_option(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1.split('#').next()?;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
 }
 
 /// The database a MongoDB URL names in its path, if any.
@@ -226,6 +260,15 @@ pub fn redis_password(store: &dyn SecretStore) -> Result<Option<Secret>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logins_and_options_are_read_from_urls() {
+        let url = "mongodb://basic_app:p%40w@db:27017/main_restored_x?authSource=main&tls=true";
+        assert!(has_login(url));
+        assert!(!has_login("mongodb://127.0.0.1:27117/main?x=a@b"));
+        assert_eq!(url_option(url, "authSource").as_deref(), Some("main"));
+        assert_eq!(url_option(url, "replicaSet"), None);
+    }
 
     #[test]
     fn a_url_is_repointed_to_another_database() {

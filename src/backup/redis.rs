@@ -207,6 +207,15 @@ impl ScratchServer {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory it serves the snapshot from.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     fn target(&self) -> Target {
         Target {
             id: "redis".into(),

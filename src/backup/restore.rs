@@ -74,6 +74,10 @@ pub struct Journal {
     /// Set by `--cleanup` once what the restore kept is gone.
     #[serde(default)]
     pub cleaned: bool,
+    /// Redis: the scratch `redis-server` (pid, directory) while it runs,
+    /// so that the recovery after a SIGKILL stops it and removes its copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_server: Option<(u32, PathBuf)>,
 }
 
 impl Journal {
@@ -315,20 +319,14 @@ async fn plan_mongo(cx: &Context<'_>, target: &Target, stamp: &str, plan: &mut P
         .credentials
         .as_deref()
         .context("the database has no credentials secret to repoint")?;
-    let url = cx.secrets.read(secret, "url")?.with_context(|| {
+    cx.secrets.read(secret, "url")?.with_context(|| {
         format!(
             "secret `{secret}` has no `url`: the service's connection cannot be repointed (run \
              `kisumctl db provision` first)"
         )
     })?;
-    if url.expose().contains('@') {
-        bail!(
-            "{}'s URL carries a login: the service's user lives in its database, and moving it to \
-             a restored copy is not implemented yet (only servers without user management, such \
-             as the local one, can be restored)",
-            target.id
-        );
-    }
+    let login = mongo_login(cx, target)?;
+    let url = connection::mongo_url(target, cx.secrets.as_ref())?;
     let live = connection::mongo_database(target, cx.secrets.as_ref())?;
     let client = mongo::client(&url).await?;
     plan.original_exists = !client
@@ -351,6 +349,15 @@ async fn plan_mongo(cx: &Context<'_>, target: &Target, stamp: &str, plan: &mut P
             "verify the document counts of {} collection(s) against the manifest",
             plan.backup.counts.len()
         ),
+    ]);
+    if let Some(login) = &login {
+        plan.steps.push(format!(
+            "let user {} use {}: createRole {} there (its actions on that database only), \
+             grantRolesToUser in {}",
+            login.user, plan.scratch, login.role, login.user_db
+        ));
+    }
+    plan.steps.extend([
         format!(
             "point the service at {}: rewrite `url` of secret {secret} (one atomic replace), then \
              restart {owner} where kisumctl runs it",
@@ -418,6 +425,68 @@ fn marker(journal: &Journal) -> String {
     format!("kisumctl:restore:{}", journal.restore_id)
 }
 
+/// The service's MongoDB login, on a server with user management.
+struct MongoLogin {
+    user: String,
+    role: String,
+    /// The database the user is defined in (`authSource`).
+    user_db: String,
+}
+
+/// The service's login when its credentials URL carries one; `None` on a
+/// server without access control (the local emulator).
+fn mongo_login(cx: &Context<'_>, target: &Target) -> Result<Option<MongoLogin>> {
+    let Some(secret) = &target.credentials else {
+        return Ok(None);
+    };
+    let Some(url) = cx.secrets.read(secret, "url")? else {
+        return Ok(None);
+    };
+    if !connection::has_login(url.expose()) {
+        return Ok(None);
+    }
+    let owner = &cx.env.base.databases[&target.id].owner;
+    let (user, role) = crate::db::provision::mongo_names(owner);
+    let user_db =
+        connection::url_option(url.expose(), "authSource").unwrap_or_else(|| target.name.clone());
+    Ok(Some(MongoLogin {
+        user,
+        role,
+        user_db,
+    }))
+}
+
+/// Before the repoint: the service's user gets the role of the restored
+/// database (nothing to do without user management).
+async fn follow(cx: &Context<'_>, target: &Target, to: &str) -> Result<()> {
+    let Some(login) = mongo_login(cx, target)? else {
+        return Ok(());
+    };
+    use crate::db::provision;
+    let admin = connection::mongo_url(target, cx.secrets.as_ref())?;
+    let exists = provision::role_exists(&admin, to, &login.role).await?;
+    let commands = provision::follow_commands(&login.user, &login.role, &login.user_db, to, exists);
+    provision::run_user_commands(&admin, &commands)
+        .await
+        .with_context(|| format!("granting {} the use of {to}", login.user))
+}
+
+/// Before database `from` is dropped: the user's role on it goes.
+async fn release(cx: &Context<'_>, target: &Target, from: &str) -> Result<()> {
+    let Some(login) = mongo_login(cx, target)? else {
+        return Ok(());
+    };
+    use crate::db::provision;
+    let admin = connection::mongo_url(target, cx.secrets.as_ref())?;
+    if !provision::role_exists(&admin, from, &login.role).await? {
+        return Ok(());
+    }
+    let commands = provision::release_commands(&login.user, &login.role, &login.user_db, from);
+    provision::run_user_commands(&admin, &commands)
+        .await
+        .with_context(|| format!("revoking {}'s use of {from}", login.user))
+}
+
 /// Whether the swap of an interrupted restore happened.
 async fn swap_happened(cx: &Context<'_>, target: &Target, journal: &Journal) -> Result<bool> {
     match target.engine {
@@ -453,6 +522,7 @@ async fn drop_scratch(cx: &Context<'_>, target: &Target, journal: &Journal) -> R
             if journal.scratch == connection::mongo_database(target, cx.secrets.as_ref())? {
                 return Ok(());
             }
+            release(cx, target, &journal.scratch).await?;
             let url = connection::mongo_url(target, cx.secrets.as_ref())?;
             mongo::drop_database(&url, &journal.scratch).await
         }
@@ -465,6 +535,26 @@ async fn drop_scratch(cx: &Context<'_>, target: &Target, journal: &Journal) -> R
             Ok(())
         }
     }
+}
+
+/// Stops the scratch `redis-server` a killed restore left running (only
+/// when the pid is still a redis-server working in that directory) and
+/// removes its directory.
+fn stop_scratch_server(journal: &Journal) {
+    let Some((pid, dir)) = &journal.scratch_server else {
+        return;
+    };
+    // redis-server rewrites its command line, but works in its --dir.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let ours = comm.trim() == "redis-server" && cwd.as_deref() == Some(dir.as_path());
+    if ours
+        && let Ok(raw) = i32::try_from(*pid)
+        && let Some(pid) = rustix::process::Pid::from_raw(raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Settles what an interrupted restore of `target` left behind; answers a
@@ -481,6 +571,7 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
             journal.restore_id
         );
     }
+    stop_scratch_server(&journal);
     let last = journal.last();
     let swapped = match last {
         Step::Swapped => true,
@@ -541,6 +632,7 @@ pub async fn run(
         error: None,
         redis_pairs: plan.redis_pairs.clone(),
         cleaned: false,
+        scratch_server: None,
     };
     record(&cx.state_dir, &mut journal, Step::Started)?;
 
@@ -623,6 +715,9 @@ async fn steps(
                 .await?;
         }
     }
+    if target.engine == EngineKind::Mongodb {
+        follow(cx, target, &journal.scratch).await?;
+    }
     record(&cx.state_dir, journal, Step::Swapping)?;
     let repointed = match target.engine {
         EngineKind::Postgresql => {
@@ -703,6 +798,7 @@ async fn restore_redis(
     for (_, staging) in &journal.redis_pairs {
         live.flush(*staging).await?;
     }
+    journal.scratch_server = Some((scratch.pid(), scratch.dir().to_path_buf()));
     record(&cx.state_dir, journal, Step::Created)?;
     let mut counts = std::collections::BTreeMap::new();
     for (source, staging) in &journal.redis_pairs {
@@ -711,6 +807,8 @@ async fn restore_redis(
             counts.insert(format!("db{source}"), copied);
         }
     }
+    drop(scratch);
+    journal.scratch_server = None;
     record(&cx.state_dir, journal, Step::Restored)?;
     Ok(counts)
 }
@@ -770,8 +868,9 @@ fn restart_local_service(state_dir: &Path, service: &str) -> Option<u32> {
 }
 
 /// Drops what earlier restores of `target` kept (the previous database or
-/// keys) and what an abandoned restore left. Answers what was dropped.
-pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<Vec<String>> {
+/// keys) and what an interrupted restore left. Answers what was found of
+/// an interrupted restore, and what was dropped.
+pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<(Option<String>, Vec<String>)> {
     if let Some(journal) = read_journal(&cx.state_dir, &target.id)?
         && running_elsewhere(&journal)
     {
@@ -781,7 +880,7 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<Vec<String>> {
             journal.pid
         );
     }
-    recover(cx, target).await?;
+    let recovered = recover(cx, target).await?;
     let mut dropped = Vec::new();
     if target.engine == EngineKind::Postgresql {
         let login = pg_login(cx, target)?;
@@ -792,7 +891,7 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<Vec<String>> {
                 dropped.push(name);
             }
         }
-        return Ok(dropped);
+        return Ok((recovered, dropped));
     }
     // MongoDB and Redis: what each finished restore recorded, once.
     for (path, mut journal) in history(&cx.state_dir, &target.id)? {
@@ -803,6 +902,7 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<Vec<String>> {
             (EngineKind::Mongodb, Step::Swapped) if journal.original_exists => {
                 let live = connection::mongo_database(target, cx.secrets.as_ref())?;
                 if journal.previous != live {
+                    release(cx, target, &journal.previous).await?;
                     let url = connection::mongo_url(target, cx.secrets.as_ref())?;
                     mongo::drop_database(&url, &journal.previous).await?;
                     dropped.push(journal.previous.clone());
@@ -821,5 +921,5 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<Vec<String>> {
         journal.cleaned = true;
         write_json_atomic(&path, &journal)?;
     }
-    Ok(dropped)
+    Ok((recovered, dropped))
 }

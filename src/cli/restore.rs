@@ -225,7 +225,17 @@ async fn cleanup(
     let mut dropped = Vec::new();
     for target in targets {
         match restore::cleanup(cx, target).await {
-            Ok(names) => dropped.extend(names),
+            Ok((recovered, names)) => {
+                if let Some(note) = recovered {
+                    errln!(
+                        "restore {} {}: {}",
+                        cx.env.name,
+                        target.id,
+                        printable(&note)
+                    );
+                }
+                dropped.extend(names);
+            }
             Err(error) => {
                 return Ok(refuse(
                     format,

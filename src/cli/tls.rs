@@ -20,6 +20,8 @@ use crate::tls::{self, HostStatus, Thresholds, TlsHost};
 /// Every public service and frontend gets a certificate for its host,
 /// kept in the environment's secret store as secret `tls-<id>` (keys
 /// `tls.crt` and `tls.key`): the Kubernetes TLS secret its Ingress names.
+/// Where `tls.mode` is `self-signed` (local), `issue` and `renew` make a
+/// self-signed certificate per host instead, valid 90 days, without ACME.
 /// The ACME account key is secret `acme-account-key` (key `key.pem`),
 /// created on first use. Domain control is proven with DNS-01 through
 /// Route53 (TXT records `_acme-challenge.<host>`, removed afterwards) or,
@@ -189,21 +191,20 @@ fn obtain(
         dry_run,
         output,
     } = run;
-    if env.file.tls.mode != TlsMode::Acme {
-        let mode = match env.file.tls.mode {
-            TlsMode::SelfSigned => "self-signed (a private CA)",
-            _ => "disabled",
-        };
+    if env.file.tls.mode == TlsMode::Disabled {
         let message = format!(
-            "tls.mode is {mode} in environment {}: kisumctl obtains certificates from ACME only \
-             (mode acme)",
+            "tls.mode is disabled in environment {}: there is no certificate to obtain",
             env.name
         );
         return Ok(refuse(output, &message, Exit::UnusableInput));
     }
-    let settings = match settings(dir, env, args) {
-        Ok(settings) => settings,
-        Err(message) => return Ok(refuse(output, &message, Exit::UnusableInput)),
+    let settings = if env.file.tls.mode == TlsMode::SelfSigned {
+        None
+    } else {
+        match settings(dir, env, args) {
+            Ok(settings) => Some(settings),
+            Err(message) => return Ok(refuse(output, &message, Exit::UnusableInput)),
+        }
     };
     // Hosts a renewal leaves alone because nobody issued them yet.
     let never: Vec<&HostStatus> = statuses
@@ -212,7 +213,7 @@ fn obtain(
         .collect();
     let results: Vec<Issued> = if dry_run || due.is_empty() {
         vec![]
-    } else {
+    } else if let Some(settings) = &settings {
         errln!(
             "tls {}: {} certificate(s) from {} ({:?})",
             env.name,
@@ -224,12 +225,21 @@ fn obtain(
             .worker_threads(2)
             .enable_all()
             .build()?;
-        match runtime.block_on(acme::issue(env, store, &settings, &due)) {
+        match runtime.block_on(acme::issue(env, store, settings, &due)) {
             Ok(results) => results,
             Err(error) => {
                 return Ok(refuse(output, &format!("{error:#}"), Exit::OperationFailed));
             }
         }
+    } else {
+        errln!(
+            "tls {}: {} self-signed certificate(s) into {}",
+            env.name,
+            due.len(),
+            store.describe()
+        );
+        let now = jiff::Timestamp::now().as_second();
+        tls::selfsigned::issue(store, &due, now)
     };
     let failed = results
         .iter()
@@ -239,8 +249,8 @@ fn obtain(
         OutputFormat::Json => {
             let document = json!({
                 "environment": env.name,
-                "directory": settings.directory,
-                "challenge": settings.challenge,
+                "directory": settings.as_ref().map_or("self-signed", |s| s.directory.as_str()),
+                "challenge": settings.as_ref().map(|s| &s.challenge),
                 "due": due,
                 "dry_run": dry_run,
                 "results": results,

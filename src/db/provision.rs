@@ -165,6 +165,13 @@ pub fn plan(env: &Environment, only: Option<&str>) -> Result<Plan> {
     })
 }
 
+/// The MongoDB user and role of service `owner` (`basic_app`,
+/// `basic_app_role`).
+pub fn mongo_names(owner: &str) -> (String, String) {
+    let base = owner.replace('-', "_");
+    (format!("{base}_app"), format!("{base}_app_role"))
+}
+
 fn database(env: &Environment, target: &Target) -> Result<Database> {
     let spec = &env.base.databases[&target.id];
     let tls_required = env
@@ -183,11 +190,8 @@ fn database(env: &Environment, target: &Target) -> Result<Database> {
             })?,
         },
         _ => {
-            let base = spec.owner.replace('-', "_");
-            Logins::Mongo {
-                user: format!("{base}_app"),
-                role: format!("{base}_app_role"),
-            }
+            let (user, role) = mongo_names(&spec.owner);
+            Logins::Mongo { user, role }
         }
     };
     identifier(&target.name)?;
@@ -268,7 +272,9 @@ impl Admin<'_> {
     /// secret `<cluster>-superuser`.
     fn mongo(&self, db: &Database) -> Result<Secret> {
         if self.env.name == "local" {
-            return Ok(Secret::new(mongo_url(&db.host, db.port, &db.name, None)));
+            return Ok(Secret::new(mongo_url(
+                &db.host, db.port, &db.name, None, &db.name,
+            )));
         }
         let secret = crate::matrix::model::superuser_secret(&db.cluster);
         self.secrets.read(&secret, "url")?.with_context(|| {
@@ -784,13 +790,20 @@ pub fn postgres_url(db: &Database, user: &str, password: &str) -> String {
 }
 
 /// A MongoDB URL naming database `name`, with a login authenticated
-/// against that database when given. Loopback servers are reached
-/// directly, with the patience the emulator needs.
-pub fn mongo_url(host: &str, port: u16, name: &str, login: Option<(&str, &Secret)>) -> String {
+/// against database `auth_source` (where the user is defined) when given.
+/// Loopback servers are reached directly, with the patience the emulator
+/// needs.
+pub fn mongo_url(
+    host: &str,
+    port: u16,
+    name: &str,
+    login: Option<(&str, &Secret)>,
+    auth_source: &str,
+) -> String {
     let mut options = Vec::new();
     let credentials = match login {
         Some((user, password)) => {
-            options.push(format!("authSource={name}"));
+            options.push(format!("authSource={auth_source}"));
             format!("{}:{}@", userinfo(user), userinfo(password.expose()))
         }
         None => String::new(),
@@ -829,8 +842,11 @@ pub fn role_command(role: &str, database: &str, exists: bool) -> Document {
 }
 
 /// `createUser` (or `updateUser` when it exists) of the service's user,
-/// holding only `role` of `database`, with a SCRAM-SHA-256 password. The
-/// document carries the password: never print it.
+/// holding only `role` of `database`, with a SCRAM-SHA-256 password. Sent
+/// to the database the user is defined in (the matrix's name of the
+/// database, which a restore never moves), while `database` is the one
+/// that serves (a restored copy after a restore). The document carries the
+/// password: never print it.
 pub fn user_command(
     user: &str,
     password: &Secret,
@@ -845,6 +861,85 @@ pub fn user_command(
         "roles": [{ "role": role, "db": database }],
         "mechanisms": ["SCRAM-SHA-256"],
     }
+}
+
+/// `grantRolesToUser`: `user` also holds `role` of `database` (sent to the
+/// database the user is defined in).
+pub fn grant_role_command(user: &str, role: &str, database: &str) -> Document {
+    doc! { "grantRolesToUser": user, "roles": [{ "role": role, "db": database }] }
+}
+
+/// `revokeRolesFromUser`: `user` no longer holds `role` of `database`.
+pub fn revoke_role_command(user: &str, role: &str, database: &str) -> Document {
+    doc! { "revokeRolesFromUser": user, "roles": [{ "role": role, "db": database }] }
+}
+
+/// `dropRole`, sent to the database the role is defined in.
+pub fn drop_role_command(role: &str) -> Document {
+    doc! { "dropRole": role }
+}
+
+/// What lets the service's user use database `to`, a restored copy that a
+/// restore is about to point it at, as `(database sent to, command)` in
+/// order: the service's role defined in `to` with the actions on `to`
+/// only (`createRole`, or `updateRole` when a rerun finds it), then granted
+/// to the user in `user_db`, where it is defined. The user keeps its role
+/// on the previous database until `restore --cleanup` (see
+/// [`release_commands`]) or the next `db provision`, whose `updateUser`
+/// leaves it only the live one.
+pub fn follow_commands(
+    user: &str,
+    role: &str,
+    user_db: &str,
+    to: &str,
+    role_exists: bool,
+) -> Vec<(String, Document)> {
+    vec![
+        (to.to_string(), role_command(role, to, role_exists)),
+        (user_db.to_string(), grant_role_command(user, role, to)),
+    ]
+}
+
+/// What takes database `from` (a previous or abandoned copy) away from the
+/// service's user before it is dropped: the grant revoked in `user_db`,
+/// then the role of `from` dropped.
+pub fn release_commands(
+    user: &str,
+    role: &str,
+    user_db: &str,
+    from: &str,
+) -> Vec<(String, Document)> {
+    vec![
+        (user_db.to_string(), revoke_role_command(user, role, from)),
+        (from.to_string(), drop_role_command(role)),
+    ]
+}
+
+/// Sends `commands` (from [`follow_commands`] or [`release_commands`])
+/// through the administrator's `admin_url`. A command names its user or
+/// role, never a password, so its error can be shown.
+pub async fn run_user_commands(admin_url: &Secret, commands: &[(String, Document)]) -> Result<()> {
+    let client = crate::backup::mongo::client(admin_url).await?;
+    for (database, command) in commands {
+        let name = command.keys().next().cloned().unwrap_or_default();
+        client
+            .database(database)
+            .run_command(command.clone())
+            .await
+            .with_context(|| format!("{name} on database {database}"))?;
+    }
+    Ok(())
+}
+
+/// Whether role `role` is defined in database `database`.
+pub async fn role_exists(admin_url: &Secret, database: &str, role: &str) -> Result<bool> {
+    let client = crate::backup::mongo::client(admin_url).await?;
+    let reply = client
+        .database(database)
+        .run_command(roles_info(role))
+        .await
+        .context("rolesInfo")?;
+    Ok(lists_one(&reply, "roles"))
 }
 
 /// Whether a command failed because the server does not implement it.
@@ -888,8 +983,11 @@ async fn apply_mongo(
         .unwrap_or(&db.name)
         .to_string();
     let client = crate::backup::mongo::client(admin_url).await?;
+    // The user is defined in the matrix's database, which no restore
+    // moves; its role in the live one, on that one only.
+    let home = client.database(&db.name);
     let database = client.database(&live);
-    let url = match database.run_command(users_info(user)).await {
+    let url = match home.run_command(users_info(user)).await {
         Err(error) if unsupported(&error) => {
             let mut change = Change::new(&db.id, format!("user {user}"), Outcome::Skipped);
             change.note = Some(
@@ -898,7 +996,7 @@ async fn apply_mongo(
                     .into(),
             );
             record(change);
-            mongo_url(&db.host, db.port, &live, None)
+            mongo_url(&db.host, db.port, &live, None, &db.name)
         }
         Err(error) => return Err(error).context("usersInfo"),
         Ok(users) => {
@@ -921,8 +1019,7 @@ async fn apply_mongo(
                 },
             ));
             let user_exists = lists_one(&users, "users");
-            database
-                .run_command(user_command(user, &password, role, &live, user_exists))
+            home.run_command(user_command(user, &password, role, &live, user_exists))
                 .await
                 // The driver's error would not hold the command, but say
                 // only what failed.
@@ -936,7 +1033,7 @@ async fn apply_mongo(
                     Outcome::Created
                 },
             ));
-            mongo_url(&db.host, db.port, &live, Some((user, &password)))
+            mongo_url(&db.host, db.port, &live, Some((user, &password)), &db.name)
         }
     };
     let changed = put(secrets, &db.credentials, "username", &Secret::new(user))?;
@@ -1051,11 +1148,80 @@ mod tests {
         );
         let update = user_command("basic_app", &password, "basic_app_role", "main", true);
         assert_eq!(update.get_str("updateUser").unwrap(), "basic_app");
+        // After a restore, provisioning leaves the user only the role of
+        // the database that serves.
+        let after = user_command(
+            "basic_app",
+            &password,
+            "basic_app_role",
+            "main_restored_20260101t000000z",
+            true,
+        );
+        assert_eq!(
+            after,
+            doc! {
+                "updateUser": "basic_app",
+                "pwd": "pw-from-the-store",
+                "roles": [{ "role": "basic_app_role", "db": "main_restored_20260101t000000z" }],
+                "mechanisms": ["SCRAM-SHA-256"],
+            }
+        );
         assert_eq!(users_info("basic_app"), doc! { "usersInfo": "basic_app" });
         assert_eq!(
             roles_info("basic_app_role"),
             doc! { "rolesInfo": "basic_app_role" }
         );
+    }
+
+    #[test]
+    fn a_restored_copy_is_granted_to_the_user_and_the_previous_one_released() {
+        let to = "main_restored_20260101t000000z";
+        assert_eq!(mongo_names("platform-core").0, "platform_core_app");
+        assert_eq!(
+            follow_commands("basic_app", "basic_app_role", "main", to, false),
+            vec![
+                (
+                    to.to_string(),
+                    doc! {
+                        "createRole": "basic_app_role",
+                        "privileges": [{
+                            "resource": { "db": to, "collection": "" },
+                            "actions": MONGO_ACTIONS.to_vec(),
+                        }],
+                        "roles": [],
+                    }
+                ),
+                (
+                    "main".to_string(),
+                    doc! {
+                        "grantRolesToUser": "basic_app",
+                        "roles": [{ "role": "basic_app_role", "db": to }],
+                    }
+                ),
+            ]
+        );
+        let rerun = follow_commands("basic_app", "basic_app_role", "main", to, true);
+        assert_eq!(rerun[0].1.get_str("updateRole").unwrap(), "basic_app_role");
+        assert_eq!(
+            release_commands("basic_app", "basic_app_role", "main", "main"),
+            vec![
+                (
+                    "main".to_string(),
+                    doc! {
+                        "revokeRolesFromUser": "basic_app",
+                        "roles": [{ "role": "basic_app_role", "db": "main" }],
+                    }
+                ),
+                ("main".to_string(), doc! { "dropRole": "basic_app_role" }),
+            ]
+        );
+        // No command but createUser/updateUser carries a password.
+        for (_, command) in follow_commands("basic_app", "basic_app_role", "main", to, false)
+            .into_iter()
+            .chain(release_commands("basic_app", "basic_app_role", "main", to))
+        {
+            assert!(!command.contains_key("pwd"), "{command}");
+        }
     }
 
     #[test]
@@ -1079,13 +1245,14 @@ mod tests {
             mongo_url(
                 "mongo.internal",
                 27017,
-                "main",
-                Some(("basic_app", &password))
+                "main_restored_20260101t000000z",
+                Some(("basic_app", &password)),
+                "main"
             ),
-            "mongodb://basic_app:a%20b@mongo.internal:27017/main?authSource=main"
+            "mongodb://basic_app:a%20b@mongo.internal:27017/main_restored_20260101t000000z?authSource=main"
         );
         assert!(
-            mongo_url("127.0.0.1", 27117, "main", None)
+            mongo_url("127.0.0.1", 27117, "main", None, "main")
                 .starts_with("mongodb://127.0.0.1:27117/main?directConnection=true")
         );
     }

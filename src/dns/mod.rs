@@ -157,7 +157,8 @@ async fn plan_zones(
 }
 
 /// Applies every change of `plan`, zone by zone, in batches within
-/// Route53's limits, then waits until each change is INSYNC.
+/// Route53's limits, then (once every zone's batches are sent) waits until
+/// each change is INSYNC.
 ///
 /// A batch Route53 refuses (a record created meanwhile by someone else, a
 /// delete that no longer matches) is retried record by record, so that one
@@ -166,6 +167,10 @@ async fn plan_zones(
 /// records applied until then keep their outcome.
 pub async fn apply(r53: &Route53, plan: &mut Plan, wait: Duration) -> Result<()> {
     let comment = format!("kisumctl dns apply {} ({})", plan.environment, plan.owner);
+    // Every zone's batches go out before any is waited for: a wait takes
+    // up to a minute on AWS, and one that times out must not keep the
+    // other zones' records from being sent.
+    let mut changes_sent = Vec::new();
     for zone in &mut plan.zones {
         let Some(hosted) = zone.hosted_zone.clone() else {
             continue;
@@ -181,7 +186,6 @@ pub async fn apply(r53: &Route53, plan: &mut Plan, wait: Duration) -> Result<()>
             .iter()
             .map(|(_, name, changes)| (name.as_str(), changes.as_slice()))
             .collect();
-        let mut changes_sent = Vec::new();
         for members in batch::batches(&units, batch::ROUTE53) {
             let changes = batch::ordered(&units, &members);
             let outcome = r53.change(&hosted, &changes, &comment).await;
@@ -212,9 +216,9 @@ pub async fn apply(r53: &Route53, plan: &mut Plan, wait: Duration) -> Result<()>
                 zone.planned[owned[n].0].outcome = Some(outcome);
             }
         }
-        for id in changes_sent {
-            r53.wait_insync(&id, wait).await?;
-        }
+    }
+    for id in changes_sent {
+        r53.wait_insync(&id, wait).await?;
     }
     Ok(())
 }

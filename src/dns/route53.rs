@@ -250,11 +250,18 @@ impl Route53 {
                 .send()
                 .await
                 .map_err(|e| sdk_error(&format!("reading change {id}"), e))?;
-            if change.change_info().map(|i| i.status()) == Some(&ChangeStatus::Insync) {
+            let status = change.change_info().map(|i| i.status());
+            if status == Some(&ChangeStatus::Insync) {
                 return Ok(());
             }
             if Instant::now() + delay > deadline {
-                bail!("change {id} is not INSYNC after {} s", timeout.as_secs());
+                bail!(
+                    "change {id} is still {} after {} s (--wait-timeout): Route53 accepted it, \
+                     but not every one of its name servers serves it yet; run `dns apply` again \
+                     (it changes nothing and waits again) or wait longer",
+                    status.map_or("without a status", |s| s.as_str()),
+                    timeout.as_secs()
+                );
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));

@@ -554,7 +554,8 @@ pub struct IngressAlias {
 pub enum TlsMode {
     /// Certificates from the ACME directory of the TLS policy.
     Acme,
-    /// A private CA kept in the state directory (local only).
+    /// A self-signed certificate per public host, made by `kisumctl tls
+    /// issue` into the secret store (local only).
     SelfSigned,
     /// No TLS at all; `validate` rejects this for any public host.
     Disabled,

@@ -1,11 +1,13 @@
 //! `kisumctl tls`: a certificate for every public host, from ACME
-//! (`acme`), kept in the environment's secret store as secret
+//! (`acme`) or, with `tls.mode: self-signed` (local), made here
+//! (`selfsigned`), kept in the environment's secret store as secret
 //! `tls-<service or frontend>` with keys `tls.crt` (the chain, PEM) and
 //! `tls.key` (PEM). Those are the names of the `kubernetes.io/tls` Secrets
 //! the rendered Ingresses reference. Never prints.
 
 pub mod acme;
 pub mod cert;
+pub mod selfsigned;
 
 use serde::Serialize;
 

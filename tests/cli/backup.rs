@@ -528,16 +528,7 @@ fn s3_site(postgres_port: u16, moto: &Moto) -> Site {
     });
     // Dummy credentials; no instance metadata; any default endpoint is a
     // dead loopback port, so nothing can leave the machine.
-    site.env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-    ]
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .to_vec();
+    site.env = crate::common::sealed_aws();
     site
 }
 

@@ -84,16 +84,26 @@ pub const SMOKE_CHECKS: [&str; 9] = [
 /// metadata, no configuration files, and a default endpoint on a dead
 /// loopback port, so nothing can ever reach AWS. A test names moto's
 /// endpoint itself (in the matrix or per service).
-pub const SEALED_AWS: [(&str, &str); 6] = [
+pub const SEALED_AWS: [(&str, &str); 7] = [
     ("AWS_ACCESS_KEY_ID", "test"),
     ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
     ("AWS_EC2_METADATA_DISABLED", "true"),
     ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
     ("AWS_CONFIG_FILE", "/dev/null"),
     ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
 ];
 
-/// moto (S3, Secrets Manager) on a free loopback port, stopped on drop.
+/// [`SEALED_AWS`] as owned pairs, for a site's environment.
+pub fn sealed_aws() -> Vec<(String, String)> {
+    SEALED_AWS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// moto (S3, Secrets Manager, Route53) on a free loopback port, stopped on
+/// drop: the one moto harness of the tests, over `kisum_testkit::Moto`.
 pub struct Moto(kisum_testkit::Moto);
 
 impl Moto {
@@ -107,6 +117,18 @@ impl Moto {
 
     pub fn endpoint(&self) -> String {
         self.0.endpoint()
+    }
+
+    /// A Secrets Manager client on this moto, with fixed dummy credentials.
+    pub fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_secretsmanager::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(self.endpoint())
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(config)
     }
 
     pub async fn create_bucket(&self, bucket: &str) {

@@ -9,7 +9,7 @@ use sha2::Digest as _;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 
-use crate::common::{root, stderr, stdout};
+use crate::common::{Moto, root, sealed_aws, stderr, stdout};
 use crate::site::{Site, connect, exec};
 
 /// A site on a fresh PostgreSQL and mongoeco.
@@ -26,6 +26,13 @@ pub async fn site() -> (Site, Postgres, Mongo) {
 /// From now on every login needs its password (SCRAM), the superuser's
 /// included; the site's secret store gets that password.
 pub async fn require_passwords(site: &Site, pg: &Postgres) {
+    scram_only(pg).await;
+    site.secret("local-postgres-superuser", "password", "superuser-secret");
+}
+
+/// Every login of `pg` needs its password; the superuser's is
+/// `superuser-secret`.
+async fn scram_only(pg: &Postgres) {
     let mut admin = connect(pg, "postgres").await;
     exec(&mut admin, "ALTER ROLE kisum PASSWORD 'superuser-secret'").await;
     let hba = pg.data_dir().join("pg_hba.conf");
@@ -33,7 +40,6 @@ pub async fn require_passwords(site: &Site, pg: &Postgres) {
     std::fs::write(&hba, text.replace("trust", "scram-sha-256")).unwrap();
     exec(&mut admin, "SELECT pg_reload_conf()").await;
     admin.close().await.unwrap();
-    site.secret("local-postgres-superuser", "password", "superuser-secret");
 }
 
 async fn login(url: &str) -> Result<PgConnection, sqlx::Error> {
@@ -232,6 +238,142 @@ async fn provisioning_plans_any_environment_and_refuses_unknown_databases() {
         "{}",
         stderr(&unknown)
     );
+}
+
+/// The keys of secret `name` (AWSCURRENT) in moto's Secrets Manager.
+async fn aws_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    name: &str,
+) -> std::collections::BTreeMap<String, String> {
+    crate::common::secret_at(client, name, "AWSCURRENT")
+        .await
+        .unwrap_or_else(|| panic!("{name}: no AWSCURRENT version"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_an_aws_environment_keeps_its_credentials_in_secrets_manager() {
+    // staging as the matrix has it (Secrets Manager, prefix kisum/staging/),
+    // with its secret endpoint on moto and auth-db on a private cluster
+    // that requires passwords.
+    let pg = Postgres::start().await.unwrap();
+    scram_only(&pg).await;
+    let moto = Moto::start().await;
+    let mut site = Site::new(pg.port());
+    site.env = sealed_aws();
+    site.edit("environments/staging.yaml", |t| {
+        t.replace(
+            "  prefix: kisum/staging/\n",
+            &format!("  prefix: kisum/staging/\n  endpoint: {}\n", moto.endpoint()),
+        )
+        .replace(
+            "endpoint: { host: auth-postgres.staging.db.kisum.internal, port: 5432, cidr: 10.30.10.0/28 }\n    publicly-accessible: false\n    tls-required: true",
+            &format!(
+                "endpoint: {{ host: 127.0.0.1, port: {}, cidr: 10.30.10.0/28 }}\n    publicly-accessible: false\n    tls-required: false",
+                pg.port()
+            ),
+        )
+    });
+    let client = moto.secrets_manager();
+
+    // Without the administrator's login in Secrets Manager: refused, naming it.
+    let missing = site.expect(&["db", "provision", "staging", "auth-db"], 3);
+    assert!(
+        stderr(&missing).contains("auth-postgres-superuser"),
+        "{}",
+        stderr(&missing)
+    );
+    client
+        .create_secret()
+        .name("kisum/staging/auth-postgres-superuser")
+        .secret_string(
+            serde_json::json!({ "username": "kisum", "password": "superuser-secret" }).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let first = site.expect(&["db", "provision", "staging", "auth-db"], 0);
+    assert!(
+        stderr(&first).contains("auth-db: role auth_migrator created"),
+        "{}",
+        stderr(&first)
+    );
+    assert!(
+        stderr(&first).contains("auth-db: secret auth-db-credentials updated"),
+        "{}",
+        stderr(&first)
+    );
+    let app = aws_secret(&client, "kisum/staging/auth-db-credentials").await;
+    let migration = aws_secret(&client, "kisum/staging/auth-db-migration-credentials").await;
+    assert_eq!(app["username"], "auth_app_a");
+    assert_eq!(migration["username"], "auth_migrator");
+    assert!(app["password"].len() >= 32 && migration["password"].len() >= 32);
+    assert!(
+        app["url"].starts_with("postgres://auth_app_a:"),
+        "{}",
+        app["url"].len()
+    );
+    // Nothing went to local files (the site's local store holds only what
+    // the test put there for `local`).
+    assert!(!site.root().join(".kisum/staging").exists());
+    let local: Vec<_> = std::fs::read_dir(site.secrets_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(local, ["local-postgres-superuser"]);
+
+    // The logins work with what Secrets Manager holds.
+    let mut service = login(&app["url"]).await.expect("the service's login");
+    let denied = fails(&mut service, "CREATE TABLE public.t (id int)").await;
+    assert!(denied.contains("permission denied"), "{denied}");
+    service.close().await.unwrap();
+    let mut migrator = login(&migration["url"]).await.expect("the migration login");
+    exec(&mut migrator, "CREATE TABLE notes (id int)").await;
+    migrator.close().await.unwrap();
+
+    // A second run creates nothing, changes no password and makes no new
+    // secret version.
+    let versions = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .list_secret_version_ids()
+                .secret_id(name)
+                .send()
+                .await
+                .unwrap()
+                .versions()
+                .len()
+        }
+    };
+    let before = versions("kisum/staging/auth-db-credentials").await;
+    let second = site.expect(&["db", "provision", "staging", "auth-db"], 0);
+    assert!(
+        stderr(&second).contains(" 0 created, 0 updated,"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(versions("kisum/staging/auth-db-credentials").await, before);
+    assert_eq!(
+        aws_secret(&client, "kisum/staging/auth-db-credentials").await,
+        app
+    );
+    let json = site.expect(&["db", "provision", "staging", "auth-db", "-o", "json"], 0);
+
+    // No credential value on any output.
+    let values = [
+        app["password"].as_str(),
+        migration["password"].as_str(),
+        app["url"].as_str(),
+        "superuser-secret",
+    ];
+    for output in [&missing, &first, &second, &json] {
+        for text in [stdout(output), stderr(output)] {
+            for value in values {
+                assert!(!text.contains(value), "a credential was printed");
+            }
+        }
+    }
 }
 
 /// Copies the services' migration directories into the site, where the

@@ -1,10 +1,10 @@
 //! `kisumctl dns` against moto's Route53, behind a loopback proxy that
-//! can throttle and refuse: ownership and conflicts, more than 100
-//! records (pagination, batching), a refused batch split record by
-//! record, throttling retried, the TTL cutover and its restore.
+//! can throttle, refuse and hold changes PENDING: ownership and
+//! conflicts, more than 100 records (pagination, batching), a refused
+//! batch split record by record, throttling retried, the INSYNC wait and
+//! its timeout, alias, fixed-address and private-zone records, the TTL
+//! cutover and its restore.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::Ordering;
 
 use aws_sdk_route53::types::{
@@ -12,81 +12,8 @@ use aws_sdk_route53::types::{
 };
 use serde_json::Value;
 
-use crate::common::{scratch_copy, stderr, stdout};
-
-/// A scratch matrix whose `dev` environment reaches Route53 at `endpoint`
-/// and keeps its secrets in local files; nothing points at a real ACME
-/// directory or AWS.
-pub struct Site {
-    pub dir: tempfile::TempDir,
-    pub env: Vec<(String, String)>,
-}
-
-impl Site {
-    pub fn new(endpoint: &str) -> Site {
-        let site = Site {
-            dir: scratch_copy(),
-            env: crate::moto::offline_aws_env(),
-        };
-        site.edit("environments/dev.yaml", |t| {
-            t.replace(
-                "  managed: true\n",
-                &format!("  managed: true\n  endpoint: {endpoint}\n"),
-            )
-            .replace(
-                "  backend: aws-secrets-manager\n  account: \"123456789012\"\n  region: eu-west-1\n  prefix: kisum/dev/\n",
-                "  backend: local-files\n  path: .kisum/dev/secrets\n",
-            )
-        });
-        // No ACME directory outside this machine, even by mistake.
-        site.edit("environments/base.yaml", |t| {
-            t.replace(
-                "https://acme-v02.api.letsencrypt.org/directory",
-                "https://127.0.0.1:9/directory",
-            )
-        });
-        site
-    }
-
-    pub fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn edit(&self, file: &str, change: impl FnOnce(&str) -> String) {
-        let path = self.root().join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let changed = change(&text);
-        assert_ne!(changed, text, "{file} did not change");
-        std::fs::write(&path, changed).unwrap();
-    }
-
-    pub fn run(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kisumctl"));
-        command
-            .args(args)
-            .current_dir(self.root())
-            .env_remove("KISUM_MATRIX")
-            .env_remove("KISUM_ACME_DIRECTORY")
-            .env_remove("KISUM_ACME_CA_ROOT")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL_ROUTE_53")
-            .stdin(Stdio::null());
-        for (k, v) in &self.env {
-            command.env(k, v);
-        }
-        command.output().expect("kisumctl runs")
-    }
-
-    /// Runs and asserts the exit code, printing both streams on failure.
-    pub fn expect(&self, args: &[&str], code: i32) -> Output {
-        crate::common::assert_exit(args, self.run(args), code)
-    }
-
-    pub fn json(&self, args: &[&str], code: i32) -> Value {
-        let output = self.expect(args, code);
-        serde_json::from_slice(&output.stdout).expect("a JSON document")
-    }
-}
+use crate::common::{Moto, stderr, stdout};
+use crate::site::Site;
 
 /// The SDK straight at moto (fixed dummy credentials), for setting up
 /// zones and looking at what kisumctl wrote.
@@ -135,11 +62,20 @@ pub fn rrset(name: &str, rtype: RrType, ttl: i64, values: &[&str]) -> ResourceRe
 }
 
 pub async fn create(client: &aws_sdk_route53::Client, zone: &str, sets: Vec<ResourceRecordSet>) {
+    change(client, zone, ChangeAction::Create, sets).await;
+}
+
+async fn change(
+    client: &aws_sdk_route53::Client,
+    zone: &str,
+    action: ChangeAction,
+    sets: Vec<ResourceRecordSet>,
+) {
     let changes = sets
         .into_iter()
         .map(|set| {
             Change::builder()
-                .action(ChangeAction::Create)
+                .action(action.clone())
                 .resource_record_set(set)
                 .build()
                 .unwrap()
@@ -221,9 +157,9 @@ fn line<'a>(plan: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_apply_owns_its_records_and_nothing_else() {
-    let moto = crate::moto::start().await;
-    let proxy = crate::proxy::start(&moto.url(), None).await;
-    let client = route53(&moto.url());
+    let moto = Moto::start().await;
+    let proxy = crate::proxy::start(&moto.endpoint(), None).await;
+    let client = route53(&moto.endpoint());
     let (io, dev) = create_zones(&client).await;
     // Someone else's records: one without an ownership marker, one owned
     // by production, and 250 more so that every listing takes pages.
@@ -259,7 +195,7 @@ async fn dns_apply_owns_its_records_and_nothing_else() {
     }));
     create(&client, &io, foreign).await;
 
-    let site = Site::new(&proxy.url());
+    let site = Site::dev(&proxy.url());
     add_frontends(&site, 120);
 
     let plan = site.json(&["dns", "plan", "dev", "-o", "json"], 1);
@@ -361,13 +297,27 @@ async fn dns_apply_owns_its_records_and_nothing_else() {
     assert_eq!(applied["failed"], 0);
 }
 
+/// moto with the matrix's public zones, the fault-injecting proxy in
+/// front of it, a client straight at moto, the ids of zones `kisum.io` and
+/// `kisum.dev`, and a `dev` site that reaches Route53 through the proxy.
+async fn dev_behind_proxy() -> (
+    Moto,
+    crate::proxy::Proxy,
+    aws_sdk_route53::Client,
+    (String, String),
+    Site,
+) {
+    let moto = Moto::start().await;
+    let proxy = crate::proxy::start(&moto.endpoint(), None).await;
+    let client = route53(&moto.endpoint());
+    let zones = create_zones(&client).await;
+    let site = Site::dev(&proxy.url());
+    (moto, proxy, client, zones, site)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_retries_throttling_and_cuts_ttls_over_and_back() {
-    let moto = crate::moto::start().await;
-    let proxy = crate::proxy::start(&moto.url(), None).await;
-    let client = route53(&moto.url());
-    let (io, _) = create_zones(&client).await;
-    let site = Site::new(&proxy.url());
+    let (_moto, proxy, client, (io, _), site) = dev_behind_proxy().await;
 
     // Three throttled answers in a row are retried with backoff.
     proxy.faults.throttle.store(3, Ordering::SeqCst);
@@ -415,4 +365,263 @@ async fn dns_retries_throttling_and_cuts_ttls_over_and_back() {
     // Where DNS is not managed, nothing is read or written.
     let output = site.expect(&["dns", "plan", "local"], 2);
     assert!(stderr(&output).contains("dns.managed is false"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_apply_waits_for_insync_and_says_when_it_never_comes() {
+    let (_moto, proxy, client, (io, dev), site) = dev_behind_proxy().await;
+
+    // PENDING three times, then INSYNC: apply polls (0.5 s, 1 s, 2 s apart)
+    // and succeeds.
+    proxy.faults.pending.store(3, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let applied = site.json(&["dns", "apply", "dev", "-o", "json"], 0);
+    assert_eq!(summary(&applied, "create"), 10, "{applied:#}");
+    assert_eq!(proxy.counts.pending.load(Ordering::SeqCst), 3);
+    assert!(proxy.counts.get_change.load(Ordering::SeqCst) >= 4);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(3500),
+        "it waited: {:?}",
+        started.elapsed()
+    );
+
+    // A change that stays PENDING past --wait-timeout: exit 3, naming the
+    // change, its status and what to do; the records were accepted.
+    site.edit("environments/dev.yaml", |t| {
+        t.replace(
+            "ingress-target: ingress.dev.kisum.io",
+            "ingress-target: lb2.dev.kisum.io",
+        )
+    });
+    proxy.faults.pending.store(1000, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let output = site.expect(&["dns", "apply", "dev", "--wait-timeout", "2"], 3);
+    let message = stderr(&output);
+    for part in [
+        "error: change",
+        "is still PENDING after 2 s",
+        "dns apply` again",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // Every zone's records were sent before the wait.
+    for (zone, name) in [(&io, "auth-dev.kisum.io"), (&dev, "api-v2-dev.kisum.dev")] {
+        let zone = records(&client, zone).await;
+        assert_eq!(
+            zone[&(name.to_string(), "CNAME".to_string())].1,
+            ["lb2.dev.kisum.io"],
+            "{name}"
+        );
+    }
+
+    // Once Route53 catches up, the next apply finds nothing to change.
+    proxy.faults.pending.store(0, Ordering::SeqCst);
+    let again = site.json(&["dns", "apply", "dev", "-o", "json"], 0);
+    assert_eq!(summary(&again, "unchanged"), 10, "{again:#}");
+}
+
+/// The alias target (DNS name, hosted zone) of a record set, if it is one.
+async fn alias_of(
+    client: &aws_sdk_route53::Client,
+    zone: &str,
+    name: &str,
+    rtype: RrType,
+) -> Option<(String, String)> {
+    let page = client
+        .list_resource_record_sets()
+        .hosted_zone_id(zone)
+        .start_record_name(name)
+        .start_record_type(rtype.clone())
+        .max_items(1)
+        .send()
+        .await
+        .unwrap();
+    let set = page.resource_record_sets().first()?;
+    if set.name().trim_end_matches('.') != name || set.r#type() != &rtype {
+        return None;
+    }
+    let alias = set.alias_target()?;
+    Some((
+        alias.dns_name().trim_end_matches('.').to_string(),
+        alias.hosted_zone_id().to_string(),
+    ))
+}
+
+/// Replaces `from` with `to` in dev.yaml, plans and applies; answers the
+/// plan. Both exit 1: app's foreign record stays a conflict throughout.
+fn edit_and_apply(site: &Site, from: &str, to: &str) -> Value {
+    site.edit("environments/dev.yaml", |t| t.replace(from, to));
+    let plan = site.json(&["dns", "plan", "dev", "-o", "json"], 1);
+    site.expect(&["dns", "apply", "dev"], 1);
+    plan
+}
+
+/// How many records a plan would create, update or delete.
+fn changes(plan: &Value) -> u64 {
+    ["create", "update", "delete"]
+        .iter()
+        .map(|a| summary(plan, a))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_fixed_address_and_private_zone_records() {
+    let moto = Moto::start().await;
+    let client = route53(&moto.endpoint());
+    let (io, _) = create_zones(&client).await;
+    // Someone else's A record where app's would go: never touched.
+    create(
+        &client,
+        &io,
+        vec![rrset("app-dev.kisum.io", RrType::A, 60, &["198.51.100.7"])],
+    )
+    .await;
+    let site = Site::dev(&moto.endpoint());
+    let key = |name: &str, t: &str| (name.to_string(), t.to_string());
+    let hosts = [
+        "auth-dev.kisum.io",
+        "admin-dev.kisum.io",
+        "admin-api-dev.kisum.io",
+    ];
+
+    // Alias A and AAAA records to the load balancer.
+    let plan = edit_and_apply(
+        &site,
+        "  ingress-target: ingress.dev.kisum.io\n",
+        "  ingress-target: ingress.dev.kisum.io\n  ingress-alias: { hosted-zone-id: Z2LBZONE000001 }\n",
+    );
+    assert_eq!(summary(&plan, "conflict"), 1, "{plan:#}");
+    for host in hosts {
+        for rtype in [RrType::A, RrType::Aaaa] {
+            assert_eq!(
+                alias_of(&client, &io, host, rtype.clone()).await,
+                Some(("ingress.dev.kisum.io".into(), "Z2LBZONE000001".into())),
+                "{host} {rtype:?}"
+            );
+        }
+    }
+    let zone = records(&client, &io).await;
+    for marker in [
+        "_kisumctl-a.auth-dev.kisum.io",
+        "_kisumctl-aaaa.auth-dev.kisum.io",
+    ] {
+        assert!(
+            zone[&key(marker, "TXT")].1[0].contains("kisumctl/owner=kisum-dev"),
+            "{marker}"
+        );
+    }
+    assert!(!zone.contains_key(&key("auth-dev.kisum.io", "CNAME")));
+    let again = site.json(&["dns", "plan", "dev", "-o", "json"], 1);
+    assert_eq!(changes(&again), 0, "idempotent: {again:#}");
+    assert_eq!(summary(&again, "conflict"), 1);
+
+    // Fixed addresses instead: the same names become plain A and AAAA.
+    let plan = edit_and_apply(
+        &site,
+        "  ingress-alias: { hosted-zone-id: Z2LBZONE000001 }\n",
+        "  ingress-addresses: [192.0.2.10, \"2001:db8::10\"]\n",
+    );
+    assert!(
+        summary(&plan, "update") >= 2 * hosts.len() as u64,
+        "{plan:#}"
+    );
+    let zone = records(&client, &io).await;
+    for host in hosts {
+        assert_eq!(
+            zone[&key(host, "A")],
+            (Some(300), vec!["192.0.2.10".to_string()])
+        );
+        assert_eq!(
+            zone[&key(host, "AAAA")],
+            (Some(300), vec!["2001:db8::10".to_string()])
+        );
+        assert_eq!(alias_of(&client, &io, host, RrType::A).await, None);
+    }
+    let again = site.json(&["dns", "plan", "dev", "-o", "json"], 1);
+    assert_eq!(changes(&again), 0, "idempotent: {again:#}");
+    assert_eq!(
+        zone[&key("app-dev.kisum.io", "A")].1,
+        ["198.51.100.7"],
+        "the foreign record is untouched"
+    );
+
+    // Internal names in the private zone of the same domain, never in the
+    // public one.
+    let private = client
+        .create_hosted_zone()
+        .name("kisum.io")
+        .caller_reference("test-private-kisum.io")
+        .hosted_zone_config(
+            aws_sdk_route53::types::HostedZoneConfig::builder()
+                .private_zone(true)
+                .build(),
+        )
+        .vpc(
+            aws_sdk_route53::types::Vpc::builder()
+                .vpc_id("vpc-0test")
+                .vpc_region(aws_sdk_route53::types::VpcRegion::EuWest1)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let private = private
+        .hosted_zone()
+        .unwrap()
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_string();
+    let plan = edit_and_apply(
+        &site,
+        "  managed: true\n",
+        "  managed: true\n  internal-target: internal-lb.dev.kisum.internal\n",
+    );
+    assert_eq!(summary(&plan, "create"), 1, "{plan:#}");
+    let inside = records(&client, &private).await;
+    assert_eq!(
+        inside[&key("core-dev.kisum.io", "CNAME")],
+        (
+            Some(300),
+            vec!["internal-lb.dev.kisum.internal".to_string()]
+        )
+    );
+    assert!(
+        inside[&key("_kisumctl-cname.core-dev.kisum.io", "TXT")].1[0]
+            .contains("kisumctl/owner=kisum-dev")
+    );
+    let public = records(&client, &io).await;
+    assert!(!public.contains_key(&key("core-dev.kisum.io", "CNAME")));
+    let again = site.json(&["dns", "plan", "dev", "-o", "json"], 1);
+    assert_eq!(changes(&again), 0, "idempotent: {again:#}");
+
+    // A private record kisumctl does not own is a conflict there too.
+    site.edit("environments/dev.yaml", |t| {
+        t.replace(
+            "internal-lb.dev.kisum.internal",
+            "internal-lb2.dev.kisum.internal",
+        )
+    });
+    change(
+        &client,
+        &private,
+        ChangeAction::Upsert,
+        vec![rrset(
+            "_kisumctl-cname.core-dev.kisum.io",
+            RrType::Txt,
+            300,
+            &["\"heritage=kisumctl,kisumctl/owner=kisum-staging,kisumctl/resource=service/platform-core\""],
+        )],
+    )
+    .await;
+    let plan = site.json(&["dns", "plan", "dev", "-o", "json"], 1);
+    assert_eq!(summary(&plan, "conflict"), 2, "{plan:#}");
+    assert_eq!(summary(&plan, "update"), 0, "{plan:#}");
+    site.expect(&["dns", "apply", "dev"], 1);
+    let inside = records(&client, &private).await;
+    assert_eq!(
+        inside[&key("core-dev.kisum.io", "CNAME")].1,
+        ["internal-lb.dev.kisum.internal"],
+        "another owner's record is left alone"
+    );
 }

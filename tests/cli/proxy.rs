@@ -19,6 +19,10 @@ pub struct Faults {
     /// Change batches whose body contains this text get
     /// `InvalidChangeBatch` (as if the record had been created meanwhile).
     pub refuse_containing: std::sync::Mutex<Option<String>>,
+    /// The next this many `GetChange` answers say `PENDING` where moto
+    /// says `INSYNC` (moto reports every change INSYNC at once; Route53
+    /// takes up to a minute).
+    pub pending: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -27,6 +31,9 @@ pub struct Counts {
     pub throttled: AtomicUsize,
     pub refused: AtomicUsize,
     pub bridged: AtomicUsize,
+    /// `GetChange` requests, and those answered `PENDING`.
+    pub get_change: AtomicUsize,
+    pub pending: AtomicUsize,
 }
 
 struct State {
@@ -111,11 +118,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     state.counts.requests.fetch_add(1, Ordering::SeqCst);
-    let throttle = state
-        .faults
-        .throttle
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-    if throttle.is_ok() {
+    if take_one(&state.faults.throttle) {
         state.counts.throttled.fetch_add(1, Ordering::SeqCst);
         return route53_error("Throttling", "Rate exceeded");
     }
@@ -147,7 +150,16 @@ async fn handle(
     let upstream = request.send().await.unwrap();
     let status = upstream.status();
     let content_type = upstream.headers().get("content-type").cloned();
-    let answer = upstream.bytes().await.unwrap();
+    let mut answer = upstream.bytes().await.unwrap();
+    if method_is_get_change(&text, uri.path()) && status.is_success() {
+        state.counts.get_change.fetch_add(1, Ordering::SeqCst);
+        if take_one(&state.faults.pending) {
+            state.counts.pending.fetch_add(1, Ordering::SeqCst);
+            let xml = String::from_utf8_lossy(&answer)
+                .replace("<Status>INSYNC</Status>", "<Status>PENDING</Status>");
+            answer = Bytes::from(xml);
+        }
+    }
     if is_change
         && status.is_success()
         && let Some(bridge) = &state.bridge
@@ -184,6 +196,19 @@ async fn handle(
     response.body(Body::from(answer)).unwrap()
 }
 
+/// Takes one from a fault's remaining count; `false` when none is left.
+fn take_one(remaining: &AtomicUsize) -> bool {
+    remaining
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// Whether a request is Route53's `GetChange` (`GET /2013-04-01/change/ID`,
+/// no body).
+fn method_is_get_change(body: &str, path: &str) -> bool {
+    body.is_empty() && path.contains("/change/")
+}
+
 /// (action, name, unquoted values) of every `_acme-challenge` TXT change
 /// in a ChangeResourceRecordSets body.
 fn challenge_changes(xml: &str) -> Vec<(String, String, Vec<String>)> {
@@ -213,4 +238,136 @@ fn challenge_changes(xml: &str) -> Vec<(String, String, Vec<String>)> {
             Some((action, name, values))
         })
         .collect()
+}
+
+/// Where a [`Relay`] stops a connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Hold {
+    /// The first request containing this text is never delivered.
+    Request(&'static [u8]),
+    /// The first request containing this text is delivered, its answer is
+    /// not.
+    Reply(&'static [u8]),
+}
+
+/// A TCP relay on loopback in front of a real server (Redis). Once armed,
+/// it freezes the first connection whose request contains a pattern at
+/// that request or at its answer, as if the client froze there, so a test
+/// can kill the client at an exact point. Stops its connections when
+/// dropped.
+pub struct Relay {
+    pub port: u16,
+    armed: Arc<std::sync::Mutex<Option<Hold>>>,
+    held: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    pub async fn start(upstream_port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(std::sync::Mutex::new(None));
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, h) = (armed.clone(), held.clone());
+        let task = tokio::spawn(async move {
+            // Dropped with the task: every connection ends with it.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                else {
+                    continue;
+                };
+                connections.spawn(relay(client, server, a.clone(), h.clone()));
+            }
+        });
+        Relay {
+            port,
+            armed,
+            held,
+            task,
+        }
+    }
+
+    /// Freezes the next connection that sends `hold`'s pattern.
+    pub fn arm(&self, hold: Hold) {
+        self.held.store(false, Ordering::SeqCst);
+        *self.armed.lock().unwrap() = Some(hold);
+    }
+
+    /// Whether the armed pattern was met (and its connection is frozen).
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    armed: Arc<std::sync::Mutex<Option<Hold>>>,
+    held: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let frozen_replies = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let replies_frozen = frozen_replies.clone();
+    let replies = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if replies_frozen.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let requests = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            let hit = {
+                let mut armed = armed.lock().unwrap();
+                let hit = match *armed {
+                    Some(Hold::Request(p)) | Some(Hold::Reply(p)) => {
+                        chunk.windows(p.len()).any(|w| w == p)
+                    }
+                    None => false,
+                };
+                if hit { armed.take() } else { None }
+            };
+            match hit {
+                Some(Hold::Request(_)) => {
+                    held.store(true, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                Some(Hold::Reply(_)) => frozen_replies.store(true, Ordering::SeqCst),
+                None => {}
+            }
+            if server_write.write_all(chunk).await.is_err() {
+                return;
+            }
+            if frozen_replies.load(Ordering::SeqCst) {
+                held.store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    tokio::select! {
+        () = replies => {}
+        () = requests => {}
+    }
 }

@@ -1,12 +1,14 @@
 //! `kisumctl restore` of MongoDB and Redis, and `restore --all`: the swap
 //! equivalents (a repointed MongoDB database, `SWAPDB` for Redis), SIGKILL
-//! during a MongoDB restore, `--cleanup`, and the order of section 22.4.
+//! during a MongoDB restore and at each step of a Redis restore,
+//! `--cleanup`, and the order of section 22.4.
 
 use kisum_testkit::{Mongo, Postgres, Redis};
 use mongodb::bson::{Document, doc};
 use serde_json::Value;
 
 use crate::common::{stderr, stdout};
+use crate::proxy::{Hold, Relay};
 use crate::site::{Site, connect, exec};
 
 /// The database the service's credentials point at.
@@ -230,6 +232,153 @@ async fn a_redis_restore_swaps_databases_and_keeps_the_previous_keys() {
     assert_eq!(size, 0);
     let size: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
     assert_eq!(size, 251, "the live keys stay");
+}
+
+/// The last step of the Redis restore's journal, if there is one.
+fn journal_step(site: &Site) -> Option<String> {
+    let path = site.root().join(".kisum/local/restores/redis.json");
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    value["steps"].as_array()?.last()?[0]
+        .as_str()
+        .map(str::to_string)
+}
+
+async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
+
+async fn redis_db(redis: &Redis, index: u32) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("{}/{index}", redis.url()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_each_step_of_a_redis_restore_leaves_the_original_serving() {
+    // kisumctl reaches Redis through a relay that freezes it at an exact
+    // command, where the test kills it; the test reads Redis directly.
+    let redis = Redis::start().await.unwrap();
+    let relay = Relay::start(redis.port()).await;
+    let site = Site::new(25433);
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 26379", &format!("port: {}", relay.port))
+    });
+    site.edit("environments/base.yaml", |t| {
+        t.replacen("  persistence: none\n", "  persistence: rdb\n", 1)
+    });
+    let mut live = redis_db(&redis, 0).await;
+    let mut pipe = redis::pipe();
+    for n in 0..250 {
+        pipe.set(format!("session:{n}"), format!("value-{n}"))
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut live).await.unwrap();
+    site.backup("redis");
+
+    // (where kisumctl is frozen, the journal's step then, whether the swap
+    // happened, how the test finishes it)
+    let cases: [(Hold, &str, bool, &str); 5] = [
+        (Hold::Request(b"SYNC\r\n"), "started", false, "--cleanup"),
+        (Hold::Request(b"\r\nRESTORE\r\n"), "created", false, "rerun"),
+        (
+            Hold::Request(b"kisumctl:restore:"),
+            "verified",
+            false,
+            "rerun",
+        ),
+        (
+            Hold::Request(b"\r\nSWAPDB\r\n"),
+            "swapping",
+            false,
+            "--cleanup",
+        ),
+        (
+            Hold::Reply(b"\r\nSWAPDB\r\n"),
+            "swapping",
+            true,
+            "--cleanup",
+        ),
+    ];
+    for (n, (hold, step, swapped, finish)) in cases.into_iter().enumerate() {
+        let marker = format!("original-{n}");
+        redis::cmd("SET")
+            .arg("marker")
+            .arg(&marker)
+            .query_async::<()>(&mut live)
+            .await
+            .unwrap();
+        relay.arm(hold);
+        let journal = site
+            .kill_when(&["restore", "local", "redis", "--yes"], async || {
+                if !relay.held() || journal_step(&site)? != step {
+                    return None;
+                }
+                let path = site.root().join(".kisum/local/restores/redis.json");
+                serde_json::from_str::<Value>(&std::fs::read_to_string(path).ok()?).ok()
+            })
+            .await;
+        let staging = u32::try_from(journal["redis_pairs"][0][1].as_u64().unwrap()).unwrap();
+        // Killed while it copied keys, kisumctl left its scratch server.
+        let scratch_server = journal["scratch_server"][0]
+            .as_u64()
+            .map(|pid| u32::try_from(pid).unwrap());
+        assert_eq!(scratch_server.is_some(), step == "created", "{journal}");
+        let mut kept = redis_db(&redis, staging).await;
+        if swapped {
+            // The swap happened before the kill: the backup serves, the
+            // original (with its marker) is the kept previous data.
+            assert_eq!(get(&mut live, "marker").await, None, "{step}");
+            assert_eq!(get(&mut kept, "marker").await, Some(marker.clone()));
+        } else {
+            assert_eq!(
+                get(&mut live, "marker").await,
+                Some(marker.clone()),
+                "killed at {hold:?}: the original still serves"
+            );
+            let size: u64 = redis::cmd("DBSIZE").query_async(&mut live).await.unwrap();
+            assert_eq!(size, 251, "killed at {hold:?}");
+        }
+
+        let args = if finish == "rerun" {
+            vec!["restore", "local", "redis", "--yes"]
+        } else {
+            vec!["restore", "local", "redis", "--cleanup"]
+        };
+        let done = site.expect(&args, 0);
+        let said = stderr(&done) + &stdout(&done);
+        let expected = if swapped {
+            "recorded as complete"
+        } else {
+            "before the swap"
+        };
+        assert!(said.contains(expected), "{hold:?}: {said}");
+        assert!(
+            journal_step(&site).is_none(),
+            "{hold:?}: the journal is closed"
+        );
+        let restored = finish == "rerun" || swapped;
+        assert_eq!(
+            get(&mut live, "marker").await,
+            (!restored).then(|| marker.clone()),
+            "{hold:?}"
+        );
+        assert_eq!(
+            get(&mut live, "session:7").await.as_deref(),
+            Some("value-7")
+        );
+        if finish == "--cleanup" {
+            let size: u64 = redis::cmd("DBSIZE").query_async(&mut kept).await.unwrap();
+            assert_eq!(size, 0, "{hold:?}: nothing is left in the staging index");
+        }
+        if let Some(pid) = scratch_server {
+            assert!(
+                !kisum_testkit::process_alive(pid),
+                "the recovery stopped the scratch redis-server {pid}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -662,7 +662,7 @@ async fn rotate_jwt_key_with_the_key_set_in_secrets_manager() {
         ),
     );
     // staging's key set and kisumctl's credential, as the platform uses them.
-    let client = secrets_manager(&moto);
+    let client = moto.secrets_manager();
     let old = site.key_set();
     for (name, key, value) in [
         (KEY_SET_SECRET, "key-set.json", old.to_json()),

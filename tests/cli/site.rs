@@ -1,6 +1,7 @@
 //! A scratch copy of the matrix whose `local` environment points at the
-//! test peers, with the real binary run against it: shared by the backup
-//! and database tests.
+//! test peers (or whose `dev` environment reaches Route53 on moto), with
+//! the real binary run against it: shared by the backup, database, dns
+//! and tls tests.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,34 @@ impl Site {
             text.replace("port: 25432", &format!("port: {postgres_port}"))
         });
         site.secret("local-postgres-superuser", "username", "kisum");
+        site
+    }
+
+    /// A scratch matrix whose `dev` environment reaches Route53 at
+    /// `endpoint` and keeps its secrets in local files; nothing points at
+    /// a real ACME directory or AWS.
+    pub fn dev(endpoint: &str) -> Site {
+        let site = Site {
+            dir: scratch_copy(),
+            env: crate::common::sealed_aws(),
+        };
+        site.edit("environments/dev.yaml", |t| {
+            t.replace(
+                "  managed: true\n",
+                &format!("  managed: true\n  endpoint: {endpoint}\n"),
+            )
+            .replace(
+                "  backend: aws-secrets-manager\n  account: \"123456789012\"\n  region: eu-west-1\n  prefix: kisum/dev/\n",
+                "  backend: local-files\n  path: .kisum/dev/secrets\n",
+            )
+        });
+        // No ACME directory outside this machine, even by mistake.
+        site.edit("environments/base.yaml", |t| {
+            t.replace(
+                "https://acme-v02.api.letsencrypt.org/directory",
+                "https://127.0.0.1:9/directory",
+            )
+        });
         site
     }
 
@@ -110,6 +139,10 @@ impl Site {
             .args(args)
             .current_dir(self.root())
             .env_remove("KISUM_MATRIX")
+            .env_remove("KISUM_ACME_DIRECTORY")
+            .env_remove("KISUM_ACME_CA_ROOT")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL_ROUTE_53")
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             command.env(k, v);

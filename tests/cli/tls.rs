@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
+use crate::common::Moto;
 use crate::common::{root, stderr, stdout};
-use crate::dns::{Site, create_zones, records, route53};
+use crate::dns::{create_zones, records, route53};
+use crate::site::Site;
 
 /// The public hosts of `dev` and their secret names.
 const HOSTS: [(&str, &str); 10] = [
@@ -79,7 +81,7 @@ fn no_private_key(outputs: &[&std::process::Output]) {
 
 #[test]
 fn tls_status_judges_each_host_and_renew_takes_the_window() {
-    let site = Site::new("http://127.0.0.1:9");
+    let site = Site::dev("http://127.0.0.1:9");
     for (host, secret) in HOSTS {
         let days = match secret {
             "tls-auth" => 20,
@@ -128,24 +130,16 @@ fn tls_status_judges_each_host_and_renew_takes_the_window() {
     let text = site.expect(&["tls", "status", "dev"], 1);
     assert!(stdout(&text).contains("issued for app-dev.kisum.io, not admin-dev.kisum.io"));
     no_private_key(&[&text]);
-
-    // Local's certificates come from a private CA, not ACME.
-    let output = site.expect(&["tls", "issue", "local"], 2);
-    assert!(
-        stderr(&output).contains("self-signed"),
-        "{}",
-        stderr(&output)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_issues_and_renews_through_route53_and_pebble() {
     let pebble = crate::pebble::start().await;
-    let moto = crate::moto::start().await;
-    let proxy = crate::proxy::start(&moto.url(), Some(pebble.challtestsrv_url())).await;
-    let client = route53(&moto.url());
+    let moto = Moto::start().await;
+    let proxy = crate::proxy::start(&moto.endpoint(), Some(pebble.challtestsrv_url())).await;
+    let client = route53(&moto.endpoint());
     let (io, dev) = create_zones(&client).await;
-    let site = Site::new(&proxy.url());
+    let site = Site::dev(&proxy.url());
     let ca_root = pebble.ca_root().display().to_string();
     site.edit("environments/dev.yaml", |t| {
         t.replace(
@@ -249,4 +243,61 @@ async fn tls_issues_and_renews_through_route53_and_pebble() {
     assert_eq!(http["results"][0]["status"], "issued", "{http:#}");
     assert_ne!(read(&site, "tls-auth", "tls.crt"), auth_before);
     no_private_key(&[&issue, &renew, &nothing]);
+}
+
+#[test]
+fn the_local_environment_gets_self_signed_certificates() {
+    // local's tls.mode is self-signed: no ACME, no network.
+    let site = Site::new(25433);
+    let before = site.json(&["tls", "status", "local", "-o", "json"], 1);
+    let hosts: Vec<(String, String)> = before["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            assert_eq!(h["health"], "missing", "{h}");
+            let name = |k: &str| h[k].as_str().unwrap().to_string();
+            (name("host"), name("secret"))
+        })
+        .collect();
+    assert!(hosts.len() >= 2, "{before:#}");
+
+    let issued = site.json(&["tls", "issue", "local", "-o", "json"], 0);
+    assert_eq!(issued["directory"], "self-signed");
+    assert_eq!(issued["failed"], 0);
+    assert_eq!(issued["results"].as_array().unwrap().len(), hosts.len());
+    let status = site.json(&["tls", "status", "local", "-o", "json"], 0);
+    for (name, secret) in &hosts {
+        let found = host(&status, "hosts", name);
+        assert_eq!(found["health"], "ok", "{found}");
+        assert_eq!(found["certificate"]["names"], serde_json::json!([name]));
+        let issuer = found["certificate"]["issuer"].as_str().unwrap();
+        assert!(issuer.contains("kisumctl self-signed"), "{issuer}");
+        assert!(found["days_left"].as_i64().unwrap() >= 89, "{found}");
+        let key = site.secrets_dir().join(secret).join("tls.key");
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+    }
+    let text = site.expect(&["tls", "status", "local"], 0);
+    assert!(
+        stdout(&text).contains("kisumctl self-signed"),
+        "{}",
+        stdout(&text)
+    );
+
+    // Nothing is due again until the renewal window; --force remakes them.
+    let again = site.expect(&["tls", "issue", "local"], 0);
+    assert!(
+        stdout(&again).contains("nothing to do"),
+        "{}",
+        stdout(&again)
+    );
+    let renew = site.json(&["tls", "renew", "local", "-o", "json"], 0);
+    assert!(renew["due"].as_array().unwrap().is_empty(), "{renew:#}");
+    let (first, secret) = &hosts[0];
+    let old = site.read_secret(secret, "tls.crt");
+    let forced = site.expect(&["tls", "issue", "local", "--host", first, "--force"], 0);
+    assert_ne!(site.read_secret(secret, "tls.crt"), old);
+    assert!(stdout(&forced).contains("issued"), "{}", stdout(&forced));
+    no_private_key(&[&text, &again, &forced]);
 }
