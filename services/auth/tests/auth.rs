@@ -1932,6 +1932,44 @@ async fn seeding_a_new_password_ends_the_users_sessions_and_the_same_one_does_no
     );
 }
 
+#[tokio::test]
+async fn an_actor_longer_than_256_characters_is_refused_and_nothing_is_written() {
+    let h = Harness::start().await;
+    let company = Uuid::new_v4();
+    let put = |actor: String| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        Credential::new("platform-admin", ADMIN_SECRET).apply(&mut headers);
+        h.http
+            .put(format!(
+                "http://{}/internal/companies/{company}",
+                h.internal
+            ))
+            .headers(headers)
+            .header("x-kisum-actor", actor)
+            .json(&json!({ "slug": "actor-co", "name": "Actor" }))
+            .send()
+    };
+    let refused = put("a".repeat(257)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let written: i64 = sqlx::query_scalar("select count(*) from companies where id = $1")
+        .bind(company)
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+    assert_eq!(written, 0);
+    let longest = "a".repeat(256);
+    let created = put(longest.clone()).await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let actor: String = sqlx::query_scalar(
+        "select detail->>'actor' from audit_events where company_id = $1 and action = 'company.put'",
+    )
+    .bind(company)
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
+    assert_eq!(actor, longest);
+}
+
 /// A loopback port nothing listens on (bound, then released).
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
