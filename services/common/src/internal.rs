@@ -66,6 +66,11 @@ impl Allowlist {
         self.callers.keys().cloned().collect()
     }
 
+    /// Whether `caller` is one of the callers admitted.
+    pub fn admits(&self, caller: &Caller) -> bool {
+        self.callers.contains_key(&caller.0)
+    }
+
     /// The caller the headers prove, if any.
     pub fn check(&self, headers: &HeaderMap) -> Option<Caller> {
         let caller = headers.get(CALLER_HEADER)?.to_str().ok()?;

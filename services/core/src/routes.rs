@@ -136,8 +136,7 @@ async fn require_api_caller(
     request: Request,
     next: Next,
 ) -> Response {
-    let admitted = |caller: &Caller| api_callers.callers().contains(&caller.0);
-    internal::admit(&known, admitted, request, next).await
+    internal::admit(&known, |caller| api_callers.admits(caller), request, next).await
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Actor {
