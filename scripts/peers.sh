@@ -5,6 +5,8 @@
 #                               # makes no network call and takes well under 1 s
 #   scripts/peers.sh runtime    # only what `kisumctl deploy local` runs:
 #                               # postgresql, redis-server, the mongoeco venv
+#                               # (what scripts/main.sh needs; no moto,
+#                               # kubernetes-validate, checkov or pebble)
 #   . scripts/peers-env.sh      # exports KISUM_* paths to the installed tools
 #
 # What it installs:
@@ -215,7 +217,11 @@ main() {
         ensure_venv "$PEERS/venv-checkov" "$CHECKOV_SPEC" checkov
     fi
     ensure_venv "$PEERS/venv-mongoeco" "$MONGOECO_SPEC" python python313
-    ensure_venv "$PEERS/venv-moto" "$MOTO_SPEC" moto_server
+    # moto stands in for S3, Secrets Manager and Route53 in the tests only:
+    # nothing `scripts/main.sh` runs talks to it.
+    if [[ $what == all ]]; then
+        ensure_venv "$PEERS/venv-moto" "$MOTO_SPEC" moto_server
+    fi
 
     # Servers the integration tests start on loopback (kisum-testkit) and
     # `kisumctl deploy local` runs.

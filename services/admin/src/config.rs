@@ -59,10 +59,7 @@ impl std::fmt::Debug for Config {
 impl Config {
     pub fn from_vars(vars: &Vars) -> Result<Config, ConfigError> {
         let common = CommonConfig::from_vars(vars, READ_SECONDS)?;
-        let credential = Credential::new(
-            common.service.clone(),
-            vars.required("INTERNAL_CREDENTIAL")?,
-        );
+        let credential = Credential::from_vars(vars, common.service.clone())?;
         let token_policy = TokenPolicy {
             issuer: vars.required("JWT_ISSUER")?,
             audience: vars.required("JWT_AUDIENCE")?,
@@ -135,8 +132,11 @@ mod tests {
             ("JWT_ISSUER", "https://auth.kisum.test"),
             ("JWT_AUDIENCE", "kisum-api"),
             ("JWKS_URL", "https://auth.kisum.test/.well-known/jwks.json"),
-            ("INTERNAL_CREDENTIAL", "s3cr3t-credential"),
-            ("INTERNAL_CALLER_KISUMCTL", "k"),
+            ("INTERNAL_CREDENTIAL", "s3cr3t-credential-of-32-bytes-000"),
+            (
+                "INTERNAL_CALLER_KISUMCTL",
+                "kisumctl-credential-of-32-bytes-0",
+            ),
         ])
     }
 

@@ -1167,6 +1167,23 @@ async fn memberships_grants_and_roles_change_through_admin_show_at_once_and_are_
             .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
     }
+    // A permission key outside the module's catalog: Auth's 400, naming it.
+    let (status, answer) = stack
+        .as_user(
+            &admin,
+            Method::PUT,
+            &format!("/admin/roles/{role}-odd"),
+            Some(json!({ "permissions": [INVOICE_READ, "finance.x.y"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("`finance.x.y`"),
+        "{answer}"
+    );
     let (status, roles) = stack
         .as_user(&support, Method::GET, "/admin/roles", None)
         .await;

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use kisum_common::internal::Caller;
-use kisum_common::modules::{MODULE_NAMES, is_module, module_of_permission};
+use kisum_common::modules::{MODULE_NAMES, is_module, known_permission};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -506,7 +506,7 @@ async fn permission_grant(
 ) -> Result<Json<Value>> {
     let grant = Grant::new(&id, module, Some(permission), method == Method::PUT)?;
     if let (true, Some(permission)) = (grant.given, &grant.permission) {
-        require_permission(&mut *state.db.acquire().await?, &grant.module, permission).await?;
+        require_permission(&grant.module, permission)?;
     }
     grant.write(&state, &caller, &headers).await
 }
@@ -603,6 +603,14 @@ impl Grant {
         .execute(&mut *tx)
         .await?;
         if let Some(permission) = permission {
+            // A catalog key no role holds yet has no row to refer to.
+            sqlx::query(
+                "insert into permissions (key, module) values ($1, $2) on conflict do nothing",
+            )
+            .bind(&permission)
+            .bind(&module)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "insert into membership_permissions (membership_id, module, permission)
                  values ($1, $2, $3) on conflict do nothing",
@@ -617,20 +625,15 @@ impl Grant {
     }
 }
 
-/// The permission exists and belongs to the module (400 otherwise).
-async fn require_permission(db: &mut PgConnection, module: &str, permission: &str) -> Result<()> {
-    let found: Option<String> = sqlx::query_scalar("select module from permissions where key = $1")
-        .bind(permission)
-        .fetch_optional(db)
-        .await?;
-    match found {
-        Some(owner) if owner == module => Ok(()),
-        Some(owner) => Err(AuthError::BadRequest(format!(
+/// The permission is in the catalog (`kisum_common::modules::CATALOG`)
+/// and belongs to the module (400 otherwise).
+fn require_permission(module: &str, permission: &str) -> Result<()> {
+    match known_permission(permission) {
+        Ok(owner) if owner == module => Ok(()),
+        Ok(owner) => Err(AuthError::BadRequest(format!(
             "permission `{permission}` belongs to module `{owner}`, not `{module}`"
         ))),
-        None => Err(AuthError::BadRequest(format!(
-            "unknown permission `{permission}`"
-        ))),
+        Err(error) => Err(AuthError::BadRequest(error.to_string())),
     }
 }
 
@@ -664,8 +667,9 @@ struct RoleRequest {
     permissions: Vec<String>,
 }
 
-/// `PUT /internal/roles/{role}`: the role holds exactly these permissions
-/// (each `<module>.<...>`; unknown ones are created). Every company using
+/// `PUT /internal/roles/{role}`: the role holds exactly these permissions,
+/// each a key of the catalog (`kisum_common::modules::CATALOG`); any other
+/// key is a 400 naming it. Every company using
 /// the role sees the change at once.
 async fn put_role(
     State(state): State<AppState>,
@@ -677,13 +681,7 @@ async fn put_role(
     valid_key("role", &role, false)?;
     for permission in &request.permissions {
         valid_key("permission", permission, true)?;
-        if module_of_permission(permission).is_none() {
-            return Err(AuthError::BadRequest(format!(
-                "permission `{permission}` must start with its module (`finance.invoices.read`), \
-                 one of {}",
-                MODULE_NAMES.join(", ")
-            )));
-        }
+        known_permission(permission).map_err(|error| AuthError::BadRequest(error.to_string()))?;
     }
     let mut tx = state.db.begin().await?;
     let before = roles(&mut tx, Some(&role)).await?.remove(&role);

@@ -99,8 +99,8 @@ impl Config {
         let access_ttl: i64 = positive("ACCESS_TOKEN_TTL", vars.parsed("ACCESS_TOKEN_TTL")?)?;
         let refresh_ttl: i64 = positive("REFRESH_TOKEN_TTL", vars.parsed("REFRESH_TOKEN_TTL")?)?;
         let rate_limits = RateLimits {
-            per_ip: vars.parsed_or("LOGIN_RATE_LIMIT_PER_IP", 20)?,
-            per_email: vars.parsed_or("LOGIN_RATE_LIMIT_PER_EMAIL", 5)?,
+            per_ip: positive_or(vars, "LOGIN_RATE_LIMIT_PER_IP", 20)?,
+            per_email: positive_or(vars, "LOGIN_RATE_LIMIT_PER_EMAIL", 5)?,
             window: Duration::from_secs(positive(
                 "LOGIN_RATE_LIMIT_WINDOW_SECONDS",
                 vars.parsed_or("LOGIN_RATE_LIMIT_WINDOW_SECONDS", 900)?,
@@ -111,8 +111,8 @@ impl Config {
             )?),
         };
         let refresh_limits = RefreshLimits {
-            per_session: vars.parsed_or("REFRESH_RATE_LIMIT_PER_SESSION", 10)?,
-            per_ip: vars.parsed_or("REFRESH_RATE_LIMIT_PER_IP", 120)?,
+            per_session: positive_or(vars, "REFRESH_RATE_LIMIT_PER_SESSION", 10)?,
+            per_ip: positive_or(vars, "REFRESH_RATE_LIMIT_PER_IP", 120)?,
             window: Duration::from_secs(positive(
                 "REFRESH_RATE_LIMIT_WINDOW_SECONDS",
                 vars.parsed_or("REFRESH_RATE_LIMIT_WINDOW_SECONDS", 60)?,
@@ -128,8 +128,8 @@ impl Config {
                 "PASSWORD_RESET_TTL_SECONDS",
                 vars.parsed_or("PASSWORD_RESET_TTL_SECONDS", 1800)?,
             )?),
-            per_email: vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_PER_EMAIL", 3)?,
-            per_ip: vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_PER_IP", 10)?,
+            per_email: positive_or(vars, "PASSWORD_RESET_RATE_LIMIT_PER_EMAIL", 3)?,
+            per_ip: positive_or(vars, "PASSWORD_RESET_RATE_LIMIT_PER_IP", 10)?,
             window: Duration::from_secs(positive(
                 "PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS",
                 vars.parsed_or("PASSWORD_RESET_RATE_LIMIT_WINDOW_SECONDS", 3600)?,
@@ -227,7 +227,7 @@ impl Config {
             access_ttl,
             refresh_ttl,
             core_url,
-            credential: Credential::new("auth", vars.required("INTERNAL_CREDENTIAL")?),
+            credential: Credential::from_vars(vars, "auth")?,
             allowlist: Allowlist::from_vars(vars)?,
             policy,
             rate_limits,
@@ -243,10 +243,15 @@ impl Config {
 }
 
 fn key_source(vars: &Vars) -> Result<KeySource, ConfigError> {
-    if let Some(path) = vars.file_path("JWT_KEY_SET") {
+    if let Some(path) = vars.file_path("JWT_KEY_SET")? {
         return Ok(KeySource::File(PathBuf::from(path)));
     }
     vars.required("JWT_KEY_SET").map(KeySource::Inline)
+}
+
+/// An optional count of at least 1: a limit of 0 would refuse everything.
+fn positive_or(vars: &Vars, name: &str, default: u64) -> Result<u64, ConfigError> {
+    positive(name, vars.parsed_or(name, default)?)
 }
 
 fn positive<T: Default + PartialOrd + std::fmt::Display>(
@@ -278,8 +283,11 @@ mod tests {
         ("ACCESS_TOKEN_TTL", "900"),
         ("REFRESH_TOKEN_TTL", "2592000"),
         ("CORE_INTERNAL_URL", "http://127.0.0.1:9102/"),
-        ("INTERNAL_CREDENTIAL", "c"),
-        ("INTERNAL_CALLER_KISUMCTL", "k"),
+        ("INTERNAL_CREDENTIAL", "auth-credential-of-32-bytes-00000"),
+        (
+            "INTERNAL_CALLER_KISUMCTL",
+            "kisumctl-credential-of-32-bytes-0",
+        ),
     ];
 
     fn vars() -> Vars {
@@ -296,6 +304,43 @@ mod tests {
         assert_eq!(config.core_url, "http://127.0.0.1:9102");
         assert!(matches!(config.keys, KeySource::File(_)));
         assert!(!format!("{config:?}").contains("postgres://"));
+    }
+
+    /// The variable `vars` stop the start on.
+    fn refused(vars: &Vars) -> String {
+        Config::from_vars(vars).unwrap_err().variable().to_string()
+    }
+
+    #[test]
+    fn a_rate_limit_of_zero_is_refused_by_name() {
+        for name in [
+            "LOGIN_RATE_LIMIT_PER_IP",
+            "LOGIN_RATE_LIMIT_PER_EMAIL",
+            "REFRESH_RATE_LIMIT_PER_SESSION",
+            "REFRESH_RATE_LIMIT_PER_IP",
+            "PASSWORD_RESET_RATE_LIMIT_PER_EMAIL",
+            "PASSWORD_RESET_RATE_LIMIT_PER_IP",
+        ] {
+            let mut vars = vars();
+            vars.set(name, "0");
+            assert_eq!(refused(&vars), name);
+            vars.set(name, "1");
+            Config::from_vars(&vars).unwrap();
+        }
+    }
+
+    #[test]
+    fn short_internal_credentials_and_doubled_variables_are_refused_by_name() {
+        for (name, value) in [
+            ("INTERNAL_CREDENTIAL", "c"),
+            ("INTERNAL_CALLER_FINANCE", "f"),
+            // Beside JWT_KEY_SET_FILE.
+            ("JWT_KEY_SET", "{}"),
+        ] {
+            let mut vars = vars();
+            vars.set(name, value);
+            assert_eq!(refused(&vars), name);
+        }
     }
 
     #[test]

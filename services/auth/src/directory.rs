@@ -22,6 +22,11 @@ pub trait Target: Sync {
     fn pool(&self) -> &PgPool;
     /// Runs after every committed write that can change access.
     fn written(&self) -> impl Future<Output = ()> + Send;
+    /// Runs after auth_db committed the revocation of `sessions`.
+    fn sessions_revoked(&self, sessions: &[Uuid]) -> impl Future<Output = ()> + Send {
+        let _ = sessions;
+        std::future::ready(())
+    }
 }
 
 /// auth_db alone: the running Auth sees the write within 5 s.
@@ -56,6 +61,17 @@ impl Target for Directory {
     async fn written(&self) {
         self.cache.directory_changed().await;
     }
+
+    /// The revocation markers, so the running Auth refuses the sessions at
+    /// once; without Redis, within its 5 s session entries.
+    async fn sessions_revoked(&self, sessions: &[Uuid]) {
+        if !sessions.is_empty() && self.cache.revoke_sessions(sessions).await.is_err() {
+            tracing::warn!(
+                sessions = sessions.len(),
+                "Redis unreachable: the running Auth refuses the revoked sessions within 5 s"
+            );
+        }
+    }
 }
 
 /// The platform roles Admin's RBAC knows.
@@ -66,8 +82,88 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
+/// An email address `seed-user` accepts, normalized: one `@` between a
+/// local part and a domain with a dot, no spaces or control characters,
+/// at most 254 bytes.
+pub fn valid_email(email: &str) -> Result<String, String> {
+    let email = normalize_email(email);
+    let shaped = email.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && !domain.contains('@')
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+    });
+    let clean = !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if shaped && clean && email.len() <= 254 {
+        Ok(email)
+    } else {
+        Err(format!(
+            "`{}` is not an email address",
+            email.escape_debug()
+        ))
+    }
+}
+
+/// What [`seed_password`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seeded {
+    pub user: Uuid,
+    /// The user's sessions ended because the password changed.
+    pub revoked: Vec<Uuid>,
+}
+
+/// `seed-user`: creates the user with `password`, or gives an existing
+/// one a changed password and ends every session of theirs, as a password
+/// reset does (the same password again changes nothing). The email must
+/// pass [`valid_email`].
+pub async fn seed_password(
+    target: &impl Target,
+    email: &str,
+    password: &str,
+    passwords: &crate::password::Passwords,
+) -> anyhow::Result<Seeded> {
+    let email = valid_email(email).map_err(anyhow::Error::msg)?;
+    let pool = target.pool();
+    let existing: Option<(Uuid, String)> =
+        sqlx::query_as("select id, password_hash from users where email = $1")
+            .bind(&email)
+            .fetch_optional(pool)
+            .await?;
+    if let Some((user, hash)) = &existing
+        && passwords
+            .verify(password.to_string(), Some(hash.clone()))
+            .await?
+    {
+        return Ok(Seeded {
+            user: *user,
+            revoked: Vec::new(),
+        });
+    }
+    let hash = passwords.hash(password.to_string()).await?;
+    let mut tx = pool.begin().await?;
+    let user: Uuid = sqlx::query_scalar(
+        "insert into users (id, email, password_hash) values ($1, $2, $3)
+         on conflict (email) do update set password_hash = excluded.password_hash
+         returning id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(&email)
+    .bind(&hash)
+    .fetch_one(&mut *tx)
+    .await?;
+    let revoked = match existing {
+        Some(_) => crate::sessions::revoke_all_of_user(&mut tx, user, "password_seeded").await?,
+        None => Vec::new(),
+    };
+    tx.commit().await?;
+    target.sessions_revoked(&revoked).await;
+    Ok(Seeded { user, revoked })
+}
+
 /// Creates the user, or replaces the password hash of an existing one;
-/// returns the user id.
+/// returns the user id. Sessions are left alone: `seed-user` goes through
+/// [`seed_password`].
 pub async fn upsert_user(
     target: &impl Target,
     email: &str,
@@ -125,7 +221,8 @@ pub async fn platform_roles(pool: &PgPool, user: Uuid) -> sqlx::Result<Vec<Strin
         .await
 }
 
-/// Registers a company under the id Platform Core uses for it.
+/// Registers a company under the id Platform Core uses for it; the slug
+/// is stored in lower case, as `x-org` reads it.
 pub async fn upsert_company(
     target: &impl Target,
     id: Uuid,
@@ -138,7 +235,7 @@ pub async fn upsert_company(
          on conflict (id) do update set slug = excluded.slug, name = excluded.name",
     )
     .bind(id)
-    .bind(slug)
+    .bind(slug.trim().to_ascii_lowercase())
     .bind(name)
     .execute(pool)
     .await
@@ -160,8 +257,8 @@ pub async fn set_company_active(
     Ok(())
 }
 
-/// Defines (or extends) a role with permission keys; a key's module is its
-/// first dot-separated segment (`finance.invoices.read` -> `finance`).
+/// Defines (or extends) a role with permission keys of the catalog
+/// (`kisum_common::modules::CATALOG`); any other key is refused.
 pub async fn define_role(
     target: &impl Target,
     role: &str,
@@ -174,11 +271,7 @@ pub async fn define_role(
         .execute(&mut *tx)
         .await?;
     for permission in permissions {
-        let module = kisum_common::modules::module_of_permission(permission).ok_or_else(|| {
-            anyhow::anyhow!(
-                "permission `{permission}` does not start with a module of the platform"
-            )
-        })?;
+        let module = kisum_common::modules::known_permission(permission)?;
         sqlx::query("insert into permissions (key, module) values ($1, $2) on conflict do nothing")
             .bind(permission)
             .bind(module)
@@ -308,6 +401,28 @@ pub async fn delegate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_email_addresses_are_seeded() {
+        assert_eq!(
+            super::valid_email(" Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "ada@@example.com",
+            "a da@example.com",
+            "ada@example.com.",
+            "ada@ex\u{7}ample.com",
+        ] {
+            assert!(super::valid_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(super::valid_email(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
 
     #[test]
     fn emails_compare_trimmed_and_lower_case() {

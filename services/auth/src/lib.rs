@@ -220,6 +220,11 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let service = config.service.clone();
+    // auth_db answered and its schema is current, the key set loaded:
+    // only now is Auth serving (readiness then follows `/ready`).
     let app = app(config).await?;
+    let (public, internal) = listeners.addresses()?;
+    tracing::info!(%service, %public, %internal, "serving");
     app.serve(listeners, shutdown).await.context("serving Auth")
 }

@@ -67,7 +67,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
 
 fn parse_seed_user(email: &str, rest: &[String]) -> Result<SeedUser, String> {
     let mut seed = SeedUser {
-        email: email.to_string(),
+        email: directory::valid_email(email)?,
         ..SeedUser::default()
     };
     let (mut company, mut role) = (None, None);
@@ -158,7 +158,6 @@ async fn execute(command: Command, vars: &Vars) -> anyhow::Result<()> {
         Command::Serve => {
             let config = Config::from_vars(vars)?;
             let listeners = Listeners::bind(config.http, config.internal).await?;
-            tracing::info!(http = %config.http, internal = %config.internal, "kisum-auth serving");
             kisum_auth::run(config, listeners, shutdown_signal()).await
         }
         Command::SeedUser(seed) => seed_user(vars, &seed).await,
@@ -176,20 +175,25 @@ async fn seed_user(vars: &Vars, seed: &SeedUser) -> anyhow::Result<()> {
     };
     let pool = db::connect(&vars.required("AUTH_DB_URL")?).await?;
     db::require_migrated(&pool).await?;
-    let hash = Passwords::default().hash(password).await?;
-    // With Auth's Redis named, a running Auth sees the seeded access at
-    // once; without it, within the membership copies' 5 s.
+    // With Auth's Redis named, a running Auth sees the seeded access (and
+    // the sessions a changed password ends) at once; without it, within
+    // its 5 s copies.
     match vars.optional("REDIS_URL")? {
         Some(url) => {
             let cache = Cache::new(&url, AuthMetrics::new("kisum-auth-seed", "seed"))?;
-            seed_into(&Directory::new(pool, cache), seed, &hash).await
+            seed_into(&Directory::new(pool, cache), seed, &password).await
         }
-        None => seed_into(&pool, seed, &hash).await,
+        None => seed_into(&pool, seed, &password).await,
     }
 }
 
-async fn seed_into(target: &impl Target, seed: &SeedUser, hash: &str) -> anyhow::Result<()> {
-    let user = directory::upsert_user(target, &seed.email, hash).await?;
+async fn seed_into(target: &impl Target, seed: &SeedUser, password: &str) -> anyhow::Result<()> {
+    let seeded =
+        directory::seed_password(target, &seed.email, password, &Passwords::default()).await?;
+    let user = seeded.user;
+    if !seeded.revoked.is_empty() {
+        tracing::info!(user_id = %user, revoked = seeded.revoked.len(), "password changed: sessions revoked");
+    }
     for role in &seed.platform_roles {
         directory::grant_platform_role(target, user, role).await?;
     }
@@ -249,6 +253,9 @@ mod tests {
             _ => panic!("seed-user did not parse"),
         }
         assert!(parse(&args(&["seed-user", "a@b.c", "--platform-role"])).is_err());
+        for email in ["not-an-email", "a b@c.d", "a@b"] {
+            assert!(parse(&args(&["seed-user", email])).is_err(), "{email}");
+        }
         assert!(parse(&args(&[])).is_err());
     }
 
@@ -289,9 +296,9 @@ mod tests {
     fn seed_user_refuses_incomplete_memberships() {
         let company = "7d5f3c2e-0a4b-4c8e-9f1a-2b3c4d5e6f70:s:n";
         for bad in [
-            vec!["seed-user", "u@x", "--company", company],
-            vec!["seed-user", "u@x", "--role", "r"],
-            vec!["seed-user", "u@x", "--grant", "finance"],
+            vec!["seed-user", "u@x.io", "--company", company],
+            vec!["seed-user", "u@x.io", "--role", "r"],
+            vec!["seed-user", "u@x.io", "--grant", "finance"],
             vec![
                 "seed-user",
                 "u@x",

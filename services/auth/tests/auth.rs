@@ -27,10 +27,10 @@ use uuid::Uuid;
 
 const ISSUER: &str = "https://auth.kisum.test";
 const AUDIENCE: &str = "kisum-api";
-const AUTH_TO_CORE: &str = "auth-to-core-credential";
-const ADMIN_SECRET: &str = "platform-admin-credential";
-const FINANCE_SECRET: &str = "finance-credential";
-const KISUMCTL_SECRET: &str = "kisumctl-credential";
+const AUTH_TO_CORE: &str = "auth-to-core-credential-for-tests-0";
+const ADMIN_SECRET: &str = "platform-admin-credential-for-tests";
+const FINANCE_SECRET: &str = "finance-credential-for-tests-000000";
+const KISUMCTL_SECRET: &str = "kisumctl-credential-for-tests-00000";
 const PASSWORD: &str = "correct horse battery staple";
 
 // ------------------------------------------------------------------ logs --
@@ -358,6 +358,29 @@ impl Harness {
             Some(json!({ "refresh_token": refresh_token })),
         )
         .await
+    }
+
+    /// Neither the access nor the refresh token of `tokens` is accepted.
+    async fn assert_session_ended(&self, tokens: &Value) {
+        assert_eq!(
+            self.me(str_of(&tokens["access_token"])).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            self.refresh(&tokens["refresh_token"]).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    /// The session of `tokens` ended, `PASSWORD` no longer signs `email`
+    /// in, `new_password` does.
+    async fn assert_password_changed(&self, tokens: &Value, email: &str, new_password: &str) {
+        self.assert_session_ended(tokens).await;
+        assert_eq!(
+            self.login(email, PASSWORD).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(self.login(email, new_password).await.0, StatusCode::OK);
     }
 
     async fn me(&self, access_token: &str) -> StatusCode {
@@ -731,14 +754,7 @@ async fn logout_ends_one_session_and_logout_all_every_session() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(
-        h.me(str_of(&a["access_token"])).await,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        h.refresh(&a["refresh_token"]).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    h.assert_session_ended(&a).await;
     assert_eq!(h.me(str_of(&b["access_token"])).await, StatusCode::OK);
 
     // A client whose access token expired logs out with its refresh token.
@@ -785,14 +801,7 @@ async fn logout_ends_one_session_and_logout_all_every_session() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     for tokens in [&c, &d] {
-        assert_eq!(
-            h.me(str_of(&tokens["access_token"])).await,
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            h.refresh(&tokens["refresh_token"]).await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        h.assert_session_ended(tokens).await;
     }
     let live: i64 = sqlx::query_scalar("select count(*) from sessions where revoked_at is null")
         .fetch_one(&h.db)
@@ -1378,8 +1387,11 @@ async fn x_org_of_a_company_without_membership_is_forbidden() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{org}");
         assert_eq!(body["error"], "forbidden");
     }
-    let (status, _) = h.me_access(access, "own-co").await;
-    assert_eq!(status, StatusCode::OK);
+    // Slugs are case-insensitive.
+    for org in ["own-co", "Own-Co", "OWN-CO"] {
+        let (status, body) = h.me_access(access, org).await;
+        assert_eq!(status, StatusCode::OK, "{org}: {body}");
+    }
     // A malformed x-org is a 400, as the module backends answer it.
     for org in ["own-co/../x", "own co", "", &"a".repeat(129)] {
         let (status, body) = h.me_access(access, org).await;
@@ -1881,6 +1893,160 @@ async fn serve_refuses_pending_migrations_and_a_missing_key_set() {
 }
 
 #[tokio::test]
+async fn seeding_a_new_password_ends_the_users_sessions_and_the_same_one_does_not() {
+    let h = Harness::start().await;
+    let passwords = Passwords::default();
+    let email = "Seeded.Again@Example.com";
+    let first = directory::seed_password(&h.dir, email, PASSWORD, &passwords)
+        .await
+        .unwrap();
+    assert!(first.revoked.is_empty());
+    let tokens = h.tokens("seeded.again@example.com").await;
+    let access = str_of(&tokens["access_token"]);
+    assert_eq!(h.me(access).await, StatusCode::OK);
+
+    // The same password again (a rerun of the same deploy): nothing ends.
+    let same = directory::seed_password(&h.dir, email, PASSWORD, &passwords)
+        .await
+        .unwrap();
+    assert_eq!(same, first);
+    assert_eq!(h.me(access).await, StatusCode::OK);
+
+    // A new password: every session ends at once, as after a reset.
+    let new_password = "a brand new seeded password";
+    let changed = directory::seed_password(&h.dir, email, new_password, &passwords)
+        .await
+        .unwrap();
+    assert_eq!(changed.user, first.user);
+    assert_eq!(changed.revoked.len(), 1);
+    h.assert_password_changed(&tokens, "seeded.again@example.com", new_password)
+        .await;
+
+    // Not an email address: refused, nothing written.
+    let error = directory::seed_password(&h.dir, "not an email", PASSWORD, &passwords)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("not an email address"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_actor_longer_than_256_characters_is_refused_and_nothing_is_written() {
+    let h = Harness::start().await;
+    let company = Uuid::new_v4();
+    let put = |actor: String| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        Credential::new("platform-admin", ADMIN_SECRET).apply(&mut headers);
+        h.http
+            .put(format!(
+                "http://{}/internal/companies/{company}",
+                h.internal
+            ))
+            .headers(headers)
+            .header("x-kisum-actor", actor)
+            .json(&json!({ "slug": "actor-co", "name": "Actor" }))
+            .send()
+    };
+    let refused = put("a".repeat(257)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let written: i64 = sqlx::query_scalar("select count(*) from companies where id = $1")
+        .bind(company)
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+    assert_eq!(written, 0);
+    let longest = "a".repeat(256);
+    let created = put(longest.clone()).await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let actor: String = sqlx::query_scalar(
+        "select detail->>'actor' from audit_events where company_id = $1 and action = 'company.put'",
+    )
+    .bind(company)
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
+    assert_eq!(actor, longest);
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `kisum-auth serve` with auth_db at `db_url`, logging to a pipe.
+fn auth_binary(db_url: &str, key_file: &str) -> std::process::Child {
+    let dead = format!("127.0.0.1:{}", closed_port());
+    std::process::Command::new(env!("CARGO_BIN_EXE_kisum-auth"))
+        .arg("serve")
+        .env_clear()
+        .envs([
+            ("BIND_ADDRESS", "127.0.0.1"),
+            ("HTTP_PORT", "0"),
+            ("INTERNAL_PORT", "0"),
+            ("AUTH_DB_URL", db_url),
+            ("REDIS_URL", &format!("redis://{dead}/")),
+            ("JWT_ISSUER", ISSUER),
+            ("JWT_AUDIENCE", AUDIENCE),
+            ("JWT_KEY_SET_FILE", key_file),
+            ("ACCESS_TOKEN_TTL", "900"),
+            ("REFRESH_TOKEN_TTL", "2592000"),
+            ("CORE_INTERNAL_URL", &format!("http://{dead}")),
+            ("INTERNAL_CREDENTIAL", AUTH_TO_CORE),
+            ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_SECRET),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serving_is_logged_only_once_auth_db_answered() {
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("key-set.json");
+    KeySet::generate(now()).unwrap().save(&key_file).unwrap();
+    let key_file = key_file.to_str().unwrap();
+
+    // auth_db unreachable: the start fails, and says so, never `serving`.
+    let unreachable = format!("postgres://auth@127.0.0.1:{}/auth_db", closed_port());
+    let failed = tokio::task::spawn_blocking({
+        let child = auth_binary(&unreachable, key_file);
+        move || child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot connect to auth_db"), "{stderr}");
+    assert!(!stderr.contains("serving"), "{stderr}");
+
+    // auth_db up and migrated: `serving` once the ports serve.
+    let (db_url, db) = auth_database().await;
+    db::migrate(&db).await.unwrap();
+    let mut child = auth_binary(&db_url, key_file);
+    let stderr = child.stderr.take().unwrap();
+    let serving = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.contains("\"serving\""))
+    });
+    let line = tokio::time::timeout(Duration::from_secs(60), serving).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = line.expect("`serving` within 60 s").unwrap();
+    assert!(line.is_some(), "Auth never logged `serving`");
+}
+
+#[tokio::test]
 async fn logs_carry_ids_and_events_but_never_secrets() {
     let h = Harness::start().await;
     let user = h.user("quiet@example.com").await;
@@ -2130,22 +2296,8 @@ async fn a_password_reset_answers_alike_for_every_email_and_its_token_works_once
     let (status, body) = confirm(&first, "a long new password").await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     // Every session ended; the old password is gone, the new one works.
-    assert_eq!(
-        h.me(str_of(&before["access_token"])).await,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        h.refresh(&before["refresh_token"]).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        h.login("reset@example.com", PASSWORD).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        h.login("reset@example.com", "a long new password").await.0,
-        StatusCode::OK
-    );
+    h.assert_password_changed(&before, "reset@example.com", "a long new password")
+        .await;
     // Single use.
     assert_eq!(
         confirm(&first, "yet another password").await.0,
@@ -2598,6 +2750,13 @@ async fn directory_routes_refuse_ids_names_slugs_and_modules_that_cannot_work() 
             Some(json!({ "permissions": ["billing.invoices.read"] })),
             "must start with its module",
         ),
+        // A module's key that is not in its catalog.
+        (
+            Method::PUT,
+            "/internal/roles/clerk".to_string(),
+            Some(json!({ "permissions": ["finance.invoices.read", "finance.x.y"] })),
+            "unknown permission `finance.x.y`",
+        ),
     ];
     for (method, path, body, why) in refused {
         let (status, answer) = h.as_admin(method, &path, body).await;
@@ -2641,6 +2800,26 @@ async fn directory_routes_refuse_ids_names_slugs_and_modules_that_cannot_work() 
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
+    // One permission beyond the role: only a key of the module's catalog,
+    // even one no role holds yet.
+    let grant = |permission: &str| {
+        format!("/internal/memberships/{membership}/grants/finance/{permission}")
+    };
+    for (permission, why) in [
+        ("finance.x.y", "unknown permission `finance.x.y`"),
+        ("basic.contacts.read", "belongs to module `basic`"),
+    ] {
+        let (status, answer) = h.as_admin(Method::PUT, &grant(permission), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{permission}: {answer}");
+        assert!(answer.to_string().contains(why), "{permission}: {answer}");
+    }
+    let (status, answer) = h
+        .as_admin(Method::PUT, &grant("finance.invoices.write"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Nor can tooling define a role with a key outside the catalog.
+    let error = directory::define_role(&h.dir, "odd", &["finance.x.y"]).await;
+    assert!(error.unwrap_err().to_string().contains("finance.x.y"));
 }
 
 /// Redis that answers reads but refuses every write (as a full Redis with

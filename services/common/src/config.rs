@@ -22,6 +22,17 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The variable the error is about.
+    pub fn variable(&self) -> &str {
+        match self {
+            ConfigError::Missing { name }
+            | ConfigError::Invalid { name, .. }
+            | ConfigError::File { name, .. } => name,
+        }
+    }
+}
+
 /// The variables a service reads; built from the process environment or,
 /// in tests, from a map.
 #[derive(Debug, Clone, Default)]
@@ -54,12 +65,14 @@ impl Vars {
         self.values.insert(name.into(), value.into());
     }
 
-    /// `NAME`, else the trimmed content of the file `NAME_FILE` names.
+    /// `NAME`, else the trimmed content of the file `NAME_FILE` names;
+    /// both at once is an error (which one would win is nowhere to see).
     pub fn optional(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        let path = self.file_path_of(name)?;
         if let Some(value) = self.values.get(name) {
             return Ok(Some(value.clone()));
         }
-        let Some(path) = self.values.get(&format!("{name}_FILE")) else {
+        let Some(path) = path else {
             return Ok(None);
         };
         std::fs::read_to_string(path)
@@ -125,9 +138,21 @@ impl Vars {
         }
     }
 
-    /// The path a `NAME_FILE` variable points at, when it is given that way.
-    pub fn file_path(&self, name: &str) -> Option<String> {
-        self.values.get(&format!("{name}_FILE")).cloned()
+    /// The path a `NAME_FILE` variable points at, when it is given that
+    /// way; an error when `NAME` is set too.
+    pub fn file_path(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        self.file_path_of(name).map(|path| path.cloned())
+    }
+
+    fn file_path_of(&self, name: &str) -> Result<Option<&String>, ConfigError> {
+        let path = self.values.get(&format!("{name}_FILE"));
+        if path.is_some() && self.values.contains_key(name) {
+            return Err(ConfigError::Invalid {
+                name: name.to_string(),
+                reason: format!("set both as {name} and as {name}_FILE; give only one"),
+            });
+        }
+        Ok(path)
     }
 
     /// Every `PREFIX<SUFFIX>` variable (or `PREFIX<SUFFIX>_FILE`), by suffix.
@@ -268,6 +293,36 @@ mod tests {
         std::fs::write(&path, "postgres://x\n").unwrap();
         let vars = Vars::from_pairs([("AUTH_DB_URL_FILE", path.to_str().unwrap())]);
         assert_eq!(vars.required("AUTH_DB_URL").unwrap(), "postgres://x");
+    }
+
+    #[test]
+    fn a_value_given_both_inline_and_as_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url");
+        std::fs::write(&path, "postgres://from-file\n").unwrap();
+        let vars = Vars::from_pairs([
+            ("AUTH_DB_URL", "postgres://inline"),
+            ("AUTH_DB_URL_FILE", path.to_str().unwrap()),
+        ]);
+        for error in [
+            vars.required("AUTH_DB_URL").unwrap_err(),
+            vars.file_path("AUTH_DB_URL").unwrap_err(),
+        ] {
+            let error = error.to_string();
+            assert!(error.starts_with("AUTH_DB_URL is invalid"), "{error}");
+            assert!(error.contains("AUTH_DB_URL_FILE"), "{error}");
+            assert!(!error.contains("postgres://"), "{error}");
+        }
+        let vars = Vars::from_pairs([
+            ("INTERNAL_CALLER_AI", "a"),
+            ("INTERNAL_CALLER_AI_FILE", "b"),
+        ]);
+        let error = vars.with_prefix("INTERNAL_CALLER_").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("INTERNAL_CALLER_AI is invalid")
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! An id is any form `uuid` reads (hyphenated in either case, 32 hex
 //! digits, `{braced}`, `urn:uuid:` prefixed); it is passed on and cached
 //! in its canonical hyphenated lowercase form. A slug is 1 to 128 ASCII
-//! letters, digits, `-`, `_` and `.`.
+//! letters, digits, `-`, `_` and `.`, case-insensitive: Auth stores slugs
+//! in lower case, and `Acme-Music` is read as `acme-music`.
 
 use std::fmt;
 
@@ -45,7 +46,7 @@ impl OrgRef {
         }
         let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         if raw.chars().all(allowed) {
-            Ok(OrgRef::Slug(raw.to_string()))
+            Ok(OrgRef::Slug(raw.to_ascii_lowercase()))
         } else {
             Err(OrgError::Invalid)
         }
@@ -58,7 +59,7 @@ impl OrgRef {
     }
 }
 
-/// The canonical form: an id hyphenated in lowercase, a slug as given.
+/// The canonical form: an id hyphenated in lowercase, a slug in lowercase.
 impl fmt::Display for OrgRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -92,11 +93,12 @@ mod tests {
     }
 
     #[test]
-    fn slugs_are_kept_as_given() {
-        assert_eq!(
-            OrgRef::parse("acme-music_2.0").unwrap(),
-            OrgRef::Slug("acme-music_2.0".into())
-        );
+    fn slugs_are_read_in_lower_case() {
+        for raw in ["acme-music_2.0", "Acme-Music_2.0", " ACME-MUSIC_2.0 "] {
+            let org = OrgRef::parse(raw).unwrap();
+            assert_eq!(org, OrgRef::Slug("acme-music_2.0".into()), "{raw}");
+            assert_eq!(org.to_string(), "acme-music_2.0");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kisum_common::config::{CommonConfig, ConfigError, Vars, digest_with};
-use kisum_common::internal::Allowlist;
+use kisum_common::internal::{Allowlist, caller_credentials};
 
 const CALLER_PREFIX: &str = "INTERNAL_CALLER_";
 
@@ -17,7 +17,9 @@ pub struct Config {
     pub database_url: String,
     /// The callers of the entitlement API (`INTERNAL_ALLOWED_CALLERS`).
     pub api_callers: Allowlist,
-    /// Every `INTERNAL_CALLER_*`: who may read diagnostics (kisumctl too).
+    /// Every `INTERNAL_CALLER_*`: who may read diagnostics (kisumctl too);
+    /// a caller proven here but not among `api_callers` gets a 403 from
+    /// the entitlement API.
     pub diagnostics_callers: Allowlist,
     /// Whether `BILLING_PROVIDER_KEY` is set; the key itself is not used yet.
     pub billing_provider_configured: bool,
@@ -73,16 +75,6 @@ impl Config {
     }
 }
 
-/// `INTERNAL_CALLER_PLATFORM_ADMIN` -> (`platform-admin`, its credential),
-/// the naming `Allowlist::from_vars` uses.
-fn caller_credentials(vars: &Vars) -> Result<BTreeMap<String, String>, ConfigError> {
-    Ok(vars
-        .with_prefix(CALLER_PREFIX)?
-        .into_iter()
-        .map(|(suffix, credential)| (suffix.to_ascii_lowercase().replace('_', "-"), credential))
-        .collect())
-}
-
 fn allowed_callers(vars: &Vars) -> Result<Vec<String>, ConfigError> {
     let allowed: Vec<String> = vars
         .required("INTERNAL_ALLOWED_CALLERS")?
@@ -136,9 +128,15 @@ mod tests {
                 "postgres://core:pw@127.0.0.1/platform_core_db",
             ),
             ("INTERNAL_ALLOWED_CALLERS", "auth, platform-admin"),
-            ("INTERNAL_CALLER_AUTH", "a"),
-            ("INTERNAL_CALLER_PLATFORM_ADMIN", "b"),
-            ("INTERNAL_CALLER_KISUMCTL", "c"),
+            ("INTERNAL_CALLER_AUTH", "auth-credential-of-32-bytes-00000"),
+            (
+                "INTERNAL_CALLER_PLATFORM_ADMIN",
+                "admin-credential-of-32-bytes-000",
+            ),
+            (
+                "INTERNAL_CALLER_KISUMCTL",
+                "kisumctl-credential-of-32-bytes0",
+            ),
         ])
     }
 

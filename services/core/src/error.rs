@@ -42,7 +42,7 @@ impl CoreError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            CoreError::Unauthorized => "unauthorized",
+            CoreError::Unauthorized => kisum_common::internal::CREDENTIAL_REQUIRED,
             CoreError::InvalidCompany(_) => "invalid_company",
             CoreError::InvalidRequest(_) => "invalid_request",
             CoreError::UnknownPackage(_) => "unknown_package",

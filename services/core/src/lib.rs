@@ -43,7 +43,11 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
 pub fn app_with_pool(config: &Config, pool: PgPool) -> App {
     let metrics = Metrics::new(&config.common.service, &config.common.environment);
     let state = routes::AppState::new(pool.clone(), metrics.clone());
-    let api = routes::router(state, config.api_callers.clone());
+    let api = routes::router(
+        state,
+        config.diagnostics_callers.clone(),
+        config.api_callers.clone(),
+    );
     let internal = serve::internal_router(
         Router::new(),
         diagnostics(config),

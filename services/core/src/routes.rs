@@ -9,10 +9,10 @@ use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use kisum_common::internal::{Allowlist, CALLER_HEADER, Caller};
+use kisum_common::internal::{self, Allowlist, Caller};
 use kisum_common::telemetry::{Metrics, RequestContext};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Deserialize;
@@ -27,7 +27,7 @@ use crate::model::{
 use crate::{catalog, subscriptions};
 
 /// Names the admin user a write is made for, for the history.
-pub const ACTOR_HEADER: &str = "x-kisum-actor";
+pub use kisum_common::internal::ACTOR_HEADER;
 
 const HISTORY_DEFAULT_LIMIT: i64 = 200;
 const HISTORY_MAX_LIMIT: i64 = 1000;
@@ -76,7 +76,9 @@ pub fn route_permissions(api_callers: &Allowlist) -> BTreeMap<String, String> {
         .collect()
 }
 
-pub fn router(state: AppState, api_callers: Allowlist) -> Router {
+/// `known` proves who calls (every `INTERNAL_CALLER_*`), `api_callers`
+/// says who of them may use the entitlement API.
+pub fn router(state: AppState, known: Allowlist, api_callers: Allowlist) -> Router {
     Router::new()
         .route("/v1/catalog", get(get_catalog))
         .route("/v1/catalog/packages", post(post_package))
@@ -101,7 +103,7 @@ pub fn router(state: AppState, api_callers: Allowlist) -> Router {
         .with_state(state)
         .layer(middleware::from_fn(require_writer_for_changes))
         .layer(middleware::from_fn_with_state(
-            api_callers,
+            (known, api_callers),
             require_api_caller,
         ))
 }
@@ -115,52 +117,26 @@ pub const WRITER: &str = "platform-admin";
 async fn require_writer_for_changes(request: Request, next: Next) -> Response {
     let reading =
         request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD;
-    let caller = request
-        .extensions()
-        .get::<kisum_common::internal::Caller>()
-        .map(|c| c.0.clone());
+    let caller = request.extensions().get::<Caller>().map(|c| c.0.clone());
     if reading || caller.as_deref() == Some(WRITER) {
         return next.run(request).await;
     }
-    tracing::warn!(
-        event = "internal_call_rejected",
-        caller = caller.as_deref().unwrap_or("-"),
-        path = %request.uri().path(),
-        "only {WRITER} may change entitlements"
-    );
-    let body = serde_json::json!({
-        "error": "forbidden",
-        "message": format!("only {WRITER} may change entitlements"),
-    });
-    (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+    internal::refuse_caller(
+        caller.as_deref().unwrap_or("-"),
+        request.uri().path(),
+        &format!("only {WRITER} may change entitlements"),
+    )
 }
 
-/// 401 (JSON) unless the request proves an allowed caller's credential.
+/// 401 (`internal_credential_required`) unless the request proves a
+/// known caller's credential; 403 for a known caller the entitlement API
+/// does not admit (kisumctl, which may read diagnostics only).
 async fn require_api_caller(
-    State(allowlist): State<Allowlist>,
-    mut request: Request,
+    State((known, api_callers)): State<(Allowlist, Allowlist)>,
+    request: Request,
     next: Next,
 ) -> Response {
-    match allowlist.check(request.headers()) {
-        Some(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        None => {
-            let caller = request
-                .headers()
-                .get(CALLER_HEADER)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("-");
-            tracing::warn!(
-                event = "internal_call_rejected",
-                caller = %caller,
-                path = %request.uri().path(),
-                "entitlement API call without an admitted credential"
-            );
-            CoreError::Unauthorized.into_response()
-        }
-    }
+    internal::admit(&known, |caller| api_callers.admits(caller), request, next).await
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Actor {
@@ -172,19 +148,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             .get::<Caller>()
             .map(|caller| caller.0.clone())
             .ok_or(CoreError::Unauthorized)?;
-        let actor = match parts.headers.get(ACTOR_HEADER) {
-            None => caller.clone(),
-            Some(value) => value
-                .to_str()
-                .ok()
-                .filter(|actor| !actor.is_empty() && actor.len() <= 200)
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    CoreError::InvalidRequest(format!(
-                        "{ACTOR_HEADER} must be 1 to 200 visible ASCII characters"
-                    ))
-                })?,
-        };
+        let actor = internal::actor(&parts.headers)
+            .map_err(CoreError::InvalidRequest)?
+            .map_or_else(|| caller.clone(), str::to_string);
         let request_id = parts
             .extensions
             .get::<RequestContext>()

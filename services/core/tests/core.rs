@@ -15,9 +15,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const AUTH_SECRET: &str = "auth-credential-for-tests";
-const ADMIN_SECRET: &str = "admin-credential-for-tests";
-const KISUMCTL_SECRET: &str = "kisumctl-credential-for-tests";
+const AUTH_SECRET: &str = "auth-credential-for-tests-32-bytes";
+const ADMIN_SECRET: &str = "admin-credential-for-tests-32-bytes";
+const KISUMCTL_SECRET: &str = "kisumctl-credential-for-tests-32-bytes";
 
 fn vars(database_url: &str) -> Vars {
     Vars::from_pairs([
@@ -195,10 +195,9 @@ async fn every_route_requires_an_admitted_caller_with_its_own_credential() {
     let company = Uuid::new_v4();
     for (method, route) in ROUTES {
         let (method, path, body) = concrete(method, route, company);
+        // No valid credential: 401 with the code every internal port uses.
         let refusals = [
             None,
-            // kisumctl has a valid credential, for diagnostics only.
-            Some(("kisumctl", KISUMCTL_SECRET)),
             Some(("finance", AUTH_SECRET)),
             Some(("auth", ADMIN_SECRET)),
             Some(("auth", "")),
@@ -212,29 +211,23 @@ async fn every_route_requires_an_admitted_caller_with_its_own_credential() {
                 StatusCode::UNAUTHORIZED,
                 "{method} {path} as {caller:?}"
             );
-            assert_eq!(body["error"], "unauthorized", "{method} {path}: {body}");
+            assert_eq!(
+                body["error"], "internal_credential_required",
+                "{method} {path}: {body}"
+            );
         }
-        let (status, answer) = core
-            .call_as(
-                Some(("platform-admin", ADMIN_SECRET)),
-                method.clone(),
-                &path,
-                body.clone(),
-            )
-            .await;
+        let call = |caller| core.call_as(Some(caller), method.clone(), &path, body.clone());
+        // kisumctl proves its credential but may read diagnostics only: 403.
+        let (status, answer) = call(("kisumctl", KISUMCTL_SECRET)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {answer}");
+        assert_eq!(answer["error"], "forbidden", "{method} {path}: {answer}");
+        let (status, answer) = call(("platform-admin", ADMIN_SECRET)).await;
         assert!(
             status.is_success(),
             "{method} {path} as platform-admin: {status} {answer}"
         );
         // Auth reads entitlements; only Admin may change them.
-        let (status, answer) = core
-            .call_as(
-                Some(("auth", AUTH_SECRET)),
-                method.clone(),
-                &path,
-                body.clone(),
-            )
-            .await;
+        let (status, answer) = call(("auth", AUTH_SECRET)).await;
         if method == Method::GET {
             assert!(
                 status.is_success(),
@@ -271,8 +264,9 @@ async fn every_route_requires_an_admitted_caller_with_its_own_credential() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["service"], "platform-core");
     assert_eq!(body["routes"].as_object().unwrap().len(), ROUTES.len());
-    let (status, _) = core.call_as(None, Method::GET, diagnostics, None).await;
+    let (status, body) = core.call_as(None, Method::GET, diagnostics, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "internal_credential_required");
 }
 
 #[tokio::test]
@@ -836,4 +830,35 @@ async fn log_format_chooses_json_or_text_lines_and_refuses_anything_else() {
     let (ok, refused) = migrate("xml");
     assert!(!ok);
     assert!(refused.contains("LOG_FORMAT is invalid"), "{refused}");
+}
+
+#[tokio::test]
+async fn an_actor_longer_than_256_characters_is_refused_and_nothing_changes() {
+    let core = Core::start("core_actor").await;
+    let company = Uuid::new_v4();
+    let path = format!("/v1/companies/{company}/add-ons/finance");
+    let put = |actor: String| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        Credential::new("platform-admin", ADMIN_SECRET).apply(&mut headers);
+        core.http
+            .put(format!("http://{}{path}", core.internal))
+            .headers(headers)
+            .header("x-kisum-actor", actor)
+            .json(&json!({ "active": true }))
+            .send()
+    };
+    let refused = put("a".repeat(257)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("1 to 256"),
+        "{body}"
+    );
+    assert!(core.history(company).await.history.is_empty());
+    let longest = "a".repeat(256);
+    let accepted = put(longest.clone()).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let history = core.history(company).await;
+    assert_eq!(history.history.len(), 1);
+    assert_eq!(history.history[0].actor, longest);
 }

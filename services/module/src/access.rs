@@ -5,8 +5,15 @@
 //! (`ACCESS_CACHE_SECONDS`), so a revoked session or a removed permission
 //! takes effect within that time.
 //!
+//! Answers are kept by (user, session, company id), never by slug: only
+//! Auth knows when a company's slug moves, so an `x-org` slug is resolved
+//! by Auth on every request (the answer then refreshes the entry of the
+//! company it names) and a slug that moved stops naming the company at
+//! once. An `x-org` id is answered from the cache while it is fresh.
+//!
 //! Denials are never cached: a revoked session is asked about again on its
-//! next request.
+//! next request, and a context without this module (which denies every
+//! route) is not kept, so a grant made right after is seen at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -47,12 +54,33 @@ impl AccessContext {
     }
 }
 
-/// Who asks, in which company: the cache key and the request body.
+/// Who asks, in which company (`x-org` in its canonical form): the
+/// request body.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct AccessRequest {
     pub user: String,
     pub session: String,
     pub org: String,
+}
+
+impl AccessRequest {
+    /// The cache key of the answer: the company Auth resolved.
+    fn key(&self, company: Uuid) -> CacheKey {
+        CacheKey {
+            user: self.user.clone(),
+            session: self.session.clone(),
+            company,
+        }
+    }
+}
+
+/// A cached context's key: never the slug, which may move to another
+/// company.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    user: String,
+    session: String,
+    company: Uuid,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +110,7 @@ impl AccessError {
 /// Asks Auth for access contexts and keeps them briefly.
 #[derive(Clone)]
 pub struct AccessClient {
+    module: Module,
     url: String,
     credential: Credential,
     http: reqwest::Client,
@@ -92,6 +121,7 @@ pub struct AccessClient {
 
 impl AccessClient {
     pub fn new(
+        module: Module,
         auth_internal_url: &str,
         credential: Credential,
         cache_ttl: Duration,
@@ -104,6 +134,7 @@ impl AccessClient {
             fetch_latency.clone(),
         );
         AccessClient {
+            module,
             url: format!("{auth_internal_url}/internal/access-context"),
             credential,
             http: reqwest::Client::builder()
@@ -117,24 +148,45 @@ impl AccessClient {
         }
     }
 
-    /// The context for `request`, from the cache while it is fresh.
+    /// The context for `request`: for a company id, from the cache while
+    /// it is fresh; for a slug (which only Auth can resolve truthfully),
+    /// always from Auth. The flag says whether it came from the cache.
     pub async fn context(
         &self,
         request: &AccessRequest,
         trace: Option<&RequestContext>,
-    ) -> Result<Arc<AccessContext>, AccessError> {
-        if let Some(context) = self.cache.get(request) {
+    ) -> Result<(Arc<AccessContext>, bool), AccessError> {
+        let company = Uuid::parse_str(&request.org).ok();
+        if let Some(context) = company.and_then(|id| self.cache.get(&request.key(id))) {
             self.metrics.event("access_context_cache", "hit");
-            return Ok(context);
+            return Ok((context, true));
         }
         self.metrics.event("access_context_cache", "miss");
+        self.fresh(request, trace)
+            .await
+            .map(|context| (context, false))
+    }
+
+    /// The context for `request` from Auth, cached by the company it
+    /// names when it includes this module.
+    pub async fn fresh(
+        &self,
+        request: &AccessRequest,
+        trace: Option<&RequestContext>,
+    ) -> Result<Arc<AccessContext>, AccessError> {
         let started = Instant::now();
         let fetched = self.fetch(request, trace).await;
         self.fetch_latency.observe(started.elapsed().as_secs_f64());
         let outcome = fetched.as_ref().map_or_else(AccessError::outcome, |_| "ok");
         self.metrics.event("access_context_fetch", outcome);
         let context = Arc::new(fetched?);
-        self.cache.put(request.clone(), context.clone());
+        let key = request.key(context.company);
+        if context.permissions(self.module).is_some() {
+            self.cache.put(key, context.clone());
+        } else {
+            // Denied by module: not kept, and no older answer outlives it.
+            self.cache.forget(&key);
+        }
         Ok(context)
     }
 
@@ -195,11 +247,11 @@ fn ensure_same_session(
     }
 }
 
-/// Access contexts by (user, session, org), each kept for `ttl`.
+/// Access contexts by (user, session, company id), each kept for `ttl`.
 #[derive(Clone)]
 struct AccessCache {
     ttl: Duration,
-    entries: Arc<Mutex<HashMap<AccessRequest, Cached>>>,
+    entries: Arc<Mutex<HashMap<CacheKey, Cached>>>,
 }
 
 struct Cached {
@@ -215,13 +267,19 @@ impl AccessCache {
         }
     }
 
-    fn get(&self, key: &AccessRequest) -> Option<Arc<AccessContext>> {
+    fn get(&self, key: &CacheKey) -> Option<Arc<AccessContext>> {
         let entries = self.entries.lock().ok()?;
         let cached = entries.get(key)?;
         (cached.stored.elapsed() < self.ttl).then(|| cached.context.clone())
     }
 
-    fn put(&self, key: AccessRequest, context: Arc<AccessContext>) {
+    fn forget(&self, key: &CacheKey) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(key);
+        }
+    }
+
+    fn put(&self, key: CacheKey, context: Arc<AccessContext>) {
         if self.ttl.is_zero() {
             return;
         }
@@ -243,6 +301,14 @@ impl AccessCache {
 mod tests {
     use super::*;
 
+    fn key(company: u128) -> CacheKey {
+        CacheKey {
+            user: "u".into(),
+            session: "s".into(),
+            company: Uuid::from_u128(company),
+        }
+    }
+
     fn request(org: &str) -> AccessRequest {
         AccessRequest {
             user: "u".into(),
@@ -261,18 +327,22 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_context_is_reused_only_for_the_same_org() {
+    fn a_cached_context_is_reused_only_for_the_same_company() {
         let cache = AccessCache::new(Duration::from_secs(5));
-        cache.put(request("acme"), context());
-        assert!(cache.get(&request("acme")).is_some());
-        assert!(cache.get(&request("globex")).is_none());
+        cache.put(key(1), context());
+        assert!(cache.get(&key(1)).is_some());
+        assert!(cache.get(&key(2)).is_none());
+        cache.forget(&key(1));
+        assert!(cache.get(&key(1)).is_none());
+        let id = Uuid::from_u128(1);
+        assert_eq!(request(&id.to_string()).key(id), key(1));
     }
 
     #[test]
     fn a_cache_of_zero_seconds_keeps_nothing() {
         let cache = AccessCache::new(Duration::ZERO);
-        cache.put(request("acme"), context());
-        assert!(cache.get(&request("acme")).is_none());
+        cache.put(key(1), context());
+        assert!(cache.get(&key(1)).is_none());
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! | `JWKS_CACHE_SECONDS` | how long fetched keys are used before a refresh |
 //! | `JWKS_MIN_REFETCH_SECONDS` | least time between two fetches triggered by tokens (default 30) |
 //! | `X_ORG_POLICY` | `required`: a request without `x-org` is refused |
-//! | `ACCESS_CACHE_SECONDS` | how long an access context is reused (default 5; 0 = never) |
-//! | `DATABASE_URL` | the module's PostgreSQL or MongoDB (the URL names the database) |
+//! | `ACCESS_CACHE_SECONDS` | how long an access context is reused (default 5; 0 = never; at most 60) |
+//! | `DATABASE_URL` | the module's PostgreSQL (`postgres://`, `postgresql://`) or MongoDB (`mongodb://`, `mongodb+srv://`) URL, as its engine needs (the URL names the database) |
 //! | `REDIS_URL` | optional; only basic looks at it |
 //! | `INTERNAL_CREDENTIAL` | presented to Auth as caller `MODULE_NAME` |
 //! | `INTERNAL_CALLER_<SERVICE>` | who may call this service's internal routes |
@@ -26,12 +26,15 @@ use kisum_common::internal::{Allowlist, Credential};
 use kisum_common::jwt::TokenPolicy;
 use kisum_common::serve::ServerSettings;
 
-use crate::module::Module;
+use crate::module::{Engine, Module};
 
 /// Clock skew allowed on `exp` and `nbf`, as Auth's tokens are issued.
 const CLOCK_SKEW_SECONDS: u64 = 60;
 const DEFAULT_JWKS_MIN_REFETCH_SECONDS: u64 = 30;
 const DEFAULT_ACCESS_CACHE_SECONDS: u64 = 5;
+/// The longest `ACCESS_CACHE_SECONDS`: how late a revocation may reach a
+/// module at worst.
+pub const MAX_ACCESS_CACHE_SECONDS: u64 = 60;
 
 #[derive(Clone)]
 pub struct Config {
@@ -82,14 +85,12 @@ impl Config {
             jwks_min_refetch: seconds(
                 vars.parsed_or("JWKS_MIN_REFETCH_SECONDS", DEFAULT_JWKS_MIN_REFETCH_SECONDS)?,
             ),
-            access_cache: seconds(
-                vars.parsed_or("ACCESS_CACHE_SECONDS", DEFAULT_ACCESS_CACHE_SECONDS)?,
-            ),
-            database_url: vars.required("DATABASE_URL")?,
+            access_cache: seconds(access_cache_seconds(vars)?),
+            database_url: database_url(vars, module)?,
             redis_url: vars
                 .optional("REDIS_URL")?
                 .filter(|url| !url.trim().is_empty()),
-            credential: Credential::new(module.name(), vars.required("INTERNAL_CREDENTIAL")?),
+            credential: Credential::from_vars(vars, module.name())?,
             allowlist: Allowlist::from_vars(vars)?,
             server: ServerSettings::from_vars(vars, module.read_timeout())?,
             digest: digest(vars),
@@ -106,6 +107,49 @@ fn require_org_policy(vars: &Vars) -> Result<(), ConfigError> {
     Err(ConfigError::Invalid {
         name: "X_ORG_POLICY".into(),
         reason: format!("`{policy}` is not supported; the module backends need `required`"),
+    })
+}
+
+fn access_cache_seconds(vars: &Vars) -> Result<u64, ConfigError> {
+    let value = vars.parsed_or("ACCESS_CACHE_SECONDS", DEFAULT_ACCESS_CACHE_SECONDS)?;
+    if value <= MAX_ACCESS_CACHE_SECONDS {
+        return Ok(value);
+    }
+    Err(ConfigError::Invalid {
+        name: "ACCESS_CACHE_SECONDS".into(),
+        reason: format!(
+            "{value} is more than {MAX_ACCESS_CACHE_SECONDS}: a revocation would reach this module that late"
+        ),
+    })
+}
+
+/// `DATABASE_URL`, with the scheme the module's engine speaks: a MongoDB
+/// URL for a PostgreSQL module (or the reverse) stops the start.
+pub fn database_url(vars: &Vars, module: Module) -> Result<String, ConfigError> {
+    let url = vars.required("DATABASE_URL")?;
+    let schemes: &[&str] = match module.engine() {
+        Engine::Postgres => &["postgres", "postgresql"],
+        Engine::Mongo => &["mongodb", "mongodb+srv"],
+    };
+    let scheme = url.trim().split_once("://").map(|(scheme, _)| scheme);
+    if scheme.is_some_and(|scheme| schemes.contains(&scheme)) {
+        return Ok(url);
+    }
+    Err(ConfigError::Invalid {
+        name: "DATABASE_URL".into(),
+        reason: format!(
+            "the {module} module keeps its data in {}: expected a {} URL, got `{}`",
+            match module.engine() {
+                Engine::Postgres => "PostgreSQL",
+                Engine::Mongo => "MongoDB",
+            },
+            schemes
+                .iter()
+                .map(|scheme| format!("{scheme}://"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            config::redact_userinfo(&url)
+        ),
     })
 }
 
@@ -156,8 +200,11 @@ mod tests {
             ("JWKS_CACHE_SECONDS", "300"),
             ("X_ORG_POLICY", "required"),
             ("DATABASE_URL", "postgres://127.0.0.1:3/finance_db"),
-            ("INTERNAL_CREDENTIAL", "s3cr3t"),
-            ("INTERNAL_CALLER_KISUMCTL", "ctl"),
+            ("INTERNAL_CREDENTIAL", "s3cr3t-credential-of-32-bytes-000"),
+            (
+                "INTERNAL_CALLER_KISUMCTL",
+                "kisumctl-credential-of-32-bytes-0",
+            ),
         ])
     }
 
@@ -179,6 +226,44 @@ mod tests {
         vars.set("MODULE_NAME", "payroll");
         let error = Config::from_vars(&vars).unwrap_err();
         assert!(error.to_string().contains("MODULE_NAME"), "{error}");
+    }
+
+    #[test]
+    fn a_database_url_of_the_other_engine_is_refused_by_name() {
+        for (module, url) in [
+            (
+                "finance",
+                "mongodb://svc:dbS3cretPW@127.0.0.1:27017/finance_db",
+            ),
+            ("basic", "postgres://svc:dbS3cretPW@127.0.0.1:5432/basic_db"),
+            ("venue", "127.0.0.1:5432/venue_db"),
+        ] {
+            let mut vars = vars();
+            vars.set("MODULE_NAME", module);
+            vars.set("DATABASE_URL", url);
+            let error = Config::from_vars(&vars).unwrap_err().to_string();
+            assert!(error.starts_with("DATABASE_URL is invalid"), "{error}");
+            assert!(!error.contains("dbS3cretPW"), "{error}");
+        }
+        let mut vars = vars();
+        vars.set("MODULE_NAME", "market");
+        vars.set("DATABASE_URL", "mongodb://127.0.0.1:27017/market_db");
+        Config::from_vars(&vars).unwrap();
+        vars.set("MODULE_NAME", "ai");
+        vars.set("DATABASE_URL", "postgresql://127.0.0.1/ai_db");
+        Config::from_vars(&vars).unwrap();
+    }
+
+    #[test]
+    fn the_access_cache_is_bounded() {
+        let mut vars = vars();
+        vars.set("ACCESS_CACHE_SECONDS", "61");
+        let error = Config::from_vars(&vars).unwrap_err();
+        assert_eq!(error.variable(), "ACCESS_CACHE_SECONDS", "{error}");
+        for fine in ["0", "60"] {
+            vars.set("ACCESS_CACHE_SECONDS", fine);
+            Config::from_vars(&vars).unwrap();
+        }
     }
 
     #[test]

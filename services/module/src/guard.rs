@@ -90,7 +90,12 @@ impl Guard {
             session: claims.sid,
             org,
         };
-        let context = self.context(&access_request, trace).await?;
+        let (mut context, cached) = self.context(&access_request, trace).await?;
+        if cached && !self.allows(&context, permission) {
+            // A denial is never taken from the cache: a grant made since
+            // the context was kept counts at once.
+            context = self.fresh_context(&access_request, trace).await?;
+        }
         self.authorize(&context, permission, trace)?;
         Ok(Access {
             user: context.user.clone(),
@@ -177,9 +182,20 @@ impl Guard {
         &self,
         request: &AccessRequest,
         trace: Option<&RequestContext>,
-    ) -> Result<Arc<AccessContext>, ApiError> {
+    ) -> Result<(Arc<AccessContext>, bool), ApiError> {
         self.access
             .context(request, trace)
+            .await
+            .map_err(|error| self.context_failed(request, error, trace))
+    }
+
+    async fn fresh_context(
+        &self,
+        request: &AccessRequest,
+        trace: Option<&RequestContext>,
+    ) -> Result<Arc<AccessContext>, ApiError> {
+        self.access
+            .fresh(request, trace)
             .await
             .map_err(|error| self.context_failed(request, error, trace))
     }
@@ -222,6 +238,13 @@ impl Guard {
                 ApiError::AccessUnavailable
             }
         }
+    }
+
+    /// Whether the context holds the module and the permission.
+    fn allows(&self, context: &AccessContext, permission: &Permission) -> bool {
+        context
+            .permissions(self.module)
+            .is_some_and(|held| held.iter().any(|key| key == permission.0))
     }
 
     fn authorize(

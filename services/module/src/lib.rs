@@ -81,6 +81,7 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
         jwks: jwks.clone(),
         policy: config.token_policy.clone(),
         access: AccessClient::new(
+            module,
             &config.auth_internal_url,
             config.credential.clone(),
             config.access_cache,

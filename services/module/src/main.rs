@@ -77,5 +77,5 @@ async fn serve(vars: &Vars) -> anyhow::Result<()> {
 /// other configuration.
 async fn migrate(vars: &Vars) -> anyhow::Result<()> {
     let module: Module = vars.parsed("MODULE_NAME")?;
-    kisum_module::migrate(module, &vars.required("DATABASE_URL")?).await
+    kisum_module::migrate(module, &kisum_module::config::database_url(vars, module)?).await
 }

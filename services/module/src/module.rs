@@ -5,6 +5,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use kisum_common::modules::{CATALOG, ModuleCatalog};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Module {
     Basic,
@@ -63,16 +65,15 @@ impl Module {
         }
     }
 
+    /// The module's resource and permission keys, from the platform's
+    /// catalog (`kisum_common::modules::CATALOG`, in [`Module::ALL`]'s order).
+    pub fn catalog(self) -> &'static ModuleCatalog {
+        &CATALOG[self as usize]
+    }
+
     /// The business resource served under `/v1/<resource>`.
     pub fn resource(self) -> &'static str {
-        match self {
-            Module::Basic => "contacts",
-            Module::Finance => "invoices",
-            Module::Market => "listings",
-            Module::Touring => "tours",
-            Module::Venue => "venues",
-            Module::Ai => "prompts",
-        }
+        self.catalog().resource
     }
 
     /// The default request timeout: the module's
@@ -125,6 +126,14 @@ mod tests {
             assert_eq!(module.name().parse::<Module>().unwrap(), module);
         }
         assert!("Finance".parse::<Module>().is_err());
+    }
+
+    #[test]
+    fn every_module_reads_its_own_entry_of_the_catalog() {
+        for module in Module::ALL {
+            assert_eq!(module.catalog().module, module.name());
+        }
+        assert_eq!(Module::Finance.resource(), "invoices");
     }
 
     #[test]

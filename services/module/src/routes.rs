@@ -28,27 +28,15 @@ use crate::record_cache::{Read, RecordCache};
 use crate::records::{Fields, Limit, Record};
 use crate::store::{RecordStore, Resource};
 
+/// A permission key of the module's catalog
+/// (`kisum_common::modules::CATALOG`), `<module>.<resource>.<read|write>`:
+/// the keys Auth lets roles and memberships hold are the ones routes need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Read,
-    Write,
-}
-
-/// A permission key, `<module>.<resource>.<read|write>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permission {
-    pub module: Module,
-    pub resource: &'static str,
-    pub action: Action,
-}
+pub struct Permission(pub &'static str);
 
 impl fmt::Display for Permission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let action = match self.action {
-            Action::Read => "read",
-            Action::Write => "write",
-        };
-        write!(f, "{}.{}.{action}", self.module, self.resource)
+        f.write_str(self.0)
     }
 }
 
@@ -70,26 +58,23 @@ fn paths(module: Module) -> (String, String) {
 
 pub fn endpoints(module: Module) -> Vec<Endpoint> {
     let (collection, item) = paths(module);
-    let permission = |action| Permission {
-        module,
-        resource: module.resource(),
-        action,
-    };
+    let catalog = module.catalog();
+    let (read, write) = (Permission(catalog.read), Permission(catalog.write));
     vec![
         Endpoint {
             method: Method::GET,
             path: collection.clone(),
-            permission: permission(Action::Read),
+            permission: read,
         },
         Endpoint {
             method: Method::POST,
             path: collection,
-            permission: permission(Action::Write),
+            permission: write,
         },
         Endpoint {
             method: Method::GET,
             path: item,
-            permission: permission(Action::Read),
+            permission: read,
         },
     ]
 }
@@ -276,11 +261,15 @@ mod tests {
     }
 
     #[test]
-    fn every_permission_starts_with_its_module() {
+    fn every_route_needs_a_permission_of_its_modules_catalog() {
         for module in Module::ALL {
             for endpoint in endpoints(module) {
                 let key = endpoint.permission.to_string();
-                assert!(key.starts_with(&format!("{module}.")), "{key}");
+                assert_eq!(
+                    kisum_common::modules::known_permission(&key),
+                    Ok(module.name()),
+                    "{key}"
+                );
             }
         }
     }

@@ -10,6 +10,7 @@ mod platform;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use kisum_auth::directory;
 use kisum_common::jwt::TokenPolicy;
 use kisum_common::keys::KeySet;
 use kisum_module::{Config, Module};
@@ -358,6 +359,8 @@ async fn x_org_is_read_as_auth_reads_it_urn_and_upper_case_ids_included() {
         id.to_uppercase(),
         format!("urn:uuid:{id}"),
         format!("URN:UUID:{}", id.to_uppercase()),
+        // Slugs are case-insensitive.
+        slug.to_uppercase(),
         slug,
     ];
     for org in forms {
@@ -392,6 +395,113 @@ async fn x_org_is_read_as_auth_reads_it_urn_and_upper_case_ids_included() {
             "{org}: malformed for Auth too"
         );
     }
+}
+
+/// A status of `GET /v1/invoices` as `member`, in `org`.
+async fn list_status(backend: &Backend, member: &Member, org: &str) -> StatusCode {
+    backend
+        .get("/v1/invoices", &member.token, Some(org))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_moved_slug_stops_naming_the_company_at_once() {
+    let platform = Platform::start().await;
+    // A cache far longer than the test: only keying by company id (and
+    // asking Auth for every slug) makes the move visible.
+    let settings = [("ACCESS_CACHE_SECONDS", "60")];
+    let backend = Backend::finance(&platform, &settings).await;
+    let member = new_member(&platform, Module::Finance, Some(&[INVOICE_READ])).await;
+    let old: String = sqlx::query_scalar("select slug from companies where id = $1")
+        .bind(member.company)
+        .fetch_one(&platform.db)
+        .await
+        .unwrap();
+    for org in [old.as_str(), &member.org(), old.as_str()] {
+        assert_eq!(
+            list_status(&backend, &member, org).await,
+            StatusCode::OK,
+            "{org}"
+        );
+    }
+
+    // The company takes a new slug, as Admin renames it through Auth.
+    let new = format!("{old}-moved");
+    let (status, answer) = platform
+        .auth_internal_call(
+            reqwest::Method::PUT,
+            &format!("/internal/companies/{}", member.company),
+            Some(json!({ "slug": new, "name": "Moved" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        list_status(&backend, &member, &old).await,
+        StatusCode::FORBIDDEN,
+        "the old slug names no company any more"
+    );
+    assert_eq!(list_status(&backend, &member, &new).await, StatusCode::OK);
+    // The id still answers from the cache.
+    assert_eq!(
+        list_status(&backend, &member, &member.org()).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_grant_right_after_a_denial_is_seen_at_once() {
+    let platform = Platform::start().await;
+    let settings = [("ACCESS_CACHE_SECONDS", "60")];
+    let backend = Backend::finance(&platform, &settings).await;
+    // Entitled to finance, a member whose role reads invoices, but no
+    // module granted: the context holds no module at all.
+    let company = platform.company("grant").await;
+    platform.entitle(company.id, "finance").await;
+    let reader = platform.role(&[INVOICE_READ]).await;
+    let writer = platform.role(&[INVOICE_READ, INVOICE_WRITE]).await;
+    let user = platform.user().await;
+    let membership = platform.membership(user.id, company.id, &reader, &[]).await;
+    let session = platform.login(&user.email).await;
+    let member = Member {
+        user: session.user,
+        session: session.session,
+        email: user.email,
+        company: company.id,
+        token: session.access_token,
+    };
+    let org = member.org();
+    let (status, context) = platform.me_access(&member.token, &org).await;
+    assert_eq!((status, &context["modules"]), (StatusCode::OK, &json!({})));
+    assert_eq!(
+        list_status(&backend, &member, &org).await,
+        StatusCode::FORBIDDEN
+    );
+
+    // The module is granted: the very next request is let in.
+    let directory = platform.directory();
+    directory::grant_module(&directory, membership, "finance")
+        .await
+        .unwrap();
+    assert_eq!(list_status(&backend, &member, &org).await, StatusCode::OK);
+
+    // The read left a context in the cache; a write is denied, then let
+    // in right after the role gains the permission.
+    let write = || async {
+        backend
+            .post("/v1/invoices", &member.token, &org, invoice("INV-G"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(write().await, StatusCode::FORBIDDEN);
+    directory::add_membership(&directory, user.id, company.id, &writer)
+        .await
+        .unwrap();
+    assert_eq!(write().await, StatusCode::CREATED);
 }
 
 #[tokio::test]

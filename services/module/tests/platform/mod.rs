@@ -35,16 +35,16 @@ pub const ISSUER: &str = "https://auth.kisum.test";
 pub const AUDIENCE: &str = "kisum-api";
 pub const PASSWORD: &str = "correct horse battery staple";
 /// What Auth presents to Core.
-pub const AUTH_TO_CORE: &str = "auth-to-core-credential-for-tests";
+pub const AUTH_TO_CORE: &str = "auth-to-core-credential-for-tests-0";
 /// What Platform Admin presents to Auth and Core.
-pub const ADMIN_SECRET: &str = "platform-admin-credential-for-tests";
-pub const KISUMCTL_SECRET: &str = "kisumctl-credential-for-tests";
+pub const ADMIN_SECRET: &str = "platform-admin-credential-for-tests-0";
+pub const KISUMCTL_SECRET: &str = "kisumctl-credential-for-tests-00000";
 /// The module backends Auth admits on its internal port.
 pub const MODULES: [&str; 6] = ["basic", "finance", "market", "touring", "venue", "ai"];
 
 /// What module backend `module` presents to Auth.
 pub fn module_credential(module: &str) -> String {
-    format!("{module}-credential-for-tests")
+    format!("{module}-credential-for-tests-of-32-bytes")
 }
 
 pub fn now() -> i64 {
