@@ -25,7 +25,7 @@ use kisum_common::jwt::TokenPolicy;
 use kisum_common::keys::{KeySet, KeyState};
 use serde_json::{Value, json};
 
-use crate::common::{Moto, SEALED_AWS, secret_at, secrets_manager, stderr, stdout};
+use crate::common::{Moto, SEALED_AWS, secret_at, stderr, stdout};
 use crate::deploy_local::{Platform, assert_deployed};
 
 /// One platform at a time: each test runs all of it under load.
