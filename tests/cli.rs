@@ -10,6 +10,8 @@ mod common;
 mod corpus;
 #[path = "cli/db.rs"]
 mod db;
+#[path = "cli/deploy_k8s.rs"]
+mod deploy_k8s;
 #[path = "cli/deploy_local.rs"]
 mod deploy_local;
 #[path = "cli/dns.rs"]
