@@ -20,6 +20,8 @@ mod dns;
 mod docs;
 #[path = "cli/help.rs"]
 mod help;
+#[path = "cli/images.rs"]
+mod images;
 #[path = "cli/local_commands.rs"]
 mod local_commands;
 #[path = "cli/manifests.rs"]
