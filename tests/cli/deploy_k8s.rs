@@ -540,3 +540,57 @@ async fn production_needs_confirmation_and_history_is_not_for_local() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("`history local` is not supported"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_jobs_are_read_back_and_a_failed_one_stops_the_release_before_any_deployment() {
+    let staging = Staging::without_platform();
+    staging
+        .fake
+        .job_log("auth-migrate", "starting\nauth_db is up to date\n");
+    staging.fake.failing_job("finance-migrate");
+    staging.fake.job_log(
+        "finance-migrate",
+        "error: relation \"invoices\" already exists\n",
+    );
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "-o", "json"], 3)
+        .await;
+    let migrations = report["migrations"].as_array().unwrap();
+    let auth = migrations.iter().find(|m| m["service"] == "auth").unwrap();
+    assert_eq!(auth["job"], "auth-migrate-1");
+    assert_eq!(auth["level"], 5);
+    assert!(
+        auth["log"]
+            .as_str()
+            .unwrap()
+            .contains("auth_db is up to date"),
+        "{text}"
+    );
+    let failure = report["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("migration Job/finance-migrate-1 failed: BackoffLimitExceeded"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("relation \"invoices\" already exists"),
+        "{failure}"
+    );
+    assert!(
+        applied_deployments(&staging.fake).is_empty(),
+        "no Deployment after a failed migration"
+    );
+    assert!(
+        text.contains("ROLLBACK NOT DONE: no earlier release"),
+        "{text}"
+    );
+    let job = staging
+        .fake
+        .get("/apis/batch/v1/namespaces/kisum-staging/jobs/auth-migrate-1")
+        .unwrap();
+    let pod = &job["spec"]["template"];
+    assert_eq!(pod["spec"]["containers"][0]["args"], json!(["migrate"]));
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/name"],
+        "auth-migrate"
+    );
+}
