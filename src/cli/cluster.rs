@@ -76,18 +76,27 @@ pub fn smoke_target(
     dir: &Path,
     env: &Environment,
 ) -> Result<(crate::smoke::Target, crate::smoke::Credentials), (Exit, String)> {
-    let urls = match &env.file.kubernetes.smoke_endpoints {
-        Some(path) => {
-            crate::smoke::Target::from_endpoints(env.name, &crate::matrix::resolve_path(dir, path))
-        }
-        None => crate::smoke::Target::from_hosts(env),
-    }
-    .map_err(|e| (Exit::UnusableInput, format!("smoke checks: {e}")))?;
+    let urls =
+        smoke_urls(dir, env).map_err(|e| (Exit::UnusableInput, format!("smoke checks: {e}")))?;
     let store = crate::secrets::for_environment(dir, env)
         .map_err(|e| (Exit::OperationFailed, format!("smoke checks: {e}")))?;
     let credentials = crate::smoke::Credentials::from_store(store.as_ref())
         .map_err(|e| (Exit::UnusableInput, format!("smoke checks: {e}")))?;
     Ok((urls, credentials))
+}
+
+/// The public URLs of an environment on Kubernetes: those of the file
+/// `kubernetes.smoke-endpoints` names, else `https://<host>`.
+pub fn smoke_urls(
+    dir: &Path,
+    env: &Environment,
+) -> Result<crate::smoke::Target, crate::smoke::TargetError> {
+    match &env.file.kubernetes.smoke_endpoints {
+        Some(path) => {
+            crate::smoke::Target::from_endpoints(env.name, &crate::matrix::resolve_path(dir, path))
+        }
+        None => crate::smoke::Target::from_hosts(env),
+    }
 }
 
 /// The deploy target of an environment, connected.

@@ -265,6 +265,10 @@ async fn deploy_applies_in_waves_records_prunes_and_rolls_back_after_a_failed_sm
     let holder = &staging.fake.get(LEASE).unwrap()["spec"]["holderIdentity"];
     assert!(holder.is_null(), "the lock is released: {holder}");
 
+    // `kisumctl smoke staging` checks the same URLs.
+    let (smoke, text) = staging.expect(&["smoke", "staging", "-o", "json"], 0).await;
+    assert_eq!(smoke["passed"], true, "{text}");
+
     // Nothing differs from what was rendered.
     let (diff, text) = staging.expect(&["diff", "staging", "-o", "json"], 0).await;
     assert_eq!(diff["differences"], json!([]), "{text}");
