@@ -260,6 +260,20 @@ pub fn run_cluster(
         Ok(found) => found,
         Err(failure) => return Ok(cluster::fail(format, failure)),
     };
+    let unpinned: Vec<&str> = manifests
+        .images
+        .values()
+        .filter(|image| !image.contains("@sha256:"))
+        .map(String::as_str)
+        .collect();
+    if env.is_production() && !unpinned.is_empty() {
+        errln!(
+            "warning: {} images of {} are not pinned by digest (such as {}): a tag can move under a rollback",
+            unpinned.len(),
+            env.name,
+            unpinned[0]
+        );
+    }
     if env.is_production() && !args.dry_run && !args.yes {
         let lines = [format!(
             "deploy {} to namespace {} of context {} (digest {})",

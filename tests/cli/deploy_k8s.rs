@@ -540,6 +540,10 @@ async fn production_needs_confirmation_and_history_is_not_for_local() {
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("pass --yes"), "{text}");
+    assert!(
+        text.contains("images of production are not pinned by digest"),
+        "{text}"
+    );
     let output = crate::common::kisumctl(scratch.path(), &["history", "local"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("`history local` is not supported"));
