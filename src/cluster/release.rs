@@ -762,13 +762,13 @@ async fn automatic_rollback(
         "automatic rollback to release {} after release {failed} failed",
         previous.number
     );
-    let (release, smoke) = restore(applier, records, previous.number, note).await?;
+    let restored = restore(applier, records, previous.number, note).await?;
     Ok(Rollback {
         to: Some(previous.number),
-        release: Some(release),
+        release: Some(restored.release),
         done: true,
         detail: format!("release {} applied again and rolled out", previous.number),
-        smoke_passed: smoke.map(|s| s.passed()),
+        smoke_passed: restored.smoke.map(|s| s.passed()),
     })
 }
 
@@ -779,7 +779,7 @@ async fn restore(
     records: &[Record],
     to: u32,
     note: String,
-) -> Result<(u32, Option<smoke::Report>), DeployError> {
+) -> Result<Restored, DeployError> {
     let target = applier.target;
     let (old, manifests) = history::load(&target.namespace, target.environment, to).await?;
     let mut waves = Vec::new();
@@ -797,7 +797,7 @@ async fn restore(
             )));
         }
     }
-    prune(target, &manifests, false, applier.progress).await?;
+    let pruned = prune(target, &manifests, false, applier.progress).await?;
     let smoke = run_smoke(target, applier.progress).await;
     let number = records.last().map_or(1, |r| r.number + 1);
     let mut again = record(target, number, &manifests, Outcome::Deployed, note);
@@ -806,7 +806,21 @@ async fn restore(
     let mut all = records.to_vec();
     all.push(again);
     history::trim(&target.namespace, &all, target.history_limit, number).await?;
-    Ok((number, smoke))
+    Ok(Restored {
+        release: number,
+        smoke,
+        waves,
+        pruned,
+    })
+}
+
+/// A recorded release applied again.
+struct Restored {
+    /// The number it is recorded under now.
+    release: u32,
+    smoke: Option<smoke::Report>,
+    waves: Vec<Wave>,
+    pruned: Vec<String>,
 }
 
 /// `kisumctl rollback ENV [--to N]`: release `to` (default: the deployed
@@ -887,18 +901,23 @@ async fn rollback_locked(
         target.environment, wanted.number
     ));
     let note = format!("rollback to release {}", wanted.number);
-    let (release, smoke) = restore(applier, &records, wanted.number, note).await?;
+    let restored = restore(applier, &records, wanted.number, note).await?;
+    let failed = restored.smoke.as_ref().is_some_and(|s| !s.passed());
     Ok(Report {
         environment: target.environment.to_string(),
-        result: Conclusion::Deployed,
-        release: Some(release),
+        result: if failed {
+            Conclusion::Failed
+        } else {
+            Conclusion::Deployed
+        },
+        release: Some(restored.release),
         digest: wanted.digest.clone(),
         migrations: Vec::new(),
-        waves: Vec::new(),
-        failure: None,
-        smoke,
+        waves: restored.waves,
+        failure: failed.then(|| format!("the smoke checks fail on release {}", wanted.number)),
+        smoke: restored.smoke,
         rollback: None,
-        pruned: Vec::new(),
+        pruned: restored.pruned,
         stale_lock: None,
     })
 }

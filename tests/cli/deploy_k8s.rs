@@ -408,6 +408,7 @@ async fn a_rollout_timeout_rolls_back_and_the_schema_guard_refuses_to_cross_a_mi
         )
         .await;
     assert_eq!(report["result"], "deployed", "{text}");
+    assert_eq!(report["waves"].as_array().unwrap().len(), 5, "{text}");
     let image =
         staging.deployment("auth")["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert!(image.as_str().unwrap().ends_with(":0.1.0"), "{image}");
