@@ -13,8 +13,11 @@ use crate::matrix::Environment;
 use crate::matrix::schema::SchemaLevel;
 use crate::render::RenderedFile;
 
-/// The wave of `namespace.yaml`: before any service.
+/// The wave of `namespace.yaml` (and of the ExternalSecrets): before any
+/// service.
 pub const NAMESPACE_WAVE: u8 = 0;
+
+const NAMESPACE_FILE: &str = "namespace.yaml";
 
 /// One object of a manifest file.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +126,8 @@ impl Manifests {
                 objects.push(object);
             }
         }
-        objects.sort_by_key(|o| o.wave);
+        // The Namespace before anything that lives in it.
+        objects.sort_by_key(|o| (o.wave, o.file != NAMESPACE_FILE));
         Ok(objects)
     }
 
@@ -148,6 +152,9 @@ impl Manifests {
                 .or_default()
                 .push(file.trim_end_matches(".yaml").to_string());
         }
+        for names in waves.values_mut() {
+            names.sort_by_key(|name| name != "namespace");
+        }
         waves.into_iter().collect()
     }
 }
@@ -169,7 +176,11 @@ mod tests {
     fn waves_follow_the_release_order_core_auth_modules_admin() {
         let waves = manifests().waves();
         let order: Vec<(u8, Vec<String>)> = waves;
-        assert_eq!(order[0], (0, vec!["namespace".to_string()]));
+        let first: Vec<&str> = order[0].1.iter().map(String::as_str).collect();
+        assert_eq!(
+            (order[0].0, first),
+            (0, vec!["namespace", "external-secrets"])
+        );
         assert_eq!(order[1], (1, vec!["platform-core".to_string()]));
         assert_eq!(order[2], (2, vec!["auth".to_string()]));
         assert!(order[3].1.contains(&"finance".to_string()), "{order:?}");
@@ -181,6 +192,11 @@ mod tests {
         let manifests = manifests();
         let objects = manifests.objects().unwrap();
         assert_eq!(objects[0].reference(), "Namespace/kisum-staging");
+        assert!(
+            objects
+                .iter()
+                .any(|o| o.kind() == "ExternalSecret" && o.wave == 0)
+        );
         assert!(objects.windows(2).all(|w| w[0].wave <= w[1].wave));
         assert!(objects.iter().all(|o| o.kind() != "Kustomization"));
         assert_eq!(manifests.images.len(), 9);
