@@ -774,6 +774,10 @@ async fn automatic_rollback(
 
 /// Applies release `to`'s stored manifests in waves, waits, prunes what
 /// it does not name, checks, and records it as a new release.
+///
+/// TODO: when this rollout itself fails, the caller gets an error without
+/// the failed release's report (the failure and the smoke results are in
+/// the history only), and nothing is tried further back.
 async fn restore(
     applier: &mut Applier<'_>,
     records: &[Record],

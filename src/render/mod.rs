@@ -139,6 +139,10 @@ pub fn secret_store_name(env: &Environment) -> String {
 /// writes) into a Secret of the same name, key by key, and refreshes it
 /// hourly, so a rotated value reaches the mounted files without a
 /// restart. `None` for other backends.
+///
+/// TODO: the `tls-<service>` certificates the Ingresses name are not among
+/// them: a `kubernetes.io/tls` Secret needs a `target.template` with that
+/// type and the key names `tls.crt` and `tls.key`.
 fn external_secrets(env: &Environment) -> Result<Option<Vec<String>>, RenderError> {
     let crate::matrix::schema::SecretBackend::AwsSecretsManager { prefix, .. } = &env.file.secrets
     else {
