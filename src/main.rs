@@ -6,6 +6,7 @@
 
 mod backup;
 mod cli;
+mod cluster;
 mod db;
 mod dns;
 mod local;

@@ -12,6 +12,8 @@ mod converge;
 mod corpus;
 #[path = "cli/db.rs"]
 mod db;
+#[path = "cli/deploy_k8s.rs"]
+mod deploy_k8s;
 #[path = "cli/deploy_local.rs"]
 mod deploy_local;
 #[path = "cli/dns.rs"]
@@ -20,6 +22,8 @@ mod dns;
 mod docs;
 #[path = "cli/help.rs"]
 mod help;
+#[path = "cli/images.rs"]
+mod images;
 #[path = "cli/local_commands.rs"]
 mod local_commands;
 #[path = "cli/manifests.rs"]

@@ -25,24 +25,76 @@ use crate::matrix::Environment;
 /// supervisor keeps running after the command returns, until `kisumctl
 /// down local`. A second run converges: only what changed restarts.
 ///
-/// Exit codes: 0 deployed and every check passed, 1 a check failed,
-/// 2 unusable input, 3 the deploy failed (rerun it to resume).
+/// Any other environment is deployed to its Kubernetes cluster (kubeconfig
+/// and context from the matrix) under the environment's Lease: each
+/// service's migrations as a Job, then server-side apply (field manager
+/// `kisumctl`) wave by wave (Core, Auth, module backends, Admin), each
+/// wave's rollouts waited for, then the smoke checks. A rollout timeout or
+/// a failed smoke check rolls back to the previous release's stored
+/// manifests. Then objects the matrix no longer names are pruned and the
+/// release is recorded (`kisumctl history`). Production asks for
+/// confirmation unless `--yes`.
+///
+/// Exit codes: 0 deployed and every check passed, 1 a check failed (or a
+/// rollback was refused by the schema guard), 2 unusable input, 3 the
+/// deploy failed (for `local`: rerun it to resume; otherwise: rolled back,
+/// or stopped where it stood, as the report says).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Environment to deploy (only `local` is supported so far).
+    /// Environment to deploy.
     pub(super) env: String,
 
     /// Directory of prebuilt service binaries (kisum-core, kisum-auth,
     /// kisum-module, kisum-admin); without it they are built with
-    /// `cargo build --release` in the repository.
+    /// `cargo build --release` in the repository (`local` only).
     #[arg(long, env = "KISUM_SERVICE_BIN_DIR", value_name = "DIR")]
     bin_dir: Option<PathBuf>,
 
     #[command(flatten)]
     lock: super::LockWait,
+
+    /// Send every change as a server-side dry run: the API server checks
+    /// it and nothing is stored, no lock is taken, nothing is recorded
+    /// (not for `local`).
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Seconds each rollout and migration Job may take, in place of the
+    /// matrix's `kubernetes.rollout-timeout-seconds` and
+    /// `rollout-timeouts` (not for `local`).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+
+    /// Deploy production without asking.
+    #[arg(long)]
+    yes: bool,
+
+    /// Roll back automatically even across a schema level the previous
+    /// release's code may not run on.
+    #[arg(long)]
+    force: bool,
+
+    #[command(flatten)]
+    cluster: super::cluster::Common,
+}
+
+impl Args {
+    /// The output format, for errors before the deploy starts.
+    pub fn format(&self) -> super::OutputFormat {
+        self.cluster.output
+    }
 }
 
 pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+    let kubernetes_only = args.dry_run || args.timeout.is_some() || args.force;
+    if kubernetes_only || args.cluster.output == super::OutputFormat::Json {
+        let message = "`--dry-run`, `--timeout`, `--force` and `-o json` are for deploys to Kubernetes, not `deploy local`";
+        return Ok(super::refuse(
+            args.cluster.output,
+            message,
+            Exit::UnusableInput,
+        ));
+    }
     let context = Context::for_environment(env, dir)?;
     let options = Options {
         bin_dir: args.bin_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
@@ -193,4 +245,75 @@ impl Progress for Bars {
             None => errln!("note: {text}"),
         }
     }
+}
+
+/// `kisumctl deploy ENV` for an environment on Kubernetes.
+pub fn run_cluster(
+    dir: &Path,
+    matrix: &crate::matrix::Matrix,
+    env: &Environment,
+    args: Args,
+) -> anyhow::Result<Exit> {
+    use super::cluster;
+    let format = args.cluster.output;
+    let (manifests, namespace) = match cluster::manifests(matrix, env, &args.cluster.templates) {
+        Ok(found) => found,
+        Err(failure) => return Ok(cluster::fail(format, failure)),
+    };
+    let unpinned: Vec<&str> = manifests
+        .images
+        .values()
+        .filter(|image| !image.contains("@sha256:"))
+        .map(String::as_str)
+        .collect();
+    if env.is_production() && !unpinned.is_empty() {
+        errln!(
+            "warning: {} images of {} are not pinned by digest (such as {}): a tag can move under a rollback",
+            unpinned.len(),
+            env.name,
+            unpinned[0]
+        );
+    }
+    if env.is_production() && !args.dry_run && !args.yes {
+        let lines = [format!(
+            "deploy {} to namespace {} of context {} (digest {})",
+            env.name,
+            env.file.namespace,
+            env.file.kubernetes.context,
+            manifests.digest()
+        )];
+        if !super::confirm_by_typing("deploy production", &lines, env.name)? {
+            let message = format!(
+                "not deploying {}: not confirmed (pass --yes to deploy without asking)",
+                env.name
+            );
+            return Ok(super::refuse(format, &message, Exit::UnusableInput));
+        }
+    }
+    let smoke = if args.dry_run {
+        None
+    } else {
+        match cluster::smoke_target(dir, env) {
+            Ok(smoke) => Some(smoke),
+            Err(failure) => return Ok(cluster::fail(format, failure)),
+        }
+    };
+    let spinner = cluster::Spinner::new(false);
+    let outcome = cluster::block_on(&spinner, async {
+        let target = cluster::target(dir, env, args.timeout, smoke).await?;
+        crate::cluster::release::deploy(
+            &target,
+            &manifests,
+            &namespace,
+            args.dry_run,
+            args.force,
+            &spinner,
+        )
+        .await
+        .map_err(|e| cluster::deploy_error(&e))
+    })?;
+    Ok(match outcome {
+        Ok(report) => cluster::report(&report, format, "deploy"),
+        Err(failure) => cluster::fail(format, failure),
+    })
 }

@@ -3,16 +3,20 @@
 
 mod backup;
 mod converge;
+mod cluster;
 mod db;
 mod deploy;
+mod diff;
 mod dns;
 mod down;
 mod drill;
+mod history;
 mod inventory;
 mod logs;
 mod output;
 mod render;
 mod restore;
+mod rollback;
 mod rotate;
 mod secrets;
 mod smoke;
@@ -77,6 +81,9 @@ enum Command {
     Inventory(inventory::Args),
     Smoke(smoke::Args),
     Deploy(deploy::Args),
+    History(history::Args),
+    Rollback(rollback::Args),
+    Diff(diff::Args),
     Status(status::Args),
     Logs(logs::Args),
     Down(down::Args),
@@ -113,9 +120,31 @@ pub fn main() -> ExitCode {
         Command::Inventory(args) => inventory::run(&cli.matrix, args),
         Command::Smoke(args) => smoke::run(&cli.matrix, args),
         Command::Deploy(args) => {
-            let (name, format) = (args.env.clone(), OutputFormat::Text);
-            with_local_environment(&cli.matrix, "deploy", &name, format, |env| {
-                deploy::run(&cli.matrix, env, args)
+            let (name, format) = (args.env.clone(), args.format());
+            with_environment(&cli.matrix, &name, format, |matrix, env| {
+                if env.name == "local" {
+                    deploy::run(&cli.matrix, env, args)
+                } else {
+                    deploy::run_cluster(&cli.matrix, matrix, env, args)
+                }
+            })
+        }
+        Command::History(args) => {
+            let (name, format) = (args.env.clone(), args.cluster.output);
+            with_cluster_environment(&cli.matrix, "history", &name, format, |_, env| {
+                history::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Rollback(args) => {
+            let (name, format) = (args.env.clone(), args.cluster.output);
+            with_cluster_environment(&cli.matrix, "rollback", &name, format, |_, env| {
+                rollback::run(&cli.matrix, env, args)
+            })
+        }
+        Command::Diff(args) => {
+            let (name, format) = (args.env.clone(), args.cluster.output);
+            with_cluster_environment(&cli.matrix, "diff", &name, format, |matrix, env| {
+                diff::run(&cli.matrix, matrix, env, args)
             })
         }
         Command::Status(args) => {
@@ -243,9 +272,9 @@ fn with_environment(
     }
 }
 
-/// The commands that run processes on this machine (`deploy`, `status`,
-/// `logs`, `down`) work on the `local` environment only, so far: another
-/// environment is a usage error (exit 2), not a failed operation.
+/// The commands about processes on this machine (`status`, `logs`,
+/// `down`) work on the `local` environment only: another environment is a
+/// usage error (exit 2), not a failed operation.
 fn with_local_environment(
     dir: &std::path::Path,
     command: &str,
@@ -256,11 +285,31 @@ fn with_local_environment(
     with_environment(dir, name, format, |_, env| {
         if env.name != "local" {
             let message = format!(
-                "`{command} {name}` is not supported: only `{command} local` is, so far (the other environments need the Kubernetes path, still to come)"
+                "`{command} {name}` is not supported: only `{command} local` is ({name} runs on Kubernetes: see `kisumctl history {name}` and `kisumctl diff {name}`)"
             );
             return Ok(refuse(format, &message, Exit::UnusableInput));
         }
         run(env)
+    })
+}
+
+/// The commands of a Kubernetes environment (`history`, `rollback`,
+/// `diff`): `local` runs as processes and has none of them.
+fn with_cluster_environment(
+    dir: &std::path::Path,
+    command: &str,
+    name: &str,
+    format: OutputFormat,
+    run: impl FnOnce(&crate::matrix::Matrix, &crate::matrix::Environment) -> anyhow::Result<Exit>,
+) -> anyhow::Result<Exit> {
+    with_environment(dir, name, format, |matrix, env| {
+        if env.name == "local" {
+            let message = format!(
+                "`{command} local` is not supported: local runs as processes (see `kisumctl status local`); {command} is for the environments on Kubernetes"
+            );
+            return Ok(refuse(format, &message, Exit::UnusableInput));
+        }
+        run(matrix, env)
     })
 }
 

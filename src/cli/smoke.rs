@@ -42,7 +42,12 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
 
 fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> anyhow::Result<Exit> {
     let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
-    let target = match Target::for_environment(env, &state_dir) {
+    let target = if env.name == "local" {
+        Target::for_environment(env, &state_dir)
+    } else {
+        super::cluster::smoke_urls(dir, env)
+    };
+    let target = match target {
         Ok(target) => target,
         Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };

@@ -662,6 +662,90 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
     errors.extend(super::provisioning::check(loaded));
     errors.extend(local_paths(loaded));
     errors.extend(local_ports(loaded));
+    errors.extend(kubernetes_targets(loaded));
+    errors.extend(schema_levels(loaded));
+    errors
+}
+
+/// The longest wait for one rollout that an environment may set.
+const MAX_ROLLOUT_SECONDS: u32 = 3600;
+
+/// Each environment's `kubernetes` block: timeouts of at least a second
+/// and at most an hour, for services that exist; a history of 1 to 100
+/// releases; paths without control characters.
+fn kubernetes_targets(loaded: &Loaded) -> Vec<InputError> {
+    let mut errors = Vec::new();
+    let timeout_problem = |seconds: u32| {
+        (seconds == 0 || seconds > MAX_ROLLOUT_SECONDS)
+            .then(|| format!("{seconds} is not between 1 and {MAX_ROLLOUT_SECONDS} seconds"))
+    };
+    for (file, source) in loaded.environments.values() {
+        let target = &file.kubernetes;
+        let mut bad =
+            |field: String, message: String| errors.push(error_at(source, &field, message));
+        if let Some(message) = timeout_problem(target.rollout_timeout_seconds) {
+            bad("kubernetes.rollout-timeout-seconds".into(), message);
+        }
+        for (service, seconds) in &target.rollout_timeouts {
+            let field = format!("kubernetes.rollout-timeouts.{service}");
+            if !loaded.base.services.contains_key(service) {
+                bad(field, format!("`{service}` is not a service of base.yaml"));
+            } else if let Some(message) = timeout_problem(*seconds) {
+                bad(field, message);
+            }
+        }
+        if !(1..=100).contains(&target.history_limit) {
+            let message = format!("{} is not between 1 and 100 releases", target.history_limit);
+            bad("kubernetes.history-limit".into(), message);
+        }
+        let paths = [
+            ("kubernetes.kubeconfig", &target.kubeconfig),
+            ("kubernetes.smoke-endpoints", &target.smoke_endpoints),
+        ];
+        for (field, path) in paths {
+            if path
+                .as_deref()
+                .is_some_and(|p| p.is_empty() || p.chars().any(char::is_control))
+            {
+                bad(
+                    field.into(),
+                    "is empty or contains a control character".into(),
+                );
+            }
+        }
+    }
+    errors
+}
+
+/// `schema-levels` of base.yaml: services with a database, and an oldest
+/// level no newer than the level.
+fn schema_levels(loaded: &Loaded) -> Vec<InputError> {
+    let source = &loaded.base_source;
+    let mut errors = Vec::new();
+    for (service, schema) in &loaded.base.schema_levels {
+        let field = format!("schema-levels.{service}");
+        match loaded.base.services.get(service) {
+            None => errors.push(error_at(
+                source,
+                &field,
+                format!("`{service}` is not a service"),
+            )),
+            Some(spec) if spec.database.is_none() => errors.push(error_at(
+                source,
+                &field,
+                format!("`{service}` has no database, so no schema level"),
+            )),
+            Some(_) if schema.oldest > schema.level => errors.push(error_at(
+                source,
+                &format!("{field}.oldest"),
+                format!(
+                    "{} is newer than the level {} this release migrates to",
+                    schema.oldest, schema.level
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
     errors
 }
 

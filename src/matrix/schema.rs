@@ -37,6 +37,10 @@ pub struct BaseFile {
     pub assumptions: Vec<Assumption>,
     #[serde(default)]
     pub open_decisions: Vec<OpenDecision>,
+    /// Per service with a database: its schema level and the oldest level
+    /// its code runs on (the rollback guard of `kisumctl deploy`).
+    #[serde(default)]
+    pub schema_levels: BTreeMap<String, SchemaLevel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -500,8 +504,45 @@ pub enum Tier {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KubernetesTarget {
     pub context: String,
-    /// Path of the kubeconfig; the standard lookup when absent.
+    /// Path of the kubeconfig (relative to the matrix's parent); the
+    /// standard lookup (`KUBECONFIG`, then `~/.kube/config`) when absent.
     pub kubeconfig: Option<String>,
+    /// How long `kisumctl deploy` waits for a service's rollout (or a
+    /// migration Job) before rolling back.
+    #[serde(default = "default_rollout_timeout")]
+    pub rollout_timeout_seconds: u32,
+    /// Per service id, a rollout timeout in place of the default.
+    #[serde(default)]
+    pub rollout_timeouts: BTreeMap<String, u32>,
+    /// How many releases the cluster's history keeps.
+    #[serde(default = "default_history_limit")]
+    pub history_limit: u32,
+    /// A JSON file with the public URLs the smoke checks use after a
+    /// deploy (`{"auth": URL, "platform-admin": URL, "finance": URL}`), in
+    /// place of `https://<host>`: a cluster reached through a tunnel, or a
+    /// test.
+    pub smoke_endpoints: Option<String>,
+}
+
+fn default_rollout_timeout() -> u32 {
+    300
+}
+
+fn default_history_limit() -> u32 {
+    10
+}
+
+/// The schema level of a service's database, as `kisumctl deploy` records
+/// it per release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SchemaLevel {
+    /// The number of the newest migration this release's image applies.
+    pub level: u32,
+    /// The oldest schema level this release's code runs on. Raising it
+    /// marks a migration older code cannot run on: a rollback to a release
+    /// that migrated to a lower level is refused without `--force`.
+    pub oldest: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

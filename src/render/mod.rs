@@ -69,6 +69,10 @@ pub fn render(env: &Environment, templates: &Templates) -> Result<Vec<RenderedFi
         files.push(file(&format!("{}.yaml", service.id), &docs));
     }
 
+    if let Some(docs) = external_secrets(env)? {
+        files.push(file("external-secrets.yaml", &docs));
+    }
+
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let kustomization = kustomization(env, &files);
     files.push(RenderedFile {
@@ -119,6 +123,52 @@ pub fn meta(env: &Environment, name: &str, component: &str) -> ObjectMeta {
         labels: Some(labels(env, component)),
         ..ObjectMeta::default()
     }
+}
+
+/// The store of the External Secrets Operator that reads the
+/// environment's Secrets Manager: a ClusterSecretStore the cluster's
+/// operators set up (with the cluster's own AWS identity), named after
+/// the environment.
+pub fn secret_store_name(env: &Environment) -> String {
+    format!("kisum-{}-secrets-manager", env.name)
+}
+
+/// For an environment whose secrets live in AWS Secrets Manager, one
+/// ExternalSecret per Secret a pod mounts: the operator copies the JSON
+/// object `<prefix><secret>` (the layout kisumctl's own secret store
+/// writes) into a Secret of the same name, key by key, and refreshes it
+/// hourly, so a rotated value reaches the mounted files without a
+/// restart. `None` for other backends.
+///
+/// TODO: the `tls-<service>` certificates the Ingresses name are not among
+/// them: a `kubernetes.io/tls` Secret needs a `target.template` with that
+/// type and the key names `tls.crt` and `tls.key`.
+fn external_secrets(env: &Environment) -> Result<Option<Vec<String>>, RenderError> {
+    let crate::matrix::schema::SecretBackend::AwsSecretsManager { prefix, .. } = &env.file.secrets
+    else {
+        return Ok(None);
+    };
+    let secrets: std::collections::BTreeSet<String> = env
+        .services
+        .values()
+        .flat_map(|service| workload::mounted_secrets(env, service))
+        .collect();
+    let mut docs = Vec::new();
+    for secret in secrets {
+        let object = serde_json::json!({
+            "apiVersion": "external-secrets.io/v1",
+            "kind": "ExternalSecret",
+            "metadata": meta(env, &secret, "external-secrets"),
+            "spec": {
+                "refreshInterval": "1h",
+                "secretStoreRef": { "kind": "ClusterSecretStore", "name": secret_store_name(env) },
+                "target": { "name": secret, "creationPolicy": "Owner", "deletionPolicy": "Retain" },
+                "dataFrom": [ { "extract": { "key": format!("{prefix}{secret}") } } ],
+            },
+        });
+        docs.push(to_yaml(&object, "external secret")?);
+    }
+    Ok(Some(docs))
 }
 
 fn namespace(env: &Environment) -> Namespace {

@@ -104,6 +104,14 @@ struct SecretMount {
     required: bool,
 }
 
+/// The names of the Secrets the service's pods mount.
+pub fn mounted_secrets(env: &Environment, service: &ResolvedService) -> Vec<String> {
+    secret_mounts(env, service)
+        .into_iter()
+        .map(|m| m.secret)
+        .collect()
+}
+
 fn secret_mounts(env: &Environment, service: &ResolvedService) -> Vec<SecretMount> {
     let entries = env.base.common_config.iter().chain(&service.spec.config);
     let mut mounts: BTreeMap<String, SecretMount> = BTreeMap::new();

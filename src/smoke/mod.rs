@@ -26,7 +26,7 @@ use serde::Serialize;
 
 pub use checks::run;
 pub use credentials::{Credentials, CredentialsError, SECRET as CREDENTIALS_SECRET};
-pub use target::Target;
+pub use target::{Target, TargetError};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Serialize)]

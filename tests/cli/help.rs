@@ -5,13 +5,16 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 25] = [
+const PAGES: [(&str, &[&str]); 28] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
     ("inventory", &["inventory", "--help"]),
     ("smoke", &["smoke", "--help"]),
     ("deploy", &["deploy", "--help"]),
+    ("history", &["history", "--help"]),
+    ("rollback", &["rollback", "--help"]),
+    ("diff", &["diff", "--help"]),
     ("status", &["status", "--help"]),
     ("logs", &["logs", "--help"]),
     ("down", &["down", "--help"]),

@@ -41,11 +41,16 @@ fn render_into(dir: &Path, out: &Path) {
 }
 
 /// Rendered object documents (not the kustomization) of one environment.
+/// The files of built-in Kubernetes objects: not the kustomization, nor
+/// the ExternalSecrets (a CRD of the External Secrets Operator, for which
+/// kubernetes-validate has no schema and checkov no checks; see
+/// `external_secrets_name_every_mounted_secret_of_aws_environments`).
 fn object_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.file_name().unwrap() != "kustomization.yaml")
+        .filter(|path| path.file_name().unwrap() != "external-secrets.yaml")
         .collect();
     files.sort();
     files
@@ -291,6 +296,54 @@ fn no_rendered_object_carries_a_secret_value() {
                 "{file:?} passes a secret through env"
             );
             assert!(!text.contains("stringData"), "{file:?} holds secret data");
+        }
+    }
+}
+
+#[test]
+fn external_secrets_name_every_mounted_secret_of_aws_environments() {
+    for env in ENVIRONMENTS {
+        let dir = root().join("manifests").join(env);
+        let path = dir.join("external-secrets.yaml");
+        if env == "local" {
+            assert!(!path.exists(), "local keeps its secrets in files");
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let objects: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let objects: Vec<&serde_json::Value> = objects.iter().filter(|o| o.is_object()).collect();
+        let named: std::collections::BTreeSet<String> = objects
+            .iter()
+            .map(|o| {
+                assert_eq!(o["apiVersion"], "external-secrets.io/v1");
+                assert_eq!(o["spec"]["secretStoreRef"]["kind"], "ClusterSecretStore");
+                let name = o["metadata"]["name"].as_str().unwrap().to_string();
+                assert_eq!(o["spec"]["target"]["name"], name.as_str());
+                let key = o["spec"]["dataFrom"][0]["extract"]["key"].as_str().unwrap();
+                assert!(
+                    key.starts_with(&format!("kisum/{env}/")) && key.ends_with(&name),
+                    "{key}"
+                );
+                name
+            })
+            .collect();
+        // Every Secret a Deployment mounts comes from one of them.
+        for file in object_files(&dir) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+            for doc in docs.iter().filter(|d| d["kind"] == "Deployment") {
+                for volume in doc["spec"]["template"]["spec"]["volumes"]
+                    .as_array()
+                    .unwrap()
+                {
+                    if let Some(secret) = volume["secret"]["secretName"].as_str() {
+                        assert!(
+                            named.contains(secret),
+                            "{env}: {secret} has no ExternalSecret"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -29,13 +29,13 @@ use crate::common::{SEALED_AWS, SMOKE_CHECKS, scratch_copy, stderr, stdout};
 
 const SECRET: &str = "smoke-test-credentials";
 const ROLE: &str = "smoke-reader";
-const INVOICES_READ: &str = "finance.invoices.read";
+pub(crate) const INVOICES_READ: &str = "finance.invoices.read";
 const INVOICES_WRITE: &str = "finance.invoices.write";
 const LISTINGS_READ: &str = "market.listings.read";
 
 /// The platform running, seeded, and a scratch matrix whose `local`
 /// points at it. Fields drop in order: the services stop first.
-struct Deployment {
+pub(crate) struct Deployment {
     _finance: oneshot::Sender<()>,
     _admin: services::Admin,
     platform: Platform,
@@ -50,7 +50,7 @@ fn random_password() -> String {
 }
 
 impl Deployment {
-    async fn start() -> Deployment {
+    pub(crate) async fn start() -> Deployment {
         let platform = Platform::start().await;
         let (auth_internal, core) = (platform.auth_internal_url(), platform.core_url());
         let admin = services::start_admin("smoke_cli", &platform, &auth_internal, &core).await;
@@ -113,12 +113,12 @@ impl Deployment {
         self.platform.add_on(self.company, "market", false).await;
     }
 
-    fn matrix_dir(&self) -> PathBuf {
+    pub(crate) fn matrix_dir(&self) -> PathBuf {
         self.matrix.path().join("environments")
     }
 
     /// `state-dir` of local.yaml, relative to the matrix's parent.
-    fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.matrix.path().join(".kisum/local")
     }
 
@@ -153,7 +153,7 @@ impl Deployment {
         (output.status.code(), document, text)
     }
 
-    fn assert_no_secret(&self, text: &str) {
+    pub(crate) fn assert_no_secret(&self, text: &str) {
         assert!(!text.contains(&self.user_password), "{text}");
         assert!(!text.contains(&self.admin_password), "{text}");
         assert!(!text.contains("eyJ"), "a token leaked: {text}");
@@ -167,7 +167,7 @@ impl Deployment {
 
     /// The role without `permission`, through the directory Auth sees at
     /// once (as Admin's role route would change it).
-    async fn remove_permission(&self, permission: &str) {
+    pub(crate) async fn remove_permission(&self, permission: &str) {
         sqlx::query("delete from role_permissions where role = $1 and permission = $2")
             .bind(ROLE)
             .bind(permission)
@@ -180,7 +180,7 @@ impl Deployment {
             .unwrap();
     }
 
-    async fn add_permission(&self, permission: &str) {
+    pub(crate) async fn add_permission(&self, permission: &str) {
         directory::define_role(&self.platform.directory(), ROLE, &[permission])
             .await
             .unwrap();

@@ -37,12 +37,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+mod kube_api;
 mod mongo;
 mod moto;
 mod postgres;
 mod redis;
 mod slow_client;
 
+pub use kube_api::FakeKube;
 pub use mongo::Mongo;
 pub use moto::Moto;
 pub use postgres::Postgres;

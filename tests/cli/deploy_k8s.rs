@@ -1,0 +1,605 @@
+//! `kisumctl deploy|history|rollback|diff staging` against the in-process
+//! fake Kubernetes API server of kisum-testkit (no real API server can run
+//! here), reached through a kubeconfig the test writes into a scratch copy
+//! of the matrix. Where a deploy must pass its smoke checks, staging's
+//! smoke endpoints and secret store are those of the real platform that
+//! `tests/cli/smoke.rs` starts in-process (Auth, Core, Admin, finance).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use kisum_testkit::FakeKube;
+use serde_json::{Value, json};
+
+use crate::common::{scratch_copy, stderr, stdout};
+use crate::smoke::{Deployment, INVOICES_READ};
+
+const NAMESPACE: &str = "kisum-staging";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/kisum-staging/deployments";
+const CONFIG_MAPS: &str = "/api/v1/namespaces/kisum-staging/configmaps";
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/kisum-staging/leases/kisumctl-deploy";
+
+/// A scratch matrix whose staging reaches the fake API server.
+struct Staging {
+    root: PathBuf,
+    fake: FakeKube,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl Staging {
+    /// Staging with its smoke checks against `deployment`'s platform.
+    fn on(deployment: &Deployment) -> Staging {
+        let root = deployment.matrix_dir().parent().unwrap().to_path_buf();
+        let endpoints = deployment.state_dir().join("endpoints.json");
+        let secrets = deployment.state_dir().join("secrets");
+        Staging::with(root, None, &endpoints, &secrets)
+    }
+
+    /// Staging whose smoke checks cannot pass (a dead loopback port and
+    /// an empty secret store): for what happens before them.
+    fn without_platform() -> Staging {
+        let scratch = scratch_copy();
+        let root = scratch.path().to_path_buf();
+        let endpoints = root.join("dead-endpoints.json");
+        let dead = json!({
+            "auth": "http://127.0.0.1:9", "platform-admin": "http://127.0.0.1:9", "finance": "http://127.0.0.1:9",
+        });
+        std::fs::write(&endpoints, dead.to_string()).unwrap();
+        let secrets = root.join(".kisum/staging-secrets");
+        write_dummy_credentials(&secrets);
+        Staging::with(root, Some(scratch), &endpoints, &secrets)
+    }
+
+    fn with(
+        root: PathBuf,
+        scratch: Option<tempfile::TempDir>,
+        endpoints: &Path,
+        secrets: &Path,
+    ) -> Staging {
+        let fake = FakeKube::start().unwrap();
+        let kubeconfig = root.join("kubeconfig");
+        fake.write_kubeconfig(&kubeconfig, "kisum-staging").unwrap();
+        let staging = Staging {
+            root,
+            fake,
+            _scratch: scratch,
+        };
+        staging.edit(|text| {
+            let kubernetes = format!(
+                "kubernetes:\n  context: kisum-staging\n  kubeconfig: {}\n  rollout-timeout-seconds: 20\n  smoke-endpoints: {}\n",
+                kubeconfig.display(),
+                endpoints.display()
+            );
+            let secrets = format!("secrets:\n  backend: local-files\n  path: {}\n", secrets.display());
+            let start = text.find("secrets:\n").unwrap();
+            let end = text[start..].find("\n\n").unwrap() + start + 1;
+            let text = format!("{}{secrets}{}", &text[..start], &text[end..]);
+            // The assumptions about the AWS account and region go with it.
+            let text: Vec<&str> = text.lines().collect();
+            let mut kept = Vec::new();
+            let mut skip = false;
+            for line in text {
+                if line.starts_with("  - path: ") {
+                    skip = line.contains("secrets.");
+                }
+                if !skip {
+                    kept.push(line);
+                }
+            }
+            (kept.join("\n") + "\n").replace("kubernetes:\n  context: kisum-staging\n", &kubernetes)
+        });
+        staging
+    }
+
+    fn edit(&self, change: impl FnOnce(&str) -> String) {
+        let path = self.root.join("environments/staging.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, change(&text)).unwrap();
+    }
+
+    fn edit_base(&self, change: impl FnOnce(&str) -> String) {
+        let path = self.root.join("environments/base.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = change(&text);
+        assert_ne!(changed, text);
+        std::fs::write(&path, changed).unwrap();
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+            .args(args)
+            .current_dir(&self.root)
+            .env_remove("KISUM_MATRIX")
+            .env_remove("KISUM_TEMPLATES")
+            .env_remove("KUBECONFIG")
+            .env("HOME", self.root.join("no-home"))
+            .output()
+            .await
+            .unwrap()
+    }
+
+    /// Runs and checks the exit code; the JSON document on stdout.
+    async fn expect(&self, args: &[&str], code: i32) -> (Value, String) {
+        let output = self.run(args).await;
+        let text = format!("stdout:\n{}\nstderr:\n{}", stdout(&output), stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "kisumctl {args:?}\n{text}"
+        );
+        let document = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        (document, text)
+    }
+
+    fn deployment(&self, name: &str) -> Value {
+        self.fake.get(&format!("{DEPLOYMENTS}/{name}")).unwrap()
+    }
+
+    fn releases(&self) -> Vec<String> {
+        self.fake
+            .paths(CONFIG_MAPS)
+            .into_iter()
+            .filter(|p| p.contains("kisumctl-release-"))
+            .collect()
+    }
+}
+
+fn write_dummy_credentials(dir: &Path) {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let secret = dir.join("smoke-test-credentials");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&secret)
+        .unwrap();
+    for key in [
+        "user-email",
+        "user-password",
+        "admin-email",
+        "admin-password",
+        "company-id",
+        "company-slug",
+    ] {
+        let value = if key == "company-id" {
+            "00000000-0000-4000-8000-000000000000"
+        } else {
+            "x"
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(secret.join(key))
+            .unwrap();
+        std::io::Write::write_all(&mut file, value.as_bytes()).unwrap();
+    }
+}
+
+/// The order in which the fake saw the Deployments applied.
+fn applied_deployments(fake: &FakeKube) -> Vec<String> {
+    fake.requests()
+        .iter()
+        .filter(|r| r.starts_with("PATCH ") && r.contains("/deployments/"))
+        .map(|r| {
+            r.split("/deployments/")
+                .nth(1)
+                .unwrap()
+                .split('?')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_applies_in_waves_records_prunes_and_rolls_back_after_a_failed_smoke_check() {
+    let deployment = Deployment::start().await;
+    let staging = Staging::on(&deployment);
+
+    // A clean deploy: migrations, then Core, Auth, modules, Admin.
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "-o", "json"], 0)
+        .await;
+    assert_eq!(report["result"], "deployed", "{text}");
+    assert_eq!(report["release"], 1);
+    assert_eq!(
+        report["smoke"]["checks"].as_array().unwrap().len(),
+        9,
+        "{text}"
+    );
+    let order = applied_deployments(&staging.fake);
+    assert_eq!(
+        order.first().map(String::as_str),
+        Some("platform-core"),
+        "{order:?}"
+    );
+    assert_eq!(order[1], "auth");
+    assert_eq!(order.last().map(String::as_str), Some("platform-admin"));
+    let patches: Vec<String> = staging
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH"))
+        .collect();
+    assert!(
+        patches
+            .iter()
+            .all(|r| r.contains("fieldManager=kisumctl") && r.contains("force=true")),
+        "{patches:?}"
+    );
+    let jobs = staging
+        .fake
+        .paths("/apis/batch/v1/namespaces/kisum-staging/jobs");
+    assert!(
+        jobs.iter().any(|j| j.ends_with("/auth-migrate-1")),
+        "{jobs:?}"
+    );
+    let migrated: Vec<&str> = report["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(migrated.first(), Some(&"platform-core"), "{migrated:?}");
+    let first_job = staging
+        .fake
+        .requests()
+        .iter()
+        .position(|r| r.starts_with("PATCH") && r.contains("/jobs/"))
+        .unwrap();
+    let first_deployment = staging
+        .fake
+        .requests()
+        .iter()
+        .position(|r| r.starts_with("PATCH") && r.contains("/deployments/"))
+        .unwrap();
+    assert!(
+        first_job < first_deployment,
+        "migrations come before every Deployment"
+    );
+    assert_eq!(staging.releases().len(), 1);
+    deployment.assert_no_secret(&text);
+    let holder = &staging.fake.get(LEASE).unwrap()["spec"]["holderIdentity"];
+    assert!(holder.is_null(), "the lock is released: {holder}");
+
+    // `kisumctl smoke staging` checks the same URLs.
+    let (smoke, text) = staging.expect(&["smoke", "staging", "-o", "json"], 0).await;
+    assert_eq!(smoke["passed"], true, "{text}");
+
+    // Nothing differs from what was rendered.
+    let (diff, text) = staging.expect(&["diff", "staging", "-o", "json"], 0).await;
+    assert_eq!(diff["differences"], json!([]), "{text}");
+
+    // An owned object the matrix no longer names is pruned; one without
+    // the ownership labels is left alone.
+    let stale = |name: &str, owned: bool| {
+        let mut labels = json!({ "app.kubernetes.io/name": name });
+        if owned {
+            labels["app.kubernetes.io/managed-by"] = json!("kisumctl");
+            labels["kisum.io/environment"] = json!("staging");
+        }
+        json!({ "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": name, "namespace": NAMESPACE, "labels": labels }, "data": {} })
+    };
+    staging.fake.insert(stale("retired-config", true)).unwrap();
+    staging.fake.insert(stale("someone-elses", false)).unwrap();
+    let (diff, _) = staging.expect(&["diff", "staging", "-o", "json"], 1).await;
+    assert_eq!(diff["differences"][0]["object"], "ConfigMap/retired-config");
+    assert_eq!(diff["differences"][0]["change"], "pruned");
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "-o", "json"], 0)
+        .await;
+    assert_eq!(
+        report["pruned"],
+        json!(["ConfigMap/retired-config"]),
+        "{text}"
+    );
+    assert!(
+        staging
+            .fake
+            .get(&format!("{CONFIG_MAPS}/retired-config"))
+            .is_none()
+    );
+    assert!(
+        staging
+            .fake
+            .get(&format!("{CONFIG_MAPS}/someone-elses"))
+            .is_some()
+    );
+
+    // A release whose smoke checks fail is rolled back, loudly.
+    staging.edit(|t| t.replace("image-tag: \"0.1.0\"", "image-tag: \"0.2.0\""));
+    deployment.remove_permission(INVOICES_READ).await;
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "-o", "json"], 3)
+        .await;
+    deployment.add_permission(INVOICES_READ).await;
+    assert_eq!(report["result"], "rolled-back", "{text}");
+    assert_eq!(report["release"], 3);
+    assert!(
+        report["failure"]
+            .as_str()
+            .unwrap()
+            .contains("module-allowed"),
+        "{text}"
+    );
+    assert_eq!(report["rollback"]["to"], 2);
+    assert_eq!(report["rollback"]["release"], 4);
+    assert!(
+        text.contains("ROLLED BACK: staging runs release 2 again"),
+        "{text}"
+    );
+    let image =
+        staging.deployment("auth")["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    assert!(image.as_str().unwrap().ends_with(":0.1.0"), "{image}");
+
+    let (history, text) = staging
+        .expect(&["history", "staging", "-o", "json"], 0)
+        .await;
+    let outcomes: Vec<&str> = history["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["deployed", "deployed", "failed", "deployed"],
+        "{text}"
+    );
+    assert_eq!(history["current"], 4);
+    let (_, text) = staging.expect(&["history", "staging"], 0).await;
+    assert!(
+        text.contains("automatic rollback to release 2 after release 3 failed"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_timeout_rolls_back_and_the_schema_guard_refuses_to_cross_a_migration() {
+    let deployment = Deployment::start().await;
+    let staging = Staging::on(&deployment);
+    staging.expect(&["deploy", "staging"], 0).await;
+
+    // Release 2 migrates auth to a level release 1's code cannot run on.
+    staging.edit_base(|t| {
+        t.replace(
+            "auth: { level: 5, oldest: 5 }",
+            "auth: { level: 6, oldest: 6 }",
+        )
+    });
+    staging.edit(|t| t.replace("image-tag: \"0.1.0\"", "image-tag: \"0.2.0\""));
+    staging.expect(&["deploy", "staging"], 0).await;
+
+    // Release 3's image never becomes ready: rolled back to release 2.
+    staging.fake.never_ready_image(":0.3.0");
+    staging.edit(|t| t.replace("image-tag: \"0.2.0\"", "image-tag: \"0.3.0\""));
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "--timeout", "2", "-o", "json"], 3)
+        .await;
+    assert_eq!(report["result"], "rolled-back", "{text}");
+    let failure = report["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("Deployment/platform-core timed out after 2 s"),
+        "{failure}"
+    );
+    assert_eq!(report["rollback"]["to"], 2);
+    let image =
+        staging.deployment("platform-core")["spec"]["template"]["spec"]["containers"][0]["image"]
+            .clone();
+    assert!(image.as_str().unwrap().ends_with(":0.2.0"), "{image}");
+
+    // Back to release 1 would cross auth's migration to level 6.
+    let (_, text) = staging
+        .expect(&["rollback", "staging", "--to", "1"], 1)
+        .await;
+    assert!(
+        text.contains("rollback to release 1 refused: auth: release 2 runs on schema level 6"),
+        "{text}"
+    );
+    assert!(text.contains("--force"), "{text}");
+    let (report, text) = staging
+        .expect(
+            &["rollback", "staging", "--to", "1", "--force", "-o", "json"],
+            0,
+        )
+        .await;
+    assert_eq!(report["result"], "deployed", "{text}");
+    assert_eq!(report["waves"].as_array().unwrap().len(), 5, "{text}");
+    let image =
+        staging.deployment("auth")["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    assert!(image.as_str().unwrap().ends_with(":0.1.0"), "{image}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lease_refuses_a_second_deploy_and_a_stale_one_is_taken_over_with_its_holder_named()
+{
+    let staging = Staging::without_platform();
+    let now = jiff::Timestamp::now();
+    let lease = |renewed: jiff::Timestamp| {
+        json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": { "name": "kisumctl-deploy", "namespace": NAMESPACE },
+                "spec": { "holderIdentity": "ci@runner-7 pid 4242", "leaseDurationSeconds": 60,
+                          "acquireTime": renewed.to_string(), "renewTime": renewed.to_string() } })
+    };
+    staging.fake.insert(lease(now)).unwrap();
+    let (_, text) = staging.expect(&["deploy", "staging"], 3).await;
+    assert!(text.contains("is held by ci@runner-7 pid 4242"), "{text}");
+    assert!(
+        applied_deployments(&staging.fake).is_empty(),
+        "nothing deployed under a held lock"
+    );
+
+    let old = now
+        .checked_sub(jiff::SignedDuration::from_secs(600))
+        .unwrap();
+    staging.fake.insert(lease(old)).unwrap();
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "-o", "json"], 3)
+        .await;
+    assert!(
+        text.contains("took over a stale environment lock held by ci@runner-7 pid 4242"),
+        "{text}"
+    );
+    assert_eq!(report["stale_lock"]["identity"], "ci@runner-7 pid 4242");
+    // Its smoke checks fail (nothing answers) and nothing came before it.
+    assert!(
+        text.contains("ROLLBACK NOT DONE: no earlier release"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_concurrent_deploys_one_holds_the_lease_and_the_other_is_refused() {
+    let staging = Staging::without_platform();
+    staging.fake.rollout_delay(Duration::from_millis(1500));
+    let (first, second) = tokio::join!(staging.run(&["deploy", "staging"]), async {
+        // The second starts once the first holds the lease.
+        for _ in 0..200 {
+            let holder = staging
+                .fake
+                .get(LEASE)
+                .map(|l| l["spec"]["holderIdentity"].clone());
+            if holder.is_some_and(|h| h.is_string()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        staging.run(&["deploy", "staging"]).await
+    });
+    let texts = [stderr(&first), stderr(&second)];
+    let refused = texts.iter().filter(|t| t.contains("is held by")).count();
+    assert_eq!(refused, 1, "{texts:#?}");
+    let ran = texts.iter().find(|t| !t.contains("is held by")).unwrap();
+    assert!(ran.contains("release 1 of staging"), "{ran}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_conflict_stops_the_deploy_naming_the_object_and_frees_the_lock() {
+    let staging = Staging::without_platform();
+    staging.fake.conflict_on("auth");
+    let (_, text) = staging.expect(&["deploy", "staging"], 3).await;
+    assert!(
+        text.contains("applying ServiceAccount/auth: the API server refused it (409 Conflict)"),
+        "{text}"
+    );
+    assert!(text.contains("the namespace is partly updated"), "{text}");
+    assert!(!applied_deployments(&staging.fake).contains(&"auth".to_string()));
+    let holder = &staging.fake.get(LEASE).unwrap()["spec"]["holderIdentity"];
+    assert!(holder.is_null(), "the lock is released: {holder}");
+    assert!(staging.releases().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_reported_with_the_object_being_applied() {
+    let staging = Staging::without_platform();
+    staging
+        .fake
+        .drop_connections("/deployments/platform-core", 1);
+    let (_, text) = staging.expect(&["deploy", "staging"], 3).await;
+    assert!(
+        text.contains("applying Deployment/platform-core: no answer from the API server"),
+        "{text}"
+    );
+    assert!(
+        text.contains("check that the cluster is reachable"),
+        "{text}"
+    );
+    assert!(staging.releases().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_is_a_server_side_dry_run_that_stores_nothing() {
+    let staging = Staging::without_platform();
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "--dry-run", "-o", "json"], 0)
+        .await;
+    assert_eq!(report["result"], "dry-run", "{text}");
+    assert_eq!(report["waves"].as_array().unwrap().len(), 5, "{text}");
+    let writes: Vec<String> = staging
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| !r.starts_with("GET"))
+        .collect();
+    assert!(!writes.is_empty());
+    assert!(
+        writes.iter().all(|r| r.contains("dryRun=All")),
+        "{writes:#?}"
+    );
+    assert!(staging.fake.paths(DEPLOYMENTS).is_empty());
+    assert!(staging.fake.get(LEASE).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_needs_confirmation_and_history_is_not_for_local() {
+    let scratch = scratch_copy();
+    let output = crate::common::kisumctl(scratch.path(), &["deploy", "production"]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("pass --yes"), "{text}");
+    assert!(
+        text.contains("images of production are not pinned by digest"),
+        "{text}"
+    );
+    let output = crate::common::kisumctl(scratch.path(), &["history", "local"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("`history local` is not supported"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_jobs_are_read_back_and_a_failed_one_stops_the_release_before_any_deployment() {
+    let staging = Staging::without_platform();
+    staging
+        .fake
+        .job_log("auth-migrate", "starting\nauth_db is up to date\n");
+    staging.fake.failing_job("finance-migrate");
+    staging.fake.job_log(
+        "finance-migrate",
+        "error: relation \"invoices\" already exists\n",
+    );
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "-o", "json"], 3)
+        .await;
+    let migrations = report["migrations"].as_array().unwrap();
+    let auth = migrations.iter().find(|m| m["service"] == "auth").unwrap();
+    assert_eq!(auth["job"], "auth-migrate-1");
+    assert_eq!(auth["level"], 5);
+    assert!(
+        auth["log"]
+            .as_str()
+            .unwrap()
+            .contains("auth_db is up to date"),
+        "{text}"
+    );
+    let failure = report["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("migration Job/finance-migrate-1 failed: BackoffLimitExceeded"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("relation \"invoices\" already exists"),
+        "{failure}"
+    );
+    assert!(
+        applied_deployments(&staging.fake).is_empty(),
+        "no Deployment after a failed migration"
+    );
+    assert!(
+        text.contains("ROLLBACK NOT DONE: no earlier release"),
+        "{text}"
+    );
+    let job = staging
+        .fake
+        .get("/apis/batch/v1/namespaces/kisum-staging/jobs/auth-migrate-1")
+        .unwrap();
+    let pod = &job["spec"]["template"];
+    assert_eq!(pod["spec"]["containers"][0]["args"], json!(["migrate"]));
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/name"],
+        "auth-migrate"
+    );
+}
