@@ -316,7 +316,15 @@ fn with_cluster_environment(
 /// An error before any work was done: on stderr, and with `-o json` also
 /// as a document on stdout.
 fn refuse(format: OutputFormat, message: &str, exit: Exit) -> Exit {
-    errln!("error: {}", crate::matrix::load::printable(message));
+    // One terminal line per line of the message, each made printable.
+    let mut lines = message.lines();
+    errln!(
+        "error: {}",
+        crate::matrix::load::printable(lines.next().unwrap_or_default())
+    );
+    for line in lines {
+        errln!("{}", crate::matrix::load::printable(line));
+    }
     if format == OutputFormat::Json {
         let document = serde_json::json!({ "error": message, "exit": exit as u8 });
         outln!(

@@ -81,7 +81,7 @@ pub struct Args {
 
     /// Seconds to wait for every service to show a key change; default:
     /// `tokens.jwks-cache-seconds` + 60.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     propagation_timeout: Option<u64>,
 
     /// Seconds to wait for another rotate-jwt-key of the environment to
@@ -146,7 +146,10 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
 
     if args.status {
         return match rotation.status() {
-            Ok(status) => {
+            Ok(mut status) => {
+                status.next_step = status
+                    .next_step
+                    .replace("rotate-jwt-key ENV", &format!("rotate-jwt-key {}", env.name));
                 print_status(&status, format)?;
                 Ok(Exit::Clean)
             }
@@ -172,8 +175,15 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         return Ok(refuse(format, message, Exit::UnusableInput));
     }
 
-    let command = format!("kisumctl rotate-jwt-key {}", env.name);
+    let routine = format!("kisumctl rotate-jwt-key {}", env.name);
+    let command = match &request {
+        Request::Revoke(_) => format!("{routine} --emergency"),
+        _ => routine.clone(),
+    };
     let timeout = Duration::from_secs(args.lock_timeout);
+    if matches!(request, Request::Revoke(_)) {
+        stop_routine_rotation(&state_dir, &routine);
+    }
     let _lock = match super::hold_lock(&state_dir, LOCK_FILE, &command, timeout) {
         Ok(lock) => lock,
         Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
@@ -217,6 +227,37 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     }
     errln!("rotate-jwt-key {}: done", env.name);
     Ok(Exit::Clean)
+}
+
+/// An emergency does not wait behind a routine rotation (which can sit in
+/// its token-expiry wait for the access-token lifetime): the routine run
+/// holding the lock is stopped with SIGTERM, and it resumes where it
+/// stopped when run again. Only a holder whose lock file names the routine
+/// command and whose process is a `rotate-jwt-key` is signalled.
+fn stop_routine_rotation(state_dir: &std::path::Path, routine: &str) {
+    use crate::local::lock;
+    let state = crate::local::state::StateDir::new(state_dir);
+    let path = state_dir.join(LOCK_FILE);
+    let holder = match lock::acquire_at(&path, &state, routine, Duration::ZERO, &mut |_| {}) {
+        Ok(_free) => return,
+        Err(lock::LockError::Held { holder, .. }) => holder,
+        Err(_) => return,
+    };
+    let Some(pid) = holder.pid else { return };
+    let is_routine = holder.command.as_deref() == Some(routine)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|line| String::from_utf8_lossy(&line).contains("rotate-jwt-key"));
+    if !is_routine {
+        return;
+    }
+    let Some(target) = rustix::process::Pid::from_raw(pid as i32) else { return };
+    if rustix::process::kill_process(target, rustix::process::Signal::TERM).is_ok() {
+        errln!(
+            "EMERGENCY: stopped the routine rotation (pid {pid}) that held {}; \
+             run `{routine}` again after the emergency to resume it",
+            path.display()
+        );
+    }
 }
 
 fn failed(format: OutputFormat, error: &RotationError) -> Exit {

@@ -24,7 +24,7 @@ pub enum KeyStoreError {
     #[error("the matrix has no secret generated as `rsa-key-set` (the JWT key set)")]
     NoKeySetSecret,
     #[error(
-        "{store} holds no key set ({secret}/{key}); `kisumctl deploy local` creates the first one locally"
+        "{store} holds no key set ({secret}/{key}). A new environment gets its first one from `kisumctl secrets apply ENV` (`deploy local` does it for local); if the platform is already running, its services still hold the lost set: put it back (a backup, or the previous version in Secrets Manager) instead of generating a new one, which would refuse every signed-in user"
     )]
     Missing {
         store: String,

@@ -71,8 +71,12 @@ impl std::fmt::Debug for Key {
 pub enum KeySetError {
     #[error("the key set is not valid JSON of format {FORMAT}: {0}")]
     Parse(String),
-    #[error("unsupported key set format `{0}` (expected {FORMAT})")]
-    Format(String),
+    #[error("the key set's `format` is not {FORMAT}")]
+    Format,
+    #[error("key {0} of the key set (counting from 1) has a kid that is not 16 lowercase hex digits")]
+    KidShape(usize),
+    #[error("key `{0}`: the kid is not the one its key gives (the first 16 hex digits of the SHA-256 of the public key)")]
+    KidMismatch(String),
     #[error("the key set has {0} active keys; exactly one must sign")]
     ActiveCount(usize),
     #[error("kid `{0}` appears twice")]
@@ -122,6 +126,21 @@ impl Key {
         })
     }
 
+    /// The kid the key's public half gives; `None` when the PEM is not an
+    /// RSA PKCS#8 key.
+    fn derived_kid(&self) -> Option<String> {
+        let body: String = self
+            .private_key_pem
+            .lines()
+            .filter(|line| !line.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body.trim())
+            .ok()?;
+        let pair = KeyPair::from_pkcs8(&der).ok()?;
+        Some(hex::encode(&Sha256::digest(pair.public_key().as_ref())[..8]))
+    }
+
     /// The public half as a JWK with this key's kid.
     pub fn jwk(&self) -> Result<Jwk, KeySetError> {
         let bad = |e: jsonwebtoken::errors::Error| KeySetError::BadKey {
@@ -144,6 +163,16 @@ impl Key {
     }
 }
 
+/// Where and what kind of JSON error, without serde's quotation of the
+/// offending value (which could be a private key put in the wrong field).
+fn json_error(error: &serde_json::Error) -> String {
+    let what = match error.classify() {
+        serde_json::error::Category::Data => "a missing field, an unknown field or a value of the wrong kind",
+        _ => "malformed JSON",
+    };
+    format!("{what} at line {} column {}", error.line(), error.column())
+}
+
 impl KeySet {
     /// A first key set: one active key.
     pub fn generate(now: i64) -> Result<KeySet, KeySetError> {
@@ -155,7 +184,7 @@ impl KeySet {
 
     pub fn from_json(text: &str) -> Result<KeySet, KeySetError> {
         let set: KeySet =
-            serde_json::from_str(text).map_err(|e| KeySetError::Parse(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| KeySetError::Parse(json_error(&e)))?;
         set.check()?;
         Ok(set)
     }
@@ -196,7 +225,16 @@ impl KeySet {
     /// Exactly one active key, unique kids, every key parses.
     pub fn check(&self) -> Result<(), KeySetError> {
         if self.format != FORMAT {
-            return Err(KeySetError::Format(self.format.clone()));
+            return Err(KeySetError::Format);
+        }
+        // Shapes first: nothing read from the file is quoted in an error
+        // before it is known to be a kid (a misplaced private key must not
+        // end up in a message or a log).
+        for (index, key) in self.keys.iter().enumerate() {
+            let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+            if key.kid.len() != 16 || !key.kid.chars().all(hex) {
+                return Err(KeySetError::KidShape(index + 1));
+            }
         }
         let active = self
             .keys
@@ -212,6 +250,9 @@ impl KeySet {
                 return Err(KeySetError::DuplicateKid(key.kid.clone()));
             }
             key.encoding_key()?;
+            if key.derived_kid().as_deref() != Some(key.kid.as_str()) {
+                return Err(KeySetError::KidMismatch(key.kid.clone()));
+            }
         }
         Ok(())
     }
