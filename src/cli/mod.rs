@@ -2,8 +2,8 @@
 //! it parses its arguments, calls the library modules, and prints.
 
 mod backup;
-mod converge;
 mod cluster;
+mod converge;
 mod db;
 mod deploy;
 mod diff;

@@ -147,9 +147,10 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     if args.status {
         return match rotation.status() {
             Ok(mut status) => {
-                status.next_step = status
-                    .next_step
-                    .replace("rotate-jwt-key ENV", &format!("rotate-jwt-key {}", env.name));
+                status.next_step = status.next_step.replace(
+                    "rotate-jwt-key ENV",
+                    &format!("rotate-jwt-key {}", env.name),
+                );
                 print_status(&status, format)?;
                 Ok(Exit::Clean)
             }
@@ -250,7 +251,9 @@ fn stop_routine_rotation(state_dir: &std::path::Path, routine: &str) {
     if !is_routine {
         return;
     }
-    let Some(target) = rustix::process::Pid::from_raw(pid as i32) else { return };
+    let Some(target) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
     if rustix::process::kill_process(target, rustix::process::Signal::TERM).is_ok() {
         errln!(
             "EMERGENCY: stopped the routine rotation (pid {pid}) that held {}; \

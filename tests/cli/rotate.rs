@@ -617,6 +617,47 @@ async fn rotate_jwt_key_on_local_under_load_then_revoke_a_key() {
     let again = site.rotate(&["local", "--emergency", third.as_str(), "--yes"]);
     assert_exit(&again, 0);
     assert!(stderr(&again).contains("revoked at"), "{}", stderr(&again));
+
+    // An emergency does not wait behind a routine rotation sitting in its
+    // token-expiry wait: it stops it, revokes, and says so.
+    let mut routine = site
+        .platform
+        .command(&["rotate-jwt-key", "local"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !events(&site.status("local"))
+        .iter()
+        .any(|e| e.0 == "signing" && e.1 != replacement && e.1 != third && e.1 != new)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the routine rotation never activated"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let preempting = site.rotate(&["local", "--emergency", replacement.as_str(), "--yes"]);
+    assert_exit(&preempting, 0);
+    assert!(
+        stderr(&preempting).contains("stopped the routine rotation"),
+        "{}",
+        stderr(&preempting)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the emergency waited {:?}",
+        started.elapsed()
+    );
+    let stopped = routine.wait().unwrap();
+    assert!(
+        !stopped.success(),
+        "the routine rotation was stopped: {stopped:?}"
+    );
+    assert_eq!(site.call(Call::Invoices, &user.access).await, 401);
+    assert!(state_of(&site.key_set(), &replacement).is_none());
 }
 
 // ----------------------------------------------------- Secrets Manager --

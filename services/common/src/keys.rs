@@ -73,9 +73,13 @@ pub enum KeySetError {
     Parse(String),
     #[error("the key set's `format` is not {FORMAT}")]
     Format,
-    #[error("key {0} of the key set (counting from 1) has a kid that is not 16 lowercase hex digits")]
+    #[error(
+        "key {0} of the key set (counting from 1) has a kid that is not 16 lowercase hex digits"
+    )]
     KidShape(usize),
-    #[error("key `{0}`: the kid is not the one its key gives (the first 16 hex digits of the SHA-256 of the public key)")]
+    #[error(
+        "key `{0}`: the kid is not the one its key gives (the first 16 hex digits of the SHA-256 of the public key)"
+    )]
     KidMismatch(String),
     #[error("the key set has {0} active keys; exactly one must sign")]
     ActiveCount(usize),
@@ -138,7 +142,9 @@ impl Key {
             .decode(body.trim())
             .ok()?;
         let pair = KeyPair::from_pkcs8(&der).ok()?;
-        Some(hex::encode(&Sha256::digest(pair.public_key().as_ref())[..8]))
+        Some(hex::encode(
+            &Sha256::digest(pair.public_key().as_ref())[..8],
+        ))
     }
 
     /// The public half as a JWK with this key's kid.
@@ -167,7 +173,9 @@ impl Key {
 /// offending value (which could be a private key put in the wrong field).
 fn json_error(error: &serde_json::Error) -> String {
     let what = match error.classify() {
-        serde_json::error::Category::Data => "a missing field, an unknown field or a value of the wrong kind",
+        serde_json::error::Category::Data => {
+            "a missing field, an unknown field or a value of the wrong kind"
+        }
         _ => "malformed JSON",
     };
     format!("{what} at line {} column {}", error.line(), error.column())
