@@ -18,6 +18,8 @@ mod dns;
 mod docs;
 #[path = "cli/help.rs"]
 mod help;
+#[path = "cli/journal.rs"]
+mod journal;
 #[path = "cli/local_commands.rs"]
 mod local_commands;
 #[path = "cli/manifests.rs"]
@@ -26,12 +28,20 @@ mod manifests;
 mod moto;
 #[path = "cli/pebble.rs"]
 mod pebble;
+/// The real platform in-process (Auth, Core, Admin, module backends), as
+/// the services' own tests start it: used by the smoke and runbook tests.
+#[path = "../services/module/tests/platform/mod.rs"]
+mod platform;
 #[path = "cli/proxy.rs"]
 mod proxy;
 #[path = "cli/restore_engines.rs"]
 mod restore_engines;
 #[path = "cli/rotate.rs"]
 mod rotate;
+#[path = "cli/runbook.rs"]
+mod runbook;
+#[path = "../services/admin/tests/services/mod.rs"]
+mod services;
 #[path = "cli/site.rs"]
 mod site;
 #[path = "cli/smoke.rs"]

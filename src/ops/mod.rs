@@ -1,3 +1,5 @@
 //! Operational documents and reports derived from the matrix.
 
 pub mod inventory;
+pub mod journal;
+pub mod runbook;

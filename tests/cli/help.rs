@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 21] = [
+const PAGES: [(&str, &[&str]); 26] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -27,6 +27,11 @@ const PAGES: [(&str, &[&str]); 21] = [
     ("dns-cutover", &["dns", "cutover", "--help"]),
     ("tls", &["tls", "--help"]),
     ("tls-issue", &["tls", "issue", "--help"]),
+    ("runbook", &["runbook", "--help"]),
+    ("runbook-run", &["runbook", "run", "--help"]),
+    ("access", &["access", "--help"]),
+    ("access-invalidate", &["access", "invalidate", "--help"]),
+    ("journal", &["journal", "--help"]),
 ];
 
 #[test]
