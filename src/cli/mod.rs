@@ -6,6 +6,7 @@ mod backup;
 mod db;
 mod deploy;
 mod dns;
+mod docs;
 mod down;
 mod drill;
 mod inventory;
@@ -93,6 +94,7 @@ enum Command {
     Runbook(runbook::Args),
     Access(access::Args),
     Journal(journal::Args),
+    Docs(docs::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -169,6 +171,7 @@ fn dispatch(cli: Cli) -> Exit {
         Command::Runbook(args) => runbook::run(&cli.matrix, args),
         Command::Access(args) => access::run(&cli.matrix, args),
         Command::Journal(args) => journal::run(&cli.matrix, args),
+        Command::Docs(args) => docs::run(&cli.matrix, args),
     };
     let exit = match result {
         Ok(exit) => exit,

@@ -1,5 +1,6 @@
 //! Operational documents and reports derived from the matrix.
 
+pub mod documents;
 pub mod inventory;
 pub mod journal;
 pub mod runbook;

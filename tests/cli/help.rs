@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 26] = [
+const PAGES: [(&str, &[&str]); 27] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -32,6 +32,7 @@ const PAGES: [(&str, &[&str]); 26] = [
     ("access", &["access", "--help"]),
     ("access-invalidate", &["access", "invalidate", "--help"]),
     ("journal", &["journal", "--help"]),
+    ("docs", &["docs", "--help"]),
 ];
 
 #[test]
