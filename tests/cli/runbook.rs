@@ -2,7 +2,8 @@
 //! platform with one fault injected per test: Auth, Platform Core,
 //! Platform Admin and the finance and venue backends served in-process on
 //! free loopback ports (the harness of `services/module/tests/platform/`),
-//! started once for every test of this file on a runtime of its own. Each
+//! once on a runtime of its own and shared by the tests of this file that
+//! run at the same time (the last to finish stops it). Each
 //! test makes its own company, user and scratch matrix (whose
 //! `endpoints.json` and secret store point at the shared platform), so the
 //! tests run in parallel without seeing each other's faults.
@@ -10,7 +11,7 @@
 use crate::{platform, services};
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use kisum_common::jwt::TokenPolicy;
@@ -31,14 +32,36 @@ struct Backend {
     _stop: oneshot::Sender<()>,
 }
 
-/// The platform every test of this file uses.
-struct Shared {
-    runtime: tokio::runtime::Runtime,
+/// The services every test of this file uses.
+struct Parts {
     platform: Platform,
     admin: services::Admin,
     admin_email: String,
     finance: Backend,
     venue: Backend,
+}
+
+/// The platform the tests of this file share while any of them runs: the
+/// last one to finish stops it (inside its runtime) and removes its files;
+/// a test starting after that starts another.
+struct Shared {
+    runtime: tokio::runtime::Runtime,
+    parts: Option<Parts>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        self.parts.as_ref().unwrap()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let parts = self.parts.take();
+        self.runtime.block_on(async move { drop(parts) });
+    }
 }
 
 async fn start_backend(platform: &Platform, module: Module) -> Backend {
@@ -67,40 +90,46 @@ async fn start_backend(platform: &Platform, module: Module) -> Backend {
     }
 }
 
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (platform, admin, admin_email, finance, venue) = runtime.block_on(async {
-            let platform = Platform::start().await;
-            let (auth_internal, core) = (platform.auth_internal_url(), platform.core_url());
-            let admin = services::start_admin("runbook", &platform, &auth_internal, &core).await;
-            let operator = platform.user().await;
-            platform
-                .grant_platform_role(operator.id, "platform-admin")
-                .await;
-            let finance = start_backend(&platform, Module::Finance).await;
-            let venue = start_backend(&platform, Module::Venue).await;
-            (platform, admin, operator.email, finance, venue)
-        });
-        Shared {
-            runtime,
+fn shared() -> Arc<Shared> {
+    static SHARED: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
+    let mut current = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = current.upgrade() {
+        return shared;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let parts = runtime.block_on(async {
+        let platform = Platform::start().await;
+        let (auth_internal, core) = (platform.auth_internal_url(), platform.core_url());
+        let admin = services::start_admin("runbook", &platform, &auth_internal, &core).await;
+        let operator = platform.user().await;
+        platform
+            .grant_platform_role(operator.id, "platform-admin")
+            .await;
+        let finance = start_backend(&platform, Module::Finance).await;
+        let venue = start_backend(&platform, Module::Venue).await;
+        Parts {
             platform,
             admin,
-            admin_email,
+            admin_email: operator.email,
             finance,
             venue,
         }
-    })
+    });
+    let shared = Arc::new(Shared {
+        runtime,
+        parts: Some(parts),
+    });
+    *current = Arc::downgrade(&shared);
+    shared
 }
 
 /// One test's company, user and scratch matrix.
 struct Case {
-    shared: &'static Shared,
+    shared: Arc<Shared>,
     company: Company,
     user: Uuid,
     membership: Uuid,
@@ -169,7 +198,7 @@ impl Case {
     /// `endpoints.json` of the shared platform; `dead` services answer on
     /// ports nothing listens on, as after their process was killed.
     fn write_endpoints(&self, dead: &[&str]) {
-        let shared = self.shared;
+        let shared = &self.shared;
         let dead_port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap()
@@ -232,6 +261,17 @@ impl Case {
     /// the access token `token` (the session's unless given); answers the
     /// exit code and the JSON document.
     fn run(&self, module: &str, token: Option<&str>, extra: &[&str]) -> (Option<i32>, Value) {
+        self.run_runbook("user-cannot-access-module", module, token, extra)
+    }
+
+    /// Runs runbook `name` as [`Case::run`] does.
+    fn run_runbook(
+        &self,
+        name: &str,
+        module: &str,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> (Option<i32>, Value) {
         let token_file = self.matrix.path().join("token");
         let token = token.unwrap_or(&self.session.access_token);
         std::fs::write(&token_file, token).unwrap();
@@ -240,7 +280,7 @@ impl Case {
         let mut args = vec![
             "runbook",
             "run",
-            "user-cannot-access-module",
+            name,
             "local",
             "--company",
             &company,
@@ -491,4 +531,35 @@ fn a_backend_enforcing_a_key_the_catalog_lacks_is_named() {
         summary(&cause).contains("GET /v1/venues requires venue.venues.read"),
         "{cause}"
     );
+}
+
+#[test]
+fn the_outage_runbooks_name_the_service_that_is_not_ready() {
+    let case = Case::new(FINANCE);
+    case.write_endpoints(&["finance"]);
+    let (code, document) = case.run_runbook("database-outage", "finance", None, &[]);
+    assert_eq!(code, Some(1), "{document:#}");
+    assert_eq!(document["cause"]["check"], "services-ready", "{document:#}");
+    assert_eq!(
+        document["cause"]["summary"], "not ready: finance",
+        "{document:#}"
+    );
+}
+
+#[test]
+fn the_jwt_runbook_finds_every_verifier_knowing_the_signing_kid() {
+    let case = Case::new(FINANCE);
+    let (code, document) = case.run_runbook("jwt-verification-failing", "finance", None, &[]);
+    assert_eq!(code, Some(0), "{document:#}");
+    let checks: Vec<&str> = document["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["verdict"], "ok", "{document:#}");
+            f["check"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(checks, ["auth-healthy", "jwks-propagated", "jwt-valid"]);
+    assert!(document["manual"].as_array().unwrap().len() >= 3);
 }
