@@ -301,16 +301,30 @@ impl Diagnosis {
         }
     }
 
+    /// The command that shows `service`'s log.
+    fn logs(&self, service: &str) -> String {
+        if self.platform.env == "local" {
+            format!("kisumctl logs local {service}")
+        } else {
+            format!(
+                "kubectl -n {} logs deployment/{service}",
+                self.platform.namespace
+            )
+        }
+    }
+
     /// The command that brings `service` back.
     fn restart(&self, service: &str) -> String {
         if self.platform.env == "local" {
             format!(
-                "kisumctl deploy local (restarts what is down; `kisumctl logs local {service}` shows why it stopped)"
+                "kisumctl deploy local (restarts what is down; `{}` shows why it stopped)",
+                self.logs(service)
             )
         } else {
             format!(
-                "kubectl -n {} rollout restart deployment/{service} (after reading its logs: kubectl -n {} logs deployment/{service})",
-                self.platform.namespace, self.platform.namespace
+                "kubectl -n {} rollout restart deployment/{service} (after reading its log: {})",
+                self.platform.namespace,
+                self.logs(service)
             )
         }
     }
@@ -476,8 +490,8 @@ impl Diagnosis {
             .fix(format!(
                 "the user signs in again: a revoked session never comes back (logout, logout-all, \
                  a password reset, refresh-token reuse or a disabled user end sessions; Auth's log \
-                 tells which: kisumctl logs {} auth)",
-                self.platform.env
+                 tells which: {})",
+                self.logs(AUTH)
             )),
             StatusCode::OK => {
                 self.context = Some(answer.body);
