@@ -26,6 +26,8 @@ mod local_commands;
 mod manifests;
 #[path = "cli/moto.rs"]
 mod moto;
+#[path = "cli/observability.rs"]
+mod observability;
 #[path = "cli/pebble.rs"]
 mod pebble;
 /// The real platform in-process (Auth, Core, Admin, module backends), as

@@ -26,26 +26,26 @@ use uuid::Uuid;
 use crate::common::{private_dir, scratch_copy, stderr, stdout, write_secret};
 
 /// A module backend serving: its public and internal addresses.
-struct Backend {
-    public: SocketAddr,
-    internal: SocketAddr,
+pub(crate) struct Backend {
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
     _stop: oneshot::Sender<()>,
 }
 
 /// The services every test of this file uses.
-struct Parts {
-    platform: Platform,
-    admin: services::Admin,
-    admin_email: String,
-    finance: Backend,
-    venue: Backend,
+pub(crate) struct Parts {
+    pub platform: Platform,
+    pub admin: services::Admin,
+    pub admin_email: String,
+    pub finance: Backend,
+    pub venue: Backend,
 }
 
 /// The platform the tests of this file share while any of them runs: the
 /// last one to finish stops it (inside its runtime) and removes its files;
 /// a test starting after that starts another.
-struct Shared {
-    runtime: tokio::runtime::Runtime,
+pub(crate) struct Shared {
+    pub runtime: tokio::runtime::Runtime,
     parts: Option<Parts>,
 }
 
@@ -90,7 +90,7 @@ async fn start_backend(platform: &Platform, module: Module) -> Backend {
     }
 }
 
-fn shared() -> Arc<Shared> {
+pub(crate) fn shared() -> Arc<Shared> {
     static SHARED: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
     let mut current = SHARED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(shared) = current.upgrade() {
