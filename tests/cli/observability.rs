@@ -7,8 +7,17 @@ use std::path::Path;
 
 use crate::common::root;
 
-fn documented() -> String {
-    std::fs::read_to_string(root().join("docs/observability.md")).unwrap()
+/// Asserts that docs/observability.md names each of `names` in backticks.
+fn assert_documented(names: &BTreeSet<String>) {
+    let doc = std::fs::read_to_string(root().join("docs/observability.md")).unwrap();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|name| !doc.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/observability.md: {missing:?}"
+    );
 }
 
 /// The metric families of a Prometheus exposition.
@@ -47,15 +56,7 @@ fn every_exported_metric_family_is_documented() {
         exported.extend(families(&text));
     }
     assert!(exported.len() > 5, "{exported:?}");
-    let doc = documented();
-    let missing: Vec<&String> = exported
-        .iter()
-        .filter(|name| !doc.contains(&format!("`{name}`")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "not in docs/observability.md: {missing:?}"
-    );
+    assert_documented(&exported);
 }
 
 /// `.event("name"`, `event_counter("name"` and `event = "name"` in the
@@ -101,13 +102,5 @@ fn every_event_the_services_count_or_log_is_documented() {
     let mut events = BTreeSet::new();
     events_in(&root().join("services"), &mut events);
     assert!(events.len() > 10, "{events:?}");
-    let doc = documented();
-    let missing: Vec<&String> = events
-        .iter()
-        .filter(|name| !doc.contains(&format!("`{name}`")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "not in docs/observability.md: {missing:?}"
-    );
+    assert_documented(&events);
 }
