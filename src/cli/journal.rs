@@ -34,8 +34,8 @@ const MUTATING: &[&str] = &[
 /// Every run of deploy, down, db provision and migrate, backup (and
 /// prune), restore, drill, rotate-jwt-key, dns apply and cutover, tls
 /// issue and renew, smoke and access invalidate appends one record to
-/// `<state-dir>/journal.jsonl` of its environment (dry runs and status
-/// queries excepted). `who` is `KISUM_ACTOR` when set, else user@host.
+/// `<state-dir>/journal.jsonl` of its environment (dry runs, status
+/// queries and runs refused as unusable input excepted). `who` is `KISUM_ACTOR` when set, else user@host.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment whose journal to print.
@@ -143,6 +143,11 @@ impl Started {
 /// Appends the run's record to its environment's journal. A journal that
 /// cannot be written is a warning: the command's own outcome stands.
 pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
+    // Refused input (an unknown environment, `deploy production`, a
+    // missing deploy) changed nothing: not an operation to record.
+    if exit == Exit::UnusableInput {
+        return;
+    }
     let Ok(matrix) = crate::matrix::Matrix::load(dir) else {
         return;
     };
@@ -164,8 +169,7 @@ pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
         result: match exit {
             Exit::Clean => "ok",
             Exit::CheckFailed => "check-failed",
-            Exit::UnusableInput => "unusable-input",
-            Exit::OperationFailed => "failed",
+            Exit::UnusableInput | Exit::OperationFailed => "failed",
         }
         .to_string(),
         exit: exit as u8,

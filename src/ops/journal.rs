@@ -30,7 +30,7 @@ pub struct Record {
     /// The arguments as given, after the program name.
     pub args: Vec<String>,
     pub environment: String,
-    /// `ok`, `check-failed`, `unusable-input` or `failed`.
+    /// `ok`, `check-failed` or `failed`.
     pub result: String,
     pub exit: u8,
     pub duration_ms: u64,

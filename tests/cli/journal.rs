@@ -33,18 +33,30 @@ fn mutating_commands_are_journaled_with_who_what_result_and_duration() {
     let dir = matrix.path();
     assert!(records(dir, &[]).is_empty());
 
-    // Mutating runs, whatever their outcome: local is not deployed here.
+    // Mutating runs, whatever their outcome: Auth's port answers nothing.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let state = dir.join(".kisum/local");
+    crate::common::private_dir(&state);
+    let endpoints = serde_json::json!({ "internal": { "auth": format!("http://{dead}") } });
+    std::fs::write(state.join("endpoints.json"), endpoints.to_string()).unwrap();
+    crate::common::write_secret(&state, "internal-credential-kisumctl", "token", "test");
     let company = "0b0e9a4e-52b7-4d4e-8000-000000000001";
     let invalidate = ["access", "invalidate", "local", "--company", company];
-    assert_exit(&invalidate, kisumctl(dir, &invalidate), 2);
-    assert_exit(&["smoke", "local"], kisumctl(dir, &["smoke", "local"]), 2);
-    // Reads, dry runs and status queries are not.
+    assert_exit(&invalidate, kisumctl(dir, &invalidate), 3);
+    let by_user = ["access", "invalidate", "local", "--user", company];
+    assert_exit(&by_user, kisumctl(dir, &by_user), 3);
+    // Reads, dry runs, status queries and refused input are not.
     for args in [
         &["validate", "local"][..],
         &["runbook", "list"],
         &["inventory", "local"],
         &["db", "migrate", "local", "--dry-run"],
         &["rotate-jwt-key", "local", "--status"],
+        &["smoke", "local"],
+        &["deploy", "production"],
     ] {
         kisumctl(dir, args);
     }
@@ -55,16 +67,17 @@ fn mutating_commands_are_journaled_with_who_what_result_and_duration() {
     assert_eq!(first["command"], "access invalidate");
     assert_eq!(first["environment"], "local");
     assert_eq!(first["who"], "journal-test");
-    assert_eq!(first["result"], "unusable-input");
-    assert_eq!(first["exit"], 2);
+    assert_eq!(first["result"], "failed");
+    assert_eq!(first["exit"], 3);
     assert_eq!(first["args"], serde_json::json!(invalidate));
     assert!(first["duration_ms"].is_u64());
     assert!(first["started"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(journal[1]["command"], "smoke");
+    assert_eq!(journal[1]["args"], serde_json::json!(by_user));
+    assert!(!dir.join(".kisum/production").exists());
 
     let newest = records(dir, &["-n", "1"]);
     assert_eq!(newest.len(), 1);
-    assert_eq!(newest[0]["command"], "smoke");
+    assert_eq!(newest[0]["args"], serde_json::json!(by_user));
 
     let text = stdout(&kisumctl(dir, &["journal", "local"]));
     assert!(text.starts_with("started"), "{text}");
