@@ -24,12 +24,20 @@ mod docs;
 mod help;
 #[path = "cli/images.rs"]
 mod images;
+#[path = "cli/journal.rs"]
+mod journal;
 #[path = "cli/local_commands.rs"]
 mod local_commands;
 #[path = "cli/manifests.rs"]
 mod manifests;
+#[path = "cli/observability.rs"]
+mod observability;
 #[path = "cli/pebble.rs"]
 mod pebble;
+/// The real platform in-process (Auth, Core, Admin, module backends), as
+/// the services' own tests start it: used by the smoke and runbook tests.
+#[path = "../services/module/tests/platform/mod.rs"]
+mod platform;
 #[path = "cli/proxy.rs"]
 mod proxy;
 #[path = "cli/restore_engines.rs"]
@@ -38,6 +46,10 @@ mod restore_engines;
 mod rotate;
 #[path = "cli/secrets.rs"]
 mod secrets;
+#[path = "cli/runbook.rs"]
+mod runbook;
+#[path = "../services/admin/tests/services/mod.rs"]
+mod services;
 #[path = "cli/site.rs"]
 mod site;
 #[path = "cli/smoke.rs"]

@@ -59,121 +59,36 @@ fn print_inventory(matrix: &Matrix, env: &Environment, args: &Args) -> anyhow::R
         return Ok(Exit::Clean);
     }
 
+    let [environments, services, network, secrets] = inventory.tables();
     let mut sections = Vec::new();
+    let print = |t: &inventory::Table| table(&t.head, &t.rows);
     if wanted(Table::Environments) {
-        let rows: Vec<Vec<String>> = inventory
-            .environments
-            .iter()
-            .map(|e| {
-                vec![
-                    e.name.clone(),
-                    e.tier.clone(),
-                    e.namespace.clone(),
-                    e.kubernetes_context.clone(),
-                    e.secret_backend.clone(),
-                    e.tls.clone(),
-                    yes_no(e.dns_managed),
-                    yes_no(e.alerts),
-                    yes_no(e.backups),
-                    e.auth_host.clone(),
-                ]
-            })
-            .collect();
-        let header = [
-            "ENVIRONMENT",
-            "TIER",
-            "NAMESPACE",
-            "CONTEXT",
-            "SECRETS",
-            "TLS",
-            "DNS",
-            "ALERTS",
-            "BACKUPS",
-            "AUTH HOST",
-        ];
-        sections.push(format!("environment matrix\n{}", table(&header, &rows)));
+        sections.push(format!("environment matrix\n{}", print(&environments)));
     }
     if wanted(Table::Services) {
-        let rows: Vec<Vec<String>> = inventory
-            .services
-            .iter()
-            .map(|s| {
-                vec![
-                    s.service.clone(),
-                    s.exposure.clone(),
-                    s.host.clone(),
-                    format!("{}/{}", s.http_port, s.internal_port),
-                    s.database.clone().unwrap_or_else(|| "-".into()),
-                    s.redis.clone(),
-                    format!("{}-{}", s.replicas, s.max_replicas),
-                    s.image.clone(),
-                ]
-            })
-            .collect();
-        let header = [
-            "SERVICE", "EXPOSURE", "HOST", "PORTS", "DATABASE", "REDIS", "REPLICAS", "IMAGE",
-        ];
         sections.push(format!(
             "service inventory ({})\n{}",
             inventory.environment,
-            table(&header, &rows)
+            print(&services)
         ));
     }
     if wanted(Table::Network) {
-        let rows: Vec<Vec<String>> = inventory
-            .network
-            .iter()
-            .map(|n| {
-                vec![
-                    n.from.clone(),
-                    n.to.clone(),
-                    n.kind.clone(),
-                    n.ports.clone(),
-                ]
-            })
-            .collect();
-        let header = ["FROM", "TO", "KIND", "PORTS"];
         let note = "everything not listed is denied";
         sections.push(format!(
             "network matrix ({}; {note})\n{}",
             inventory.environment,
-            table(&header, &rows)
+            print(&network)
         ));
     }
     if wanted(Table::Secrets) {
-        let rows: Vec<Vec<String>> = inventory
-            .secrets
-            .iter()
-            .map(|s| {
-                vec![
-                    s.secret.clone(),
-                    s.category.clone(),
-                    s.generated.clone(),
-                    format!("{}d", s.rotation_days),
-                    if s.read_by.is_empty() {
-                        "kisumctl".into()
-                    } else {
-                        s.read_by.join(",")
-                    },
-                    s.location.clone(),
-                ]
-            })
-            .collect();
-        let header = [
-            "SECRET", "CATEGORY", "SOURCE", "ROTATION", "READ BY", "LOCATION",
-        ];
         sections.push(format!(
             "secrets inventory ({})\n{}",
             inventory.environment,
-            table(&header, &rows)
+            print(&secrets)
         ));
     }
     for line in sections.join("\n").lines() {
         outln!("{}", crate::matrix::load::printable(line));
     }
     Ok(Exit::Clean)
-}
-
-fn yes_no(on: bool) -> String {
-    if on { "on".into() } else { "off".into() }
 }

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each command lives in its own file:
 //! it parses its arguments, calls the library modules, and prints.
 
+mod access;
 mod backup;
 mod cluster;
 mod converge;
@@ -8,10 +9,12 @@ mod db;
 mod deploy;
 mod diff;
 mod dns;
+mod docs;
 mod down;
 mod drill;
 mod history;
 mod inventory;
+mod journal;
 mod logs;
 mod output;
 mod render;
@@ -19,6 +22,7 @@ mod restore;
 mod rollback;
 mod rotate;
 mod secrets;
+mod runbook;
 mod smoke;
 mod status;
 mod supervise;
@@ -99,11 +103,19 @@ enum Command {
     Secrets(secrets::Args),
     Plan(converge::PlanArgs),
     Apply(converge::ApplyArgs),
+    Runbook(runbook::Args),
+    Access(access::Args),
+    Journal(journal::Args),
+    Docs(docs::Args),
 }
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => {
             let _ = error.print();
             return if error.use_stderr() {
@@ -114,6 +126,18 @@ pub fn main() -> ExitCode {
             .into();
         }
     };
+    let mutation = journal::Mutation::of(&matches);
+    let started = journal::Started::now();
+    let matrix = cli.matrix.clone();
+    let exit = dispatch(cli);
+    if let Some(mutation) = mutation {
+        journal::record(&matrix, &mutation, &started, exit);
+    }
+    exit.into()
+}
+
+/// Runs the command; its exit code.
+fn dispatch(cli: Cli) -> Exit {
     let result = match cli.command {
         Command::Validate(args) => validate::run(&cli.matrix, args),
         Command::Render(args) => render::run(&cli.matrix, args),
@@ -181,6 +205,10 @@ pub fn main() -> ExitCode {
         Command::Secrets(args) => secrets::run(&cli.matrix, args),
         Command::Plan(args) => converge::plan(&cli.matrix, args),
         Command::Apply(args) => converge::apply(&cli.matrix, args),
+        Command::Runbook(args) => runbook::run(&cli.matrix, args),
+        Command::Access(args) => access::run(&cli.matrix, args),
+        Command::Journal(args) => journal::run(&cli.matrix, args),
+        Command::Docs(args) => docs::run(&cli.matrix, args),
     };
     let exit = match result {
         Ok(exit) => exit,
@@ -192,9 +220,9 @@ pub fn main() -> ExitCode {
     // A closed pipe (`| head`) is not an error; a full disk is.
     if let Some(error) = output::stdout_error() {
         errln!("error: cannot write the output: {error}");
-        return Exit::OperationFailed.into();
+        return Exit::OperationFailed;
     }
-    exit.into()
+    exit
 }
 
 /// Loads the matrix, printing input errors; `Err(exit)` when unusable.

@@ -9,6 +9,7 @@ use crate::local::plan::Endpoints;
 use crate::local::state::{DesiredState, read_json};
 use crate::local::{Context, checks, probe, status};
 use crate::matrix::Environment;
+use crate::ops::health;
 use crate::secrets::SecretStore as _;
 
 /// Show the processes of a local environment and whether they are ready.
@@ -19,9 +20,13 @@ use crate::secrets::SecretStore as _;
 /// Without a supervisor (it was killed), processes it started may still
 /// run: they are shown as `unsupervised` (nothing restarts them).
 ///
-/// Exit codes: 0 a supervisor runs and everything is ready, 1 something is
-/// not (or a check of `--verify` failed), 2 unusable input or an
-/// environment other than `local`.
+/// Then the operations: each database's newest backup against its RPO, the
+/// last restore drill's result, the JWT key set's state; each ok, note
+/// (nothing to judge yet) or red.
+///
+/// Exit codes: 0 a supervisor runs, everything is ready and nothing is red,
+/// 1 something is not (or a check of `--verify` failed), 2 unusable input
+/// or an environment other than `local`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment (only `local` runs processes).
@@ -46,16 +51,21 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     } else {
         None
     };
-    let passed = report.all_ready() && verified.as_ref().is_none_or(|c| c.iter().all(|c| c.passed));
+    let operations = runtime.block_on(operations(dir, env, &context));
+    let red = operations.iter().any(|i| i.light == health::Light::Red);
+    let passed =
+        report.all_ready() && !red && verified.as_ref().is_none_or(|c| c.iter().all(|c| c.passed));
 
     if args.output == OutputFormat::Json {
         let mut document = serde_json::to_value(&report)?;
         if let Some(checks) = &verified {
             document["checks"] = serde_json::to_value(checks)?;
         }
+        document["operations"] = serde_json::to_value(&operations)?;
         outln!("{}", serde_json::to_string_pretty(&document)?);
     } else {
         print_text(&report, verified.as_deref());
+        print_operations(&operations);
     }
     Ok(if passed {
         Exit::Clean
@@ -161,4 +171,50 @@ async fn verify(context: &Context) -> anyhow::Result<Vec<checks::QuickCheck>> {
         .cloned()
         .collect();
     Ok(checks::run(&client, &endpoints, &expected, &kisumctl, &fixtures).await)
+}
+
+/// Backups against their RPO, the last drill, the key set.
+async fn operations(dir: &Path, env: &Environment<'_>, context: &Context) -> Vec<health::Item> {
+    let mut items = Vec::new();
+    if env.file.backups.enabled {
+        let listed = match crate::secrets::for_environment(dir, env) {
+            Ok(secrets) => match crate::backup::Context::new(dir, env, secrets).await {
+                Ok(cx) => cx.store.list().await.map(|(manifests, _)| manifests),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error.into()),
+        };
+        match listed {
+            Ok(manifests) => {
+                let now = jiff::Timestamp::now().as_second();
+                items.extend(health::backups(env, &manifests, now));
+            }
+            Err(error) => items.push(health::Item {
+                name: "backups".into(),
+                light: health::Light::Red,
+                detail: format!("the backup store cannot be listed: {error:#}"),
+            }),
+        }
+    }
+    items.push(health::last_drill(&context.state.root().join("drills")));
+    let keys = crate::rotation::store::KeyStore::new(env.base, &context.store)
+        .and_then(|store| store.load())
+        .map_err(|e| e.to_string());
+    items.push(health::key_set(keys));
+    items
+}
+
+fn print_operations(items: &[health::Item]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let light = match i.light {
+                health::Light::Green => "ok",
+                health::Light::Yellow => "note",
+                health::Light::Red => "RED",
+            };
+            vec![i.name.clone(), light.to_string(), i.detail.clone()]
+        })
+        .collect();
+    out!("\n{}", table(&["OPERATIONS", "STATE", "DETAIL"], &rows));
 }

@@ -66,11 +66,127 @@ pub struct SecretRow {
     pub location: String,
 }
 
-fn kebab<T: Serialize>(value: &T) -> String {
+pub fn kebab<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// One table of the inventory as text: column names and rows.
+pub struct Table {
+    pub head: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+}
+
+fn on_off(on: bool) -> String {
+    if on { "on" } else { "off" }.to_string()
+}
+
+impl Inventory {
+    /// The environment matrix, service inventory, network matrix and
+    /// secrets inventory, as `kisumctl inventory` and `kisumctl docs` print
+    /// them.
+    pub fn tables(&self) -> [Table; 4] {
+        let environments = self
+            .environments
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    e.tier.clone(),
+                    e.namespace.clone(),
+                    e.kubernetes_context.clone(),
+                    e.secret_backend.clone(),
+                    e.tls.clone(),
+                    on_off(e.dns_managed),
+                    on_off(e.alerts),
+                    on_off(e.backups),
+                    e.auth_host.clone(),
+                ]
+            })
+            .collect();
+        let services = self
+            .services
+            .iter()
+            .map(|s| {
+                vec![
+                    s.service.clone(),
+                    s.exposure.clone(),
+                    s.host.clone(),
+                    format!("{}/{}", s.http_port, s.internal_port),
+                    s.database.clone().unwrap_or_else(|| "-".into()),
+                    s.redis.clone(),
+                    format!("{}-{}", s.replicas, s.max_replicas),
+                    s.image.clone(),
+                ]
+            })
+            .collect();
+        let network = self
+            .network
+            .iter()
+            .map(|n| {
+                vec![
+                    n.from.clone(),
+                    n.to.clone(),
+                    n.kind.clone(),
+                    n.ports.clone(),
+                ]
+            })
+            .collect();
+        let secrets = self
+            .secrets
+            .iter()
+            .map(|s| {
+                vec![
+                    s.secret.clone(),
+                    s.category.clone(),
+                    s.generated.clone(),
+                    format!("{}d", s.rotation_days),
+                    if s.read_by.is_empty() {
+                        "kisumctl".into()
+                    } else {
+                        s.read_by.join(",")
+                    },
+                    s.location.clone(),
+                ]
+            })
+            .collect();
+        [
+            Table {
+                head: vec![
+                    "ENVIRONMENT",
+                    "TIER",
+                    "NAMESPACE",
+                    "CONTEXT",
+                    "SECRETS",
+                    "TLS",
+                    "DNS",
+                    "ALERTS",
+                    "BACKUPS",
+                    "AUTH HOST",
+                ],
+                rows: environments,
+            },
+            Table {
+                head: vec![
+                    "SERVICE", "EXPOSURE", "HOST", "PORTS", "DATABASE", "REDIS", "REPLICAS",
+                    "IMAGE",
+                ],
+                rows: services,
+            },
+            Table {
+                head: vec!["FROM", "TO", "KIND", "PORTS"],
+                rows: network,
+            },
+            Table {
+                head: vec![
+                    "SECRET", "CATEGORY", "SOURCE", "ROTATION", "READ BY", "LOCATION",
+                ],
+                rows: secrets,
+            },
+        ]
+    }
 }
 
 pub fn build(matrix: &Matrix, env: &Environment) -> Inventory {

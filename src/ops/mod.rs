@@ -1,3 +1,7 @@
 //! Operational documents and reports derived from the matrix.
 
+pub mod documents;
+pub mod health;
 pub mod inventory;
+pub mod journal;
+pub mod runbook;

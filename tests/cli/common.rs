@@ -1,5 +1,6 @@
 //! Shared helpers: running the binary, copying the matrix.
 
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -171,4 +172,30 @@ pub async fn secret_at(
         .await
         .ok()?;
     Some(serde_json::from_str(value.secret_string()?).unwrap())
+}
+
+/// A directory (and its parents) with mode 0700.
+pub fn private_dir(path: &Path) {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .unwrap();
+}
+
+/// A value in the local-files layout of the secret store under the state
+/// directory `state`: `<state>/secrets/<secret>/<key>`, 0700 directories,
+/// 0600 files.
+pub fn write_secret(state: &Path, secret: &str, key: &str, value: &str) {
+    let dir = state.join("secrets").join(secret);
+    private_dir(&state.join("secrets"));
+    private_dir(&dir);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(key))
+        .unwrap();
+    std::io::Write::write_all(&mut file, value.as_bytes()).unwrap();
 }

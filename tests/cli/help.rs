@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::root;
 
-const PAGES: [(&str, &[&str]); 28] = [
+const PAGES: [(&str, &[&str]); 34] = [
     ("kisumctl", &["--help"]),
     ("validate", &["validate", "--help"]),
     ("render", &["render", "--help"]),
@@ -34,6 +34,12 @@ const PAGES: [(&str, &[&str]); 28] = [
     ("secrets-rotate", &["secrets", "rotate", "--help"]),
     ("plan", &["plan", "--help"]),
     ("apply", &["apply", "--help"]),
+    ("runbook", &["runbook", "--help"]),
+    ("runbook-run", &["runbook", "run", "--help"]),
+    ("access", &["access", "--help"]),
+    ("access-invalidate", &["access", "invalidate", "--help"]),
+    ("journal", &["journal", "--help"]),
+    ("docs", &["docs", "--help"]),
 ];
 
 #[test]

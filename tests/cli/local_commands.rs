@@ -1,6 +1,6 @@
 //! The commands of a local environment where no platform is needed: the
-//! environments they refuse, output to a closed pipe, and the escaping of
-//! logs.
+//! environments they refuse, output to a closed pipe, the escaping of
+//! logs, and the operations `status` judges.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -132,4 +132,54 @@ fn logs_escape_control_characters_unless_raw() {
 
     let output = kisumctl(dir.path(), &["logs", "local", "auth", "--raw"]);
     assert_eq!(output.stdout, raw);
+}
+
+/// `status local` judges the operations beside the processes: a failed
+/// last drill is red (exit 1), a settled key set green, a database never
+/// backed up yellow.
+#[test]
+fn status_reports_the_last_drill_the_key_set_and_backup_ages() {
+    let copy = scratch_copy();
+    let state = copy.path().join(".kisum/local");
+    crate::common::private_dir(&state.join("drills"));
+    let keys = kisum_common::keys::KeySet::generate(1_800_000_000).unwrap();
+    crate::common::write_secret(&state, "jwt-signing-keys", "key-set.json", &keys.to_json());
+    let report = serde_json::json!({
+        "environment": "local", "at": "2026-12-05T01:00:00Z", "passed": false,
+        "databases": [
+            {"database": "auth-db", "passed": true},
+            {"database": "finance-db", "passed": false},
+        ],
+    });
+    std::fs::write(
+        state.join("drills/drill-2026-12-05T010000Z.json"),
+        report.to_string(),
+    )
+    .unwrap();
+
+    let output = kisumctl(copy.path(), &["status", "local", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let item = |name: &str| {
+        document["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {document:#}"))
+            .clone()
+    };
+    assert_eq!(item("drill")["light"], "red");
+    assert_eq!(
+        item("drill")["detail"],
+        "failed at 2026-12-05T01:00:00Z: finance-db"
+    );
+    assert_eq!(item("key set")["light"], "green");
+    let kid = &keys.active().kid;
+    assert_eq!(item("key set")["detail"], format!("active {kid}, settled"));
+    assert_eq!(item("backup auth-db")["light"], "yellow");
+
+    let text = stdout(&kisumctl(copy.path(), &["status", "local"]));
+    assert!(text.contains("OPERATIONS"), "{text}");
+    assert!(text.contains("RED"), "{text}");
 }

@@ -8,12 +8,8 @@
 //! `endpoints.json` and the credentials in the secret store of a scratch
 //! copy of the matrix.
 
-#[path = "../../services/module/tests/platform/mod.rs"]
-mod platform;
-#[path = "../../services/admin/tests/services/mod.rs"]
-mod services;
+use crate::{platform, services};
 
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -25,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::common::{SEALED_AWS, SMOKE_CHECKS, scratch_copy, stderr, stdout};
+use crate::common::{SEALED_AWS, SMOKE_CHECKS, private_dir, scratch_copy, stderr, stdout};
 
 const SECRET: &str = "smoke-test-credentials";
 const ROLE: &str = "smoke-reader";
@@ -187,28 +183,9 @@ impl Deployment {
     }
 }
 
-fn private_dir(path: &Path) {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .unwrap();
-}
-
-/// A value in the local-files layout of the secret store:
-/// `<state>/secrets/<secret>/<key>`, 0700 directories, 0600 files.
+/// A value of the smoke-test credentials in the local-files secret store.
 fn write_secret(state: &Path, key: &str, value: &str) {
-    let dir = state.join("secrets").join(SECRET);
-    private_dir(&state.join("secrets"));
-    private_dir(&dir);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(dir.join(key))
-        .unwrap();
-    std::io::Write::write_all(&mut file, value.as_bytes()).unwrap();
+    crate::common::write_secret(state, SECRET, key, value);
 }
 
 async fn smoke(matrix: &Path, args: &[&str]) -> Output {

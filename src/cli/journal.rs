@@ -1,0 +1,184 @@
+//! `kisumctl journal ENV`, and the recording every mutating command gets
+//! from the dispatch in `cli::main` (one place, not per command).
+
+use super::output::{errln, out, outln};
+use std::path::Path;
+use std::time::Instant;
+
+use super::{Exit, OutputFormat};
+use crate::ops::journal::{self, Record};
+
+/// The commands that change an environment, by command path. A run with
+/// `--dry-run` or `--status` changes nothing and is not recorded.
+const MUTATING: &[&str] = &[
+    "deploy",
+    "down",
+    "db provision",
+    "db migrate",
+    "backup",
+    "backup prune",
+    "restore",
+    "drill",
+    "rotate-jwt-key",
+    "dns apply",
+    "dns cutover",
+    "tls issue",
+    "tls renew",
+    "smoke",
+    "access invalidate",
+];
+
+/// The operation journal of an environment: who ran which mutating
+/// command, when, with what result and for how long.
+///
+/// Every run of deploy, down, db provision and migrate, backup (and
+/// prune), restore, drill, rotate-jwt-key, dns apply and cutover, tls
+/// issue and renew, smoke and access invalidate appends one record to
+/// `<state-dir>/journal.jsonl` of its environment (dry runs, status
+/// queries and runs refused as unusable input excepted). `who` is `KISUM_ACTOR` when set, else user@host.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment whose journal to print.
+    env: String,
+
+    /// How many of the newest records.
+    #[arg(short = 'n', long = "lines", default_value_t = 20, value_name = "N")]
+    lines: usize,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
+    let name = args.env.clone();
+    super::with_environment(dir, &name, args.output, |_, env| {
+        let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
+        let (records, unreadable) = journal::read(&state_dir, args.lines)?;
+        if unreadable > 0 {
+            errln!(
+                "warning: {}: {unreadable} lines are not journal records; skipped",
+                journal::path(&state_dir).display()
+            );
+        }
+        if args.output == OutputFormat::Json {
+            let document = serde_json::json!({ "environment": env.name, "records": records });
+            outln!("{}", serde_json::to_string_pretty(&document)?);
+            return Ok(Exit::Clean);
+        }
+        if records.is_empty() {
+            errln!("no journal records for {}", env.name);
+            return Ok(Exit::Clean);
+        }
+        let rows: Vec<Vec<String>> = records
+            .iter()
+            .map(|r| {
+                vec![
+                    r.started.clone(),
+                    r.who.clone(),
+                    r.args.join(" "),
+                    r.result.clone(),
+                    format!("{:.1} s", r.duration_ms as f64 / 1000.0),
+                ]
+            })
+            .collect();
+        out!(
+            "{}",
+            super::output::table(&["started", "who", "command", "result", "took"], &rows)
+        );
+        Ok(Exit::Clean)
+    })
+}
+
+/// A run that changes an environment, as parsed.
+pub struct Mutation {
+    command: String,
+    environment: String,
+    args: Vec<String>,
+}
+
+impl Mutation {
+    /// The mutation `matches` asks for, if any: the command path (the
+    /// subcommand names), its `env` argument, and no `--dry-run` or
+    /// `--status`.
+    pub fn of(matches: &clap::ArgMatches) -> Option<Mutation> {
+        let mut path = Vec::new();
+        let mut leaf = matches;
+        while let Some((name, sub)) = leaf.subcommand() {
+            path.push(name.to_string());
+            leaf = sub;
+        }
+        let command = path.join(" ");
+        if !MUTATING.contains(&command.as_str()) {
+            return None;
+        }
+        let flag = |id: &str| matches!(leaf.try_get_one::<bool>(id), Ok(Some(true)));
+        if flag("dry_run") || flag("status") {
+            return None;
+        }
+        let environment = leaf.try_get_one::<String>("env").ok().flatten()?.clone();
+        Some(Mutation {
+            command,
+            environment,
+            args: std::env::args().skip(1).collect(),
+        })
+    }
+}
+
+/// When the command started.
+pub struct Started {
+    at: jiff::Timestamp,
+    clock: Instant,
+}
+
+impl Started {
+    pub fn now() -> Started {
+        Started {
+            at: jiff::Timestamp::now(),
+            clock: Instant::now(),
+        }
+    }
+}
+
+/// Appends the run's record to its environment's journal. A journal that
+/// cannot be written is a warning: the command's own outcome stands.
+pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
+    // Refused input (an unknown environment, `deploy production`, a
+    // missing deploy) changed nothing: not an operation to record.
+    if exit == Exit::UnusableInput {
+        return;
+    }
+    let Ok(matrix) = crate::matrix::Matrix::load(dir) else {
+        return;
+    };
+    let Ok(env) = matrix.environment(&mutation.environment) else {
+        return;
+    };
+    let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
+    // `down --purge` removed the state, journal included; recording it
+    // would bring the directory back.
+    if mutation.command == "down" && !state_dir.exists() {
+        return;
+    }
+    let record = Record {
+        started: started.at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        who: journal::who(),
+        command: mutation.command.clone(),
+        args: mutation.args.clone(),
+        environment: mutation.environment.clone(),
+        result: match exit {
+            Exit::Clean => "ok",
+            Exit::CheckFailed => "check-failed",
+            Exit::UnusableInput | Exit::OperationFailed => "failed",
+        }
+        .to_string(),
+        exit: exit as u8,
+        duration_ms: started.clock.elapsed().as_millis() as u64,
+    };
+    if let Err(error) = journal::append(&state_dir, &record) {
+        errln!(
+            "warning: the journal {} was not written: {error}",
+            journal::path(&state_dir).display()
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! `kisumctl runbook list|show|run`: the incident runbooks of `runbooks/`,
+//! with their checks run against an environment.
+
+use super::output::{errln, out, outln};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use uuid::Uuid;
+
+use super::{Exit, OutputFormat, refuse};
+use crate::matrix::Environment;
+use crate::matrix::model::ConfigValue;
+use crate::ops::runbook::checks::{Diagnosis, Finding, Inputs, Platform, Verdict};
+use crate::ops::runbook::{self, Runbook, Step};
+use crate::secrets::Secret;
+
+/// The incident runbooks (plan sections 26 and 29), run as checks.
+///
+/// Each runbook in `runbooks/` lists its steps: automated checks against
+/// the running platform (probes, Auth's internal routes, the services'
+/// diagnostics, Core's entitlements through Platform Admin) and manual
+/// steps with the command that performs them. `run` runs the checks in
+/// order, prints each finding with its evidence, and stops at the first
+/// cause it proves, naming the command that fixes it; it never runs that
+/// command and changes nothing. Exit 0 when no cause was found, 1 when
+/// one was, 2 on unusable input.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: RunbookCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RunbookCommand {
+    List(ListArgs),
+    Show(ShowArgs),
+    Run(RunArgs),
+}
+
+/// Lists the runbooks with their plan section and automated checks.
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+/// Prints a runbook's Markdown.
+#[derive(Debug, clap::Args)]
+struct ShowArgs {
+    /// The runbook (see `kisumctl runbook list`).
+    name: String,
+}
+
+/// Runs a runbook's checks against an environment.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The runbook (see `kisumctl runbook list`).
+    name: String,
+
+    /// Environment to diagnose.
+    env: String,
+
+    /// The user's id (taken from the token when --token-file is given).
+    #[arg(long, value_name = "ID")]
+    user: Option<Uuid>,
+
+    /// The company's id (Auth and Core share it).
+    #[arg(long, value_name = "ID")]
+    company: Option<Uuid>,
+
+    /// The module the user cannot reach (basic, finance, market, ...).
+    #[arg(long, value_name = "NAME")]
+    module: Option<String>,
+
+    /// What the client sends as `x-org` (an id or a slug).
+    #[arg(long, value_name = "VALUE")]
+    org: Option<String>,
+
+    /// A file holding the user's access token (as sent after `Bearer`);
+    /// never printed.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
+    match args.command {
+        RunbookCommand::List(args) => list(args.output),
+        RunbookCommand::Show(args) => show(&args.name),
+        RunbookCommand::Run(args) => {
+            let (name, format) = (args.env.clone(), args.output);
+            super::with_environment(dir, &name, format, |_, env| run_checks(dir, env, args))
+        }
+    }
+}
+
+fn checks_of(runbook: &Runbook) -> Vec<&str> {
+    runbook
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Check { check } => Some(check.as_str()),
+            Step::Manual { .. } => None,
+        })
+        .collect()
+}
+
+fn list(format: OutputFormat) -> anyhow::Result<Exit> {
+    let runbooks = runbook::all()?;
+    if format == OutputFormat::Json {
+        outln!("{}", serde_json::to_string_pretty(&runbooks)?);
+        return Ok(Exit::Clean);
+    }
+    let rows: Vec<Vec<String>> = runbooks
+        .iter()
+        .map(|r| {
+            let checks = checks_of(r);
+            vec![
+                r.name.clone(),
+                r.plan.clone(),
+                r.title.clone(),
+                if checks.is_empty() {
+                    "manual".into()
+                } else {
+                    format!("{} checks", checks.len())
+                },
+            ]
+        })
+        .collect();
+    out!(
+        "{}",
+        super::output::table(&["runbook", "plan", "title", "automated"], &rows)
+    );
+    Ok(Exit::Clean)
+}
+
+fn find(name: &str) -> anyhow::Result<Result<Runbook, Exit>> {
+    match runbook::find(name)? {
+        Some(runbook) => Ok(Ok(runbook)),
+        None => {
+            let known: Vec<String> = runbook::all()?.into_iter().map(|r| r.name).collect();
+            errln!(
+                "error: no runbook `{}` (known: {})",
+                crate::matrix::load::printable(name),
+                known.join(", ")
+            );
+            Ok(Err(Exit::UnusableInput))
+        }
+    }
+}
+
+fn show(name: &str) -> anyhow::Result<Exit> {
+    Ok(match find(name)? {
+        Ok(runbook) => {
+            out!("{}", runbook.markdown);
+            Exit::Clean
+        }
+        Err(exit) => exit,
+    })
+}
+
+/// The issuer and audience the module's backend verifies tokens with,
+/// from the matrix (Auth's when the module is not a service of it).
+fn token_policy(env: &Environment, module: Option<&str>) -> kisum_common::jwt::TokenPolicy {
+    let value = |name: &str| {
+        let plain = |service: &str| match env.services.get(service)?.config.get(name)? {
+            ConfigValue::Plain { value } => Some(value.clone()),
+            _ => None,
+        };
+        module
+            .and_then(plain)
+            .or_else(|| plain("auth"))
+            .unwrap_or_default()
+    };
+    kisum_common::jwt::TokenPolicy {
+        issuer: value("JWT_ISSUER"),
+        audience: value("JWT_AUDIENCE"),
+        leeway_seconds: env.base.tokens.clock_skew_seconds.into(),
+    }
+}
+
+fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Exit> {
+    let format = args.output;
+    let runbook = match find(&args.name)? {
+        Ok(runbook) => runbook,
+        Err(exit) => return Ok(exit),
+    };
+    let given = |input: &str| match input {
+        "user" => args.user.is_some() || args.token_file.is_some(),
+        "company" => args.company.is_some(),
+        "module" => args.module.is_some(),
+        "org" => args.org.is_some(),
+        "token-file" => args.token_file.is_some(),
+        _ => false,
+    };
+    let missing: Vec<String> = runbook
+        .inputs
+        .iter()
+        .filter(|input| !given(input))
+        .map(|input| format!("--{input}"))
+        .collect();
+    if !missing.is_empty() {
+        let message = format!("runbook {} needs {}", runbook.name, missing.join(", "));
+        return Ok(refuse(format, &message, Exit::UnusableInput));
+    }
+    if let Some(module) = &args.module
+        && !kisum_common::modules::is_module(module)
+    {
+        let message = format!(
+            "--module `{}` is not a module of the platform ({})",
+            crate::matrix::load::printable(module),
+            kisum_common::modules::MODULE_NAMES.join(", ")
+        );
+        return Ok(refuse(format, &message, Exit::UnusableInput));
+    }
+    let token = match &args.token_file {
+        Some(path) => Some(Secret::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .trim(),
+        )),
+        None => None,
+    };
+
+    let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
+    let endpoints = match runbook::target::endpoints(env, &state_dir) {
+        Ok(endpoints) => endpoints,
+        Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
+    };
+    let store = match crate::secrets::for_environment(dir, env) {
+        Ok(store) => store,
+        Err(error) => return Ok(refuse(format, &error.to_string(), Exit::OperationFailed)),
+    };
+    let credential = store.read("internal-credential-kisumctl", "token")?;
+    let admin = crate::smoke::Credentials::from_store(store.as_ref())
+        .ok()
+        .map(|c| (c.admin_email, c.admin_password));
+    let platform = Platform {
+        env: env.name.to_string(),
+        namespace: env.file.namespace.clone(),
+        endpoints,
+        credential,
+        admin,
+        policy: token_policy(env, args.module.as_deref()),
+    };
+    let inputs = Inputs {
+        user: args.user,
+        company: args.company,
+        org: args.org,
+        module: args.module,
+        token,
+    };
+    let checks = checks_of(&runbook);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let findings = runtime.block_on(Diagnosis::new(platform, inputs).run(&checks));
+    let cause = findings.iter().find(|f| f.verdict == Verdict::Cause);
+    if format == OutputFormat::Json {
+        let document = serde_json::json!({
+            "runbook": runbook.name,
+            "environment": env.name,
+            "findings": findings,
+            "cause": cause,
+            "manual": runbook.steps.iter().filter(|s| matches!(s, Step::Manual { .. })).collect::<Vec<_>>(),
+        });
+        outln!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print_findings(&runbook, env.name, &findings, cause);
+    }
+    Ok(if cause.is_some() {
+        Exit::CheckFailed
+    } else {
+        Exit::Clean
+    })
+}
+
+fn print_findings(runbook: &Runbook, env: &str, findings: &[Finding], cause: Option<&Finding>) {
+    outln!("runbook {} on {env}", runbook.name);
+    for finding in findings {
+        let mark = match finding.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Cause => "CAUSE",
+            Verdict::Skipped => "skip",
+            Verdict::Inconclusive => "??",
+        };
+        outln!("{mark:<6} {:<17} {}", finding.check, finding.summary);
+        for line in &finding.evidence {
+            outln!("       {:<17} {line}", "");
+        }
+    }
+    match cause {
+        Some(cause) => {
+            outln!("cause: {}", cause.summary);
+            if let Some(fix) = &cause.fix {
+                outln!("fix (not run): {fix}");
+            }
+        }
+        None => {
+            outln!("no cause found by the automated checks");
+            for step in &runbook.steps {
+                if let Step::Manual { manual, command } = step {
+                    match command {
+                        Some(command) => outln!("next (manual): {manual}: {command}"),
+                        None => outln!("next (manual): {manual}"),
+                    }
+                }
+            }
+        }
+    }
+}

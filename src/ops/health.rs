@@ -1,0 +1,205 @@
+//! The operational state `kisumctl status` adds to the processes: each
+//! database's newest backup against its RPO, the last restore drill's
+//! result and the JWT key set's state. Each item is `green`, `yellow`
+//! (nothing to judge yet, such as no backup ever taken) or `red` (a backup
+//! older than the RPO, a failed drill, a key set without exactly one active
+//! key); any red makes `status` exit 1.
+
+use std::path::Path;
+use std::str::FromStr as _;
+
+use serde::Serialize;
+
+use crate::backup::manifest::Manifest;
+use crate::matrix::Environment;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Light {
+    Green,
+    Yellow,
+    Red,
+}
+
+/// One judged item.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    /// `backup auth-db`, `drill`, `key set`.
+    pub name: String,
+    pub light: Light,
+    pub detail: String,
+}
+
+impl Item {
+    fn new(name: impl Into<String>, light: Light, detail: impl Into<String>) -> Item {
+        Item {
+            name: name.into(),
+            light,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Per database of the matrix: the newest backup's age against the RPO.
+/// `now` is in Unix seconds.
+pub fn backups(env: &Environment, manifests: &[Manifest], now: i64) -> Vec<Item> {
+    env.base
+        .databases
+        .iter()
+        .map(|(id, database)| {
+            let name = format!("backup {id}");
+            let rpo = i64::from(database.rpo_minutes) * 60;
+            let newest = crate::backup::newest(manifests, id);
+            let age = newest.and_then(|m| {
+                let at = jiff::Timestamp::from_str(&m.finished_at).ok()?;
+                Some(now - at.as_second())
+            });
+            match (newest, age) {
+                (None, _) => Item::new(name, Light::Yellow, "no backup yet"),
+                (Some(m), None) => {
+                    Item::new(name, Light::Red, format!("{}: unreadable time", m.id))
+                }
+                (Some(m), Some(age)) if age > rpo => Item::new(
+                    name,
+                    Light::Red,
+                    format!(
+                        "{} is {} min old, over the RPO of {} min",
+                        m.id,
+                        age / 60,
+                        rpo / 60
+                    ),
+                ),
+                (Some(m), Some(age)) => Item::new(
+                    name,
+                    Light::Green,
+                    format!("{} is {} min old (RPO {} min)", m.id, age / 60, rpo / 60),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The newest drill report (`drill-*.json`) in `dir`.
+pub fn last_drill(dir: &Path) -> Item {
+    let mut reports: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    name.starts_with("drill-") && name.ends_with(".json")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Report names carry their time (`drill-2026-12-05T020000Z.json`).
+    reports.sort();
+    let Some(newest) = reports.last() else {
+        return Item::new("drill", Light::Yellow, "no drill yet");
+    };
+    let report: Option<serde_json::Value> = std::fs::read_to_string(newest)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let Some(report) = report else {
+        return Item::new(
+            "drill",
+            Light::Red,
+            format!("{}: unreadable", newest.display()),
+        );
+    };
+    let at = report["at"].as_str().unwrap_or("?");
+    let failed: Vec<&str> = report["databases"]
+        .as_array()
+        .map(|dbs| {
+            dbs.iter()
+                .filter(|d| d["passed"] != true)
+                .filter_map(|d| d["database"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    if report["passed"] == true {
+        Item::new("drill", Light::Green, format!("passed at {at}"))
+    } else {
+        Item::new(
+            "drill",
+            Light::Red,
+            format!("failed at {at}: {}", failed.join(", ")),
+        )
+    }
+}
+
+/// The key set: exactly one active key; a `next` or `retiring` key means
+/// a rotation is under way (`rotate-jwt-key --status` tells more).
+pub fn key_set(keys: Result<kisum_common::keys::KeySet, String>) -> Item {
+    use kisum_common::keys::KeyState;
+    let keys = match keys {
+        Ok(keys) => keys,
+        Err(reason) => return Item::new("key set", Light::Red, reason),
+    };
+    let count = |state: KeyState| keys.keys.iter().filter(|k| k.state == state).count();
+    let (active, next, retiring) = (
+        count(KeyState::Active),
+        count(KeyState::Next),
+        count(KeyState::Retiring),
+    );
+    if active != 1 || next > 1 || retiring > 1 {
+        return Item::new(
+            "key set",
+            Light::Red,
+            format!("{active} active, {next} next, {retiring} retiring: irregular"),
+        );
+    }
+    let kid = &keys.active().kid;
+    if next + retiring > 0 {
+        Item::new(
+            "key set",
+            Light::Yellow,
+            format!("active {kid}; a rotation is under way ({next} next, {retiring} retiring)"),
+        )
+    } else {
+        Item::new("key set", Light::Green, format!("active {kid}, settled"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kisum_common::keys::{Key, KeySet, KeyState};
+
+    #[test]
+    fn the_key_set_is_green_when_settled_yellow_while_rotating_red_when_irregular() {
+        let mut keys = KeySet::generate(1_800_000_000).unwrap();
+        assert_eq!(key_set(Ok(keys.clone())).light, Light::Green);
+        keys.keys
+            .push(Key::generate(KeyState::Next, 1_800_000_000).unwrap());
+        assert_eq!(key_set(Ok(keys.clone())).light, Light::Yellow);
+        keys.keys[0].state = KeyState::Next;
+        assert_eq!(key_set(Ok(keys)).light, Light::Red);
+        assert_eq!(key_set(Err("missing".into())).light, Light::Red);
+    }
+
+    #[test]
+    fn the_newest_drill_report_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(last_drill(dir.path()).light, Light::Yellow);
+        let write = |name: &str, passed: bool| {
+            let report = serde_json::json!({
+                "at": name, "passed": passed,
+                "databases": [{"database": "auth-db", "passed": passed}],
+            });
+            std::fs::write(
+                dir.path().join(format!("drill-{name}.json")),
+                report.to_string(),
+            )
+            .unwrap();
+        };
+        write("2026-12-01T000000Z", true);
+        write("2026-12-02T000000Z", false);
+        let item = last_drill(dir.path());
+        assert_eq!(item.light, Light::Red);
+        assert_eq!(item.detail, "failed at 2026-12-02T000000Z: auth-db");
+        write("2026-12-03T000000Z", true);
+        assert_eq!(last_drill(dir.path()).light, Light::Green);
+    }
+}

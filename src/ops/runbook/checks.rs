@@ -1,0 +1,1100 @@
+//! The automated checks of the runbooks, each asking the running platform
+//! one question through the routes the services offer operators: the
+//! probes, Auth's internal routes (access context, directory, roles,
+//! Core reachability), every service's `/internal/diagnostics`, Auth's
+//! JWKS, and Core's entitlements through Platform Admin's read route (Core
+//! admits only Auth and Admin; kisumctl signs in to Admin as the
+//! environment's smoke-test admin).
+//!
+//! A check answers a [`Finding`]: `ok`, `cause` (it proved why the user is
+//! refused, with the evidence and the fix), `skipped` (an input it needs
+//! was not given) or `inconclusive` (it could not ask). Nothing here
+//! changes the platform: a fix is named, never run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use base64::Engine as _;
+use kisum_common::jwks::{JwksCache, VerifyError};
+use kisum_common::jwt::{Claims, TokenError, TokenPolicy};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::local::checks::internal_headers;
+use crate::local::plan::Endpoints;
+use crate::local::probe::without_url;
+use crate::secrets::Secret;
+
+pub const AUTH_HEALTHY: &str = "auth-healthy";
+pub const CORE_HEALTHY: &str = "core-healthy";
+pub const JWT_VALID: &str = "jwt-valid";
+pub const SESSION_LIVE: &str = "session-live";
+pub const X_ORG: &str = "x-org";
+pub const CORE_ENTITLEMENT: &str = "core-entitlement";
+pub const MODULE_GRANT: &str = "module-grant";
+pub const ACCESS_CACHE: &str = "access-cache";
+pub const PERMISSION_KEY: &str = "permission-key";
+pub const SERVICES_READY: &str = "services-ready";
+pub const JWKS_PROPAGATED: &str = "jwks-propagated";
+
+/// Every check a runbook may name; the first nine are those of "user
+/// cannot access module" (plan 26.1), in the plan's order.
+pub const CHECKS: [&str; 11] = [
+    AUTH_HEALTHY,
+    CORE_HEALTHY,
+    JWT_VALID,
+    SESSION_LIVE,
+    X_ORG,
+    CORE_ENTITLEMENT,
+    MODULE_GRANT,
+    ACCESS_CACHE,
+    PERMISSION_KEY,
+    SERVICES_READY,
+    JWKS_PROPAGATED,
+];
+
+/// The nine checks of "user cannot access module", in the plan's order:
+/// the first nine of [`CHECKS`].
+#[cfg(test)]
+pub const ACCESS_CHECKS: &[&str] = CHECKS.split_at(9).0;
+
+const AUTH: &str = "auth";
+const CORE: &str = "platform-core";
+const ADMIN: &str = "platform-admin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Ok,
+    Cause,
+    Skipped,
+    Inconclusive,
+}
+
+/// What one check found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: String,
+    pub verdict: Verdict,
+    pub summary: String,
+    pub evidence: Vec<String>,
+    /// The command or call that fixes a proved cause (never run here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn new(check: &str, verdict: Verdict, summary: impl Into<String>) -> Finding {
+        Finding {
+            check: check.to_string(),
+            verdict,
+            summary: summary.into(),
+            evidence: Vec::new(),
+            fix: None,
+        }
+    }
+
+    fn evidence(mut self, lines: impl IntoIterator<Item = String>) -> Finding {
+        self.evidence.extend(lines);
+        self
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Finding {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+/// What the responder knows about the case.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub user: Option<Uuid>,
+    pub company: Option<Uuid>,
+    /// The `x-org` the client sends.
+    pub org: Option<String>,
+    pub module: Option<String>,
+    /// The user's access token.
+    pub token: Option<Secret>,
+}
+
+/// How the checks reach the platform.
+pub struct Platform {
+    pub env: String,
+    pub namespace: String,
+    pub endpoints: Endpoints,
+    /// kisumctl's internal credential.
+    pub credential: Option<Secret>,
+    /// The smoke-test platform admin (email, password).
+    pub admin: Option<(String, Secret)>,
+    /// Issuer and audience the backends verify tokens with.
+    pub policy: TokenPolicy,
+}
+
+/// One run: the platform, the inputs, and what earlier checks learned.
+pub struct Diagnosis {
+    platform: Platform,
+    inputs: Inputs,
+    http: reqwest::Client,
+    claims: Option<Claims>,
+    /// Auth's access context for (user, session, company).
+    context: Option<Value>,
+    /// Core's entitlements of the company, as Admin reads them.
+    entitlements: Option<Value>,
+    membership: Option<String>,
+}
+
+/// An HTTP answer: status and JSON body (a string when not JSON).
+struct Answer {
+    status: StatusCode,
+    body: Value,
+}
+
+impl Answer {
+    fn code(&self) -> String {
+        let error = self.body.get("error").and_then(Value::as_str);
+        match error {
+            Some(code) => format!("{} ({code})", self.status.as_u16()),
+            None => self.status.as_u16().to_string(),
+        }
+    }
+}
+
+impl Diagnosis {
+    pub fn new(platform: Platform, inputs: Inputs) -> Diagnosis {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Diagnosis {
+            platform,
+            inputs,
+            http,
+            claims: None,
+            context: None,
+            entitlements: None,
+            membership: None,
+        }
+    }
+
+    /// Runs `checks` in order and stops after the first proved cause.
+    pub async fn run(&mut self, checks: &[&str]) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for check in checks {
+            let finding = self.check(check).await;
+            let cause = finding.verdict == Verdict::Cause;
+            findings.push(finding);
+            if cause {
+                break;
+            }
+        }
+        findings
+    }
+
+    async fn check(&mut self, check: &str) -> Finding {
+        match check {
+            AUTH_HEALTHY => self.auth_healthy().await,
+            CORE_HEALTHY => self.core_healthy().await,
+            JWT_VALID => self.jwt_valid().await,
+            SESSION_LIVE => self.session_live().await,
+            X_ORG => self.x_org().await,
+            CORE_ENTITLEMENT => self.core_entitlement().await,
+            MODULE_GRANT => self.module_grant().await,
+            ACCESS_CACHE => self.access_cache(),
+            PERMISSION_KEY => self.permission_key().await,
+            SERVICES_READY => self.services_ready().await,
+            JWKS_PROPAGATED => self.jwks_propagated().await,
+            other => Finding::new(other, Verdict::Inconclusive, "not a known check"),
+        }
+    }
+
+    // ------------------------------------------------------------ calls --
+
+    fn public(&self, service: &str) -> Option<&str> {
+        self.platform
+            .endpoints
+            .public
+            .get(service)
+            .map(String::as_str)
+    }
+
+    fn internal(&self, service: &str) -> Option<&str> {
+        self.platform
+            .endpoints
+            .internal
+            .get(service)
+            .map(String::as_str)
+    }
+
+    /// One request; `Err` when nothing answered.
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        internal: bool,
+        bearer: Option<&Secret>,
+        payload: Option<Value>,
+    ) -> Result<Answer, String> {
+        let mut request = self.http.request(method, url);
+        if internal && let Some(credential) = &self.platform.credential {
+            request = request.headers(internal_headers(credential));
+        }
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token.expose());
+        }
+        if let Some(payload) = payload {
+            request = request.json(&payload);
+        }
+        let response = request.send().await.map_err(|e| without_url(&e))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Answer { status, body })
+    }
+
+    /// The JSON body of `GET url` when it answers 200; otherwise the
+    /// inconclusive finding of `check`, saying what answered.
+    async fn get_json(
+        &self,
+        check: &str,
+        url: &str,
+        internal: bool,
+        bearer: Option<&Secret>,
+    ) -> Result<Value, Finding> {
+        match self.call(Method::GET, url, internal, bearer, None).await {
+            Ok(answer) if answer.status == StatusCode::OK => Ok(answer.body),
+            Ok(answer) => Err(Finding::new(
+                check,
+                Verdict::Inconclusive,
+                format!("GET {url} answered {}", answer.code()),
+            )),
+            Err(reason) => Err(Finding::new(
+                check,
+                Verdict::Inconclusive,
+                format!("GET {url}: unreachable: {reason}"),
+            )),
+        }
+    }
+
+    /// `GET <base><path>` of a service; the evidence line and whether it
+    /// answered 200.
+    async fn probe(
+        &self,
+        base: Option<&str>,
+        service: &str,
+        path: &str,
+        internal: bool,
+    ) -> (bool, String) {
+        let Some(base) = base else {
+            return (false, format!("{service}: no URL known"));
+        };
+        let url = format!("{base}{path}");
+        match self.call(Method::GET, &url, internal, None, None).await {
+            Ok(answer) => (
+                answer.status == StatusCode::OK,
+                format!("GET {url}: {}", answer.code()),
+            ),
+            Err(reason) => (false, format!("GET {url}: unreachable: {reason}")),
+        }
+    }
+
+    /// The command that shows `service`'s log.
+    fn logs(&self, service: &str) -> String {
+        if self.platform.env == "local" {
+            format!("kisumctl logs local {service}")
+        } else {
+            format!(
+                "kubectl -n {} logs deployment/{service}",
+                self.platform.namespace
+            )
+        }
+    }
+
+    /// The command that brings `service` back.
+    fn restart(&self, service: &str) -> String {
+        if self.platform.env == "local" {
+            format!(
+                "kisumctl deploy local (restarts what is down; `{}` shows why it stopped)",
+                self.logs(service)
+            )
+        } else {
+            format!(
+                "kubectl -n {} rollout restart deployment/{service} (after reading its log: {})",
+                self.platform.namespace,
+                self.logs(service)
+            )
+        }
+    }
+
+    // ----------------------------------------------------------- checks --
+
+    async fn auth_healthy(&mut self) -> Finding {
+        let public = self.public(AUTH);
+        let internal = self.internal(AUTH);
+        let checks = [
+            self.probe(public, AUTH, "/health", false).await,
+            self.probe(public, AUTH, "/ready", false).await,
+            self.probe(internal, AUTH, "/internal/diagnostics", true)
+                .await,
+        ];
+        self.healthy(AUTH_HEALTHY, "Auth", AUTH, &checks)
+    }
+
+    async fn core_healthy(&mut self) -> Finding {
+        let checks = [
+            self.probe(self.public(CORE), CORE, "/health", false).await,
+            self.probe(self.public(CORE), CORE, "/ready", false).await,
+            self.probe(
+                self.internal(AUTH),
+                AUTH,
+                "/internal/core-reachability",
+                true,
+            )
+            .await,
+        ];
+        self.healthy(CORE_HEALTHY, "Platform Core", CORE, &checks)
+    }
+
+    fn healthy(
+        &self,
+        check: &str,
+        title: &str,
+        service: &str,
+        probes: &[(bool, String)],
+    ) -> Finding {
+        let evidence = probes.iter().map(|(_, line)| line.clone());
+        if probes.iter().all(|(ok, _)| *ok) {
+            Finding::new(check, Verdict::Ok, format!("{title} is serving and ready"))
+                .evidence(evidence)
+        } else {
+            Finding::new(
+                check,
+                Verdict::Cause,
+                format!("{title} is down or not ready"),
+            )
+            .evidence(evidence)
+            .fix(self.restart(service))
+        }
+    }
+
+    async fn jwt_valid(&mut self) -> Finding {
+        let Some(token) = self.inputs.token.clone() else {
+            return Finding::new(
+                JWT_VALID,
+                Verdict::Skipped,
+                "no --token-file: the user's access token is not at hand",
+            );
+        };
+        let Some(auth) = self.public(AUTH) else {
+            return Finding::new(JWT_VALID, Verdict::Inconclusive, "no URL known for Auth");
+        };
+        let jwks_url = format!("{auth}/.well-known/jwks.json");
+        let jwks = JwksCache::new(jwks_url.clone(), Duration::ZERO, Duration::ZERO);
+        let policy = &self.platform.policy;
+        let expected = format!(
+            "expected: iss {}, aud {}, RS256, a kid Auth publishes",
+            policy.issuer, policy.audience
+        );
+        let claims = unverified_claims(token.expose());
+        let evidence = vec![format!("token claims (unverified): {claims}"), expected];
+        let invalid = |summary: String, evidence: Vec<String>| {
+            Finding::new(JWT_VALID, Verdict::Cause, summary)
+                .evidence(evidence)
+                .fix(
+                    "the user signs in again (POST /auth/login) for a valid token; when every \
+                     user is refused, follow runbook jwt-verification-failing",
+                )
+        };
+        match jwks.verify(policy, token.expose()).await {
+            Ok(claims) => {
+                if let Some(user) = self.inputs.user
+                    && claims.sub != user.to_string()
+                {
+                    return invalid(
+                        format!("the token is user {}'s, not user {user}'s", claims.sub),
+                        evidence,
+                    );
+                }
+                let summary = format!(
+                    "valid: user {}, session {}, expires at {}",
+                    claims.sub, claims.sid, claims.exp
+                );
+                self.claims = Some(claims);
+                Finding::new(JWT_VALID, Verdict::Ok, summary).evidence(evidence)
+            }
+            Err(VerifyError::Jwks(error)) => {
+                Finding::new(JWT_VALID, Verdict::Cause, "Auth's JWKS cannot be fetched")
+                    .evidence([error.to_string()])
+                    .fix(self.restart(AUTH))
+            }
+            Err(VerifyError::Token(TokenError::UnknownKid(kid))) => {
+                let published = jwks.kids().await.join(", ");
+                let mut evidence = evidence;
+                evidence.push(format!("GET {jwks_url}: kids {published}"));
+                invalid(
+                    format!("signed with kid {kid}, which Auth does not publish"),
+                    evidence,
+                )
+            }
+            Err(VerifyError::Token(error)) => invalid(format!("refused: {error}"), evidence),
+        }
+    }
+
+    /// The user and session of the verified token.
+    fn identity(&self) -> Option<(String, String)> {
+        let claims = self.claims.as_ref()?;
+        Some((claims.sub.clone(), claims.sid.clone()))
+    }
+
+    async fn access_context(&self, org: &str) -> Result<Answer, String> {
+        let (user, session) = self.identity().ok_or("no verified token")?;
+        let auth = self
+            .internal(AUTH)
+            .ok_or("no internal URL known for Auth")?;
+        let payload = json!({ "user": user, "session": session, "org": org });
+        let url = format!("{auth}/internal/access-context");
+        self.call(Method::POST, &url, true, None, Some(payload))
+            .await
+    }
+
+    fn company(&self) -> Option<Uuid> {
+        self.inputs.company
+    }
+
+    async fn session_live(&mut self) -> Finding {
+        let (Some((user, session)), Some(company)) = (self.identity(), self.company()) else {
+            return Finding::new(
+                SESSION_LIVE,
+                Verdict::Skipped,
+                "needs a valid token (--token-file) and --company",
+            );
+        };
+        let answer = match self.access_context(&company.to_string()).await {
+            Ok(answer) => answer,
+            Err(reason) => return Finding::new(SESSION_LIVE, Verdict::Inconclusive, reason),
+        };
+        let evidence = format!(
+            "POST /internal/access-context (user {user}, session {session}, org {company}): {}",
+            answer.code()
+        );
+        match answer.status {
+            StatusCode::UNAUTHORIZED => Finding::new(
+                SESSION_LIVE,
+                Verdict::Cause,
+                format!("session {session} of user {user} is revoked (or unknown to Auth)"),
+            )
+            .evidence([evidence])
+            .fix(format!(
+                "the user signs in again: a revoked session never comes back (logout, logout-all, \
+                 a password reset, refresh-token reuse or a disabled user end sessions; Auth's log \
+                 tells which: {})",
+                self.logs(AUTH)
+            )),
+            StatusCode::OK => {
+                self.context = Some(answer.body);
+                Finding::new(SESSION_LIVE, Verdict::Ok, "the session is live").evidence([evidence])
+            }
+            StatusCode::FORBIDDEN => Finding::new(
+                SESSION_LIVE,
+                Verdict::Ok,
+                "the session is live (Auth refuses the company: see the membership check)",
+            )
+            .evidence([evidence]),
+            _ => Finding::new(SESSION_LIVE, Verdict::Inconclusive, "Auth did not decide")
+                .evidence([evidence]),
+        }
+    }
+
+    async fn x_org(&mut self) -> Finding {
+        let Some(org) = self.inputs.org.clone() else {
+            return Finding::new(
+                X_ORG,
+                Verdict::Skipped,
+                "no --org: what the client sends as x-org is not known",
+            );
+        };
+        let fix = |company: Option<Uuid>| match company {
+            Some(company) => format!(
+                "the client sends x-org {company} (the company's id) or the company's slug in lower case"
+            ),
+            None => "the client sends the company's id or slug as x-org".to_string(),
+        };
+        if kisum_common::org::OrgRef::parse(&org).is_err() {
+            return Finding::new(
+                X_ORG,
+                Verdict::Cause,
+                format!(
+                    "x-org `{}` is malformed: every backend answers 400",
+                    printable(&org)
+                ),
+            )
+            .evidence([
+                "an id (UUID) or a slug of 1 to 128 letters, digits, `-`, `_`, `.` is expected"
+                    .to_string(),
+            ])
+            .fix(fix(self.company()));
+        }
+        let (Some(_), Some(company)) = (self.identity(), self.company()) else {
+            return Finding::new(
+                X_ORG,
+                Verdict::Skipped,
+                "well-formed; resolving it needs a valid token (--token-file) and --company",
+            );
+        };
+        let answer = match self.access_context(&org).await {
+            Ok(answer) => answer,
+            Err(reason) => return Finding::new(X_ORG, Verdict::Inconclusive, reason),
+        };
+        let evidence = format!(
+            "POST /internal/access-context with org `{}`: {}",
+            printable(&org),
+            answer.code()
+        );
+        let resolved = answer.body["company"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match answer.status {
+            StatusCode::OK if resolved == company.to_string() => Finding::new(
+                X_ORG,
+                Verdict::Ok,
+                format!("x-org resolves to company {company}"),
+            )
+            .evidence([evidence]),
+            StatusCode::OK => Finding::new(
+                X_ORG,
+                Verdict::Cause,
+                format!(
+                    "x-org `{}` names company {resolved}, not {company}",
+                    printable(&org)
+                ),
+            )
+            .evidence([evidence])
+            .fix(fix(Some(company))),
+            StatusCode::FORBIDDEN if self.context.is_some() => Finding::new(
+                X_ORG,
+                Verdict::Cause,
+                format!(
+                    "x-org `{}` names no company this user belongs to, while company {company} \
+                     admits the user",
+                    printable(&org)
+                ),
+            )
+            .evidence([
+                evidence,
+                format!("POST /internal/access-context with org {company}: 200"),
+            ])
+            .fix(fix(Some(company))),
+            _ => Finding::new(X_ORG, Verdict::Ok, "x-org is not what refuses the user")
+                .evidence([evidence]),
+        }
+    }
+
+    /// Signs in to Platform Admin as the smoke-test admin.
+    async fn admin_token(&self) -> Result<Secret, String> {
+        let (email, password) = self
+            .platform
+            .admin
+            .as_ref()
+            .ok_or("no smoke-test admin credentials in the secret store")?;
+        let auth = self.public(AUTH).ok_or("no URL known for Auth")?;
+        let payload = json!({ "email": email, "password": password.expose() });
+        let answer = self
+            .call(
+                Method::POST,
+                &format!("{auth}/auth/login"),
+                false,
+                None,
+                Some(payload),
+            )
+            .await?;
+        match answer.body["access_token"].as_str() {
+            Some(token) if answer.status == StatusCode::OK => Ok(Secret::new(token)),
+            _ => Err(format!(
+                "the smoke-test admin's login answered {}",
+                answer.code()
+            )),
+        }
+    }
+
+    async fn core_entitlement(&mut self) -> Finding {
+        let (Some(company), Some(module)) = (self.company(), self.inputs.module.clone()) else {
+            return Finding::new(
+                CORE_ENTITLEMENT,
+                Verdict::Skipped,
+                "needs --company and --module",
+            );
+        };
+        let token = match self.admin_token().await {
+            Ok(token) => token,
+            Err(reason) => return Finding::new(CORE_ENTITLEMENT, Verdict::Inconclusive, reason),
+        };
+        let Some(admin) = self.public(ADMIN) else {
+            return Finding::new(
+                CORE_ENTITLEMENT,
+                Verdict::Inconclusive,
+                "no URL known for Platform Admin",
+            );
+        };
+        let url = format!("{admin}/admin/companies/{company}/entitlements");
+        let body = match self
+            .get_json(CORE_ENTITLEMENT, &url, false, Some(&token))
+            .await
+        {
+            Ok(body) => body,
+            Err(finding) => return finding,
+        };
+        let modules: Vec<String> = strings(&body["modules"]);
+        let evidence = format!(
+            "GET {url}: version {}, modules [{}]",
+            body["version"],
+            modules.join(", ")
+        );
+        let owned = modules.contains(&module);
+        self.entitlements = Some(body);
+        if owned {
+            Finding::new(
+                CORE_ENTITLEMENT,
+                Verdict::Ok,
+                format!("company {company} is entitled to {module} in Core"),
+            )
+            .evidence([evidence])
+        } else {
+            Finding::new(
+                CORE_ENTITLEMENT,
+                Verdict::Cause,
+                format!("company {company} does not own {module} in Core"),
+            )
+            .evidence([evidence])
+            .fix(format!(
+                "Platform Admin: PUT /admin/companies/{company}/add-ons/{module} {{\"active\": true}} \
+                 (or PUT .../subscription to a package with {module}), when the company has bought it"
+            ))
+        }
+    }
+
+    fn user(&self) -> Option<String> {
+        self.inputs
+            .user
+            .map(|u| u.to_string())
+            .or_else(|| self.claims.as_ref().map(|c| c.sub.clone()))
+    }
+
+    async fn module_grant(&mut self) -> Finding {
+        let (Some(user), Some(company), Some(module)) =
+            (self.user(), self.company(), self.inputs.module.clone())
+        else {
+            return Finding::new(
+                MODULE_GRANT,
+                Verdict::Skipped,
+                "needs --user (or --token-file), --company and --module",
+            );
+        };
+        let Some(auth) = self.internal(AUTH) else {
+            return Finding::new(
+                MODULE_GRANT,
+                Verdict::Inconclusive,
+                "no internal URL known for Auth",
+            );
+        };
+        let url = format!("{auth}/internal/companies/{company}/memberships");
+        let body = match self.get_json(MODULE_GRANT, &url, true, None).await {
+            Ok(body) => body,
+            Err(finding) => return finding,
+        };
+        let memberships = body["memberships"].as_array().cloned().unwrap_or_default();
+        let Some(membership) = memberships.iter().find(|m| m["user"] == user.as_str()) else {
+            return Finding::new(
+                MODULE_GRANT,
+                Verdict::Cause,
+                format!("user {user} has no membership in company {company}"),
+            )
+            .evidence([format!("GET {url}: {} memberships, none of user {user}", memberships.len())])
+            .fix(format!(
+                "Platform Admin: POST /admin/companies/{company}/memberships {{\"user\": \"{user}\", \"role\": ROLE}}"
+            ));
+        };
+        let id = membership["membership"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let grants: Vec<String> = membership["grants"]
+            .as_object()
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default();
+        let evidence = format!(
+            "GET {url}: membership {id}, role {}, status {}, modules granted [{}]",
+            membership["role"].as_str().unwrap_or_default(),
+            membership["status"].as_str().unwrap_or_default(),
+            grants.join(", ")
+        );
+        self.membership = Some(id.clone());
+        if membership["status"] != "active" {
+            return Finding::new(
+                MODULE_GRANT,
+                Verdict::Cause,
+                format!("membership {id} is suspended"),
+            )
+            .evidence([evidence])
+            .fix(format!(
+                "Platform Admin: PUT /admin/memberships/{id}/status {{\"active\": true}}"
+            ));
+        }
+        if !grants.contains(&module) {
+            return Finding::new(
+                MODULE_GRANT,
+                Verdict::Cause,
+                format!("membership {id} has no grant of {module}"),
+            )
+            .evidence([evidence])
+            .fix(format!(
+                "Platform Admin: PUT /admin/memberships/{id}/grants/{module}"
+            ));
+        }
+        Finding::new(
+            MODULE_GRANT,
+            Verdict::Ok,
+            format!("membership {id} grants {module}"),
+        )
+        .evidence([evidence])
+    }
+
+    fn access_cache(&mut self) -> Finding {
+        let (Some(context), Some(entitlements), Some(module), Some(company)) = (
+            &self.context,
+            &self.entitlements,
+            &self.inputs.module,
+            self.company(),
+        ) else {
+            return Finding::new(
+                ACCESS_CACHE,
+                Verdict::Skipped,
+                "needs Auth's access context (a valid --token-file) and Core's entitlements",
+            );
+        };
+        let cached = context["entitlement_version"].as_i64().unwrap_or(-1);
+        let computed = entitlements["version"].as_i64().unwrap_or(-1);
+        let listed = context["modules"].get(module.as_str()).is_some();
+        let evidence = vec![
+            format!(
+                "Auth's access context: entitlement version {cached}, access version {}, modules [{}]",
+                context["access_version"],
+                context["modules"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            ),
+            format!("Core (through Admin): entitlement version {computed}"),
+            "a backend keeps a context for ACCESS_CACHE_SECONDS (5 s by default) beyond that"
+                .into(),
+        ];
+        if cached < computed || !listed {
+            Finding::new(
+                ACCESS_CACHE,
+                Verdict::Cause,
+                format!(
+                    "Auth's cached access is stale: it serves entitlement version {cached} while \
+                     Core is at {computed}{}",
+                    if listed { "" } else { &", without the module" }
+                ),
+            )
+            .evidence(evidence)
+            .fix(format!(
+                "kisumctl access invalidate {} --company {company}",
+                self.platform.env
+            ))
+        } else {
+            Finding::new(
+                ACCESS_CACHE,
+                Verdict::Ok,
+                format!("Auth's access context is current (entitlement version {cached}) and lists {module}"),
+            )
+            .evidence(evidence)
+        }
+    }
+
+    async fn permission_key(&mut self) -> Finding {
+        let Some(module) = self.inputs.module.clone() else {
+            return Finding::new(PERMISSION_KEY, Verdict::Skipped, "needs --module");
+        };
+        let (Some(backend), Some(auth)) = (self.internal(&module), self.internal(AUTH)) else {
+            return Finding::new(
+                PERMISSION_KEY,
+                Verdict::Inconclusive,
+                format!("no internal URL known for {module} or Auth"),
+            );
+        };
+        let diagnostics_url = format!("{backend}/internal/diagnostics");
+        let roles_url = format!("{auth}/internal/roles");
+        let diagnostics = match self
+            .get_json(PERMISSION_KEY, &diagnostics_url, true, None)
+            .await
+        {
+            Ok(body) => body,
+            Err(finding) => return finding,
+        };
+        let roles = match self.get_json(PERMISSION_KEY, &roles_url, true, None).await {
+            Ok(body) => body,
+            Err(finding) => return finding,
+        };
+        // The reads: what "cannot access" is about.
+        let enforced: BTreeMap<String, String> = diagnostics["routes"]
+            .as_object()
+            .map(|routes| {
+                routes
+                    .iter()
+                    .filter(|(route, _)| route.starts_with("GET "))
+                    .map(|(route, key)| {
+                        (route.clone(), key.as_str().unwrap_or_default().to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let catalog: BTreeSet<String> = roles["roles"]
+            .as_object()
+            .map(|roles| roles.values().flat_map(strings).collect())
+            .unwrap_or_default();
+        let of_module: Vec<&String> = catalog
+            .iter()
+            .filter(|k| k.split('.').next() == Some(module.as_str()))
+            .collect();
+        let mut evidence = vec![
+            format!(
+                "GET {diagnostics_url}: {}",
+                enforced
+                    .iter()
+                    .map(|(route, key)| format!("{route} -> {key}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            format!(
+                "GET {roles_url}: the roles grant these {module} keys: [{}]",
+                of_module
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ];
+        let unknown: Vec<String> = enforced
+            .iter()
+            .filter(|(_, key)| !catalog.contains(*key))
+            .map(|(route, key)| format!("{route} requires {key}"))
+            .collect();
+        if !unknown.is_empty() {
+            return Finding::new(
+                PERMISSION_KEY,
+                Verdict::Cause,
+                format!(
+                    "the {module} backend enforces a permission key no role of the catalog grants: {}",
+                    unknown.join("; ")
+                ),
+            )
+            .evidence(evidence)
+            .fix(format!(
+                "make the backend's keys and the catalog's agree: deploy the {module} backend whose \
+                 route map uses the catalog's keys, or give the roles the key the backend enforces \
+                 (Platform Admin: PUT /admin/roles/ROLE {{\"permissions\": [...]}})"
+            ));
+        }
+        if let Some(context) = &self.context {
+            let held: Vec<String> = strings(&context["modules"][module.as_str()]);
+            evidence.push(format!(
+                "the user's {module} permissions: [{}]",
+                held.join(", ")
+            ));
+            let missing: Vec<String> = enforced
+                .iter()
+                .filter(|(_, key)| !held.contains(*key))
+                .map(|(route, key)| format!("{route} requires {key}"))
+                .collect();
+            if !missing.is_empty() {
+                let membership = self
+                    .membership
+                    .clone()
+                    .unwrap_or_else(|| "MEMBERSHIP".into());
+                return Finding::new(
+                    PERMISSION_KEY,
+                    Verdict::Cause,
+                    format!("the user's role lacks what the backend enforces: {}", missing.join("; ")),
+                )
+                .evidence(evidence)
+                .fix(format!(
+                    "Platform Admin: PUT /admin/memberships/{membership}/grants/{module}/PERMISSION \
+                     (or add it to the role: PUT /admin/roles/ROLE)"
+                ));
+            }
+        }
+        Finding::new(
+            PERMISSION_KEY,
+            Verdict::Ok,
+            format!("every read route of {module} requires a key the catalog grants"),
+        )
+        .evidence(evidence)
+    }
+
+    async fn services_ready(&mut self) -> Finding {
+        let services: Vec<(String, String)> = self
+            .platform
+            .endpoints
+            .public
+            .iter()
+            .map(|(s, u)| (s.clone(), u.clone()))
+            .collect();
+        let mut evidence = Vec::new();
+        let mut down = Vec::new();
+        for (service, url) in &services {
+            let (ready, line) = self.probe(Some(url), service, "/ready", false).await;
+            if !ready {
+                down.push(service.clone());
+            }
+            evidence.push(line);
+        }
+        if down.is_empty() {
+            return Finding::new(
+                SERVICES_READY,
+                Verdict::Ok,
+                format!("{} services ready", services.len()),
+            )
+            .evidence(evidence);
+        }
+        let fix = self.restart(&down[0]);
+        Finding::new(
+            SERVICES_READY,
+            Verdict::Cause,
+            format!("not ready: {}", down.join(", ")),
+        )
+        .evidence(evidence)
+        .fix(fix)
+    }
+
+    async fn jwks_propagated(&mut self) -> Finding {
+        let Some(auth) = self.internal(AUTH) else {
+            return Finding::new(
+                JWKS_PROPAGATED,
+                Verdict::Inconclusive,
+                "no internal URL known for Auth",
+            );
+        };
+        let url = format!("{auth}/internal/diagnostics");
+        let signing = match self.get_json(JWKS_PROPAGATED, &url, true, None).await {
+            Ok(body) => body["signing_kid"].as_str().unwrap_or_default().to_string(),
+            Err(finding) => return finding,
+        };
+        let mut evidence = vec![format!("Auth signs with kid {signing}")];
+        let mut lagging = Vec::new();
+        let others: Vec<(String, String)> = self
+            .platform
+            .endpoints
+            .internal
+            .iter()
+            .filter(|(s, _)| s.as_str() != AUTH && s.as_str() != CORE)
+            .map(|(s, u)| (s.clone(), u.clone()))
+            .collect();
+        for (service, base) in others {
+            let url = format!("{base}/internal/diagnostics");
+            match self.call(Method::GET, &url, true, None, None).await {
+                Ok(answer) if answer.status == StatusCode::OK => {
+                    let kids = strings(&answer.body["kids"]);
+                    if !kids.contains(&signing) {
+                        lagging.push(service.clone());
+                    }
+                    evidence.push(format!("{service}: kids [{}]", kids.join(", ")));
+                }
+                Ok(answer) => evidence.push(format!("{service}: GET {url}: {}", answer.code())),
+                Err(e) => evidence.push(format!("{service}: unreachable: {e}")),
+            }
+        }
+        if lagging.is_empty() {
+            return Finding::new(
+                JWKS_PROPAGATED,
+                Verdict::Ok,
+                "every verifier knows Auth's signing kid",
+            )
+            .evidence(evidence);
+        }
+        Finding::new(
+            JWKS_PROPAGATED,
+            Verdict::Cause,
+            format!(
+                "Auth signs with kid {signing}, unknown to: {}",
+                lagging.join(", ")
+            ),
+        )
+        .evidence(evidence)
+        .fix(format!(
+            "kisumctl rotate-jwt-key {} --status, then kisumctl rotate-jwt-key {} (resumes the \
+             rotation and makes the laggards reload)",
+            self.platform.env, self.platform.env
+        ))
+    }
+}
+
+/// The strings of a JSON array (nothing for anything else).
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Control characters escaped, at most 200 characters.
+fn printable(text: &str) -> String {
+    crate::matrix::load::printable(&text.chars().take(200).collect::<String>())
+}
+
+/// `iss`, `aud`, `sub`, `sid`, `exp` of a token's payload, unverified, for
+/// the evidence; `unreadable` when it is not a JWT.
+fn unverified_claims(token: &str) -> String {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    let header =
+        TokenPolicy::kid_of(token).map_or_else(|e| e.to_string(), |kid| format!("kid {kid}"));
+    match payload {
+        Some(claims) => {
+            let field = |name: &str| printable(&claims[name].to_string());
+            format!(
+                "{header}, iss {}, aud {}, sub {}, sid {}, exp {}",
+                field("iss"),
+                field("aud"),
+                field("sub"),
+                field("sid"),
+                field("exp")
+            )
+        }
+        None => format!("{header}, payload unreadable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unverified_claims_name_the_kid_and_the_claims() {
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"alg":"RS256","kid":"abc"}"#);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"iss":"https://auth","aud":"kisum-api","sub":"u","sid":"s","exp":5}"#);
+        let text = unverified_claims(&format!("{header}.{payload}.sig"));
+        assert_eq!(
+            text,
+            r#"kid abc, iss "https://auth", aud "kisum-api", sub "u", sid "s", exp 5"#
+        );
+        assert!(unverified_claims("nope").contains("payload unreadable"));
+    }
+}

@@ -1,0 +1,565 @@
+//! `kisumctl runbook run user-cannot-access-module local` against the real
+//! platform with one fault injected per test: Auth, Platform Core,
+//! Platform Admin and the finance and venue backends served in-process on
+//! free loopback ports (the harness of `services/module/tests/platform/`),
+//! once on a runtime of its own and shared by the tests of this file that
+//! run at the same time (the last to finish stops it). Each
+//! test makes its own company, user and scratch matrix (whose
+//! `endpoints.json` and secret store point at the shared platform), so the
+//! tests run in parallel without seeing each other's faults.
+
+use crate::{platform, services};
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use kisum_common::jwt::TokenPolicy;
+use kisum_common::keys::KeySet;
+use kisum_module::Module;
+use platform::{Company, KISUMCTL_SECRET, PASSWORD, Platform, Session};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::common::{private_dir, scratch_copy, stderr, stdout, write_secret};
+
+/// A module backend serving: its public and internal addresses.
+pub(crate) struct Backend {
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+/// The services every test of this file uses.
+pub(crate) struct Parts {
+    pub platform: Platform,
+    pub admin: services::Admin,
+    pub admin_email: String,
+    pub finance: Backend,
+    pub venue: Backend,
+}
+
+/// The platform the tests of this file share while any of them runs: the
+/// last one to finish stops it (inside its runtime) and removes its files;
+/// a test starting after that starts another.
+pub(crate) struct Shared {
+    pub runtime: tokio::runtime::Runtime,
+    parts: Option<Parts>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        self.parts.as_ref().unwrap()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let parts = self.parts.take();
+        self.runtime.block_on(async move { drop(parts) });
+    }
+}
+
+async fn start_backend(platform: &Platform, module: Module) -> Backend {
+    let database_url = platform::database(&format!("runbook_{}", module.name())).await;
+    let vars = platform::module_vars(module, platform, &database_url);
+    let config = kisum_module::Config::from_vars(&vars).unwrap();
+    kisum_module::migrate(module, &database_url).await.unwrap();
+    let listeners = platform::loopback_listeners().await;
+    let (public, internal) = listeners.addresses().unwrap();
+    let stop = platform::serve_until_dropped(|shutdown| async move {
+        kisum_module::run(config, listeners, shutdown)
+            .await
+            .unwrap();
+    });
+    let http = reqwest::Client::new();
+    let ready = platform::eventually(Duration::from_secs(20), || async {
+        let ready = http.get(format!("http://{public}/ready")).send().await;
+        ready.is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(ready, "the {module} backend never became ready");
+    Backend {
+        public,
+        internal,
+        _stop: stop,
+    }
+}
+
+pub(crate) fn shared() -> Arc<Shared> {
+    static SHARED: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
+    let mut current = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = current.upgrade() {
+        return shared;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let parts = runtime.block_on(async {
+        let platform = Platform::start().await;
+        let (auth_internal, core) = (platform.auth_internal_url(), platform.core_url());
+        let admin = services::start_admin("runbook", &platform, &auth_internal, &core).await;
+        let operator = platform.user().await;
+        platform
+            .grant_platform_role(operator.id, "platform-admin")
+            .await;
+        let finance = start_backend(&platform, Module::Finance).await;
+        let venue = start_backend(&platform, Module::Venue).await;
+        Parts {
+            platform,
+            admin,
+            admin_email: operator.email,
+            finance,
+            venue,
+        }
+    });
+    let shared = Arc::new(Shared {
+        runtime,
+        parts: Some(parts),
+    });
+    *current = Arc::downgrade(&shared);
+    shared
+}
+
+/// One test's company, user and scratch matrix.
+struct Case {
+    shared: Arc<Shared>,
+    company: Company,
+    user: Uuid,
+    membership: Uuid,
+    session: Session,
+    matrix: tempfile::TempDir,
+}
+
+/// What a case starts from: the company entitled to `module` in Core, and
+/// a member whose role reads it and whose membership grants it.
+struct Setup {
+    module: &'static str,
+    entitled: bool,
+    granted: bool,
+    permissions: &'static [&'static str],
+}
+
+const FINANCE: Setup = Setup {
+    module: "finance",
+    entitled: true,
+    granted: true,
+    permissions: &["finance.invoices.read"],
+};
+
+impl Case {
+    fn new(setup: Setup) -> Case {
+        let shared = shared();
+        let platform = &shared.platform;
+        let (company, user, membership, session) = shared.runtime.block_on(async {
+            let company = platform.company("runbook").await;
+            if setup.entitled {
+                platform.entitle(company.id, setup.module).await;
+            }
+            let user = platform.user().await;
+            let role = platform.role(setup.permissions).await;
+            let granted: &[&str] = if setup.granted { &[setup.module] } else { &[] };
+            let membership = platform
+                .membership(user.id, company.id, &role, granted)
+                .await;
+            let session = platform.login(&user.email).await;
+            (company, user.id, membership, session)
+        });
+        let matrix = scratch_copy();
+        let case = Case {
+            shared,
+            company,
+            user,
+            membership,
+            session,
+            matrix,
+        };
+        // The backends verify tokens of issuer https://auth.kisum.test.
+        let local = case.matrix.path().join("environments/local.yaml");
+        let text = std::fs::read_to_string(&local).unwrap();
+        let edited = text.replace("kisum-io: kisum.localhost", "kisum-io: kisum.test");
+        assert_ne!(text, edited);
+        std::fs::write(&local, edited).unwrap();
+        case.write_endpoints(&[]);
+        case.write_secrets();
+        case
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.matrix.path().join(".kisum/local")
+    }
+
+    /// `endpoints.json` of the shared platform; `dead` services answer on
+    /// ports nothing listens on, as after their process was killed.
+    fn write_endpoints(&self, dead: &[&str]) {
+        let shared = &self.shared;
+        let dead_port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let url = |service: &str, address: SocketAddr| {
+            let address = if dead.contains(&service) {
+                dead_port
+            } else {
+                address
+            };
+            format!("http://{address}")
+        };
+        let p = &shared.platform;
+        let endpoints = json!({
+            "auth": url("auth", p.auth_public),
+            "platform-core": url("platform-core", p.core_public),
+            "platform-admin": url("platform-admin", shared.admin.address),
+            "finance": url("finance", shared.finance.public),
+            "venue": url("venue", shared.venue.public),
+            "internal": {
+                "auth": url("auth", p.auth_internal),
+                "platform-core": url("platform-core", p.core),
+                "finance": url("finance", shared.finance.internal),
+                "venue": url("venue", shared.venue.internal),
+            },
+        });
+        private_dir(&self.state());
+        std::fs::write(self.state().join("endpoints.json"), endpoints.to_string()).unwrap();
+    }
+
+    fn write_secrets(&self) {
+        let company = self.company.id.to_string();
+        write_secret(
+            &self.state(),
+            "internal-credential-kisumctl",
+            "token",
+            KISUMCTL_SECRET,
+        );
+        for (key, value) in [
+            ("user-email", "nobody@kisum.test"),
+            ("user-password", "unused-password"),
+            ("admin-email", self.shared.admin_email.as_str()),
+            ("admin-password", PASSWORD),
+            ("company-id", company.as_str()),
+            ("company-slug", self.company.slug.as_str()),
+        ] {
+            write_secret(&self.state(), "smoke-test-credentials", key, value);
+        }
+    }
+
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        self.shared.runtime.block_on(future)
+    }
+
+    fn platform(&self) -> &Platform {
+        &self.shared.platform
+    }
+
+    /// Runs the runbook for this case's user, company and `module` with
+    /// the access token `token` (the session's unless given); answers the
+    /// exit code and the JSON document.
+    fn run(&self, module: &str, token: Option<&str>, extra: &[&str]) -> (Option<i32>, Value) {
+        self.run_runbook("user-cannot-access-module", module, token, extra)
+    }
+
+    /// Runs runbook `name` as [`Case::run`] does.
+    fn run_runbook(
+        &self,
+        name: &str,
+        module: &str,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> (Option<i32>, Value) {
+        let token_file = self.matrix.path().join("token");
+        let token = token.unwrap_or(&self.session.access_token);
+        std::fs::write(&token_file, token).unwrap();
+        let company = self.company.id.to_string();
+        let user = self.user.to_string();
+        let mut args = vec![
+            "runbook",
+            "run",
+            name,
+            "local",
+            "--company",
+            &company,
+            "--user",
+            &user,
+            "--module",
+            module,
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "-o",
+            "json",
+        ];
+        args.extend(extra);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+            .arg("--matrix")
+            .arg(self.matrix.path().join("environments"))
+            .args(&args)
+            .current_dir(self.matrix.path())
+            .env_remove("KISUM_MATRIX")
+            .output()
+            .unwrap();
+        let text = stdout(&output) + &stderr(&output);
+        assert!(!text.contains(token), "the token leaked: {text}");
+        assert!(!text.contains(PASSWORD), "a password leaked: {text}");
+        let document: Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (output.status.code(), document)
+    }
+
+    /// Asserts that the run named `check` as the cause, with every check
+    /// before it passing (or skipped for want of an input), and answers the
+    /// cause.
+    fn expect_cause(
+        &self,
+        module: &str,
+        token: Option<&str>,
+        extra: &[&str],
+        check: &str,
+    ) -> Value {
+        let (code, document) = self.run(module, token, extra);
+        let pretty = serde_json::to_string_pretty(&document).unwrap();
+        assert_eq!(code, Some(1), "{pretty}");
+        assert_eq!(document["cause"]["check"], check, "{pretty}");
+        let findings = document["findings"].as_array().unwrap();
+        assert_eq!(findings.last().unwrap()["check"], check, "{pretty}");
+        for finding in &findings[..findings.len() - 1] {
+            assert!(
+                finding["verdict"] == "ok" || finding["verdict"] == "skipped",
+                "{pretty}"
+            );
+        }
+        assert!(document["cause"]["fix"].is_string(), "{pretty}");
+        document["cause"].clone()
+    }
+}
+
+fn summary(cause: &Value) -> String {
+    cause["summary"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_user_with_access_gets_no_cause_after_all_nine_checks() {
+    let case = Case::new(FINANCE);
+    let (code, document) = case.run("finance", None, &["--org", &case.company.slug.clone()]);
+    let pretty = serde_json::to_string_pretty(&document).unwrap();
+    assert_eq!(code, Some(0), "{pretty}");
+    let checks: Vec<&str> = document["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["verdict"], "ok", "{pretty}");
+            f["check"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            "auth-healthy",
+            "core-healthy",
+            "jwt-valid",
+            "session-live",
+            "x-org",
+            "core-entitlement",
+            "module-grant",
+            "access-cache",
+            "permission-key"
+        ]
+    );
+    assert_eq!(document["cause"], Value::Null);
+}
+
+#[test]
+fn auth_down_is_named() {
+    let case = Case::new(FINANCE);
+    case.write_endpoints(&["auth"]);
+    let cause = case.expect_cause("finance", None, &[], "auth-healthy");
+    assert_eq!(summary(&cause), "Auth is down or not ready");
+    assert!(
+        cause["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("kisumctl deploy local")
+    );
+}
+
+#[test]
+fn core_down_is_named() {
+    let case = Case::new(FINANCE);
+    case.write_endpoints(&["platform-core"]);
+    let cause = case.expect_cause("finance", None, &[], "core-healthy");
+    assert_eq!(summary(&cause), "Platform Core is down or not ready");
+    let evidence = cause["evidence"].to_string();
+    assert!(evidence.contains("/ready: unreachable"), "{evidence}");
+}
+
+#[test]
+fn a_token_signed_with_an_unknown_key_is_an_invalid_jwt() {
+    let case = Case::new(FINANCE);
+    let foreign = KeySet::generate(platform::now()).unwrap();
+    let token = platform::policy()
+        .sign(
+            &foreign,
+            &case.user.to_string(),
+            &case.session.session,
+            platform::now(),
+            900,
+        )
+        .unwrap();
+    let cause = case.expect_cause("finance", Some(&token), &[], "jwt-valid");
+    let kid = TokenPolicy::kid_of(&token).unwrap();
+    assert_eq!(
+        summary(&cause),
+        format!("signed with kid {kid}, which Auth does not publish")
+    );
+}
+
+#[test]
+fn a_revoked_session_is_named() {
+    let case = Case::new(FINANCE);
+    case.block_on(case.platform().logout(&case.session.access_token));
+    let cause = case.expect_cause("finance", None, &[], "session-live");
+    assert!(
+        summary(&cause).starts_with(&format!("session {} of user", case.session.session)),
+        "{cause}"
+    );
+}
+
+#[test]
+fn a_wrong_x_org_is_named() {
+    let case = Case::new(FINANCE);
+    let other = case.block_on(case.platform().company("elsewhere"));
+    let cause = case.expect_cause("finance", None, &["--org", &other.slug], "x-org");
+    assert!(
+        summary(&cause).contains("names no company this user belongs to"),
+        "{cause}"
+    );
+}
+
+#[test]
+fn a_company_without_the_module_in_core_is_named() {
+    let case = Case::new(Setup {
+        entitled: false,
+        ..FINANCE
+    });
+    let cause = case.expect_cause("finance", None, &[], "core-entitlement");
+    assert_eq!(
+        summary(&cause),
+        format!("company {} does not own finance in Core", case.company.id)
+    );
+}
+
+#[test]
+fn a_missing_module_grant_is_named() {
+    let case = Case::new(Setup {
+        granted: false,
+        ..FINANCE
+    });
+    let cause = case.expect_cause("finance", None, &[], "module-grant");
+    assert_eq!(
+        summary(&cause),
+        format!("membership {} has no grant of finance", case.membership)
+    );
+    assert!(cause["fix"].as_str().unwrap().contains(&format!(
+        "/admin/memberships/{}/grants/finance",
+        case.membership
+    )));
+}
+
+#[test]
+fn a_stale_access_cache_is_named() {
+    let case = Case::new(Setup {
+        entitled: false,
+        ..FINANCE
+    });
+    // Auth caches the company's entitlement version (30 s) with the
+    // context; then Core gains the module without anyone telling Auth.
+    let (status, _) = case.block_on(
+        case.platform()
+            .me_access(&case.session.access_token, &case.company.id.to_string()),
+    );
+    assert_eq!(status, StatusCode::OK);
+    case.block_on(case.platform().add_on(case.company.id, "finance", true));
+    let cause = case.expect_cause("finance", None, &[], "access-cache");
+    assert!(
+        summary(&cause).starts_with("Auth's cached access is stale"),
+        "{cause}"
+    );
+    let fix = format!(
+        "kisumctl access invalidate local --company {}",
+        case.company.id
+    );
+    assert_eq!(cause["fix"], fix.as_str());
+
+    // The fix it names works.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+        .arg("--matrix")
+        .arg(case.matrix.path().join("environments"))
+        .args(fix.split(' ').skip(1))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let (code, document) = case.run("finance", None, &[]);
+    assert_eq!(code, Some(0), "{document}");
+    // The fix is in the journal; the diagnosis, which changes nothing, is not.
+    let journal = std::fs::read_to_string(case.state().join("journal.jsonl")).unwrap();
+    let records: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{journal}");
+    assert_eq!(records[0]["command"], "access invalidate");
+    assert_eq!(records[0]["result"], "ok");
+}
+
+#[test]
+fn a_backend_enforcing_a_key_the_catalog_lacks_is_named() {
+    // The roles spell the venue key `venue.venue.read`; the venue backend
+    // enforces `venue.venues.read` on its reads.
+    let case = Case::new(Setup {
+        module: "venue",
+        entitled: true,
+        granted: true,
+        permissions: &["venue.venue.read"],
+    });
+    let cause = case.expect_cause("venue", None, &[], "permission-key");
+    assert!(
+        summary(&cause).contains("GET /v1/venues requires venue.venues.read"),
+        "{cause}"
+    );
+}
+
+#[test]
+fn the_outage_runbooks_name_the_service_that_is_not_ready() {
+    let case = Case::new(FINANCE);
+    case.write_endpoints(&["finance"]);
+    let (code, document) = case.run_runbook("database-outage", "finance", None, &[]);
+    assert_eq!(code, Some(1), "{document:#}");
+    assert_eq!(document["cause"]["check"], "services-ready", "{document:#}");
+    assert_eq!(
+        document["cause"]["summary"], "not ready: finance",
+        "{document:#}"
+    );
+}
+
+#[test]
+fn the_jwt_runbook_finds_every_verifier_knowing_the_signing_kid() {
+    let case = Case::new(FINANCE);
+    let (code, document) = case.run_runbook("jwt-verification-failing", "finance", None, &[]);
+    assert_eq!(code, Some(0), "{document:#}");
+    let checks: Vec<&str> = document["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["verdict"], "ok", "{document:#}");
+            f["check"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(checks, ["auth-healthy", "jwks-propagated", "jwt-valid"]);
+    assert!(document["manual"].as_array().unwrap().len() >= 3);
+}
