@@ -44,10 +44,10 @@ mod proxy;
 mod restore_engines;
 #[path = "cli/rotate.rs"]
 mod rotate;
-#[path = "cli/secrets.rs"]
-mod secrets;
 #[path = "cli/runbook.rs"]
 mod runbook;
+#[path = "cli/secrets.rs"]
+mod secrets;
 #[path = "../services/admin/tests/services/mod.rs"]
 mod services;
 #[path = "cli/site.rs"]

@@ -384,6 +384,35 @@ impl Platform {
         NewUser { id, email }
     }
 
+    /// A role written straight into auth_db, as one defined before the
+    /// permission catalog existed could be: its keys are not checked.
+    pub async fn legacy_role(&self, permissions: &[&str]) -> String {
+        let role = format!("role-{}", Uuid::new_v4().simple());
+        sqlx::query("insert into roles (key) values ($1)")
+            .bind(&role)
+            .execute(&self.db)
+            .await
+            .unwrap();
+        for permission in permissions {
+            let module = permission.split('.').next().unwrap_or_default();
+            sqlx::query(
+                "insert into permissions (key, module) values ($1, $2) on conflict do nothing",
+            )
+            .bind(permission)
+            .bind(module)
+            .execute(&self.db)
+            .await
+            .unwrap();
+            sqlx::query("insert into role_permissions (role, permission) values ($1, $2)")
+                .bind(&role)
+                .bind(permission)
+                .execute(&self.db)
+                .await
+                .unwrap();
+        }
+        role
+    }
+
     /// A new role holding exactly `permissions`; returns its key.
     pub async fn role(&self, permissions: &[&str]) -> String {
         let role = format!("role-{}", Uuid::new_v4().simple());
