@@ -7,6 +7,7 @@
 //! the change is real, and its effect is delayed until Auth's cached access
 //! is refreshed some other way (a retry of the change does that).
 
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -86,12 +87,35 @@ impl CatalogKind {
     }
 }
 
+/// Core keeps entitlements for any id it is given; the companies are
+/// Auth's. A change for an id Auth does not know is refused (404) before
+/// Core is asked.
+pub async fn require_company(
+    state: &AppState,
+    principal: &Principal,
+    company: Uuid,
+) -> Result<(), AdminError> {
+    let path = format!("/internal/companies/{company}");
+    state
+        .auth
+        .directory(
+            &principal.context,
+            &principal.user,
+            Method::GET,
+            &path,
+            None,
+        )
+        .await
+        .map(|_: Value| ())
+}
+
 pub async fn set_subscription(
     state: &AppState,
     principal: &Principal,
     company: Uuid,
     request: &SubscriptionRequest,
 ) -> Result<EntitlementChange, AdminError> {
+    require_company(state, principal, company).await?;
     let body = serde_json::to_value(request).unwrap_or_default();
     let change = state
         .core
@@ -117,6 +141,7 @@ pub async fn set_add_on(
     request: &AddOnRequest,
 ) -> Result<EntitlementChange, AdminError> {
     validate_key(add_on)?;
+    require_company(state, principal, company).await?;
     let body = serde_json::to_value(request).unwrap_or_default();
     let change = state
         .core

@@ -182,6 +182,7 @@ async fn get_entitlements(
 ) -> Result<Json<Value>, AdminError> {
     let principal = principal.require(Permission::Read)?;
     let company = parse_id("company", &company)?;
+    crate::changes::require_company(&state, principal, company).await?;
     Ok(Json(
         state.core.entitlements(&principal.context, company).await?,
     ))

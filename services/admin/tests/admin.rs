@@ -285,7 +285,7 @@ fn concrete(method: &str, route: &str, company: Uuid) -> (Method, String, Option
 #[tokio::test]
 async fn every_route_needs_a_valid_token_a_live_session_and_a_platform_role() {
     let stack = Stack::start("admin_rbac").await;
-    let company = Uuid::new_v4();
+    let company = stack.platform.company("rbac").await.id;
     let admin = stack.user(&["platform-admin"]).await;
     let support = stack.user(&["support"]).await;
     // A company role, but no platform role.
@@ -639,7 +639,31 @@ async fn a_failed_invalidation_is_a_502_and_audited_as_invalidation_failed() {
 async fn core_refusals_are_passed_on_and_change_nothing() {
     let stack = Stack::start("admin_refusals").await;
     let admin = stack.user(&["platform-admin"]).await;
-    let company = Uuid::new_v4();
+    // Core keeps entitlements for any id; a company Auth does not know is
+    // refused before Core is asked.
+    let stranger = Uuid::new_v4();
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            format!("/admin/companies/{stranger}/subscription"),
+            Some(json!({ "package": "basic-standard", "status": "active" })),
+        ),
+        (
+            Method::PUT,
+            format!("/admin/companies/{stranger}/add-ons/ai"),
+            Some(json!({ "active": true })),
+        ),
+        (
+            Method::GET,
+            format!("/admin/companies/{stranger}/entitlements"),
+            None,
+        ),
+    ] {
+        let (status, answer) = stack.as_user(&admin, method, &path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {answer}");
+        assert_eq!(answer["error"], "not_found", "{path}: {answer}");
+    }
+    let company = stack.platform.company("refused").await.id;
     let cases = [
         (
             Method::PUT,
@@ -726,7 +750,7 @@ async fn an_unreachable_core_is_a_502() {
     let closed = format!("http://{closed}");
     let stack = Stack::with("admin_no_core", platform, &auth_internal, &closed).await;
     let admin = stack.user(&["platform-admin"]).await;
-    let company = Uuid::new_v4();
+    let company = stack.platform.company("no-core").await.id;
     let (status, answer) = stack
         .as_user(
             &admin,

@@ -32,7 +32,10 @@ pub const ACTOR_HEADER: &str = "x-kisum-actor";
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/internal/companies/{company}", put(put_company))
+        .route(
+            "/internal/companies/{company}",
+            get(get_company).put(put_company),
+        )
         .route(
             "/internal/companies/{company}/memberships",
             get(list_memberships).post(add_membership),
@@ -54,7 +57,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The routes above with what they need, for `/internal/diagnostics`.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 11] = [
+    "GET /internal/companies/{company}",
     "PUT /internal/companies/{company}",
     "GET /internal/companies/{company}/memberships",
     "POST /internal/companies/{company}/memberships",
@@ -157,6 +161,18 @@ async fn company(db: &mut PgConnection, id: Uuid) -> Result<Option<CompanyView>>
             .fetch_optional(db)
             .await?,
     )
+}
+
+/// `GET /internal/companies/{company}`: the company as Auth knows it; 404
+/// when no company has that id (Admin asks before it changes a company's
+/// entitlements in Core, which keeps no list of companies).
+async fn get_company(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id = parse_id("company", &id)?;
+    let mut db = state.db.acquire().await?;
+    let found = company(&mut db, id)
+        .await?
+        .ok_or_else(|| AuthError::NotFound(format!("no company {id}")))?;
+    Ok(Json(json!(found)))
 }
 
 /// `PUT /internal/companies/{company}`: registers the company under the id

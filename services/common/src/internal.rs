@@ -142,7 +142,13 @@ pub fn actor(headers: &HeaderMap) -> Result<Option<&str>, String> {
         return Ok(None);
     };
     match value.to_str() {
-        Ok(actor) if !actor.is_empty() && actor.len() <= MAX_ACTOR_LENGTH => Ok(Some(actor)),
+        Ok(actor)
+            if !actor.is_empty()
+                && actor.len() <= MAX_ACTOR_LENGTH
+                && actor.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(actor))
+        }
         _ => Err(format!(
             "{ACTOR_HEADER} must be 1 to {MAX_ACTOR_LENGTH} visible ASCII characters"
         )),
@@ -275,7 +281,11 @@ mod tests {
         let longest = "a".repeat(MAX_ACTOR_LENGTH);
         headers.insert(ACTOR_HEADER, HeaderValue::from_str(&longest).unwrap());
         assert_eq!(actor(&headers), Ok(Some(longest.as_str())));
-        for bad in ["a".repeat(MAX_ACTOR_LENGTH + 1), String::new()] {
+        for bad in [
+            "a".repeat(MAX_ACTOR_LENGTH + 1),
+            String::new(),
+            "has space".to_string(),
+        ] {
             headers.insert(ACTOR_HEADER, HeaderValue::from_str(&bad).unwrap());
             assert!(actor(&headers).is_err(), "{}", bad.len());
         }
