@@ -7,7 +7,6 @@
 //! the change is real, and its effect is delayed until Auth's cached access
 //! is refreshed some other way (a retry of the change does that).
 
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -98,15 +97,9 @@ pub async fn require_company(
     let path = format!("/internal/companies/{company}");
     state
         .auth
-        .directory(
-            &principal.context,
-            &principal.user,
-            Method::GET,
-            &path,
-            None,
-        )
+        .directory_read(&principal.context, &principal.user, &path)
         .await
-        .map(|_: Value| ())
+        .map(|_| ())
 }
 
 pub async fn set_subscription(

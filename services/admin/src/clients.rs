@@ -323,6 +323,17 @@ impl AuthClient {
         auth_answer(status, answer)
     }
 
+    /// A directory read of Auth (`GET path`), made for `actor`.
+    pub async fn directory_read(
+        &self,
+        context: &RequestContext,
+        actor: &str,
+        path: &str,
+    ) -> Result<Value, AdminError> {
+        self.directory(context, actor, Method::GET, path, None)
+            .await
+    }
+
     /// Tells Auth to recompute the company's access on next use.
     pub async fn invalidate_company(
         &self,

@@ -151,13 +151,7 @@ pub async fn list_memberships(
     let path = format!("/internal/companies/{company}/memberships");
     let answer = state
         .auth
-        .directory(
-            &principal.context,
-            &principal.user,
-            Method::GET,
-            &path,
-            None,
-        )
+        .directory_read(&principal.context, &principal.user, &path)
         .await?;
     Ok(Json(answer))
 }
