@@ -74,8 +74,12 @@ pub struct App {
 /// routers. Redis is connected lazily: Auth starts without it, not ready.
 pub async fn app(config: Config) -> anyhow::Result<App> {
     let metrics = AuthMetrics::new(&config.service, &config.environment);
-    let keys = KeyStore::load(config.keys.clone())
-        .map_err(|e| anyhow::anyhow!("no valid signing key set: {}", keys::safe_message(&e)))?;
+    let keys = KeyStore::load(config.keys.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "no valid signing key set (JWT_KEY_SET_FILE or JWT_KEY_SET): {}",
+            keys::safe_message(&e)
+        )
+    })?;
     let db = db::connect(&config.database_url).await?;
     db::require_migrated(&db).await?;
     let cache = Cache::new(&config.redis_url, metrics.clone())?;

@@ -209,11 +209,25 @@ impl CommonConfig {
         vars: &Vars,
         default_request_timeout: std::time::Duration,
     ) -> Result<CommonConfig, ConfigError> {
+        let service = vars.required("SERVICE_NAME")?;
+        let environment = vars.required("KISUM_ENVIRONMENT")?;
+        let http_port: u16 = vars.parsed("HTTP_PORT")?;
+        let internal_port: u16 = vars.parsed("INTERNAL_PORT")?;
+        // 0 (any free port) is for tests; two equal fixed ports would only
+        // fail later, at bind, without naming a variable.
+        if http_port != 0 && http_port == internal_port {
+            return Err(ConfigError::Invalid {
+                name: "INTERNAL_PORT".into(),
+                reason: format!(
+                    "equals HTTP_PORT ({http_port}); public and internal routes need their own ports"
+                ),
+            });
+        }
         Ok(CommonConfig {
-            service: vars.required("SERVICE_NAME")?,
-            environment: vars.required("KISUM_ENVIRONMENT")?,
-            http_port: vars.parsed("HTTP_PORT")?,
-            internal_port: vars.parsed("INTERNAL_PORT")?,
+            service,
+            environment,
+            http_port,
+            internal_port,
             server: crate::serve::ServerSettings::from_vars(vars, default_request_timeout)?,
         })
     }
@@ -398,6 +412,14 @@ mod tests {
             ..common.clone()
         };
         assert_ne!(digest_with(&common, &[]), digest_with(&other, &[]));
+        let same = Vars::from_pairs([
+            ("SERVICE_NAME", "platform-core"),
+            ("KISUM_ENVIRONMENT", "dev"),
+            ("HTTP_PORT", "8102"),
+            ("INTERNAL_PORT", "8102"),
+        ]);
+        let error = CommonConfig::from_vars(&same, std::time::Duration::from_secs(1)).unwrap_err();
+        assert_eq!(error.variable(), "INTERNAL_PORT", "{error}");
         let error = CommonConfig::from_vars(&Vars::default(), std::time::Duration::from_secs(1));
         assert_eq!(
             error.unwrap_err().to_string(),
