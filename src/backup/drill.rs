@@ -13,17 +13,21 @@ use super::connection::{self, Target};
 use super::postgres;
 use super::{Context, EngineKind, mongo};
 
-/// Per database: a query whose first column must be a count of at least 1
-/// in a healthy restore, and what it means.
-const SANITY: &[(&str, &str, &str)] = &[
+/// Per database: the schema its service's tables live in (section 9.1:
+/// one schema per service, named after it), what the check means, and a
+/// query whose first column must be a count of at least 1 in a healthy
+/// restore.
+const SANITY: &[(&str, &str, &str, &str)] = &[
     (
         "auth-db",
+        "auth",
         "an active platform admin exists",
         "SELECT count(*) FROM platform_roles r JOIN users u ON u.id = r.user_id \
          WHERE r.role = 'platform-admin' AND u.status = 'active'",
     ),
     (
         "platform-core-db",
+        "platform_core",
         "the module catalog is not empty",
         "SELECT count(*) FROM modules",
     ),
@@ -208,12 +212,21 @@ async fn restore_and_check(
     postgres::restore_file(login, scratch, dump).await?;
     let counts = postgres::count_restored(login, scratch, &prepared.manifest.counts).await?;
     push_counts(result, &prepared.manifest.counts, &counts);
-    for (database, meaning, query) in SANITY.iter().filter(|s| s.0 == target.id) {
-        let _ = database;
+    for (_, schema, meaning, query) in SANITY.iter().filter(|s| s.0 == target.id) {
         let mut conn = postgres::connect(login, scratch).await?;
-        let found: Result<i64, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(*query))
-            .fetch_one(&mut conn)
-            .await;
+        // The administrator's login has no search_path of the service's.
+        let set_path = format!("SET search_path TO {schema}, public");
+        let found: Result<i64, _> = match sqlx::query(sqlx::AssertSqlSafe(set_path))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(*query))
+                    .fetch_one(&mut conn)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         let _ = sqlx::Connection::close(conn).await;
         let (passed, detail) = match found {
             Ok(n) if n >= 1 => (true, format!("{meaning}: {n}")),

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use crate::error::{AuthError, Result};
 use crate::metrics::event;
-use crate::state::{AppState, unix_now};
+use crate::state::AppState;
 
 pub fn ip_key(ip: IpAddr) -> String {
     format!("ratelimit:login:ip:{ip}")
@@ -165,6 +165,13 @@ pub async fn check_login(state: &AppState, ip: Option<IpAddr>, email: &str) -> R
     }
 }
 
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
 /// Seconds this address still waits on the account: only while the
 /// account is backing off, and only from the address's own last failure.
 async fn backing_off(
@@ -188,9 +195,16 @@ async fn backing_off(
     else {
         return Ok(None);
     };
+    // Milliseconds since the epoch (whole seconds from an older Auth): a
+    // backoff of 1 s must last 1 s, not until the next second boundary.
     let until: i64 = until.parse().unwrap_or(0);
-    let left = until.saturating_sub(unix_now());
-    Ok((left > 0).then_some(left as u64))
+    let until_ms = if until < 10_000_000_000 {
+        until.saturating_mul(1000)
+    } else {
+        until
+    };
+    let left_ms = until_ms.saturating_sub(unix_now_ms());
+    Ok((left_ms > 0).then_some((left_ms as u64).div_ceil(1000)))
 }
 
 /// After a wrong password (or an unknown account): counts the failure,
@@ -201,7 +215,7 @@ pub async fn login_failed(state: &AppState, ip: Option<IpAddr>, email: &str) {
         return;
     };
     let wait = backoff(failures, limits.per_email, limits.backoff_max);
-    let until = wait.map_or(0, |wait| unix_now() + wait.as_secs() as i64);
+    let until = wait.map_or(0, |wait| unix_now_ms() + wait.as_millis() as i64);
     let _ = state
         .cache
         .set(
