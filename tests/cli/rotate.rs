@@ -408,6 +408,28 @@ async fn run_blocking(site: &Arc<Site>, args: &[&str], envs: &[(&str, &str)]) ->
     .unwrap()
 }
 
+/// A routine `rotate-jwt-key local` started in the background and waited
+/// for until it signs with a key not in `known`: it is then in its
+/// token-expiry wait, holding the rotation lock.
+async fn rotation_in_its_wait(site: &Site, known: &[&str]) -> std::process::Child {
+    let child = site
+        .platform
+        .command(&["rotate-jwt-key", "local"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !events(&site.status("local"))
+        .iter()
+        .any(|e| e.0 == "signing" && !known.contains(&e.1.as_str()))
+    {
+        assert!(Instant::now() < deadline, "the rotation never activated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    child
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_jwt_key_on_local_under_load_then_revoke_a_key() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -509,24 +531,7 @@ async fn rotate_jwt_key_on_local_under_load_then_revoke_a_key() {
 
     // A rotation killed while it waits for old tokens to expire is
     // continued by the next run, with the key it had made active.
-    let mut child = site
-        .platform
-        .command(&["rotate-jwt-key", "local"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !events(&site.status("local"))
-        .iter()
-        .any(|e| e.0 == "signing" && e.1 != new)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the second rotation never activated"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut child = rotation_in_its_wait(&site, &[new.as_str()]).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let third = site.key_set().active().kid.clone();
@@ -620,24 +625,8 @@ async fn rotate_jwt_key_on_local_under_load_then_revoke_a_key() {
 
     // An emergency does not wait behind a routine rotation sitting in its
     // token-expiry wait: it stops it, revokes, and says so.
-    let mut routine = site
-        .platform
-        .command(&["rotate-jwt-key", "local"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !events(&site.status("local"))
-        .iter()
-        .any(|e| e.0 == "signing" && e.1 != replacement && e.1 != third && e.1 != new)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the routine rotation never activated"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut routine =
+        rotation_in_its_wait(&site, &[replacement.as_str(), third.as_str(), new.as_str()]).await;
     let started = Instant::now();
     let preempting = site.rotate(&["local", "--emergency", replacement.as_str(), "--yes"]);
     assert_exit(&preempting, 0);
