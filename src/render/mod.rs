@@ -138,11 +138,10 @@ pub fn secret_store_name(env: &Environment) -> String {
 /// object `<prefix><secret>` (the layout kisumctl's own secret store
 /// writes) into a Secret of the same name, key by key, and refreshes it
 /// hourly, so a rotated value reaches the mounted files without a
-/// restart. `None` for other backends.
-///
-/// TODO: the `tls-<service>` certificates the Ingresses name are not among
-/// them: a `kubernetes.io/tls` Secret needs a `target.template` with that
-/// type and the key names `tls.crt` and `tls.key`.
+/// restart. Also one per `tls-<service>` certificate an Ingress names,
+/// where `kisumctl tls issue` keeps it (keys `tls.crt` and `tls.key`),
+/// made a `kubernetes.io/tls` Secret through a template. `None` for other
+/// backends.
 fn external_secrets(env: &Environment) -> Result<Option<Vec<String>>, RenderError> {
     let crate::matrix::schema::SecretBackend::AwsSecretsManager { prefix, .. } = &env.file.secrets
     else {
@@ -153,22 +152,49 @@ fn external_secrets(env: &Environment) -> Result<Option<Vec<String>>, RenderErro
         .values()
         .flat_map(|service| workload::mounted_secrets(env, service))
         .collect();
+    let certificates: std::collections::BTreeSet<String> = env
+        .services
+        .values()
+        .filter(|s| s.spec.exposure == crate::matrix::schema::Exposure::Public)
+        .map(|s| tls_secret_name(s.id))
+        .collect();
     let mut docs = Vec::new();
-    for secret in secrets {
+    for secret in secrets.iter().chain(&certificates) {
+        let mut target = serde_json::json!({
+            "name": secret, "creationPolicy": "Owner", "deletionPolicy": "Retain",
+        });
+        if certificates.contains(secret) {
+            target["template"] = tls_template();
+        }
         let object = serde_json::json!({
             "apiVersion": "external-secrets.io/v1",
             "kind": "ExternalSecret",
-            "metadata": meta(env, &secret, "external-secrets"),
+            "metadata": meta(env, secret, "external-secrets"),
             "spec": {
                 "refreshInterval": "1h",
                 "secretStoreRef": { "kind": "ClusterSecretStore", "name": secret_store_name(env) },
-                "target": { "name": secret, "creationPolicy": "Owner", "deletionPolicy": "Retain" },
+                "target": target,
                 "dataFrom": [ { "extract": { "key": format!("{prefix}{secret}") } } ],
             },
         });
         docs.push(to_yaml(&object, "external secret")?);
     }
     Ok(Some(docs))
+}
+
+/// The target template of a certificate's ExternalSecret: a Secret of
+/// type `kubernetes.io/tls` whose two keys are those `kisumctl tls`
+/// stores (keys with a dot are read with `index`).
+fn tls_template() -> serde_json::Value {
+    let key = |name: &str| format!("{{{{ index . \"{name}\" }}}}");
+    serde_json::json!({
+        "type": "kubernetes.io/tls",
+        "engineVersion": "v2",
+        "data": {
+            crate::tls::CERT_KEY: key(crate::tls::CERT_KEY),
+            crate::tls::KEY_KEY: key(crate::tls::KEY_KEY),
+        },
+    })
 }
 
 fn namespace(env: &Environment) -> Namespace {

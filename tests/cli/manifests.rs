@@ -327,10 +327,34 @@ fn external_secrets_name_every_mounted_secret_of_aws_environments() {
                 name
             })
             .collect();
-        // Every Secret a Deployment mounts comes from one of them.
+        let certificates: std::collections::BTreeMap<String, &serde_json::Value> = objects
+            .iter()
+            .filter(|o| o["spec"]["target"].get("template").is_some())
+            .map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), *o))
+            .collect();
+        // Every Secret a Deployment mounts comes from one of them, and
+        // every certificate an Ingress names from one that makes a TLS
+        // Secret of the keys `kisumctl tls` stores.
+        let mut ingresses = 0;
         for file in object_files(&dir) {
             let text = std::fs::read_to_string(&file).unwrap();
             let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+            for doc in docs.iter().filter(|d| d["kind"] == "Ingress") {
+                ingresses += 1;
+                let secret = doc["spec"]["tls"][0]["secretName"].as_str().unwrap();
+                let external = certificates
+                    .get(secret)
+                    .unwrap_or_else(|| panic!("{env}: {secret} has no TLS ExternalSecret"));
+                let template = &external["spec"]["target"]["template"];
+                assert_eq!(template["type"], "kubernetes.io/tls", "{env}: {secret}");
+                for key in ["tls.crt", "tls.key"] {
+                    assert_eq!(
+                        template["data"][key],
+                        format!("{{{{ index . \"{key}\" }}}}"),
+                        "{env}: {secret}"
+                    );
+                }
+            }
             for doc in docs.iter().filter(|d| d["kind"] == "Deployment") {
                 for volume in doc["spec"]["template"]["spec"]["volumes"]
                     .as_array()
@@ -345,5 +369,7 @@ fn external_secrets_name_every_mounted_secret_of_aws_environments() {
                 }
             }
         }
+        assert!(ingresses > 0, "{env} has Ingresses");
+        assert_eq!(certificates.len(), ingresses, "{env}: one certificate per Ingress");
     }
 }
