@@ -146,6 +146,7 @@ pub fn report(report: &Report, format: OutputFormat, command: &str) -> Exit {
     let exit = match report.result {
         Conclusion::Deployed | Conclusion::DryRun => Exit::Clean,
         Conclusion::RolledBack | Conclusion::Failed => Exit::OperationFailed,
+        Conclusion::RollbackFailed => Exit::RollbackFailed,
     };
     if format == OutputFormat::Json {
         outln!(
@@ -163,7 +164,19 @@ pub fn report(report: &Report, format: OutputFormat, command: &str) -> Exit {
         );
     }
     if let Some(rollback) = &report.rollback {
-        if rollback.done {
+        if rollback.attempted && !rollback.done {
+            errln!(
+                "ROLLBACK FAILED: {}{}",
+                rollback.detail,
+                rollback
+                    .stopped_at
+                    .as_ref()
+                    .map_or(String::new(), |at| format!(" (stopped at {at})"))
+            );
+            if let Some(next) = &report.next {
+                errln!("NEXT: {next}");
+            }
+        } else if rollback.done {
             errln!(
                 "ROLLED BACK: {} runs release {} again (recorded as release {}); the failed release is kept in `kisumctl history {}`",
                 report.environment,
@@ -184,6 +197,10 @@ pub fn report(report: &Report, format: OutputFormat, command: &str) -> Exit {
     match report.result {
         Conclusion::Deployed => errln!("{command} {}: done", report.environment),
         Conclusion::DryRun => errln!("{command} {}: dry run, nothing changed", report.environment),
+        Conclusion::RollbackFailed => errln!(
+            "{command} {}: failed, and so did the rollback (exit 4)",
+            report.environment
+        ),
         _ => errln!("{command} {}: failed (exit 3)", report.environment),
     }
     exit
@@ -242,6 +259,26 @@ fn text(report: &Report) -> String {
     }
     if !report.pruned.is_empty() {
         lines.push(format!("pruned: {}", report.pruned.join(", ")));
+    }
+    if let Some(failure) = &report.failure {
+        lines.push(format!("failure:     {failure}"));
+    }
+    if let Some(at) = &report.stopped_at {
+        lines.push(format!("stopped at:  {at}"));
+    }
+    if let Some(rollback) = &report.rollback {
+        let state = match (rollback.attempted, rollback.done) {
+            (_, true) => "done",
+            (true, false) => "FAILED",
+            (false, false) => "not done",
+        };
+        lines.push(format!("rollback:    {state}: {}", rollback.detail));
+        if let Some(at) = &rollback.stopped_at {
+            lines.push(format!("rollback stopped at: {at}"));
+        }
+        if let Some(next) = &report.next {
+            lines.push(format!("next:        {next}"));
+        }
     }
     lines.join("\n")
 }

@@ -170,6 +170,7 @@ pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
             Exit::Clean => "ok",
             Exit::CheckFailed => "check-failed",
             Exit::UnusableInput | Exit::OperationFailed => "failed",
+            Exit::RollbackFailed => "rollback-failed",
         }
         .to_string(),
         exit: exit as u8,

@@ -49,6 +49,9 @@ pub enum Exit {
     UnusableInput = 2,
     /// An operation failed while applying changes.
     OperationFailed = 3,
+    /// A deploy to Kubernetes failed and so did its automatic rollback:
+    /// neither release runs cleanly, a person must step in.
+    RollbackFailed = 4,
 }
 
 impl From<Exit> for ExitCode {
@@ -61,7 +64,8 @@ impl From<Exit> for ExitCode {
 ///
 /// Every command reads the environment matrix (`environments/`), the single
 /// source of truth about the platform. Exit codes: 0 clean, 1 a check
-/// failed, 2 unusable input or arguments, 3 an operation failed.
+/// failed, 2 unusable input or arguments, 3 an operation failed, 4 a
+/// deploy failed and so did its automatic rollback.
 #[derive(Debug, Parser)]
 #[command(name = "kisumctl", version, max_term_width = 100)]
 pub struct Cli {

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod history;
+pub mod job;
 pub mod lease;
 pub mod manifest;
 pub mod release;

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::api::{ApiError, Namespace};
 use super::history::{self, Crossing, HistoryError, Outcome, Record};
+use super::job;
 use super::lease::{self, Holder, LockError};
 use super::manifest::{Manifests, Object};
 use super::rollout::{self, Health};
@@ -88,6 +89,26 @@ pub enum Conclusion {
     RolledBack,
     /// The release failed and could not be rolled back.
     Failed,
+    /// The release failed, and so did the rollout of the automatic
+    /// rollback: neither release runs cleanly.
+    RollbackFailed,
+}
+
+/// Where a release stopped: the wave (none for the migrations, which run
+/// before the waves) and the object that did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoppedAt {
+    pub wave: Option<u8>,
+    pub object: String,
+}
+
+impl std::fmt::Display for StoppedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.wave {
+            Some(wave) => write!(f, "wave {wave}, {}", self.object),
+            None => write!(f, "migrations, {}", self.object),
+        }
+    }
 }
 
 /// A wave as it was applied.
@@ -122,12 +143,16 @@ pub struct Report {
     pub waves: Vec<Wave>,
     /// Why the release failed.
     pub failure: Option<String>,
+    /// Where the failed release stopped, when an object did not finish.
+    pub stopped_at: Option<StoppedAt>,
     pub smoke: Option<smoke::Report>,
     pub rollback: Option<Rollback>,
     /// `Kind/name` of what was pruned (or, in a dry run, would be).
     pub pruned: Vec<String>,
     /// A stale holder whose lock was taken over.
     pub stale_lock: Option<Holder>,
+    /// What a person does next, when the rollback failed too.
+    pub next: Option<String>,
 }
 
 /// An automatic rollback after a failed release.
@@ -135,10 +160,16 @@ pub struct Report {
 pub struct Rollback {
     /// The release applied again.
     pub to: Option<u32>,
-    /// The release recorded for the rollback.
+    /// The release recorded for the rollback (as `failed` when its own
+    /// rollout failed).
     pub release: Option<u32>,
+    /// Whether its manifests were applied at all (not refused by the
+    /// guard, and there was a release to go back to).
+    pub attempted: bool,
     pub done: bool,
     pub detail: String,
+    /// Where the rollback's own rollout stopped, when it failed there.
+    pub stopped_at: Option<StoppedAt>,
     pub smoke_passed: Option<bool>,
 }
 
@@ -163,6 +194,13 @@ pub enum DeployError {
     Guard {
         target: u32,
         crossings: Vec<Crossing>,
+    },
+    #[error("rolling back to release {to} failed too: {why}")]
+    Restore {
+        to: u32,
+        /// The release number the failed attempt is recorded under.
+        recorded: Option<u32>,
+        why: String,
     },
     #[error("{0}")]
     Failed(String),
@@ -193,9 +231,22 @@ struct Applier<'a> {
     progress: &'a dyn Progress,
     applied: Vec<String>,
     dry_run: bool,
+    /// The wave being applied; `None` before the waves (migrations).
+    wave: Option<u8>,
+    /// Where the last rollout failure happened.
+    stopped_at: Option<StoppedAt>,
 }
 
 impl Applier<'_> {
+    /// Notes where a release stopped; the failure to return.
+    fn stop(&mut self, object: String, why: String) -> Failure {
+        self.stopped_at = Some(StoppedAt {
+            wave: self.wave,
+            object,
+        });
+        Failure::Rollout(why)
+    }
+
     async fn apply(&mut self, object: &Value) -> Result<(), ApiError> {
         self.target.namespace.apply(object, self.dry_run).await?;
         let kind = object["kind"].as_str().unwrap_or_default();
@@ -211,6 +262,7 @@ impl Applier<'_> {
             .map_err(|e| Failure::Rollout(e.to_string()))?;
         for (wave, services) in manifests.waves() {
             let started = Instant::now();
+            self.wave = Some(wave);
             let members: Vec<&Object> = objects.iter().filter(|o| o.wave == wave).collect();
             self.progress.step(&format!(
                 "wave {wave}: {} ({} objects)",
@@ -235,12 +287,13 @@ impl Applier<'_> {
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
+        self.wave = None;
         Ok(())
     }
 
     /// Waits until every Deployment has rolled out, each within its own
     /// timeout.
-    async fn wait_for_rollouts(&self, names: &[&str]) -> Result<(), Failure> {
+    async fn wait_for_rollouts(&mut self, names: &[&str]) -> Result<(), Failure> {
         let started = Instant::now();
         let mut pending: BTreeMap<&str, String> = names
             .iter()
@@ -262,18 +315,18 @@ impl Applier<'_> {
                 match health {
                     Health::Done => done.push(*name),
                     Health::Failed(why) => {
-                        return Err(Failure::Rollout(format!(
-                            "the rollout of Deployment/{name} failed: {why}"
-                        )));
+                        let why = format!("the rollout of Deployment/{name} failed: {why}");
+                        return Err(self.stop(format!("Deployment/{name}"), why));
                     }
                     Health::Waiting(why) => *last = why,
                 }
                 let limit = self.target.timeout(name);
                 if !done.contains(name) && started.elapsed() >= limit {
-                    return Err(Failure::Rollout(format!(
+                    let why = format!(
                         "the rollout of Deployment/{name} timed out after {} s: {last}",
                         limit.as_secs()
-                    )));
+                    );
+                    return Err(self.stop(format!("Deployment/{name}"), why));
                 }
             }
             for name in done {
@@ -352,60 +405,30 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Waits for a Job, then reads the tail of its pod's log.
-    async fn wait_for_job(&self, name: &str, timeout: Duration) -> Result<String, Failure> {
-        let started = Instant::now();
-        loop {
-            let live = self
-                .target
-                .namespace
-                .get("batch/v1", "Job", name)
-                .await
-                .map_err(Failure::Api)?;
-            let health = live
-                .as_ref()
-                .map(rollout::job)
-                .unwrap_or(Health::Waiting("not found".into()));
-            match health {
-                Health::Done => break,
-                Health::Failed(why) => {
-                    let log = self.job_log(name).await.unwrap_or_default();
-                    return Err(Failure::Rollout(format!(
-                        "migration Job/{name} failed: {why}{}",
-                        if log.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; its log ends with: {log}")
-                        }
-                    )));
-                }
-                Health::Waiting(why) if started.elapsed() >= timeout => {
-                    return Err(Failure::Rollout(format!(
-                        "migration Job/{name} timed out after {} s: {why}",
-                        timeout.as_secs()
-                    )));
-                }
-                Health::Waiting(why) => {
-                    self.progress.waiting(&format!("Job/{name}: {why}"));
-                    tokio::time::sleep(POLL).await;
-                }
+    /// Waits for a migration Job; the tail of its pod's log.
+    async fn wait_for_job(&mut self, name: &str, timeout: Duration) -> Result<String, Failure> {
+        let ended = job::watch(&self.target.namespace, name, timeout, 5, self.progress)
+            .await
+            .map_err(Failure::Api)?;
+        let object = format!("Job/{name}");
+        match ended {
+            job::Ended::Complete { log } => Ok(log),
+            job::Ended::Failed { why, log } => {
+                let tail = if log.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its log ends with: {log}")
+                };
+                Err(self.stop(object, format!("migration Job/{name} failed: {why}{tail}")))
+            }
+            job::Ended::TimedOut { why } => {
+                let why = format!(
+                    "migration Job/{name} timed out after {} s: {why}",
+                    timeout.as_secs()
+                );
+                Err(self.stop(object, why))
             }
         }
-        self.job_log(name).await.map_err(Failure::Api)
-    }
-
-    async fn job_log(&self, job: &str) -> Result<String, ApiError> {
-        let pods = self
-            .target
-            .namespace
-            .list("v1", "Pod", &format!("job-name={job}"))
-            .await?;
-        let Some(pod) = pods.first().and_then(|p| p["metadata"]["name"].as_str()) else {
-            return Ok(String::new());
-        };
-        let log = self.target.namespace.pod_log(pod).await?;
-        let lines: Vec<&str> = log.lines().collect();
-        Ok(lines[lines.len().saturating_sub(5)..].join("\n"))
     }
 }
 
@@ -578,16 +601,20 @@ pub async fn deploy(
         migrations: Vec::new(),
         waves: Vec::new(),
         failure: None,
+        stopped_at: None,
         smoke: None,
         rollback: None,
         pruned: Vec::new(),
         stale_lock: None,
+        next: None,
     };
     let mut applier = Applier {
         target,
         progress,
         applied: Vec::new(),
         dry_run,
+        wave: None,
+        stopped_at: None,
     };
     if dry_run {
         let records = history::list(&target.namespace, target.environment)
@@ -710,34 +737,71 @@ async fn deploy_locked(
     };
 
     report.failure = Some(why.clone());
+    report.stopped_at = applier.stopped_at.take();
     report.result = Conclusion::Failed;
     let failed = record(target, number, manifests, Outcome::Failed, why.clone());
     history::store(&target.namespace, target.environment, &failed, manifests).await?;
     let mut all = records;
     all.push(failed);
-    report.rollback = Some(automatic_rollback(applier, &all, force).await?);
-    if report.rollback.as_ref().is_some_and(|r| r.done) {
-        report.result = Conclusion::RolledBack;
-    }
+    let rollback = automatic_rollback(applier, &all, force).await;
+    report.result = if rollback.done {
+        Conclusion::RolledBack
+    } else if rollback.attempted {
+        report.next = Some(next_steps(
+            report,
+            &rollback,
+            &applier.target.namespace.name,
+        ));
+        Conclusion::RollbackFailed
+    } else {
+        Conclusion::Failed
+    };
+    report.rollback = Some(rollback);
     Ok(())
 }
 
+/// What a person does when neither the failed release nor the release
+/// its rollback went back to runs cleanly.
+fn next_steps(report: &Report, rollback: &Rollback, namespace: &str) -> String {
+    let env = &report.environment;
+    let number = |n: Option<u32>| n.map_or("-".to_string(), |n| n.to_string());
+    let look = match rollback.stopped_at.as_ref().or(report.stopped_at.as_ref()) {
+        Some(at) => format!(
+            "find out why {} does not finish (`kubectl -n {namespace} describe {}`, its pods' events and logs), ",
+            at.object,
+            at.object.to_lowercase()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{env} runs neither release {} nor release {} cleanly and is partly updated: {look}then deploy a fixed release, or `kisumctl rollback {env} --to N` to a release known to work; `kisumctl history {env}` lists both failed attempts",
+        number(report.release),
+        number(rollback.to),
+    )
+}
+
 /// After a failed release (the last of `records`): the previous deployed
-/// release applied again, guard permitting.
+/// release applied again, guard permitting. Whatever happens to it ends
+/// up in the answer, so that the report of the failed release is never
+/// lost to an error of its rollback.
 async fn automatic_rollback(
     applier: &mut Applier<'_>,
     records: &[Record],
     force: bool,
-) -> Result<Rollback, DeployError> {
+) -> Rollback {
     let target = applier.target;
+    let not_done = |to: Option<u32>, detail: String| Rollback {
+        to,
+        release: None,
+        attempted: false,
+        done: false,
+        detail,
+        stopped_at: None,
+        smoke_passed: None,
+    };
     let Some(previous) = history::current(records).cloned() else {
-        return Ok(Rollback {
-            to: None,
-            release: None,
-            done: false,
-            detail: "no earlier release is recorded: nothing to roll back to".into(),
-            smoke_passed: None,
-        });
+        let detail = "no earlier release is recorded: nothing to roll back to";
+        return not_done(None, detail.into());
     };
     let crossings = history::crossings(records, &previous);
     if !crossings.is_empty() && !force {
@@ -745,13 +809,7 @@ async fn automatic_rollback(
             target: previous.number,
             crossings,
         };
-        return Ok(Rollback {
-            to: Some(previous.number),
-            release: None,
-            done: false,
-            detail: error.to_string(),
-            smoke_passed: None,
-        });
+        return not_done(Some(previous.number), error.to_string());
     }
     let failed = records.last().map_or(0, |r| r.number);
     applier.progress.step(&format!(
@@ -762,22 +820,35 @@ async fn automatic_rollback(
         "automatic rollback to release {} after release {failed} failed",
         previous.number
     );
-    let restored = restore(applier, records, previous.number, note).await?;
-    Ok(Rollback {
-        to: Some(previous.number),
-        release: Some(restored.release),
-        done: true,
-        detail: format!("release {} applied again and rolled out", previous.number),
-        smoke_passed: restored.smoke.map(|s| s.passed()),
-    })
+    match restore(applier, records, previous.number, note).await {
+        Ok(restored) => Rollback {
+            to: Some(previous.number),
+            release: Some(restored.release),
+            attempted: true,
+            done: true,
+            detail: format!("release {} applied again and rolled out", previous.number),
+            stopped_at: None,
+            smoke_passed: restored.smoke.map(|s| s.passed()),
+        },
+        Err(error) => Rollback {
+            to: Some(previous.number),
+            release: match &error {
+                DeployError::Restore { recorded, .. } => *recorded,
+                _ => None,
+            },
+            attempted: true,
+            done: false,
+            detail: error.to_string(),
+            stopped_at: applier.stopped_at.take(),
+            smoke_passed: None,
+        },
+    }
 }
 
 /// Applies release `to`'s stored manifests in waves, waits, prunes what
-/// it does not name, checks, and records it as a new release.
-///
-/// TODO: when this rollout itself fails, the caller gets an error without
-/// the failed release's report (the failure and the smoke results are in
-/// the history only), and nothing is tried further back.
+/// it does not name, checks, and records it as a new release. When its
+/// rollout fails, the attempt is recorded as a failed release and the
+/// error says under which number.
 async fn restore(
     applier: &mut Applier<'_>,
     records: &[Record],
@@ -786,6 +857,7 @@ async fn restore(
 ) -> Result<Restored, DeployError> {
     let target = applier.target;
     let (old, manifests) = history::load(&target.namespace, target.environment, to).await?;
+    let number = records.last().map_or(1, |r| r.number + 1);
     let mut waves = Vec::new();
     match applier.waves(&manifests, &mut waves).await {
         Ok(()) => {}
@@ -796,14 +868,25 @@ async fn restore(
             });
         }
         Err(Failure::Rollout(why)) => {
-            return Err(DeployError::Failed(format!(
-                "rolling back to release {to} failed too: {why}"
-            )));
+            let mut attempt = record(
+                target,
+                number,
+                &manifests,
+                Outcome::Failed,
+                format!("{note}: failed: {why}"),
+            );
+            attempt.digest = old.digest;
+            let stored =
+                history::store(&target.namespace, target.environment, &attempt, &manifests).await;
+            return Err(DeployError::Restore {
+                to,
+                recorded: stored.is_ok().then_some(number),
+                why,
+            });
         }
     }
     let pruned = prune(target, &manifests, false, applier.progress).await?;
     let smoke = run_smoke(target, applier.progress).await;
-    let number = records.last().map_or(1, |r| r.number + 1);
     let mut again = record(target, number, &manifests, Outcome::Deployed, note);
     again.digest = old.digest;
     history::store(&target.namespace, target.environment, &again, &manifests).await?;
@@ -846,6 +929,8 @@ pub async fn rollback(
         progress,
         applied: Vec::new(),
         dry_run: false,
+        wave: None,
+        stopped_at: None,
     };
     let outcome = rollback_locked(&mut applier, to, force).await;
     let released = lock.release().await;
@@ -919,10 +1004,12 @@ async fn rollback_locked(
         migrations: Vec::new(),
         waves: restored.waves,
         failure: failed.then(|| format!("the smoke checks fail on release {}", wanted.number)),
+        stopped_at: None,
         smoke: restored.smoke,
         rollback: None,
         pruned: restored.pruned,
         stale_lock: None,
+        next: None,
     })
 }
 

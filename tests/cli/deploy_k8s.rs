@@ -603,3 +603,118 @@ async fn migration_jobs_are_read_back_and_a_failed_one_stops_the_release_before_
         "auth-migrate"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_whose_own_rollout_is_stuck_keeps_the_report_says_where_and_exits_4() {
+    let deployment = Deployment::start().await;
+    let staging = Staging::on(&deployment);
+    staging.expect(&["deploy", "staging"], 0).await;
+
+    // Auth no longer becomes ready with any image: release 2 is stuck in
+    // wave 2, and so is the rollback to release 1.
+    staging.fake.never_ready("auth");
+    staging.edit(|t| t.replace("image-tag: \"0.1.0\"", "image-tag: \"0.2.0\""));
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "--timeout", "2", "-o", "json"], 4)
+        .await;
+    assert_eq!(report["result"], "rollback-failed", "{text}");
+    assert_eq!(report["release"], 2);
+    assert!(
+        report["failure"]
+            .as_str()
+            .unwrap()
+            .contains("Deployment/auth timed out after 2 s"),
+        "{text}"
+    );
+    let stuck = json!({ "wave": 2, "object": "Deployment/auth" });
+    assert_eq!(report["stopped_at"], stuck, "{text}");
+    let rollback = &report["rollback"];
+    assert_eq!(rollback["to"], 1, "{text}");
+    assert_eq!(rollback["attempted"], true);
+    assert_eq!(rollback["done"], false);
+    assert_eq!(rollback["release"], 3, "the attempt is recorded: {text}");
+    assert_eq!(rollback["stopped_at"], stuck, "{text}");
+    assert!(
+        rollback["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rolling back to release 1 failed too"),
+        "{text}"
+    );
+    let next = report["next"].as_str().unwrap();
+    assert!(
+        next.contains("runs neither release 2 nor release 1 cleanly")
+            && next.contains("kubectl -n kisum-staging describe deployment/auth")
+            && next.contains("kisumctl rollback staging --to N"),
+        "{next}"
+    );
+    assert!(text.contains("ROLLING BACK staging to release 1"), "{text}");
+    assert!(
+        text.contains("ROLLBACK FAILED: rolling back to release 1 failed too")
+            && text.contains("(stopped at wave 2, Deployment/auth)"),
+        "{text}"
+    );
+    assert!(text.contains("NEXT: staging runs neither"), "{text}");
+    assert!(
+        text.contains("failed, and so did the rollback (exit 4)"),
+        "{text}"
+    );
+    let holder = &staging.fake.get(LEASE).unwrap()["spec"]["holderIdentity"];
+    assert!(holder.is_null(), "the lock is released: {holder}");
+
+    // Both failed attempts are in the history, the release that last
+    // deployed is still the current one.
+    let (history, text) = staging
+        .expect(&["history", "staging", "-o", "json"], 0)
+        .await;
+    let releases = history["releases"].as_array().unwrap();
+    let outcomes: Vec<&str> = releases
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["deployed", "failed", "failed"], "{text}");
+    assert!(
+        releases[2]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("automatic rollback to release 1 after release 2 failed: failed:"),
+        "{text}"
+    );
+    assert_eq!(history["current"], 1);
+
+    // The journal records the distinct outcome.
+    let (journal, text) = staging
+        .expect(&["journal", "staging", "-o", "json"], 0)
+        .await;
+    let last = journal["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["command"] == "deploy")
+        .unwrap();
+    assert_eq!(last["result"], "rollback-failed", "{text}");
+    assert_eq!(last["exit"], 4, "{text}");
+
+    // The text report says the same on stdout.
+    let output = staging.run(&["deploy", "staging", "--timeout", "2"]).await;
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let report = stdout(&output);
+    assert!(report.contains("result:      rollback-failed"), "{report}");
+    assert!(
+        report.contains("stopped at:  wave 2, Deployment/auth"),
+        "{report}"
+    );
+    assert!(
+        report.contains("rollback:    FAILED: rolling back to release 1"),
+        "{report}"
+    );
+    assert!(
+        report.contains("rollback stopped at: wave 2, Deployment/auth"),
+        "{report}"
+    );
+    assert!(
+        report.contains("next:        staging runs neither"),
+        "{report}"
+    );
+}

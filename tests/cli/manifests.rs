@@ -370,6 +370,10 @@ fn external_secrets_name_every_mounted_secret_of_aws_environments() {
             }
         }
         assert!(ingresses > 0, "{env} has Ingresses");
-        assert_eq!(certificates.len(), ingresses, "{env}: one certificate per Ingress");
+        assert_eq!(
+            certificates.len(),
+            ingresses,
+            "{env}: one certificate per Ingress"
+        );
     }
 }
