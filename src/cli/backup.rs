@@ -103,6 +103,21 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         }
         None => {
             let env = args.env.clone().unwrap_or_default();
+            let mut rest = args.databases.clone();
+            if args.all {
+                rest.push("--all".into());
+            }
+            let request = super::operation::Request {
+                command: "backup",
+                env: &env,
+                databases: &args.databases,
+                args: rest,
+                confirm: None,
+                format: args.output,
+            };
+            if let Some(exit) = super::operation::in_cluster(dir, request)? {
+                return Ok(exit);
+            }
             with_context(dir, &env, args.output, async |cx| back_up(cx, args).await)
         }
     }

@@ -38,6 +38,17 @@ pub struct Args {
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     let env = args.env.clone();
+    let request = super::operation::Request {
+        command: "drill",
+        env: &env,
+        databases: &args.databases,
+        args: args.databases.clone(),
+        confirm: None,
+        format: args.output,
+    };
+    if let Some(exit) = super::operation::in_cluster(dir, request)? {
+        return Ok(exit);
+    }
     with_context(dir, &env, args.output, async |cx| {
         drill_command(cx, args).await
     })

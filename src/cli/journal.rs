@@ -140,6 +140,14 @@ impl Started {
     }
 }
 
+/// The Job this run launched, if any.
+static JOB: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Notes that this run is carried out by Job `name` in the cluster.
+pub fn note_job(name: &str) {
+    let _ = JOB.set(name.to_string());
+}
+
 /// Appends the run's record to its environment's journal. A journal that
 /// cannot be written is a warning: the command's own outcome stands.
 pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
@@ -175,6 +183,7 @@ pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
         .to_string(),
         exit: exit as u8,
         duration_ms: started.clock.elapsed().as_millis() as u64,
+        job: JOB.get().cloned(),
     };
     if let Err(error) = journal::append(&state_dir, &record) {
         errln!(

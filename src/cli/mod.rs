@@ -16,6 +16,7 @@ mod history;
 mod inventory;
 mod journal;
 mod logs;
+mod operation;
 mod output;
 mod render;
 mod restore;
@@ -136,6 +137,15 @@ pub fn main() -> ExitCode {
     let exit = dispatch(cli);
     if let Some(mutation) = mutation {
         journal::record(&matrix, &mutation, &started, exit);
+    }
+    if std::env::var_os(crate::cluster::operation::RESULT_VARIABLE).is_some() {
+        // The last line of a Job's log: how the one who launched it learns
+        // the exit code.
+        errln!(
+            "{}{}",
+            crate::cluster::operation::RESULT_PREFIX,
+            serde_json::json!({ "exit": exit as u8 })
+        );
     }
     exit.into()
 }

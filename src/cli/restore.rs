@@ -66,6 +66,9 @@ pub struct Args {
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     let env = args.env.clone();
+    if let Some(exit) = super::operation::in_cluster(dir, as_job(&args))? {
+        return Ok(exit);
+    }
     with_context(dir, &env, args.output, async |cx| {
         restore_command(cx, args).await
     })
@@ -253,4 +256,45 @@ async fn cleanup(
         OutputFormat::Text => dropped.iter().for_each(|name| outln!("dropped {name}")),
     }
     Ok(Exit::Clean)
+}
+
+/// The restore as a Job: its arguments, and the confirmation asked
+/// before the Job is launched (not for a dry run or `--cleanup`).
+fn as_job(args: &Args) -> super::operation::Request<'_> {
+    let databases: &[String] = args.database.as_slice();
+    let mut rest: Vec<String> = databases.to_vec();
+    let flags = [
+        (args.all, "--all"),
+        (args.dry_run, "--dry-run"),
+        (args.cleanup, "--cleanup"),
+        (args.yes, "--yes"),
+    ];
+    rest.extend(
+        flags
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, f)| f.to_string()),
+    );
+    if let Some(id) = &args.backup {
+        rest.extend(["--backup".to_string(), id.clone()]);
+    }
+    let destructive = !args.dry_run && !args.cleanup && !args.yes;
+    let which = match (&args.database, &args.backup) {
+        (Some(db), Some(id)) => format!("{db} from backup {id}"),
+        (Some(db), None) => format!("{db} from its newest backup"),
+        _ => "every database from its newest backup, in restore order".to_string(),
+    };
+    super::operation::Request {
+        command: "restore",
+        env: &args.env,
+        databases,
+        args: rest,
+        confirm: destructive.then(|| {
+            vec![format!(
+                "restore {which} in {}: a Job in its cluster takes a safety backup, then replaces the live data",
+                args.env
+            )]
+        }),
+        format: args.output,
+    }
 }

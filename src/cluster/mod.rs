@@ -19,6 +19,7 @@ pub mod history;
 pub mod job;
 pub mod lease;
 pub mod manifest;
+pub mod operation;
 pub mod release;
 pub mod rollout;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::load::{InputError, InputErrors, Loaded, Source, load_dir, suggest};
+use super::load::{InputError, InputErrors, Loaded, Source, load_dir, printable, suggest};
 use super::schema::{
     BaseFile, ConfigEntry, Database, DatabaseDeployment, Engine, EnvironmentFile, Resources,
     SecretBackend, Service,
@@ -663,6 +663,7 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
     errors.extend(local_paths(loaded));
     errors.extend(local_ports(loaded));
     errors.extend(kubernetes_targets(loaded));
+    errors.extend(operations(loaded));
     errors.extend(schema_levels(loaded));
     errors
 }
@@ -711,6 +712,87 @@ fn kubernetes_targets(loaded: &Loaded) -> Vec<InputError> {
                     field.into(),
                     "is empty or contains a control character".into(),
                 );
+            }
+        }
+    }
+    errors
+}
+
+/// The longest an operations Job may be waited for: a day.
+const MAX_OPERATION_SECONDS: u32 = 86_400;
+
+/// Each environment's `operations` block: a host name with `runner: host`
+/// (and none of the Job's settings), a valid image tag, ServiceAccount
+/// and timeout with `runner: job`; `local` has no private network.
+fn operations(loaded: &Loaded) -> Vec<InputError> {
+    use super::schema::Runner;
+    use super::syntax::{is_dns_label, is_host_name, is_image_tag};
+    let mut errors = Vec::new();
+    for (name, (file, source)) in &loaded.environments {
+        let Some(operations) = &file.operations else {
+            continue;
+        };
+        let mut bad = |field: &str, message: String| errors.push(error_at(source, field, message));
+        if name == "local" {
+            bad(
+                "operations",
+                "`local` runs its databases on this machine: leave `operations` out".into(),
+            );
+            continue;
+        }
+        match operations.runner {
+            Runner::Host => {
+                match &operations.host {
+                    None => bad(
+                        "operations.runner",
+                        "`runner: host` needs `operations.host`, the machine with access to the private network".into(),
+                    ),
+                    Some(host) if !is_host_name(host) => bad(
+                        "operations.host",
+                        format!("`{}` is not a host name", printable(host)),
+                    ),
+                    Some(_) => {}
+                }
+                if operations.image_tag.is_some() {
+                    bad(
+                        "operations.image-tag",
+                        "is for `runner: job`; with `runner: host` kisumctl runs on the host"
+                            .into(),
+                    );
+                }
+            }
+            Runner::Job => {
+                if operations.host.is_some() {
+                    bad(
+                        "operations.host",
+                        "is for `runner: host`; with `runner: job` the commands run in the cluster"
+                            .into(),
+                    );
+                }
+                if let Some(tag) = &operations.image_tag
+                    && !is_image_tag(tag)
+                {
+                    bad(
+                        "operations.image-tag",
+                        format!("`{}` is not an image tag or sha256 digest", printable(tag)),
+                    );
+                }
+                if !is_dns_label(&operations.service_account) {
+                    bad(
+                        "operations.service-account",
+                        format!(
+                            "`{}` is not a ServiceAccount name (lowercase letters, digits, `-`)",
+                            printable(&operations.service_account)
+                        ),
+                    );
+                }
+                let seconds = operations.job_timeout_seconds;
+                if seconds == 0 || seconds > MAX_OPERATION_SECONDS {
+                    bad(
+                        "operations.job-timeout-seconds",
+                        format!("{seconds} is not between 1 and {MAX_OPERATION_SECONDS} seconds"),
+                    );
+                }
             }
         }
     }

@@ -478,10 +478,53 @@ pub struct EnvironmentFile {
     pub frontends: BTreeMap<String, FrontendOverride>,
     pub databases: BTreeMap<String, DatabaseDeployment>,
     pub redis: RedisDeployment,
+    /// Where the commands that need the private network (`backup`,
+    /// `restore`, `drill`) run; absent: on the machine that runs kisumctl.
+    pub operations: Option<Operations>,
     /// How `kisumctl deploy local` runs the services as processes.
     pub local_runtime: Option<LocalRuntime>,
     #[serde(default)]
     pub assumptions: Vec<Assumption>,
+}
+
+/// Where `backup`, `restore` and `drill` run for an environment whose
+/// databases sit on a private network.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Operations {
+    pub runner: Runner,
+    /// `runner: host`: the machine with access to the private network (a
+    /// bastion, a CI runner inside the VPC) the commands are run on.
+    pub host: Option<String>,
+    /// `runner: job`: tag (or `sha256:` digest) of the kisumctl image
+    /// (`<platform.image-registry>/kisumctl`) the Job runs; default the
+    /// environment's `image-tag`.
+    pub image_tag: Option<String>,
+    /// `runner: job`: the ServiceAccount of the Job's pod, whose cloud
+    /// identity reads the secret backend and the backup store.
+    #[serde(default = "default_operations_account")]
+    pub service_account: String,
+    /// `runner: job`: how long kisumctl waits for the Job.
+    #[serde(default = "default_operations_timeout")]
+    pub job_timeout_seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runner {
+    /// A Kubernetes Job in the environment's namespace, launched and
+    /// watched by kisumctl.
+    Job,
+    /// kisumctl itself, on the host `operations.host` names.
+    Host,
+}
+
+fn default_operations_account() -> String {
+    "kisumctl-operations".into()
+}
+
+fn default_operations_timeout() -> u32 {
+    3600
 }
 
 /// Processes on one machine (`kisumctl deploy local`).

@@ -34,6 +34,10 @@ pub struct Record {
     pub result: String,
     pub exit: u8,
     pub duration_ms: u64,
+    /// The Job the command ran as, for an environment whose operations
+    /// run in its cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// The journal file of an environment whose state directory is `state_dir`.

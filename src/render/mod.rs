@@ -7,6 +7,7 @@
 mod ingress;
 pub use ingress::tls_secret_name;
 mod network;
+pub use network::{KISUMCTL_LABEL, operations_policy};
 pub mod output;
 pub mod templates;
 mod workload;

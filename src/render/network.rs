@@ -103,16 +103,7 @@ pub fn service_policy(env: &Environment, service: &ResolvedService) -> NetworkPo
         } else if target == REDIS {
             egress.push(to_endpoint(&env.file.redis.endpoint));
         } else if let Some(external) = env.base.externals.get(target) {
-            egress.push(NetworkPolicyEgressRule {
-                to: Some(vec![NetworkPolicyPeer {
-                    ip_block: Some(IPBlock {
-                        cidr: "0.0.0.0/0".into(),
-                        except: Some(PRIVATE_RANGES.iter().map(|r| r.to_string()).collect()),
-                    }),
-                    ..NetworkPolicyPeer::default()
-                }]),
-                ports: Some(vec![port_number(external.port)]),
-            });
+            egress.push(outside_private_ranges(external.port));
         }
         // A database whose engine is undecided has no deployment yet and
         // so no rule: its traffic stays denied until the matrix places it.
@@ -126,6 +117,46 @@ pub fn service_policy(env: &Environment, service: &ResolvedService) -> NetworkPo
             ingress: Some(ingress),
             egress: Some(egress),
         }),
+    }
+}
+
+/// The NetworkPolicy of the Jobs kisumctl launches for `backup`,
+/// `restore` and `drill` (pods labelled [`KISUMCTL_LABEL`]): no ingress;
+/// egress to every database and Redis endpoint of the environment, and to
+/// HTTPS outside the private ranges (the secret backend and the backup
+/// store). Built when a Job is launched, not rendered.
+pub fn operations_policy(env: &Environment, name: &str) -> NetworkPolicy {
+    let mut egress: Vec<NetworkPolicyEgressRule> = env
+        .file
+        .databases
+        .values()
+        .map(|deployment| to_endpoint(&deployment.endpoint))
+        .collect();
+    egress.push(to_endpoint(&env.file.redis.endpoint));
+    egress.push(outside_private_ranges(443));
+    let pods = BTreeMap::from([(KISUMCTL_LABEL.0.to_string(), KISUMCTL_LABEL.1.to_string())]);
+    NetworkPolicy {
+        metadata: meta(env, name, KISUMCTL_LABEL.1),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(labels_selector(&pods)),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(Vec::new()),
+            egress: Some(egress),
+        }),
+    }
+}
+
+/// Egress to `port` of any address outside the private ranges.
+fn outside_private_ranges(port: u16) -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: "0.0.0.0/0".into(),
+                except: Some(PRIVATE_RANGES.iter().map(|r| r.to_string()).collect()),
+            }),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![port_number(port)]),
     }
 }
 

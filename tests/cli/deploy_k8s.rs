@@ -718,3 +718,215 @@ async fn a_rollback_whose_own_rollout_is_stuck_keeps_the_report_says_where_and_e
         "{report}"
     );
 }
+
+const JOBS: &str = "/apis/batch/v1/namespaces/kisum-staging/jobs";
+
+/// The one operation Job the fake holds, by its name prefix.
+fn operation_job(fake: &FakeKube, prefix: &str) -> Value {
+    let paths: Vec<String> = fake
+        .paths(JOBS)
+        .into_iter()
+        .filter(|p| p.contains(prefix))
+        .collect();
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    fake.get(&paths[0]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_runs_as_a_job_in_the_cluster_and_its_report_is_read_from_the_log() {
+    let staging = Staging::without_platform();
+    staging.fake.job_log(
+        "kisumctl-backup-",
+        "backup staging: auth-db into s3://kisum-staging-backups/databases/\n{\n  \"environment\": \"staging\",\n  \"backups\": [ { \"manifest\": { \"id\": \"auth-db-20261205T061500Z\" } } ],\n  \"failed\": []\n}\nkisumctl-result: {\"exit\":0}\n",
+    );
+    let (report, text) = staging
+        .expect(&["backup", "staging", "auth-db", "-o", "json"], 0)
+        .await;
+    assert_eq!(report["runner"], "job", "{text}");
+    assert_eq!(report["state"], "complete");
+    assert_eq!(
+        report["report"]["backups"][0]["manifest"]["id"], "auth-db-20261205T061500Z",
+        "{text}"
+    );
+    let job = operation_job(&staging.fake, "kisumctl-backup-");
+    let name = job["metadata"]["name"].as_str().unwrap();
+    assert_eq!(report["job"], name);
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "kisumctl-operations");
+    assert_eq!(pod["restartPolicy"], "Never");
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["args"],
+        json!(["backup", "staging", "auth-db", "-o", "json"])
+    );
+    assert_eq!(container["image"], "registry.kisum.io/kisum/kisumctl:0.1.0");
+    let variables = container["env"].as_array().unwrap();
+    assert!(
+        variables.contains(&json!({ "name": "KISUM_OPERATIONS_RUNNER", "value": "host" })),
+        "{variables:?}"
+    );
+    assert!(
+        !job.to_string().contains("password"),
+        "no credential passes through the Job"
+    );
+    assert_eq!(job["spec"]["backoffLimit"], 0);
+    assert_eq!(job["spec"]["activeDeadlineSeconds"], 3600);
+    let policy = staging
+        .fake
+        .get("/apis/networking.k8s.io/v1/namespaces/kisum-staging/networkpolicies/kisumctl")
+        .expect("the Job's NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "kisumctl"
+    );
+    assert!(
+        policy["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rule| rule["ports"][0]["port"] == 5432),
+        "{policy}"
+    );
+
+    // The journal of the machine that launched it names the Job.
+    let (journal, text) = staging
+        .expect(&["journal", "staging", "-o", "json"], 0)
+        .await;
+    let record = journal["records"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(record["command"], "backup", "{text}");
+    assert_eq!(record["result"], "ok");
+    assert_eq!(record["job"], name, "{text}");
+
+    // An unknown database launches nothing.
+    let (_, text) = staging.expect(&["backup", "staging", "auth-bd"], 2).await;
+    assert!(text.contains("auth-bd"), "{text}");
+    assert_eq!(staging.fake.paths(JOBS).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_backup_job_is_reported_with_its_log_excerpt_credentials_masked() {
+    let staging = Staging::without_platform();
+    staging.fake.failing_job("kisumctl-backup-");
+    staging.fake.job_log(
+        "kisumctl-backup-",
+        "backup staging: auth-db\nerror: backup of auth-db failed: connecting to postgresql://kisum_backup:hunter2@auth-postgres.staging.db.kisum.internal:5432/auth_db: password=hunter2 rejected\nkisumctl-result: {\"exit\":3}\n",
+    );
+    let (report, text) = staging
+        .expect(&["backup", "staging", "auth-db", "-o", "json"], 3)
+        .await;
+    assert!(!text.contains("hunter2"), "{text}");
+    assert_eq!(report["state"], "failed", "{text}");
+    assert!(
+        text.contains("failed: BackoffLimitExceeded") && text.contains("limit (exit 3)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("its log ends with (credentials masked):")
+            && text.contains("connecting to postgresql://***@auth-postgres.staging.db.kisum.internal:5432/auth_db")
+            && text.contains("password=*** rejected"),
+        "{text}"
+    );
+    let (journal, _) = staging
+        .expect(&["journal", "staging", "-o", "json"], 0)
+        .await;
+    let record = journal["records"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(record["result"], "failed");
+    assert!(
+        record["job"]
+            .as_str()
+            .unwrap()
+            .starts_with("kisumctl-backup-")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_job_that_never_finishes_times_out_naming_what_is_left_in_the_cluster() {
+    let staging = Staging::without_platform();
+    staging.edit(|t| t.replace("job-timeout-seconds: 3600", "job-timeout-seconds: 2"));
+    staging.fake.stuck_job("kisumctl-drill-");
+    let started = std::time::Instant::now();
+    let (_, text) = staging.expect(&["drill", "staging", "auth-db"], 3).await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let job = operation_job(&staging.fake, "kisumctl-drill-");
+    let name = job["metadata"]["name"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("Job/{name} did not finish within 2 s")),
+        "{text}"
+    );
+    assert!(
+        text.contains("it is left in namespace kisum-staging, still running")
+            && text.contains(&format!("kubectl -n kisum-staging delete job {name}")),
+        "{text}"
+    );
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["drill", "staging", "auth-db", "-o", "json"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_job_is_launched_only_once_confirmed() {
+    let staging = Staging::without_platform();
+    let (_, text) = staging.expect(&["restore", "staging", "auth-db"], 2).await;
+    assert!(
+        text.contains("not confirmed; no Job was launched (pass --yes"),
+        "{text}"
+    );
+    assert!(staging.fake.paths(JOBS).is_empty());
+
+    staging.fake.job_log(
+        "kisumctl-restore-",
+        "{\n  \"environment\": \"staging\",\n  \"restores\": [],\n  \"exit\": 0\n}\nkisumctl-result: {\"exit\":0}\n",
+    );
+    staging
+        .expect(&["restore", "staging", "auth-db", "--yes"], 0)
+        .await;
+    let job = operation_job(&staging.fake, "kisumctl-restore-");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["restore", "staging", "auth-db", "--yes", "-o", "json"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_runner_is_checked_with_file_line_and_field() {
+    let staging = Staging::without_platform();
+    staging.edit(|t| t.replace("  runner: job\n", "  runner: host\n"));
+    let (_, text) = staging.expect(&["validate", "staging"], 2).await;
+    assert!(
+        text.contains("environments/staging.yaml:")
+            && text.contains("operations.runner: `runner: host` needs `operations.host`"),
+        "{text}"
+    );
+    staging.edit(|t| {
+        t.replace(
+            "  runner: host\n",
+            "  runner: host\n  host: ops.staging.kisum.internal\n",
+        )
+    });
+    staging.expect(&["validate", "staging"], 0).await;
+
+    // A Job's settings are checked too.
+    staging.edit(|t| {
+        t.replace(
+            "  runner: host\n  host: ops.staging.kisum.internal\n",
+            "  runner: job\n",
+        )
+        .replace("job-timeout-seconds: 3600", "job-timeout-seconds: 0")
+    });
+    let (_, text) = staging.expect(&["validate", "staging"], 2).await;
+    assert!(
+        text.contains("operations.job-timeout-seconds: 0 is not between 1 and 86400 seconds"),
+        "{text}"
+    );
+}

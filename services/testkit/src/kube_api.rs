@@ -14,8 +14,8 @@
 //! succeeds as soon as it is created (or fails, when scripted so).
 //!
 //! Scripted faults: an apply answered with 409 Conflict, a Deployment that
-//! never becomes available, a Job that fails, a request whose connection is
-//! dropped without an answer.
+//! never becomes available, a Job that fails or never ends, a request whose
+//! connection is dropped without an answer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -50,6 +50,7 @@ struct Cluster {
     never_ready: BTreeSet<String>,
     never_ready_images: BTreeSet<String>,
     failing_jobs: BTreeSet<String>,
+    stuck_jobs: BTreeSet<String>,
     conflicts: BTreeSet<String>,
     /// Path fragment -> how many more matching requests lose their
     /// connection.
@@ -134,6 +135,12 @@ impl FakeKube {
     /// Jobs whose name starts with this prefix fail.
     pub fn failing_job(&self, prefix: &str) {
         self.cluster().failing_jobs.insert(prefix.to_string());
+    }
+
+    /// Jobs whose name starts with this prefix stay active: they never
+    /// complete nor fail.
+    pub fn stuck_job(&self, prefix: &str) {
+        self.cluster().stuck_jobs.insert(prefix.to_string());
     }
 
     /// The log the pods of Jobs whose name starts with `prefix` print.
@@ -622,11 +629,13 @@ impl Cluster {
             }
             Some("Job") => {
                 let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                let failed = self
-                    .failing_jobs
-                    .iter()
-                    .any(|p| name.starts_with(p.as_str()));
-                object["status"] = job_status(failed);
+                let matches =
+                    |set: &BTreeSet<String>| set.iter().any(|p| name.starts_with(p.as_str()));
+                object["status"] = if matches(&self.stuck_jobs) {
+                    json!({ "active": 1 })
+                } else {
+                    job_status(matches(&self.failing_jobs))
+                };
             }
             _ => {}
         }

@@ -1,0 +1,307 @@
+//! `backup`, `restore` and `drill` of an environment whose databases sit
+//! on a private network, run as a Kubernetes Job in its namespace
+//! (`operations.runner: job`): kisumctl's own image runs the same command
+//! with `KISUM_OPERATIONS_RUNNER=host` (so that it runs there, not in yet
+//! another Job) under the ServiceAccount the matrix names, whose cloud
+//! identity reads the secret backend and the backup store. No secret
+//! passes through the Job: the pod reads them as kisumctl on a host would.
+//!
+//! kisumctl launches the Job, watches it to its end (or its timeout),
+//! reads the pod's log, and takes the command's exit code from the last
+//! result line the pod printed (`kisumctl-result: {"exit": N}`) and its
+//! JSON report from the log. Log excerpts are masked before they are
+//! shown.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::api::{ApiError, Namespace};
+use super::job::{self, Ended};
+use super::release::Progress;
+use crate::matrix::Environment;
+use crate::matrix::schema::{Operations, Runner};
+
+/// The variable that makes kisumctl run an operation where it is (in the
+/// Job's pod, or on a host with access) whatever the matrix says.
+pub const RUNNER_VARIABLE: &str = "KISUM_OPERATIONS_RUNNER";
+
+/// The variable that makes kisumctl end with a result line on stderr.
+pub const RESULT_VARIABLE: &str = "KISUM_RESULT_LINE";
+
+/// How a result line starts.
+pub const RESULT_PREFIX: &str = "kisumctl-result: ";
+
+/// Where the image keeps the matrix; the Job's writable state goes
+/// below it (`.kisum/`, an emptyDir), as `state-dir` resolves there.
+pub const IMAGE_WORKDIR: &str = "/srv/kisum";
+
+/// How many lines of the pod's log kisumctl reads.
+const LOG_LINES: usize = 200;
+
+/// How many lines of it a failure shows.
+const EXCERPT_LINES: usize = 15;
+
+/// The operations settings of an environment that runs them as Jobs;
+/// `None` when they run here (no `operations` block, `runner: host`, or
+/// the override variable says `host`).
+pub fn as_job<'e>(env: &'e Environment) -> Option<&'e Operations> {
+    let here = std::env::var(RUNNER_VARIABLE).is_ok_and(|v| v.trim() == "host");
+    env.file
+        .operations
+        .as_ref()
+        .filter(|o| o.runner == Runner::Job && !here)
+}
+
+/// The kisumctl image the Job runs.
+pub fn image(env: &Environment, operations: &Operations) -> String {
+    let registry = &env.base.platform.image_registry;
+    let tag = operations
+        .image_tag
+        .as_deref()
+        .or(env.file.image_tag.as_deref())
+        .unwrap_or("latest");
+    match tag.strip_prefix("sha256:") {
+        Some(_) => format!("{registry}/kisumctl@{tag}"),
+        None => format!("{registry}/kisumctl:{tag}"),
+    }
+}
+
+/// A Job name for `command`: `kisumctl-<command>-<UTC time>`, unique to
+/// the second and within the 63 characters of a label value.
+pub fn job_name(command: &str, at: jiff::Timestamp) -> String {
+    let stamp = at.strftime("%Y%m%d-%H%M%S").to_string();
+    let mut name = format!("kisumctl-{command}-{stamp}");
+    name.truncate(63);
+    name
+}
+
+/// The Job that runs `kisumctl <args>` in the environment's namespace,
+/// and the NetworkPolicy that lets its pod reach the databases.
+pub fn job(
+    env: &Environment,
+    operations: &Operations,
+    name: &str,
+    args: &[String],
+    who: &str,
+) -> (Value, Value) {
+    let label = crate::render::KISUMCTL_LABEL;
+    let mut labels = json!(crate::render::labels(env, label.1));
+    labels["app.kubernetes.io/component"] = json!("operation");
+    let user = env.base.platform.run_as_user;
+    let variables = [
+        (RUNNER_VARIABLE, "host".to_string()),
+        (RESULT_VARIABLE, "1".to_string()),
+        ("KISUM_ACTOR", format!("{who} (Job/{name})")),
+    ];
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": { "name": name, "namespace": env.file.namespace, "labels": labels },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": operations.job_timeout_seconds,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": { "labels": { label.0: label.1, "app.kubernetes.io/component": "operation" } },
+                "spec": {
+                    "serviceAccountName": operations.service_account,
+                    "restartPolicy": "Never",
+                    "securityContext": {
+                        "runAsNonRoot": true, "runAsUser": user, "runAsGroup": user, "fsGroup": user,
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    },
+                    "containers": [{
+                        "name": "kisumctl",
+                        "image": image(env, operations),
+                        "workingDir": IMAGE_WORKDIR,
+                        "args": args,
+                        "env": variables.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                            "capabilities": { "drop": ["ALL"] },
+                        },
+                        "resources": {
+                            "requests": { "cpu": "250m", "memory": "512Mi" },
+                            "limits": { "memory": "2Gi" },
+                        },
+                        "volumeMounts": [
+                            { "name": "state", "mountPath": format!("{IMAGE_WORKDIR}/.kisum") },
+                            { "name": "tmp", "mountPath": "/tmp" },
+                        ],
+                    }],
+                    "volumes": [
+                        { "name": "state", "emptyDir": {} },
+                        { "name": "tmp", "emptyDir": {} },
+                    ],
+                },
+            },
+        },
+    });
+    let policy =
+        serde_json::to_value(crate::render::operations_policy(env, label.1)).unwrap_or_default();
+    let mut policy = policy;
+    policy["apiVersion"] = json!("networking.k8s.io/v1");
+    policy["kind"] = json!("NetworkPolicy");
+    (job, policy)
+}
+
+/// How an operation Job ended, as kisumctl read it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub job: String,
+    /// `complete`, `failed` or `timed-out`.
+    pub state: &'static str,
+    /// The command's exit code from the result line, when the pod printed
+    /// one.
+    pub exit: Option<u8>,
+    /// The command's JSON report from the log, when it printed one.
+    pub report: Option<Value>,
+    /// The last lines of the log (masked), without the report.
+    pub log: String,
+    /// Why it failed or what it was still waiting for.
+    pub detail: Option<String>,
+}
+
+/// Applies the Job and its NetworkPolicy, then watches the Job for up to
+/// `timeout`.
+pub async fn run(
+    namespace: &Namespace,
+    job: &Value,
+    policy: &Value,
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<Outcome, ApiError> {
+    let name = job["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    namespace.apply(policy, false).await?;
+    namespace.apply(job, false).await?;
+    progress.step(&format!(
+        "launched Job/{name} in namespace {}",
+        namespace.name
+    ));
+    let ended = job::watch(namespace, &name, timeout, LOG_LINES, progress).await?;
+    let (state, log, detail) = match ended {
+        Ended::Complete { log } => ("complete", log, None),
+        Ended::Failed { why, log } => ("failed", log, Some(why)),
+        Ended::TimedOut { why } => {
+            let log = job::log_tail(namespace, &name, LOG_LINES)
+                .await
+                .unwrap_or_default();
+            ("timed-out", log, Some(why))
+        }
+    };
+    let (exit, report, rest) = read_log(&log);
+    Ok(Outcome {
+        job: name,
+        state,
+        exit,
+        report,
+        log: excerpt(&rest, EXCERPT_LINES),
+        detail,
+    })
+}
+
+/// The exit code of the last result line, the last JSON document
+/// printed (a `{` line to the next `}` line), and the other lines.
+fn read_log(log: &str) -> (Option<u8>, Option<Value>, Vec<&str>) {
+    let lines: Vec<&str> = log.lines().collect();
+    let exit = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix(RESULT_PREFIX))
+        .and_then(|r| serde_json::from_str::<Value>(r).ok())
+        .and_then(|r| r["exit"].as_u64())
+        .and_then(|e| u8::try_from(e).ok());
+    let mut report = None;
+    let mut span = None;
+    if let Some(end) = lines.iter().rposition(|l| *l == "}")
+        && let Some(start) = lines[..end].iter().rposition(|l| *l == "{")
+    {
+        report = serde_json::from_str(&lines[start..=end].join("\n")).ok();
+        span = report.as_ref().map(|_| start..=end);
+    }
+    let rest = lines
+        .iter()
+        .enumerate()
+        .filter(|(n, l)| {
+            !span.as_ref().is_some_and(|s| s.contains(n)) && !l.starts_with(RESULT_PREFIX)
+        })
+        .map(|(_, l)| *l)
+        .collect();
+    (exit, report, rest)
+}
+
+/// The last `count` lines, masked.
+fn excerpt(lines: &[&str], count: usize) -> String {
+    lines[lines.len().saturating_sub(count)..]
+        .iter()
+        .map(|l| mask(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A log line with what could be a credential replaced: the userinfo of
+/// URLs, and the value after `password=`, `secret=`, `token=` (or `:`).
+pub fn mask(line: &str) -> String {
+    const NAMES: [&str; 5] = ["password", "passwd", "pwd", "secret", "token"];
+    line.split(' ')
+        .map(|word| {
+            let word = kisum_common::config::redact_userinfo(word);
+            let lower = word.to_ascii_lowercase();
+            let at = NAMES.iter().find_map(|name| {
+                let start = lower.find(name)?;
+                let rest = &word[start + name.len()..];
+                let sep = rest.find(['=', ':']).filter(|i| *i <= 1)?;
+                Some(start + name.len() + sep + 1)
+            });
+            match at {
+                Some(at) if at < word.len() => format!("{}***", &word[..at]),
+                _ => word,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_a_log_line_are_masked() {
+        let line = "error: connecting to postgresql://backup:hunter2@10.0.0.5:5432/auth_db failed: password=hunter2 token: x";
+        let masked = mask(line);
+        assert!(!masked.contains("hunter2"), "{masked}");
+        assert!(
+            masked.contains("postgresql://***@10.0.0.5:5432/auth_db"),
+            "{masked}"
+        );
+        assert!(masked.contains("password=***"), "{masked}");
+        assert_eq!(
+            mask("backup staging: auth-db done"),
+            "backup staging: auth-db done"
+        );
+    }
+
+    #[test]
+    fn the_log_gives_the_exit_code_and_the_report() {
+        let log = "backup staging: auth-db\n{\n  \"environment\": \"staging\",\n  \"failed\": []\n}\nbackup staging: done\nkisumctl-result: {\"exit\": 0}";
+        let (exit, report, rest) = read_log(log);
+        assert_eq!(exit, Some(0));
+        assert_eq!(report.unwrap()["environment"], "staging");
+        assert_eq!(rest, ["backup staging: auth-db", "backup staging: done"]);
+        let (exit, report, _) = read_log("error: no such database\n");
+        assert_eq!((exit, report), (None, None));
+    }
+
+    #[test]
+    fn a_job_name_fits_a_label_value() {
+        let at: jiff::Timestamp = "2026-12-05T06:15:00Z".parse().unwrap();
+        assert_eq!(job_name("backup", at), "kisumctl-backup-20261205-061500");
+        assert!(job_name(&"x".repeat(80), at).len() <= 63);
+    }
+}
