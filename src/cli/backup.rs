@@ -19,7 +19,9 @@ use crate::secrets::SecretStore;
 /// the matrix marks it persistent) and writes a manifest with row counts,
 /// sizes and SHA-256 digests. Files are encrypted with age when the matrix
 /// lists `backups.age-recipients`. The store is `backups.store` of the
-/// environment file. Exit 0 on success, 1 when `verify` finds a problem, 2
+/// environment file. With `operations.runner: job` in the environment
+/// file, the backup runs as a Kubernetes Job in the environment's
+/// namespace, which kisumctl launches, watches and reads the result of. Exit 0 on success, 1 when `verify` finds a problem, 2
 /// for an unknown environment or database, 3 when an operation failed.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]

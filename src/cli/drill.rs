@@ -17,6 +17,10 @@ use crate::matrix::load::printable;
 /// catalog is not empty), drop the scratch database, and measure the
 /// recovery time (RTO) and the backup's age (RPO) against the matrix's
 /// targets. Writes `drill-<time>.md` and `.json` into the report directory.
+/// With `operations.runner: job` in the environment file, the drill runs
+/// as a Kubernetes Job in the environment's namespace, which kisumctl
+/// launches, watches and reads the result of (the report files stay in
+/// the pod; the JSON report is printed).
 /// Exit 0 when every database passed, 1 when one failed or exceeded a
 /// target, 2 for bad input, 3 when the report cannot be written.
 #[derive(Debug, clap::Args)]

@@ -39,6 +39,7 @@ pub fn in_cluster(dir: &Path, request: Request) -> anyhow::Result<Option<Exit>> 
         return Ok(None);
     };
     let Some(operations) = operation::as_job(&env) else {
+        warn_off_host(&env);
         return Ok(None);
     };
     let format = request.format;
@@ -159,5 +160,26 @@ fn exit_of(code: u8) -> Exit {
         2 => Exit::UnusableInput,
         4 => Exit::RollbackFailed,
         _ => Exit::OperationFailed,
+    }
+}
+
+/// With `runner: host`, a warning when this machine is not the one the
+/// matrix names: the databases are likely out of its reach.
+fn warn_off_host(env: &crate::matrix::Environment) {
+    let Some(operations) = &env.file.operations else {
+        return;
+    };
+    let Some(host) = &operations.host else {
+        return;
+    };
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let here = here.trim();
+    let short = host.split('.').next().unwrap_or(host);
+    if here != host && here != short {
+        errln!(
+            "warning: {} runs its operations on {host} (operations.host), and this is {}: its private network may be out of reach",
+            env.name,
+            crate::matrix::load::printable(here)
+        );
     }
 }

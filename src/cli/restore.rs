@@ -25,7 +25,9 @@ use crate::matrix::load::printable;
 /// previous data stays until `--cleanup`. `--all` follows the restore order
 /// of the matrix (section 22.4), stopping at the first failure; Redis as a
 /// pure cache is left to refill. Asks for confirmation on a terminal;
-/// `--yes` skips it. Exit 0 on success, 1 when a backup fails verification
+/// `--yes` skips it. With `operations.runner: job` in the environment
+/// file, the restore runs as a Kubernetes Job in the environment's
+/// namespace, launched only once confirmed, then watched and read back. Exit 0 on success, 1 when a backup fails verification
 /// (nothing changed), 2 for bad input or a refused confirmation, 3 when an
 /// operation failed.
 #[derive(Debug, clap::Args)]

@@ -120,6 +120,7 @@ mod tests {
             result: "ok".into(),
             exit: 0,
             duration_ms: n,
+            job: None,
         }
     }
 
