@@ -76,7 +76,10 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                 vec![
                     r.started.clone(),
                     r.who.clone(),
-                    r.args.join(" "),
+                    match &r.job {
+                        Some(job) => format!("{} (Job/{job})", r.args.join(" ")),
+                        None => r.args.join(" "),
+                    },
                     r.result.clone(),
                     format!("{:.1} s", r.duration_ms as f64 / 1000.0),
                 ]

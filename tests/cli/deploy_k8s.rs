@@ -801,6 +801,11 @@ async fn a_backup_runs_as_a_job_in_the_cluster_and_its_report_is_read_from_the_l
     assert_eq!(record["command"], "backup", "{text}");
     assert_eq!(record["result"], "ok");
     assert_eq!(record["job"], name, "{text}");
+    let (_, text) = staging.expect(&["journal", "staging"], 0).await;
+    assert!(
+        text.contains(&format!("backup staging auth-db -o json (Job/{name})")),
+        "{text}"
+    );
 
     // An unknown database launches nothing.
     let (_, text) = staging.expect(&["backup", "staging", "auth-bd"], 2).await;
