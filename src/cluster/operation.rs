@@ -139,9 +139,8 @@ pub fn job(
             },
         },
     });
-    let policy =
+    let mut policy =
         serde_json::to_value(crate::render::operations_policy(env, label.1)).unwrap_or_default();
-    let mut policy = policy;
     policy["apiVersion"] = json!("networking.k8s.io/v1");
     policy["kind"] = json!("NetworkPolicy");
     (job, policy)
