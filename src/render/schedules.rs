@@ -109,19 +109,23 @@ fn account(env: &Environment) -> Value {
 /// outside the private ranges (Secrets Manager, S3, Route53, the ACME
 /// directory); no ingress.
 fn policy(env: &Environment) -> Value {
-    let mut egress: Vec<Value> = env
+    // Databases may share a server (Market and Touring): one rule each.
+    let endpoints: std::collections::BTreeSet<(&str, u16)> = env
         .deployed_databases()
         .filter_map(|(id, _, _)| env.file.databases.get(id))
         .map(|deployment| &deployment.endpoint)
         .chain(std::iter::once(&env.file.redis.endpoint))
-        .map(|endpoint| {
+        .map(|endpoint| (endpoint.cidr.as_str(), endpoint.port))
+        .collect();
+    let mut egress: Vec<Value> = endpoints
+        .into_iter()
+        .map(|(cidr, port)| {
             json!({
-                "to": [ { "ipBlock": { "cidr": endpoint.cidr } } ],
-                "ports": [ { "port": endpoint.port, "protocol": "TCP" } ],
+                "to": [ { "ipBlock": { "cidr": cidr } } ],
+                "ports": [ { "port": port, "protocol": "TCP" } ],
             })
         })
         .collect();
-    egress.dedup();
     egress.push(json!({
         "to": [ { "ipBlock": {
             "cidr": "0.0.0.0/0",
