@@ -225,3 +225,44 @@ pub fn certificates(env: &Environment<'_>, store: &dyn SecretStore, now: i64) ->
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(applied: Vec<i64>, pending: &[(i64, &str)], failed: Vec<i64>) -> migrate::Status {
+        migrate::Status {
+            database: "finance-db".into(),
+            service: "finance".into(),
+            name: "finance_db".into(),
+            files: 2,
+            applied,
+            pending: pending
+                .iter()
+                .map(|(version, file)| migrate::Entry {
+                    version: *version,
+                    file: file.to_string(),
+                })
+                .collect(),
+            changed: Vec::new(),
+            missing: Vec::new(),
+            failed,
+        }
+    }
+
+    #[test]
+    fn migrations_are_green_when_current_yellow_when_pending_red_when_failed() {
+        let current = judge_migrations("m".into(), &status(vec![1, 2], &[], vec![]));
+        assert_eq!(
+            (current.light, current.detail.as_str()),
+            (Light::Green, "2/2 applied")
+        );
+
+        let pending = judge_migrations("m".into(), &status(vec![1], &[(2, "0002_b.sql")], vec![]));
+        assert_eq!(pending.light, Light::Yellow);
+        assert_eq!(pending.detail, "1/2 applied, 1 pending: 0002_b.sql");
+
+        let failed = judge_migrations("m".into(), &status(vec![1], &[], vec![2]));
+        assert_eq!(failed.light, Light::Red, "{}", failed.detail);
+    }
+}
