@@ -14,5 +14,7 @@ export KISUM_MOTO_SERVER="$_kisum_root/.peers/venv-moto/bin/moto_server"
 # The ACME test CA and its challenge server (Debian package `pebble`).
 export KISUM_PEBBLE="${KISUM_PEBBLE:-$(command -v pebble || echo /usr/bin/pebble)}"
 export KISUM_PEBBLE_CHALLTESTSRV="${KISUM_PEBBLE_CHALLTESTSRV:-$(command -v pebble-challtestsrv || echo /usr/bin/pebble-challtestsrv)}"
+# promtool of the Debian package `prometheus` (checks the rendered alert rules).
+export KISUM_PROMTOOL="${KISUM_PROMTOOL:-$(command -v promtool || echo /usr/bin/promtool)}"
 
 unset _kisum_root

@@ -19,6 +19,8 @@
 #                        `moto_server -H 127.0.0.1 -p PORT`)
 #   Debian postgresql, redis-server                (started per test by the
 #                                                   kisum-testkit crate)
+#   Debian prometheus                              (`promtool check rules` on the
+#                                                   rendered alert rules)
 #   Debian pebble                                  (ACME test CA: `pebble` and
 #                                                   `pebble-challtestsrv`, started
 #                                                   per test by tests/cli/tls.rs)
@@ -230,6 +232,12 @@ main() {
     # The ACME test CA and its DNS/HTTP challenge server (the tls tests).
     if [[ $what == all ]]; then
         ensure_apt pebble
+    fi
+
+    # promtool (Debian `prometheus`): `promtool check rules` on the
+    # rendered PrometheusRule objects (tests/cli/manifests.rs).
+    if [[ $what == all ]]; then
+        ensure_apt prometheus
     fi
 
     # kubectl (benchmarks only) is expected on the machine; not installed here.

@@ -246,6 +246,14 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         credential,
         admin,
         policy: token_policy(env, args.module.as_deref()),
+        certificates: crate::tls::status(
+            &crate::tls::hosts(env),
+            store.as_ref(),
+            crate::tls::Thresholds::of(env),
+            jiff::Timestamp::now().as_second(),
+        )
+        .map_err(|e| e.to_string()),
+        expiry_alert_days: env.base.tls.expiry_alert_days,
     };
     let inputs = Inputs {
         user: args.user,

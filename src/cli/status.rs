@@ -9,7 +9,7 @@ use crate::local::plan::Endpoints;
 use crate::local::state::{DesiredState, read_json};
 use crate::local::{Context, checks, probe, status};
 use crate::matrix::Environment;
-use crate::ops::health;
+use crate::ops::{health, reachability};
 use crate::secrets::SecretStore as _;
 
 /// Show the processes of a local environment and whether they are ready.
@@ -20,9 +20,12 @@ use crate::secrets::SecretStore as _;
 /// Without a supervisor (it was killed), processes it started may still
 /// run: they are shown as `unsupervised` (nothing restarts them).
 ///
-/// Then the operations: each database's newest backup against its RPO, the
-/// last restore drill's result, the JWT key set's state; each ok, note
-/// (nothing to judge yet) or red.
+/// Then the operations: each database's newest backup against its RPO,
+/// each database and Redis reachable (a trivial query, with its latency),
+/// each PostgreSQL database's migrations against the services' files, each
+/// public host's certificate against the renewal window and alert
+/// threshold, the last restore drill's result, the JWT key set's state;
+/// each ok, note (nothing to judge yet, slow, pending) or red.
 ///
 /// Exit codes: 0 a supervisor runs, everything is ready and nothing is red,
 /// 1 something is not (or a check of `--verify` failed), 2 unusable input
@@ -173,7 +176,8 @@ async fn verify(context: &Context) -> anyhow::Result<Vec<checks::QuickCheck>> {
     Ok(checks::run(&client, &endpoints, &expected, &kisumctl, &fixtures).await)
 }
 
-/// Backups against their RPO, the last drill, the key set.
+/// Backups against their RPO, reachability, migrations, certificates, the
+/// last drill, the key set.
 async fn operations(dir: &Path, env: &Environment<'_>, context: &Context) -> Vec<health::Item> {
     let mut items = Vec::new();
     if env.file.backups.enabled {
@@ -196,6 +200,10 @@ async fn operations(dir: &Path, env: &Environment<'_>, context: &Context) -> Vec
             }),
         }
     }
+    items.extend(reachability::databases(env, &context.store).await);
+    items.extend(reachability::migrations(dir, env, &context.store).await);
+    let now = jiff::Timestamp::now().as_second();
+    items.extend(reachability::certificates(env, &context.store, now));
     items.push(health::last_drill(&context.state.root().join("drills")));
     let keys = crate::rotation::store::KeyStore::new(env.base, &context.store)
         .and_then(|store| store.load())

@@ -13,8 +13,8 @@ use crate::matrix::Environment;
 use crate::matrix::schema::SchemaLevel;
 use crate::render::RenderedFile;
 
-/// The wave of `namespace.yaml` (and of the ExternalSecrets): before any
-/// service.
+/// The wave of `namespace.yaml` (and of the ExternalSecrets, the alert
+/// rules and the CronJobs): before any service.
 pub const NAMESPACE_WAVE: u8 = 0;
 
 const NAMESPACE_FILE: &str = "namespace.yaml";
@@ -179,7 +179,10 @@ mod tests {
         let first: Vec<&str> = order[0].1.iter().map(String::as_str).collect();
         assert_eq!(
             (order[0].0, first),
-            (0, vec!["namespace", "external-secrets"])
+            (
+                0,
+                vec!["namespace", "alerts", "external-secrets", "schedules"]
+            )
         );
         assert_eq!(order[1], (1, vec!["platform-core".to_string()]));
         assert_eq!(order[2], (2, vec!["auth".to_string()]));

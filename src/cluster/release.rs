@@ -37,7 +37,7 @@ const ENVIRONMENT: &str = "kisum.io/environment";
 const COMPONENT: &str = "app.kubernetes.io/component";
 
 /// The kinds `render` emits inside the namespace, the ones prune looks at.
-const PRUNED_KINDS: [(&str, &str); 9] = [
+const PRUNED_KINDS: [(&str, &str); 11] = [
     ("v1", "ServiceAccount"),
     ("v1", "ConfigMap"),
     ("v1", "Service"),
@@ -47,6 +47,8 @@ const PRUNED_KINDS: [(&str, &str); 9] = [
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("networking.k8s.io/v1", "Ingress"),
     ("external-secrets.io/v1", "ExternalSecret"),
+    ("batch/v1", "CronJob"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 ];
 
 /// What the library reports while it works; the CLI prints it.

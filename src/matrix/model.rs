@@ -140,6 +140,16 @@ pub struct Environment<'m> {
     pub frontends: BTreeMap<&'m str, ResolvedFrontend<'m>>,
 }
 
+/// `<registry>/<image>:<tag>`, `@sha256:...` for a digest, `:latest`
+/// without a tag.
+pub fn image_reference(registry: &str, image: &str, tag: Option<&String>) -> String {
+    match tag {
+        Some(tag) if tag.starts_with("sha256:") => format!("{registry}/{image}@{tag}"),
+        Some(tag) => format!("{registry}/{image}:{tag}"),
+        None => format!("{registry}/{image}:latest"),
+    }
+}
+
 impl<'m> Environment<'m> {
     fn resolve(
         matrix: &'m Matrix,
@@ -221,13 +231,8 @@ impl<'m> Environment<'m> {
                 };
                 config.insert(key.as_str(), value);
             }
-            let image = match local.image_tag.as_ref().or(file.image_tag.as_ref()) {
-                Some(tag) if tag.starts_with("sha256:") => {
-                    format!("{}/{}@{tag}", base.platform.image_registry, spec.image)
-                }
-                Some(tag) => format!("{}/{}:{tag}", base.platform.image_registry, spec.image),
-                None => format!("{}/{}:latest", base.platform.image_registry, spec.image),
-            };
+            let tag = local.image_tag.as_ref().or(file.image_tag.as_ref());
+            let image = image_reference(&base.platform.image_registry, &spec.image, tag);
             services.insert(
                 id.as_str(),
                 ResolvedService {
@@ -1036,6 +1041,27 @@ fn value_shapes(loaded: &Loaded) -> Vec<InputError> {
                 bad(src, format!("secrets.{id}.keys.{n}"), message, None);
             }
         }
+    }
+    let schedules = &base.schedules;
+    if !is_image_path_part(&schedules.image) {
+        let message = format!("`{}` is not an image name", schedules.image);
+        bad(src, "schedules.image".into(), message, None);
+    }
+    if !schedules.matrix_dir.starts_with('/') {
+        let message = format!("`{}` is not an absolute path", schedules.matrix_dir);
+        bad(src, "schedules.matrix-dir".into(), message, None);
+    }
+    for (field, schedule) in [
+        ("certificate-renewal", &schedules.certificate_renewal),
+        ("secrets-check", &schedules.secrets_check),
+    ] {
+        if let Err(message) = super::rules::cron_interval_minutes(schedule) {
+            bad(src, format!("schedules.{field}"), message, None);
+        }
+    }
+    if schedules.deadline_minutes == 0 {
+        let message = "a scheduled run needs a positive deadline".to_string();
+        bad(src, "schedules.deadline-minutes".into(), message, None);
     }
     for (id, zone) in &base.dns.zones {
         if !is_host_name(&zone.domain) {

@@ -33,6 +33,7 @@ pub struct BaseFile {
     pub common_config: BTreeMap<String, ConfigEntry>,
     pub secrets: BTreeMap<String, Secret>,
     pub alerts: BTreeMap<String, Alert>,
+    pub schedules: Schedules,
     #[serde(default)]
     pub assumptions: Vec<Assumption>,
     #[serde(default)]
@@ -421,6 +422,26 @@ pub struct Alert {
     pub threshold: f64,
     pub unit: String,
     pub for_minutes: u32,
+}
+
+/// What runs on a schedule in the environments on Kubernetes, as CronJobs
+/// of the kisumctl image: each database's backup and restore drill (at its
+/// `backup.schedule` and `backup.drill-schedule`), certificate renewal and
+/// the secrets check.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Schedules {
+    /// Image name of kisumctl under `platform.image-registry`, with the
+    /// environment's `image-tag`; the matrix is baked in at `matrix-dir`.
+    pub image: String,
+    /// Directory of the matrix inside the image (`--matrix`).
+    pub matrix_dir: String,
+    /// Cron expression (UTC) of `kisumctl tls renew ENV` (5.3).
+    pub certificate_renewal: String,
+    /// Cron expression (UTC) of `kisumctl secrets check ENV` (12.2).
+    pub secrets_check: String,
+    /// How long one scheduled run may take before Kubernetes stops it.
+    pub deadline_minutes: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -31,7 +31,7 @@ pub struct Item {
 }
 
 impl Item {
-    fn new(name: impl Into<String>, light: Light, detail: impl Into<String>) -> Item {
+    pub fn new(name: impl Into<String>, light: Light, detail: impl Into<String>) -> Item {
         Item {
             name: name.into(),
             light,

@@ -4,4 +4,5 @@ pub mod documents;
 pub mod health;
 pub mod inventory;
 pub mod journal;
+pub mod reachability;
 pub mod runbook;

@@ -4,11 +4,13 @@
 //! a stable order with stable formatting, so that the committed copy under
 //! `manifests/<env>/` can be compared byte for byte with a fresh render.
 
+pub mod alerts;
 mod ingress;
 pub use ingress::tls_secret_name;
 mod network;
 pub use network::{KISUMCTL_LABEL, operations_policy};
 pub mod output;
+pub mod schedules;
 pub mod templates;
 mod workload;
 
@@ -72,6 +74,12 @@ pub fn render(env: &Environment, templates: &Templates) -> Result<Vec<RenderedFi
 
     if let Some(docs) = external_secrets(env)? {
         files.push(file("external-secrets.yaml", &docs));
+    }
+    if let Some(rule) = alerts::prometheus_rule(env)? {
+        files.push(file("alerts.yaml", &[rule]));
+    }
+    if let Some(docs) = schedules::documents(env)? {
+        files.push(file("schedules.yaml", &docs));
     }
 
     files.sort_by(|a, b| a.name.cmp(&b.name));

@@ -243,7 +243,7 @@ fn deployment(env: &Environment, service: &ResolvedService) -> Deployment {
     };
 
     let mut metadata = meta(env, id, id);
-    let skips = checkov_skips(service);
+    let skips = checkov_skips(&service.image);
     if !skips.is_empty() {
         metadata.annotations = Some(skips);
     }
@@ -301,9 +301,9 @@ fn deployment(env: &Environment, service: &ResolvedService) -> Deployment {
 
 /// checkov checks that cannot pass yet, each skipped with its reason.
 /// checkov splits on `=`, so reasons must not contain one.
-fn checkov_skips(service: &ResolvedService) -> BTreeMap<String, String> {
+pub(super) fn checkov_skips(image: &str) -> BTreeMap<String, String> {
     let mut skips = BTreeMap::new();
-    if !service.image.contains("@sha256:") {
+    if !image.contains("@sha256:") {
         skips.insert(
             "checkov.io/skip1".to_string(),
             "CKV_K8S_43=image tags are pinned to digests by the release pipeline once images \

@@ -372,6 +372,39 @@ fn deploy_local_end_to_end() {
         assert!(process["version"].as_str().is_some(), "{process}");
     }
     assert!(platform.state().join("endpoints.json").is_file());
+    // Every database and Redis answers a query; every migration is applied.
+    let operation = |status: &Value, name: &str| -> Value {
+        status["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("no operation {name}: {status}"))
+            .clone()
+    };
+    for name in [
+        "database auth-db",
+        "database main-db",
+        "redis",
+        "migrations auth-db",
+    ] {
+        let item = operation(&status, name);
+        assert_eq!(item["light"], "green", "{item}");
+    }
+    assert!(
+        operation(&status, "database auth-db")["detail"]
+            .as_str()
+            .unwrap()
+            .contains(" ms"),
+        "{status}"
+    );
+    assert!(
+        operation(&status, "migrations platform-core-db")["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(" applied"),
+        "{status}"
+    );
 
     // Secrets never leave the store.
     let values = secret_values(&platform.state().join("secrets"));
@@ -506,6 +539,23 @@ fn deploy_local_end_to_end() {
     let status = platform.status(true);
     assert!(checks_pass(&status), "without Redis: {status}");
     assert_eq!(status["redis_keys"], Value::Null);
+    // ... but status reports Redis unreachable, red, and exits 1.
+    let redis = operation(&status, "redis");
+    assert_eq!(redis["light"], "red", "{redis}");
+    assert!(
+        redis["detail"].as_str().unwrap().starts_with("unreachable"),
+        "{redis}"
+    );
+    assert_eq!(operation(&status, "database auth-db")["light"], "green");
+    let output = platform.run(&["status", "local"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(
+        stdout(&output)
+            .lines()
+            .any(|l| l.starts_with("redis ") && l.contains("RED")),
+        "{}",
+        stdout(&output)
+    );
     // Redis back: the next deploy starts it, and the cache fills again.
     let restored = platform.deploy(&[]);
     assert_deployed(&restored);

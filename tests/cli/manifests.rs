@@ -44,13 +44,16 @@ fn render_into(dir: &Path, out: &Path) {
 /// The files of built-in Kubernetes objects: not the kustomization, nor
 /// the ExternalSecrets (a CRD of the External Secrets Operator, for which
 /// kubernetes-validate has no schema and checkov no checks; see
-/// `external_secrets_name_every_mounted_secret_of_aws_environments`).
+/// `external_secrets_name_every_mounted_secret_of_aws_environments`), nor
+/// the PrometheusRule (checked by promtool instead; see
+/// `alert_rules_pass_promtool_with_every_alert_and_threshold_of_the_matrix`).
 fn object_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.file_name().unwrap() != "kustomization.yaml")
         .filter(|path| path.file_name().unwrap() != "external-secrets.yaml")
+        .filter(|path| path.file_name().unwrap() != "alerts.yaml")
         .collect();
     files.sort();
     files
@@ -375,5 +378,246 @@ fn external_secrets_name_every_mounted_secret_of_aws_environments() {
             ingresses,
             "{env}: one certificate per Ingress"
         );
+    }
+}
+
+/// The rule groups of the PrometheusRule in `alerts.yaml` of `dir`, as
+/// the rule file `promtool check rules` reads.
+fn rule_groups(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("alerts.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule in alerts.yaml");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    serde_json::json!({ "groups": rule["spec"]["groups"] })
+}
+
+/// Runs `promtool check rules` on `groups`; its success and output.
+fn promtool_check(groups: &serde_json::Value) -> (bool, String) {
+    let promtool = std::env::var_os("KISUM_PROMTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/promtool"));
+    assert!(
+        promtool.exists(),
+        "{} is missing: run scripts/peers.sh (Debian package `prometheus`), or set KISUM_PROMTOOL",
+        promtool.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(&file, serde_saphyr::to_string(groups).unwrap()).unwrap();
+    let result = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    (result.status.success(), report)
+}
+
+#[test]
+fn alert_rules_pass_promtool_with_every_alert_and_threshold_of_the_matrix() {
+    let text = std::fs::read_to_string(root().join("environments/base.yaml")).unwrap();
+    let base: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let alerts = base["alerts"].as_object().unwrap();
+    for env in ["staging", "production"] {
+        let groups = rule_groups(&root().join("manifests").join(env));
+        let (ok, report) = promtool_check(&groups);
+        assert!(ok, "{env}: promtool check rules:\n{report}");
+        assert!(
+            report.contains(&format!("SUCCESS: {} rules found", alerts.len())),
+            "{env}: {report}"
+        );
+        let rules = groups["groups"][0]["rules"].as_array().unwrap();
+        for (id, alert) in alerts {
+            let name: String = id
+                .split('-')
+                .map(|part| part[..1].to_uppercase() + &part[1..])
+                .collect();
+            let rule = rules
+                .iter()
+                .find(|r| r["alert"] == format!("Kisum{name}"))
+                .unwrap_or_else(|| panic!("{env}: no rule for alert {id}"));
+            let expr = rule["expr"].as_str().unwrap();
+            let threshold = alert["threshold"].as_f64().unwrap().to_string();
+            assert!(
+                expr.contains(&format!(" {threshold}")),
+                "{env} {id}: {expr}"
+            );
+            // Certificates are told apart by host, everything else by the
+            // environment's namespace.
+            let scope = if id == "certificate-expiry" {
+                "host=~"
+            } else {
+                &format!("namespace=\"kisum-{env}\"")
+            };
+            assert!(expr.contains(scope), "{env} {id}: not scoped: {expr}");
+            let minutes = alert["for-minutes"].as_u64().unwrap();
+            assert_eq!(rule["for"], format!("{minutes}m"), "{env} {id}");
+            assert_eq!(rule["labels"]["severity"], alert["severity"], "{env} {id}");
+        }
+    }
+    // promtool itself refuses a broken expression: the check can fail.
+    let broken = serde_json::json!({ "groups": [ { "name": "broken", "rules": [
+        { "alert": "Broken", "expr": "sum(rate(kisum_http_requests_total[5m]) >" } ] } ] });
+    let (ok, report) = promtool_check(&broken);
+    assert!(!ok, "promtool accepted a broken expression: {report}");
+}
+
+#[test]
+fn alert_thresholds_follow_the_matrix_and_environments_without_alerting_get_none() {
+    let copy = scratch_copy();
+    let base = copy.path().join("environments/base.yaml");
+    let text = std::fs::read_to_string(&base).unwrap();
+    let changed = text.replacen("threshold: 0.05", "threshold: 0.07", 1);
+    assert_ne!(changed, text);
+    std::fs::write(&base, changed).unwrap();
+    let out = copy.path().join("rendered");
+    render_into(copy.path(), &out);
+    let groups = rule_groups(&out.join("staging"));
+    let rule = groups["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["alert"] == "KisumElevated5xx")
+        .unwrap()
+        .clone();
+    assert!(rule["expr"].as_str().unwrap().ends_with("> 0.07"), "{rule}");
+    // dev has `monitoring.alerts: false`; local runs no Prometheus.
+    for env in ["local", "dev"] {
+        assert!(!out.join(env).join("alerts.yaml").exists(), "{env}");
+    }
+}
+
+#[test]
+fn schedules_run_backups_drills_renewal_and_the_secrets_check_at_the_matrix_times() {
+    let text = std::fs::read_to_string(root().join("environments/base.yaml")).unwrap();
+    let base: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    for env in ["dev", "staging", "production"] {
+        let text =
+            std::fs::read_to_string(root().join("manifests").join(env).join("schedules.yaml"))
+                .unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let jobs: std::collections::BTreeMap<String, &serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "CronJob")
+            .map(|d| (d["metadata"]["name"].as_str().unwrap().to_string(), d))
+            .collect();
+        let args = |name: &str| {
+            let job = jobs
+                .get(name)
+                .unwrap_or_else(|| panic!("{env}: no CronJob {name}"));
+            let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+            assert_eq!(pod["restartPolicy"], "Never");
+            assert_eq!(job["spec"]["concurrencyPolicy"], "Forbid");
+            (
+                job["spec"]["schedule"].as_str().unwrap().to_string(),
+                pod["containers"][0]["args"].clone(),
+            )
+        };
+        let plan = &base["schedules"];
+        assert_eq!(
+            args("certificate-renewal"),
+            (
+                plan["certificate-renewal"].as_str().unwrap().to_string(),
+                serde_json::json!(["tls", "renew", env])
+            )
+        );
+        assert_eq!(
+            args("secrets-check"),
+            (
+                plan["secrets-check"].as_str().unwrap().to_string(),
+                serde_json::json!(["secrets", "check", env])
+            )
+        );
+        let mut databases = 0;
+        for (id, db) in base["databases"].as_object().unwrap() {
+            if db["engine"] == "undecided" {
+                assert!(!jobs.contains_key(&format!("backup-{id}")), "{env} {id}");
+                continue;
+            }
+            databases += 1;
+            let backup = &db["backup"];
+            assert_eq!(
+                args(&format!("backup-{id}")),
+                (
+                    backup["schedule"].as_str().unwrap().to_string(),
+                    serde_json::json!(["backup", env, id])
+                )
+            );
+            assert_eq!(
+                args(&format!("drill-{id}")),
+                (
+                    backup["drill-schedule"].as_str().unwrap().to_string(),
+                    serde_json::json!(["drill", env, id])
+                )
+            );
+        }
+        assert_eq!(jobs.len(), 2 + 2 * databases, "{env}: {:?}", jobs.keys());
+    }
+    assert!(!root().join("manifests/local/schedules.yaml").exists());
+}
+
+#[test]
+fn a_malformed_schedule_is_an_input_error_naming_file_line_and_field() {
+    let copy = scratch_copy();
+    let base = copy.path().join("environments/base.yaml");
+    let text = std::fs::read_to_string(&base).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("  certificate-renewal:"))
+        .unwrap()
+        + 1;
+    let changed = text.replacen(
+        "  certificate-renewal: \"30 3 * * *\"",
+        "  certificate-renewal: daily",
+        1,
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&base, changed).unwrap();
+    let output = kisumctl(copy.path(), &["render", "--out", "rendered"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!(
+            "environments/base.yaml:{line}:3: schedules.certificate-renewal: `daily` is not a five-field cron expression"
+        )),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!copy.path().join("rendered").exists());
+}
+
+#[test]
+fn the_scheduled_ci_example_runs_at_every_backup_renewal_and_check_time_of_the_matrix() {
+    let text = std::fs::read_to_string(root().join("environments/base.yaml")).unwrap();
+    let base: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let example = std::fs::read_to_string(root().join("docs/ci-scheduled-example.yml")).unwrap();
+    let mut times: Vec<String> = base["databases"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|db| db["backup"]["schedule"].as_str().unwrap().to_string())
+        .collect();
+    for key in ["certificate-renewal", "secrets-check"] {
+        times.push(base["schedules"][key].as_str().unwrap().to_string());
+    }
+    for time in times {
+        assert!(
+            example.contains(&format!("cron: \"{time}\"")),
+            "docs/ci-scheduled-example.yml does not run at `{time}`"
+        );
+    }
+    for command in [
+        "kisumctl backup ",
+        "kisumctl drill ",
+        "kisumctl tls renew ",
+        "kisumctl secrets check ",
+    ] {
+        assert!(example.contains(command), "{command}");
     }
 }

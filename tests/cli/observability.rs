@@ -30,8 +30,9 @@ fn families(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn every_exported_metric_family_is_documented() {
+/// The metric families the running Auth, Platform Core and a module
+/// backend export at `/metrics`.
+fn exported_families() -> BTreeSet<String> {
     let shared = crate::runbook::shared();
     let p = &shared.platform;
     let internal = [
@@ -55,8 +56,88 @@ fn every_exported_metric_family_is_documented() {
         });
         exported.extend(families(&text));
     }
+    exported
+}
+
+#[test]
+fn every_exported_metric_family_is_documented() {
+    let exported = exported_families();
     assert!(exported.len() > 5, "{exported:?}");
+    assert!(exported.contains("kisum_readiness_check"), "{exported:?}");
     assert_documented(&exported);
+}
+
+/// The metric names an expression selects (`name{...}`), with the
+/// suffixes of a counter (`_total`) and a histogram (`_bucket`) kept.
+fn selected_metrics(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (at, _) in expr.match_indices('{') {
+        let name: String = expr[..at]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect::<Vec<char>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if !name.is_empty() {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// The family a series name belongs to: `kisum_events_total` is the
+/// counter `kisum_events`, `..._seconds_bucket` the histogram.
+fn family_of(name: &str) -> &str {
+    ["_bucket", "_count", "_sum", "_total"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+}
+
+#[test]
+fn every_metric_an_alert_rule_reads_is_documented_and_the_services_export_their_own() {
+    let mut used = BTreeSet::new();
+    for env in ["staging", "production"] {
+        let path = root().join("manifests").join(env).join("alerts.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for doc in docs.iter().filter(|d| d["kind"] == "PrometheusRule") {
+            for group in doc["spec"]["groups"].as_array().unwrap() {
+                for rule in group["rules"].as_array().unwrap() {
+                    let expr = rule["expr"].as_str().unwrap();
+                    let names = selected_metrics(expr);
+                    assert!(!names.is_empty(), "{env}: no metric in {expr}");
+                    used.extend(names);
+                }
+            }
+        }
+    }
+    // A family is documented under its own name (`kisum_events`), the
+    // cluster's series under theirs.
+    let documented: BTreeSet<String> = used.iter().map(|n| family_of(n).to_string()).collect();
+    assert_documented(&documented);
+    // `kisum_events` appears from the first event counted: a failed login.
+    let shared = crate::runbook::shared();
+    shared.runtime.block_on(async {
+        let payload = serde_json::json!({ "email": "nobody@example.com", "password": "wrong" });
+        let (status, _) = shared
+            .platform
+            .auth_call(reqwest::Method::POST, "/auth/login", &[], Some(payload))
+            .await;
+        assert!(status.is_client_error(), "{status}");
+    });
+    let exported = exported_families();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|name| name.starts_with("kisum_"))
+        .filter(|name| !exported.contains(family_of(name)) && !exported.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alert rules read metrics no service exports: {missing:?} (exported: {exported:?})"
+    );
 }
 
 /// `.event("name"`, `event_counter("name"` and `event = "name"` in the

@@ -301,3 +301,58 @@ fn the_local_environment_gets_self_signed_certificates() {
     assert!(stdout(&forced).contains("issued"), "{}", stdout(&forced));
     no_private_key(&[&text, &again, &forced]);
 }
+
+#[test]
+fn the_certificate_expiry_runbook_proves_a_short_lived_certificate_and_names_renew() {
+    let site = Site::dev("http://127.0.0.1:9");
+    for (host, secret) in HOSTS {
+        plant(&site, host, secret, 60);
+    }
+    let args = ["runbook", "run", "certificate-expiry", "dev", "-o", "json"];
+    let healthy = site.json(&args, 0);
+    let finding = &healthy["findings"][0];
+    assert_eq!(finding["check"], "certificate-expiry", "{healthy:#}");
+    assert_eq!(finding["verdict"], "ok", "{healthy:#}");
+    assert_eq!(finding["evidence"].as_array().unwrap().len(), HOSTS.len());
+    assert_eq!(healthy["cause"], Value::Null);
+
+    // A certificate with 3 days left: inside the 14-day alert threshold.
+    plant(&site, "auth-dev.kisum.io", "tls-auth", 3);
+    let expiring = site.json(&args, 1);
+    let cause = &expiring["cause"];
+    assert_eq!(cause["check"], "certificate-expiry", "{expiring:#}");
+    assert_eq!(
+        cause["summary"],
+        "the certificate of auth-dev.kisum.io expires within 14 days (or has expired)"
+    );
+    assert_eq!(cause["fix"], "kisumctl tls renew dev");
+    let evidence: Vec<&str> = cause["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e.starts_with("auth-dev.kisum.io: alert (expires ")
+                && e.ends_with(", 3 days left)")),
+        "{evidence:?}"
+    );
+    let text = site.expect(&["runbook", "run", "certificate-expiry", "dev"], 1);
+    assert!(stdout(&text).contains("CAUSE"), "{}", stdout(&text));
+    no_private_key(&[&text]);
+
+    // Renewed, but another host has no certificate: issue, not renew.
+    plant(&site, "auth-dev.kisum.io", "tls-auth", 60);
+    std::fs::remove_dir_all(secrets(&site).join("tls-app")).unwrap();
+    let missing = site.json(&args, 1);
+    assert_eq!(
+        missing["cause"]["fix"], "kisumctl tls issue dev",
+        "{missing:#}"
+    );
+    assert_eq!(
+        missing["cause"]["summary"],
+        "no usable certificate for app-dev.kisum.io"
+    );
+}

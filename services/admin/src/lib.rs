@@ -61,7 +61,11 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
         // Ready when the database answers and every migration is applied.
         // Auth and Core are not checked: their outage shows as 502s, not as
         // a restart loop.
-        .merge(serve::probes(migrations::DATABASE.readiness(pool.clone())))
+        .merge(serve::probes(
+            migrations::DATABASE
+                .readiness(pool.clone())
+                .reported_in(&metrics),
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     let internal = serve::internal_router(
         Router::new(),

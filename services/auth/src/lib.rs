@@ -108,7 +108,10 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
             .layer(middleware::from_fn(request_span))
             .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
     };
-    let public = limits(routes::public(state.clone()).merge(probes(readiness(&state))));
+    let public = limits(
+        routes::public(state.clone())
+            .merge(probes(readiness(&state).reported_in(&state.metrics.shared))),
+    );
     let internal = limits(internal_router(
         routes::internal(state.clone()),
         diagnostics(&state),

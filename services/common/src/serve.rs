@@ -36,9 +36,18 @@ pub type Check =
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(String, Check, bool)>,
+    metrics: Option<Metrics>,
 }
 
 impl Readiness {
+    /// Each run's outcomes also go to `kisum_readiness_check{check}` of
+    /// `metrics` (1 passed, 0 failed, degrading checks included), the
+    /// series the database and Redis alerts read.
+    pub fn reported_in(mut self, metrics: &Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
     pub fn check<F, Fut>(mut self, name: &str, check: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -64,7 +73,11 @@ impl Readiness {
         let mut all = true;
         let mut results = BTreeMap::new();
         for (name, check, required) in &self.checks {
-            let outcome = match check().await {
+            let result = check().await;
+            if let Some(metrics) = &self.metrics {
+                metrics.readiness_check(name, result.is_ok());
+            }
+            let outcome = match result {
                 Ok(()) => "ok".to_string(),
                 Err(reason) if *required => {
                     all = false;
@@ -501,6 +514,26 @@ mod tests {
         assert_eq!(ready.status(), 503);
         assert!(ready.text().await.unwrap().contains("database unreachable"));
         let _ = stop.send(());
+    }
+
+    #[tokio::test]
+    async fn each_readiness_run_sets_the_check_gauge_degrading_checks_included() {
+        let metrics = Metrics::new("test", "test");
+        let readiness = Readiness::default()
+            .check("database", || async { Ok(()) })
+            .degrading("redis", || async { Err("refused".to_string()) })
+            .reported_in(&metrics);
+        let (ok, _) = readiness.run().await;
+        assert!(ok);
+        let text = metrics.render();
+        assert!(
+            text.contains("kisum_readiness_check{check=\"database\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kisum_readiness_check{check=\"redis\"} 0"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rand::RngExt as _;
@@ -286,14 +287,21 @@ pub struct EventLabels {
     pub outcome: String,
 }
 
-/// The service's metrics: per-route request counts and latencies, plus
-/// named event counters (logins, refreshes, denials, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+}
+
+/// The service's metrics: per-route request counts and latencies, named
+/// event counters (logins, refreshes, denials, ...) and the outcome of
+/// each readiness check at the last `/ready`.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
     events: Family<EventLabels, Counter>,
+    checks: Family<CheckLabels, Gauge>,
     pub service: String,
     pub environment: String,
 }
@@ -306,6 +314,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
         let events = Family::<EventLabels, Counter>::default();
+        let checks = Family::<CheckLabels, Gauge>::default();
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -321,11 +330,17 @@ impl Metrics {
             "security and business events by outcome",
             events.clone(),
         );
+        registry.register(
+            "readiness_check",
+            "1 when the readiness check passed at the last /ready, 0 when it failed",
+            checks.clone(),
+        );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             requests,
             latency,
             events,
+            checks,
             service: service.to_string(),
             environment: environment.to_string(),
         }
@@ -339,6 +354,15 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// Records a readiness check's outcome (`kisum_readiness_check`).
+    pub fn readiness_check(&self, check: &str, passed: bool) {
+        self.checks
+            .get_or_create(&CheckLabels {
+                check: check.to_string(),
+            })
+            .set(i64::from(passed));
     }
 
     /// The counter of one event, for a caller that counts it on every

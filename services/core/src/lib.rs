@@ -57,7 +57,11 @@ pub fn app_with_pool(config: &Config, pool: PgPool) -> App {
     .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     App {
         // Ready when the database answers and every migration is applied.
-        public: serve::probes(migrations::DATABASE.readiness(pool.clone())),
+        public: serve::probes(
+            migrations::DATABASE
+                .readiness(pool.clone())
+                .reported_in(&metrics),
+        ),
         internal,
         metrics,
         pool,

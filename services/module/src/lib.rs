@@ -101,8 +101,9 @@ pub async fn app(config: Config) -> anyhow::Result<App> {
             module.resource(),
         )
     });
-    let public = routes::business_router(module, resource, guard, cache)
-        .merge(serve::probes(dependencies.readiness()));
+    let public = routes::business_router(module, resource, guard, cache).merge(serve::probes(
+        dependencies.readiness().reported_in(&metrics),
+    ));
     let internal = serve::internal_router(
         dependencies.router(),
         diagnostics(&config, &jwks, &endpoints, &metrics),

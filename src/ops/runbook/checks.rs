@@ -38,10 +38,11 @@ pub const ACCESS_CACHE: &str = "access-cache";
 pub const PERMISSION_KEY: &str = "permission-key";
 pub const SERVICES_READY: &str = "services-ready";
 pub const JWKS_PROPAGATED: &str = "jwks-propagated";
+pub const CERTIFICATE_EXPIRY: &str = "certificate-expiry";
 
 /// Every check a runbook may name; the first nine are those of "user
 /// cannot access module" (plan 26.1), in the plan's order.
-pub const CHECKS: [&str; 11] = [
+pub const CHECKS: [&str; 12] = [
     AUTH_HEALTHY,
     CORE_HEALTHY,
     JWT_VALID,
@@ -53,6 +54,7 @@ pub const CHECKS: [&str; 11] = [
     PERMISSION_KEY,
     SERVICES_READY,
     JWKS_PROPAGATED,
+    CERTIFICATE_EXPIRY,
 ];
 
 /// The nine checks of "user cannot access module", in the plan's order:
@@ -130,6 +132,11 @@ pub struct Platform {
     pub admin: Option<(String, Secret)>,
     /// Issuer and audience the backends verify tokens with.
     pub policy: TokenPolicy,
+    /// Each public host's certificate as the secret store holds it (as
+    /// `tls status` reads it), or why it could not be read.
+    pub certificates: Result<Vec<crate::tls::HostStatus>, String>,
+    /// `tls.expiry-alert-days` of the matrix.
+    pub expiry_alert_days: u32,
 }
 
 /// One run: the platform, the inputs, and what earlier checks learned.
@@ -207,6 +214,7 @@ impl Diagnosis {
             PERMISSION_KEY => self.permission_key().await,
             SERVICES_READY => self.services_ready().await,
             JWKS_PROPAGATED => self.jwks_propagated().await,
+            CERTIFICATE_EXPIRY => self.certificate_expiry(),
             other => Finding::new(other, Verdict::Inconclusive, "not a known check"),
         }
     }
@@ -1077,6 +1085,68 @@ fn unverified_claims(token: &str) -> String {
             )
         }
         None => format!("{header}, payload unreadable"),
+    }
+}
+
+impl Diagnosis {
+    /// Does a public host's certificate expire within the alert threshold
+    /// (or is it missing, expired or not its own)? Per host, the expiry
+    /// and days left as `tls status` reads them from the secret store.
+    fn certificate_expiry(&self) -> Finding {
+        use crate::tls::Health;
+        let statuses = match &self.platform.certificates {
+            Ok(statuses) => statuses,
+            Err(error) => {
+                let summary = format!("the certificates cannot be read: {error}");
+                return Finding::new(CERTIFICATE_EXPIRY, Verdict::Inconclusive, summary);
+            }
+        };
+        let days = self.platform.expiry_alert_days;
+        let env = &self.platform.env;
+        let evidence: Vec<String> = statuses
+            .iter()
+            .map(|s| {
+                let left = s
+                    .days_left
+                    .map_or(String::new(), |d| format!(", {d} days left"));
+                let expires = s.expires.as_deref().unwrap_or("-");
+                format!(
+                    "{}: {} (expires {expires}{left})",
+                    s.host.host,
+                    s.health.as_str()
+                )
+            })
+            .collect();
+        let expiring: Vec<&str> = statuses
+            .iter()
+            .filter(|s| matches!(s.health, Health::Alert | Health::Expired))
+            .map(|s| s.host.host.as_str())
+            .collect();
+        if !expiring.is_empty() {
+            let summary = format!(
+                "the certificate of {} expires within {days} days (or has expired)",
+                expiring.join(", ")
+            );
+            return Finding::new(CERTIFICATE_EXPIRY, Verdict::Cause, summary)
+                .evidence(evidence)
+                .fix(format!("kisumctl tls renew {env}"));
+        }
+        let unusable: Vec<&str> = statuses
+            .iter()
+            .filter(|s| matches!(s.health, Health::Missing | Health::Invalid))
+            .map(|s| s.host.host.as_str())
+            .collect();
+        if !unusable.is_empty() {
+            let summary = format!("no usable certificate for {}", unusable.join(", "));
+            return Finding::new(CERTIFICATE_EXPIRY, Verdict::Cause, summary)
+                .evidence(evidence)
+                .fix(format!("kisumctl tls issue {env}"));
+        }
+        let summary = format!(
+            "every certificate is valid beyond {days} days ({} hosts)",
+            statuses.len()
+        );
+        Finding::new(CERTIFICATE_EXPIRY, Verdict::Ok, summary).evidence(evidence)
     }
 }
 

@@ -1,0 +1,268 @@
+//! What `status` checks beside the processes by connecting: each database
+//! of the environment (PostgreSQL, MongoDB) and Redis answer a trivial
+//! query (with the latency), each PostgreSQL database's applied migrations
+//! against the services' embedded files (as `db status`), and each public
+//! host's certificate against the renewal window and alert threshold (as
+//! `tls status`). Never prints.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::backup::EngineKind;
+use crate::backup::connection::{self, Target};
+use crate::db::migrate;
+use crate::matrix::Environment;
+use crate::ops::health::{Item, Light};
+use crate::secrets::SecretStore;
+
+/// How long one connection and query may take before it counts as down.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A query answered slower than this is yellow.
+const SLOW: Duration = Duration::from_secs(1);
+
+/// Per database and Redis: reachable (with the latency) or red with why.
+pub async fn databases(env: &Environment<'_>, store: &dyn SecretStore) -> Vec<Item> {
+    let mut items = Vec::new();
+    for target in connection::targets(env) {
+        let name = if target.engine == EngineKind::Redis {
+            "redis".to_string()
+        } else {
+            format!("database {}", target.id)
+        };
+        let started = Instant::now();
+        let answer = tokio::time::timeout(TIMEOUT, query(env, &target, store)).await;
+        let elapsed = started.elapsed();
+        items.push(match answer {
+            Err(_) => Item::new(
+                name,
+                Light::Red,
+                format!(
+                    "{}:{} did not answer within {} s",
+                    target.host,
+                    target.port,
+                    TIMEOUT.as_secs()
+                ),
+            ),
+            Ok(Err(error)) => Item::new(name, Light::Red, format!("unreachable: {error:#}")),
+            Ok(Ok(what)) => {
+                let light = if elapsed > SLOW {
+                    Light::Yellow
+                } else {
+                    Light::Green
+                };
+                let detail = format!("{what} answered in {} ms", elapsed.as_millis());
+                Item::new(name, light, detail)
+            }
+        });
+    }
+    items
+}
+
+/// Connects to one target and runs its trivial query; what answered.
+async fn query(
+    env: &Environment<'_>,
+    target: &Target,
+    store: &dyn SecretStore,
+) -> anyhow::Result<String> {
+    match target.engine {
+        EngineKind::Postgresql => {
+            let login = connection::postgres_login(env, target, store)?;
+            let mut conn = crate::backup::postgres::connect(&login, &target.name).await?;
+            sqlx::query("SELECT 1").execute(&mut conn).await?;
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(format!("SELECT 1 on {}", target.name))
+        }
+        EngineKind::Mongodb => {
+            let url = connection::mongo_url(target, store)?;
+            let client = crate::backup::mongo::client(&url).await?;
+            let database = connection::mongo_database(target, store)?;
+            client
+                .database(&database)
+                .run_command(mongodb::bson::doc! { "ping": 1 })
+                .await?;
+            Ok(format!("ping on {database}"))
+        }
+        EngineKind::Redis => {
+            let (user, password) = redis_login(store)?;
+            let encode = |text: &str| {
+                percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            };
+            let auth = match &password {
+                Some(password) => format!("{}:{}@", encode(&user), encode(password.expose())),
+                None => String::new(),
+            };
+            let url = format!("redis://{auth}{}:{}/0", target.host, target.port);
+            let client = redis::Client::open(url)
+                .map_err(|e| anyhow::anyhow!("a Redis URL for {}: {:?}", target.host, e.kind()))?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok(format!("PING as {user} ({pong})"))
+        }
+    }
+}
+
+/// The Redis login to ping with: kisumctl's administrative one where the
+/// store has it (`username`, else the default user), else Auth's (where
+/// Redis has an ACL user per service, as `deploy local` sets it up).
+fn redis_login(
+    store: &dyn SecretStore,
+) -> anyhow::Result<(String, Option<crate::secrets::Secret>)> {
+    let admin = crate::matrix::model::REDIS_ADMIN_SECRET;
+    if let Some(password) = store.read(admin, "password")? {
+        let user = store
+            .read(admin, "username")?
+            .map_or("default".to_string(), |u| u.expose().to_string());
+        return Ok((user, Some(password)));
+    }
+    let password = store.read("redis-auth-credentials", "password")?;
+    Ok(("auth".to_string(), password))
+}
+
+/// Per PostgreSQL database with migrations: the applied ones against the
+/// service's files, read with the migration login as `db status` reads
+/// them. Pending migrations are yellow (the next deploy applies them); a
+/// changed, failed or unknown applied one is red.
+pub async fn migrations(dir: &Path, env: &Environment<'_>, store: &dyn SecretStore) -> Vec<Item> {
+    let root = crate::matrix::root(dir);
+    let sets = match migrate::sets(env, &root, None) {
+        Ok(sets) => sets,
+        Err(error) => {
+            return vec![Item::new(
+                "migrations",
+                Light::Red,
+                format!("the migration files cannot be read: {error:#}"),
+            )];
+        }
+    };
+    let mut items = Vec::new();
+    for set in &sets {
+        let name = format!("migrations {}", set.database);
+        let read = tokio::time::timeout(TIMEOUT, async {
+            let mut conn = migrate::connect(set, store).await?;
+            let status = migrate::status(&mut conn, set).await;
+            let _ = sqlx::Connection::close(conn).await;
+            status
+        })
+        .await;
+        items.push(match read {
+            Err(_) => Item::new(name, Light::Red, "no answer within the timeout"),
+            Ok(Err(error)) => Item::new(name, Light::Red, format!("{error:#}")),
+            Ok(Ok(status)) => judge_migrations(name, &status),
+        });
+    }
+    items
+}
+
+fn judge_migrations(name: String, status: &migrate::Status) -> Item {
+    if let Some(refusal) = status.blocked() {
+        return Item::new(name, Light::Red, refusal.to_string());
+    }
+    let applied = format!("{}/{} applied", status.applied.len(), status.files);
+    if status.pending.is_empty() {
+        return Item::new(name, Light::Green, applied);
+    }
+    let pending: Vec<String> = status.pending.iter().map(|e| e.file.clone()).collect();
+    Item::new(
+        name,
+        Light::Yellow,
+        format!(
+            "{applied}, {} pending: {}",
+            pending.len(),
+            pending.join(", ")
+        ),
+    )
+}
+
+/// Per public host: its certificate in the secret store against the
+/// renewal window (yellow) and the alert threshold (red), as `tls status`
+/// judges it; a missing one is yellow, and one line says so when none is
+/// issued (`local` serves plain HTTP on loopback until `tls issue`). `now`
+/// is in Unix seconds.
+pub fn certificates(env: &Environment<'_>, store: &dyn SecretStore, now: i64) -> Vec<Item> {
+    let hosts = crate::tls::hosts(env);
+    let thresholds = crate::tls::Thresholds::of(env);
+    let statuses = match crate::tls::status(&hosts, store, thresholds, now) {
+        Ok(statuses) => statuses,
+        Err(error) => {
+            let detail = format!("the certificates cannot be read: {error}");
+            return vec![Item::new("certificates", Light::Red, detail)];
+        }
+    };
+    if statuses
+        .iter()
+        .all(|s| s.health == crate::tls::Health::Missing)
+    {
+        let detail = format!(
+            "none issued for the {} public hosts (`kisumctl tls issue {}`)",
+            statuses.len(),
+            env.name
+        );
+        return vec![Item::new("certificates", Light::Yellow, detail)];
+    }
+    statuses
+        .into_iter()
+        .map(|status| {
+            let name = format!("certificate {}", status.host.host);
+            let light = if status.health == crate::tls::Health::Missing {
+                Light::Yellow
+            } else if status.health.alarming() {
+                Light::Red
+            } else if status.health.renew() {
+                Light::Yellow
+            } else {
+                Light::Green
+            };
+            let mut detail = status.health.as_str().to_string();
+            if let (Some(days), Some(expires)) = (status.days_left, &status.expires) {
+                detail = format!("{detail}: expires {expires}, {days} days left");
+            }
+            if let Some(problem) = &status.problem {
+                detail = format!("{detail}: {problem}");
+            }
+            Item::new(name, light, detail)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(applied: Vec<i64>, pending: &[(i64, &str)], failed: Vec<i64>) -> migrate::Status {
+        migrate::Status {
+            database: "finance-db".into(),
+            service: "finance".into(),
+            name: "finance_db".into(),
+            files: 2,
+            applied,
+            pending: pending
+                .iter()
+                .map(|(version, file)| migrate::Entry {
+                    version: *version,
+                    file: file.to_string(),
+                })
+                .collect(),
+            changed: Vec::new(),
+            missing: Vec::new(),
+            failed,
+        }
+    }
+
+    #[test]
+    fn migrations_are_green_when_current_yellow_when_pending_red_when_failed() {
+        let current = judge_migrations("m".into(), &status(vec![1, 2], &[], vec![]));
+        assert_eq!(
+            (current.light, current.detail.as_str()),
+            (Light::Green, "2/2 applied")
+        );
+
+        let pending = judge_migrations("m".into(), &status(vec![1], &[(2, "0002_b.sql")], vec![]));
+        assert_eq!(pending.light, Light::Yellow);
+        assert_eq!(pending.detail, "1/2 applied, 1 pending: 0002_b.sql");
+
+        let failed = judge_migrations("m".into(), &status(vec![1], &[], vec![2]));
+        assert_eq!(failed.light, Light::Red, "{}", failed.detail);
+    }
+}

@@ -1,0 +1,173 @@
+//! The alerts of plan 20.5 as one PrometheusRule (Prometheus Operator),
+//! each with the threshold and `for` duration of the matrix's `alerts:`.
+//!
+//! The expressions read the services' own families (`kisum_*`, see
+//! docs/observability.md), kube-state-metrics for rollouts and CronJobs,
+//! and ingress-nginx for the certificates it serves.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{RenderError, meta, to_yaml};
+use crate::matrix::Environment;
+use crate::matrix::schema::{Alert, Severity};
+
+/// Name of the PrometheusRule object.
+pub const RULE_NAME: &str = "kisum-alerts";
+
+/// What to read when an alert fires, from the repository's root.
+fn runbook(id: &str) -> &'static str {
+    match id {
+        "database-unavailable" => "runbooks/database-outage.md",
+        "redis-unavailable" => "runbooks/redis-down.md",
+        "elevated-login-failures" => "runbooks/login-failures-spike.md",
+        "auth-denial-spike" => "runbooks/user-cannot-access-module.md",
+        "slow-access-aggregation" => "runbooks/stale-access.md",
+        "certificate-expiry" => "runbooks/certificate-expiry.md",
+        "backup-failure" => "docs/backups.md",
+        // service-down, readiness-failing, elevated-5xx: the index names
+        // the outage runbook of each service.
+        _ => "runbooks/README.md",
+    }
+}
+
+/// The PromQL expression of one alert of 20.5, `None` for an alert id the
+/// renderer does not know (the `mandatory-alerts` rule names every id it
+/// needs; an extra one of the matrix has no expression to render).
+fn expression(env: &Environment, id: &str, threshold: f64) -> Option<String> {
+    let ns = &env.file.namespace;
+    let deployments = env.services.keys().copied().collect::<Vec<_>>().join("|");
+    let workloads = format!(r#"namespace="{ns}", deployment=~"{deployments}""#);
+    // The scraper's target labels: `namespace`, and `service` (the
+    // Kubernetes Service, named after the service id).
+    let own = format!(r#"namespace="{ns}""#);
+    let ratio = |selected: &str, all: &str, window: &str| {
+        format!(
+            "sum by (service) (rate({selected}[{window}])) / sum by (service) (rate({all}[{window}])) > {threshold}"
+        )
+    };
+    let denials =
+        "access_denied|access_denied_by_module|access_denied_by_permission|admin_access_denied";
+    let p99 = |family: &str| {
+        format!(
+            "histogram_quantile(0.99, sum by (service, le) (rate({family}_bucket{{{own}}}[10m]))) > {threshold}"
+        )
+    };
+    let hosts: Vec<String> = env.public_hosts().into_iter().map(|(h, _)| h).collect();
+    let expression = match id {
+        "service-down" => {
+            format!("kube_deployment_status_replicas_available{{{workloads}}} <= {threshold}")
+        }
+        "readiness-failing" => {
+            format!("kube_deployment_status_replicas_unavailable{{{workloads}}} >= {threshold}")
+        }
+        "database-unavailable" => format!(
+            r#"count by (service) (kisum_readiness_check{{{own}, check=~"database|auth_db"}} == 0) >= {threshold}"#
+        ),
+        "redis-unavailable" => format!(
+            r#"count by (service) (kisum_readiness_check{{{own}, check="redis"}} == 0) >= {threshold}"#
+        ),
+        "elevated-5xx" => ratio(
+            &format!(r#"kisum_http_requests_total{{{own}, status=~"5.."}}"#),
+            &format!("kisum_http_requests_total{{{own}}}"),
+            "5m",
+        ),
+        "elevated-login-failures" => ratio(
+            &format!(r#"kisum_events_total{{{own}, event="login", outcome="failure"}}"#),
+            &format!(r#"kisum_events_total{{{own}, event="login"}}"#),
+            "10m",
+        ),
+        "auth-denial-spike" => format!(
+            r#"sum(rate(kisum_events_total{{{own}, event=~"{denials}"}}[10m])) > {threshold} * sum(rate(kisum_events_total{{{own}, event=~"{denials}"}}[1d]))"#
+        ),
+        "slow-access-aggregation" => format!(
+            "{} or {}",
+            p99("kisum_auth_access_merge_seconds"),
+            p99("kisum_entitlement_lookup_duration_seconds")
+        ),
+        "certificate-expiry" => format!(
+            r#"(nginx_ingress_controller_ssl_expire_time_seconds{{host=~"{}"}} - time()) / 86400 < {threshold}"#,
+            hosts.join("|").replace('.', "\\\\.")
+        ),
+        "backup-failure" => format!(
+            r#"(time() - kube_cronjob_status_last_successful_time{{namespace="{ns}", cronjob=~"backup-.*"}}) / 3600 > {threshold}"#
+        ),
+        _ => return None,
+    };
+    Some(expression)
+}
+
+/// `KisumServiceDown` from `service-down`.
+fn alert_name(id: &str) -> String {
+    let mut name = String::from("Kisum");
+    for part in id.split('-') {
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            name.push(first.to_ascii_uppercase());
+            name.extend(chars);
+        }
+    }
+    name
+}
+
+fn rule(env: &Environment, id: &str, alert: &Alert) -> Option<Value> {
+    let expr = expression(env, id, alert.threshold)?;
+    let severity = match alert.severity {
+        Severity::Critical => "critical",
+        Severity::Warning => "warning",
+    };
+    let labels = BTreeMap::from([
+        ("severity", severity.to_string()),
+        ("environment", env.name.to_string()),
+        ("receiver", env.file.monitoring.alert_receiver.clone()),
+    ]);
+    Some(json!({
+        "alert": alert_name(id),
+        "expr": expr,
+        "for": format!("{}m", alert.for_minutes),
+        "labels": labels,
+        "annotations": {
+            "summary": alert.summary,
+            "description": format!(
+                "{} (threshold {} {}, matrix alerts.{id})",
+                alert.summary, alert.threshold, alert.unit
+            ),
+            "runbook": runbook(id),
+        },
+    }))
+}
+
+/// The PrometheusRule of an environment whose `monitoring.alerts` is on
+/// and that runs on Kubernetes; `None` otherwise.
+pub fn prometheus_rule(env: &Environment) -> Result<Option<String>, RenderError> {
+    if env.name == "local" || !env.file.monitoring.alerts {
+        return Ok(None);
+    }
+    let rules: Vec<Value> = env
+        .base
+        .alerts
+        .iter()
+        .filter_map(|(id, alert)| rule(env, id, alert))
+        .collect();
+    let object = json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": meta(env, RULE_NAME, "alerts"),
+        "spec": {
+            "groups": [ { "name": format!("kisum-{}", env.name), "rules": rules } ],
+        },
+    });
+    to_yaml(&object, "prometheus rule").map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_names_are_camel_case_with_the_platform_prefix() {
+        assert_eq!(alert_name("service-down"), "KisumServiceDown");
+        assert_eq!(alert_name("elevated-5xx"), "KisumElevated5xx");
+    }
+}
