@@ -2808,7 +2808,8 @@ async fn directory_routes_refuse_ids_names_slugs_and_modules_that_cannot_work() 
     assert_eq!(answer["error"], "invalid_request", "{answer}");
     assert_eq!(
         answer["message"],
-        "`billing` is not a module; the modules are basic, finance, market, touring, venue, ai"
+        "invalid request: `billing` is not a module; the modules are basic, finance, market, \
+         touring, venue, ai"
     );
     let (status, answer) = h
         .as_admin(

@@ -523,7 +523,11 @@ async fn catalog_writes_create_items_and_bump_only_the_companies_they_affect() {
     }
     // An unknown module is named, with the modules the catalog has.
     let (_, answer) = core
-        .admin(Method::POST, "/v1/catalog/add-ons", Some(refusals[1].1.clone()))
+        .admin(
+            Method::POST,
+            "/v1/catalog/add-ons",
+            Some(json!({ "key": "x", "name": "X", "module": "nope" })),
+        )
         .await;
     assert_eq!(
         answer["message"],
