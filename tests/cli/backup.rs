@@ -882,7 +882,7 @@ async fn the_drill_checks_the_deployed_schemas_and_fails_without_an_active_platf
     );
 
     let mut db = connect(&pg, "auth_db").await;
-    exec(&mut db, "UPDATE auth.users SET status = 'disabled'").await;
+    exec(&mut db, "SET search_path TO auth; UPDATE users SET status = 'disabled'").await;
     db.close().await.unwrap();
     let insane = drill("auth-db", 1);
     assert_eq!(insane["passed"], false);
@@ -936,7 +936,7 @@ async fn a_database_without_a_backup_fails_the_drill_with_no_figures() {
         .unwrap();
     let markdown = std::fs::read_to_string(markdown).unwrap();
     assert!(
-        markdown.contains("| auth-db | none | - | 900 | - | 300 | FAIL (no backup) |"),
+        markdown.contains("| auth-db | none | - | 3600 | - | 300 | FAIL (no backup) |"),
         "{markdown}"
     );
     let text = site.expect(&["drill", "local", "auth-db"], 1);
