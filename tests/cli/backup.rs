@@ -847,7 +847,11 @@ async fn deployed_layout(pg: &Postgres) -> Site {
 
 fn sanity(drill: &Value) -> Value {
     let checks = drill["databases"][0]["checks"].as_array().unwrap();
-    checks.iter().find(|c| c["name"] == "sanity").unwrap().clone()
+    checks
+        .iter()
+        .find(|c| c["name"] == "sanity")
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -882,7 +886,11 @@ async fn the_drill_checks_the_deployed_schemas_and_fails_without_an_active_platf
     );
 
     let mut db = connect(&pg, "auth_db").await;
-    exec(&mut db, "SET search_path TO auth; UPDATE users SET status = 'disabled'").await;
+    exec(
+        &mut db,
+        "SET search_path TO auth; UPDATE users SET status = 'disabled'",
+    )
+    .await;
     db.close().await.unwrap();
     let insane = drill("auth-db", 1);
     assert_eq!(insane["passed"], false);
@@ -994,7 +1002,11 @@ async fn sigkill_during_the_safety_backup_takes_pg_dump_along_and_cleanup_remove
 
     // A lock held elsewhere keeps the safety backup's pg_dump waiting.
     let mut blocker = connect(&pg, "auth_db").await;
-    exec(&mut blocker, "BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE").await;
+    exec(
+        &mut blocker,
+        "BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
     let port = pg.port();
     site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
         (!tools_on_port("pg_dump", port).is_empty()).then_some(())
@@ -1013,10 +1025,7 @@ async fn sigkill_during_the_safety_backup_takes_pg_dump_along_and_cleanup_remove
     std::fs::create_dir_all(&foreign).unwrap();
 
     let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
-    let expected = format!(
-        "removed the unfinished safety backup {}",
-        staged.display()
-    );
+    let expected = format!("removed the unfinished safety backup {}", staged.display());
     assert!(stderr(&cleanup).contains(&expected), "{}", stderr(&cleanup));
     assert!(!staged.exists());
     assert!(foreign.is_dir());

@@ -92,10 +92,9 @@ fn known_module(module: &str) -> Result<()> {
     if is_module(module) {
         Ok(())
     } else {
-        Err(AuthError::BadRequest(kisum_common::modules::unknown_module(
-            module,
-            &MODULE_NAMES,
-        )))
+        Err(AuthError::BadRequest(
+            kisum_common::modules::unknown_module(module, &MODULE_NAMES),
+        ))
     }
 }
 

@@ -497,8 +497,14 @@ mod tests {
             assert_eq!(error.variable(), "KISUM_ENVIRONMENT", "{typo}: {error}");
         }
         let error = environment(&vars("qa"), None).unwrap_err().to_string();
-        assert!(error.contains("`qa`") && error.contains("local, dev"), "{error}");
-        assert_eq!(environment(&Vars::default(), Some("local")).unwrap(), "local");
+        assert!(
+            error.contains("`qa`") && error.contains("local, dev"),
+            "{error}"
+        );
+        assert_eq!(
+            environment(&Vars::default(), Some("local")).unwrap(),
+            "local"
+        );
         assert!(environment(&Vars::default(), None).is_err());
     }
 

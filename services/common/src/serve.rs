@@ -217,7 +217,13 @@ impl ServerSettings {
         // slow client holding a connection for hours is what the limits
         // are against.
         let seconds = |name: &str, default: Duration| {
-            crate::config::seconds_within(vars, name, Some(default.as_secs()), 1, MAX_TIMEOUT_SECONDS)
+            crate::config::seconds_within(
+                vars,
+                name,
+                Some(default.as_secs()),
+                1,
+                MAX_TIMEOUT_SECONDS,
+            )
         };
         Ok(ServerSettings {
             header_read_timeout: seconds(

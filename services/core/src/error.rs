@@ -32,9 +32,9 @@ impl CoreError {
             CoreError::Unauthorized => StatusCode::UNAUTHORIZED,
             CoreError::InvalidCompany(_) | CoreError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             CoreError::UnknownAddOn(_) => StatusCode::NOT_FOUND,
-            CoreError::UnknownPackage(_) | CoreError::UnknownModule { .. } | CoreError::BasicAddOn => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            CoreError::UnknownPackage(_)
+            | CoreError::UnknownModule { .. }
+            | CoreError::BasicAddOn => StatusCode::UNPROCESSABLE_ENTITY,
             CoreError::Database(error) if unavailable(error) => StatusCode::SERVICE_UNAVAILABLE,
             CoreError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
