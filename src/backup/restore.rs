@@ -22,8 +22,9 @@
 //! Until step 5 the live data is untouched, and step 5 is all or nothing.
 //! A rerun after a crash or `SIGKILL` reads the journal: a restore
 //! interrupted before the swap is abandoned (what it built is dropped), one
-//! whose swap happened is recorded as complete. The previous data stays
-//! until `restore --cleanup`.
+//! whose swap happened is recorded as complete; a safety backup it was
+//! writing (staged where the journal says) is removed. The previous data
+//! stays until `restore --cleanup`.
 
 use std::path::{Path, PathBuf};
 

@@ -83,7 +83,8 @@ pub fn is_module(name: &str) -> bool {
 
 /// What a service answers for a module name it does not know: the name
 /// given (quoted, control characters escaped) and the names it knows.
-pub fn unknown_module(name: &str, known: &[&str]) -> String {
+pub fn unknown_module<S: AsRef<str>>(name: &str, known: &[S]) -> String {
+    let known: Vec<&str> = known.iter().map(AsRef::as_ref).collect();
     format!(
         "`{}` is not a module; the modules are {}",
         name.escape_debug(),

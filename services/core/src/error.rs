@@ -18,7 +18,7 @@ pub enum CoreError {
     UnknownPackage(String),
     #[error("unknown add-on `{0}`")]
     UnknownAddOn(String),
-    #[error("{}", kisum_common::modules::unknown_module(name, &known.iter().map(String::as_str).collect::<Vec<_>>()))]
+    #[error("{}", kisum_common::modules::unknown_module(name, known))]
     UnknownModule { name: String, known: Vec<String> },
     #[error("the basic module comes only with a subscription, not with an add-on")]
     BasicAddOn,
