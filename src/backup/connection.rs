@@ -113,7 +113,7 @@ pub fn target(env: &Environment, id: &str) -> Result<Target> {
     }
     let names: Vec<&str> = all.iter().map(|t| t.id.as_str()).collect();
     bail!(
-        "environment {} has no database `{}` to back up (known: {})",
+        "environment {} has no database `{}` (known: {})",
         env.name,
         id.escape_debug(),
         names.join(", ")

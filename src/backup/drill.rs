@@ -38,13 +38,25 @@ pub struct DrillResult {
     pub database: String,
     pub backup_id: Option<String>,
     pub passed: bool,
-    /// Seconds from the start of the fetch to a verified scratch database.
-    pub rto_seconds: f64,
+    /// Seconds from the start of the fetch to a verified scratch database;
+    /// `None` when there was no backup to restore (nothing was measured).
+    pub rto_seconds: Option<f64>,
     pub rto_target_seconds: u64,
-    /// Age of the backup at the start of the drill.
-    pub rpo_seconds: i64,
+    /// Age of the backup at the start of the drill; `None` without one.
+    pub rpo_seconds: Option<i64>,
     pub rpo_target_seconds: u64,
     pub checks: Vec<DrillCheck>,
+}
+
+impl DrillResult {
+    /// `pass`, `FAIL`, or `FAIL (no backup)` when there was none to drill.
+    pub fn verdict(&self) -> &'static str {
+        match (self.passed, &self.backup_id) {
+            (true, _) => "pass",
+            (false, None) => "FAIL (no backup)",
+            (false, Some(_)) => "FAIL",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,56 +86,80 @@ pub fn count_mismatches(
 }
 
 /// Drills `target`; a failure of any step is a failed check, not an error.
+/// Without a backup the drill fails with the check `backup` and measures
+/// nothing: no recovery time, no backup age.
 pub async fn drill(cx: &Context<'_>, target: &Target) -> DrillResult {
     let mut result = DrillResult {
         database: target.id.clone(),
         backup_id: None,
         passed: false,
-        rto_seconds: 0.0,
+        rto_seconds: None,
         rto_target_seconds: u64::from(target.rto_minutes) * 60,
-        rpo_seconds: 0,
+        rpo_seconds: None,
         rpo_target_seconds: u64::from(target.rpo_minutes) * 60,
         checks: vec![],
     };
     let started = Instant::now();
-    if let Err(error) = run(cx, target, &mut result).await {
+    let manifest = match newest_backup(cx, target).await {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            result.checks.push(DrillCheck {
+                name: "backup".into(),
+                passed: false,
+                detail: format!("{error:#}"),
+            });
+            return result;
+        }
+    };
+    if let Err(error) = run(cx, target, &manifest, &mut result).await {
         result.checks.push(DrillCheck {
             name: "drill".into(),
             passed: false,
             detail: format!("{error:#}"),
         });
     }
-    result.rto_seconds = started.elapsed().as_secs_f64();
-    let rto_ok = result.rto_seconds <= result.rto_target_seconds as f64;
+    let rto_seconds = started.elapsed().as_secs_f64();
+    result.rto_seconds = Some(rto_seconds);
     result.checks.push(DrillCheck {
         name: "rto".into(),
-        passed: rto_ok,
+        passed: rto_seconds <= result.rto_target_seconds as f64,
         detail: format!(
-            "{:.1} s measured, target {} s",
-            result.rto_seconds, result.rto_target_seconds
+            "{rto_seconds:.1} s measured, target {} s",
+            result.rto_target_seconds
         ),
     });
     result.passed = result.checks.iter().all(|c| c.passed);
     result
 }
 
-async fn run(cx: &Context<'_>, target: &Target, result: &mut DrillResult) -> Result<()> {
+/// The newest backup of `target` that is not a safety backup.
+async fn newest_backup(cx: &Context<'_>, target: &Target) -> Result<super::Manifest> {
     let (manifests, _) = cx.store.list().await?;
-    let Some(manifest) = super::newest(&manifests, &target.id) else {
-        bail!(
+    match super::newest(&manifests, &target.id) {
+        Some(manifest) => Ok(manifest.clone()),
+        None => bail!(
             "no backup of {} in {}",
             target.id,
             super::store::BackupStore::describe(&cx.store)
-        );
-    };
+        ),
+    }
+}
+
+async fn run(
+    cx: &Context<'_>,
+    target: &Target,
+    manifest: &super::Manifest,
+    result: &mut DrillResult,
+) -> Result<()> {
     result.backup_id = Some(manifest.id.clone());
-    result.rpo_seconds = super::age_seconds(&manifest.finished_at)?;
+    let rpo_seconds = super::age_seconds(&manifest.finished_at)?;
+    result.rpo_seconds = Some(rpo_seconds);
     result.checks.push(DrillCheck {
         name: "rpo".into(),
-        passed: result.rpo_seconds.max(0) as u64 <= result.rpo_target_seconds,
+        passed: rpo_seconds.max(0) as u64 <= result.rpo_target_seconds,
         detail: format!(
             "newest backup {} is {} s old, target {} s",
-            manifest.id, result.rpo_seconds, result.rpo_target_seconds
+            manifest.id, rpo_seconds, result.rpo_target_seconds
         ),
     });
 
@@ -251,14 +287,14 @@ pub fn markdown(environment: &str, at: &str, results: &[DrillResult]) -> String 
     );
     for r in results {
         out += &format!(
-            "| {} | {} | {:.1} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             r.database,
             r.backup_id.as_deref().unwrap_or("none"),
-            r.rto_seconds,
+            r.rto_seconds.map_or("-".into(), |s| format!("{s:.1}")),
             r.rto_target_seconds,
-            r.rpo_seconds,
+            r.rpo_seconds.map_or("-".into(), |s| s.to_string()),
             r.rpo_target_seconds,
-            if r.passed { "pass" } else { "FAIL" }
+            r.verdict()
         );
     }
     for r in results {
@@ -274,6 +310,31 @@ pub fn markdown(environment: &str, at: &str, results: &[DrillResult]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_without_a_backup_fails_with_no_figures() {
+        let result = DrillResult {
+            database: "auth-db".into(),
+            backup_id: None,
+            passed: false,
+            rto_seconds: None,
+            rto_target_seconds: 900,
+            rpo_seconds: None,
+            rpo_target_seconds: 300,
+            checks: vec![DrillCheck {
+                name: "backup".into(),
+                passed: false,
+                detail: "no backup of auth-db in directory /b".into(),
+            }],
+        };
+        let text = markdown("local", "2026-12-05T00:00:00Z", &[result]);
+        assert!(
+            text.contains("| auth-db | none | - | 900 | - | 300 | FAIL (no backup) |"),
+            "{text}"
+        );
+        assert!(text.contains("FAILED"), "{text}");
+        assert!(!text.contains("0.0"), "{text}");
+    }
 
     #[test]
     fn every_difference_in_counts_is_named() {

@@ -123,13 +123,23 @@ struct Dumped {
 
 /// Backs `target` up into the environment's store; answers the manifest.
 pub async fn backup(cx: &Context<'_>, target: &Target, trigger: Trigger) -> Result<Manifest> {
+    backup_as(cx, target, trigger, new_id(&target.id)).await
+}
+
+/// [`backup`] under the id `id` (from [`new_id`]): a restore names its
+/// safety backup, and where it is staged, in its journal before it starts.
+pub async fn backup_as(
+    cx: &Context<'_>,
+    target: &Target,
+    trigger: Trigger,
+    id: String,
+) -> Result<Manifest> {
     if !cx.env.file.backups.enabled {
         bail!(
             "backups are off in environment {} (backups.enabled)",
             cx.env.name
         );
     }
-    let id = new_id(&target.id);
     let staging = cx.store.staging_dir(&id, &cx.state_dir);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let started_at = now_rfc3339();

@@ -80,9 +80,10 @@ pub async fn connect(login: &PgLogin, database: &str) -> Result<PgConnection> {
     })
 }
 
-/// `program` (pg_dump, pg_restore) with the login in its environment.
+/// `program` (pg_dump, pg_restore) with the login in its environment, tied
+/// to kisumctl's life ([`dies_with_kisumctl`]).
 pub fn tool(program: &str, login: &PgLogin) -> Command {
-    let mut command = Command::new(program);
+    let mut command = dies_with_kisumctl(program);
     command
         .args(["-w", "-h", &login.host, "-p", &login.port.to_string()])
         .args(["-U", &login.username])
@@ -94,6 +95,31 @@ pub fn tool(program: &str, login: &PgLogin) -> Command {
         None => command.env_remove("PGPASSWORD"),
     };
     command
+}
+
+/// util-linux's `setpriv`, which sets the parent-death signal
+/// (`prctl(PR_SET_PDEATHSIG)`) and then executes the program in its place.
+const SETPRIV: [&str; 2] = ["/usr/bin/setpriv", "/bin/setpriv"];
+
+/// A command running `program` that the kernel kills (SIGKILL) when the
+/// kisumctl thread that started it ends, a SIGKILL of kisumctl included,
+/// so that a killed `restore` or `backup` leaves no pg_dump or pg_restore
+/// behind. Each of these commands is started and waited for by one thread
+/// that lives until it exits. Linux with `setpriv` only (kisumctl forbids
+/// unsafe code, which a `pre_exec` would need); elsewhere the program runs
+/// unattached and may outlive a killed kisumctl.
+fn dies_with_kisumctl(program: &str) -> Command {
+    let setpriv = SETPRIV
+        .iter()
+        .find(|path| cfg!(target_os = "linux") && Path::new(path).is_file());
+    match setpriv {
+        Some(setpriv) => {
+            let mut command = Command::new(setpriv);
+            command.args(["--pdeathsig", "KILL", "--", program]);
+            command
+        }
+        None => Command::new(program),
+    }
 }
 
 /// The first line `program --version` prints.

@@ -22,8 +22,9 @@
 //! Until step 5 the live data is untouched, and step 5 is all or nothing.
 //! A rerun after a crash or `SIGKILL` reads the journal: a restore
 //! interrupted before the swap is abandoned (what it built is dropped), one
-//! whose swap happened is recorded as complete. The previous data stays
-//! until `restore --cleanup`.
+//! whose swap happened is recorded as complete; a safety backup it was
+//! writing (staged where the journal says) is removed. The previous data
+//! stays until `restore --cleanup`.
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +79,11 @@ pub struct Journal {
     /// so that the recovery after a SIGKILL stops it and removes its copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch_server: Option<(u32, PathBuf)>,
+    /// Where the safety backup is staged while it is written (a directory
+    /// store's `.partial/<id>`), so that the recovery after a SIGKILL
+    /// removes it; cleared once the backup is committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_staging: Option<PathBuf>,
 }
 
 impl Journal {
@@ -99,6 +105,9 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redis_pairs: Vec<(u32, u32)>,
     pub steps: Vec<String>,
+    /// The time in the restore id and in the new database's name.
+    #[serde(skip)]
+    pub stamp: String,
 }
 
 /// What a completed restore did.
@@ -253,6 +262,7 @@ pub async fn plan(cx: &Context<'_>, target: &Target, backup_id: Option<&str>) ->
         scratch: String::new(),
         previous: String::new(),
         redis_pairs: Vec::new(),
+        stamp: stamp.clone(),
         steps: vec![format!(
             "verify backup {} ({} file(s), {} bytes): checksums, decryption, manifest",
             backup.id,
@@ -572,6 +582,7 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
         );
     }
     stop_scratch_server(&journal);
+    let staging_note = remove_safety_staging(&mut journal);
     let last = journal.last();
     let swapped = match last {
         Step::Swapped => true,
@@ -598,7 +609,35 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
         )
     };
     archive(&cx.state_dir, &journal)?;
-    Ok(Some(description))
+    Ok(Some(match staging_note {
+        Some(note) => format!("{description}; {note}"),
+        None => description,
+    }))
+}
+
+/// Removes the staging directory of a safety backup the interrupted
+/// restore was writing (only the one its journal names), and the store's
+/// `.partial/` when that leaves it empty. Answers what was removed.
+fn remove_safety_staging(journal: &mut Journal) -> Option<String> {
+    let staging = journal.safety_staging.take()?;
+    if !staging.exists() {
+        return None;
+    }
+    if std::fs::remove_dir_all(&staging).is_err() {
+        return Some(format!(
+            "the unfinished safety backup {} could not be removed",
+            staging.display()
+        ));
+    }
+    if let Some(parent) = staging.parent()
+        && parent.file_name().is_some_and(|name| name == ".partial")
+    {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Some(format!(
+        "removed the unfinished safety backup {}",
+        staging.display()
+    ))
 }
 
 /// Runs a planned restore. `progress` receives one line per step.
@@ -618,7 +657,7 @@ pub async fn run(
     let prepared = super::prepare(cx, &plan.backup.id, scratch_dir.path()).await?;
 
     let mut journal = Journal {
-        restore_id: format!("{}-{}", target.id, stamp()),
+        restore_id: format!("{}-{}", target.id, plan.stamp),
         environment: cx.env.name.to_string(),
         database: target.id.clone(),
         name: plan.name.clone(),
@@ -633,6 +672,7 @@ pub async fn run(
         redis_pairs: plan.redis_pairs.clone(),
         cleaned: false,
         scratch_server: None,
+        safety_staging: None,
     };
     record(&cx.state_dir, &mut journal, Step::Started)?;
 
@@ -677,9 +717,13 @@ async fn steps(
     if journal.original_exists {
         progress(&format!("safety backup of {}", journal.name));
         let started = std::time::Instant::now();
-        let safety = super::backup(cx, target, Trigger::Safety).await?;
+        let id = super::new_id(&target.id);
+        journal.safety_staging = Some(cx.store.staging_dir(&id, &cx.state_dir));
+        write_journal(&cx.state_dir, journal)?;
+        let safety = super::backup_as(cx, target, Trigger::Safety, id).await?;
         safety_seconds = started.elapsed().as_secs_f64();
         journal.safety_backup = Some(safety.id);
+        journal.safety_staging = None;
         record(&cx.state_dir, journal, Step::SafetyBackup)?;
     }
 
@@ -846,8 +890,8 @@ fn repoint(cx: &Context<'_>, target: &Target, to: &str) -> Result<String> {
     };
     Ok(match restarted {
         Some(pid) => format!(
-            "secret {secret} now names {to}; {owner} (pid {pid}) was stopped and its supervisor \
-             starts it again on it"
+            "secret {secret} now names {to}; the supervisor restarts {owner} (pid {pid}) on it \
+             (a planned restart, not counted in `kisumctl status`)"
         ),
         None => {
             format!("secret {secret} now names {to}; restart {owner} so that it connects to it")
@@ -855,16 +899,14 @@ fn repoint(cx: &Context<'_>, target: &Target, to: &str) -> Result<String> {
     })
 }
 
-/// Stops a service the local supervisor runs; the supervisor starts it
-/// again at once. Answers the pid stopped.
+/// Asks the local supervisor to restart a service it runs, as a planned
+/// restart (`status` counts only crashes). Answers the pid it stops; `None`
+/// when no supervisor runs it.
 fn restart_local_service(state_dir: &Path, service: &str) -> Option<u32> {
-    use crate::local::state::{StateDir, SupervisorStatus, read_json};
+    use crate::local::{state::StateDir, supervisor};
     let state = StateDir::new(state_dir);
-    let status: SupervisorStatus = read_json(&state.status()).ok()??;
-    let pid = status.processes.get(service)?.pid?;
-    let pid_ = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    rustix::process::kill_process(pid_, rustix::process::Signal::TERM).ok()?;
-    Some(pid)
+    supervisor::live_supervisor(&state)?;
+    supervisor::request_restart(&state, service).ok()?
 }
 
 /// Drops what earlier restores of `target` kept (the previous database or

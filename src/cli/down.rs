@@ -116,5 +116,22 @@ fn purge(context: &Context) -> anyhow::Result<()> {
             }
         }
     }
+    for path in [root, context.store.dir()] {
+        remove_empty_parents(path, &context.repo);
+    }
     Ok(())
+}
+
+/// Removes the directories above `path` that the purge left empty (the
+/// `.kisum/` of `.kisum/local`), up to but never including `repo`; the
+/// first one that holds anything else (another environment's state) stays.
+fn remove_empty_parents(path: &Path, repo: &Path) {
+    let mut parent = path.parent();
+    while let Some(dir) = parent {
+        if !dir.starts_with(repo) || dir == repo || std::fs::remove_dir(dir).is_err() {
+            return;
+        }
+        errln!("removed {}", dir.display());
+        parent = dir.parent();
+    }
 }

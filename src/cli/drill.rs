@@ -16,11 +16,12 @@ use crate::matrix::load::printable;
 /// (auth-db: an active platform admin exists; platform-core-db: the module
 /// catalog is not empty), drop the scratch database, and measure the
 /// recovery time (RTO) and the backup's age (RPO) against the matrix's
-/// targets. Writes `drill-<time>.md` and `.json` into the report directory.
-/// With `operations.runner: job` in the environment file, the drill runs
-/// as a Kubernetes Job in the environment's namespace, which kisumctl
-/// launches, watches and reads the result of (the report files stay in
-/// the pod; the JSON report is printed).
+/// targets. A database without a backup fails as `no backup`, with no RTO
+/// or RPO figure. Writes `drill-<time>.md` and `.json` into the report
+/// directory. With `operations.runner: job` in the environment file, the
+/// drill runs as a Kubernetes Job in the environment's namespace, which
+/// kisumctl launches, watches and reads the result of (the report files
+/// stay in the pod; the JSON report is printed).
 /// Exit 0 when every database passed, 1 when one failed or exceeded a
 /// target, 2 for bad input, 3 when the report cannot be written.
 #[derive(Debug, clap::Args)]
@@ -69,16 +70,21 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     for target in &targets {
         errln!("drill {}: {}", cx.env.name, target.id);
         let result = drill::drill(cx, target).await;
-        errln!(
-            "drill {}: {} {} (RTO {:.1} s of {} s, RPO {} s of {} s)",
-            cx.env.name,
-            target.id,
-            if result.passed { "passed" } else { "FAILED" },
-            result.rto_seconds,
-            result.rto_target_seconds,
-            result.rpo_seconds,
-            result.rpo_target_seconds
-        );
+        if result.backup_id.is_none() {
+            let why = result.checks.first().map_or("", |c| c.detail.as_str());
+            errln!("drill {}: {} FAILED: {why}", cx.env.name, target.id);
+        } else {
+            errln!(
+                "drill {}: {} {} (RTO {} s of {} s, RPO {} s of {} s)",
+                cx.env.name,
+                target.id,
+                if result.passed { "passed" } else { "FAILED" },
+                result.rto_seconds.map_or("-".into(), |s| format!("{s:.1}")),
+                result.rto_target_seconds,
+                result.rpo_seconds.map_or("-".into(), |s| s.to_string()),
+                result.rpo_target_seconds
+            );
+        }
         results.push(result);
     }
     let passed = results.iter().all(|r| r.passed);

@@ -59,6 +59,12 @@ impl StateDir {
         self.root.join("supervisor.pid")
     }
 
+    /// One empty file per process to restart on purpose (a restore that
+    /// moved its database); the supervisor removes each as it acts.
+    pub fn restart_requests(&self) -> PathBuf {
+        self.root.join("restart-requests")
+    }
+
     pub fn stop_request(&self) -> PathBuf {
         self.root.join("supervisor.stop")
     }

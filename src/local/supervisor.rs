@@ -108,6 +108,7 @@ pub fn run(state: &StateDir) -> anyhow::Result<()> {
             }
         }
         reap(&mut entries);
+        restart_requested(state, &mut entries);
         converge(state, &desired, &mut entries);
         let status = snapshot(&entries);
         if written.as_ref() != Some(&status) || last_write.elapsed() > Duration::from_secs(10) {
@@ -200,6 +201,43 @@ fn reap(entries: &mut BTreeMap<String, Entry>) {
             status.failures = entry.failures;
         }
     }
+}
+
+/// Stops each process named in `restart-requests/` as a planned stop:
+/// `converge` starts it again at once, and it does not count as a restart
+/// (`restarts` counts crashes).
+fn restart_requested(state: &StateDir, entries: &mut BTreeMap<String, Entry>) {
+    let Ok(requests) = fs::read_dir(state.restart_requests()) else {
+        return;
+    };
+    for request in requests.flatten() {
+        let _ = fs::remove_file(request.path());
+        let name = request.file_name().to_string_lossy().into_owned();
+        if entries.get(&name).is_none_or(|e| e.running.is_none()) {
+            continue;
+        }
+        say(&format!("restarting {name} on request"));
+        stop_many(entries, std::slice::from_ref(&name), RunState::Stopped);
+        if let Some(entry) = entries.get_mut(&name) {
+            entry.next_start = None;
+            entry.failures = 0;
+            entry.crashed = false;
+        }
+    }
+}
+
+/// Asks the supervisor to restart `name` on purpose (not counted as a
+/// restart in `status`); answers the pid it will stop, from `status.json`.
+pub fn request_restart(state: &StateDir, name: &str) -> anyhow::Result<Option<u32>> {
+    let status: Option<SupervisorStatus> = read_json(&state.status())?;
+    let pid = status.and_then(|s| s.processes.get(name)?.pid);
+    if pid.is_some() {
+        let dir = state.restart_requests();
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(name);
+        fs::write(&path, "").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(pid)
 }
 
 /// The delay before the n-th consecutive restart.
@@ -614,6 +652,77 @@ mod tests {
         let prefix = &argv0[..argv0.len() - 1];
         assert_eq!(leftover(&status(me, prefix)), None);
         assert_eq!(leftover(&status(u32::MAX / 2, &argv0)), None);
+    }
+
+    /// `name`'s status once `ready` holds, polled for up to 20 s.
+    fn wait_for(
+        state: &StateDir,
+        name: &str,
+        ready: impl Fn(&ProcessStatus) -> bool,
+    ) -> ProcessStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status: Option<SupervisorStatus> = read_json(&state.status()).ok().flatten();
+            if let Some(process) = status.and_then(|s| s.processes.get(name).cloned())
+                && ready(&process)
+            {
+                return process;
+            }
+            assert!(Instant::now() < deadline, "{name} never got there");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn a_requested_restart_is_not_counted_and_a_crash_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let spec = ProcessSpec {
+            name: "basic".into(),
+            wave: 1,
+            argv: vec!["sleep".into(), "600".into()],
+            env: BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())]),
+            cwd: dir.path().to_path_buf(),
+            run_as: None,
+            stop_signal: StopSignal::Term,
+            ports: vec![],
+            probe: crate::local::state::Probe::Tcp { port: 9 },
+            version: None,
+            digest: "d1".into(),
+        };
+        let desired = DesiredState {
+            processes: vec![spec],
+            held: Default::default(),
+        };
+        write_json(&state.desired(), &desired).unwrap();
+        let supervisor = {
+            let state = StateDir::new(dir.path());
+            std::thread::spawn(move || run(&state))
+        };
+
+        let first = wait_for(&state, "basic", |p| p.pid.is_some());
+        let pid = request_restart(&state, "basic").unwrap();
+        assert_eq!(pid, first.pid);
+        let planned = wait_for(&state, "basic", |p| p.pid.is_some_and(|p| Some(p) != pid));
+        assert_eq!((planned.restarts, planned.failures), (0, 0));
+        assert!(!alive(pid.unwrap()));
+        assert!(
+            fs::read_dir(state.restart_requests())
+                .unwrap()
+                .next()
+                .is_none()
+        );
+
+        let victim = planned.pid.unwrap();
+        kill_and_wait(victim, Signal::KILL, Duration::from_secs(5));
+        let crashed = wait_for(&state, "basic", |p| {
+            p.pid.is_some_and(|p| p != victim) && p.state == RunState::Running
+        });
+        assert_eq!(crashed.restarts, 1, "a crash counts");
+
+        fs::write(state.stop_request(), "").unwrap();
+        supervisor.join().unwrap().unwrap();
+        assert!(!alive(crashed.pid.unwrap()));
     }
 
     #[test]

@@ -262,15 +262,15 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
     db.close().await.unwrap();
     let before = fingerprint(&pg, "auth_db").await;
 
-    // Kill it while pg_restore fills the new database.
+    // Kill it while pg_restore fills the new database: pg_restore goes too.
+    let port = pg.port();
     site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
         let names = databases(&pg).await;
-        names
-            .iter()
-            .any(|d| d.starts_with("auth_db_restore_"))
-            .then_some(())
+        let restoring = names.iter().any(|d| d.starts_with("auth_db_restore_"));
+        (restoring && !tools_on_port("pg_restore", port).is_empty()).then_some(())
     })
     .await;
+    assert_none_survives("pg_restore", port).await;
 
     assert_eq!(
         fingerprint(&pg, "auth_db").await,
@@ -816,4 +816,243 @@ async fn on_a_terminal_restore_asks_for_the_environment_name() {
     let (code, screen) = on_a_terminal(&site, &args, "local");
     assert_eq!(code, Some(0), "{screen}");
     assert_eq!(fingerprint(&pg, "auth_db").await, before);
+}
+
+/// auth_db and platform_core_db laid out as `deploy local` lays them out:
+/// provisioned, with the services' own migrations (tables in the `auth`
+/// and `platform_core` schemas, Core's catalog seeded), and one active
+/// platform admin in Auth.
+async fn deployed_layout(pg: &Postgres) -> Site {
+    let site = Site::new(pg.port());
+    crate::db::copy_migrations(&site);
+    for database in ["auth-db", "platform-core-db"] {
+        site.expect(&["db", "provision", "local", database], 0);
+    }
+    for service in ["platform-core", "auth"] {
+        site.expect(&["db", "migrate", "local", service], 0);
+    }
+    let mut db = connect(pg, "auth_db").await;
+    exec(
+        &mut db,
+        "SET search_path TO auth;
+         INSERT INTO users (id, email, password_hash)
+             VALUES ('00000000-0000-0000-0000-00000000000a', 'root@kisum.test', 'x');
+         INSERT INTO platform_roles (user_id, role)
+             VALUES ('00000000-0000-0000-0000-00000000000a', 'platform-admin');",
+    )
+    .await;
+    db.close().await.unwrap();
+    site
+}
+
+fn sanity(drill: &Value) -> Value {
+    let checks = drill["databases"][0]["checks"].as_array().unwrap();
+    checks
+        .iter()
+        .find(|c| c["name"] == "sanity")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_checks_the_deployed_schemas_and_fails_without_an_active_platform_admin() {
+    let pg = Postgres::start().await.unwrap();
+    let site = deployed_layout(&pg).await;
+    for (database, table) in [("auth_db", "users"), ("platform_core_db", "modules")] {
+        let mut db = connect(&pg, database).await;
+        let public: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("public.{table}"))
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(public, None, "{database}: nothing lives in `public`");
+    }
+    let drill = |database: &str, code| {
+        site.backup(database);
+        site.json(&["drill", "local", database, "-o", "json"], code)
+    };
+
+    let auth = drill("auth-db", 0);
+    assert_eq!(
+        sanity(&auth)["detail"],
+        "an active platform admin exists: 1",
+        "{auth:#}"
+    );
+    let core = drill("platform-core-db", 0);
+    let catalog = sanity(&core)["detail"].as_str().unwrap().to_string();
+    assert!(
+        catalog.starts_with("the module catalog is not empty: "),
+        "{core:#}"
+    );
+
+    let mut db = connect(&pg, "auth_db").await;
+    exec(
+        &mut db,
+        "SET search_path TO auth; UPDATE users SET status = 'disabled'",
+    )
+    .await;
+    db.close().await.unwrap();
+    let insane = drill("auth-db", 1);
+    assert_eq!(insane["passed"], false);
+    assert_eq!(
+        sanity(&insane),
+        serde_json::json!({
+            "name": "sanity",
+            "passed": false,
+            "detail": "an active platform admin exists: found 0"
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_a_backup_fails_the_drill_with_no_figures() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let reports = site.root().join("reports");
+    let args = [
+        "drill",
+        "local",
+        "auth-db",
+        "--report-dir",
+        reports.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    let drill = site.json(&args, 1);
+    assert_eq!(drill["passed"], false);
+    let result = &drill["databases"][0];
+    assert_eq!(result["passed"], false);
+    assert_eq!(result["backup_id"], Value::Null);
+    assert_eq!(result["rto_seconds"], Value::Null, "{drill:#}");
+    assert_eq!(result["rpo_seconds"], Value::Null, "{drill:#}");
+    let checks = result["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 1, "{drill:#}");
+    assert_eq!(checks[0]["name"], "backup");
+    assert!(
+        checks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("no backup of auth-db in directory "),
+        "{drill:#}"
+    );
+
+    let markdown = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "md"))
+        .unwrap();
+    let markdown = std::fs::read_to_string(markdown).unwrap();
+    assert!(
+        markdown.contains("| auth-db | none | - | 3600 | - | 300 | FAIL (no backup) |"),
+        "{markdown}"
+    );
+    let text = site.expect(&["drill", "local", "auth-db"], 1);
+    assert!(
+        stderr(&text).contains("drill local: auth-db FAILED: no backup of auth-db"),
+        "{}",
+        stderr(&text)
+    );
+    assert!(!stdout(&text).contains("0.0"), "{}", stdout(&text));
+}
+
+/// Pids of the `program` processes (pg_dump, pg_restore) that reach the
+/// PostgreSQL on `port`.
+fn tools_on_port(program: &str, port: u16) -> Vec<u32> {
+    let port = port.to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let named = argv.first().is_some_and(|a| a.ends_with(program));
+        if named && argv.windows(2).any(|w| w[0] == "-p" && w[1] == port) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits up to 10 s for every `program` process on `port` to be gone.
+async fn assert_none_survives(program: &str, port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !tools_on_port(program, port).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{program} outlived the killed kisumctl: {:?}",
+            tools_on_port(program, port)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_the_safety_backup_takes_pg_dump_along_and_cleanup_removes_its_staging() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 100).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+
+    // A lock held elsewhere keeps the safety backup's pg_dump waiting.
+    let mut blocker = connect(&pg, "auth_db").await;
+    exec(
+        &mut blocker,
+        "BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    let port = pg.port();
+    site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
+        (!tools_on_port("pg_dump", port).is_empty()).then_some(())
+    })
+    .await;
+    assert_none_survives("pg_dump", port).await;
+    exec(&mut blocker, "ROLLBACK").await;
+    blocker.close().await.unwrap();
+
+    let partial = site.store().join(".partial");
+    let staged: Vec<_> = std::fs::read_dir(&partial).unwrap().flatten().collect();
+    assert_eq!(staged.len(), 1, "the unfinished safety backup is staged");
+    let staged = staged[0].path();
+    // Another run's staging is not this restore's to remove.
+    let foreign = partial.join("20260101T000000Z-auth-db-0000");
+    std::fs::create_dir_all(&foreign).unwrap();
+
+    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    let expected = format!("removed the unfinished safety backup {}", staged.display());
+    assert!(stderr(&cleanup).contains(&expected), "{}", stderr(&cleanup));
+    assert!(!staged.exists());
+    assert!(foreign.is_dir());
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_id_and_its_new_database_share_one_time() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let restored = site.expect(&["restore", "local", "auth-db", "--yes"], 0);
+    let id = stdout(&restored).trim().to_string();
+    let stamp = id.strip_prefix("auth-db-").expect("the restore id");
+    let previous = format!("auth_db_previous_{stamp}");
+    assert_eq!(databases(&pg).await, ["auth_db", previous.as_str()]);
+    let journal = site
+        .root()
+        .join(format!(".kisum/local/restores/history/{id}.json"));
+    let journal: Value = serde_json::from_str(&std::fs::read_to_string(journal).unwrap()).unwrap();
+    assert_eq!(journal["scratch"], format!("auth_db_restore_{stamp}"));
+
+    let unknown = site.expect(&["restore", "local", "nothing-db", "--yes"], 2);
+    assert!(
+        stderr(&unknown).contains("environment local has no database `nothing-db` (known: "),
+        "{}",
+        stderr(&unknown)
+    );
 }

@@ -183,3 +183,27 @@ fn status_reports_the_last_drill_the_key_set_and_backup_ages() {
     assert!(text.contains("OPERATIONS"), "{text}");
     assert!(text.contains("RED"), "{text}");
 }
+
+#[test]
+fn a_purge_removes_the_state_directory_and_the_kisum_directory_it_leaves_empty() {
+    let matrix = scratch_copy();
+    let dir = matrix.path();
+    let state = dir.join(".kisum/local");
+    std::fs::create_dir_all(state.join("logs")).unwrap();
+    std::fs::write(state.join("logs/auth.log"), "a line\n").unwrap();
+
+    let purged = kisumctl(dir, &["down", "local", "--purge"]);
+    assert!(purged.status.success(), "{}", stderr(&purged));
+    assert!(!state.exists());
+    assert!(!dir.join(".kisum").exists(), "{}", stderr(&purged));
+    assert!(stderr(&purged).contains("/.kisum\n"), "{}", stderr(&purged));
+    assert!(dir.join("environments").is_dir(), "the repository stays");
+
+    // Another environment's state keeps `.kisum/`.
+    std::fs::create_dir_all(state.join("logs")).unwrap();
+    std::fs::create_dir_all(dir.join(".kisum/dev")).unwrap();
+    let purged = kisumctl(dir, &["down", "local", "--purge"]);
+    assert!(purged.status.success(), "{}", stderr(&purged));
+    assert!(!state.exists());
+    assert!(dir.join(".kisum/dev").is_dir());
+}

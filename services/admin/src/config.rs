@@ -73,14 +73,14 @@ impl Config {
             vars.http_url("CORE_INTERNAL_URL")?,
             vars.http_url("JWKS_URL")?,
         );
-        let jwks_cache_seconds: u64 =
-            vars.parsed_or("JWKS_CACHE_SECONDS", DEFAULT_JWKS_CACHE_SECONDS)?;
-        if jwks_cache_seconds == 0 {
-            return Err(ConfigError::Invalid {
-                name: "JWKS_CACHE_SECONDS".into(),
-                reason: "must be at least 1 second".into(),
-            });
-        }
+        let jwks_cache = kisum_common::config::seconds_within(
+            vars,
+            "JWKS_CACHE_SECONDS",
+            Some(DEFAULT_JWKS_CACHE_SECONDS),
+            1,
+            kisum_common::jwt::MAX_JWKS_CACHE_SECONDS,
+        )?;
+        let jwks_cache_seconds = jwks_cache.as_secs();
         let digest = digest_with(
             &common,
             &[
@@ -99,7 +99,7 @@ impl Config {
             auth_internal_url,
             core_internal_url,
             jwks_url,
-            jwks_cache: Duration::from_secs(jwks_cache_seconds),
+            jwks_cache,
             token_policy,
             credential,
             diagnostics_callers: Allowlist::from_vars(vars)?,
@@ -156,12 +156,18 @@ mod tests {
         vars.set("JWKS_CACHE_SECONDS", "5");
         let config = Config::from_vars(&vars).unwrap();
         assert_eq!(config.jwks_cache, Duration::from_secs(5));
-        vars.set("JWKS_CACHE_SECONDS", "0");
-        let error = Config::from_vars(&vars).unwrap_err().to_string();
-        assert!(
-            error.starts_with("JWKS_CACHE_SECONDS is invalid"),
-            "{error}"
-        );
+        for absurd in ["0", "3601"] {
+            vars.set("JWKS_CACHE_SECONDS", absurd);
+            let error = Config::from_vars(&vars).unwrap_err().to_string();
+            assert!(
+                error.starts_with("JWKS_CACHE_SECONDS is invalid"),
+                "{error}"
+            );
+        }
+        vars.set("JWKS_CACHE_SECONDS", "5");
+        vars.set("KISUM_ENVIRONMENT", "Staging");
+        let error = Config::from_vars(&vars).unwrap_err();
+        assert_eq!(error.variable(), "KISUM_ENVIRONMENT", "{error}");
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl AdminError {
         match self {
             AdminError::Unauthenticated(_) => "unauthenticated",
             AdminError::Forbidden { .. } => "forbidden",
-            AdminError::InvalidRequest(_) => "invalid_request",
+            AdminError::InvalidRequest(_) => kisum_common::internal::INVALID_REQUEST,
             AdminError::OrganizationNotFound(_) => "organization_not_found",
             AdminError::OrganizationDecided { .. } => "organization_already_decided",
             AdminError::CoreRejected { code, .. } | AdminError::AuthRejected { code, .. } => code,

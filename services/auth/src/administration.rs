@@ -89,14 +89,12 @@ fn parse_id(what: &str, raw: &str) -> Result<Uuid> {
 
 /// A module the platform has (`kisum_common::modules`).
 fn known_module(module: &str) -> Result<()> {
-    valid_key("module", module, false)?;
     if is_module(module) {
         Ok(())
     } else {
-        Err(AuthError::BadRequest(format!(
-            "unknown module `{module}`: one of {}",
-            MODULE_NAMES.join(", ")
-        )))
+        Err(AuthError::BadRequest(
+            kisum_common::modules::unknown_module(module, &MODULE_NAMES),
+        ))
     }
 }
 

@@ -16,6 +16,14 @@ use crate::reset::ResetSettings;
 
 /// Clock skew accepted on `exp`/`nbf` (`tokens.clock-skew-seconds`).
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
+/// Bounds of `ACCESS_TOKEN_TTL`: below 10 s a token could expire on its way
+/// to a backend (a key-rotation rehearsal on `local` uses 20 s); above an
+/// hour a revoked session's token would stay usable too long (section 12.3).
+pub const ACCESS_TTL_SECONDS: (i64, i64) = (10, 3600);
+/// The longest `REFRESH_TOKEN_TTL`: 90 days.
+pub const MAX_REFRESH_TTL_SECONDS: i64 = 90 * 24 * 3600;
+/// Bounds of `PASSWORD_RESET_TTL_SECONDS`: a minute to a day.
+const RESET_TTL_SECONDS: (u64, u64) = (60, 24 * 3600);
 /// `services.auth.timeouts.read-seconds`: the default request timeout.
 const READ_SECONDS: Duration = Duration::from_secs(15);
 
@@ -96,8 +104,7 @@ impl Config {
             audience: vars.required("JWT_AUDIENCE")?,
             leeway_seconds: CLOCK_SKEW_SECONDS,
         };
-        let access_ttl: i64 = positive("ACCESS_TOKEN_TTL", vars.parsed("ACCESS_TOKEN_TTL")?)?;
-        let refresh_ttl: i64 = positive("REFRESH_TOKEN_TTL", vars.parsed("REFRESH_TOKEN_TTL")?)?;
+        let (access_ttl, refresh_ttl) = token_lifetimes(vars)?;
         let rate_limits = RateLimits {
             per_ip: positive_or(vars, "LOGIN_RATE_LIMIT_PER_IP", 20)?,
             per_email: positive_or(vars, "LOGIN_RATE_LIMIT_PER_EMAIL", 5)?,
@@ -124,10 +131,13 @@ impl Config {
             None => None,
         };
         let password_reset = ResetSettings {
-            ttl: Duration::from_secs(positive(
+            ttl: kisum_common::config::seconds_within(
+                vars,
                 "PASSWORD_RESET_TTL_SECONDS",
-                vars.parsed_or("PASSWORD_RESET_TTL_SECONDS", 1800)?,
-            )?),
+                Some(1800),
+                RESET_TTL_SECONDS.0,
+                RESET_TTL_SECONDS.1,
+            )?,
             per_email: positive_or(vars, "PASSWORD_RESET_RATE_LIMIT_PER_EMAIL", 3)?,
             per_ip: positive_or(vars, "PASSWORD_RESET_RATE_LIMIT_PER_IP", 10)?,
             window: Duration::from_secs(positive(
@@ -156,9 +166,7 @@ impl Config {
         let service = vars
             .optional("SERVICE_NAME")?
             .unwrap_or_else(|| "auth".into());
-        let environment = vars
-            .optional("KISUM_ENVIRONMENT")?
-            .unwrap_or_else(|| "local".into());
+        let environment = kisum_common::config::environment(vars, Some("local"))?;
         let config_digest = digest([
             ("SERVICE_NAME", service.as_str()),
             ("KISUM_ENVIRONMENT", environment.as_str()),
@@ -240,6 +248,31 @@ impl Config {
             config_digest,
         })
     }
+}
+
+/// `ACCESS_TOKEN_TTL` within [`ACCESS_TTL_SECONDS`], and
+/// `REFRESH_TOKEN_TTL` longer than it (a refresh token that dies first
+/// would end every session at the first expiry) and at most 90 days.
+fn token_lifetimes(vars: &Vars) -> Result<(i64, i64), ConfigError> {
+    let access: i64 = vars.parsed("ACCESS_TOKEN_TTL")?;
+    let (min, max) = ACCESS_TTL_SECONDS;
+    if !(min..=max).contains(&access) {
+        return Err(ConfigError::Invalid {
+            name: "ACCESS_TOKEN_TTL".into(),
+            reason: format!("{access} s is outside {min} s to {max} s"),
+        });
+    }
+    let refresh: i64 = vars.parsed("REFRESH_TOKEN_TTL")?;
+    if refresh <= access || refresh > MAX_REFRESH_TTL_SECONDS {
+        return Err(ConfigError::Invalid {
+            name: "REFRESH_TOKEN_TTL".into(),
+            reason: format!(
+                "{refresh} s must be longer than ACCESS_TOKEN_TTL ({access} s) and at most \
+                 {MAX_REFRESH_TTL_SECONDS} s (90 days)"
+            ),
+        });
+    }
+    Ok((access, refresh))
 }
 
 fn key_source(vars: &Vars) -> Result<KeySource, ConfigError> {
@@ -326,6 +359,46 @@ mod tests {
             assert_eq!(refused(&vars), name);
             vars.set(name, "1");
             Config::from_vars(&vars).unwrap();
+        }
+    }
+
+    #[test]
+    fn absurd_token_lifetimes_are_refused_by_name() {
+        for (access, refresh, refused_by) in [
+            ("0", "2592000", Some("ACCESS_TOKEN_TTL")),
+            ("9", "2592000", Some("ACCESS_TOKEN_TTL")),
+            ("3601", "2592000", Some("ACCESS_TOKEN_TTL")),
+            ("86400", "2592000", Some("ACCESS_TOKEN_TTL")),
+            ("900", "900", Some("REFRESH_TOKEN_TTL")),
+            ("900", "600", Some("REFRESH_TOKEN_TTL")),
+            ("900", "7776001", Some("REFRESH_TOKEN_TTL")),
+            ("10", "11", None),
+            ("3600", "7776000", None),
+        ] {
+            let mut vars = vars();
+            vars.set("ACCESS_TOKEN_TTL", access);
+            vars.set("REFRESH_TOKEN_TTL", refresh);
+            match refused_by {
+                Some(name) => assert_eq!(refused(&vars), name, "{access}/{refresh}"),
+                None => {
+                    let config = Config::from_vars(&vars).unwrap();
+                    assert_eq!(config.access_ttl.to_string(), access);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_environment_and_an_absurd_reset_lifetime_are_refused_by_name() {
+        let mut vars = vars();
+        assert_eq!(Config::from_vars(&vars).unwrap().environment, "local");
+        vars.set("KISUM_ENVIRONMENT", "prod");
+        assert_eq!(refused(&vars), "KISUM_ENVIRONMENT");
+        vars.set("KISUM_ENVIRONMENT", "production");
+        assert_eq!(Config::from_vars(&vars).unwrap().environment, "production");
+        for ttl in ["0", "59", "86401"] {
+            vars.set("PASSWORD_RESET_TTL_SECONDS", ttl);
+            assert_eq!(refused(&vars), "PASSWORD_RESET_TTL_SECONDS", "{ttl}");
         }
     }
 

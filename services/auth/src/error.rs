@@ -62,7 +62,7 @@ impl AuthError {
     /// The stable machine-readable code of the body.
     pub fn code(&self) -> &'static str {
         match self {
-            AuthError::BadRequest(_) => "bad_request",
+            AuthError::BadRequest(_) => kisum_common::internal::INVALID_REQUEST,
             AuthError::InvalidCredentials => "invalid_credentials",
             AuthError::InvalidRefreshToken => "invalid_refresh_token",
             AuthError::InvalidResetToken => "invalid_reset_token",

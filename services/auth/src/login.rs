@@ -286,7 +286,9 @@ async fn session_to_end(
     Ok(Identity { user, session })
 }
 
-/// `POST /auth/logout`: ends one session (idempotent).
+/// `POST /auth/logout`: ends one session. A session already ended (by a
+/// logout, logout-all, a refresh-token reuse or a password reset) is a
+/// 401 `session_revoked`, as on every other route that presents it.
 pub async fn logout(
     state: &AppState,
     headers: &axum::http::HeaderMap,
@@ -295,14 +297,19 @@ pub async fn logout(
 ) -> Result<()> {
     let identity = session_to_end(state, headers, refresh_token).await?;
     let mut tx = state.db.begin().await?;
-    let was_live = sessions::revoke(&mut tx, identity.session, "logout").await?;
-    if was_live {
-        let entry = Entry::new(action::LOGOUT)
-            .user(identity.user)
-            .session(identity.session)
-            .client_ip(ip);
-        audit::record(&mut *tx, entry).await?;
+    if !sessions::revoke(&mut tx, identity.session, "logout").await? {
+        tracing::info!(
+            user_id = %identity.user,
+            session_id = %identity.session,
+            "logout refused: the session is already revoked"
+        );
+        return Err(AuthError::SessionRevoked);
     }
+    let entry = Entry::new(action::LOGOUT)
+        .user(identity.user)
+        .session(identity.session)
+        .client_ip(ip);
+    audit::record(&mut *tx, entry).await?;
     tx.commit().await?;
     sessions::mark_revoked(state, &[identity.session]).await;
     state.metrics.event(event::LOGOUT, "success");

@@ -189,6 +189,55 @@ where
         })
 }
 
+/// The environments a service may run in: the matrix's four, and `test`,
+/// which the services' own test suites use.
+pub const ENVIRONMENTS: [&str; 5] = ["local", "dev", "staging", "production", "test"];
+
+/// `KISUM_ENVIRONMENT`, one of [`ENVIRONMENTS`]; `default` when unset
+/// (Auth's `local`), else required. Logs and metrics carry it, so a typo
+/// would file a service's signals under an environment nobody watches.
+pub fn environment(vars: &Vars, default: Option<&str>) -> Result<String, ConfigError> {
+    const NAME: &str = "KISUM_ENVIRONMENT";
+    let value = match (vars.optional(NAME)?, default) {
+        (Some(value), _) => value,
+        (None, Some(default)) => default.to_string(),
+        (None, None) => vars.required(NAME)?,
+    };
+    if ENVIRONMENTS.contains(&value.trim()) {
+        return Ok(value.trim().to_string());
+    }
+    Err(ConfigError::Invalid {
+        name: NAME.into(),
+        reason: format!(
+            "`{}` is not an environment; expected one of {}",
+            value.escape_debug(),
+            ENVIRONMENTS.join(", ")
+        ),
+    })
+}
+
+/// A whole number of seconds within `min..=max` (`default` when unset):
+/// a cache or timeout of 0, or of days, is a typo, not a setting.
+pub fn seconds_within(
+    vars: &Vars,
+    name: &str,
+    default: Option<u64>,
+    min: u64,
+    max: u64,
+) -> Result<std::time::Duration, ConfigError> {
+    let value: u64 = match default {
+        Some(default) => vars.parsed_or(name, default)?,
+        None => vars.parsed(name)?,
+    };
+    if (min..=max).contains(&value) {
+        return Ok(std::time::Duration::from_secs(value));
+    }
+    Err(ConfigError::Invalid {
+        name: name.into(),
+        reason: format!("{value} s is outside {min} s to {max} s"),
+    })
+}
+
 /// The settings every service has (`common-config` in
 /// environments/base.yaml): who it is, where it listens, how it treats
 /// slow clients and whether it exposes `/metrics`.
@@ -210,11 +259,12 @@ impl CommonConfig {
         default_request_timeout: std::time::Duration,
     ) -> Result<CommonConfig, ConfigError> {
         let service = vars.required("SERVICE_NAME")?;
-        let environment = vars.required("KISUM_ENVIRONMENT")?;
+        let environment = environment(vars, None)?;
         let http_port: u16 = vars.parsed("HTTP_PORT")?;
         let internal_port: u16 = vars.parsed("INTERNAL_PORT")?;
-        // 0 (any free port) is for tests; two equal fixed ports would only
-        // fail later, at bind, without naming a variable.
+        // 0 binds a free port (the services' tests use it; the `serving`
+        // event logs the port bound); two equal fixed ports would only fail
+        // later, at bind, without naming a variable.
         if http_port != 0 && http_port == internal_port {
             return Err(ConfigError::Invalid {
                 name: "INTERNAL_PORT".into(),
@@ -425,6 +475,51 @@ mod tests {
             error.unwrap_err().to_string(),
             "SERVICE_NAME is required but not set (nor SERVICE_NAME_FILE)"
         );
+    }
+
+    #[test]
+    fn an_unknown_environment_is_refused_by_name() {
+        let vars = |value: &str| {
+            Vars::from_pairs([
+                ("SERVICE_NAME", "platform-core"),
+                ("KISUM_ENVIRONMENT", value),
+                ("HTTP_PORT", "8102"),
+                ("INTERNAL_PORT", "9102"),
+            ])
+        };
+        let timeout = std::time::Duration::from_secs(10);
+        for name in ENVIRONMENTS {
+            let common = CommonConfig::from_vars(&vars(name), timeout).unwrap();
+            assert_eq!(common.environment, name);
+        }
+        for typo in ["prod", "Production", "stagging", " "] {
+            let error = CommonConfig::from_vars(&vars(typo), timeout).unwrap_err();
+            assert_eq!(error.variable(), "KISUM_ENVIRONMENT", "{typo}: {error}");
+        }
+        let error = environment(&vars("qa"), None).unwrap_err().to_string();
+        assert!(
+            error.contains("`qa`") && error.contains("local, dev"),
+            "{error}"
+        );
+        assert_eq!(
+            environment(&Vars::default(), Some("local")).unwrap(),
+            "local"
+        );
+        assert!(environment(&Vars::default(), None).is_err());
+    }
+
+    #[test]
+    fn seconds_outside_their_bounds_are_refused_by_name() {
+        let vars = Vars::from_pairs([("CACHE", "0"), ("BIG", "86401"), ("FINE", "300")]);
+        for name in ["CACHE", "BIG"] {
+            let error = seconds_within(&vars, name, None, 1, 86_400).unwrap_err();
+            assert_eq!(error.variable(), name);
+        }
+        let fine = seconds_within(&vars, "FINE", None, 1, 86_400).unwrap();
+        assert_eq!(fine.as_secs(), 300);
+        let default = seconds_within(&vars, "UNSET", Some(30), 1, 60).unwrap();
+        assert_eq!(default.as_secs(), 30);
+        assert!(seconds_within(&vars, "UNSET", None, 1, 60).is_err());
     }
 
     #[test]

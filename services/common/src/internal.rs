@@ -18,6 +18,11 @@ pub const CALLER_HEADER: &str = "x-kisum-caller";
 /// The `error` code of the 401 an internal route answers without a valid
 /// credential, so a caller can tell it from its own 401s.
 pub const CREDENTIAL_REQUIRED: &str = "internal_credential_required";
+/// The code of every 400 of every service whose request is malformed (a
+/// body, header, query or path value that does not parse or is out of
+/// range). A more precise code exists only where a client acts on it
+/// (Auth's `invalid_reset_token`).
+pub const INVALID_REQUEST: &str = "invalid_request";
 pub const CREDENTIAL_HEADER: &str = "x-kisum-credential";
 /// The `error` code of the 403 an internal route answers a caller that
 /// proved its credential but is not admitted to that route.
@@ -120,7 +125,7 @@ pub async fn admit(
         );
     }
     if let Err(message) = actor(request.headers()) {
-        let body = serde_json::json!({ "error": "invalid_request", "message": message });
+        let body = serde_json::json!({ "error": INVALID_REQUEST, "message": message });
         return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
     }
     request.extensions_mut().insert(caller);

@@ -16,6 +16,11 @@ thread_local! {
     static VERIFIER: RefCell<Option<Verifier>> = const { RefCell::new(None) };
 }
 
+/// The longest a verifier may use the JWKS it fetched
+/// (`JWKS_CACHE_SECONDS` of Admin and the module backends): a key rotation
+/// waits this long for every verifier to see a new key.
+pub const MAX_JWKS_CACHE_SECONDS: u64 = 3600;
+
 /// How many verified tokens a thread remembers; past it, it starts over.
 const VERIFIED_PER_THREAD: usize = 4096;
 

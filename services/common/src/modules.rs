@@ -81,6 +81,17 @@ pub fn is_module(name: &str) -> bool {
     MODULE_NAMES.contains(&name)
 }
 
+/// What a service answers for a module name it does not know: the name
+/// given (quoted, control characters escaped) and the names it knows.
+pub fn unknown_module<S: AsRef<str>>(name: &str, known: &[S]) -> String {
+    let known: Vec<&str> = known.iter().map(AsRef::as_ref).collect();
+    format!(
+        "`{}` is not a module; the modules are {}",
+        name.escape_debug(),
+        known.join(", ")
+    )
+}
+
 /// Why a permission key cannot be granted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PermissionError {

@@ -216,6 +216,9 @@ pub struct ServerSettings {
     pub metrics_enabled: bool,
 }
 
+/// The longest `HEADER_READ_TIMEOUT_SECONDS` and `REQUEST_TIMEOUT_SECONDS`.
+pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
+
 /// `HEADER_READ_TIMEOUT_SECONDS` when not set.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -223,15 +226,17 @@ impl ServerSettings {
     /// `default_request_timeout` is the service's own
     /// (`services.<id>.timeouts.read-seconds` in the environment matrix).
     pub fn from_vars(vars: &Vars, default_request_timeout: Duration) -> Result<Self, ConfigError> {
-        let seconds = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
-            let value: u64 = vars.parsed_or(name, default.as_secs())?;
-            if value == 0 {
-                return Err(ConfigError::Invalid {
-                    name: name.into(),
-                    reason: "must be at least 1 second".into(),
-                });
-            }
-            Ok(Duration::from_secs(value))
+        // From a second to an hour: 0 would refuse every request, and a
+        // slow client holding a connection for hours is what the limits
+        // are against.
+        let seconds = |name: &str, default: Duration| {
+            crate::config::seconds_within(
+                vars,
+                name,
+                Some(default.as_secs()),
+                1,
+                MAX_TIMEOUT_SECONDS,
+            )
         };
         Ok(ServerSettings {
             header_read_timeout: seconds(
@@ -647,6 +652,8 @@ mod tests {
             ("METRICS_ENABLED", "maybe"),
             ("HEADER_READ_TIMEOUT_SECONDS", "0"),
             ("REQUEST_TIMEOUT_SECONDS", "soon"),
+            ("REQUEST_TIMEOUT_SECONDS", "0"),
+            ("REQUEST_TIMEOUT_SECONDS", "86400"),
         ] {
             let error = ServerSettings::from_vars(
                 &Vars::from_pairs([(name, value)]),

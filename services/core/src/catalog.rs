@@ -169,12 +169,14 @@ async fn require_modules(
     connection: &mut PgConnection,
     modules: &[String],
 ) -> Result<(), CoreError> {
-    let known: Vec<String> = sqlx::query_scalar("SELECT key FROM modules WHERE key = ANY($1)")
-        .bind(modules)
+    let known: Vec<String> = sqlx::query_scalar("SELECT key FROM modules ORDER BY key")
         .fetch_all(connection)
         .await?;
     match modules.iter().find(|module| !known.contains(module)) {
-        Some(unknown) => Err(CoreError::UnknownModule(unknown.clone())),
+        Some(unknown) => Err(CoreError::UnknownModule {
+            name: unknown.clone(),
+            known,
+        }),
         None => Ok(()),
     }
 }

@@ -18,8 +18,8 @@ pub enum CoreError {
     UnknownPackage(String),
     #[error("unknown add-on `{0}`")]
     UnknownAddOn(String),
-    #[error("unknown module `{0}`")]
-    UnknownModule(String),
+    #[error("{}", kisum_common::modules::unknown_module(name, known))]
+    UnknownModule { name: String, known: Vec<String> },
     #[error("the basic module comes only with a subscription, not with an add-on")]
     BasicAddOn,
     #[error("database error")]
@@ -32,9 +32,9 @@ impl CoreError {
             CoreError::Unauthorized => StatusCode::UNAUTHORIZED,
             CoreError::InvalidCompany(_) | CoreError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             CoreError::UnknownAddOn(_) => StatusCode::NOT_FOUND,
-            CoreError::UnknownPackage(_) | CoreError::UnknownModule(_) | CoreError::BasicAddOn => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            CoreError::UnknownPackage(_)
+            | CoreError::UnknownModule { .. }
+            | CoreError::BasicAddOn => StatusCode::UNPROCESSABLE_ENTITY,
             CoreError::Database(error) if unavailable(error) => StatusCode::SERVICE_UNAVAILABLE,
             CoreError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -43,11 +43,12 @@ impl CoreError {
     pub fn code(&self) -> &'static str {
         match self {
             CoreError::Unauthorized => kisum_common::internal::CREDENTIAL_REQUIRED,
-            CoreError::InvalidCompany(_) => "invalid_company",
-            CoreError::InvalidRequest(_) => "invalid_request",
+            CoreError::InvalidCompany(_) | CoreError::InvalidRequest(_) => {
+                kisum_common::internal::INVALID_REQUEST
+            }
             CoreError::UnknownPackage(_) => "unknown_package",
             CoreError::UnknownAddOn(_) => "unknown_add_on",
-            CoreError::UnknownModule(_) => "unknown_module",
+            CoreError::UnknownModule { .. } => "unknown_module",
             CoreError::BasicAddOn => "basic_is_not_an_add_on",
             CoreError::Database(error) if unavailable(error) => "database_unavailable",
             CoreError::Database(_) => "internal",

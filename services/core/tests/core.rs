@@ -521,6 +521,18 @@ async fn catalog_writes_create_items_and_bump_only_the_companies_they_affect() {
         assert_eq!(answer["error"], code, "{body}: {answer}");
         assert!(answer["message"].is_string());
     }
+    // An unknown module is named, with the modules the catalog has.
+    let (_, answer) = core
+        .admin(
+            Method::POST,
+            "/v1/catalog/add-ons",
+            Some(json!({ "key": "x", "name": "X", "module": "nope" })),
+        )
+        .await;
+    assert_eq!(
+        answer["message"],
+        "`nope` is not a module; the modules are ai, basic, finance, market, touring, venue"
+    );
 }
 
 #[tokio::test]
@@ -533,7 +545,7 @@ async fn malformed_requests_get_a_json_error() {
             "/v1/companies/not-a-uuid/entitlements".to_string(),
             None,
             StatusCode::BAD_REQUEST,
-            "invalid_company",
+            "invalid_request",
         ),
         (
             Method::PUT,

@@ -32,6 +32,9 @@ use crate::module::{Engine, Module};
 const CLOCK_SKEW_SECONDS: u64 = 60;
 const DEFAULT_JWKS_MIN_REFETCH_SECONDS: u64 = 30;
 const DEFAULT_ACCESS_CACHE_SECONDS: u64 = 5;
+/// The longest `JWKS_CACHE_SECONDS` and `JWKS_MIN_REFETCH_SECONDS`: a key
+/// rotation waits out the cache (0 would fetch the JWKS on every request).
+pub const MAX_JWKS_SECONDS: u64 = kisum_common::jwt::MAX_JWKS_CACHE_SECONDS;
 /// The longest `ACCESS_CACHE_SECONDS`: how late a revocation may reach a
 /// module at worst.
 pub const MAX_ACCESS_CACHE_SECONDS: u64 = 60;
@@ -73,7 +76,7 @@ impl Config {
         require_org_policy(vars)?;
         Ok(Config {
             module,
-            environment: vars.required("KISUM_ENVIRONMENT")?,
+            environment: config::environment(vars, None)?,
             auth_jwks_url: vars.http_url("AUTH_JWKS_URL")?,
             auth_internal_url: vars.http_url("AUTH_INTERNAL_URL")?,
             token_policy: TokenPolicy {
@@ -81,11 +84,21 @@ impl Config {
                 audience: vars.required("JWT_AUDIENCE")?,
                 leeway_seconds: CLOCK_SKEW_SECONDS,
             },
-            jwks_cache: seconds(vars.parsed("JWKS_CACHE_SECONDS")?),
-            jwks_min_refetch: seconds(
-                vars.parsed_or("JWKS_MIN_REFETCH_SECONDS", DEFAULT_JWKS_MIN_REFETCH_SECONDS)?,
-            ),
-            access_cache: seconds(access_cache_seconds(vars)?),
+            jwks_cache: config::seconds_within(
+                vars,
+                "JWKS_CACHE_SECONDS",
+                None,
+                1,
+                MAX_JWKS_SECONDS,
+            )?,
+            jwks_min_refetch: config::seconds_within(
+                vars,
+                "JWKS_MIN_REFETCH_SECONDS",
+                Some(DEFAULT_JWKS_MIN_REFETCH_SECONDS),
+                1,
+                MAX_JWKS_SECONDS,
+            )?,
+            access_cache: Duration::from_secs(access_cache_seconds(vars)?),
             database_url: database_url(vars, module)?,
             redis_url: vars
                 .optional("REDIS_URL")?
@@ -151,10 +164,6 @@ pub fn database_url(vars: &Vars, module: Module) -> Result<String, ConfigError> 
             config::redact_userinfo(&url)
         ),
     })
-}
-
-fn seconds(value: u64) -> Duration {
-    Duration::from_secs(value)
 }
 
 fn digest(vars: &Vars) -> String {
@@ -264,6 +273,27 @@ mod tests {
             vars.set("ACCESS_CACHE_SECONDS", fine);
             Config::from_vars(&vars).unwrap();
         }
+    }
+
+    #[test]
+    fn zero_or_absurd_key_caches_and_unknown_environments_are_refused_by_name() {
+        for (name, value) in [
+            ("JWKS_CACHE_SECONDS", "0"),
+            ("JWKS_CACHE_SECONDS", "3601"),
+            ("JWKS_MIN_REFETCH_SECONDS", "0"),
+            ("JWKS_MIN_REFETCH_SECONDS", "86400"),
+            ("KISUM_ENVIRONMENT", "prod"),
+        ] {
+            let mut vars = vars();
+            vars.set(name, value);
+            let error = Config::from_vars(&vars).unwrap_err();
+            assert_eq!(error.variable(), name, "{value}: {error}");
+        }
+        let mut vars = vars();
+        vars.set("JWKS_CACHE_SECONDS", "1");
+        vars.set("JWKS_MIN_REFETCH_SECONDS", "1");
+        let config = Config::from_vars(&vars).unwrap();
+        assert_eq!(config.jwks_cache, Duration::from_secs(1));
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self.status() {
             StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::BAD_REQUEST => kisum_common::internal::INVALID_REQUEST,
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
@@ -109,6 +109,18 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_malformed_request_is_invalid_request_as_in_every_service() {
+        for error in [
+            ApiError::OrgRequired,
+            ApiError::OrgInvalid,
+            ApiError::BadRequest("limit: not a number".into()),
+        ] {
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(error.code(), "invalid_request", "{error}");
+        }
+    }
 
     #[test]
     fn denials_are_forbidden_with_their_own_message() {

@@ -102,7 +102,7 @@ impl fmt::Display for Module {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown module `{0}`; expected one of basic, finance, market, touring, venue, ai")]
+#[error("{}", kisum_common::modules::unknown_module(.0, &kisum_common::modules::MODULE_NAMES))]
 pub struct UnknownModule(String);
 
 impl FromStr for Module {

@@ -388,12 +388,14 @@ async fn x_org_is_read_as_auth_reads_it_urn_and_upper_case_ids_included() {
         )
         .await;
         assert_eq!(outcome.0, StatusCode::BAD_REQUEST, "{org}");
-        let (status, _) = platform.me_access(&member.token, org).await;
+        assert_eq!(outcome.1["error"], "invalid_request", "{org}");
+        let (status, answer) = platform.me_access(&member.token, org).await;
         assert_eq!(
             status,
             StatusCode::BAD_REQUEST,
             "{org}: malformed for Auth too"
         );
+        assert_eq!(answer["error"], "invalid_request", "{org}: the same code");
     }
 }
 
