@@ -8,6 +8,8 @@ mod backup;
 mod common;
 #[path = "cli/converge.rs"]
 mod converge;
+#[path = "cli/credential_rotation.rs"]
+mod credential_rotation;
 #[path = "cli/corpus.rs"]
 mod corpus;
 #[path = "cli/db.rs"]

@@ -376,6 +376,23 @@ impl SecretStore for SecretsManager {
         self.move_stage(secret, PENDING, None, Some(&pending))
     }
 
+    fn retire_previous(&self, secret: &str) -> Result<(), StoreError> {
+        let versions = self.versions(secret)?;
+        let holder = |stage: &str| {
+            versions
+                .iter()
+                .find(|v| v.stages.iter().any(|s| s == stage))
+                .map(|v| v.id.clone())
+        };
+        let (Some(current), previous) = (holder(CURRENT), holder(PREVIOUS)) else {
+            return Ok(());
+        };
+        if previous.as_deref() == Some(current.as_str()) {
+            return Ok(());
+        }
+        self.move_stage(secret, PREVIOUS, Some(&current), previous.as_deref())
+    }
+
     fn changed_at(&self, secret: &str) -> Result<Option<i64>, StoreError> {
         Ok(self
             .versions(secret)?

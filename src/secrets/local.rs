@@ -35,6 +35,17 @@ impl LocalFiles {
         LocalFiles { dir: dir.into() }
     }
 
+    /// The file of the previous value of the key whose current file is
+    /// `current` (it exists only between a rotation and its retirement).
+    pub fn previous_file(current: &Path) -> PathBuf {
+        let key = current.file_name().unwrap_or_default();
+        current
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(PREVIOUS)
+            .join(key)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -269,6 +280,13 @@ impl SecretStore for LocalFiles {
             write_file(&dir, &key, &value)?;
         }
         remove_dir(&pending)?;
+        sync_dir(&dir)
+    }
+
+    fn retire_previous(&self, secret: &str) -> Result<(), StoreError> {
+        let dir = self.secret_dir(secret)?;
+        check_private_dir(&self.dir)?;
+        remove_dir(&dir.join(PREVIOUS))?;
         sync_dir(&dir)
     }
 

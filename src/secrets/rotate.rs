@@ -12,7 +12,12 @@
 //!   the secret named before keeps its password, so instances still using
 //!   the old credential keep working; it changes only at the next rotation.
 //! - A migration role gets a new password on the same role, tried likewise.
-//! - A token is regenerated and read back before it is promoted.
+//! - An internal service credential (a token) is regenerated and read
+//!   back, then promoted: the services verifying it accept the current and
+//!   the previous credential and read both again when they change, and the
+//!   caller presents the new one as soon as it reads it. After
+//!   `retire_after` (long enough for every instance to have read it), the
+//!   previous one is retired and the old credential is refused.
 //!
 //! Nothing here prints or returns a value.
 
@@ -108,6 +113,9 @@ pub struct Rotator<'a> {
     pub env: &'a Environment<'a>,
     pub store: &'a dyn SecretStore,
     pub connect_timeout: Duration,
+    /// How long after an internal credential's promotion its previous
+    /// value stays accepted.
+    pub retire_after: Duration,
 }
 
 impl Rotator<'_> {
@@ -120,7 +128,7 @@ impl Rotator<'_> {
             Rotation::InPlace { database } => {
                 self.postgres(secret, database, false, progress).await
             }
-            Rotation::Regenerate => self.token(secret, progress),
+            Rotation::Regenerate => self.token(secret, progress).await,
             Rotation::Elsewhere { by } => {
                 return Rotated {
                     secret: secret.name.clone(),
@@ -158,10 +166,21 @@ impl Rotator<'_> {
             })
     }
 
-    /// A new token for every key, read back from the pending version.
-    fn token(&self, secret: &Expected, progress: &mut dyn FnMut(&str)) -> Result<String> {
+    /// A new token for every key, read back from the pending version,
+    /// promoted, and once `retire_after` has passed the previous one
+    /// retired.
+    async fn token(&self, secret: &Expected, progress: &mut dyn FnMut(&str)) -> Result<String> {
         let name = &secret.name;
         let current = self.current(name)?;
+        let pending_now = self.store.read_stage(name, Stage::Pending)?;
+        let previous = self.store.read_stage(name, Stage::Previous)?;
+        if pending_now.is_none() && previous.is_some_and(|p| differs(&p, &current)) {
+            // Promoted before, but interrupted before the retirement.
+            self.retire(name, progress).await?;
+            return Ok(
+                "finished an interrupted rotation: the previous credential is retired".into(),
+            );
+        }
         let pending = match self.store.read_stage(name, Stage::Pending)? {
             Some(pending) if differs(&pending, &current) => {
                 progress(&format!("{name}: continuing the pending version"));
@@ -186,10 +205,27 @@ impl Rotator<'_> {
             bail!("the pending version of {name} does not read back as written");
         }
         self.store.promote_pending(name)?;
-        Ok(format!(
-            "new value current; the one before kept as the previous version ({})",
+        progress(&format!(
+            "{name}: new value current, the old one accepted beside it as {}",
             Stage::Previous.label()
-        ))
+        ));
+        self.retire(name, progress).await?;
+        Ok("new value current; the old one is retired and refused".into())
+    }
+
+    /// Waits `retire_after` for every instance to read the new value,
+    /// then retires the previous one.
+    async fn retire(&self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<()> {
+        if !self.retire_after.is_zero() {
+            progress(&format!(
+                "{name}: waiting {} s for every instance to present the new value",
+                self.retire_after.as_secs_f64()
+            ));
+            tokio::time::sleep(self.retire_after).await;
+        }
+        self.store.retire_previous(name)?;
+        progress(&format!("{name}: the previous value is retired"));
+        Ok(())
     }
 
     /// A PostgreSQL login: the waiting role (or, `alternate` false, the
@@ -360,6 +396,7 @@ mod tests {
             env: &env,
             store: &store,
             connect_timeout: Duration::from_secs(1),
+            retire_after: Duration::ZERO,
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let rotated = runtime.block_on(rotator.rotate(&chosen[0], &mut |_| {}));
@@ -370,11 +407,11 @@ mod tests {
                 .unwrap()
                 .map(|s| s.keys["token"].expose().to_string())
         };
-        assert_eq!(read(Stage::Previous).as_deref(), Some("first"));
+        assert_eq!(read(Stage::Previous), None, "retired");
         assert_ne!(read(Stage::Current).as_deref(), Some("first"));
         assert_eq!(read(Stage::Pending), None);
         let stages = store.stages("internal-credential-auth").unwrap();
-        assert_eq!(stages.len(), 2, "{stages:?}");
+        assert_eq!(stages.len(), 1, "{stages:?}");
         assert_eq!(
             store.keys("internal-credential-auth").unwrap(),
             ["token"],
