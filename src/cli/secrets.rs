@@ -376,6 +376,7 @@ async fn rotate(
             .retire_after
             .map(Duration::from_secs)
             .unwrap_or_else(|| default_retire_after(env.name)),
+        state_dir: state_dir.clone(),
     };
     for secret in &chosen {
         let mut progress = |line: &str| errln!("secrets rotate {}: {}", env.name, printable(line));

@@ -46,6 +46,17 @@ impl LocalFiles {
             .join(key)
     }
 
+    /// The file of the pending value of the key whose current file is
+    /// `current` (it exists only while a rotation is under way).
+    pub fn pending_file(current: &Path) -> PathBuf {
+        let key = current.file_name().unwrap_or_default();
+        current
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(PENDING)
+            .join(key)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

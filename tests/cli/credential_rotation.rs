@@ -3,6 +3,7 @@
 //! requests that need the rotated credential keep succeeding while it
 //! rotates, the old credential passes while it is the previous one, and
 //! is refused once the rotation has retired it. No service restarts.
+//! Then the smoke fixtures' passwords rotate through Auth's `seed-user`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,11 +52,9 @@ impl Site {
             .unwrap_or(0)
     }
 
-    async fn login(&self) -> String {
-        let body = json!({
-            "email": self.secret("smoke-test-credentials", "user-email"),
-            "password": self.secret("smoke-test-credentials", "user-password"),
-        });
+    /// The status of a login as `email` with `password`, and its token.
+    async fn login_as(&self, email: &str, password: &str) -> (u16, Option<String>) {
+        let body = json!({ "email": email, "password": password });
         let response = self
             .http
             .post(format!("{}/auth/login", self.public("auth")))
@@ -63,9 +62,18 @@ impl Site {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "login: {}", response.status());
-        let body: Value = response.json().await.unwrap();
-        body["access_token"].as_str().unwrap().to_string()
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or_default();
+        (status, body["access_token"].as_str().map(str::to_string))
+    }
+
+    /// The smoke user's access token.
+    async fn login(&self) -> String {
+        let email = self.secret("smoke-test-credentials", "user-email");
+        let password = self.secret("smoke-test-credentials", "user-password");
+        let (status, token) = self.login_as(&email, &password).await;
+        assert_eq!(status, 200, "login");
+        token.unwrap()
     }
 }
 
@@ -184,4 +192,47 @@ async fn an_internal_credential_rotates_on_local_while_requests_keep_succeeding(
     assert_ne!(site.as_finance(&new).await, 401);
     assert_eq!(invoices(&site, &site.login().await, &slug).await, 200);
     assert_eq!(site.platform.pids(), pids_before, "no service restarted");
+
+    // The smoke fixtures: new passwords through Auth, the old ones refused.
+    let accounts = [("user-email", "user-password"), ("admin-email", "admin-password")];
+    let before: Vec<(String, String)> = accounts
+        .iter()
+        .map(|(e, p)| {
+            (
+                site.secret("smoke-test-credentials", e),
+                site.secret("smoke-test-credentials", p),
+            )
+        })
+        .collect();
+    let rotated = {
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || {
+            site.platform
+                .run(&["secrets", "rotate", "local", "smoke-test-credentials"])
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(rotated.status.code(), Some(0), "{}", stderr(&rotated));
+    let mut values = vec![old.clone(), new.clone()];
+    for ((email, old_password), (_, key)) in before.iter().zip(accounts) {
+        let password = site.secret("smoke-test-credentials", key);
+        assert_ne!(&password, old_password, "{key}");
+        assert_eq!(site.login_as(email, &password).await.0, 200, "{email}");
+        assert_eq!(site.login_as(email, old_password).await.0, 401, "{email}");
+        values.extend([password, old_password.clone()]);
+    }
+    let smoke = {
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || site.platform.run(&["smoke", "local"]))
+            .await
+            .unwrap()
+    };
+    assert_eq!(smoke.status.code(), Some(0), "{}", stdout(&smoke));
+    for output in [&rotated, &smoke] {
+        for value in &values {
+            assert!(!stdout(output).contains(value.as_str()));
+            assert!(!stderr(output).contains(value.as_str()));
+        }
+    }
 }
