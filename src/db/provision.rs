@@ -784,7 +784,7 @@ fn literal(value: &str) -> String {
 }
 
 /// Percent-encodes a user or password for a URL's userinfo.
-fn userinfo(value: &str) -> String {
+pub(crate) fn userinfo(value: &str) -> String {
     const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')

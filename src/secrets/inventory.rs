@@ -685,9 +685,16 @@ mod tests {
         let bootstrap = find("admin-bootstrap-credentials");
         assert_eq!(bootstrap.keys[0], ("email".into(), Source::Supplied));
         assert_eq!(bootstrap.keys[1], ("password".into(), Source::Generated));
+        assert!(
+            matches!(&bootstrap.rotation, Rotation::Elsewhere { by } if by.contains("seed-user")),
+            "outside local a person runs seed-user"
+        );
+        assert_eq!(find("redis-auth-credentials").rotation, Rotation::RedisAcl);
 
         let local = matrix.environment("local").unwrap();
         let all = expected(&local);
+        let smoke = all.iter().find(|e| e.name == "smoke-test-credentials").unwrap();
+        assert_eq!(smoke.rotation, Rotation::AuthAccounts);
         let find = |name: &str| all.iter().find(|e| e.name == name).unwrap();
         assert!(find("tls-certificates").not_here.is_some());
         assert!(find("auth-postgres-superuser").not_here.is_some());

@@ -709,13 +709,10 @@ fn redis_url_with(url: &str, user: &str, password: &Secret) -> Result<String> {
         bail!("the url of the Redis login is not a redis:// URL");
     };
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let encode = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
     Ok(format!(
         "{scheme}://{}:{}@{host}",
-        encode(user),
-        encode(password.expose())
+        provision::userinfo(user),
+        provision::userinfo(password.expose())
     ))
 }
 
@@ -782,14 +779,16 @@ mod tests {
             .collect();
         assert_eq!(args, ["ACL", "SETUSER", "auth", "resetpass", ">old-pw", ">new-pw"]);
         let url = redis_url_with("rediss://auth:old-pw@10.0.0.1:6379/0", "auth", &new).unwrap();
-        assert_eq!(url, "rediss://auth:new%2Dpw@10.0.0.1:6379/0");
+        assert_eq!(url, "rediss://auth:new-pw@10.0.0.1:6379/0");
         let url = redis_url_with("redis://127.0.0.1:1/", "auth", &new).unwrap();
-        assert_eq!(url, "redis://auth:new%2Dpw@127.0.0.1:1/");
+        assert_eq!(url, "redis://auth:new-pw@127.0.0.1:1/");
+        let odd = redis_url_with("redis://h:1/", "a b", &Secret::new("p@ss/")).unwrap();
+        assert_eq!(odd, "redis://a%20b:p%40ss%2F@h:1/");
         assert!(redis_url_with("127.0.0.1:1", "auth", &new).is_err());
     }
 
     #[test]
-    fn a_token_rotates_through_a_pending_version_and_keeps_the_previous() {
+    fn a_token_rotates_through_a_pending_version_and_retires_the_previous() {
         let matrix = crate::matrix::shipped();
         let env = matrix.environment("local").unwrap();
         let root = tempfile::tempdir().unwrap();

@@ -117,6 +117,7 @@ async fn an_internal_credential_rotates_on_local_while_requests_keep_succeeding(
     let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let worker = {
         let (site, stop, done, failed) = (site.clone(), stop.clone(), done.clone(), failed.clone());
+        let slug = slug.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let mut statuses = Vec::new();

@@ -754,12 +754,12 @@ async fn a_redis_password_rotates_while_the_old_one_keeps_connecting() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("ACL")
-        .arg(["SETUSER", "auth", "on", &format!(">{first}"), "~access:*", "+@all"])
+        .arg(vec!["SETUSER", "auth", "on", &format!(">{first}"), "~access:*", "+@all"])
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
     redis::cmd("CONFIG")
-        .arg(["SET", "requirepass", admin])
+        .arg(vec!["SET", "requirepass", admin])
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
