@@ -8,10 +8,10 @@ mod backup;
 mod common;
 #[path = "cli/converge.rs"]
 mod converge;
-#[path = "cli/credential_rotation.rs"]
-mod credential_rotation;
 #[path = "cli/corpus.rs"]
 mod corpus;
+#[path = "cli/credential_rotation.rs"]
+mod credential_rotation;
 #[path = "cli/db.rs"]
 mod db;
 #[path = "cli/deploy_k8s.rs"]

@@ -693,7 +693,10 @@ mod tests {
 
         let local = matrix.environment("local").unwrap();
         let all = expected(&local);
-        let smoke = all.iter().find(|e| e.name == "smoke-test-credentials").unwrap();
+        let smoke = all
+            .iter()
+            .find(|e| e.name == "smoke-test-credentials")
+            .unwrap();
         assert_eq!(smoke.rotation, Rotation::AuthAccounts);
         let find = |name: &str| all.iter().find(|e| e.name == name).unwrap();
         assert!(find("tls-certificates").not_here.is_some());

@@ -399,7 +399,9 @@ impl Rotator<'_> {
             .and_then(|p| p.keys.get("password").cloned());
         let password = match resumed {
             Some(password) => {
-                progress(&format!("{name}: continuing the pending version for {username}"));
+                progress(&format!(
+                    "{name}: continuing the pending version for {username}"
+                ));
                 password
             }
             None => {
@@ -443,10 +445,13 @@ impl Rotator<'_> {
             .await
             .unwrap_or_default();
         if aclfile.get(1).is_some_and(|f| !f.is_empty()) {
-            let saved: redis::RedisResult<()> = redis::cmd("ACL").arg("SAVE").query_async(&mut conn).await;
+            let saved: redis::RedisResult<()> =
+                redis::cmd("ACL").arg("SAVE").query_async(&mut conn).await;
             saved.map_err(|e| anyhow::anyhow!("ACL SAVE refused: {:?}", e.kind()))?;
         }
-        progress(&format!("{name}: {username} has the new password beside the current one"));
+        progress(&format!(
+            "{name}: {username} has the new password beside the current one"
+        ));
 
         let login = redis_url_with(
             &format!("redis://{}:{}/", target.host, target.port),
@@ -458,9 +463,9 @@ impl Rotator<'_> {
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("PING").query_async::<String>(&mut conn).await
         };
-        tried
-            .await
-            .map_err(|e| anyhow::anyhow!("testing the new password of {username}: {:?}", e.kind()))?;
+        tried.await.map_err(|e| {
+            anyhow::anyhow!("testing the new password of {username}: {:?}", e.kind())
+        })?;
         progress(&format!("{name}: {username} logs in with it"));
         self.store.promote_pending(name)?;
         Ok(format!(
@@ -489,8 +494,13 @@ impl Rotator<'_> {
             }
         }
         let local = state::StateDir::new(&self.state_dir);
-        let desired: state::DesiredState = state::read_json(&local.desired())?
-            .with_context(|| format!("{} is not deployed: run `kisumctl deploy local`", self.env.name))?;
+        let desired: state::DesiredState =
+            state::read_json(&local.desired())?.with_context(|| {
+                format!(
+                    "{} is not deployed: run `kisumctl deploy local`",
+                    self.env.name
+                )
+            })?;
         let auth = desired
             .processes
             .iter()
@@ -529,7 +539,10 @@ impl Rotator<'_> {
                 .file(name, password_key)
                 .map(|path| super::LocalFiles::pending_file(&path))
                 .with_context(|| {
-                    format!("{} keeps no files: Auth's seed-user reads one", self.store.describe())
+                    format!(
+                        "{} keeps no files: Auth's seed-user reads one",
+                        self.store.describe()
+                    )
                 })?;
             let argv = vec![
                 "seed-user".to_string(),
@@ -595,7 +608,11 @@ impl Rotator<'_> {
             self.store.promote_pending(name)?;
             return Ok(format!("finished an interrupted switch to {active}"));
         }
-        let target = logins.iter().find(|l| **l != active).cloned().unwrap_or_default();
+        let target = logins
+            .iter()
+            .find(|l| **l != active)
+            .cloned()
+            .unwrap_or_default();
         let live = current
             .keys
             .get("url")
@@ -634,7 +651,9 @@ impl Rotator<'_> {
             .and_then(|p| p.keys.get("password").cloned());
         let password = match resumed {
             Some(password) => {
-                progress(&format!("{name}: continuing the pending version for {target}"));
+                progress(&format!(
+                    "{name}: continuing the pending version for {target}"
+                ));
                 password
             }
             None => {
@@ -666,7 +685,13 @@ impl Rotator<'_> {
             .map_err(|e| anyhow::anyhow!("setting the password of {target}: {}", e.kind))?;
         progress(&format!("{name}: {target} has the new password"));
 
-        let login = provision::mongo_url(&db.host, db.port, &live, Some((&target, &password)), &db.name);
+        let login = provision::mongo_url(
+            &db.host,
+            db.port,
+            &live,
+            Some((&target, &password)),
+            &db.name,
+        );
         let client = crate::backup::mongo::client(&Secret::new(login)).await?;
         client
             .database(&live)
@@ -736,7 +761,10 @@ mod tests {
 
     #[test]
     fn a_mongodb_rotation_alternates_and_grants_only_the_services_role() {
-        assert_eq!(provision::mongo_logins("basic_app"), ["basic_app", "basic_app_b"]);
+        assert_eq!(
+            provision::mongo_logins("basic_app"),
+            ["basic_app", "basic_app_b"]
+        );
         let password = Secret::new("new-pw");
         let [info, set] =
             provision::rotation_commands("basic_app_b", &password, "basic_app_role", "main", true);
@@ -777,7 +805,10 @@ mod tests {
             .split("\r\n")
             .filter(|l| !l.starts_with(['*', '$']) && !l.is_empty())
             .collect();
-        assert_eq!(args, ["ACL", "SETUSER", "auth", "resetpass", ">old-pw", ">new-pw"]);
+        assert_eq!(
+            args,
+            ["ACL", "SETUSER", "auth", "resetpass", ">old-pw", ">new-pw"]
+        );
         let url = redis_url_with("rediss://auth:old-pw@10.0.0.1:6379/0", "auth", &new).unwrap();
         assert_eq!(url, "rediss://auth:new-pw@10.0.0.1:6379/0");
         let url = redis_url_with("redis://127.0.0.1:1/", "auth", &new).unwrap();

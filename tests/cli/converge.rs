@@ -291,7 +291,13 @@ async fn apply_dev_issues_certificates_through_route53_and_pebble_into_secrets_m
             .unwrap_or_else(|| panic!("{part}: {log}"))
     };
     assert!(at("secrets") < at("dns") && at("dns") < at("tls"), "{log}");
-    assert!(proxy.counts.bridged.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(
+        proxy
+            .counts
+            .bridged
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    );
 
     // One certificate per public host, in Secrets Manager as the
     // `tls-<service>` secrets the Ingresses name, and valid.
@@ -334,7 +340,10 @@ async fn apply_dev_issues_certificates_through_route53_and_pebble_into_secrets_m
     for text in &seen {
         assert!(!text.contains("PRIVATE KEY"), "a key was printed:\n{text}");
         for value in &values {
-            assert!(!text.contains(value.as_str()), "a secret value was printed:\n{text}");
+            assert!(
+                !text.contains(value.as_str()),
+                "a secret value was printed:\n{text}"
+            );
         }
     }
 }

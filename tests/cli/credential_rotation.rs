@@ -106,7 +106,11 @@ async fn an_internal_credential_rotates_on_local_while_requests_keep_succeeding(
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
     });
     let old = site.secret("internal-credential-finance", "token");
-    assert_ne!(site.as_finance(&old).await, 401, "the current credential passes");
+    assert_ne!(
+        site.as_finance(&old).await,
+        401,
+        "the current credential passes"
+    );
     let pids_before = site.platform.pids();
 
     // A bounded loop of user requests that need Finance's credential.
@@ -163,8 +167,16 @@ async fn an_internal_credential_rotates_on_local_while_requests_keep_succeeding(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let new = site.secret("internal-credential-finance", "token");
     assert_ne!(new, old);
-    assert_ne!(site.as_finance(&old).await, 401, "the previous credential passes");
-    assert_ne!(site.as_finance(&new).await, 401, "the new credential passes");
+    assert_ne!(
+        site.as_finance(&old).await,
+        401,
+        "the previous credential passes"
+    );
+    assert_ne!(
+        site.as_finance(&new).await,
+        401,
+        "the new credential passes"
+    );
 
     let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
@@ -182,20 +194,30 @@ async fn an_internal_credential_rotates_on_local_while_requests_keep_succeeding(
         assert!(!stderr(&output).contains(value.as_str()));
     }
 
-    assert!(done.load(Ordering::Relaxed) >= 20, "too few requests to tell");
+    assert!(
+        done.load(Ordering::Relaxed) >= 20,
+        "too few requests to tell"
+    );
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
         "requests failed during the rotation: {statuses:?}"
     );
     assert!(!waiting.exists(), "the previous value is retired");
-    assert_eq!(site.as_finance(&old).await, 401, "the old credential is refused");
+    assert_eq!(
+        site.as_finance(&old).await,
+        401,
+        "the old credential is refused"
+    );
     assert_ne!(site.as_finance(&new).await, 401);
     assert_eq!(invoices(&site, &site.login().await, &slug).await, 200);
     assert_eq!(site.platform.pids(), pids_before, "no service restarted");
 
     // The smoke fixtures: new passwords through Auth, the old ones refused.
-    let accounts = [("user-email", "user-password"), ("admin-email", "admin-password")];
+    let accounts = [
+        ("user-email", "user-password"),
+        ("admin-email", "admin-password"),
+    ];
     let before: Vec<(String, String)> = accounts
         .iter()
         .map(|(e, p)| {

@@ -270,9 +270,14 @@ async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_check
     let current = secret_at(&client, name, "AWSCURRENT").await.unwrap();
     let previous = secret_at(&client, name, "AWSPREVIOUS").await.unwrap();
     assert_ne!(current["token"], token["token"]);
-    assert_eq!(previous["token"], current["token"], "the old token is retired");
+    assert_eq!(
+        previous["token"], current["token"],
+        "the old token is retired"
+    );
     let log = stderr(&rotated);
-    let kept = log.find("the old one accepted beside it as AWSPREVIOUS").unwrap();
+    let kept = log
+        .find("the old one accepted beside it as AWSPREVIOUS")
+        .unwrap();
     let retired = log.find("the previous value is retired").unwrap();
     assert!(kept < retired, "{log}");
     assert!(secret_at(&client, name, "AWSPENDING").await.is_none());
@@ -754,7 +759,14 @@ async fn a_redis_password_rotates_while_the_old_one_keeps_connecting() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("ACL")
-        .arg(vec!["SETUSER", "auth", "on", &format!(">{first}"), "~access:*", "+@all"])
+        .arg(vec![
+            "SETUSER",
+            "auth",
+            "on",
+            &format!(">{first}"),
+            "~access:*",
+            "+@all",
+        ])
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
@@ -763,7 +775,11 @@ async fn a_redis_password_rotates_while_the_old_one_keeps_connecting() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    site.secret("redis-admin-credentials", "password", "not-the-admin-password-000001");
+    site.secret(
+        "redis-admin-credentials",
+        "password",
+        "not-the-admin-password-000001",
+    );
     site.secret("redis-auth-credentials", "username", "auth");
     site.secret("redis-auth-credentials", "password", first);
     site.secret("redis-auth-credentials", "url", &url(first));
@@ -777,7 +793,10 @@ async fn a_redis_password_rotates_while_the_old_one_keeps_connecting() {
     seen.extend([stdout_of(&refused), stderr(&refused)]);
     assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
     assert!(stdout_of(&refused).contains("the current value is unchanged"));
-    assert_eq!(site.read_secret("redis-auth-credentials", "password"), first);
+    assert_eq!(
+        site.read_secret("redis-auth-credentials", "password"),
+        first
+    );
     let pending = site.read_secret("redis-auth-credentials", ".pending/password");
     assert!(redis_works(&url(first)).await);
     site.secret("redis-admin-credentials", "password", admin);
@@ -809,13 +828,19 @@ async fn a_redis_password_rotates_while_the_old_one_keeps_connecting() {
     assert_eq!(failed, 0, "connections with the old password failed");
     let second = site.read_secret("redis-auth-credentials", "password");
     assert_eq!(second, pending, "the rerun continued the pending password");
-    assert_eq!(site.read_secret("redis-auth-credentials", "url"), url(&second));
+    assert_eq!(
+        site.read_secret("redis-auth-credentials", "url"),
+        url(&second)
+    );
     assert_eq!(
         site.read_secret("redis-auth-credentials", ".previous/password"),
         first
     );
     assert!(redis_works(&url(&second)).await);
-    assert!(redis_works(&url(first)).await, "the old password still works");
+    assert!(
+        redis_works(&url(first)).await,
+        "the old password still works"
+    );
 
     // The next rotation retires the oldest password.
     let again = rotate_blocking(&site, rotate).await;
@@ -823,7 +848,10 @@ async fn a_redis_password_rotates_while_the_old_one_keeps_connecting() {
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     let third = site.read_secret("redis-auth-credentials", "password");
     assert!(redis_works(&url(&third)).await);
-    assert!(redis_works(&url(&second)).await, "the previous one still works");
+    assert!(
+        redis_works(&url(&second)).await,
+        "the previous one still works"
+    );
     assert!(!redis_works(&url(first)).await, "the oldest one is refused");
 
     let mut values = local_values(&site.secrets_dir());

@@ -81,9 +81,13 @@ impl Site {
             let mut lines: Vec<String> = Vec::new();
             for line in text.lines() {
                 match (line.find("{ host: "), line.find(", cidr:")) {
-                    (Some(start), Some(end)) if line.contains(".kisum.internal") => lines.push(
-                        format!("{}{{ host: 127.0.0.1, port: {dead}{}", &line[..start], &line[end..]),
-                    ),
+                    (Some(start), Some(end)) if line.contains(".kisum.internal") => {
+                        lines.push(format!(
+                            "{}{{ host: 127.0.0.1, port: {dead}{}",
+                            &line[..start],
+                            &line[end..]
+                        ))
+                    }
                     _ => lines.push(line.to_string()),
                 }
             }

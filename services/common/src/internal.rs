@@ -503,7 +503,10 @@ mod tests {
         replace(&current, A);
         let vars = Vars::from_pairs([
             ("INTERNAL_CALLER_AUTH_FILE", current.to_str().unwrap()),
-            ("INTERNAL_CALLER_AUTH_PREVIOUS_FILE", previous.to_str().unwrap()),
+            (
+                "INTERNAL_CALLER_AUTH_PREVIOUS_FILE",
+                previous.to_str().unwrap(),
+            ),
             ("INTERNAL_CREDENTIAL_FILE", current.to_str().unwrap()),
         ]);
         let allowlist = Allowlist::from_vars(&vars).unwrap();
@@ -526,7 +529,11 @@ mod tests {
         replace(&previous, A);
         replace(&current, B);
         assert!(passes(A) && passes(B));
-        assert_eq!(presented(), B, "the caller presents the new credential at once");
+        assert_eq!(
+            presented(),
+            B,
+            "the caller presents the new credential at once"
+        );
 
         // Retired: the previous file is gone, the old value is refused.
         std::fs::remove_file(&previous).unwrap();
