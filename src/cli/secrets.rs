@@ -68,7 +68,11 @@ struct EnvArgs {
 /// the service's two login roles: the waiting role gets the new password,
 /// a login with it is tried, then the secret is switched to that role; the
 /// old role keeps its password until the next rotation. A migration role
-/// gets a new password in place; an internal service credential is
+/// gets a new password in place. A MongoDB service login alternates
+/// between its two users likewise; a Redis ACL user gets the new password
+/// beside the old one, which works until the next rotation. The smoke
+/// fixtures and bootstrap administrator of local get new passwords through
+/// Auth's seed-user, tested by logging in. An internal service credential is
 /// regenerated and made current while the services still accept the old
 /// one as the previous credential, which is retired after
 /// `--retire-after`, once every instance presents the new one. Key
