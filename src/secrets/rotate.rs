@@ -301,33 +301,9 @@ impl Rotator<'_> {
         } else {
             active.clone()
         };
-        let resumed = pending
-            .filter(|p| user(p) == target && differs(p, &current))
-            .and_then(|p| p.keys.get("password").cloned());
-        let password = match resumed {
-            Some(password) => {
-                progress(&format!(
-                    "{name}: continuing the pending version for {target}"
-                ));
-                password
-            }
-            None => {
-                let password = Secret::random_password();
-                let mut keys = current.keys.clone();
-                keys.insert("username".into(), Secret::new(target.clone()));
-                keys.insert("password".into(), password.clone());
-                keys.insert(
-                    "url".into(),
-                    Secret::new(provision::postgres_url(db, &target, password.expose())),
-                );
-                self.store.put_pending(name, &keys)?;
-                progress(&format!(
-                    "{name}: new password for {target} stored as {}",
-                    Stage::Pending.label()
-                ));
-                password
-            }
-        };
+        let password = self.pending_login(name, &current, pending, &target, progress, |p| {
+            provision::postgres_url(db, &target, p.expose())
+        })?;
 
         let server = connection::target(self.env, database)?;
         let admin = connection::postgres_login(self.env, &server, self.store)?;
@@ -646,38 +622,9 @@ impl Rotator<'_> {
             ),
             Err(error) => return Err(error).context("usersInfo"),
         };
-        let resumed = pending
-            .filter(|p| user(p) == target && differs(p, &current))
-            .and_then(|p| p.keys.get("password").cloned());
-        let password = match resumed {
-            Some(password) => {
-                progress(&format!(
-                    "{name}: continuing the pending version for {target}"
-                ));
-                password
-            }
-            None => {
-                let password = Secret::random_password();
-                let mut keys = current.keys.clone();
-                keys.insert("username".into(), Secret::new(target.clone()));
-                keys.insert("password".into(), password.clone());
-                let url = provision::mongo_url(
-                    &db.host,
-                    db.port,
-                    &live,
-                    Some((&target, &password)),
-                    &db.name,
-                );
-                keys.insert("url".into(), Secret::new(url));
-                self.store.put_pending(name, &keys)?;
-                progress(&format!(
-                    "{name}: new password for {target} stored as {}",
-                    Stage::Pending.label()
-                ));
-                password
-            }
-        };
-
+        let password = self.pending_login(name, &current, pending, &target, progress, |p| {
+            provision::mongo_url(&db.host, db.port, &live, Some((&target, p)), &db.name)
+        })?;
         let [_, set] = provision::rotation_commands(&target, &password, role, &live, exists);
         home.run_command(set)
             .await
@@ -739,6 +686,42 @@ fn redis_url_with(url: &str, user: &str, password: &Secret) -> Result<String> {
         provision::userinfo(user),
         provision::userinfo(password.expose())
     ))
+}
+
+impl Rotator<'_> {
+    /// The password of the pending version for login `target`: the one a
+    /// failed run left (continued), else a new one stored now as the
+    /// pending version with `target`, the password and `url(password)`.
+    fn pending_login(
+        &self,
+        name: &str,
+        current: &Staged,
+        pending: Option<Staged>,
+        target: &str,
+        progress: &mut dyn FnMut(&str),
+        url: impl FnOnce(&Secret) -> String,
+    ) -> Result<Secret> {
+        let resumed = pending
+            .filter(|p| user(p) == target && differs(p, current))
+            .and_then(|p| p.keys.get("password").cloned());
+        if let Some(password) = resumed {
+            progress(&format!(
+                "{name}: continuing the pending version for {target}"
+            ));
+            return Ok(password);
+        }
+        let password = Secret::random_password();
+        let mut keys = current.keys.clone();
+        keys.insert("username".into(), Secret::new(target));
+        keys.insert("password".into(), password.clone());
+        keys.insert("url".into(), Secret::new(url(&password)));
+        self.store.put_pending(name, &keys)?;
+        progress(&format!(
+            "{name}: new password for {target} stored as {}",
+            Stage::Pending.label()
+        ));
+        Ok(password)
+    }
 }
 
 fn user(staged: &Staged) -> String {

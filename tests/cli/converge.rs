@@ -28,6 +28,22 @@ fn states(document: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs `args` off the runtime, asserts the exit code, parses stdout.
+async fn run_json(
+    site: &std::sync::Arc<Site>,
+    args: &'static [&'static str],
+    code: i32,
+) -> (Value, Output) {
+    let site = site.clone();
+    tokio::task::spawn_blocking(move || {
+        let output = assert_exit(args, site.run(args), code);
+        let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (document, output)
+    })
+    .await
+    .unwrap()
+}
+
 fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
     expected
         .iter()
@@ -139,18 +155,7 @@ async fn parts_that_cannot_run_say_so_without_failing_the_others() {
     crate::secrets::staging_secrets_on(&site, &moto);
     site.env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
     let site = std::sync::Arc::new(site);
-    let json = |args: &'static [&'static str], code: i32| {
-        let site = site.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let output = assert_exit(args, site.run(args), code);
-                let document: Value = serde_json::from_slice(&output.stdout).unwrap();
-                (document, output)
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let json = |args: &'static [&'static str], code: i32| run_json(&site, args, code);
 
     // Route53 is a dead loopback port; no database server is reachable.
     let (plan, _) = json(&["plan", "staging", "-o", "json"], 1).await;
@@ -219,16 +224,7 @@ async fn apply_dev_issues_certificates_through_route53_and_pebble_into_secrets_m
     let proxy = crate::proxy::start(&moto.endpoint(), Some(pebble.challtestsrv_url())).await;
     crate::dns::create_zones(&crate::dns::route53(&moto.endpoint())).await;
     let site = Site::dev_on_aws(&proxy.url(), &moto.endpoint());
-    let ca_root = pebble.ca_root().display().to_string();
-    site.edit("environments/dev.yaml", |t| {
-        t.replace(
-            "tls:\n  mode: acme\n",
-            &format!(
-                "tls:\n  mode: acme\n  acme-directory: {}\n  acme-ca-root: {ca_root}\n",
-                pebble.directory()
-            ),
-        )
-    });
+    crate::tls::issue_from(&site, &pebble);
     // A supplied secret a person put there: kept, never printed.
     let client = moto.secrets_manager();
     client
@@ -239,18 +235,7 @@ async fn apply_dev_issues_certificates_through_route53_and_pebble_into_secrets_m
         .await
         .unwrap();
     let site = std::sync::Arc::new(site);
-    let json = |args: &'static [&'static str], code: i32| {
-        let site = site.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let output = assert_exit(args, site.run(args), code);
-                let document: Value = serde_json::from_slice(&output.stdout).unwrap();
-                (document, output)
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let json = |args: &'static [&'static str], code: i32| run_json(&site, args, code);
     let mut seen = Vec::new();
 
     // The database servers are a dead loopback port: that part stays
