@@ -62,20 +62,27 @@ pub fn users_of(base: &BaseFile) -> Vec<(String, String, Vec<String>)> {
         .collect()
 }
 
-/// Writes `redis.conf` and `users.acl` (both mode 0600).
+/// Writes `redis.conf` and `users.acl` (both mode 0600). With `admin`
+/// (the password of `redis-admin-credentials`, when a person supplied it)
+/// the default user is the server's administrator, which backups and
+/// `secrets rotate` log in as; without it the default user is off.
 pub fn configure(
     state: &StateDir,
     base: &BaseFile,
     port: u16,
     users: &[RedisUser],
+    admin: Option<&Secret>,
 ) -> anyhow::Result<()> {
     let dir = state.data("redis");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
     let acl = dir.join("users.acl");
-    let mut lines = vec!["user default off".to_string()];
+    let digest = |password: &Secret| hex::encode(Sha256::digest(password.expose().as_bytes()));
+    let mut lines = vec![match admin {
+        Some(password) => format!("user default on #{} ~* &* +@all", digest(password)),
+        None => "user default off".to_string(),
+    }];
     for user in users {
-        let digest = |password: &Secret| hex::encode(Sha256::digest(password.expose().as_bytes()));
         let mut passwords = format!("#{}", digest(&user.password));
         if let Some(previous) = user.previous.as_ref().filter(|p| *p != &user.password) {
             passwords.push_str(&format!(" #{}", digest(previous)));
@@ -194,8 +201,9 @@ mod tests {
                 key_patterns: vec![],
             },
         ];
-        configure(&state, matrix.base(), 6400, &users).unwrap();
+        configure(&state, matrix.base(), 6400, &users, None).unwrap();
         let acl = fs::read_to_string(state.data("redis").join("users.acl")).unwrap();
+        assert!(acl.starts_with("user default off\n"), "{acl}");
         assert!(!acl.contains("plain-password-value"));
         assert!(!acl.contains("the-previous-value"));
         let digests = |user: &str| {
@@ -205,6 +213,11 @@ mod tests {
         assert_eq!(digests("user auth "), 2, "current and previous: {acl}");
         assert_eq!(digests("user basic "), 1, "{acl}");
         assert!(acl.contains("user auth on #"));
+        let admin = Secret::new("the-admin-password-value");
+        configure(&state, matrix.base(), 6400, &users, Some(&admin)).unwrap();
+        let with_admin = fs::read_to_string(state.data("redis").join("users.acl")).unwrap();
+        assert!(with_admin.starts_with("user default on #"), "{with_admin}");
+        assert!(!with_admin.contains("the-admin-password-value"));
         assert!(acl.contains("~session:*"));
         let conf = fs::read_to_string(state.data("redis").join("redis.conf")).unwrap();
         assert!(conf.contains("port 6400"));

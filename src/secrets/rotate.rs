@@ -142,6 +142,16 @@ impl Rotator<'_> {
                 self.postgres(secret, database, false, progress).await
             }
             Rotation::Regenerate => self.token(secret, progress).await,
+            Rotation::MongoAlternate { .. } if !self.has_login(&secret.name) => {
+                return Rotated {
+                    secret: secret.name.clone(),
+                    outcome: Outcome::Skipped,
+                    detail: "its url is missing or carries no login (a server without user \
+                             management, such as the MongoDB emulator of local): no password to \
+                             rotate"
+                        .into(),
+                };
+            }
             Rotation::MongoAlternate { database } => self.mongo(secret, database, progress).await,
             Rotation::RedisAcl => self.redis(secret, progress).await,
             Rotation::AuthAccounts => self.auth_accounts(secret, progress).await,
@@ -168,6 +178,15 @@ impl Rotator<'_> {
                 ),
             },
         }
+    }
+
+    /// Whether the current `url` of secret `name` carries a login.
+    fn has_login(&self, name: &str) -> bool {
+        self.store
+            .read(name, "url")
+            .ok()
+            .flatten()
+            .is_some_and(|url| connection::has_login(url.expose()))
     }
 
     fn current(&self, name: &str) -> Result<Staged> {
@@ -368,6 +387,14 @@ impl Rotator<'_> {
         if username.is_empty() {
             bail!("{name} names no Redis user (key `username`)");
         }
+        let admin_password = connection::redis_password(self.store)?;
+        if admin_password.is_none() && self.env.name == "local" {
+            bail!(
+                "local's Redis has no administrator: supply `{}` (key password), run `kisumctl \
+                 deploy local`, then rotate",
+                connection::REDIS_ADMIN_SECRET
+            );
+        }
         let resumed = self
             .store
             .read_stage(name, Stage::Pending)?
@@ -398,7 +425,6 @@ impl Rotator<'_> {
         };
 
         let target = connection::target(self.env, connection::REDIS_ID)?;
-        let admin_password = connection::redis_password(self.store)?;
         let admin = crate::backup::redis::Server {
             host: &target.host,
             port: target.port,
@@ -595,16 +621,6 @@ impl Rotator<'_> {
             .and_then(|url| connection::url_database(url.expose()).map(str::to_string))
             .filter(|live| connection::is_generation(&db.name, live))
             .unwrap_or_else(|| db.name.clone());
-        if !current
-            .keys
-            .get("url")
-            .is_some_and(|url| connection::has_login(url.expose()))
-        {
-            bail!(
-                "the url of {name} carries no login (a server without user management, such as \
-                 the MongoDB emulator of local): there is no password to rotate"
-            );
-        }
         // The server must manage users before anything is stored.
         let admin = provision::Admin {
             env: self.env,

@@ -401,6 +401,24 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     expect(&site, &["secrets", "list", "local"], 0, &mut seen);
     expect(&site, &["secrets", "check", "local"], 1, &mut seen);
 
+    // A MongoDB login without a login in its URL (the emulator) has no
+    // password to rotate; a Redis user without its URL stops before any
+    // pending version is stored.
+    let mongo = expect(
+        &site,
+        &["secrets", "rotate", "local", "main-db-credentials"],
+        0,
+        &mut seen,
+    );
+    assert!(
+        String::from_utf8_lossy(&mongo.stdout).contains("skipped main-db-credentials"),
+        "{}",
+        String::from_utf8_lossy(&mongo.stdout)
+    );
+    let redis = &["secrets", "rotate", "local", "redis-auth-credentials"];
+    expect(&site, redis, 3, &mut seen);
+    assert!(!store.join("redis-auth-credentials/.pending").exists());
+
     // One rotation at a time: a held lock refuses a second.
     let lock = std::fs::File::create(site.root().join(".kisum/local/secrets-rotate.lock")).unwrap();
     lock.try_lock().unwrap();
