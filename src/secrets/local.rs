@@ -38,23 +38,13 @@ impl LocalFiles {
     /// The file of the previous value of the key whose current file is
     /// `current` (it exists only between a rotation and its retirement).
     pub fn previous_file(current: &Path) -> PathBuf {
-        let key = current.file_name().unwrap_or_default();
-        current
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(PREVIOUS)
-            .join(key)
+        staged_file(current, PREVIOUS)
     }
 
     /// The file of the pending value of the key whose current file is
     /// `current` (it exists only while a rotation is under way).
     pub fn pending_file(current: &Path) -> PathBuf {
-        let key = current.file_name().unwrap_or_default();
-        current
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(PENDING)
-            .join(key)
+        staged_file(current, PENDING)
     }
 
     pub fn dir(&self) -> &Path {
@@ -70,6 +60,16 @@ impl LocalFiles {
         check_name(key)?;
         Ok(self.secret_dir(secret)?.join(key))
     }
+}
+
+/// `<secret>/<stage>/<key>` for the current file `<secret>/<key>`.
+fn staged_file(current: &Path, stage: &str) -> PathBuf {
+    let key = current.file_name().unwrap_or_default();
+    current
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join(stage)
+        .join(key)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {

@@ -180,6 +180,15 @@ impl Rotator<'_> {
         }
     }
 
+    /// `database` as `db provision` plans it here.
+    fn planned(&self, database: &str) -> Result<provision::Database> {
+        provision::plan(self.env, Some(database))?
+            .databases
+            .into_iter()
+            .next()
+            .with_context(|| format!("{database} is not deployed in {}", self.env.name))
+    }
+
     /// Whether the current `url` of secret `name` carries a login.
     fn has_login(&self, name: &str) -> bool {
         self.store
@@ -274,11 +283,7 @@ impl Rotator<'_> {
         progress: &mut dyn FnMut(&str),
     ) -> Result<String> {
         let name = &secret.name;
-        let plan = provision::plan(self.env, Some(database))?;
-        let db = plan
-            .databases
-            .first()
-            .with_context(|| format!("{database} is not deployed in {}", self.env.name))?;
+        let db = &self.planned(database)?;
         let Logins::Postgres { roles, .. } = &db.logins else {
             bail!("{database} is not a PostgreSQL database");
         };
@@ -587,11 +592,7 @@ impl Rotator<'_> {
         progress: &mut dyn FnMut(&str),
     ) -> Result<String> {
         let name = &secret.name;
-        let plan = provision::plan(self.env, Some(database))?;
-        let db = plan
-            .databases
-            .first()
-            .with_context(|| format!("{database} is not deployed in {}", self.env.name))?;
+        let db = &self.planned(database)?;
         let Logins::Mongo { user: first, role } = &db.logins else {
             bail!("{database} is not a MongoDB database");
         };
