@@ -10,6 +10,8 @@ mod common;
 mod converge;
 #[path = "cli/corpus.rs"]
 mod corpus;
+#[path = "cli/credential_rotation.rs"]
+mod credential_rotation;
 #[path = "cli/db.rs"]
 mod db;
 #[path = "cli/deploy_k8s.rs"]

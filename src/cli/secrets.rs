@@ -68,7 +68,14 @@ struct EnvArgs {
 /// the service's two login roles: the waiting role gets the new password,
 /// a login with it is tried, then the secret is switched to that role; the
 /// old role keeps its password until the next rotation. A migration role
-/// gets a new password in place; an internal token is regenerated. Key
+/// gets a new password in place. A MongoDB service login alternates
+/// between its two users likewise; a Redis ACL user gets the new password
+/// beside the old one, which works until the next rotation. The smoke
+/// fixtures and bootstrap administrator of local get new passwords through
+/// Auth's seed-user, tested by logging in. An internal service credential is
+/// regenerated and made current while the services still accept the old
+/// one as the previous credential, which is retired after
+/// `--retire-after`, once every instance presents the new one. Key
 /// sets, certificates and supplied secrets are rotated elsewhere (named).
 /// A failure leaves the current value in use and exits 3; the next run
 /// continues from the pending version.
@@ -90,8 +97,22 @@ struct RotateArgs {
     /// finish before refusing.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     lock_timeout: u64,
+    /// Seconds an internal credential's previous value stays accepted
+    /// after the new one is current, before it is retired [default: 5 for
+    /// local (services read their credential files on every use), 3900
+    /// elsewhere (the secret sync's hour plus the kubelet's refresh)]
+    #[arg(long, value_name = "SECONDS")]
+    retire_after: Option<u64>,
     #[arg(short, long, value_enum, default_value_t)]
     output: OutputFormat,
+}
+
+/// How long an internal credential's previous value stays accepted by
+/// default: local services read their files on every use; pods see a new
+/// value once External Secrets has synced it (`refreshInterval`, an hour)
+/// and the kubelet has refreshed the volume (about a minute).
+fn default_retire_after(env: &str) -> Duration {
+    Duration::from_secs(if env == "local" { 5 } else { 3900 })
 }
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
@@ -355,6 +376,11 @@ async fn rotate(
         env,
         store,
         connect_timeout: Duration::from_secs(args.connect_timeout),
+        retire_after: args
+            .retire_after
+            .map(Duration::from_secs)
+            .unwrap_or_else(|| default_retire_after(env.name)),
+        state_dir: state_dir.clone(),
     };
     for secret in &chosen {
         let mut progress = |line: &str| errln!("secrets rotate {}: {}", env.name, printable(line));

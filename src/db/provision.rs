@@ -172,6 +172,29 @@ pub fn mongo_names(owner: &str) -> (String, String) {
     (format!("{base}_app"), format!("{base}_app_role"))
 }
 
+/// The two MongoDB users a service's password rotation alternates
+/// between: the provisioned `user` (`basic_app`) and `<user>_b`.
+pub fn mongo_logins(user: &str) -> [String; 2] {
+    [user.to_string(), format!("{user}_b")]
+}
+
+/// What gives MongoDB user `user` (defined in `home`, the matrix's
+/// database) a new password and only `role` of `live`: `usersInfo` first
+/// tells whether it exists, then `createUser` or `updateUser`. The second
+/// document carries the password: never print it.
+pub fn rotation_commands(
+    user: &str,
+    password: &Secret,
+    role: &str,
+    live: &str,
+    exists: bool,
+) -> [Document; 2] {
+    [
+        users_info(user),
+        user_command(user, password, role, live, exists),
+    ]
+}
+
 fn database(env: &Environment, target: &Target) -> Result<Database> {
     let spec = &env.base.databases[&target.id];
     let tls_required = env
@@ -262,7 +285,7 @@ pub struct Admin<'a> {
 }
 
 impl Admin<'_> {
-    fn postgres(&self, db: &Database) -> Result<PgLogin> {
+    pub fn postgres(&self, db: &Database) -> Result<PgLogin> {
         let target = connection::target(self.env, &db.id)?;
         connection::postgres_login(self.env, &target, self.secrets)
     }
@@ -270,7 +293,7 @@ impl Admin<'_> {
     /// `local`: the server's own loopback address without a login (the
     /// local server runs without authentication); elsewhere the `url` of
     /// secret `<cluster>-superuser`.
-    fn mongo(&self, db: &Database) -> Result<Secret> {
+    pub fn mongo(&self, db: &Database) -> Result<Secret> {
         if self.env.name == "local" {
             return Ok(Secret::new(mongo_url(
                 &db.host, db.port, &db.name, None, &db.name,
@@ -316,7 +339,15 @@ pub async fn apply(
             }
             Logins::Mongo { user, role } => {
                 let url = admin.mongo(db)?;
-                apply_mongo(db, user, role, &url, admin.secrets, &mut record).await
+                // After a rotation the secret names the other login of
+                // the two; provisioning keeps that one.
+                let active = admin
+                    .secrets
+                    .read(&db.credentials, "username")?
+                    .map(|u| u.expose().to_string())
+                    .filter(|u| mongo_logins(user).contains(u))
+                    .unwrap_or_else(|| user.clone());
+                apply_mongo(db, &active, role, &url, admin.secrets, &mut record).await
             }
         };
         done.with_context(|| format!("provisioning {}", db.id))?;
@@ -753,7 +784,7 @@ fn literal(value: &str) -> String {
 }
 
 /// Percent-encodes a user or password for a URL's userinfo.
-fn userinfo(value: &str) -> String {
+pub(crate) fn userinfo(value: &str) -> String {
     const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')
@@ -943,7 +974,7 @@ pub async fn role_exists(admin_url: &Secret, database: &str, role: &str) -> Resu
 }
 
 /// Whether a command failed because the server does not implement it.
-fn unsupported(error: &mongodb::error::Error) -> bool {
+pub(crate) fn unsupported(error: &mongodb::error::Error) -> bool {
     if let mongodb::error::ErrorKind::Command(command) = error.kind.as_ref()
         && matches!(command.code, 59 | 115)
     {
@@ -961,7 +992,7 @@ fn unsupported(error: &mongodb::error::Error) -> bool {
 }
 
 /// Whether `reply` (of `usersInfo` or `rolesInfo`) lists anything.
-fn lists_one(reply: &Document, field: &str) -> bool {
+pub(crate) fn lists_one(reply: &Document, field: &str) -> bool {
     reply.get_array(field).is_ok_and(|items| !items.is_empty())
 }
 

@@ -101,9 +101,13 @@ pub fn redis_users(
         let password = password(store, &secret, "password")?;
         put(store, &secret, "username", &Secret::new(name.clone()))?;
         put(store, &secret, "url", &redis::url(&name, &password, port))?;
+        let previous = store
+            .read_stage(&secret, crate::secrets::Stage::Previous)?
+            .and_then(|staged| staged.keys.get("password").cloned());
         users.push(RedisUser {
             name,
             password,
+            previous,
             key_patterns,
         });
     }

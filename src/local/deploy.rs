@@ -230,7 +230,14 @@ async fn steps(
         .collect();
     check_ports(status.as_ref(), &all_ports, &origins)?;
     let created_cluster = pg.init(state, &superuser)?;
-    redis::configure(state, env.base, ports.redis, &redis_users)?;
+    let redis_admin = crate::backup::connection::redis_password(store)?;
+    redis::configure(
+        state,
+        env.base,
+        ports.redis,
+        &redis_users,
+        redis_admin.as_ref(),
+    )?;
     mongo.prepare(state)?;
     let mut data = vec![
         pg.spec(state, ports.postgres),

@@ -211,6 +211,15 @@ pub fn services(env: &Environment, inputs: &Inputs) -> anyhow::Result<Vec<Proces
                 ConfigValue::Secret { secret, key: item } => {
                     match (inputs.secret_file)(secret, item) {
                         Some(path) => {
+                            if key.starts_with("INTERNAL_CALLER_") {
+                                // The caller's previous credential while a
+                                // rotation is under way (absent otherwise).
+                                let previous = crate::secrets::LocalFiles::previous_file(&path);
+                                environment.insert(
+                                    format!("{key}_PREVIOUS_FILE"),
+                                    previous.display().to_string(),
+                                );
+                            }
                             environment.insert(format!("{key}_FILE"), path.display().to_string());
                         }
                         None if is_required(env, service, key) => bail!(
@@ -470,6 +479,11 @@ mod tests {
         );
         assert!(!auth.env.contains_key("AUTH_DB_URL"));
         assert!(!auth.env.contains_key("EMAIL_PROVIDER_KEY_FILE"));
+        assert_eq!(
+            auth.env["INTERNAL_CALLER_BASIC_PREVIOUS_FILE"],
+            "/state/secrets/internal-credential-basic/.previous/token"
+        );
+        assert!(!auth.env.contains_key("INTERNAL_CREDENTIAL_PREVIOUS_FILE"));
         assert_eq!(auth.argv, ["/bin-dir/kisum-auth", "serve"]);
         let admin = specs.iter().find(|s| s.name == "platform-admin").unwrap();
         assert_eq!(

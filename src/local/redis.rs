@@ -20,6 +20,9 @@ use crate::secrets::Secret;
 pub struct RedisUser {
     pub name: String,
     pub password: Secret,
+    /// The password before the last `secrets rotate`, which instances not
+    /// restarted since still use: accepted too, until the next rotation.
+    pub previous: Option<Secret>,
     pub key_patterns: Vec<String>,
 }
 
@@ -59,20 +62,31 @@ pub fn users_of(base: &BaseFile) -> Vec<(String, String, Vec<String>)> {
         .collect()
 }
 
-/// Writes `redis.conf` and `users.acl` (both mode 0600).
+/// Writes `redis.conf` and `users.acl` (both mode 0600). With `admin`
+/// (the password of `redis-admin-credentials`, when a person supplied it)
+/// the default user is the server's administrator, which backups and
+/// `secrets rotate` log in as; without it the default user is off.
 pub fn configure(
     state: &StateDir,
     base: &BaseFile,
     port: u16,
     users: &[RedisUser],
+    admin: Option<&Secret>,
 ) -> anyhow::Result<()> {
     let dir = state.data("redis");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
     let acl = dir.join("users.acl");
-    let mut lines = vec!["user default off".to_string()];
+    let digest = |password: &Secret| hex::encode(Sha256::digest(password.expose().as_bytes()));
+    let mut lines = vec![match admin {
+        Some(password) => format!("user default on #{} ~* &* +@all", digest(password)),
+        None => "user default off".to_string(),
+    }];
     for user in users {
-        let digest = hex::encode(Sha256::digest(user.password.expose().as_bytes()));
+        let mut passwords = format!("#{}", digest(&user.password));
+        if let Some(previous) = user.previous.as_ref().filter(|p| *p != &user.password) {
+            passwords.push_str(&format!(" #{}", digest(previous)));
+        }
         let keys = if user.key_patterns.is_empty() {
             "resetkeys".to_string()
         } else {
@@ -83,7 +97,7 @@ pub fn configure(
                 .join(" ")
         };
         lines.push(format!(
-            "user {} on #{digest} {keys} resetchannels +@all -@admin -@dangerous +info",
+            "user {} on {passwords} {keys} resetchannels +@all -@admin -@dangerous +info",
             user.name
         ));
     }
@@ -173,15 +187,37 @@ mod tests {
         let state = StateDir::new(root.path());
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
         let matrix = Matrix::load(&dir).unwrap();
-        let users = [RedisUser {
-            name: "auth".into(),
-            password: Secret::new("plain-password-value"),
-            key_patterns: vec!["session:*".into()],
-        }];
-        configure(&state, matrix.base(), 6400, &users).unwrap();
+        let users = [
+            RedisUser {
+                name: "auth".into(),
+                password: Secret::new("plain-password-value"),
+                previous: Some(Secret::new("the-previous-value")),
+                key_patterns: vec!["session:*".into()],
+            },
+            RedisUser {
+                name: "basic".into(),
+                password: Secret::new("basic-password-value"),
+                previous: None,
+                key_patterns: vec![],
+            },
+        ];
+        configure(&state, matrix.base(), 6400, &users, None).unwrap();
         let acl = fs::read_to_string(state.data("redis").join("users.acl")).unwrap();
+        assert!(acl.starts_with("user default off\n"), "{acl}");
         assert!(!acl.contains("plain-password-value"));
+        assert!(!acl.contains("the-previous-value"));
+        let digests = |user: &str| {
+            let line = acl.lines().find(|l| l.starts_with(user)).unwrap();
+            line.split(' ').filter(|w| w.starts_with('#')).count()
+        };
+        assert_eq!(digests("user auth "), 2, "current and previous: {acl}");
+        assert_eq!(digests("user basic "), 1, "{acl}");
         assert!(acl.contains("user auth on #"));
+        let admin = Secret::new("the-admin-password-value");
+        configure(&state, matrix.base(), 6400, &users, Some(&admin)).unwrap();
+        let with_admin = fs::read_to_string(state.data("redis").join("users.acl")).unwrap();
+        assert!(with_admin.starts_with("user default on #"), "{with_admin}");
+        assert!(!with_admin.contains("the-admin-password-value"));
         assert!(acl.contains("~session:*"));
         let conf = fs::read_to_string(state.data("redis").join("redis.conf")).unwrap();
         assert!(conf.contains("port 6400"));

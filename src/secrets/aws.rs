@@ -273,6 +273,14 @@ impl SecretsManager {
     }
 }
 
+/// The id of the version labelled `stage`.
+fn version_with(versions: &[SecretVersion], stage: &str) -> Option<String> {
+    versions
+        .iter()
+        .find(|v| v.stages.iter().any(|s| s == stage))
+        .map(|v| v.id.clone())
+}
+
 fn exposed(keys: &BTreeMap<String, Secret>) -> BTreeMap<String, String> {
     keys.iter()
         .map(|(k, v)| (k.clone(), v.expose().to_string()))
@@ -350,12 +358,7 @@ impl SecretStore for SecretsManager {
     /// when the server did not), then `AWSPENDING` removed.
     fn promote_pending(&self, secret: &str) -> Result<(), StoreError> {
         let versions = self.versions(secret)?;
-        let holder = |stage: &str| {
-            versions
-                .iter()
-                .find(|v| v.stages.iter().any(|s| s == stage))
-                .map(|v| v.id.clone())
-        };
+        let holder = |stage: &str| version_with(&versions, stage);
         let Some(pending) = holder(PENDING) else {
             return Ok(());
         };
@@ -374,6 +377,18 @@ impl SecretStore for SecretsManager {
             }
         }
         self.move_stage(secret, PENDING, None, Some(&pending))
+    }
+
+    fn retire_previous(&self, secret: &str) -> Result<(), StoreError> {
+        let versions = self.versions(secret)?;
+        let holder = |stage: &str| version_with(&versions, stage);
+        let (Some(current), previous) = (holder(CURRENT), holder(PREVIOUS)) else {
+            return Ok(());
+        };
+        if previous.as_deref() == Some(current.as_str()) {
+            return Ok(());
+        }
+        self.move_stage(secret, PREVIOUS, Some(&current), previous.as_deref())
     }
 
     fn changed_at(&self, secret: &str) -> Result<Option<i64>, StoreError> {

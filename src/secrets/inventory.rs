@@ -39,10 +39,17 @@ pub enum Source {
 pub enum Rotation {
     /// A PostgreSQL service login: alternate between its two login roles.
     Alternate { database: String },
+    /// A MongoDB service user: alternate between its two users.
+    MongoAlternate { database: String },
     /// A PostgreSQL migration role: a new password on the same role.
     InPlace { database: String },
     /// A new random token.
     Regenerate,
+    /// A Redis ACL user: the new password added beside the current one.
+    RedisAcl,
+    /// Auth accounts (the smoke fixtures, the bootstrap administrator) of
+    /// `local`: new passwords set through `kisum-auth seed-user`.
+    AuthAccounts,
     /// Renewed by another command or a person (named), not by `rotate`.
     Elsewhere { by: String },
 }
@@ -196,7 +203,10 @@ fn rotation(env: &Environment, id: &str, spec: &crate::matrix::schema::Secret) -
     match (spec.generate, spec.category) {
         (_, SecretCategory::DatabaseCredential) => match database(|db| Some(&db.credentials)) {
             Some(database) => Rotation::Alternate { database },
-            None => elsewhere("not yet: a MongoDB user's password is changed by hand"),
+            None => match mongo_database(env, id) {
+                Some(database) => Rotation::MongoAlternate { database },
+                None => elsewhere("a person (no decided database names it)"),
+            },
         },
         (_, SecretCategory::DatabaseMigrationCredential) => {
             match database(|db| db.migration_credentials.as_ref()) {
@@ -208,13 +218,25 @@ fn rotation(env: &Environment, id: &str, spec: &crate::matrix::schema::Secret) -
         (Generation::RsaKeySet | Generation::Derived, _) => elsewhere("kisumctl rotate-jwt-key"),
         (Generation::Acme, _) => elsewhere("kisumctl tls renew"),
         (Generation::External, _) => elsewhere("a person: supply the new value"),
-        (Generation::Password, SecretCategory::RedisCredential) => {
-            elsewhere("not yet: the Redis ACL must change with it")
-        }
-        (Generation::Password, _) => {
-            elsewhere("not yet: the account's password must change with it")
-        }
+        (Generation::Password, SecretCategory::RedisCredential) => Rotation::RedisAcl,
+        (
+            Generation::Password,
+            SecretCategory::SmokeTestCredential | SecretCategory::AdminBootstrap,
+        ) if env.name == "local" => Rotation::AuthAccounts,
+        (Generation::Password, _) => elsewhere(
+            "a person: `kisum-auth seed-user EMAIL --password-file FILE` in Auth's environment \
+             (a one-off pod), then the new value put in the secret; automated on local only",
+        ),
     }
+}
+
+/// The MongoDB database whose service login `id` is.
+fn mongo_database(env: &Environment, id: &str) -> Option<String> {
+    env.base
+        .databases
+        .iter()
+        .find(|(_, db)| db.engine == Engine::Mongodb && db.credentials == id)
+        .map(|(db, _)| db.clone())
 }
 
 /// What `apply` does to one key, or why it does nothing.
@@ -663,9 +685,19 @@ mod tests {
         let bootstrap = find("admin-bootstrap-credentials");
         assert_eq!(bootstrap.keys[0], ("email".into(), Source::Supplied));
         assert_eq!(bootstrap.keys[1], ("password".into(), Source::Generated));
+        assert!(
+            matches!(&bootstrap.rotation, Rotation::Elsewhere { by } if by.contains("seed-user")),
+            "outside local a person runs seed-user"
+        );
+        assert_eq!(find("redis-auth-credentials").rotation, Rotation::RedisAcl);
 
         let local = matrix.environment("local").unwrap();
         let all = expected(&local);
+        let smoke = all
+            .iter()
+            .find(|e| e.name == "smoke-test-credentials")
+            .unwrap();
+        assert_eq!(smoke.rotation, Rotation::AuthAccounts);
         let find = |name: &str| all.iter().find(|e| e.name == name).unwrap();
         assert!(find("tls-certificates").not_here.is_some());
         assert!(find("auth-postgres-superuser").not_here.is_some());

@@ -35,6 +35,18 @@ impl LocalFiles {
         LocalFiles { dir: dir.into() }
     }
 
+    /// The file of the previous value of the key whose current file is
+    /// `current` (it exists only between a rotation and its retirement).
+    pub fn previous_file(current: &Path) -> PathBuf {
+        staged_file(current, PREVIOUS)
+    }
+
+    /// The file of the pending value of the key whose current file is
+    /// `current` (it exists only while a rotation is under way).
+    pub fn pending_file(current: &Path) -> PathBuf {
+        staged_file(current, PENDING)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -48,6 +60,16 @@ impl LocalFiles {
         check_name(key)?;
         Ok(self.secret_dir(secret)?.join(key))
     }
+}
+
+/// `<secret>/<stage>/<key>` for the current file `<secret>/<key>`.
+fn staged_file(current: &Path, stage: &str) -> PathBuf {
+    let key = current.file_name().unwrap_or_default();
+    current
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join(stage)
+        .join(key)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -269,6 +291,13 @@ impl SecretStore for LocalFiles {
             write_file(&dir, &key, &value)?;
         }
         remove_dir(&pending)?;
+        sync_dir(&dir)
+    }
+
+    fn retire_previous(&self, secret: &str) -> Result<(), StoreError> {
+        let dir = self.secret_dir(secret)?;
+        check_private_dir(&self.dir)?;
+        remove_dir(&dir.join(PREVIOUS))?;
         sync_dir(&dir)
     }
 

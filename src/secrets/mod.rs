@@ -163,6 +163,12 @@ pub trait SecretStore: Send + Sync {
     /// interruption.
     fn promote_pending(&self, secret: &str) -> Result<(), StoreError>;
 
+    /// Ends the acceptance of the previous value: local files remove it,
+    /// Secrets Manager moves `AWSPREVIOUS` to the current version (so a
+    /// reader of the previous stage gets the current value). For internal
+    /// credentials, which verifiers accept at both stages.
+    fn retire_previous(&self, secret: &str) -> Result<(), StoreError>;
+
     /// The stages `secret` has, newest first: the versions of backends
     /// that keep versions, the staged directories of local files.
     fn stages(&self, secret: &str) -> Result<Vec<SecretVersion>, StoreError> {

@@ -12,11 +12,27 @@
 //!   the secret named before keeps its password, so instances still using
 //!   the old credential keep working; it changes only at the next rotation.
 //! - A migration role gets a new password on the same role, tried likewise.
-//! - A token is regenerated and read back before it is promoted.
+//! - A Redis ACL user gets the new password beside its current one (`ACL
+//!   SETUSER <user> resetpass ><current> ><new>`, which also drops any
+//!   older one), a login with it is tried, then the secret is switched.
+//!   Instances still using the old password keep connecting until the
+//!   next rotation, as with PostgreSQL.
+//! - An internal service credential (a token) is regenerated and read
+//!   back, then promoted: the services verifying it accept the current and
+//!   the previous credential and read both again when they change, and the
+//!   caller presents the new one as soon as it reads it. After
+//!   `retire_after` (long enough for every instance to have read it), the
+//!   previous one is retired and the old credential is refused.
+//!
+//! - Auth accounts of `local` (the smoke fixtures, the bootstrap
+//!   administrator) get their new passwords through `kisum-auth seed-user`
+//!   with deploy local's environment of Auth; a login with each new one
+//!   must pass and with each old one fail before the secret is switched.
 //!
 //! Nothing here prints or returns a value.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -108,6 +124,11 @@ pub struct Rotator<'a> {
     pub env: &'a Environment<'a>,
     pub store: &'a dyn SecretStore,
     pub connect_timeout: Duration,
+    /// How long after an internal credential's promotion its previous
+    /// value stays accepted.
+    pub retire_after: Duration,
+    /// The environment's state directory (`local`: deploy local's state).
+    pub state_dir: PathBuf,
 }
 
 impl Rotator<'_> {
@@ -120,7 +141,20 @@ impl Rotator<'_> {
             Rotation::InPlace { database } => {
                 self.postgres(secret, database, false, progress).await
             }
-            Rotation::Regenerate => self.token(secret, progress),
+            Rotation::Regenerate => self.token(secret, progress).await,
+            Rotation::MongoAlternate { .. } if !self.has_login(&secret.name) => {
+                return Rotated {
+                    secret: secret.name.clone(),
+                    outcome: Outcome::Skipped,
+                    detail: "its url is missing or carries no login (a server without user \
+                             management, such as the MongoDB emulator of local): no password to \
+                             rotate"
+                        .into(),
+                };
+            }
+            Rotation::MongoAlternate { database } => self.mongo(secret, database, progress).await,
+            Rotation::RedisAcl => self.redis(secret, progress).await,
+            Rotation::AuthAccounts => self.auth_accounts(secret, progress).await,
             Rotation::Elsewhere { by } => {
                 return Rotated {
                     secret: secret.name.clone(),
@@ -146,6 +180,24 @@ impl Rotator<'_> {
         }
     }
 
+    /// `database` as `db provision` plans it here.
+    fn planned(&self, database: &str) -> Result<provision::Database> {
+        provision::plan(self.env, Some(database))?
+            .databases
+            .into_iter()
+            .next()
+            .with_context(|| format!("{database} is not deployed in {}", self.env.name))
+    }
+
+    /// Whether the current `url` of secret `name` carries a login.
+    fn has_login(&self, name: &str) -> bool {
+        self.store
+            .read(name, "url")
+            .ok()
+            .flatten()
+            .is_some_and(|url| connection::has_login(url.expose()))
+    }
+
     fn current(&self, name: &str) -> Result<Staged> {
         self.store
             .read_stage(name, Stage::Current)?
@@ -158,10 +210,21 @@ impl Rotator<'_> {
             })
     }
 
-    /// A new token for every key, read back from the pending version.
-    fn token(&self, secret: &Expected, progress: &mut dyn FnMut(&str)) -> Result<String> {
+    /// A new token for every key, read back from the pending version,
+    /// promoted, and once `retire_after` has passed the previous one
+    /// retired.
+    async fn token(&self, secret: &Expected, progress: &mut dyn FnMut(&str)) -> Result<String> {
         let name = &secret.name;
         let current = self.current(name)?;
+        let pending_now = self.store.read_stage(name, Stage::Pending)?;
+        let previous = self.store.read_stage(name, Stage::Previous)?;
+        if pending_now.is_none() && previous.is_some_and(|p| differs(&p, &current)) {
+            // Promoted before, but interrupted before the retirement.
+            self.retire(name, progress).await?;
+            return Ok(
+                "finished an interrupted rotation: the previous credential is retired".into(),
+            );
+        }
         let pending = match self.store.read_stage(name, Stage::Pending)? {
             Some(pending) if differs(&pending, &current) => {
                 progress(&format!("{name}: continuing the pending version"));
@@ -186,10 +249,27 @@ impl Rotator<'_> {
             bail!("the pending version of {name} does not read back as written");
         }
         self.store.promote_pending(name)?;
-        Ok(format!(
-            "new value current; the one before kept as the previous version ({})",
+        progress(&format!(
+            "{name}: new value current, the old one accepted beside it as {}",
             Stage::Previous.label()
-        ))
+        ));
+        self.retire(name, progress).await?;
+        Ok("new value current; the old one is retired and refused".into())
+    }
+
+    /// Waits `retire_after` for every instance to read the new value,
+    /// then retires the previous one.
+    async fn retire(&self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<()> {
+        if !self.retire_after.is_zero() {
+            progress(&format!(
+                "{name}: waiting {} s for every instance to present the new value",
+                self.retire_after.as_secs_f64()
+            ));
+            tokio::time::sleep(self.retire_after).await;
+        }
+        self.store.retire_previous(name)?;
+        progress(&format!("{name}: the previous value is retired"));
+        Ok(())
     }
 
     /// A PostgreSQL login: the waiting role (or, `alternate` false, the
@@ -203,11 +283,7 @@ impl Rotator<'_> {
         progress: &mut dyn FnMut(&str),
     ) -> Result<String> {
         let name = &secret.name;
-        let plan = provision::plan(self.env, Some(database))?;
-        let db = plan
-            .databases
-            .first()
-            .with_context(|| format!("{database} is not deployed in {}", self.env.name))?;
+        let db = &self.planned(database)?;
         let Logins::Postgres { roles, .. } = &db.logins else {
             bail!("{database} is not a PostgreSQL database");
         };
@@ -249,33 +325,9 @@ impl Rotator<'_> {
         } else {
             active.clone()
         };
-        let resumed = pending
-            .filter(|p| user(p) == target && differs(p, &current))
-            .and_then(|p| p.keys.get("password").cloned());
-        let password = match resumed {
-            Some(password) => {
-                progress(&format!(
-                    "{name}: continuing the pending version for {target}"
-                ));
-                password
-            }
-            None => {
-                let password = Secret::random_password();
-                let mut keys = current.keys.clone();
-                keys.insert("username".into(), Secret::new(target.clone()));
-                keys.insert("password".into(), password.clone());
-                keys.insert(
-                    "url".into(),
-                    Secret::new(provision::postgres_url(db, &target, password.expose())),
-                );
-                self.store.put_pending(name, &keys)?;
-                progress(&format!(
-                    "{name}: new password for {target} stored as {}",
-                    Stage::Pending.label()
-                ));
-                password
-            }
-        };
+        let password = self.pending_login(name, &current, pending, &target, progress, |p| {
+            provision::postgres_url(db, &target, p.expose())
+        })?;
 
         let server = connection::target(self.env, database)?;
         let admin = connection::postgres_login(self.env, &server, self.store)?;
@@ -326,6 +378,369 @@ impl Rotator<'_> {
     }
 }
 
+impl Rotator<'_> {
+    /// A Redis ACL user: the pending password is added beside the current
+    /// one (anything older is dropped), must log in, then the secret is
+    /// switched. The server's ACL file is saved when it has one.
+    async fn redis(&self, secret: &Expected, progress: &mut dyn FnMut(&str)) -> Result<String> {
+        let name = &secret.name;
+        let current = self.current(name)?;
+        let username = user(&current);
+        let (Some(old), Some(url)) = (current.keys.get("password"), current.keys.get("url")) else {
+            bail!("{name} has no password and url yet: run `kisumctl deploy local` or supply them");
+        };
+        if username.is_empty() {
+            bail!("{name} names no Redis user (key `username`)");
+        }
+        let admin_password = connection::redis_password(self.store)?;
+        if admin_password.is_none() && self.env.name == "local" {
+            bail!(
+                "local's Redis has no administrator: supply `{}` (key password), run `kisumctl \
+                 deploy local`, then rotate",
+                connection::REDIS_ADMIN_SECRET
+            );
+        }
+        let resumed = self
+            .store
+            .read_stage(name, Stage::Pending)?
+            .filter(|p| user(p) == username && differs(p, &current))
+            .and_then(|p| p.keys.get("password").cloned());
+        let password = match resumed {
+            Some(password) => {
+                progress(&format!(
+                    "{name}: continuing the pending version for {username}"
+                ));
+                password
+            }
+            None => {
+                let password = Secret::random_password();
+                let mut keys = current.keys.clone();
+                keys.insert("password".into(), password.clone());
+                keys.insert(
+                    "url".into(),
+                    Secret::new(redis_url_with(url.expose(), &username, &password)?),
+                );
+                self.store.put_pending(name, &keys)?;
+                progress(&format!(
+                    "{name}: new password for {username} stored as {}",
+                    Stage::Pending.label()
+                ));
+                password
+            }
+        };
+
+        let target = connection::target(self.env, connection::REDIS_ID)?;
+        let admin = crate::backup::redis::Server {
+            host: &target.host,
+            port: target.port,
+            password: admin_password.as_ref(),
+        };
+        let mut conn = admin.connect(0).await.with_context(|| {
+            format!(
+                "reaching Redis as its administrator (secret {}, key password)",
+                connection::REDIS_ADMIN_SECRET
+            )
+        })?;
+        let command = acl_setuser(&username, &[old, &password]);
+        let set: redis::RedisResult<()> = command.query_async(&mut conn).await;
+        // The error names the command, never its arguments (the passwords).
+        set.map_err(|e| anyhow::anyhow!("ACL SETUSER {username} refused: {:?}", e.kind()))?;
+        let aclfile: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("aclfile")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if aclfile.get(1).is_some_and(|f| !f.is_empty()) {
+            let saved: redis::RedisResult<()> =
+                redis::cmd("ACL").arg("SAVE").query_async(&mut conn).await;
+            saved.map_err(|e| anyhow::anyhow!("ACL SAVE refused: {:?}", e.kind()))?;
+        }
+        progress(&format!(
+            "{name}: {username} has the new password beside the current one"
+        ));
+
+        let login = redis_url_with(
+            &format!("redis://{}:{}/", target.host, target.port),
+            &username,
+            &password,
+        )?;
+        let tried = async {
+            let client = redis::Client::open(login)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        tried.await.map_err(|e| {
+            anyhow::anyhow!("testing the new password of {username}: {:?}", e.kind())
+        })?;
+        progress(&format!("{name}: {username} logs in with it"));
+        self.store.promote_pending(name)?;
+        Ok(format!(
+            "{username} has a new password; the one before keeps working until the next \
+             rotation, so instances still using it keep connecting"
+        ))
+    }
+}
+
+impl Rotator<'_> {
+    /// The accounts of `secret` in Auth: each `*password` key with its
+    /// `*email` key get a new password through `kisum-auth seed-user`,
+    /// which must log in while the old one no longer does.
+    async fn auth_accounts(
+        &self,
+        secret: &Expected,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<String> {
+        use crate::local::{plan::Endpoints, seed, state};
+        let name = &secret.name;
+        let current = self.current(name)?;
+        let accounts = accounts(secret);
+        for (email, _) in &accounts {
+            if !current.keys.contains_key(email) {
+                bail!("{name} has no `{email}` yet: supply it (or run `kisumctl deploy local`)");
+            }
+        }
+        let local = state::StateDir::new(&self.state_dir);
+        let desired: state::DesiredState =
+            state::read_json(&local.desired())?.with_context(|| {
+                format!(
+                    "{} is not deployed: run `kisumctl deploy local`",
+                    self.env.name
+                )
+            })?;
+        let auth = desired
+            .processes
+            .iter()
+            .find(|p| p.name == "auth")
+            .context("deploy local's state names no auth process")?;
+        let endpoints: Endpoints = state::read_json(&local.endpoints())?
+            .context("deploy local's endpoints.json is missing")?;
+        let auth_url = endpoints.public.get("auth").context("no Auth endpoint")?;
+
+        let pending = match self.store.read_stage(name, Stage::Pending)? {
+            Some(pending) if differs(&pending, &current) => {
+                progress(&format!("{name}: continuing the pending version"));
+                pending
+            }
+            _ => {
+                let mut keys = current.keys.clone();
+                for (_, password) in &accounts {
+                    keys.insert(password.clone(), Secret::random_password());
+                }
+                self.store.put_pending(name, &keys)?;
+                progress(&format!(
+                    "{name}: new passwords stored as {}",
+                    Stage::Pending.label()
+                ));
+                Staged { keys }
+            }
+        };
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(self.connect_timeout)
+            .build()?;
+        for (email_key, password_key) in &accounts {
+            let email = current.keys[email_key].expose();
+            let file = self
+                .store
+                .file(name, password_key)
+                .map(|path| super::LocalFiles::pending_file(&path))
+                .with_context(|| {
+                    format!(
+                        "{} keeps no files: Auth's seed-user reads one",
+                        self.store.describe()
+                    )
+                })?;
+            let argv = vec![
+                "seed-user".to_string(),
+                email.to_string(),
+                "--password-file".into(),
+                file.display().to_string(),
+            ];
+            seed::seed_auth(&auth.argv[0], &auth.env, &[argv])?;
+            let new = &pending.keys[password_key];
+            seed::login(&client, auth_url, email, new)
+                .await
+                .with_context(|| format!("testing the new password of {email}"))?;
+            if seed::login(&client, auth_url, email, &current.keys[password_key])
+                .await
+                .is_ok()
+            {
+                bail!("the old password of {email} still logs in");
+            }
+            progress(&format!(
+                "{name}: {email} logs in with the new password, not with the old one"
+            ));
+        }
+        self.store.promote_pending(name)?;
+        Ok(format!(
+            "{} account(s) have new passwords in Auth (their sessions ended)",
+            accounts.len()
+        ))
+    }
+}
+
+impl Rotator<'_> {
+    /// A MongoDB service user, by alternation: the waiting user of the two
+    /// gets the pending password (created when missing, with the service's
+    /// role only), must authenticate, then the secret names it. The user
+    /// the secret named before keeps its password until the next rotation.
+    async fn mongo(
+        &self,
+        secret: &Expected,
+        database: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<String> {
+        let name = &secret.name;
+        let db = &self.planned(database)?;
+        let Logins::Mongo { user: first, role } = &db.logins else {
+            bail!("{database} is not a MongoDB database");
+        };
+        let logins = provision::mongo_logins(first);
+        let current = self.current(name)?;
+        let active = user(&current);
+        if !logins.contains(&active) {
+            bail!(
+                "{name} names no MongoDB user of {database} (the server does not manage users, \
+                 or `kisumctl db provision {} {database}` has not run): no password to rotate",
+                self.env.name
+            );
+        }
+        let pending = self.store.read_stage(name, Stage::Pending)?;
+        if pending.as_ref().is_some_and(|p| user(p) == active) {
+            self.store.promote_pending(name)?;
+            return Ok(format!("finished an interrupted switch to {active}"));
+        }
+        let target = logins
+            .iter()
+            .find(|l| **l != active)
+            .cloned()
+            .unwrap_or_default();
+        let live = current
+            .keys
+            .get("url")
+            .and_then(|url| connection::url_database(url.expose()).map(str::to_string))
+            .filter(|live| connection::is_generation(&db.name, live))
+            .unwrap_or_else(|| db.name.clone());
+        // The server must manage users before anything is stored.
+        let admin = provision::Admin {
+            env: self.env,
+            secrets: self.store,
+            connect_timeout: self.connect_timeout,
+        };
+        let client = crate::backup::mongo::client(&admin.mongo(db)?).await?;
+        let home = client.database(&db.name);
+        let info = provision::users_info(&target);
+        let exists = match home.run_command(info).await {
+            Ok(reply) => provision::lists_one(&reply, "users"),
+            Err(error) if provision::unsupported(&error) => bail!(
+                "the server of {database} does not manage users (the MongoDB emulator): \
+                 there is no password to rotate"
+            ),
+            Err(error) => return Err(error).context("usersInfo"),
+        };
+        let password = self.pending_login(name, &current, pending, &target, progress, |p| {
+            provision::mongo_url(&db.host, db.port, &live, Some((&target, p)), &db.name)
+        })?;
+        let [_, set] = provision::rotation_commands(&target, &password, role, &live, exists);
+        home.run_command(set)
+            .await
+            // Only what failed: the command holds the password.
+            .map_err(|e| anyhow::anyhow!("setting the password of {target}: {}", e.kind))?;
+        progress(&format!("{name}: {target} has the new password"));
+
+        let login = provision::mongo_url(
+            &db.host,
+            db.port,
+            &live,
+            Some((&target, &password)),
+            &db.name,
+        );
+        let client = crate::backup::mongo::client(&Secret::new(login)).await?;
+        client
+            .database(&live)
+            .run_command(mongodb::bson::doc! { "ping": 1 })
+            .await
+            .map_err(|e| anyhow::anyhow!("testing the new password of {target}: {}", e.kind))?;
+        progress(&format!("{name}: {target} authenticates to {live} with it"));
+        self.store.promote_pending(name)?;
+        Ok(format!(
+            "now {target} (was {active}); {active} keeps its password until the next rotation, \
+             so instances still using it keep working"
+        ))
+    }
+}
+
+/// Each `password` / `*-password` key of `secret` with its e-mail key.
+fn accounts(secret: &Expected) -> Vec<(String, String)> {
+    secret
+        .keys
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| *key == "password" || key.ends_with("-password"))
+        .map(|key| (key.replace("password", "email"), key.clone()))
+        .collect()
+}
+
+/// `ACL SETUSER <user> resetpass ><password>...`: exactly these passwords.
+fn acl_setuser(user: &str, passwords: &[&Secret]) -> redis::Cmd {
+    let mut command = redis::cmd("ACL");
+    command.arg("SETUSER").arg(user).arg("resetpass");
+    for password in passwords {
+        command.arg(format!(">{}", password.expose()));
+    }
+    command
+}
+
+/// `url` (`redis://user:old@host:port/...`) with `user` and `password`.
+fn redis_url_with(url: &str, user: &str, password: &Secret) -> Result<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("the url of the Redis login is not a redis:// URL");
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    Ok(format!(
+        "{scheme}://{}:{}@{host}",
+        provision::userinfo(user),
+        provision::userinfo(password.expose())
+    ))
+}
+
+impl Rotator<'_> {
+    /// The password of the pending version for login `target`: the one a
+    /// failed run left (continued), else a new one stored now as the
+    /// pending version with `target`, the password and `url(password)`.
+    fn pending_login(
+        &self,
+        name: &str,
+        current: &Staged,
+        pending: Option<Staged>,
+        target: &str,
+        progress: &mut dyn FnMut(&str),
+        url: impl FnOnce(&Secret) -> String,
+    ) -> Result<Secret> {
+        let resumed = pending
+            .filter(|p| user(p) == target && differs(p, current))
+            .and_then(|p| p.keys.get("password").cloned());
+        if let Some(password) = resumed {
+            progress(&format!(
+                "{name}: continuing the pending version for {target}"
+            ));
+            return Ok(password);
+        }
+        let password = Secret::random_password();
+        let mut keys = current.keys.clone();
+        keys.insert("username".into(), Secret::new(target));
+        keys.insert("password".into(), password.clone());
+        keys.insert("url".into(), Secret::new(url(&password)));
+        self.store.put_pending(name, &keys)?;
+        progress(&format!(
+            "{name}: new password for {target} stored as {}",
+            Stage::Pending.label()
+        ));
+        Ok(password)
+    }
+}
+
 fn user(staged: &Staged) -> String {
     staged
         .keys
@@ -345,7 +760,66 @@ mod tests {
     use crate::secrets::LocalFiles;
 
     #[test]
-    fn a_token_rotates_through_a_pending_version_and_keeps_the_previous() {
+    fn a_mongodb_rotation_alternates_and_grants_only_the_services_role() {
+        assert_eq!(
+            provision::mongo_logins("basic_app"),
+            ["basic_app", "basic_app_b"]
+        );
+        let password = Secret::new("new-pw");
+        let [info, set] =
+            provision::rotation_commands("basic_app_b", &password, "basic_app_role", "main", true);
+        assert_eq!(info, mongodb::bson::doc! { "usersInfo": "basic_app_b" });
+        assert_eq!(
+            set,
+            mongodb::bson::doc! {
+                "updateUser": "basic_app_b",
+                "pwd": "new-pw",
+                "roles": [{ "role": "basic_app_role", "db": "main" }],
+                "mechanisms": ["SCRAM-SHA-256"],
+            }
+        );
+        let [_, create] =
+            provision::rotation_commands("basic_app_b", &password, "basic_app_role", "main", false);
+        assert_eq!(create.keys().next().map(String::as_str), Some("createUser"));
+        // Every MongoDB login of the inventory rotates by alternation.
+        let matrix = crate::matrix::shipped();
+        let env = matrix.environment("staging").unwrap();
+        let main = inventory::expected(&env)
+            .into_iter()
+            .find(|e| e.name == "main-db-credentials")
+            .unwrap();
+        assert_eq!(
+            main.rotation,
+            Rotation::MongoAlternate {
+                database: "main-db".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_redis_user_keeps_exactly_the_current_and_the_new_password() {
+        let (old, new) = (Secret::new("old-pw"), Secret::new("new-pw"));
+        let packed = acl_setuser("auth", &[&old, &new]).get_packed_command();
+        let text = String::from_utf8_lossy(&packed);
+        let args: Vec<&str> = text
+            .split("\r\n")
+            .filter(|l| !l.starts_with(['*', '$']) && !l.is_empty())
+            .collect();
+        assert_eq!(
+            args,
+            ["ACL", "SETUSER", "auth", "resetpass", ">old-pw", ">new-pw"]
+        );
+        let url = redis_url_with("rediss://auth:old-pw@10.0.0.1:6379/0", "auth", &new).unwrap();
+        assert_eq!(url, "rediss://auth:new-pw@10.0.0.1:6379/0");
+        let url = redis_url_with("redis://127.0.0.1:1/", "auth", &new).unwrap();
+        assert_eq!(url, "redis://auth:new-pw@127.0.0.1:1/");
+        let odd = redis_url_with("redis://h:1/", "a b", &Secret::new("p@ss/")).unwrap();
+        assert_eq!(odd, "redis://a%20b:p%40ss%2F@h:1/");
+        assert!(redis_url_with("127.0.0.1:1", "auth", &new).is_err());
+    }
+
+    #[test]
+    fn a_token_rotates_through_a_pending_version_and_retires_the_previous() {
         let matrix = crate::matrix::shipped();
         let env = matrix.environment("local").unwrap();
         let root = tempfile::tempdir().unwrap();
@@ -360,6 +834,8 @@ mod tests {
             env: &env,
             store: &store,
             connect_timeout: Duration::from_secs(1),
+            retire_after: Duration::ZERO,
+            state_dir: root.path().join("state"),
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let rotated = runtime.block_on(rotator.rotate(&chosen[0], &mut |_| {}));
@@ -370,11 +846,11 @@ mod tests {
                 .unwrap()
                 .map(|s| s.keys["token"].expose().to_string())
         };
-        assert_eq!(read(Stage::Previous).as_deref(), Some("first"));
+        assert_eq!(read(Stage::Previous), None, "retired");
         assert_ne!(read(Stage::Current).as_deref(), Some("first"));
         assert_eq!(read(Stage::Pending), None);
         let stages = store.stages("internal-credential-auth").unwrap();
-        assert_eq!(stages.len(), 2, "{stages:?}");
+        assert_eq!(stages.len(), 1, "{stages:?}");
         assert_eq!(
             store.keys("internal-credential-auth").unwrap(),
             ["token"],

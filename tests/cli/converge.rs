@@ -2,14 +2,17 @@
 //! its own line; `local` against a private PostgreSQL and mongoeco with the
 //! services' migrations; `staging` with its secrets on moto and no Route53
 //! or database server reachable, so those parts say so instead of failing
-//! the rest.
+//! the rest; `dev` with its secrets in Secrets Manager and its zones in
+//! Route53 (both moto) and certificates from pebble.
 
 use std::process::Output;
 
 use serde_json::Value;
 
-use crate::common::{Moto, assert_exit, stderr};
+use crate::common::{Moto, assert_exit, secret_at, stderr};
 use crate::site::Site;
+
+const CANARY: &str = "canary-5d1e08-never-printed";
 
 fn states(document: &Value) -> Vec<(String, String)> {
     document["parts"]
@@ -23,6 +26,22 @@ fn states(document: &Value) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Runs `args` off the runtime, asserts the exit code, parses stdout.
+async fn run_json(
+    site: &std::sync::Arc<Site>,
+    args: &'static [&'static str],
+    code: i32,
+) -> (Value, Output) {
+    let site = site.clone();
+    tokio::task::spawn_blocking(move || {
+        let output = assert_exit(args, site.run(args), code);
+        let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (document, output)
+    })
+    .await
+    .unwrap()
 }
 
 fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -136,18 +155,7 @@ async fn parts_that_cannot_run_say_so_without_failing_the_others() {
     crate::secrets::staging_secrets_on(&site, &moto);
     site.env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
     let site = std::sync::Arc::new(site);
-    let json = |args: &'static [&'static str], code: i32| {
-        let site = site.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let output = assert_exit(args, site.run(args), code);
-                let document: Value = serde_json::from_slice(&output.stdout).unwrap();
-                (document, output)
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let json = |args: &'static [&'static str], code: i32| run_json(&site, args, code);
 
     // Route53 is a dead loopback port; no database server is reachable.
     let (plan, _) = json(&["plan", "staging", "-o", "json"], 1).await;
@@ -184,4 +192,143 @@ async fn parts_that_cannot_run_say_so_without_failing_the_others() {
     );
     let (again, _) = json(&["secrets", "plan", "staging", "-o", "json"], 0).await;
     assert_eq!(again["summary"]["keys_to_generate"], 0, "{again}");
+}
+
+/// Every value `dev` keeps in Secrets Manager on `moto` (login names
+/// aside), current and previous.
+async fn values_in(client: &aws_sdk_secretsmanager::Client) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut pages = client.list_secrets().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for entry in page.unwrap().secret_list() {
+            let name = entry.name().unwrap();
+            for stage in ["AWSCURRENT", "AWSPREVIOUS"] {
+                let Some(keys) = secret_at(client, name, stage).await else {
+                    continue;
+                };
+                values.extend(
+                    keys.into_iter()
+                        .filter(|(key, value)| key != "username" && value.len() >= 12)
+                        .map(|(_, value)| value),
+                );
+            }
+        }
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_dev_issues_certificates_through_route53_and_pebble_into_secrets_manager() {
+    let pebble = crate::pebble::start().await;
+    let moto = Moto::start().await;
+    let proxy = crate::proxy::start(&moto.endpoint(), Some(pebble.challtestsrv_url())).await;
+    crate::dns::create_zones(&crate::dns::route53(&moto.endpoint())).await;
+    let site = Site::dev_on_aws(&proxy.url(), &moto.endpoint());
+    crate::tls::issue_from(&site, &pebble);
+    // A supplied secret a person put there: kept, never printed.
+    let client = moto.secrets_manager();
+    client
+        .create_secret()
+        .name("kisum/dev/billing-provider-key")
+        .secret_string(serde_json::json!({ "api-key": CANARY }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let site = std::sync::Arc::new(site);
+    let json = |args: &'static [&'static str], code: i32| run_json(&site, args, code);
+    let mut seen = Vec::new();
+
+    // The database servers are a dead loopback port: that part stays
+    // unavailable (exit 1), every other part goes through.
+    let (plan, output) = json(&["plan", "dev", "-o", "json"], 1).await;
+    seen.extend(texts(&output));
+    let planned = states(&plan);
+    for (part, state) in [
+        ("secrets", "changes"),
+        ("dns", "changes"),
+        ("tls", "changes"),
+        ("databases", "unavailable"),
+    ] {
+        assert!(
+            planned.contains(&(part.to_string(), state.to_string())),
+            "{part}: {plan}"
+        );
+    }
+
+    let (applied, output) = json(&["apply", "dev", "-o", "json"], 1).await;
+    seen.extend(texts(&output));
+    let done = states(&applied);
+    for (part, state) in [
+        ("secrets", "applied"),
+        ("dns", "applied"),
+        ("tls", "applied"),
+        ("databases", "unavailable"),
+    ] {
+        assert!(
+            done.contains(&(part.to_string(), state.to_string())),
+            "{part}: {applied}\n{}",
+            stderr(&output)
+        );
+    }
+    let log = stderr(&output);
+    let at = |part: &str| {
+        log.find(&format!("{part}: applied"))
+            .unwrap_or_else(|| panic!("{part}: {log}"))
+    };
+    assert!(at("secrets") < at("dns") && at("dns") < at("tls"), "{log}");
+    assert!(
+        proxy
+            .counts
+            .bridged
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    );
+
+    // One certificate per public host, in Secrets Manager as the
+    // `tls-<service>` secrets the Ingresses name, and valid.
+    let (status, output) = json(&["tls", "status", "dev", "-o", "json"], 0).await;
+    seen.extend(texts(&output));
+    let hosts = status["hosts"].as_array().unwrap();
+    assert!(hosts.len() >= 2, "{status:#}");
+    for host in hosts {
+        assert_eq!(host["health"], "ok", "{host}");
+        let secret = format!("kisum/dev/{}", host["secret"].as_str().unwrap());
+        let keys = secret_at(&client, &secret, "AWSCURRENT").await.unwrap();
+        assert!(keys["tls.crt"].contains("BEGIN CERTIFICATE"), "{secret}");
+        assert!(keys["tls.key"].contains("PRIVATE KEY"), "{secret}");
+        let issuer = host["certificate"]["issuer"].as_str().unwrap();
+        assert!(issuer.contains("Pebble"), "{issuer}");
+    }
+    assert!(
+        secret_at(&client, "kisum/dev/acme-account-key", "AWSCURRENT")
+            .await
+            .is_some()
+    );
+    let kept = secret_at(&client, "kisum/dev/billing-provider-key", "AWSCURRENT").await;
+    assert_eq!(kept.unwrap()["api-key"], CANARY);
+
+    // Everything but the unreachable databases is in sync now.
+    let (again, output) = json(&["plan", "dev", "-o", "json"], 1).await;
+    seen.extend(texts(&output));
+    for (part, state) in states(&again) {
+        let expected = if part == "databases" {
+            "unavailable"
+        } else {
+            "in-sync"
+        };
+        assert_eq!(state, expected, "{part}: {again}");
+    }
+
+    let mut values = values_in(&client).await;
+    values.push(CANARY.to_string());
+    assert!(values.len() > 20, "{}", values.len());
+    for text in &seen {
+        assert!(!text.contains("PRIVATE KEY"), "a key was printed:\n{text}");
+        for value in &values {
+            assert!(
+                !text.contains(value.as_str()),
+                "a secret value was printed:\n{text}"
+            );
+        }
+    }
 }

@@ -245,9 +245,17 @@ async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_check
         "{findings:?}"
     );
 
-    // Staged rotation: AWSPENDING, then AWSCURRENT, the old value AWSPREVIOUS.
+    // Staged rotation: AWSPENDING, then AWSCURRENT with the old value
+    // AWSPREVIOUS, then retired: AWSPREVIOUS moved to the current version.
     let (rotated, out) = blocking(
-        &["secrets", "rotate", "staging", "internal-credential-auth"],
+        &[
+            "secrets",
+            "rotate",
+            "staging",
+            "internal-credential-auth",
+            "--retire-after",
+            "0",
+        ],
         0,
     )
     .await
@@ -262,7 +270,16 @@ async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_check
     let current = secret_at(&client, name, "AWSCURRENT").await.unwrap();
     let previous = secret_at(&client, name, "AWSPREVIOUS").await.unwrap();
     assert_ne!(current["token"], token["token"]);
-    assert_eq!(previous["token"], token["token"]);
+    assert_eq!(
+        previous["token"], current["token"],
+        "the old token is retired"
+    );
+    let log = stderr(&rotated);
+    let kept = log
+        .find("the old one accepted beside it as AWSPREVIOUS")
+        .unwrap();
+    let retired = log.find("the previous value is retired").unwrap();
+    assert!(kept < retired, "{log}");
     assert!(secret_at(&client, name, "AWSPENDING").await.is_none());
     assert_eq!(version_count(&client, name).await, 2);
     let (listed, out) = blocking(&["secrets", "list", "staging", "-o", "json"], 0)
@@ -349,17 +366,26 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
         "{check}"
     );
 
-    expect(
-        &site,
-        &["secrets", "rotate", "local", "internal-credential-auth"],
-        0,
-        &mut seen,
+    let rotate = [
+        "secrets",
+        "rotate",
+        "local",
+        "internal-credential-auth",
+        "--retire-after",
+        "1",
+    ];
+    let rotated = expect(&site, &rotate, 0, &mut seen);
+    assert!(
+        stderr(&rotated).contains("waiting 1 s for every instance"),
+        "{}",
+        stderr(&rotated)
     );
     let current = std::fs::read_to_string(store.join("internal-credential-auth/token")).unwrap();
-    let previous =
-        std::fs::read_to_string(store.join("internal-credential-auth/.previous/token")).unwrap();
     assert_ne!(current, token);
-    assert_eq!(previous, token);
+    assert!(
+        !store.join("internal-credential-auth/.previous").exists(),
+        "the previous token is retired"
+    );
     assert!(!store.join("internal-credential-auth/.pending").exists());
     let listed = json(&expect(
         &site,
@@ -371,9 +397,27 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
         .as_array()
         .unwrap()
         .len();
-    assert_eq!(versions, 2, "{listed}");
+    assert_eq!(versions, 1, "{listed}");
     expect(&site, &["secrets", "list", "local"], 0, &mut seen);
     expect(&site, &["secrets", "check", "local"], 1, &mut seen);
+
+    // A MongoDB login without a login in its URL (the emulator) has no
+    // password to rotate; a Redis user without its URL stops before any
+    // pending version is stored.
+    let mongo = expect(
+        &site,
+        &["secrets", "rotate", "local", "main-db-credentials"],
+        0,
+        &mut seen,
+    );
+    assert!(
+        String::from_utf8_lossy(&mongo.stdout).contains("skipped main-db-credentials"),
+        "{}",
+        String::from_utf8_lossy(&mongo.stdout)
+    );
+    let redis = &["secrets", "rotate", "local", "redis-auth-credentials"];
+    expect(&site, redis, 3, &mut seen);
+    assert!(!store.join("redis-auth-credentials/.pending").exists());
 
     // One rotation at a time: a held lock refuses a second.
     let lock = std::fs::File::create(site.root().join(".kisum/local/secrets-rotate.lock")).unwrap();
@@ -416,19 +460,25 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     assert_eq!(overdue, 9, "{check}");
     let due = json(&expect(
         &site,
-        &["secrets", "rotate", "local", "--due", "-o", "json"],
+        &[
+            "secrets",
+            "rotate",
+            "local",
+            "--due",
+            "--retire-after",
+            "0",
+            "-o",
+            "json",
+        ],
         0,
         &mut seen,
     ));
     let results = due["results"].as_array().unwrap();
     assert_eq!(results.len(), 9, "{due}");
     assert!(results.iter().all(|r| r["outcome"] == "rotated"), "{due}");
-    let again = std::fs::read_to_string(store.join("internal-credential-auth/.previous/token"));
-    assert_eq!(
-        again.unwrap(),
-        current,
-        "the value before the last rotation"
-    );
+    let again = std::fs::read_to_string(store.join("internal-credential-auth/token")).unwrap();
+    assert_ne!(again, current);
+    assert!(!store.join("internal-credential-auth/.previous").exists());
     assert_never_shown(&local_values(&store), &seen);
 }
 
@@ -694,4 +744,139 @@ async fn a_database_password_rotates_in_secrets_manager_with_the_previous_login_
     let mut values: Vec<String> = current.values().cloned().collect();
     values.extend(previous.values().cloned());
     assert_never_shown(&values, &seen);
+}
+
+// ----------------------------------------------------------------- Redis --
+
+/// Whether a new connection with `url` logs in and answers PING.
+async fn redis_works(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    match client.get_multiplexed_async_connection().await {
+        Ok(mut conn) => redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_password_rotates_while_the_old_one_keeps_connecting() {
+    let redis = kisum_testkit::Redis::start().await.unwrap();
+    let port = redis.port();
+    let site = sealed_site();
+    site.edit("environments/local.yaml", |t| {
+        t.replace("port: 26379", &format!("port: {port}"))
+    });
+    // The server: an administrator (the default user) and Auth's ACL user.
+    let admin = "admin-password-of-the-test-redis-00001";
+    let first = "first-password-of-the-auth-user-000001";
+    let url = |password: &str| format!("redis://auth:{password}@127.0.0.1:{port}/");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(vec![
+            "SETUSER",
+            "auth",
+            "on",
+            &format!(">{first}"),
+            "~access:*",
+            "+@all",
+        ])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg(vec!["SET", "requirepass", admin])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    site.secret(
+        "redis-admin-credentials",
+        "password",
+        "not-the-admin-password-000001",
+    );
+    site.secret("redis-auth-credentials", "username", "auth");
+    site.secret("redis-auth-credentials", "password", first);
+    site.secret("redis-auth-credentials", "url", &url(first));
+    let site = Arc::new(site);
+    let rotate = &["secrets", "rotate", "local", "redis-auth-credentials"];
+    let mut seen = Vec::new();
+
+    // A wrong administrator password: refused, the secret unchanged, a
+    // pending version left for the rerun.
+    let refused = rotate_blocking(&site, rotate).await;
+    seen.extend([stdout_of(&refused), stderr(&refused)]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(stdout_of(&refused).contains("the current value is unchanged"));
+    assert_eq!(
+        site.read_secret("redis-auth-credentials", "password"),
+        first
+    );
+    let pending = site.read_secret("redis-auth-credentials", ".pending/password");
+    assert!(redis_works(&url(first)).await);
+    site.secret("redis-admin-credentials", "password", admin);
+
+    // An instance that keeps opening connections with the first password.
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (stop, first) = (stop.clone(), url(first));
+        tokio::spawn(async move {
+            let (started, mut done, mut failed) = (Instant::now(), 0u32, 0u32);
+            while !stop.load(Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(120)
+                && done < 5_000
+            {
+                done += 1;
+                if !redis_works(&first).await {
+                    failed += 1;
+                }
+            }
+            (done, failed)
+        })
+    };
+    let rotated = rotate_blocking(&site, rotate).await;
+    stop.store(true, Ordering::Relaxed);
+    let (done, failed) = worker.await.unwrap();
+    seen.extend([stdout_of(&rotated), stderr(&rotated)]);
+    assert_eq!(rotated.status.code(), Some(0), "{}", stderr(&rotated));
+    assert!(done >= 2, "{done}");
+    assert_eq!(failed, 0, "connections with the old password failed");
+    let second = site.read_secret("redis-auth-credentials", "password");
+    assert_eq!(second, pending, "the rerun continued the pending password");
+    assert_eq!(
+        site.read_secret("redis-auth-credentials", "url"),
+        url(&second)
+    );
+    assert_eq!(
+        site.read_secret("redis-auth-credentials", ".previous/password"),
+        first
+    );
+    assert!(redis_works(&url(&second)).await);
+    assert!(
+        redis_works(&url(first)).await,
+        "the old password still works"
+    );
+
+    // The next rotation retires the oldest password.
+    let again = rotate_blocking(&site, rotate).await;
+    seen.extend([stdout_of(&again), stderr(&again)]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let third = site.read_secret("redis-auth-credentials", "password");
+    assert!(redis_works(&url(&third)).await);
+    assert!(
+        redis_works(&url(&second)).await,
+        "the previous one still works"
+    );
+    assert!(!redis_works(&url(first)).await, "the oldest one is refused");
+
+    let mut values = local_values(&site.secrets_dir());
+    values.extend([first, &second, &third, admin].map(String::from));
+    assert_never_shown(&values, &seen);
+}
+
+fn stdout_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

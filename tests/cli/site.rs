@@ -58,6 +58,50 @@ impl Site {
         site
     }
 
+    /// A scratch matrix whose `dev` environment reaches Route53 at
+    /// `route53` and keeps its secrets in Secrets Manager at
+    /// `secrets_manager` (both loopback), its database and Redis servers
+    /// a dead loopback port, and no real ACME directory.
+    pub fn dev_on_aws(route53: &str, secrets_manager: &str) -> Site {
+        let site = Site {
+            dir: scratch_copy(),
+            env: crate::common::sealed_aws(),
+        };
+        let dead = kisum_testkit::free_port().unwrap();
+        site.edit("environments/dev.yaml", |t| {
+            let text = t
+                .replace(
+                    "  managed: true\n",
+                    &format!("  managed: true\n  endpoint: {route53}\n"),
+                )
+                .replace(
+                    "  prefix: kisum/dev/\n",
+                    &format!("  prefix: kisum/dev/\n  endpoint: {secrets_manager}\n"),
+                );
+            let mut lines: Vec<String> = Vec::new();
+            for line in text.lines() {
+                match (line.find("{ host: "), line.find(", cidr:")) {
+                    (Some(start), Some(end)) if line.contains(".kisum.internal") => {
+                        lines.push(format!(
+                            "{}{{ host: 127.0.0.1, port: {dead}{}",
+                            &line[..start],
+                            &line[end..]
+                        ))
+                    }
+                    _ => lines.push(line.to_string()),
+                }
+            }
+            lines.join("\n") + "\n"
+        });
+        site.edit("environments/base.yaml", |t| {
+            t.replace(
+                "https://acme-v02.api.letsencrypt.org/directory",
+                "https://127.0.0.1:9/directory",
+            )
+        });
+        site
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }

@@ -62,6 +62,20 @@ fn plant(site: &Site, host: &str, secret: &str, days: u64) {
     put(site, secret, "tls.key", &key.serialize_pem());
 }
 
+/// `dev`'s certificates from `pebble`, trusting its CA.
+pub fn issue_from(site: &Site, pebble: &crate::pebble::Pebble) {
+    let ca_root = pebble.ca_root().display().to_string();
+    site.edit("environments/dev.yaml", |t| {
+        t.replace(
+            "tls:\n  mode: acme\n",
+            &format!(
+                "tls:\n  mode: acme\n  acme-directory: {}\n  acme-ca-root: {ca_root}\n",
+                pebble.directory()
+            ),
+        )
+    });
+}
+
 fn host<'a>(document: &'a Value, list: &str, name: &str) -> &'a Value {
     document[list]
         .as_array()
@@ -140,16 +154,7 @@ async fn tls_issues_and_renews_through_route53_and_pebble() {
     let client = route53(&moto.endpoint());
     let (io, dev) = create_zones(&client).await;
     let site = Site::dev(&proxy.url());
-    let ca_root = pebble.ca_root().display().to_string();
-    site.edit("environments/dev.yaml", |t| {
-        t.replace(
-            "tls:\n  mode: acme\n",
-            &format!(
-                "tls:\n  mode: acme\n  acme-directory: {}\n  acme-ca-root: {ca_root}\n",
-                pebble.directory()
-            ),
-        )
-    });
+    issue_from(&site, &pebble);
 
     let issue = site.expect(&["tls", "issue", "dev", "-o", "json"], 0);
     let issued: Value = serde_json::from_slice(&issue.stdout).unwrap();

@@ -155,8 +155,9 @@ impl Vars {
         Ok(path)
     }
 
-    /// Every `PREFIX<SUFFIX>` variable (or `PREFIX<SUFFIX>_FILE`), by suffix.
-    pub fn with_prefix(&self, prefix: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    /// The `SUFFIX`es of every `PREFIX<SUFFIX>` (or `PREFIX<SUFFIX>_FILE`)
+    /// variable, sorted, without reading any value.
+    pub fn suffixes(&self, prefix: &str) -> Vec<String> {
         let mut names: Vec<String> = self
             .values
             .keys()
@@ -166,6 +167,11 @@ impl Vars {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// Every `PREFIX<SUFFIX>` variable (or `PREFIX<SUFFIX>_FILE`), by suffix.
+    pub fn with_prefix(&self, prefix: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+        self.suffixes(prefix)
             .into_iter()
             .map(|suffix| {
                 let value = self.required(&format!("{prefix}{suffix}"))?;

@@ -2,9 +2,19 @@
 //! requires `x-kisum-caller` naming the calling service and
 //! `x-kisum-credential` carrying that caller's credential, checked in
 //! constant time against an explicit allowlist.
+//!
+//! Credentials rotate without a restart: a credential given as a file
+//! (`NAME_FILE`, how secrets reach a service) is read again whenever the
+//! file changes, and a verifier also accepts the caller's previous
+//! credential (`INTERNAL_CALLER_<SERVICE>_PREVIOUS`, or its `_FILE`, which
+//! may be absent). `kisumctl secrets rotate` makes the new credential
+//! current and keeps the old one as the previous one, so callers that
+//! have not yet read the new one keep passing; once they all have, it
+//! retires the previous one and the old credential is refused.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -35,10 +45,178 @@ pub const MAX_ACTOR_LENGTH: usize = 256;
 /// expected), in bytes: what `kisumctl deploy local` generates is 43.
 pub const MIN_CREDENTIAL_BYTES: usize = 32;
 
+/// The suffix of the variable holding a caller's previous credential.
+pub const PREVIOUS_SUFFIX: &str = "_PREVIOUS";
+
+/// One credential: a value fixed at start, or a file read again when it
+/// changes (a new inode, size or modification time).
+#[derive(Clone)]
+pub struct Source {
+    inner: Arc<SourceKind>,
+}
+
+enum SourceKind {
+    Fixed(Option<String>),
+    File {
+        variable: String,
+        path: PathBuf,
+        read: Mutex<FileRead>,
+    },
+}
+
+#[derive(Default)]
+struct FileRead {
+    stamp: Option<(u64, u64, i64, i64, u64)>,
+    value: Option<String>,
+}
+
+impl Source {
+    pub fn fixed(value: impl Into<String>) -> Source {
+        Source {
+            inner: Arc::new(SourceKind::Fixed(Some(value.into()))),
+        }
+    }
+
+    /// `NAME`, else the file of `NAME_FILE`, read again when it changes.
+    /// `required`: the value must be there now; otherwise an absent file
+    /// (or an absent variable) is no credential.
+    fn from_vars(vars: &Vars, name: &str, required: bool) -> Result<Option<Source>, ConfigError> {
+        let Some(path) = vars.file_path(name)? else {
+            let value = if required {
+                Some(vars.required(name)?)
+            } else {
+                vars.optional(name)?
+            };
+            return value
+                .map(|value| Ok(Source::fixed(long_enough(name, value)?)))
+                .transpose();
+        };
+        let source = Source {
+            inner: Arc::new(SourceKind::File {
+                variable: name.to_string(),
+                path: PathBuf::from(&path),
+                read: Mutex::new(FileRead::default()),
+            }),
+        };
+        match source.refresh() {
+            Ok(Some(_)) => Ok(Some(source)),
+            Ok(None) if !required => Ok(Some(source)),
+            Ok(None) => Err(ConfigError::File {
+                name: name.to_string(),
+                path,
+                reason: "no such file".into(),
+            }),
+            Err(reason) => Err(ConfigError::File {
+                name: name.to_string(),
+                path,
+                reason,
+            }),
+        }
+    }
+
+    /// The credential now; `None` when its file is absent.
+    pub fn value(&self) -> Option<String> {
+        match &*self.inner {
+            SourceKind::Fixed(value) => value.clone(),
+            SourceKind::File { variable, path, .. } => match self.refresh() {
+                Ok(value) => value,
+                Err(reason) => {
+                    // The last value read stays in use: a file being
+                    // replaced must not lock callers out.
+                    tracing::warn!(event = "credential_reload_failed", variable = %variable, path = %path.display(), "{reason}");
+                    self.last()
+                }
+            },
+        }
+    }
+
+    fn last(&self) -> Option<String> {
+        match &*self.inner {
+            SourceKind::Fixed(value) => value.clone(),
+            SourceKind::File { read, .. } => {
+                read.lock().unwrap_or_else(|e| e.into_inner()).value.clone()
+            }
+        }
+    }
+
+    /// Reads the file again when it changed; `Ok(None)` when it is absent,
+    /// `Err` (naming no value) when it cannot be read or is too short.
+    fn refresh(&self) -> Result<Option<String>, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let SourceKind::File {
+            variable,
+            path,
+            read,
+        } = &*self.inner
+        else {
+            return Ok(self.last());
+        };
+        let mut read = read.lock().unwrap_or_else(|e| e.into_inner());
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                read.stamp = None;
+                read.value = None;
+                return Ok(None);
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        let stamp = (
+            meta.dev(),
+            meta.ino(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.size(),
+        );
+        if read.stamp == Some(stamp) {
+            return Ok(read.value.clone());
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let value = text.trim_end_matches(['\n', '\r']).to_string();
+        let value = long_enough(variable, value).map_err(|e| e.to_string())?;
+        if read.stamp.is_some() {
+            tracing::info!(event = "credential_reloaded", variable = %variable, "read a changed credential file");
+        }
+        read.stamp = Some(stamp);
+        read.value = Some(value.clone());
+        Ok(Some(value))
+    }
+}
+
+/// What a verifier accepts from one caller: its current credential and,
+/// during a rotation, its previous one.
+#[derive(Clone)]
+pub struct CallerCredentials {
+    current: Source,
+    previous: Option<Source>,
+}
+
+impl CallerCredentials {
+    pub fn fixed(current: impl Into<String>) -> CallerCredentials {
+        CallerCredentials {
+            current: Source::fixed(current),
+            previous: None,
+        }
+    }
+
+    /// Whether `presented` is the current or the previous credential
+    /// (each compared in constant time).
+    fn accepts(&self, presented: &[u8]) -> bool {
+        let matches = |source: &Source| {
+            source
+                .value()
+                .is_some_and(|expected| bool::from(expected.as_bytes().ct_eq(presented)))
+        };
+        let current = matches(&self.current);
+        let previous = self.previous.as_ref().is_some_and(matches);
+        current | previous
+    }
+}
+
 /// Who may call this service's internal routes, and with what.
 #[derive(Clone)]
 pub struct Allowlist {
-    callers: Arc<BTreeMap<String, String>>,
+    callers: Arc<BTreeMap<String, CallerCredentials>>,
 }
 
 impl std::fmt::Debug for Allowlist {
@@ -62,8 +240,18 @@ impl Allowlist {
     }
 
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Allowlist {
+        Allowlist::from_credentials(
+            pairs
+                .into_iter()
+                .map(|(caller, credential)| (caller, CallerCredentials::fixed(credential))),
+        )
+    }
+
+    pub fn from_credentials(
+        callers: impl IntoIterator<Item = (String, CallerCredentials)>,
+    ) -> Allowlist {
         Allowlist {
-            callers: Arc::new(pairs.into_iter().collect()),
+            callers: Arc::new(callers.into_iter().collect()),
         }
     }
 
@@ -81,7 +269,9 @@ impl Allowlist {
         let caller = headers.get(CALLER_HEADER)?.to_str().ok()?;
         let presented = headers.get(CREDENTIAL_HEADER)?.as_bytes();
         let expected = self.callers.get(caller)?;
-        bool::from(expected.as_bytes().ct_eq(presented)).then(|| Caller(caller.to_string()))
+        expected
+            .accepts(presented)
+            .then(|| Caller(caller.to_string()))
     }
 }
 
@@ -176,23 +366,39 @@ pub fn long_enough(variable: &str, credential: String) -> Result<String, ConfigE
     }
 }
 
-/// `INTERNAL_CALLER_PLATFORM_ADMIN` -> (`platform-admin`, its credential),
+/// `INTERNAL_CALLER_PLATFORM_ADMIN` -> (`platform-admin`, its credential,
+/// and the previous one of `INTERNAL_CALLER_PLATFORM_ADMIN_PREVIOUS`),
 /// each at least [`MIN_CREDENTIAL_BYTES`] long.
-pub fn caller_credentials(vars: &Vars) -> Result<BTreeMap<String, String>, ConfigError> {
-    vars.with_prefix("INTERNAL_CALLER_")?
-        .into_iter()
-        .map(|(suffix, credential)| {
-            let credential = long_enough(&format!("INTERNAL_CALLER_{suffix}"), credential)?;
-            Ok((suffix.to_ascii_lowercase().replace('_', "-"), credential))
-        })
-        .collect()
+pub fn caller_credentials(vars: &Vars) -> Result<BTreeMap<String, CallerCredentials>, ConfigError> {
+    let suffixes = vars.suffixes("INTERNAL_CALLER_");
+    let mut callers = BTreeMap::new();
+    for suffix in &suffixes {
+        if let Some(caller) = suffix.strip_suffix(PREVIOUS_SUFFIX) {
+            if !suffixes.iter().any(|s| s == caller) {
+                return Err(ConfigError::Invalid {
+                    name: format!("INTERNAL_CALLER_{suffix}"),
+                    reason: format!("a previous credential without INTERNAL_CALLER_{caller}"),
+                });
+            }
+            continue;
+        }
+        let name = format!("INTERNAL_CALLER_{suffix}");
+        let current = Source::from_vars(vars, &name, true)?.expect("a required credential");
+        let previous = Source::from_vars(vars, &format!("{name}{PREVIOUS_SUFFIX}"), false)?;
+        callers.insert(
+            suffix.to_ascii_lowercase().replace('_', "-"),
+            CallerCredentials { current, previous },
+        );
+    }
+    Ok(callers)
 }
 
-/// This service's identity towards others.
+/// This service's identity towards others; given as a file, read again
+/// when it changes, so a rotated credential is presented at once.
 #[derive(Clone)]
 pub struct Credential {
     pub caller: String,
-    secret: String,
+    secret: Source,
 }
 
 impl std::fmt::Debug for Credential {
@@ -207,22 +413,29 @@ impl Credential {
     /// `INTERNAL_CREDENTIAL`, presented as `caller`; at least
     /// [`MIN_CREDENTIAL_BYTES`] long.
     pub fn from_vars(vars: &Vars, caller: impl Into<String>) -> Result<Credential, ConfigError> {
-        let secret = long_enough("INTERNAL_CREDENTIAL", vars.required("INTERNAL_CREDENTIAL")?)?;
-        Ok(Credential::new(caller, secret))
+        let secret =
+            Source::from_vars(vars, "INTERNAL_CREDENTIAL", true)?.expect("a required credential");
+        Ok(Credential {
+            caller: caller.into(),
+            secret,
+        })
     }
 
     pub fn new(caller: impl Into<String>, secret: impl Into<String>) -> Self {
         Credential {
             caller: caller.into(),
-            secret: secret.into(),
+            secret: Source::fixed(secret),
         }
     }
 
     /// Adds the caller and credential headers.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        let Some(secret) = self.secret.value() else {
+            return;
+        };
         if let (Ok(caller), Ok(secret)) = (
             HeaderValue::from_str(&self.caller),
-            HeaderValue::from_str(&self.secret),
+            HeaderValue::from_str(&secret),
         ) {
             headers.insert(CALLER_HEADER, caller);
             let mut secret = secret;
@@ -277,6 +490,88 @@ mod tests {
         );
         let vars = Vars::from_pairs([("INTERNAL_CREDENTIAL", A)]);
         assert_eq!(Credential::from_vars(&vars, "ai").unwrap().caller, "ai");
+    }
+
+    /// Replaces `path` atomically, as `kisumctl secrets rotate` and a
+    /// Kubernetes secret volume do.
+    fn replace(path: &std::path::Path, value: &str) {
+        let aside = path.with_extension("new");
+        std::fs::write(&aside, format!("{value}\n")).unwrap();
+        std::fs::rename(&aside, path).unwrap();
+    }
+
+    #[test]
+    fn a_rotated_credential_file_is_read_again_and_the_previous_one_passes_until_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = dir.path().join("token");
+        let previous = dir.path().join("previous-token");
+        replace(&current, A);
+        let vars = Vars::from_pairs([
+            ("INTERNAL_CALLER_AUTH_FILE", current.to_str().unwrap()),
+            (
+                "INTERNAL_CALLER_AUTH_PREVIOUS_FILE",
+                previous.to_str().unwrap(),
+            ),
+            ("INTERNAL_CREDENTIAL_FILE", current.to_str().unwrap()),
+        ]);
+        let allowlist = Allowlist::from_vars(&vars).unwrap();
+        assert_eq!(allowlist.callers(), ["auth"], "the previous is no caller");
+        let caller = Credential::from_vars(&vars, "auth").unwrap();
+        let passes = |secret: &str| {
+            let mut headers = HeaderMap::new();
+            Credential::new("auth", secret).apply(&mut headers);
+            allowlist.check(&headers).is_some()
+        };
+        let presented = || {
+            let mut headers = HeaderMap::new();
+            caller.apply(&mut headers);
+            headers[CREDENTIAL_HEADER].to_str().unwrap().to_string()
+        };
+        assert!(passes(A) && !passes(B));
+        assert_eq!(presented(), A);
+
+        // Rotation: the old value kept as the previous one, the new one current.
+        replace(&previous, A);
+        replace(&current, B);
+        assert!(passes(A) && passes(B));
+        assert_eq!(
+            presented(),
+            B,
+            "the caller presents the new credential at once"
+        );
+
+        // Retired: the previous file is gone, the old value is refused.
+        std::fs::remove_file(&previous).unwrap();
+        assert!(!passes(A) && passes(B));
+
+        // A credential file replaced by a too short one keeps the last value.
+        replace(&current, "short");
+        assert!(passes(B));
+        assert_eq!(presented(), B);
+    }
+
+    #[test]
+    fn a_previous_credential_needs_its_caller_and_a_missing_current_file_is_named() {
+        let vars = Vars::from_pairs([("INTERNAL_CALLER_AUTH_PREVIOUS", A)]);
+        let error = Allowlist::from_vars(&vars).unwrap_err().to_string();
+        assert!(
+            error.starts_with("INTERNAL_CALLER_AUTH_PREVIOUS is invalid"),
+            "{error}"
+        );
+        let vars = Vars::from_pairs([("INTERNAL_CALLER_AUTH_FILE", "/nonexistent/kisum")]);
+        let error = Allowlist::from_vars(&vars).unwrap_err().to_string();
+        assert!(
+            error.starts_with("INTERNAL_CALLER_AUTH_FILE=/nonexistent/kisum cannot be read"),
+            "{error}"
+        );
+        let vars = Vars::from_pairs([
+            ("INTERNAL_CALLER_AUTH", A),
+            ("INTERNAL_CALLER_AUTH_PREVIOUS_FILE", "/nonexistent/kisum"),
+        ]);
+        let allowlist = Allowlist::from_vars(&vars).unwrap();
+        let mut headers = HeaderMap::new();
+        Credential::new("auth", A).apply(&mut headers);
+        assert!(allowlist.check(&headers).is_some());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kisum_common::config::{CommonConfig, ConfigError, Vars, digest_with};
-use kisum_common::internal::{Allowlist, caller_credentials};
+use kisum_common::internal::{Allowlist, CallerCredentials, caller_credentials};
 
 const CALLER_PREFIX: &str = "INTERNAL_CALLER_";
 
@@ -67,7 +67,7 @@ impl Config {
             common,
             database_url: vars.required("CORE_DB_URL")?,
             api_callers,
-            diagnostics_callers: Allowlist::from_pairs(credentials),
+            diagnostics_callers: Allowlist::from_credentials(credentials),
             billing_provider_configured,
             self_service_billing,
             digest,
@@ -94,7 +94,7 @@ fn allowed_callers(vars: &Vars) -> Result<Vec<String>, ConfigError> {
 /// The allowed callers with their credentials; an allowed caller without an
 /// `INTERNAL_CALLER_*` credential is a configuration error.
 fn api_allowlist(
-    credentials: &BTreeMap<String, String>,
+    credentials: &BTreeMap<String, CallerCredentials>,
     allowed: &[String],
 ) -> Result<Allowlist, ConfigError> {
     let pairs = allowed
@@ -110,7 +110,7 @@ fn api_allowlist(
             }),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Allowlist::from_pairs(pairs))
+    Ok(Allowlist::from_credentials(pairs))
 }
 
 #[cfg(test)]
