@@ -185,7 +185,13 @@ pub fn report(report: &Report, format: OutputFormat, command: &str) -> Exit {
                 report.environment
             );
             if rollback.smoke_passed == Some(false) {
-                errln!("WARNING: the smoke checks fail after the rollback too");
+                errln!(
+                    "ROLLBACK FAILED: the smoke checks fail after the rollback too (release {} is recorded as failed)",
+                    rollback.release.unwrap_or(0)
+                );
+                if let Some(next) = &report.next {
+                    errln!("NEXT: {next}");
+                }
             }
         } else {
             errln!(

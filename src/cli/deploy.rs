@@ -38,7 +38,9 @@ use crate::matrix::Environment;
 /// Exit codes: 0 deployed and every check passed, 1 a check failed (or a
 /// rollback was refused by the schema guard), 2 unusable input, 3 the
 /// deploy failed (for `local`: rerun it to resume; otherwise: rolled back,
-/// or stopped where it stood, as the report says).
+/// or stopped where it stood, as the report says), 4 the automatic rollback
+/// failed too (its rollout or its smoke checks): neither release runs
+/// cleanly and a person must step in.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment to deploy.

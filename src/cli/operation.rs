@@ -97,7 +97,8 @@ fn report(
 ) -> Exit {
     let job = &outcome.job;
     let exit = match (outcome.state, outcome.exit) {
-        ("complete", exit) => exit_of(exit.unwrap_or(0)),
+        // Complete without a result line: the command's outcome is unknown.
+        ("complete", Some(exit)) => exit_of(exit),
         (_, Some(exit)) if exit != 0 => exit_of(exit),
         _ => Exit::OperationFailed,
     };
@@ -124,6 +125,9 @@ fn report(
     }
     let printable = crate::matrix::load::printable;
     match outcome.state {
+        "complete" if outcome.exit.is_none() => errln!(
+            "error: Job/{job} completed but its log has no `kisumctl-result:` line, so the command's outcome is unknown; read it with `kubectl -n {namespace} logs job/{job}` (exit 3)"
+        ),
         "complete" => errln!("Job/{job} completed (exit {})", exit as u8),
         "failed" => {
             errln!(

@@ -68,13 +68,15 @@ pub fn image(env: &Environment, operations: &Operations) -> String {
     }
 }
 
-/// A Job name for `command`: `kisumctl-<command>-<UTC time>`, unique to
-/// the second and within the 63 characters of a label value.
+/// A Job name for `command`: `kisumctl-<command>-<UTC time>-<4 hex>`,
+/// within the 63 characters of a label value. The random part keeps two
+/// launches in the same second apart; `run` refuses a name already taken.
 pub fn job_name(command: &str, at: jiff::Timestamp) -> String {
     let stamp = at.strftime("%Y%m%d-%H%M%S").to_string();
-    let mut name = format!("kisumctl-{command}-{stamp}");
-    name.truncate(63);
-    name
+    let suffix = format!("-{stamp}-{:04x}", rand::random::<u16>());
+    let mut name = format!("kisumctl-{command}");
+    name.truncate(63 - suffix.len());
+    name + &suffix
 }
 
 /// The Job that runs `kisumctl <args>` in the environment's namespace,
@@ -143,6 +145,7 @@ pub fn job(
         serde_json::to_value(crate::render::operations_policy(env, label.1)).unwrap_or_default();
     policy["apiVersion"] = json!("networking.k8s.io/v1");
     policy["kind"] = json!("NetworkPolicy");
+    policy["metadata"]["labels"]["app.kubernetes.io/component"] = json!("operation");
     (job, policy)
 }
 
@@ -176,6 +179,15 @@ pub async fn run(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    if namespace.get("batch/v1", "Job", &name).await?.is_some() {
+        return Err(ApiError::Refused {
+            action: "launching",
+            object: format!("Job/{name}"),
+            code: 409,
+            reason: "AlreadyExists".into(),
+            message: "a Job of this name exists already; nothing was launched, rerun".into(),
+        });
+    }
     namespace.apply(policy, false).await?;
     namespace.apply(job, false).await?;
     progress.step(&format!(
@@ -300,7 +312,21 @@ mod tests {
     #[test]
     fn a_job_name_fits_a_label_value() {
         let at: jiff::Timestamp = "2026-12-05T06:15:00Z".parse().unwrap();
-        assert_eq!(job_name("backup", at), "kisumctl-backup-20261205-061500");
-        assert!(job_name(&"x".repeat(80), at).len() <= 63);
+        let name = job_name("backup", at);
+        assert!(
+            name.starts_with("kisumctl-backup-20261205-061500-"),
+            "{name}"
+        );
+        assert_eq!(name.len(), "kisumctl-backup-20261205-061500-0000".len());
+        assert_ne!(
+            (0..8)
+                .map(|_| job_name("backup", at))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            1
+        );
+        let long = job_name(&"x".repeat(80), at);
+        assert_eq!(long.len(), 63);
+        assert!(long.contains("-20261205-061500-"), "{long}");
     }
 }

@@ -513,8 +513,8 @@ fn record(
 }
 
 /// Objects with kisumctl's ownership labels that `keep` does not name:
-/// `Kind/name` with apiVersion. History, Leases and migration Jobs are
-/// never candidates.
+/// `Kind/name` with apiVersion. History, Leases, migration Jobs and the
+/// operation Jobs' objects (component `operation`) are never candidates.
 async fn prune_candidates(
     target: &Target<'_>,
     keep: &Manifests,
@@ -542,7 +542,9 @@ async fn prune_candidates(
         for object in live {
             let labels = &object["metadata"]["labels"];
             if labels.get(history::RELEASE_LABEL).is_some()
-                || labels.get(COMPONENT).is_some_and(|c| c == "migration")
+                || labels
+                    .get(COMPONENT)
+                    .is_some_and(|c| c == "migration" || c == "operation")
             {
                 continue;
             }
@@ -651,7 +653,19 @@ pub async fn deploy(
         ));
     }
     report.stale_lock = stale;
-    let outcome = deploy_locked(&mut applier, manifests, force, &mut report).await;
+    // Ctrl-C stops the deploy between two requests and still frees the
+    // lock, saying what was applied; no release is recorded.
+    let interrupted = tokio::select! {
+        outcome = deploy_locked(&mut applier, manifests, force, &mut report) => Err(outcome),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    let outcome = match interrupted {
+        Err(outcome) => outcome,
+        Ok(()) => Err(DeployError::Failed(format!(
+            "interrupted (Ctrl-C); the lock is freed and no release is recorded{}",
+            applied_note(&applier.applied)
+        ))),
+    };
     let released = lock.release().await;
     outcome?;
     released.map_err(|error| DeployError::Api {
@@ -746,7 +760,7 @@ async fn deploy_locked(
     let mut all = records;
     all.push(failed);
     let rollback = automatic_rollback(applier, &all, force).await;
-    report.result = if rollback.done {
+    report.result = if rollback.done && rollback.smoke_passed != Some(false) {
         Conclusion::RolledBack
     } else if rollback.attempted {
         report.next = Some(next_steps(
@@ -889,7 +903,13 @@ async fn restore(
     }
     let pruned = prune(target, &manifests, false, applier.progress).await?;
     let smoke = run_smoke(target, applier.progress).await;
-    let mut again = record(target, number, &manifests, Outcome::Deployed, note);
+    // Applied again but failing its checks: recorded as failed, so that the
+    // next automatic rollback never picks it as a release known to work.
+    let (outcome, note) = match &smoke {
+        Some(smoke) if !smoke.passed() => (Outcome::Failed, format!("{note}: smoke checks failed")),
+        _ => (Outcome::Deployed, note),
+    };
+    let mut again = record(target, number, &manifests, outcome, note);
     again.digest = old.digest;
     history::store(&target.namespace, target.environment, &again, &manifests).await?;
     let mut all = records.to_vec();

@@ -310,13 +310,27 @@ async fn deploy_applies_in_waves_records_prunes_and_rolls_back_after_a_failed_sm
             .is_some()
     );
 
-    // A release whose smoke checks fail is rolled back, loudly.
+    // A release whose smoke checks fail is rolled back, loudly. The fault
+    // goes with the release: it is healed once release 3 is recorded as
+    // failed, while the rollback's rollouts are still waited for.
     staging.edit(|t| t.replace("image-tag: \"0.1.0\"", "image-tag: \"0.2.0\""));
     deployment.remove_permission(INVOICES_READ).await;
-    let (report, text) = staging
-        .expect(&["deploy", "staging", "-o", "json"], 3)
-        .await;
-    deployment.add_permission(INVOICES_READ).await;
+    staging.fake.rollout_delay(Duration::from_millis(1500));
+    let heal = async {
+        while staging
+            .fake
+            .get(&format!("{CONFIG_MAPS}/kisumctl-release-3"))
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        deployment.add_permission(INVOICES_READ).await;
+    };
+    let ((report, text), ()) = tokio::join!(
+        staging.expect(&["deploy", "staging", "-o", "json"], 3),
+        heal
+    );
+    staging.fake.rollout_delay(Duration::ZERO);
     assert_eq!(report["result"], "rolled-back", "{text}");
     assert_eq!(report["release"], 3);
     assert!(
@@ -354,6 +368,39 @@ async fn deploy_applies_in_waves_records_prunes_and_rolls_back_after_a_failed_sm
     let (_, text) = staging.expect(&["history", "staging"], 0).await;
     assert!(
         text.contains("automatic rollback to release 2 after release 3 failed"),
+        "{text}"
+    );
+
+    // When the smoke checks fail after the rollback too, neither release
+    // works: exit 4, and the rollback's release is recorded as failed, so
+    // it is never taken for a release known to work.
+    staging.edit(|t| t.replace("image-tag: \"0.2.0\"", "image-tag: \"0.3.0\""));
+    deployment.remove_permission(INVOICES_READ).await;
+    let (report, text) = staging
+        .expect(&["deploy", "staging", "-o", "json"], 4)
+        .await;
+    deployment.add_permission(INVOICES_READ).await;
+    assert_eq!(report["result"], "rollback-failed", "{text}");
+    assert_eq!(report["rollback"]["release"], 6, "{text}");
+    assert!(report["next"].is_string(), "{text}");
+    assert!(
+        text.contains("ROLLBACK FAILED: the smoke checks fail after the rollback too"),
+        "{text}"
+    );
+    let (history, text) = staging
+        .expect(&["history", "staging", "-o", "json"], 0)
+        .await;
+    let outcomes: Vec<&str> = history["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "deployed", "deployed", "failed", "deployed", "failed", "failed"
+        ],
         "{text}"
     );
 }
@@ -811,6 +858,42 @@ async fn a_backup_runs_as_a_job_in_the_cluster_and_its_report_is_read_from_the_l
     let (_, text) = staging.expect(&["backup", "staging", "auth-bd"], 2).await;
     assert!(text.contains("auth-bd"), "{text}");
     assert_eq!(staging.fake.paths(JOBS).len(), 1);
+
+    // A deploy's prune (here shown by `diff`) leaves the operations'
+    // NetworkPolicy alone: a running Job keeps its egress.
+    let (_, text) = staging.expect(&["diff", "staging"], 1).await;
+    assert!(!text.contains("NetworkPolicy/kisumctl "), "{text}");
+    assert!(!text.contains("NetworkPolicy/kisumctl\n"), "{text}");
+
+    // Two launches in the same second are two Jobs, each with its own args.
+    let (first, second) = tokio::join!(
+        staging.expect(&["backup", "staging", "auth-db", "-o", "json"], 0),
+        staging.expect(&["backup", "staging", "finance-db", "-o", "json"], 0),
+    );
+    assert_ne!(first.0["job"], second.0["job"], "{}\n{}", first.1, second.1);
+    let jobs = staging.fake.paths(JOBS);
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    let databases: std::collections::BTreeSet<String> = jobs
+        .iter()
+        .map(|path| {
+            staging.fake.get(path).unwrap()["spec"]["template"]["spec"]["containers"][0]["args"][2]
+                .to_string()
+        })
+        .collect();
+    assert_eq!(databases.len(), 2, "{databases:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ends_without_a_result_line_is_not_taken_for_a_success() {
+    let staging = Staging::without_platform();
+    staging
+        .fake
+        .job_log("kisumctl-drill-", "drill staging: started\n");
+    let (report, text) = staging
+        .expect(&["drill", "staging", "auth-db", "-o", "json"], 3)
+        .await;
+    assert_eq!(report["state"], "complete", "{text}");
+    assert!(text.contains("outcome is unknown"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
