@@ -216,7 +216,9 @@ impl<'m> Environment<'m> {
                 };
                 let checked =
                     resolve_config(key, entry, local.config.get(key), &context).and_then(|value| {
-                        match log_setting_error(key, &value) {
+                        match log_setting_error(key, &value)
+                            .or_else(|| seconds_setting_error(key, &value))
+                        {
                             Some(message) => Err(message),
                             None => Ok(value),
                         }
@@ -431,6 +433,42 @@ fn resolve_config(
             let detail = error.to_string().replace("__tera_one_off", "value");
             format!("cannot expand the value template `{template}`: {detail}")
         })
+}
+
+/// The services' settings in seconds that they refuse at start outside
+/// these bounds (kisum-common's constants, as the services use them).
+/// `REFRESH_TOKEN_TTL` must also be longer than `ACCESS_TOKEN_TTL`, which
+/// `tokens` of base.yaml is checked for.
+fn seconds_bounds(key: &str) -> Option<(u64, u64)> {
+    use kisum_common::jwt::{ACCESS_TTL_SECONDS, MAX_JWKS_CACHE_SECONDS, MAX_REFRESH_TTL_SECONDS};
+    let (access_min, access_max) = ACCESS_TTL_SECONDS;
+    let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+    match key {
+        "ACCESS_TOKEN_TTL" => Some((unsigned(access_min), unsigned(access_max))),
+        "REFRESH_TOKEN_TTL" => Some((1, unsigned(MAX_REFRESH_TTL_SECONDS))),
+        "JWKS_CACHE_SECONDS" | "JWKS_MIN_REFETCH_SECONDS" => Some((1, MAX_JWKS_CACHE_SECONDS)),
+        "HEADER_READ_TIMEOUT_SECONDS" | "REQUEST_TIMEOUT_SECONDS" => {
+            Some((1, kisum_common::serve::MAX_TIMEOUT_SECONDS))
+        }
+        _ => None,
+    }
+}
+
+/// A value of one of [`seconds_bounds`]'s settings, checked as the
+/// services check it at start (kisum-common's `seconds_within`).
+fn seconds_setting_error(key: &str, value: &ConfigValue) -> Option<String> {
+    let ConfigValue::Plain { value } = value else {
+        return None;
+    };
+    let (min, max) = seconds_bounds(key)?;
+    let vars = kisum_common::config::Vars::from_pairs([(key, value.as_str())]);
+    match kisum_common::config::seconds_within(&vars, key, None, min, max) {
+        Ok(_) => None,
+        Err(kisum_common::config::ConfigError::Invalid { reason, .. }) => {
+            Some(format!("{key}: {reason}"))
+        }
+        Err(error) => Some(error.to_string()),
+    }
 }
 
 /// `LOG_LEVEL` and `LOG_FORMAT` are checked as the services check them at
@@ -668,8 +706,43 @@ fn check_references(loaded: &Loaded) -> Vec<InputError> {
     errors.extend(local_paths(loaded));
     errors.extend(local_ports(loaded));
     errors.extend(kubernetes_targets(loaded));
+    errors.extend(token_lifetimes(loaded));
     errors.extend(operations(loaded));
     errors.extend(schema_levels(loaded));
+    errors
+}
+
+/// `tokens` of base.yaml within what the services accept at start
+/// (kisum-common's bounds): Auth's access-token lifetime, a refresh
+/// token outliving it by at most 90 days, and the backends' JWKS cache.
+fn token_lifetimes(loaded: &Loaded) -> Vec<InputError> {
+    use kisum_common::jwt::{ACCESS_TTL_SECONDS, MAX_JWKS_CACHE_SECONDS, MAX_REFRESH_TTL_SECONDS};
+    let tokens = &loaded.base.tokens;
+    let src = &loaded.base_source;
+    let mut errors = Vec::new();
+    let (min, max) = ACCESS_TTL_SECONDS;
+    let access = i64::from(tokens.access_ttl_seconds);
+    if !(min..=max).contains(&access) {
+        let message =
+            format!("{access} is not between {min} and {max} seconds (Auth's ACCESS_TOKEN_TTL)");
+        errors.push(error_at(src, "tokens.access-ttl-seconds", message));
+    }
+    let refresh = i64::from(tokens.refresh_ttl_seconds);
+    if refresh <= access || refresh > MAX_REFRESH_TTL_SECONDS {
+        let message = format!(
+            "{refresh} must be longer than access-ttl-seconds ({access}) and at most \
+             {MAX_REFRESH_TTL_SECONDS} seconds, 90 days (Auth's REFRESH_TOKEN_TTL)"
+        );
+        errors.push(error_at(src, "tokens.refresh-ttl-seconds", message));
+    }
+    let cache = u64::from(tokens.jwks_cache_seconds);
+    if !(1..=MAX_JWKS_CACHE_SECONDS).contains(&cache) {
+        let message = format!(
+            "{cache} is not between 1 and {MAX_JWKS_CACHE_SECONDS} seconds (the backends' \
+             JWKS_CACHE_SECONDS)"
+        );
+        errors.push(error_at(src, "tokens.jwks-cache-seconds", message));
+    }
     errors
 }
 

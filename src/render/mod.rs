@@ -13,6 +13,7 @@ pub mod output;
 pub mod schedules;
 pub mod templates;
 mod workload;
+use workload::{previous_credentials, previous_secret_name};
 
 use std::collections::BTreeMap;
 
@@ -188,7 +189,58 @@ fn external_secrets(env: &Environment) -> Result<Option<Vec<String>>, RenderErro
         });
         docs.push(to_yaml(&object, "external secret")?);
     }
+    for (secret, items) in previous_stages(env) {
+        let data: Vec<serde_json::Value> = items
+            .iter()
+            .map(|item| {
+                serde_json::json!({
+                    "secretKey": item,
+                    "remoteRef": {
+                        "key": format!("{prefix}{secret}"),
+                        "property": item,
+                        "version": crate::secrets::Stage::Previous.label(),
+                    },
+                })
+            })
+            .collect();
+        let name = previous_secret_name(&secret);
+        let object = serde_json::json!({
+            "apiVersion": "external-secrets.io/v1",
+            "kind": "ExternalSecret",
+            "metadata": meta(env, &name, "external-secrets"),
+            "spec": {
+                "refreshInterval": "1h",
+                "secretStoreRef": { "kind": "ClusterSecretStore", "name": secret_store_name(env) },
+                "target": { "name": name, "creationPolicy": "Owner", "deletionPolicy": "Retain" },
+                "data": data,
+            },
+        });
+        docs.push(to_yaml(&object, "external secret")?);
+    }
     Ok(Some(docs))
+}
+
+/// The secrets whose previous stage some pod mounts, with the keys read.
+/// Their ExternalSecrets read `remoteRef.version: AWSPREVIOUS` (a staging
+/// label; the operator reads a version id only with a `uuid/` prefix), in
+/// a Secret of their own: before a secret's first rotation there may be no
+/// such stage (`secrets apply` labels the first version, but a secret
+/// written otherwise has none), and then only this ExternalSecret fails to
+/// sync, not the one of the current value.
+fn previous_stages(env: &Environment) -> BTreeMap<String, Vec<String>> {
+    let mut stages: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for service in env.services.values() {
+        for previous in previous_credentials(env, service) {
+            let items = stages.entry(previous.secret).or_default();
+            if !items.contains(&previous.item) {
+                items.push(previous.item);
+            }
+        }
+    }
+    for items in stages.values_mut() {
+        items.sort();
+    }
+    stages
 }
 
 /// The target template of a certificate's ExternalSecret: a Secret of

@@ -104,11 +104,17 @@ struct SecretMount {
     required: bool,
 }
 
-/// The names of the Secrets the service's pods mount.
+/// The names of the Secrets the service's pods mount that hold the
+/// current values (the previous credentials' Secrets are not among them).
 pub fn mounted_secrets(env: &Environment, service: &ResolvedService) -> Vec<String> {
+    let previous: Vec<String> = previous_credentials(env, service)
+        .iter()
+        .map(PreviousCredential::secret_name)
+        .collect();
     secret_mounts(env, service)
         .into_iter()
         .map(|m| m.secret)
+        .filter(|secret| !previous.contains(secret))
         .collect()
 }
 
@@ -130,6 +136,21 @@ fn secret_mounts(env: &Environment, service: &ResolvedService) -> Vec<SecretMoun
         }
         mount.required |= entry.required;
     }
+    // The previous credentials are optional: before a Secrets Manager
+    // secret has an `AWSPREVIOUS` stage the Secret does not exist, and a
+    // verifier then accepts the current credential only.
+    for previous in previous_credentials(env, service) {
+        let mount = mounts
+            .entry(previous.secret_name())
+            .or_insert_with(|| SecretMount {
+                secret: previous.secret_name(),
+                keys: Vec::new(),
+                required: false,
+            });
+        if !mount.keys.contains(&previous.item) {
+            mount.keys.push(previous.item.clone());
+        }
+    }
     let mut mounts: Vec<SecretMount> = mounts.into_values().collect();
     for mount in &mut mounts {
         mount.keys.sort();
@@ -138,17 +159,99 @@ fn secret_mounts(env: &Environment, service: &ResolvedService) -> Vec<SecretMoun
 }
 
 /// `KEY_FILE` variables pointing at mounted secret files; values never
-/// pass through the environment or the manifests.
-fn secret_file_variables(service: &ResolvedService) -> Vec<EnvVar> {
+/// pass through the environment or the manifests. Beside each caller's
+/// credential, `INTERNAL_CALLER_<SERVICE>_PREVIOUS_FILE` where the
+/// previous one is mounted.
+fn secret_file_variables(env: &Environment, service: &ResolvedService) -> Vec<EnvVar> {
+    let file = |name: String, path: String| EnvVar {
+        name,
+        value: Some(path),
+        ..EnvVar::default()
+    };
+    let previous = previous_credentials(env, service);
+    let mut variables = Vec::new();
+    for (key, value) in &service.config {
+        let ConfigValue::Secret { secret, key: item } = value else {
+            continue;
+        };
+        variables.push(file(
+            format!("{key}_FILE"),
+            format!("{SECRET_ROOT}/{secret}/{item}"),
+        ));
+        if let Some(previous) = previous.iter().find(|p| p.key == *key) {
+            variables.push(file(previous.variable(), previous.path()));
+        }
+    }
+    variables
+}
+
+/// The prefix of the variables naming a caller a service admits.
+const CALLER_PREFIX: &str = "INTERNAL_CALLER_";
+
+/// A caller's previous internal credential, mounted from its own Secret
+/// (`<secret>-previous`, which the External Secrets Operator fills from
+/// Secrets Manager's `AWSPREVIOUS` stage) so that a verifier accepts the
+/// old credential while callers' pods pick up a rotated one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousCredential {
+    /// The variable of the current credential (`INTERNAL_CALLER_<SERVICE>`).
+    pub key: String,
+    /// The secret of the current credential.
+    pub secret: String,
+    /// The key inside it (`token`).
+    pub item: String,
+}
+
+impl PreviousCredential {
+    /// The Kubernetes Secret holding the previous value.
+    pub fn secret_name(&self) -> String {
+        previous_secret_name(&self.secret)
+    }
+
+    /// `INTERNAL_CALLER_<SERVICE>_PREVIOUS_FILE`.
+    pub fn variable(&self) -> String {
+        format!(
+            "{}{}_FILE",
+            self.key,
+            kisum_common::internal::PREVIOUS_SUFFIX
+        )
+    }
+
+    pub fn path(&self) -> String {
+        format!("{SECRET_ROOT}/{}/{}", self.secret_name(), self.item)
+    }
+}
+
+/// The Secret that holds the previous stage of `secret`.
+pub fn previous_secret_name(secret: &str) -> String {
+    format!("{secret}-previous")
+}
+
+/// The previous credentials a service's pods mount: one per caller it
+/// admits, where the environment's secrets live in Secrets Manager (the
+/// only backend rendered as ExternalSecrets; without them nothing would
+/// fill the Secret).
+pub fn previous_credentials(
+    env: &Environment,
+    service: &ResolvedService,
+) -> Vec<PreviousCredential> {
+    if !matches!(
+        env.file.secrets,
+        crate::matrix::schema::SecretBackend::AwsSecretsManager { .. }
+    ) {
+        return Vec::new();
+    }
     service
         .config
         .iter()
         .filter_map(|(key, value)| match value {
-            ConfigValue::Secret { secret, key: item } => Some(EnvVar {
-                name: format!("{key}_FILE"),
-                value: Some(format!("{SECRET_ROOT}/{secret}/{item}")),
-                ..EnvVar::default()
-            }),
+            ConfigValue::Secret { secret, key: item } if key.starts_with(CALLER_PREFIX) => {
+                Some(PreviousCredential {
+                    key: key.to_string(),
+                    secret: secret.clone(),
+                    item: item.clone(),
+                })
+            }
             _ => None,
         })
         .collect()
@@ -219,7 +322,7 @@ fn deployment(env: &Environment, service: &ResolvedService) -> Deployment {
             }),
             ..EnvFromSource::default()
         }]),
-        env: Some(secret_file_variables(service)),
+        env: Some(secret_file_variables(env, service)),
         liveness_probe: Some(probe(&service.spec.health.liveness, 10, 3)),
         readiness_probe: Some(probe(&service.spec.health.readiness, 5, 2)),
         startup_probe: Some(probe(&service.spec.health.liveness, 2, 30)),

@@ -391,6 +391,18 @@ impl SecretStore for SecretsManager {
         self.move_stage(secret, PREVIOUS, Some(&current), previous.as_deref())
     }
 
+    fn ensure_previous_stage(&self, secret: &str) -> Result<bool, StoreError> {
+        let versions = self.versions(secret)?;
+        let holder = |stage: &str| version_with(&versions, stage);
+        match (holder(CURRENT), holder(PREVIOUS)) {
+            (Some(current), None) => {
+                self.move_stage(secret, PREVIOUS, Some(&current), None)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn changed_at(&self, secret: &str) -> Result<Option<i64>, StoreError> {
         Ok(self
             .versions(secret)?

@@ -415,49 +415,67 @@ pub fn apply(
     let mut order: Vec<usize> = (0..plan.secrets.len()).collect();
     order.sort_by_key(|&n| derived_last(&plan.secrets[n]));
     for n in order {
+        generate(env, &mut plan.secrets[n], store, now, progress)?;
         let planned = &plan.secrets[n];
-        let wanted: Vec<&str> = planned
-            .keys
-            .iter()
-            .filter(|k| k.action == Action::Generate)
-            .map(|k| k.key.as_str())
-            .collect();
-        if wanted.is_empty() {
+        let present = planned.keys.iter().all(|k| k.action == Action::Present);
+        if planned.category == SecretCategory::InternalServiceCredential && present {
+            // The rendered manifests mount the previous stage beside the
+            // current one; it must exist before the first rotation.
+            store.ensure_previous_stage(&planned.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the keys of one secret that `plan` marked `generate`, in one
+/// version, and marks them present.
+fn generate(
+    env: &Environment,
+    planned: &mut Planned,
+    store: &dyn SecretStore,
+    now: i64,
+    progress: &mut dyn FnMut(&str, usize),
+) -> anyhow::Result<()> {
+    let wanted: Vec<&str> = planned
+        .keys
+        .iter()
+        .filter(|k| k.action == Action::Generate)
+        .map(|k| k.key.as_str())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let generation = env.base.secrets[&planned.inventory].generate;
+    let mut values = BTreeMap::new();
+    for key in &wanted {
+        // Read again: another run may have written it since the plan.
+        if store.read(&planned.name, key)?.is_some() {
             continue;
         }
-        let generation = env.base.secrets[&planned.inventory].generate;
-        let mut values = BTreeMap::new();
-        for key in &wanted {
-            // Read again: another run may have written it since the plan.
-            if store.read(&planned.name, key)?.is_some() {
-                continue;
-            }
-            let value = match generation {
-                Generation::RsaKeySet => KeySet::generate(now)
-                    .map(|set| Secret::new(set.to_json()))
-                    .map_err(|e| anyhow::anyhow!("generating the JWT key set: {e}"))?,
-                Generation::Derived => derive(env, store, &planned.name)?,
-                _ => Secret::random_password(),
-            };
-            values.insert(key.to_string(), value);
-        }
-        let count = values.len();
-        if count > 0 {
-            store.write_keys(&planned.name, &values)?;
-            progress(&planned.name, count);
-        }
-        let planned = &mut plan.secrets[n];
-        planned.applied = Some(count > 0);
-        for key in &mut planned.keys {
-            if key.action == Action::Generate {
-                key.action = Action::Present;
-            }
-        }
-        planned.action = [Action::MustSupply, Action::Awaits]
-            .into_iter()
-            .find(|a| planned.keys.iter().any(|k| k.action == *a))
-            .unwrap_or(Action::Present);
+        let value = match generation {
+            Generation::RsaKeySet => KeySet::generate(now)
+                .map(|set| Secret::new(set.to_json()))
+                .map_err(|e| anyhow::anyhow!("generating the JWT key set: {e}"))?,
+            Generation::Derived => derive(env, store, &planned.name)?,
+            _ => Secret::random_password(),
+        };
+        values.insert(key.to_string(), value);
     }
+    let count = values.len();
+    if count > 0 {
+        store.write_keys(&planned.name, &values)?;
+        progress(&planned.name, count);
+    }
+    planned.applied = Some(count > 0);
+    for key in &mut planned.keys {
+        if key.action == Action::Generate {
+            key.action = Action::Present;
+        }
+    }
+    planned.action = [Action::MustSupply, Action::Awaits]
+        .into_iter()
+        .find(|a| planned.keys.iter().any(|k| k.action == *a))
+        .unwrap_or(Action::Present);
     Ok(())
 }
 

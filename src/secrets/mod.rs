@@ -169,6 +169,17 @@ pub trait SecretStore: Send + Sync {
     /// credentials, which verifiers accept at both stages.
     fn retire_previous(&self, secret: &str) -> Result<(), StoreError>;
 
+    /// Gives a secret that has never been rotated a previous stage equal
+    /// to its current one, so that a reader of the previous stage (the
+    /// rendered `ExternalSecret` of an internal credential's previous
+    /// value) finds a version from the start; `true` when it labelled one.
+    /// Secrets Manager labels the current version `AWSPREVIOUS` when no
+    /// version carries it; local files keep no previous copy (an absent
+    /// `.previous/` is what their readers expect).
+    fn ensure_previous_stage(&self, _secret: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// The stages `secret` has, newest first: the versions of backends
     /// that keep versions, the staged directories of local files.
     fn stages(&self, secret: &str) -> Result<Vec<SecretVersion>, StoreError> {

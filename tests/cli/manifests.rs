@@ -1,6 +1,7 @@
 //! `kisumctl render`: committed snapshots, determinism, schema validity
 //! (kubernetes-validate --strict) and security posture (checkov).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -322,11 +323,16 @@ fn external_secrets_name_every_mounted_secret_of_aws_environments() {
                 assert_eq!(o["spec"]["secretStoreRef"]["kind"], "ClusterSecretStore");
                 let name = o["metadata"]["name"].as_str().unwrap().to_string();
                 assert_eq!(o["spec"]["target"]["name"], name.as_str());
-                let key = o["spec"]["dataFrom"][0]["extract"]["key"].as_str().unwrap();
-                assert!(
-                    key.starts_with(&format!("kisum/{env}/")) && key.ends_with(&name),
-                    "{key}"
-                );
+                // The current value: the whole JSON object; a previous
+                // credential: one key of the secret's previous stage.
+                let (key, secret) = match o["spec"]["dataFrom"][0]["extract"]["key"].as_str() {
+                    Some(key) => (key, name.as_str()),
+                    None => (
+                        o["spec"]["data"][0]["remoteRef"]["key"].as_str().unwrap(),
+                        name.strip_suffix("-previous").unwrap(),
+                    ),
+                };
+                assert_eq!(key, format!("kisum/{env}/{secret}"));
                 name
             })
             .collect();
@@ -378,6 +384,116 @@ fn external_secrets_name_every_mounted_secret_of_aws_environments() {
             ingresses,
             "{env}: one certificate per Ingress"
         );
+    }
+}
+
+/// The `name: value` pairs of a Deployment's container environment.
+fn container_env(deployment: &serde_json::Value) -> BTreeMap<String, String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let name = v["name"].as_str().unwrap().to_string();
+            (name, v["value"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_verifier_mounts_each_callers_previous_credential_in_aws_environments() {
+    for env in ENVIRONMENTS {
+        let dir = root().join("manifests").join(env);
+        let mut callers = 0;
+        let externals: Vec<serde_json::Value> = if env == "local" {
+            Vec::new()
+        } else {
+            let text = std::fs::read_to_string(dir.join("external-secrets.yaml")).unwrap();
+            serde_saphyr::from_multiple(&text).unwrap()
+        };
+        let external = |name: &str| {
+            externals
+                .iter()
+                .find(|o| o["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{env}: no ExternalSecret {name}"))
+        };
+        for file in object_files(&dir) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+            for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
+                let variables = container_env(deployment);
+                let pod = &deployment["spec"]["template"]["spec"];
+                for (name, current) in &variables {
+                    let Some(caller) = name
+                        .strip_prefix("INTERNAL_CALLER_")
+                        .and_then(|n| n.strip_suffix("_FILE"))
+                        .filter(|n| !n.ends_with("_PREVIOUS"))
+                    else {
+                        continue;
+                    };
+                    let previous =
+                        variables.get(&format!("INTERNAL_CALLER_{caller}_PREVIOUS_FILE"));
+                    if env == "local" {
+                        // deploy local points it at the files' `.previous/`.
+                        assert_eq!(previous, None, "{env}: {name}");
+                        continue;
+                    }
+                    callers += 1;
+                    let previous =
+                        previous.unwrap_or_else(|| panic!("{env}: {name} has no previous file"));
+                    assert_ne!(previous, current);
+                    // /var/run/secrets/kisum/<secret>/<key>, both halves.
+                    let (secret, key) = current
+                        .strip_prefix("/var/run/secrets/kisum/")
+                        .and_then(|p| p.split_once('/'))
+                        .unwrap();
+                    let previous_secret = format!("{secret}-previous");
+                    assert_eq!(
+                        previous,
+                        &format!("/var/run/secrets/kisum/{previous_secret}/{key}")
+                    );
+                    // Mounted from an optional volume holding that key...
+                    let volume = pod["volumes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|v| v["secret"]["secretName"] == previous_secret.as_str())
+                        .unwrap_or_else(|| panic!("{env}: {previous_secret} is not mounted"));
+                    assert_eq!(
+                        volume["secret"]["optional"], true,
+                        "{env}: {previous_secret}"
+                    );
+                    assert_eq!(volume["secret"]["items"][0]["key"], key);
+                    let mounted = pod["containers"][0]["volumeMounts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|m| {
+                            m["name"] == volume["name"]
+                                && m["mountPath"]
+                                    == format!("/var/run/secrets/kisum/{previous_secret}").as_str()
+                        });
+                    assert!(mounted, "{env}: {previous_secret} has no volume mount");
+                    // ...which the operator fills from the previous stage
+                    // of the same Secrets Manager secret.
+                    let data = &external(&previous_secret)["spec"]["data"][0];
+                    assert_eq!(data["secretKey"], key);
+                    assert_eq!(data["remoteRef"]["version"], "AWSPREVIOUS");
+                    assert_eq!(data["remoteRef"]["property"], key);
+                    assert_eq!(
+                        data["remoteRef"]["key"],
+                        external(secret)["spec"]["dataFrom"][0]["extract"]["key"]
+                    );
+                }
+                assert!(
+                    !variables.contains_key("INTERNAL_CREDENTIAL_PREVIOUS_FILE"),
+                    "{env}: a caller presents its current credential only"
+                );
+            }
+        }
+        if env != "local" {
+            assert!(callers >= 10, "{env}: {callers} verified callers");
+        }
     }
 }
 

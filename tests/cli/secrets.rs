@@ -175,6 +175,22 @@ async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_check
     .await
     .unwrap();
     assert_eq!(token["token"].len(), 43);
+    // The rendered manifests mount the previous stage of an internal
+    // credential: it exists from the first version on, on that version.
+    let first_previous = secret_at(
+        &client,
+        "kisum/staging/internal-credential-auth",
+        "AWSPREVIOUS",
+    )
+    .await
+    .expect("apply labels the first version AWSPREVIOUS");
+    assert_eq!(first_previous["token"], token["token"]);
+    assert!(
+        secret_at(&client, "kisum/staging/auth-db-credentials", "AWSPREVIOUS")
+            .await
+            .is_none(),
+        "only internal credentials are given a previous stage"
+    );
     let db = secret_at(&client, "kisum/staging/auth-db-credentials", "AWSCURRENT")
         .await
         .unwrap();

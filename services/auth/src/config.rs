@@ -16,12 +16,9 @@ use crate::reset::ResetSettings;
 
 /// Clock skew accepted on `exp`/`nbf` (`tokens.clock-skew-seconds`).
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
-/// Bounds of `ACCESS_TOKEN_TTL`: below 10 s a token could expire on its way
-/// to a backend (a key-rotation rehearsal on `local` uses 20 s); above an
-/// hour a revoked session's token would stay usable too long (section 12.3).
-pub const ACCESS_TTL_SECONDS: (i64, i64) = (10, 3600);
-/// The longest `REFRESH_TOKEN_TTL`: 90 days.
-pub const MAX_REFRESH_TTL_SECONDS: i64 = 90 * 24 * 3600;
+/// Bounds of `ACCESS_TOKEN_TTL` and `REFRESH_TOKEN_TTL`, shared with
+/// `kisumctl validate`.
+pub use kisum_common::jwt::{ACCESS_TTL_SECONDS, MAX_REFRESH_TTL_SECONDS};
 /// Bounds of `PASSWORD_RESET_TTL_SECONDS`: a minute to a day.
 const RESET_TTL_SECONDS: (u64, u64) = (60, 24 * 3600);
 /// `services.auth.timeouts.read-seconds`: the default request timeout.

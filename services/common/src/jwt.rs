@@ -21,6 +21,15 @@ thread_local! {
 /// waits this long for every verifier to see a new key.
 pub const MAX_JWKS_CACHE_SECONDS: u64 = 3600;
 
+/// Bounds of Auth's `ACCESS_TOKEN_TTL`: below 10 s a token could expire on
+/// its way to a backend (a key-rotation rehearsal on `local` uses 20 s);
+/// above an hour a revoked session's token would stay usable too long
+/// (section 12.3). `kisumctl validate` checks the matrix against them.
+pub const ACCESS_TTL_SECONDS: (i64, i64) = (10, 3600);
+/// The longest `REFRESH_TOKEN_TTL`: 90 days. It must also be longer than
+/// the access token's.
+pub const MAX_REFRESH_TTL_SECONDS: i64 = 90 * 24 * 3600;
+
 /// How many verified tokens a thread remembers; past it, it starts over.
 const VERIFIED_PER_THREAD: usize = 4096;
 
