@@ -319,6 +319,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_private_network_is_reached_on_the_named_host_or_inside_a_job_only() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let matrix = crate::matrix::Matrix::load(&dir).unwrap();
+        let dev = matrix.environment("dev").unwrap();
+        assert_eq!(dev.file.operations.as_ref().unwrap().runner, Runner::Host);
+        assert!(operations_run_on(&dev, "ops-runner", None).is_ok());
+        assert!(operations_run_on(&dev, "ops-runner.dev.kisum.internal", None).is_ok());
+        let elsewhere = operations_run_on(&dev, "laptop", None).unwrap_err();
+        assert!(
+            elsewhere.contains("ops-runner.dev.kisum.internal") && elsewhere.contains("laptop"),
+            "{elsewhere}"
+        );
+
+        let staging = matrix.environment("staging").unwrap();
+        let job = operations_run_on(&staging, "ops-runner", None).unwrap_err();
+        assert!(job.contains("operations.runner: job"), "{job}");
+        assert!(operations_run_on(&staging, "pod-x", Some("host")).is_ok());
+    }
+
+    #[test]
     fn credentials_in_a_log_line_are_masked() {
         let line = "error: connecting to postgresql://backup:hunter2@10.0.0.5:5432/auth_db failed: password=hunter2 token: x";
         let masked = mask(line);
