@@ -56,5 +56,7 @@ mod services;
 mod site;
 #[path = "cli/smoke.rs"]
 mod smoke;
+#[path = "cli/status_k8s.rs"]
+mod status_k8s;
 #[path = "cli/tls.rs"]
 mod tls;

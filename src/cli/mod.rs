@@ -187,8 +187,12 @@ fn dispatch(cli: Cli) -> Exit {
         }
         Command::Status(args) => {
             let (name, format) = (args.env.clone(), args.output);
-            with_local_environment(&cli.matrix, "status", &name, format, |env| {
-                status::run(&cli.matrix, env, args)
+            with_environment(&cli.matrix, &name, format, |_, env| {
+                if env.name == "local" {
+                    status::run(&cli.matrix, env, args)
+                } else {
+                    status::run_cluster(&cli.matrix, env, args)
+                }
             })
         }
         Command::Logs(args) => {
@@ -314,8 +318,7 @@ fn with_environment(
     }
 }
 
-/// The commands about processes on this machine (`status`, `logs`,
-/// `down`) work on the `local` environment only: another environment is a
+/// The commands about processes on this machine (`logs`, `down`) work on the `local` environment only: another environment is a
 /// usage error (exit 2), not a failed operation.
 fn with_local_environment(
     dir: &std::path::Path,

@@ -176,14 +176,12 @@ fn warn_off_host(env: &crate::matrix::Environment) {
     let Some(host) = &operations.host else {
         return;
     };
-    let here = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let here = here.trim();
-    let short = host.split('.').next().unwrap_or(host);
-    if here != host && here != short {
+    let here = operation::hostname();
+    if !operation::names_this_machine(host, &here) {
         errln!(
             "warning: {} runs its operations on {host} (operations.host), and this is {}: its private network may be out of reach",
             env.name,
-            crate::matrix::load::printable(here)
+            crate::matrix::load::printable(&here)
         );
     }
 }

@@ -1,4 +1,5 @@
-//! `kisumctl status local`.
+//! `kisumctl status ENV`: the processes of `local`, or the rollouts,
+//! public endpoints and operations of an environment on Kubernetes.
 
 use super::output::{out, outln};
 use std::path::Path;
@@ -9,34 +10,40 @@ use crate::local::plan::Endpoints;
 use crate::local::state::{DesiredState, read_json};
 use crate::local::{Context, checks, probe, status};
 use crate::matrix::Environment;
-use crate::ops::{health, reachability};
+use crate::ops::{cluster_health, health, reachability};
 use crate::secrets::SecretStore as _;
 
-/// Show the processes of a local environment and whether they are ready.
+/// Show whether an environment is up, ready and looked after.
 ///
-/// Each data service and service with its supervisor state, whether it is
-/// up and ready now, pid, ports, version and restarts.
-///
+/// `local`: each data service and service with its supervisor state,
+/// whether it is up and ready now, pid, ports, version and restarts.
 /// Without a supervisor (it was killed), processes it started may still
 /// run: they are shown as `unsupervised` (nothing restarts them).
+///
+/// An environment on Kubernetes: each Deployment's rollout, read through
+/// the kubeconfig and context of the matrix; each public service's health
+/// and readiness routes at `https://<host>` (or the URLs of
+/// `kubernetes.smoke-endpoints`).
 ///
 /// Then the operations: each database's newest backup against its RPO,
 /// each database and Redis reachable (a trivial query, with its latency),
 /// each PostgreSQL database's migrations against the services' files, each
 /// public host's certificate against the renewal window and alert
 /// threshold, the last restore drill's result, the JWT key set's state;
-/// each ok, note (nothing to judge yet, slow, pending) or red.
+/// each ok, note (nothing to judge yet, slow, pending), unknown (out of
+/// reach from here, with why: the databases of a cluster environment
+/// unless this is its operations host) or red.
 ///
-/// Exit codes: 0 a supervisor runs, everything is ready and nothing is red,
-/// 1 something is not (or a check of `--verify` failed), 2 unusable input
-/// or an environment other than `local`.
+/// Exit codes: 0 nothing is red (and, for `local`, a supervisor runs and
+/// everything is ready), 1 something is red (or a check of `--verify`
+/// failed), 2 unusable input.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Environment (only `local` runs processes).
+    /// Environment.
     pub(super) env: String,
 
     /// Also run the deploy's quick checks (readiness, Auth reaches Core,
-    /// the smoke user's login and a finance read).
+    /// the smoke user's login and a finance read); `local` only.
     #[arg(long)]
     verify: bool,
 
@@ -68,12 +75,42 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         outln!("{}", serde_json::to_string_pretty(&document)?);
     } else {
         print_text(&report, verified.as_deref());
-        print_operations(&operations);
+        print_items("OPERATIONS", &operations);
     }
     Ok(if passed {
         Exit::Clean
     } else {
         Exit::CheckFailed
+    })
+}
+
+/// `status` of an environment on Kubernetes.
+pub fn run_cluster(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
+    if args.verify {
+        let message = format!(
+            "`status {} --verify` is not supported: the quick checks are those of `local`; run `kisumctl smoke {}`",
+            env.name, env.name
+        );
+        return Ok(super::refuse(args.output, &message, Exit::UnusableInput));
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(cluster_health::collect(dir, env));
+    if args.output == OutputFormat::Json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        outln!(
+            "environment {}  namespace {}",
+            report.environment,
+            report.namespace
+        );
+        print_items("ROLLOUTS", &report.rollouts);
+        print_items("ENDPOINTS", &report.endpoints);
+        print_items("OPERATIONS", &report.operations);
+    }
+    Ok(if report.red() {
+        Exit::CheckFailed
+    } else {
+        Exit::Clean
     })
 }
 
@@ -179,50 +216,29 @@ async fn verify(context: &Context) -> anyhow::Result<Vec<checks::QuickCheck>> {
 /// Backups against their RPO, reachability, migrations, certificates, the
 /// last drill, the key set.
 async fn operations(dir: &Path, env: &Environment<'_>, context: &Context) -> Vec<health::Item> {
-    let mut items = Vec::new();
-    if env.file.backups.enabled {
-        let listed = match crate::secrets::for_environment(dir, env) {
-            Ok(secrets) => match crate::backup::Context::new(dir, env, secrets).await {
-                Ok(cx) => cx.store.list().await.map(|(manifests, _)| manifests),
-                Err(error) => Err(error),
-            },
-            Err(error) => Err(error.into()),
-        };
-        match listed {
-            Ok(manifests) => {
-                let now = jiff::Timestamp::now().as_second();
-                items.extend(health::backups(env, &manifests, now));
-            }
-            Err(error) => items.push(health::Item {
-                name: "backups".into(),
-                light: health::Light::Red,
-                detail: format!("the backup store cannot be listed: {error:#}"),
-            }),
-        }
-    }
+    let mut items = health::backups_in_store(dir, env, health::Light::Red).await;
     items.extend(reachability::databases(env, &context.store).await);
     items.extend(reachability::migrations(dir, env, &context.store).await);
     let now = jiff::Timestamp::now().as_second();
-    items.extend(reachability::certificates(env, &context.store, now));
+    items.extend(reachability::certificates(
+        env,
+        &context.store,
+        now,
+        health::Light::Red,
+    ));
     items.push(health::last_drill(&context.state.root().join("drills")));
-    let keys = crate::rotation::store::KeyStore::new(env.base, &context.store)
-        .and_then(|store| store.load())
-        .map_err(|e| e.to_string());
-    items.push(health::key_set(keys));
+    items.push(health::key_set_in(
+        env.base,
+        &context.store,
+        health::Light::Red,
+    ));
     items
 }
 
-fn print_operations(items: &[health::Item]) {
+fn print_items(title: &str, items: &[health::Item]) {
     let rows: Vec<Vec<String>> = items
         .iter()
-        .map(|i| {
-            let light = match i.light {
-                health::Light::Green => "ok",
-                health::Light::Yellow => "note",
-                health::Light::Red => "RED",
-            };
-            vec![i.name.clone(), light.to_string(), i.detail.clone()]
-        })
+        .map(|i| vec![i.name.clone(), i.light.word().to_string(), i.detail.clone()])
         .collect();
-    out!("\n{}", table(&["OPERATIONS", "STATE", "DETAIL"], &rows));
+    out!("\n{}", table(&[title, "STATE", "DETAIL"], &rows));
 }

@@ -72,7 +72,7 @@ impl ApiError {
 }
 
 /// An error and its sources, `: `-separated.
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

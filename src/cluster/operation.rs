@@ -54,6 +54,54 @@ pub fn as_job<'e>(env: &'e Environment) -> Option<&'e Operations> {
         .filter(|o| o.runner == Runner::Job && !here)
 }
 
+/// The name of this machine (`/proc/sys/kernel/hostname`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// True when `here` is the machine `host` names, fully or by its first
+/// label.
+pub fn names_this_machine(host: &str, here: &str) -> bool {
+    let short = host.split('.').next().unwrap_or(host);
+    here == host || here == short
+}
+
+/// Whether this machine reaches the environment's private network (its
+/// databases and Redis): inside an operation Job (the runner variable says
+/// `host`), or on the host that `operations.runner: host` names. `Err` is
+/// why not, for a report.
+pub fn operations_run_here(env: &Environment) -> Result<(), String> {
+    let variable = std::env::var(RUNNER_VARIABLE).ok();
+    operations_run_on(env, &hostname(), variable.as_deref())
+}
+
+fn operations_run_on(env: &Environment, here: &str, variable: Option<&str>) -> Result<(), String> {
+    if variable.is_some_and(|v| v.trim() == "host") {
+        return Ok(());
+    }
+    let here = crate::matrix::load::printable(here);
+    let Some(operations) = &env.file.operations else {
+        return Err(format!(
+            "private network: the matrix names no operations host (`operations`); run from a machine inside it with {RUNNER_VARIABLE}=host"
+        ));
+    };
+    match (&operations.runner, &operations.host) {
+        (Runner::Host, Some(host)) if names_this_machine(host, &here) => Ok(()),
+        (Runner::Host, Some(host)) => Err(format!(
+            "private network: run from the operations host {host} (operations.host), this is {here}"
+        )),
+        (Runner::Host, None) => Err(format!(
+            "private network: run from the operations host, with {RUNNER_VARIABLE}=host"
+        )),
+        (Runner::Job, _) => Err(
+            "private network: operations run as Jobs in the cluster (operations.runner: job); run there, or from the operations host with KISUM_OPERATIONS_RUNNER=host".to_string(),
+        ),
+    }
+}
+
 /// The kisumctl image the Job runs.
 pub fn image(env: &Environment, operations: &Operations) -> String {
     let registry = &env.base.platform.image_registry;
@@ -281,6 +329,26 @@ pub fn mask(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_private_network_is_reached_on_the_named_host_or_inside_a_job_only() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let matrix = crate::matrix::Matrix::load(&dir).unwrap();
+        let dev = matrix.environment("dev").unwrap();
+        assert_eq!(dev.file.operations.as_ref().unwrap().runner, Runner::Host);
+        assert!(operations_run_on(&dev, "ops-runner", None).is_ok());
+        assert!(operations_run_on(&dev, "ops-runner.dev.kisum.internal", None).is_ok());
+        let elsewhere = operations_run_on(&dev, "laptop", None).unwrap_err();
+        assert!(
+            elsewhere.contains("ops-runner.dev.kisum.internal") && elsewhere.contains("laptop"),
+            "{elsewhere}"
+        );
+
+        let staging = matrix.environment("staging").unwrap();
+        let job = operations_run_on(&staging, "ops-runner", None).unwrap_err();
+        assert!(job.contains("operations.runner: job"), "{job}");
+        assert!(operations_run_on(&staging, "pod-x", Some("host")).is_ok());
+    }
 
     #[test]
     fn credentials_in_a_log_line_are_masked() {

@@ -3,7 +3,8 @@
 //! result and the JWT key set's state. Each item is `green`, `yellow`
 //! (nothing to judge yet, such as no backup ever taken) or `red` (a backup
 //! older than the RPO, a failed drill, a key set without exactly one active
-//! key); any red makes `status` exit 1.
+//! key); any red makes `status` exit 1. `unknown` is what could not be
+//! looked at from here (an unreachable store, a private network), with why.
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -18,7 +19,20 @@ use crate::matrix::Environment;
 pub enum Light {
     Green,
     Yellow,
+    Unknown,
     Red,
+}
+
+impl Light {
+    /// The word `status` prints for it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Light::Green => "ok",
+            Light::Yellow => "note",
+            Light::Unknown => "unknown",
+            Light::Red => "RED",
+        }
+    }
 }
 
 /// One judged item.
@@ -77,6 +91,50 @@ pub fn backups(env: &Environment, manifests: &[Manifest], now: i64) -> Vec<Item>
             }
         })
         .collect()
+}
+
+/// Per database: the newest backup in the environment's backup store
+/// against its RPO. A store that cannot be listed is one item of light
+/// `unlisted` (red where the store is this machine's, unknown where it is
+/// remote), with why.
+pub async fn backups_in_store(
+    matrix_dir: &Path,
+    env: &Environment<'_>,
+    unlisted: Light,
+) -> Vec<Item> {
+    if !env.file.backups.enabled {
+        return Vec::new();
+    }
+    let listed = match crate::secrets::for_environment(matrix_dir, env) {
+        Ok(secrets) => match crate::backup::Context::new(matrix_dir, env, secrets).await {
+            Ok(cx) => cx.store.list().await.map(|(manifests, _)| manifests),
+            Err(error) => Err(error),
+        },
+        Err(error) => Err(error.into()),
+    };
+    match listed {
+        Ok(manifests) => backups(env, &manifests, jiff::Timestamp::now().as_second()),
+        Err(error) => vec![Item::new(
+            "backups",
+            unlisted,
+            format!("the backup store cannot be listed: {error:#}"),
+        )],
+    }
+}
+
+/// The key set of the environment's secret store, judged by [`key_set`];
+/// a store that cannot be read is of light `unreadable`.
+pub fn key_set_in(
+    base: &crate::matrix::schema::BaseFile,
+    store: &dyn crate::secrets::SecretStore,
+    unreadable: Light,
+) -> Item {
+    use crate::rotation::store::{KeyStore, KeyStoreError};
+    match KeyStore::new(base, store).and_then(|keys| keys.load()) {
+        Ok(keys) => key_set(Ok(keys)),
+        Err(error @ KeyStoreError::Store(_)) => Item::new("key set", unreadable, error.to_string()),
+        Err(error) => key_set(Err(error.to_string())),
+    }
 }
 
 /// The newest drill report (`drill-*.json`) in `dir`.

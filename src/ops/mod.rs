@@ -1,5 +1,6 @@
 //! Operational documents and reports derived from the matrix.
 
+pub mod cluster_health;
 pub mod documents;
 pub mod health;
 pub mod inventory;

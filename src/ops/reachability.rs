@@ -178,16 +178,22 @@ fn judge_migrations(name: String, status: &migrate::Status) -> Item {
 /// Per public host: its certificate in the secret store against the
 /// renewal window (yellow) and the alert threshold (red), as `tls status`
 /// judges it; a missing one is yellow, and one line says so when none is
-/// issued (`local` serves plain HTTP on loopback until `tls issue`). `now`
-/// is in Unix seconds.
-pub fn certificates(env: &Environment<'_>, store: &dyn SecretStore, now: i64) -> Vec<Item> {
+/// issued (`local` serves plain HTTP on loopback until `tls issue`); a
+/// store that cannot be read is one item of light `unreadable`. `now` is
+/// in Unix seconds.
+pub fn certificates(
+    env: &Environment<'_>,
+    store: &dyn SecretStore,
+    now: i64,
+    unreadable: Light,
+) -> Vec<Item> {
     let hosts = crate::tls::hosts(env);
     let thresholds = crate::tls::Thresholds::of(env);
     let statuses = match crate::tls::status(&hosts, store, thresholds, now) {
         Ok(statuses) => statuses,
         Err(error) => {
             let detail = format!("the certificates cannot be read: {error}");
-            return vec![Item::new("certificates", Light::Red, detail)];
+            return vec![Item::new("certificates", unreadable, detail)];
         }
     };
     if statuses

@@ -20,10 +20,11 @@ const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/kisum-staging/deployments";
 const CONFIG_MAPS: &str = "/api/v1/namespaces/kisum-staging/configmaps";
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/kisum-staging/leases/kisumctl-deploy";
 
-/// A scratch matrix whose staging reaches the fake API server.
-struct Staging {
-    root: PathBuf,
-    fake: FakeKube,
+/// A scratch matrix whose staging reaches the fake API server, with its
+/// secrets in local files and AWS sealed off.
+pub(crate) struct Staging {
+    pub(crate) root: PathBuf,
+    pub(crate) fake: FakeKube,
     _scratch: Option<tempfile::TempDir>,
 }
 
@@ -38,7 +39,7 @@ impl Staging {
 
     /// Staging whose smoke checks cannot pass (a dead loopback port and
     /// an empty secret store): for what happens before them.
-    fn without_platform() -> Staging {
+    pub(crate) fn without_platform() -> Staging {
         let scratch = scratch_copy();
         let root = scratch.path().to_path_buf();
         let endpoints = root.join("dead-endpoints.json");
@@ -92,10 +93,26 @@ impl Staging {
         staging
     }
 
-    fn edit(&self, change: impl FnOnce(&str) -> String) {
+    pub(crate) fn edit(&self, change: impl FnOnce(&str) -> String) {
         let path = self.root.join("environments/staging.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, change(&text)).unwrap();
+    }
+
+    /// Staging's backups in a directory of the scratch copy, in place of
+    /// its S3 bucket.
+    pub(crate) fn keep_backups_here(&self) -> PathBuf {
+        let dir = self.root.join("staging-backups");
+        self.edit(|text| {
+            let start = text.find("backups:\n").unwrap();
+            let end = text[start..].find("\n\n").unwrap() + start + 1;
+            let backups = format!(
+                "backups:\n  enabled: true\n  store:\n    kind: local-directory\n    path: {}\n",
+                dir.display()
+            );
+            format!("{}{backups}{}", &text[..start], &text[end..])
+        });
+        dir
     }
 
     fn edit_base(&self, change: impl FnOnce(&str) -> String) {
@@ -106,21 +123,23 @@ impl Staging {
         std::fs::write(&path, changed).unwrap();
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
             .args(args)
             .current_dir(&self.root)
             .env_remove("KISUM_MATRIX")
             .env_remove("KISUM_TEMPLATES")
             .env_remove("KUBECONFIG")
+            .env_remove("KISUM_OPERATIONS_RUNNER")
             .env("HOME", self.root.join("no-home"))
+            .envs(crate::common::SEALED_AWS)
             .output()
             .await
             .unwrap()
     }
 
     /// Runs and checks the exit code; the JSON document on stdout.
-    async fn expect(&self, args: &[&str], code: i32) -> (Value, String) {
+    pub(crate) async fn expect(&self, args: &[&str], code: i32) -> (Value, String) {
         let output = self.run(args).await;
         let text = format!("stdout:\n{}\nstderr:\n{}", stdout(&output), stderr(&output));
         assert_eq!(
