@@ -155,6 +155,19 @@ impl Staging {
         self.fake.get(&format!("{DEPLOYMENTS}/{name}")).unwrap()
     }
 
+    /// The newest record of staging's journal, and the command's output.
+    async fn last_journal_record(&self) -> (Value, String) {
+        let (journal, text) = self.expect(&["journal", "staging", "-o", "json"], 0).await;
+        let record = journal["records"]
+            .as_array()
+            .and_then(|r| r.last())
+            .cloned();
+        (
+            record.unwrap_or_else(|| panic!("no journal record\n{text}")),
+            text,
+        )
+    }
+
     fn releases(&self) -> Vec<String> {
         self.fake
             .paths(CONFIG_MAPS)
@@ -855,15 +868,7 @@ async fn a_backup_runs_as_a_job_in_the_cluster_and_its_report_is_read_from_the_l
     );
 
     // The journal of the machine that launched it names the Job.
-    let (journal, text) = staging
-        .expect(&["journal", "staging", "-o", "json"], 0)
-        .await;
-    let record = journal["records"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let (record, text) = staging.last_journal_record().await;
     assert_eq!(record["command"], "backup", "{text}");
     assert_eq!(record["result"], "ok");
     assert_eq!(record["job"], name, "{text}");
@@ -938,15 +943,7 @@ async fn a_failed_backup_job_is_reported_with_its_log_excerpt_credentials_masked
             && text.contains("password=*** rejected"),
         "{text}"
     );
-    let (journal, _) = staging
-        .expect(&["journal", "staging", "-o", "json"], 0)
-        .await;
-    let record = journal["records"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let (record, _) = staging.last_journal_record().await;
     assert_eq!(record["result"], "failed");
     assert!(
         record["job"]
