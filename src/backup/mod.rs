@@ -50,26 +50,7 @@ impl<'e> Context<'e> {
         env: &'e Environment<'e>,
         secrets: Box<dyn SecretStore>,
     ) -> Result<Context<'e>> {
-        let store = match &env.file.backups.store {
-            StoreSettings::LocalDirectory { path } => Store::Local(store::LocalDirectory::new(
-                crate::matrix::resolve_path(matrix_dir, path),
-            )),
-            StoreSettings::S3 {
-                bucket,
-                prefix,
-                region,
-                endpoint,
-            } => Store::S3(
-                store::S3Store::connect(store::S3Settings {
-                    bucket: bucket.clone(),
-                    prefix: prefix.clone(),
-                    region: region.clone(),
-                    endpoint: endpoint.clone(),
-                    static_credentials: None,
-                })
-                .await,
-            ),
-        };
+        let store = Store::for_environment(matrix_dir, env).await;
         let recipients = encrypt::Recipients::parse(&env.file.backups.age_recipients)
             .map_err(anyhow::Error::msg)?;
         Ok(Context {
@@ -91,6 +72,33 @@ impl<'e> Context<'e> {
     }
 }
 
+impl Store {
+    /// The store of the matrix (`backups.store`; a relative directory
+    /// resolves like every matrix path).
+    pub async fn for_environment(matrix_dir: &Path, env: &Environment<'_>) -> Store {
+        match &env.file.backups.store {
+            StoreSettings::LocalDirectory { path } => Store::Local(store::LocalDirectory::new(
+                crate::matrix::resolve_path(matrix_dir, path),
+            )),
+            StoreSettings::S3 {
+                bucket,
+                prefix,
+                region,
+                endpoint,
+            } => Store::S3(
+                store::S3Store::connect(store::S3Settings {
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    region: region.clone(),
+                    endpoint: endpoint.clone(),
+                    static_credentials: None,
+                })
+                .await,
+            ),
+        }
+    }
+}
+
 /// Now, RFC 3339 in UTC to the second.
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now()
@@ -103,6 +111,23 @@ pub fn now_rfc3339() -> String {
 pub fn new_id(database: &str) -> String {
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
     format!("{stamp}-{database}-{:04x}", rand::random::<u16>())
+}
+
+/// The shape of the ids [`new_id`] makes, for messages.
+pub const ID_SHAPE: &str = "<YYYYMMDDTHHMMSSZ>-<database>-<4 hex digits>";
+
+/// The database of a backup id of the shape [`new_id`] makes; `None` for
+/// any other shape.
+pub fn id_database(id: &str) -> Option<&str> {
+    let (stamp, rest) = id.split_once('-')?;
+    let (database, suffix) = rest.rsplit_once('-')?;
+    let stamp_ok = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stamp).is_ok();
+    let suffix_ok = suffix.len() == 4 && suffix.bytes().all(|b| b.is_ascii_hexdigit());
+    let database_ok = !database.is_empty()
+        && database
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (stamp_ok && suffix_ok && database_ok).then_some(database)
 }
 
 /// Seconds since an RFC 3339 time of a manifest.
@@ -367,4 +392,28 @@ pub fn newest<'m>(manifests: &'m [Manifest], database: &str) -> Option<&'m Manif
         .iter()
         .filter(|m| m.database == database && m.trigger != Trigger::Safety)
         .max_by(|a, b| (&a.finished_at, &a.id).cmp(&(&b.finished_at, &b.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_id_names_its_database_only_in_the_shape_new_id_makes() {
+        assert_eq!(id_database(&new_id("auth-db")), Some("auth-db"));
+        assert_eq!(
+            id_database("20261205T061500Z-platform-core-db-0a1f"),
+            Some("platform-core-db")
+        );
+        for bad in [
+            "auth-db-20261205T061500Z",
+            "20261205T061500Z-auth-db",
+            "20261305T061500Z-auth-db-0a1f",
+            "20261205T061500Z-auth-db-0a1g",
+            "20261205T061500Z--0a1f",
+            "latest",
+        ] {
+            assert_eq!(id_database(bad), None, "{bad}");
+        }
+    }
 }

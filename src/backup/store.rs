@@ -19,6 +19,17 @@ use super::manifest::{self, Manifest};
 /// Files above this size go up in parts of this size.
 const PART_SIZE: usize = 16 << 20;
 
+/// Where drill reports are kept beside the backups: `.drills/` under the
+/// store's directory or key prefix (never a backup id, which cannot start
+/// with a dot), so that `status` finds the last drill wherever it ran: on
+/// a host, in an operation Job or in a CronJob.
+pub const DRILLS: &str = ".drills";
+
+/// A drill report's file name: `drill-<time>.json`, sortable by time.
+fn is_drill_report(name: &str) -> bool {
+    name.starts_with("drill-") && name.ends_with(".json") && check_id(name).is_ok()
+}
+
 /// Operations every backup store offers.
 #[allow(async_fn_in_trait)]
 pub trait BackupStore {
@@ -69,6 +80,29 @@ impl Store {
         }
         manifests.sort_by(|a, b| (&a.finished_at, &a.id).cmp(&(&b.finished_at, &b.id)));
         Ok((manifests, problems))
+    }
+}
+
+impl Store {
+    /// Keeps drill report `name` (`drill-<time>.json`) in the store,
+    /// replacing one of the same name.
+    pub async fn put_drill_report(&self, name: &str, json: &str) -> Result<()> {
+        if !is_drill_report(name) {
+            bail!("`{}` is not a drill report name", name.escape_debug());
+        }
+        match self {
+            Store::Local(s) => s.put_drill_report(name, json),
+            Store::S3(s) => s.put_drill_report(name, json).await,
+        }
+    }
+
+    /// The newest drill report of the store, by name (which carries its
+    /// time): `(name, JSON text)`.
+    pub async fn newest_drill_report(&self) -> Result<Option<(String, String)>> {
+        match self {
+            Store::Local(s) => s.newest_drill_report(),
+            Store::S3(s) => s.newest_drill_report().await,
+        }
     }
 }
 
@@ -145,6 +179,39 @@ pub struct LocalDirectory {
 impl LocalDirectory {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalDirectory { root: root.into() }
+    }
+}
+
+impl LocalDirectory {
+    fn put_drill_report(&self, name: &str, json: &str) -> Result<()> {
+        let dir = self.root.join(DRILLS);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(name);
+        let partial = dir.join(format!(".{name}.partial"));
+        std::fs::write(&partial, json)
+            .and_then(|_| std::fs::rename(&partial, &path))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn newest_drill_report(&self) -> Result<Option<(String, String)>> {
+        let dir = self.root.join(DRILLS);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let newest = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| is_drill_report(name))
+            .max();
+        let Some(name) = newest else {
+            return Ok(None);
+        };
+        let path = dir.join(&name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some((name, text)))
     }
 }
 
@@ -395,6 +462,74 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    async fn put_drill_report(&self, name: &str, json: &str) -> Result<()> {
+        let key = self.key(DRILLS, name);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(json.as_bytes().to_vec()))
+            .send()
+            .await
+            .with_context(|| format!("uploading s3://{}/{key}", self.bucket))?;
+        Ok(())
+    }
+
+    async fn newest_drill_report(&self) -> Result<Option<(String, String)>> {
+        let prefix = format!("{}{DRILLS}/", self.prefix);
+        let newest = self
+            .keys(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_string))
+            .filter(|name| is_drill_report(name))
+            .max();
+        let Some(name) = newest else {
+            return Ok(None);
+        };
+        let bytes = self.read_object(&self.key(DRILLS, &name)).await?;
+        Ok(Some((name, String::from_utf8_lossy(&bytes).into_owned())))
+    }
+
+    /// Every key under `prefix`, page by page.
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.with_context(|| format!("listing s3://{}/{prefix}", self.bucket))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The whole body of object `key`, in memory (for small objects).
+    async fn read_object(&self, key: &str) -> Result<Vec<u8>> {
+        let what = || format!("reading s3://{}/{key}", self.bucket);
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .with_context(what)?;
+        let bytes = object.body.collect().await.with_context(what)?;
+        Ok(bytes.into_bytes().to_vec())
+    }
+}
+
 impl BackupStore for S3Store {
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
@@ -406,27 +541,15 @@ impl BackupStore for S3Store {
 
     async fn ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page =
-                page.with_context(|| format!("listing s3://{}/{}", self.bucket, self.prefix))?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                let Some(rest) = key.strip_prefix(&self.prefix) else {
-                    continue;
-                };
-                if let Some((id, name)) = rest.split_once('/')
-                    && name == manifest::FILE_NAME
-                    && check_id(id).is_ok()
-                {
-                    ids.push(id.to_string());
-                }
+        for key in self.keys(&self.prefix).await? {
+            let Some(rest) = key.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if let Some((id, name)) = rest.split_once('/')
+                && name == manifest::FILE_NAME
+                && check_id(id).is_ok()
+            {
+                ids.push(id.to_string());
             }
         }
         Ok(ids)
@@ -435,16 +558,8 @@ impl BackupStore for S3Store {
     async fn manifest(&self, id: &str) -> Result<Manifest> {
         check_id(id)?;
         let key = self.key(id, manifest::FILE_NAME);
-        let object = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .with_context(|| format!("reading s3://{}/{key}", self.bucket))?;
-        let bytes = object.body.collect().await?.into_bytes();
-        let text = String::from_utf8(bytes.to_vec()).context("the manifest is not UTF-8")?;
+        let bytes = self.read_object(&key).await?;
+        let text = String::from_utf8(bytes).context("the manifest is not UTF-8")?;
         Manifest::from_json(&text).map_err(|e| anyhow::anyhow!("s3://{}/{key}: {e}", self.bucket))
     }
 

@@ -115,6 +115,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                 databases: &args.databases,
                 args: rest,
                 confirm: None,
+                backup: None,
                 format: args.output,
             };
             if let Some(exit) = super::operation::in_cluster(dir, request)? {

@@ -93,7 +93,8 @@ pub fn smoke_urls(
 ) -> Result<crate::smoke::Target, crate::smoke::TargetError> {
     match &env.file.kubernetes.smoke_endpoints {
         Some(path) => {
-            crate::smoke::Target::from_endpoints(env.name, &crate::matrix::resolve_path(dir, path))
+            let path = crate::matrix::resolve_path(dir, path);
+            crate::smoke::from_smoke_endpoints(env.name, &path)
         }
         None => crate::smoke::Target::from_hosts(env),
     }
@@ -134,8 +135,10 @@ pub fn fail(format: OutputFormat, (exit, message): (Exit, String)) -> Exit {
 
 /// The exit code and message of a failed deploy or rollback.
 pub fn deploy_error(error: &DeployError) -> (Exit, String) {
+    use crate::cluster::history::HistoryError;
     let exit = match error {
         DeployError::Guard { .. } => Exit::CheckFailed,
+        DeployError::History(HistoryError::NoSuchRelease { .. }) => Exit::UnusableInput,
         _ => Exit::OperationFailed,
     };
     (exit, error.to_string())

@@ -64,7 +64,7 @@ pub struct Args {
     /// Seconds each rollout and migration Job may take, in place of the
     /// matrix's `kubernetes.rollout-timeout-seconds` and
     /// `rollout-timeouts` (not for `local`).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = super::positive_seconds)]
     timeout: Option<u64>,
 
     /// Deploy production without asking.

@@ -18,10 +18,12 @@ use crate::matrix::load::printable;
 /// recovery time (RTO) and the backup's age (RPO) against the matrix's
 /// targets. A database without a backup fails as `no backup`, with no RTO
 /// or RPO figure. Writes `drill-<time>.md` and `.json` into the report
-/// directory. With `operations.runner: job` in the environment file, the
-/// drill runs as a Kubernetes Job in the environment's namespace, which
-/// kisumctl launches, watches and reads the result of (the report files
-/// stay in the pod; the JSON report is printed).
+/// directory, and keeps the JSON report in the backup store (`.drills/`),
+/// where `kisumctl status` reads the last drill from. With
+/// `operations.runner: job` in the environment file, the drill runs as a
+/// Kubernetes Job in the environment's namespace, which kisumctl launches,
+/// watches and reads the result of; the JSON report the Job prints is
+/// kept in the backup store and in this machine's `<state-dir>/drills`.
 /// Exit 0 when every database passed, 1 when one failed or exceeded a
 /// target, 2 for bad input, 3 when the report cannot be written.
 #[derive(Debug, clap::Args)]
@@ -49,6 +51,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         databases: &args.databases,
         args: args.databases.clone(),
         confirm: None,
+        backup: None,
         format: args.output,
     };
     if let Some(exit) = super::operation::in_cluster(dir, request)? {
@@ -118,6 +121,7 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         cx.env.name,
         printable(&report_dir.join(&stem).display().to_string())
     );
+    keep_in_store(cx, &format!("{stem}.json"), &document).await;
     match args.output {
         OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&document)?),
         OutputFormat::Text => out!("{markdown}"),
@@ -127,4 +131,24 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     } else {
         Exit::CheckFailed
     })
+}
+
+/// Keeps the JSON report in the backup store too, where `status` reads the
+/// last drill from whichever machine, Job or CronJob ran it. A store that
+/// refuses it is a warning: the drill itself is done and reported.
+async fn keep_in_store(cx: &Context<'_>, name: &str, document: &serde_json::Value) {
+    use crate::backup::store::BackupStore as _;
+    let json = serde_json::to_string_pretty(document).unwrap_or_default();
+    match cx.store.put_drill_report(name, &json).await {
+        Ok(()) => errln!(
+            "drill {}: report kept in the backup store ({})",
+            cx.env.name,
+            cx.store.describe()
+        ),
+        Err(error) => errln!(
+            "warning: drill {}: the report could not be kept in the backup store, so `kisumctl status {}` elsewhere will not see it: {error:#}",
+            cx.env.name,
+            cx.env.name
+        ),
+    }
 }

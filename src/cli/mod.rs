@@ -255,10 +255,25 @@ fn load_matrix(dir: &std::path::Path, format: OutputFormat) -> Result<crate::mat
 /// How long a command waits for the environment's deploy lock.
 #[derive(Debug, clap::Args)]
 pub struct LockWait {
-    /// Seconds to wait for another deploy or down of the environment to
-    /// finish before refusing.
+    /// Seconds to wait for another `deploy local` or `down local` on this
+    /// machine to finish before refusing (`local` only: a deploy to
+    /// Kubernetes refuses at once while another holds the environment's
+    /// Lease).
     #[arg(long = "lock-timeout", default_value_t = 120, value_name = "SECONDS")]
     seconds: u64,
+}
+
+/// A `--timeout` in seconds: a whole number of at least 1 (a timeout of
+/// 0 would give every rollout up before it starts).
+pub fn positive_seconds(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("a timeout of 0 seconds gives up at once; give at least 1".into()),
+        Ok(seconds) => Ok(seconds),
+        Err(_) => Err(format!(
+            "`{}` is not a number of seconds (a whole number, at least 1)",
+            text.escape_debug()
+        )),
+    }
 }
 
 impl LockWait {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::output::{errln, outln};
 use super::{Exit, OutputFormat, refuse};
@@ -25,6 +25,9 @@ pub struct Request<'a> {
     /// For a destructive run: what the confirmation shows. It is asked
     /// before the Job is launched; the Job itself then runs with `--yes`.
     pub confirm: Option<Vec<String>>,
+    /// The backup id the command names (`restore --backup`): one the
+    /// store does not hold launches nothing.
+    pub backup: Option<&'a str>,
     pub format: OutputFormat,
 }
 
@@ -50,6 +53,12 @@ pub fn in_cluster(dir: &Path, request: Request) -> anyhow::Result<Option<Exit>> 
                 &error.to_string(),
                 Exit::UnusableInput,
             )));
+        }
+    }
+    if let Some(id) = request.backup {
+        let checked = tokio::runtime::Runtime::new()?.block_on(backup_in_store(dir, &env, id));
+        if let Err(message) = checked {
+            return Ok(Some(refuse(format, &message, Exit::UnusableInput)));
         }
     }
     let mut args = vec![request.command.to_string(), env.name.to_string()];
@@ -85,7 +94,78 @@ pub fn in_cluster(dir: &Path, request: Request) -> anyhow::Result<Option<Exit>> 
         Ok(outcome) => outcome,
         Err((exit, message)) => return Ok(Some(refuse(format, &message, exit))),
     };
+    if request.command == "drill"
+        && let Some(document) = &outcome.report
+    {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(keep_drill_report(dir, &env, document));
+    }
     Ok(Some(report(&env.file.namespace, &outcome, timeout, format)))
+}
+
+/// Keeps the drill report a Job printed where `status` reads the last
+/// drill: the backup store (where the Job's kisumctl also keeps it, when
+/// it can) and this machine's `<state-dir>/drills`. A document that is
+/// not a drill report of this environment is left alone.
+async fn keep_drill_report(dir: &Path, env: &crate::matrix::Environment<'_>, document: &Value) {
+    use crate::backup::store::{BackupStore as _, Store};
+    let (Some(at), Some(_)) = (document["at"].as_str(), document["databases"].as_array()) else {
+        return;
+    };
+    if document["environment"] != env.name {
+        return;
+    }
+    let name = format!("drill-{}.json", at.replace(':', ""));
+    let json = serde_json::to_string_pretty(document).unwrap_or_default();
+    let local = crate::matrix::resolve_path(dir, &env.file.state_dir).join("drills");
+    let written =
+        std::fs::create_dir_all(&local).and_then(|_| std::fs::write(local.join(&name), &json));
+    if let Err(error) = written {
+        errln!(
+            "warning: the Job's drill report could not be kept in {}: {error}",
+            local.display()
+        );
+    }
+    let store = Store::for_environment(dir, env).await;
+    match store.put_drill_report(&name, &json).await {
+        Ok(()) => errln!(
+            "drill {}: the Job's report {name} is kept in the backup store ({}) for `kisumctl status {}`",
+            env.name,
+            store.describe(),
+            env.name
+        ),
+        Err(error) => errln!(
+            "warning: the Job's drill report could not be kept in the backup store ({error:#}); `kisumctl status {}` sees it on this machine only",
+            env.name
+        ),
+    }
+}
+
+/// `Err` when the environment's backup store, read from here, holds no
+/// backup `id`; a store this machine cannot read is left to the Job.
+async fn backup_in_store(
+    dir: &Path,
+    env: &crate::matrix::Environment<'_>,
+    id: &str,
+) -> Result<(), String> {
+    use crate::backup::store::{BackupStore as _, Store};
+    let store = Store::for_environment(dir, env).await;
+    match store.ids().await {
+        Ok(ids) if ids.iter().any(|known| known == id) => Ok(()),
+        Ok(_) => Err(format!(
+            "no backup `{}` in {}; nothing was launched (`kisumctl backup list {}` shows the backups)",
+            crate::matrix::load::printable(id),
+            store.describe(),
+            env.name
+        )),
+        Err(error) => {
+            errln!(
+                "warning: the backup store cannot be read from here ({error:#}); the Job checks that backup {} exists",
+                crate::matrix::load::printable(id)
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Prints how the Job ended; the exit code of the command it ran.

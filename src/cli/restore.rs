@@ -43,8 +43,9 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["database", "backup"])]
     all: bool,
 
-    /// Backup id to restore; default: the newest that is not a safety
-    /// backup.
+    /// Backup id to restore (`<YYYYMMDDTHHMMSSZ>-<database>-<4 hex>`, as
+    /// `kisumctl backup list` shows); default: the newest that is not a
+    /// safety backup.
     #[arg(long)]
     backup: Option<String>,
 
@@ -68,12 +69,34 @@ pub struct Args {
 
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     let env = args.env.clone();
+    if let (Some(id), Some(database)) = (&args.backup, &args.database)
+        && let Err(message) = check_backup_id(id, database)
+    {
+        return Ok(refuse(args.output, &message, Exit::UnusableInput));
+    }
     if let Some(exit) = super::operation::in_cluster(dir, as_job(&args))? {
         return Ok(exit);
     }
     with_context(dir, &env, args.output, async |cx| {
         restore_command(cx, args).await
     })
+}
+
+/// `--backup ID` has the shape backup ids have and names `database`:
+/// checked before anything is read or launched.
+fn check_backup_id(id: &str, database: &str) -> Result<(), String> {
+    match backup::id_database(id) {
+        Some(named) if named == database => Ok(()),
+        Some(named) => Err(format!(
+            "--backup `{}` is a backup of {named}, not of {database}; `kisumctl backup list ENV` shows the backups",
+            printable(id)
+        )),
+        None => Err(format!(
+            "--backup `{}` is not a backup id: ids look like {} (e.g. 20261205T061500Z-{database}-0a1f); `kisumctl backup list ENV` shows them",
+            printable(id),
+            backup::ID_SHAPE
+        )),
+    }
 }
 
 async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
@@ -288,6 +311,7 @@ fn as_job(args: &Args) -> super::operation::Request<'_> {
     };
     super::operation::Request {
         command: "restore",
+        backup: args.backup.as_deref(),
         env: &args.env,
         databases,
         args: rest,

@@ -34,7 +34,7 @@ pub struct Args {
     force: bool,
 
     /// Seconds each rollout may take, in place of the matrix's.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = super::positive_seconds)]
     timeout: Option<u64>,
 
     /// Roll production back without asking.

@@ -57,6 +57,27 @@ pub enum HistoryError {
         "release {number} is not in the history of {environment} (see `kisumctl history {environment}`)"
     )]
     Unknown { environment: String, number: u32 },
+    /// `rollback --to N` naming no recorded release: unusable input.
+    #[error(
+        "release {number} is not in the history of {environment}; its releases are {} (see `kisumctl history {environment}`)",
+        known_releases(.known)
+    )]
+    NoSuchRelease {
+        environment: String,
+        number: u32,
+        known: Vec<u32>,
+    },
+}
+
+fn known_releases(known: &[u32]) -> String {
+    if known.is_empty() {
+        return "none yet".into();
+    }
+    known
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn config_map_name(number: u32) -> String {

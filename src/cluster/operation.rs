@@ -1,10 +1,12 @@
 //! `backup`, `restore` and `drill` of an environment whose databases sit
 //! on a private network, run as a Kubernetes Job in its namespace
-//! (`operations.runner: job`): kisumctl's own image runs the same command
-//! with `KISUM_OPERATIONS_RUNNER=host` (so that it runs there, not in yet
-//! another Job) under the ServiceAccount the matrix names, whose cloud
-//! identity reads the secret backend and the backup store. No secret
-//! passes through the Job: the pod reads them as kisumctl on a host would.
+//! (`operations.runner: job`): kisumctl's own image (`kisumctl.image`, the
+//! one the CronJobs run) runs the same command with
+//! `KISUM_OPERATIONS_RUNNER=host` (so that it runs there, not in yet
+//! another Job) under the ServiceAccount `kisumctl.service-account`,
+//! whose cloud identity reads the secret backend and the backup store. No
+//! secret passes through the Job: the pod reads them as kisumctl on a host
+//! would.
 //!
 //! kisumctl launches the Job, watches it to its end (or its timeout),
 //! reads the pod's log, and takes the command's exit code from the last
@@ -32,10 +34,6 @@ pub const RESULT_VARIABLE: &str = "KISUM_RESULT_LINE";
 
 /// How a result line starts.
 pub const RESULT_PREFIX: &str = "kisumctl-result: ";
-
-/// Where the image keeps the matrix; the Job's writable state goes
-/// below it (`.kisum/`, an emptyDir), as `state-dir` resolves there.
-pub const IMAGE_WORKDIR: &str = "/srv/kisum";
 
 /// How many lines of the pod's log kisumctl reads.
 const LOG_LINES: usize = 200;
@@ -102,20 +100,6 @@ fn operations_run_on(env: &Environment, here: &str, variable: Option<&str>) -> R
     }
 }
 
-/// The kisumctl image the Job runs.
-pub fn image(env: &Environment, operations: &Operations) -> String {
-    let registry = &env.base.platform.image_registry;
-    let tag = operations
-        .image_tag
-        .as_deref()
-        .or(env.file.image_tag.as_deref())
-        .unwrap_or("latest");
-    match tag.strip_prefix("sha256:") {
-        Some(_) => format!("{registry}/kisumctl@{tag}"),
-        None => format!("{registry}/kisumctl:{tag}"),
-    }
-}
-
 /// A Job name for `command`: `kisumctl-<command>-<UTC time>-<4 hex>`,
 /// within the 63 characters of a label value. The random part keeps two
 /// launches in the same second apart; `run` refuses a name already taken.
@@ -136,11 +120,14 @@ pub fn job(
     args: &[String],
     who: &str,
 ) -> (Value, Value) {
+    use crate::render::schedules::{image, scratch_mounts, scratch_volumes, work_dir};
+    let kisumctl = &env.base.kisumctl;
     let label = crate::render::KISUMCTL_LABEL;
     let mut labels = json!(crate::render::labels(env, label.1));
     labels["app.kubernetes.io/component"] = json!("operation");
     let user = env.base.platform.run_as_user;
     let variables = [
+        ("KISUM_MATRIX", kisumctl.matrix_dir.clone()),
         (RUNNER_VARIABLE, "host".to_string()),
         (RESULT_VARIABLE, "1".to_string()),
         ("KISUM_ACTOR", format!("{who} (Job/{name})")),
@@ -156,7 +143,13 @@ pub fn job(
             "template": {
                 "metadata": { "labels": { label.0: label.1, "app.kubernetes.io/component": "operation" } },
                 "spec": {
-                    "serviceAccountName": operations.service_account,
+                    "serviceAccountName": kisumctl.service_account,
+                    // The command reads no cluster object: its secrets come
+                    // from the secret backend and its backups go to the
+                    // store, through the account's cloud identity; kisumctl
+                    // outside watches the Job. So no API token in the pod.
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
                     "restartPolicy": "Never",
                     "securityContext": {
                         "runAsNonRoot": true, "runAsUser": user, "runAsGroup": user, "fsGroup": user,
@@ -164,8 +157,8 @@ pub fn job(
                     },
                     "containers": [{
                         "name": "kisumctl",
-                        "image": image(env, operations),
-                        "workingDir": IMAGE_WORKDIR,
+                        "image": image(env),
+                        "workingDir": work_dir(env),
                         "args": args,
                         "env": variables.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
                         "securityContext": {
@@ -176,15 +169,9 @@ pub fn job(
                             "requests": { "cpu": "250m", "memory": "512Mi" },
                             "limits": { "memory": "2Gi" },
                         },
-                        "volumeMounts": [
-                            { "name": "state", "mountPath": format!("{IMAGE_WORKDIR}/.kisum") },
-                            { "name": "tmp", "mountPath": "/tmp" },
-                        ],
+                        "volumeMounts": scratch_mounts(env),
                     }],
-                    "volumes": [
-                        { "name": "state", "emptyDir": {} },
-                        { "name": "tmp", "emptyDir": {} },
-                    ],
+                    "volumes": scratch_volumes(),
                 },
             },
         },

@@ -989,9 +989,10 @@ async fn rollback_locked(
     };
     let Some(wanted) = wanted.cloned() else {
         return Err(match to {
-            Some(number) => HistoryError::Unknown {
+            Some(number) => HistoryError::NoSuchRelease {
                 environment: target.environment.to_string(),
                 number,
+                known: records.iter().map(|r| r.number).collect(),
             }
             .into(),
             None => DeployError::Failed(format!(

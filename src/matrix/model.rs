@@ -804,7 +804,7 @@ const MAX_OPERATION_SECONDS: u32 = 86_400;
 /// and timeout with `runner: job`; `local` has no private network.
 fn operations(loaded: &Loaded) -> Vec<InputError> {
     use super::schema::Runner;
-    use super::syntax::{is_dns_label, is_host_name, is_image_tag};
+    use super::syntax::is_host_name;
     let mut errors = Vec::new();
     for (name, (file, source)) in &loaded.environments {
         let Some(operations) = &file.operations else {
@@ -817,6 +817,18 @@ fn operations(loaded: &Loaded) -> Vec<InputError> {
                 "`local` runs its databases on this machine: leave `operations` out".into(),
             );
             continue;
+        }
+        if operations.image_tag.is_some() {
+            bad(
+                "operations.image-tag",
+                "is no longer read: operation Jobs and CronJobs run one kisumctl image, `kisumctl.image` of base.yaml tagged with this file's `image-tag`; remove it (and set `image-tag` for another tag)".into(),
+            );
+        }
+        if operations.service_account.is_some() {
+            bad(
+                "operations.service-account",
+                "is no longer read: operation Jobs and CronJobs run under one ServiceAccount, `kisumctl.service-account` of base.yaml; remove it (and name the account there)".into(),
+            );
         }
         match operations.runner {
             Runner::Host => {
@@ -831,13 +843,6 @@ fn operations(loaded: &Loaded) -> Vec<InputError> {
                     ),
                     Some(_) => {}
                 }
-                if operations.image_tag.is_some() {
-                    bad(
-                        "operations.image-tag",
-                        "is for `runner: job`; with `runner: host` kisumctl runs on the host"
-                            .into(),
-                    );
-                }
             }
             Runner::Job => {
                 if operations.host.is_some() {
@@ -845,23 +850,6 @@ fn operations(loaded: &Loaded) -> Vec<InputError> {
                         "operations.host",
                         "is for `runner: host`; with `runner: job` the commands run in the cluster"
                             .into(),
-                    );
-                }
-                if let Some(tag) = &operations.image_tag
-                    && !is_image_tag(tag)
-                {
-                    bad(
-                        "operations.image-tag",
-                        format!("`{}` is not an image tag or sha256 digest", printable(tag)),
-                    );
-                }
-                if !is_dns_label(&operations.service_account) {
-                    bad(
-                        "operations.service-account",
-                        format!(
-                            "`{}` is not a ServiceAccount name (lowercase letters, digits, `-`)",
-                            printable(&operations.service_account)
-                        ),
                     );
                 }
                 let seconds = operations.job_timeout_seconds;
@@ -903,10 +891,68 @@ fn schema_levels(loaded: &Loaded) -> Vec<InputError> {
                     schema.oldest, schema.level
                 ),
             )),
-            Some(_) => {}
+            Some(_) => {
+                if let Some(message) = unknown_level(loaded, service, schema.level) {
+                    errors.push(error_at(source, &format!("{field}.level"), message));
+                }
+            }
         }
     }
     errors
+}
+
+/// Why `level` is not a migration version of `service`'s database: the
+/// versions of the migration files in its `databases.<id>.migrations`
+/// directory. `None` when it is one, or when that directory is not at hand
+/// (a matrix copied without the services' sources, as in kisumctl's
+/// image): there is nothing to check it against then.
+fn unknown_level(loaded: &Loaded, service: &str, level: u32) -> Option<String> {
+    let database = loaded
+        .base
+        .databases
+        .values()
+        .find(|d| d.owner == service && d.migrations.is_some())?;
+    let relative = database.migrations.as_deref()?;
+    let root = loaded.dir.parent().unwrap_or(Path::new("."));
+    let dir = root.join(relative);
+    let versions = migration_versions(&dir)?;
+    if versions.contains(&level) {
+        return None;
+    }
+    let listed = versions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "{level} is not a migration version of {service}: {relative} holds {} (the level is the version of the newest, {})",
+        if listed.is_empty() {
+            "none".to_string()
+        } else {
+            format!("versions {listed}")
+        },
+        versions.last().map_or("-".to_string(), ToString::to_string)
+    ))
+}
+
+/// The versions of the up migrations (`<version>_<name>.sql`) in `dir`,
+/// ascending; `None` when it cannot be read.
+fn migration_versions(dir: &Path) -> Option<Vec<u32>> {
+    let mut versions: Vec<u32> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".sql")?;
+            if stem.ends_with(".down") {
+                return None;
+            }
+            let (version, _) = stem.split_once('_')?;
+            version.parse().ok()
+        })
+        .collect();
+    versions.sort_unstable();
+    Some(versions)
 }
 
 /// The lowest port an unprivileged process may listen on.
@@ -1115,14 +1161,33 @@ fn value_shapes(loaded: &Loaded) -> Vec<InputError> {
             }
         }
     }
-    let schedules = &base.schedules;
-    if !is_image_path_part(&schedules.image) {
-        let message = format!("`{}` is not an image name", schedules.image);
-        bad(src, "schedules.image".into(), message, None);
+    let kisumctl = &base.kisumctl;
+    if !is_image_path_part(&kisumctl.image) {
+        let message = format!("`{}` is not an image name", kisumctl.image);
+        bad(src, "kisumctl.image".into(), message, None);
     }
-    if !schedules.matrix_dir.starts_with('/') {
-        let message = format!("`{}` is not an absolute path", schedules.matrix_dir);
-        bad(src, "schedules.matrix-dir".into(), message, None);
+    if !kisumctl.matrix_dir.starts_with('/') {
+        let message = format!("`{}` is not an absolute path", kisumctl.matrix_dir);
+        bad(src, "kisumctl.matrix-dir".into(), message, None);
+    }
+    if !is_dns_label(&kisumctl.service_account) {
+        let message = format!(
+            "`{}` is not a ServiceAccount name",
+            kisumctl.service_account
+        );
+        bad(src, "kisumctl.service-account".into(), message, label_hint);
+    }
+    let schedules = &base.schedules;
+    for (field, set) in [
+        ("image", schedules.image.is_some()),
+        ("matrix-dir", schedules.matrix_dir.is_some()),
+    ] {
+        if set {
+            let message = format!(
+                "is no longer read: the CronJobs and the operation Jobs share one kisumctl image; write it as `kisumctl.{field}` and remove `schedules.{field}`"
+            );
+            bad(src, format!("schedules.{field}"), message, None);
+        }
     }
     for (field, schedule) in [
         ("certificate-renewal", &schedules.certificate_renewal),

@@ -33,6 +33,7 @@ pub struct BaseFile {
     pub common_config: BTreeMap<String, ConfigEntry>,
     pub secrets: BTreeMap<String, Secret>,
     pub alerts: BTreeMap<String, Alert>,
+    pub kisumctl: KisumctlImage,
     pub schedules: Schedules,
     #[serde(default)]
     pub assumptions: Vec<Assumption>,
@@ -424,18 +425,38 @@ pub struct Alert {
     pub for_minutes: u32,
 }
 
+/// kisumctl as it runs inside a cluster: the image and the identity of
+/// the CronJobs of `schedules` and of the Jobs that `backup`, `restore`
+/// and `drill` launch with `operations.runner: job`. Both run the same
+/// image under the same ServiceAccount.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KisumctlImage {
+    /// Image name under `platform.image-registry`; the tag is the
+    /// environment's `image-tag`, as for the services.
+    pub image: String,
+    /// Directory of the matrix inside the image (`KISUM_MATRIX`); the
+    /// environment's `state-dir` resolves against its parent.
+    pub matrix_dir: String,
+    /// The ServiceAccount of the pods, rendered without an API token:
+    /// its cloud identity reads the secret backend and writes the backup
+    /// store, DNS and certificates.
+    pub service_account: String,
+}
+
 /// What runs on a schedule in the environments on Kubernetes, as CronJobs
-/// of the kisumctl image: each database's backup and restore drill (at its
-/// `backup.schedule` and `backup.drill-schedule`), certificate renewal and
-/// the secrets check.
+/// of the kisumctl image (`kisumctl`): each database's backup and restore
+/// drill (at its `backup.schedule` and `backup.drill-schedule`),
+/// certificate renewal and the secrets check.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Schedules {
-    /// Image name of kisumctl under `platform.image-registry`, with the
-    /// environment's `image-tag`; the matrix is baked in at `matrix-dir`.
-    pub image: String,
-    /// Directory of the matrix inside the image (`--matrix`).
-    pub matrix_dir: String,
+    /// Moved to `kisumctl.image`; read only to say so.
+    #[serde(default, skip_serializing)]
+    pub image: Option<serde_json::Value>,
+    /// Moved to `kisumctl.matrix-dir`; read only to say so.
+    #[serde(default, skip_serializing)]
+    pub matrix_dir: Option<serde_json::Value>,
     /// Cron expression (UTC) of `kisumctl tls renew ENV` (5.3).
     pub certificate_renewal: String,
     /// Cron expression (UTC) of `kisumctl secrets check ENV` (12.2).
@@ -517,14 +538,14 @@ pub struct Operations {
     /// `runner: host`: the machine with access to the private network (a
     /// bastion, a CI runner inside the VPC) the commands are run on.
     pub host: Option<String>,
-    /// `runner: job`: tag (or `sha256:` digest) of the kisumctl image
-    /// (`<platform.image-registry>/kisumctl`) the Job runs; default the
-    /// environment's `image-tag`.
-    pub image_tag: Option<String>,
-    /// `runner: job`: the ServiceAccount of the Job's pod, whose cloud
-    /// identity reads the secret backend and the backup store.
-    #[serde(default = "default_operations_account")]
-    pub service_account: String,
+    /// Replaced by the environment's `image-tag` (the image is
+    /// `kisumctl.image` of base.yaml); read only to say so.
+    #[serde(default, skip_serializing)]
+    pub image_tag: Option<serde_json::Value>,
+    /// Replaced by `kisumctl.service-account` of base.yaml; read only to
+    /// say so.
+    #[serde(default, skip_serializing)]
+    pub service_account: Option<serde_json::Value>,
     /// `runner: job`: how long kisumctl waits for the Job.
     #[serde(default = "default_operations_timeout")]
     pub job_timeout_seconds: u32,
@@ -538,10 +559,6 @@ pub enum Runner {
     Job,
     /// kisumctl itself, on the host `operations.host` names.
     Host,
-}
-
-fn default_operations_account() -> String {
-    "kisumctl-operations".into()
 }
 
 fn default_operations_timeout() -> u32 {

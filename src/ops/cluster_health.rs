@@ -143,7 +143,10 @@ pub fn public_urls(
     };
     let path = crate::matrix::resolve_path(matrix_dir, file);
     let document = std::fs::read_to_string(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => crate::smoke::missing_endpoints_file(env.name, &path),
+            _ => format!("{}: {e}", path.display()),
+        })
         .and_then(|text| {
             serde_json::from_str::<serde_json::Value>(&text)
                 .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))
@@ -246,7 +249,7 @@ pub async fn operations(matrix_dir: &Path, env: &Environment<'_>) -> Vec<Item> {
                 now,
                 Light::Unknown,
             ));
-            items.push(last_drill(matrix_dir, env));
+            items.push(last_drill(matrix_dir, env).await);
             items.push(health::key_set_in(env.base, store.as_ref(), Light::Unknown));
         }
         Err(error) => {
@@ -254,26 +257,34 @@ pub async fn operations(matrix_dir: &Path, env: &Environment<'_>) -> Vec<Item> {
             for name in ["databases and redis", "migrations", "certificates"] {
                 items.push(Item::new(name, Light::Unknown, reason.clone()));
             }
-            items.push(last_drill(matrix_dir, env));
+            items.push(last_drill(matrix_dir, env).await);
             items.push(Item::new("key set", Light::Unknown, reason));
         }
     }
     items
 }
 
-/// The newest drill report in this machine's `<state-dir>/drills`; where
-/// drills run as Jobs, their reports are in the Jobs' logs, not here.
-fn last_drill(matrix_dir: &Path, env: &Environment<'_>) -> Item {
+/// The newest drill report of the environment's backup store, where
+/// every drill keeps it (on a host, in a Job or a CronJob); without one
+/// there, the newest in this machine's `<state-dir>/drills`.
+async fn last_drill(matrix_dir: &Path, env: &Environment<'_>) -> Item {
     let state_dir = crate::matrix::resolve_path(matrix_dir, &env.file.state_dir);
-    let item = health::last_drill(&state_dir.join("drills"));
-    if item.light == Light::Yellow && crate::cluster::operation::as_job(env).is_some() {
-        return Item::new(
+    let here = health::last_drill(&state_dir.join("drills"));
+    let store = crate::backup::store::Store::for_environment(matrix_dir, env).await;
+    use crate::backup::store::BackupStore as _;
+    match store.newest_drill_report().await {
+        Ok(Some((name, text))) => {
+            let origin = format!("{name} in the backup store ({})", store.describe());
+            health::drill_report(&origin, Some(&text))
+        }
+        Ok(None) => here,
+        Err(error) if here.detail == "no drill yet" => Item::new(
             "drill",
-            Light::Yellow,
-            "no drill report on this machine: drills run as Jobs (operations.runner: job), their reports are in the Jobs' logs",
-        );
+            Light::Unknown,
+            format!("the drill reports of the backup store cannot be read: {error:#}"),
+        ),
+        Err(_) => here,
     }
-    item
 }
 
 #[cfg(test)]

@@ -156,15 +156,16 @@ pub fn last_drill(dir: &Path) -> Item {
     let Some(newest) = reports.last() else {
         return Item::new("drill", Light::Yellow, "no drill yet");
     };
-    let report: Option<serde_json::Value> = std::fs::read_to_string(newest)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok());
+    let text = std::fs::read_to_string(newest).ok();
+    drill_report(&newest.display().to_string(), text.as_deref())
+}
+
+/// A drill report (the JSON `kisumctl drill` writes) read from `origin`:
+/// green when every database passed, red naming those that failed.
+pub fn drill_report(origin: &str, text: Option<&str>) -> Item {
+    let report: Option<serde_json::Value> = text.and_then(|text| serde_json::from_str(text).ok());
     let Some(report) = report else {
-        return Item::new(
-            "drill",
-            Light::Red,
-            format!("{}: unreadable", newest.display()),
-        );
+        return Item::new("drill", Light::Red, format!("{origin}: unreadable"));
     };
     let at = report["at"].as_str().unwrap_or("?");
     let failed: Vec<&str> = report["databases"]

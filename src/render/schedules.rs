@@ -3,11 +3,14 @@
 //! restore drill (22.3), one for certificate renewal (5.3) and one for the
 //! secrets check (12.2), with the NetworkPolicy their pods need.
 //!
-//! The pods run kisumctl against the matrix baked into its image
-//! (`KISUM_MATRIX`), with the restricted security context of the services,
-//! and reach the secret backend and the backup store with the identity of
-//! their ServiceAccount `kisumctl-schedules` (the cluster's operators bind
-//! it to an AWS role, as for the External Secrets Operator).
+//! The pods run the kisumctl image of the matrix's `kisumctl` section
+//! against the matrix baked into it (`KISUM_MATRIX`), with the restricted
+//! security context of the services, and reach the secret backend and the
+//! backup store with the identity of the ServiceAccount
+//! `kisumctl.service-account` (the cluster's operators bind it to an AWS
+//! role, as for the External Secrets Operator). The same image and
+//! account run the Jobs of `backup`, `restore` and `drill`
+//! (`crate::cluster::operation`); the account is rendered here.
 
 use serde_json::{Value, json};
 
@@ -16,8 +19,24 @@ use super::{RenderError, labels, meta, to_yaml};
 use crate::matrix::Environment;
 use crate::matrix::model::image_reference;
 
-/// The ServiceAccount and NetworkPolicy name of the scheduled runs.
-pub const ACCOUNT: &str = "kisumctl-schedules";
+/// The NetworkPolicy name (and `app.kubernetes.io/name`) of the
+/// scheduled runs.
+pub const NAME: &str = "kisumctl-schedules";
+
+/// Size limit of each scratch volume (state and `/tmp`) of a kisumctl
+/// pod: the state holds reports and journals, `/tmp` small temporaries;
+/// dumps go straight to the backup store in parts.
+pub const SCRATCH_LIMIT: &str = "1Gi";
+
+/// The kisumctl image of `env`: `<platform.image-registry>/<kisumctl.image>`
+/// with the environment's `image-tag`.
+pub fn image(env: &Environment) -> String {
+    image_reference(
+        &env.base.platform.image_registry,
+        &env.base.kisumctl.image,
+        env.file.image_tag.as_ref(),
+    )
+}
 
 /// `app.kubernetes.io/component` of the scheduled runs' pods.
 const COMPONENT: &str = "schedule";
@@ -96,11 +115,13 @@ fn pod_labels() -> Value {
 }
 
 fn account(env: &Environment) -> Value {
+    let name = &env.base.kisumctl.service_account;
     json!({
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": meta(env, ACCOUNT, ACCOUNT),
-        // kisumctl's scheduled runs do not call the Kubernetes API.
+        "metadata": meta(env, name, NAME),
+        // Neither the scheduled runs nor the operation Jobs call the
+        // Kubernetes API: no token, no Role.
         "automountServiceAccountToken": false,
     })
 }
@@ -136,7 +157,7 @@ fn policy(env: &Environment) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": meta(env, ACCOUNT, ACCOUNT),
+        "metadata": meta(env, NAME, NAME),
         "spec": {
             "podSelector": { "matchLabels": pod_labels() },
             "policyTypes": ["Ingress", "Egress"],
@@ -146,28 +167,47 @@ fn policy(env: &Environment) -> Value {
     })
 }
 
-/// Where the run keeps its state: the environment's `state-dir`, resolved
-/// against the matrix directory's parent as kisumctl resolves it.
-fn state_dir(env: &Environment) -> String {
+/// Where a kisumctl pod keeps its state: the environment's `state-dir`,
+/// resolved against the matrix directory's parent as kisumctl resolves it.
+pub fn state_dir(env: &Environment) -> String {
     let state = &env.file.state_dir;
     if state.starts_with('/') {
         return state.clone();
     }
-    let matrix = std::path::Path::new(&env.base.schedules.matrix_dir);
+    let matrix = std::path::Path::new(&env.base.kisumctl.matrix_dir);
     let parent = matrix.parent().unwrap_or(std::path::Path::new("/"));
     parent.join(state).to_string_lossy().into_owned()
 }
 
+/// The working directory of a kisumctl pod: the parent of the matrix.
+pub fn work_dir(env: &Environment) -> String {
+    let matrix = std::path::Path::new(&env.base.kisumctl.matrix_dir);
+    let parent = matrix.parent().unwrap_or(std::path::Path::new("/"));
+    parent.to_string_lossy().into_owned()
+}
+
+/// The volumes of a kisumctl pod (`state`, `tmp`), each bounded.
+pub fn scratch_volumes() -> Value {
+    json!([
+        { "name": "state", "emptyDir": { "sizeLimit": SCRATCH_LIMIT } },
+        { "name": "tmp", "emptyDir": { "sizeLimit": SCRATCH_LIMIT } },
+    ])
+}
+
+/// Where a kisumctl container mounts the volumes of [`scratch_volumes`].
+pub fn scratch_mounts(env: &Environment) -> Value {
+    json!([
+        { "name": "state", "mountPath": state_dir(env) },
+        { "name": "tmp", "mountPath": "/tmp" },
+    ])
+}
+
 fn cron_job(env: &Environment, schedule: &Schedule) -> Value {
     let plan = &env.base.schedules;
-    let image = image_reference(
-        &env.base.platform.image_registry,
-        &plan.image,
-        env.file.image_tag.as_ref(),
-    );
-    let mut object_labels = labels(env, ACCOUNT);
+    let image = image(env);
+    let mut object_labels = labels(env, NAME);
     object_labels.insert("app.kubernetes.io/component".into(), COMPONENT.into());
-    let mut metadata = meta(env, &schedule.name, ACCOUNT);
+    let mut metadata = meta(env, &schedule.name, NAME);
     metadata.labels = Some(object_labels);
     let skips = super::workload::checkov_skips(&image);
     if !skips.is_empty() {
@@ -178,9 +218,10 @@ fn cron_job(env: &Environment, schedule: &Schedule) -> Value {
         "name": "kisumctl",
         "image": image,
         "imagePullPolicy": "Always",
+        "workingDir": work_dir(env),
         "args": schedule.args,
         "env": [
-            { "name": "KISUM_MATRIX", "value": plan.matrix_dir },
+            { "name": "KISUM_MATRIX", "value": env.base.kisumctl.matrix_dir },
             { "name": "KISUM_ACTOR", "value": format!("cronjob/{}", schedule.name) },
             { "name": "NO_COLOR", "value": "1" },
         ],
@@ -197,15 +238,12 @@ fn cron_job(env: &Environment, schedule: &Schedule) -> Value {
             "capabilities": { "drop": ["ALL"] },
             "seccompProfile": { "type": "RuntimeDefault" },
         },
-        "volumeMounts": [
-            { "name": "state", "mountPath": state_dir(env) },
-            { "name": "tmp", "mountPath": "/tmp" },
-        ],
+        "volumeMounts": scratch_mounts(env),
     });
     let pod = json!({
         "metadata": { "labels": pod_labels() },
         "spec": {
-            "serviceAccountName": ACCOUNT,
+            "serviceAccountName": env.base.kisumctl.service_account,
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "restartPolicy": "Never",
@@ -217,10 +255,7 @@ fn cron_job(env: &Environment, schedule: &Schedule) -> Value {
                 "seccompProfile": { "type": "RuntimeDefault" },
             },
             "containers": [container],
-            "volumes": [
-                { "name": "state", "emptyDir": {} },
-                { "name": "tmp", "emptyDir": {} },
-            ],
+            "volumes": scratch_volumes(),
         },
     });
     json!({

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 pub use checks::run;
 pub use credentials::{Credentials, CredentialsError, SECRET as CREDENTIALS_SECRET};
-pub use target::{Target, TargetError};
+pub use target::{Target, TargetError, from_smoke_endpoints, missing_endpoints_file};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Serialize)]

@@ -36,6 +36,8 @@ pub struct Target {
 pub enum TargetError {
     #[error("{env} is not deployed: run `kisumctl deploy {env}` ({} does not exist)", path.display())]
     NotDeployed { env: String, path: PathBuf },
+    #[error("{}", missing_endpoints_file(env, path))]
+    EndpointsFileMissing { env: String, path: PathBuf },
     #[error("{}: {message}", path.display())]
     Endpoints { path: PathBuf, message: String },
     #[error("service `{service}` of environment {env}: {message}")]
@@ -122,6 +124,23 @@ impl Target {
             host == "localhost" || ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
         })
     }
+}
+
+/// Why the `kubernetes.smoke-endpoints` file of a cluster environment
+/// is of no use when it does not exist: kisumctl never writes it.
+pub fn missing_endpoints_file(env: &str, path: &Path) -> String {
+    format!(
+        "the smoke-endpoints file {} does not exist (`kubernetes.smoke-endpoints` of environments/{env}.yaml); kisumctl does not write it: whoever opens the tunnel or test server in front of {env} writes it, as JSON {{\"auth\": URL, \"platform-admin\": URL, \"finance\": URL}} (the shape of `deploy local`'s endpoints.json); or leave `smoke-endpoints` out to check `https://<host>`",
+        path.display()
+    )
+}
+
+/// The URLs of a cluster environment's `kubernetes.smoke-endpoints` file.
+pub fn from_smoke_endpoints(env: &str, path: &Path) -> Result<Target, TargetError> {
+    Target::from_endpoints(env, path).map_err(|error| match error {
+        TargetError::NotDeployed { env, path } => TargetError::EndpointsFileMissing { env, path },
+        other => other,
+    })
 }
 
 fn endpoints_error(path: &Path, message: String) -> TargetError {

@@ -503,6 +503,23 @@ async fn backups_go_to_s3_and_restore_from_it() {
     site.expect(&["restore", "local", "auth-db", "--yes"], 0);
     assert_eq!(fingerprint(&pg, "auth_db").await, before);
 
+    // A drill keeps its report in the bucket beside the backups (where
+    // `status` reads it), and no listing of backups counts it.
+    site.expect(&["drill", "local", "auth-db"], 0);
+    let reports = moto_client(&endpoint)
+        .list_objects_v2()
+        .bucket("kisum-local-backups")
+        .prefix("databases/.drills/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = reports.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].starts_with("databases/.drills/drill-") && keys[0].ends_with(".json"),
+        "{keys:?}"
+    );
+
     // An old safety backup goes; the newest manual backup stays however old.
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
     let backups = list["backups"].as_array().unwrap();

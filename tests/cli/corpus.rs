@@ -562,3 +562,47 @@ fn corpus_malformed_matrices_fail_as_documented() {
         .join(", ");
     panic!("{report}");
 }
+
+/// `schema-levels.<service>.level` must be a version of the service's
+/// migration files; checked where the matrix has the services' sources
+/// beside it (the scratch copy of the corpus has none, so this case
+/// copies auth's).
+#[test]
+fn a_schema_level_must_name_a_migration_of_its_service() {
+    let scratch = scratch_copy();
+    let migrations = scratch.path().join("services/auth/migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    for entry in std::fs::read_dir(root().join("services/auth/migrations")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), migrations.join(entry.file_name())).unwrap();
+    }
+    let matrix = scratch.path().join("environments");
+    let validate = || kisumctl(scratch.path(), &["validate"]);
+    let output = validate();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let base = matrix.join("base.yaml");
+    let text = std::fs::read_to_string(&base).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l == "  auth: { level: 5, oldest: 5 }")
+        .unwrap()
+        + 1;
+    std::fs::write(
+        &base,
+        text.replace(
+            "  auth: { level: 5, oldest: 5 }",
+            "  auth: { level: 7, oldest: 5 }",
+        ),
+    )
+    .unwrap();
+    let output = validate();
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "base.yaml:{line}:11: schema-levels.auth.level: 7 is not a migration version of auth: services/auth/migrations holds versions 1, 2, 3, 4, 5 (the level is the version of the newest, 5)"
+        )),
+        "{text}"
+    );
+}

@@ -471,6 +471,16 @@ async fn a_rollout_timeout_rolls_back_and_the_schema_guard_refuses_to_cross_a_mi
             .clone();
     assert!(image.as_str().unwrap().ends_with(":0.2.0"), "{image}");
 
+    // A release the history does not hold is unusable input, answered
+    // with the releases it holds.
+    let (_, text) = staging
+        .expect(&["rollback", "staging", "--to", "99"], 2)
+        .await;
+    assert!(
+        text.contains("release 99 is not in the history of staging; its releases are 1, 2, 3, 4"),
+        "{text}"
+    );
+
     // Back to release 1 would cross auth's migration to level 6.
     let (_, text) = staging
         .expect(&["rollback", "staging", "--to", "1"], 1)
@@ -831,9 +841,23 @@ async fn a_backup_runs_as_a_job_in_the_cluster_and_its_report_is_read_from_the_l
     let name = job["metadata"]["name"].as_str().unwrap();
     assert_eq!(report["job"], name);
     let pod = &job["spec"]["template"]["spec"];
-    assert_eq!(pod["serviceAccountName"], "kisumctl-operations");
+    // The ServiceAccount and image the CronJobs run (base.yaml
+    // `kisumctl:`), without an API token, with bounded scratch volumes.
+    assert_eq!(pod["serviceAccountName"], "kisumctl");
+    assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(pod["restartPolicy"], "Never");
+    for volume in pod["volumes"].as_array().unwrap() {
+        assert_eq!(volume["emptyDir"]["sizeLimit"], "1Gi", "{volume}");
+    }
     let container = &pod["containers"][0];
+    assert_eq!(container["workingDir"], "/srv/kisum");
+    let schedules =
+        std::fs::read_to_string(staging.root.join("manifests/staging/schedules.yaml")).unwrap();
+    assert!(
+        schedules.contains("serviceAccountName: kisumctl\n")
+            && schedules.contains("image: registry.kisum.io/kisum/kisumctl:0.1.0\n"),
+        "the CronJobs run the same image and account"
+    );
     assert_eq!(
         container["args"],
         json!(["backup", "staging", "auth-db", "-o", "json"])
@@ -841,7 +865,9 @@ async fn a_backup_runs_as_a_job_in_the_cluster_and_its_report_is_read_from_the_l
     assert_eq!(container["image"], "registry.kisum.io/kisum/kisumctl:0.1.0");
     let variables = container["env"].as_array().unwrap();
     assert!(
-        variables.contains(&json!({ "name": "KISUM_OPERATIONS_RUNNER", "value": "host" })),
+        variables.contains(&json!({ "name": "KISUM_OPERATIONS_RUNNER", "value": "host" }))
+            && variables
+                .contains(&json!({ "name": "KISUM_MATRIX", "value": "/srv/kisum/environments" })),
         "{variables:?}"
     );
     assert!(
@@ -1032,5 +1058,90 @@ async fn the_operations_runner_is_checked_with_file_line_and_field() {
     assert!(
         text.contains("operations.job-timeout-seconds: 0 is not between 1 and 86400 seconds"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_of_zero_seconds_is_refused_before_anything_is_read() {
+    let staging = Staging::without_platform();
+    for command in ["deploy", "rollback"] {
+        let (_, text) = staging
+            .expect(&[command, "staging", "--timeout", "0"], 2)
+            .await;
+        assert!(
+            text.contains("a timeout of 0 seconds gives up at once; give at least 1"),
+            "{text}"
+        );
+    }
+    assert!(staging.fake.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_smoke_endpoints_file_is_named_with_what_writes_it() {
+    let staging = Staging::without_platform();
+    let file = staging.root.join("dead-endpoints.json");
+    std::fs::remove_file(&file).unwrap();
+    for args in [&["smoke", "staging"][..], &["deploy", "staging"][..]] {
+        let (_, text) = staging.expect(args, 2).await;
+        assert!(
+            text.contains(&format!(
+                "the smoke-endpoints file {} does not exist (`kubernetes.smoke-endpoints` of environments/staging.yaml); kisumctl does not write it",
+                file.display()
+            )),
+            "{args:?}: {text}"
+        );
+        assert!(!text.contains("not deployed"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_from_a_backup_id_of_the_wrong_shape_or_not_in_the_store_launches_nothing() {
+    let staging = Staging::without_platform();
+    let store = staging.keep_backups_here();
+    for (id, expected) in [
+        (
+            "latest",
+            "--backup `latest` is not a backup id: ids look like <YYYYMMDDTHHMMSSZ>-<database>-<4 hex digits>",
+        ),
+        ("auth-db-20261205T061500Z", "is not a backup id"),
+        (
+            "20261205T061500Z-finance-db-0a1f",
+            "is a backup of finance-db, not of auth-db",
+        ),
+        (
+            "20261205T061500Z-auth-db-0a1f",
+            "no backup `20261205T061500Z-auth-db-0a1f` in directory",
+        ),
+    ] {
+        let (_, text) = staging
+            .expect(
+                &["restore", "staging", "auth-db", "--backup", id, "--yes"],
+                2,
+            )
+            .await;
+        assert!(text.contains(expected), "{id}: {text}");
+    }
+    assert!(staging.fake.paths(JOBS).is_empty());
+
+    // One the store holds is restored by a Job.
+    let id = "20261205T061500Z-auth-db-0a1f";
+    std::fs::create_dir_all(store.join(id)).unwrap();
+    std::fs::write(store.join(id).join("manifest.json"), "{}").unwrap();
+    staging.fake.job_log(
+        "kisumctl-restore-",
+        "{\n  \"environment\": \"staging\",\n  \"restores\": [],\n  \"exit\": 0\n}\nkisumctl-result: {\"exit\":0}\n",
+    );
+    staging
+        .expect(
+            &["restore", "staging", "auth-db", "--backup", id, "--yes"],
+            0,
+        )
+        .await;
+    let job = operation_job(&staging.fake, "kisumctl-restore-");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!([
+            "restore", "staging", "auth-db", "--yes", "--backup", id, "-o", "json"
+        ])
     );
 }

@@ -144,7 +144,8 @@ async fn a_rolled_out_and_healthy_environment_is_clean_with_its_private_network_
     }
     assert_eq!(operations["key set"].0, "green", "{text}");
     assert_eq!(operations["backup auth-db"].0, "yellow", "{text}");
-    assert!(operations["drill"].1.contains("run as Jobs"), "{text}");
+    assert_eq!(operations["drill"].0, "yellow", "{text}");
+    assert_eq!(operations["drill"].1, "no drill yet", "{text}");
 
     let (_, text) = staging.expect(&["status", "staging"], 0).await;
     for title in ["ROLLOUTS", "ENDPOINTS", "OPERATIONS"] {
@@ -218,4 +219,55 @@ async fn an_unreachable_api_server_is_unknown_with_its_reason_and_the_rest_still
     let endpoints = section(&report, "endpoints");
     assert!(lights(&endpoints).iter().all(|l| *l == "green"), "{text}");
     assert_eq!(section(&report, "operations")["key set"].0, "green");
+}
+
+/// The log of a drill Job: its JSON report (`drill ... -o json`), then
+/// the result line.
+fn drill_log(at: &str, passed: bool) -> String {
+    let report = json!({
+        "environment": "staging",
+        "at": at,
+        "passed": passed,
+        "databases": [ { "database": "auth-db", "passed": passed } ],
+    });
+    let exit = if passed { 0 } else { 1 };
+    format!(
+        "drill staging: auth-db\n{}\nkisumctl-result: {{\"exit\":{exit}}}\n",
+        serde_json::to_string_pretty(&report).unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_drill_run_as_a_job_reaches_status_through_the_backup_store() {
+    let staging = staging_with(&all_healthy().await).await;
+    let store = staging.root.join("staging-backups");
+
+    staging
+        .fake
+        .job_log("kisumctl-drill-", &drill_log("2026-12-05T02:00:00Z", true));
+    staging.expect(&["drill", "staging", "auth-db"], 0).await;
+    let kept = store.join(".drills/drill-2026-12-05T020000Z.json");
+    assert!(kept.is_file(), "{}", kept.display());
+
+    // Read from the store, not from this machine's state directory.
+    std::fs::remove_dir_all(staging.root.join(".kisum/staging/drills")).unwrap();
+    let (report, text) = staging
+        .expect(&["status", "staging", "-o", "json"], 0)
+        .await;
+    let operations = section(&report, "operations");
+    let (light, detail) = &operations["drill"];
+    assert_eq!(light, "green", "{text}");
+    assert_eq!(detail, "passed at 2026-12-05T02:00:00Z", "{text}");
+
+    // A newer failed drill turns it red, naming the database.
+    staging
+        .fake
+        .job_log("kisumctl-drill-", &drill_log("2026-12-12T02:00:00Z", false));
+    staging.expect(&["drill", "staging", "auth-db"], 1).await;
+    let (report, text) = staging
+        .expect(&["status", "staging", "-o", "json"], 1)
+        .await;
+    let (light, detail) = &section(&report, "operations")["drill"];
+    assert_eq!(light, "red", "{text}");
+    assert_eq!(detail, "failed at 2026-12-12T02:00:00Z: auth-db", "{text}");
 }
