@@ -3,7 +3,9 @@
 //! continuations, JSON-form entry point), builds in more than one stage
 //! and runs as the platform's non-root UID;
 //! and staging and production either pin every image by digest or say, in
-//! their assumptions, that they do not yet. No container engine runs on
+//! their assumptions, that they do not yet. The kisumctl image's own
+//! Containerfile (at the root) puts the matrix where `kisumctl.matrix-dir`
+//! says and carries the tools the backups call. No container engine runs on
 //! these machines, so no image is built here.
 
 use std::collections::BTreeSet;
@@ -163,4 +165,42 @@ fn staging_and_production_pin_images_by_digest_or_say_why_not() {
             "{env}: images neither pinned by digest nor listed as an assumption"
         );
     }
+}
+
+#[test]
+fn the_kisumctl_containerfile_bakes_in_the_matrix_where_the_pods_look_for_it() {
+    let base = base();
+    let run_as = base["platform"]["run-as-user"].as_i64().unwrap();
+    let matrix_dir = base["kisumctl"]["matrix-dir"].as_str().unwrap();
+    let text = std::fs::read_to_string(root().join("Containerfile")).unwrap();
+    let parsed = instructions(&text);
+    assert!(
+        parsed
+            .iter()
+            .all(|(w, _)| INSTRUCTIONS.contains(&w.as_str()))
+    );
+    let stages: Vec<usize> = (0..parsed.len())
+        .filter(|i| parsed[*i].0 == "FROM")
+        .collect();
+    assert_eq!(stages.len(), 2, "a build and a run stage");
+    let last = &parsed[stages[1]..];
+    assert!(last[0].1.contains("debian:bookworm-slim"), "{:?}", last[0]);
+    let has = |word: &str, part: &str| last.iter().any(|(w, a)| w == word && a.contains(part));
+    for package in ["postgresql-client", "redis-tools", "ca-certificates"] {
+        assert!(has("RUN", package), "{package} is not installed");
+    }
+    assert!(has("COPY", &format!("environments {matrix_dir}")));
+    assert!(has("ENV", &format!("KISUM_MATRIX={matrix_dir}")));
+    // The migrations `validate` checks the schema levels against.
+    for database in base["databases"].as_object().unwrap().values() {
+        if let Some(dir) = database["migrations"].as_str() {
+            let crate_dir = dir.split('/').take(3).collect::<Vec<_>>().join("/");
+            assert!(has("COPY", &crate_dir), "{dir} is not in the image");
+        }
+    }
+    let user = last.iter().rev().find(|(w, _)| w == "USER").unwrap();
+    assert_eq!(user.1, format!("{run_as}:{run_as}"));
+    let entrypoint = last.iter().find(|(w, _)| w == "ENTRYPOINT").unwrap();
+    let form: Vec<String> = serde_json::from_str(&entrypoint.1).unwrap();
+    assert_eq!(form, ["/usr/local/bin/kisumctl"]);
 }
