@@ -29,7 +29,9 @@ use crate::secrets::SecretStore as _;
 /// each database and Redis reachable (a trivial query, with its latency),
 /// each PostgreSQL database's migrations against the services' files, each
 /// public host's certificate against the renewal window and alert
-/// threshold, the last restore drill's result, the JWT key set's state;
+/// threshold, the last restore drill's result (for an environment on
+/// Kubernetes from the backup store, where every drill keeps its report,
+/// wherever it ran), the JWT key set's state;
 /// each ok, note (nothing to judge yet, slow, pending), unknown (out of
 /// reach from here, with why: the databases of a cluster environment
 /// unless this is its operations host) or red.
