@@ -5,7 +5,8 @@
 //! holding its files and, written last, `manifest.json`. A backup being
 //! written is staged elsewhere (`<root>/.partial/<id>` for a directory, a
 //! staging directory on local disk for S3) and becomes visible only once
-//! complete; a backup without a manifest is not a backup.
+//! complete; a backup without a manifest is not a backup. Drill reports
+//! sit beside the backups under `.drills/`, which no backup id can name.
 
 use std::path::{Path, PathBuf};
 
