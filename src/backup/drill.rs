@@ -39,22 +39,26 @@ pub struct DrillResult {
     pub backup_id: Option<String>,
     pub passed: bool,
     /// Seconds from the start of the fetch to a verified scratch database;
-    /// `None` when there was no backup to restore (nothing was measured).
+    /// `None` when there was no backup, or it could not be restored
+    /// (nothing was measured).
     pub rto_seconds: Option<f64>,
     pub rto_target_seconds: u64,
-    /// Age of the backup at the start of the drill; `None` without one.
+    /// Age of the backup at the start of the drill; `None` without one, or
+    /// when it could not be restored.
     pub rpo_seconds: Option<i64>,
     pub rpo_target_seconds: u64,
     pub checks: Vec<DrillCheck>,
 }
 
 impl DrillResult {
-    /// `pass`, `FAIL`, or `FAIL (no backup)` when there was none to drill.
+    /// `pass`, `FAIL`, `FAIL (no backup)` when there was none to drill,
+    /// or `FAIL (not restored)` when the backup could not be restored.
     pub fn verdict(&self) -> &'static str {
-        match (self.passed, &self.backup_id) {
-            (true, _) => "pass",
-            (false, None) => "FAIL (no backup)",
-            (false, Some(_)) => "FAIL",
+        match (self.passed, &self.backup_id, self.rto_seconds) {
+            (true, _, _) => "pass",
+            (false, None, _) => "FAIL (no backup)",
+            (false, Some(_), None) => "FAIL (not restored)",
+            (false, Some(_), Some(_)) => "FAIL",
         }
     }
 }
@@ -118,18 +122,46 @@ pub async fn drill(cx: &Context<'_>, target: &Target) -> DrillResult {
             detail: format!("{error:#}"),
         });
     }
-    let rto_seconds = started.elapsed().as_secs_f64();
-    result.rto_seconds = Some(rto_seconds);
-    result.checks.push(DrillCheck {
-        name: "rto".into(),
-        passed: rto_seconds <= result.rto_target_seconds as f64,
-        detail: format!(
-            "{rto_seconds:.1} s measured, target {} s",
-            result.rto_target_seconds
-        ),
-    });
+    if restored(&result) {
+        let rto_seconds = started.elapsed().as_secs_f64();
+        result.rto_seconds = Some(rto_seconds);
+        result.checks.push(DrillCheck {
+            name: "rto".into(),
+            passed: rto_seconds <= result.rto_target_seconds as f64,
+            detail: format!(
+                "{rto_seconds:.1} s measured, target {} s",
+                result.rto_target_seconds
+            ),
+        });
+    } else {
+        not_restored(&mut result);
+    }
     result.passed = result.checks.iter().all(|c| c.passed);
     result
+}
+
+/// Whether the drill got to a verified scratch copy: the backup passed
+/// verification, the restore ran and its counts match the manifest.
+fn restored(result: &DrillResult) -> bool {
+    let failed = |name: &str| result.checks.iter().any(|c| c.name == name && !c.passed);
+    let counted = result.checks.iter().any(|c| c.name == "counts" && c.passed);
+    counted && !failed("checksums") && !failed("drill")
+}
+
+/// A drill that could not restore measured no recovery time, and the
+/// backup's age is no recovery point: neither figure is shown, both
+/// checks fail.
+fn not_restored(result: &mut DrillResult) {
+    result.rpo_seconds = None;
+    for check in result.checks.iter_mut().filter(|c| c.name == "rpo") {
+        check.passed = false;
+        check.detail = "not measured: the backup could not be restored".into();
+    }
+    result.checks.push(DrillCheck {
+        name: "rto".into(),
+        passed: false,
+        detail: "not measured: the backup could not be restored".into(),
+    });
 }
 
 /// The newest backup of `target` that is not a safety backup.

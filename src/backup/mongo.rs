@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
@@ -188,6 +189,61 @@ pub async fn drop_database(url: &Secret, database: &str) -> Result<()> {
         .drop()
         .await
         .with_context(|| format!("dropping database {database}"))
+}
+
+/// Whether `database` exists: listed by `listDatabases`, or (where the
+/// server cannot list them) holding a collection.
+pub async fn database_exists(client: &mongodb::Client, database: &str) -> Result<bool> {
+    if let Ok(names) = client.list_database_names().await {
+        return Ok(names.iter().any(|name| name == database));
+    }
+    let collections = client
+        .database(database)
+        .list_collection_names()
+        .await
+        .with_context(|| format!("listing the collections of {database}"))?;
+    Ok(!collections.is_empty())
+}
+
+/// How long [`drop_database_verified`] keeps dropping a database that
+/// comes back.
+pub const DROP_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Drops `database` and checks that it is gone, twice, half a second
+/// apart: a write still in flight from a killed client (the server goes
+/// on with a batch it had received) can create it again after the drop.
+/// Each attempt drops every collection, then the database. Answers
+/// whether it is gone; `false` when it still came back after `patience`.
+pub async fn drop_database_verified(
+    url: &Secret,
+    database: &str,
+    patience: Duration,
+) -> Result<bool> {
+    let client = client(url).await?;
+    let db = client.database(database);
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        for collection in db.list_collection_names().await.unwrap_or_default() {
+            let _ = db.collection::<Document>(&collection).drop().await;
+        }
+        db.drop()
+            .await
+            .with_context(|| format!("dropping database {database}"))?;
+        let mut absent = 0;
+        while absent < 2 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if database_exists(&client, database).await? {
+                break;
+            }
+            absent += 1;
+        }
+        if absent == 2 {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
 }
 
 /// Splits a BSON data file into documents.

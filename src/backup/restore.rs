@@ -199,10 +199,6 @@ fn history(state_dir: &Path, database: &str) -> Result<Vec<(PathBuf, Journal)>> 
     Ok(journals)
 }
 
-fn running_elsewhere(journal: &Journal) -> bool {
-    journal.pid != std::process::id() && Path::new(&format!("/proc/{}", journal.pid)).exists()
-}
-
 fn stamp() -> String {
     jiff::Timestamp::now().strftime("%Y%m%dt%H%M%S").to_string()
 }
@@ -523,26 +519,57 @@ async fn swap_happened(cx: &Context<'_>, target: &Target, journal: &Journal) -> 
 }
 
 /// Drops what an unfinished restore built; the live data is never touched.
-async fn drop_scratch(cx: &Context<'_>, target: &Target, journal: &Journal) -> Result<()> {
+/// What became of a restore's new place when it was abandoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scratch {
+    /// It was never made: nothing to drop, nothing to mention.
+    NeverMade,
+    Dropped,
+    /// It is still there (MongoDB: a write of a killed restore recreated
+    /// it); `--cleanup` tries again.
+    LeftOver,
+}
+
+/// Drops the new place of an abandoned restore, checking first whether it
+/// exists (and, for MongoDB, that it is gone afterwards).
+async fn drop_scratch(cx: &Context<'_>, target: &Target, journal: &Journal) -> Result<Scratch> {
     match target.engine {
         EngineKind::Postgresql => {
-            postgres::drop_database(&pg_login(cx, target)?, &journal.scratch).await
+            let login = pg_login(cx, target)?;
+            if !postgres::database_exists(&login, &journal.scratch).await? {
+                return Ok(Scratch::NeverMade);
+            }
+            postgres::drop_database(&login, &journal.scratch).await?;
+            Ok(Scratch::Dropped)
         }
         EngineKind::Mongodb => {
             if journal.scratch == connection::mongo_database(target, cx.secrets.as_ref())? {
-                return Ok(());
+                return Ok(Scratch::NeverMade);
+            }
+            let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+            let client = mongo::client(&url).await?;
+            if !mongo::database_exists(&client, &journal.scratch).await? {
+                return Ok(Scratch::NeverMade);
             }
             release(cx, target, &journal.scratch).await?;
-            let url = connection::mongo_url(target, cx.secrets.as_ref())?;
-            mongo::drop_database(&url, &journal.scratch).await
+            let gone =
+                mongo::drop_database_verified(&url, &journal.scratch, mongo::DROP_PATIENCE).await?;
+            Ok(if gone {
+                Scratch::Dropped
+            } else {
+                Scratch::LeftOver
+            })
         }
         EngineKind::Redis => {
+            if !journal.steps.iter().any(|(step, _)| *step == Step::Created) {
+                return Ok(Scratch::NeverMade);
+            }
             let password = redis_password(cx)?;
             let server = redis_server(target, password.as_ref());
             for (_, staging) in &journal.redis_pairs {
                 server.flush(*staging).await?;
             }
-            Ok(())
+            Ok(Scratch::Dropped)
         }
     }
 }
@@ -573,14 +600,6 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
     let Some(mut journal) = read_journal(&cx.state_dir, &target.id)? else {
         return Ok(None);
     };
-    if running_elsewhere(&journal) {
-        bail!(
-            "a restore of {} is running (pid {}, restore {})",
-            target.id,
-            journal.pid,
-            journal.restore_id
-        );
-    }
     stop_scratch_server(&journal);
     let staging_note = remove_safety_staging(&mut journal);
     let last = journal.last();
@@ -599,13 +618,26 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
             journal.restore_id, journal.database, journal.backup_id
         )
     } else {
-        drop_scratch(cx, target, &journal).await?;
+        let scratch = drop_scratch(cx, target, &journal).await?;
         journal.error = Some(format!("interrupted at step {last:?}"));
+        journal.cleaned = scratch != Scratch::LeftOver;
         record(&cx.state_dir, &mut journal, Step::Abandoned)?;
+        let label = scratch_label(target, &journal);
+        let built = match scratch {
+            Scratch::NeverMade => String::new(),
+            Scratch::Dropped => format!("; the unfinished {label} was dropped"),
+            Scratch::LeftOver => format!(
+                "; the unfinished {label} is left over (it came back after each drop: a write \
+                 of the stopped restore is still running); run `kisumctl restore {} {} \
+                 --cleanup` once it has finished",
+                journal.environment, journal.database
+            ),
+        };
         format!(
-            "restore {} of {} stopped at step {last:?} before the swap; {} was left serving and \
-             the unfinished {} was dropped",
-            journal.restore_id, journal.database, journal.name, journal.scratch
+            "restore {} of {} stopped at step {last:?} before the swap; {}{built}",
+            journal.restore_id,
+            journal.database,
+            live_note(&journal)
         )
     };
     archive(&cx.state_dir, &journal)?;
@@ -640,21 +672,96 @@ fn remove_safety_staging(journal: &mut Journal) -> Option<String> {
     ))
 }
 
-/// Runs a planned restore. `progress` receives one line per step.
+/// Another restore (or `--cleanup`) of the same database holds its lock;
+/// nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another restore of {database} is running ({}pid {}); nothing was changed; try again when \
+     it has finished",
+    restore_id.as_ref().map(|id| format!("restore {id}, ")).unwrap_or_default(),
+    pid.map_or("unknown".to_string(), |pid| pid.to_string())
+)]
+pub struct Busy {
+    pub database: String,
+    pub restore_id: Option<String>,
+    pub pid: Option<u32>,
+}
+
+/// Takes `restores/<database>.lock` (an flock the kernel releases however
+/// its holder ends) without waiting: one restore or `--cleanup` of a
+/// database at a time. A busy lock is [`Busy`], naming the holder's pid
+/// and, from its journal, its restore id.
+fn lock_database(cx: &Context<'_>, target: &Target) -> Result<crate::local::lock::DeployLock> {
+    use crate::local::{lock, state::StateDir};
+    let dir = journal_dir(&cx.state_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{}.lock", target.id));
+    let state = StateDir::new(&cx.state_dir);
+    let command = format!("kisumctl restore {} {}", cx.env.name, target.id);
+    match lock::acquire_at(
+        &path,
+        &state,
+        &command,
+        std::time::Duration::ZERO,
+        &mut |_| {},
+    ) {
+        Ok(held) => Ok(held),
+        Err(lock::LockError::Held { holder, .. }) => {
+            let journal = read_journal(&cx.state_dir, &target.id).ok().flatten();
+            let restore_id = journal
+                .filter(|j| holder.pid.is_none_or(|pid| pid == j.pid))
+                .map(|j| j.restore_id);
+            Err(Busy {
+                database: target.id.clone(),
+                restore_id,
+                pid: holder.pid,
+            }
+            .into())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A restore that did not finish: why, where things stand (naming only
+/// what exists), and the command to run next.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub aftermath: Vec<String>,
+    pub next: String,
+}
+
+impl Failure {
+    /// A failure before anything was touched (nothing to describe).
+    fn untouched(error: anyhow::Error, next: String) -> Failure {
+        Failure {
+            error,
+            aftermath: vec![],
+            next,
+        }
+    }
+}
+
+/// Runs a planned restore. `progress` receives one line per step; the
+/// first names the restore id and its journal.
 pub async fn run(
     cx: &Context<'_>,
     target: &Target,
     plan: &Plan,
     progress: &mut dyn FnMut(&str),
-) -> Result<Outcome> {
-    let recovered = recover(cx, target).await?;
+) -> Result<Outcome, Failure> {
+    let again = format!(
+        "kisumctl restore {} {} --backup {}",
+        cx.env.name, target.id, plan.backup.id
+    );
+    let _lock = lock_database(cx, target)
+        .map_err(|e| Failure::untouched(e, "wait for it to finish".into()))?;
+    let recovered = recover(cx, target)
+        .await
+        .map_err(|e| Failure::untouched(e, format!("fix the cause, then run `{again}`")))?;
     if let Some(note) = &recovered {
         progress(note);
     }
-
-    progress(&format!("verifying backup {}", plan.backup.id));
-    let scratch_dir = cx.scratch()?;
-    let prepared = super::prepare(cx, &plan.backup.id, scratch_dir.path()).await?;
 
     let mut journal = Journal {
         restore_id: format!("{}-{}", target.id, plan.stamp),
@@ -674,12 +781,17 @@ pub async fn run(
         scratch_server: None,
         safety_staging: None,
     };
-    record(&cx.state_dir, &mut journal, Step::Started)?;
+    record(&cx.state_dir, &mut journal, Step::Started)
+        .map_err(|e| Failure::untouched(e, format!("fix the cause, then run `{again}`")))?;
+    progress(&format!(
+        "restore id {}, journal {}",
+        journal.restore_id,
+        journal_path(&cx.state_dir, &target.id).display()
+    ));
 
-    let result = steps(cx, target, &prepared, &mut journal, progress).await;
-    match result {
+    match steps(cx, target, &mut journal, progress).await {
         Ok((restore_seconds, safety_backup_seconds, repointed)) => {
-            archive(&cx.state_dir, &journal)?;
+            archive(&cx.state_dir, &journal).map_err(|e| Failure::untouched(e, again))?;
             Ok(Outcome {
                 restore_id: journal.restore_id.clone(),
                 database: target.id.clone(),
@@ -692,27 +804,94 @@ pub async fn run(
                 repointed,
             })
         }
-        Err(error) => {
-            // Before the swap the live data was never touched; drop what
-            // was built and close the journal.
-            if journal.last() != Step::Swapped {
-                let _ = drop_scratch(cx, target, &journal).await;
-                journal.error = Some(format!("{error:#}"));
-                let _ = record(&cx.state_dir, &mut journal, Step::Abandoned);
-                let _ = archive(&cx.state_dir, &journal);
-            }
-            Err(error)
+        Err(error) => Err(abandon(cx, target, &mut journal, error, &again).await),
+    }
+}
+
+/// Closes the journal of a restore that failed before its swap finished,
+/// drops what it built, and says where things stand.
+async fn abandon(
+    cx: &Context<'_>,
+    target: &Target,
+    journal: &mut Journal,
+    error: anyhow::Error,
+    again: &str,
+) -> Failure {
+    let cleanup = format!("kisumctl restore {} {} --cleanup", cx.env.name, target.id);
+    if journal.last() == Step::Swapped {
+        return Failure {
+            error,
+            aftermath: vec![format!(
+                "backup {} was swapped in; what followed the swap failed",
+                journal.backup_id
+            )],
+            next: format!("check the service, then run `{cleanup}` when the previous data can go"),
+        };
+    }
+    let mut aftermath = vec![live_note(journal)];
+    if let Some(id) = &journal.safety_backup {
+        aftermath.push(format!("the safety backup {id} was kept"));
+    }
+    let mut next = if error.downcast_ref::<super::Corrupt>().is_some() {
+        format!(
+            "choose another backup (`kisumctl backup list {}`), then run `kisumctl restore {} {} \
+             --backup ID`",
+            cx.env.name, cx.env.name, target.id
+        )
+    } else {
+        format!("fix the cause, then run `{again}`")
+    };
+    match drop_scratch(cx, target, journal).await {
+        Ok(Scratch::NeverMade) => {}
+        Ok(Scratch::Dropped) => aftermath.push(format!(
+            "the unfinished {} was dropped",
+            scratch_label(target, journal)
+        )),
+        Ok(Scratch::LeftOver) | Err(_) => {
+            aftermath.push(format!(
+                "the unfinished {} is left over",
+                scratch_label(target, journal)
+            ));
+            next = format!("run `{cleanup}`, then {next}");
         }
+    }
+    journal.error = Some(format!("{error:#}"));
+    let _ = record(&cx.state_dir, journal, Step::Abandoned);
+    let _ = archive(&cx.state_dir, journal);
+    Failure {
+        error,
+        aftermath,
+        next,
+    }
+}
+
+/// What the live data is after a restore stopped before its swap.
+fn live_note(journal: &Journal) -> String {
+    if journal.original_exists {
+        format!("{} was left serving, unchanged", journal.name)
+    } else {
+        format!("{} did not exist and was not created", journal.name)
+    }
+}
+
+/// The restore's new place, for people.
+fn scratch_label(target: &Target, journal: &Journal) -> String {
+    match target.engine {
+        EngineKind::Redis => format!("copy in Redis database index(es) {}", journal.scratch),
+        _ => format!("database {}", journal.scratch),
     }
 }
 
 async fn steps(
     cx: &Context<'_>,
     target: &Target,
-    prepared: &super::Prepared,
     journal: &mut Journal,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(f64, f64, Option<String>)> {
+    progress(&format!("verifying backup {}", journal.backup_id));
+    let scratch_dir = cx.scratch()?;
+    let prepared = &super::prepare(cx, &journal.backup_id, scratch_dir.path()).await?;
+
     let mut safety_seconds = 0.0;
     if journal.original_exists {
         progress(&format!("safety backup of {}", journal.name));
@@ -913,15 +1092,7 @@ fn restart_local_service(state_dir: &Path, service: &str) -> Option<u32> {
 /// keys) and what an interrupted restore left. Answers what was found of
 /// an interrupted restore, and what was dropped.
 pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<(Option<String>, Vec<String>)> {
-    if let Some(journal) = read_journal(&cx.state_dir, &target.id)?
-        && running_elsewhere(&journal)
-    {
-        bail!(
-            "a restore of {} is running (pid {})",
-            target.id,
-            journal.pid
-        );
-    }
+    let _lock = lock_database(cx, target)?;
     let recovered = recover(cx, target).await?;
     let mut dropped = Vec::new();
     if target.engine == EngineKind::Postgresql {
@@ -946,8 +1117,35 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<(Option<String
                 if journal.previous != live {
                     release(cx, target, &journal.previous).await?;
                     let url = connection::mongo_url(target, cx.secrets.as_ref())?;
-                    mongo::drop_database(&url, &journal.previous).await?;
+                    let patience = mongo::DROP_PATIENCE;
+                    if !mongo::drop_database_verified(&url, &journal.previous, patience).await? {
+                        bail!(
+                            "database {} came back after each drop for {} s; run `kisumctl \
+                             restore {} {} --cleanup` again",
+                            journal.previous,
+                            patience.as_secs(),
+                            cx.env.name,
+                            target.id
+                        );
+                    }
                     dropped.push(journal.previous.clone());
+                }
+            }
+            (EngineKind::Mongodb, Step::Abandoned) => {
+                match drop_scratch(cx, target, &journal).await? {
+                    Scratch::NeverMade => {}
+                    Scratch::Dropped => dropped.push(journal.scratch.clone()),
+                    Scratch::LeftOver => bail!(
+                        "database {} of the stopped restore {} came back after each drop for {} \
+                         s (a write of that restore is still running); nothing else was dropped \
+                         after it; run `kisumctl restore {} {} --cleanup` again once it has \
+                         finished",
+                        journal.scratch,
+                        journal.restore_id,
+                        mongo::DROP_PATIENCE.as_secs(),
+                        cx.env.name,
+                        target.id
+                    ),
                 }
             }
             (EngineKind::Redis, Step::Swapped) => {

@@ -76,6 +76,21 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         if result.backup_id.is_none() {
             let why = result.checks.first().map_or("", |c| c.detail.as_str());
             errln!("drill {}: {} FAILED: {why}", cx.env.name, target.id);
+        } else if result.rto_seconds.is_none() {
+            let why: Vec<&str> = result
+                .checks
+                .iter()
+                .filter(|c| !c.passed && !["rto", "rpo"].contains(&c.name.as_str()))
+                .map(|c| c.detail.as_str())
+                .collect();
+            errln!(
+                "drill {}: {} FAILED: backup {} could not be restored (RTO and RPO not \
+                 measured): {}",
+                cx.env.name,
+                target.id,
+                result.backup_id.as_deref().unwrap_or_default(),
+                printable(&why.join("; "))
+            );
         } else {
             errln!(
                 "drill {}: {} {} (RTO {} s of {} s, RPO {} s of {} s)",

@@ -29,7 +29,9 @@ use crate::matrix::load::printable;
 /// file, the restore runs as a Kubernetes Job in the environment's
 /// namespace, launched only once confirmed, then watched and read back. Exit 0 on success, 1 when a backup fails verification
 /// (nothing changed), 2 for bad input or a refused confirmation, 3 when an
-/// operation failed.
+/// operation failed or another restore of the database is running (that
+/// refusal changes nothing, as a deploy's whose lock is held). The restore
+/// id and its journal are said first, before the safety backup.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment to restore into.
@@ -186,15 +188,22 @@ async fn execute(
             }
             Ok(outcome)
         }
-        Err(error) => {
-            let message = format!("{error:#}");
+        Err(failure) => {
+            let message = format!("{:#}", failure.error);
+            if failure.error.downcast_ref::<restore::Busy>().is_some() {
+                errln!("error: {}", printable(&message));
+                return Err((message, Exit::OperationFailed));
+            }
             errln!(
-                "error: restore of {} failed; {} was left as it was: {}",
+                "error: restore of {} failed: {}",
                 target.id,
-                target.name,
                 printable(&message)
             );
-            let exit = if error.downcast_ref::<Corrupt>().is_some() {
+            for line in &failure.aftermath {
+                errln!("restore {name} {}: {}", target.id, printable(line));
+            }
+            errln!("restore {name} {}: next: {}", target.id, failure.next);
+            let exit = if failure.error.downcast_ref::<Corrupt>().is_some() {
                 Exit::CheckFailed
             } else {
                 Exit::OperationFailed

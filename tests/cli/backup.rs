@@ -104,6 +104,43 @@ async fn databases(pg: &Postgres) -> Vec<String> {
     .unwrap()
 }
 
+/// Flips one bit in the middle of a backup file.
+fn flip_a_byte(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `drill local auth-db -o json`, expected to fail, its reports in `reports`.
+fn failed_drill(site: &Site, reports: &std::path::Path) -> Value {
+    let reports = reports.to_str().unwrap();
+    let args = ["drill", "local", "auth-db", "--report-dir", reports];
+    site.json(&[&args[..], &["-o", "json"]].concat(), 1)
+}
+
+/// auth_db (10 rows) and its backup, one bit of which is flipped.
+async fn corrupted_auth_db_backup() -> (Postgres, Site, Value) {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let manifest = site.backup("auth-db");
+    flip_a_byte(&dump_path(&site, &manifest));
+    (pg, site, manifest)
+}
+
+/// A session holding an exclusive lock on auth_db's `events` until it
+/// rolls back: a safety backup's pg_dump waits behind it.
+async fn lock_events(pg: &Postgres) -> sqlx::PgConnection {
+    let mut blocker = connect(pg, "auth_db").await;
+    exec(
+        &mut blocker,
+        "BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    blocker
+}
+
 fn dump_path(site: &Site, manifest: &Value) -> PathBuf {
     site.store()
         .join(manifest["id"].as_str().unwrap())
@@ -228,11 +265,7 @@ async fn one_corrupted_byte_makes_verify_and_restore_refuse() {
     let manifest = site.backup("auth-db");
     site.expect(&["backup", "verify", "local"], 0);
 
-    let dump = dump_path(&site, &manifest);
-    let mut bytes = std::fs::read(&dump).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&dump, bytes).unwrap();
+    flip_a_byte(&dump_path(&site, &manifest));
 
     let verify = site.expect(&["backup", "verify", "local"], 1);
     assert!(stdout(&verify).contains("FAIL"), "{}", stdout(&verify));
@@ -927,16 +960,7 @@ async fn a_database_without_a_backup_fails_the_drill_with_no_figures() {
     seed_auth_db(&pg, 10).await;
     let site = Site::new(pg.port());
     let reports = site.root().join("reports");
-    let args = [
-        "drill",
-        "local",
-        "auth-db",
-        "--report-dir",
-        reports.to_str().unwrap(),
-        "-o",
-        "json",
-    ];
-    let drill = site.json(&args, 1);
+    let drill = failed_drill(&site, &reports);
     assert_eq!(drill["passed"], false);
     let result = &drill["databases"][0];
     assert_eq!(result["passed"], false);
@@ -1018,12 +1042,7 @@ async fn sigkill_during_the_safety_backup_takes_pg_dump_along_and_cleanup_remove
     site.backup("auth-db");
 
     // A lock held elsewhere keeps the safety backup's pg_dump waiting.
-    let mut blocker = connect(&pg, "auth_db").await;
-    exec(
-        &mut blocker,
-        "BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE",
-    )
-    .await;
+    let mut blocker = lock_events(&pg).await;
     let port = pg.port();
     site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
         (!tools_on_port("pg_dump", port).is_empty()).then_some(())
@@ -1044,6 +1063,11 @@ async fn sigkill_during_the_safety_backup_takes_pg_dump_along_and_cleanup_remove
     let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
     let expected = format!("removed the unfinished safety backup {}", staged.display());
     assert!(stderr(&cleanup).contains(&expected), "{}", stderr(&cleanup));
+    assert!(
+        !stderr(&cleanup).contains("auth_db_restore_"),
+        "the new database was never made: {}",
+        stderr(&cleanup)
+    );
     assert!(!staged.exists());
     assert!(foreign.is_dir());
     assert_eq!(databases(&pg).await, ["auth_db"]);
@@ -1072,4 +1096,119 @@ async fn a_restore_id_and_its_new_database_share_one_time() {
         "{}",
         stderr(&unknown)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_whose_backup_fails_verification_measures_nothing_and_fails() {
+    let (_pg, site, manifest) = corrupted_auth_db_backup().await;
+
+    let reports = site.root().join("reports");
+    let drill = failed_drill(&site, &reports);
+    let result = &drill["databases"][0];
+    assert_eq!(result["passed"], false, "{drill:#}");
+    assert_eq!(result["rto_seconds"], Value::Null, "{drill:#}");
+    assert_eq!(result["rpo_seconds"], Value::Null, "{drill:#}");
+    let checks = result["checks"].as_array().unwrap();
+    for name in ["checksums", "rto", "rpo"] {
+        let check = checks.iter().find(|c| c["name"] == name).unwrap();
+        assert_eq!(check["passed"], false, "{name}: {drill:#}");
+    }
+    let rto = checks.iter().find(|c| c["name"] == "rto").unwrap();
+    assert!(
+        rto["detail"].as_str().unwrap().starts_with("not measured"),
+        "{drill:#}"
+    );
+
+    let text = site.expect(&["drill", "local", "auth-db"], 1);
+    let row = format!(
+        "| auth-db | {} | - | 3600 | - | 300 | FAIL (not restored) |",
+        manifest["id"].as_str().unwrap()
+    );
+    assert!(stdout(&text).contains(&row), "{}", stdout(&text));
+    assert!(!stdout(&text).contains("- pass rto"), "{}", stdout(&text));
+    assert!(
+        stderr(&text).contains("could not be restored (RTO and RPO not measured)"),
+        "{}",
+        stderr(&text)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_names_only_what_exists_and_the_next_command() {
+    let (pg, site, _) = corrupted_auth_db_backup().await;
+
+    let restore = site.expect(&["restore", "local", "auth-db", "--yes"], 1);
+    let said = stderr(&restore);
+    assert!(!said.contains("auth_db_restore_"), "never created: {said}");
+    assert!(!said.contains("auth_db_previous_"), "never created: {said}");
+    assert!(
+        said.contains("auth_db was left serving, unchanged"),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "next: choose another backup (`kisumctl backup list local`), then run \
+             `kisumctl restore local auth-db --backup ID`"
+        ),
+        "{said}"
+    );
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_restore_of_a_database_is_refused_and_names_the_running_one() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 100).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+
+    // A lock held elsewhere keeps the first restore in its safety backup.
+    let mut blocker = lock_events(&pg).await;
+    let log = site.root().join("first.stderr");
+    let mut first = site
+        .command(&["restore", "local", "auth-db", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let port = pg.port();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while tools_on_port("pg_dump", port).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no safety backup");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The restore id and journal were printed before the safety backup.
+    let said = std::fs::read_to_string(&log).unwrap();
+    let id_line = said.find("restore id auth-db-").expect(&said);
+    let journal = site.root().join(".kisum/local/restores/auth-db.json");
+    assert!(
+        said.contains(&format!("journal {}", journal.display())),
+        "{said}"
+    );
+    assert!(id_line < said.find("safety backup of auth_db").expect(&said));
+    let running: Value = serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    let id = running["restore_id"].as_str().unwrap();
+
+    for args in [
+        &["restore", "local", "auth-db", "--yes"][..],
+        &["restore", "local", "auth-db", "--cleanup"][..],
+    ] {
+        let refused = site.expect(args, 3);
+        let expected = format!(
+            "another restore of auth-db is running (restore {id}, pid {}); nothing was changed",
+            first.id()
+        );
+        assert!(stderr(&refused).contains(&expected), "{}", stderr(&refused));
+    }
+    let after: Value = serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    assert_eq!(after, running, "the running restore's journal is untouched");
+    assert_eq!(databases(&pg).await, ["auth_db"], "nothing was created");
+
+    exec(&mut blocker, "ROLLBACK").await;
+    blocker.close().await.unwrap();
+    let status = tokio::task::spawn_blocking(move || first.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "the first restore goes on");
 }

@@ -38,12 +38,19 @@ async fn count(client: &mongodb::Client, database: &str) -> u64 {
 /// main-db with `n` users and an index, provisioned as `deploy local` does.
 async fn mongo_site(n: i64) -> (Site, Mongo, mongodb::Client) {
     let mongo = Mongo::start().await.unwrap();
+    let (site, client) = provisioned(&mongo, n).await;
+    (site, mongo, client)
+}
+
+/// A site whose main-db is on `mongo`, provisioned, with `n` users and an
+/// index.
+async fn provisioned(mongo: &Mongo, n: i64) -> (Site, mongodb::Client) {
     let site = Site::new(25433);
     site.edit("environments/local.yaml", |t| {
         t.replace("port: 27117", &format!("port: {}", mongo.port()))
     });
     site.expect(&["db", "provision", "local", "main-db"], 0);
-    let client = mongo_client(&mongo).await;
+    let client = mongo_client(mongo).await;
     let users = client.database("main").collection::<Document>("users");
     let docs: Vec<Document> = (0..n)
         .map(|n| doc! { "n": n, "name": format!("user {n}") })
@@ -51,7 +58,7 @@ async fn mongo_site(n: i64) -> (Site, Mongo, mongodb::Client) {
     users.insert_many(docs).await.unwrap();
     let index = mongodb::IndexModel::builder().keys(doc! { "n": 1 }).build();
     users.create_index(index).await.unwrap();
-    (site, mongo, client)
+    (site, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,20 +125,8 @@ async fn sigkill_during_a_mongodb_restore_leaves_the_original_serving() {
         .await
         .unwrap();
 
-    // Kill it while the documents go into the new database.
+    let scratch = kill_while_restoring(&site, &client).await;
     let journal = site.root().join(".kisum/local/restores/main-db.json");
-    let args = ["restore", "local", "main-db", "--yes"];
-    let scratch = site
-        .kill_when(&args, async || {
-            let text = std::fs::read_to_string(&journal).unwrap_or_default();
-            let value: Value = serde_json::from_str(&text).ok()?;
-            let steps = value["steps"].as_array()?;
-            steps
-                .iter()
-                .any(|s| s[0] == "created")
-                .then(|| value["scratch"].as_str().unwrap().to_string())
-        })
-        .await;
 
     assert_eq!(
         live_database(&site),
@@ -445,4 +440,85 @@ async fn restore_all_follows_the_restore_priority_of_the_matrix() {
         })
         .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+}
+
+async fn database_names(client: &mongodb::Client) -> Vec<String> {
+    client.list_database_names().await.unwrap()
+}
+
+/// Runs `restore local main-db` and kills it once documents go into its
+/// new database; answers that database's name.
+async fn kill_while_restoring(site: &Site, client: &mongodb::Client) -> String {
+    let journal = site.root().join(".kisum/local/restores/main-db.json");
+    let args = ["restore", "local", "main-db", "--yes"];
+    site.kill_when(&args, async || {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).ok()?;
+        let scratch = value["scratch"].as_str()?.to_string();
+        let names = database_names(client).await;
+        names.contains(&scratch).then_some(scratch)
+    })
+    .await
+}
+
+/// Whether `--cleanup` after a killed restore tells the truth about the
+/// half-made database: `Some(true)` when it said it dropped it (and it is
+/// gone), `Some(false)` when it said it is left over (and it is there).
+async fn cleanup_tells_the_truth(site: &Site, client: &mongodb::Client, scratch: &str) -> bool {
+    let cleanup = site.command(&["restore", "local", "main-db", "--cleanup"]);
+    let output = tokio::task::spawn_blocking({
+        let mut cleanup = cleanup;
+        move || cleanup.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let said = stderr(&output) + &stdout(&output);
+    let listed = database_names(client).await.contains(&scratch.to_string());
+    let claims_dropped =
+        said.contains(&format!("{scratch} was dropped")) || stdout(&output).contains(scratch);
+    if claims_dropped {
+        assert_eq!(output.status.code(), Some(0), "{said}");
+        assert!(
+            !listed,
+            "it said it dropped {scratch}, which is still there: {said}"
+        );
+        return true;
+    }
+    assert!(said.contains(scratch), "{said}");
+    assert!(
+        said.contains("kisumctl restore local main-db --cleanup"),
+        "the next command is named: {said}"
+    );
+    assert!(
+        listed,
+        "it said {scratch} is left over, which is gone: {said}"
+    );
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_after_a_killed_mongodb_restore_drops_the_half_made_database_for_real() {
+    // The SQLite engine of deploy local goes on with an insert batch after
+    // its client is killed, and so recreates a dropped database.
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = Mongo::start_sqlite(&dir.path().join("mongoeco.sqlite"))
+        .await
+        .unwrap();
+    let (site, client) = provisioned(&mongo, 1200).await;
+    site.backup("main-db");
+
+    let scratch = kill_while_restoring(&site, &client).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !cleanup_tells_the_truth(&site, &client, &scratch).await {
+        assert!(std::time::Instant::now() < deadline, "{scratch} never went");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(!database_names(&client).await.contains(&scratch));
+    assert_eq!(
+        count(&client, "main").await,
+        1200,
+        "the original is untouched"
+    );
+    assert_eq!(live_database(&site), "main");
 }

@@ -1339,3 +1339,13 @@ async fn memberships_grants_and_roles_change_through_admin_show_at_once_and_are_
     let company_audit = stack.audit(&format!("company:{company}")).await;
     assert_eq!(company_audit[0]["action"], "company.put");
 }
+
+#[test]
+fn the_same_port_for_http_port_and_internal_port_is_refused_naming_both_once() {
+    let vars = [
+        ("SERVICE_NAME", "platform-admin"),
+        ("KISUM_ENVIRONMENT", "test"),
+    ];
+    let outcome = kisum_testkit::serve_on_one_port(env!("CARGO_BIN_EXE_kisum-admin"), &vars);
+    kisum_testkit::assert_refused_one_port(outcome);
+}

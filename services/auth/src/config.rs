@@ -91,6 +91,7 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     pub fn from_vars(vars: &Vars) -> Result<Config, ConfigError> {
+        kisum_common::config::service_ports(vars)?;
         let bind = kisum_common::command::bind_address(vars)?;
         let listen = |name: &str| -> Result<SocketAddr, ConfigError> {
             let port: u16 = vars.parsed(name)?;

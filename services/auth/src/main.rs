@@ -140,8 +140,8 @@ async fn main() -> ExitCode {
     match execute(command, &vars).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            // Once: the log goes to stderr.
             tracing::error!(error = format!("{error:#}"), "kisum-auth failed");
-            eprintln!("kisum-auth: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -2896,3 +2896,10 @@ async fn a_logout_redis_refused_to_write_is_still_refused_by_this_replica() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[test]
+fn the_same_port_for_http_port_and_internal_port_is_refused_naming_both_once() {
+    let vars = [("SERVICE_NAME", "auth"), ("KISUM_ENVIRONMENT", "test")];
+    let outcome = kisum_testkit::serve_on_one_port(env!("CARGO_BIN_EXE_kisum-auth"), &vars);
+    kisum_testkit::assert_refused_one_port(outcome);
+}

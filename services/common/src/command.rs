@@ -58,6 +58,13 @@ where
     }
     let vars = Vars::from_env();
     if let Err(error) = init_logging_from(&vars) {
+        // No logger yet: the one place the error is printed by hand.
+        eprintln!("{binary}: invalid configuration: {error}");
+        return ExitCode::FAILURE;
+    }
+    if command == "serve"
+        && let Err(error) = crate::config::service_ports(&vars)
+    {
         return fail(binary, "invalid configuration", error);
     }
     let bind = match bind_address(&vars) {
@@ -128,9 +135,9 @@ pub fn until_shutdown() -> impl Future<Output = ()> + Send + 'static {
     shutdown_signal()
 }
 
-/// Logs the failure, prints it for an operator at a terminal, exit 1.
+/// Logs the failure (once: the log goes to stderr, where an operator at a
+/// terminal reads it), exit 1.
 fn fail(binary: &str, what: &str, error: impl std::fmt::Display) -> ExitCode {
-    tracing::error!(error = %error, "{what} failed");
-    eprintln!("{binary}: {what}: {error}");
+    tracing::error!(error = %error, "{binary}: {what} failed");
     ExitCode::FAILURE
 }

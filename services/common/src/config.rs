@@ -258,6 +258,25 @@ pub struct CommonConfig {
     pub server: crate::serve::ServerSettings,
 }
 
+/// `HTTP_PORT` and `INTERNAL_PORT`, refused when they are the same fixed
+/// port (the error names both variables). 0 binds a free port (the
+/// services' tests use it; the `serving` event logs the port bound); two
+/// equal fixed ports would only fail later, at bind, naming neither.
+pub fn service_ports(vars: &Vars) -> Result<(u16, u16), ConfigError> {
+    let http_port: u16 = vars.parsed("HTTP_PORT")?;
+    let internal_port: u16 = vars.parsed("INTERNAL_PORT")?;
+    if http_port != 0 && http_port == internal_port {
+        return Err(ConfigError::Invalid {
+            name: "INTERNAL_PORT".into(),
+            reason: format!(
+                "equals HTTP_PORT ({http_port}); public and internal routes need their own ports: \
+                 set HTTP_PORT and INTERNAL_PORT to two different ports"
+            ),
+        });
+    }
+    Ok((http_port, internal_port))
+}
+
 impl CommonConfig {
     /// `default_request_timeout` is the service's `timeouts.read-seconds`.
     pub fn from_vars(
@@ -266,19 +285,7 @@ impl CommonConfig {
     ) -> Result<CommonConfig, ConfigError> {
         let service = vars.required("SERVICE_NAME")?;
         let environment = environment(vars, None)?;
-        let http_port: u16 = vars.parsed("HTTP_PORT")?;
-        let internal_port: u16 = vars.parsed("INTERNAL_PORT")?;
-        // 0 binds a free port (the services' tests use it; the `serving`
-        // event logs the port bound); two equal fixed ports would only fail
-        // later, at bind, without naming a variable.
-        if http_port != 0 && http_port == internal_port {
-            return Err(ConfigError::Invalid {
-                name: "INTERNAL_PORT".into(),
-                reason: format!(
-                    "equals HTTP_PORT ({http_port}); public and internal routes need their own ports"
-                ),
-            });
-        }
+        let (http_port, internal_port) = service_ports(vars)?;
         Ok(CommonConfig {
             service,
             environment,

@@ -874,3 +874,13 @@ async fn an_actor_longer_than_256_characters_is_refused_and_nothing_changes() {
     assert_eq!(history.history.len(), 1);
     assert_eq!(history.history[0].actor, longest);
 }
+
+#[test]
+fn the_same_port_for_http_port_and_internal_port_is_refused_naming_both_once() {
+    let vars = [
+        ("SERVICE_NAME", "platform-core"),
+        ("KISUM_ENVIRONMENT", "test"),
+    ];
+    let outcome = kisum_testkit::serve_on_one_port(env!("CARGO_BIN_EXE_kisum-core"), &vars);
+    kisum_testkit::assert_refused_one_port(outcome);
+}

@@ -62,11 +62,12 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(vars: &Vars) -> anyhow::Result<()> {
+    let (http_port, internal_port) = kisum_common::config::service_ports(vars)?;
     let config = Config::from_vars(vars)?;
     // 0.0.0.0 by default: in a pod, the probes and the ingress come from outside.
     let address: IpAddr = vars.parsed_or("BIND_ADDRESS", IpAddr::from([0, 0, 0, 0]))?;
-    let public = SocketAddr::new(address, vars.parsed("HTTP_PORT")?);
-    let internal = SocketAddr::new(address, vars.parsed("INTERNAL_PORT")?);
+    let public = SocketAddr::new(address, http_port);
+    let internal = SocketAddr::new(address, internal_port);
     let listeners = Listeners::bind(public, internal)
         .await
         .with_context(|| format!("binding {public} and {internal}"))?;

@@ -1488,3 +1488,10 @@ async fn the_read_cache_is_off_while_its_listener_is_disconnected() {
     let seen = eventually(Duration::from_secs(3), || async { count().await == 2 }).await;
     assert!(seen);
 }
+
+#[test]
+fn the_same_port_for_http_port_and_internal_port_is_refused_naming_both_once() {
+    let vars = [("MODULE_NAME", "finance"), ("KISUM_ENVIRONMENT", "test")];
+    let outcome = kisum_testkit::serve_on_one_port(env!("CARGO_BIN_EXE_kisum-module"), &vars);
+    kisum_testkit::assert_refused_one_port(outcome);
+}

@@ -247,3 +247,34 @@ pub fn event_count(metrics: &str, event: &str, outcome: &str) -> u64 {
         .find_map(|line| line.strip_prefix(&sample))
         .map_or(0, |n| n.trim().parse().unwrap())
 }
+
+/// Runs service binary `binary` with `serve` and only the variables
+/// `vars` (plus LOG_LEVEL=info), HTTP_PORT and INTERNAL_PORT both set to
+/// one fixed port; answers whether it succeeded and its stderr.
+pub fn serve_on_one_port(binary: &str, vars: &[(&str, &str)]) -> (bool, String) {
+    let port = "18999";
+    let output = std::process::Command::new(binary)
+        .arg("serve")
+        .env_clear()
+        .envs(vars.iter().copied())
+        .env("LOG_LEVEL", "info")
+        .env("HTTP_PORT", port)
+        .env("INTERNAL_PORT", port)
+        .output()
+        .expect("running the service binary");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), stderr)
+}
+
+/// Asserts that a service refused one port for both HTTP_PORT and
+/// INTERNAL_PORT, naming both variables, in one message printed once.
+pub fn assert_refused_one_port(outcome: (bool, String)) {
+    let (ok, stderr) = outcome;
+    assert!(!ok, "{stderr}");
+    let said = "INTERNAL_PORT is invalid: equals HTTP_PORT (18999)";
+    assert_eq!(stderr.matches(said).count(), 1, "once: {stderr}");
+    assert!(
+        stderr.contains("set HTTP_PORT and INTERNAL_PORT to two different ports"),
+        "{stderr}"
+    );
+}

@@ -22,8 +22,18 @@ const VENV_PYTHON: &str = ".peers/venv-mongoeco/bin/python";
 pub struct Mongo {
     port: u16,
     child: Option<Child>,
+    /// Launcher arguments that choose the engine (none: in memory).
+    engine: Vec<String>,
     // Held so that the launcher never writes to a closed pipe.
     _stdout: Option<ChildStdout>,
+}
+
+/// The interpreter named by `KISUM_MONGOECO_PYTHON`, else the workspace's.
+fn default_python() -> PathBuf {
+    std::env::var_os("KISUM_MONGOECO_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(VENV_PYTHON))
 }
 
 impl Mongo {
@@ -31,15 +41,28 @@ impl Mongo {
     /// (exported by `scripts/peers-env.sh`), else the workspace's
     /// `.peers/venv-mongoeco/bin/python`.
     pub async fn start() -> Result<Mongo> {
-        let python = std::env::var_os("KISUM_MONGOECO_PYTHON")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join(VENV_PYTHON));
-        Self::start_with_python(python).await
+        Self::start_with_python(default_python()).await
+    }
+
+    /// Starts the emulator on its SQLite engine, in file `path`, as
+    /// `kisumctl deploy local` runs it: there, writes run on a thread of
+    /// their own, and a batch a killed client had sent goes on after it.
+    pub async fn start_sqlite(path: &std::path::Path) -> Result<Mongo> {
+        let engine = [
+            "--engine".to_string(),
+            "sqlite".into(),
+            "--path".into(),
+            path.display().to_string(),
+        ];
+        Self::start_engine(default_python(), &engine).await
     }
 
     /// Starts the emulator with the given Python (one with `mongoeco[wire]`).
     pub async fn start_with_python(python: impl Into<PathBuf>) -> Result<Mongo> {
+        Self::start_engine(python, &[]).await
+    }
+
+    async fn start_engine(python: impl Into<PathBuf>, engine: &[String]) -> Result<Mongo> {
         let t0 = Instant::now();
         let python = python.into();
         if !python.is_file() {
@@ -56,6 +79,7 @@ impl Mongo {
         let mut mongo = Mongo {
             port: 0,
             child: None,
+            engine: engine.to_vec(),
             _stdout: None,
         };
         let mut last = None;
@@ -117,6 +141,7 @@ impl Mongo {
             .arg("--port")
             .arg(port.to_string())
             .arg("--exit-on-stdin-eof")
+            .args(&self.engine)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
