@@ -211,6 +211,8 @@ pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// Where it is, for error messages.
+    service: crate::aws::Service,
 }
 
 /// How to reach S3.
@@ -257,6 +259,7 @@ impl S3Store {
             None => config,
         };
         S3Store {
+            service: crate::aws::Service::new("S3", "S3", settings.endpoint.as_deref()),
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: settings.bucket,
             prefix: settings.prefix,
@@ -282,7 +285,10 @@ impl S3Store {
                 .body(body)
                 .send()
                 .await
-                .with_context(|| format!("uploading s3://{}/{key}", self.bucket))?;
+                .map_err(|e| {
+                    let what = format!("uploading s3://{}/{key}", self.bucket);
+                    self.service.error(&what, e)
+                })?;
             return Ok(());
         }
         self.upload_in_parts(key, path).await
@@ -297,7 +303,7 @@ impl S3Store {
             .key(key)
             .send()
             .await
-            .with_context(what)?;
+            .map_err(|e| self.service.error(&what(), e))?;
         let upload_id = upload.upload_id().context("no upload id")?.to_string();
         let result = self.send_parts(key, path, &upload_id).await;
         match result {
@@ -314,7 +320,7 @@ impl S3Store {
                     )
                     .send()
                     .await
-                    .with_context(what)?;
+                    .map_err(|e| self.service.error(&what(), e))?;
                 Ok(())
             }
             Err(error) => {
@@ -359,7 +365,11 @@ impl S3Store {
                 .part_number(number)
                 .body(ByteStream::from(chunk))
                 .send()
-                .await?;
+                .await
+                .map_err(|e| {
+                    let what = format!("uploading part {number} of s3://{}/{key}", self.bucket);
+                    self.service.error(&what, e)
+                })?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -379,7 +389,7 @@ impl S3Store {
             .key(key)
             .send()
             .await
-            .with_context(what)?;
+            .map_err(|e| self.service.error(&what(), e))?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -414,8 +424,10 @@ impl BackupStore for S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page =
-                page.with_context(|| format!("listing s3://{}/{}", self.bucket, self.prefix))?;
+            let page = page.map_err(|e| {
+                let what = format!("listing s3://{}/{}", self.bucket, self.prefix);
+                self.service.error(&what, e)
+            })?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
                 let Some(rest) = key.strip_prefix(&self.prefix) else {
@@ -442,7 +454,10 @@ impl BackupStore for S3Store {
             .key(&key)
             .send()
             .await
-            .with_context(|| format!("reading s3://{}/{key}", self.bucket))?;
+            .map_err(|e| {
+                self.service
+                    .error(&format!("reading s3://{}/{key}", self.bucket), e)
+            })?;
         let bytes = object.body.collect().await?.into_bytes();
         let text = String::from_utf8(bytes.to_vec()).context("the manifest is not UTF-8")?;
         Manifest::from_json(&text).map_err(|e| anyhow::anyhow!("s3://{}/{key}: {e}", self.bucket))
@@ -486,7 +501,10 @@ impl BackupStore for S3Store {
                 .key(&key)
                 .send()
                 .await
-                .with_context(|| format!("deleting s3://{}/{key}", self.bucket))?;
+                .map_err(|e| {
+                    let what = format!("deleting s3://{}/{key}", self.bucket);
+                    self.service.error(&what, e)
+                })?;
         }
         Ok(())
     }

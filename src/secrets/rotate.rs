@@ -40,7 +40,7 @@ use serde::Serialize;
 use sqlx::Connection as _;
 
 use super::inventory::{self, Expected, Rotation};
-use super::{Secret, SecretStore, Stage, Staged};
+use super::{Secret, SecretStore, Stage, Staged, StoreError};
 use crate::backup::connection::{self, PgLogin};
 use crate::db::provision::{self, Logins};
 use crate::matrix::Environment;
@@ -95,16 +95,28 @@ pub fn select(
     let mut chosen = Vec::new();
     let mut skipped = Vec::new();
     for e in expected {
-        let stages = store.stages(&e.name).map_err(|e| e.to_string())?;
-        let pending = stages
-            .iter()
-            .any(|v| v.stages.iter().any(|s| s == Stage::Pending.label()));
-        let changed = store.changed_at(&e.name).map_err(|e| e.to_string())?;
+        let read = || -> Result<_, StoreError> {
+            Ok((store.stages(&e.name)?, store.changed_at(&e.name)?))
+        };
+        let (stages, changed) = match read() {
+            Ok(read) => read,
+            Err(error @ StoreError::Malformed { .. }) => {
+                // One unreadable secret is its own failure, not the run's.
+                skipped.push(Rotated {
+                    secret: e.name.clone(),
+                    outcome: Outcome::Failed,
+                    detail: format!("{error}: not rotated; fix its value first"),
+                });
+                continue;
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        let unfinished = inventory::unfinished(Some(&e), &stages).is_some();
         let Some(changed) = changed else {
             continue;
         };
         let overdue = inventory::due_at(changed, e.rotation_days) <= now;
-        if !overdue && !pending {
+        if !overdue && !unfinished {
             continue;
         }
         match &e.rotation {
