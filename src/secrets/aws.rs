@@ -621,6 +621,25 @@ mod tests {
     }
 
     #[test]
+    fn the_loser_of_a_creation_race_gets_one_line_with_the_service_code() {
+        let moto = Moto::start().unwrap();
+        let store = store(&moto, "kisum/test/");
+        let keys = BTreeMap::from([("token".to_string(), "hunter2-first".to_string())]);
+        store.put("raced", &keys, false).unwrap();
+        // The second creator planned before the first one wrote.
+        let error = store.put("raced", &keys, false).unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "raced: creating the secret: Secrets Manager answered ResourceExistsException"
+            ),
+            "{error}"
+        );
+        for dump in ["{ ", "ErrorMetadata", "hunter2", "\n"] {
+            assert!(!error.contains(dump), "{error}");
+        }
+    }
+
+    #[test]
     fn a_value_that_is_not_a_json_object_is_refused_without_quoting_it() {
         let moto = Moto::start().unwrap();
         let store = store(&moto, "kisum/test/");

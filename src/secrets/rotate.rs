@@ -101,11 +101,16 @@ pub fn select(
         let (stages, changed) = match read() {
             Ok(read) => read,
             Err(error @ StoreError::Malformed { .. }) => {
-                // One unreadable secret is its own failure, not the run's.
+                // One unreadable secret is its own problem, not the run's;
+                // a failure only where `rotate` would have rotated it.
+                let (outcome, by) = match &e.rotation {
+                    Rotation::Elsewhere { by } => (Outcome::Skipped, format!("; rotated by {by}")),
+                    _ => (Outcome::Failed, String::new()),
+                };
                 skipped.push(Rotated {
                     secret: e.name.clone(),
-                    outcome: Outcome::Failed,
-                    detail: format!("{error}: not rotated; fix its value first"),
+                    outcome,
+                    detail: format!("{error}: not rotated, fix its value first{by}"),
                 });
                 continue;
             }
