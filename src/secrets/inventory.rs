@@ -66,6 +66,9 @@ pub struct Expected {
     pub keys: Vec<(String, Source)>,
     /// Why it has no use here; such a secret is neither made nor missed.
     pub not_here: Option<String>,
+    /// Used when present, not missed when absent (the self-signed
+    /// certificates of `local`, which serves plain HTTP until `tls issue`).
+    pub optional: bool,
     pub rotation: Rotation,
 }
 
@@ -97,14 +100,22 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
                     SecretCategory::DatabaseCredential
                     | SecretCategory::DatabaseMigrationCredential,
                 ) if key != "password" => written("kisumctl db provision"),
-                (Generation::Password, SecretCategory::RedisCredential) if key != "password" => {
+                // deploy local makes them on local only; elsewhere a person
+                // creates the user or fixture and puts its details here.
+                (Generation::Password, SecretCategory::RedisCredential)
+                    if key != "password" && env.name == "local" =>
+                {
                     written("kisumctl deploy local (the Redis ACL users)")
                 }
                 (Generation::Password, SecretCategory::SmokeTestCredential)
-                    if !key.ends_with("password") =>
+                    if !key.ends_with("password") && env.name == "local" =>
                 {
                     written("kisumctl deploy local (the smoke fixtures)")
                 }
+                (
+                    Generation::Password,
+                    SecretCategory::RedisCredential | SecretCategory::SmokeTestCredential,
+                ) if !key.ends_with("password") => Source::Supplied,
                 (Generation::Password, _) if key == "password" || key.ends_with("-password") => {
                     Source::Generated
                 }
@@ -121,6 +132,7 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
             rotation_days: spec.rotation_days,
             keys: keys.clone(),
             not_here,
+            optional: false,
             rotation: rotation.clone(),
         };
         let acme = env.file.tls.mode == TlsMode::Acme;
@@ -132,8 +144,17 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
                             .into_iter()
                             .map(|host| entry(host.secret, None)),
                     );
+                } else if env.file.tls.mode == TlsMode::SelfSigned {
+                    all.extend(crate::tls::hosts(env).into_iter().map(|host| Expected {
+                        optional: true,
+                        ..entry(host.secret, None)
+                    }));
                 } else {
-                    all.push(entry(id.clone(), Some(not_acme(env))));
+                    let reason = format!(
+                        "tls.mode of {} is disabled: no certificate is kept in the store",
+                        env.name
+                    );
+                    all.push(entry(id.clone(), Some(reason)));
                 }
             }
             SecretCategory::AcmeAccountKey if !acme => {
@@ -184,7 +205,7 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
 
 fn not_acme(env: &Environment) -> String {
     format!(
-        "tls.mode of {} is not acme: no certificate is kept in the store",
+        "tls.mode of {} is not acme: no ACME account is used",
         env.name
     )
 }
@@ -673,7 +694,12 @@ pub fn check(
         .chain(bookkeeping(env))
         .collect();
     let plan = plan(env, store)?;
+    let optional = |name: &str| expected.iter().any(|e| e.name == name && e.optional);
     for planned in &plan.secrets {
+        let nothing = planned.keys.iter().all(|k| k.action == Action::Awaits);
+        if optional(&planned.name) && nothing {
+            continue;
+        }
         if planned.action == Action::Unreadable {
             findings.push(Finding {
                 kind: FindingKind::Unreadable,
@@ -821,7 +847,10 @@ mod tests {
             .unwrap();
         assert_eq!(smoke.rotation, Rotation::AuthAccounts);
         let find = |name: &str| all.iter().find(|e| e.name == name).unwrap();
-        assert!(find("tls-certificates").not_here.is_some());
+        // The self-signed certificates local's TLS mode writes: used when
+        // there, not missed when not.
+        assert!(all.iter().all(|e| e.name != "tls-certificates"));
+        assert!(find("tls-auth").not_here.is_none() && find("tls-auth").optional);
         assert!(find("auth-postgres-superuser").not_here.is_some());
         assert!(find("internal-credential-auth").not_here.is_none());
     }

@@ -556,7 +556,8 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
         &mut seen,
     ));
     assert_eq!(secret(&plan, "billing-provider-key")["action"], "present");
-    assert_eq!(secret(&plan, "tls-certificates")["action"], "not-here");
+    // local's self-signed certificates are its own: awaited, never missed.
+    assert_eq!(secret(&plan, "tls-auth")["action"], "awaits");
     assert_eq!(
         secret(&plan, "auth-postgres-superuser")["action"],
         "not-here"
@@ -592,6 +593,30 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
             .any(|f| f["kind"] == "missing" && f["secret"] == "email-provider-key"),
         "{check}"
     );
+    let about_tls = |check: &Value| {
+        check["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["secret"].as_str().unwrap().starts_with("tls-"))
+    };
+    assert!(!about_tls(&check), "not issued is not missing: {check}");
+    // The self-signed certificates local's TLS mode writes are its own.
+    expect(&site, &["tls", "issue", "local"], 0, &mut seen);
+    let check = json(&expect(
+        &site,
+        &["secrets", "check", "local", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    assert!(!about_tls(&check), "{check}");
+    let listed = json(&expect(
+        &site,
+        &["secrets", "list", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    assert_eq!(secret(&listed, "tls-auth")["inventory"], "tls-certificates");
 
     let rotate = [
         "secrets",
