@@ -4,6 +4,7 @@
 // which survives a closed pipe; `print!` and friends panic there.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+mod aws;
 mod backup;
 mod cli;
 mod cluster;

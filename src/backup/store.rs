@@ -279,6 +279,8 @@ pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// Where it is, for error messages.
+    service: crate::aws::Service,
 }
 
 /// How to reach S3.
@@ -325,6 +327,7 @@ impl S3Store {
             None => config,
         };
         S3Store {
+            service: crate::aws::Service::new("S3", "S3", settings.endpoint.as_deref()),
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: settings.bucket,
             prefix: settings.prefix,
@@ -350,7 +353,10 @@ impl S3Store {
                 .body(body)
                 .send()
                 .await
-                .with_context(|| format!("uploading s3://{}/{key}", self.bucket))?;
+                .map_err(|e| {
+                    let what = format!("uploading s3://{}/{key}", self.bucket);
+                    self.service.error(&what, e)
+                })?;
             return Ok(());
         }
         self.upload_in_parts(key, path).await
@@ -365,7 +371,7 @@ impl S3Store {
             .key(key)
             .send()
             .await
-            .with_context(what)?;
+            .map_err(|e| self.service.error(&what(), e))?;
         let upload_id = upload.upload_id().context("no upload id")?.to_string();
         let result = self.send_parts(key, path, &upload_id).await;
         match result {
@@ -382,7 +388,7 @@ impl S3Store {
                     )
                     .send()
                     .await
-                    .with_context(what)?;
+                    .map_err(|e| self.service.error(&what(), e))?;
                 Ok(())
             }
             Err(error) => {
@@ -427,7 +433,11 @@ impl S3Store {
                 .part_number(number)
                 .body(ByteStream::from(chunk))
                 .send()
-                .await?;
+                .await
+                .map_err(|e| {
+                    let what = format!("uploading part {number} of s3://{}/{key}", self.bucket);
+                    self.service.error(&what, e)
+                })?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -447,7 +457,7 @@ impl S3Store {
             .key(key)
             .send()
             .await
-            .with_context(what)?;
+            .map_err(|e| self.service.error(&what(), e))?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -474,7 +484,10 @@ impl S3Store {
             .body(ByteStream::from(json.as_bytes().to_vec()))
             .send()
             .await
-            .with_context(|| format!("uploading s3://{}/{key}", self.bucket))?;
+            .map_err(|e| {
+                self.service
+                    .error(&format!("uploading s3://{}/{key}", self.bucket), e)
+            })?;
         Ok(())
     }
 
@@ -505,7 +518,10 @@ impl S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.with_context(|| format!("listing s3://{}/{prefix}", self.bucket))?;
+            let page = page.map_err(|e| {
+                self.service
+                    .error(&format!("listing s3://{}/{prefix}", self.bucket), e)
+            })?;
             keys.extend(
                 page.contents()
                     .iter()
@@ -525,7 +541,7 @@ impl S3Store {
             .key(key)
             .send()
             .await
-            .with_context(what)?;
+            .map_err(|e| self.service.error(&what(), e))?;
         let bytes = object.body.collect().await.with_context(what)?;
         Ok(bytes.into_bytes().to_vec())
     }
@@ -602,7 +618,10 @@ impl BackupStore for S3Store {
                 .key(&key)
                 .send()
                 .await
-                .with_context(|| format!("deleting s3://{}/{key}", self.bucket))?;
+                .map_err(|e| {
+                    let what = format!("deleting s3://{}/{key}", self.bucket);
+                    self.service.error(&what, e)
+                })?;
         }
         Ok(())
     }

@@ -103,6 +103,10 @@ enum State {
     Failed,
     /// Not run: a part it needs did not go well.
     Skipped,
+    /// Records (or certificates of their hosts) another owner holds:
+    /// left alone, everything else planned or applied (`dns apply`'s exit
+    /// 1).
+    Conflict,
 }
 
 impl State {
@@ -115,6 +119,7 @@ impl State {
             State::Applied => "applied",
             State::Failed => "failed",
             State::Skipped => "skipped",
+            State::Conflict => "conflict",
         }
     }
 
@@ -131,6 +136,13 @@ struct Part {
     part: &'static str,
     state: State,
     summary: String,
+    /// What needs a person, one line each (a DNS conflict per record).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
+    /// Whether `apply` has something to do in it (a part with conflicts
+    /// may have other changes).
+    #[serde(skip)]
+    changes: bool,
     /// The part's own plan or result, as its command's JSON has it.
     detail: Value,
 }
@@ -141,6 +153,8 @@ impl Part {
             part,
             state,
             summary: summary.into(),
+            problems: Vec::new(),
+            changes: state == State::Changes,
             detail: Value::Null,
         }
     }
@@ -177,7 +191,7 @@ pub fn plan(dir: &Path, args: PlanArgs) -> anyhow::Result<Exit> {
             parts
         });
         report(env, &parts, false, output)?;
-        Ok(if parts.iter().any(|p| p.state == State::Unavailable) {
+        Ok(if parts.iter().any(|p| !p.state.fine()) {
             Exit::CheckFailed
         } else {
             Exit::Clean
@@ -193,9 +207,13 @@ pub fn apply(dir: &Path, args: ApplyArgs) -> anyhow::Result<Exit> {
         let parts: Vec<Part> = runtime.block_on(async {
             let mut parts: Vec<Part> = Vec::new();
             for part in ORDER {
-                let blocked = needs(part)
-                    .iter()
-                    .find(|need| parts.iter().any(|p| p.part == **need && !p.state.fine()));
+                // A conflict holds back only what it concerns (`tls`
+                // refuses the hosts with a DNS conflict itself).
+                let blocked = needs(part).iter().find(|need| {
+                    parts
+                        .iter()
+                        .any(|p| p.part == **need && !p.state.fine() && p.state != State::Conflict)
+                });
                 if let Some(need) = blocked {
                     let skipped = Part::new(
                         part,
@@ -207,7 +225,7 @@ pub fn apply(dir: &Path, args: ApplyArgs) -> anyhow::Result<Exit> {
                     continue;
                 }
                 let planned = plan_part(&cx, part).await;
-                let done = if planned.state == State::Changes {
+                let done = if planned.changes {
                     errln!(
                         "apply {}: {part}: {}",
                         env.name,
@@ -268,7 +286,9 @@ async fn plan_part(cx: &Context<'_>, part: &'static str) -> Part {
         "databases" => plan_databases(cx).await,
         _ => plan_manifests(cx),
     };
-    planned.unwrap_or_else(|reason| Part::new(part, State::Unavailable, reason))
+    let mut planned = planned.unwrap_or_else(|reason| Part::new(part, State::Unavailable, reason));
+    planned.changes |= planned.state == State::Changes;
+    planned
 }
 
 fn plan_secrets(cx: &Context) -> Result<Part, String> {
@@ -288,6 +308,8 @@ fn plan_secrets(cx: &Context) -> Result<Part, String> {
     );
     Ok(Part {
         part: "secrets",
+        problems: Vec::new(),
+        changes: false,
         state,
         summary,
         detail: json!({ "backend": plan.backend, "secrets": plan.secrets }),
@@ -313,12 +335,13 @@ fn dns_part(plan: &dns::Plan, applied: bool) -> Part {
     use crate::dns::plan::Action as Dns;
     let changes = plan.count(Dns::Create) + plan.count(Dns::Update) + plan.count(Dns::Delete);
     let summary = dns::summary(plan);
-    let state = if applied {
-        if plan.failed() > 0 {
-            State::Failed
-        } else {
-            State::Applied
-        }
+    let conflicts = plan.conflicts();
+    let state = if applied && plan.failed() > 0 {
+        State::Failed
+    } else if !conflicts.is_empty() {
+        State::Conflict
+    } else if applied {
+        State::Applied
     } else if changes > 0 {
         State::Changes
     } else {
@@ -327,6 +350,11 @@ fn dns_part(plan: &dns::Plan, applied: bool) -> Part {
     Part {
         part: "dns",
         state,
+        problems: conflicts
+            .into_iter()
+            .map(|c| format!("conflict {c}: see `kisumctl dns plan {}`", plan.environment))
+            .collect(),
+        changes: !applied && changes > 0,
         summary: format!(
             "{} to create, {} to update, {} to delete, {} conflict(s), {} unchanged{}",
             summary["create"],
@@ -363,6 +391,8 @@ fn plan_tls(cx: &Context) -> Result<Part, String> {
         .count();
     Ok(Part {
         part: "tls",
+        problems: Vec::new(),
+        changes: false,
         state: if issue + renew > 0 {
             State::Changes
         } else {
@@ -433,6 +463,8 @@ async fn plan_databases(cx: &Context<'_>) -> Result<Part, String> {
     );
     Ok(Part {
         part: "databases",
+        problems: Vec::new(),
+        changes: false,
         state: if current {
             State::InSync
         } else {
@@ -498,6 +530,8 @@ fn plan_manifests(cx: &Context) -> Result<Part, String> {
     };
     Ok(Part {
         part: "manifests",
+        problems: Vec::new(),
+        changes: false,
         state,
         summary: format!(
             "{} file(s) in {}: {} changed, {} missing, {} extra",
@@ -537,6 +571,8 @@ fn apply_secrets(cx: &Context) -> Result<Part, String> {
     .map_err(|e| format!("{e:#}"))?;
     Ok(Part {
         part: "secrets",
+        problems: Vec::new(),
+        changes: false,
         state: State::Applied,
         summary: format!(
             "{written} key(s) generated; {} to be supplied by a person",
@@ -567,21 +603,34 @@ async fn apply_tls(cx: &Context<'_>, args: &ApplyArgs) -> Result<Part, String> {
     let results = tls::acme::issue(cx.env, cx.store()?, &settings, &due)
         .await
         .map_err(|e| format!("{e:#}"))?;
+    use tls::acme::IssueOutcome;
     let failed = results
         .iter()
-        .filter(|r| matches!(r.outcome, tls::acme::IssueOutcome::Failed { .. }))
+        .filter(|r| matches!(r.outcome, IssueOutcome::Failed { .. }))
         .count();
+    let problems: Vec<String> = results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            IssueOutcome::Refused { reason } => Some(format!("{} refused: {reason}", r.host.host)),
+            _ => None,
+        })
+        .collect();
     Ok(Part {
         part: "tls",
         state: if failed > 0 {
             State::Failed
+        } else if !problems.is_empty() {
+            State::Conflict
         } else {
             State::Applied
         },
         summary: format!(
-            "{} certificate(s) obtained, {failed} failed",
-            results.len() - failed
+            "{} certificate(s) obtained, {failed} failed, {} refused",
+            results.len() - failed - problems.len(),
+            problems.len()
         ),
+        problems,
+        changes: false,
         detail: json!({ "results": results }),
     })
 }
@@ -624,6 +673,8 @@ async fn apply_databases(cx: &Context<'_>) -> Result<Part, String> {
     }
     Ok(Part {
         part: "databases",
+        problems: Vec::new(),
+        changes: false,
         state: State::Applied,
         summary: format!(
             "{} database(s) provisioned ({} object(s) created or updated); {applied} \
@@ -648,6 +699,8 @@ fn apply_manifests(cx: &Context) -> Result<Part, String> {
         .map_err(|e| format!("writing {}: {e}", target.display()))?;
     Ok(Part {
         part: "manifests",
+        problems: Vec::new(),
+        changes: false,
         state: State::Applied,
         summary: format!(
             "{} file(s) in {}, {} changed",
@@ -689,6 +742,11 @@ fn report(
                 })
                 .collect();
             out!("{}", table(&["PART", "STATE", "SUMMARY"], &rows));
+            for part in parts {
+                for problem in &part.problems {
+                    outln!("{}: {}", part.part, printable(problem));
+                }
+            }
         }
     }
     Ok(())

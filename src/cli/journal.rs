@@ -12,6 +12,7 @@ use crate::ops::journal::{self, Record};
 /// `--dry-run` or `--status` changes nothing and is not recorded.
 const MUTATING: &[&str] = &[
     "deploy",
+    "rollback",
     "down",
     "db provision",
     "db migrate",
@@ -24,6 +25,9 @@ const MUTATING: &[&str] = &[
     "dns cutover",
     "tls issue",
     "tls renew",
+    "secrets apply",
+    "secrets rotate",
+    "apply",
     "smoke",
     "access invalidate",
 ];
@@ -31,9 +35,10 @@ const MUTATING: &[&str] = &[
 /// The operation journal of an environment: who ran which mutating
 /// command, when, with what result and for how long.
 ///
-/// Every run of deploy, down, db provision and migrate, backup (and
-/// prune), restore, drill, rotate-jwt-key, dns apply and cutover, tls
-/// issue and renew, smoke and access invalidate appends one record to
+/// Every run of deploy, rollback, down, db provision and migrate, backup
+/// (and prune), restore, drill, rotate-jwt-key, dns apply and cutover, tls
+/// issue and renew, secrets apply and rotate, apply, smoke and access
+/// invalidate appends one record to
 /// `<state-dir>/journal.jsonl` of its environment (dry runs, status
 /// queries and runs refused as unusable input excepted). `who` is `KISUM_ACTOR` when set, else user@host.
 #[derive(Debug, clap::Args)]

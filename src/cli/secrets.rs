@@ -37,18 +37,22 @@ enum Command {
     /// generate (passwords, tokens, the first JWT key set and its JWKS),
     /// present (never overwritten), awaits (written by another command,
     /// named), must-supply (third-party keys and administrative logins,
-    /// never invented), not-here (no use in this environment).
+    /// never invented), not-here (no use in this environment), unreadable
+    /// (a stored value not in the backend's shape: the reason, never the
+    /// value).
     Plan(EnvArgs),
     /// Generate the missing passwords, tokens and key sets, one version per
-    /// secret; never overwrite a value.
+    /// secret; never overwrite a value. A secret whose value cannot be read
+    /// is left alone (exit 1).
     Apply(EnvArgs),
     /// Keys, versions and stages, last change and rotation due date of
     /// every secret of the inventory and of the backend.
     List(EnvArgs),
     Rotate(RotateArgs),
     /// Report missing secrets and keys, secrets past their rotation date
-    /// (`rotation-days`), secrets in the backend nothing refers to, and
-    /// unfinished rotations; exit 1 when there is any.
+    /// (`rotation-days`), secrets in the backend nothing refers to,
+    /// unreadable values (each secret on its own), and unfinished rotations
+    /// with the command that finishes them; exit 1 when there is any.
     Check(EnvArgs),
 }
 
@@ -186,6 +190,16 @@ fn plan(
         errln!("error: {}", printable(error));
         return Ok(Exit::OperationFailed);
     }
+    let unreadable = plan.count(Action::Unreadable);
+    if apply && unreadable > 0 {
+        errln!(
+            "secrets {}: {unreadable} secret(s) left alone because their value cannot be read \
+             (see `kisumctl secrets check {}`)",
+            env.name,
+            env.name
+        );
+        return Ok(Exit::CheckFailed);
+    }
     Ok(Exit::Clean)
 }
 
@@ -197,6 +211,7 @@ fn summary(plan: &Plan) -> serde_json::Value {
         "awaits": plan.count(Action::Awaits),
         "must_supply": plan.count(Action::MustSupply),
         "not_here": plan.count(Action::NotHere),
+        "unreadable": plan.count(Action::Unreadable),
     })
 }
 
@@ -230,13 +245,14 @@ fn plan_text(plan: &Plan, applied: bool) -> String {
     out += &table(&["ACTION", "SECRET", "KEYS", "NOTE"], &rows);
     out += &format!(
         "\n{} to generate ({} key(s)), {} present, {} awaiting another command, {} to be \
-         supplied, {} not used here\n",
+         supplied, {} not used here, {} unreadable\n",
         plan.count(Action::Generate),
         plan.to_generate().len(),
         plan.count(Action::Present),
         plan.count(Action::Awaits),
         plan.count(Action::MustSupply),
-        plan.count(Action::NotHere)
+        plan.count(Action::NotHere),
+        plan.count(Action::Unreadable)
     );
     out
 }
@@ -280,9 +296,13 @@ fn list(
                 (Some(due), false) => due.clone(),
                 (None, _) => "-".into(),
             };
+            let keys = match &s.unreadable {
+                Some(problem) => format!("UNREADABLE: {}", printable(problem)),
+                None => s.keys.join(", "),
+            };
             vec![
                 s.name.clone(),
-                s.keys.join(", "),
+                keys,
                 versions,
                 s.changed.clone().unwrap_or_else(|| "-".into()),
                 due,

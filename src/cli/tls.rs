@@ -26,9 +26,12 @@ use crate::tls::{self, HostStatus, Thresholds, TlsHost};
 /// created on first use. Domain control is proven with DNS-01 through
 /// Route53 (TXT records `_acme-challenge.<host>`, removed afterwards) or,
 /// where the matrix chooses `http-01`, by serving the token on
-/// `tls.http01-listen`. Exit 0 when done, 1 when `status` finds a
-/// certificate under the alert threshold (or missing, expired, invalid) or
-/// `renew` finds one never issued, 2 for unusable input, 3 when an
+/// `tls.http01-listen`. With DNS-01 where kisumctl manages the records, a
+/// host whose name or challenge name has a DNS ownership conflict (`dns
+/// plan`) is refused, reported on its own; the others are issued. Exit 0
+/// when done, 1 when `status` finds a certificate under the alert
+/// threshold (or missing, expired, invalid), `issue` refused a host, or
+/// `renew` finds one never issued (named), 2 for unusable input, 3 when an
 /// issuance or the secret store failed.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -245,6 +248,10 @@ fn obtain(
         .iter()
         .filter(|r| matches!(r.outcome, IssueOutcome::Failed { .. }))
         .count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r.outcome, IssueOutcome::Refused { .. }))
+        .count();
     match output {
         OutputFormat::Json => {
             let document = json!({
@@ -255,6 +262,7 @@ fn obtain(
                 "dry_run": dry_run,
                 "results": results,
                 "failed": failed,
+                "refused": refused,
                 "not_issued": never.iter().map(|s| &s.host).collect::<Vec<_>>(),
             });
             outln!("{}", serde_json::to_string_pretty(&document)?);
@@ -274,8 +282,21 @@ fn obtain(
             } else {
                 results.iter().map(result_row).collect()
             };
-            if rows.is_empty() {
-                outln!("tls {}: nothing to do", env.name);
+            if rows.is_empty() && never.is_empty() {
+                let what = if renew { "renew" } else { "issue" };
+                outln!("tls {}: nothing to {what}", env.name);
+            } else if rows.is_empty() {
+                outln!(
+                    "tls {}: nothing is due for renewal, but {} host(s) have no certificate to \
+                     renew: {}",
+                    env.name,
+                    never.len(),
+                    never
+                        .iter()
+                        .map(|s| format!("{} ({})", s.host.host, s.health.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             } else {
                 out!("{}", table(&["HOST", "SECRET", "RESULT", "DETAIL"], &rows));
             }
@@ -293,7 +314,7 @@ fn obtain(
     }
     Ok(if failed > 0 {
         Exit::OperationFailed
-    } else if renew && !never.is_empty() {
+    } else if refused > 0 || (renew && !never.is_empty()) {
         Exit::CheckFailed
     } else {
         Exit::Clean
@@ -304,6 +325,7 @@ fn result_row(result: &Issued) -> Vec<String> {
     let (status, detail) = match &result.outcome {
         IssueOutcome::Issued { expires } => ("issued", format!("expires {expires}")),
         IssueOutcome::Failed { error } => ("FAILED", printable(error)),
+        IssueOutcome::Refused { reason } => ("REFUSED", printable(reason)),
     };
     vec![
         result.host.host.clone(),

@@ -47,6 +47,28 @@ impl Plan {
         self.records().filter(|p| p.action == action).count()
     }
 
+    /// The conflicts, one line each: `NAME TYPE: why`.
+    pub fn conflicts(&self) -> Vec<String> {
+        self.records()
+            .filter(|p| p.action == Action::Conflict)
+            .map(|p| {
+                format!(
+                    "{} {}: {}",
+                    p.name,
+                    p.rtype.as_str(),
+                    p.reason.as_deref().unwrap_or("not kisumctl's")
+                )
+            })
+            .collect()
+    }
+
+    /// The conflict at record name `name`, if any.
+    pub fn conflict_at(&self, name: &str) -> Option<&Planned> {
+        let name = records::normal_name(name);
+        self.records()
+            .find(|p| p.action == Action::Conflict && records::normal_name(&p.name) == name)
+    }
+
     pub fn failed(&self) -> usize {
         self.records()
             .filter(|p| matches!(p.outcome, Some(Outcome::Failed { .. })))

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use aws_sdk_route53::error::ProvideErrorMetadata;
 use aws_sdk_route53::types::{
     AliasTarget, Change as SdkChange, ChangeAction as SdkAction, ChangeBatch, ChangeStatus,
@@ -26,6 +26,8 @@ const DEFAULT_ATTEMPTS: u32 = 8;
 
 pub struct Route53 {
     client: aws_sdk_route53::Client,
+    /// Where it is, for error messages.
+    service: crate::aws::Service,
 }
 
 /// Why a change batch failed.
@@ -72,6 +74,7 @@ impl Route53 {
         }
         Route53 {
             client: aws_sdk_route53::Client::from_conf(config.build()),
+            service: crate::aws::Service::new("Route53", "ROUTE_53", endpoint),
         }
     }
 
@@ -90,7 +93,7 @@ impl Route53 {
             let page = request
                 .send()
                 .await
-                .map_err(|e| sdk_error("listing hosted zones", e))?;
+                .map_err(|e| self.service.error("listing hosted zones", e))?;
             let mut past = false;
             for zone in page.hosted_zones() {
                 if zone.name() != wanted {
@@ -139,10 +142,10 @@ impl Route53 {
                     .start_record_type(rtype)
                     .set_start_record_identifier(id);
             }
-            let page = request
-                .send()
-                .await
-                .map_err(|e| sdk_error(&format!("listing the records of zone {zone_id}"), e))?;
+            let page = request.send().await.map_err(|e| {
+                self.service
+                    .error(&format!("listing the records of zone {zone_id}"), e)
+            })?;
             for set in page.resource_record_sets() {
                 let name = normal_name(set.name());
                 match known(set) {
@@ -184,7 +187,10 @@ impl Route53 {
             .max_items(1)
             .send()
             .await
-            .map_err(|e| sdk_error(&format!("reading {name} in zone {zone_id}"), e))?;
+            .map_err(|e| {
+                self.service
+                    .error(&format!("reading {name} in zone {zone_id}"), e)
+            })?;
         Ok(page
             .resource_record_sets()
             .iter()
@@ -228,7 +234,7 @@ impl Route53 {
                     Err(ChangeError::Refused(message))
                 } else {
                     let what = format!("changing the records of zone {zone_id}");
-                    Err(ChangeError::Other(sdk_error(&what, error)))
+                    Err(ChangeError::Other(self.service.error(&what, error)))
                 }
             }
         }
@@ -249,7 +255,7 @@ impl Route53 {
                 .id(id)
                 .send()
                 .await
-                .map_err(|e| sdk_error(&format!("reading change {id}"), e))?;
+                .map_err(|e| self.service.error(&format!("reading change {id}"), e))?;
             let status = change.change_info().map(|i| i.status());
             if status == Some(&ChangeStatus::Insync) {
                 return Ok(());
@@ -328,18 +334,4 @@ fn to_sdk(change: &Change) -> Result<SdkChange> {
         .action(action)
         .resource_record_set(builder.build()?)
         .build()?)
-}
-
-/// An SDK error as one line: what was done, the service's code and
-/// message, or the transport problem.
-fn sdk_error<E, R>(what: &str, error: aws_sdk_route53::error::SdkError<E, R>) -> anyhow::Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    match (error.code(), error.message()) {
-        (Some(code), Some(message)) => anyhow!("{what}: Route53 answered {code}: {message}"),
-        (Some(code), None) => anyhow!("{what}: Route53 answered {code}"),
-        _ => anyhow!(aws_sdk_route53::error::DisplayErrorContext(error)).context(what.to_string()),
-    }
 }

@@ -16,7 +16,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 
 use super::{Secret, SecretStore, SecretVersion, Stage, Staged, StoreError, check_name};
@@ -150,11 +151,19 @@ impl SecretsManager {
         })
     }
 
-    fn error(&self, secret: &str, what: &str, error: impl std::error::Error) -> StoreError {
+    fn error<E>(&self, secret: &str, what: &str, error: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let service = crate::aws::Service::new(
+            "Secrets Manager",
+            "SECRETS_MANAGER",
+            self.settings.endpoint.as_deref(),
+        );
         StoreError::Remote {
             store: self.describe(),
             secret: secret.to_string(),
-            message: format!("{what}: {}", DisplayErrorContext(&error)),
+            message: service.describe(what, &error),
         }
     }
 
@@ -188,13 +197,12 @@ impl SecretsManager {
             Err(error) => return Err(self.error(secret, &format!("reading {stage}"), error)),
         };
         let text = output.secret_string().unwrap_or_default();
-        // The value is never quoted back: it may be a credential.
-        let keys = serde_json::from_str(text).map_err(|_| StoreError::Remote {
+        let malformed = |message: String| StoreError::Malformed {
             store: self.describe(),
             secret: secret.to_string(),
-            message: format!("{stage} is not a JSON object of string values"),
-        })?;
-        Ok(Some(keys))
+            message,
+        };
+        Ok(Some(keys_of(text, stage).map_err(malformed)?))
     }
 
     /// Moves `stage` to version `to` (from whichever version has it).
@@ -270,6 +278,47 @@ impl SecretsManager {
             .map(|_| ())
             .map_err(|e| self.error(secret, "creating the secret", e))
         }
+    }
+}
+
+/// The keys of a stored value: a JSON object of strings. The value is
+/// never quoted back (it may be a credential): the message names the
+/// stage, and the key whose value is not a string.
+fn keys_of(text: &str, stage: &str) -> Result<BTreeMap<String, String>, String> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| format!("{stage} is not JSON (a JSON object of string values is expected)"))?;
+    let serde_json::Value::Object(object) = value else {
+        return Err(format!(
+            "{stage} is not a JSON object of string values (it is a JSON {})",
+            kind(&value)
+        ));
+    };
+    let mut keys = BTreeMap::new();
+    for (key, value) in object {
+        match value {
+            serde_json::Value::String(text) => {
+                keys.insert(key, text);
+            }
+            other => {
+                return Err(format!(
+                    "key `{}` of {stage} is a JSON {}, not a string",
+                    key.escape_debug(),
+                    kind(&other)
+                ));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
     }
 }
 
@@ -572,6 +621,25 @@ mod tests {
     }
 
     #[test]
+    fn the_loser_of_a_creation_race_gets_one_line_with_the_service_code() {
+        let moto = Moto::start().unwrap();
+        let store = store(&moto, "kisum/test/");
+        let keys = BTreeMap::from([("token".to_string(), "hunter2-first".to_string())]);
+        store.put("raced", &keys, false).unwrap();
+        // The second creator planned before the first one wrote.
+        let error = store.put("raced", &keys, false).unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "raced: creating the secret: Secrets Manager answered ResourceExistsException"
+            ),
+            "{error}"
+        );
+        for dump in ["{ ", "ErrorMetadata", "hunter2", "\n"] {
+            assert!(!error.contains(dump), "{error}");
+        }
+    }
+
+    #[test]
     fn a_value_that_is_not_a_json_object_is_refused_without_quoting_it() {
         let moto = Moto::start().unwrap();
         let store = store(&moto, "kisum/test/");
@@ -583,7 +651,7 @@ mod tests {
             .send();
         store.call(create).unwrap();
         let error = store.read("broken", "k").unwrap_err().to_string();
-        assert!(error.contains("not a JSON object"), "{error}");
+        assert!(error.contains("is not JSON"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
     }
 }

@@ -66,6 +66,9 @@ pub struct Expected {
     pub keys: Vec<(String, Source)>,
     /// Why it has no use here; such a secret is neither made nor missed.
     pub not_here: Option<String>,
+    /// Used when present, not missed when absent (the self-signed
+    /// certificates of `local`, which serves plain HTTP until `tls issue`).
+    pub optional: bool,
     pub rotation: Rotation,
 }
 
@@ -97,14 +100,22 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
                     SecretCategory::DatabaseCredential
                     | SecretCategory::DatabaseMigrationCredential,
                 ) if key != "password" => written("kisumctl db provision"),
-                (Generation::Password, SecretCategory::RedisCredential) if key != "password" => {
+                // deploy local makes them on local only; elsewhere a person
+                // creates the user or fixture and puts its details here.
+                (Generation::Password, SecretCategory::RedisCredential)
+                    if key != "password" && env.name == "local" =>
+                {
                     written("kisumctl deploy local (the Redis ACL users)")
                 }
                 (Generation::Password, SecretCategory::SmokeTestCredential)
-                    if !key.ends_with("password") =>
+                    if !key.ends_with("password") && env.name == "local" =>
                 {
                     written("kisumctl deploy local (the smoke fixtures)")
                 }
+                (
+                    Generation::Password,
+                    SecretCategory::RedisCredential | SecretCategory::SmokeTestCredential,
+                ) if !key.ends_with("password") => Source::Supplied,
                 (Generation::Password, _) if key == "password" || key.ends_with("-password") => {
                     Source::Generated
                 }
@@ -121,6 +132,7 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
             rotation_days: spec.rotation_days,
             keys: keys.clone(),
             not_here,
+            optional: false,
             rotation: rotation.clone(),
         };
         let acme = env.file.tls.mode == TlsMode::Acme;
@@ -132,8 +144,17 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
                             .into_iter()
                             .map(|host| entry(host.secret, None)),
                     );
+                } else if env.file.tls.mode == TlsMode::SelfSigned {
+                    all.extend(crate::tls::hosts(env).into_iter().map(|host| Expected {
+                        optional: true,
+                        ..entry(host.secret, None)
+                    }));
                 } else {
-                    all.push(entry(id.clone(), Some(not_acme(env))));
+                    let reason = format!(
+                        "tls.mode of {} is disabled: no certificate is kept in the store",
+                        env.name
+                    );
+                    all.push(entry(id.clone(), Some(reason)));
                 }
             }
             SecretCategory::AcmeAccountKey if !acme => {
@@ -184,7 +205,7 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
 
 fn not_acme(env: &Environment) -> String {
     format!(
-        "tls.mode of {} is not acme: no certificate is kept in the store",
+        "tls.mode of {} is not acme: no ACME account is used",
         env.name
     )
 }
@@ -253,6 +274,9 @@ pub enum Action {
     MustSupply,
     /// No use in this environment.
     NotHere,
+    /// The stored value cannot be read (not in the backend's shape): a
+    /// person fixes it; `apply` leaves it alone.
+    Unreadable,
 }
 
 impl Action {
@@ -263,6 +287,7 @@ impl Action {
             Action::Awaits => "awaits",
             Action::MustSupply => "must-supply",
             Action::NotHere => "not-here",
+            Action::Unreadable => "unreadable",
         }
     }
 }
@@ -333,7 +358,14 @@ pub fn plan(env: &Environment, store: &dyn SecretStore) -> Result<Plan, StoreErr
             });
             continue;
         }
-        let present: BTreeSet<String> = store.keys(&expected.name)?.into_iter().collect();
+        let present: BTreeSet<String> = match store.keys(&expected.name) {
+            Ok(keys) => keys.into_iter().collect(),
+            Err(error @ StoreError::Malformed { .. }) => {
+                secrets.push(unreadable(expected, &error));
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let keys: Vec<PlannedKey> = expected
             .keys
             .iter()
@@ -385,6 +417,38 @@ pub fn plan(env: &Environment, store: &dyn SecretStore) -> Result<Plan, StoreErr
         backend: store.describe(),
         secrets,
     })
+}
+
+/// A secret whose stored value cannot be read: every key unreadable, the
+/// reason (which never quotes the value) as its note.
+fn unreadable(expected: Expected, error: &StoreError) -> Planned {
+    Planned {
+        keys: expected
+            .keys
+            .into_iter()
+            .map(|(key, source)| PlannedKey {
+                key,
+                source,
+                action: Action::Unreadable,
+            })
+            .collect(),
+        name: expected.name,
+        inventory: expected.inventory,
+        category: expected.category,
+        action: Action::Unreadable,
+        note: Some(problem(error)),
+        applied: None,
+    }
+}
+
+/// What is wrong with one secret, without the store's name before it.
+fn problem(error: &StoreError) -> String {
+    match error {
+        StoreError::Malformed { message, .. } | StoreError::Remote { message, .. } => {
+            message.clone()
+        }
+        other => other.to_string(),
+    }
 }
 
 fn missing(keys: &[PlannedKey], action: Action) -> String {
@@ -512,6 +576,9 @@ pub struct Listed {
     /// RFC 3339: `changed` plus the rotation period.
     pub rotation_due: Option<String>,
     pub overdue: bool,
+    /// Why its value cannot be read (never the value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 pub fn rfc3339(seconds: i64) -> Option<String> {
@@ -543,14 +610,20 @@ pub fn list(
     for name in names {
         let exists = stored.contains(name);
         let spec = expected.get(name);
-        let (keys, versions, changed) = if exists {
-            (
+        let read = || -> Result<_, StoreError> {
+            Ok((
                 store.keys(name)?,
                 store.stages(name)?,
                 store.changed_at(name)?,
-            )
-        } else {
-            (Vec::new(), Vec::new(), None)
+            ))
+        };
+        let (keys, versions, changed, unreadable) = match exists.then(read) {
+            Some(Ok((keys, versions, changed))) => (keys, versions, changed, None),
+            Some(Err(error @ StoreError::Malformed { .. })) => {
+                (Vec::new(), Vec::new(), None, Some(problem(&error)))
+            }
+            Some(Err(error)) => return Err(error),
+            None => (Vec::new(), Vec::new(), None, None),
         };
         let rotation_days = spec.map(|s| s.rotation_days);
         let due = changed.zip(rotation_days).map(|(c, d)| due_at(c, d));
@@ -564,6 +637,7 @@ pub fn list(
             rotation_days,
             rotation_due: due.and_then(rfc3339),
             overdue: due.is_some_and(|d| d <= now),
+            unreadable,
         });
     }
     Ok(listed)
@@ -586,8 +660,11 @@ pub enum FindingKind {
     Overdue,
     /// In the store, but nothing in the matrix refers to it.
     Unreferenced,
-    /// A rotation was started and not finished (a pending version).
+    /// A rotation was started and not finished: a pending version, or an
+    /// internal credential whose previous value is still accepted.
     RotationPending,
+    /// The stored value cannot be read (not in the backend's shape).
+    Unreadable,
 }
 
 impl FindingKind {
@@ -597,6 +674,7 @@ impl FindingKind {
             FindingKind::Overdue => "overdue",
             FindingKind::Unreferenced => "unreferenced",
             FindingKind::RotationPending => "rotation-pending",
+            FindingKind::Unreadable => "unreadable",
         }
     }
 }
@@ -609,13 +687,36 @@ pub fn check(
     now: i64,
 ) -> Result<Vec<Finding>, StoreError> {
     let mut findings = Vec::new();
-    let known: BTreeSet<String> = expected(env)
-        .into_iter()
-        .map(|e| e.name)
+    let expected = expected(env);
+    let known: BTreeSet<String> = expected
+        .iter()
+        .map(|e| e.name.clone())
         .chain(bookkeeping(env))
         .collect();
     let plan = plan(env, store)?;
+    let optional = |name: &str| expected.iter().any(|e| e.name == name && e.optional);
     for planned in &plan.secrets {
+        let nothing = planned.keys.iter().all(|k| k.action == Action::Awaits);
+        if optional(&planned.name) && nothing {
+            continue;
+        }
+        if planned.action == Action::Unreadable {
+            findings.push(Finding {
+                kind: FindingKind::Unreadable,
+                secret: planned.name.clone(),
+                detail: format!(
+                    "{}: put a JSON object with the keys {} into it",
+                    planned.note.clone().unwrap_or_default(),
+                    planned
+                        .keys
+                        .iter()
+                        .map(|k| k.key.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+            continue;
+        }
         let absent: Vec<&str> = planned
             .keys
             .iter()
@@ -635,6 +736,15 @@ pub fn check(
         }
     }
     for listed in list(env, store, now)? {
+        if let Some(problem) = &listed.unreadable
+            && !findings.iter().any(|f| f.secret == listed.name)
+        {
+            findings.push(Finding {
+                kind: FindingKind::Unreadable,
+                secret: listed.name.clone(),
+                detail: problem.clone(),
+            });
+        }
         if listed.overdue {
             findings.push(Finding {
                 kind: FindingKind::Overdue,
@@ -655,21 +765,41 @@ pub fn check(
                     .into(),
             });
         }
-        if listed
-            .versions
-            .iter()
-            .any(|v| v.stages.iter().any(|s| s == super::Stage::Pending.label()))
-        {
+        let spec = expected.iter().find(|e| e.name == listed.name);
+        if let Some(state) = unfinished(spec, &listed.versions) {
             findings.push(Finding {
                 kind: FindingKind::RotationPending,
                 secret: listed.name.clone(),
-                detail: "a rotation was started and not finished: `kisumctl secrets rotate` \
-                         continues it"
-                    .into(),
+                detail: format!(
+                    "an unfinished rotation: {state}; `kisumctl secrets rotate {} {}` (or \
+                     `--due`) finishes it",
+                    env.name, listed.name
+                ),
             });
         }
     }
     Ok(findings)
+}
+
+/// How a rotation of a secret with these `versions` was left unfinished,
+/// if it was: a pending version (any secret), or for an internal
+/// credential a previous value on its own version, still accepted beside
+/// the current one (interrupted, or not yet past `--retire-after`, before
+/// its retirement).
+pub fn unfinished(spec: Option<&Expected>, versions: &[SecretVersion]) -> Option<&'static str> {
+    use super::Stage;
+    let labelled = |v: &SecretVersion, stage: Stage| v.stages.iter().any(|s| s == stage.label());
+    if versions.iter().any(|v| labelled(v, Stage::Pending)) {
+        return Some("a new value is staged as the pending version and not made current");
+    }
+    let retiring = spec.is_some_and(|s| s.rotation == Rotation::Regenerate)
+        && versions
+            .iter()
+            .any(|v| labelled(v, Stage::Previous) && !labelled(v, Stage::Current));
+    retiring.then_some(
+        "the new credential is current but the old one is still accepted as the previous \
+         value (its retirement never ran)",
+    )
 }
 
 #[cfg(test)]
@@ -717,7 +847,10 @@ mod tests {
             .unwrap();
         assert_eq!(smoke.rotation, Rotation::AuthAccounts);
         let find = |name: &str| all.iter().find(|e| e.name == name).unwrap();
-        assert!(find("tls-certificates").not_here.is_some());
+        // The self-signed certificates local's TLS mode writes: used when
+        // there, not missed when not.
+        assert!(all.iter().all(|e| e.name != "tls-certificates"));
+        assert!(find("tls-auth").not_here.is_none() && find("tls-auth").optional);
         assert!(find("auth-postgres-superuser").not_here.is_some());
         assert!(find("internal-credential-auth").not_here.is_none());
     }

@@ -77,6 +77,15 @@ pub enum StoreError {
         mode: u32,
         directory: bool,
     },
+    /// The stored value is not in the shape the backend keeps (a Secrets
+    /// Manager value that is not a JSON object of strings): a problem of
+    /// that one secret, which a person fixes.
+    #[error("{store}: {secret}: {message}")]
+    Malformed {
+        store: String,
+        secret: String,
+        message: String,
+    },
     #[error("{store}: {secret}: {message}")]
     Remote {
         store: String,

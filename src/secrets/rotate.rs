@@ -40,7 +40,7 @@ use serde::Serialize;
 use sqlx::Connection as _;
 
 use super::inventory::{self, Expected, Rotation};
-use super::{Secret, SecretStore, Stage, Staged};
+use super::{Secret, SecretStore, Stage, Staged, StoreError};
 use crate::backup::connection::{self, PgLogin};
 use crate::db::provision::{self, Logins};
 use crate::matrix::Environment;
@@ -95,16 +95,33 @@ pub fn select(
     let mut chosen = Vec::new();
     let mut skipped = Vec::new();
     for e in expected {
-        let stages = store.stages(&e.name).map_err(|e| e.to_string())?;
-        let pending = stages
-            .iter()
-            .any(|v| v.stages.iter().any(|s| s == Stage::Pending.label()));
-        let changed = store.changed_at(&e.name).map_err(|e| e.to_string())?;
+        let read = || -> Result<_, StoreError> {
+            Ok((store.stages(&e.name)?, store.changed_at(&e.name)?))
+        };
+        let (stages, changed) = match read() {
+            Ok(read) => read,
+            Err(error @ StoreError::Malformed { .. }) => {
+                // One unreadable secret is its own problem, not the run's;
+                // a failure only where `rotate` would have rotated it.
+                let (outcome, by) = match &e.rotation {
+                    Rotation::Elsewhere { by } => (Outcome::Skipped, format!("; rotated by {by}")),
+                    _ => (Outcome::Failed, String::new()),
+                };
+                skipped.push(Rotated {
+                    secret: e.name.clone(),
+                    outcome,
+                    detail: format!("{error}: not rotated, fix its value first{by}"),
+                });
+                continue;
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        let unfinished = inventory::unfinished(Some(&e), &stages).is_some();
         let Some(changed) = changed else {
             continue;
         };
         let overdue = inventory::due_at(changed, e.rotation_days) <= now;
-        if !overdue && !pending {
+        if !overdue && !unfinished {
             continue;
         }
         match &e.rotation {
@@ -172,11 +189,41 @@ impl Rotator<'_> {
             Err(error) => Rotated {
                 secret: secret.name.clone(),
                 outcome: Outcome::Failed,
-                detail: format!(
-                    "{error:#}; the current value is unchanged and still in use, and the next \
-                     run continues from the pending one"
-                ),
+                detail: format!("{error:#}; {}", self.left_after_failure(secret)),
             },
+        }
+    }
+
+    /// What a failed rotation of `secret` left, read back from the store:
+    /// only what exists is promised to the next run.
+    fn left_after_failure(&self, secret: &Expected) -> String {
+        let finish = format!(
+            "`kisumctl secrets rotate {} {}`",
+            self.env.name, secret.name
+        );
+        let Ok(stages) = self.store.stages(&secret.name) else {
+            return format!(
+                "its stages cannot be read back: see `kisumctl secrets check {}`",
+                self.env.name
+            );
+        };
+        let pending = stages
+            .iter()
+            .any(|v| v.stages.iter().any(|s| s == Stage::Pending.label()));
+        if pending {
+            format!(
+                "the current value is unchanged and still in use; the new one is kept as the \
+                 pending version, and {finish} continues from it"
+            )
+        } else if inventory::unfinished(Some(secret), &stages).is_some() {
+            format!(
+                "the new value is current and the old one is still accepted; {finish} retires \
+                 the old one"
+            )
+        } else {
+            "the current value is unchanged and still in use; nothing was staged, so the next \
+             run starts over"
+                .to_string()
         }
     }
 
@@ -387,7 +434,14 @@ impl Rotator<'_> {
         let current = self.current(name)?;
         let username = user(&current);
         let (Some(old), Some(url)) = (current.keys.get("password"), current.keys.get("url")) else {
-            bail!("{name} has no password and url yet: run `kisumctl deploy local` or supply them");
+            if self.env.name == "local" {
+                bail!("{name} has no password and url yet: run `kisumctl deploy local`");
+            }
+            bail!(
+                "{name} has no password and url yet: supply them (keys username, password, url of \
+                 the Redis ACL user) in {}",
+                self.store.describe()
+            );
         };
         if username.is_empty() {
             bail!("{name} names no Redis user (key `username`)");

@@ -57,8 +57,17 @@ pub struct Issued {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "status")]
 pub enum IssueOutcome {
-    Issued { expires: String },
-    Failed { error: String },
+    Issued {
+        expires: String,
+    },
+    Failed {
+        error: String,
+    },
+    /// Not attempted: a record at the host's name (or its challenge name)
+    /// has a DNS ownership conflict, and kisumctl writes nothing there.
+    Refused {
+        reason: String,
+    },
 }
 
 /// The environment's ACME account: its key comes from the secret store
@@ -122,6 +131,14 @@ pub async fn issue(
     if hosts.is_empty() {
         return Ok(vec![]);
     }
+    if settings.challenge == AcmeChallenge::Dns01 {
+        for (n, reason) in dns_conflicts(env, hosts).await {
+            outcomes.insert(n, IssueOutcome::Refused { reason });
+        }
+        if outcomes.len() == hosts.len() {
+            return Ok(collect(hosts, outcomes));
+        }
+    }
     let account = account(store, settings).await?;
     let kind = match settings.challenge {
         AcmeChallenge::Dns01 => ChallengeType::Dns01,
@@ -132,6 +149,9 @@ pub async fn issue(
     let mut orders: Vec<(usize, Order)> = Vec::new();
     let mut answers = Vec::new();
     for (n, host) in hosts.iter().enumerate() {
+        if outcomes.contains_key(&n) {
+            continue;
+        }
         let opened = open(&account, host, kind.clone()).await;
         match opened {
             Ok((order, wanted)) => {
@@ -181,8 +201,11 @@ pub async fn issue(
         _ => finish_all(&mut orders, hosts, store, settings, &mut outcomes).await?,
     }
     drop(server);
+    Ok(collect(hosts, outcomes))
+}
 
-    Ok(hosts
+fn collect(hosts: &[TlsHost], mut outcomes: BTreeMap<usize, IssueOutcome>) -> Vec<Issued> {
+    hosts
         .iter()
         .enumerate()
         .map(|(n, host)| Issued {
@@ -191,7 +214,46 @@ pub async fn issue(
                 .remove(&n)
                 .unwrap_or_else(|| failed(anyhow!("no outcome"))),
         })
-        .collect())
+        .collect()
+}
+
+/// The hosts (by index) whose name or `_acme-challenge.` name has a DNS
+/// ownership conflict in `dns plan`, with why. Where kisumctl manages the
+/// environment's records and the plan cannot be made, every host is held
+/// back with the reason: nothing is written where ownership is unknown.
+async fn dns_conflicts(env: &Environment<'_>, hosts: &[TlsHost]) -> BTreeMap<usize, String> {
+    if !env.file.dns.managed {
+        return BTreeMap::new();
+    }
+    let r53 = crate::dns::connect(env).await;
+    let plan = match crate::dns::plan(&r53, env).await {
+        Ok(plan) => plan,
+        Err(error) => {
+            let reason = format!("the DNS ownership of its records cannot be checked: {error:#}");
+            return (0..hosts.len()).map(|n| (n, reason.clone())).collect();
+        }
+    };
+    let mut refused = BTreeMap::new();
+    for (n, host) in hosts.iter().enumerate() {
+        let challenge = format!("_acme-challenge.{}", host.host);
+        let conflict = [host.host.as_str(), challenge.as_str()]
+            .into_iter()
+            .find_map(|name| plan.conflict_at(name));
+        if let Some(conflict) = conflict {
+            refused.insert(
+                n,
+                format!(
+                    "DNS ownership conflict at {} {} ({}): nothing is written there; resolve it \
+                     (see `kisumctl dns plan {}`), then issue again",
+                    conflict.name,
+                    conflict.rtype.as_str(),
+                    conflict.reason.as_deref().unwrap_or("not kisumctl's"),
+                    env.name
+                ),
+            );
+        }
+    }
+    refused
 }
 
 fn failed(error: anyhow::Error) -> IssueOutcome {

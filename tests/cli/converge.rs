@@ -170,8 +170,14 @@ async fn parts_that_cannot_run_say_so_without_failing_the_others() {
         ]),
         "{plan}"
     );
-    let dns = &plan["parts"][1]["summary"];
-    assert!(dns.as_str().unwrap().contains("Route53"), "{dns}");
+    let dns = plan["parts"][1]["summary"].as_str().unwrap();
+    assert!(dns.contains("Route53"), "{dns}");
+    // One line naming what could not be reached, not the SDK's dump.
+    assert!(dns.contains("cannot reach http://127.0.0.1:9: "), "{dns}");
+    assert!(
+        !dns.contains("DispatchFailure") && !dns.contains("{ "),
+        "{dns}"
+    );
 
     let (applied, output) = json(&["apply", "staging", "-o", "json"], 1).await;
     assert_eq!(
@@ -192,6 +198,14 @@ async fn parts_that_cannot_run_say_so_without_failing_the_others() {
     );
     let (again, _) = json(&["secrets", "plan", "staging", "-o", "json"], 0).await;
     assert_eq!(again["summary"]["keys_to_generate"], 0, "{again}");
+    let (journal, _) = json(&["journal", "staging", "-o", "json"], 0).await;
+    let recorded = journal["records"].as_array().unwrap();
+    assert!(
+        recorded
+            .iter()
+            .any(|r| r["command"] == "apply" && r["result"] == "check-failed"),
+        "{journal:#}"
+    );
 }
 
 /// Every value `dev` keeps in Secrets Manager on `moto` (login names
@@ -331,4 +345,124 @@ async fn apply_dev_issues_certificates_through_route53_and_pebble_into_secrets_m
             );
         }
     }
+}
+
+/// The state `part` has in a plan or apply document.
+fn state_of(document: &Value, part: &str) -> String {
+    states(document)
+        .into_iter()
+        .find(|(p, _)| p == part)
+        .map(|(_, state)| state)
+        .unwrap_or_else(|| panic!("no {part} in {document}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_conflict_shows_in_plan_and_apply_and_its_host_gets_no_certificate() {
+    let pebble = crate::pebble::start().await;
+    let moto = Moto::start().await;
+    let proxy = crate::proxy::start(&moto.endpoint(), Some(pebble.challtestsrv_url())).await;
+    let route53 = crate::dns::route53(&moto.endpoint());
+    let (io, _) = crate::dns::create_zones(&route53).await;
+    // Somebody else's record at the name of dev's Auth.
+    let foreign = "auth-dev.kisum.io";
+    let set = crate::dns::rrset(
+        foreign,
+        aws_sdk_route53::types::RrType::A,
+        300,
+        &["192.0.2.7"],
+    );
+    crate::dns::create(&route53, &io, vec![set]).await;
+    let site = Site::dev_on_aws(&proxy.url(), &moto.endpoint());
+    crate::tls::issue_from(&site, &pebble);
+    let site = std::sync::Arc::new(site);
+    let json = |args: &'static [&'static str], code: i32| run_json(&site, args, code);
+
+    // The plan names the conflict per record; not in sync.
+    let (plan, _) = json(&["plan", "dev", "-o", "json"], 1).await;
+    assert_eq!(state_of(&plan, "dns"), "conflict", "{plan:#}");
+    let dns = plan["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["part"] == "dns")
+        .unwrap();
+    let problems = dns["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{dns:#}");
+    assert!(
+        problems[0].as_str().unwrap().contains(foreign),
+        "{problems:?}"
+    );
+    let text = {
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || site.expect(&["plan", "dev"], 1))
+            .await
+            .unwrap()
+    };
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains(&format!("dns: conflict {foreign}")), "{text}");
+
+    // Apply: the rest of DNS goes in, the conflicting record stays as it
+    // is, its host is refused a certificate and every other host gets one.
+    let (applied, output) = json(&["apply", "dev", "-o", "json"], 1).await;
+    assert_eq!(state_of(&applied, "dns"), "conflict", "{applied:#}");
+    assert_eq!(
+        state_of(&applied, "tls"),
+        "conflict",
+        "{applied:#}\n{}",
+        stderr(&output)
+    );
+    let records = crate::dns::records(&route53, &io).await;
+    assert_eq!(
+        records[&(foreign.to_string(), "A".to_string())].1,
+        ["192.0.2.7"]
+    );
+    let (status, _) = json(&["tls", "status", "dev", "-o", "json"], 1).await;
+    for host in status["hosts"].as_array().unwrap() {
+        let expected = if host["host"] == foreign {
+            "missing"
+        } else {
+            "ok"
+        };
+        assert_eq!(host["health"], expected, "{host}");
+    }
+    let (issued, _) = json(&["tls", "issue", "dev", "-o", "json"], 1).await;
+    let results = issued["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "only the refused host is due: {issued:#}");
+    assert_eq!(results[0]["host"], foreign);
+    assert_eq!(results[0]["status"], "refused");
+    let reason = results[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("ownership conflict"), "{reason}");
+
+    // Renew has nothing to renew, and says why it still exits 1.
+    let renew = {
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || site.expect(&["tls", "renew", "dev"], 1))
+            .await
+            .unwrap()
+    };
+    let said = String::from_utf8_lossy(&renew.stdout).into_owned();
+    assert!(!said.contains("nothing to"), "{said}");
+    assert!(said.contains(&format!("{foreign} (missing)")), "{said}");
+
+    // The combined apply and tls issue are journaled with their result.
+    let (journal, _) = json(&["journal", "dev", "-o", "json"], 0).await;
+    let commands: Vec<(&str, &str)> = journal["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["command"].as_str().unwrap(),
+                r["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        commands.contains(&("apply", "check-failed")),
+        "{commands:?}"
+    );
+    assert!(
+        commands.contains(&("tls issue", "check-failed")),
+        "{commands:?}"
+    );
 }

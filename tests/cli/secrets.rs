@@ -329,6 +329,217 @@ async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_check
     assert_never_shown(&values, &seen);
 }
 
+/// Whether a version of `name` is labelled AWSPREVIOUS without being
+/// current: a promoted rotation whose old value is not retired yet.
+async fn old_value_still_accepted(client: &aws_sdk_secretsmanager::Client, name: &str) -> bool {
+    let Ok(listed) = client
+        .list_secret_version_ids()
+        .secret_id(name)
+        .send()
+        .await
+    else {
+        return false;
+    };
+    listed.versions().iter().any(|v| {
+        let stages = v.version_stages();
+        stages.iter().any(|s| s == "AWSPREVIOUS") && !stages.iter().any(|s| s == "AWSCURRENT")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_secret_is_reported_alone_and_an_interrupted_rotation_is_finished() {
+    let moto = Moto::start().await;
+    let mut site = sealed_site();
+    site.env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
+    // Secrets Manager at a dead loopback port first: one clear line.
+    let dead = site.expect(&["secrets", "plan", "staging"], 3);
+    let said = stderr(&dead);
+    assert!(said.contains("cannot reach http://127.0.0.1:9: "), "{said}");
+    for debug in ["DispatchFailure", "ConnectorError", "{ ", "source:"] {
+        assert!(!said.contains(debug), "an SDK dump: {said}");
+    }
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+
+    staging_secrets_on(&site, &moto);
+    let client = secrets_manager(&moto);
+    let mut seen = Vec::new();
+    expect(&site, &["secrets", "apply", "staging"], 0, &mut seen);
+    // Supplied secrets a person got wrong: not JSON, a key not a string.
+    for (name, value) in [
+        ("billing-provider-key", CANARY.to_string()),
+        (
+            "email-provider-key",
+            serde_json::json!({ "api-key": CANARY, "region": 5 }).to_string(),
+        ),
+    ] {
+        client
+            .create_secret()
+            .name(format!("kisum/staging/{name}"))
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap();
+    }
+    let plan = json(&expect(
+        &site,
+        &["secrets", "plan", "staging", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    assert_eq!(
+        secret(&plan, "billing-provider-key")["action"],
+        "unreadable"
+    );
+    assert_eq!(secret(&plan, "email-provider-key")["action"], "unreadable");
+    assert_eq!(
+        secret(&plan, "internal-credential-auth")["action"],
+        "present"
+    );
+    assert_eq!(plan["summary"]["unreadable"], 2, "{plan:#}");
+    let listed = json(&expect(
+        &site,
+        &["secrets", "list", "staging", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    let billing = secret(&listed, "billing-provider-key");
+    assert!(billing["unreadable"].as_str().unwrap().contains("not JSON"));
+    assert_eq!(
+        secret(&listed, "auth-db-credentials")["keys"][0],
+        "password"
+    );
+    expect(&site, &["secrets", "list", "staging"], 0, &mut seen);
+    let checked = json(&expect(
+        &site,
+        &["secrets", "check", "staging", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    let findings = checked["findings"].as_array().unwrap().clone();
+    let finding = |kind: &str, name: &str| {
+        findings
+            .iter()
+            .find(|f| f["kind"] == kind && f["secret"] == name)
+            .map(|f| f["detail"].as_str().unwrap().to_string())
+    };
+    let email = finding("unreadable", "email-provider-key").expect("email-provider-key unreadable");
+    assert!(email.contains("key `region`"), "{email}");
+    assert!(
+        finding("unreadable", "billing-provider-key").is_some(),
+        "{findings:?}"
+    );
+    assert!(
+        finding("missing", "auth-db-credentials").is_some(),
+        "the others are checked"
+    );
+    expect(&site, &["secrets", "check", "staging"], 1, &mut seen);
+    expect(&site, &["secrets", "apply", "staging"], 1, &mut seen);
+
+    // A rotation killed after the new credential became current, before
+    // the old one was retired: check names it and how to finish it.
+    let name = "kisum/staging/internal-credential-auth";
+    let before = secret_at(&client, name, "AWSCURRENT").await.unwrap();
+    let rotate = [
+        "secrets",
+        "rotate",
+        "staging",
+        "internal-credential-auth",
+        "--retire-after",
+        "120",
+    ];
+    site.kill_when(&rotate, async || {
+        old_value_still_accepted(&client, name).await.then_some(())
+    })
+    .await;
+    let checked = json(&expect(
+        &site,
+        &["secrets", "check", "staging", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    let pending = checked["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "rotation-pending" && f["secret"] == "internal-credential-auth")
+        .unwrap_or_else(|| panic!("no unfinished rotation in {checked:#}"));
+    let detail = pending["detail"].as_str().unwrap();
+    assert!(detail.contains("unfinished rotation"), "{detail}");
+    assert!(
+        detail.contains("`kisumctl secrets rotate staging internal-credential-auth`"),
+        "{detail}"
+    );
+    // --due picks it up and retires the old credential; the malformed
+    // supplied secrets are passed over, not a failure of the run.
+    let due = json(&expect(
+        &site,
+        &[
+            "secrets",
+            "rotate",
+            "staging",
+            "--due",
+            "--retire-after",
+            "0",
+            "-o",
+            "json",
+        ],
+        0,
+        &mut seen,
+    ));
+    let results = due["results"].as_array().unwrap();
+    let finished = results
+        .iter()
+        .find(|r| r["secret"] == "internal-credential-auth")
+        .unwrap_or_else(|| panic!("{due:#}"));
+    assert_eq!(finished["outcome"], "rotated", "{due:#}");
+    assert!(!old_value_still_accepted(&client, name).await);
+    let after = secret_at(&client, name, "AWSCURRENT").await.unwrap();
+    assert_ne!(after["token"], before["token"]);
+    let checked = json(&expect(
+        &site,
+        &["secrets", "check", "staging", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    assert!(
+        !checked["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "rotation-pending"),
+        "{checked:#}"
+    );
+
+    // secrets apply and rotate are journaled.
+    let journal = json(&expect(
+        &site,
+        &["journal", "staging", "-n", "50", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    let commands: Vec<&str> = journal["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["command"].as_str().unwrap())
+        .collect();
+    assert!(commands.contains(&"secrets apply"), "{commands:?}");
+    assert!(commands.contains(&"secrets rotate"), "{commands:?}");
+
+    let mut values = vec![
+        CANARY.to_string(),
+        before["token"].clone(),
+        after["token"].clone(),
+    ];
+    values.extend(
+        secret_at(&client, name, "AWSPREVIOUS")
+            .await
+            .unwrap()
+            .into_values(),
+    );
+    assert_never_shown(&values, &seen);
+}
+
 // ----------------------------------------------------------- local files --
 
 #[test]
@@ -345,7 +556,8 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
         &mut seen,
     ));
     assert_eq!(secret(&plan, "billing-provider-key")["action"], "present");
-    assert_eq!(secret(&plan, "tls-certificates")["action"], "not-here");
+    // local's self-signed certificates are its own: awaited, never missed.
+    assert_eq!(secret(&plan, "tls-auth")["action"], "awaits");
     assert_eq!(
         secret(&plan, "auth-postgres-superuser")["action"],
         "not-here"
@@ -381,6 +593,30 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
             .any(|f| f["kind"] == "missing" && f["secret"] == "email-provider-key"),
         "{check}"
     );
+    let about_tls = |check: &Value| {
+        check["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["secret"].as_str().unwrap().starts_with("tls-"))
+    };
+    assert!(!about_tls(&check), "not issued is not missing: {check}");
+    // The self-signed certificates local's TLS mode writes are its own.
+    expect(&site, &["tls", "issue", "local"], 0, &mut seen);
+    let check = json(&expect(
+        &site,
+        &["secrets", "check", "local", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    assert!(!about_tls(&check), "{check}");
+    let listed = json(&expect(
+        &site,
+        &["secrets", "list", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    assert_eq!(secret(&listed, "tls-auth")["inventory"], "tls-certificates");
 
     let rotate = [
         "secrets",

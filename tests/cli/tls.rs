@@ -225,7 +225,7 @@ async fn tls_issues_and_renews_through_route53_and_pebble() {
     site.expect(&["tls", "status", "dev"], 0);
     assert_eq!(read(&site, "tls-finance", "tls.crt"), finance_before);
     let nothing = site.expect(&["tls", "issue", "dev"], 0);
-    assert!(stdout(&nothing).contains("nothing to do"));
+    assert!(stdout(&nothing).contains("nothing to issue"));
 
     // HTTP-01 where the matrix chooses it, served on pebble's port.
     site.edit("environments/dev.yaml", |t| {
@@ -293,7 +293,7 @@ fn the_local_environment_gets_self_signed_certificates() {
     // Nothing is due again until the renewal window; --force remakes them.
     let again = site.expect(&["tls", "issue", "local"], 0);
     assert!(
-        stdout(&again).contains("nothing to do"),
+        stdout(&again).contains("nothing to issue"),
         "{}",
         stdout(&again)
     );
