@@ -94,7 +94,7 @@ impl Config {
             ],
         );
         Ok(Config {
-            database_url: vars.required("ADMIN_DB_URL")?,
+            database_url: vars.postgres_url("ADMIN_DB_URL")?,
             auth_url,
             auth_internal_url,
             core_internal_url,

@@ -227,7 +227,7 @@ impl Config {
             http: listen("HTTP_PORT")?,
             internal: listen("INTERNAL_PORT")?,
             log_level: vars.optional("LOG_LEVEL")?.unwrap_or_else(|| "info".into()),
-            database_url: vars.required("AUTH_DB_URL")?,
+            database_url: vars.postgres_url("AUTH_DB_URL")?,
             redis_url: vars.required("REDIS_URL")?,
             keys: key_source(vars)?,
             access_ttl,

@@ -54,10 +54,15 @@ pub async fn login(
     ip: Option<IpAddr>,
 ) -> Result<TokenPair> {
     let email = normalize_email(&credentials.email);
-    if email.is_empty() || email.len() > 254 || credentials.password.len() > MAX_PASSWORD_BYTES {
+    if email.is_empty() || credentials.password.is_empty() {
         return Err(AuthError::BadRequest(
             "email and password are required".into(),
         ));
+    }
+    if email.len() > 254 || credentials.password.len() > MAX_PASSWORD_BYTES {
+        return Err(AuthError::BadRequest(format!(
+            "email may hold at most 254 bytes and password at most {MAX_PASSWORD_BYTES}"
+        )));
     }
     ratelimit::check_login(state, ip, &email).await?;
     let user = find_user(state, &email).await?;

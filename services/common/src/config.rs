@@ -93,6 +93,26 @@ impl Vars {
         }
     }
 
+    /// A required PostgreSQL URL (`postgres://` or `postgresql://`): a
+    /// malformed one stops the start here rather than at the first
+    /// connection, its password masked.
+    pub fn postgres_url(&self, name: &str) -> Result<String, ConfigError> {
+        let url = self.required(name)?;
+        let scheme = url.trim().split_once("://").map(|(scheme, _)| scheme);
+        if matches!(scheme, Some("postgres" | "postgresql")) {
+            return Ok(url);
+        }
+        let got = match scheme {
+            Some(scheme) => format!("a {scheme}:// URL"),
+            // Without `://` nothing tells a password apart: not shown.
+            None => "a value that is no URL (not shown)".to_string(),
+        };
+        Err(ConfigError::Invalid {
+            name: name.to_string(),
+            reason: format!("expected a postgres:// or postgresql:// URL, got {got}"),
+        })
+    }
+
     /// A required value parsed as `T`.
     pub fn parsed<T>(&self, name: &str) -> Result<T, ConfigError>
     where
@@ -352,6 +372,25 @@ pub fn redact_userinfo(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_url_without_a_postgres_scheme_is_refused_without_its_value() {
+        for (value, expected) in [
+            ("notaurl:SuperSecretPw123@@", "no URL"),
+            ("mysql://u:SuperSecretPw123@h/db", "a mysql:// URL"),
+        ] {
+            let vars = Vars::from_pairs([("CORE_DB_URL", value)]);
+            let error = vars.postgres_url("CORE_DB_URL").unwrap_err().to_string();
+            assert!(error.starts_with("CORE_DB_URL is invalid"), "{error}");
+            assert!(error.contains(expected), "{error}");
+            assert!(!error.contains("SuperSecret"), "{error}");
+        }
+        let vars = Vars::from_pairs([("CORE_DB_URL", "postgresql://u:p@h/db")]);
+        assert_eq!(
+            vars.postgres_url("CORE_DB_URL").unwrap(),
+            "postgresql://u:p@h/db"
+        );
+    }
 
     #[test]
     fn a_missing_required_variable_is_named() {

@@ -65,7 +65,7 @@ impl Config {
         );
         Ok(Config {
             common,
-            database_url: vars.required("CORE_DB_URL")?,
+            database_url: vars.postgres_url("CORE_DB_URL")?,
             api_callers,
             diagnostics_callers: Allowlist::from_credentials(credentials),
             billing_provider_configured,
