@@ -62,13 +62,43 @@ impl<'e> Context<'e> {
         })
     }
 
-    /// A scratch directory under the state directory, removed on drop.
+    /// A scratch directory under the state directory (0700), removed on
+    /// drop. Its name carries this process's id: the scratch directories
+    /// of runs that were killed (decrypted dumps, downloads) are removed
+    /// here, by the next run.
     pub fn scratch(&self) -> Result<tempfile::TempDir> {
+        use std::os::unix::fs::PermissionsExt as _;
         let parent = self.state_dir.join("backup-scratch");
         std::fs::create_dir_all(&parent)
             .with_context(|| format!("creating {}", parent.display()))?;
-        tempfile::TempDir::with_prefix_in("work-", &parent)
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", parent.display()))?;
+        remove_abandoned_scratch(&parent);
+        tempfile::TempDir::with_prefix_in(format!("work-{}-", std::process::id()), &parent)
             .with_context(|| format!("creating a directory in {}", parent.display()))
+    }
+}
+
+/// Removes the scratch directories under `parent` whose process is gone
+/// (`work-<pid>-*`, and the older unnamed `work-*`, which no live run
+/// creates any more).
+fn remove_abandoned_scratch(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("work-") else {
+            continue;
+        };
+        let owner = rest
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        let alive = owner.is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

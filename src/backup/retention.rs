@@ -8,7 +8,8 @@
 //! - every backup that finished less than N days (N x 86,400 seconds) ago
 //!   is kept, safety backups included;
 //! - the newest backup that is not a safety backup is always kept, however
-//!   old, so that a database never loses its last restore point;
+//!   old, so that a database never loses its last restore point; when a
+//!   database has only safety backups, the newest of them is kept;
 //! - everything else is deleted.
 
 use serde::Serialize;
@@ -31,7 +32,16 @@ pub fn decide(
     retention_days: u32,
     now: i64,
 ) -> Vec<Decision> {
-    let newest = super::newest(manifests, database).map(|m| m.id.clone());
+    // The newest restore point: a safety backup only when the database
+    // has nothing else.
+    let newest = super::newest(manifests, database)
+        .or_else(|| {
+            manifests
+                .iter()
+                .filter(|m| m.database == database)
+                .max_by(|a, b| (&a.finished_at, &a.id).cmp(&(&b.finished_at, &b.id)))
+        })
+        .map(|m| m.id.clone());
     let limit = i64::from(retention_days) * 86_400;
     manifests
         .iter()
@@ -134,6 +144,16 @@ mod tests {
             backup("c", "auth-db", "2025-03-01T00:00:00Z", Trigger::Safety),
         ];
         assert_eq!(kept(&decide(&manifests, "auth-db", 3, now())), ["b"]);
+    }
+
+    #[test]
+    fn a_database_with_only_old_safety_backups_keeps_the_newest() {
+        let manifests = vec![
+            backup("a", "ai-db", "2026-02-01T00:00:00Z", Trigger::Safety),
+            backup("b", "ai-db", "2026-02-02T00:00:00Z", Trigger::Safety),
+        ];
+        let decisions = decide(&manifests, "ai-db", 3, now());
+        assert_eq!(kept(&decisions), ["b"]);
     }
 
     #[test]

@@ -208,9 +208,18 @@ fn dispatch(cli: Cli) -> Exit {
             })
         }
         Command::Supervise(args) => supervise::run(args),
-        Command::Backup(args) => backup::run(&cli.matrix, args),
-        Command::Restore(args) => restore::run(&cli.matrix, args),
-        Command::Drill(args) => drill::run(&cli.matrix, args),
+        Command::Backup(args) => {
+            private_files();
+            backup::run(&cli.matrix, args)
+        }
+        Command::Restore(args) => {
+            private_files();
+            restore::run(&cli.matrix, args)
+        }
+        Command::Drill(args) => {
+            private_files();
+            drill::run(&cli.matrix, args)
+        }
         Command::Db(args) => db::run(&cli.matrix, args),
         Command::RotateJwtKey(args) => {
             let (name, format) = (args.env.clone(), args.output);
@@ -428,4 +437,12 @@ fn report_input_errors(errors: &[crate::matrix::InputError], format: OutputForma
             serde_json::to_string_pretty(&document).unwrap_or_default()
         );
     }
+}
+
+/// Backups, restores and drills write database contents (dumps, decrypted
+/// copies, scratch files): everything they and their children (pg_dump,
+/// pg_restore) create is for this user alone, 0600 files in 0700
+/// directories.
+fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
