@@ -404,7 +404,10 @@ fn core_down_is_named() {
     let cause = case.expect_cause("finance", None, &[], "core-healthy");
     assert_eq!(summary(&cause), "Platform Core is down or not ready");
     let evidence = cause["evidence"].to_string();
-    assert!(evidence.contains("/ready: unreachable"), "{evidence}");
+    assert!(
+        evidence.contains("/ready: connection refused"),
+        "{evidence}"
+    );
 }
 
 #[test]
