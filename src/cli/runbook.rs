@@ -62,11 +62,11 @@ struct RunArgs {
     env: String,
 
     /// The user's id (taken from the token when --token-file is given).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = super::uuid_flag("--user"))]
     user: Option<Uuid>,
 
     /// The company's id (Auth and Core share it).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = super::uuid_flag("--company"))]
     company: Option<Uuid>,
 
     /// The module the user cannot reach (basic, finance, market, ...).
@@ -125,6 +125,8 @@ fn list(format: OutputFormat) -> anyhow::Result<Exit> {
                 r.title.clone(),
                 if checks.is_empty() {
                     "manual".into()
+                } else if checks.len() == 1 {
+                    "1 check".into()
                 } else {
                     format!("{} checks", checks.len())
                 },
