@@ -36,13 +36,14 @@ struct InvalidateArgs {
     #[arg(
         long,
         value_name = "ID",
+        value_parser = super::uuid_flag("--company"),
         required_unless_present = "user",
         conflicts_with = "user"
     )]
     company: Option<Uuid>,
 
     /// The user whose access to recompute.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = super::uuid_flag("--user"))]
     user: Option<Uuid>,
 }
 

@@ -446,3 +446,15 @@ fn report_input_errors(errors: &[crate::matrix::InputError], format: OutputForma
 fn private_files() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
+
+/// A parser of a UUID flag whose error names the flag and what it expects.
+pub(crate) fn uuid_flag(flag: &'static str) -> impl Fn(&str) -> Result<uuid::Uuid, String> + Clone {
+    move |text| {
+        uuid::Uuid::parse_str(text).map_err(|_| {
+            format!(
+                "{flag} expects a UUID (like 0b6f4c1e-8d2a-4c55-9a39-2f1d6e7a9b10), not `{}`",
+                crate::matrix::load::printable(text)
+            )
+        })
+    }
+}

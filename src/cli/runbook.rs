@@ -62,11 +62,11 @@ struct RunArgs {
     env: String,
 
     /// The user's id (taken from the token when --token-file is given).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = super::uuid_flag("--user"))]
     user: Option<Uuid>,
 
     /// The company's id (Auth and Core share it).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = super::uuid_flag("--company"))]
     company: Option<Uuid>,
 
     /// The module the user cannot reach (basic, finance, market, ...).
@@ -125,6 +125,8 @@ fn list(format: OutputFormat) -> anyhow::Result<Exit> {
                 r.title.clone(),
                 if checks.is_empty() {
                     "manual".into()
+                } else if checks.len() == 1 {
+                    "1 check".into()
                 } else {
                     format!("{} checks", checks.len())
                 },
@@ -255,6 +257,10 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         .map_err(|e| e.to_string()),
         expiry_alert_days: env.base.tls.expiry_alert_days,
     };
+    let inputs_given = Given {
+        company: args.company,
+        user: args.user,
+    };
     let inputs = Inputs {
         user: args.user,
         company: args.company,
@@ -269,17 +275,18 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         .build()?;
     let findings = runtime.block_on(Diagnosis::new(platform, inputs).run(&checks));
     let cause = findings.iter().find(|f| f.verdict == Verdict::Cause);
+    let manual = manual_steps(&runbook, env, &inputs_given);
     if format == OutputFormat::Json {
         let document = serde_json::json!({
             "runbook": runbook.name,
             "environment": env.name,
             "findings": findings,
             "cause": cause,
-            "manual": runbook.steps.iter().filter(|s| matches!(s, Step::Manual { .. })).collect::<Vec<_>>(),
+            "manual": manual,
         });
         outln!("{}", serde_json::to_string_pretty(&document)?);
     } else {
-        print_findings(&runbook, env.name, &findings, cause);
+        print_findings(&runbook, env.name, &findings, cause, &manual);
     }
     Ok(if cause.is_some() {
         Exit::CheckFailed
@@ -288,7 +295,73 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     })
 }
 
-fn print_findings(runbook: &Runbook, env: &str, findings: &[Finding], cause: Option<&Finding>) {
+/// The ids given on the command line that manual commands name.
+struct Given {
+    company: Option<Uuid>,
+    user: Option<Uuid>,
+}
+
+/// The runbook's manual steps with their commands made concrete: `ENV`
+/// replaced by the environment, `--company ID` by the company given;
+/// outside `local`, the local-only commands replaced by their cluster
+/// equivalents.
+fn manual_steps(runbook: &Runbook, env: &Environment, given: &Given) -> Vec<Step> {
+    runbook
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Manual { manual, command } => Some(Step::Manual {
+                manual: manual.clone(),
+                command: command.as_deref().map(|c| concrete(c, env, given)),
+            }),
+            Step::Check { .. } => None,
+        })
+        .collect()
+}
+
+fn concrete(command: &str, env: &Environment, given: &Given) -> String {
+    let name = env.name;
+    let mut words: Vec<String> = command
+        .split(' ')
+        .map(|word| {
+            if word == "ENV" {
+                name.to_string()
+            } else {
+                word.to_string()
+            }
+        })
+        .collect();
+    for (flag, id) in [("--company", given.company), ("--user", given.user)] {
+        if let (Some(at), Some(id)) = (words.iter().position(|w| w == flag), id)
+            && words.get(at + 1).is_some_and(|w| w == "ID")
+        {
+            words[at + 1] = id.to_string();
+        }
+    }
+    let command = words.join(" ");
+    if name == "local" {
+        return command;
+    }
+    let namespace = &env.file.namespace;
+    if command == "kisumctl deploy local" {
+        return format!(
+            "kisumctl history {name}, then kisumctl rollback {name} (the previous release) or \
+             kubectl -n {namespace} rollout restart deployment/SERVICE"
+        );
+    }
+    if let Some(service) = command.strip_prefix(&format!("kisumctl logs {name} ")) {
+        return format!("kubectl -n {namespace} logs deployment/{service}");
+    }
+    command
+}
+
+fn print_findings(
+    runbook: &Runbook,
+    env: &str,
+    findings: &[Finding],
+    cause: Option<&Finding>,
+    manual: &[Step],
+) {
     outln!("runbook {} on {env}", runbook.name);
     for finding in findings {
         let mark = match finding.verdict {
@@ -311,7 +384,7 @@ fn print_findings(runbook: &Runbook, env: &str, findings: &[Finding], cause: Opt
         }
         None => {
             outln!("no cause found by the automated checks");
-            for step in &runbook.steps {
+            for step in manual {
                 if let Step::Manual { manual, command } = step {
                     match command {
                         Some(command) => outln!("next (manual): {manual}: {command}"),
@@ -320,5 +393,48 @@ fn print_findings(runbook: &Runbook, env: &str, findings: &[Finding], cause: Opt
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_commands_name_the_environment_the_ids_and_cluster_equivalents() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let matrix = crate::matrix::Matrix::load(&dir).unwrap();
+        let company = Uuid::nil();
+        let given = Given {
+            company: Some(company),
+            user: None,
+        };
+        let staging = matrix.environment("staging").unwrap();
+        let namespace = &staging.file.namespace;
+        assert_eq!(
+            concrete("kisumctl logs ENV auth", &staging, &given),
+            format!("kubectl -n {namespace} logs deployment/auth")
+        );
+        assert!(
+            concrete("kisumctl deploy local", &staging, &given)
+                .starts_with("kisumctl history staging, then kisumctl rollback staging")
+        );
+        assert_eq!(
+            concrete(
+                "kisumctl access invalidate ENV --company ID",
+                &staging,
+                &given
+            ),
+            format!("kisumctl access invalidate staging --company {company}")
+        );
+        let local = matrix.environment("local").unwrap();
+        assert_eq!(
+            concrete("kisumctl logs ENV auth", &local, &given),
+            "kisumctl logs local auth"
+        );
+        assert_eq!(
+            concrete("kisumctl deploy local", &local, &given),
+            "kisumctl deploy local"
+        );
     }
 }

@@ -442,6 +442,18 @@ const MANDATORY_ALERTS: [&str; 10] = [
     "backup-failure",
 ];
 
+/// Alerts whose rule fires on `>= threshold` of a count, `> threshold` of an
+/// age, latency or rate multiple, or `< threshold` of days left: a
+/// threshold of 0 makes them fire always (or never).
+const ALERTS_ABOVE_ZERO: [&str; 6] = [
+    "readiness-failing",
+    "database-unavailable",
+    "redis-unavailable",
+    "slow-access-aggregation",
+    "certificate-expiry",
+    "backup-failure",
+];
+
 /// Plan knowledge: the Redis key design of section 11.4.
 const REDIS_KEY_PATTERNS: [&str; 6] = [
     "access:{companyId}:{membershipId}:{accessVersion}:{entitlementVersion}",
@@ -1471,6 +1483,20 @@ fn mandatory_alerts(cx: &Context) -> Vec<Finding> {
         if !alert.threshold.is_finite() || alert.threshold < 0.0 {
             let message = "threshold must be a non-negative number".into();
             findings.push(cx.base_finding(&format!("alerts.{id}.threshold"), message));
+        } else if alert.threshold == 0.0 && ALERTS_ABOVE_ZERO.contains(&id.as_str()) {
+            let message = format!(
+                "threshold 0 makes `{id}` always fire (or never): its rule compares a count, \
+                 an age or a ratio that is never below 0; give a threshold above 0"
+            );
+            findings.push(cx.base_finding(&format!("alerts.{id}.threshold"), message));
+        }
+        for (field, text) in [("summary", &alert.summary), ("unit", &alert.unit)] {
+            if text.contains("{{") || text.contains("}}") {
+                let message = "`{{` and `}}` are not allowed: the text becomes a \
+                               PrometheusRule annotation, where they open a template"
+                    .to_string();
+                findings.push(cx.base_finding(&format!("alerts.{id}.{field}"), message));
+            }
         }
     }
     if let Some(expiry) = base.alerts.get("certificate-expiry")
@@ -2351,6 +2377,29 @@ mod tests {
                 .any(|f| f.message.contains("backup-failure"))
         );
         assert_one_at(&findings, "alerts.certificate-expiry.threshold");
+    }
+
+    #[test]
+    fn mandatory_alerts_flags_a_zero_threshold_that_always_fires_and_template_braces() {
+        let findings = flagged("mandatory-alerts", |m| {
+            m.base
+                .alerts
+                .get_mut("readiness-failing")
+                .unwrap()
+                .threshold = 0.0;
+        });
+        assert_one_at(&findings, "alerts.readiness-failing.threshold");
+        let findings = flagged("mandatory-alerts", |m| {
+            m.base.alerts.get_mut("elevated-5xx").unwrap().unit = "ratio {{ of responses".into();
+        });
+        assert_one_at(&findings, "alerts.elevated-5xx.unit");
+        // service-down fires at `<= 0` ready instances: 0 is its threshold.
+        assert!(
+            flagged("mandatory-alerts", |m| {
+                m.base.alerts.get_mut("service-down").unwrap().threshold = 0.0;
+            })
+            .is_empty()
+        );
     }
 
     #[test]

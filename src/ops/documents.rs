@@ -139,35 +139,56 @@ fn deployment(env: &Environment) -> String {
             ]
         })
         .collect();
-    let deploy = if name == "local" {
-        "`kisumctl deploy local` (every step, in the waves below, ends with the smoke checks)"
-            .to_string()
-    } else {
-        format!(
-            "`kubectl apply -k manifests/{name}` after `kisumctl render {name} --check`, wave by \
-             wave as below"
-        )
-    };
+    let waves = table(&["wave", "service", "image", "replicas"], &rows);
+    if name == "local" {
+        return header("Deployment runbook", name)
+            + "## Release\n\n\
+               1. `kisumctl validate local`.\n\
+               2. `kisumctl deploy local`: the private databases, the migrations, keys and \
+               credentials, then the services as supervised processes in the waves below, each \
+               ready before the next; it ends with the smoke checks. A second run converges: \
+               only what changed restarts.\n\
+               3. `kisumctl status local`, and `kisumctl journal local` for the record of what \
+               ran.\n\n\
+               ## Release waves\n\n"
+            + &waves
+            + "\n## Rollback\n\n\
+               `local` keeps no release history: check out the earlier revision and run \
+               `kisumctl deploy local` again; `kisumctl down local` stops everything. \
+               Migrations are forward-only: undoing a schema change is a restore \
+               (`kisumctl restore local ...`).\n";
+    }
     header("Deployment runbook", name)
         + &format!(
             "## Release\n\n\
-             1. `kisumctl validate {name}` and `kisumctl render {name} --check`.\n\
-             2. `kisumctl db migrate {name} --dry-run`, then `kisumctl db migrate {name}` \
-             (before the services that need the new schema).\n\
-             3. Deploy: {deploy}.\n\
-             4. `kisumctl smoke {name}`: the post-deploy smoke checks.\n\
-             5. `kisumctl journal {name}`: the record of what ran.\n\n\
+             1. `kisumctl validate {name}`, `kisumctl render {name} --check` and \
+             `kisumctl diff {name}`: what the deploy would change in the cluster.\n\
+             2. `kisumctl deploy {name}` (production asks for confirmation unless `--yes`). \
+             Under the environment's Lease it runs each service's migrations as a Job in the \
+             cluster, then applies the manifests wave by wave (below), waiting for each wave's \
+             rollouts, then runs the smoke checks. A rollout timeout or a failed smoke check \
+             rolls back to the previous release automatically; the report and the exit code \
+             say which (3: rolled back or stopped, 4: the rollback failed too and a person must \
+             step in).\n\
+             3. `kisumctl history {name}`: the recorded releases; `kisumctl journal {name}`: \
+             the record of what ran.\n\
+             4. `kisumctl smoke {name}` re-runs the post-deploy smoke checks at any time.\n\n\
+             Nothing here runs `kubectl apply` or `db migrate` from the operator's machine: the \
+             migrations run inside the cluster, next to the databases.\n\n\
              ## Release waves\n\n"
         )
-        + &table(&["wave", "service", "image", "replicas"], &rows)
+        + &waves
         + &format!(
             "\n## Rollback\n\n\
-             Deploy the previous image tag the same way, wave by wave in reverse order; \
-             migrations are forward-only, so a release whose schema change must be undone is \
-             a restore (`kisumctl runbook show restore-auth-db`, and the backup and restore \
-             runbook of {name}). When the smoke checks fail after a deploy, \
-             `kisumctl runbook run user-cannot-access-module {name} ...` names the cause of a \
-             refused user.\n"
+             `kisumctl rollback {name}` applies the previous release's stored manifests again \
+             (`kisumctl rollback {name} --to N` for release N of `kisumctl history {name}`), \
+             wave by wave with the rollouts waited for, then the smoke checks; it is recorded \
+             as a new release. Migrations are never reversed: a rollback to a release older \
+             than the schema the newer code needs is refused unless `--force`, and a schema \
+             change that must be undone is a restore (`kisumctl runbook show restore-auth-db`, \
+             and the backup and restore runbook of {name}). When the smoke checks fail after a \
+             deploy, `kisumctl runbook run user-cannot-access-module {name} ...` names the \
+             cause of a refused user.\n"
         )
 }
 
@@ -212,5 +233,37 @@ mod tests {
         let auth = restore.find("| auth-db |").unwrap();
         let core = restore.find("| platform-core-db |").unwrap();
         assert!(auth < core, "{restore}");
+    }
+
+    #[test]
+    fn cluster_deployment_runbooks_describe_what_kisumctl_deploy_does() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let matrix = Matrix::load(&dir).unwrap();
+        for name in ["staging", "local"] {
+            let env = matrix.environment(name).unwrap();
+            let docs = build(&matrix, &env);
+            let text = &docs
+                .iter()
+                .find(|d| d.file == "deployment-runbook.md")
+                .unwrap()
+                .text;
+            assert!(!text.contains("kubectl apply -k"), "{text}");
+            assert!(!text.contains("`kisumctl db migrate"), "{text}");
+            assert!(!text.contains("wave by wave in reverse"), "{text}");
+            if name == "local" {
+                assert!(text.contains("`kisumctl deploy local`"), "{text}");
+                assert!(!text.contains("kisumctl rollback"), "{text}");
+            } else {
+                for command in [
+                    "`kisumctl deploy staging`",
+                    "`kisumctl history staging`",
+                    "`kisumctl rollback staging --to N`",
+                    "`kisumctl diff staging`",
+                    "migrations as a Job",
+                ] {
+                    assert!(text.contains(command), "{command}: {text}");
+                }
+            }
+        }
     }
 }

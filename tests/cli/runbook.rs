@@ -404,7 +404,10 @@ fn core_down_is_named() {
     let cause = case.expect_cause("finance", None, &[], "core-healthy");
     assert_eq!(summary(&cause), "Platform Core is down or not ready");
     let evidence = cause["evidence"].to_string();
-    assert!(evidence.contains("/ready: unreachable"), "{evidence}");
+    assert!(
+        evidence.contains("/ready: connection refused"),
+        "{evidence}"
+    );
 }
 
 #[test]
@@ -572,4 +575,31 @@ fn the_jwt_runbook_finds_every_verifier_knowing_the_signing_kid() {
         .collect();
     assert_eq!(checks, ["auth-healthy", "jwks-propagated", "jwt-valid"]);
     assert!(document["manual"].as_array().unwrap().len() >= 3);
+}
+
+#[test]
+fn a_malformed_id_names_the_flag_and_asks_for_a_uuid() {
+    let output = crate::common::kisumctl(
+        &crate::common::root(),
+        &[
+            "runbook",
+            "run",
+            "user-cannot-access-module",
+            "local",
+            "--company",
+            "x",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("--company expects a UUID") && message.contains("not `x`"),
+        "{message}"
+    );
+    let list = stdout(&crate::common::kisumctl(
+        &crate::common::root(),
+        &["runbook", "list"],
+    ));
+    assert!(list.contains(" 1 check\n"), "{list}");
+    assert!(!list.contains(" 1 checks"), "{list}");
 }

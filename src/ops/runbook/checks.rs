@@ -152,6 +152,61 @@ pub struct Diagnosis {
     membership: Option<String>,
 }
 
+/// What one health or readiness probe learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The service answered 200.
+    Passed,
+    /// The service answered, and not 200; or, for `local`, the loopback
+    /// port its supervisor recorded refused the connection (nothing
+    /// listens there: the process is gone).
+    Failed,
+    /// Nothing was asked: no URL, a name that does not resolve, a refused
+    /// or timed-out connection to a host elsewhere (an in-cluster name
+    /// seen from outside the cluster). Proves nothing about the service.
+    Unasked,
+}
+
+/// The verdict of probes of one service: a cause only when a probe was
+/// answered and failed; could-not-ask when any probe was not asked and
+/// none failed.
+fn judge(probes: &[Probe]) -> Verdict {
+    if probes.contains(&Probe::Failed) {
+        Verdict::Cause
+    } else if probes.contains(&Probe::Unasked) {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Ok
+    }
+}
+
+/// Whether `error` is a refused connection to a loopback address: this
+/// machine's answer that nothing listens on that port.
+fn refused_on_loopback(url: &str, error: &reqwest::Error) -> bool {
+    let loopback = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|url| {
+            let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+            Some(
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback()),
+            )
+        })
+        .unwrap_or(false);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return loopback;
+        }
+        source = current.source();
+    }
+    false
+}
+
 /// An HTTP answer: status and JSON body (a string when not JSON).
 struct Answer {
     status: StatusCode,
@@ -287,25 +342,44 @@ impl Diagnosis {
         }
     }
 
-    /// `GET <base><path>` of a service; the evidence line and whether it
-    /// answered 200.
+    /// `GET <base><path>` of a service: what it learned and the evidence
+    /// line.
     async fn probe(
         &self,
         base: Option<&str>,
         service: &str,
         path: &str,
         internal: bool,
-    ) -> (bool, String) {
+    ) -> (Probe, String) {
         let Some(base) = base else {
-            return (false, format!("{service}: no URL known"));
+            return (Probe::Unasked, format!("{service}: no URL known"));
         };
         let url = format!("{base}{path}");
-        match self.call(Method::GET, &url, internal, None, None).await {
-            Ok(answer) => (
-                answer.status == StatusCode::OK,
-                format!("GET {url}: {}", answer.code()),
+        let mut request = self.http.get(&url);
+        if internal && let Some(credential) = &self.platform.credential {
+            request = request.headers(internal_headers(credential));
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                let answer = Answer { status, body };
+                let probe = if status == StatusCode::OK {
+                    Probe::Passed
+                } else {
+                    Probe::Failed
+                };
+                (probe, format!("GET {url}: {}", answer.code()))
+            }
+            Err(error) if self.platform.env == "local" && refused_on_loopback(&url, &error) => (
+                Probe::Failed,
+                format!("GET {url}: connection refused (nothing listens there)"),
             ),
-            Err(reason) => (false, format!("GET {url}: unreachable: {reason}")),
+            Err(error) => (
+                Probe::Unasked,
+                format!("GET {url}: could not ask: {}", without_url(&error)),
+            ),
         }
     }
 
@@ -371,20 +445,31 @@ impl Diagnosis {
         check: &str,
         title: &str,
         service: &str,
-        probes: &[(bool, String)],
+        probes: &[(Probe, String)],
     ) -> Finding {
         let evidence = probes.iter().map(|(_, line)| line.clone());
-        if probes.iter().all(|(ok, _)| *ok) {
-            Finding::new(check, Verdict::Ok, format!("{title} is serving and ready"))
-                .evidence(evidence)
-        } else {
-            Finding::new(
+        let outcomes: Vec<Probe> = probes.iter().map(|(probe, _)| *probe).collect();
+        match judge(&outcomes) {
+            Verdict::Cause => Finding::new(
                 check,
                 Verdict::Cause,
                 format!("{title} is down or not ready"),
             )
             .evidence(evidence)
-            .fix(self.restart(service))
+            .fix(self.restart(service)),
+            Verdict::Ok => {
+                Finding::new(check, Verdict::Ok, format!("{title} is serving and ready"))
+                    .evidence(evidence)
+            }
+            verdict => Finding::new(
+                check,
+                verdict,
+                format!(
+                    "could not ask {title}: nothing answered (no proof it is down; run this \
+                     where its addresses resolve and are reachable)"
+                ),
+            )
+            .evidence(evidence),
         }
     }
 
@@ -434,9 +519,21 @@ impl Diagnosis {
                 Finding::new(JWT_VALID, Verdict::Ok, summary).evidence(evidence)
             }
             Err(VerifyError::Jwks(error)) => {
-                Finding::new(JWT_VALID, Verdict::Cause, "Auth's JWKS cannot be fetched")
-                    .evidence([error.to_string()])
-                    .fix(self.restart(AUTH))
+                let (probe, line) = self
+                    .probe(Some(auth), AUTH, "/.well-known/jwks.json", false)
+                    .await;
+                if probe == Probe::Unasked {
+                    Finding::new(
+                        JWT_VALID,
+                        Verdict::Inconclusive,
+                        "could not ask Auth for its JWKS",
+                    )
+                    .evidence([line])
+                } else {
+                    Finding::new(JWT_VALID, Verdict::Cause, "Auth's JWKS cannot be fetched")
+                        .evidence([error.to_string(), line])
+                        .fix(self.restart(AUTH))
+                }
             }
             Err(VerifyError::Token(TokenError::UnknownKid(kid))) => {
                 let published = jwks.kids().await.join(", ");
@@ -954,12 +1051,23 @@ impl Diagnosis {
             .collect();
         let mut evidence = Vec::new();
         let mut down = Vec::new();
+        let mut unasked = Vec::new();
         for (service, url) in &services {
-            let (ready, line) = self.probe(Some(url), service, "/ready", false).await;
-            if !ready {
-                down.push(service.clone());
+            let (probe, line) = self.probe(Some(url), service, "/ready", false).await;
+            match probe {
+                Probe::Passed => {}
+                Probe::Failed => down.push(service.clone()),
+                Probe::Unasked => unasked.push(service.clone()),
             }
             evidence.push(line);
+        }
+        if down.is_empty() && !unasked.is_empty() {
+            return Finding::new(
+                SERVICES_READY,
+                Verdict::Inconclusive,
+                format!("could not ask: {}", unasked.join(", ")),
+            )
+            .evidence(evidence);
         }
         if down.is_empty() {
             return Finding::new(
@@ -1166,5 +1274,91 @@ mod tests {
             r#"kid abc, iss "https://auth", aud "kisum-api", sub "u", sid "s", exp 5"#
         );
         assert!(unverified_claims("nope").contains("payload unreadable"));
+    }
+
+    #[test]
+    fn only_an_answered_failing_probe_is_a_cause() {
+        use Probe::*;
+        assert_eq!(judge(&[Passed, Passed]), Verdict::Ok);
+        assert_eq!(judge(&[Unasked, Unasked]), Verdict::Inconclusive);
+        assert_eq!(judge(&[Passed, Unasked]), Verdict::Inconclusive);
+        assert_eq!(judge(&[Unasked, Failed]), Verdict::Cause);
+        assert_eq!(judge(&[Failed]), Verdict::Cause);
+    }
+
+    fn platform(env: &str, auth: &str) -> Platform {
+        let mut endpoints = Endpoints::default();
+        endpoints.public.insert(AUTH.into(), auth.into());
+        endpoints.internal.insert(AUTH.into(), auth.into());
+        Platform {
+            env: env.into(),
+            namespace: format!("kisum-{env}"),
+            endpoints,
+            credential: None,
+            admin: None,
+            policy: TokenPolicy {
+                issuer: String::new(),
+                audience: String::new(),
+                leeway_seconds: 0,
+            },
+            certificates: Ok(Vec::new()),
+            expiry_alert_days: 14,
+        }
+    }
+
+    /// A loopback server answering every request `status`, and its URL.
+    async fn answering(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut buffer = [0u8; 4096];
+                let _ = socket.read(&mut buffer).await;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    fn refused_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    async fn auth_verdict(env: &str, url: &str) -> Finding {
+        Diagnosis::new(platform(env, url), Inputs::default())
+            .run(&[AUTH_HEALTHY])
+            .await
+            .remove(0)
+    }
+
+    #[tokio::test]
+    async fn unreachable_auth_is_could_not_ask_and_an_answered_503_is_down() {
+        // Outside local, a refused connection proves nothing (an
+        // in-cluster address seen from elsewhere).
+        let refused = auth_verdict("staging", &refused_url()).await;
+        assert_eq!(refused.verdict, Verdict::Inconclusive, "{refused:?}");
+        assert!(refused.fix.is_none(), "{refused:?}");
+        assert!(
+            refused.summary.starts_with("could not ask Auth"),
+            "{refused:?}"
+        );
+
+        let not_ready = auth_verdict("staging", &answering(503).await).await;
+        assert_eq!(not_ready.verdict, Verdict::Cause, "{not_ready:?}");
+        assert_eq!(not_ready.summary, "Auth is down or not ready");
+        assert!(not_ready.fix.unwrap().contains("kubectl -n kisum-staging"));
+
+        let serving = auth_verdict("staging", &answering(200).await).await;
+        assert_eq!(serving.verdict, Verdict::Ok, "{serving:?}");
+
+        // local's supervisor recorded the port: nothing listening there
+        // means the process is gone.
+        let gone = auth_verdict("local", &refused_url()).await;
+        assert_eq!(gone.verdict, Verdict::Cause, "{gone:?}");
     }
 }
