@@ -867,6 +867,74 @@ async fn a_database_password_rotates_while_the_old_login_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_refuses_to_change_a_login_still_in_use() {
+    let (site, _pg) = provisioned().await;
+    let site = Arc::new(site);
+    let oldest = site.read_secret("auth-db-credentials", "url");
+    assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        0,
+    );
+    let current = site.read_secret("auth-db-credentials", "url");
+    assert!(current.starts_with("postgres://auth_app_b:"));
+
+    // An instance never restarted still holds a session as auth_app_a.
+    let mut held = PgConnection::connect(&oldest).await.unwrap();
+    let refused = assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        3,
+    );
+    let text = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(text.contains("FAILED auth-db-credentials"), "{text}");
+    assert!(
+        text.contains("auth_app_a is still in use (1 session(s)"),
+        "{text}"
+    );
+    assert!(text.contains("`kisumctl deploy local`"), "{text}");
+    assert!(text.contains("nothing was staged"), "{text}");
+    // Nothing changed: the secret, its stages and both passwords.
+    assert_eq!(site.read_secret("auth-db-credentials", "url"), current);
+    assert_eq!(
+        site.read_secret("auth-db-credentials", ".previous/url"),
+        oldest
+    );
+    assert!(
+        !site
+            .secrets_dir()
+            .join("auth-db-credentials/.pending")
+            .exists()
+    );
+    assert!(works(&oldest).await, "the login in use keeps its password");
+    assert!(works(&current).await);
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut held)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+
+    // Once the instance has moved, the rotation goes ahead.
+    held.close().await.unwrap();
+    let rotated = assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        0,
+    );
+    let third = site.read_secret("auth-db-credentials", "url");
+    assert!(third.starts_with("postgres://auth_app_a:"));
+    assert!(!works(&oldest).await, "the oldest password is gone");
+    assert!(works(&current).await);
+    let seen = [
+        String::from_utf8_lossy(&refused.stdout).into_owned(),
+        stderr(&refused),
+        String::from_utf8_lossy(&rotated.stdout).into_owned(),
+        stderr(&rotated),
+    ];
+    assert_never_shown(&local_values(&site.secrets_dir()), &seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_rotation_leaves_the_old_secret_current_and_resumes() {
     let (site, pg) = provisioned().await;
     let site = Arc::new(site);
