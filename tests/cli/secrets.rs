@@ -543,6 +543,25 @@ async fn a_malformed_secret_is_reported_alone_and_an_interrupted_rotation_is_fin
 // ----------------------------------------------------------- local files --
 
 #[test]
+fn secrets_apply_before_the_first_deploy_leaves_the_state_dir_traversable() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let site = sealed_site();
+    std::fs::remove_dir_all(site.root().join(".kisum")).unwrap();
+    let mut seen = Vec::new();
+    expect(&site, &["secrets", "apply", "local"], 0, &mut seen);
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    // Made as deploy local makes them: PostgreSQL (another user) must
+    // traverse them; the store itself stays private.
+    assert_eq!(mode(&site.root().join(".kisum")), 0o755);
+    assert_eq!(mode(&site.root().join(".kisum/local")), 0o755);
+    assert_eq!(mode(&site.secrets_dir()), 0o700);
+    assert_eq!(
+        mode(&site.secrets_dir().join("internal-credential-auth")),
+        0o700
+    );
+}
+
+#[test]
 fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     let site = sealed_site();
     let store = site.secrets_dir();
