@@ -209,6 +209,19 @@ fn obtain(
             Err(message) => return Ok(refuse(output, &message, Exit::UnusableInput)),
         }
     };
+    // One issue or renewal per environment at a time on this machine: two
+    // would store one run's certificate beside the other's key.
+    let _lock = if dry_run || due.is_empty() {
+        None
+    } else {
+        let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
+        let verb = if renew { "renew" } else { "issue" };
+        let command = format!("kisumctl tls {verb} {}", env.name);
+        match super::hold_lock(&state_dir, "tls.lock", &command, std::time::Duration::ZERO) {
+            Ok(lock) => Some(lock),
+            Err(message) => return Ok(refuse(output, &message, Exit::OperationFailed)),
+        }
+    };
     // Hosts a renewal leaves alone because nobody issued them yet.
     let never: Vec<&HostStatus> = statuses
         .iter()

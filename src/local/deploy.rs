@@ -108,7 +108,7 @@ pub async fn deploy(
     progress: &dyn Progress,
 ) -> anyhow::Result<Outcome> {
     let state = &context.state;
-    std::fs::create_dir_all(state.root())
+    super::state::create_dirs(state.root())
         .with_context(|| format!("creating the state directory {}", state.root().display()))?;
     let command = format!("kisumctl deploy {}", env.name);
     let _lock = lock::acquire(state, &command, options.lock_timeout, &mut |holder| {

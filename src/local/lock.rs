@@ -93,7 +93,7 @@ pub fn acquire_at(
         path: path.display().to_string(),
         source,
     };
-    fs::create_dir_all(state.root()).map_err(io)?;
+    super::state::create_dirs(state.root()).map_err(io)?;
     let mut file = fs::OpenOptions::new()
         .read(true)
         .write(true)

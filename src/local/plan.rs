@@ -203,6 +203,10 @@ pub fn services(env: &Environment, inputs: &Inputs) -> anyhow::Result<Vec<Proces
     for service in env.services.values() {
         let (public, internal) = service_ports(service, offset)?;
         let mut environment = base_env();
+        // The content of the credential files the service reads once at
+        // its start: a change (a rotation) restarts it onto the new value.
+        // Internal credentials are read again by the services themselves.
+        let mut credentials = Vec::new();
         for (key, value) in &service.config {
             match value {
                 ConfigValue::Plain { value } => {
@@ -219,6 +223,9 @@ pub fn services(env: &Environment, inputs: &Inputs) -> anyhow::Result<Vec<Proces
                                     format!("{key}_PREVIOUS_FILE"),
                                     previous.display().to_string(),
                                 );
+                            }
+                            if !key.starts_with("INTERNAL_") {
+                                credentials.push((inputs.fingerprint)(&path));
                             }
                             environment.insert(format!("{key}_FILE"), path.display().to_string());
                         }
@@ -237,7 +244,11 @@ pub fn services(env: &Environment, inputs: &Inputs) -> anyhow::Result<Vec<Proces
         environment.insert("BIND_ADDRESS".into(), "127.0.0.1".into());
         let program = inputs.bin_dir.join(binary_of(service)?);
         let argv = vec![program.display().to_string(), "serve".into()];
-        let fingerprint = (inputs.fingerprint)(&program);
+        let mut fingerprint = (inputs.fingerprint)(&program);
+        for credential in &credentials {
+            fingerprint.push(':');
+            fingerprint.push_str(credential);
+        }
         specs.push(finish(ProcessSpec {
             name: service.id.to_string(),
             wave: service.spec.release_wave,
@@ -458,6 +469,40 @@ mod tests {
             },
         };
         services(&env, &inputs).unwrap()
+    }
+
+    #[test]
+    fn a_changed_credential_file_changes_the_services_digest() {
+        let (_root, matrix) = matrix(|text| text);
+        let env = matrix.environment("local").unwrap();
+        let state = StateDir::new("/state");
+        let digests = |changed: &str| {
+            let fingerprint = |path: &Path| {
+                let path = path.display().to_string();
+                let mark = if path.contains(changed) { "new" } else { "old" };
+                format!("fp:{path}:{mark}")
+            };
+            let inputs = Inputs {
+                state: &state,
+                bin_dir: Path::new("/bin-dir"),
+                fingerprint: &fingerprint,
+                secret_file: &|secret, key| {
+                    Some(PathBuf::from(format!("/state/secrets/{secret}/{key}")))
+                },
+            };
+            services(&env, &inputs)
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.name, s.digest))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let before = digests("nothing-changed");
+        let rotated = digests("auth-db-credentials/url");
+        assert_ne!(before["auth"], rotated["auth"]);
+        assert_eq!(before["platform-core"], rotated["platform-core"]);
+        // Internal credentials are read again by the running services.
+        let token = digests("internal-credential-basic/token");
+        assert_eq!(before["auth"], token["auth"]);
     }
 
     #[test]

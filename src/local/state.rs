@@ -24,6 +24,28 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+/// Creates `dir` and its missing parents with mode 0755 (explicitly, not
+/// left to the umask): the data services run as other users (PostgreSQL
+/// as `postgres` under root) and must traverse the state directory to
+/// reach their own. Private directories inside it (the secret store, the
+/// data directories) are made 0700 by their owners. Existing directories
+/// keep their mode.
+pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    for path in missing.into_iter().rev() {
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        match fs::DirBuilder::new().mode(0o755).create(path) {
+            Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The paths inside one environment's state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {

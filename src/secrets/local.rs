@@ -103,14 +103,21 @@ fn check_private_dir(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Only `path` itself is private: missing parents (the state directory)
+/// are made as `deploy local` makes them, so other users can traverse.
 fn make_private_dir(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent() {
+        crate::local::state::create_dirs(parent).map_err(io(parent))?;
+    }
     match fs::metadata(path) {
         Ok(meta) => check_private(path, &meta),
-        Err(_) => fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(io(path)),
+        Err(_) => match fs::DirBuilder::new().mode(0o700).create(path) {
+            // Made by a concurrent run meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                check_private(path, &fs::metadata(path).map_err(io(path))?)
+            }
+            made => made.map_err(io(path)),
+        },
     }
 }
 

@@ -372,15 +372,42 @@ impl Rotator<'_> {
         } else {
             active.clone()
         };
-        let password = self.pending_login(name, &current, pending, &target, progress, |p| {
-            provision::postgres_url(db, &target, p.expose())
-        })?;
-
         let server = connection::target(self.env, database)?;
         let admin = connection::postgres_login(self.env, &server, self.store)?;
         let mut conn = provision::connect_with_retry(&admin, "postgres", self.connect_timeout)
             .await
             .context("reaching the server as its administrator")?;
+        if alternate {
+            // The waiting role must be idle: a session of it means an
+            // instance has not moved to the current role yet, and a new
+            // password would lock it out at its next connection.
+            let sessions = match sessions_of(&mut conn, &target).await {
+                Ok(sessions) => sessions,
+                Err(error) => {
+                    let _ = conn.close().await;
+                    return Err(error);
+                }
+            };
+            if sessions > 0 {
+                let _ = conn.close().await;
+                bail!(
+                    "{target} is still in use ({sessions} session(s) in pg_stat_activity): \
+                     instances started before the last rotation still log in as {target}, so \
+                     its password was not changed and {name} still names {active}; {}, then \
+                     rotate again",
+                    self.move_instances_hint(&active)
+                );
+            }
+        }
+        let password = match self.pending_login(name, &current, pending, &target, progress, |p| {
+            provision::postgres_url(db, &target, p.expose())
+        }) {
+            Ok(password) => password,
+            Err(error) => {
+                let _ = conn.close().await;
+                return Err(error);
+            }
+        };
         let set = provision::set_password(&mut conn, &target, &password).await;
         let _ = conn.close().await;
         set.with_context(|| format!("setting the password of {target}"))?;
@@ -423,6 +450,32 @@ impl Rotator<'_> {
             format!("{target} has a new password")
         })
     }
+}
+
+impl Rotator<'_> {
+    /// What moves every instance onto the role `active`.
+    fn move_instances_hint(&self, active: &str) -> String {
+        if self.env.name == "local" {
+            "run `kisumctl deploy local`: it restarts every service whose credentials changed \
+             since it started"
+                .to_string()
+        } else {
+            format!(
+                "roll the services out again (`kisumctl deploy {}`) so every instance logs in as \
+                 {active}, and wait until the old instances are gone",
+                self.env.name
+            )
+        }
+    }
+}
+
+/// The number of sessions of `role` open on the server.
+async fn sessions_of(conn: &mut sqlx::PgConnection, role: &str) -> Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
+        .bind(role)
+        .fetch_one(conn)
+        .await
+        .with_context(|| format!("counting the sessions of {role}"))
 }
 
 impl Rotator<'_> {

@@ -21,7 +21,7 @@ use instant_acme::{
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 
-use super::{ACCOUNT_KEY, ACCOUNT_SECRET, CERT_KEY, KEY_KEY, TlsHost};
+use super::{ACCOUNT_KEY, ACCOUNT_SECRET, TlsHost};
 use crate::dns::plan::{Change, ChangeAction};
 use crate::dns::records::{RecordSet, RecordType};
 use crate::dns::route53::{ChangeError, Route53};
@@ -489,8 +489,7 @@ async fn finish(
     let chain = order.poll_certificate(&retries).await?;
     let (info, _) =
         super::cert::inspect(&chain).map_err(|e| anyhow!("the CA's certificate: {e}"))?;
-    store.write(&host.secret, KEY_KEY, &Secret::new(key.serialize_pem()))?;
-    store.write(&host.secret, CERT_KEY, &Secret::new(chain))?;
+    super::store_pair(store, host, &chain, &Secret::new(key.serialize_pem()))?;
     Ok(jiff::Timestamp::from_second(info.not_after)
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default())

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::matrix::Environment;
 use crate::matrix::schema::Exposure;
-use crate::secrets::{SecretStore, StoreError};
+use crate::secrets::{Secret, SecretStore, StoreError};
 use cert::CertInfo;
 
 /// Keys of a TLS secret, as Kubernetes names them.
@@ -139,6 +139,41 @@ impl Thresholds {
 }
 
 /// Reads and judges every host's certificate at time `now` (Unix seconds).
+/// Stores the certificate and key of `host` as one unit (one version of
+/// its secret), then reads both back: another run writing the same secret
+/// at the same time cannot leave a certificate beside a key not its own
+/// unnoticed.
+pub fn store_pair(
+    store: &dyn SecretStore,
+    host: &TlsHost,
+    chain: &str,
+    key: &Secret,
+) -> anyhow::Result<()> {
+    let keys = std::collections::BTreeMap::from([
+        (CERT_KEY.to_string(), Secret::new(chain.to_string())),
+        (KEY_KEY.to_string(), key.clone()),
+    ]);
+    store.write_keys(&host.secret, &keys)?;
+    let cert = store.read(&host.secret, CERT_KEY)?;
+    let read_key = store.read(&host.secret, KEY_KEY)?;
+    let (Some(cert), Some(read_key)) = (cert, read_key) else {
+        anyhow::bail!(
+            "{} does not read back with {CERT_KEY} and {KEY_KEY}",
+            host.secret
+        );
+    };
+    let (_, spki) = cert::inspect(cert.expose())
+        .map_err(|e| anyhow::anyhow!("{} {CERT_KEY} read back: {e}", host.secret))?;
+    if cert.expose() != chain || cert::key_matches(read_key.expose(), &spki) != Ok(true) {
+        anyhow::bail!(
+            "{} was changed by another run while this one stored it: {KEY_KEY} read back is not \
+             the key of the {CERT_KEY} written; see `kisumctl tls status`",
+            host.secret
+        );
+    }
+    Ok(())
+}
+
 pub fn status(
     hosts: &[TlsHost],
     store: &dyn SecretStore,
@@ -224,7 +259,7 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::{LocalFiles, Secret};
+    use crate::secrets::LocalFiles;
 
     fn signed(host: &str, days: i64) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();

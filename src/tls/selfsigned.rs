@@ -3,8 +3,8 @@
 //! store like an ACME certificate (`tls-<id>`, keys `tls.crt` and
 //! `tls.key`), so `tls status` judges both alike. No CA, no network.
 
+use super::TlsHost;
 use super::acme::{IssueOutcome, Issued};
-use super::{CERT_KEY, KEY_KEY, TlsHost};
 use crate::secrets::{Secret, SecretStore};
 
 /// How long a self-signed certificate is valid, in days: the span of an
@@ -57,8 +57,7 @@ pub fn issue(store: &dyn SecretStore, hosts: &[TlsHost], now: i64) -> Vec<Issued
 
 fn make(store: &dyn SecretStore, host: &TlsHost, now: i64) -> anyhow::Result<String> {
     let (cert, key) = certificate(&host.host, now)?;
-    store.write(&host.secret, KEY_KEY, &key)?;
-    store.write(&host.secret, CERT_KEY, &Secret::new(cert))?;
+    super::store_pair(store, host, &cert, &key)?;
     let expires = jiff::Timestamp::from_second(now + VALIDITY_DAYS * 86_400)?;
     Ok(expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }

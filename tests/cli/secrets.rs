@@ -543,6 +543,25 @@ async fn a_malformed_secret_is_reported_alone_and_an_interrupted_rotation_is_fin
 // ----------------------------------------------------------- local files --
 
 #[test]
+fn secrets_apply_before_the_first_deploy_leaves_the_state_dir_traversable() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let site = sealed_site();
+    std::fs::remove_dir_all(site.root().join(".kisum")).unwrap();
+    let mut seen = Vec::new();
+    expect(&site, &["secrets", "apply", "local"], 0, &mut seen);
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    // Made as deploy local makes them: PostgreSQL (another user) must
+    // traverse them; the store itself stays private.
+    assert_eq!(mode(&site.root().join(".kisum")), 0o755);
+    assert_eq!(mode(&site.root().join(".kisum/local")), 0o755);
+    assert_eq!(mode(&site.secrets_dir()), 0o700);
+    assert_eq!(
+        mode(&site.secrets_dir().join("internal-credential-auth")),
+        0o700
+    );
+}
+
+#[test]
 fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     let site = sealed_site();
     let store = site.secrets_dir();
@@ -863,6 +882,74 @@ async fn a_database_password_rotates_while_the_old_login_keeps_working() {
     );
     let listed = site.run(&["secrets", "list", "local"]);
     seen.push(String::from_utf8_lossy(&listed.stdout).into_owned());
+    assert_never_shown(&local_values(&site.secrets_dir()), &seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_refuses_to_change_a_login_still_in_use() {
+    let (site, _pg) = provisioned().await;
+    let site = Arc::new(site);
+    let oldest = site.read_secret("auth-db-credentials", "url");
+    assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        0,
+    );
+    let current = site.read_secret("auth-db-credentials", "url");
+    assert!(current.starts_with("postgres://auth_app_b:"));
+
+    // An instance never restarted still holds a session as auth_app_a.
+    let mut held = PgConnection::connect(&oldest).await.unwrap();
+    let refused = assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        3,
+    );
+    let text = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(text.contains("FAILED auth-db-credentials"), "{text}");
+    assert!(
+        text.contains("auth_app_a is still in use (1 session(s)"),
+        "{text}"
+    );
+    assert!(text.contains("`kisumctl deploy local`"), "{text}");
+    assert!(text.contains("nothing was staged"), "{text}");
+    // Nothing changed: the secret, its stages and both passwords.
+    assert_eq!(site.read_secret("auth-db-credentials", "url"), current);
+    assert_eq!(
+        site.read_secret("auth-db-credentials", ".previous/url"),
+        oldest
+    );
+    assert!(
+        !site
+            .secrets_dir()
+            .join("auth-db-credentials/.pending")
+            .exists()
+    );
+    assert!(works(&oldest).await, "the login in use keeps its password");
+    assert!(works(&current).await);
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut held)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+
+    // Once the instance has moved, the rotation goes ahead.
+    held.close().await.unwrap();
+    let rotated = assert_exit(
+        ROTATE_AUTH_DB,
+        rotate_blocking(&site, ROTATE_AUTH_DB).await,
+        0,
+    );
+    let third = site.read_secret("auth-db-credentials", "url");
+    assert!(third.starts_with("postgres://auth_app_a:"));
+    assert!(!works(&oldest).await, "the oldest password is gone");
+    assert!(works(&current).await);
+    let seen = [
+        String::from_utf8_lossy(&refused.stdout).into_owned(),
+        stderr(&refused),
+        String::from_utf8_lossy(&rotated.stdout).into_owned(),
+        stderr(&rotated),
+    ];
     assert_never_shown(&local_values(&site.secrets_dir()), &seen);
 }
 

@@ -304,7 +304,34 @@ fn the_local_environment_gets_self_signed_certificates() {
     let forced = site.expect(&["tls", "issue", "local", "--host", first, "--force"], 0);
     assert_ne!(site.read_secret(secret, "tls.crt"), old);
     assert!(stdout(&forced).contains("issued"), "{}", stdout(&forced));
-    no_private_key(&[&text, &again, &forced]);
+
+    // One issue per environment at a time: a held lock refuses at once.
+    let forced_cert = site.read_secret(secret, "tls.crt");
+    let lock = std::fs::File::create(site.root().join(".kisum/local/tls.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let held = site.expect(&["tls", "issue", "local", "--force"], 3);
+    assert!(
+        stderr(&held).contains("another kisumctl tls issue local is running"),
+        "{}",
+        stderr(&held)
+    );
+    assert_eq!(site.read_secret(secret, "tls.crt"), forced_cert);
+    drop(lock);
+
+    // Two forced runs at once: one may be refused, and whatever is stored
+    // is a certificate with its own key.
+    let codes: Vec<Option<i32>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| site.run(&["tls", "issue", "local", "--force"])))
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().unwrap().status.code())
+            .collect()
+    });
+    assert!(codes.contains(&Some(0)), "{codes:?}");
+    assert!(codes.iter().all(|c| matches!(c, Some(0 | 3))), "{codes:?}");
+    site.expect(&["tls", "status", "local"], 0);
+    no_private_key(&[&text, &again, &forced, &held]);
 }
 
 #[test]
