@@ -168,6 +168,19 @@ impl Staging {
         )
     }
 
+    /// Each recorded release's outcome, oldest first, with `history`'s
+    /// JSON and output.
+    async fn outcomes(&self) -> (Vec<String>, Value, String) {
+        let (history, text) = self.expect(&["history", "staging", "-o", "json"], 0).await;
+        let outcomes = history["releases"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no releases\n{text}"))
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap().to_string())
+            .collect();
+        (outcomes, history, text)
+    }
+
     fn releases(&self) -> Vec<String> {
         self.fake
             .paths(CONFIG_MAPS)
@@ -382,15 +395,7 @@ async fn deploy_applies_in_waves_records_prunes_and_rolls_back_after_a_failed_sm
         staging.deployment("auth")["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert!(image.as_str().unwrap().ends_with(":0.1.0"), "{image}");
 
-    let (history, text) = staging
-        .expect(&["history", "staging", "-o", "json"], 0)
-        .await;
-    let outcomes: Vec<&str> = history["releases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
+    let (outcomes, history, text) = staging.outcomes().await;
     assert_eq!(
         outcomes,
         ["deployed", "deployed", "failed", "deployed"],
@@ -419,15 +424,7 @@ async fn deploy_applies_in_waves_records_prunes_and_rolls_back_after_a_failed_sm
         text.contains("ROLLBACK FAILED: the smoke checks fail after the rollback too"),
         "{text}"
     );
-    let (history, text) = staging
-        .expect(&["history", "staging", "-o", "json"], 0)
-        .await;
-    let outcomes: Vec<&str> = history["releases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
+    let (outcomes, _, text) = staging.outcomes().await;
     assert_eq!(
         outcomes,
         [
