@@ -20,7 +20,9 @@ use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 
-use super::{Secret, SecretStore, SecretVersion, Stage, Staged, StoreError, check_name};
+use super::{
+    Secret, SecretStore, SecretVersion, Stage, Staged, StoreError, check_name, check_names,
+};
 
 /// The stage every read asks for.
 const CURRENT: &str = "AWSCURRENT";
@@ -179,6 +181,15 @@ impl SecretsManager {
         secret: &str,
         stage: &str,
     ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        Ok(self.version_at(secret, stage)?.map(|(_, keys)| keys))
+    }
+
+    /// The id and keys of the version of `secret` labelled `stage`.
+    fn version_at(
+        &self,
+        secret: &str,
+        stage: &str,
+    ) -> Result<Option<(String, BTreeMap<String, String>)>, StoreError> {
         let name = self.name(secret)?;
         let request = self
             .client
@@ -202,7 +213,68 @@ impl SecretsManager {
             secret: secret.to_string(),
             message,
         };
-        Ok(Some(keys_of(text, stage).map_err(malformed)?))
+        let version = output.version_id().unwrap_or_default().to_string();
+        Ok(Some((version, keys_of(text, stage).map_err(malformed)?)))
+    }
+
+    /// One attempt of [`SecretStore::write_absent`]: `Ok(None)` when
+    /// another writer changed the secret between the read and the write.
+    fn try_write_absent(
+        &self,
+        secret: &str,
+        keys: &BTreeMap<String, Secret>,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let current = self.version_at(secret, CURRENT)?;
+        let (version, mut after) = match current {
+            Some((version, keys)) => (Some(version), keys),
+            None => (None, BTreeMap::new()),
+        };
+        let mut written = Vec::new();
+        for (key, value) in keys {
+            if !after.contains_key(key) {
+                after.insert(key.clone(), value.expose().to_string());
+                written.push(key.clone());
+            }
+        }
+        if written.is_empty() {
+            return Ok(Some(written));
+        }
+        let name = self.name(secret)?;
+        let text = serde_json::to_string(&after).unwrap_or_default();
+        let outcome = match &version {
+            // Creating fails with ResourceExistsException when another
+            // writer created the secret first.
+            None => self
+                .call(
+                    self.client
+                        .create_secret()
+                        .name(&name)
+                        .secret_string(text)
+                        .client_request_token(uuid::Uuid::new_v4().to_string())
+                        .send(),
+                )
+                .map(|_| ())
+                .map_err(|e| (exists(&e), self.error(secret, "creating the secret", e))),
+            // Every writer that read this version asks for the same new
+            // version id: the first one makes it, the others' different
+            // values are refused (ResourceExistsException), never stacked.
+            Some(version) => self
+                .call(
+                    self.client
+                        .put_secret_value()
+                        .secret_id(&name)
+                        .secret_string(text)
+                        .client_request_token(successor(version))
+                        .send(),
+                )
+                .map(|_| ())
+                .map_err(|e| (exists(&e), self.error(secret, "writing a new version", e))),
+        };
+        match outcome {
+            Ok(()) => Ok(Some(written)),
+            Err((true, _)) => Ok(None),
+            Err((false, error)) => Err(error),
+        }
     }
 
     /// Moves `stage` to version `to` (from whichever version has it).
@@ -279,6 +351,25 @@ impl SecretsManager {
             .map_err(|e| self.error(secret, "creating the secret", e))
         }
     }
+}
+
+/// Attempts of [`SecretStore::write_absent`] before it gives up on a
+/// secret other writers keep changing.
+const WRITE_ABSENT_ATTEMPTS: usize = 5;
+
+/// The version id a write based on `version` asks for: the same for every
+/// writer that read `version`, new for each version.
+fn successor(version: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("kisumctl write-absent after {version}"));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::from_bytes(bytes).to_string()
+}
+
+/// Whether an SDK error is Secrets Manager's ResourceExistsException.
+fn exists<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
+    error.code() == Some("ResourceExistsException")
 }
 
 /// The keys of a stored value: a JSON object of strings. The value is
@@ -373,9 +464,7 @@ impl SecretStore for SecretsManager {
     /// One new version with every given key set, the others kept; none
     /// when nothing changes.
     fn write_keys(&self, secret: &str, keys: &BTreeMap<String, Secret>) -> Result<(), StoreError> {
-        for key in keys.keys() {
-            check_name(key)?;
-        }
+        check_names(keys)?;
         let current = self.current(secret)?;
         let exists = current.is_some();
         let before = current.unwrap_or_default();
@@ -387,6 +476,29 @@ impl SecretStore for SecretsManager {
         self.put(secret, &after, exists)
     }
 
+    /// Re-reads and retries when another writer created or changed the
+    /// secret in between (the loser of a race keeps the winner's keys).
+    fn write_absent(
+        &self,
+        secret: &str,
+        keys: &BTreeMap<String, Secret>,
+    ) -> Result<Vec<String>, StoreError> {
+        check_names(keys)?;
+        for _ in 0..WRITE_ABSENT_ATTEMPTS {
+            if let Some(written) = self.try_write_absent(secret, keys)? {
+                return Ok(written);
+            }
+        }
+        Err(StoreError::Remote {
+            store: self.describe(),
+            secret: secret.to_string(),
+            message: format!(
+                "other writers changed the secret during each of {WRITE_ABSENT_ATTEMPTS} \
+                 attempts; nothing was written"
+            ),
+        })
+    }
+
     fn read_stage(&self, secret: &str, stage: Stage) -> Result<Option<Staged>, StoreError> {
         Ok(self.at_stage(secret, stage.label())?.map(|keys| Staged {
             keys: keys.into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
@@ -396,9 +508,7 @@ impl SecretStore for SecretsManager {
     /// A version labelled `AWSPENDING` only (Secrets Manager takes the
     /// label off any earlier pending version).
     fn put_pending(&self, secret: &str, keys: &BTreeMap<String, Secret>) -> Result<(), StoreError> {
-        for key in keys.keys() {
-            check_name(key)?;
-        }
+        check_names(keys)?;
         self.put_at(secret, &exposed(keys), true, Some(PENDING))
     }
 

@@ -525,9 +525,14 @@ fn generate(
         };
         values.insert(key.to_string(), value);
     }
-    let count = values.len();
+    // Only absent keys are written: a run that lost a race to another
+    // keeps the winner's values.
+    let count = if values.is_empty() {
+        0
+    } else {
+        store.write_absent(&planned.name, &values)?.len()
+    };
     if count > 0 {
-        store.write_keys(&planned.name, &values)?;
         progress(&planned.name, count);
     }
     planned.applied = Some(count > 0);

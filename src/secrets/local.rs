@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
-use super::{Secret, SecretStore, SecretVersion, Stage, Staged, StoreError, check_name};
+use super::{
+    Secret, SecretStore, SecretVersion, Stage, Staged, StoreError, check_name, check_names,
+};
 
 const PENDING: &str = ".pending";
 const PREVIOUS: &str = ".previous";
@@ -142,6 +144,28 @@ fn sorted_names(dir: &Path) -> Result<Vec<String>, StoreError> {
 /// Writes `<dir>/<key>` through a synced temporary file and a rename.
 fn write_file(dir: &Path, key: &str, value: &Secret) -> Result<(), StoreError> {
     let path = dir.join(key);
+    let temporary = write_aside(dir, key, value)?;
+    fs::rename(&temporary, &path).map_err(io(&path))?;
+    sync_dir(dir)
+}
+
+/// Writes `key` only when it does not exist (a hard link, which never
+/// replaces a file, so two writers at once leave the first one's value);
+/// `true` when this call wrote it.
+fn create_file(dir: &Path, key: &str, value: &Secret) -> Result<bool, StoreError> {
+    let path = dir.join(key);
+    let temporary = write_aside(dir, key, value)?;
+    let linked = fs::hard_link(&temporary, &path);
+    fs::remove_file(&temporary).map_err(io(&temporary))?;
+    match linked {
+        Ok(()) => sync_dir(dir).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// The value in a 0600 temporary file beside `key`, synced; its path.
+fn write_aside(dir: &Path, key: &str, value: &Secret) -> Result<PathBuf, StoreError> {
     let temporary = dir.join(format!(".{key}.{}.tmp", std::process::id()));
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -156,8 +180,7 @@ fn write_file(dir: &Path, key: &str, value: &Secret) -> Result<(), StoreError> {
     file.write_all(value.expose().as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io(&temporary))?;
-    fs::rename(&temporary, &path).map_err(io(&path))?;
-    sync_dir(dir)
+    Ok(temporary)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -237,6 +260,24 @@ impl SecretStore for LocalFiles {
         let dir = self.secret_dir(secret)?;
         make_private_dir(&dir)?;
         write_file(&dir, key, value)
+    }
+
+    fn write_absent(
+        &self,
+        secret: &str,
+        keys: &BTreeMap<String, Secret>,
+    ) -> Result<Vec<String>, StoreError> {
+        check_names(keys)?;
+        make_private_dir(&self.dir)?;
+        let dir = self.secret_dir(secret)?;
+        make_private_dir(&dir)?;
+        let mut written = Vec::new();
+        for (key, value) in keys {
+            if create_file(&dir, key, value)? {
+                written.push(key.clone());
+            }
+        }
+        Ok(written)
     }
 
     fn read_stage(&self, secret: &str, stage: Stage) -> Result<Option<Staged>, StoreError> {

@@ -162,6 +162,18 @@ pub trait SecretStore: Send + Sync {
         Ok(())
     }
 
+    /// Writes those of `keys` that `secret` does not have yet (one version
+    /// where the backend keeps versions) and keeps every key it has,
+    /// including one another writer stored a moment ago, in this process
+    /// or another, on this machine or another. Answers the keys written;
+    /// a key left out was written first by someone else, whose value
+    /// stands. `secrets apply` generates through it.
+    fn write_absent(
+        &self,
+        secret: &str,
+        keys: &BTreeMap<String, Secret>,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Stores `keys` (the whole secret) as the pending version of an
     /// existing `secret`, replacing any earlier pending one; readers still
     /// get the current one.
@@ -227,7 +239,13 @@ pub trait SecretStore: Send + Sync {
             return Ok((value, false));
         }
         let value = generate();
-        self.write(secret, key, &value)?;
+        let keys = BTreeMap::from([(key.to_string(), value.clone())]);
+        if self.write_absent(secret, &keys)?.is_empty() {
+            // Another writer stored it first: its value stands.
+            if let Some(theirs) = self.read(secret, key)? {
+                return Ok((theirs, false));
+            }
+        }
         Ok((value, true))
     }
 }
@@ -254,6 +272,11 @@ pub fn for_environment(
             static_credentials: None,
         })?)),
     }
+}
+
+/// [`check_name`] of every key of `keys`.
+pub(crate) fn check_names<V>(keys: &BTreeMap<String, V>) -> Result<(), StoreError> {
+    keys.keys().try_for_each(|key| check_name(key))
 }
 
 /// Secret and key names: a safe path component and an unsurprising name in

@@ -331,6 +331,71 @@ async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_check
 
 /// Whether a version of `name` is labelled AWSPREVIOUS without being
 /// current: a promoted rotation whose old value is not retired yet.
+/// Every `kid` in a JSON document (a key set or a JWKS).
+fn kids(value: &Value) -> Vec<String> {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(key, value)| match (key.as_str(), value) {
+                ("kid", Value::String(kid)) => vec![kid.clone()],
+                _ => kids(value),
+            })
+            .collect(),
+        Value::Array(items) => items.iter().flat_map(kids).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_applies_on_a_fresh_store_make_one_version_of_each_secret() {
+    let moto = Moto::start().await;
+    let site = sealed_site();
+    staging_secrets_on(&site, &moto);
+    let site = Arc::new(site);
+    // Four processes at once, each planning on the empty store: every one
+    // ends well, and the losers of each race keep the winner's values.
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let site = site.clone();
+            std::thread::spawn(move || site.expect(&["secrets", "apply", "staging"], 0))
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+    let client = secrets_manager(&moto);
+    let listed = client.list_secrets().max_results(100).send().await.unwrap();
+    let names: Vec<&str> = listed
+        .secret_list()
+        .iter()
+        .filter_map(|s| s.name())
+        .collect();
+    assert!(names.len() > 20, "apply generated the inventory: {names:?}");
+    for name in &names {
+        assert_eq!(
+            version_count(&client, name).await,
+            1,
+            "{name} has one version"
+        );
+    }
+    let set = secret_at(&client, "kisum/staging/jwt-signing-keys", "AWSCURRENT")
+        .await
+        .unwrap();
+    let set: Value = serde_json::from_str(&set["key-set.json"]).unwrap();
+    let set_kids = kids(&set);
+    assert_eq!(set_kids.len(), 1, "one key in the set: {set_kids:?}");
+    let jwks = secret_at(&client, "kisum/staging/jwt-public-keys", "AWSCURRENT")
+        .await
+        .unwrap();
+    let jwks: Value = serde_json::from_str(&jwks["jwks.json"]).unwrap();
+    assert_eq!(kids(&jwks), set_kids, "the JWKS publishes the stored key");
+    // A fifth run finds everything present and writes nothing.
+    site.expect(&["secrets", "apply", "staging"], 0);
+    for name in &names {
+        assert_eq!(version_count(&client, name).await, 1, "{name} unchanged");
+    }
+}
+
 async fn old_value_still_accepted(client: &aws_sdk_secretsmanager::Client, name: &str) -> bool {
     let Ok(listed) = client
         .list_secret_version_ids()
