@@ -156,6 +156,15 @@ pub fn note_job(name: &str) {
     let _ = JOB.set(name.to_string());
 }
 
+/// Whether the run was stopped by Ctrl-C.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Notes that this run was stopped by Ctrl-C: its record says
+/// `interrupted` whatever its exit code.
+pub fn note_interrupted() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Appends the run's record to its environment's journal. A journal that
 /// cannot be written is a warning: the command's own outcome stands.
 pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
@@ -183,6 +192,7 @@ pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
         args: mutation.args.clone(),
         environment: mutation.environment.clone(),
         result: match exit {
+            _ if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) => "interrupted",
             Exit::Clean => "ok",
             Exit::CheckFailed => "check-failed",
             Exit::UnusableInput | Exit::OperationFailed => "failed",

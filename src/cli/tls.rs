@@ -244,6 +244,9 @@ fn obtain(
         match runtime.block_on(acme::issue(env, store, settings, &due)) {
             Ok(results) => results,
             Err(error) => {
+                if error.is::<acme::Interrupted>() {
+                    super::journal::note_interrupted();
+                }
                 return Ok(refuse(output, &format!("{error:#}"), Exit::OperationFailed));
             }
         }
@@ -384,6 +387,7 @@ pub(super) fn settings(
         challenge: crate::matrix::provisioning::challenge(env.base.tls.challenge, env.file),
         http01_listen,
         timeout: Duration::from_secs(args.order_timeout.max(1)),
+        state_dir: crate::matrix::resolve_path(dir, &env.file.state_dir),
     })
 }
 

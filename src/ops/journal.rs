@@ -30,7 +30,8 @@ pub struct Record {
     /// The arguments as given, after the program name.
     pub args: Vec<String>,
     pub environment: String,
-    /// `ok`, `check-failed` or `failed`.
+    /// `ok`, `check-failed`, `failed`, `rollback-failed` or `interrupted`
+    /// (stopped by Ctrl-C).
     pub result: String,
     pub exit: u8,
     pub duration_ms: u64,

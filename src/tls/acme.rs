@@ -43,7 +43,23 @@ pub struct Settings {
     pub http01_listen: Option<SocketAddr>,
     /// How long one order may take to become ready, and its certificate.
     pub timeout: Duration,
+    /// The environment's state directory: `tls-challenges.json` there
+    /// lists every challenge record before it is written, until removed.
+    pub state_dir: PathBuf,
 }
+
+/// The file listing the DNS-01 challenge records a run is about to write
+/// and has not removed yet: what a killed run left is removed by the next.
+const LEDGER: &str = "tls-challenges.json";
+
+/// `issue` stopped by SIGINT (Ctrl-C): the challenge records it wrote are
+/// removed, and no certificate of an unfinished order is stored.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "interrupted (Ctrl-C): the ACME orders were abandoned, {0}; certificates already \
+     stored stay"
+)]
+pub struct Interrupted(String);
 
 /// What happened to one host.
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +128,7 @@ struct Answer {
 }
 
 /// A published TXT value, to withdraw afterwards.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 struct Published {
     hosted_zone: String,
     name: String,
@@ -127,10 +144,105 @@ pub async fn issue(
     settings: &Settings,
     hosts: &[TlsHost],
 ) -> Result<Vec<Issued>> {
-    let mut outcomes: BTreeMap<usize, IssueOutcome> = BTreeMap::new();
     if hosts.is_empty() {
         return Ok(vec![]);
     }
+    let ledger = settings.state_dir.join(LEDGER);
+    // Ctrl-C from here on abandons the orders and removes what they wrote.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for Ctrl-C")?;
+    // What a killed run left behind.
+    let left = recorded(&ledger)?;
+    if !left.is_empty() {
+        let r53 = crate::dns::connect(env).await;
+        let removed = withdraw(&r53, &left).await;
+        forget(&ledger, &removed)?;
+    }
+    tokio::select! {
+        result = issue_orders(env, store, settings, hosts, &ledger) => result,
+        _ = sigint.recv() => {
+            let left = recorded(&ledger)?;
+            let removed = if left.is_empty() {
+                Vec::new()
+            } else {
+                let r53 = crate::dns::connect(env).await;
+                withdraw(&r53, &left).await
+            };
+            forget(&ledger, &removed)?;
+            let note = match left.len() - removed.len() {
+                0 => format!("{} challenge record(s) removed", removed.len()),
+                kept => format!(
+                    "{} challenge record(s) removed, {kept} could not be (listed in {}; the \
+                     next `tls issue` or `tls renew` removes them)",
+                    removed.len(),
+                    ledger.display()
+                ),
+            };
+            Err(Interrupted(note).into())
+        }
+    }
+}
+
+/// The challenge records recorded in `ledger` (none when it is absent).
+fn recorded(ledger: &std::path::Path) -> Result<Vec<Published>> {
+    match std::fs::read(ledger) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "reading {} (the challenge records to remove)",
+                ledger.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(anyhow!("reading {}: {e}", ledger.display())),
+    }
+}
+
+/// Writes `items` as the ledger (removing it when empty), atomically.
+fn keep(ledger: &std::path::Path, items: &[Published]) -> Result<()> {
+    if items.is_empty() {
+        return match std::fs::remove_file(ledger) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow!("removing {}: {e}", ledger.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    if let Some(parent) = ledger.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let temporary = ledger.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(items).unwrap_or_default();
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, ledger))
+        .with_context(|| format!("writing {}", ledger.display()))
+}
+
+/// Records `item` before it is written to Route53.
+fn remember(ledger: &std::path::Path, item: &Published) -> Result<()> {
+    let mut items = recorded(ledger)?;
+    if !items.contains(item) {
+        items.push(item.clone());
+    }
+    keep(ledger, &items)
+}
+
+/// Drops `removed` from the ledger.
+fn forget(ledger: &std::path::Path, removed: &[Published]) -> Result<()> {
+    let mut items = recorded(ledger)?;
+    items.retain(|item| !removed.contains(item));
+    keep(ledger, &items)
+}
+
+/// The body of [`issue`].
+async fn issue_orders(
+    env: &Environment<'_>,
+    store: &dyn SecretStore,
+    settings: &Settings,
+    hosts: &[TlsHost],
+    ledger: &std::path::Path,
+) -> Result<Vec<Issued>> {
+    let mut outcomes: BTreeMap<usize, IssueOutcome> = BTreeMap::new();
     if settings.challenge == AcmeChallenge::Dns01 {
         for (n, reason) in dns_conflicts(env, hosts).await {
             outcomes.insert(n, IssueOutcome::Refused { reason });
@@ -169,18 +281,17 @@ pub async fn issue(
     }
 
     // Publish the answers.
-    let mut published = Vec::new();
     let mut server = None;
     match settings.challenge {
         AcmeChallenge::Dns01 if !answers.is_empty() => {
             let r53 = crate::dns::connect(env).await;
-            let failures =
-                publish(&r53, env, hosts, &answers, &mut published, settings.timeout).await;
+            let failures = publish(&r53, env, hosts, &answers, ledger, settings.timeout).await;
             for (n, error) in failures {
                 outcomes.insert(n, failed(error));
             }
             let result = finish_all(&mut orders, hosts, store, settings, &mut outcomes).await;
-            withdraw(&r53, &published).await;
+            let removed = withdraw(&r53, &recorded(ledger)?).await;
+            forget(ledger, &removed)?;
             result?;
         }
         AcmeChallenge::Http01 if !answers.is_empty() => {
@@ -309,7 +420,7 @@ async fn publish(
     env: &Environment<'_>,
     hosts: &[TlsHost],
     answers: &[Answer],
-    published: &mut Vec<Published>,
+    ledger: &std::path::Path,
     timeout: Duration,
 ) -> Vec<(usize, anyhow::Error)> {
     let mut zones: BTreeMap<&str, String> = BTreeMap::new();
@@ -331,7 +442,15 @@ async fn publish(
             },
         };
         let value = format!("\"{}\"", answer.value);
+        let item = Published {
+            hosted_zone: hosted.clone(),
+            name: answer.name.clone(),
+            value: value.clone(),
+        };
         let result = async {
+            // Recorded first: a run killed during the change still has
+            // its record removed, by the next run.
+            remember(ledger, &item)?;
             let mut set = r53
                 .get(&hosted, &answer.name, RecordType::Txt)
                 .await?
@@ -355,14 +474,7 @@ async fn publish(
         }
         .await;
         match result {
-            Ok(id) => {
-                published.push(Published {
-                    hosted_zone: hosted,
-                    name: answer.name.clone(),
-                    value,
-                });
-                changes.push((answer.host, id));
-            }
+            Ok(id) => changes.push((answer.host, id)),
             Err(error) => failures.push((answer.host, error)),
         }
     }
@@ -374,8 +486,10 @@ async fn publish(
     failures
 }
 
-/// Removes the published challenge values; other values stay.
-async fn withdraw(r53: &Route53, published: &[Published]) {
+/// Removes the published challenge values; other values stay. Answers
+/// those that are gone (removed now, or never written).
+async fn withdraw(r53: &Route53, published: &[Published]) -> Vec<Published> {
+    let mut gone = Vec::new();
     for item in published {
         let result = async {
             let Some(current) = r53
@@ -407,15 +521,23 @@ async fn withdraw(r53: &Route53, published: &[Published]) {
             .map_err(change_error)
         }
         .await;
+        if result.is_ok() {
+            gone.push(item.clone());
+        }
         if let Err(error) = result {
             // Left behind, a challenge record is harmless; say so (a
             // closed stderr only loses the warning).
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("warning: could not remove {}: {error:#}", item.name);
+                eprintln!(
+                    "warning: could not remove {}: {error:#} (the next `tls issue` or `tls \
+                     renew` tries again)",
+                    item.name
+                );
             }
         }
     }
+    gone
 }
 
 fn change_error(error: ChangeError) -> anyhow::Error {

@@ -146,8 +146,18 @@ fn tls_status_judges_each_host_and_renew_takes_the_window() {
     no_private_key(&[&text]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_issues_and_renews_through_route53_and_pebble() {
+/// pebble, moto's Route53 behind the bridging proxy, the zones, and a
+/// `dev` that issues from pebble.
+struct Issuing {
+    pebble: crate::pebble::Pebble,
+    _moto: Moto,
+    proxy: crate::proxy::Proxy,
+    client: aws_sdk_route53::Client,
+    zones: (String, String),
+    site: Site,
+}
+
+async fn issuing() -> Issuing {
     let pebble = crate::pebble::start().await;
     let moto = Moto::start().await;
     let proxy = crate::proxy::start(&moto.endpoint(), Some(pebble.challtestsrv_url())).await;
@@ -155,20 +165,37 @@ async fn tls_issues_and_renews_through_route53_and_pebble() {
     let (io, dev) = create_zones(&client).await;
     let site = Site::dev(&proxy.url());
     issue_from(&site, &pebble);
+    Issuing {
+        pebble,
+        _moto: moto,
+        proxy,
+        client,
+        zones: (io, dev),
+        site,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_issues_and_renews_through_route53_and_pebble() {
+    let Issuing {
+        pebble,
+        _moto,
+        proxy,
+        client,
+        zones: (io, dev),
+        site,
+    } = issuing().await;
 
     let issue = site.expect(&["tls", "issue", "dev", "-o", "json"], 0);
     let issued: Value = serde_json::from_slice(&issue.stdout).unwrap();
     assert_eq!(issued["failed"], 0, "{issued:#}\n{}", stderr(&issue));
     assert_eq!(issued["results"].as_array().unwrap().len(), HOSTS.len());
     assert!(proxy.counts.bridged.load(Ordering::SeqCst) >= 2 * HOSTS.len());
-    for zone in [&io, &dev] {
-        let left: Vec<_> = records(&client, zone)
-            .await
-            .into_keys()
-            .filter(|(name, _)| name.starts_with("_acme-challenge."))
-            .collect();
-        assert!(left.is_empty(), "challenge records left behind: {left:?}");
-    }
+    assert_eq!(
+        challenge_records(&client, &[&io, &dev]).await,
+        0,
+        "challenge records left behind"
+    );
     let account = secrets(&site).join("acme-account-key/key.pem");
     assert_eq!(
         std::fs::metadata(&account).unwrap().permissions().mode() & 0o777,
@@ -248,6 +275,99 @@ async fn tls_issues_and_renews_through_route53_and_pebble() {
     assert_eq!(http["results"][0]["status"], "issued", "{http:#}");
     assert_ne!(read(&site, "tls-auth", "tls.crt"), auth_before);
     no_private_key(&[&issue, &renew, &nothing]);
+}
+
+/// The `_acme-challenge` records in the zones.
+async fn challenge_records(client: &aws_sdk_route53::Client, zones: &[&String]) -> usize {
+    let mut count = 0;
+    for zone in zones {
+        count += records(client, zone)
+            .await
+            .into_keys()
+            .filter(|(name, _)| name.starts_with("_acme-challenge."))
+            .count();
+    }
+    count
+}
+
+/// Starts `tls issue dev` and waits (at most a minute) until it waits for
+/// its challenge records, which the proxy keeps `PENDING`.
+async fn issue_waiting(site: &Site, proxy: &crate::proxy::Proxy) -> std::process::Child {
+    let before = proxy.counts.get_change.load(Ordering::SeqCst);
+    let child = site
+        .command(&["tls", "issue", "dev"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.counts.get_change.load(Ordering::SeqCst) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tls issue never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child
+}
+
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_issue_removes_its_challenge_records_and_is_journaled() {
+    let setup = issuing().await;
+    let (site, proxy, client) = (&setup.site, &setup.proxy, &setup.client);
+    let (io, dev) = (&setup.zones.0, &setup.zones.1);
+    // Route53 says PENDING for as long as the test wants: Ctrl-C lands
+    // while the orders wait for their challenge records.
+    proxy.faults.pending.store(usize::MAX / 2, Ordering::SeqCst);
+
+    let child = issue_waiting(site, proxy).await;
+    assert!(challenge_records(client, &[io, dev]).await > 0);
+    signal(&child, "-INT");
+    let interrupted = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        interrupted.status.code(),
+        Some(3),
+        "{}",
+        stderr(&interrupted)
+    );
+    assert!(
+        stderr(&interrupted).contains("interrupted (Ctrl-C)"),
+        "{}",
+        stderr(&interrupted)
+    );
+    assert_eq!(challenge_records(client, &[io, dev]).await, 0);
+    let journal = site.json(&["journal", "dev", "-o", "json"], 0);
+    let last = journal["records"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["command"], "tls issue", "{journal:#}");
+    assert_eq!(last["result"], "interrupted", "{journal:#}");
+    assert_eq!(last["exit"], 3);
+
+    // A run killed outright leaves its records; the next run removes them
+    // before its own orders, and issues.
+    let mut child = issue_waiting(site, proxy).await;
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    assert!(challenge_records(client, &[io, dev]).await > 0);
+    proxy.faults.pending.store(0, Ordering::SeqCst);
+    let next = site.json(&["tls", "issue", "dev", "-o", "json"], 0);
+    assert_eq!(next["failed"], 0, "{next:#}");
+    assert_eq!(challenge_records(client, &[io, dev]).await, 0);
 }
 
 #[test]
