@@ -330,10 +330,10 @@ fn check(
         Ok(findings) => findings,
         Err(error) => return failed(output, error),
     };
-    let exit = if findings.is_empty() {
-        Exit::Clean
-    } else {
+    let exit = if findings.iter().any(|f| f.kind.fails()) {
         Exit::CheckFailed
+    } else {
+        Exit::Clean
     };
     match output {
         OutputFormat::Json => {

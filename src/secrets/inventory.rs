@@ -670,6 +670,11 @@ pub enum FindingKind {
     RotationPending,
     /// The stored value cannot be read (not in the backend's shape).
     Unreadable,
+    /// Not in the store, and the running platform does not need it: only
+    /// optional configuration entries (`required: false`) read it, or, in
+    /// `local`, no service reads it and a person supplies it. Reported,
+    /// never a failure.
+    NotSet,
 }
 
 impl FindingKind {
@@ -680,8 +685,30 @@ impl FindingKind {
             FindingKind::Unreferenced => "unreferenced",
             FindingKind::RotationPending => "rotation-pending",
             FindingKind::Unreadable => "unreadable",
+            FindingKind::NotSet => "optional, not set",
         }
     }
+
+    /// Whether `check` fails on it.
+    pub fn fails(self) -> bool {
+        self != FindingKind::NotSet
+    }
+}
+
+/// How the services read inventory entry `id`: `Some(true)` when a
+/// required configuration entry does, `Some(false)` when only optional
+/// ones do, `None` when none does.
+fn read_by_services(env: &Environment, id: &str) -> Option<bool> {
+    let entries = env
+        .base
+        .services
+        .values()
+        .flat_map(|service| service.config.values())
+        .chain(env.base.common_config.values())
+        .filter(|entry| entry.secret.as_deref() == Some(id));
+    entries.fold(None, |seen, entry| {
+        Some(seen.unwrap_or(false) || entry.required)
+    })
 }
 
 /// Missing secrets and keys, secrets past their rotation date, secrets
@@ -733,8 +760,20 @@ pub fn check(
                 Action::Generate => "`kisumctl secrets apply` generates it".to_string(),
                 _ => planned.note.clone().unwrap_or_default(),
             };
+            let supplied = planned
+                .keys
+                .iter()
+                .all(|k| matches!(k.action, Action::Present | Action::MustSupply));
+            let not_needed = match read_by_services(env, &planned.inventory) {
+                Some(required) => !required,
+                None => env.name == "local" && supplied,
+            };
             findings.push(Finding {
-                kind: FindingKind::Missing,
+                kind: if not_needed {
+                    FindingKind::NotSet
+                } else {
+                    FindingKind::Missing
+                },
                 secret: planned.name.clone(),
                 detail: format!("no {} ({how})", absent.join(", ")),
             });

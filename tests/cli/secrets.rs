@@ -627,6 +627,70 @@ fn secrets_apply_before_the_first_deploy_leaves_the_state_dir_traversable() {
 }
 
 #[test]
+fn check_local_is_clean_with_what_deploy_local_writes_and_fails_on_a_needed_secret() {
+    let site = sealed_site();
+    let mut seen = Vec::new();
+    expect(&site, &["secrets", "apply", "local"], 0, &mut seen);
+    // What deploy local writes besides: every key another command writes
+    // (database and Redis logins, smoke fixtures), certificates aside.
+    let plan = json(&expect(
+        &site,
+        &["secrets", "plan", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    for planned in plan["secrets"].as_array().unwrap() {
+        let name = planned["name"].as_str().unwrap();
+        for key in planned["keys"].as_array().unwrap() {
+            if key["action"] == "awaits" && !name.starts_with("tls-") {
+                site.secret(name, key["key"].as_str().unwrap(), "written-by-deploy");
+            }
+        }
+    }
+    let check = json(&expect(
+        &site,
+        &["secrets", "check", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    let kinds = |check: &Value, secret: &str| -> Vec<String> {
+        check["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["secret"] == secret)
+            .map(|f| f["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Optional configuration, and what a person supplies that local's
+    // services never read, are reported as not set.
+    for optional in [
+        "email-provider-key",
+        "billing-provider-key",
+        "ai-provider-key",
+        "backup-age-identity",
+        "redis-admin-credentials",
+    ] {
+        assert_eq!(kinds(&check, optional), ["not-set"], "{optional}: {check}");
+    }
+    let text = expect(&site, &["secrets", "check", "local"], 0, &mut seen);
+    assert!(
+        stdout_of(&text).contains("optional, not set"),
+        "{}",
+        stdout_of(&text)
+    );
+    // A secret a running service needs is still a failure.
+    std::fs::remove_file(site.secrets_dir().join("internal-credential-auth/token")).unwrap();
+    let check = json(&expect(
+        &site,
+        &["secrets", "check", "local", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    assert_eq!(kinds(&check, "internal-credential-auth"), ["missing"]);
+}
+
+#[test]
 fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     let site = sealed_site();
     let store = site.secrets_dir();
@@ -674,7 +738,7 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     assert!(
         findings
             .iter()
-            .any(|f| f["kind"] == "missing" && f["secret"] == "email-provider-key"),
+            .any(|f| f["kind"] == "not-set" && f["secret"] == "email-provider-key"),
         "{check}"
     );
     let about_tls = |check: &Value| {
