@@ -104,12 +104,21 @@ struct RotateArgs {
     /// Seconds an internal credential's previous value stays accepted
     /// after the new one is current, before it is retired [default: 5 for
     /// local (services read their credential files on every use), 3900
-    /// elsewhere (the secret sync's hour plus the kubelet's refresh)]
-    #[arg(long, value_name = "SECONDS")]
+    /// elsewhere (the secret sync's hour plus the kubelet's refresh)]; at
+    /// most 2592000 (30 days)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(..=MAX_RETIRE_AFTER)
+    )]
     retire_after: Option<u64>,
     #[arg(short, long, value_enum, default_value_t)]
     output: OutputFormat,
 }
+
+/// The longest `--retire-after` (30 days): a rotation holds its lock and
+/// its process while it waits.
+const MAX_RETIRE_AFTER: u64 = 30 * 24 * 3600;
 
 /// How long an internal credential's previous value stays accepted by
 /// default: local services read their files on every use; pods see a new

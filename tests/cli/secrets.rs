@@ -688,6 +688,21 @@ fn check_local_is_clean_with_what_deploy_local_writes_and_fails_on_a_needed_secr
         &mut seen,
     ));
     assert_eq!(kinds(&check, "internal-credential-auth"), ["missing"]);
+    // A retirement wait beyond 30 days is refused, naming the limit.
+    let args = [
+        "secrets",
+        "rotate",
+        "local",
+        "internal-credential-auth",
+        "--retire-after",
+        "2592001",
+    ];
+    let refused = expect(&site, &args, 2, &mut seen);
+    assert!(
+        stderr(&refused).contains("0..=2592000"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 #[test]
