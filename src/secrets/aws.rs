@@ -24,6 +24,9 @@ use super::{
     Secret, SecretStore, SecretVersion, Stage, Staged, StoreError, check_name, check_names,
 };
 
+/// A version's id and keys.
+type Version = (String, BTreeMap<String, String>);
+
 /// The stage every read asks for.
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
@@ -185,11 +188,7 @@ impl SecretsManager {
     }
 
     /// The id and keys of the version of `secret` labelled `stage`.
-    fn version_at(
-        &self,
-        secret: &str,
-        stage: &str,
-    ) -> Result<Option<(String, BTreeMap<String, String>)>, StoreError> {
+    fn version_at(&self, secret: &str, stage: &str) -> Result<Option<Version>, StoreError> {
         let name = self.name(secret)?;
         let request = self
             .client

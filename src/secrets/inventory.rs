@@ -946,7 +946,7 @@ mod tests {
         assert!(
             findings
                 .iter()
-                .any(|f| f.kind == FindingKind::Missing && f.secret == "billing-provider-key")
+                .any(|f| f.kind == FindingKind::NotSet && f.secret == "billing-provider-key")
         );
         store.write("stray", "k", &Secret::new("v")).unwrap();
         let findings = check(&env, &store, 1_700_000_000).unwrap();

@@ -254,7 +254,9 @@ async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_check
             .iter()
             .any(|f| f["kind"] == kind && f["secret"] == name)
     };
-    assert!(found("missing", "email-provider-key"), "{findings:?}");
+    // Only optional configuration reads the e-mail provider's key.
+    assert!(found("not-set", "email-provider-key"), "{findings:?}");
+    assert!(found("missing", "auth-db-credentials"), "{findings:?}");
     assert!(found("unreferenced", "leftover"), "{findings:?}");
     assert!(
         !found("overdue", "internal-credential-auth"),
