@@ -53,9 +53,13 @@ impl<'e> Context<'e> {
         let store = Store::for_environment(matrix_dir, env).await;
         let recipients = encrypt::Recipients::parse(&env.file.backups.age_recipients)
             .map_err(anyhow::Error::msg)?;
+        let state_dir = crate::matrix::resolve_path(matrix_dir, &env.file.state_dir);
+        // Every backup, restore and drill removes what killed runs left in
+        // the scratch (decrypted dumps), whether it needs a scratch or not.
+        remove_abandoned_scratch(&state_dir.join("backup-scratch"));
         Ok(Context {
             env,
-            state_dir: crate::matrix::resolve_path(matrix_dir, &env.file.state_dir),
+            state_dir,
             store,
             recipients,
             secrets,

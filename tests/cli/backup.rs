@@ -457,12 +457,10 @@ async fn the_drill_restores_verifies_and_compares_with_the_targets() {
     assert_eq!(sanity["passed"], false);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn encrypted_backups_need_the_identity_of_the_secret_store() {
+/// Has the site encrypt its backups to a new age identity, kept in its
+/// secret store; answers the recipient.
+fn encrypt_backups(site: &Site) -> String {
     use age::secrecy::ExposeSecret;
-    let pg = Postgres::start().await.unwrap();
-    seed_auth_db(&pg, 1000).await;
-    let site = Site::new(pg.port());
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     site.edit("environments/local.yaml", |t| {
@@ -476,6 +474,16 @@ async fn encrypted_backups_need_the_identity_of_the_secret_store() {
         "identity",
         identity.to_string().expose_secret(),
     );
+    recipient
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_backups_need_the_identity_of_the_secret_store() {
+    use age::secrecy::ExposeSecret;
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1000).await;
+    let site = Site::new(pg.port());
+    let recipient = encrypt_backups(&site);
     let before = fingerprint(&pg, "auth_db").await;
 
     let manifest = site.backup("auth-db");
@@ -1360,5 +1368,71 @@ async fn a_live_database_left_refusing_connections_by_a_killed_swap_is_opened_ag
         .await
         .unwrap();
     assert_eq!(admins, 1, "the original serves");
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+/// The files (path, mode) with some content under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<(PathBuf, u32)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            files.extend(files_under(&entry.path()));
+        } else if meta.len() > 0 {
+            files.push((entry.path(), mode(&entry.path())));
+        }
+    }
+    files
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_encrypted_restore_leaves_private_scratch_the_next_run_removes() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    encrypt_backups(&site);
+    site.backup("auth-db");
+
+    // Killed once the decrypted copy exists and pg_restore reads it.
+    let port = pg.port();
+    let scratch = site.root().join(".kisum/local/backup-scratch");
+    let files = site
+        .kill_when(&["restore", "local", "auth-db", "--yes"], async || {
+            let files = files_under(&scratch);
+            (!files.is_empty() && !tools_on_port("pg_restore", port).is_empty()).then_some(files)
+        })
+        .await;
+    assert_none_survives("pg_restore", port).await;
+    let relative = files[0].0.strip_prefix(&scratch).unwrap().to_path_buf();
+    let dir = scratch.join(relative.components().next().unwrap());
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("work-"), "{name}");
+    for (path, file_mode) in &files {
+        assert_eq!(*file_mode, 0o600, "{}", path.display());
+        for parent in path
+            .ancestors()
+            .skip(1)
+            .take_while(|p| p.starts_with(&scratch))
+        {
+            assert_eq!(mode(parent), 0o700, "{}", parent.display());
+        }
+    }
+    let decrypted = std::fs::read(&files[0].0).unwrap();
+    assert!(
+        !decrypted.starts_with(b"age-encryption.org/v1"),
+        "a decrypted copy"
+    );
+
+    // The next run, a backup here, removes the dead run's scratch.
+    site.backup("auth-db");
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+    site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
     assert_eq!(databases(&pg).await, ["auth_db"]);
 }
