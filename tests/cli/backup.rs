@@ -524,6 +524,14 @@ async fn encrypted_backups_need_the_identity_of_the_secret_store() {
     for output in [stdout(&verify), stderr(&verify)] {
         assert!(!output.contains("AGE-SECRET-KEY"), "no identity in output");
     }
+
+    // Without an identity, verify and restore agree: a failed check.
+    std::fs::remove_file(site.secrets_dir().join("backup-age-identity/identity")).unwrap();
+    let verify = site.expect(&["backup", "verify", "local"], 1);
+    let restore = site.expect(&["restore", "local", "auth-db", "--yes"], 1);
+    for output in [stdout(&verify), stderr(&restore)] {
+        assert!(output.contains("has no `backup-age-identity`"), "{output}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1435,4 +1443,18 @@ async fn sigkill_during_an_encrypted_restore_leaves_private_scratch_the_next_run
     assert!(!dir.exists(), "{} was left behind", dir.display());
     site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
     assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+#[test]
+fn verifying_an_empty_store_is_a_failed_check_that_says_so() {
+    let site = Site::new(kisum_testkit::free_port().unwrap());
+    let text = site.expect(&["backup", "verify", "local"], 1);
+    assert!(
+        stdout(&text).starts_with("no backups of local in "),
+        "{}",
+        stdout(&text)
+    );
+    let json = site.json(&["backup", "verify", "local", "-o", "json"], 1);
+    assert_eq!(json["passed"], false);
+    assert_eq!(json["verified"], serde_json::json!([]));
 }
