@@ -330,7 +330,7 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
 async fn kill_during_pg_restore(site: &Site, pg: &Postgres) {
     let port = pg.port();
     site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
-        let names = databases(&pg).await;
+        let names = databases(pg).await;
         let restoring = names.iter().any(|d| d.starts_with("auth_db_restore_"));
         (restoring && !tools_on_port("pg_restore", port).is_empty()).then_some(())
     })
