@@ -53,9 +53,13 @@ impl<'e> Context<'e> {
         let store = Store::for_environment(matrix_dir, env).await;
         let recipients = encrypt::Recipients::parse(&env.file.backups.age_recipients)
             .map_err(anyhow::Error::msg)?;
+        let state_dir = crate::matrix::resolve_path(matrix_dir, &env.file.state_dir);
+        // Every backup, restore and drill removes what killed runs left in
+        // the scratch (decrypted dumps), whether it needs a scratch or not.
+        remove_abandoned_scratch(&state_dir.join("backup-scratch"));
         Ok(Context {
             env,
-            state_dir: crate::matrix::resolve_path(matrix_dir, &env.file.state_dir),
+            state_dir,
             store,
             recipients,
             secrets,
@@ -312,6 +316,18 @@ pub struct Corrupt {
     pub problems: Vec<String>,
 }
 
+/// An encrypted backup whose identity is missing from the secret store:
+/// it cannot be verified, a failed check (exit 1) like a corrupt one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "backup {id} is encrypted and the secret store ({store}) has no `{}` to decrypt it",
+    encrypt::IDENTITY_SECRET
+)]
+pub struct NoIdentity {
+    pub id: String,
+    pub store: String,
+}
+
 /// Fetches backup `id` into `scratch` (a no-op for a directory store),
 /// checks the manifest, the size and SHA-256 of every stored file, and,
 /// for an encrypted backup, decrypts each file with the identity of the
@@ -334,11 +350,13 @@ pub async fn prepare(cx: &Context<'_>, id: &str, scratch: &Path) -> Result<Prepa
     let identity = if manifest.encrypted() {
         match encrypt::Identity::from_store(cx.secrets.as_ref()).map_err(anyhow::Error::msg)? {
             Some(identity) => Some(identity),
-            None => bail!(
-                "backup {id} is encrypted and the secret store ({}) has no `{}` to decrypt it",
-                cx.secrets.describe(),
-                encrypt::IDENTITY_SECRET
-            ),
+            None => {
+                return Err(NoIdentity {
+                    id: id.to_string(),
+                    store: cx.secrets.describe(),
+                }
+                .into());
+            }
         }
     } else {
         None

@@ -513,77 +513,149 @@ pub async fn drop_database(login: &PgLogin, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// In one transaction: ends the sessions of `live`, renames it to
-/// `previous` (when it exists) and `replacement` to `live`. Either both
-/// renames happen or neither. Retried a few times when a client connects
-/// again between the end of its session and the rename.
+/// Swaps `replacement` in as `live` under traffic: stops new connections
+/// to `live` (`datallowconn = false`), ends its sessions (the services'
+/// pools reconnect), then renames it to `previous` (when it exists) and
+/// `replacement` to `live` in one transaction: both renames or neither.
+/// Connections are allowed again on whatever is called `live` afterwards,
+/// and on `previous`; when the swap fails, on the untouched `live`. A
+/// kill in between leaves `datallowconn = false` behind, which
+/// [`allow_connections`] (run by every recovery) repairs.
 pub async fn swap(login: &PgLogin, live: &str, replacement: &str, previous: &str) -> Result<()> {
     let mut conn = connect(login, "postgres").await?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = swap_once(&mut conn, live, replacement, previous).await;
-        match result {
-            Ok(()) => break,
-            Err(error) if attempt < 5 && is_in_use(&error) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
-                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
-            }
-            Err(error) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
-                return Err(error).with_context(|| format!("swapping {replacement} in as {live}"));
-            }
-        }
+    let result = swap_on(&mut conn, live, replacement, previous).await;
+    if result.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
     }
+    // Whatever happened, the database called `live` takes connections
+    // (after a swap, the restored one never stopped taking them).
+    let reopened = allow_connections_on(&mut conn, &[live, previous]).await;
     let _ = conn.close().await;
-    Ok(())
+    match (result, reopened) {
+        (Ok(()), _) => Ok(()),
+        (Err(error), Ok(_)) => Err(error.context(format!("swapping {replacement} in as {live}"))),
+        (Err(error), Err(reopen)) => Err(error.context(format!(
+            "swapping {replacement} in as {live}; {live} still refuses connections ({reopen:#}): \
+             `kisumctl restore ENV DATABASE --cleanup` allows them again"
+        ))),
+    }
 }
 
-async fn swap_once(
+async fn swap_on(
     conn: &mut PgConnection,
     live: &str,
     replacement: &str,
     previous: &str,
 ) -> Result<()> {
-    sqlx::query("BEGIN").execute(&mut *conn).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(live)
-            .fetch_one(&mut *conn)
-            .await?;
-    if exists {
+    if !exists_on(conn, live).await? {
+        let sql = format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(replacement),
+            ident(live)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(plain)?;
+        return Ok(());
+    }
+    let sql = format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", ident(live));
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await
+        .map_err(plain)?;
+    // No new session can start now; the ones left are ended, and the
+    // renames retried while one of them is still on its way out.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         sqlx::query(
-            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity \
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
              WHERE datname = $1 AND pid <> pg_backend_pid()",
         )
         .bind(live)
         .execute(&mut *conn)
-        .await?;
-        let sql = format!(
-            "ALTER DATABASE {} RENAME TO {}",
-            ident(live),
-            ident(previous)
-        );
+        .await
+        .map_err(plain)?;
+        match rename_both(conn, live, replacement, previous).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < 10 && is_in_use(&error) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+            Err(error) => return Err(plain(error)),
+        }
+    }
+}
+
+async fn rename_both(
+    conn: &mut PgConnection,
+    live: &str,
+    replacement: &str,
+    previous: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    for (from, to) in [(live, previous), (replacement, live)] {
+        let sql = format!("ALTER DATABASE {} RENAME TO {}", ident(from), ident(to));
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&mut *conn)
             .await?;
     }
-    let sql = format!(
-        "ALTER DATABASE {} RENAME TO {}",
-        ident(replacement),
-        ident(live)
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(&mut *conn)
-        .await?;
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(())
 }
 
-fn is_in_use(error: &anyhow::Error) -> bool {
+async fn exists_on(conn: &mut PgConnection, name: &str) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// Allows connections again to those of `names` that exist and refuse
+/// them (what a swap killed half-way leaves); answers the ones changed.
+pub async fn allow_connections(login: &PgLogin, names: &[&str]) -> Result<Vec<String>> {
+    let mut conn = connect(login, "postgres").await?;
+    let changed = allow_connections_on(&mut conn, names).await;
+    let _ = conn.close().await;
+    changed
+}
+
+async fn allow_connections_on(conn: &mut PgConnection, names: &[&str]) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    for name in names {
+        let closed: Option<bool> =
+            sqlx::query_scalar("SELECT NOT datallowconn FROM pg_database WHERE datname = $1")
+                .bind(*name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if closed == Some(true) {
+            let sql = format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", ident(name));
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+                .map_err(plain)
+                .with_context(|| format!("allowing connections to {name} again"))?;
+            changed.push(name.to_string());
+        }
+    }
+    Ok(changed)
+}
+
+/// A database error as PostgreSQL's own message, without sqlx's prefix
+/// and the server's source position.
+fn plain(error: sqlx::Error) -> anyhow::Error {
+    match error.as_database_error() {
+        Some(db) => anyhow::anyhow!("{}", db.message()),
+        None => error.into(),
+    }
+}
+
+fn is_in_use(error: &sqlx::Error) -> bool {
     error
-        .downcast_ref::<sqlx::Error>()
-        .and_then(|e| e.as_database_error())
+        .as_database_error()
         .and_then(|e| e.code())
         .is_some_and(|code| code == "55006")
 }

@@ -602,6 +602,7 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
     };
     stop_scratch_server(&journal);
     let staging_note = remove_safety_staging(&mut journal);
+    let reopened = reopen_postgres(cx, target, &journal).await?;
     let last = journal.last();
     let swapped = match last {
         Step::Swapped => true,
@@ -641,9 +642,31 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
         )
     };
     archive(&cx.state_dir, &journal)?;
-    Ok(Some(match staging_note {
-        Some(note) => format!("{description}; {note}"),
-        None => description,
+    let notes = staging_note.into_iter().chain(reopened);
+    Ok(Some(
+        notes.fold(description, |text, note| format!("{text}; {note}")),
+    ))
+}
+
+/// PostgreSQL: a restore killed during its swap may leave the live (or
+/// the previous) database refusing connections; they are allowed again.
+async fn reopen_postgres(
+    cx: &Context<'_>,
+    target: &Target,
+    journal: &Journal,
+) -> Result<Option<String>> {
+    if target.engine != EngineKind::Postgresql {
+        return Ok(None);
+    }
+    let login = pg_login(cx, target)?;
+    let names = [journal.name.as_str(), journal.previous.as_str()];
+    let reopened = postgres::allow_connections(&login, &names).await?;
+    Ok((!reopened.is_empty()).then(|| {
+        format!(
+            "{} accept{} connections again",
+            reopened.join(" and "),
+            if reopened.len() == 1 { "s" } else { "" }
+        )
     }))
 }
 
@@ -1097,6 +1120,15 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<(Option<String
     let mut dropped = Vec::new();
     if target.engine == EngineKind::Postgresql {
         let login = pg_login(cx, target)?;
+        // A swap that failed and could not allow connections again.
+        let reopened = postgres::allow_connections(&login, &[&target.name]).await?;
+        let recovered = match (recovered, reopened.is_empty()) {
+            (recovered, true) => recovered,
+            (None, false) => Some(format!("{} accepts connections again", target.name)),
+            (Some(note), false) => {
+                Some(format!("{note}; {} accepts connections again", target.name))
+            }
+        };
         for kind in ["_previous_", "_restore_"] {
             let prefix = format!("{}{kind}", target.name);
             for name in postgres::databases_with_prefix(&login, &prefix).await? {

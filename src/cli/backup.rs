@@ -314,6 +314,23 @@ async fn verify(cx: &Context<'_>, args: VerifyArgs) -> anyhow::Result<Exit> {
     } else {
         args.ids.clone()
     };
+    if ids.is_empty() {
+        // Nothing verified is a failed check, not a pass.
+        let message = format!(
+            "no backups of {} in {}",
+            cx.env.name,
+            printable(&cx.store.describe())
+        );
+        match args.output {
+            OutputFormat::Text => outln!("{message}"),
+            OutputFormat::Json => {
+                let document = json!({ "environment": cx.env.name, "verified": [],
+                    "passed": false, "error": message });
+                outln!("{}", serde_json::to_string_pretty(&document)?);
+            }
+        }
+        return Ok(Exit::CheckFailed);
+    }
     let mut results = Vec::new();
     for id in &ids {
         let scratch = cx.scratch()?;

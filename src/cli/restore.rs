@@ -203,7 +203,9 @@ async fn execute(
                 errln!("restore {name} {}: {}", target.id, printable(line));
             }
             errln!("restore {name} {}: next: {}", target.id, failure.next);
-            let exit = if failure.error.downcast_ref::<Corrupt>().is_some() {
+            let unverifiable = failure.error.downcast_ref::<Corrupt>().is_some()
+                || failure.error.downcast_ref::<backup::NoIdentity>().is_some();
+            let exit = if unverifiable {
                 Exit::CheckFailed
             } else {
                 Exit::OperationFailed

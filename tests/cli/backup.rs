@@ -295,15 +295,7 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
     db.close().await.unwrap();
     let before = fingerprint(&pg, "auth_db").await;
 
-    // Kill it while pg_restore fills the new database: pg_restore goes too.
-    let port = pg.port();
-    site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
-        let names = databases(&pg).await;
-        let restoring = names.iter().any(|d| d.starts_with("auth_db_restore_"));
-        (restoring && !tools_on_port("pg_restore", port).is_empty()).then_some(())
-    })
-    .await;
-    assert_none_survives("pg_restore", port).await;
+    kill_during_pg_restore(&site, &pg).await;
 
     assert_eq!(
         fingerprint(&pg, "auth_db").await,
@@ -331,6 +323,19 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
     );
     site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
     assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+/// Starts `restore local auth-db` and kills it while pg_restore fills the
+/// new database: pg_restore goes too.
+async fn kill_during_pg_restore(site: &Site, pg: &Postgres) {
+    let port = pg.port();
+    site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
+        let names = databases(pg).await;
+        let restoring = names.iter().any(|d| d.starts_with("auth_db_restore_"));
+        (restoring && !tools_on_port("pg_restore", port).is_empty()).then_some(())
+    })
+    .await;
+    assert_none_survives("pg_restore", port).await;
 }
 
 /// Rewrites the finish time of a backup in a directory store.
@@ -452,12 +457,10 @@ async fn the_drill_restores_verifies_and_compares_with_the_targets() {
     assert_eq!(sanity["passed"], false);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn encrypted_backups_need_the_identity_of_the_secret_store() {
+/// Has the site encrypt its backups to a new age identity, kept in its
+/// secret store; answers the recipient.
+fn encrypt_backups(site: &Site) -> String {
     use age::secrecy::ExposeSecret;
-    let pg = Postgres::start().await.unwrap();
-    seed_auth_db(&pg, 1000).await;
-    let site = Site::new(pg.port());
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     site.edit("environments/local.yaml", |t| {
@@ -471,6 +474,16 @@ async fn encrypted_backups_need_the_identity_of_the_secret_store() {
         "identity",
         identity.to_string().expose_secret(),
     );
+    recipient
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_backups_need_the_identity_of_the_secret_store() {
+    use age::secrecy::ExposeSecret;
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1000).await;
+    let site = Site::new(pg.port());
+    let recipient = encrypt_backups(&site);
     let before = fingerprint(&pg, "auth_db").await;
 
     let manifest = site.backup("auth-db");
@@ -510,6 +523,14 @@ async fn encrypted_backups_need_the_identity_of_the_secret_store() {
     );
     for output in [stdout(&verify), stderr(&verify)] {
         assert!(!output.contains("AGE-SECRET-KEY"), "no identity in output");
+    }
+
+    // Without an identity, verify and restore agree: a failed check.
+    std::fs::remove_file(site.secrets_dir().join("backup-age-identity/identity")).unwrap();
+    let verify = site.expect(&["backup", "verify", "local"], 1);
+    let restore = site.expect(&["restore", "local", "auth-db", "--yes"], 1);
+    for output in [stdout(&verify), stderr(&restore)] {
+        assert!(output.contains("has no `backup-age-identity`"), "{output}");
     }
 }
 
@@ -1211,4 +1232,229 @@ async fn a_second_restore_of_a_database_is_refused_and_names_the_running_one() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0), "the first restore goes on");
+}
+
+/// A client of `db` that runs short queries, and connects again at once
+/// when its session is cut, until `stop` is set or two minutes have
+/// passed; counts the queries served in `served`.
+fn steady_traffic(
+    pg: &Postgres,
+    db: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let url = pg.url(db);
+    tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
+            };
+            // As a pool does: the session is kept until it is cut.
+            while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                let query = sqlx::query("SELECT count(*) FROM users").execute(&mut conn);
+                if query.await.is_err() {
+                    break;
+                }
+                served.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let _ = conn.close().await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_swaps_under_steady_traffic_and_the_clients_reconnect() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1000).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let mut db = connect(&pg, "auth_db").await;
+    exec(&mut db, "INSERT INTO audit.log (line) VALUES ('after')").await;
+    db.close().await.unwrap();
+
+    // A session kept open the whole time, as a pool keeps one, and
+    // clients opening new ones without a pause.
+    let mut pooled = connect(&pg, "auth_db").await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let served = std::sync::Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| steady_traffic(&pg, "auth_db", stop.clone(), served.clone()))
+        .collect();
+    while served.load(Ordering::SeqCst) < 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let args = ["restore", "local", "auth-db", "--yes"];
+    let command = site.command(&args);
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = command;
+        command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    let at_swap = served.load(Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after_swap = served.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let output = crate::common::assert_exit(&args, output, 0);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    assert!(
+        after_swap > at_swap,
+        "the clients are served by the restored database: {}",
+        stderr(&output)
+    );
+
+    // The pooled session was cut; a new one reaches the restored data.
+    assert!(sqlx::query("SELECT 1").execute(&mut pooled).await.is_err());
+    let mut again = connect(&pg, "auth_db").await;
+    let lines: Vec<String> = sqlx::query_scalar("SELECT line FROM audit.log ORDER BY id")
+        .fetch_all(&mut again)
+        .await
+        .unwrap();
+    assert_eq!(
+        lines,
+        ["created"],
+        "the backup, without the later line, is live"
+    );
+    let closed: Vec<String> =
+        sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE NOT datallowconn")
+            .fetch_all(&mut again)
+            .await
+            .unwrap();
+    assert_eq!(
+        closed,
+        ["template0"],
+        "every other database takes connections"
+    );
+    again.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_database_left_refusing_connections_by_a_killed_swap_is_opened_again() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 300_000).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    kill_during_pg_restore(&site, &pg).await;
+    // What a kill between the closing of the live database and the
+    // renames leaves: the journal at the swap, connections refused.
+    let journal_path = site.root().join(".kisum/local/restores/auth-db.json");
+    let mut journal: Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal_path).unwrap()).unwrap();
+    journal["steps"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(["swapping", "2026-01-01T00:00:00Z"]));
+    std::fs::write(&journal_path, journal.to_string()).unwrap();
+    let mut admin = connect(&pg, "postgres").await;
+    exec(&mut admin, "ALTER DATABASE auth_db ALLOW_CONNECTIONS false").await;
+    assert!(
+        sqlx::PgConnection::connect(&pg.url("auth_db"))
+            .await
+            .is_err()
+    );
+
+    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    assert!(
+        stderr(&cleanup).contains("auth_db accepts connections again"),
+        "{}",
+        stderr(&cleanup)
+    );
+    let mut db = connect(&pg, "auth_db").await;
+    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM platform_roles")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(admins, 1, "the original serves");
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+/// The files (path, mode) with some content under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<(PathBuf, u32)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            files.extend(files_under(&entry.path()));
+        } else if meta.len() > 0 {
+            files.push((entry.path(), mode(&entry.path())));
+        }
+    }
+    files
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_encrypted_restore_leaves_private_scratch_the_next_run_removes() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    encrypt_backups(&site);
+    site.backup("auth-db");
+
+    // Killed once the decrypted copy exists and pg_restore reads it.
+    let port = pg.port();
+    let scratch = site.root().join(".kisum/local/backup-scratch");
+    let files = site
+        .kill_when(&["restore", "local", "auth-db", "--yes"], async || {
+            let files = files_under(&scratch);
+            (!files.is_empty() && !tools_on_port("pg_restore", port).is_empty()).then_some(files)
+        })
+        .await;
+    assert_none_survives("pg_restore", port).await;
+    let relative = files[0].0.strip_prefix(&scratch).unwrap().to_path_buf();
+    let dir = scratch.join(relative.components().next().unwrap());
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("work-"), "{name}");
+    for (path, file_mode) in &files {
+        assert_eq!(*file_mode, 0o600, "{}", path.display());
+        for parent in path
+            .ancestors()
+            .skip(1)
+            .take_while(|p| p.starts_with(&scratch))
+        {
+            assert_eq!(mode(parent), 0o700, "{}", parent.display());
+        }
+    }
+    let decrypted = std::fs::read(&files[0].0).unwrap();
+    assert!(
+        !decrypted.starts_with(b"age-encryption.org/v1"),
+        "a decrypted copy"
+    );
+
+    // The next run, a backup here, removes the dead run's scratch.
+    site.backup("auth-db");
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+    site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+#[test]
+fn verifying_an_empty_store_is_a_failed_check_that_says_so() {
+    let site = Site::new(kisum_testkit::free_port().unwrap());
+    let text = site.expect(&["backup", "verify", "local"], 1);
+    assert!(
+        stdout(&text).starts_with("no backups of local in "),
+        "{}",
+        stdout(&text)
+    );
+    let json = site.json(&["backup", "verify", "local", "-o", "json"], 1);
+    assert_eq!(json["passed"], false);
+    assert_eq!(json["verified"], serde_json::json!([]));
 }
