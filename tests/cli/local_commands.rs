@@ -80,9 +80,116 @@ fn with_closed(dir: &Path, closed: Closed, args: &[&str]) -> (Option<i32>, Strin
     (status.code(), other)
 }
 
+/// The data services of the scratch matrix `dir` moved to `postgres`,
+/// `mongo` and `redis` (loopback ports the test chose).
+fn move_data_ports(dir: &Path, postgres: u16, mongo: u16, redis: u16) {
+    let path = dir.join("environments/local.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut moved = text.clone();
+    for (shipped, port) in [(25432, postgres), (27117, mongo), (26379, redis)] {
+        let from = format!("port: {shipped},");
+        assert_eq!(moved.matches(&from).count(), 1, "{from} in local.yaml");
+        moved = moved.replace(&from, &format!("port: {port},"));
+    }
+    std::fs::write(&path, moved).unwrap();
+}
+
+/// A deploy record in the state directory `state`, as a deploy that
+/// completed leaves it (its pid long gone).
+fn write_deploy_record(state: &Path) {
+    crate::common::private_dir(state);
+    let record = serde_json::json!({
+        "pid": 999_999_999u32, "started_at": 1_800_000_000u64,
+        "step": "checks", "completed": true,
+    });
+    std::fs::write(state.join("deploy-state.json"), record.to_string()).unwrap();
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `status local` where nothing was ever deployed says so in one line,
+/// names the next step and exits 1, without connecting to any data
+/// service: listeners on the matrix's data ports see no connection.
+#[test]
+fn status_of_local_never_deployed_says_so_without_probing() {
+    let copy = scratch_copy();
+    let listeners: Vec<_> = (0..3)
+        .map(|_| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            listener
+        })
+        .collect();
+    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    move_data_ports(copy.path(), port(0), port(1), port(2));
+
+    let output = kisumctl(copy.path(), &["status", "local"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with("local is not deployed (no deploy record in ")
+            && text.ends_with("): run `kisumctl deploy local`\n"),
+        "{text}"
+    );
+
+    let output = kisumctl(copy.path(), &["status", "local", "--verify", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["deployed"], false, "{document}");
+    assert_eq!(document["next"], "kisumctl deploy local", "{document}");
+    assert!(document.get("operations").is_none(), "{document}");
+
+    for (i, listener) in listeners.iter().enumerate() {
+        let accepted = listener.accept();
+        assert!(
+            matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "data port {i} was probed: {accepted:?}"
+        );
+    }
+    assert!(
+        !copy.path().join(".kisum").exists(),
+        "status created a state directory"
+    );
+}
+
+/// A data port nothing listens on is said at once as refused, once,
+/// rather than as a client library's retries running into the timeout.
+#[test]
+fn status_reports_a_refused_data_port_as_refused() {
+    let copy = scratch_copy();
+    let (postgres, mongo, redis) = (refused_port(), refused_port(), refused_port());
+    move_data_ports(copy.path(), postgres, mongo, redis);
+    write_deploy_record(&copy.path().join(".kisum/local"));
+
+    let output = kisumctl(copy.path(), &["status", "local", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let detail = |name: &str| {
+        document["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {document:#}"))["detail"]
+            .clone()
+    };
+    let refused = |port: u16| format!("connection refused at 127.0.0.1:{port}");
+    assert_eq!(detail("redis"), refused(redis).as_str());
+    assert_eq!(detail("database main-db"), refused(mongo).as_str());
+    assert_eq!(detail("database auth-db"), refused(postgres).as_str());
+}
+
 #[test]
 fn a_reader_that_goes_away_ends_the_output_quietly() {
     let dir = scratch_copy();
+    let (postgres, mongo, redis) = (refused_port(), refused_port(), refused_port());
+    move_data_ports(dir.path(), postgres, mongo, redis);
+    write_deploy_record(&dir.path().join(".kisum/local"));
     let logs = dir.path().join(".kisum/local/logs");
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::write(logs.join("supervisor.log"), "a line\n".repeat(10_000)).unwrap();
@@ -143,7 +250,10 @@ fn logs_escape_control_characters_unless_raw() {
 #[test]
 fn status_reports_the_last_drill_the_key_set_and_backup_ages() {
     let copy = scratch_copy();
+    let (postgres, mongo, redis) = (refused_port(), refused_port(), refused_port());
+    move_data_ports(copy.path(), postgres, mongo, redis);
     let state = copy.path().join(".kisum/local");
+    write_deploy_record(&state);
     crate::common::private_dir(&state.join("drills"));
     let keys = kisum_common::keys::KeySet::generate(1_800_000_000).unwrap();
     crate::common::write_secret(&state, "jwt-signing-keys", "key-set.json", &keys.to_json());
