@@ -157,6 +157,24 @@ fn status_of_local_never_deployed_says_so_without_probing() {
     );
 }
 
+/// `status local -o json` in `dir`, expected to exit 1.
+fn local_status_json(dir: &Path) -> Value {
+    let output = kisumctl(dir, &["status", "local", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The operation item `name` of a status document.
+fn operation(document: &Value, name: &str) -> Value {
+    document["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("{name}: {document:#}"))
+        .clone()
+}
+
 /// A data port nothing listens on is said at once as refused, once,
 /// rather than as a client library's retries running into the timeout.
 #[test]
@@ -166,18 +184,8 @@ fn status_reports_a_refused_data_port_as_refused() {
     move_data_ports(copy.path(), postgres, mongo, redis);
     write_deploy_record(&copy.path().join(".kisum/local"));
 
-    let output = kisumctl(copy.path(), &["status", "local", "-o", "json"]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let detail = |name: &str| {
-        document["operations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap_or_else(|| panic!("{name}: {document:#}"))["detail"]
-            .clone()
-    };
+    let document = local_status_json(copy.path());
+    let detail = |name: &str| operation(&document, name)["detail"].clone();
     let refused = |port: u16| format!("connection refused at 127.0.0.1:{port}");
     assert_eq!(detail("redis"), refused(redis).as_str());
     assert_eq!(detail("database main-db"), refused(mongo).as_str());
@@ -270,18 +278,8 @@ fn status_reports_the_last_drill_the_key_set_and_backup_ages() {
     )
     .unwrap();
 
-    let output = kisumctl(copy.path(), &["status", "local", "-o", "json"]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let item = |name: &str| {
-        document["operations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap_or_else(|| panic!("{name}: {document:#}"))
-            .clone()
-    };
+    let document = local_status_json(copy.path());
+    let item = |name: &str| operation(&document, name);
     assert_eq!(item("drill")["light"], "red");
     assert_eq!(
         item("drill")["detail"],
