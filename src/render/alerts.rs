@@ -16,7 +16,8 @@ use crate::matrix::schema::{Alert, Severity};
 /// Name of the PrometheusRule object.
 pub const RULE_NAME: &str = "kisum-alerts";
 
-/// What to read when an alert fires, from the repository's root.
+/// What to read when an alert fires: a runbook of `runbooks/`, as a path
+/// from the repository's root (the `runbook_url` annotation).
 fn runbook(id: &str) -> &'static str {
     match id {
         "database-unavailable" => "runbooks/database-outage.md",
@@ -25,7 +26,7 @@ fn runbook(id: &str) -> &'static str {
         "auth-denial-spike" => "runbooks/user-cannot-access-module.md",
         "slow-access-aggregation" => "runbooks/stale-access.md",
         "certificate-expiry" => "runbooks/certificate-expiry.md",
-        "backup-failure" => "docs/backups.md",
+        "backup-failure" => "runbooks/backup-failure.md",
         // service-down, readiness-failing, elevated-5xx: the index names
         // the outage runbook of each service.
         _ => "runbooks/README.md",
@@ -210,7 +211,7 @@ fn alert_rule(
         "annotations": {
             "summary": alert.summary,
             "description": description,
-            "runbook": runbook(id),
+            "runbook_url": runbook(id),
         },
     })
 }

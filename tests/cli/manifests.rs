@@ -660,6 +660,46 @@ fn backup_failure_alerts_hold_each_database_to_its_own_rpo() {
     assert_eq!(limits, backup_limits(&changed));
 }
 
+/// Every alert rule's `runbook_url` names a runbook of `runbooks/` that
+/// exists, and one the binary ships (`runbook show` finds it); each alert
+/// of the matrix has one of its own where the repository has one.
+#[test]
+fn every_alert_names_an_existing_runbook() {
+    for env in ["staging", "production"] {
+        let groups = rule_groups(&root().join("manifests").join(env));
+        for rule in groups["groups"][0]["rules"].as_array().unwrap() {
+            let alert = rule["alert"].as_str().unwrap();
+            let path = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{env} {alert}: no runbook_url: {rule}"));
+            let file = path
+                .strip_prefix("runbooks/")
+                .unwrap_or_else(|| panic!("{env} {alert}: {path} is not in runbooks/"));
+            assert!(
+                root().join(path).is_file(),
+                "{env} {alert}: {path} is missing"
+            );
+            if file != "README.md" {
+                let name = file.strip_suffix(".md").unwrap();
+                let shown = kisumctl(&root(), &["runbook", "show", name]);
+                assert!(shown.status.success(), "{env} {alert}: {}", stderr(&shown));
+            }
+        }
+    }
+    let groups = rule_groups(&root().join("manifests/production"));
+    let url = |alert: &str| {
+        groups["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == alert)
+            .unwrap()["annotations"]["runbook_url"]
+            .clone()
+    };
+    assert_eq!(url("KisumBackupFailure"), "runbooks/backup-failure.md");
+    assert_eq!(url("KisumRedisUnavailable"), "runbooks/redis-down.md");
+}
+
 #[test]
 fn alert_thresholds_follow_the_matrix_and_environments_without_alerting_get_none() {
     let copy = scratch_copy();
