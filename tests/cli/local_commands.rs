@@ -318,3 +318,43 @@ fn a_purge_removes_the_state_directory_and_the_kisum_directory_it_leaves_empty()
     assert!(!state.exists());
     assert!(dir.join(".kisum/dev").is_dir());
 }
+
+/// A deploy refused by the lock (another deploy holds it) says who holds
+/// it and that nothing was changed, not that the platform may be partly
+/// deployed; no deploy record is written.
+#[test]
+fn a_deploy_refused_by_the_lock_says_nothing_was_changed() {
+    let copy = scratch_copy();
+    let state = copy.path().join(".kisum/local");
+    crate::common::private_dir(&state);
+    let path = state.join("deploy.lock");
+    std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    lock.try_lock().unwrap();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let bin_dir = bin_dir.path().to_str().unwrap();
+    let args = [
+        "deploy",
+        "local",
+        "--bin-dir",
+        bin_dir,
+        "--lock-timeout",
+        "0",
+    ];
+    let output = kisumctl(copy.path(), &args);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{message}");
+    let holder = format!("pid {} holds {}", std::process::id(), path.display());
+    assert!(message.contains(&holder), "{message}");
+    assert!(
+        message.contains("nothing was changed (exit 3)"),
+        "{message}"
+    );
+    assert!(!message.contains("partly deployed"), "{message}");
+    assert!(!state.join("deploy-state.json").exists());
+    drop(lock);
+}
