@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{kisumctl, root, scratch_copy, stderr, stdout};
+use crate::common::{kisumctl, move_data_ports, refused_port, root, scratch_copy, stderr, stdout};
 
 #[test]
 fn local_commands_refuse_another_environment_as_a_usage_error() {
@@ -80,20 +80,6 @@ fn with_closed(dir: &Path, closed: Closed, args: &[&str]) -> (Option<i32>, Strin
     (status.code(), other)
 }
 
-/// The data services of the scratch matrix `dir` moved to `postgres`,
-/// `mongo` and `redis` (loopback ports the test chose).
-fn move_data_ports(dir: &Path, postgres: u16, mongo: u16, redis: u16) {
-    let path = dir.join("environments/local.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut moved = text.clone();
-    for (shipped, port) in [(25432, postgres), (27117, mongo), (26379, redis)] {
-        let from = format!("port: {shipped},");
-        assert_eq!(moved.matches(&from).count(), 1, "{from} in local.yaml");
-        moved = moved.replace(&from, &format!("port: {port},"));
-    }
-    std::fs::write(&path, moved).unwrap();
-}
-
 /// A deploy record in the state directory `state`, as a deploy that
 /// completed leaves it (its pid long gone).
 fn write_deploy_record(state: &Path) {
@@ -103,12 +89,6 @@ fn write_deploy_record(state: &Path) {
         "step": "checks", "completed": true,
     });
     std::fs::write(state.join("deploy-state.json"), record.to_string()).unwrap();
-}
-
-/// A loopback port nothing listens on (bound, then let go).
-fn refused_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// `status local` where nothing was ever deployed says so in one line,
