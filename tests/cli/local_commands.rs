@@ -338,3 +338,99 @@ fn a_deploy_refused_by_the_lock_says_nothing_was_changed() {
     assert!(!state.join("deploy-state.json").exists());
     drop(lock);
 }
+
+/// `kill -INT` of a `deploy local` building the services (the signal to
+/// kisumctl alone, not its process group) stops the build too: cargo and
+/// what it started do not go on running. A stand-in for cargo (`CARGO`)
+/// starts a child and says both pids; each must be gone once kisumctl has
+/// ended by the signal, and the deploy record says `build`, resumable.
+#[test]
+fn an_interrupted_deploy_stops_its_build() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    let copy = scratch_copy();
+    let dir = copy.path();
+    std::fs::write(dir.join("Cargo.toml"), "").unwrap();
+    let pids = dir.join("cargo.pids");
+    let cargo = dir.join("fake-cargo");
+    let script = "#!/usr/bin/env python3\n\
+        import os, subprocess, sys\n\
+        child = subprocess.Popen(['sleep', '300'])\n\
+        path = os.environ['KISUM_TEST_PIDS']\n\
+        open(path + '.tmp', 'w').write(f'{os.getpid()} {child.pid}')\n\
+        os.rename(path + '.tmp', path)\n\
+        child.wait()\n";
+    std::fs::write(&cargo, script).unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut deploy = Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+        .args(["deploy", "local"])
+        .current_dir(dir)
+        .env_remove("KISUM_MATRIX")
+        .env("CARGO", &cargo)
+        .env("KISUM_TEST_PIDS", &pids)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let building = loop {
+        if let Ok(text) = std::fs::read_to_string(&pids) {
+            break text;
+        }
+        if Instant::now() > deadline || deploy.try_wait().unwrap().is_some() {
+            let _ = deploy.kill();
+            let output = deploy.wait_with_output().unwrap();
+            panic!("the build never started: {}", stderr(&output));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let started: Vec<i32> = building
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(started.iter().all(|pid| alive(*pid)), "{started:?}");
+    let kill = Command::new("kill")
+        .args(["-INT", &deploy.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = deploy.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = deploy.kill();
+            panic!("deploy local did not end after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let gone = |pid: &i32| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(*pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A zombie of an exited child counts as gone.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    };
+    let left: Vec<i32> = started.iter().copied().filter(|p| !gone(p)).collect();
+    for pid in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        left.is_empty(),
+        "still running after the interrupt: {left:?}"
+    );
+    assert_eq!(status.signal(), Some(2), "{status:?}");
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(".kisum/local/deploy-state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["step"], "build", "{record}");
+    assert_eq!(record["completed"], false, "{record}");
+}
