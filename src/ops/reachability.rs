@@ -114,11 +114,27 @@ async fn query(
             let url = format!("redis://{auth}{}:{}/0", target.host, target.port);
             let client = redis::Client::open(url)
                 .map_err(|e| anyhow::anyhow!("a Redis URL for {}: {:?}", target.host, e.kind()))?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+            let said =
+                |error: redis::RedisError| anyhow::anyhow!("as {user}: {}", redis_said(&error));
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(said)?;
+            let pong: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(said)?;
             Ok(format!("PING as {user} ({pong})"))
         }
     }
+}
+
+/// A Redis error said once: the client's text names the failure, then
+/// its kind, which says the same again (`Password authentication failed -
+/// AuthenticationFailed`); the kind is left out.
+fn redis_said(error: &redis::RedisError) -> String {
+    let text = error.to_string();
+    text.replacen(&format!(" - {:?}", error.kind()), "", 1)
 }
 
 /// The Redis login to ping with: kisumctl's administrative one where the

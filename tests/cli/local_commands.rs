@@ -172,6 +172,27 @@ fn status_reports_a_refused_data_port_as_refused() {
     assert_eq!(detail("database auth-db"), refused(postgres).as_str());
 }
 
+/// A Redis that refuses the login is said once: the failure, not the
+/// client's text followed by its error kind saying it again.
+#[test]
+fn status_says_a_refused_redis_login_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let redis = runtime.block_on(kisum_testkit::Redis::start()).unwrap();
+    let copy = scratch_copy();
+    move_data_ports(copy.path(), refused_port(), refused_port(), redis.port());
+    let state = copy.path().join(".kisum/local");
+    write_deploy_record(&state);
+    crate::common::write_secret(&state, "redis-auth-credentials", "password", "wrong");
+
+    let document = local_status_json(copy.path());
+    let detail = operation(&document, "redis")["detail"].clone();
+    assert_eq!(
+        detail, "unreachable: as auth: Password authentication failed",
+        "{document:#}"
+    );
+    drop(redis);
+}
+
 #[test]
 fn a_reader_that_goes_away_ends_the_output_quietly() {
     let dir = scratch_copy();
