@@ -110,9 +110,14 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         Ok(outcome) => outcome,
         Err(error) => {
             errln!("error: deploy local failed: {error:#}");
-            errln!(
-                "the platform may be partly deployed; `kisumctl deploy local` resumes, `kisumctl status local` shows what runs (exit 3)"
-            );
+            if let Some(crate::local::lock::LockError::Held { .. }) = error.downcast_ref() {
+                // Refused before its first step: nothing to resume.
+                errln!("nothing was changed (exit 3)");
+            } else {
+                errln!(
+                    "the platform may be partly deployed; `kisumctl deploy local` resumes, `kisumctl status local` shows what runs (exit 3)"
+                );
+            }
             return Ok(Exit::OperationFailed);
         }
     };

@@ -36,9 +36,13 @@ use crate::secrets::SecretStore as _;
 /// reach from here, with why: the databases of a cluster environment
 /// unless this is its operations host) or red.
 ///
+/// `local` never deployed (no deploy record and no desired state in its
+/// state directory): one line saying so, with `kisumctl deploy local` as
+/// the next step; nothing is probed, and the exit code is 1.
+///
 /// Exit codes: 0 nothing is red (and, for `local`, a supervisor runs and
 /// everything is ready), 1 something is red (or a check of `--verify`
-/// failed), 2 unusable input.
+/// failed, or `local` is not deployed), 2 unusable input.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment.
@@ -56,6 +60,9 @@ pub struct Args {
 
 pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     let context = Context::for_environment(env, dir)?;
+    if !deployed(&context) {
+        return not_deployed(env.name, &context, args.output);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(status::collect(env.name, &context))?;
     let verified = if args.verify {
@@ -84,6 +91,34 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     } else {
         Exit::CheckFailed
     })
+}
+
+/// A deploy has run here (even one that stopped part way): its record or
+/// the desired state it wrote is in the state directory.
+fn deployed(context: &Context) -> bool {
+    let state = &context.state;
+    state.deploy_record().exists() || state.desired().exists()
+}
+
+/// The one line (or document) of a `local` never deployed: nothing to
+/// probe, since nothing was started.
+fn not_deployed(env: &str, context: &Context, format: OutputFormat) -> anyhow::Result<Exit> {
+    let state_dir = context.state.root().display().to_string();
+    let next = format!("kisumctl deploy {env}");
+    let line = format!("{env} is not deployed (no deploy record in {state_dir}): run `{next}`");
+    if format == OutputFormat::Json {
+        let document = serde_json::json!({
+            "environment": env,
+            "state_dir": state_dir,
+            "deployed": false,
+            "detail": line,
+            "next": next,
+        });
+        outln!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        outln!("{line}");
+    }
+    Ok(Exit::CheckFailed)
 }
 
 /// `status` of an environment on Kubernetes.

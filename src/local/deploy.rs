@@ -500,6 +500,10 @@ fn build(repo: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
     for package in PACKAGES {
         command.args(["-p", package]);
     }
+    // cargo and the compilers it starts in a group of their own, which an
+    // interrupt of kisumctl stops (see `Interrupts`).
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let interrupts = Interrupts::register()?;
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -522,16 +526,22 @@ fn build(repo: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
             }
         });
         let started = Instant::now();
+        let mut heard = Instant::now();
         loop {
-            match received.recv_timeout(BUILD_QUIET) {
+            interrupts.forward(&mut child);
+            match received.recv_timeout(INTERRUPT_POLL) {
                 Ok(line) => {
+                    heard = Instant::now();
                     progress.detail(line.trim());
                     tail.push(line);
                     if tail.len() > 30 {
                         tail.remove(0);
                     }
                 }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    if heard.elapsed() < BUILD_QUIET => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    heard = Instant::now();
                     let last = tail.last().map_or("", |l| l.trim());
                     progress.detail(&format!(
                         "cargo is still building ({} s; last: {last})",
@@ -542,7 +552,14 @@ fn build(repo: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    let status = child.wait()?;
+    let status = loop {
+        interrupts.forward(&mut child);
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(INTERRUPT_POLL);
+    };
+    drop(interrupts);
     if !status.success() {
         bail!(
             "cargo build --release failed ({status}):\n{}",
@@ -553,6 +570,67 @@ fn build(repo: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target"));
     Ok(target.join("release"))
+}
+
+/// How often the build looks for an interrupt.
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
+/// SIGINT and SIGTERM while cargo builds. A signal to kisumctl alone (as
+/// `kill -INT PID` sends it, unlike Ctrl-C to the terminal's group) would
+/// otherwise end kisumctl and leave cargo building: caught instead, it is
+/// passed to cargo's process group, cargo is waited for, and kisumctl then
+/// ends as the signal ends it (the deploy record says `build`, resumable
+/// like any killed deploy). The handlers go when this is dropped.
+struct Interrupts {
+    caught: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl Interrupts {
+    fn register() -> anyhow::Result<Interrupts> {
+        let caught = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut ids = Vec::new();
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let id = signal_hook::flag::register_usize(
+                signal,
+                std::sync::Arc::clone(&caught),
+                signal as usize,
+            )
+            .context("handling interrupts during the build")?;
+            ids.push(id);
+        }
+        Ok(Interrupts { caught, ids })
+    }
+
+    /// When a signal was caught: the same to cargo's group, cargo waited
+    /// for, then kisumctl ended by it. Returns when none was.
+    fn forward(&self, child: &mut std::process::Child) {
+        let signal = self.caught.load(std::sync::atomic::Ordering::SeqCst);
+        if signal == 0 {
+            return;
+        }
+        let number = i32::try_from(signal).unwrap_or(signal_hook::consts::SIGTERM);
+        if let (Some(group), Some(sent)) = (
+            rustix::process::Pid::from_raw(child.id() as i32),
+            rustix::process::Signal::from_named_raw(number),
+        ) {
+            let _ = rustix::process::kill_process_group(group, sent);
+        }
+        let _ = child.wait();
+        for id in &self.ids {
+            signal_hook::low_level::unregister(*id);
+        }
+        let _ = signal_hook::low_level::emulate_default_handler(number);
+        std::process::exit(128 + number);
+    }
+}
+
+impl Drop for Interrupts {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            signal_hook::low_level::unregister(*id);
+        }
+    }
 }
 
 /// The PostgreSQL migrations of every service, in release order, as the

@@ -31,19 +31,14 @@ pub async fn databases(env: &Environment<'_>, store: &dyn SecretStore) -> Vec<It
             format!("database {}", target.id)
         };
         let started = Instant::now();
+        if let Some(why) = refused(&target.host, target.port).await {
+            items.push(Item::new(name, Light::Red, why));
+            continue;
+        }
         let answer = tokio::time::timeout(TIMEOUT, query(env, &target, store)).await;
         let elapsed = started.elapsed();
         items.push(match answer {
-            Err(_) => Item::new(
-                name,
-                Light::Red,
-                format!(
-                    "{}:{} did not answer within {} s",
-                    target.host,
-                    target.port,
-                    TIMEOUT.as_secs()
-                ),
-            ),
+            Err(_) => Item::new(name, Light::Red, did_not_answer(&target.host, target.port)),
             Ok(Err(error)) => Item::new(name, Light::Red, format!("unreachable: {error:#}")),
             Ok(Ok(what)) => {
                 let light = if elapsed > SLOW {
@@ -57,6 +52,29 @@ pub async fn databases(env: &Environment<'_>, store: &dyn SecretStore) -> Vec<It
         });
     }
     items
+}
+
+/// A port nothing listens on, said at once: `connection refused at
+/// HOST:PORT` (a client library would retry it until the timeout, or
+/// repeat the error in its own words); a port that does not accept within
+/// the timeout, said as such. Anything else (a connection, a name that
+/// does not resolve) is left to the query.
+async fn refused(host: &str, port: u16) -> Option<String> {
+    let connect = tokio::net::TcpStream::connect((host, port));
+    match tokio::time::timeout(TIMEOUT, connect).await {
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Some(format!("connection refused at {host}:{port}"))
+        }
+        Err(_) => Some(did_not_answer(host, port)),
+        _ => None,
+    }
+}
+
+fn did_not_answer(host: &str, port: u16) -> String {
+    format!(
+        "{host}:{port} did not answer within {} s",
+        TIMEOUT.as_secs()
+    )
 }
 
 /// Connects to one target and runs its trivial query; what answered.
@@ -96,11 +114,27 @@ async fn query(
             let url = format!("redis://{auth}{}:{}/0", target.host, target.port);
             let client = redis::Client::open(url)
                 .map_err(|e| anyhow::anyhow!("a Redis URL for {}: {:?}", target.host, e.kind()))?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+            let said =
+                |error: redis::RedisError| anyhow::anyhow!("as {user}: {}", redis_said(&error));
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(said)?;
+            let pong: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(said)?;
             Ok(format!("PING as {user} ({pong})"))
         }
     }
+}
+
+/// A Redis error said once: the client's text names the failure, then
+/// its kind, which says the same again (`Password authentication failed -
+/// AuthenticationFailed`); the kind is left out.
+fn redis_said(error: &redis::RedisError) -> String {
+    let text = error.to_string();
+    text.replacen(&format!(" - {:?}", error.kind()), "", 1)
 }
 
 /// The Redis login to ping with: kisumctl's administrative one where the

@@ -16,7 +16,8 @@ use crate::matrix::schema::{Alert, Severity};
 /// Name of the PrometheusRule object.
 pub const RULE_NAME: &str = "kisum-alerts";
 
-/// What to read when an alert fires, from the repository's root.
+/// What to read when an alert fires: a runbook of `runbooks/`, as a path
+/// from the repository's root (the `runbook_url` annotation).
 fn runbook(id: &str) -> &'static str {
     match id {
         "database-unavailable" => "runbooks/database-outage.md",
@@ -25,7 +26,7 @@ fn runbook(id: &str) -> &'static str {
         "auth-denial-spike" => "runbooks/user-cannot-access-module.md",
         "slow-access-aggregation" => "runbooks/stale-access.md",
         "certificate-expiry" => "runbooks/certificate-expiry.md",
-        "backup-failure" => "docs/backups.md",
+        "backup-failure" => "runbooks/backup-failure.md",
         // service-down, readiness-failing, elevated-5xx: the index names
         // the outage runbook of each service.
         _ => "runbooks/README.md",
@@ -90,9 +91,6 @@ fn expression(env: &Environment, id: &str, threshold: f64) -> Option<String> {
             r#"(nginx_ingress_controller_ssl_expire_time_seconds{{host=~"{}"}} - time()) / 86400 < {threshold}"#,
             hosts.join("|").replace('.', "\\\\.")
         ),
-        "backup-failure" => format!(
-            r#"(time() - kube_cronjob_status_last_successful_time{{namespace="{ns}", cronjob=~"backup-.*"}}) / 3600 > {threshold}"#
-        ),
         _ => return None,
     };
     Some(expression)
@@ -111,8 +109,91 @@ fn alert_name(id: &str) -> String {
     name
 }
 
-fn rule(env: &Environment, id: &str, alert: &Alert) -> Option<Value> {
-    let expr = expression(env, id, alert.threshold)?;
+/// The databases whose `backup-<db>` CronJob runs, grouped by the hours
+/// since its last success that `KisumBackupFailure` allows: the RPO of a
+/// database without point-in-time recovery (its backups are all it can be
+/// restored to); for one with it, whose RPO the continuous log keeps, the
+/// full backups' limit `alerts.backup-failure.threshold` (at least the
+/// schedule's interval). Each group: (hours, databases, why).
+fn backup_limits(env: &Environment, alert: &Alert) -> Vec<(f64, Vec<String>, &'static str)> {
+    let mut groups: Vec<(f64, Vec<String>, &'static str)> = Vec::new();
+    if !env.file.backups.enabled {
+        return groups;
+    }
+    for (id, db, _) in env.deployed_databases() {
+        let (hours, why) = if db.backup.point_in_time_recovery {
+            let interval = crate::matrix::rules::cron_interval_minutes(&db.backup.schedule)
+                .map_or(0.0, |minutes| f64::from(minutes) / 60.0);
+            (
+                alert.threshold.max(interval),
+                "their full backups; point-in-time recovery keeps the RPO (matrix alerts.backup-failure)",
+            )
+        } else {
+            (
+                f64::from(db.rpo_minutes) / 60.0,
+                "their RPO (matrix databases.<db>.rpo-minutes)",
+            )
+        };
+        match groups.iter_mut().find(|(h, _, w)| *h == hours && *w == why) {
+            Some((_, ids, _)) => ids.push(id.to_string()),
+            None => groups.push((hours, vec![id.to_string()], why)),
+        }
+    }
+    groups.sort_by(|a, b| a.0.total_cmp(&b.0));
+    groups
+}
+
+/// One `KisumBackupFailure` rule per group of [`backup_limits`].
+fn backup_rules(env: &Environment, alert: &Alert) -> Vec<Value> {
+    let ns = &env.file.namespace;
+    backup_limits(env, alert)
+        .into_iter()
+        .map(|(hours, ids, why)| {
+            let cronjobs = ids
+                .iter()
+                .map(|id| format!("backup-{id}"))
+                .collect::<Vec<_>>()
+                .join("|");
+            let expr = format!(
+                r#"(time() - kube_cronjob_status_last_successful_time{{namespace="{ns}", cronjob=~"{cronjobs}"}}) / 3600 > {hours}"#
+            );
+            let description = format!(
+                "{} ({}: threshold {hours} {}, {why})",
+                alert.summary,
+                ids.join(", "),
+                alert.unit
+            );
+            let mut rule = alert_rule(env, "backup-failure", alert, expr, description);
+            // Rules of one name need labels of their own (promtool).
+            rule["labels"]["backup_limit_hours"] = json!(hours.to_string());
+            rule
+        })
+        .collect()
+}
+
+/// The rules of one alert of the matrix: one, or for `backup-failure` one
+/// per group of databases sharing a limit.
+fn rules(env: &Environment, id: &str, alert: &Alert) -> Vec<Value> {
+    if id == "backup-failure" {
+        return backup_rules(env, alert);
+    }
+    let Some(expr) = expression(env, id, alert.threshold) else {
+        return Vec::new();
+    };
+    let description = format!(
+        "{} (threshold {} {}, matrix alerts.{id})",
+        alert.summary, alert.threshold, alert.unit
+    );
+    vec![alert_rule(env, id, alert, expr, description)]
+}
+
+fn alert_rule(
+    env: &Environment,
+    id: &str,
+    alert: &Alert,
+    expr: String,
+    description: String,
+) -> Value {
     let severity = match alert.severity {
         Severity::Critical => "critical",
         Severity::Warning => "warning",
@@ -122,20 +203,17 @@ fn rule(env: &Environment, id: &str, alert: &Alert) -> Option<Value> {
         ("environment", env.name.to_string()),
         ("receiver", env.file.monitoring.alert_receiver.clone()),
     ]);
-    Some(json!({
+    json!({
         "alert": alert_name(id),
         "expr": expr,
         "for": format!("{}m", alert.for_minutes),
         "labels": labels,
         "annotations": {
             "summary": alert.summary,
-            "description": format!(
-                "{} (threshold {} {}, matrix alerts.{id})",
-                alert.summary, alert.threshold, alert.unit
-            ),
-            "runbook": runbook(id),
+            "description": description,
+            "runbook_url": runbook(id),
         },
-    }))
+    })
 }
 
 /// The PrometheusRule of an environment whose `monitoring.alerts` is on
@@ -148,7 +226,7 @@ pub fn prometheus_rule(env: &Environment) -> Result<Option<String>, RenderError>
         .base
         .alerts
         .iter()
-        .filter_map(|(id, alert)| rule(env, id, alert))
+        .flat_map(|(id, alert)| rules(env, id, alert))
         .collect();
     let object = json!({
         "apiVersion": "monitoring.coreos.com/v1",

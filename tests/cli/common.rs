@@ -199,3 +199,23 @@ pub fn write_secret(state: &Path, secret: &str, key: &str, value: &str) {
         .unwrap();
     std::io::Write::write_all(&mut file, value.as_bytes()).unwrap();
 }
+
+/// The data services of the scratch matrix `dir` moved to `postgres`,
+/// `mongo` and `redis` (loopback ports the test chose).
+pub fn move_data_ports(dir: &Path, postgres: u16, mongo: u16, redis: u16) {
+    let path = dir.join("environments/local.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut moved = text.clone();
+    for (shipped, port) in [(25432, postgres), (27117, mongo), (26379, redis)] {
+        let from = format!("port: {shipped},");
+        assert_eq!(moved.matches(&from).count(), 1, "{from} in local.yaml");
+        moved = moved.replace(&from, &format!("port: {port},"));
+    }
+    std::fs::write(&path, moved).unwrap();
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+pub fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}

@@ -94,3 +94,48 @@ fn a_purge_leaves_no_state_directory_behind() {
     kisumctl(dir, &["down", "local", "--purge"]);
     assert!(!dir.join(".kisum/local").exists());
 }
+
+/// The mutating commands of the journal that can run here without a
+/// platform (each fails fast or has nothing to do, but is not refused as
+/// unusable input) append one record each: who, what, environment,
+/// result, exit and duration. (`deploy`, `apply`, `tls issue`, `secrets
+/// apply` and `rotate`, `backup` through a Job and `access invalidate` are
+/// proven in their own tests.)
+#[test]
+fn each_mutating_command_run_without_a_platform_appends_one_record() {
+    let matrix = scratch_copy();
+    let dir = matrix.path();
+    let refused = crate::common::refused_port;
+    crate::common::move_data_ports(dir, refused(), refused(), refused());
+    // `down` of a state directory that does not exist is not recorded
+    // (that would create it): give it one.
+    crate::common::private_dir(&dir.join(".kisum/local"));
+    // (arguments, the exit they have here, its result word)
+    let runs: [(&[&str], i32, &str); 7] = [
+        (&["db", "provision", "local"], 3, "failed"),
+        (&["backup", "local", "auth-db"], 3, "failed"),
+        (&["backup", "prune", "local"], 0, "ok"),
+        (&["drill", "local", "auth-db"], 1, "check-failed"),
+        (&["rotate-jwt-key", "local"], 3, "failed"),
+        (&["tls", "renew", "local"], 1, "check-failed"),
+        (&["down", "local"], 0, "ok"),
+    ];
+    for (count, (args, exit, result)) in runs.iter().enumerate() {
+        assert_exit(args, kisumctl(dir, args), *exit);
+        let journal = records(dir, &["-n", "100"]);
+        assert_eq!(journal.len(), count + 1, "{args:?}: {journal:#?}");
+        let record = journal.last().unwrap();
+        let command: Vec<&str> = args
+            .iter()
+            .take_while(|a| **a != "local")
+            .copied()
+            .collect();
+        assert_eq!(record["command"], command.join(" "), "{record}");
+        assert_eq!(record["environment"], "local", "{record}");
+        assert_eq!(record["who"], "journal-test", "{record}");
+        assert_eq!(record["result"], *result, "{record}");
+        assert_eq!(record["exit"], *exit, "{record}");
+        assert_eq!(record["args"], serde_json::json!(args), "{record}");
+        assert!(record["duration_ms"].is_u64(), "{record}");
+    }
+}

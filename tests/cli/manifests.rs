@@ -545,12 +545,16 @@ fn alert_rules_pass_promtool_with_every_alert_and_threshold_of_the_matrix() {
         let groups = rule_groups(&root().join("manifests").join(env));
         let (ok, report) = promtool_check(&groups);
         assert!(ok, "{env}: promtool check rules:\n{report}");
+        // One rule per alert, but `backup-failure` one per backup limit.
+        let limits: std::collections::BTreeSet<String> =
+            backup_limits(&base).values().map(f64::to_string).collect();
+        let expected = alerts.len() - 1 + limits.len();
         assert!(
-            report.contains(&format!("SUCCESS: {} rules found", alerts.len())),
+            report.contains(&format!("SUCCESS: {expected} rules found")),
             "{env}: {report}"
         );
         let rules = groups["groups"][0]["rules"].as_array().unwrap();
-        for (id, alert) in alerts {
+        for (id, alert) in alerts.iter().filter(|(id, _)| *id != "backup-failure") {
             let name: String = id
                 .split('-')
                 .map(|part| part[..1].to_uppercase() + &part[1..])
@@ -583,6 +587,117 @@ fn alert_rules_pass_promtool_with_every_alert_and_threshold_of_the_matrix() {
         { "alert": "Broken", "expr": "sum(rate(kisum_http_requests_total[5m]) >" } ] } ] });
     let (ok, report) = promtool_check(&broken);
     assert!(!ok, "promtool accepted a broken expression: {report}");
+}
+
+/// Per database of the matrix `base`: the hours since its last good
+/// backup `KisumBackupFailure` allows: its RPO, or for a database with
+/// point-in-time recovery (whose RPO the log keeps) the full backups'
+/// threshold of `alerts.backup-failure` (every such database of the
+/// shipped matrix backs up daily, within it).
+fn backup_limits(base: &serde_json::Value) -> BTreeMap<String, f64> {
+    let full = base["alerts"]["backup-failure"]["threshold"]
+        .as_f64()
+        .unwrap();
+    base["databases"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, db)| {
+            let limit = if db["backup"]["point-in-time-recovery"] == true {
+                full
+            } else {
+                db["rpo-minutes"].as_f64().unwrap() / 60.0
+            };
+            (id.clone(), limit)
+        })
+        .collect()
+}
+
+/// The `KisumBackupFailure` rules of `groups`: per database of their
+/// CronJob selector, the threshold of its rule.
+fn backup_rule_limits(groups: &serde_json::Value) -> BTreeMap<String, f64> {
+    let mut limits = BTreeMap::new();
+    let rules = groups["groups"][0]["rules"].as_array().unwrap();
+    for rule in rules.iter().filter(|r| r["alert"] == "KisumBackupFailure") {
+        let expr = rule["expr"].as_str().unwrap();
+        let selector = expr.split("cronjob=~\"").nth(1).unwrap();
+        let selector = selector.split('"').next().unwrap();
+        let threshold: f64 = expr.rsplit("> ").next().unwrap().trim().parse().unwrap();
+        for cronjob in selector.split('|') {
+            let db = cronjob.strip_prefix("backup-").unwrap().to_string();
+            let description = rule["annotations"]["description"].as_str().unwrap();
+            assert!(description.contains(&db), "{description}");
+            assert!(limits.insert(db, threshold).is_none(), "{expr}: twice");
+        }
+    }
+    limits
+}
+
+/// `KisumBackupFailure` holds each database's backup CronJob to the
+/// database's own limit (its RPO from the matrix), and follows an RPO
+/// changed in the matrix.
+#[test]
+fn backup_failure_alerts_hold_each_database_to_its_own_rpo() {
+    let text = std::fs::read_to_string(root().join("environments/base.yaml")).unwrap();
+    let base: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    for env in ["staging", "production"] {
+        let groups = rule_groups(&root().join("manifests").join(env));
+        assert_eq!(backup_rule_limits(&groups), backup_limits(&base), "{env}");
+    }
+    assert_eq!(backup_limits(&base)["main-db"], 1.0);
+
+    let copy = scratch_copy();
+    let path = copy.path().join("environments/base.yaml");
+    let changed = text.replacen("rpo-minutes: 1440", "rpo-minutes: 1800", 1);
+    assert_ne!(changed, text);
+    std::fs::write(&path, &changed).unwrap();
+    let out = copy.path().join("rendered");
+    render_into(copy.path(), &out);
+    let limits = backup_rule_limits(&rule_groups(&out.join("production")));
+    assert_eq!(limits["venue-db"], 30.0, "{limits:?}");
+    assert_eq!(limits["ai-db"], 24.0, "{limits:?}");
+    let changed: serde_json::Value = serde_saphyr::from_str(&changed).unwrap();
+    assert_eq!(limits, backup_limits(&changed));
+}
+
+/// Every alert rule's `runbook_url` names a runbook of `runbooks/` that
+/// exists, and one the binary ships (`runbook show` finds it); each alert
+/// of the matrix has one of its own where the repository has one.
+#[test]
+fn every_alert_names_an_existing_runbook() {
+    for env in ["staging", "production"] {
+        let groups = rule_groups(&root().join("manifests").join(env));
+        for rule in groups["groups"][0]["rules"].as_array().unwrap() {
+            let alert = rule["alert"].as_str().unwrap();
+            let path = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{env} {alert}: no runbook_url: {rule}"));
+            let file = path
+                .strip_prefix("runbooks/")
+                .unwrap_or_else(|| panic!("{env} {alert}: {path} is not in runbooks/"));
+            assert!(
+                root().join(path).is_file(),
+                "{env} {alert}: {path} is missing"
+            );
+            if file != "README.md" {
+                let name = file.strip_suffix(".md").unwrap();
+                let shown = kisumctl(&root(), &["runbook", "show", name]);
+                assert!(shown.status.success(), "{env} {alert}: {}", stderr(&shown));
+            }
+        }
+    }
+    let groups = rule_groups(&root().join("manifests/production"));
+    let url = |alert: &str| {
+        groups["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == alert)
+            .unwrap()["annotations"]["runbook_url"]
+            .clone()
+    };
+    assert_eq!(url("KisumBackupFailure"), "runbooks/backup-failure.md");
+    assert_eq!(url("KisumRedisUnavailable"), "runbooks/redis-down.md");
 }
 
 #[test]

@@ -59,6 +59,10 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../runbooks/restore-auth-db.md"),
     ),
     (
+        "backup-failure.md",
+        include_str!("../../../runbooks/backup-failure.md"),
+    ),
+    (
         "jwt-key-rotation.md",
         include_str!("../../../runbooks/jwt-key-rotation.md"),
     ),
