@@ -45,11 +45,35 @@ const EXCERPT_LINES: usize = 15;
 /// `None` when they run here (no `operations` block, `runner: host`, or
 /// the override variable says `host`).
 pub fn as_job<'e>(env: &'e Environment) -> Option<&'e Operations> {
-    let here = std::env::var(RUNNER_VARIABLE).is_ok_and(|v| v.trim() == "host");
+    as_job_with(env, std::env::var(RUNNER_VARIABLE).ok().as_deref())
+}
+
+fn as_job_with<'e>(env: &'e Environment, variable: Option<&str>) -> Option<&'e Operations> {
+    let here = variable.is_some_and(|v| v.trim() == "host");
     env.file
         .operations
         .as_ref()
         .filter(|o| o.runner == Runner::Job && !here)
+}
+
+/// The variables of a pod that runs kisumctl inside the cluster (an
+/// operation Job or a CronJob): the matrix baked into the image, the
+/// runner variable (the pod is already where the operation must run, and
+/// has no API token to launch another Job with) and who asked.
+pub fn pod_variables(env: &Environment, actor: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("KISUM_MATRIX", env.base.kisumctl.matrix_dir.clone()),
+        (RUNNER_VARIABLE, "host".to_string()),
+        ("KISUM_ACTOR", actor),
+    ]
+}
+
+/// `pod_variables` as a container's `env` list.
+pub fn container_env(variables: &[(&str, String)]) -> Value {
+    variables
+        .iter()
+        .map(|(k, v)| json!({ "name": k, "value": v }))
+        .collect()
 }
 
 /// The name of this machine (`/proc/sys/kernel/hostname`).
@@ -126,12 +150,8 @@ pub fn job(
     let mut labels = json!(crate::render::labels(env, label.1));
     labels["app.kubernetes.io/component"] = json!("operation");
     let user = env.base.platform.run_as_user;
-    let variables = [
-        ("KISUM_MATRIX", kisumctl.matrix_dir.clone()),
-        (RUNNER_VARIABLE, "host".to_string()),
-        (RESULT_VARIABLE, "1".to_string()),
-        ("KISUM_ACTOR", format!("{who} (Job/{name})")),
-    ];
+    let mut variables = pod_variables(env, format!("{who} (Job/{name})"));
+    variables.push((RESULT_VARIABLE, "1".to_string()));
     let job = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -160,7 +180,7 @@ pub fn job(
                         "image": image(env),
                         "workingDir": work_dir(env),
                         "args": args,
-                        "env": variables.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
+                        "env": container_env(&variables),
                         "securityContext": {
                             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                             "capabilities": { "drop": ["ALL"] },
@@ -335,6 +355,42 @@ mod tests {
         let job = operations_run_on(&staging, "ops-runner", None).unwrap_err();
         assert!(job.contains("operations.runner: job"), "{job}");
         assert!(operations_run_on(&staging, "pod-x", Some("host")).is_ok());
+    }
+
+    /// A CronJob's pod is already inside the private network and has no
+    /// API token: by its own variables, its backup or drill runs there
+    /// and launches no Job of its own.
+    #[test]
+    fn a_scheduled_operation_runs_in_its_own_pod() {
+        let matrix = crate::matrix::shipped();
+        for name in ["staging", "production"] {
+            let env = matrix.environment(name).unwrap();
+            assert!(as_job_with(&env, None).is_some(), "{name} runs Jobs");
+            let jobs = crate::render::schedules::documents(&env).unwrap().unwrap();
+            let mut operations = 0;
+            for document in jobs.iter().filter(|d| d.contains("kind: CronJob")) {
+                let cron: Value = serde_saphyr::from_str(document).unwrap();
+                let container =
+                    &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+                if !matches!(container["args"][0].as_str(), Some("backup" | "drill")) {
+                    continue;
+                }
+                operations += 1;
+                let variable = container["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v["name"] == RUNNER_VARIABLE)
+                    .and_then(|v| v["value"].as_str());
+                assert!(
+                    as_job_with(&env, variable).is_none()
+                        && operations_run_on(&env, "cronjob-pod", variable).is_ok(),
+                    "{name}: {}",
+                    container["args"]
+                );
+            }
+            assert!(operations >= 2, "{name}: {operations} scheduled operations");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::network::KISUMCTL_LABEL;
 use super::{RenderError, labels, meta, to_yaml};
+use crate::cluster::operation::{container_env, pod_variables};
 use crate::matrix::Environment;
 use crate::matrix::model::image_reference;
 
@@ -214,17 +215,15 @@ fn cron_job(env: &Environment, schedule: &Schedule) -> Value {
         metadata.annotations = Some(skips);
     }
     let user = env.base.platform.run_as_user;
+    let mut variables = pod_variables(env, format!("cronjob/{}", schedule.name));
+    variables.push(("NO_COLOR", "1".to_string()));
     let container = json!({
         "name": "kisumctl",
         "image": image,
         "imagePullPolicy": "Always",
         "workingDir": work_dir(env),
         "args": schedule.args,
-        "env": [
-            { "name": "KISUM_MATRIX", "value": env.base.kisumctl.matrix_dir },
-            { "name": "KISUM_ACTOR", "value": format!("cronjob/{}", schedule.name) },
-            { "name": "NO_COLOR", "value": "1" },
-        ],
+        "env": container_env(&variables),
         "resources": {
             "requests": { "cpu": "100m", "memory": "128Mi" },
             "limits": { "cpu": "1", "memory": "512Mi" },
