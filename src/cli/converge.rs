@@ -303,8 +303,8 @@ fn plan_secrets(cx: &Context) -> Result<Part, String> {
         "{generate} key(s) to generate in {} secret(s); {} to be supplied by a person, {} \
          awaiting another part",
         plan.count(Action::Generate),
-        plan.count(Action::MustSupply),
-        plan.count(Action::Awaits)
+        plan.with_keys(Action::MustSupply),
+        plan.with_keys(Action::Awaits)
     );
     Ok(Part {
         part: "secrets",
@@ -576,7 +576,7 @@ fn apply_secrets(cx: &Context) -> Result<Part, String> {
         state: State::Applied,
         summary: format!(
             "{written} key(s) generated; {} to be supplied by a person",
-            plan.count(Action::MustSupply)
+            plan.with_keys(Action::MustSupply)
         ),
         detail: json!({ "backend": plan.backend, "secrets": plan.secrets }),
     })

@@ -217,8 +217,8 @@ fn summary(plan: &Plan) -> serde_json::Value {
         "generate": plan.count(Action::Generate),
         "keys_to_generate": plan.to_generate().len(),
         "present": plan.count(Action::Present),
-        "awaits": plan.count(Action::Awaits),
-        "must_supply": plan.count(Action::MustSupply),
+        "awaits": plan.with_keys(Action::Awaits),
+        "must_supply": plan.with_keys(Action::MustSupply),
         "not_here": plan.count(Action::NotHere),
         "unreadable": plan.count(Action::Unreadable),
     })
@@ -253,13 +253,13 @@ fn plan_text(plan: &Plan, applied: bool) -> String {
         .collect();
     out += &table(&["ACTION", "SECRET", "KEYS", "NOTE"], &rows);
     out += &format!(
-        "\n{} to generate ({} key(s)), {} present, {} awaiting another command, {} to be \
+        "\n{} to generate ({} key(s)), {} present, {} with keys awaiting another command, {} with keys to be \
          supplied, {} not used here, {} unreadable\n",
         plan.count(Action::Generate),
         plan.to_generate().len(),
         plan.count(Action::Present),
-        plan.count(Action::Awaits),
-        plan.count(Action::MustSupply),
+        plan.with_keys(Action::Awaits),
+        plan.with_keys(Action::MustSupply),
         plan.count(Action::NotHere),
         plan.count(Action::Unreadable)
     );

@@ -328,6 +328,16 @@ impl Plan {
         self.secrets.iter().filter(|s| s.action == action).count()
     }
 
+    /// Secrets with at least one key whose action is `action`: a secret
+    /// whose password `apply` generates and whose e-mail a person supplies
+    /// counts as to be supplied before and after `apply` alike.
+    pub fn with_keys(&self, action: Action) -> usize {
+        self.secrets
+            .iter()
+            .filter(|s| s.keys.iter().any(|k| k.action == action))
+            .count()
+    }
+
     /// Keys `apply` generates, as `secret/key`.
     pub fn to_generate(&self) -> Vec<String> {
         self.secrets
@@ -913,6 +923,13 @@ mod tests {
             )
             .unwrap();
         let mut plan = plan(&env, &store).unwrap();
+        let supplied = plan.with_keys(Action::MustSupply);
+        let awaiting = plan.with_keys(Action::Awaits);
+        assert!(
+            plan.secrets.iter().any(|s| s.action == Action::Generate
+                && s.keys.iter().any(|k| k.action == Action::MustSupply)),
+            "a secret with keys to generate and keys to supply (the bootstrap administrator)"
+        );
         let generate = plan.to_generate();
         assert!(generate.contains(&"auth-db-credentials/password".to_string()));
         assert!(generate.contains(&"jwt-public-keys/jwks.json".to_string()));
@@ -937,7 +954,12 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+        // What is left to supply or to be written reads the same before
+        // and after (the plan and the apply report agree).
+        assert_eq!(plan.with_keys(Action::MustSupply), supplied);
+        assert_eq!(plan.with_keys(Action::Awaits), awaiting);
         let again = super::plan(&env, &store).unwrap();
+        assert_eq!(again.with_keys(Action::MustSupply), supplied);
         assert!(again.to_generate().is_empty(), "{:?}", again.to_generate());
         let text = serde_json::to_string(&again).unwrap();
         assert!(!text.contains("kept-as-is"));

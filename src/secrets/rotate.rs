@@ -39,7 +39,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use sqlx::Connection as _;
 
-use super::inventory::{self, Expected, Rotation};
+use super::inventory::{self, Expected, Rotation, Source};
 use super::{Secret, SecretStore, Stage, Staged, StoreError};
 use crate::backup::connection::{self, PgLogin};
 use crate::db::provision::{self, Logins};
@@ -604,7 +604,15 @@ impl Rotator<'_> {
         let accounts = accounts(secret);
         for (email, _) in &accounts {
             if !current.keys.contains_key(email) {
-                bail!("{name} has no `{email}` yet: supply it (or run `kisumctl deploy local`)");
+                let source = secret.keys.iter().find(|(k, _)| k == email);
+                let how = match source.map(|(_, source)| source) {
+                    Some(Source::WrittenBy(by)) => format!("{by} writes it"),
+                    _ => format!(
+                        "a person supplies it: the account's e-mail, as key `{email}` (see `kisumctl secrets plan {}`)",
+                        self.env.name
+                    ),
+                };
+                bail!("{name} has no `{email}` yet: {how}");
             }
         }
         let local = state::StateDir::new(&self.state_dir);

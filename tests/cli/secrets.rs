@@ -836,6 +836,21 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     expect(&site, redis, 3, &mut seen);
     assert!(!store.join("redis-auth-credentials/.pending").exists());
 
+    // The bootstrap administrator's e-mail is a person's to supply: the
+    // refusal says so, and does not send them to a deploy that never
+    // writes it.
+    let admin = &["secrets", "rotate", "local", "admin-bootstrap-credentials"];
+    let refused = expect(&site, admin, 3, &mut seen);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        stderr(&refused)
+    );
+    assert!(
+        text.contains("has no `email` yet: a person supplies it") && !text.contains("deploy local"),
+        "{text}"
+    );
+
     // One rotation at a time: a held lock refuses a second.
     let lock = std::fs::File::create(site.root().join(".kisum/local/secrets-rotate.lock")).unwrap();
     lock.try_lock().unwrap();
