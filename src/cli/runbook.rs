@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{Exit, OutputFormat, refuse};
 use crate::matrix::Environment;
 use crate::matrix::model::ConfigValue;
-use crate::ops::runbook::checks::{Diagnosis, Finding, Inputs, Platform, Verdict};
+use crate::ops::runbook::checks::{self, Diagnosis, Finding, Inputs, Platform, Verdict};
 use crate::ops::runbook::{self, Runbook, Step};
 use crate::secrets::Secret;
 
@@ -22,8 +22,9 @@ use crate::secrets::Secret;
 /// steps with the command that performs them. `run` runs the checks in
 /// order, prints each finding with its evidence, and stops at the first
 /// cause it proves, naming the command that fixes it; it never runs that
-/// command and changes nothing. Exit 0 when no cause was found, 1 when
-/// one was, 2 on unusable input.
+/// command and changes nothing. Exit 0 when every check was made and none
+/// found a cause, 1 when one found a cause or when some could not be made
+/// (`inconclusive`: a service did not answer), 2 on unusable input.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -256,6 +257,7 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         )
         .map_err(|e| e.to_string()),
         expiry_alert_days: env.base.tls.expiry_alert_days,
+        redis: None,
     };
     let inputs_given = Given {
         company: args.company,
@@ -273,8 +275,17 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut platform = platform;
+    if checks.contains(&checks::REDIS_REACHABLE) {
+        platform.redis = runtime.block_on(crate::ops::reachability::redis(env, store.as_ref()));
+    }
     let findings = runtime.block_on(Diagnosis::new(platform, inputs).run(&checks));
     let cause = findings.iter().find(|f| f.verdict == Verdict::Cause);
+    let unmade: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.verdict == Verdict::Inconclusive)
+        .map(|f| f.check.as_str())
+        .collect();
     let manual = manual_steps(&runbook, env, &inputs_given);
     if format == OutputFormat::Json {
         let document = serde_json::json!({
@@ -282,13 +293,14 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
             "environment": env.name,
             "findings": findings,
             "cause": cause,
+            "inconclusive": cause.is_none() && !unmade.is_empty(),
             "manual": manual,
         });
         outln!("{}", serde_json::to_string_pretty(&document)?);
     } else {
-        print_findings(&runbook, env.name, &findings, cause, &manual);
+        print_findings(&runbook, env.name, &findings, cause, &unmade, &manual);
     }
-    Ok(if cause.is_some() {
+    Ok(if cause.is_some() || !unmade.is_empty() {
         Exit::CheckFailed
     } else {
         Exit::Clean
@@ -360,6 +372,7 @@ fn print_findings(
     env: &str,
     findings: &[Finding],
     cause: Option<&Finding>,
+    unmade: &[&str],
     manual: &[Step],
 ) {
     outln!("runbook {} on {env}", runbook.name);
@@ -382,15 +395,31 @@ fn print_findings(
                 outln!("fix (not run): {fix}");
             }
         }
+        None if !unmade.is_empty() => {
+            outln!(
+                "inconclusive: no cause proved, and {} could not be made ({}): nothing is ruled out",
+                if unmade.len() == 1 {
+                    "1 check".to_string()
+                } else {
+                    format!("{} checks", unmade.len())
+                },
+                unmade.join(", ")
+            );
+            print_manual(manual);
+        }
         None => {
             outln!("no cause found by the automated checks");
-            for step in manual {
-                if let Step::Manual { manual, command } = step {
-                    match command {
-                        Some(command) => outln!("next (manual): {manual}: {command}"),
-                        None => outln!("next (manual): {manual}"),
-                    }
-                }
+            print_manual(manual);
+        }
+    }
+}
+
+fn print_manual(manual: &[Step]) {
+    for step in manual {
+        if let Step::Manual { manual, command } = step {
+            match command {
+                Some(command) => outln!("next (manual): {manual}: {command}"),
+                None => outln!("next (manual): {manual}"),
             }
         }
     }
