@@ -4,7 +4,6 @@
 use super::output::{errln, out, outln};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use uuid::Uuid;
 
 use super::{Exit, OutputFormat, refuse};
@@ -221,11 +220,10 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         return Ok(refuse(format, &message, Exit::UnusableInput));
     }
     let token = match &args.token_file {
-        Some(path) => Some(Secret::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?
-                .trim(),
-        )),
+        Some(path) => match read_token(path) {
+            Ok(token) => Some(token),
+            Err(message) => return Ok(refuse(format, &message, Exit::UnusableInput)),
+        },
         None => None,
     };
 
@@ -305,6 +303,31 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     } else {
         Exit::Clean
     })
+}
+
+/// The token in `path`: surrounding whitespace and an optional `Bearer `
+/// prefix (as browser tools show the header) dropped; why not, for a file
+/// that cannot be read or holds no token.
+fn read_token(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let text = text.trim();
+    let token = if text.eq_ignore_ascii_case("bearer") {
+        ""
+    } else {
+        text
+    };
+    let token = token
+        .get(..7)
+        .filter(|prefix| prefix.eq_ignore_ascii_case("bearer "))
+        .map_or(token, |_| token[7..].trim());
+    if token.is_empty() {
+        return Err(format!(
+            "--token-file {}: holds no token (expected the access token, as sent after `Bearer`)",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(token))
 }
 
 /// The ids given on the command line that manual commands name.
@@ -428,6 +451,34 @@ fn print_manual(manual: &[Step]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_may_hold_the_bearer_header_value_and_must_hold_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        for text in [
+            "abc.def.ghi",
+            "  abc.def.ghi\n",
+            "Bearer abc.def.ghi\n",
+            "bearer  abc.def.ghi",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(
+                read_token(&file).unwrap().expose(),
+                "abc.def.ghi",
+                "{text:?}"
+            );
+        }
+        for text in ["", " \n", "Bearer "] {
+            std::fs::write(&file, text).unwrap();
+            assert!(
+                read_token(&file).unwrap_err().contains("holds no token"),
+                "{text:?}"
+            );
+        }
+        assert!(read_token(dir.path()).is_err());
+        assert!(read_token(&dir.path().join("nonexistent")).is_err());
+    }
 
     #[test]
     fn manual_commands_name_the_environment_the_ids_and_cluster_equivalents() {

@@ -710,3 +710,40 @@ fn a_malformed_id_names_the_flag_and_asks_for_a_uuid() {
     assert!(list.contains(" 1 check\n"), "{list}");
     assert!(!list.contains(" 1 checks"), "{list}");
 }
+
+#[test]
+fn invalidating_a_company_auth_does_not_know_says_so() {
+    let case = Case::new(FINANCE);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+            .arg("--matrix")
+            .arg(case.matrix.path().join("environments"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let unknown = Uuid::new_v4().to_string();
+    let output = run(&["access", "invalidate", "local", "--company", &unknown]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("Auth knows no company {unknown}")),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stdout(&output).contains('{'), "{}", stdout(&output));
+    let known = case.company.id.to_string();
+    let output = run(&["access", "invalidate", "local", "--company", &known]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("access version now"),
+        "{}",
+        stdout(&output)
+    );
+    let output = run(&["access", "invalidate", "local"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("--company") && message.contains("--user"),
+        "{message}"
+    );
+}
