@@ -260,6 +260,7 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     let inputs_given = Given {
         company: args.company,
         user: args.user,
+        module: args.module.clone(),
     };
     let inputs = Inputs {
         user: args.user,
@@ -334,6 +335,7 @@ fn read_token(path: &Path) -> Result<Secret, String> {
 struct Given {
     company: Option<Uuid>,
     user: Option<Uuid>,
+    module: Option<String>,
 }
 
 /// The runbook's manual steps with their commands made concrete: `ENV`
@@ -361,6 +363,8 @@ fn concrete(command: &str, env: &Environment, given: &Given) -> String {
         .map(|word| {
             if word == "ENV" {
                 name.to_string()
+            } else if let ("MODULE", Some(module)) = (word, &given.module) {
+                module.clone()
             } else {
                 word.to_string()
             }
@@ -488,6 +492,7 @@ mod tests {
         let given = Given {
             company: Some(company),
             user: None,
+            module: Some("finance".into()),
         };
         let staging = matrix.environment("staging").unwrap();
         let namespace = &staging.file.namespace;
@@ -515,6 +520,10 @@ mod tests {
         assert_eq!(
             concrete("kisumctl deploy local", &local, &given),
             "kisumctl deploy local"
+        );
+        assert_eq!(
+            concrete("kisumctl logs ENV MODULE", &local, &given),
+            "kisumctl logs local finance"
         );
     }
 }
