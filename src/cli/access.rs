@@ -26,8 +26,10 @@ enum AccessCommand {
 /// Makes Auth recompute the access of a company (its entitlement version
 /// is read from Core again) or of a user on their next request, through
 /// Auth's `POST /internal/invalidate` with kisumctl's internal credential.
-/// Exit 0 when Auth confirmed, 3 when it could not be reached or refused.
+/// Exit 0 when Auth confirmed, 1 when Auth knows no such company or user,
+/// 3 when it could not be reached or refused.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("whose").required(true).args(["company", "user"])))]
 struct InvalidateArgs {
     /// Environment whose Auth to tell.
     env: String,
@@ -36,9 +38,7 @@ struct InvalidateArgs {
     #[arg(
         long,
         value_name = "ID",
-        value_parser = super::uuid_flag("--company"),
-        required_unless_present = "user",
-        conflicts_with = "user"
+        value_parser = super::uuid_flag("--company")
     )]
     company: Option<Uuid>,
 
@@ -110,8 +110,24 @@ fn invalidate(dir: &Path, env: &Environment, args: &InvalidateArgs) -> anyhow::R
     });
     match answer {
         Ok((status, body)) if status.is_success() => {
-            outln!("Auth recomputes the access of {whose} on the next request: {body}");
-            Ok(Exit::Clean)
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            match body.get("access_version") {
+                Some(serde_json::Value::Null) => {
+                    let message = format!("Auth knows no {whose}: nothing to recompute");
+                    Ok(refuse(format, &message, Exit::CheckFailed))
+                }
+                Some(version) => {
+                    outln!(
+                        "Auth recomputes the access of {whose} on the next request (access \
+                         version now {version})"
+                    );
+                    Ok(Exit::Clean)
+                }
+                None => {
+                    outln!("Auth recomputes the access of {whose} on the next request");
+                    Ok(Exit::Clean)
+                }
+            }
         }
         Ok((status, body)) => {
             let body: String = body.chars().take(300).collect();

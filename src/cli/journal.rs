@@ -41,14 +41,18 @@ const MUTATING: &[&str] = &[
 /// invalidate appends one record to
 /// `<state-dir>/journal.jsonl` of its environment (dry runs, status
 /// queries and runs refused as unusable input excepted). `who` is `KISUM_ACTOR` when set, else user@host.
+/// A run that ended before writing its record (Ctrl-C, SIGTERM, SIGKILL)
+/// is recorded `interrupted` by the next run that records or reads the
+/// journal.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Environment whose journal to print.
     env: String,
 
-    /// How many of the newest records.
-    #[arg(short = 'n', long = "lines", default_value_t = 20, value_name = "N")]
-    lines: usize,
+    /// How many of the newest records (at least 1).
+    #[arg(short = 'n', long = "lines", default_value_t = 20, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    lines: u64,
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
@@ -59,7 +63,9 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     let name = args.env.clone();
     super::with_environment(dir, &name, args.output, |_, env| {
         let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
-        let (records, unreadable) = journal::read(&state_dir, args.lines)?;
+        reap(&state_dir);
+        let limit = usize::try_from(args.lines).unwrap_or(usize::MAX);
+        let (records, unreadable) = journal::read(&state_dir, limit)?;
         if unreadable > 0 {
             errln!(
                 "warning: {}: {unreadable} lines are not journal records; skipped",
@@ -86,7 +92,11 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                         None => r.args.join(" "),
                     },
                     r.result.clone(),
-                    format!("{:.1} s", r.duration_ms as f64 / 1000.0),
+                    if r.note.is_some() && r.duration_ms == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.1} s", r.duration_ms as f64 / 1000.0)
+                    },
                 ]
             })
             .collect();
@@ -165,32 +175,96 @@ pub fn note_interrupted() {
     INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Appends `interrupted` records for the unfinished runs of `state_dir`
+/// whose process is gone; a journal that cannot be written is a warning.
+fn reap(state_dir: &Path) {
+    if let Err(error) = journal::reap(state_dir) {
+        errln!(
+            "warning: the journal {} was not written: {error}",
+            journal::path(state_dir).display()
+        );
+    }
+}
+
+/// The record of a run, with `result` and `exit` not yet known.
+fn pending(mutation: &Mutation, started: &Started) -> Record {
+    Record {
+        started: started.at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        who: journal::who(),
+        command: mutation.command.clone(),
+        args: mutation.args.clone(),
+        environment: mutation.environment.clone(),
+        result: "running".into(),
+        exit: 0,
+        duration_ms: 0,
+        job: None,
+        note: None,
+    }
+}
+
+/// The state directory of the run's environment, when the matrix loads.
+fn state_dir_of(dir: &Path, mutation: &Mutation) -> Option<std::path::PathBuf> {
+    let matrix = crate::matrix::Matrix::load(dir).ok()?;
+    let env = matrix.environment(&mutation.environment).ok()?;
+    Some(crate::matrix::resolve_path(dir, &env.file.state_dir))
+}
+
+/// The marker of a run in progress: what [`record`] removes.
+pub struct Running {
+    marker: std::path::PathBuf,
+    /// The state directory, when this run created it.
+    created: Option<std::path::PathBuf>,
+}
+
+/// Before a mutating run: records the earlier runs of its environment
+/// that were interrupted, then leaves this run's marker, so that a run
+/// killed before its end is recorded by the next one.
+pub fn begin(dir: &Path, mutation: &Mutation, started: &Started) -> Option<Running> {
+    let state_dir = state_dir_of(dir, mutation)?;
+    let created = (!state_dir.exists()).then(|| state_dir.clone());
+    reap(&state_dir);
+    match journal::begin(&state_dir, &pending(mutation, started)) {
+        Ok(marker) => Some(Running { marker, created }),
+        Err(error) => {
+            errln!(
+                "warning: the journal {} was not written: {error}",
+                journal::path(&state_dir).display()
+            );
+            None
+        }
+    }
+}
+
 /// Appends the run's record to its environment's journal. A journal that
 /// cannot be written is a warning: the command's own outcome stands.
-pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
+pub fn record(
+    dir: &Path,
+    mutation: &Mutation,
+    started: &Started,
+    exit: Exit,
+    running: Option<Running>,
+) {
+    if let Some(running) = &running {
+        journal::finish(&running.marker);
+    }
     // Refused input (an unknown environment, `deploy production`, a
-    // missing deploy) changed nothing: not an operation to record.
+    // missing deploy) changed nothing: not an operation to record, and
+    // a state directory made only for its marker goes again.
     if exit == Exit::UnusableInput {
+        if let Some(created) = running.and_then(|r| r.created) {
+            let _ = std::fs::remove_dir(created);
+        }
         return;
     }
-    let Ok(matrix) = crate::matrix::Matrix::load(dir) else {
+    let Some(state_dir) = state_dir_of(dir, mutation) else {
         return;
     };
-    let Ok(env) = matrix.environment(&mutation.environment) else {
-        return;
-    };
-    let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
     // `down --purge` removed the state, journal included; recording it
     // would bring the directory back.
     if mutation.command == "down" && !state_dir.exists() {
         return;
     }
     let record = Record {
-        started: started.at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        who: journal::who(),
-        command: mutation.command.clone(),
-        args: mutation.args.clone(),
-        environment: mutation.environment.clone(),
         result: match exit {
             _ if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) => "interrupted",
             Exit::Clean => "ok",
@@ -202,6 +276,7 @@ pub fn record(dir: &Path, mutation: &Mutation, started: &Started, exit: Exit) {
         exit: exit as u8,
         duration_ms: started.clock.elapsed().as_millis() as u64,
         job: JOB.get().cloned(),
+        ..pending(mutation, started)
     };
     if let Err(error) = journal::append(&state_dir, &record) {
         errln!(

@@ -134,9 +134,12 @@ pub fn main() -> ExitCode {
     let mutation = journal::Mutation::of(&matches);
     let started = journal::Started::now();
     let matrix = cli.matrix.clone();
+    let running = mutation
+        .as_ref()
+        .and_then(|mutation| journal::begin(&matrix, mutation, &started));
     let exit = dispatch(cli);
     if let Some(mutation) = mutation {
-        journal::record(&matrix, &mutation, &started, exit);
+        journal::record(&matrix, &mutation, &started, exit, running);
     }
     if std::env::var_os(crate::cluster::operation::RESULT_VARIABLE).is_some() {
         // The last line of a Job's log: how the one who launched it learns

@@ -4,13 +4,12 @@
 use super::output::{errln, out, outln};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use uuid::Uuid;
 
 use super::{Exit, OutputFormat, refuse};
 use crate::matrix::Environment;
 use crate::matrix::model::ConfigValue;
-use crate::ops::runbook::checks::{Diagnosis, Finding, Inputs, Platform, Verdict};
+use crate::ops::runbook::checks::{self, Diagnosis, Finding, Inputs, Platform, Verdict};
 use crate::ops::runbook::{self, Runbook, Step};
 use crate::secrets::Secret;
 
@@ -22,8 +21,9 @@ use crate::secrets::Secret;
 /// steps with the command that performs them. `run` runs the checks in
 /// order, prints each finding with its evidence, and stops at the first
 /// cause it proves, naming the command that fixes it; it never runs that
-/// command and changes nothing. Exit 0 when no cause was found, 1 when
-/// one was, 2 on unusable input.
+/// command and changes nothing. Exit 0 when every check was made and none
+/// found a cause, 1 when one found a cause or when some could not be made
+/// (`inconclusive`: a service did not answer), 2 on unusable input.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -220,11 +220,10 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         return Ok(refuse(format, &message, Exit::UnusableInput));
     }
     let token = match &args.token_file {
-        Some(path) => Some(Secret::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?
-                .trim(),
-        )),
+        Some(path) => match read_token(path) {
+            Ok(token) => Some(token),
+            Err(message) => return Ok(refuse(format, &message, Exit::UnusableInput)),
+        },
         None => None,
     };
 
@@ -256,10 +255,12 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         )
         .map_err(|e| e.to_string()),
         expiry_alert_days: env.base.tls.expiry_alert_days,
+        redis: None,
     };
     let inputs_given = Given {
         company: args.company,
         user: args.user,
+        module: args.module.clone(),
     };
     let inputs = Inputs {
         user: args.user,
@@ -273,8 +274,17 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut platform = platform;
+    if checks.contains(&checks::REDIS_REACHABLE) {
+        platform.redis = runtime.block_on(crate::ops::reachability::redis(env, store.as_ref()));
+    }
     let findings = runtime.block_on(Diagnosis::new(platform, inputs).run(&checks));
     let cause = findings.iter().find(|f| f.verdict == Verdict::Cause);
+    let unmade: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.verdict == Verdict::Inconclusive)
+        .map(|f| f.check.as_str())
+        .collect();
     let manual = manual_steps(&runbook, env, &inputs_given);
     if format == OutputFormat::Json {
         let document = serde_json::json!({
@@ -282,23 +292,50 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
             "environment": env.name,
             "findings": findings,
             "cause": cause,
+            "inconclusive": cause.is_none() && !unmade.is_empty(),
             "manual": manual,
         });
         outln!("{}", serde_json::to_string_pretty(&document)?);
     } else {
-        print_findings(&runbook, env.name, &findings, cause, &manual);
+        print_findings(&runbook, env.name, &findings, cause, &unmade, &manual);
     }
-    Ok(if cause.is_some() {
+    Ok(if cause.is_some() || !unmade.is_empty() {
         Exit::CheckFailed
     } else {
         Exit::Clean
     })
 }
 
+/// The token in `path`: surrounding whitespace and an optional `Bearer `
+/// prefix (as browser tools show the header) dropped; why not, for a file
+/// that cannot be read or holds no token.
+fn read_token(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let text = text.trim();
+    let token = if text.eq_ignore_ascii_case("bearer") {
+        ""
+    } else {
+        text
+    };
+    let token = token
+        .get(..7)
+        .filter(|prefix| prefix.eq_ignore_ascii_case("bearer "))
+        .map_or(token, |_| token[7..].trim());
+    if token.is_empty() {
+        return Err(format!(
+            "--token-file {}: holds no token (expected the access token, as sent after `Bearer`)",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(token))
+}
+
 /// The ids given on the command line that manual commands name.
 struct Given {
     company: Option<Uuid>,
     user: Option<Uuid>,
+    module: Option<String>,
 }
 
 /// The runbook's manual steps with their commands made concrete: `ENV`
@@ -326,6 +363,8 @@ fn concrete(command: &str, env: &Environment, given: &Given) -> String {
         .map(|word| {
             if word == "ENV" {
                 name.to_string()
+            } else if let ("MODULE", Some(module)) = (word, &given.module) {
+                module.clone()
             } else {
                 word.to_string()
             }
@@ -360,6 +399,7 @@ fn print_findings(
     env: &str,
     findings: &[Finding],
     cause: Option<&Finding>,
+    unmade: &[&str],
     manual: &[Step],
 ) {
     outln!("runbook {} on {env}", runbook.name);
@@ -382,15 +422,31 @@ fn print_findings(
                 outln!("fix (not run): {fix}");
             }
         }
+        None if !unmade.is_empty() => {
+            outln!(
+                "inconclusive: no cause proved, and {} could not be made ({}): nothing is ruled out",
+                if unmade.len() == 1 {
+                    "1 check".to_string()
+                } else {
+                    format!("{} checks", unmade.len())
+                },
+                unmade.join(", ")
+            );
+            print_manual(manual);
+        }
         None => {
             outln!("no cause found by the automated checks");
-            for step in manual {
-                if let Step::Manual { manual, command } = step {
-                    match command {
-                        Some(command) => outln!("next (manual): {manual}: {command}"),
-                        None => outln!("next (manual): {manual}"),
-                    }
-                }
+            print_manual(manual);
+        }
+    }
+}
+
+fn print_manual(manual: &[Step]) {
+    for step in manual {
+        if let Step::Manual { manual, command } = step {
+            match command {
+                Some(command) => outln!("next (manual): {manual}: {command}"),
+                None => outln!("next (manual): {manual}"),
             }
         }
     }
@@ -401,6 +457,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_token_file_may_hold_the_bearer_header_value_and_must_hold_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        for text in [
+            "abc.def.ghi",
+            "  abc.def.ghi\n",
+            "Bearer abc.def.ghi\n",
+            "bearer  abc.def.ghi",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(
+                read_token(&file).unwrap().expose(),
+                "abc.def.ghi",
+                "{text:?}"
+            );
+        }
+        for text in ["", " \n", "Bearer "] {
+            std::fs::write(&file, text).unwrap();
+            assert!(
+                read_token(&file).unwrap_err().contains("holds no token"),
+                "{text:?}"
+            );
+        }
+        assert!(read_token(dir.path()).is_err());
+        assert!(read_token(&dir.path().join("nonexistent")).is_err());
+    }
+
+    #[test]
     fn manual_commands_name_the_environment_the_ids_and_cluster_equivalents() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
         let matrix = crate::matrix::Matrix::load(&dir).unwrap();
@@ -408,6 +492,7 @@ mod tests {
         let given = Given {
             company: Some(company),
             user: None,
+            module: Some("finance".into()),
         };
         let staging = matrix.environment("staging").unwrap();
         let namespace = &staging.file.namespace;
@@ -435,6 +520,10 @@ mod tests {
         assert_eq!(
             concrete("kisumctl deploy local", &local, &given),
             "kisumctl deploy local"
+        );
+        assert_eq!(
+            concrete("kisumctl logs ENV MODULE", &local, &given),
+            "kisumctl logs local finance"
         );
     }
 }

@@ -8,6 +8,13 @@
 //!
 //! Appends are single `write` calls of a whole line to a file opened with
 //! `O_APPEND`, so concurrent runs never interleave within a record.
+//!
+//! A run that never reaches its end (Ctrl-C, SIGTERM, SIGKILL, a crash)
+//! cannot write its record; so each run first leaves a marker,
+//! `<state-dir>/journal.running/<pid>.json`, removed when its record is
+//! written. The next run that records or reads the journal of that
+//! environment on the same host appends an `interrupted` record for every
+//! marker whose process is gone ([`reap`]).
 
 use std::io::{BufRead as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -39,6 +46,128 @@ pub struct Record {
     /// run in its cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// How the record came to be, when not from the run itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The directory of the markers of unfinished runs.
+const RUNNING: &str = "journal.running";
+
+/// What a run leaves while it runs: its record so far and how to tell
+/// whether its process still runs.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    record: Record,
+    pid: u32,
+    host: String,
+    /// The process's start time (`/proc/<pid>/stat`), telling it apart
+    /// from a later process given the same pid.
+    #[serde(default)]
+    start_ticks: Option<u64>,
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// When process `pid` started, in clock ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the fields after the command name (which may hold spaces
+    // and parentheses) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn alive(pid: u32, ticks: Option<u64>) -> bool {
+    match (start_ticks(pid), ticks) {
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+        (None, _) => rustix::process::Pid::from_raw(pid as i32)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok()),
+    }
+}
+
+/// Leaves the marker of this run (whose record is `record`, result not
+/// yet known); answers its path, for [`finish`].
+pub fn begin(state_dir: &Path, record: &Record) -> std::io::Result<PathBuf> {
+    let dir = state_dir.join(RUNNING);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let pid = std::process::id();
+    let marker = Marker {
+        record: record.clone(),
+        pid,
+        host: host(),
+        start_ticks: start_ticks(pid),
+    };
+    let path = dir.join(format!("{pid}.json"));
+    let text = serde_json::to_vec(&marker).map_err(std::io::Error::other)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?
+        .write_all(&text)?;
+    Ok(path)
+}
+
+/// Removes the marker [`begin`] left (its directory too when empty).
+pub fn finish(marker: &Path) {
+    let _ = std::fs::remove_file(marker);
+    if let Some(dir) = marker.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Appends an `interrupted` record for every marker of this host whose
+/// process is gone, and removes it; answers how many.
+pub fn reap(state_dir: &Path) -> std::io::Result<usize> {
+    let dir = state_dir.join(RUNNING);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let this_host = host();
+    let mut reaped = 0;
+    for entry in entries {
+        let path = entry?.path();
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(marker) = serde_json::from_slice::<Marker>(&text) else {
+            continue;
+        };
+        if marker.host != this_host
+            || marker.pid == std::process::id()
+            || alive(marker.pid, marker.start_ticks)
+        {
+            continue;
+        }
+        let record = Record {
+            result: "interrupted".into(),
+            exit: 3,
+            duration_ms: 0,
+            note: Some(format!(
+                "pid {} ended before writing its record (Ctrl-C, SIGTERM, SIGKILL or a crash); \
+                 recorded by a later run, duration unknown",
+                marker.pid
+            )),
+            ..marker.record
+        };
+        append(state_dir, &record)?;
+        let _ = std::fs::remove_file(&path);
+        reaped += 1;
+    }
+    let _ = std::fs::remove_dir(&dir);
+    Ok(reaped)
 }
 
 /// The journal file of an environment whose state directory is `state_dir`.
@@ -55,11 +184,24 @@ pub fn who() -> String {
     }
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()));
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{user}@{host}")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| {
+            let uid = rustix::process::getuid().as_raw();
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            user_of(&passwd, uid).unwrap_or_else(|| format!("uid {uid}"))
+        });
+    format!("{user}@{}", host())
+}
+
+/// The login name of `uid` in the text of `/etc/passwd`.
+fn user_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// Appends `record`, creating the state directory (0700) and the file
@@ -122,6 +264,7 @@ mod tests {
             exit: 0,
             duration_ms: n,
             job: None,
+            note: None,
         }
     }
 
@@ -148,6 +291,53 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_marker_of_a_gone_process_becomes_an_interrupted_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        // A process that has ended: a child reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let marker = Marker {
+            record: record(0),
+            pid,
+            host: host(),
+            start_ticks: Some(1),
+        };
+        std::fs::create_dir_all(state.join(RUNNING)).unwrap();
+        std::fs::write(
+            state.join(RUNNING).join(format!("{pid}.json")),
+            serde_json::to_vec(&marker).unwrap(),
+        )
+        .unwrap();
+        // This run's own marker is left alone.
+        let own = begin(&state, &record(1)).unwrap();
+        assert_eq!(reap(&state).unwrap(), 1);
+        let (records, _) = read(&state, 10).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].result, "interrupted");
+        assert!(
+            records[0]
+                .note
+                .as_ref()
+                .unwrap()
+                .contains(&format!("pid {pid}"))
+        );
+        assert!(own.exists());
+        finish(&own);
+        assert!(!state.join(RUNNING).exists());
+        assert_eq!(reap(&state).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_user_name_comes_from_the_password_file() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(user_of(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_of(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(user_of(passwd, 7), None);
     }
 
     #[test]

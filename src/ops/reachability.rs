@@ -25,33 +25,49 @@ const SLOW: Duration = Duration::from_secs(1);
 pub async fn databases(env: &Environment<'_>, store: &dyn SecretStore) -> Vec<Item> {
     let mut items = Vec::new();
     for target in connection::targets(env) {
-        let name = if target.engine == EngineKind::Redis {
-            "redis".to_string()
-        } else {
-            format!("database {}", target.id)
-        };
-        let started = Instant::now();
-        if let Some(why) = refused(&target.host, target.port).await {
-            items.push(Item::new(name, Light::Red, why));
-            continue;
-        }
-        let answer = tokio::time::timeout(TIMEOUT, query(env, &target, store)).await;
-        let elapsed = started.elapsed();
-        items.push(match answer {
-            Err(_) => Item::new(name, Light::Red, did_not_answer(&target.host, target.port)),
-            Ok(Err(error)) => Item::new(name, Light::Red, format!("unreachable: {error:#}")),
-            Ok(Ok(what)) => {
-                let light = if elapsed > SLOW {
-                    Light::Yellow
-                } else {
-                    Light::Green
-                };
-                let detail = format!("{what} answered in {} ms", elapsed.as_millis());
-                Item::new(name, light, detail)
-            }
-        });
+        items.push(reach(env, &target, store).await);
     }
     items
+}
+
+/// Redis alone, as [`databases`] sees it.
+pub async fn redis(env: &Environment<'_>, store: &dyn SecretStore) -> Option<Item> {
+    let target = connection::targets(env)
+        .into_iter()
+        .find(|t| t.engine == EngineKind::Redis)?;
+    Some(reach(env, &target, store).await)
+}
+
+/// One database or Redis: reachable (with the latency) or red with why.
+async fn reach(env: &Environment<'_>, target: &Target, store: &dyn SecretStore) -> Item {
+    let name = if target.engine == EngineKind::Redis {
+        "redis".to_string()
+    } else {
+        format!("database {}", target.id)
+    };
+    let started = Instant::now();
+    if let Some(why) = refused(&target.host, target.port).await {
+        return Item::new(name, Light::Red, why);
+    }
+    let answer = tokio::time::timeout(TIMEOUT, query(env, target, store)).await;
+    let elapsed = started.elapsed();
+    match answer {
+        Err(_) => Item::new(name, Light::Red, did_not_answer(&target.host, target.port)),
+        Ok(Err(error)) => Item::new(
+            name,
+            Light::Red,
+            format!("{}:{} unreachable: {error:#}", target.host, target.port),
+        ),
+        Ok(Ok(what)) => {
+            let light = if elapsed > SLOW {
+                Light::Yellow
+            } else {
+                Light::Green
+            };
+            let detail = format!("{what} answered in {} ms", elapsed.as_millis());
+            Item::new(name, light, detail)
+        }
+    }
 }
 
 /// A port nothing listens on, said at once: `connection refused at

@@ -139,3 +139,61 @@ fn each_mutating_command_run_without_a_platform_appends_one_record() {
         assert!(record["duration_ms"].is_u64(), "{record}");
     }
 }
+
+#[test]
+fn a_run_killed_or_interrupted_before_its_end_is_journaled_as_interrupted() {
+    let matrix = scratch_copy();
+    let dir = matrix.path();
+    // Auth's internal port accepts connections and answers nothing: the
+    // run waits there until it is stopped.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let state = dir.join(".kisum/local");
+    crate::common::private_dir(&state);
+    let url = format!("http://{}", hung.local_addr().unwrap());
+    let endpoints = serde_json::json!({ "internal": { "auth": url } });
+    std::fs::write(state.join("endpoints.json"), endpoints.to_string()).unwrap();
+    crate::common::write_secret(&state, "internal-credential-kisumctl", "token", "test");
+    let company = "0b0e9a4e-52b7-4d4e-8000-000000000002";
+    let invalidate = ["access", "invalidate", "local", "--company", company];
+    for signal in [rustix::process::Signal::KILL, rustix::process::Signal::INT] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+            .args(invalidate)
+            .current_dir(dir)
+            .env_remove("KISUM_MATRIX")
+            .env("KISUM_ACTOR", "journal-test")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let marker = state.join(format!("journal.running/{}.json", child.id()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !marker.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(marker.exists(), "no marker at {}", marker.display());
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+        child.wait().unwrap();
+    }
+    drop(hung);
+    // The journal, read, records both runs.
+    let journal = records(dir, &[]);
+    assert_eq!(journal.len(), 2, "{journal:#?}");
+    for record in &journal {
+        assert_eq!(record["command"], "access invalidate");
+        assert_eq!(record["result"], "interrupted");
+        assert_eq!(record["who"], "journal-test");
+        assert_eq!(record["args"], serde_json::json!(invalidate));
+        assert!(record["note"].as_str().unwrap().contains("ended before"));
+    }
+    assert!(!state.join("journal.running").exists());
+    // Read again: recorded once.
+    assert_eq!(records(dir, &[]).len(), 2);
+}
+
+#[test]
+fn zero_lines_is_refused() {
+    let matrix = scratch_copy();
+    let args = ["journal", "local", "-n", "0"];
+    assert_exit(&args, kisumctl(matrix.path(), &args), 2);
+}

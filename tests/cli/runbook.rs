@@ -196,6 +196,8 @@ impl Case {
         let edited = text.replace("kisum-io: kisum.localhost", "kisum-io: kisum.test");
         assert_ne!(text, edited);
         std::fs::write(&local, edited).unwrap();
+        // Redis: the shared platform's.
+        case.point_redis_at(case.shared.platform.redis.port());
         case.write_endpoints(&[]);
         case.write_secrets();
         case
@@ -205,20 +207,34 @@ impl Case {
         self.matrix.path().join(".kisum/local")
     }
 
+    /// Points the scratch matrix's Redis endpoint at `port` of loopback.
+    fn point_redis_at(&self, port: u16) {
+        let local = self.matrix.path().join("environments/local.yaml");
+        let text = std::fs::read_to_string(&local).unwrap();
+        let start = text.find("\nredis:\n").unwrap();
+        let at = start + text[start..].find("port: ").unwrap() + "port: ".len();
+        let end = at + text[at..].find(',').unwrap();
+        let edited = format!("{}{port}{}", &text[..at], &text[end..]);
+        std::fs::write(&local, edited).unwrap();
+    }
+
     /// `endpoints.json` of the shared platform; `dead` services answer on
     /// ports nothing listens on, as after their process was killed.
     fn write_endpoints(&self, dead: &[&str]) {
+        let dead_port = free_port();
+        let moved: Vec<(&str, SocketAddr)> = dead.iter().map(|s| (*s, dead_port)).collect();
+        self.write_endpoints_moved(&moved);
+    }
+
+    /// `endpoints.json` of the shared platform with the `moved` services at
+    /// other addresses.
+    fn write_endpoints_moved(&self, moved: &[(&str, SocketAddr)]) {
         let shared = &self.shared;
-        let dead_port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap()
-        };
         let url = |service: &str, address: SocketAddr| {
-            let address = if dead.contains(&service) {
-                dead_port
-            } else {
-                address
-            };
+            let address = moved
+                .iter()
+                .find(|(s, _)| *s == service)
+                .map_or(address, |(_, a)| *a);
             format!("http://{address}")
         };
         let p = &shared.platform;
@@ -347,6 +363,12 @@ impl Case {
     }
 }
 
+/// A loopback address nothing listens on.
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
 fn summary(cause: &Value) -> String {
     cause["summary"].as_str().unwrap().to_string()
 }
@@ -394,6 +416,57 @@ fn auth_down_is_named() {
             .as_str()
             .unwrap()
             .starts_with("kisumctl deploy local")
+    );
+}
+
+#[test]
+fn a_hung_auth_is_named_within_one_timeout() {
+    // A listening socket nobody reads: the kernel accepts connections and
+    // nothing answers, as with a stopped (SIGSTOP) Auth.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let case = Case::new(FINANCE);
+    let address = hung.local_addr().unwrap();
+    case.write_endpoints_moved(&[("auth", address)]);
+    let started = std::time::Instant::now();
+    let cause = case.expect_cause("finance", None, &[], "auth-healthy");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(
+        summary(&cause).starts_with("Auth is not answering"),
+        "{cause}"
+    );
+    assert!(
+        cause["fix"].as_str().unwrap().contains("kill -CONT"),
+        "{cause}"
+    );
+    drop(hung);
+}
+
+#[test]
+fn redis_down_is_named_by_its_runbook() {
+    let case = Case::new(FINANCE);
+    let (code, document) = case.run_runbook("redis-down", "finance", None, &[]);
+    assert_eq!(code, Some(0), "{document:#}");
+    assert_eq!(document["findings"][0]["check"], "redis-reachable");
+    assert_eq!(document["findings"][0]["verdict"], "ok", "{document:#}");
+
+    let dead = free_port();
+    case.point_redis_at(dead.port());
+    let (code, document) = case.run_runbook("redis-down", "finance", None, &[]);
+    assert_eq!(code, Some(1), "{document:#}");
+    let cause = &document["cause"];
+    assert_eq!(cause["check"], "redis-reachable", "{document:#}");
+    assert_eq!(summary(cause), "Redis is down: it does not answer a PING");
+    assert!(
+        cause["evidence"].to_string().contains(&dead.to_string()),
+        "{cause}"
+    );
+    assert!(
+        cause["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("kisumctl deploy local"),
+        "{cause}"
     );
 }
 
@@ -530,9 +603,10 @@ fn a_stale_access_cache_is_named() {
 }
 
 #[test]
-fn a_backend_enforcing_a_key_the_catalog_lacks_is_named() {
-    // The roles (one written before the permission catalog) spell the venue
-    // key `venue.venue.read`; the venue backend enforces `venue.venues.read`.
+fn a_role_spelling_a_key_outside_the_catalog_is_blamed_not_the_backend() {
+    // The role (written before the permission catalog) spells the venue key
+    // `venue.venue.read`; the venue backend enforces the catalog's
+    // `venue.venues.read`: the role is wrong, not the backend.
     let case = Case::new(Setup {
         module: "venue",
         entitled: true,
@@ -540,10 +614,43 @@ fn a_backend_enforcing_a_key_the_catalog_lacks_is_named() {
         permissions: &["venue.venue.read"],
     });
     let cause = case.expect_cause("venue", None, &[], "permission-key");
+    let text = summary(&cause);
+    assert!(text.starts_with("the user's role role-"), "{cause}");
     assert!(
-        summary(&cause).contains("GET /v1/venues requires venue.venues.read"),
+        text.contains("GET /v1/venues requires venue.venues.read"),
         "{cause}"
     );
+    let fix = cause["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with("Platform Admin: PUT /admin/roles/role-"),
+        "{fix}"
+    );
+    assert!(
+        fix.contains(r#"{"permissions":["venue.venues.read"]}"#),
+        "{fix}"
+    );
+}
+
+#[test]
+fn a_role_without_the_enforced_key_is_named_with_the_role() {
+    let case = Case::new(Setup {
+        permissions: &["market.listings.read"],
+        ..FINANCE
+    });
+    let cause = case.expect_cause("finance", None, &[], "permission-key");
+    let text = summary(&cause);
+    assert!(text.starts_with("the user's role role-"), "{cause}");
+    assert!(text.contains("requires finance.invoices.read"), "{cause}");
+    assert!(
+        !text.contains("backend enforces a permission key"),
+        "{cause}"
+    );
+    let fix = cause["fix"].as_str().unwrap();
+    assert!(
+        fix.contains(r#"{"permissions":["market.listings.read","finance.invoices.read"]}"#),
+        "{fix}"
+    );
+    assert!(!fix.contains("deploy"), "{fix}");
 }
 
 #[test]
@@ -602,4 +709,41 @@ fn a_malformed_id_names_the_flag_and_asks_for_a_uuid() {
     ));
     assert!(list.contains(" 1 check\n"), "{list}");
     assert!(!list.contains(" 1 checks"), "{list}");
+}
+
+#[test]
+fn invalidating_a_company_auth_does_not_know_says_so() {
+    let case = Case::new(FINANCE);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+            .arg("--matrix")
+            .arg(case.matrix.path().join("environments"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let unknown = Uuid::new_v4().to_string();
+    let output = run(&["access", "invalidate", "local", "--company", &unknown]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("Auth knows no company {unknown}")),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stdout(&output).contains('{'), "{}", stdout(&output));
+    let known = case.company.id.to_string();
+    let output = run(&["access", "invalidate", "local", "--company", &known]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("access version now"),
+        "{}",
+        stdout(&output)
+    );
+    let output = run(&["access", "invalidate", "local"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("--company") && message.contains("--user"),
+        "{message}"
+    );
 }

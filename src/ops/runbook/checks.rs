@@ -39,10 +39,11 @@ pub const PERMISSION_KEY: &str = "permission-key";
 pub const SERVICES_READY: &str = "services-ready";
 pub const JWKS_PROPAGATED: &str = "jwks-propagated";
 pub const CERTIFICATE_EXPIRY: &str = "certificate-expiry";
+pub const REDIS_REACHABLE: &str = "redis-reachable";
 
 /// Every check a runbook may name; the first nine are those of "user
 /// cannot access module" (plan 26.1), in the plan's order.
-pub const CHECKS: [&str; 12] = [
+pub const CHECKS: [&str; 13] = [
     AUTH_HEALTHY,
     CORE_HEALTHY,
     JWT_VALID,
@@ -55,6 +56,7 @@ pub const CHECKS: [&str; 12] = [
     SERVICES_READY,
     JWKS_PROPAGATED,
     CERTIFICATE_EXPIRY,
+    REDIS_REACHABLE,
 ];
 
 /// The nine checks of "user cannot access module", in the plan's order:
@@ -137,6 +139,9 @@ pub struct Platform {
     pub certificates: Result<Vec<crate::tls::HostStatus>, String>,
     /// `tls.expiry-alert-days` of the matrix.
     pub expiry_alert_days: u32,
+    /// Redis as `status` sees it (a PING with the latency, or why not),
+    /// when the runbook checks it.
+    pub redis: Option<crate::ops::health::Item>,
 }
 
 /// One run: the platform, the inputs, and what earlier checks learned.
@@ -150,7 +155,16 @@ pub struct Diagnosis {
     /// Core's entitlements of the company, as Admin reads them.
     entitlements: Option<Value>,
     membership: Option<String>,
+    /// The role of the user's membership.
+    role: Option<String>,
+    /// The services that let a request time out: not asked again in this
+    /// run, so that a hung service costs one timeout, not one per check.
+    silent: std::sync::Mutex<BTreeSet<String>>,
 }
+
+/// How long a health or readiness probe may take: a service that takes
+/// longer is not answering.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one health or readiness probe learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,9 +175,14 @@ enum Probe {
     /// port its supervisor recorded refused the connection (nothing
     /// listens there: the process is gone).
     Failed,
+    /// For `local`, the loopback port its supervisor recorded accepted
+    /// the connection and nothing answered within [`PROBE_TIMEOUT`]: the
+    /// process is there and hung (or stopped, or overloaded).
+    Hung,
     /// Nothing was asked: no URL, a name that does not resolve, a refused
     /// or timed-out connection to a host elsewhere (an in-cluster name
-    /// seen from outside the cluster). Proves nothing about the service.
+    /// seen from outside the cluster), a service that let an earlier
+    /// request time out. Proves nothing about the service.
     Unasked,
 }
 
@@ -171,7 +190,7 @@ enum Probe {
 /// answered and failed; could-not-ask when any probe was not asked and
 /// none failed.
 fn judge(probes: &[Probe]) -> Verdict {
-    if probes.contains(&Probe::Failed) {
+    if probes.contains(&Probe::Failed) || probes.contains(&Probe::Hung) {
         Verdict::Cause
     } else if probes.contains(&Probe::Unasked) {
         Verdict::Inconclusive
@@ -183,18 +202,7 @@ fn judge(probes: &[Probe]) -> Verdict {
 /// Whether `error` is a refused connection to a loopback address: this
 /// machine's answer that nothing listens on that port.
 fn refused_on_loopback(url: &str, error: &reqwest::Error) -> bool {
-    let loopback = reqwest::Url::parse(url)
-        .ok()
-        .and_then(|url| {
-            let host = url.host_str()?.trim_matches(['[', ']']).to_string();
-            Some(
-                host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback()),
-            )
-        })
-        .unwrap_or(false);
+    let loopback = on_loopback(url);
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
         if let Some(io) = current.downcast_ref::<std::io::Error>()
@@ -205,6 +213,32 @@ fn refused_on_loopback(url: &str, error: &reqwest::Error) -> bool {
         source = current.source();
     }
     false
+}
+
+/// Whether `url` names a loopback address.
+fn on_loopback(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|url| {
+            let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+            Some(
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback()),
+            )
+        })
+        .unwrap_or(false)
+}
+
+/// How a service is named in a sentence.
+fn title(service: &str) -> String {
+    match service {
+        AUTH => "Auth".into(),
+        CORE => "Platform Core".into(),
+        ADMIN => "Platform Admin".into(),
+        other => format!("the {other} service"),
+    }
 }
 
 /// An HTTP answer: status and JSON body (a string when not JSON).
@@ -239,6 +273,8 @@ impl Diagnosis {
             context: None,
             entitlements: None,
             membership: None,
+            role: None,
+            silent: std::sync::Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -270,6 +306,7 @@ impl Diagnosis {
             SERVICES_READY => self.services_ready().await,
             JWKS_PROPAGATED => self.jwks_propagated().await,
             CERTIFICATE_EXPIRY => self.certificate_expiry(),
+            REDIS_REACHABLE => self.redis_reachable(),
             other => Finding::new(other, Verdict::Inconclusive, "not a known check"),
         }
     }
@@ -292,7 +329,40 @@ impl Diagnosis {
             .map(String::as_str)
     }
 
-    /// One request; `Err` when nothing answered.
+    /// The service whose public or internal address `url` is on.
+    fn service_of(&self, url: &str) -> Option<String> {
+        let endpoints = &self.platform.endpoints;
+        endpoints
+            .public
+            .iter()
+            .chain(endpoints.internal.iter())
+            .find(|(_, base)| url.starts_with(base.as_str()))
+            .map(|(service, _)| service.clone())
+    }
+
+    /// The service `url` is on, when it let an earlier request time out.
+    fn silent_service(&self, url: &str) -> Option<String> {
+        let service = self.service_of(url)?;
+        let silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+        silent.contains(&service).then_some(service)
+    }
+
+    /// Notes that the service `url` is on let a request time out.
+    fn note_silent(&self, url: &str) {
+        if let Some(service) = self.service_of(url) {
+            let mut silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+            silent.insert(service);
+        }
+    }
+
+    /// Whether `service` let a request of this run time out.
+    fn is_silent(&self, service: &str) -> bool {
+        let silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+        silent.contains(service)
+    }
+
+    /// One request; `Err` when nothing answered (at once, without asking,
+    /// when the service let an earlier request time out).
     async fn call(
         &self,
         method: Method,
@@ -301,6 +371,12 @@ impl Diagnosis {
         bearer: Option<&Secret>,
         payload: Option<Value>,
     ) -> Result<Answer, String> {
+        if let Some(service) = self.silent_service(url) {
+            return Err(format!(
+                "not asked: {} did not answer an earlier request",
+                title(&service)
+            ));
+        }
         let mut request = self.http.request(method, url);
         if internal && let Some(credential) = &self.platform.credential {
             request = request.headers(internal_headers(credential));
@@ -311,7 +387,15 @@ impl Diagnosis {
         if let Some(payload) = payload {
             request = request.json(&payload);
         }
-        let response = request.send().await.map_err(|e| without_url(&e))?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.is_timeout() {
+                    self.note_silent(url);
+                }
+                return Err(without_url(&error));
+            }
+        };
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -355,7 +439,16 @@ impl Diagnosis {
             return (Probe::Unasked, format!("{service}: no URL known"));
         };
         let url = format!("{base}{path}");
-        let mut request = self.http.get(&url);
+        if let Some(silent) = self.silent_service(&url) {
+            return (
+                Probe::Unasked,
+                format!(
+                    "GET {url}: not asked: {} did not answer an earlier request",
+                    title(&silent)
+                ),
+            );
+        }
+        let mut request = self.http.get(&url).timeout(PROBE_TIMEOUT);
         if internal && let Some(credential) = &self.platform.credential {
             request = request.headers(internal_headers(credential));
         }
@@ -376,6 +469,26 @@ impl Diagnosis {
                 Probe::Failed,
                 format!("GET {url}: connection refused (nothing listens there)"),
             ),
+            Err(error) if error.is_timeout() => {
+                self.note_silent(&url);
+                let seconds = PROBE_TIMEOUT.as_secs();
+                if self.platform.env == "local" && on_loopback(&url) {
+                    // The supervisor's port accepted the connection: the
+                    // process is there and does not answer.
+                    (
+                        Probe::Hung,
+                        format!(
+                            "GET {url}: no answer within {seconds} s (the process accepts \
+                             connections but does not answer: hung, stopped or overloaded)"
+                        ),
+                    )
+                } else {
+                    (
+                        Probe::Unasked,
+                        format!("GET {url}: no answer within {seconds} s"),
+                    )
+                }
+            }
             Err(error) => (
                 Probe::Unasked,
                 format!("GET {url}: could not ask: {}", without_url(&error)),
@@ -411,45 +524,64 @@ impl Diagnosis {
         }
     }
 
+    /// What to do about a `local` service that accepts connections and
+    /// answers nothing (elsewhere: its pods restarted).
+    fn unhang(&self, service: &str) -> String {
+        if self.platform.env == "local" {
+            format!(
+                "`kisumctl status local` names the {service} process's pid: `kill -CONT PID` if \
+                 it was stopped, else `kill PID` (the supervisor starts it again); `{}` shows \
+                 what it last did",
+                self.logs(service)
+            )
+        } else {
+            self.restart(service)
+        }
+    }
+
     // ----------------------------------------------------------- checks --
 
     async fn auth_healthy(&mut self) -> Finding {
         let public = self.public(AUTH);
         let internal = self.internal(AUTH);
-        let checks = [
-            self.probe(public, AUTH, "/health", false).await,
-            self.probe(public, AUTH, "/ready", false).await,
-            self.probe(internal, AUTH, "/internal/diagnostics", true)
-                .await,
-        ];
-        self.healthy(AUTH_HEALTHY, "Auth", AUTH, &checks)
+        let (health, ready, diagnostics) = tokio::join!(
+            self.probe(public, AUTH, "/health", false),
+            self.probe(public, AUTH, "/ready", false),
+            self.probe(internal, AUTH, "/internal/diagnostics", true),
+        );
+        self.healthy(AUTH_HEALTHY, AUTH, &[health, ready, diagnostics])
     }
 
     async fn core_healthy(&mut self) -> Finding {
-        let checks = [
-            self.probe(self.public(CORE), CORE, "/health", false).await,
-            self.probe(self.public(CORE), CORE, "/ready", false).await,
+        let (health, ready, reachability) = tokio::join!(
+            self.probe(self.public(CORE), CORE, "/health", false),
+            self.probe(self.public(CORE), CORE, "/ready", false),
             self.probe(
                 self.internal(AUTH),
                 AUTH,
                 "/internal/core-reachability",
                 true,
-            )
-            .await,
-        ];
-        self.healthy(CORE_HEALTHY, "Platform Core", CORE, &checks)
+            ),
+        );
+        self.healthy(CORE_HEALTHY, CORE, &[health, ready, reachability])
     }
 
-    fn healthy(
-        &self,
-        check: &str,
-        title: &str,
-        service: &str,
-        probes: &[(Probe, String)],
-    ) -> Finding {
+    fn healthy(&self, check: &str, service: &str, probes: &[(Probe, String)]) -> Finding {
+        let title = title(service);
         let evidence = probes.iter().map(|(_, line)| line.clone());
         let outcomes: Vec<Probe> = probes.iter().map(|(probe, _)| *probe).collect();
         match judge(&outcomes) {
+            Verdict::Cause if outcomes.contains(&Probe::Hung) => Finding::new(
+                check,
+                Verdict::Cause,
+                format!(
+                    "{title} is not answering: it accepts connections and answers nothing \
+                     within {} s (hung, stopped or overloaded)",
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            )
+            .evidence(evidence)
+            .fix(self.unhang(service)),
             Verdict::Cause => Finding::new(
                 check,
                 Verdict::Cause,
@@ -460,6 +592,24 @@ impl Diagnosis {
             Verdict::Ok => {
                 Finding::new(check, Verdict::Ok, format!("{title} is serving and ready"))
                     .evidence(evidence)
+            }
+            verdict if outcomes.contains(&Probe::Passed) => {
+                let unasked: Vec<&str> = probes
+                    .iter()
+                    .filter(|(probe, _)| *probe == Probe::Unasked)
+                    .map(|(_, line)| line.as_str())
+                    .collect();
+                Finding::new(
+                    check,
+                    verdict,
+                    format!(
+                        "{title} answered {} of {} probes; the others could not be asked: {}",
+                        outcomes.len() - unasked.len(),
+                        outcomes.len(),
+                        unasked.join("; ")
+                    ),
+                )
+                .evidence(evidence)
             }
             verdict => Finding::new(
                 check,
@@ -473,6 +623,21 @@ impl Diagnosis {
         }
     }
 
+    /// Why a check that needs the verified token (and `--company`) was
+    /// not made.
+    fn needs_identity(&self, check: &str) -> Finding {
+        let reason = if self.inputs.token.is_none() {
+            "needs the user's token (--token-file)".to_string()
+        } else if self.is_silent(AUTH) {
+            "not asked: Auth did not answer".to_string()
+        } else if self.claims.is_none() {
+            "not asked: the token was not verified (see jwt-valid)".to_string()
+        } else {
+            "needs --company".to_string()
+        };
+        Finding::new(check, Verdict::Skipped, reason)
+    }
+
     async fn jwt_valid(&mut self) -> Finding {
         let Some(token) = self.inputs.token.clone() else {
             return Finding::new(
@@ -484,6 +649,13 @@ impl Diagnosis {
         let Some(auth) = self.public(AUTH) else {
             return Finding::new(JWT_VALID, Verdict::Inconclusive, "no URL known for Auth");
         };
+        if self.is_silent(AUTH) {
+            return Finding::new(
+                JWT_VALID,
+                Verdict::Inconclusive,
+                "not asked: Auth did not answer (verifying the token needs its JWKS)",
+            );
+        }
         let jwks_url = format!("{auth}/.well-known/jwks.json");
         let jwks = JwksCache::new(jwks_url.clone(), Duration::ZERO, Duration::ZERO);
         let policy = &self.platform.policy;
@@ -571,11 +743,7 @@ impl Diagnosis {
 
     async fn session_live(&mut self) -> Finding {
         let (Some((user, session)), Some(company)) = (self.identity(), self.company()) else {
-            return Finding::new(
-                SESSION_LIVE,
-                Verdict::Skipped,
-                "needs a valid token (--token-file) and --company",
-            );
+            return self.needs_identity(SESSION_LIVE);
         };
         let answer = match self.access_context(&company.to_string()).await {
             Ok(answer) => answer,
@@ -643,11 +811,9 @@ impl Diagnosis {
             .fix(fix(self.company()));
         }
         let (Some(_), Some(company)) = (self.identity(), self.company()) else {
-            return Finding::new(
-                X_ORG,
-                Verdict::Skipped,
-                "well-formed; resolving it needs a valid token (--token-file) and --company",
-            );
+            let mut finding = self.needs_identity(X_ORG);
+            finding.summary = format!("well-formed; resolving it: {}", finding.summary);
+            return finding;
         };
         let answer = match self.access_context(&org).await {
             Ok(answer) => answer,
@@ -837,6 +1003,7 @@ impl Diagnosis {
             grants.join(", ")
         );
         self.membership = Some(id.clone());
+        self.role = membership["role"].as_str().map(str::to_string);
         if membership["status"] != "active" {
             return Finding::new(
                 MODULE_GRANT,
@@ -874,11 +1041,12 @@ impl Diagnosis {
             &self.inputs.module,
             self.company(),
         ) else {
-            return Finding::new(
-                ACCESS_CACHE,
-                Verdict::Skipped,
-                "needs Auth's access context (a valid --token-file) and Core's entitlements",
-            );
+            let reason = if self.is_silent(AUTH) {
+                "not asked: Auth did not answer"
+            } else {
+                "needs Auth's access context (a valid --token-file) and Core's entitlements"
+            };
+            return Finding::new(ACCESS_CACHE, Verdict::Skipped, reason);
         };
         let cached = context["entitlement_version"].as_i64().unwrap_or(-1);
         let computed = entitlements["version"].as_i64().unwrap_or(-1);
@@ -958,14 +1126,16 @@ impl Diagnosis {
                     .collect()
             })
             .unwrap_or_default();
-        let catalog: BTreeSet<String> = roles["roles"]
+        let roles: BTreeMap<String, Vec<String>> = roles["roles"]
             .as_object()
-            .map(|roles| roles.values().flat_map(strings).collect())
+            .map(|roles| {
+                roles
+                    .iter()
+                    .map(|(name, keys)| (name.clone(), strings(keys)))
+                    .collect()
+            })
             .unwrap_or_default();
-        let of_module: Vec<&String> = catalog
-            .iter()
-            .filter(|k| k.split('.').next() == Some(module.as_str()))
-            .collect();
+        let granted: BTreeSet<&String> = roles.values().flatten().collect();
         let mut evidence = vec![
             format!(
                 "GET {diagnostics_url}: {}",
@@ -977,16 +1147,19 @@ impl Diagnosis {
             ),
             format!(
                 "GET {roles_url}: the roles grant these {module} keys: [{}]",
-                of_module
+                granted
                     .iter()
+                    .filter(|k| k.split('.').next() == Some(module.as_str()))
                     .map(|k| k.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
         ];
+        // The backend is to blame only for a key the permission catalog
+        // does not have: no role could ever be given it.
         let unknown: Vec<String> = enforced
             .iter()
-            .filter(|(_, key)| !catalog.contains(*key))
+            .filter(|(_, key)| kisum_common::modules::known_permission(key).is_err())
             .map(|(route, key)| format!("{route} requires {key}"))
             .collect();
         if !unknown.is_empty() {
@@ -994,51 +1167,99 @@ impl Diagnosis {
                 PERMISSION_KEY,
                 Verdict::Cause,
                 format!(
-                    "the {module} backend enforces a permission key no role of the catalog grants: {}",
+                    "the {module} backend enforces a permission key the permission catalog does \
+                     not have: {}",
                     unknown.join("; ")
                 ),
             )
             .evidence(evidence)
             .fix(format!(
-                "make the backend's keys and the catalog's agree: deploy the {module} backend whose \
-                 route map uses the catalog's keys, or give the roles the key the backend enforces \
-                 (Platform Admin: PUT /admin/roles/ROLE {{\"permissions\": [...]}})"
+                "deploy the {module} backend whose route map uses the catalog's keys (`kisumctl \
+                 history {env}` names the release; a backend built against another catalog \
+                 enforces keys no role can hold)",
+                env = self.platform.env
             ));
         }
-        if let Some(context) = &self.context {
-            let held: Vec<String> = strings(&context["modules"][module.as_str()]);
-            evidence.push(format!(
-                "the user's {module} permissions: [{}]",
-                held.join(", ")
-            ));
-            let missing: Vec<String> = enforced
-                .iter()
-                .filter(|(_, key)| !held.contains(*key))
-                .map(|(route, key)| format!("{route} requires {key}"))
-                .collect();
-            if !missing.is_empty() {
-                let membership = self
-                    .membership
-                    .clone()
-                    .unwrap_or_else(|| "MEMBERSHIP".into());
-                return Finding::new(
-                    PERMISSION_KEY,
-                    Verdict::Cause,
-                    format!("the user's role lacks what the backend enforces: {}", missing.join("; ")),
-                )
-                .evidence(evidence)
-                .fix(format!(
-                    "Platform Admin: PUT /admin/memberships/{membership}/grants/{module}/PERMISSION \
-                     (or add it to the role: PUT /admin/roles/ROLE)"
+        let role = self.role.clone();
+        let (lacking, whose) = match &self.context {
+            Some(context) => {
+                let held: Vec<String> = strings(&context["modules"][module.as_str()]);
+                evidence.push(format!(
+                    "the user's {module} permissions: [{}]",
+                    held.join(", ")
                 ));
+                let lacking: Vec<(&String, &String)> = enforced
+                    .iter()
+                    .filter(|(_, key)| !held.contains(*key))
+                    .collect();
+                let whose = match &role {
+                    Some(role) => format!("the user's role {role}"),
+                    None => "the user's role".to_string(),
+                };
+                (lacking, whose)
+            }
+            None => {
+                let lacking: Vec<(&String, &String)> = enforced
+                    .iter()
+                    .filter(|(_, key)| !granted.contains(*key))
+                    .collect();
+                (lacking, "no role".to_string())
+            }
+        };
+        if lacking.is_empty() {
+            return Finding::new(
+                PERMISSION_KEY,
+                Verdict::Ok,
+                format!(
+                    "every read route of {module} requires a key of the catalog the user holds"
+                ),
+            )
+            .evidence(evidence);
+        }
+        let keys: Vec<&str> = lacking.iter().map(|(_, key)| key.as_str()).collect();
+        let routes: Vec<String> = lacking
+            .iter()
+            .map(|(route, key)| format!("{route} requires {key}"))
+            .collect();
+        let summary = if whose == "no role" {
+            format!(
+                "no role grants what the {module} backend enforces: {}",
+                routes.join("; ")
+            )
+        } else {
+            format!(
+                "{whose} lacks what the {module} backend enforces (the catalog's keys): {}",
+                routes.join("; ")
+            )
+        };
+        Finding::new(PERMISSION_KEY, Verdict::Cause, summary)
+            .evidence(evidence)
+            .fix(self.role_fix(&roles, &keys))
+    }
+
+    /// The Platform Admin call that gives the user's role (or, without
+    /// one known, a role) the `keys` it lacks.
+    fn role_fix(&self, roles: &BTreeMap<String, Vec<String>>, keys: &[&str]) -> String {
+        let Some(role) = &self.role else {
+            return format!(
+                "give the member's role {}: Platform Admin: PUT /admin/roles/ROLE \
+                 {{\"permissions\": [its keys and these]}} (module-grant names the role when \
+                 given --user and --company)",
+                keys.join(", ")
+            );
+        };
+        let mut permissions: Vec<String> = roles.get(role).cloned().unwrap_or_default();
+        permissions.retain(|k| kisum_common::modules::known_permission(k).is_ok());
+        for key in keys {
+            if !permissions.iter().any(|k| k == key) {
+                permissions.push(key.to_string());
             }
         }
-        Finding::new(
-            PERMISSION_KEY,
-            Verdict::Ok,
-            format!("every read route of {module} requires a key the catalog grants"),
+        format!(
+            "Platform Admin: PUT /admin/roles/{role} {} (every member with role {role} gains it), \
+             or give this member another role",
+            json!({ "permissions": permissions })
         )
-        .evidence(evidence)
     }
 
     async fn services_ready(&mut self) -> Finding {
@@ -1056,7 +1277,7 @@ impl Diagnosis {
             let (probe, line) = self.probe(Some(url), service, "/ready", false).await;
             match probe {
                 Probe::Passed => {}
-                Probe::Failed => down.push(service.clone()),
+                Probe::Failed | Probe::Hung => down.push(service.clone()),
                 Probe::Unasked => unasked.push(service.clone()),
             }
             evidence.push(line);
@@ -1197,6 +1418,46 @@ fn unverified_claims(token: &str) -> String {
 }
 
 impl Diagnosis {
+    /// Does Redis answer a PING (as `status` asks it)? On `local` an
+    /// unreachable Redis is the cause (it runs on this machine); elsewhere
+    /// it may only be out of reach from here.
+    fn redis_reachable(&self) -> Finding {
+        use crate::ops::health::Light;
+        let Some(item) = &self.platform.redis else {
+            return Finding::new(
+                REDIS_REACHABLE,
+                Verdict::Inconclusive,
+                "Redis was not asked (the environment names no Redis)",
+            );
+        };
+        let evidence = [format!("{}: {}", item.name, item.detail)];
+        if item.light != Light::Red {
+            return Finding::new(REDIS_REACHABLE, Verdict::Ok, "Redis answers").evidence(evidence);
+        }
+        let env = &self.platform.env;
+        if env != "local" {
+            return Finding::new(
+                REDIS_REACHABLE,
+                Verdict::Inconclusive,
+                format!(
+                    "Redis did not answer from here (no proof it is down: its address may only \
+                     be reachable inside {env}'s network)"
+                ),
+            )
+            .evidence(evidence);
+        }
+        Finding::new(
+            REDIS_REACHABLE,
+            Verdict::Cause,
+            "Redis is down: it does not answer a PING",
+        )
+        .evidence(evidence)
+        .fix(
+            "kisumctl deploy local (starts Redis again; `kisumctl logs local redis` shows why it \
+             stopped); meanwhile Auth serves without its cache and login skips its rate limits",
+        )
+    }
+
     /// Does a public host's certificate expire within the alert threshold
     /// (or is it missing, expired or not its own)? Per host, the expiry
     /// and days left as `tls status` reads them from the secret store.
@@ -1303,6 +1564,7 @@ mod tests {
             },
             certificates: Ok(Vec::new()),
             expiry_alert_days: 14,
+            redis: None,
         }
     }
 
@@ -1322,6 +1584,71 @@ mod tests {
             }
         });
         url
+    }
+
+    /// A loopback socket that accepts connections and never answers (as a
+    /// stopped process), and its URL.
+    fn hung() -> (std::net::TcpListener, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        (listener, url)
+    }
+
+    #[tokio::test]
+    async fn a_hung_auth_costs_one_timeout_and_the_checks_needing_it_say_why() {
+        let (_socket, url) = hung();
+        let inputs = Inputs {
+            company: Some(Uuid::nil()),
+            module: Some("finance".into()),
+            token: Some(Secret::new("a.b.c")),
+            ..Inputs::default()
+        };
+        let started = std::time::Instant::now();
+        let findings = Diagnosis::new(platform("staging", &url), inputs)
+            .run(&[AUTH_HEALTHY, JWT_VALID, SESSION_LIVE, ACCESS_CACHE])
+            .await;
+        let took = started.elapsed();
+        assert!(took < PROBE_TIMEOUT * 2, "took {took:?}");
+        let verdicts: Vec<Verdict> = findings.iter().map(|f| f.verdict).collect();
+        use Verdict::*;
+        assert_eq!(
+            verdicts,
+            [Inconclusive, Inconclusive, Skipped, Skipped],
+            "{findings:#?}"
+        );
+        assert!(
+            findings[0].evidence[0].contains("no answer within 5 s"),
+            "{findings:#?}"
+        );
+        assert_eq!(findings[2].summary, "not asked: Auth did not answer");
+        assert_eq!(findings[3].summary, "not asked: Auth did not answer");
+
+        // On local, the supervisor's port answering nothing is the cause.
+        let local = auth_verdict("local", &url).await;
+        assert_eq!(local.verdict, Cause, "{local:?}");
+        assert!(
+            local.summary.starts_with("Auth is not answering"),
+            "{local:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_of_the_catalog_the_role_lacks_blames_the_role_not_the_backend() {
+        let mut diagnosis =
+            Diagnosis::new(platform("local", "http://127.0.0.1:1"), Inputs::default());
+        diagnosis.role = Some("reader".into());
+        let roles = BTreeMap::from([(
+            "reader".to_string(),
+            vec!["market.listings.read".to_string(), "legacy.key".to_string()],
+        )]);
+        let fix = diagnosis.role_fix(&roles, &["finance.invoices.read"]);
+        assert!(
+            fix.starts_with(
+                r#"Platform Admin: PUT /admin/roles/reader {"permissions":["market.listings.read","finance.invoices.read"]}"#
+            ),
+            "{fix}"
+        );
+        assert!(kisum_common::modules::known_permission("finance.invoices.read").is_ok());
     }
 
     fn refused_url() -> String {
