@@ -172,6 +172,26 @@ pub fn age_seconds(rfc3339: &str) -> Result<i64> {
     Ok(jiff::Timestamp::now().as_second() - then.as_second())
 }
 
+/// How far ahead of this machine's clock a backup's time may be before
+/// it is taken for dated in the future (clock skew between hosts).
+pub const FUTURE_SKEW_SECONDS: i64 = 300;
+
+/// A backup dated more than [`FUTURE_SKEW_SECONDS`] ahead of `now` (Unix
+/// seconds): a wrong clock where it was taken, or an edited manifest. Its
+/// age means nothing, so it never counts as meeting the RPO. Answers why.
+pub fn dated_in_the_future(manifest: &Manifest, now: i64) -> Option<String> {
+    let at: jiff::Timestamp = manifest.finished_at.parse().ok()?;
+    let ahead = at.as_second() - now;
+    (ahead > FUTURE_SKEW_SECONDS).then(|| {
+        format!(
+            "backup {} is dated in the future ({}, {} min ahead of this machine's clock)",
+            manifest.id,
+            manifest.finished_at,
+            ahead / 60
+        )
+    })
+}
+
 /// What an engine's dump produced.
 struct Dumped {
     files: Vec<manifest::FileEntry>,

@@ -334,11 +334,15 @@ async fn verify(cx: &Context<'_>, args: VerifyArgs) -> anyhow::Result<Exit> {
     let mut results = Vec::new();
     for id in &ids {
         let scratch = cx.scratch()?;
+        let now = jiff::Timestamp::now().as_second();
         let (ok, detail) = match backup::prepare(cx, id, scratch.path()).await {
-            Ok(prepared) => (
-                true,
-                format!("{} file(s) match", prepared.manifest.files.len()),
-            ),
+            Ok(prepared) => match backup::dated_in_the_future(&prepared.manifest, now) {
+                Some(why) => (false, format!("{why}; its files match")),
+                None => (
+                    true,
+                    format!("{} file(s) match", prepared.manifest.files.len()),
+                ),
+            },
             Err(error) => (false, format!("{error:#}")),
         };
         if args.output == OutputFormat::Text {

@@ -312,10 +312,11 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
     // The next run settles the interrupted restore, then restores.
     let rerun = site.expect(&["restore", "local", "auth-db", "--yes"], 0);
     assert!(
-        stderr(&rerun).contains("before the swap"),
-        "{}",
+        stderr(&rerun).contains("stopped after creating the restored database, before the swap"),
+        "the recovery says in plain words where the restore stopped: {}",
         stderr(&rerun)
     );
+    assert!(!stderr(&rerun).contains("step "), "{}", stderr(&rerun));
     let after = fingerprint(&pg, "auth_db").await;
     assert_ne!(
         after[3], before[3],
@@ -348,6 +349,34 @@ fn age_backup(site: &Site, id: &str, days: i64) {
     manifest["started_at"] = Value::from(at.clone());
     manifest["finished_at"] = Value::from(at);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_dated_in_the_future_fails_verify_and_the_drills_rpo() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let id = site.backup("auth-db")["id"].as_str().unwrap().to_string();
+    site.expect(&["backup", "verify", "local", &id], 0);
+    age_backup(&site, &id, -1);
+
+    let verify = site.expect(&["backup", "verify", "local", &id], 1);
+    assert!(
+        stdout(&verify).contains("is dated in the future"),
+        "{}",
+        stdout(&verify)
+    );
+
+    let drill = site.json(&["drill", "local", "auth-db", "-o", "json"], 1);
+    let checks = drill["databases"][0]["checks"].as_array().unwrap();
+    let rpo = checks.iter().find(|c| c["name"] == "rpo").unwrap();
+    assert_eq!(rpo["passed"], false, "{drill:#}");
+    let detail = rpo["detail"].as_str().unwrap();
+    assert!(detail.contains("dated in the future"), "{detail}");
+    assert!(
+        detail.contains("not counted as meeting the RPO"),
+        "{detail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
