@@ -380,6 +380,65 @@ async fn a_backup_dated_in_the_future_fails_verify_and_the_drills_rpo() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_killed_midway_is_listed_as_unfinished_and_the_next_backup_removes_it() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    let partial = site.store().join(".partial");
+    let port = pg.port();
+    let killed = site
+        .kill_when(&["backup", "local", "auth-db"], async || {
+            let staged = std::fs::read_dir(&partial).ok()?.flatten().next()?.path();
+            let dumping = !tools_on_port("pg_dump", port).is_empty();
+            (dumping && staged.join("auth_db.dump").is_file()).then_some(staged)
+        })
+        .await;
+    assert_none_survives("pg_dump", port).await;
+    assert!(killed.is_dir(), "the kill left {}", killed.display());
+    let id = killed.file_name().unwrap().to_str().unwrap().to_string();
+    // A backup another (running) process is writing stays.
+    let running = partial.join("20260101T000000Z-auth-db-0a1b");
+    std::fs::create_dir_all(&running).unwrap();
+    std::fs::write(running.join(".owner"), std::process::id().to_string()).unwrap();
+
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    let unfinished = list["unfinished"].as_array().unwrap();
+    assert_eq!(unfinished.len(), 2, "{list:#}");
+    assert_eq!(unfinished[0]["abandoned"], false, "{list:#}");
+    assert_eq!(unfinished[1]["id"], id.as_str(), "{list:#}");
+    assert_eq!(unfinished[1]["abandoned"], true, "{list:#}");
+    let text = site.expect(&["backup", "list", "local"], 0);
+    assert!(
+        stderr(&text).contains(&format!("unfinished backup {id}"))
+            && stderr(&text).contains("left by a stopped run"),
+        "{}",
+        stderr(&text)
+    );
+
+    let next = site.expect(&["backup", "local", "auth-db"], 0);
+    assert!(
+        stderr(&next).contains(&format!("removed the unfinished backup {id}")),
+        "{}",
+        stderr(&next)
+    );
+    assert!(!killed.exists(), "the stopped run's staging is gone");
+    assert!(running.is_dir(), "a running process's staging stays");
+
+    // `backup prune` sweeps too, once the writer is gone.
+    std::fs::write(running.join(".owner"), dead_pid().to_string()).unwrap();
+    site.expect(&["backup", "prune", "local"], 0);
+    assert!(!partial.exists(), "{}", partial.display());
+}
+
+/// The pid of a process that has ended.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_keeps_exactly_what_the_retention_policy_says() {
     let pg = Postgres::start().await.unwrap();
     seed_auth_db(&pg, 10).await;
