@@ -278,10 +278,11 @@ pub fn digest_reader(mut reader: impl Read) -> io::Result<(u64, String)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> Manifest {
+    /// A consistent manifest of a backup of auth-db.
+    pub(crate) fn sample() -> Manifest {
         let digest = hex::encode(Sha256::digest(b"x"));
         Manifest {
             schema_version: SCHEMA_VERSION,

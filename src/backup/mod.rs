@@ -97,13 +97,88 @@ fn remove_abandoned_scratch(parent: &Path) {
         };
         let owner = rest
             .split_once('-')
-            .and_then(|(pid, _)| pid.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw);
-        let alive = owner.is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
-        if !alive {
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if !owner.is_some_and(is_running) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Whether process `pid` of this machine is running.
+fn is_running(pid: u32) -> bool {
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+/// The file of a staged backup naming the process writing it.
+const OWNER_FILE: &str = ".owner";
+
+/// A staged backup without a manifest in the store: one being written, or
+/// one a stopped run left (its process is gone).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Unfinished {
+    pub id: String,
+    pub path: PathBuf,
+    /// The process writing it, when it says.
+    pub pid: Option<u32>,
+    /// Whether that process is gone (or, for a staging without an owner,
+    /// whether it was last touched over ten minutes ago).
+    pub abandoned: bool,
+}
+
+/// The staged backups of the store (`<store>/.partial/` for a directory,
+/// `<state-dir>/backup-staging/` for S3).
+pub fn unfinished(cx: &Context<'_>) -> Vec<Unfinished> {
+    let parent = cx.store.staging_dir("x", &cx.state_dir);
+    let Some(parent) = parent.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Unfinished> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|entry| {
+            let path = entry.path();
+            let pid = std::fs::read_to_string(path.join(OWNER_FILE))
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok());
+            let abandoned = match pid {
+                Some(pid) => !is_running(pid),
+                None => entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 600),
+            };
+            Unfinished {
+                id: entry.file_name().to_string_lossy().into_owned(),
+                path,
+                pid,
+                abandoned,
+            }
+        })
+        .collect();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    found
+}
+
+/// Removes the staged backups whose process is gone; answers them.
+pub fn sweep_unfinished(cx: &Context<'_>) -> Vec<Unfinished> {
+    let mut removed = Vec::new();
+    for stale in unfinished(cx).into_iter().filter(|u| u.abandoned) {
+        if std::fs::remove_dir_all(&stale.path).is_ok() {
+            removed.push(stale);
+        }
+    }
+    if let Some(parent) = cx.store.staging_dir("x", &cx.state_dir).parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    removed
 }
 
 impl Store {
@@ -172,6 +247,26 @@ pub fn age_seconds(rfc3339: &str) -> Result<i64> {
     Ok(jiff::Timestamp::now().as_second() - then.as_second())
 }
 
+/// How far ahead of this machine's clock a backup's time may be before
+/// it is taken for dated in the future (clock skew between hosts).
+pub const FUTURE_SKEW_SECONDS: i64 = 300;
+
+/// A backup dated more than [`FUTURE_SKEW_SECONDS`] ahead of `now` (Unix
+/// seconds): a wrong clock where it was taken, or an edited manifest. Its
+/// age means nothing, so it never counts as meeting the RPO. Answers why.
+pub fn dated_in_the_future(manifest: &Manifest, now: i64) -> Option<String> {
+    let at: jiff::Timestamp = manifest.finished_at.parse().ok()?;
+    let ahead = at.as_second() - now;
+    (ahead > FUTURE_SKEW_SECONDS).then(|| {
+        format!(
+            "backup {} is dated in the future ({}, {} min ahead of this machine's clock)",
+            manifest.id,
+            manifest.finished_at,
+            ahead / 60
+        )
+    })
+}
+
 /// What an engine's dump produced.
 struct Dumped {
     files: Vec<manifest::FileEntry>,
@@ -200,7 +295,9 @@ pub async fn backup_as(
         );
     }
     let staging = cx.store.staging_dir(&id, &cx.state_dir);
-    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    std::fs::create_dir_all(&staging)
+        .and_then(|_| std::fs::write(staging.join(OWNER_FILE), std::process::id().to_string()))
+        .with_context(|| format!("creating {}", staging.display()))?;
     let started_at = now_rfc3339();
     let result = dump(cx, target, &staging).await;
     let dumped = match result {
@@ -239,6 +336,7 @@ pub async fn backup_as(
         let _ = std::fs::remove_dir_all(&staging);
         return Err(error);
     }
+    let _ = std::fs::remove_file(staging.join(OWNER_FILE));
     if let Err(error) = cx.store.commit(&id, &staging).await {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(error);

@@ -26,10 +26,44 @@ pub struct Dumped {
     pub tools: BTreeMap<String, String>,
 }
 
+/// The longest kisumctl waits to find a MongoDB server (and to open a
+/// connection to it), whatever the connection string allows (the local
+/// ones allow 60 s, for services starting beside a slow server): a backup,
+/// restore or drill reports a server that is down in seconds.
+const SERVER_WAIT: Duration = Duration::from_secs(10);
+
+/// A client of the MongoDB the connection string names, checked with a
+/// `ping`; a server that cannot be reached is named (host and port, never
+/// the credentials) in the error.
 pub async fn client(url: &Secret) -> Result<mongodb::Client> {
-    mongodb::Client::with_uri_str(url.expose())
+    let mut options = mongodb::options::ClientOptions::parse(url.expose())
         .await
-        .context("connecting to MongoDB (the connection string is not shown)")
+        .context("reading the MongoDB connection string (which is not shown)")?;
+    let bounded = |wait: Option<Duration>| Some(wait.map_or(SERVER_WAIT, |w| w.min(SERVER_WAIT)));
+    options.server_selection_timeout = bounded(options.server_selection_timeout);
+    options.connect_timeout = bounded(options.connect_timeout);
+    let wait = options.server_selection_timeout.unwrap_or(SERVER_WAIT);
+    let endpoint = options
+        .hosts
+        .iter()
+        .map(|host| host.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let client = mongodb::Client::with_options(options)
+        .with_context(|| format!("connecting to MongoDB at {endpoint}"))?;
+    client
+        .database("admin")
+        .run_command(doc! { "ping": 1 })
+        .await
+        .map_err(|error| match *error.kind {
+            mongodb::error::ErrorKind::ServerSelection { .. } => anyhow::anyhow!(
+                "MongoDB at {endpoint} did not answer within {} s (is it running?): {}",
+                wait.as_secs(),
+                error.kind
+            ),
+            _ => anyhow::anyhow!("MongoDB at {endpoint}: {}", error.kind),
+        })?;
+    Ok(client)
 }
 
 /// A file name for the `n`th collection: the position keeps names unique,

@@ -648,8 +648,18 @@ async fn allow_connections_on(conn: &mut PgConnection, names: &[&str]) -> Result
 /// and the server's source position.
 fn plain(error: sqlx::Error) -> anyhow::Error {
     match error.as_database_error() {
-        Some(db) => anyhow::anyhow!("{}", db.message()),
+        Some(_) => anyhow::anyhow!("{}", message(&error)),
         None => error.into(),
+    }
+}
+
+/// What went wrong, for people: a database error as PostgreSQL's own
+/// message (without sqlx's prefix and the `at line N` of PostgreSQL's
+/// source that sqlx appends), anything else as sqlx says it.
+pub fn message(error: &sqlx::Error) -> String {
+    match error.as_database_error() {
+        Some(db) => db.message().to_string(),
+        None => error.to_string(),
     }
 }
 

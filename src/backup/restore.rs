@@ -92,6 +92,25 @@ impl Journal {
     }
 }
 
+impl Step {
+    /// Where a restore that stopped after this step had got to, for
+    /// people: "after creating the restored database", ...
+    pub fn stopped_after(self, engine: EngineKind) -> &'static str {
+        let redis = engine == EngineKind::Redis;
+        match self {
+            Step::Started => "while verifying the backup",
+            Step::SafetyBackup => "after the safety backup",
+            Step::Created if redis => "after choosing the staging indexes",
+            Step::Created => "after creating the restored database",
+            Step::Restored => "after restoring the backup, before checking it",
+            Step::Verified => "after checking the restored data",
+            Step::Swapping => "while swapping the restored data in",
+            Step::Swapped => "after the swap",
+            Step::Abandoned => "after it was abandoned",
+        }
+    }
+}
+
 /// What a restore will do; `--dry-run` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -620,7 +639,8 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
         )
     } else {
         let scratch = drop_scratch(cx, target, &journal).await?;
-        journal.error = Some(format!("interrupted at step {last:?}"));
+        let stopped = last.stopped_after(target.engine);
+        journal.error = Some(format!("interrupted {stopped}"));
         journal.cleaned = scratch != Scratch::LeftOver;
         record(&cx.state_dir, &mut journal, Step::Abandoned)?;
         let label = scratch_label(target, &journal);
@@ -635,7 +655,7 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
             ),
         };
         format!(
-            "restore {} of {} stopped at step {last:?} before the swap; {}{built}",
+            "restore {} of {} stopped {stopped}, before the swap; {}{built}",
             journal.restore_id,
             journal.database,
             live_note(&journal)

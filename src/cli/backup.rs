@@ -199,6 +199,7 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         Ok(targets) => targets,
         Err(message) => return Ok(refuse(args.output, &message, Exit::UnusableInput)),
     };
+    sweep_unfinished(cx);
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for target in &targets {
@@ -253,6 +254,19 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     })
 }
 
+/// Removes the staged backups stopped runs left, saying so on stderr.
+fn sweep_unfinished(cx: &Context<'_>) {
+    for removed in backup::sweep_unfinished(cx) {
+        let by = removed.pid.map_or(String::new(), |pid| {
+            format!(" (pid {pid}, no longer running)")
+        });
+        errln!(
+            "removed the unfinished backup {} a stopped run left{by}",
+            printable(&removed.id)
+        );
+    }
+}
+
 async fn list(cx: &Context<'_>, args: ListArgs) -> anyhow::Result<Exit> {
     let (mut manifests, problems) = cx.store.list().await?;
     if let Some(database) = &args.database {
@@ -260,6 +274,21 @@ async fn list(cx: &Context<'_>, args: ListArgs) -> anyhow::Result<Exit> {
     }
     for (id, problem) in &problems {
         errln!("warning: {id}: {}", printable(problem));
+    }
+    let unfinished = backup::unfinished(cx);
+    for staged in &unfinished {
+        let state = match (staged.abandoned, staged.pid) {
+            (false, Some(pid)) => format!("being written by pid {pid}"),
+            (false, None) => "being written".to_string(),
+            (true, _) => {
+                "left by a stopped run; the next backup or `backup prune` removes it".to_string()
+            }
+        };
+        errln!(
+            "note: unfinished backup {} in {} ({state})",
+            printable(&staged.id),
+            staged.path.display()
+        );
     }
     match args.output {
         OutputFormat::Json => {
@@ -272,6 +301,7 @@ async fn list(cx: &Context<'_>, args: ListArgs) -> anyhow::Result<Exit> {
                 "store": cx.store.describe(),
                 "backups": manifests,
                 "unreadable": unreadable,
+                "unfinished": unfinished,
             });
             outln!("{}", serde_json::to_string_pretty(&document)?);
         }
@@ -334,11 +364,15 @@ async fn verify(cx: &Context<'_>, args: VerifyArgs) -> anyhow::Result<Exit> {
     let mut results = Vec::new();
     for id in &ids {
         let scratch = cx.scratch()?;
+        let now = jiff::Timestamp::now().as_second();
         let (ok, detail) = match backup::prepare(cx, id, scratch.path()).await {
-            Ok(prepared) => (
-                true,
-                format!("{} file(s) match", prepared.manifest.files.len()),
-            ),
+            Ok(prepared) => match backup::dated_in_the_future(&prepared.manifest, now) {
+                Some(why) => (false, format!("{why}; its files match")),
+                None => (
+                    true,
+                    format!("{} file(s) match", prepared.manifest.files.len()),
+                ),
+            },
             Err(error) => (false, format!("{error:#}")),
         };
         if args.output == OutputFormat::Text {
@@ -370,6 +404,9 @@ async fn prune(cx: &Context<'_>, args: PruneArgs) -> anyhow::Result<Exit> {
             target.retention_days,
             now,
         ));
+    }
+    if !args.dry_run {
+        sweep_unfinished(cx);
     }
     let mut failed = false;
     for decision in decisions.iter().filter(|d| !d.keep) {

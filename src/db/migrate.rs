@@ -492,7 +492,8 @@ async fn run_locked(
         progress(&format!("{}: applying {}", set.database, entry.file));
         if let Err(error) = conn.apply(TABLE, &file.migration).await {
             let error = match error {
-                sqlx::migrate::MigrateError::ExecuteMigration(e, _) => e.to_string(),
+                sqlx::migrate::MigrateError::ExecuteMigration(e, _)
+                | sqlx::migrate::MigrateError::Execute(e) => crate::backup::postgres::message(&e),
                 other => other.to_string(),
             };
             return Err(Failed {

@@ -68,6 +68,10 @@ pub fn backups(env: &Environment, manifests: &[Manifest], now: i64) -> Vec<Item>
                 let at = jiff::Timestamp::from_str(&m.finished_at).ok()?;
                 Some(now - at.as_second())
             });
+            if let Some(why) = newest.and_then(|m| crate::backup::dated_in_the_future(m, now)) {
+                let detail = format!("{why}: not counted as meeting the RPO");
+                return Item::new(name, Light::Red, detail);
+            }
             match (newest, age) {
                 (None, _) => Item::new(name, Light::Yellow, "no backup yet"),
                 (Some(m), None) => {
@@ -236,6 +240,39 @@ mod tests {
         keys.keys[0].state = KeyState::Next;
         assert_eq!(key_set(Ok(keys)).light, Light::Red);
         assert_eq!(key_set(Err("missing".into())).light, Light::Red);
+    }
+
+    #[test]
+    fn a_backup_dated_in_the_future_does_not_meet_the_rpo() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let matrix = crate::matrix::Matrix::load(&dir).unwrap();
+        let env = matrix.environment("local").unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        let mut manifest = crate::backup::manifest::tests::sample();
+        let light_at = |manifest: &Manifest, seconds_ahead: i64| {
+            let mut manifest = manifest.clone();
+            let at = jiff::Timestamp::from_second(now + seconds_ahead).unwrap();
+            manifest.finished_at = at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let items = backups(&env, &[manifest], now);
+            let item = items.into_iter().find(|i| i.name == "backup auth-db");
+            let item = item.unwrap();
+            (item.light, item.detail)
+        };
+        manifest.started_at = "2000-01-01T00:00:00Z".into();
+
+        let (light, detail) = light_at(&manifest, 120);
+        assert_eq!(
+            light,
+            Light::Green,
+            "within the clock skew allowed: {detail}"
+        );
+        let (light, detail) = light_at(&manifest, 3 * 3600);
+        assert_eq!(light, Light::Red, "{detail}");
+        assert!(detail.contains("dated in the future"), "{detail}");
+        assert!(
+            detail.contains("not counted as meeting the RPO"),
+            "{detail}"
+        );
     }
 
     #[test]

@@ -312,10 +312,11 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
     // The next run settles the interrupted restore, then restores.
     let rerun = site.expect(&["restore", "local", "auth-db", "--yes"], 0);
     assert!(
-        stderr(&rerun).contains("before the swap"),
-        "{}",
+        stderr(&rerun).contains("stopped after creating the restored database, before the swap"),
+        "the recovery says in plain words where the restore stopped: {}",
         stderr(&rerun)
     );
+    assert!(!stderr(&rerun).contains("step "), "{}", stderr(&rerun));
     let after = fingerprint(&pg, "auth_db").await;
     assert_ne!(
         after[3], before[3],
@@ -348,6 +349,93 @@ fn age_backup(site: &Site, id: &str, days: i64) {
     manifest["started_at"] = Value::from(at.clone());
     manifest["finished_at"] = Value::from(at);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_dated_in_the_future_fails_verify_and_the_drills_rpo() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let id = site.backup("auth-db")["id"].as_str().unwrap().to_string();
+    site.expect(&["backup", "verify", "local", &id], 0);
+    age_backup(&site, &id, -1);
+
+    let verify = site.expect(&["backup", "verify", "local", &id], 1);
+    assert!(
+        stdout(&verify).contains("is dated in the future"),
+        "{}",
+        stdout(&verify)
+    );
+
+    let drill = site.json(&["drill", "local", "auth-db", "-o", "json"], 1);
+    let checks = drill["databases"][0]["checks"].as_array().unwrap();
+    let rpo = checks.iter().find(|c| c["name"] == "rpo").unwrap();
+    assert_eq!(rpo["passed"], false, "{drill:#}");
+    let detail = rpo["detail"].as_str().unwrap();
+    assert!(detail.contains("dated in the future"), "{detail}");
+    assert!(
+        detail.contains("not counted as meeting the RPO"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_killed_midway_is_listed_as_unfinished_and_the_next_backup_removes_it() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    let partial = site.store().join(".partial");
+    let port = pg.port();
+    let killed = site
+        .kill_when(&["backup", "local", "auth-db"], async || {
+            let staged = std::fs::read_dir(&partial).ok()?.flatten().next()?.path();
+            let dumping = !tools_on_port("pg_dump", port).is_empty();
+            (dumping && staged.join("auth_db.dump").is_file()).then_some(staged)
+        })
+        .await;
+    assert_none_survives("pg_dump", port).await;
+    assert!(killed.is_dir(), "the kill left {}", killed.display());
+    let id = killed.file_name().unwrap().to_str().unwrap().to_string();
+    // A backup another (running) process is writing stays.
+    let running = partial.join("20260101T000000Z-auth-db-0a1b");
+    std::fs::create_dir_all(&running).unwrap();
+    std::fs::write(running.join(".owner"), std::process::id().to_string()).unwrap();
+
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    let unfinished = list["unfinished"].as_array().unwrap();
+    assert_eq!(unfinished.len(), 2, "{list:#}");
+    assert_eq!(unfinished[0]["abandoned"], false, "{list:#}");
+    assert_eq!(unfinished[1]["id"], id.as_str(), "{list:#}");
+    assert_eq!(unfinished[1]["abandoned"], true, "{list:#}");
+    let text = site.expect(&["backup", "list", "local"], 0);
+    assert!(
+        stderr(&text).contains(&format!("unfinished backup {id}"))
+            && stderr(&text).contains("left by a stopped run"),
+        "{}",
+        stderr(&text)
+    );
+
+    let next = site.expect(&["backup", "local", "auth-db"], 0);
+    assert!(
+        stderr(&next).contains(&format!("removed the unfinished backup {id}")),
+        "{}",
+        stderr(&next)
+    );
+    assert!(!killed.exists(), "the stopped run's staging is gone");
+    assert!(running.is_dir(), "a running process's staging stays");
+
+    // `backup prune` sweeps too, once the writer is gone.
+    std::fs::write(running.join(".owner"), dead_pid().to_string()).unwrap();
+    site.expect(&["backup", "prune", "local"], 0);
+    assert!(!partial.exists(), "{}", partial.display());
+}
+
+/// The pid of a process that has ended.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

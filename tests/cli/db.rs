@@ -574,6 +574,10 @@ async fn a_failed_migration_is_reported_and_the_next_run_resumes_from_it() {
     ] {
         assert!(error.contains(part), "{part}: {error}");
     }
+    assert!(
+        !error.contains("at line") && !error.contains("error returned from database"),
+        "PostgreSQL's source position and sqlx's prefix are left out: {error}"
+    );
     let mut db = connect(&pg, "finance_db").await;
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT tablename::text FROM pg_tables WHERE schemaname = 'finance' AND tablename <> '_sqlx_migrations' ORDER BY 1",

@@ -35,6 +35,34 @@ async fn count(client: &mongodb::Client, database: &str) -> u64 {
         .unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_backup_with_the_server_down_fails_in_seconds_naming_it() {
+    let (site, mongo, client) = mongo_site(3).await;
+    let port = mongo.port();
+    drop(client);
+    drop(mongo);
+
+    let started = std::time::Instant::now();
+    let failed = site.expect(&["backup", "local", "main-db"], 3);
+    let seconds = started.elapsed().as_secs();
+    let said = stderr(&failed);
+    assert!(seconds < 30, "took {seconds} s: {said}");
+    assert!(
+        said.contains(&format!(
+            "MongoDB at 127.0.0.1:{port} did not answer within 10 s"
+        )),
+        "{said}"
+    );
+    let written: Vec<_> = std::fs::read_dir(site.store())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert!(written.is_empty(), "no backup was written: {written:?}");
+}
+
 /// main-db with `n` users and an index, provisioned as `deploy local` does.
 async fn mongo_site(n: i64) -> (Site, Mongo, mongodb::Client) {
     let mongo = Mongo::start().await.unwrap();
@@ -142,7 +170,7 @@ async fn sigkill_during_a_mongodb_restore_leaves_the_original_serving() {
 
     let rerun = site.expect(&["restore", "local", "main-db", "--yes"], 0);
     assert!(
-        stderr(&rerun).contains("before the swap"),
+        stderr(&rerun).contains("stopped after creating the restored database, before the swap"),
         "{}",
         stderr(&rerun)
     );
@@ -349,6 +377,10 @@ async fn sigkill_at_each_step_of_a_redis_restore_leaves_the_original_serving() {
             "before the swap"
         };
         assert!(said.contains(expected), "{hold:?}: {said}");
+        assert!(
+            !said.contains("at step") && !said.contains("Swapping"),
+            "{hold:?}: no internal step names: {said}"
+        );
         assert!(
             journal_step(&site).is_none(),
             "{hold:?}: the journal is closed"
