@@ -17,7 +17,19 @@ pub struct Service {
     /// The endpoint the client was given, or the one the SDK's variables
     /// name, or `None` for AWS's own.
     pub endpoint: Option<String>,
+    /// The attempts the client makes per request (its retry strategy),
+    /// when known: a throttling error that comes out was the last of them.
+    pub attempts: Option<u32>,
 }
+
+/// The error codes AWS services answer when a caller goes too fast.
+const THROTTLING: [&str; 5] = [
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "PriorRequestNotComplete",
+    "SlowDown",
+];
 
 impl Service {
     /// `name` at `explicit`, else at the endpoint of `AWS_ENDPOINT_URL_<id>`
@@ -28,7 +40,17 @@ impl Service {
             .map(str::to_string)
             .or_else(|| variable(&format!("AWS_ENDPOINT_URL_{env_id}")))
             .or_else(|| variable("AWS_ENDPOINT_URL"));
-        Service { name, endpoint }
+        Service {
+            name,
+            endpoint,
+            attempts: None,
+        }
+    }
+
+    /// The same, for a client that makes `attempts` attempts per request.
+    pub fn with_attempts(mut self, attempts: u32) -> Service {
+        self.attempts = Some(attempts);
+        self
     }
 
     fn place(&self) -> String {
@@ -53,9 +75,16 @@ impl Service {
         match error {
             SdkError::ServiceError(_) => match (error.code(), error.message()) {
                 (Some(code), Some(message)) => {
-                    format!("{what}: {} answered {code}: {message}", self.name)
+                    let retried = self.retried(code);
+                    format!("{what}: {} answered {code}: {message}{retried}", self.name)
                 }
-                (Some(code), None) => format!("{what}: {} answered {code}", self.name),
+                (Some(code), None) => {
+                    format!(
+                        "{what}: {} answered {code}{}",
+                        self.name,
+                        self.retried(code)
+                    )
+                }
                 _ => format!(
                     "{what}: {} answered an error without a code{}",
                     self.name,
@@ -80,6 +109,16 @@ impl Service {
                 "{what}: the request could not be made: {}",
                 innermost(error)
             ),
+        }
+    }
+
+    /// For a throttling code, that the client's retries ran out.
+    fn retried(&self, code: &str) -> String {
+        match self.attempts {
+            Some(attempts) if THROTTLING.contains(&code) => format!(
+                " (still throttled after {attempts} attempts with backoff; AWS_MAX_ATTEMPTS allows more)"
+            ),
+            _ => String::new(),
         }
     }
 

@@ -74,7 +74,8 @@ impl Route53 {
         }
         Route53 {
             client: aws_sdk_route53::Client::from_conf(config.build()),
-            service: crate::aws::Service::new("Route53", "ROUTE_53", endpoint),
+            service: crate::aws::Service::new("Route53", "ROUTE_53", endpoint)
+                .with_attempts(attempts),
         }
     }
 

@@ -355,7 +355,8 @@ async fn dns_retries_throttling_and_cuts_ttls_over_and_back() {
     site.env.push(("AWS_MAX_ATTEMPTS".into(), "3".into()));
     let output = site.expect(&["dns", "plan", "dev"], 3);
     assert!(
-        stderr(&output).contains("Throttling"),
+        stderr(&output).contains("Throttling")
+            && stderr(&output).contains("still throttled after 3 attempts with backoff"),
         "{}",
         stderr(&output)
     );
