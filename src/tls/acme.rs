@@ -633,9 +633,14 @@ async fn serve_http01(
             async move { tokens.get(&token).cloned().ok_or(StatusCode::NOT_FOUND) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen} for HTTP-01 (tls.http01-listen)"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+            ": another process holds that port; stop it or move tls.http01-listen              (no certificate was issued)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("listening on {listen} for HTTP-01 (tls.http01-listen): {error}{hint}")
+    })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)

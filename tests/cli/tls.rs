@@ -265,6 +265,17 @@ async fn tls_issues_and_renews_through_route53_and_pebble() {
         )
     });
     let auth_before = read(&site, "tls-auth", "tls.crt");
+    // The port held by another process: said, the certificate kept.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", pebble.http_port)).unwrap();
+    let busy = site.expect(&["tls", "issue", "dev", "--host", "auth", "--force"], 3);
+    assert!(
+        stderr(&busy).contains(&format!("listening on 127.0.0.1:{}", pebble.http_port))
+            && stderr(&busy).contains("another process holds that port"),
+        "{}",
+        stderr(&busy)
+    );
+    assert_eq!(read(&site, "tls-auth", "tls.crt"), auth_before);
+    drop(holder);
     let http = site.json(
         &[
             "tls", "issue", "dev", "--host", "auth", "--force", "-o", "json",
