@@ -91,6 +91,9 @@ impl Service {
                     status()
                 ),
             },
+            SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+                format!("{what}: cannot reach {}: no answer in time", self.place())
+            }
             SdkError::DispatchFailure(_) => format!(
                 "{what}: cannot reach {}: {}",
                 self.place(),

@@ -20,6 +20,28 @@ use super::manifest::{self, Manifest};
 /// Files above this size go up in parts of this size.
 const PART_SIZE: usize = 16 << 20;
 
+/// How long S3 may take to accept a connection, and to start answering a
+/// request: a store that accepts and never answers fails in bounded time
+/// (with the SDK's retries) instead of hanging the command.
+const S3_CONNECT: std::time::Duration = std::time::Duration::from_secs(10);
+const S3_FIRST_BYTE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// For a request that sends a whole part first (the first byte of the
+/// answer comes after it): at least 16 MiB in 5 minutes.
+const S3_UPLOAD_FIRST_BYTE: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn s3_timeouts(first_byte: std::time::Duration) -> aws_sdk_s3::config::timeout::TimeoutConfig {
+    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(S3_CONNECT)
+        .read_timeout(first_byte)
+        .build()
+}
+
+/// The per-request settings of an upload.
+fn upload_config() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Config::builder().timeout_config(s3_timeouts(S3_UPLOAD_FIRST_BYTE))
+}
+
 /// Where drill reports are kept beside the backups: `.drills/` under the
 /// store's directory or key prefix (never a backup id, which cannot start
 /// with a dot), so that `status` finds the last drill wherever it ran: on
@@ -322,6 +344,7 @@ impl S3Store {
                 aws_sdk_s3::config::Builder::from(&shared)
             }
         };
+        let config = config.timeout_config(s3_timeouts(S3_FIRST_BYTE));
         let config = match &settings.endpoint {
             Some(endpoint) => config.endpoint_url(endpoint).force_path_style(true),
             None => config,
@@ -351,6 +374,8 @@ impl S3Store {
                 .bucket(&self.bucket)
                 .key(key)
                 .body(body)
+                .customize()
+                .config_override(upload_config())
                 .send()
                 .await
                 .map_err(|e| {
@@ -432,6 +457,8 @@ impl S3Store {
                 .upload_id(upload_id)
                 .part_number(number)
                 .body(ByteStream::from(chunk))
+                .customize()
+                .config_override(upload_config())
                 .send()
                 .await
                 .map_err(|e| {

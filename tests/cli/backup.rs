@@ -677,8 +677,12 @@ async fn backups_go_to_s3_and_restore_from_it() {
 
 /// A site whose backup store is a bucket of `moto`.
 fn s3_site(postgres_port: u16, moto: &Moto) -> Site {
+    s3_site_at(postgres_port, &moto.endpoint())
+}
+
+/// A site whose backup store is a bucket at `endpoint`.
+fn s3_site_at(postgres_port: u16, endpoint: &str) -> Site {
     let mut site = Site::new(postgres_port);
-    let endpoint = moto.endpoint();
     site.edit("environments/local.yaml", |t| {
         t.replace(
             "    kind: local-directory\n    path: .kisum/local/backups\n",
@@ -689,6 +693,27 @@ fn s3_site(postgres_port: u16, moto: &Moto) -> Site {
     // dead loopback port, so nothing can leave the machine.
     site.env = crate::common::sealed_aws();
     site
+}
+
+/// A store that accepts connections and never answers fails in bounded
+/// time, naming where, instead of hanging the command.
+#[test]
+fn an_s3_store_that_never_answers_fails_in_bounded_time() {
+    // Connections complete in the kernel's backlog; nothing reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let mut site = s3_site_at(crate::common::refused_port(), &endpoint);
+    site.env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
+    let started = std::time::Instant::now();
+    let output = site.expect(&["backup", "list", "local"], 3);
+    let elapsed = started.elapsed();
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("cannot reach {endpoint}: no answer in time")),
+        "{text}"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(60), "{elapsed:?}");
+    drop(silent);
 }
 
 /// An S3 client of moto, with fixed dummy credentials.
