@@ -1546,3 +1546,100 @@ fn verifying_an_empty_store_is_a_failed_check_that_says_so() {
     assert_eq!(json["passed"], false);
     assert_eq!(json["verified"], serde_json::json!([]));
 }
+
+/// The result of the newest record of the local journal.
+fn last_journal_result(site: &Site) -> String {
+    let journal = site.json(&["journal", "local", "-o", "json"], 0);
+    let records = journal["records"].as_array().unwrap();
+    records.last().unwrap()["result"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_to_kisumctl_alone_stops_a_backup_and_its_pg_dump() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    let partial = site.store().join(".partial");
+    let port = pg.port();
+    let stopped = site
+        .signal_when(&["backup", "local", "auth-db"], "INT", async || {
+            let staged = std::fs::read_dir(&partial).ok()?.flatten().next()?.path();
+            let dumping = tools_on_port("pg_dump", port);
+            (!dumping.is_empty() && staged.join("auth_db.dump").is_file()).then_some(dumping)
+        })
+        .await;
+    assert_eq!(stopped.code, Some(3), "{}", stopped.stderr);
+    assert!(stopped.seconds < 5.0, "took {} s", stopped.seconds);
+    assert!(
+        stopped.stderr.contains("interrupted by SIGINT")
+            && stopped.stderr.contains("kisumctl backup local auth-db"),
+        "{}",
+        stopped.stderr
+    );
+    for pid in stopped.found.iter().chain(&stopped.children) {
+        assert!(!crate::site::is_alive(*pid), "pid {pid} outlived the run");
+    }
+    assert!(tools_on_port("pg_dump", port).is_empty());
+    assert!(!partial.exists(), "the staged backup is removed");
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
+    assert_eq!(list["unfinished"], serde_json::json!([]), "{list:#}");
+    assert_eq!(last_journal_result(&site), "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_kisumctl_alone_stops_a_restore_and_the_original_keeps_serving() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let before = fingerprint(&pg, "auth_db").await;
+    let port = pg.port();
+    let stopped = site
+        .signal_when(
+            &["restore", "local", "auth-db", "--yes"],
+            "TERM",
+            async || {
+                let restoring = databases(&pg)
+                    .await
+                    .iter()
+                    .any(|d| d.starts_with("auth_db_restore_"));
+                let tools = tools_on_port("pg_restore", port);
+                (restoring && !tools.is_empty()).then_some(tools)
+            },
+        )
+        .await;
+    assert_eq!(stopped.code, Some(3), "{}", stopped.stderr);
+    assert!(stopped.seconds < 10.0, "took {} s", stopped.seconds);
+    assert!(
+        stopped.stderr.contains("interrupted by SIGTERM")
+            && stopped
+                .stderr
+                .contains("auth_db was left serving, unchanged")
+            && stopped
+                .stderr
+                .contains("next: run `kisumctl restore local auth-db"),
+        "{}",
+        stopped.stderr
+    );
+    for pid in &stopped.found {
+        assert!(
+            !crate::site::is_alive(*pid),
+            "pg_restore {pid} outlived the run"
+        );
+    }
+    assert_eq!(fingerprint(&pg, "auth_db").await, before);
+    assert_eq!(
+        databases(&pg).await,
+        ["auth_db"],
+        "the new database was dropped"
+    );
+    assert_eq!(last_journal_result(&site), "interrupted");
+
+    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    assert_eq!(stdout(&cleanup), "", "nothing is left to drop");
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
