@@ -153,6 +153,8 @@ pub async fn unfinished(cx: &Context<'_>) -> Result<Vec<Unfinished>> {
             let old = upload
                 .age_seconds
                 .is_some_and(|age| age > STALE_UPLOAD_SECONDS);
+            // One entry per backup: the upload stands for its staging.
+            found.retain(|staged| staged.id != upload.id);
             let gone = upload
                 .marker
                 .as_ref()
@@ -222,7 +224,10 @@ pub async fn sweep_unfinished(cx: &Context<'_>) -> (Vec<Unfinished>, Vec<String>
     };
     for stale in found.into_iter().filter(|u| u.abandoned) {
         let gone = match (&stale.host, &cx.store) {
-            (Some(_), Store::S3(s3)) => s3.discard(&stale.id).await,
+            (Some(_), Store::S3(s3)) => {
+                let _ = std::fs::remove_dir_all(cx.store.staging_dir(&stale.id, &cx.state_dir));
+                s3.discard(&stale.id).await
+            }
             _ => std::fs::remove_dir_all(&stale.path).map_err(anyhow::Error::from),
         };
         match gone {
@@ -391,7 +396,11 @@ pub async fn backup_as(
         remove_staging(&staging);
         return Err(error);
     }
-    let _ = std::fs::remove_file(staging.join(OWNER_FILE));
+    if let Store::Local(_) = &cx.store {
+        // The staging becomes the backup; for S3 it keeps naming its
+        // process while it uploads.
+        let _ = std::fs::remove_file(staging.join(OWNER_FILE));
+    }
     let committed = interrupt::race(cx.store.commit(&id, &staging)).await;
     if let Err(error) = committed.map_err(anyhow::Error::from).and_then(|r| r) {
         remove_staging(&staging);
