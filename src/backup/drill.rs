@@ -200,7 +200,8 @@ async fn run(
     });
 
     let scratch_dir = cx.scratch()?;
-    let prepared = super::prepare(cx, &manifest.id, scratch_dir.path()).await;
+    let prepared =
+        super::interrupt::race(super::prepare(cx, &manifest.id, scratch_dir.path())).await?;
     let prepared = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {
@@ -229,15 +230,19 @@ async fn run(
     match target.engine {
         EngineKind::Postgresql => {
             let login = connection::postgres_login(cx.env, target, cx.secrets.as_ref())?;
-            let outcome = restore_and_check(&login, target, &prepared, &scratch, result).await;
+            let outcome = super::interrupt::race(restore_and_check(
+                &login, target, &prepared, &scratch, result,
+            ))
+            .await;
             postgres::drop_database(&login, &scratch).await?;
-            outcome
+            outcome?
         }
         EngineKind::Mongodb => {
             let url = connection::mongo_url(target, cx.secrets.as_ref())?;
-            let restored = mongo::restore_into(&url, &scratch, &prepared.plain).await;
+            let restored =
+                super::interrupt::race(mongo::restore_into(&url, &scratch, &prepared.plain)).await;
             let dropped = mongo::drop_database(&url, &scratch).await;
-            push_counts(result, &prepared.manifest.counts, &restored?);
+            push_counts(result, &prepared.manifest.counts, &restored??);
             dropped
         }
         EngineKind::Redis => {
@@ -245,7 +250,8 @@ async fn run(
                 .plain
                 .get(super::redis::RDB_FILE)
                 .context("the backup has no RDB snapshot")?;
-            let counts = super::redis::load_in_scratch_server(snapshot).await?;
+            let counts =
+                super::interrupt::race(super::redis::load_in_scratch_server(snapshot)).await??;
             push_counts(result, &prepared.manifest.counts, &counts);
             Ok(())
         }

@@ -10,6 +10,7 @@
 pub mod connection;
 pub mod drill;
 pub mod encrypt;
+pub mod interrupt;
 pub mod manifest;
 pub mod mongo;
 pub mod postgres;
@@ -120,17 +121,59 @@ const OWNER_FILE: &str = ".owner";
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Unfinished {
     pub id: String,
-    pub path: PathBuf,
+    /// The staging directory, or the key prefix in the bucket.
+    pub path: String,
     /// The process writing it, when it says.
     pub pid: Option<u32>,
+    /// The host of that process, for an upload to S3 (the staging
+    /// directories are all of this host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Whether that process is gone (or, for a staging without an owner,
-    /// whether it was last touched over ten minutes ago).
+    /// whether it was last touched over ten minutes ago; for an upload
+    /// from another host, whether it started over
+    /// [`STALE_UPLOAD_SECONDS`] ago).
     pub abandoned: bool,
 }
 
-/// The staged backups of the store (`<store>/.partial/` for a directory,
-/// `<state-dir>/backup-staging/` for S3).
-pub fn unfinished(cx: &Context<'_>) -> Vec<Unfinished> {
+/// How old an unfinished S3 upload of another host (or whose marker is
+/// unreadable) must be before it counts as abandoned: nothing on this
+/// host can tell whether its process still runs.
+pub const STALE_UPLOAD_SECONDS: i64 = 24 * 3600;
+
+/// The unfinished backups of the store: the staged ones
+/// (`<store>/.partial/` for a directory, `<state-dir>/backup-staging/`
+/// for S3) and, for S3, the uploads announced under `<prefix>.partial/`.
+/// A bucket that cannot be listed is an error.
+pub async fn unfinished(cx: &Context<'_>) -> Result<Vec<Unfinished>> {
+    let mut found = staged(cx);
+    if let Store::S3(s3) = &cx.store {
+        let this_host = crate::ops::journal::host();
+        for upload in s3.marked_uploads().await? {
+            let old = upload
+                .age_seconds
+                .is_some_and(|age| age > STALE_UPLOAD_SECONDS);
+            // One entry per backup: the upload stands for its staging.
+            found.retain(|staged| staged.id != upload.id);
+            let gone = upload
+                .marker
+                .as_ref()
+                .is_some_and(|m| m.host == this_host && !is_running(m.pid));
+            found.push(Unfinished {
+                id: upload.id,
+                path: upload.location,
+                pid: upload.marker.as_ref().map(|m| m.pid),
+                host: Some(upload.marker.map_or("unknown".into(), |m| m.host)),
+                abandoned: gone || old,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+/// The staging directories of the store on this host.
+fn staged(cx: &Context<'_>) -> Vec<Unfinished> {
     let parent = cx.store.staging_dir("x", &cx.state_dir);
     let Some(parent) = parent.parent() else {
         return Vec::new();
@@ -138,7 +181,7 @@ pub fn unfinished(cx: &Context<'_>) -> Vec<Unfinished> {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return Vec::new();
     };
-    let mut found: Vec<Unfinished> = entries
+    entries
         .flatten()
         .filter(|e| e.path().is_dir())
         .map(|entry| {
@@ -157,28 +200,45 @@ pub fn unfinished(cx: &Context<'_>) -> Vec<Unfinished> {
             };
             Unfinished {
                 id: entry.file_name().to_string_lossy().into_owned(),
-                path,
+                path: path.display().to_string(),
                 pid,
+                host: None,
                 abandoned,
             }
         })
-        .collect();
-    found.sort_by(|a, b| a.id.cmp(&b.id));
-    found
+        .collect()
 }
 
-/// Removes the staged backups whose process is gone; answers them.
-pub fn sweep_unfinished(cx: &Context<'_>) -> Vec<Unfinished> {
+/// Removes the unfinished backups whose process is gone (for S3: their
+/// objects, open multipart uploads and marker); answers those removed
+/// and the problems met.
+pub async fn sweep_unfinished(cx: &Context<'_>) -> (Vec<Unfinished>, Vec<String>) {
     let mut removed = Vec::new();
-    for stale in unfinished(cx).into_iter().filter(|u| u.abandoned) {
-        if std::fs::remove_dir_all(&stale.path).is_ok() {
-            removed.push(stale);
+    let mut problems = Vec::new();
+    let found = match unfinished(cx).await {
+        Ok(found) => found,
+        Err(error) => {
+            problems.push(format!("{error:#}"));
+            staged(cx)
+        }
+    };
+    for stale in found.into_iter().filter(|u| u.abandoned) {
+        let gone = match (&stale.host, &cx.store) {
+            (Some(_), Store::S3(s3)) => {
+                let _ = std::fs::remove_dir_all(cx.store.staging_dir(&stale.id, &cx.state_dir));
+                s3.discard(&stale.id).await
+            }
+            _ => std::fs::remove_dir_all(&stale.path).map_err(anyhow::Error::from),
+        };
+        match gone {
+            Ok(()) => removed.push(stale),
+            Err(error) => problems.push(format!("{}: {error:#}", stale.path)),
         }
     }
     if let Some(parent) = cx.store.staging_dir("x", &cx.state_dir).parent() {
         let _ = std::fs::remove_dir(parent);
     }
-    removed
+    (removed, problems)
 }
 
 impl Store {
@@ -299,11 +359,11 @@ pub async fn backup_as(
         .and_then(|_| std::fs::write(staging.join(OWNER_FILE), std::process::id().to_string()))
         .with_context(|| format!("creating {}", staging.display()))?;
     let started_at = now_rfc3339();
-    let result = dump(cx, target, &staging).await;
-    let dumped = match result {
+    let result = interrupt::race(dump(cx, target, &staging)).await;
+    let dumped = match result.map_err(anyhow::Error::from).and_then(|r| r) {
         Ok(dumped) => dumped,
         Err(error) => {
-            let _ = std::fs::remove_dir_all(&staging);
+            remove_staging(&staging);
             return Err(error);
         }
     };
@@ -333,15 +393,33 @@ pub async fn backup_as(
     let written = std::fs::write(staging.join(manifest::FILE_NAME), manifest.to_json())
         .with_context(|| format!("writing the manifest in {}", staging.display()));
     if let Err(error) = written {
-        let _ = std::fs::remove_dir_all(&staging);
+        remove_staging(&staging);
         return Err(error);
     }
-    let _ = std::fs::remove_file(staging.join(OWNER_FILE));
-    if let Err(error) = cx.store.commit(&id, &staging).await {
-        let _ = std::fs::remove_dir_all(&staging);
+    if let Store::Local(_) = &cx.store {
+        // The staging becomes the backup; for S3 it keeps naming its
+        // process while it uploads.
+        let _ = std::fs::remove_file(staging.join(OWNER_FILE));
+    }
+    let committed = interrupt::race(cx.store.commit(&id, &staging)).await;
+    if let Err(error) = committed.map_err(anyhow::Error::from).and_then(|r| r) {
+        remove_staging(&staging);
+        if let Store::S3(s3) = &cx.store {
+            // What went up; left for the next run's sweep when it fails.
+            let _ = s3.discard(&id).await;
+        }
         return Err(error);
     }
     Ok(manifest)
+}
+
+/// Removes the staging of a backup that failed, and its parent
+/// (`.partial/`, `backup-staging/`) when that leaves it empty.
+fn remove_staging(staging: &Path) {
+    let _ = std::fs::remove_dir_all(staging);
+    if let Some(parent) = staging.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
 }
 
 async fn dump(cx: &Context<'_>, target: &Target, dir: &Path) -> Result<Dumped> {

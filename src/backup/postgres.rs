@@ -194,14 +194,17 @@ pub async fn dump(
 /// which `pg_restore -j` and `pg_restore -t` need) and syncs it; the file
 /// is then hashed once, from the page cache it was just written to.
 fn dump_to_file(mut command: Command, path: &Path) -> Result<FileEntry> {
-    let output = command
+    let child = command
         .arg("-f")
         .arg(path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .context("starting pg_dump (is PostgreSQL's client installed?)")?;
-    check_pg_dump(path, &output)?;
+    let registered = super::interrupt::register(&child);
+    let output = child.wait_with_output().context("waiting for pg_dump");
+    drop(registered);
+    check_pg_dump(path, &output?)?;
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let (size, sha256) =
         super::manifest::digest_reader(std::io::BufReader::with_capacity(1 << 20, file))
@@ -224,6 +227,7 @@ fn dump_encrypted(mut command: Command, path: &Path, recipients: &Recipients) ->
         .stderr(Stdio::piped())
         .spawn()
         .context("starting pg_dump (is PostgreSQL's client installed?)")?;
+    let _registered = super::interrupt::register(&child);
     let mut stdout = child.stdout.take().context("pg_dump has no stdout")?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut sink = FileSink::create(dir, &file_name_of(path), recipients)
@@ -482,6 +486,7 @@ pub async fn restore_file(login: &PgLogin, name: &str, dump: &Path) -> Result<()
     let name = name.to_string();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let mut child = command.spawn().context("starting pg_restore")?;
+        let _registered = super::interrupt::register(&child);
         let mut stderr = String::new();
         if let Some(mut pipe) = child.stderr.take() {
             let _ = pipe.read_to_string(&mut stderr);

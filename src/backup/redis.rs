@@ -114,6 +114,7 @@ fn dump_blocking(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = snapshot.spawn().context("starting redis-cli --rdb")?;
+    let _registered = super::interrupt::register(&child);
     let mut stdout = child.stdout.take().context("redis-cli has no stdout")?;
     let mut sink = FileSink::create(dir, RDB_FILE, recipients)?;
     std::io::copy(&mut stdout, &mut sink).context("writing the RDB snapshot")?;

@@ -32,6 +32,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::connection::{self, PgLogin, Target};
+use super::interrupt::race;
 use super::postgres;
 use super::store::BackupStore;
 use super::{Context, EngineKind, Manifest, Trigger, mongo, redis};
@@ -875,7 +876,9 @@ async fn abandon(
     if let Some(id) = &journal.safety_backup {
         aftermath.push(format!("the safety backup {id} was kept"));
     }
-    let mut next = if error.downcast_ref::<super::Corrupt>().is_some() {
+    let mut next = if error.is::<super::interrupt::Interrupted>() {
+        format!("run `{again}` again")
+    } else if error.downcast_ref::<super::Corrupt>().is_some() {
         format!(
             "choose another backup (`kisumctl backup list {}`), then run `kisumctl restore {} {} \
              --backup ID`",
@@ -933,7 +936,7 @@ async fn steps(
 ) -> Result<(f64, f64, Option<String>)> {
     progress(&format!("verifying backup {}", journal.backup_id));
     let scratch_dir = cx.scratch()?;
-    let prepared = &super::prepare(cx, &journal.backup_id, scratch_dir.path()).await?;
+    let prepared = &race(super::prepare(cx, &journal.backup_id, scratch_dir.path())).await??;
 
     let mut safety_seconds = 0.0;
     if journal.original_exists {
@@ -951,11 +954,20 @@ async fn steps(
 
     let started = std::time::Instant::now();
     progress(&format!("restoring into {}", journal.scratch));
-    let counts = match target.engine {
-        EngineKind::Postgresql => restore_postgres(cx, target, prepared, journal, progress).await?,
-        EngineKind::Mongodb => restore_mongo(cx, target, prepared, journal).await?,
-        EngineKind::Redis => restore_redis(cx, target, prepared, journal).await?,
-    };
+    let counts = race(async {
+        match target.engine {
+            EngineKind::Postgresql => {
+                restore_postgres(cx, target, prepared, journal, progress).await
+            }
+            EngineKind::Mongodb => restore_mongo(cx, target, prepared, journal).await,
+            EngineKind::Redis => restore_redis(cx, target, prepared, journal).await,
+        }
+    })
+    .await??;
+    if let Some(signal) = super::interrupt::received() {
+        // Stopped before the swap, which is never interrupted.
+        return Err(super::interrupt::Interrupted { signal }.into());
+    }
     let mismatches = super::drill::count_mismatches(&prepared.manifest.counts, &counts);
     if !mismatches.is_empty() {
         bail!(

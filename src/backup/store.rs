@@ -369,22 +369,28 @@ impl S3Store {
             let body = ByteStream::from_path(path)
                 .await
                 .with_context(|| format!("reading {}", path.display()))?;
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .body(body)
-                .customize()
-                .config_override(upload_config())
-                .send()
-                .await
-                .map_err(|e| {
-                    let what = format!("uploading s3://{}/{key}", self.bucket);
-                    self.service.error(&what, e)
-                })?;
-            return Ok(());
+            return self.put(key, body, None).await;
         }
         self.upload_in_parts(key, path).await
+    }
+
+    /// Writes object `key` in one request.
+    async fn put(&self, key: &str, body: ByteStream, content_type: Option<&str>) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(content_type.map(str::to_string))
+            .body(body)
+            .customize()
+            .config_override(upload_config())
+            .send()
+            .await
+            .map_err(|e| {
+                let what = format!("uploading s3://{}/{key}", self.bucket);
+                self.service.error(&what, e)
+            })?;
+        Ok(())
     }
 
     async fn upload_in_parts(&self, key: &str, path: &Path) -> Result<()> {
@@ -502,20 +508,9 @@ impl S3Store {
 
 impl S3Store {
     async fn put_drill_report(&self, name: &str, json: &str) -> Result<()> {
-        let key = self.key(DRILLS, name);
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(json.as_bytes().to_vec()))
-            .send()
+        let body = ByteStream::from(json.as_bytes().to_vec());
+        self.put(&self.key(DRILLS, name), body, Some("application/json"))
             .await
-            .map_err(|e| {
-                self.service
-                    .error(&format!("uploading s3://{}/{key}", self.bucket), e)
-            })?;
-        Ok(())
     }
 
     async fn newest_drill_report(&self) -> Result<Option<(String, String)>> {
@@ -574,6 +569,165 @@ impl S3Store {
     }
 }
 
+/// Where an upload in progress is announced: `<prefix>.partial/<id>`
+/// (never a backup id, which cannot start with a dot).
+const PARTIAL: &str = ".partial";
+
+/// What the marker of an upload in progress says.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UploadMarker {
+    pub host: String,
+    pub pid: u32,
+    pub started_at: String,
+}
+
+/// An upload announced by a marker: its backup id, the marker (`None`
+/// when unreadable) and its age in seconds (from the bucket's clock).
+pub struct MarkedUpload {
+    pub id: String,
+    pub location: String,
+    pub marker: Option<UploadMarker>,
+    pub age_seconds: Option<i64>,
+}
+
+impl S3Store {
+    fn marker_key(&self, id: &str) -> String {
+        format!("{}{PARTIAL}/{id}", self.prefix)
+    }
+
+    /// Announces that this process starts uploading backup `id`.
+    async fn put_marker(&self, id: &str) -> Result<()> {
+        let marker = UploadMarker {
+            host: crate::ops::journal::host(),
+            pid: std::process::id(),
+            started_at: super::now_rfc3339(),
+        };
+        let body = ByteStream::from(serde_json::to_vec(&marker)?);
+        self.put(&self.marker_key(id), body, Some("application/json"))
+            .await
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                let what = format!("deleting s3://{}/{key}", self.bucket);
+                self.service.error(&what, e)
+            })?;
+        Ok(())
+    }
+
+    /// The uploads announced in the bucket, complete or not: a marker
+    /// whose backup has a manifest is a leftover of a run stopped after
+    /// its manifest went up, and is listed too (its removal then leaves
+    /// the backup alone, see [`S3Store::discard`]).
+    pub async fn marked_uploads(&self) -> Result<Vec<MarkedUpload>> {
+        let prefix = format!("{}{PARTIAL}/", self.prefix);
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        let now = jiff::Timestamp::now().as_second();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                self.service
+                    .error(&format!("listing s3://{}/{prefix}", self.bucket), e)
+            })?;
+            for object in page.contents() {
+                let Some(id) = object.key().and_then(|k| k.strip_prefix(&prefix)) else {
+                    continue;
+                };
+                if check_id(id).is_err() {
+                    continue;
+                }
+                let marker = self
+                    .read_object(&self.marker_key(id))
+                    .await
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                found.push(MarkedUpload {
+                    id: id.to_string(),
+                    location: format!("s3://{}/{}{id}/", self.bucket, self.prefix),
+                    marker,
+                    age_seconds: object.last_modified().map(|at| now - at.secs()),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
+    /// Removes what an unfinished upload of backup `id` left: its objects
+    /// (unless its manifest made it a backup), its open multipart uploads
+    /// and its marker, the marker last so that a failure is found again.
+    pub async fn discard(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let prefix = format!("{}{id}/", self.prefix);
+        let keys = self.keys(&prefix).await?;
+        if !keys.iter().any(|k| k.ends_with(manifest::FILE_NAME)) {
+            for key in &keys {
+                self.delete_key(key).await?;
+            }
+        }
+        self.abort_uploads(&prefix).await?;
+        self.delete_key(&self.marker_key(id)).await
+    }
+
+    /// Aborts every multipart upload under `prefix`.
+    async fn abort_uploads(&self, prefix: &str) -> Result<()> {
+        let what = || {
+            format!(
+                "listing the multipart uploads of s3://{}/{prefix}",
+                self.bucket
+            )
+        };
+        let mut markers: (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(markers.0.take())
+                .set_upload_id_marker(markers.1.take())
+                .send()
+                .await
+                .map_err(|e| self.service.error(&what(), e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        let what = format!("aborting the upload of s3://{}/{key}", self.bucket);
+                        self.service.error(&what, e)
+                    })?;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(());
+            }
+            markers = (
+                page.next_key_marker().map(str::to_string),
+                page.next_upload_id_marker().map(str::to_string),
+            );
+        }
+    }
+}
+
 impl BackupStore for S3Store {
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
@@ -611,6 +765,7 @@ impl BackupStore for S3Store {
         check_id(id)?;
         let text = std::fs::read_to_string(staging.join(manifest::FILE_NAME))?;
         let manifest = Manifest::from_json(&text).map_err(|e| anyhow::anyhow!(e))?;
+        self.put_marker(id).await?;
         for file in &manifest.files {
             self.upload(&self.key(id, &file.name), &staging.join(&file.name))
                 .await?;
@@ -620,6 +775,9 @@ impl BackupStore for S3Store {
             &staging.join(manifest::FILE_NAME),
         )
         .await?;
+        // The backup is complete once its manifest is there: a marker left
+        // over by a failure here is only reported, then swept.
+        let _ = self.delete_key(&self.marker_key(id)).await;
         std::fs::remove_dir_all(staging).with_context(|| format!("removing {}", staging.display()))
     }
 
@@ -639,16 +797,7 @@ impl BackupStore for S3Store {
         let mut keys = vec![self.key(id, manifest::FILE_NAME)];
         keys.extend(manifest.files.iter().map(|f| self.key(id, &f.name)));
         for key in keys {
-            self.client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| {
-                    let what = format!("deleting s3://{}/{key}", self.bucket);
-                    self.service.error(&what, e)
-                })?;
+            self.delete_key(&key).await?;
         }
         Ok(())
     }

@@ -199,7 +199,14 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         Ok(targets) => targets,
         Err(message) => return Ok(refuse(args.output, &message, Exit::UnusableInput)),
     };
-    sweep_unfinished(cx);
+    if let Err(error) = backup::interrupt::listen() {
+        return Ok(refuse(
+            args.output,
+            &format!("{error:#}"),
+            Exit::OperationFailed,
+        ));
+    }
+    sweep_unfinished(cx).await;
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for target in &targets {
@@ -220,6 +227,23 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
                     manifest.total_size()
                 );
                 done.push((manifest, started.elapsed().as_secs_f64()));
+            }
+            Err(error) if error.is::<backup::interrupt::Interrupted>() => {
+                super::journal::note_interrupted();
+                errln!(
+                    "backup {}: {error}: the unfinished backup of {} was removed{}; rerun                      `kisumctl backup {} {}`",
+                    cx.env.name,
+                    target.id,
+                    if done.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", the {} finished before it were kept", done.len())
+                    },
+                    cx.env.name,
+                    target.id
+                );
+                failed.push(json!({ "database": target.id, "error": format!("{error:#}") }));
+                break;
             }
             Err(error) => {
                 errln!(
@@ -255,11 +279,22 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
 }
 
 /// Removes the staged backups stopped runs left, saying so on stderr.
-fn sweep_unfinished(cx: &Context<'_>) {
-    for removed in backup::sweep_unfinished(cx) {
-        let by = removed.pid.map_or(String::new(), |pid| {
-            format!(" (pid {pid}, no longer running)")
-        });
+async fn sweep_unfinished(cx: &Context<'_>) {
+    let (removed, problems) = backup::sweep_unfinished(cx).await;
+    for problem in problems {
+        errln!(
+            "warning: an unfinished backup could not be removed: {}",
+            printable(&problem)
+        );
+    }
+    for removed in removed {
+        let by = match (removed.pid, &removed.host) {
+            (Some(pid), Some(host)) if host != &crate::ops::journal::host() => {
+                format!(" (pid {pid} on {host}, over 24 h ago)")
+            }
+            (Some(pid), _) => format!(" (pid {pid}, no longer running)"),
+            (None, _) => String::new(),
+        };
         errln!(
             "removed the unfinished backup {} a stopped run left{by}",
             printable(&removed.id)
@@ -275,10 +310,14 @@ async fn list(cx: &Context<'_>, args: ListArgs) -> anyhow::Result<Exit> {
     for (id, problem) in &problems {
         errln!("warning: {id}: {}", printable(problem));
     }
-    let unfinished = backup::unfinished(cx);
+    let unfinished = backup::unfinished(cx).await?;
     for staged in &unfinished {
+        let on = staged
+            .host
+            .as_ref()
+            .map_or(String::new(), |host| format!(" on {host}"));
         let state = match (staged.abandoned, staged.pid) {
-            (false, Some(pid)) => format!("being written by pid {pid}"),
+            (false, Some(pid)) => format!("being written by pid {pid}{on}"),
             (false, None) => "being written".to_string(),
             (true, _) => {
                 "left by a stopped run; the next backup or `backup prune` removes it".to_string()
@@ -287,7 +326,7 @@ async fn list(cx: &Context<'_>, args: ListArgs) -> anyhow::Result<Exit> {
         errln!(
             "note: unfinished backup {} in {} ({state})",
             printable(&staged.id),
-            staged.path.display()
+            printable(&staged.path)
         );
     }
     match args.output {
@@ -406,7 +445,7 @@ async fn prune(cx: &Context<'_>, args: PruneArgs) -> anyhow::Result<Exit> {
         ));
     }
     if !args.dry_run {
-        sweep_unfinished(cx);
+        sweep_unfinished(cx).await;
     }
     let mut failed = false;
     for decision in decisions.iter().filter(|d| !d.keep) {

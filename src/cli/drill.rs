@@ -68,11 +68,28 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         Ok(targets) => targets,
         Err(message) => return Ok(refuse(args.output, &message, Exit::UnusableInput)),
     };
+    if let Err(error) = crate::backup::interrupt::listen() {
+        return Ok(refuse(
+            args.output,
+            &format!("{error:#}"),
+            Exit::OperationFailed,
+        ));
+    }
     let at = crate::backup::now_rfc3339();
     let mut results = Vec::new();
     for target in &targets {
         errln!("drill {}: {}", cx.env.name, target.id);
         let result = drill::drill(cx, target).await;
+        if let Some(signal) = crate::backup::interrupt::received() {
+            super::journal::note_interrupted();
+            errln!(
+                "drill {}: {}: interrupted by {signal}; its scratch copy was dropped and no                  report was written; rerun `kisumctl drill {}`",
+                cx.env.name,
+                target.id,
+                cx.env.name
+            );
+            return Ok(Exit::OperationFailed);
+        }
         if result.backup_id.is_none() {
             let why = result.checks.first().map_or("", |c| c.detail.as_str());
             errln!("drill {}: {} FAILED: {why}", cx.env.name, target.id);

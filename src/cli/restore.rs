@@ -141,6 +141,15 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         return Ok(refuse(args.output, message, Exit::UnusableInput));
     }
 
+    // From here on SIGINT and SIGTERM stop the restore where it stands
+    // (never during its swap) and settle what it built.
+    if let Err(error) = backup::interrupt::listen() {
+        return Ok(refuse(
+            args.output,
+            &format!("{error:#}"),
+            Exit::OperationFailed,
+        ));
+    }
     let mut outcomes = Vec::new();
     let mut exit = Exit::Clean;
     for (target, plan) in &plans {
@@ -194,11 +203,16 @@ async fn execute(
                 errln!("error: {}", printable(&message));
                 return Err((message, Exit::OperationFailed));
             }
-            errln!(
-                "error: restore of {} failed: {}",
-                target.id,
-                printable(&message)
-            );
+            if failure.error.is::<backup::interrupt::Interrupted>() {
+                super::journal::note_interrupted();
+                errln!("restore {name} {}: {}", target.id, printable(&message));
+            } else {
+                errln!(
+                    "error: restore of {} failed: {}",
+                    target.id,
+                    printable(&message)
+                );
+            }
             for line in &failure.aftermath {
                 errln!("restore {name} {}: {}", target.id, printable(line));
             }

@@ -67,7 +67,8 @@ struct Marker {
     start_ticks: Option<u64>,
 }
 
-fn host() -> String {
+/// This machine's host name (`unknown-host` when it cannot be read).
+pub fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into())

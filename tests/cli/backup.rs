@@ -680,7 +680,8 @@ fn s3_site(postgres_port: u16, moto: &Moto) -> Site {
     s3_site_at(postgres_port, &moto.endpoint())
 }
 
-/// A site whose backup store is a bucket at `endpoint`.
+/// A site whose backup store is bucket `kisum-local-backups` at
+/// `endpoint` (moto, or a relay in front of it).
 fn s3_site_at(postgres_port: u16, endpoint: &str) -> Site {
     let mut site = Site::new(postgres_port);
     site.edit("environments/local.yaml", |t| {
@@ -737,15 +738,7 @@ async fn a_backup_above_the_multipart_threshold_goes_to_s3_in_parts() {
     let pg = Postgres::start().await.unwrap();
     seed_auth_db(&pg, 10).await;
     let mut db = connect(&pg, "auth_db").await;
-    // 25 MB of random bytes, which no compression brings under the 16 MiB
-    // part size.
-    exec(
-        &mut db,
-        "CREATE TABLE blobs (id int PRIMARY KEY, data bytea NOT NULL);
-         INSERT INTO blobs SELECT g, decode((SELECT string_agg(md5(random()::text || g || h), '')
-             FROM generate_series(1, 128) h), 'hex') FROM generate_series(1, 12288) g",
-    )
-    .await;
+    add_blobs(&mut db).await;
     let digest = "SELECT md5(string_agg(md5(data), '' ORDER BY id)) FROM blobs";
     let before: String = sqlx::query_scalar(digest).fetch_one(&mut db).await.unwrap();
     let site = s3_site(pg.port(), &moto);
@@ -778,6 +771,131 @@ async fn a_backup_above_the_multipart_threshold_goes_to_s3_in_parts() {
     let mut db = connect(&pg, "auth_db").await;
     let after: String = sqlx::query_scalar(digest).fetch_one(&mut db).await.unwrap();
     assert_eq!(after, before, "the restore brings back every byte");
+}
+
+/// 25 MB of random bytes in table `blobs`, which no compression brings
+/// under the 16 MiB part size: a dump that goes to S3 in two parts.
+async fn add_blobs(db: &mut sqlx::PgConnection) {
+    exec(
+        db,
+        "CREATE TABLE blobs (id int PRIMARY KEY, data bytea NOT NULL);
+         INSERT INTO blobs SELECT g, decode((SELECT string_agg(md5(random()::text || g || h), '')
+             FROM generate_series(1, 128) h), 'hex') FROM generate_series(1, 12288) g",
+    )
+    .await;
+}
+
+/// The keys under `prefix` and the open multipart uploads of the
+/// backup bucket of moto at `endpoint`.
+async fn bucket_state(endpoint: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
+    let client = moto_client(endpoint);
+    let listed = client
+        .list_objects_v2()
+        .bucket("kisum-local-backups")
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    let keys = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket("kisum-local-backups")
+        .send()
+        .await
+        .unwrap();
+    let open = uploads
+        .uploads()
+        .iter()
+        .filter_map(|u| u.key().map(str::to_string))
+        .collect();
+    (keys, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_upload_killed_midway_is_listed_and_the_next_backup_removes_it_and_its_parts() {
+    use crate::proxy::{Hold, Relay};
+    let moto = Moto::start().await;
+    moto.create_bucket("kisum-local-backups").await;
+    let endpoint = moto.endpoint();
+    let moto_port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    add_blobs(&mut connect(&pg, "auth_db").await).await;
+    // The second part never reaches moto: the run is killed while it
+    // waits, with part 1 uploaded and the multipart upload open.
+    let relay = Relay::start(moto_port).await;
+    relay.arm(Hold::Request(b"partNumber=2"));
+    let site = s3_site_at(pg.port(), &format!("http://127.0.0.1:{}", relay.port));
+    site.kill_when(&["backup", "local", "auth-db"], async || {
+        relay.held().then_some(())
+    })
+    .await;
+    let (keys, open) = bucket_state(&endpoint, "databases/").await;
+    assert_eq!(open.len(), 1, "one multipart upload is open: {open:?}");
+    let marker = keys
+        .iter()
+        .find_map(|k| k.strip_prefix("databases/.partial/"))
+        .expect("the upload left its marker")
+        .to_string();
+    assert!(
+        open[0].starts_with(&format!("databases/{marker}/")),
+        "{open:?}"
+    );
+    // An upload of another host, started just now, is not this host's to
+    // judge: reported, never removed.
+    let foreign = "20260101T000000Z-auth-db-0f0f";
+    moto_client(&endpoint)
+        .put_object()
+        .bucket("kisum-local-backups")
+        .key(format!("databases/.partial/{foreign}"))
+        .body(
+            br#"{"host":"elsewhere","pid":1,"started_at":"2026-01-01T00:00:00Z"}"#
+                .to_vec()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    let unfinished = list["unfinished"].as_array().unwrap();
+    assert_eq!(unfinished.len(), 2, "{list:#}");
+    assert_eq!(unfinished[0]["id"], foreign, "{list:#}");
+    assert_eq!(unfinished[0]["abandoned"], false, "{list:#}");
+    assert_eq!(unfinished[0]["host"], "elsewhere", "{list:#}");
+    assert_eq!(unfinished[1]["id"], marker.as_str(), "{list:#}");
+    assert_eq!(unfinished[1]["abandoned"], true, "{list:#}");
+    assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
+    let text = site.expect(&["backup", "list", "local"], 0);
+    assert!(
+        stderr(&text).contains(&format!("unfinished backup {marker}"))
+            && stderr(&text).contains("left by a stopped run")
+            && stderr(&text).contains("being written by pid 1 on elsewhere"),
+        "{}",
+        stderr(&text)
+    );
+
+    let next = site.expect(&["backup", "local", "auth-db"], 0);
+    assert!(
+        stderr(&next).contains(&format!("removed the unfinished backup {marker}")),
+        "{}",
+        stderr(&next)
+    );
+    let (keys, open) = bucket_state(&endpoint, &format!("databases/{marker}/")).await;
+    assert_eq!(keys, Vec::<String>::new(), "its objects are gone");
+    assert_eq!(
+        open,
+        Vec::<String>::new(),
+        "no multipart upload is left open"
+    );
+    let (markers, _) = bucket_state(&endpoint, "databases/.partial/").await;
+    assert_eq!(markers, [format!("databases/.partial/{foreign}")]);
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list:#}");
 }
 
 /// Rewrites the finish time of a backup in moto, with the SDK (fixed
@@ -1570,4 +1688,101 @@ fn verifying_an_empty_store_is_a_failed_check_that_says_so() {
     let json = site.json(&["backup", "verify", "local", "-o", "json"], 1);
     assert_eq!(json["passed"], false);
     assert_eq!(json["verified"], serde_json::json!([]));
+}
+
+/// The result of the newest record of the local journal.
+fn last_journal_result(site: &Site) -> String {
+    let journal = site.json(&["journal", "local", "-o", "json"], 0);
+    let records = journal["records"].as_array().unwrap();
+    records.last().unwrap()["result"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_to_kisumctl_alone_stops_a_backup_and_its_pg_dump() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    let partial = site.store().join(".partial");
+    let port = pg.port();
+    let stopped = site
+        .signal_when(&["backup", "local", "auth-db"], "INT", async || {
+            let staged = std::fs::read_dir(&partial).ok()?.flatten().next()?.path();
+            let dumping = tools_on_port("pg_dump", port);
+            (!dumping.is_empty() && staged.join("auth_db.dump").is_file()).then_some(dumping)
+        })
+        .await;
+    assert_eq!(stopped.code, Some(3), "{}", stopped.stderr);
+    assert!(stopped.seconds < 5.0, "took {} s", stopped.seconds);
+    assert!(
+        stopped.stderr.contains("interrupted by SIGINT")
+            && stopped.stderr.contains("kisumctl backup local auth-db"),
+        "{}",
+        stopped.stderr
+    );
+    for pid in stopped.found.iter().chain(&stopped.children) {
+        assert!(!crate::site::is_alive(*pid), "pid {pid} outlived the run");
+    }
+    assert!(tools_on_port("pg_dump", port).is_empty());
+    assert!(!partial.exists(), "the staged backup is removed");
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
+    assert_eq!(list["unfinished"], serde_json::json!([]), "{list:#}");
+    assert_eq!(last_journal_result(&site), "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_kisumctl_alone_stops_a_restore_and_the_original_keeps_serving() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let before = fingerprint(&pg, "auth_db").await;
+    let port = pg.port();
+    let stopped = site
+        .signal_when(
+            &["restore", "local", "auth-db", "--yes"],
+            "TERM",
+            async || {
+                let restoring = databases(&pg)
+                    .await
+                    .iter()
+                    .any(|d| d.starts_with("auth_db_restore_"));
+                let tools = tools_on_port("pg_restore", port);
+                (restoring && !tools.is_empty()).then_some(tools)
+            },
+        )
+        .await;
+    assert_eq!(stopped.code, Some(3), "{}", stopped.stderr);
+    assert!(stopped.seconds < 10.0, "took {} s", stopped.seconds);
+    assert!(
+        stopped.stderr.contains("interrupted by SIGTERM")
+            && stopped
+                .stderr
+                .contains("auth_db was left serving, unchanged")
+            && stopped
+                .stderr
+                .contains("next: run `kisumctl restore local auth-db"),
+        "{}",
+        stopped.stderr
+    );
+    for pid in &stopped.found {
+        assert!(
+            !crate::site::is_alive(*pid),
+            "pg_restore {pid} outlived the run"
+        );
+    }
+    assert_eq!(fingerprint(&pg, "auth_db").await, before);
+    assert_eq!(
+        databases(&pg).await,
+        ["auth_db"],
+        "the new database was dropped"
+    );
+    assert_eq!(last_journal_result(&site), "interrupted");
+
+    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    assert_eq!(stdout(&cleanup), "", "nothing is left to drop");
+    assert_eq!(databases(&pg).await, ["auth_db"]);
 }

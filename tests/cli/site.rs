@@ -148,21 +148,7 @@ impl Site {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        let found = loop {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{args:?} never got there"
-            );
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "{args:?} ended before it could be killed"
-            );
-            if let Some(found) = ready().await {
-                break found;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
+        let found = wait_for(&mut child, args, &mut ready).await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -171,6 +157,57 @@ impl Site {
         child.kill().unwrap();
         child.wait().unwrap();
         found
+    }
+
+    /// Starts kisumctl with `args`, waits until `ready` answers, then sends
+    /// `signal` (`INT`, `TERM`) to its pid alone and waits for it to end.
+    /// Answers what `ready` found, the exit code, stderr, the pids of its
+    /// children just before the signal, and the seconds from the signal to
+    /// its end.
+    pub async fn signal_when<T>(
+        &self,
+        args: &[&str],
+        signal: &str,
+        mut ready: impl AsyncFnMut() -> Option<T>,
+    ) -> Signalled<T> {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        });
+        let found = wait_for(&mut child, args, &mut ready).await;
+        let children = children_of(child.id());
+        let sent = std::time::Instant::now();
+        let kill = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if sent.elapsed() > std::time::Duration::from_secs(30) {
+                child.kill().unwrap();
+                panic!("{args:?} still ran 30 s after SIG{signal}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        Signalled {
+            found,
+            code: status.code(),
+            stderr: reader.join().unwrap(),
+            children,
+            seconds: sent.elapsed().as_secs_f64(),
+        }
     }
 
     pub fn store(&self) -> PathBuf {
@@ -223,4 +260,75 @@ pub async fn exec(conn: &mut PgConnection, sql: &str) {
         .execute(&mut *conn)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Waits (up to 120 s) until `ready` answers while `child` runs.
+async fn wait_for<T>(
+    child: &mut std::process::Child,
+    args: &[&str],
+    ready: &mut impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{args:?} never got there"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended before it could be stopped"
+        );
+        if let Some(found) = ready().await {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// How a run stopped by [`Site::signal_when`] ended.
+pub struct Signalled<T> {
+    pub found: T,
+    pub code: Option<i32>,
+    pub stderr: String,
+    /// Its child processes just before the signal.
+    pub children: Vec<u32>,
+    pub seconds: f64,
+}
+
+/// The pids whose parent is `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces) start
+        // with the state, then the parent pid.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z"))
+        })
+        .unwrap_or(false)
 }
