@@ -211,10 +211,11 @@ fn obtain(
     };
     // One issue or renewal per environment at a time on this machine: two
     // would store one run's certificate beside the other's key.
-    let _lock = if dry_run || due.is_empty() {
+    let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
+    let leftovers = settings.is_some() && acme::has_leftovers(&state_dir);
+    let _lock = if dry_run || (due.is_empty() && !leftovers) {
         None
     } else {
-        let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
         let verb = if renew { "renew" } else { "issue" };
         let command = format!("kisumctl tls {verb} {}", env.name);
         match super::hold_lock(&state_dir, "tls.lock", &command, std::time::Duration::ZERO) {
@@ -222,6 +223,31 @@ fn obtain(
             Err(message) => return Ok(refuse(output, &message, Exit::OperationFailed)),
         }
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if leftovers && !dry_run {
+        // Said here, whether or not anything is due: a daily renewal
+        // with nothing to renew still clears what a killed run left.
+        match runtime.block_on(acme::remove_leftovers(env, &state_dir)) {
+            Ok((0, 0)) => {}
+            Ok((removed, 0)) => errln!(
+                "tls {}: removed {removed} challenge record(s) a stopped run left in Route53",
+                env.name
+            ),
+            Ok((removed, kept)) => errln!(
+                "tls {}: removed {removed} challenge record(s) a stopped run left in Route53; \
+                 {kept} could not be removed and stay listed for the next run",
+                env.name
+            ),
+            Err(error) => {
+                let message =
+                    format!("removing the challenge records a stopped run left: {error:#}");
+                return Ok(refuse(output, &message, Exit::OperationFailed));
+            }
+        }
+    }
     // Hosts a renewal leaves alone because nobody issued them yet.
     let never: Vec<&HostStatus> = statuses
         .iter()
@@ -237,10 +263,6 @@ fn obtain(
             settings.directory,
             settings.challenge
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
         match runtime.block_on(acme::issue(env, store, settings, &due)) {
             Ok(results) => results,
             Err(error) => {

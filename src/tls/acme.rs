@@ -144,6 +144,8 @@ pub async fn issue(
     settings: &Settings,
     hosts: &[TlsHost],
 ) -> Result<Vec<Issued>> {
+    // What a killed run left behind, whether or not anything is due.
+    remove_leftovers(env, &settings.state_dir).await?;
     if hosts.is_empty() {
         return Ok(vec![]);
     }
@@ -151,13 +153,6 @@ pub async fn issue(
     // Ctrl-C from here on abandons the orders and removes what they wrote.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("listening for Ctrl-C")?;
-    // What a killed run left behind.
-    let left = recorded(&ledger)?;
-    if !left.is_empty() {
-        let r53 = crate::dns::connect(env).await;
-        let removed = withdraw(&r53, &left).await;
-        forget(&ledger, &removed)?;
-    }
     tokio::select! {
         result = issue_orders(env, store, settings, hosts, &ledger) => result,
         _ = sigint.recv() => {
@@ -181,6 +176,31 @@ pub async fn issue(
             Err(Interrupted(note).into())
         }
     }
+}
+
+/// Whether a stopped run left challenge records listed in `state_dir`
+/// (an unreadable list counts: removing reads it again and says why).
+pub fn has_leftovers(state_dir: &std::path::Path) -> bool {
+    recorded(&state_dir.join(LEDGER)).map_or(true, |left| !left.is_empty())
+}
+
+/// Removes the challenge records a stopped run left (listed in the ledger
+/// of `state_dir`); how many were removed, and how many are still listed
+/// because Route53 did not take their removal. Runs under `tls.lock`, so
+/// no running issue's records are taken.
+pub async fn remove_leftovers(
+    env: &Environment<'_>,
+    state_dir: &std::path::Path,
+) -> Result<(usize, usize)> {
+    let ledger = state_dir.join(LEDGER);
+    let left = recorded(&ledger)?;
+    if left.is_empty() {
+        return Ok((0, 0));
+    }
+    let r53 = crate::dns::connect(env).await;
+    let removed = withdraw(&r53, &left).await;
+    forget(&ledger, &removed)?;
+    Ok((removed.len(), left.len() - removed.len()))
 }
 
 /// The challenge records recorded in `ledger` (none when it is absent).

@@ -376,6 +376,21 @@ async fn an_interrupted_issue_removes_its_challenge_records_and_is_journaled() {
     child.wait().unwrap();
     assert!(challenge_records(client, &[io, dev]).await > 0);
     proxy.faults.pending.store(0, Ordering::SeqCst);
+    // A renewal with nothing to renew (no certificate yet) removes them
+    // too, and says so.
+    let renew = site.run(&["tls", "renew", "dev"]);
+    assert!(
+        stderr(&renew).contains("challenge record(s) a stopped run left in Route53"),
+        "{}",
+        stderr(&renew)
+    );
+    assert_eq!(challenge_records(client, &[io, dev]).await, 0);
+    proxy.faults.pending.store(usize::MAX / 2, Ordering::SeqCst);
+    let mut child = issue_waiting(site, proxy).await;
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    assert!(challenge_records(client, &[io, dev]).await > 0);
+    proxy.faults.pending.store(0, Ordering::SeqCst);
     let next = site.json(&["tls", "issue", "dev", "-o", "json"], 0);
     assert_eq!(next["failed"], 0, "{next:#}");
     assert_eq!(challenge_records(client, &[io, dev]).await, 0);
