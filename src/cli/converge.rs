@@ -204,9 +204,19 @@ pub fn apply(dir: &Path, args: ApplyArgs) -> anyhow::Result<Exit> {
     super::with_environment(dir, &args.env, output, |matrix, env| {
         let cx = context(dir, matrix, env, &args.files);
         let runtime = runtime()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let parts: Vec<Part> = runtime.block_on(async {
+            watch_interrupt(env.name, stop.clone());
             let mut parts: Vec<Part> = Vec::new();
             for part in ORDER {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    parts.push(Part::new(
+                        part,
+                        State::Skipped,
+                        "not run: interrupted".to_string(),
+                    ));
+                    continue;
+                }
                 // A conflict holds back only what it concerns (`tls`
                 // refuses the hosts with a DNS conflict itself).
                 let blocked = needs(part).iter().find(|need| {
@@ -246,14 +256,42 @@ pub fn apply(dir: &Path, args: ApplyArgs) -> anyhow::Result<Exit> {
             parts
         });
         report(env, &parts, true, output)?;
-        Ok(if parts.iter().any(|p| p.state == State::Failed) {
-            Exit::OperationFailed
-        } else if parts.iter().any(|p| !p.state.fine()) {
-            Exit::CheckFailed
-        } else {
-            Exit::Clean
-        })
+        let interrupted = stop.load(std::sync::atomic::Ordering::SeqCst);
+        if interrupted {
+            super::journal::note_interrupted();
+        }
+        Ok(
+            if interrupted || parts.iter().any(|p| p.state == State::Failed) {
+                Exit::OperationFailed
+            } else if parts.iter().any(|p| !p.state.fine()) {
+                Exit::CheckFailed
+            } else {
+                Exit::Clean
+            },
+        )
     })
+}
+
+/// Ctrl-C or SIGTERM during `apply`: the part under way finishes (`tls`
+/// abandons its orders at once and removes its challenge records), no
+/// later part runs, and the run ends as interrupted (exit 3).
+fn watch_interrupt(env: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let env = env.to_string();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        errln!("apply {env}: interrupted: the part under way finishes, no later part runs");
+    });
 }
 
 fn context<'a>(

@@ -466,3 +466,57 @@ async fn a_dns_conflict_shows_in_plan_and_apply_and_its_host_gets_no_certificate
         "{commands:?}"
     );
 }
+
+/// Ctrl-C during `apply dev` while DNS waits for INSYNC: the wait ends,
+/// no later part runs (the manifests are not written), exit 3, and the
+/// journal says interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_apply_runs_no_later_part() {
+    let pebble = crate::pebble::start().await;
+    let moto = Moto::start().await;
+    let proxy = crate::proxy::start(&moto.endpoint(), Some(pebble.challtestsrv_url())).await;
+    crate::dns::create_zones(&crate::dns::route53(&moto.endpoint())).await;
+    let site = Site::dev_on_aws(&proxy.url(), &moto.endpoint());
+    crate::tls::issue_from(&site, &pebble);
+    let manifest = site.root().join("manifests/dev/auth.yaml");
+    std::fs::remove_file(&manifest).unwrap();
+    // Route53 says PENDING until the wait gives up.
+    proxy
+        .faults
+        .pending
+        .store(usize::MAX / 2, std::sync::atomic::Ordering::SeqCst);
+    let child = site
+        .command(&["apply", "dev", "--wait-timeout", "5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy
+        .counts
+        .get_change
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "DNS never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let [stdout, stderr] = texts(&output);
+    assert_eq!(output.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("apply dev: interrupted"), "{stderr}");
+    assert!(
+        stdout.contains("not run: interrupted") || stderr.contains("not run: interrupted"),
+        "{stdout}{stderr}"
+    );
+    assert!(!manifest.exists(), "the manifests part ran after Ctrl-C");
+    let journal = site.json(&["journal", "dev", "-o", "json"], 0);
+    let last = journal["records"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["command"], "apply", "{journal:#}");
+    assert_eq!(last["result"], "interrupted", "{journal:#}");
+}
