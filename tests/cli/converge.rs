@@ -231,14 +231,22 @@ async fn values_in(client: &aws_sdk_secretsmanager::Client) -> Vec<String> {
     values
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_dev_issues_certificates_through_route53_and_pebble_into_secrets_manager() {
+/// `dev` with Route53 and Secrets Manager on moto behind the fault proxy
+/// (its challenge records bridged to pebble's DNS), certificates from
+/// pebble, its zones made.
+async fn dev_on_aws() -> (crate::pebble::Pebble, Moto, crate::proxy::Proxy, Site) {
     let pebble = crate::pebble::start().await;
     let moto = Moto::start().await;
     let proxy = crate::proxy::start(&moto.endpoint(), Some(pebble.challtestsrv_url())).await;
     crate::dns::create_zones(&crate::dns::route53(&moto.endpoint())).await;
     let site = Site::dev_on_aws(&proxy.url(), &moto.endpoint());
     crate::tls::issue_from(&site, &pebble);
+    (pebble, moto, proxy, site)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_dev_issues_certificates_through_route53_and_pebble_into_secrets_manager() {
+    let (_pebble, moto, proxy, site) = dev_on_aws().await;
     // A supplied secret a person put there: kept, never printed.
     let client = moto.secrets_manager();
     client
@@ -472,12 +480,7 @@ async fn a_dns_conflict_shows_in_plan_and_apply_and_its_host_gets_no_certificate
 /// journal says interrupted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_apply_runs_no_later_part() {
-    let pebble = crate::pebble::start().await;
-    let moto = Moto::start().await;
-    let proxy = crate::proxy::start(&moto.endpoint(), Some(pebble.challtestsrv_url())).await;
-    crate::dns::create_zones(&crate::dns::route53(&moto.endpoint())).await;
-    let site = Site::dev_on_aws(&proxy.url(), &moto.endpoint());
-    crate::tls::issue_from(&site, &pebble);
+    let (_pebble, _moto, proxy, site) = dev_on_aws().await;
     let manifest = site.root().join("manifests/dev/auth.yaml");
     std::fs::remove_file(&manifest).unwrap();
     // Route53 says PENDING until the wait gives up.
