@@ -379,6 +379,18 @@ fn check(
     Ok(exit)
 }
 
+/// A rotation stopped by Ctrl-C or SIGTERM: where it stands and what
+/// continues it; journaled as interrupted, exit 3.
+fn rotation_interrupted(env: &str, secret: &str) -> Exit {
+    errln!(
+        "secrets rotate {env}: interrupted during {secret}: what was stored stays; \
+         `kisumctl secrets check {env}` shows where it stands and \
+         `kisumctl secrets rotate {env} {secret}` continues it"
+    );
+    super::journal::note_interrupted();
+    Exit::OperationFailed
+}
+
 async fn rotate(
     dir: &Path,
     env: &Environment<'_>,
@@ -411,9 +423,18 @@ async fn rotate(
             .unwrap_or_else(|| default_retire_after(env.name)),
         state_dir: state_dir.clone(),
     };
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     for secret in &chosen {
         let mut progress = |line: &str| errln!("secrets rotate {}: {}", env.name, printable(line));
-        let rotated = rotator.rotate(secret, &mut progress).await;
+        // A rotation stopped anywhere is continued by the next run (each
+        // step is stored before the next starts), as after a crash.
+        let rotated = tokio::select! {
+            rotated = rotator.rotate(secret, &mut progress) => rotated,
+            _ = interrupt.recv() => return Ok(rotation_interrupted(env.name, &secret.name)),
+            _ = terminate.recv() => return Ok(rotation_interrupted(env.name, &secret.name)),
+        };
         results.push(rotated);
     }
     let failures = results

@@ -1380,3 +1380,75 @@ async fn a_redis_password_rotates_while_the_old_one_keeps_connecting() {
 fn stdout_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Ctrl-C while a rotation waits to retire the old credential: said, with
+/// the command that continues it; exit 3, journaled interrupted; the new
+/// value stays current and `check` reports the unfinished rotation.
+#[test]
+fn an_interrupted_rotation_says_where_it_stands_and_is_journaled() {
+    use std::io::BufRead as _;
+    let site = sealed_site();
+    let mut seen = Vec::new();
+    expect(&site, &["secrets", "apply", "local"], 0, &mut seen);
+    let args = [
+        "secrets",
+        "rotate",
+        "local",
+        "internal-credential-auth",
+        "--retire-after",
+        "600",
+    ];
+    let mut child = site
+        .command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said.push(line.clone());
+        if line.contains("waiting 600 s") {
+            break;
+        }
+    }
+    assert!(
+        said.last().is_some_and(|l| l.contains("waiting 600 s")),
+        "{said:#?}"
+    );
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    said.extend(lines.map(Result::unwrap));
+    let status = child.wait().unwrap();
+    let text = said.join("\n");
+    assert_eq!(status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("interrupted during internal-credential-auth")
+            && text.contains("kisumctl secrets rotate local internal-credential-auth"),
+        "{text}"
+    );
+    let journal = json(&expect(
+        &site,
+        &["journal", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    let last = journal["records"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["command"], "secrets rotate", "{journal:#}");
+    assert_eq!(last["result"], "interrupted", "{journal:#}");
+    let check = json(&expect(
+        &site,
+        &["secrets", "check", "local", "-o", "json"],
+        1,
+        &mut seen,
+    ));
+    assert!(
+        check["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["secret"] == "internal-credential-auth" && f["kind"] == "rotation-pending"),
+        "{check:#}"
+    );
+}
