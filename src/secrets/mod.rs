@@ -86,7 +86,7 @@ pub enum StoreError {
         secret: String,
         message: String,
     },
-    #[error("{store}: {secret}: {message}")]
+    #[error("{store}: {}{message}", if secret.is_empty() { String::new() } else { format!("{secret}: ") })]
     Remote {
         store: String,
         secret: String,
@@ -327,5 +327,22 @@ mod tests {
         for bad in ["", "..", ".hidden", "a/b", "A", "x y", "../etc", "é"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_remote_error_of_no_one_secret_names_none() {
+        let error = |secret: &str| {
+            StoreError::Remote {
+                store: "AWS Secrets Manager".into(),
+                secret: secret.into(),
+                message: "listing secrets: throttled".into(),
+            }
+            .to_string()
+        };
+        assert_eq!(error(""), "AWS Secrets Manager: listing secrets: throttled");
+        assert_eq!(
+            error("auth-db-credentials"),
+            "AWS Secrets Manager: auth-db-credentials: listing secrets: throttled"
+        );
     }
 }
