@@ -95,11 +95,14 @@ fn alive(pid: u32, ticks: Option<u64>) -> bool {
 /// Leaves the marker of this run (whose record is `record`, result not
 /// yet known); answers its path, for [`finish`].
 pub fn begin(state_dir: &Path, record: &Record) -> std::io::Result<PathBuf> {
+    // The state directory as every command makes it (0755: the data
+    // services, other users, traverse it); the markers private inside.
+    crate::local::state::create_dirs(state_dir)?;
     let dir = state_dir.join(RUNNING);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     let pid = std::process::id();
     let marker = Marker {
         record: record.clone(),
@@ -205,13 +208,10 @@ fn user_of(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
-/// Appends `record`, creating the state directory (0700) and the file
-/// (0600) when needed.
+/// Appends `record`, creating the state directory (as every command
+/// makes it) and the file (0600) when needed.
 pub fn append(state_dir: &Path, record: &Record) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)?;
+    crate::local::state::create_dirs(state_dir)?;
     let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let mut file = std::fs::OpenOptions::new()
