@@ -5,7 +5,10 @@
 //! host's certificate against the renewal window and alert threshold (as
 //! `tls status`). Never prints.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::backup::EngineKind;
@@ -22,12 +25,31 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 const SLOW: Duration = Duration::from_secs(1);
 
 /// Per database and Redis: reachable (with the latency) or red with why.
+/// Every target is asked at once, so a frozen server standing behind
+/// several databases costs one [`TIMEOUT`], not one per database.
 pub async fn databases(env: &Environment<'_>, store: &dyn SecretStore) -> Vec<Item> {
-    let mut items = Vec::new();
-    for target in connection::targets(env) {
-        items.push(reach(env, &target, store).await);
-    }
-    items
+    let targets = connection::targets(env);
+    concurrently(targets.iter().map(|target| reach(env, target, store))).await
+}
+
+/// Awaits every future at once; their outputs in the order given.
+pub async fn concurrently<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Redis alone, as [`databases`] sees it.
@@ -186,8 +208,7 @@ pub async fn migrations(dir: &Path, env: &Environment<'_>, store: &dyn SecretSto
             )];
         }
     };
-    let mut items = Vec::new();
-    for set in &sets {
+    concurrently(sets.iter().map(|set| async move {
         let name = format!("migrations {}", set.database);
         let read = tokio::time::timeout(TIMEOUT, async {
             let mut conn = migrate::connect(set, store).await?;
@@ -196,13 +217,13 @@ pub async fn migrations(dir: &Path, env: &Environment<'_>, store: &dyn SecretSto
             status
         })
         .await;
-        items.push(match read {
+        match read {
             Err(_) => Item::new(name, Light::Red, "no answer within the timeout"),
             Ok(Err(error)) => Item::new(name, Light::Red, format!("{error:#}")),
             Ok(Ok(status)) => judge_migrations(name, &status),
-        });
-    }
-    items
+        }
+    }))
+    .await
 }
 
 fn judge_migrations(name: String, status: &migrate::Status) -> Item {
@@ -285,6 +306,57 @@ pub fn certificates(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matrix::Matrix;
+    use crate::secrets::LocalFiles;
+    use crate::secrets::Secret;
+
+    #[tokio::test]
+    async fn a_frozen_server_behind_every_database_costs_one_timeout() {
+        // Accepts connections (the kernel does) and never answers: a
+        // PostgreSQL stopped with SIGSTOP.
+        let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = frozen.local_addr().unwrap().port();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let matrix = Matrix::load(&dir).unwrap();
+        let mut env = matrix.environment("local").unwrap();
+        let mut file = env.file.clone();
+        for deployment in file.databases.values_mut() {
+            deployment.endpoint.host = "127.0.0.1".into();
+            deployment.endpoint.port = port;
+        }
+        file.redis.endpoint.host = "127.0.0.1".into();
+        file.redis.endpoint.port = port;
+        env.file = &file;
+        let secrets = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            secrets.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let store = LocalFiles::new(secrets.path());
+        let login = Secret::new("kisum");
+        for target in connection::targets(&env) {
+            if target.engine == EngineKind::Postgresql {
+                let secret = connection::postgres_secret(&env, &target);
+                store.write(&secret, "username", &login).unwrap();
+            }
+        }
+        let targets = connection::targets(&env).len();
+        assert!(targets >= 3, "{targets} targets");
+        let started = Instant::now();
+        let items = databases(&env, &store).await;
+        let took = started.elapsed();
+        assert!(took < TIMEOUT * 2, "{targets} probes took {took:?}");
+        assert_eq!(items.len(), targets, "{items:?}");
+        for item in &items {
+            assert_eq!(item.light, Light::Red, "{items:?}");
+            assert!(
+                item.detail.contains(&format!("127.0.0.1:{port}")),
+                "{items:?}"
+            );
+        }
+        drop(frozen);
+    }
 
     fn status(applied: Vec<i64>, pending: &[(i64, &str)], failed: Vec<i64>) -> migrate::Status {
         migrate::Status {
