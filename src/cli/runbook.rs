@@ -256,6 +256,7 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         .map_err(|e| e.to_string()),
         expiry_alert_days: env.base.tls.expiry_alert_days,
         redis: None,
+        postgres_down: Vec::new(),
     };
     let inputs_given = Given {
         company: args.company,
@@ -277,6 +278,10 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     let mut platform = platform;
     if checks.contains(&checks::REDIS_REACHABLE) {
         platform.redis = runtime.block_on(crate::ops::reachability::redis(env, store.as_ref()));
+    }
+    // Elsewhere the database servers are private to the cluster's network.
+    if env.name == "local" && checks.contains(&checks::SERVICES_READY) {
+        platform.postgres_down = runtime.block_on(crate::ops::reachability::postgres_down(env));
     }
     let findings = runtime.block_on(Diagnosis::new(platform, inputs).run(&checks));
     let cause = findings.iter().find(|f| f.verdict == Verdict::Cause);

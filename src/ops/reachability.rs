@@ -60,6 +60,50 @@ pub async fn redis(env: &Environment<'_>, store: &dyn SecretStore) -> Option<Ite
     Some(reach(env, &target, store).await)
 }
 
+/// The PostgreSQL servers of `env` (each `host:port` once) that refuse a
+/// connection or do not accept one within [`TIMEOUT`], each with why in
+/// [`databases`]'s words (`connection refused at HOST:PORT`): the first
+/// question `status` asks a database, without a login.
+pub async fn postgres_down(env: &Environment<'_>) -> Vec<String> {
+    let mut servers: Vec<(String, u16)> = connection::targets(env)
+        .into_iter()
+        .filter(|t| t.engine == EngineKind::Postgresql)
+        .map(|t| (t.host, t.port))
+        .collect();
+    servers.sort();
+    servers.dedup();
+    concurrently(
+        servers
+            .iter()
+            .map(|(host, port)| postgres_silent(host, *port)),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Why the PostgreSQL server at `host:port` is down: it refuses the
+/// connection, or does not answer the SSL request every client opens with
+/// (one byte, before any login) within [`TIMEOUT`], as a stopped server
+/// whose kernel still accepts connections.
+async fn postgres_silent(host: &str, port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let asked = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+        stream.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await
+    };
+    match tokio::time::timeout(TIMEOUT, asked).await {
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Some(format!("connection refused at {host}:{port}"))
+        }
+        Err(_) => Some(did_not_answer(host, port)),
+        _ => None,
+    }
+}
+
 /// One database or Redis: reachable (with the latency) or red with why.
 async fn reach(env: &Environment<'_>, target: &Target, store: &dyn SecretStore) -> Item {
     let name = if target.engine == EngineKind::Redis {
@@ -344,8 +388,10 @@ mod tests {
         let targets = connection::targets(&env).len();
         assert!(targets >= 3, "{targets} targets");
         let started = Instant::now();
-        let items = databases(&env, &store).await;
+        let (items, down) = tokio::join!(databases(&env, &store), postgres_down(&env));
         let took = started.elapsed();
+        // One PostgreSQL server stands behind every database of `local`.
+        assert_eq!(down, [did_not_answer("127.0.0.1", port)]);
         assert!(took < TIMEOUT * 2, "{targets} probes took {took:?}");
         assert_eq!(items.len(), targets, "{items:?}");
         for item in &items {

@@ -142,6 +142,10 @@ pub struct Platform {
     /// Redis as `status` sees it (a PING with the latency, or why not),
     /// when the runbook checks it.
     pub redis: Option<crate::ops::health::Item>,
+    /// `local`: the PostgreSQL servers that refuse a connection or do not
+    /// accept one in time, as `status` says it (`connection refused at
+    /// 127.0.0.1:25432`), when the runbook checks readiness.
+    pub postgres_down: Vec<String>,
 }
 
 /// One run: the platform, the inputs, and what earlier checks learned.
@@ -1298,14 +1302,45 @@ impl Diagnosis {
             )
             .evidence(evidence);
         }
+        let not_ready = format!("not ready: {}", down.join(", "));
+        if !self.platform.postgres_down.is_empty() {
+            evidence.extend(
+                self.platform
+                    .postgres_down
+                    .iter()
+                    .map(|why| format!("PostgreSQL: {why}")),
+            );
+            return Finding::new(
+                SERVICES_READY,
+                Verdict::Cause,
+                format!(
+                    "{not_ready}: PostgreSQL is unreachable ({})",
+                    self.platform.postgres_down.join("; ")
+                ),
+            )
+            .evidence(evidence)
+            .fix(self.restart_postgres());
+        }
         let fix = self.restart(&down[0]);
-        Finding::new(
-            SERVICES_READY,
-            Verdict::Cause,
-            format!("not ready: {}", down.join(", ")),
-        )
-        .evidence(evidence)
-        .fix(fix)
+        Finding::new(SERVICES_READY, Verdict::Cause, not_ready)
+            .evidence(evidence)
+            .fix(fix)
+    }
+
+    /// What brings PostgreSQL back (only `local` runs it itself).
+    fn restart_postgres(&self) -> String {
+        if self.platform.env == "local" {
+            "kisumctl deploy local (starts PostgreSQL again; `kisumctl logs local postgres` \
+             shows why it stopped; a server that accepts and does not answer was stopped: \
+             `kisumctl status local` names its pid for `kill -CONT PID`)"
+                .to_string()
+        } else {
+            format!(
+                "bring the PostgreSQL server back (`kisumctl db status {}` says which \
+                 databases answer)",
+                self.platform.env
+            )
+        }
     }
 
     async fn jwks_propagated(&mut self) -> Finding {
@@ -1565,6 +1600,7 @@ mod tests {
             certificates: Ok(Vec::new()),
             expiry_alert_days: 14,
             redis: None,
+            postgres_down: Vec::new(),
         }
     }
 
