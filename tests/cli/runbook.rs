@@ -682,23 +682,7 @@ fn the_outage_runbooks_name_the_service_that_is_not_ready() {
 /// listens on, as after PostgreSQL stopped.
 async fn core_without_database(port: u16) -> (SocketAddr, oneshot::Sender<()>) {
     let url = format!("postgres://core:pw@127.0.0.1:{port}/platform_core_db");
-    let vars = kisum_common::config::Vars::from_pairs([
-        ("SERVICE_NAME", "platform-core"),
-        ("KISUM_ENVIRONMENT", "test"),
-        ("HTTP_PORT", "0"),
-        ("INTERNAL_PORT", "0"),
-        ("CORE_DB_URL", url.as_str()),
-        ("INTERNAL_ALLOWED_CALLERS", "auth,platform-admin"),
-        (
-            "INTERNAL_CALLER_AUTH",
-            "a-test-credential-for-auth-0123456789",
-        ),
-        (
-            "INTERNAL_CALLER_PLATFORM_ADMIN",
-            "a-test-credential-for-admin-0123456789",
-        ),
-    ]);
-    let config = kisum_core::Config::from_vars(&vars).unwrap();
+    let config = kisum_core::Config::from_vars(&platform::core_vars(&url)).unwrap();
     let app = kisum_core::app(config).await.unwrap();
     let listeners = platform::loopback_listeners().await;
     let (public, _) = listeners.addresses().unwrap();
