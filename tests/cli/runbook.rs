@@ -539,6 +539,33 @@ fn a_wrong_x_org_is_named() {
 }
 
 #[test]
+fn a_company_auth_does_not_know_is_named_instead_of_the_x_org() {
+    let mut case = Case::new(FINANCE);
+    let slug = case.company.slug.clone();
+    let real = case.company.id;
+    let unknown = Uuid::new_v4();
+    case.company.id = unknown;
+    let cause = case.expect_cause("finance", None, &["--org", &slug], "x-org");
+    assert_eq!(
+        summary(&cause),
+        format!("company {unknown} is unknown to Auth (and so to Core's entitlements)"),
+        "{cause}"
+    );
+    let fix = cause["fix"].as_str().unwrap();
+    assert!(fix.starts_with("run again with --company"), "{fix}");
+    assert!(!fix.contains(&unknown.to_string()), "{fix}");
+    // A known company the x-org does not name is still the x-org's fault.
+    let other = case.block_on(case.platform().company("elsewhere"));
+    case.company.id = other.id;
+    let cause = case.expect_cause("finance", None, &["--org", &slug], "x-org");
+    assert!(
+        summary(&cause).contains(&format!("names company {real}, not {}", other.id))
+            || summary(&cause).contains("names no company this user belongs to"),
+        "{cause}"
+    );
+}
+
+#[test]
 fn a_company_without_the_module_in_core_is_named() {
     let case = Case::new(Setup {
         entitled: false,

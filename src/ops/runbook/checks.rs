@@ -745,6 +745,29 @@ impl Diagnosis {
         self.inputs.company
     }
 
+    /// The cause of `check` when Auth knows no company `company` (the
+    /// `--company` given is not a company's id), with `earlier` evidence.
+    async fn unknown_company(&self, check: &str, company: Uuid, earlier: &str) -> Option<Finding> {
+        let auth = self.internal(AUTH)?;
+        let url = format!("{auth}/internal/companies/{company}/memberships");
+        let answer = self.call(Method::GET, &url, true, None, None).await.ok()?;
+        if answer.status != StatusCode::OK || answer.body["known"] != Value::Bool(false) {
+            return None;
+        }
+        Some(
+            Finding::new(
+                check,
+                Verdict::Cause,
+                format!("company {company} is unknown to Auth (and so to Core's entitlements)"),
+            )
+            .evidence([earlier.to_string(), format!("GET {url}: no such company")])
+            .fix(
+                "run again with --company set to the id of a company the user belongs to \
+                 (Auth's GET /auth/me, with the user's token, lists them)",
+            ),
+        )
+    }
+
     async fn session_live(&mut self) -> Finding {
         let (Some((user, session)), Some(company)) = (self.identity(), self.company()) else {
             return self.needs_identity(SESSION_LIVE);
@@ -839,6 +862,11 @@ impl Diagnosis {
                 format!("x-org resolves to company {company}"),
             )
             .evidence([evidence]),
+            StatusCode::OK | StatusCode::FORBIDDEN
+                if let Some(unknown) = self.unknown_company(X_ORG, company, &evidence).await =>
+            {
+                unknown
+            }
             StatusCode::OK => Finding::new(
                 X_ORG,
                 Verdict::Cause,
