@@ -336,8 +336,8 @@ pub fn certificates(
                 Light::Green
             };
             let mut detail = status.health.as_str().to_string();
-            if let (Some(days), Some(expires)) = (status.days_left, &status.expires) {
-                detail = format!("{detail}: expires {expires}, {days} days left");
+            if let Some(expiry) = status.expiry() {
+                detail = format!("{detail}: {expiry}");
             }
             if let Some(problem) = &status.problem {
                 detail = format!("{detail}: {problem}");

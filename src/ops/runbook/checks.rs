@@ -1538,15 +1538,8 @@ impl Diagnosis {
         let evidence: Vec<String> = statuses
             .iter()
             .map(|s| {
-                let left = s
-                    .days_left
-                    .map_or(String::new(), |d| format!(", {d} days left"));
-                let expires = s.expires.as_deref().unwrap_or("-");
-                format!(
-                    "{}: {} (expires {expires}{left})",
-                    s.host.host,
-                    s.health.as_str()
-                )
+                let expiry = s.expiry().map_or(String::new(), |e| format!(": {e}"));
+                format!("{}: {}{expiry}", s.host.host, s.health.as_str())
             })
             .collect();
         let expiring: Vec<&str> = statuses
