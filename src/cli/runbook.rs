@@ -228,7 +228,7 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     };
 
     let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
-    let endpoints = match runbook::target::endpoints(env, &state_dir) {
+    let endpoints = match runbook::target::endpoints(dir, env, &state_dir) {
         Ok(endpoints) => endpoints,
         Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };
