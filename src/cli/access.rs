@@ -58,7 +58,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
 fn invalidate(dir: &Path, env: &Environment, args: &InvalidateArgs) -> anyhow::Result<Exit> {
     let format = super::OutputFormat::Text;
     let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
-    let endpoints = match crate::ops::runbook::target::endpoints(env, &state_dir) {
+    let endpoints = match crate::ops::runbook::target::endpoints(dir, env, &state_dir) {
         Ok(endpoints) => endpoints,
         Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };

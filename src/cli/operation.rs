@@ -79,14 +79,15 @@ pub fn in_cluster(dir: &Path, request: Request) -> anyhow::Result<Option<Exit>> 
     let who = crate::ops::journal::who();
     let (job, policy) = operation::job(&env, operations, &name, &args, &who);
     let timeout = Duration::from_secs(u64::from(operations.job_timeout_seconds));
-    super::journal::note_job(&name);
     let spinner = super::cluster::Spinner::new(false);
     let outcome = super::cluster::block_on(&spinner, async {
         let client = crate::cluster::connect(dir, &env)
             .await
             .map_err(|e| (Exit::UnusableInput, e.to_string()))?;
         let namespace = Namespace::new(client, &env.file.namespace);
-        operation::run(&namespace, &job, &policy, timeout, &spinner)
+        // The journal names the Job once it exists, not before.
+        let launched = |job: &str| super::journal::note_job(job);
+        operation::run(&namespace, &job, &policy, timeout, &spinner, &launched)
             .await
             .map_err(|e| (Exit::OperationFailed, e.to_string()))
     })?;

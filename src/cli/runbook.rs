@@ -228,7 +228,7 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     };
 
     let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
-    let endpoints = match runbook::target::endpoints(env, &state_dir) {
+    let endpoints = match runbook::target::endpoints(dir, env, &state_dir) {
         Ok(endpoints) => endpoints,
         Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };
@@ -256,6 +256,7 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         .map_err(|e| e.to_string()),
         expiry_alert_days: env.base.tls.expiry_alert_days,
         redis: None,
+        postgres_down: Vec::new(),
     };
     let inputs_given = Given {
         company: args.company,
@@ -277,6 +278,10 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     let mut platform = platform;
     if checks.contains(&checks::REDIS_REACHABLE) {
         platform.redis = runtime.block_on(crate::ops::reachability::redis(env, store.as_ref()));
+    }
+    // Elsewhere the database servers are private to the cluster's network.
+    if env.name == "local" && checks.contains(&checks::SERVICES_READY) {
+        platform.postgres_down = runtime.block_on(crate::ops::reachability::postgres_down(env));
     }
     let findings = runtime.block_on(Diagnosis::new(platform, inputs).run(&checks));
     let cause = findings.iter().find(|f| f.verdict == Verdict::Cause);
@@ -347,13 +352,29 @@ fn manual_steps(runbook: &Runbook, env: &Environment, given: &Given) -> Vec<Step
         .steps
         .iter()
         .filter_map(|step| match step {
-            Step::Manual { manual, command } => Some(Step::Manual {
-                manual: manual.clone(),
-                command: command.as_deref().map(|c| concrete(c, env, given)),
+            Step::Manual { manual, command } => Some(match command.as_deref() {
+                Some(command) if !applies(command, env) => Step::Manual {
+                    manual: format!(
+                        "{manual} (not in {}: dns.managed is false, kisumctl manages no DNS \
+                         records there)",
+                        env.name
+                    ),
+                    command: None,
+                },
+                command => Step::Manual {
+                    manual: manual.clone(),
+                    command: command.map(|c| concrete(c, env, given)),
+                },
             }),
             Step::Check { .. } => None,
         })
         .collect()
+}
+
+/// Whether `command` runs in `env`: the `dns` commands only where
+/// kisumctl manages the records (`dns.managed`).
+fn applies(command: &str, env: &Environment) -> bool {
+    !command.starts_with("kisumctl dns ") || env.file.dns.managed
 }
 
 fn concrete(command: &str, env: &Environment, given: &Given) -> String {
@@ -365,6 +386,8 @@ fn concrete(command: &str, env: &Environment, given: &Given) -> String {
                 name.to_string()
             } else if let ("MODULE", Some(module)) = (word, &given.module) {
                 module.clone()
+            } else if let (true, Some(company)) = (word.contains("/COMPANY/"), given.company) {
+                word.replace("/COMPANY/", &format!("/{company}/"))
             } else {
                 word.to_string()
             }
@@ -525,5 +548,50 @@ mod tests {
             concrete("kisumctl logs ENV MODULE", &local, &given),
             "kisumctl logs local finance"
         );
+    }
+
+    #[test]
+    fn every_command_a_runbook_names_applies_to_its_environment() {
+        use clap::Parser as _;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let matrix = crate::matrix::Matrix::load(&dir).unwrap();
+        let given = Given {
+            company: Some(Uuid::nil()),
+            user: Some(Uuid::nil()),
+            module: Some("finance".into()),
+        };
+        let mut dns_named = 0;
+        for name in ["local", "dev", "staging", "production"] {
+            let env = matrix.environment(name).unwrap();
+            for runbook in runbook::all().unwrap() {
+                for step in manual_steps(&runbook, &env, &given) {
+                    let Step::Manual { manual, command } = step else {
+                        unreachable!()
+                    };
+                    let Some(command) = command else {
+                        if manual.contains("dns.managed is false") {
+                            assert!(!env.file.dns.managed, "{name}: {manual}");
+                        }
+                        continue;
+                    };
+                    if command.starts_with("kisumctl dns ") {
+                        assert!(env.file.dns.managed, "{name}: {command}");
+                        dns_named += 1;
+                    }
+                    assert!(!command.contains("/COMPANY/"), "{command}");
+                    // On local every kisumctl command parses.
+                    if name == "local" && command.starts_with("kisumctl ") {
+                        let words: Vec<&str> = command.split(' ').collect();
+                        let parsed = crate::cli::Cli::try_parse_from(&words);
+                        assert!(parsed.is_ok(), "{}: {command}: {parsed:?}", runbook.name);
+                        assert!(
+                            words.contains(&"local") || words[1] == "runbook",
+                            "{command}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(dns_named > 0, "no environment keeps a dns step");
     }
 }

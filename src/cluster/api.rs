@@ -37,6 +37,17 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// What went wrong, without the action and object it was said of
+    /// (for a sentence that names them its own way).
+    pub fn reason(&self) -> String {
+        let (ApiError::Refused { action, object, .. }
+        | ApiError::Connection { action, object, .. }
+        | ApiError::Answer { action, object, .. }) = self;
+        let text = self.to_string();
+        text.strip_prefix(&format!("{action} {object}: "))
+            .map_or(text.clone(), str::to_string)
+    }
+
     pub fn from_kube(action: &'static str, object: &str, error: kube::Error) -> ApiError {
         let object = object.to_string();
         match error {

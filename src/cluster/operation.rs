@@ -221,30 +221,48 @@ pub struct Outcome {
     pub detail: Option<String>,
 }
 
+/// Why an operation Job did not run to an end.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The Job was never created: nothing runs in the cluster.
+    #[error("Job/{job} could not be created, nothing was launched: {}", error.reason())]
+    NotLaunched { job: String, error: ApiError },
+    /// The Job was created; watching it failed.
+    #[error(transparent)]
+    Watching(#[from] ApiError),
+}
+
 /// Applies the Job and its NetworkPolicy, then watches the Job for up to
-/// `timeout`.
+/// `timeout`; `launched` is called once the Job exists.
 pub async fn run(
     namespace: &Namespace,
     job: &Value,
     policy: &Value,
     timeout: Duration,
     progress: &dyn Progress,
-) -> Result<Outcome, ApiError> {
+    launched: &dyn Fn(&str),
+) -> Result<Outcome, RunError> {
     let name = job["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    if namespace.get("batch/v1", "Job", &name).await?.is_some() {
-        return Err(ApiError::Refused {
+    let not_launched = |error: ApiError| RunError::NotLaunched {
+        job: name.clone(),
+        error,
+    };
+    let existing = namespace.get("batch/v1", "Job", &name).await;
+    if existing.map_err(not_launched)?.is_some() {
+        return Err(not_launched(ApiError::Refused {
             action: "launching",
             object: format!("Job/{name}"),
             code: 409,
             reason: "AlreadyExists".into(),
-            message: "a Job of this name exists already; nothing was launched, rerun".into(),
-        });
+            message: "a Job of this name exists already; rerun".into(),
+        }));
     }
-    namespace.apply(policy, false).await?;
-    namespace.apply(job, false).await?;
+    namespace.apply(policy, false).await.map_err(not_launched)?;
+    namespace.apply(job, false).await.map_err(not_launched)?;
+    launched(&name);
     progress.step(&format!(
         "launched Job/{name} in namespace {}",
         namespace.name

@@ -5,7 +5,10 @@
 //! host's certificate against the renewal window and alert threshold (as
 //! `tls status`). Never prints.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::backup::EngineKind;
@@ -22,12 +25,31 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 const SLOW: Duration = Duration::from_secs(1);
 
 /// Per database and Redis: reachable (with the latency) or red with why.
+/// Every target is asked at once, so a frozen server standing behind
+/// several databases costs one [`TIMEOUT`], not one per database.
 pub async fn databases(env: &Environment<'_>, store: &dyn SecretStore) -> Vec<Item> {
-    let mut items = Vec::new();
-    for target in connection::targets(env) {
-        items.push(reach(env, &target, store).await);
-    }
-    items
+    let targets = connection::targets(env);
+    concurrently(targets.iter().map(|target| reach(env, target, store))).await
+}
+
+/// Awaits every future at once; their outputs in the order given.
+pub async fn concurrently<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Redis alone, as [`databases`] sees it.
@@ -36,6 +58,50 @@ pub async fn redis(env: &Environment<'_>, store: &dyn SecretStore) -> Option<Ite
         .into_iter()
         .find(|t| t.engine == EngineKind::Redis)?;
     Some(reach(env, &target, store).await)
+}
+
+/// The PostgreSQL servers of `env` (each `host:port` once) that refuse a
+/// connection or do not accept one within [`TIMEOUT`], each with why in
+/// [`databases`]'s words (`connection refused at HOST:PORT`): the first
+/// question `status` asks a database, without a login.
+pub async fn postgres_down(env: &Environment<'_>) -> Vec<String> {
+    let mut servers: Vec<(String, u16)> = connection::targets(env)
+        .into_iter()
+        .filter(|t| t.engine == EngineKind::Postgresql)
+        .map(|t| (t.host, t.port))
+        .collect();
+    servers.sort();
+    servers.dedup();
+    concurrently(
+        servers
+            .iter()
+            .map(|(host, port)| postgres_silent(host, *port)),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Why the PostgreSQL server at `host:port` is down: it refuses the
+/// connection, or does not answer the SSL request every client opens with
+/// (one byte, before any login) within [`TIMEOUT`], as a stopped server
+/// whose kernel still accepts connections.
+async fn postgres_silent(host: &str, port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let asked = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+        stream.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await
+    };
+    match tokio::time::timeout(TIMEOUT, asked).await {
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Some(format!("connection refused at {host}:{port}"))
+        }
+        Err(_) => Some(did_not_answer(host, port)),
+        _ => None,
+    }
 }
 
 /// One database or Redis: reachable (with the latency) or red with why.
@@ -186,8 +252,7 @@ pub async fn migrations(dir: &Path, env: &Environment<'_>, store: &dyn SecretSto
             )];
         }
     };
-    let mut items = Vec::new();
-    for set in &sets {
+    concurrently(sets.iter().map(|set| async move {
         let name = format!("migrations {}", set.database);
         let read = tokio::time::timeout(TIMEOUT, async {
             let mut conn = migrate::connect(set, store).await?;
@@ -196,13 +261,13 @@ pub async fn migrations(dir: &Path, env: &Environment<'_>, store: &dyn SecretSto
             status
         })
         .await;
-        items.push(match read {
+        match read {
             Err(_) => Item::new(name, Light::Red, "no answer within the timeout"),
             Ok(Err(error)) => Item::new(name, Light::Red, format!("{error:#}")),
             Ok(Ok(status)) => judge_migrations(name, &status),
-        });
-    }
-    items
+        }
+    }))
+    .await
 }
 
 fn judge_migrations(name: String, status: &migrate::Status) -> Item {
@@ -271,8 +336,8 @@ pub fn certificates(
                 Light::Green
             };
             let mut detail = status.health.as_str().to_string();
-            if let (Some(days), Some(expires)) = (status.days_left, &status.expires) {
-                detail = format!("{detail}: expires {expires}, {days} days left");
+            if let Some(expiry) = status.expiry() {
+                detail = format!("{detail}: {expiry}");
             }
             if let Some(problem) = &status.problem {
                 detail = format!("{detail}: {problem}");
@@ -285,6 +350,59 @@ pub fn certificates(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matrix::Matrix;
+    use crate::secrets::LocalFiles;
+    use crate::secrets::Secret;
+
+    #[tokio::test]
+    async fn a_frozen_server_behind_every_database_costs_one_timeout() {
+        // Accepts connections (the kernel does) and never answers: a
+        // PostgreSQL stopped with SIGSTOP.
+        let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = frozen.local_addr().unwrap().port();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let matrix = Matrix::load(&dir).unwrap();
+        let mut env = matrix.environment("local").unwrap();
+        let mut file = env.file.clone();
+        for deployment in file.databases.values_mut() {
+            deployment.endpoint.host = "127.0.0.1".into();
+            deployment.endpoint.port = port;
+        }
+        file.redis.endpoint.host = "127.0.0.1".into();
+        file.redis.endpoint.port = port;
+        env.file = &file;
+        let secrets = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            secrets.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let store = LocalFiles::new(secrets.path());
+        let login = Secret::new("kisum");
+        for target in connection::targets(&env) {
+            if target.engine == EngineKind::Postgresql {
+                let secret = connection::postgres_secret(&env, &target);
+                store.write(&secret, "username", &login).unwrap();
+            }
+        }
+        let targets = connection::targets(&env).len();
+        assert!(targets >= 3, "{targets} targets");
+        let started = Instant::now();
+        let (items, down) = tokio::join!(databases(&env, &store), postgres_down(&env));
+        let took = started.elapsed();
+        // One PostgreSQL server stands behind every database of `local`.
+        assert_eq!(down, [did_not_answer("127.0.0.1", port)]);
+        assert!(took < TIMEOUT * 2, "{targets} probes took {took:?}");
+        assert_eq!(items.len(), targets, "{items:?}");
+        for item in &items {
+            assert_eq!(item.light, Light::Red, "{items:?}");
+            assert!(
+                item.detail.contains(&format!("127.0.0.1:{port}")),
+                "{items:?}"
+            );
+        }
+        drop(frozen);
+    }
 
     fn status(applied: Vec<i64>, pending: &[(i64, &str)], failed: Vec<i64>) -> migrate::Status {
         migrate::Status {

@@ -122,6 +122,23 @@ pub struct HostStatus {
     pub problem: Option<String>,
 }
 
+impl HostStatus {
+    /// `expires 2026-12-10T12:00:00Z, 4 days left`, the words `status`,
+    /// `tls status` and the certificate-expiry runbook all use; `None`
+    /// without a readable certificate.
+    pub fn expiry(&self) -> Option<String> {
+        let (days, expires) = (self.days_left?, self.expires.as_ref()?);
+        Some(format!("expires {expires}, {days} days left"))
+    }
+}
+
+/// Whole days from `now` until `not_after` (Unix seconds), rounded down:
+/// a certificate 4 days and 23 hours from expiry has 4 days left, one
+/// that expired an hour ago -1.
+pub fn days_left(not_after: i64, now: i64) -> i64 {
+    (not_after - now).div_euclid(86_400)
+}
+
 /// The renewal window and alert threshold, in days.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
@@ -225,7 +242,7 @@ fn judge(
         }
     };
     let left = info.not_after - now;
-    status.days_left = Some(left.div_euclid(86_400));
+    status.days_left = Some(days_left(info.not_after, now));
     status.expires = jiff::Timestamp::from_second(info.not_after)
         .ok()
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
@@ -259,6 +276,17 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_left_are_whole_days_rounded_down() {
+        let now = 1_800_000_000;
+        assert_eq!(days_left(now + 5 * 86_400, now), 5);
+        assert_eq!(days_left(now + 5 * 86_400 - 1, now), 4);
+        assert_eq!(days_left(now + 86_399, now), 0);
+        assert_eq!(days_left(now - 1, now), -1);
+        assert_eq!(days_left(now - 86_400, now), -1);
+        assert_eq!(days_left(now - 86_401, now), -2);
+    }
     use crate::secrets::LocalFiles;
 
     fn signed(host: &str, days: i64) -> (String, String) {

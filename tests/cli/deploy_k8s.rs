@@ -819,6 +819,35 @@ fn operation_job(fake: &FakeKube, prefix: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_job_the_api_server_never_created_is_said_so_and_journaled_without_it() {
+    let staging = Staging::without_platform();
+    // The kubeconfig's server: a loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let kubeconfig = staging.root.join("kubeconfig");
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let edited = text.replace(&staging.fake.url(), &refused);
+    assert_ne!(text, edited);
+    std::fs::write(&kubeconfig, edited).unwrap();
+
+    let (_, text) = staging
+        .expect(&["backup", "staging", "main-db", "-o", "json"], 3)
+        .await;
+    assert!(
+        text.contains("could not be created, nothing was launched"),
+        "{text}"
+    );
+    assert!(!text.contains("reading Job/"), "{text}");
+    let (record, text) = staging.last_journal_record().await;
+    assert_eq!(record["command"], "backup", "{text}");
+    assert_eq!(record["result"], "failed", "{text}");
+    assert!(record["job"].is_null(), "{text}");
+    let (_, text) = staging.expect(&["journal", "staging"], 0).await;
+    assert!(!text.contains("(Job/"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_runs_as_a_job_in_the_cluster_and_its_report_is_read_from_the_log() {
     let staging = Staging::without_platform();
     staging.fake.job_log(

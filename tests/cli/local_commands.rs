@@ -186,11 +186,11 @@ fn status_says_a_refused_redis_login_once() {
 
     let document = local_status_json(copy.path());
     let detail = operation(&document, "redis")["detail"].clone();
-    let said = format!(
+    let expected = format!(
         "127.0.0.1:{} unreachable: as auth: Password authentication failed",
         redis.port()
     );
-    assert_eq!(detail, said.as_str(), "{document:#}");
+    assert_eq!(detail, expected.as_str(), "{document:#}");
     drop(redis);
 }
 

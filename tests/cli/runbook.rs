@@ -196,8 +196,9 @@ impl Case {
         let edited = text.replace("kisum-io: kisum.localhost", "kisum-io: kisum.test");
         assert_ne!(text, edited);
         std::fs::write(&local, edited).unwrap();
-        // Redis: the shared platform's.
+        // Redis and PostgreSQL: the shared platform's.
         case.point_redis_at(case.shared.platform.redis.port());
+        case.point_postgres_at(kisum_testkit::Postgres::shared().port());
         case.write_endpoints(&[]);
         case.write_secrets();
         case
@@ -209,9 +210,20 @@ impl Case {
 
     /// Points the scratch matrix's Redis endpoint at `port` of loopback.
     fn point_redis_at(&self, port: u16) {
+        self.point_port_after("\nredis:\n", port);
+    }
+
+    /// Points the scratch matrix's PostgreSQL servers at `port` of loopback.
+    fn point_postgres_at(&self, port: u16) {
+        self.point_port_after("&local-postgres {", port);
+    }
+
+    /// Rewrites the first `port: N` after `marker` in the scratch matrix's
+    /// local file.
+    fn point_port_after(&self, marker: &str, port: u16) {
         let local = self.matrix.path().join("environments/local.yaml");
         let text = std::fs::read_to_string(&local).unwrap();
-        let start = text.find("\nredis:\n").unwrap();
+        let start = text.find(marker).unwrap();
         let at = start + text[start..].find("port: ").unwrap() + "port: ".len();
         let end = at + text[at..].find(',').unwrap();
         let edited = format!("{}{port}{}", &text[..at], &text[end..]);
@@ -527,6 +539,33 @@ fn a_wrong_x_org_is_named() {
 }
 
 #[test]
+fn a_company_auth_does_not_know_is_named_instead_of_the_x_org() {
+    let mut case = Case::new(FINANCE);
+    let slug = case.company.slug.clone();
+    let real = case.company.id;
+    let unknown = Uuid::new_v4();
+    case.company.id = unknown;
+    let cause = case.expect_cause("finance", None, &["--org", &slug], "x-org");
+    assert_eq!(
+        summary(&cause),
+        format!("company {unknown} is unknown to Auth (and so to Core's entitlements)"),
+        "{cause}"
+    );
+    let fix = cause["fix"].as_str().unwrap();
+    assert!(fix.starts_with("run again with --company"), "{fix}");
+    assert!(!fix.contains(&unknown.to_string()), "{fix}");
+    // A known company the x-org does not name is still the x-org's fault.
+    let other = case.block_on(case.platform().company("elsewhere"));
+    case.company.id = other.id;
+    let cause = case.expect_cause("finance", None, &["--org", &slug], "x-org");
+    assert!(
+        summary(&cause).contains(&format!("names company {real}, not {}", other.id))
+            || summary(&cause).contains("names no company this user belongs to"),
+        "{cause}"
+    );
+}
+
+#[test]
 fn a_company_without_the_module_in_core_is_named() {
     let case = Case::new(Setup {
         entitled: false,
@@ -664,6 +703,59 @@ fn the_outage_runbooks_name_the_service_that_is_not_ready() {
         document["cause"]["summary"], "not ready: finance",
         "{document:#}"
     );
+}
+
+/// Platform Core serving with its database at a loopback `port` nothing
+/// listens on, as after PostgreSQL stopped.
+async fn core_without_database(port: u16) -> (SocketAddr, oneshot::Sender<()>) {
+    let url = format!("postgres://core:pw@127.0.0.1:{port}/platform_core_db");
+    let config = kisum_core::Config::from_vars(&platform::core_vars(&url)).unwrap();
+    let app = kisum_core::app(config).await.unwrap();
+    let listeners = platform::loopback_listeners().await;
+    let (public, _) = listeners.addresses().unwrap();
+    let stop = platform::serve_until_dropped(|shutdown| async move {
+        let settings = kisum_common::serve::ServerSettings::default();
+        let served = kisum_common::serve::serve(
+            listeners,
+            app.public,
+            app.internal,
+            app.metrics,
+            settings,
+            shutdown,
+        );
+        served.await.unwrap();
+    });
+    (public, stop)
+}
+
+#[test]
+fn a_stopped_postgresql_is_named_with_its_address_and_the_way_back() {
+    let case = Case::new(FINANCE);
+    let dead = free_port();
+    let (core, _stop) = case.block_on(core_without_database(dead.port()));
+    case.write_endpoints_moved(&[("platform-core", core)]);
+    case.point_postgres_at(dead.port());
+    let started = std::time::Instant::now();
+    let (code, document) = case.run_runbook("database-outage", "finance", None, &[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, Some(1), "{document:#}");
+    let cause = &document["cause"];
+    assert_eq!(cause["check"], "services-ready", "{document:#}");
+    assert_eq!(
+        summary(cause),
+        format!(
+            "not ready: platform-core: PostgreSQL is unreachable (connection refused at {dead})"
+        ),
+        "{document:#}"
+    );
+    let fix = cause["fix"].as_str().unwrap();
+    assert!(fix.starts_with("kisumctl deploy local"), "{fix}");
+    assert!(fix.contains("kisumctl logs local postgres"), "{fix}");
+    assert!(!fix.contains("platform-core"), "{fix}");
 }
 
 #[test]

@@ -265,3 +265,46 @@ async fn the_last_drill_run_as_a_job_reaches_status_through_the_backup_store() {
     assert_eq!(light, "red", "{text}");
     assert_eq!(detail, "failed at 2026-12-12T02:00:00Z: auth-db", "{text}");
 }
+
+/// A loopback server whose `/ready` answers 503 (a service whose database
+/// is down); its base URL.
+async fn unready_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let router = Router::new().route(
+        "/ready",
+        get(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready") }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runbooks_reach_the_services_through_the_smoke_endpoints_as_status_does() {
+    let mut urls = all_healthy().await;
+    let unready = unready_server().await;
+    urls.insert("finance", unready.clone());
+    let staging = staging_with(&urls).await;
+    let (document, text) = staging
+        .expect(
+            &["runbook", "run", "database-outage", "staging", "-o", "json"],
+            1,
+        )
+        .await;
+    let cause = &document["cause"];
+    assert_eq!(cause["check"], "services-ready", "{text}");
+    assert_eq!(cause["summary"], "not ready: finance", "{text}");
+    let evidence = cause["evidence"].to_string();
+    assert!(
+        evidence.contains(&format!("GET {unready}/ready: 503")),
+        "{text}"
+    );
+    assert!(
+        evidence.contains(&format!("GET {}/ready: 200", urls["auth"])),
+        "{text}"
+    );
+    // Nothing went to the public hosts.
+    assert!(!text.contains("kisum.io"), "{text}");
+}

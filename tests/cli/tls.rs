@@ -513,8 +513,8 @@ fn the_certificate_expiry_runbook_proves_a_short_lived_certificate_and_names_ren
     assert!(
         evidence
             .iter()
-            .any(|e| e.starts_with("auth-dev.kisum.io: alert (expires ")
-                && e.ends_with(", 3 days left)")),
+            .any(|e| e.starts_with("auth-dev.kisum.io: alert: expires ")
+                && e.ends_with(", 3 days left")),
         "{evidence:?}"
     );
     let text = site.expect(&["runbook", "run", "certificate-expiry", "dev"], 1);

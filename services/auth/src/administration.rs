@@ -318,8 +318,14 @@ async fn list_memberships(
     for id in ids {
         memberships.extend(membership(&mut db, id).await?);
     }
+    // Whether Auth knows the company at all: no memberships of an unknown
+    // company is not the same answer as none of a known one.
+    let known: bool = sqlx::query_scalar("select exists(select 1 from companies where id = $1)")
+        .bind(company)
+        .fetch_one(&mut *db)
+        .await?;
     Ok(Json(
-        json!({ "company": company, "memberships": memberships }),
+        json!({ "company": company, "known": known, "memberships": memberships }),
     ))
 }
 

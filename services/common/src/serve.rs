@@ -70,16 +70,40 @@ impl Readiness {
     }
 
     async fn run(&self) -> (bool, BTreeMap<String, String>) {
+        self.run_within(READINESS_TIMEOUT).await
+    }
+
+    /// Runs every check at once, each given at most `limit`: a database
+    /// that accepts connections but never answers (or whose pool keeps
+    /// retrying a refused port) makes `/ready` answer 503 in time instead
+    /// of hanging past the prober's timeout.
+    async fn run_within(&self, limit: Duration) -> (bool, BTreeMap<String, String>) {
+        let running: Vec<_> = self
+            .checks
+            .iter()
+            .map(|(name, check, required)| {
+                let pending = check();
+                let task = tokio::spawn(async move {
+                    match tokio::time::timeout(limit, pending).await {
+                        Ok(result) => result,
+                        Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
+                    }
+                });
+                (name, *required, task)
+            })
+            .collect();
         let mut all = true;
         let mut results = BTreeMap::new();
-        for (name, check, required) in &self.checks {
-            let result = check().await;
+        for (name, required, task) in running {
+            let result = task
+                .await
+                .unwrap_or_else(|error| Err(format!("the check failed: {error}")));
             if let Some(metrics) = &self.metrics {
                 metrics.readiness_check(name, result.is_ok());
             }
             let outcome = match result {
                 Ok(()) => "ok".to_string(),
-                Err(reason) if *required => {
+                Err(reason) if required => {
                     all = false;
                     reason
                 }
@@ -90,6 +114,10 @@ impl Readiness {
         (all, results)
     }
 }
+
+/// How long one readiness check may take: under the 3 s a prober
+/// (kisumctl, the kubelet) gives `/ready`.
+pub const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
@@ -519,6 +547,32 @@ mod tests {
         assert_eq!(ready.status(), 503);
         assert!(ready.text().await.unwrap().contains("database unreachable"));
         let _ = stop.send(());
+    }
+
+    #[tokio::test]
+    async fn hung_checks_fail_together_within_the_bound() {
+        let hung = || async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(())
+        };
+        let readiness = Readiness::default()
+            .check("database", hung)
+            .check("migrations", hung)
+            .check("cache", || async { Ok(()) });
+        let started = std::time::Instant::now();
+        let (ok, checks) = readiness.run_within(Duration::from_millis(300)).await;
+        let took = started.elapsed();
+        assert!(!ok);
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        assert!(
+            checks["database"].starts_with("no answer within"),
+            "{checks:?}"
+        );
+        assert!(
+            checks["migrations"].starts_with("no answer within"),
+            "{checks:?}"
+        );
+        assert_eq!(checks["cache"], "ok");
     }
 
     #[tokio::test]

@@ -654,6 +654,25 @@ async fn migrations_are_idempotent() {
     assert_eq!(modules, 6);
 }
 
+/// Serves `app` on `listeners` until the sender is used or dropped.
+fn serve_app(
+    app: kisum_common::schema::App,
+    listeners: Listeners,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(kisum_common::serve::serve(
+        listeners,
+        app.public,
+        app.internal,
+        app.metrics,
+        kisum_common::serve::ServerSettings::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    stop
+}
+
 #[tokio::test]
 async fn serve_refuses_to_start_with_pending_migrations() {
     let database_url = database("core_pending").await;
@@ -673,17 +692,7 @@ async fn serve_refuses_to_start_with_pending_migrations() {
     let app = kisum_core::app(config.clone()).await.unwrap();
     let listeners = Listeners::bind(loopback, loopback).await.unwrap();
     let (public, _) = listeners.addresses().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(kisum_common::serve::serve(
-        listeners,
-        app.public,
-        app.internal,
-        app.metrics,
-        kisum_common::serve::ServerSettings::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let stop = serve_app(app, listeners);
     let ready = reqwest::get(format!("http://{public}/ready"))
         .await
         .unwrap();
@@ -733,6 +742,41 @@ async fn serve_refuses_to_start_with_pending_migrations() {
         .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn ready_answers_503_in_time_when_the_database_is_refused_or_frozen() {
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    // A port nothing listens on (the pool retries it until its acquire
+    // timeout) and one that accepts and never answers (a stopped server).
+    let closed = std::net::TcpListener::bind(loopback).unwrap();
+    let refused = closed.local_addr().unwrap().port();
+    drop(closed);
+    let frozen = tokio::net::TcpListener::bind(loopback).await.unwrap();
+    let silent = frozen.local_addr().unwrap().port();
+    for port in [refused, silent] {
+        let url = format!("postgres://core:pw@127.0.0.1:{port}/platform_core_db");
+        let config = Config::from_vars(&vars(&url)).unwrap();
+        let app = kisum_core::app(config).await.unwrap();
+        let listeners = Listeners::bind(loopback, loopback).await.unwrap();
+        let (public, _) = listeners.addresses().unwrap();
+        let stop = serve_app(app, listeners);
+        let started = std::time::Instant::now();
+        let ready = reqwest::get(format!("http://{public}/ready"))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "port {port}: {took:?}"
+        );
+        let body: Value = ready.json().await.unwrap();
+        assert_ne!(body["checks"]["database"], "ok", "{body}");
+        assert_ne!(body["checks"]["migrations"], "ok", "{body}");
+        let _ = stop.send(());
+    }
+    drop(frozen);
 }
 
 #[tokio::test]

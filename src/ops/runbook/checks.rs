@@ -142,6 +142,10 @@ pub struct Platform {
     /// Redis as `status` sees it (a PING with the latency, or why not),
     /// when the runbook checks it.
     pub redis: Option<crate::ops::health::Item>,
+    /// `local`: the PostgreSQL servers that refuse a connection or do not
+    /// accept one in time, as `status` says it (`connection refused at
+    /// 127.0.0.1:25432`), when the runbook checks readiness.
+    pub postgres_down: Vec<String>,
 }
 
 /// One run: the platform, the inputs, and what earlier checks learned.
@@ -741,6 +745,29 @@ impl Diagnosis {
         self.inputs.company
     }
 
+    /// The cause of `check` when Auth knows no company `company` (the
+    /// `--company` given is not a company's id), with `earlier` evidence.
+    async fn unknown_company(&self, check: &str, company: Uuid, earlier: &str) -> Option<Finding> {
+        let auth = self.internal(AUTH)?;
+        let url = format!("{auth}/internal/companies/{company}/memberships");
+        let answer = self.call(Method::GET, &url, true, None, None).await.ok()?;
+        if answer.status != StatusCode::OK || answer.body["known"] != Value::Bool(false) {
+            return None;
+        }
+        Some(
+            Finding::new(
+                check,
+                Verdict::Cause,
+                format!("company {company} is unknown to Auth (and so to Core's entitlements)"),
+            )
+            .evidence([earlier.to_string(), format!("GET {url}: no such company")])
+            .fix(
+                "run again with --company set to the id of a company the user belongs to \
+                 (Auth's GET /auth/me, with the user's token, lists them)",
+            ),
+        )
+    }
+
     async fn session_live(&mut self) -> Finding {
         let (Some((user, session)), Some(company)) = (self.identity(), self.company()) else {
             return self.needs_identity(SESSION_LIVE);
@@ -835,6 +862,11 @@ impl Diagnosis {
                 format!("x-org resolves to company {company}"),
             )
             .evidence([evidence]),
+            StatusCode::OK | StatusCode::FORBIDDEN
+                if let Some(unknown) = self.unknown_company(X_ORG, company, &evidence).await =>
+            {
+                unknown
+            }
             StatusCode::OK => Finding::new(
                 X_ORG,
                 Verdict::Cause,
@@ -1298,14 +1330,45 @@ impl Diagnosis {
             )
             .evidence(evidence);
         }
+        let not_ready = format!("not ready: {}", down.join(", "));
+        if !self.platform.postgres_down.is_empty() {
+            evidence.extend(
+                self.platform
+                    .postgres_down
+                    .iter()
+                    .map(|why| format!("PostgreSQL: {why}")),
+            );
+            return Finding::new(
+                SERVICES_READY,
+                Verdict::Cause,
+                format!(
+                    "{not_ready}: PostgreSQL is unreachable ({})",
+                    self.platform.postgres_down.join("; ")
+                ),
+            )
+            .evidence(evidence)
+            .fix(self.restart_postgres());
+        }
         let fix = self.restart(&down[0]);
-        Finding::new(
-            SERVICES_READY,
-            Verdict::Cause,
-            format!("not ready: {}", down.join(", ")),
-        )
-        .evidence(evidence)
-        .fix(fix)
+        Finding::new(SERVICES_READY, Verdict::Cause, not_ready)
+            .evidence(evidence)
+            .fix(fix)
+    }
+
+    /// What brings PostgreSQL back (only `local` runs it itself).
+    fn restart_postgres(&self) -> String {
+        if self.platform.env == "local" {
+            "kisumctl deploy local (starts PostgreSQL again; `kisumctl logs local postgres` \
+             shows why it stopped; a server that accepts and does not answer was stopped: \
+             `kisumctl status local` names its pid for `kill -CONT PID`)"
+                .to_string()
+        } else {
+            format!(
+                "bring the PostgreSQL server back (`kisumctl db status {}` says which \
+                 databases answer)",
+                self.platform.env
+            )
+        }
     }
 
     async fn jwks_propagated(&mut self) -> Finding {
@@ -1475,15 +1538,8 @@ impl Diagnosis {
         let evidence: Vec<String> = statuses
             .iter()
             .map(|s| {
-                let left = s
-                    .days_left
-                    .map_or(String::new(), |d| format!(", {d} days left"));
-                let expires = s.expires.as_deref().unwrap_or("-");
-                format!(
-                    "{}: {} (expires {expires}{left})",
-                    s.host.host,
-                    s.health.as_str()
-                )
+                let expiry = s.expiry().map_or(String::new(), |e| format!(": {e}"));
+                format!("{}: {}{expiry}", s.host.host, s.health.as_str())
             })
             .collect();
         let expiring: Vec<&str> = statuses
@@ -1565,6 +1621,7 @@ mod tests {
             certificates: Ok(Vec::new()),
             expiry_alert_days: 14,
             redis: None,
+            postgres_down: Vec::new(),
         }
     }
 

@@ -226,18 +226,7 @@ async fn password_hash() -> String {
 
 async fn start_core() -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
     let url = database("core").await;
-    let vars = Vars::from_pairs([
-        ("SERVICE_NAME", "platform-core"),
-        ("KISUM_ENVIRONMENT", "test"),
-        ("HTTP_PORT", "0"),
-        ("INTERNAL_PORT", "0"),
-        ("CORE_DB_URL", url.as_str()),
-        ("INTERNAL_ALLOWED_CALLERS", "auth,platform-admin"),
-        ("INTERNAL_CALLER_AUTH", AUTH_TO_CORE),
-        ("INTERNAL_CALLER_PLATFORM_ADMIN", ADMIN_SECRET),
-        ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_SECRET),
-    ]);
-    let config = kisum_core::Config::from_vars(&vars).unwrap();
+    let config = kisum_core::Config::from_vars(&core_vars(&url)).unwrap();
     kisum_core::migrate(&config).await.unwrap();
     let listeners = loopback_listeners().await;
     let (public, internal) = listeners.addresses().unwrap();
@@ -245,6 +234,21 @@ async fn start_core() -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
         kisum_core::run(config, listeners, shutdown).await.unwrap();
     });
     (public, internal, stop)
+}
+
+/// Platform Core's settings with its database at `url`.
+pub fn core_vars(url: &str) -> Vars {
+    Vars::from_pairs([
+        ("SERVICE_NAME", "platform-core"),
+        ("KISUM_ENVIRONMENT", "test"),
+        ("HTTP_PORT", "0"),
+        ("INTERNAL_PORT", "0"),
+        ("CORE_DB_URL", url),
+        ("INTERNAL_ALLOWED_CALLERS", "auth,platform-admin"),
+        ("INTERNAL_CALLER_AUTH", AUTH_TO_CORE),
+        ("INTERNAL_CALLER_PLATFORM_ADMIN", ADMIN_SECRET),
+        ("INTERNAL_CALLER_KISUMCTL", KISUMCTL_SECRET),
+    ])
 }
 
 fn auth_vars(db_url: &str, redis_url: &str, key_file: &str, core: SocketAddr) -> Vars {
