@@ -79,11 +79,23 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     let mut results = Vec::new();
     for target in &targets {
         errln!("drill {}: {}", cx.env.name, target.id);
+        match drill::drop_stopped_scratch(cx, target).await {
+            Ok(notes) => notes
+                .iter()
+                .for_each(|(_, note)| errln!("drill {}: {}: {note}", cx.env.name, target.id)),
+            Err(error) => errln!(
+                "warning: drill {}: {}: the scratch database of a stopped drill could not be \
+                 dropped: {error:#}",
+                cx.env.name,
+                target.id
+            ),
+        }
         let result = drill::drill(cx, target).await;
         if let Some(signal) = crate::backup::interrupt::received() {
             super::journal::note_interrupted();
             errln!(
-                "drill {}: {}: interrupted by {signal}; its scratch copy was dropped and no                  report was written; rerun `kisumctl drill {}`",
+                "drill {}: {}: interrupted by {signal}; its scratch copy was dropped and no \
+                 report was written; rerun `kisumctl drill {}`",
                 cx.env.name,
                 target.id,
                 cx.env.name

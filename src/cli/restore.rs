@@ -297,6 +297,21 @@ async fn cleanup(
                 ));
             }
         }
+        match crate::backup::drill::drop_stopped_scratch(cx, target).await {
+            Ok(notes) => {
+                for (name, note) in notes {
+                    errln!("restore {} {}: {note}", cx.env.name, target.id);
+                    dropped.push(name);
+                }
+            }
+            Err(error) => {
+                return Ok(refuse(
+                    format,
+                    &format!("{}: {error:#}", target.id),
+                    Exit::OperationFailed,
+                ));
+            }
+        }
     }
     match format {
         OutputFormat::Json => outln!(

@@ -1786,3 +1786,44 @@ async fn sigterm_to_kisumctl_alone_stops_a_restore_and_the_original_keeps_servin
     assert_eq!(stdout(&cleanup), "", "nothing is left to drop");
     assert_eq!(databases(&pg).await, ["auth_db"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scratch_database_of_a_killed_drill_is_dropped_by_the_next_drill() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let port = pg.port();
+    let scratch = site
+        .kill_when(&["drill", "local", "auth-db"], async || {
+            let names = databases(&pg).await;
+            let scratch = names
+                .into_iter()
+                .find(|d| d.starts_with("auth_db_drill_"))?;
+            (!tools_on_port("pg_restore", port).is_empty()).then_some(scratch)
+        })
+        .await;
+    assert_none_survives("pg_restore", port).await;
+    assert_eq!(
+        databases(&pg).await,
+        ["auth_db".to_string(), scratch.clone()],
+        "the killed drill left its scratch database"
+    );
+
+    let next = site.expect(&["drill", "local", "auth-db"], 0);
+    assert!(
+        stderr(&next).contains(&format!(
+            "dropped the scratch database {scratch} left by a stopped drill (pid "
+        )),
+        "{}",
+        stderr(&next)
+    );
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+    let records = site.root().join(".kisum/local/drills/scratch");
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        0,
+        "no record is left in {}",
+        records.display()
+    );
+}
