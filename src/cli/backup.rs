@@ -217,7 +217,18 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
             cx.store.describe()
         );
         let started = std::time::Instant::now();
-        match backup::backup(cx, target, Trigger::Manual).await {
+        let outcome = match backup::backup(cx, target, Trigger::Manual).await {
+            Err(error) if !error.is::<backup::interrupt::Interrupted>() => {
+                match backup::interrupt::behind_failure().await {
+                    Some(signal) => Err(anyhow::Error::from(backup::interrupt::Interrupted {
+                        signal,
+                    })),
+                    None => Err(error),
+                }
+            }
+            outcome => outcome,
+        };
+        match outcome {
             Ok(manifest) => {
                 errln!(
                     "backup {}: {} done in {:.1} s, {} bytes",
@@ -231,7 +242,8 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
             Err(error) if error.is::<backup::interrupt::Interrupted>() => {
                 super::journal::note_interrupted();
                 errln!(
-                    "backup {}: {error}: the unfinished backup of {} was removed{}; rerun                      `kisumctl backup {} {}`",
+                    "backup {}: {error}: the unfinished backup of {} was removed{}; rerun \
+                     `kisumctl backup {} {}`",
                     cx.env.name,
                     target.id,
                     if done.is_empty() {

@@ -91,7 +91,11 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
             ),
         }
         let result = drill::drill(cx, target).await;
-        if let Some(signal) = crate::backup::interrupt::received() {
+        let signal = match crate::backup::interrupt::received() {
+            None if !result.passed => crate::backup::interrupt::behind_failure().await,
+            signal => signal,
+        };
+        if let Some(signal) = signal {
             super::journal::note_interrupted();
             errln!(
                 "drill {}: {}: interrupted by {signal}; its scratch copy was dropped and no \

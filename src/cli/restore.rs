@@ -203,7 +203,16 @@ async fn execute(
                 errln!("error: {}", printable(&message));
                 return Err((message, Exit::OperationFailed));
             }
-            if failure.error.is::<backup::interrupt::Interrupted>() {
+            let interrupted = failure.error.is::<backup::interrupt::Interrupted>();
+            let signal = match interrupted {
+                true => None,
+                false => backup::interrupt::behind_failure().await,
+            };
+            let message = match signal {
+                Some(signal) => format!("interrupted by {signal}: {message}"),
+                None => message,
+            };
+            if interrupted || signal.is_some() {
                 super::journal::note_interrupted();
                 errln!("restore {name} {}: {}", target.id, printable(&message));
             } else {

@@ -1827,3 +1827,94 @@ async fn the_scratch_database_of_a_killed_drill_is_dropped_by_the_next_drill() {
         records.display()
     );
 }
+
+/// auth_db big enough to interrupt, and a small platform_core_db after it
+/// in restore order.
+async fn two_databases(pg: &Postgres) -> Site {
+    seed_auth_db(pg, 1_000_000).await;
+    let mut admin = connect(pg, "postgres").await;
+    exec(&mut admin, "CREATE DATABASE platform_core_db").await;
+    let mut core = connect(pg, "platform_core_db").await;
+    exec(
+        &mut core,
+        "CREATE TABLE modules (id int); INSERT INTO modules VALUES (1)",
+    )
+    .await;
+    Site::new(pg.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_to_the_process_group_stops_a_backup_of_several_databases() {
+    let pg = Postgres::start().await.unwrap();
+    let site = two_databases(&pg).await;
+    let port = pg.port();
+    let stopped = site
+        .signal_group_when(
+            &["backup", "local", "auth-db", "platform-core-db"],
+            "INT",
+            async || {
+                let dumping = tools_on_port("pg_dump", port);
+                (!dumping.is_empty()).then_some(dumping)
+            },
+        )
+        .await;
+    assert_eq!(stopped.code, Some(3), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("interrupted by SIGINT"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(
+        !stopped.stderr.contains("platform-core-db into"),
+        "the run stops before the next database: {}",
+        stopped.stderr
+    );
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
+    assert_eq!(last_journal_result(&site), "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_to_the_process_group_stops_a_drill_and_saves_no_failure() {
+    let pg = Postgres::start().await.unwrap();
+    let site = two_databases(&pg).await;
+    site.backup("auth-db");
+    site.backup("platform-core-db");
+    let port = pg.port();
+    let reports = site.root().join("reports");
+    let stopped = site
+        .signal_group_when(
+            &[
+                "drill",
+                "local",
+                "auth-db",
+                "platform-core-db",
+                "--report-dir",
+                reports.to_str().unwrap(),
+            ],
+            "INT",
+            async || {
+                let restoring = tools_on_port("pg_restore", port);
+                (!restoring.is_empty()).then_some(restoring)
+            },
+        )
+        .await;
+    assert_eq!(stopped.code, Some(3), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("interrupted by SIGINT")
+            && !stopped.stderr.contains("drill local: platform-core-db"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(!reports.exists(), "no report is written");
+    assert!(
+        !site.store().join(".drills").exists(),
+        "no report is kept in the store"
+    );
+    assert_eq!(
+        databases(&pg).await,
+        ["auth_db"],
+        "the scratch copy is gone"
+    );
+    assert_eq!(last_journal_result(&site), "interrupted");
+}
