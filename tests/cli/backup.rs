@@ -1918,3 +1918,28 @@ async fn ctrl_c_to_the_process_group_stops_a_drill_and_saves_no_failure() {
     );
     assert_eq!(last_journal_result(&site), "interrupted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_refuses_a_retention_that_validate_rejects() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let id = site.backup("auth-db")["id"].as_str().unwrap().to_string();
+    age_backup(&site, &id, 1);
+    site.edit("environments/local.yaml", |text| {
+        text.replacen("retention-days: 3", "retention-days: 0", 1)
+    });
+
+    let refused = site.expect(&["backup", "prune", "local"], 2);
+    let text = stderr(&refused);
+    assert!(
+        text.contains("error[backups-complete] (local)")
+            && text.contains("environments/local.yaml:60:")
+            && text.contains("retention-days: no retention")
+            && text.contains("nothing was pruned"),
+        "{text}"
+    );
+    site.expect(&["backup", "prune", "local", "--dry-run"], 2);
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    assert_eq!(strings(&list["backups"], "id"), [id], "{list:#}");
+}
