@@ -127,7 +127,11 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
             Ok(plan) => plans.push((target.clone(), plan)),
             Err(error) => {
                 let message = format!("{}: {error:#}", target.id);
-                return Ok(refuse(args.output, &message, Exit::UnusableInput));
+                let exit = match error.is::<restore::WrongInput>() {
+                    true => Exit::UnusableInput,
+                    false => Exit::OperationFailed,
+                };
+                return Ok(refuse(args.output, &message, exit));
             }
         }
     }

@@ -1943,3 +1943,36 @@ async fn prune_refuses_a_retention_that_validate_rejects() {
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
     assert_eq!(strings(&list["backups"], "id"), [id], "{list:#}");
 }
+
+#[test]
+fn an_unreachable_s3_store_fails_restore_like_the_other_commands() {
+    let port = crate::common::refused_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut site = s3_site_at(crate::common::refused_port(), &endpoint);
+    site.env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
+    site.expect(&["backup", "list", "local"], 3);
+    let restore = site.expect(&["restore", "local", "auth-db", "--yes"], 3);
+    assert!(
+        stderr(&restore).contains(&format!("cannot reach {endpoint}")),
+        "{}",
+        stderr(&restore)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_backup_id_that_does_not_exist_names_it_and_the_store() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let id = "20261205T061500Z-auth-db-0a1f";
+    let output = site.expect(
+        &["restore", "local", "auth-db", "--backup", id, "--dry-run"],
+        2,
+    );
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("no backup {id} in directory")) && !text.contains("os error"),
+        "{text}"
+    );
+}
