@@ -935,6 +935,15 @@ async fn redis_is_backed_up_as_an_rdb_snapshot_only_when_persistent() {
         "{}",
         stderr(&refused)
     );
+    // Nor is a pure cache drilled: skipped, no failure, no report.
+    let skipped = site.expect(&["drill", "local", "redis"], 0);
+    assert!(
+        stderr(&skipped).contains("redis is a pure cache") && stderr(&skipped).contains("skipped"),
+        "{}",
+        stderr(&skipped)
+    );
+    assert!(!site.root().join(".kisum/local/drills").exists());
+    assert!(!site.store().join(".drills").exists());
 
     let commands: String = (0..250)
         .map(|n| format!("SET session:{n} value-{n}\n"))
