@@ -1985,3 +1985,23 @@ async fn restoring_a_backup_id_that_does_not_exist_names_it_and_the_store() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_a_manifest_whose_finish_time_is_not_a_time() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let id = site.backup("auth-db")["id"].as_str().unwrap().to_string();
+    let path = site.store().join(&id).join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["finished_at"] = Value::from("not-a-time");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+
+    let verify = site.expect(&["backup", "verify", "local", &id], 1);
+    assert!(
+        stdout(&verify).contains("finished_at is not a time"),
+        "{}",
+        stdout(&verify)
+    );
+}
