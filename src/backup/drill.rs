@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::connection::{self, Target};
 use super::postgres;
@@ -230,18 +230,24 @@ async fn run(
     match target.engine {
         EngineKind::Postgresql => {
             let login = connection::postgres_login(cx.env, target, cx.secrets.as_ref())?;
+            let record = record_scratch(&cx.state_dir, target, &scratch)?;
             let outcome = super::interrupt::race(restore_and_check(
                 &login, target, &prepared, &scratch, result,
             ))
             .await;
             postgres::drop_database(&login, &scratch).await?;
+            forget_scratch(&record);
             outcome?
         }
         EngineKind::Mongodb => {
             let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+            let record = record_scratch(&cx.state_dir, target, &scratch)?;
             let restored =
                 super::interrupt::race(mongo::restore_into(&url, &scratch, &prepared.plain)).await;
             let dropped = mongo::drop_database(&url, &scratch).await;
+            if dropped.is_ok() {
+                forget_scratch(&record);
+            }
             push_counts(result, &prepared.manifest.counts, &restored??);
             dropped
         }
@@ -256,6 +262,95 @@ async fn run(
             Ok(())
         }
     }
+}
+
+/// The scratch database of a running drill, recorded in
+/// `<state-dir>/drills/scratch/` before it is created and forgotten once it
+/// is dropped: a drill stopped by SIGKILL leaves the record, and the next
+/// drill of that database (or `restore DB --cleanup`) drops what it names.
+#[derive(Debug, Serialize, Deserialize)]
+struct ScratchRecord {
+    database: String,
+    scratch: String,
+    pid: u32,
+}
+
+fn scratch_records(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("drills").join("scratch")
+}
+
+fn record_scratch(
+    state_dir: &std::path::Path,
+    target: &Target,
+    scratch: &str,
+) -> Result<std::path::PathBuf> {
+    let dir = scratch_records(state_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{scratch}.json"));
+    let record = ScratchRecord {
+        database: target.id.clone(),
+        scratch: scratch.to_string(),
+        pid: std::process::id(),
+    };
+    let partial = dir.join(format!(".{scratch}.json.tmp"));
+    std::fs::write(&partial, serde_json::to_string_pretty(&record)?)
+        .and_then(|_| std::fs::rename(&partial, &path))
+        .with_context(|| {
+            format!(
+                "recording the drill's scratch database in {}",
+                path.display()
+            )
+        })?;
+    Ok(path)
+}
+
+fn forget_scratch(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// Drops the scratch databases of `target` recorded by drills whose
+/// process is gone (stopped by SIGKILL, or a crash), and answers their
+/// names with a line saying so for each. Records of a running drill stay.
+pub async fn drop_stopped_scratch(
+    cx: &Context<'_>,
+    target: &Target,
+) -> Result<Vec<(String, String)>> {
+    let dir = scratch_records(&cx.state_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(vec![]);
+    };
+    let mut notes = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let record: ScratchRecord =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        if record.database != target.id || crate::local::supervisor::alive(record.pid) {
+            continue;
+        }
+        match target.engine {
+            EngineKind::Postgresql => {
+                let login = connection::postgres_login(cx.env, target, cx.secrets.as_ref())?;
+                postgres::drop_database(&login, &record.scratch).await?;
+            }
+            EngineKind::Mongodb => {
+                let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+                mongo::drop_database(&url, &record.scratch).await?;
+            }
+            EngineKind::Redis => {}
+        }
+        forget_scratch(&path);
+        let note = format!(
+            "dropped the scratch database {} left by a stopped drill (pid {})",
+            record.scratch, record.pid
+        );
+        notes.push((record.scratch, note));
+    }
+    notes.sort();
+    Ok(notes)
 }
 
 fn push_counts(

@@ -98,6 +98,23 @@ pub fn received() -> Option<&'static str> {
     RECEIVED.get().and_then(|r| *r.borrow())
 }
 
+/// The signal behind a step that just failed, if any. A terminal's Ctrl-C
+/// reaches the whole process group at once: pg_dump or pg_restore may die
+/// of it, and its failure be seen, a moment before the watcher records the
+/// signal. So after a failure this waits briefly (up to 500 ms) for one.
+pub async fn behind_failure() -> Option<&'static str> {
+    let mut receiver = RECEIVED.get().cloned()?;
+    let waited = tokio::time::timeout(
+        Duration::from_millis(500),
+        receiver.wait_for(Option::is_some),
+    )
+    .await;
+    match waited {
+        Ok(Ok(name)) => *name,
+        _ => None,
+    }
+}
+
 /// Runs `work` until it ends or a signal arrives; on a signal, `work` is
 /// dropped once the registered children are gone (waited for up to 10 s).
 /// Without [`listen`], `work` simply runs.

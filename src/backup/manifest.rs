@@ -153,7 +153,18 @@ impl Manifest {
                 ));
             }
         }
-        if self.finished_at < self.started_at {
+        let mut time = |field: &str, text: &str| match text.parse::<jiff::Timestamp>() {
+            Ok(at) => Some(at),
+            Err(_) => {
+                problems.push(format!("{field} is not a time: {text:?}"));
+                None
+            }
+        };
+        let started = time("started_at", &self.started_at);
+        let finished = time("finished_at", &self.finished_at);
+        if let (Some(started), Some(finished)) = (started, finished)
+            && finished < started
+        {
             problems.push("finished before it started".into());
         }
         problems

@@ -242,32 +242,54 @@ fn redis_server<'a>(target: &'a Target, password: Option<&'a Secret>) -> redis::
 
 /// Plans the restore of `target` from backup `backup_id`, or from its
 /// newest backup (safety backups excluded).
+/// A restore asked for something that is not there (no such backup, a
+/// backup of another database, a pure-cache Redis): bad input, exit 2;
+/// other errors of the plan (an unreachable store or server) are failed
+/// operations.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WrongInput(pub String);
+
 pub async fn plan(cx: &Context<'_>, target: &Target, backup_id: Option<&str>) -> Result<Plan> {
     if target.engine == EngineKind::Redis && !target.persistent {
-        bail!(
+        return Err(WrongInput(
             "Redis is a pure cache in the matrix (redis.persistence: none): there is nothing to \
              restore; it refills from the databases (section 22.2)"
-        );
+                .into(),
+        )
+        .into());
     }
     let backup = match backup_id {
-        Some(id) => cx.store.manifest(id).await?,
+        Some(id) => match cx.store.manifest(id).await {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                // Told apart by the listing: a store that cannot be read
+                // fails it too, and that is no wrong id.
+                let (manifests, _) = cx.store.list().await?;
+                if manifests.iter().any(|m| m.id == id) {
+                    return Err(error);
+                }
+                let message = format!("no backup {id} in {}", cx.store.describe());
+                return Err(WrongInput(message).into());
+            }
+        },
         None => {
             let (manifests, _) = cx.store.list().await?;
             match super::newest(&manifests, &target.id) {
                 Some(manifest) => manifest.clone(),
-                None => bail!("{} has no backup in {}", target.id, cx.store.describe()),
+                None => {
+                    let message = format!("{} has no backup in {}", target.id, cx.store.describe());
+                    return Err(WrongInput(message).into());
+                }
             }
         }
     };
     if backup.database != target.id || backup.environment != cx.env.name {
-        bail!(
+        return Err(WrongInput(format!(
             "backup {} is of {} in {}, not of {} in {}",
-            backup.id,
-            backup.database,
-            backup.environment,
-            target.id,
-            cx.env.name
-        );
+            backup.id, backup.database, backup.environment, target.id, cx.env.name
+        ))
+        .into());
     }
     let stamp = stamp();
     let mut plan = Plan {

@@ -100,9 +100,12 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
         Some(Action::Verify(a)) => with_context(dir, &a.env.clone(), a.output, async |cx| {
             verify(cx, a).await
         }),
-        Some(Action::Prune(a)) => {
-            with_context(dir, &a.env.clone(), a.output, async |cx| prune(cx, a).await)
-        }
+        Some(Action::Prune(a)) => match retention_refused(dir, &a.env, a.output)? {
+            Exit::Clean => {
+                with_context(dir, &a.env.clone(), a.output, async |cx| prune(cx, a).await)
+            }
+            refused => Ok(refused),
+        },
         None => {
             let env = args.env.clone().unwrap_or_default();
             let mut rest = args.databases.clone();
@@ -217,7 +220,18 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
             cx.store.describe()
         );
         let started = std::time::Instant::now();
-        match backup::backup(cx, target, Trigger::Manual).await {
+        let outcome = match backup::backup(cx, target, Trigger::Manual).await {
+            Err(error) if !error.is::<backup::interrupt::Interrupted>() => {
+                match backup::interrupt::behind_failure().await {
+                    Some(signal) => Err(anyhow::Error::from(backup::interrupt::Interrupted {
+                        signal,
+                    })),
+                    None => Err(error),
+                }
+            }
+            outcome => outcome,
+        };
+        match outcome {
             Ok(manifest) => {
                 errln!(
                     "backup {}: {} done in {:.1} s, {} bytes",
@@ -231,7 +245,8 @@ async fn back_up(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
             Err(error) if error.is::<backup::interrupt::Interrupted>() => {
                 super::journal::note_interrupted();
                 errln!(
-                    "backup {}: {error}: the unfinished backup of {} was removed{}; rerun                      `kisumctl backup {} {}`",
+                    "backup {}: {error}: the unfinished backup of {} was removed{}; rerun \
+                     `kisumctl backup {} {}`",
                     cx.env.name,
                     target.id,
                     if done.is_empty() {
@@ -429,6 +444,34 @@ async fn verify(cx: &Context<'_>, args: VerifyArgs) -> anyhow::Result<Exit> {
         Exit::Clean
     } else {
         Exit::CheckFailed
+    })
+}
+
+/// `backup prune` acts on no retention that `kisumctl validate` rejects
+/// for `env` (rule `backups-complete`, e.g. `retention-days: 0`): each
+/// finding is named with its file, line and field, and the answer is
+/// `UnusableInput`; `Clean` when the retention is valid.
+fn retention_refused(dir: &Path, env: &str, format: OutputFormat) -> anyhow::Result<Exit> {
+    use crate::matrix::rules;
+    super::with_environment(dir, env, format, |matrix, env| {
+        let findings: Vec<_> = rules::check(matrix)
+            .into_iter()
+            .filter(|f| f.rule == "backups-complete" && f.level == rules::Level::Error)
+            .filter(|f| f.field.ends_with("retention-days"))
+            .filter(|f| f.environment.as_deref().is_none_or(|e| e == env.name))
+            .collect();
+        if findings.is_empty() {
+            return Ok(Exit::Clean);
+        }
+        let mut message = format!(
+            "backup prune {}: the retention fails validation, so nothing was pruned; fix it \
+             (see `kisumctl validate {}`):",
+            env.name, env.name
+        );
+        for finding in &findings {
+            message += &format!("\n  {}", super::validate::finding_line(finding));
+        }
+        Ok(refuse(format, &message, Exit::UnusableInput))
     })
 }
 

@@ -78,12 +78,36 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
     let at = crate::backup::now_rfc3339();
     let mut results = Vec::new();
     for target in &targets {
+        if target.engine == crate::backup::EngineKind::Redis && !target.persistent {
+            errln!(
+                "drill {}: redis is a pure cache (redis.persistence: none): nothing to drill, it \
+                 refills from the databases; skipped",
+                cx.env.name
+            );
+            continue;
+        }
         errln!("drill {}: {}", cx.env.name, target.id);
+        match drill::drop_stopped_scratch(cx, target).await {
+            Ok(notes) => notes
+                .iter()
+                .for_each(|(_, note)| errln!("drill {}: {}: {note}", cx.env.name, target.id)),
+            Err(error) => errln!(
+                "warning: drill {}: {}: the scratch database of a stopped drill could not be \
+                 dropped: {error:#}",
+                cx.env.name,
+                target.id
+            ),
+        }
         let result = drill::drill(cx, target).await;
-        if let Some(signal) = crate::backup::interrupt::received() {
+        let signal = match crate::backup::interrupt::received() {
+            None if !result.passed => crate::backup::interrupt::behind_failure().await,
+            signal => signal,
+        };
+        if let Some(signal) = signal {
             super::journal::note_interrupted();
             errln!(
-                "drill {}: {}: interrupted by {signal}; its scratch copy was dropped and no                  report was written; rerun `kisumctl drill {}`",
+                "drill {}: {}: interrupted by {signal}; its scratch copy was dropped and no \
+                 report was written; rerun `kisumctl drill {}`",
                 cx.env.name,
                 target.id,
                 cx.env.name
@@ -121,6 +145,10 @@ async fn drill_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
             );
         }
         results.push(result);
+    }
+    if results.is_empty() {
+        // Nothing was drilled: no report, which would pass for a drill.
+        return Ok(Exit::Clean);
     }
     let passed = results.iter().all(|r| r.passed);
     let document = serde_json::json!({

@@ -127,7 +127,11 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
             Ok(plan) => plans.push((target.clone(), plan)),
             Err(error) => {
                 let message = format!("{}: {error:#}", target.id);
-                return Ok(refuse(args.output, &message, Exit::UnusableInput));
+                let exit = match error.is::<restore::WrongInput>() {
+                    true => Exit::UnusableInput,
+                    false => Exit::OperationFailed,
+                };
+                return Ok(refuse(args.output, &message, exit));
             }
         }
     }
@@ -203,7 +207,16 @@ async fn execute(
                 errln!("error: {}", printable(&message));
                 return Err((message, Exit::OperationFailed));
             }
-            if failure.error.is::<backup::interrupt::Interrupted>() {
+            let interrupted = failure.error.is::<backup::interrupt::Interrupted>();
+            let signal = match interrupted {
+                true => None,
+                false => backup::interrupt::behind_failure().await,
+            };
+            let message = match signal {
+                Some(signal) => format!("interrupted by {signal}: {message}"),
+                None => message,
+            };
+            if interrupted || signal.is_some() {
                 super::journal::note_interrupted();
                 errln!("restore {name} {}: {}", target.id, printable(&message));
             } else {
@@ -288,6 +301,21 @@ async fn cleanup(
                     );
                 }
                 dropped.extend(names);
+            }
+            Err(error) => {
+                return Ok(refuse(
+                    format,
+                    &format!("{}: {error:#}", target.id),
+                    Exit::OperationFailed,
+                ));
+            }
+        }
+        match crate::backup::drill::drop_stopped_scratch(cx, target).await {
+            Ok(notes) => {
+                for (name, note) in notes {
+                    errln!("restore {} {}: {note}", cx.env.name, target.id);
+                    dropped.push(name);
+                }
             }
             Err(error) => {
                 return Ok(refuse(

@@ -935,6 +935,15 @@ async fn redis_is_backed_up_as_an_rdb_snapshot_only_when_persistent() {
         "{}",
         stderr(&refused)
     );
+    // Nor is a pure cache drilled: skipped, no failure, no report.
+    let skipped = site.expect(&["drill", "local", "redis"], 0);
+    assert!(
+        stderr(&skipped).contains("redis is a pure cache") && stderr(&skipped).contains("skipped"),
+        "{}",
+        stderr(&skipped)
+    );
+    assert!(!site.root().join(".kisum/local/drills").exists());
+    assert!(!site.store().join(".drills").exists());
 
     let commands: String = (0..250)
         .map(|n| format!("SET session:{n} value-{n}\n"))
@@ -1785,4 +1794,214 @@ async fn sigterm_to_kisumctl_alone_stops_a_restore_and_the_original_keeps_servin
     let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
     assert_eq!(stdout(&cleanup), "", "nothing is left to drop");
     assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scratch_database_of_a_killed_drill_is_dropped_by_the_next_drill() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 1_000_000).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let port = pg.port();
+    let scratch = site
+        .kill_when(&["drill", "local", "auth-db"], async || {
+            let names = databases(&pg).await;
+            let scratch = names
+                .into_iter()
+                .find(|d| d.starts_with("auth_db_drill_"))?;
+            (!tools_on_port("pg_restore", port).is_empty()).then_some(scratch)
+        })
+        .await;
+    assert_none_survives("pg_restore", port).await;
+    assert_eq!(
+        databases(&pg).await,
+        ["auth_db".to_string(), scratch.clone()],
+        "the killed drill left its scratch database"
+    );
+
+    let next = site.expect(&["drill", "local", "auth-db"], 0);
+    assert!(
+        stderr(&next).contains(&format!(
+            "dropped the scratch database {scratch} left by a stopped drill (pid "
+        )),
+        "{}",
+        stderr(&next)
+    );
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+    let records = site.root().join(".kisum/local/drills/scratch");
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        0,
+        "no record is left in {}",
+        records.display()
+    );
+}
+
+/// auth_db big enough to interrupt, and a small platform_core_db after it
+/// in restore order.
+async fn two_databases(pg: &Postgres) -> Site {
+    seed_auth_db(pg, 1_000_000).await;
+    let mut admin = connect(pg, "postgres").await;
+    exec(&mut admin, "CREATE DATABASE platform_core_db").await;
+    let mut core = connect(pg, "platform_core_db").await;
+    exec(
+        &mut core,
+        "CREATE TABLE modules (id int); INSERT INTO modules VALUES (1)",
+    )
+    .await;
+    Site::new(pg.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_to_the_process_group_stops_a_backup_of_several_databases() {
+    let pg = Postgres::start().await.unwrap();
+    let site = two_databases(&pg).await;
+    let port = pg.port();
+    let stopped = site
+        .signal_group_when(
+            &["backup", "local", "auth-db", "platform-core-db"],
+            "INT",
+            async || {
+                let dumping = tools_on_port("pg_dump", port);
+                (!dumping.is_empty()).then_some(dumping)
+            },
+        )
+        .await;
+    assert_eq!(stopped.code, Some(3), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("interrupted by SIGINT"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(
+        !stopped.stderr.contains("platform-core-db into"),
+        "the run stops before the next database: {}",
+        stopped.stderr
+    );
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
+    assert_eq!(last_journal_result(&site), "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_to_the_process_group_stops_a_drill_and_saves_no_failure() {
+    let pg = Postgres::start().await.unwrap();
+    let site = two_databases(&pg).await;
+    site.backup("auth-db");
+    site.backup("platform-core-db");
+    let port = pg.port();
+    let reports = site.root().join("reports");
+    let stopped = site
+        .signal_group_when(
+            &[
+                "drill",
+                "local",
+                "auth-db",
+                "platform-core-db",
+                "--report-dir",
+                reports.to_str().unwrap(),
+            ],
+            "INT",
+            async || {
+                let restoring = tools_on_port("pg_restore", port);
+                (!restoring.is_empty()).then_some(restoring)
+            },
+        )
+        .await;
+    assert_eq!(stopped.code, Some(3), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("interrupted by SIGINT")
+            && !stopped.stderr.contains("drill local: platform-core-db"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(!reports.exists(), "no report is written");
+    assert!(
+        !site.store().join(".drills").exists(),
+        "no report is kept in the store"
+    );
+    assert_eq!(
+        databases(&pg).await,
+        ["auth_db"],
+        "the scratch copy is gone"
+    );
+    assert_eq!(last_journal_result(&site), "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_refuses_a_retention_that_validate_rejects() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let id = site.backup("auth-db")["id"].as_str().unwrap().to_string();
+    age_backup(&site, &id, 1);
+    site.edit("environments/local.yaml", |text| {
+        text.replacen("retention-days: 3", "retention-days: 0", 1)
+    });
+
+    let refused = site.expect(&["backup", "prune", "local"], 2);
+    let text = stderr(&refused);
+    assert!(
+        text.contains("error[backups-complete] (local)")
+            && text.contains("environments/local.yaml:60:")
+            && text.contains("retention-days: no retention")
+            && text.contains("nothing was pruned"),
+        "{text}"
+    );
+    site.expect(&["backup", "prune", "local", "--dry-run"], 2);
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    assert_eq!(strings(&list["backups"], "id"), [id], "{list:#}");
+}
+
+#[test]
+fn an_unreachable_s3_store_fails_restore_like_the_other_commands() {
+    let port = crate::common::refused_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut site = s3_site_at(crate::common::refused_port(), &endpoint);
+    site.env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
+    site.expect(&["backup", "list", "local"], 3);
+    let restore = site.expect(&["restore", "local", "auth-db", "--yes"], 3);
+    assert!(
+        stderr(&restore).contains(&format!("cannot reach {endpoint}")),
+        "{}",
+        stderr(&restore)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_backup_id_that_does_not_exist_names_it_and_the_store() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    let id = "20261205T061500Z-auth-db-0a1f";
+    let output = site.expect(
+        &["restore", "local", "auth-db", "--backup", id, "--dry-run"],
+        2,
+    );
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("no backup {id} in directory")) && !text.contains("os error"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_a_manifest_whose_finish_time_is_not_a_time() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    let id = site.backup("auth-db")["id"].as_str().unwrap().to_string();
+    let path = site.store().join(&id).join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["finished_at"] = Value::from("not-a-time");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+
+    let verify = site.expect(&["backup", "verify", "local", &id], 1);
+    assert!(
+        stdout(&verify).contains("finished_at is not a time"),
+        "{}",
+        stdout(&verify)
+    );
 }

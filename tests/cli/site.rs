@@ -168,10 +168,35 @@ impl Site {
         &self,
         args: &[&str],
         signal: &str,
+        ready: impl AsyncFnMut() -> Option<T>,
+    ) -> Signalled<T> {
+        self.signalled(args, signal, false, ready).await
+    }
+
+    /// Like [`Site::signal_when`], with kisumctl leading a process group of
+    /// its own and the signal sent to the whole group, as a terminal's
+    /// Ctrl-C does: its children get it too.
+    pub async fn signal_group_when<T>(
+        &self,
+        args: &[&str],
+        signal: &str,
+        ready: impl AsyncFnMut() -> Option<T>,
+    ) -> Signalled<T> {
+        self.signalled(args, signal, true, ready).await
+    }
+
+    async fn signalled<T>(
+        &self,
+        args: &[&str],
+        signal: &str,
+        group: bool,
         mut ready: impl AsyncFnMut() -> Option<T>,
     ) -> Signalled<T> {
-        let mut child = self
-            .command(args)
+        let mut command = self.command(args);
+        if group {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -187,7 +212,12 @@ impl Site {
         let sent = std::time::Instant::now();
         let kill = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
+            .arg("--")
+            .arg(if group {
+                format!("-{}", child.id())
+            } else {
+                child.id().to_string()
+            })
             .status()
             .unwrap();
         assert!(kill.success());
