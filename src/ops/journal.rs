@@ -112,13 +112,17 @@ pub fn begin(state_dir: &Path, record: &Record) -> std::io::Result<PathBuf> {
     };
     let path = dir.join(format!("{pid}.json"));
     let text = serde_json::to_vec(&marker).map_err(std::io::Error::other)?;
+    // Written aside and renamed: a marker that exists is whole, even if
+    // the run is killed the moment it appears.
+    let aside = dir.join(format!(".{pid}.tmp"));
     std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)?
+        .open(&aside)?
         .write_all(&text)?;
+    std::fs::rename(&aside, &path)?;
     Ok(path)
 }
 
@@ -143,6 +147,17 @@ pub fn reap(state_dir: &Path) -> std::io::Result<usize> {
     let mut reaped = 0;
     for entry in entries {
         let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(pid) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+            // A marker its run never finished writing.
+            if pid.parse().is_ok_and(|pid| !alive(pid, None)) {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         let Ok(text) = std::fs::read(&path) else {
             continue;
         };

@@ -543,7 +543,10 @@ fn deploy_local_end_to_end() {
     let redis = operation(&status, "redis");
     assert_eq!(redis["light"], "red", "{redis}");
     assert!(
-        redis["detail"].as_str().unwrap().starts_with("unreachable"),
+        redis["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("connection refused at 127.0.0.1:"),
         "{redis}"
     );
     assert_eq!(operation(&status, "database auth-db")["light"], "green");

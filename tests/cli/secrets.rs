@@ -265,19 +265,15 @@ async fn secrets_in_secrets_manager_are_planned_applied_listed_rotated_and_check
 
     // Staged rotation: AWSPENDING, then AWSCURRENT with the old value
     // AWSPREVIOUS, then retired: AWSPREVIOUS moved to the current version.
-    let (rotated, out) = blocking(
-        &[
-            "secrets",
-            "rotate",
-            "staging",
-            "internal-credential-auth",
-            "--retire-after",
-            "0",
-        ],
-        0,
-    )
-    .await
-    .unwrap();
+    let rotate = &[
+        "secrets",
+        "rotate",
+        "staging",
+        "internal-credential-auth",
+        "--retire-after",
+        "0",
+    ];
+    let (rotated, out) = blocking(rotate, 0).await.unwrap();
     seen.extend(out);
     assert!(
         stderr(&rotated).contains("stored as AWSPENDING"),
@@ -506,14 +502,7 @@ async fn a_malformed_secret_is_reported_alone_and_an_interrupted_rotation_is_fin
     // the old one was retired: check names it and how to finish it.
     let name = "kisum/staging/internal-credential-auth";
     let before = secret_at(&client, name, "AWSCURRENT").await.unwrap();
-    let rotate = [
-        "secrets",
-        "rotate",
-        "staging",
-        "internal-credential-auth",
-        "--retire-after",
-        "120",
-    ];
+    let rotate = rotate_auth_token("staging", "120");
     site.kill_when(&rotate, async || {
         old_value_still_accepted(&client, name).await.then_some(())
     })
@@ -691,14 +680,7 @@ fn check_local_is_clean_with_what_deploy_local_writes_and_fails_on_a_needed_secr
     ));
     assert_eq!(kinds(&check, "internal-credential-auth"), ["missing"]);
     // A retirement wait beyond 30 days is refused, naming the limit.
-    let args = [
-        "secrets",
-        "rotate",
-        "local",
-        "internal-credential-auth",
-        "--retire-after",
-        "2592001",
-    ];
+    let args = rotate_auth_token("local", "2592001");
     let refused = expect(&site, &args, 2, &mut seen);
     assert!(
         stderr(&refused).contains("0..=2592000"),
@@ -783,14 +765,7 @@ fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     ));
     assert_eq!(secret(&listed, "tls-auth")["inventory"], "tls-certificates");
 
-    let rotate = [
-        "secrets",
-        "rotate",
-        "local",
-        "internal-credential-auth",
-        "--retire-after",
-        "1",
-    ];
+    let rotate = rotate_auth_token("local", "1");
     let rotated = expect(&site, &rotate, 0, &mut seen);
     assert!(
         stderr(&rotated).contains("waiting 1 s for every instance"),
@@ -1390,14 +1365,7 @@ fn an_interrupted_rotation_says_where_it_stands_and_is_journaled() {
     let site = sealed_site();
     let mut seen = Vec::new();
     expect(&site, &["secrets", "apply", "local"], 0, &mut seen);
-    let args = [
-        "secrets",
-        "rotate",
-        "local",
-        "internal-credential-auth",
-        "--retire-after",
-        "600",
-    ];
+    let args = rotate_auth_token("local", "600");
     let mut child = site
         .command(&args)
         .stdout(std::process::Stdio::null())
@@ -1451,4 +1419,16 @@ fn an_interrupted_rotation_says_where_it_stands_and_is_journaled() {
             .any(|f| f["secret"] == "internal-credential-auth" && f["kind"] == "rotation-pending"),
         "{check:#}"
     );
+}
+
+/// `secrets rotate ENV internal-credential-auth --retire-after SECONDS`.
+fn rotate_auth_token<'a>(env: &'a str, retire_after: &'a str) -> [&'a str; 6] {
+    [
+        "secrets",
+        "rotate",
+        env,
+        "internal-credential-auth",
+        "--retire-after",
+        retire_after,
+    ]
 }

@@ -336,6 +336,27 @@ impl Listeners {
     }
 }
 
+/// Serves a service's `app` on `listeners` in the background with the
+/// default settings, until the returned sender is used or dropped (the
+/// services' tests, which start a service in process).
+pub fn spawn_app(
+    app: crate::schema::App,
+    listeners: Listeners,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listeners,
+        app.public,
+        app.internal,
+        app.metrics,
+        ServerSettings::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    stop
+}
+
 /// Serves both routers until `shutdown` resolves, then drains requests.
 /// The internal one gets `/metrics` unless the settings disable it.
 pub async fn serve(

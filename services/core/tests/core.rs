@@ -654,25 +654,6 @@ async fn migrations_are_idempotent() {
     assert_eq!(modules, 6);
 }
 
-/// Serves `app` on `listeners` until the sender is used or dropped.
-fn serve_app(
-    app: kisum_common::schema::App,
-    listeners: Listeners,
-) -> tokio::sync::oneshot::Sender<()> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(kisum_common::serve::serve(
-        listeners,
-        app.public,
-        app.internal,
-        app.metrics,
-        kisum_common::serve::ServerSettings::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    stop
-}
-
 #[tokio::test]
 async fn serve_refuses_to_start_with_pending_migrations() {
     let database_url = database("core_pending").await;
@@ -692,7 +673,7 @@ async fn serve_refuses_to_start_with_pending_migrations() {
     let app = kisum_core::app(config.clone()).await.unwrap();
     let listeners = Listeners::bind(loopback, loopback).await.unwrap();
     let (public, _) = listeners.addresses().unwrap();
-    let stop = serve_app(app, listeners);
+    let stop = kisum_common::serve::spawn_app(app, listeners);
     let ready = reqwest::get(format!("http://{public}/ready"))
         .await
         .unwrap();
@@ -760,7 +741,7 @@ async fn ready_answers_503_in_time_when_the_database_is_refused_or_frozen() {
         let app = kisum_core::app(config).await.unwrap();
         let listeners = Listeners::bind(loopback, loopback).await.unwrap();
         let (public, _) = listeners.addresses().unwrap();
-        let stop = serve_app(app, listeners);
+        let stop = kisum_common::serve::spawn_app(app, listeners);
         let started = std::time::Instant::now();
         let ready = reqwest::get(format!("http://{public}/ready"))
             .await
