@@ -189,6 +189,14 @@ async fn backup_then_restore_brings_a_postgres_database_back_exactly() {
     );
 
     let restored = site.json(&["restore", "local", "auth-db", "--yes", "-o", "json"], 0);
+    // The restore is journaled (the dry run is not), after the backup.
+    let journal = site.journal("local");
+    let last = &journal[journal.len() - 1];
+    assert_eq!(
+        (last.0.as_str(), last.1.as_str(), last.2),
+        ("restore", "ok", 0)
+    );
+    assert_eq!(journal[journal.len() - 2].0, "backup", "{journal:?}");
     let outcome = &restored["restores"][0];
     assert_eq!(outcome["backup_id"], manifest["id"]);
     assert_eq!(fingerprint(&pg, "auth_db").await, before);

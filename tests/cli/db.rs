@@ -467,6 +467,13 @@ async fn migrations_run_in_release_order_and_the_services_agree_with_them() {
         "{}",
         stdout(&again)
     );
+    // Provision and both migrations are journaled; dry runs and status
+    // queries are not.
+    let ok = |command: &str| (command.to_string(), "ok".to_string(), 0);
+    assert_eq!(
+        site.journal("local"),
+        [ok("db provision"), ok("db migrate"), ok("db migrate")]
+    );
 
     // Each service, logged in as its own login, finds its schema current.
     let pool = |secret_name: &str| {

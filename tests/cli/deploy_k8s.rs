@@ -313,6 +313,12 @@ async fn deploy_applies_in_waves_records_prunes_and_rolls_back_after_a_failed_sm
     // `kisumctl smoke staging` checks the same URLs.
     let (smoke, text) = staging.expect(&["smoke", "staging", "-o", "json"], 0).await;
     assert_eq!(smoke["passed"], true, "{text}");
+    let (record, text) = staging.last_journal_record().await;
+    assert_eq!(
+        (&record["command"], &record["result"]),
+        (&json!("smoke"), &json!("ok")),
+        "{text}"
+    );
 
     // Nothing differs from what was rendered.
     let (diff, text) = staging.expect(&["diff", "staging", "-o", "json"], 0).await;
@@ -498,6 +504,26 @@ async fn a_rollout_timeout_rolls_back_and_the_schema_guard_refuses_to_cross_a_mi
     let image =
         staging.deployment("auth")["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert!(image.as_str().unwrap().ends_with(":0.1.0"), "{image}");
+    // The refused rollback (exit 1) and the forced one are journaled; the
+    // unusable `--to 99` is not.
+    let (journal, text) = staging
+        .expect(&["journal", "staging", "-n", "2", "-o", "json"], 0)
+        .await;
+    let results: Vec<(&Value, &Value)> = journal["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (&r["command"], &r["result"]))
+        .collect();
+    let rollback = json!("rollback");
+    assert_eq!(
+        results,
+        [
+            (&rollback, &json!("check-failed")),
+            (&rollback, &json!("ok"))
+        ],
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

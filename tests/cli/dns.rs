@@ -347,6 +347,17 @@ async fn dns_retries_throttling_and_cuts_ttls_over_and_back() {
     assert_eq!(zone[&key("auth-dev.kisum.io", "CNAME")].0, Some(300));
     let marker = &zone[&key("_kisumctl-cname.auth-dev.kisum.io", "TXT")].1[0];
     assert!(!marker.contains("original-ttl"), "{marker}");
+    // Apply and the three cutovers are journaled; plans are not.
+    let ok = |command: &str| (command.to_string(), "ok".to_string(), 0);
+    assert_eq!(
+        site.journal("dev"),
+        [
+            ok("dns apply"),
+            ok("dns cutover"),
+            ok("dns cutover"),
+            ok("dns cutover")
+        ]
+    );
 
     // Throttled past every attempt: a bounded failure, exit 3.
     proxy.faults.throttle.store(1000, Ordering::SeqCst);

@@ -275,6 +275,28 @@ impl Site {
         serde_json::from_slice(&output.stdout).expect("a JSON document")
     }
 
+    /// The commands of `env`'s journal, oldest first, each as
+    /// `(command, result, exit)`, after checking every record names the
+    /// environment, who ran it and how long it took.
+    pub fn journal(&self, env: &str) -> Vec<(String, String, i64)> {
+        let document = self.json(&["journal", env, "-n", "100", "-o", "json"], 0);
+        let records = document["records"].as_array().expect("records");
+        records
+            .iter()
+            .map(|record| {
+                assert_eq!(record["environment"], env, "{record}");
+                assert!(record["who"].as_str().is_some_and(|w| !w.is_empty()));
+                assert!(record["duration_ms"].is_u64(), "{record}");
+                let text = |field: &str| record[field].as_str().unwrap_or_default().to_string();
+                (
+                    text("command"),
+                    text("result"),
+                    record["exit"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     pub fn backup(&self, database: &str) -> Value {
         let document = self.json(&["backup", "local", database, "-o", "json"], 0);
         document["backups"][0]["manifest"].clone()
