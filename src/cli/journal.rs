@@ -92,10 +92,9 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                         None => r.args.join(" "),
                     },
                     r.result.clone(),
-                    if r.note.is_some() && r.duration_ms == 0 {
-                        "-".to_string()
-                    } else {
-                        format!("{:.1} s", r.duration_ms as f64 / 1000.0)
+                    match r.duration_ms {
+                        Some(ms) => format!("{:.1} s", ms as f64 / 1000.0),
+                        None => "-".to_string(),
                     },
                 ]
             })
@@ -196,7 +195,7 @@ fn pending(mutation: &Mutation, started: &Started) -> Record {
         environment: mutation.environment.clone(),
         result: "running".into(),
         exit: 0,
-        duration_ms: 0,
+        duration_ms: None,
         job: None,
         note: None,
     }
@@ -274,7 +273,7 @@ pub fn record(
         }
         .to_string(),
         exit: exit as u8,
-        duration_ms: started.clock.elapsed().as_millis() as u64,
+        duration_ms: Some(started.clock.elapsed().as_millis() as u64),
         job: JOB.get().cloned(),
         ..pending(mutation, started)
     };

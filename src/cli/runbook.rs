@@ -22,8 +22,9 @@ use crate::secrets::Secret;
 /// order, prints each finding with its evidence, and stops at the first
 /// cause it proves, naming the command that fixes it; it never runs that
 /// command and changes nothing. Exit 0 when every check was made and none
-/// found a cause, 1 when one found a cause or when some could not be made
-/// (`inconclusive`: a service did not answer), 2 on unusable input.
+/// found a cause, 1 when one found a cause or when some were not made
+/// (`inconclusive`: a service did not answer, or an input a check needs
+/// was not given), 2 on unusable input.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -276,8 +277,21 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         .enable_all()
         .build()?;
     let mut platform = platform;
+    // Redis is asked where `status` asks it: on `local`, or on the
+    // operations host of an environment whose network is private.
     if checks.contains(&checks::REDIS_REACHABLE) {
-        platform.redis = runtime.block_on(crate::ops::reachability::redis(env, store.as_ref()));
+        let here = match env.name {
+            "local" => Ok(()),
+            _ => crate::cluster::operation::operations_run_here(env),
+        };
+        platform.redis = match here {
+            Ok(()) => runtime.block_on(crate::ops::reachability::redis(env, store.as_ref())),
+            Err(reason) => Some(crate::ops::health::Item::new(
+                "redis",
+                crate::ops::health::Light::Unknown,
+                reason,
+            )),
+        };
     }
     // Elsewhere the database servers are private to the cluster's network.
     if env.name == "local" && checks.contains(&checks::SERVICES_READY) {
@@ -285,9 +299,10 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     }
     let findings = runtime.block_on(Diagnosis::new(platform, inputs).run(&checks));
     let cause = findings.iter().find(|f| f.verdict == Verdict::Cause);
+    // A check skipped for want of an input rules nothing out either.
     let unmade: Vec<&str> = findings
         .iter()
-        .filter(|f| f.verdict == Verdict::Inconclusive)
+        .filter(|f| matches!(f.verdict, Verdict::Inconclusive | Verdict::Skipped))
         .map(|f| f.check.as_str())
         .collect();
     let manual = manual_steps(&runbook, env, &inputs_given);
@@ -298,6 +313,7 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
             "findings": findings,
             "cause": cause,
             "inconclusive": cause.is_none() && !unmade.is_empty(),
+            "not_made": if cause.is_none() { unmade.clone() } else { Vec::new() },
             "manual": manual,
         });
         outln!("{}", serde_json::to_string_pretty(&document)?);
@@ -361,9 +377,22 @@ fn manual_steps(runbook: &Runbook, env: &Environment, given: &Given) -> Vec<Step
                     ),
                     command: None,
                 },
-                command => Step::Manual {
+                Some(command) => match concrete(command, &runbook.name, env, given) {
+                    Some(command) => Step::Manual {
+                        manual: manual.clone(),
+                        command: Some(command),
+                    },
+                    None => Step::Manual {
+                        manual: format!(
+                            "{manual} (in {}: the managed service, outside kisumctl)",
+                            env.name
+                        ),
+                        command: None,
+                    },
+                },
+                None => Step::Manual {
                     manual: manual.clone(),
-                    command: command.map(|c| concrete(c, env, given)),
+                    command: None,
                 },
             }),
             Step::Check { .. } => None,
@@ -377,7 +406,10 @@ fn applies(command: &str, env: &Environment) -> bool {
     !command.starts_with("kisumctl dns ") || env.file.dns.managed
 }
 
-fn concrete(command: &str, env: &Environment, given: &Given) -> String {
+/// `command` with the ids given; outside `local`, its cluster form, or
+/// `None` where `deploy local` stands for a data service that is managed
+/// outside kisumctl there (PostgreSQL, Redis).
+fn concrete(command: &str, runbook: &str, env: &Environment, given: &Given) -> Option<String> {
     let name = env.name;
     let mut words: Vec<String> = command
         .split(' ')
@@ -402,19 +434,24 @@ fn concrete(command: &str, env: &Environment, given: &Given) -> String {
     }
     let command = words.join(" ");
     if name == "local" {
-        return command;
+        return Some(command);
     }
     let namespace = &env.file.namespace;
     if command == "kisumctl deploy local" {
-        return format!(
+        let service = match runbook {
+            "auth-outage" => "auth",
+            "core-outage" => "platform-core",
+            _ => return None,
+        };
+        return Some(format!(
             "kisumctl history {name}, then kisumctl rollback {name} (the previous release) or \
-             kubectl -n {namespace} rollout restart deployment/SERVICE"
-        );
+             kubectl -n {namespace} rollout restart deployment/{service}"
+        ));
     }
     if let Some(service) = command.strip_prefix(&format!("kisumctl logs {name} ")) {
-        return format!("kubectl -n {namespace} logs deployment/{service}");
+        return Some(format!("kubectl -n {namespace} logs deployment/{service}"));
     }
-    command
+    Some(command)
 }
 
 fn print_findings(
@@ -447,7 +484,8 @@ fn print_findings(
         }
         None if !unmade.is_empty() => {
             outln!(
-                "inconclusive: no cause proved, and {} could not be made ({}): nothing is ruled out",
+                "inconclusive: no cause proved, and {} not made ({}: see why above): nothing is \
+                 ruled out there",
                 if unmade.len() == 1 {
                     "1 check".to_string()
                 } else {
@@ -520,32 +558,41 @@ mod tests {
         let staging = matrix.environment("staging").unwrap();
         let namespace = &staging.file.namespace;
         assert_eq!(
-            concrete("kisumctl logs ENV auth", &staging, &given),
+            concrete("kisumctl logs ENV auth", "any", &staging, &given).unwrap(),
             format!("kubectl -n {namespace} logs deployment/auth")
         );
+        let restart = concrete("kisumctl deploy local", "auth-outage", &staging, &given).unwrap();
         assert!(
-            concrete("kisumctl deploy local", &staging, &given)
-                .starts_with("kisumctl history staging, then kisumctl rollback staging")
+            restart.starts_with("kisumctl history staging, then kisumctl rollback staging")
+                && restart.ends_with("rollout restart deployment/auth"),
+            "{restart}"
+        );
+        // Redis and the databases are managed services there.
+        assert_eq!(
+            concrete("kisumctl deploy local", "redis-down", &staging, &given),
+            None
         );
         assert_eq!(
             concrete(
                 "kisumctl access invalidate ENV --company ID",
+                "any",
                 &staging,
                 &given
-            ),
+            )
+            .unwrap(),
             format!("kisumctl access invalidate staging --company {company}")
         );
         let local = matrix.environment("local").unwrap();
         assert_eq!(
-            concrete("kisumctl logs ENV auth", &local, &given),
+            concrete("kisumctl logs ENV auth", "any", &local, &given).unwrap(),
             "kisumctl logs local auth"
         );
         assert_eq!(
-            concrete("kisumctl deploy local", &local, &given),
+            concrete("kisumctl deploy local", "any", &local, &given).unwrap(),
             "kisumctl deploy local"
         );
         assert_eq!(
-            concrete("kisumctl logs ENV MODULE", &local, &given),
+            concrete("kisumctl logs ENV MODULE", "any", &local, &given).unwrap(),
             "kisumctl logs local finance"
         );
     }

@@ -34,6 +34,9 @@ pub struct Args {
     output: OutputFormat,
 }
 
+/// How long a smoke run waits for another one of the environment.
+const SMOKE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     super::with_environment(dir, &args.env, args.output, |_, env| {
         smoke_environment(dir, env, args.output)
@@ -71,6 +74,13 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
         target.finance,
         store.describe()
     );
+    // One smoke run of the environment at a time on this machine: each
+    // toggles the smoke company's add-on, so two at once fail each other.
+    let command = format!("kisumctl smoke {}", env.name);
+    let _lock = match super::hold_lock(&state_dir, "smoke.lock", &command, SMOKE_LOCK_WAIT) {
+        Ok(lock) => lock,
+        Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -31,6 +31,10 @@ use super::state::{
 };
 use super::supervisor;
 use crate::db;
+
+/// How long a deploy's smoke checks wait for another smoke run of the
+/// environment to finish.
+const SMOKE_LOCK_WAIT: Duration = Duration::from_secs(120);
 use crate::matrix::Environment;
 use crate::matrix::schema::Engine;
 use crate::secrets::{Secret, SecretStore};
@@ -402,7 +406,19 @@ async fn steps(
     );
 
     let started = run.begin("smoke")?;
-    let report = match smoke::Target::for_environment(env, state.root()) {
+    // One smoke run at a time: each toggles the smoke company's add-on.
+    let smoke_lock = lock::acquire_at(
+        &state.smoke_lock(),
+        state,
+        "kisumctl deploy local (smoke)",
+        SMOKE_LOCK_WAIT,
+        &mut |_| {},
+    );
+    let target = match &smoke_lock {
+        Ok(_held) => smoke::Target::for_environment(env, state.root()).map_err(Into::into),
+        Err(error) => Err(anyhow::anyhow!("{error}")),
+    };
+    let report = match target {
         Ok(target) => smoke::run(&target, &fixtures).await,
         Err(error) => smoke::Report {
             checks: vec![smoke::Check {

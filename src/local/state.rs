@@ -65,6 +65,12 @@ impl StateDir {
         self.root.join("deploy.lock")
     }
 
+    /// Held by a smoke run (each toggles the smoke company's add-on, so
+    /// two at once fail each other).
+    pub fn smoke_lock(&self) -> PathBuf {
+        self.root.join("smoke.lock")
+    }
+
     pub fn deploy_record(&self) -> PathBuf {
         self.root.join("deploy-state.json")
     }

@@ -81,7 +81,11 @@ pub async fn collect(environment: &str, context: &Context) -> anyhow::Result<Rep
             None => current.and_then(supervisor::leftover),
         };
         let up = pid.is_some_and(supervisor::alive);
-        let ready = up && probe::check(&client, &spec.probe).await.is_ok();
+        let probed = match up {
+            true => Some(probe::check(&client, &spec.probe).await),
+            false => None,
+        };
+        let ready = matches!(probed, Some(Ok(())));
         let version = match (&spec.version, &kisumctl) {
             (Some(version), _) => Some(version.clone()),
             (None, Some(token)) if ready => service_version(&client, spec, token).await,
@@ -107,9 +111,21 @@ pub async fn collect(environment: &str, context: &Context) -> anyhow::Result<Rep
             ports: spec.ports.clone(),
             version,
             restarts: current.map_or(0, |p| p.restarts),
-            detail: current
-                .and_then(|p| p.last_exit.clone())
-                .map_or_else(String::new, |e| format!("last exit: {e}")),
+            // Why a running process is not ready comes first; a last exit
+            // is history.
+            detail: [
+                match probed {
+                    Some(Err(why)) => Some(format!("not ready: {why}")),
+                    _ => None,
+                },
+                current
+                    .and_then(|p| p.last_exit.clone())
+                    .map(|e| format!("last exit: {e}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
         });
     }
     let redis_keys = match desired.get("redis") {

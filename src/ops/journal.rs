@@ -41,7 +41,10 @@ pub struct Record {
     /// (stopped by Ctrl-C).
     pub result: String,
     pub exit: u8,
-    pub duration_ms: u64,
+    /// How long it ran; `null` when unknown (a run recorded by a later
+    /// one after it was killed).
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
     /// The Job the command ran as, for an environment whose operations
     /// run in its cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +176,7 @@ pub fn reap(state_dir: &Path) -> std::io::Result<usize> {
         let record = Record {
             result: "interrupted".into(),
             exit: 3,
-            duration_ms: 0,
+            duration_ms: None,
             note: Some(format!(
                 "pid {} ended before writing its record (Ctrl-C, SIGTERM, SIGKILL or a crash); \
                  recorded by a later run, duration unknown",
@@ -278,7 +281,7 @@ mod tests {
             environment: "local".into(),
             result: "ok".into(),
             exit: 0,
-            duration_ms: n,
+            duration_ms: Some(n),
             job: None,
             note: None,
         }
@@ -298,7 +301,7 @@ mod tests {
             .write_all(b"not json\n")
             .unwrap();
         let (records, unreadable) = read(&state, 3).unwrap();
-        let durations: Vec<u64> = records.iter().map(|r| r.duration_ms).collect();
+        let durations: Vec<u64> = records.iter().filter_map(|r| r.duration_ms).collect();
         assert_eq!(durations, [2, 3, 4]);
         assert_eq!(unreadable, 1);
         use std::os::unix::fs::PermissionsExt as _;

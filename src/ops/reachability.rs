@@ -152,11 +152,13 @@ async fn refused(host: &str, port: u16) -> Option<String> {
     }
 }
 
+/// The words of a server that accepted the connection and answered
+/// nothing in time (hung, stopped or overloaded), as opposed to one that
+/// refused it.
+pub const SILENT: &str = "did not answer within";
+
 fn did_not_answer(host: &str, port: u16) -> String {
-    format!(
-        "{host}:{port} did not answer within {} s",
-        TIMEOUT.as_secs()
-    )
+    format!("{host}:{port} {SILENT} {} s", TIMEOUT.as_secs())
 }
 
 /// Connects to one target and runs its trivial query; what answered.

@@ -577,6 +577,43 @@ fn deploy_local_end_to_end() {
     });
     assert!(refilled, "the cache stays empty: {}", platform.status(true));
 
+    // Redis and Auth stopped (SIGSTOP) accept connections and answer
+    // nothing: status says neither is ready, and why.
+    let pid_of = |name: &str| platform.row(name)["pid"].as_u64().unwrap().to_string();
+    let frozen = [pid_of("redis"), pid_of("auth")];
+    let signal = |which: &str| {
+        for pid in &frozen {
+            let sent = Command::new("kill").args([which, pid]).status().unwrap();
+            assert!(sent.success(), "kill {which} {pid}");
+        }
+    };
+    signal("-STOP");
+    let status = platform.status(false);
+    signal("-CONT");
+    let row = |name: &str| {
+        status["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let (redis, auth) = (row("redis"), row("auth"));
+    assert_eq!(redis["ready"], false, "{redis}");
+    assert!(
+        redis["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("not ready: no answer to a PING"),
+        "{redis}"
+    );
+    assert_eq!(auth["ready"], false, "{auth}");
+    assert!(
+        auth["detail"].as_str().unwrap().starts_with("not ready: "),
+        "{auth}"
+    );
+
     // A deploy killed with SIGKILL is resumed by the next one.
     let mut child = platform
         .command(&[

@@ -185,6 +185,7 @@ fn a_run_killed_or_interrupted_before_its_end_is_journaled_as_interrupted() {
         assert_eq!(record["who"], "journal-test");
         assert_eq!(record["args"], serde_json::json!(invalidate));
         assert!(record["note"].as_str().unwrap().contains("ended before"));
+        assert!(record["duration_ms"].is_null(), "unknown, not 0: {record}");
     }
     assert!(!state.join("journal.running").exists());
     // Read again: recorded once.

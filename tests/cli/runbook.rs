@@ -313,6 +313,7 @@ impl Case {
         let token_file = self.matrix.path().join("token");
         let token = token.unwrap_or(&self.session.access_token);
         std::fs::write(&token_file, token).unwrap();
+        let token_file = token_file.to_str().unwrap();
         let company = self.company.id.to_string();
         let user = self.user.to_string();
         let mut args = vec![
@@ -326,11 +327,12 @@ impl Case {
             &user,
             "--module",
             module,
-            "--token-file",
-            token_file.to_str().unwrap(),
             "-o",
             "json",
         ];
+        if !token.is_empty() {
+            args.extend(["--token-file", token_file]);
+        }
         args.extend(extra);
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
             .arg("--matrix")
@@ -341,7 +343,12 @@ impl Case {
             .output()
             .unwrap();
         let text = stdout(&output) + &stderr(&output);
-        assert!(!text.contains(token), "the token leaked: {text}");
+        for secret in [token, &self.session.access_token] {
+            assert!(
+                secret.is_empty() || !text.contains(secret),
+                "a token leaked: {text}"
+            );
+        }
         assert!(!text.contains(PASSWORD), "a password leaked: {text}");
         let document: Value =
             serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -628,7 +635,17 @@ fn a_stale_access_cache_is_named() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // Without --org, x-org is not checked: the run is inconclusive.
     let (code, document) = case.run("finance", None, &[]);
+    assert_eq!(code, Some(1), "{document}");
+    assert_eq!(document["inconclusive"], true, "{document}");
+    assert_eq!(
+        document["not_made"],
+        serde_json::json!(["x-org"]),
+        "{document}"
+    );
+    let org = case.company.slug.clone();
+    let (code, document) = case.run("finance", None, &["--org", &org]);
     assert_eq!(code, Some(0), "{document}");
     // The fix is in the journal; the diagnosis, which changes nothing, is not.
     let journal = std::fs::read_to_string(case.state().join("journal.jsonl")).unwrap();
@@ -690,6 +707,55 @@ fn a_role_without_the_enforced_key_is_named_with_the_role() {
         "{fix}"
     );
     assert!(!fix.contains("deploy"), "{fix}");
+}
+
+/// For [`Case::run`]: no `--token-file` at all.
+const NO_TOKEN: Option<&str> = Some("");
+
+#[test]
+fn a_key_granted_to_the_membership_itself_is_held_with_or_without_a_token() {
+    let case = Case::new(Setup {
+        permissions: &["market.listings.read"],
+        ..FINANCE
+    });
+    case.block_on(async {
+        let db = &case.platform().db;
+        sqlx::query(
+            "insert into permissions (key, module) values ('finance.invoices.read', 'finance') \
+             on conflict do nothing",
+        )
+        .execute(db)
+        .await
+        .unwrap();
+        sqlx::query(
+            "insert into membership_permissions (membership_id, module, permission) \
+             values ($1, 'finance', 'finance.invoices.read')",
+        )
+        .bind(case.membership)
+        .execute(db)
+        .await
+        .unwrap();
+    });
+    let org = case.company.slug.clone();
+    let (code, document) = case.run("finance", None, &["--org", &org]);
+    assert_eq!(code, Some(0), "{document:#}");
+    // Without the token, the membership's own grant is read beside its
+    // role's keys: no false cause; the checks needing the token are not
+    // made, so the run is inconclusive.
+    let (code, document) = case.run("finance", NO_TOKEN, &[]);
+    assert_eq!(code, Some(1), "{document:#}");
+    assert!(document["cause"].is_null(), "{document:#}");
+    assert_eq!(document["inconclusive"], true, "{document:#}");
+    let permission = document["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "permission-key")
+        .unwrap();
+    assert_eq!(permission["verdict"], "ok", "{document:#}");
+    let not_made = document["not_made"].as_array().unwrap();
+    assert!(not_made.contains(&json!("jwt-valid")), "{document:#}");
+    assert!(!not_made.contains(&json!("permission-key")), "{document:#}");
 }
 
 #[test]

@@ -248,6 +248,24 @@ async fn smoke_local_passes_every_check_against_the_seeded_platform() {
         "{text}"
     );
     assert_eq!(deployment.core_modules().await, json!(["basic", "finance"]));
+
+    // Each run toggles the company's add-on: a run waits while another
+    // holds the smoke lock, so runs side by side both pass.
+    let lock = std::fs::File::create(deployment.state_dir().join("smoke.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let dir = deployment.matrix_dir();
+    let waiting = tokio::spawn(async move { smoke(&dir, &["smoke", "local"]).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!waiting.is_finished(), "a smoke run went ahead of the lock");
+    drop(lock);
+    let (first, second) = tokio::join!(waiting, deployment.smoke(&["smoke", "local"]));
+    let first = first.unwrap();
+    for output in [&first, &second] {
+        let text = stdout(output) + &stderr(output);
+        assert_eq!(output.status.code(), Some(0), "{text}");
+    }
+    assert!(stderr(&first).contains("waiting for"), "{}", stderr(&first));
+    assert_eq!(deployment.core_modules().await, json!(["basic", "finance"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

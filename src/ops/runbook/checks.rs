@@ -161,6 +161,8 @@ pub struct Diagnosis {
     membership: Option<String>,
     /// The role of the user's membership.
     role: Option<String>,
+    /// The keys of the module granted to the membership itself.
+    member_keys: Vec<String>,
     /// The services that let a request time out: not asked again in this
     /// run, so that a hung service costs one timeout, not one per check.
     silent: std::sync::Mutex<BTreeSet<String>>,
@@ -175,10 +177,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 enum Probe {
     /// The service answered 200.
     Passed,
-    /// The service answered, and not 200; or, for `local`, the loopback
-    /// port its supervisor recorded refused the connection (nothing
-    /// listens there: the process is gone).
+    /// The service answered, and not 200.
     Failed,
+    /// For `local`, the loopback port its supervisor recorded refused the
+    /// connection: nothing listens there, the process is gone.
+    Refused,
     /// For `local`, the loopback port its supervisor recorded accepted
     /// the connection and nothing answered within [`PROBE_TIMEOUT`]: the
     /// process is there and hung (or stopped, or overloaded).
@@ -194,7 +197,10 @@ enum Probe {
 /// answered and failed; could-not-ask when any probe was not asked and
 /// none failed.
 fn judge(probes: &[Probe]) -> Verdict {
-    if probes.contains(&Probe::Failed) || probes.contains(&Probe::Hung) {
+    if probes
+        .iter()
+        .any(|p| matches!(p, Probe::Failed | Probe::Refused | Probe::Hung))
+    {
         Verdict::Cause
     } else if probes.contains(&Probe::Unasked) {
         Verdict::Inconclusive
@@ -278,6 +284,7 @@ impl Diagnosis {
             entitlements: None,
             membership: None,
             role: None,
+            member_keys: Vec::new(),
             silent: std::sync::Mutex::new(BTreeSet::new()),
         }
     }
@@ -467,10 +474,28 @@ impl Diagnosis {
                 } else {
                     Probe::Failed
                 };
-                (probe, format!("GET {url}: {}", answer.code()))
+                // An unready service's `/ready` says which of its checks
+                // fail (`auth_db: unreachable: timed out`).
+                let failing: Vec<String> = answer.body["checks"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, outcome)| probe == Probe::Failed && *outcome != "ok")
+                    .map(|(name, outcome)| {
+                        format!(
+                            "{name}: {}",
+                            printable(outcome.as_str().unwrap_or_default())
+                        )
+                    })
+                    .collect();
+                let failing = match failing.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", failing.join("; ")),
+                };
+                (probe, format!("GET {url}: {}{failing}", answer.code()))
             }
             Err(error) if self.platform.env == "local" && refused_on_loopback(&url, &error) => (
-                Probe::Failed,
+                Probe::Refused,
                 format!("GET {url}: connection refused (nothing listens there)"),
             ),
             Err(error) if error.is_timeout() => {
@@ -528,6 +553,21 @@ impl Diagnosis {
         }
     }
 
+    /// The command that restarts a running `service`.
+    fn reload(&self, service: &str) -> String {
+        if self.platform.env == "local" {
+            format!(
+                "`kisumctl status local` names the {service} process's pid; `kill PID` (the \
+                 supervisor starts it again)"
+            )
+        } else {
+            format!(
+                "kubectl -n {} rollout restart deployment/{service}",
+                self.platform.namespace
+            )
+        }
+    }
+
     /// What to do about a `local` service that accepts connections and
     /// answers nothing (elsewhere: its pods restarted).
     fn unhang(&self, service: &str) -> String {
@@ -567,6 +607,45 @@ impl Diagnosis {
                 true,
             ),
         );
+        // Core's reachability is asked of Auth: when Core answers its own
+        // probes, a failure there is Auth's (or the path between them).
+        if judge(&[health.0, ready.0]) == Verdict::Ok && reachability.0 != Probe::Passed {
+            let kind = reachability.0;
+            let evidence = [health.1, ready.1, reachability.1];
+            let serving = "Platform Core answers its own probes";
+            let finding = |verdict, summary: String| {
+                Finding::new(CORE_HEALTHY, verdict, summary).evidence(evidence)
+            };
+            return match kind {
+                Probe::Hung => finding(
+                    Verdict::Cause,
+                    format!(
+                        "{serving}; Auth, which asks Core for every company's entitlements, is not answering: it accepts connections and answers nothing within {} s",
+                        PROBE_TIMEOUT.as_secs()
+                    ),
+                )
+                .fix(self.unhang(AUTH)),
+                Probe::Refused => finding(
+                    Verdict::Cause,
+                    format!("{serving}; Auth, which asks Core for entitlements, is down"),
+                )
+                .fix(self.restart(AUTH)),
+                Probe::Failed => finding(
+                    Verdict::Cause,
+                    format!(
+                        "{serving}, but Auth cannot reach it (Auth's own check of the path to Core fails)"
+                    ),
+                )
+                .fix(format!(
+                    "check Auth's address of Core and the network path between them (`{}` says why its calls fail); Core itself needs nothing",
+                    self.logs(AUTH)
+                )),
+                Probe::Passed | Probe::Unasked => finding(
+                    Verdict::Inconclusive,
+                    format!("{serving}; whether Auth reaches it could not be asked"),
+                ),
+            };
+        }
         self.healthy(CORE_HEALTHY, CORE, &[health, ready, reachability])
     }
 
@@ -682,9 +761,17 @@ impl Diagnosis {
                 if let Some(user) = self.inputs.user
                     && claims.sub != user.to_string()
                 {
-                    return invalid(
+                    // The responder's inputs disagree: nothing about the
+                    // user's session is proved.
+                    return Finding::new(
+                        JWT_VALID,
+                        Verdict::Cause,
                         format!("the token is user {}'s, not user {user}'s", claims.sub),
-                        evidence,
+                    )
+                    .evidence(evidence)
+                    .fix(
+                        "run again with --user and --token-file of the same user (the token \
+                         is valid; it belongs to someone else)",
                     );
                 }
                 let summary = format!(
@@ -1036,6 +1123,7 @@ impl Diagnosis {
         );
         self.membership = Some(id.clone());
         self.role = membership["role"].as_str().map(str::to_string);
+        self.member_keys = strings(&membership["grants"][module.as_str()]);
         if membership["status"] != "active" {
             return Finding::new(
                 MODULE_GRANT,
@@ -1205,12 +1293,18 @@ impl Diagnosis {
                 ),
             )
             .evidence(evidence)
-            .fix(format!(
-                "deploy the {module} backend whose route map uses the catalog's keys (`kisumctl \
-                 history {env}` names the release; a backend built against another catalog \
-                 enforces keys no role can hold)",
-                env = self.platform.env
-            ));
+            .fix(match self.platform.env.as_str() {
+                "local" => format!(
+                    "run the {module} backend whose route map uses the catalog's keys: `kisumctl \
+                     deploy local` builds it from services/ (a backend built against another \
+                     catalog enforces keys no role can hold)"
+                ),
+                env => format!(
+                    "deploy the {module} backend whose route map uses the catalog's keys \
+                     (`kisumctl history {env}` names the release; a backend built against \
+                     another catalog enforces keys no role can hold)"
+                ),
+            });
         }
         let role = self.role.clone();
         let (lacking, whose) = match &self.context {
@@ -1230,6 +1324,26 @@ impl Diagnosis {
                 };
                 (lacking, whose)
             }
+            // Without the access context, the membership (module-grant
+            // found it): its role's keys and those granted to it.
+            None if let Some(role) = &role => {
+                let mut held: BTreeSet<&String> = roles.get(role).into_iter().flatten().collect();
+                held.extend(self.member_keys.iter());
+                evidence.push(format!(
+                    "the membership's {module} keys (role {role} and its own grants; keys lent \
+                     by delegation are not listed): [{}]",
+                    held.iter()
+                        .filter(|k| k.split('.').next() == Some(module.as_str()))
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                let lacking: Vec<(&String, &String)> = enforced
+                    .iter()
+                    .filter(|(_, key)| !held.contains(*key))
+                    .collect();
+                (lacking, format!("the user's membership (role {role})"))
+            }
             None => {
                 let lacking: Vec<(&String, &String)> = enforced
                     .iter()
@@ -1238,6 +1352,14 @@ impl Diagnosis {
                 (lacking, "no role".to_string())
             }
         };
+        if lacking.is_empty() && whose == "no role" {
+            // The backend is cleared; the user's side was not read.
+            let summary = format!(
+                "every read route of {module} requires a key of the catalog some role grants; \
+                 whether this user holds it needs --token-file, or --user and --company"
+            );
+            return Finding::new(PERMISSION_KEY, Verdict::Skipped, summary).evidence(evidence);
+        }
         if lacking.is_empty() {
             return Finding::new(
                 PERMISSION_KEY,
@@ -1304,12 +1426,17 @@ impl Diagnosis {
             .collect();
         let mut evidence = Vec::new();
         let mut down = Vec::new();
+        let mut hung = Vec::new();
         let mut unasked = Vec::new();
         for (service, url) in &services {
             let (probe, line) = self.probe(Some(url), service, "/ready", false).await;
             match probe {
                 Probe::Passed => {}
-                Probe::Failed | Probe::Hung => down.push(service.clone()),
+                Probe::Failed | Probe::Refused => down.push(service.clone()),
+                Probe::Hung => {
+                    down.push(service.clone());
+                    hung.push(service.clone());
+                }
                 Probe::Unasked => unasked.push(service.clone()),
             }
             evidence.push(line);
@@ -1349,7 +1476,10 @@ impl Diagnosis {
             .evidence(evidence)
             .fix(self.restart_postgres());
         }
-        let fix = self.restart(&down[0]);
+        let fix = match hung.contains(&down[0]) {
+            true => self.unhang(&down[0]),
+            false => self.restart(&down[0]),
+        };
         Finding::new(SERVICES_READY, Verdict::Cause, not_ready)
             .evidence(evidence)
             .fix(fix)
@@ -1426,9 +1556,31 @@ impl Diagnosis {
         )
         .evidence(evidence)
         .fix(format!(
-            "kisumctl rotate-jwt-key {} --status, then kisumctl rotate-jwt-key {} (resumes the \
-             rotation and makes the laggards reload)",
-            self.platform.env, self.platform.env
+            "restart {} so that {} Auth's JWKS again: {}; read first why {} not reload it \
+             ({}); `kisumctl rotate-jwt-key {env} --status` says whether a rotation is under \
+             way (only then does `kisumctl rotate-jwt-key {env}` resume it)",
+            lagging.join(", "),
+            if lagging.len() == 1 {
+                "it loads"
+            } else {
+                "they load"
+            },
+            lagging
+                .iter()
+                .map(|service| self.reload(service))
+                .collect::<Vec<_>>()
+                .join("; "),
+            if lagging.len() == 1 {
+                "it did"
+            } else {
+                "they did"
+            },
+            lagging
+                .iter()
+                .map(|service| format!("`{}`", self.logs(service)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            env = self.platform.env
         ))
     }
 }
@@ -1494,6 +1646,14 @@ impl Diagnosis {
             );
         };
         let evidence = [format!("{}: {}", item.name, item.detail)];
+        if item.light == Light::Unknown {
+            return Finding::new(
+                REDIS_REACHABLE,
+                Verdict::Inconclusive,
+                "Redis was not asked from here",
+            )
+            .evidence(evidence);
+        }
         if item.light != Light::Red {
             return Finding::new(REDIS_REACHABLE, Verdict::Ok, "Redis answers").evidence(evidence);
         }
@@ -1508,6 +1668,19 @@ impl Diagnosis {
                 ),
             )
             .evidence(evidence);
+        }
+        if item.detail.contains(crate::ops::reachability::SILENT) {
+            return Finding::new(
+                REDIS_REACHABLE,
+                Verdict::Cause,
+                "Redis is not answering: it accepts connections and answers no PING in time \
+                 (hung, stopped or overloaded)",
+            )
+            .evidence(evidence)
+            .fix(format!(
+                "{}; meanwhile Auth serves without its cache and login skips its rate limits",
+                self.unhang("redis")
+            ));
         }
         Finding::new(
             REDIS_REACHABLE,
@@ -1627,6 +1800,11 @@ mod tests {
 
     /// A loopback server answering every request `status`, and its URL.
     async fn answering(status: u16) -> String {
+        answering_with(status, "{}").await
+    }
+
+    /// A loopback server answering every request `status` with `body`.
+    async fn answering_with(status: u16, body: &'static str) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -1635,7 +1813,8 @@ mod tests {
                 let mut buffer = [0u8; 4096];
                 let _ = socket.read(&mut buffer).await;
                 let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
                 );
                 let _ = socket.write_all(reply.as_bytes()).await;
             }
@@ -1687,6 +1866,97 @@ mod tests {
             local.summary.starts_with("Auth is not answering"),
             "{local:?}"
         );
+    }
+
+    /// `core-healthy` with Core answering 200 and Auth at `auth`.
+    async fn core_verdict(auth: &str) -> Finding {
+        let mut platform = platform("local", auth);
+        let core = answering(200).await;
+        platform.endpoints.public.insert(CORE.into(), core);
+        Diagnosis::new(platform, Inputs::default())
+            .run(&[CORE_HEALTHY])
+            .await
+            .remove(0)
+    }
+
+    #[tokio::test]
+    async fn a_serving_core_is_not_blamed_for_an_auth_that_cannot_ask_it() {
+        let (_socket, hung) = hung();
+        let finding = core_verdict(&hung).await;
+        assert_eq!(finding.verdict, Verdict::Cause, "{finding:?}");
+        assert!(
+            finding.summary.contains("Auth, which asks Core")
+                && finding.summary.contains("is not answering"),
+            "{finding:?}"
+        );
+        let fix = finding.fix.unwrap();
+        assert!(fix.contains("auth process's pid"), "{fix}");
+        assert!(!fix.contains("platform-core"), "{fix}");
+
+        let gone = core_verdict(&refused_url()).await;
+        assert!(
+            gone.summary
+                .ends_with("Auth, which asks Core for entitlements, is down")
+        );
+        assert!(gone.fix.unwrap().contains("kisumctl logs local auth"));
+
+        let cut_off = core_verdict(&answering(503).await).await;
+        assert!(
+            cut_off.summary.contains("but Auth cannot reach it"),
+            "{cut_off:?}"
+        );
+        assert!(cut_off.fix.unwrap().contains("Core itself needs nothing"));
+    }
+
+    #[tokio::test]
+    async fn a_verifier_lagging_behind_the_signing_kid_is_restarted_not_rotated() {
+        let auth = answering_with(200, r#"{"signing_kid":"new"}"#).await;
+        let finance = answering_with(200, r#"{"kids":["old"]}"#).await;
+        let mut platform = platform("local", &auth);
+        platform
+            .endpoints
+            .internal
+            .insert("finance".into(), finance);
+        let finding = Diagnosis::new(platform, Inputs::default())
+            .run(&[JWKS_PROPAGATED])
+            .await
+            .remove(0);
+        assert_eq!(finding.verdict, Verdict::Cause, "{finding:?}");
+        assert!(
+            finding.summary.ends_with("unknown to: finance"),
+            "{finding:?}"
+        );
+        let fix = finding.fix.unwrap();
+        assert!(fix.starts_with("restart finance"), "{fix}");
+        assert!(fix.contains("finance process's pid; `kill PID`"), "{fix}");
+        assert!(fix.contains("only then does"), "{fix}");
+    }
+
+    fn redis_verdict(env: &str, light: crate::ops::health::Light, detail: &str) -> Finding {
+        let mut platform = platform(env, "http://127.0.0.1:1");
+        platform.redis = Some(crate::ops::health::Item::new("redis", light, detail));
+        Diagnosis::new(platform, Inputs::default()).redis_reachable()
+    }
+
+    #[test]
+    fn a_hung_redis_is_told_from_a_stopped_one_and_one_out_of_reach_is_not_asked() {
+        use crate::ops::health::Light;
+        let hung = redis_verdict(
+            "local",
+            Light::Red,
+            "127.0.0.1:26379 did not answer within 5 s",
+        );
+        assert!(
+            hung.summary.starts_with("Redis is not answering"),
+            "{hung:?}"
+        );
+        assert!(hung.fix.unwrap().contains("kill -CONT PID"));
+        let down = redis_verdict("local", Light::Red, "connection refused at 127.0.0.1:26379");
+        assert!(down.summary.starts_with("Redis is down"), "{down:?}");
+        assert!(down.fix.unwrap().starts_with("kisumctl deploy local"));
+        let away = redis_verdict("staging", Light::Unknown, "private network: ...");
+        assert_eq!(away.verdict, Verdict::Inconclusive, "{away:?}");
+        assert_eq!(away.summary, "Redis was not asked from here");
     }
 
     #[test]
