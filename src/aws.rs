@@ -22,6 +22,27 @@ pub struct Service {
     pub attempts: Option<u32>,
 }
 
+/// Attempts per request when `AWS_MAX_ATTEMPTS` is not set.
+const DEFAULT_ATTEMPTS: u32 = 8;
+
+/// The retry policy of every AWS client kisumctl makes (Route53, Secrets
+/// Manager): the SDK's standard strategy (throttling and transient errors
+/// retried with exponential backoff and jitter, from 200 ms up to 20 s
+/// between attempts) for `AWS_MAX_ATTEMPTS` attempts per request, default
+/// 8. Answers the attempts too, for [`Service::with_attempts`].
+pub fn retry_policy() -> (u32, aws_config::retry::RetryConfig) {
+    let attempts = std::env::var("AWS_MAX_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_ATTEMPTS);
+    let retry = aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(attempts)
+        .with_initial_backoff(std::time::Duration::from_millis(200))
+        .with_max_backoff(std::time::Duration::from_secs(20));
+    (attempts, retry)
+}
+
 /// The error codes AWS services answer when a caller goes too fast.
 const THROTTLING: [&str; 5] = [
     "Throttling",

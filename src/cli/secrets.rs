@@ -143,7 +143,7 @@ pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
                 Command::Plan(_) => plan(env, store, output, false),
                 Command::Apply(_) => plan(env, store, output, true),
                 Command::List(_) => list(env, store, output, now),
-                Command::Check(_) => check(env, store, output, now),
+                Command::Check(_) => check(env, store, output, now).await,
                 Command::Rotate(a) => rotate(dir, env, store, a, now).await,
             }
         })
@@ -295,10 +295,10 @@ fn list(
                 .filter(|v| !v.is_empty())
                 .collect::<Vec<_>>()
                 .join(", ");
-            let versions = if s.exists {
-                format!("{} ({stages})", s.versions.len())
-            } else {
-                "missing".into()
+            let versions = match (s.exists, &s.unreadable) {
+                (true, Some(_)) => "could not be read (see KEYS)".into(),
+                (true, None) => format!("{} ({stages})", s.versions.len()),
+                (false, _) => "missing".into(),
             };
             let due = match (&s.rotation_due, s.overdue) {
                 (Some(due), true) => format!("{due} OVERDUE"),
@@ -329,16 +329,34 @@ fn list(
     Ok(Exit::Clean)
 }
 
-fn check(
-    env: &Environment,
+/// How long `check` tries a login when it reads where a pending
+/// migration-role rotation stopped.
+const CHECK_LOGIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn check(
+    env: &Environment<'_>,
     store: &dyn crate::secrets::SecretStore,
     output: OutputFormat,
     now: i64,
 ) -> anyhow::Result<Exit> {
-    let findings = match inventory::check(env, store, now) {
+    let mut findings = match inventory::check(env, store, now) {
         Ok(findings) => findings,
         Err(error) => return failed(output, error),
     };
+    // A pending migration-role rotation may have changed the role's
+    // password already: say which, read from the server.
+    let expected = inventory::expected(env);
+    for finding in &mut findings {
+        if finding.kind != inventory::FindingKind::RotationPending {
+            continue;
+        }
+        if let Some(spec) = expected.iter().find(|e| e.name == finding.secret)
+            && let Some(detail) =
+                rotate::pending_migration_login(env, store, spec, CHECK_LOGIN_TIMEOUT).await
+        {
+            finding.detail = format!("an unfinished rotation: {detail}");
+        }
+    }
     let exit = if findings.iter().any(|f| f.kind.fails()) {
         Exit::CheckFailed
     } else {

@@ -21,9 +21,6 @@ use aws_sdk_route53::types::{
 use super::plan::{Change, ChangeAction, Listing};
 use super::records::{Alias, RecordSet, RecordType, normal_name};
 
-/// Attempts per request when `AWS_MAX_ATTEMPTS` is not set.
-const DEFAULT_ATTEMPTS: u32 = 8;
-
 pub struct Route53 {
     client: aws_sdk_route53::Client,
     /// Where it is, for error messages.
@@ -43,19 +40,10 @@ pub enum ChangeError {
 impl Route53 {
     pub async fn connect(endpoint: Option<&str>) -> Route53 {
         use aws_config::meta::region::RegionProviderChain;
-        use aws_config::retry::RetryConfig;
         use aws_config::timeout::TimeoutConfig;
         use aws_config::{BehaviorVersion, Region};
 
-        let attempts = std::env::var("AWS_MAX_ATTEMPTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(DEFAULT_ATTEMPTS);
-        let retry = RetryConfig::standard()
-            .with_max_attempts(attempts)
-            .with_initial_backoff(Duration::from_millis(200))
-            .with_max_backoff(Duration::from_secs(20));
+        let (attempts, retry) = crate::aws::retry_policy();
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
             .operation_attempt_timeout(Duration::from_secs(60))

@@ -50,6 +50,8 @@ pub struct SecretsManagerSettings {
 pub struct SecretsManager {
     client: Client,
     settings: SecretsManagerSettings,
+    /// Attempts per request (the retry policy shared with Route53).
+    attempts: u32,
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -90,6 +92,7 @@ impl SecretsManager {
                 secret: String::new(),
                 message: format!("cannot start the SDK's runtime: {e}"),
             })?;
+        let (attempts, retry) = crate::aws::retry_policy();
         let load = {
             let settings = settings.clone();
             async move {
@@ -104,6 +107,7 @@ impl SecretsManager {
                         .behavior_version(BehaviorVersion::latest())
                         .region(region)
                         .timeout_config(timeouts)
+                        .retry_config(retry)
                         .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
                             key,
                             secret,
@@ -115,6 +119,7 @@ impl SecretsManager {
                         let shared = aws_config::defaults(BehaviorVersion::latest())
                             .region(region)
                             .timeout_config(timeouts)
+                            .retry_config(retry)
                             .load()
                             .await;
                         aws_sdk_secretsmanager::config::Builder::from(&shared)
@@ -136,6 +141,7 @@ impl SecretsManager {
         Ok(SecretsManager {
             client,
             settings,
+            attempts,
             runtime: Some(runtime),
         })
     }
@@ -164,7 +170,8 @@ impl SecretsManager {
             "Secrets Manager",
             "SECRETS_MANAGER",
             self.settings.endpoint.as_deref(),
-        );
+        )
+        .with_attempts(self.attempts);
         StoreError::Remote {
             store: self.describe(),
             secret: secret.to_string(),

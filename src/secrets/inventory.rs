@@ -161,13 +161,24 @@ pub fn expected(env: &Environment) -> Vec<Expected> {
                 all.push(entry(id.clone(), Some(not_acme(env))));
             }
             SecretCategory::DatabaseAdminCredential if env.name == "local" => {
-                all.push(entry(
-                    id.clone(),
-                    Some(format!(
-                        "local has one server, whose login is `{}` (deploy local writes it)",
+                let mongo = spec.verified_by.iter().any(|db| {
+                    env.base
+                        .databases
+                        .get(db)
+                        .is_some_and(|d| d.engine == Engine::Mongodb)
+                });
+                let reason = if mongo {
+                    "local's MongoDB is the emulator deploy local starts, which has no users or \
+                     access control: kisumctl reaches it without a login"
+                        .to_string()
+                } else {
+                    format!(
+                        "local has one PostgreSQL server, whose login is `{}` (deploy local \
+                         writes it)",
                         crate::local::postgres::SUPERUSER_SECRET
-                    )),
-                ));
+                    )
+                };
+                all.push(entry(id.clone(), Some(reason)));
             }
             _ => {
                 let deployed = |db: &String| {
@@ -766,10 +777,8 @@ pub fn check(
             .map(|k| k.key.as_str())
             .collect();
         if !absent.is_empty() {
-            let how = match planned.action {
-                Action::Generate => "`kisumctl secrets apply` generates it".to_string(),
-                _ => planned.note.clone().unwrap_or_default(),
-            };
+            let spec = expected.iter().find(|e| e.name == planned.name);
+            let how = hints(env, planned, spec);
             let supplied = planned
                 .keys
                 .iter()
@@ -833,6 +842,57 @@ pub fn check(
         }
     }
     Ok(findings)
+}
+
+/// What makes each missing key of `planned`, one hint per source: the
+/// command that generates or writes it (with its arguments), or the person
+/// who supplies it.
+fn hints(env: &Environment, planned: &Planned, spec: Option<&Expected>) -> String {
+    let database = spec.and_then(|s| match &s.rotation {
+        Rotation::Alternate { database }
+        | Rotation::InPlace { database }
+        | Rotation::MongoAlternate { database } => Some(database.clone()),
+        _ => None,
+    });
+    let mut hints: Vec<String> = Vec::new();
+    let generated = missing(&planned.keys, Action::Generate);
+    if !generated.is_empty() {
+        hints.push(format!(
+            "`kisumctl secrets apply {}` generates {generated}",
+            env.name
+        ));
+    }
+    let mut writers: Vec<&str> = Vec::new();
+    for key in planned.keys.iter().filter(|k| k.action == Action::Awaits) {
+        if let Source::WrittenBy(by) = &key.source
+            && !writers.contains(&by.as_str())
+        {
+            writers.push(by);
+        }
+    }
+    for by in writers {
+        let keys: Vec<&str> = planned
+            .keys
+            .iter()
+            .filter(|k| k.action == Action::Awaits && k.source == Source::WrittenBy(by.into()))
+            .map(|k| k.key.as_str())
+            .collect();
+        let command = match (by, &database) {
+            ("kisumctl db provision", Some(database)) => {
+                format!("`kisumctl db provision {} {database}` writes", env.name)
+            }
+            _ => format!("{by} writes"),
+        };
+        hints.push(format!("{command} {}", keys.join(", ")));
+    }
+    let supplied = missing(&planned.keys, Action::MustSupply);
+    if !supplied.is_empty() {
+        hints.push(format!(
+            "a person supplies {supplied}: put the value into {} (no kisumctl command makes it)",
+            planned.name
+        ));
+    }
+    hints.join("; ")
 }
 
 /// How a rotation of a secret with these `versions` was left unfinished,

@@ -210,7 +210,14 @@ impl Rotator<'_> {
         let pending = stages
             .iter()
             .any(|v| v.stages.iter().any(|s| s == Stage::Pending.label()));
-        if pending {
+        if pending && matches!(secret.rotation, Rotation::InPlace { .. }) {
+            format!(
+                "the new password is kept as the pending version; if the role already has it, \
+                 the current url fails to log in until the rotation is finished (`kisumctl \
+                 secrets check {}` tries both logins and says which); {finish} continues from it",
+                self.env.name
+            )
+        } else if pending {
             format!(
                 "the current value is unchanged and still in use; the new one is kept as the \
                  pending version, and {finish} continues from it"
@@ -267,10 +274,8 @@ impl Rotator<'_> {
         let previous = self.store.read_stage(name, Stage::Previous)?;
         if pending_now.is_none() && previous.is_some_and(|p| differs(&p, &current)) {
             // Promoted before, but interrupted before the retirement.
-            self.retire(name, progress).await?;
-            return Ok(
-                "finished an interrupted rotation: the previous credential is retired".into(),
-            );
+            let retired = self.retire(name, progress).await?;
+            return Ok(format!("finished an interrupted rotation: {retired}"));
         }
         let pending = match self.store.read_stage(name, Stage::Pending)? {
             Some(pending) if differs(&pending, &current) => {
@@ -300,13 +305,15 @@ impl Rotator<'_> {
             "{name}: new value current, the old one accepted beside it as {}",
             Stage::Previous.label()
         ));
-        self.retire(name, progress).await?;
-        Ok("new value current; the old one is retired and refused".into())
+        let retired = self.retire(name, progress).await?;
+        Ok(format!("new value current; {retired}"))
     }
 
     /// Waits `retire_after` for every instance to read the new value,
-    /// then retires the previous one.
-    async fn retire(&self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    /// retires the previous one, and reads the stages back: answers what
+    /// they show, or fails when the old value is still kept beside the
+    /// current one.
+    async fn retire(&self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<String> {
         if !self.retire_after.is_zero() {
             progress(&format!(
                 "{name}: waiting {} s for every instance to present the new value",
@@ -315,8 +322,22 @@ impl Rotator<'_> {
             tokio::time::sleep(self.retire_after).await;
         }
         self.store.retire_previous(name)?;
-        progress(&format!("{name}: the previous value is retired"));
-        Ok(())
+        let current = self.current(name)?;
+        let previous = self.store.read_stage(name, Stage::Previous)?;
+        if previous.is_some_and(|p| differs(&p, &current)) {
+            bail!(
+                "the previous value was retired, but read back {} still holds the old value: \
+                 the services keep accepting the old credential",
+                Stage::Previous.label()
+            );
+        }
+        progress(&format!(
+            "{name}: the previous value is retired (read back: no stage holds it)"
+        ));
+        Ok(format!(
+            "the old one is retired: read back, no stage of {name} holds it any more, so the \
+             services refuse it from their next read"
+        ))
     }
 
     /// A PostgreSQL login: the waiting role (or, `alternate` false, the
@@ -412,6 +433,7 @@ impl Rotator<'_> {
         let _ = conn.close().await;
         set.with_context(|| format!("setting the password of {target}"))?;
         progress(&format!("{name}: {target} has the new password"));
+        hold_at("secrets-rotate:password-set", name, progress).await;
 
         let login = PgLogin {
             host: db.host.clone(),
@@ -467,6 +489,102 @@ impl Rotator<'_> {
             )
         }
     }
+}
+
+/// How long [`hold_at`] holds a command: long enough for a test to kill
+/// it, short enough that a forgotten variable does not hang it for good.
+const HOLD: Duration = Duration::from_secs(120);
+
+/// A test hook: with `KISUM_HOLD_AT=<step>`, the rotation says so and
+/// holds at `step` (a state a crash can leave), so a test can kill it there
+/// for real. It changes nothing else and holds at most [`HOLD`].
+async fn hold_at(step: &str, name: &str, progress: &mut dyn FnMut(&str)) {
+    if std::env::var("KISUM_HOLD_AT").ok().as_deref() == Some(step) {
+        progress(&format!("{name}: holding at {step} (KISUM_HOLD_AT)"));
+        tokio::time::sleep(HOLD).await;
+    }
+}
+
+/// For a migration role whose rotation is pending: whether the role
+/// already has the pending password (the rotation stopped after changing
+/// it, so the current url fails to log in until a rerun finishes it), read
+/// by trying both logins. `None` when nothing more can be said than that a
+/// value is pending.
+pub async fn pending_migration_login(
+    env: &Environment<'_>,
+    store: &dyn SecretStore,
+    secret: &Expected,
+    timeout: Duration,
+) -> Option<String> {
+    let Rotation::InPlace { database } = &secret.rotation else {
+        return None;
+    };
+    let name = &secret.name;
+    let pending = store.read_stage(name, Stage::Pending).ok()??;
+    let current = store.read_stage(name, Stage::Current).ok()??;
+    let db = provision::plan(env, Some(database))
+        .ok()?
+        .databases
+        .into_iter()
+        .next()?;
+    let role = user(&current);
+    let finish = format!("`kisumctl secrets rotate {} {name}`", env.name);
+    let tries = |staged: &Staged| {
+        let login = PgLogin {
+            host: db.host.clone(),
+            port: db.port,
+            username: user(staged),
+            password: staged.keys.get("password").cloned(),
+        };
+        let database = db.name.clone();
+        async move {
+            match tokio::time::timeout(timeout, crate::backup::postgres::connect(&login, &database))
+                .await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    Login::Works
+                }
+                Ok(Err(error)) if refused_password(&error) => Login::Refused,
+                _ => Login::Unknown,
+            }
+        }
+    };
+    Some(match (tries(&current).await, tries(&pending).await) {
+        (Login::Refused, Login::Works) => format!(
+            "the role's password was changed by an unfinished rotation: {role} already has the \
+             pending password, so the current url fails to log in until the rotation is \
+             finished; run {finish} to finish it"
+        ),
+        (Login::Works, _) => format!(
+            "a new password for {role} is staged as the pending version; {role} still has its \
+             current one, which works; {finish} continues the rotation"
+        ),
+        _ => format!(
+            "a new password for {role} is staged as the pending version; trying the current and \
+             the pending login at {}:{} did not show which one {role} has (the server may be \
+             down, or refuse both); {finish} continues the rotation",
+            db.host, db.port
+        ),
+    })
+}
+
+/// What a login attempt showed.
+enum Login {
+    Works,
+    /// The server refused the password (SQLSTATE 28P01).
+    Refused,
+    /// Anything else: unreachable, too slow, another refusal.
+    Unknown,
+}
+
+/// Whether PostgreSQL refused a login for its password.
+fn refused_password(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "28P01")
 }
 
 /// The number of sessions of `role` open on the server.

@@ -55,10 +55,7 @@ const LEDGER: &str = "tls-challenges.json";
 /// `issue` stopped by SIGINT (Ctrl-C): the challenge records it wrote are
 /// removed, and no certificate of an unfinished order is stored.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "interrupted (Ctrl-C): the ACME orders were abandoned, {0}; certificates already \
-     stored stay"
-)]
+#[error("interrupted (Ctrl-C): the ACME orders were abandoned, {0}")]
 pub struct Interrupted(String);
 
 /// What happened to one host.
@@ -150,6 +147,7 @@ pub async fn issue(
         return Ok(vec![]);
     }
     let ledger = settings.state_dir.join(LEDGER);
+    let before = certificates(store, hosts);
     // Ctrl-C from here on abandons the orders and removes what they wrote.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("listening for Ctrl-C")?;
@@ -173,9 +171,57 @@ pub async fn issue(
                     ledger.display()
                 ),
             };
-            Err(Interrupted(note).into())
+            let stored = stored_note(hosts, &before, &certificates(store, hosts));
+            Err(Interrupted(format!("{note}; {stored}")).into())
         }
     }
+}
+
+/// The certificate each host has in the store now (`None`: none, or it
+/// cannot be read).
+fn certificates(store: &dyn SecretStore, hosts: &[TlsHost]) -> Vec<Option<String>> {
+    hosts
+        .iter()
+        .map(|host| {
+            store
+                .read(&host.secret, super::CERT_KEY)
+                .ok()
+                .flatten()
+                .map(|cert| cert.expose().to_string())
+        })
+        .collect()
+}
+
+/// Which certificates a stopped run left stored, read back from the
+/// store: those it stored, those kept from before (still served), and the
+/// hosts that have none.
+fn stored_note(hosts: &[TlsHost], before: &[Option<String>], after: &[Option<String>]) -> String {
+    let named = |pick: &dyn Fn(&Option<String>, &Option<String>) -> bool| {
+        hosts
+            .iter()
+            .zip(before.iter().zip(after))
+            .filter(|(_, (b, a))| pick(b, a))
+            .map(|(host, _)| format!("{} ({})", host.secret, host.host))
+            .collect::<Vec<_>>()
+    };
+    let new = named(&|b, a| a.is_some() && a != b);
+    let kept = named(&|b, a| a.is_some() && a == b);
+    let none = named(&|_, a| a.is_none());
+    let mut parts = vec![if new.is_empty() {
+        "no certificate was stored by this run".to_string()
+    } else {
+        format!("stored by this run and kept: {}", new.join(", "))
+    }];
+    if !kept.is_empty() {
+        parts.push(format!(
+            "stored before and still in use, unchanged: {}",
+            kept.join(", ")
+        ));
+    }
+    if !none.is_empty() {
+        parts.push(format!("still without a certificate: {}", none.join(", ")));
+    }
+    parts.join("; ")
 }
 
 /// Whether a stopped run left challenge records listed in `state_dir`

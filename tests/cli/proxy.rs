@@ -1,5 +1,5 @@
-//! A small HTTP proxy on loopback in front of moto's Route53 that can
-//! inject faults (moto cannot throttle) and, for the tls tests, bridge
+//! A small HTTP proxy on loopback in front of moto's Route53 (or Secrets
+//! Manager) that can inject faults (moto cannot throttle) and, for the tls tests, bridge
 //! Route53 to pebble-challtestsrv: every `_acme-challenge` TXT change moto
 //! accepts is published to (or cleared from) challtestsrv before the
 //! answer goes back, because pebble resolves names through challtestsrv,
@@ -23,6 +23,11 @@ pub struct Faults {
     /// says `INSYNC` (moto reports every change INSYNC at once; Route53
     /// takes up to a minute).
     pub pending: AtomicUsize,
+    /// Secrets Manager requests of this operation (`X-Amz-Target`, such as
+    /// `secretsmanager.UpdateSecretVersionStage`) whose body contains this
+    /// text are answered as done and never reach moto: a write the service
+    /// acknowledged and did not keep.
+    pub swallow: std::sync::Mutex<Option<(String, String)>>,
 }
 
 #[derive(Default)]
@@ -34,6 +39,7 @@ pub struct Counts {
     /// `GetChange` requests, and those answered `PENDING`.
     pub get_change: AtomicUsize,
     pub pending: AtomicUsize,
+    pub swallowed: AtomicUsize,
 }
 
 struct State {
@@ -110,6 +116,25 @@ fn route53_error(code: &str, message: &str) -> Response {
         .unwrap()
 }
 
+/// Whether a request is for Secrets Manager (a JSON protocol whose
+/// operation is named in `X-Amz-Target`), not Route53.
+fn is_secrets_manager(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|target| target.starts_with("secretsmanager."))
+}
+
+/// A Secrets Manager error answer, as AWS's JSON protocol sends it.
+fn secrets_manager_error(code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "__type": code, "message": message }).to_string();
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(Body::from(body))
+        .unwrap()
+}
+
 async fn handle(
     state: Arc<State>,
     method: Method,
@@ -120,9 +145,25 @@ async fn handle(
     state.counts.requests.fetch_add(1, Ordering::SeqCst);
     if take_one(&state.faults.throttle) {
         state.counts.throttled.fetch_add(1, Ordering::SeqCst);
+        if is_secrets_manager(&headers) {
+            return secrets_manager_error("ThrottlingException", "Rate exceeded");
+        }
         return route53_error("Throttling", "Rate exceeded");
     }
     let text = String::from_utf8_lossy(&body).to_string();
+    let swallow = state.faults.swallow.lock().unwrap().clone();
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+    if let Some((operation, needle)) = swallow
+        && target == Some(operation.as_str())
+        && text.contains(needle.as_str())
+    {
+        state.counts.swallowed.fetch_add(1, Ordering::SeqCst);
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(Body::from("{}"))
+            .unwrap();
+    }
     let is_change = method == Method::POST && uri.path().trim_end_matches('/').ends_with("/rrset");
     let refuse = state.faults.refuse_containing.lock().unwrap().clone();
     if is_change

@@ -33,15 +33,134 @@ pub fn sealed_site() -> Site {
 
 /// `staging` keeps its secrets in moto's Secrets Manager.
 pub fn staging_secrets_on(site: &Site, moto: &Moto) {
+    staging_secrets_at(site, &moto.endpoint());
+}
+
+/// `staging` keeps its secrets in the Secrets Manager at `endpoint`.
+fn staging_secrets_at(site: &Site, endpoint: &str) {
     site.edit("environments/staging.yaml", |text| {
         text.replace(
             "  prefix: kisum/staging/\n",
-            &format!(
-                "  prefix: kisum/staging/\n  endpoint: {}\n",
-                moto.endpoint()
-            ),
+            &format!("  prefix: kisum/staging/\n  endpoint: {endpoint}\n"),
         )
     });
+}
+
+/// Throttling: Secrets Manager calls get the retry policy of Route53 (8
+/// attempts with backoff, `AWS_MAX_ATTEMPTS`), and a request throttled
+/// past every attempt says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_retries_throttling_as_route53_does() {
+    use std::sync::atomic::Ordering;
+    let moto = Moto::start().await;
+    let proxy = crate::proxy::start(&moto.endpoint(), None).await;
+    let mut site = sealed_site();
+    staging_secrets_at(&site, &proxy.url());
+    let mut seen = Vec::new();
+    expect(&site, &["secrets", "apply", "staging"], 0, &mut seen);
+
+    // Four throttled answers in a row: more than the SDK's default three
+    // attempts, fewer than eight.
+    proxy.faults.throttle.store(4, Ordering::SeqCst);
+    expect(&site, &["secrets", "list", "staging"], 0, &mut seen);
+    assert_eq!(proxy.counts.throttled.load(Ordering::SeqCst), 4);
+
+    // Throttled past every attempt: one line saying the retries ran out.
+    proxy.faults.throttle.store(1000, Ordering::SeqCst);
+    site.env.push(("AWS_MAX_ATTEMPTS".into(), "3".into()));
+    let output = expect(&site, &["secrets", "check", "staging"], 3, &mut seen);
+    let text = stderr(&output) + &String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("Secrets Manager answered ThrottlingException")
+            && text.contains("still throttled after 3 attempts with backoff"),
+        "{text}"
+    );
+    assert_eq!(proxy.counts.throttled.load(Ordering::SeqCst), 4 + 3);
+    proxy.faults.throttle.store(0, Ordering::SeqCst);
+    let mut values = Vec::new();
+    for name in secret_names(&moto).await {
+        if let Some(keys) = secret_at(&moto.secrets_manager(), &name, "AWSCURRENT").await {
+            values.extend(keys.into_values());
+        }
+    }
+    assert!(!values.is_empty());
+    assert_never_shown(&values, &seen);
+}
+
+/// Retirement reads the stages back: a retirement Secrets Manager
+/// acknowledged but did not keep is a failure that says the old
+/// credential is still accepted; the rerun retires it and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_is_read_back_before_it_is_reported() {
+    let moto = Moto::start().await;
+    let proxy = crate::proxy::start(&moto.endpoint(), None).await;
+    let site = sealed_site();
+    staging_secrets_at(&site, &proxy.url());
+    let client = moto.secrets_manager();
+    let name = "kisum/staging/internal-credential-auth";
+    let mut seen = Vec::new();
+    expect(&site, &["secrets", "apply", "staging"], 0, &mut seen);
+    let rotate = rotate_auth_token("staging", "0");
+
+    let done = expect(&site, &rotate, 0, &mut seen);
+    let text = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert!(
+        text.contains(
+            "the old one is retired: read back, no stage of internal-credential-auth holds it"
+        ),
+        "{text}"
+    );
+    assert!(!old_value_still_accepted(&client, name).await);
+
+    // Secrets Manager acknowledges the retirement and keeps AWSPREVIOUS.
+    *proxy.faults.swallow.lock().unwrap() = Some((
+        "secretsmanager.UpdateSecretVersionStage".into(),
+        "AWSPREVIOUS".into(),
+    ));
+    let current = secret_at(&client, name, "AWSCURRENT").await.unwrap();
+    let failed = expect(&site, &rotate, 3, &mut seen);
+    let text = String::from_utf8_lossy(&failed.stdout).into_owned();
+    assert!(
+        proxy
+            .counts
+            .swallowed
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+    assert!(
+        text.contains("FAILED internal-credential-auth")
+            && text.contains("read back AWSPREVIOUS still holds the old value")
+            && text.contains("the old one is still accepted")
+            && !text.contains("is retired and refused"),
+        "{text}"
+    );
+    assert!(old_value_still_accepted(&client, name).await);
+    assert_eq!(
+        secret_at(&client, name, "AWSPREVIOUS").await.unwrap(),
+        current,
+        "the value before is still kept"
+    );
+
+    *proxy.faults.swallow.lock().unwrap() = None;
+    let finished = expect(&site, &rotate, 0, &mut seen);
+    let text = String::from_utf8_lossy(&finished.stdout).into_owned();
+    assert!(
+        text.contains("finished an interrupted rotation: the old one is retired: read back"),
+        "{text}"
+    );
+    assert!(!old_value_still_accepted(&client, name).await);
+    let values: Vec<String> = current.into_values().collect();
+    assert_never_shown(&values, &seen);
+}
+
+/// The names of every secret in moto.
+async fn secret_names(moto: &Moto) -> Vec<String> {
+    let listed = moto.secrets_manager().list_secrets().send().await.unwrap();
+    listed
+        .secret_list()
+        .iter()
+        .filter_map(|s| s.name().map(str::to_string))
+        .collect()
 }
 
 /// Runs, asserts the exit code, and keeps both streams in `seen`.
@@ -689,6 +808,105 @@ fn check_local_is_clean_with_what_deploy_local_writes_and_fails_on_a_needed_secr
     );
 }
 
+/// The detail of `secret`'s finding in a `check -o json` document.
+fn finding_detail(check: &Value, secret: &str) -> String {
+    check["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["secret"] == secret)
+        .and_then(|f| f["detail"].as_str())
+        .unwrap_or_else(|| panic!("no finding for {secret} in {check:#}"))
+        .to_string()
+}
+
+/// `check` names what makes each missing key: `secrets apply` only for
+/// what it generates, `db provision` (with its database) for a login's
+/// url and username, a person for an e-mail; `plan` gives each
+/// administrative login that has no use in local its own reason.
+#[test]
+fn check_names_what_makes_each_missing_key() {
+    let site = sealed_site();
+    let mut seen = Vec::new();
+    let check = ["secrets", "check", "local", "-o", "json"];
+    let before = json(&expect(&site, &check, 1, &mut seen));
+    let admin = finding_detail(&before, "admin-bootstrap-credentials");
+    assert!(
+        admin.contains("`kisumctl secrets apply local` generates password")
+            && admin.contains(
+                "a person supplies email: put the value into admin-bootstrap-credentials"
+            ),
+        "{admin}"
+    );
+    let login = finding_detail(&before, "auth-db-credentials");
+    assert!(
+        login.contains("`kisumctl secrets apply local` generates password")
+            && login.contains("`kisumctl db provision local auth-db` writes url, username"),
+        "{login}"
+    );
+
+    expect(&site, &["secrets", "apply", "local"], 0, &mut seen);
+    let after = json(&expect(&site, &check, 1, &mut seen));
+    let admin = finding_detail(&after, "admin-bootstrap-credentials");
+    assert!(
+        admin.starts_with("no email (a person supplies email") && !admin.contains("secrets apply"),
+        "{admin}"
+    );
+    let login = finding_detail(&after, "auth-db-credentials");
+    assert!(
+        login.starts_with("no url, username (`kisumctl db provision local auth-db` writes")
+            && !login.contains("secrets apply"),
+        "{login}"
+    );
+
+    let plan = json(&expect(
+        &site,
+        &["secrets", "plan", "local", "-o", "json"],
+        0,
+        &mut seen,
+    ));
+    let mongo = secret(&plan, "main-mongo-superuser");
+    assert_eq!(mongo["action"], "not-here", "{mongo}");
+    let note = mongo["note"].as_str().unwrap();
+    assert!(
+        note.contains("MongoDB is the emulator") && !note.contains("postgres"),
+        "{note}"
+    );
+    let postgres = secret(&plan, "auth-postgres-superuser");
+    assert_eq!(postgres["action"], "not-here", "{postgres}");
+    let note = postgres["note"].as_str().unwrap();
+    assert!(note.contains("`local-postgres-superuser`"), "{note}");
+}
+
+/// `secrets list` says a secret whose value it cannot read could not be
+/// read, and why, rather than showing it with no versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_says_which_secret_it_could_not_read_and_why() {
+    let moto = Moto::start().await;
+    let site = sealed_site();
+    staging_secrets_on(&site, &moto);
+    moto.secrets_manager()
+        .create_secret()
+        .name("kisum/staging/billing-provider-key")
+        .secret_string("hunter2-not-json")
+        .send()
+        .await
+        .unwrap();
+    let listed = site.expect(&["secrets", "list", "staging"], 0);
+    let text = stdout_of(&listed);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("billing-provider-key "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains("UNREADABLE: AWSCURRENT is not JSON")
+            && row.contains("could not be read")
+            && !row.contains("0 ()"),
+        "{row}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
 #[test]
 fn secrets_in_local_files_are_planned_applied_rotated_and_checked() {
     let site = sealed_site();
@@ -1018,6 +1236,82 @@ async fn a_database_password_rotates_while_the_old_login_keeps_working() {
     );
     let listed = site.run(&["secrets", "list", "local"]);
     seen.push(String::from_utf8_lossy(&listed.stdout).into_owned());
+    assert_never_shown(&local_values(&site.secrets_dir()), &seen);
+}
+
+/// A migration-role rotation killed (SIGKILL) right after the role got its
+/// new password: the current url fails, `check` says so and names the
+/// command that finishes it, and the rerun does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_rotation_killed_after_the_password_change_is_named_and_finished() {
+    const SECRET: &str = "auth-db-migration-credentials";
+    const ROTATE: &[&str] = &["secrets", "rotate", "local", SECRET];
+    let (mut site, _pg) = provisioned().await;
+    let before = site.read_secret(SECRET, "url");
+    assert!(works(&before).await);
+    site.env
+        .push(("KISUM_HOLD_AT".into(), "secrets-rotate:password-set".into()));
+    let pending_file = site.secrets_dir().join(SECRET).join(".pending/url");
+    // Killed once the role logs in with the pending password.
+    let pending = site
+        .kill_when(ROTATE, async || {
+            let url = std::fs::read_to_string(&pending_file).ok()?;
+            works(&url).await.then_some(url)
+        })
+        .await;
+    site.env.retain(|(name, _)| name != "KISUM_HOLD_AT");
+    assert_eq!(site.read_secret(SECRET, "url"), before, "not promoted");
+    assert!(
+        !works(&before).await,
+        "the current url fails until finished"
+    );
+
+    let site = Arc::new(site);
+    let checked = {
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || {
+            site.expect(&["secrets", "check", "local", "-o", "json"], 1)
+        })
+        .await
+        .unwrap()
+    };
+    let document: Value = serde_json::from_slice(&checked.stdout).unwrap();
+    let finding = document["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["secret"] == SECRET)
+        .unwrap_or_else(|| panic!("{document:#}"));
+    assert_eq!(finding["kind"], "rotation-pending", "{finding:#}");
+    let detail = finding["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the role's password was changed by an unfinished rotation")
+            && detail.contains("the current url fails to log in")
+            && detail.contains(
+                "run `kisumctl secrets rotate local auth-db-migration-credentials` to finish"
+            ),
+        "{detail}"
+    );
+
+    let rerun = assert_exit(ROTATE, rotate_blocking(&site, ROTATE).await, 0);
+    assert!(
+        stderr(&rerun).contains("continuing the pending version"),
+        "{}",
+        stderr(&rerun)
+    );
+    assert_eq!(site.read_secret(SECRET, "url"), pending);
+    assert!(works(&pending).await, "the finished rotation's url works");
+    assert!(!site.secrets_dir().join(SECRET).join(".pending").exists());
+    let after = site.run(&["secrets", "check", "local", "-o", "json"]);
+    let text = String::from_utf8_lossy(&after.stdout).into_owned();
+    assert!(!text.contains(SECRET), "{text}");
+    let seen = [
+        String::from_utf8_lossy(&checked.stdout).into_owned(),
+        stderr(&checked),
+        String::from_utf8_lossy(&rerun.stdout).into_owned(),
+        stderr(&rerun),
+        text,
+    ];
     assert_never_shown(&local_values(&site.secrets_dir()), &seen);
 }
 

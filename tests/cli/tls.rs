@@ -304,9 +304,15 @@ async fn challenge_records(client: &aws_sdk_route53::Client, zones: &[&String]) 
 /// Starts `tls issue dev` and waits (at most a minute) until it waits for
 /// its challenge records, which the proxy keeps `PENDING`.
 async fn issue_waiting(site: &Site, proxy: &crate::proxy::Proxy) -> std::process::Child {
+    waiting(site, proxy, &["tls", "issue", "dev"]).await
+}
+
+/// Starts `kisumctl ARGS` (a `tls issue`) and waits (at most a minute)
+/// until it waits for its challenge records.
+async fn waiting(site: &Site, proxy: &crate::proxy::Proxy, args: &[&str]) -> std::process::Child {
     let before = proxy.counts.get_change.load(Ordering::SeqCst);
     let child = site
-        .command(&["tls", "issue", "dev"])
+        .command(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -394,6 +400,46 @@ async fn an_interrupted_issue_removes_its_challenge_records_and_is_journaled() {
     let next = site.json(&["tls", "issue", "dev", "-o", "json"], 0);
     assert_eq!(next["failed"], 0, "{next:#}");
     assert_eq!(challenge_records(client, &[io, dev]).await, 0);
+}
+
+/// Ctrl-C during `tls issue --force` names, read back from the store,
+/// the certificates it leaves: here none new, every one from before kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_forced_issue_names_the_certificates_left_stored() {
+    let setup = issuing().await;
+    let (site, proxy) = (&setup.site, &setup.proxy);
+    let issued = site.json(&["tls", "issue", "dev", "-o", "json"], 0);
+    let secrets: Vec<(String, String)> = issued["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap().to_string();
+            (field("secret"), field("host"))
+        })
+        .collect();
+    assert!(!secrets.is_empty(), "{issued:#}");
+
+    proxy.faults.pending.store(usize::MAX / 2, Ordering::SeqCst);
+    let child = waiting(site, proxy, &["tls", "issue", "dev", "--force"]).await;
+    signal(&child, "-INT");
+    let interrupted = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    proxy.faults.pending.store(0, Ordering::SeqCst);
+    let text = stderr(&interrupted);
+    assert_eq!(interrupted.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("interrupted (Ctrl-C)")
+            && text.contains("no certificate was stored by this run")
+            && text.contains("stored before and still in use, unchanged: "),
+        "{text}"
+    );
+    for (secret, host) in &secrets {
+        assert!(text.contains(&format!("{secret} ({host})")), "{text}");
+    }
+    assert!(!text.contains("still without a certificate"), "{text}");
 }
 
 #[test]
