@@ -34,6 +34,36 @@ pub struct Args {
     output: OutputFormat,
 }
 
+/// Ctrl-C or SIGTERM during a smoke run: the checks finish (a few
+/// seconds) so that the add-on they switch is switched back, then the run
+/// ends as interrupted (exit 3). A second signal is not waited on.
+fn finish_on_interrupt(env: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let env = env.to_string();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        errln!(
+            "smoke {env}: interrupted: finishing the checks under way so that the smoke \
+             company's add-on is switched back (a few seconds; a second Ctrl-C stops at once)"
+        );
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        std::process::exit(130);
+    });
+}
+
 /// How long a smoke run waits for another one of the environment.
 const SMOKE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -66,6 +96,21 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
         Err(error) => return Ok(refuse(format, &error.to_string(), Exit::UnusableInput)),
     };
 
+    // One smoke run of the environment at a time on this machine: each
+    // toggles the smoke company's add-on, so two at once fail each other.
+    let command = format!("kisumctl smoke {}", env.name);
+    let _lock = match super::hold_lock(&state_dir, "smoke.lock", &command, SMOKE_LOCK_WAIT) {
+        Ok(lock) => lock,
+        Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
+    };
+    // From here a Ctrl-C lets the checks finish (and undo what they
+    // switched): the handler is in place before the first line says the
+    // run has begun.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    runtime.block_on(async { finish_on_interrupt(env.name, stop.clone()) });
     errln!(
         "smoke {}: auth {}, platform-admin {}, finance {}; credentials from {}",
         env.name,
@@ -74,17 +119,8 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
         target.finance,
         store.describe()
     );
-    // One smoke run of the environment at a time on this machine: each
-    // toggles the smoke company's add-on, so two at once fail each other.
-    let command = format!("kisumctl smoke {}", env.name);
-    let _lock = match super::hold_lock(&state_dir, "smoke.lock", &command, SMOKE_LOCK_WAIT) {
-        Ok(lock) => lock,
-        Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let report = runtime.block_on(smoke::run(&target, &credentials));
+    let interrupted = stop.load(std::sync::atomic::Ordering::SeqCst);
 
     match format {
         OutputFormat::Json => {
@@ -95,6 +131,14 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
     }
     for repair in &report.repairs {
         errln!("REPAIR NEEDED: {}", printable(repair));
+    }
+    if interrupted {
+        super::journal::note_interrupted();
+        errln!(
+            "smoke {}: interrupted; the checks under way finished and were undone",
+            env.name
+        );
+        return Ok(Exit::OperationFailed);
     }
     Ok(if report.passed() {
         Exit::Clean

@@ -334,7 +334,10 @@ pub fn data_process(process: DataProcess) -> ProcessSpec {
         run_as: process.run_as,
         stop_signal: process.stop_signal,
         ports: vec![process.port],
-        probe: Probe::Tcp { port: process.port },
+        probe: match process.name {
+            "redis" => Probe::Resp { port: process.port },
+            _ => Probe::Tcp { port: process.port },
+        },
         version: None,
         digest: process.program,
     })

@@ -39,6 +39,12 @@ pub async fn check(client: &reqwest::Client, probe: &Probe) -> Result<(), String
                 Err(format!("nothing accepts connections on 127.0.0.1:{port}"))
             }
         }
+        Probe::Resp { port } => {
+            let port = *port;
+            tokio::task::spawn_blocking(move || resp_answers(port))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
         Probe::Http { url } => match client.get(url).send().await {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => {
@@ -69,6 +75,31 @@ pub fn without_url(error: &reqwest::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+/// Whether the RESP server at 127.0.0.1:`port` answers an inline PING
+/// within 2 s (`+PONG`, or `-NOAUTH ...` from one that wants a login).
+fn resp_answers(port: u16) -> Result<(), String> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let stream = TcpStream::connect_timeout(&address, CONNECT)
+        .map_err(|e| format!("nothing accepts connections on 127.0.0.1:{port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    writer.write_all(b"PING\r\n").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(_) if line.starts_with('+') || line.starts_with('-') => Ok(()),
+        Ok(_) => Err(format!(
+            "127.0.0.1:{port} answered a PING with {:?}",
+            line.trim()
+        )),
+        Err(_) => Err(format!(
+            "127.0.0.1:{port} accepts connections and answers no PING within 2 s (hung or \
+             stopped)"
+        )),
+    }
 }
 
 /// Runs `AUTH user password` then `command` on the local Redis and answers
@@ -109,4 +140,34 @@ pub fn redis_command(
         .map_err(|e| e.to_string())?;
     reader.read_line(&mut line).map_err(|e| e.to_string())?;
     Ok(line.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_that_answers_anything_passes_and_one_that_is_silent_does_not() {
+        use std::io::Read as _;
+        let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = refusing.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = refusing.accept().unwrap();
+            let mut buffer = [0u8; 64];
+            let _ = socket.read(&mut buffer);
+            socket
+                .write_all(b"-NOAUTH Authentication required.\r\n")
+                .unwrap();
+        });
+        assert_eq!(resp_answers(port), Ok(()));
+        server.join().unwrap();
+
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let why = resp_answers(port).unwrap_err();
+        assert!(why.contains("answers no PING within 2 s"), "{why}");
+        drop(silent);
+        let why = resp_answers(port).unwrap_err();
+        assert!(why.starts_with("nothing accepts connections"), "{why}");
+    }
 }

@@ -122,6 +122,10 @@ impl StateDir {
 pub enum Probe {
     /// A TCP connection to 127.0.0.1:port is accepted.
     Tcp { port: u16 },
+    /// Redis at 127.0.0.1:port answers a PING (any reply, a refusal to
+    /// an unauthenticated client included): a stopped or hung Redis
+    /// accepts connections and answers nothing.
+    Resp { port: u16 },
     /// `GET url` answers 2xx.
     Http { url: String },
 }

@@ -119,6 +119,15 @@ async fn reach(env: &Environment<'_>, target: &Target, store: &dyn SecretStore) 
     let elapsed = started.elapsed();
     match answer {
         Err(_) => Item::new(name, Light::Red, did_not_answer(&target.host, target.port)),
+        Ok(Err(error)) if error.is::<Silent>() => Item::new(
+            name,
+            Light::Red,
+            format!(
+                "{}:{} {SILENT} its client's time limit (it accepts connections and answers \
+                 nothing: hung, stopped or overloaded)",
+                target.host, target.port
+            ),
+        ),
         Ok(Err(error)) => Item::new(
             name,
             Light::Red,
@@ -156,6 +165,12 @@ async fn refused(host: &str, port: u16) -> Option<String> {
 /// nothing in time (hung, stopped or overloaded), as opposed to one that
 /// refused it.
 pub const SILENT: &str = "did not answer within";
+
+/// A server that accepted the connection and let the client's own time
+/// limit run out.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer in time")]
+struct Silent;
 
 fn did_not_answer(host: &str, port: u16) -> String {
     format!("{host}:{port} {SILENT} {} s", TIMEOUT.as_secs())
@@ -198,8 +213,13 @@ async fn query(
             let url = format!("redis://{auth}{}:{}/0", target.host, target.port);
             let client = redis::Client::open(url)
                 .map_err(|e| anyhow::anyhow!("a Redis URL for {}: {:?}", target.host, e.kind()))?;
-            let said =
-                |error: redis::RedisError| anyhow::anyhow!("as {user}: {}", redis_said(&error));
+            // A Redis that accepts and answers nothing (stopped, hung) runs
+            // into the client's own time limit: said as silence, not as
+            // an error of the login.
+            let said = |error: redis::RedisError| match error.is_timeout() {
+                true => anyhow::Error::new(Silent),
+                false => anyhow::anyhow!("as {user}: {}", redis_said(&error)),
+            };
             let mut conn = client
                 .get_multiplexed_async_connection()
                 .await

@@ -394,3 +394,45 @@ async fn an_unknown_environment_is_unusable_input() {
     let output = smoke(&matrix.path().join("environments"), &["smoke", "qa"]).await;
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_lets_the_checks_finish_and_switch_the_add_on_back() {
+    use tokio::io::AsyncBufReadExt as _;
+    let deployment = Deployment::start().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kisumctl"))
+        .arg("--matrix")
+        .arg(deployment.matrix_dir())
+        .args(["smoke", "local"])
+        .current_dir(elsewhere.path())
+        .env_remove("KISUM_MATRIX")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let header = lines.next_line().await.unwrap().unwrap();
+    assert!(header.starts_with("smoke local: auth "), "{header}");
+    // The run has begun: Ctrl-C now.
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    let status = child.wait().await.unwrap();
+    let text = rest.join("\n");
+    assert_eq!(status.code(), Some(3), "{text}");
+    assert!(text.contains("smoke local: interrupted"), "{text}");
+    assert!(!text.contains("REPAIR NEEDED"), "{text}");
+    assert_eq!(deployment.core_modules().await, json!(["basic", "finance"]));
+    // Journaled as interrupted.
+    let journal = std::fs::read_to_string(deployment.state_dir().join("journal.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
+    assert_eq!(last["result"], "interrupted", "{journal}");
+}

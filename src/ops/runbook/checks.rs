@@ -272,7 +272,7 @@ impl Diagnosis {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
+            .timeout(PROBE_TIMEOUT)
             .build()
             .unwrap_or_default();
         Diagnosis {
@@ -429,11 +429,33 @@ impl Diagnosis {
                 Verdict::Inconclusive,
                 format!("GET {url} answered {}", answer.code()),
             )),
-            Err(reason) => Err(Finding::new(
-                check,
-                Verdict::Inconclusive,
-                format!("GET {url}: unreachable: {reason}"),
-            )),
+            Err(reason) => match self.service_of(url) {
+                // On local, a loopback port that accepted and answered
+                // nothing in time is a hung (or stopped) process.
+                Some(service)
+                    if self.platform.env == "local"
+                        && on_loopback(url)
+                        && self.is_silent(&service) =>
+                {
+                    Err(Finding::new(
+                        check,
+                        Verdict::Cause,
+                        format!(
+                            "{} is not answering: it accepts connections and answers nothing \
+                             within {} s (hung, stopped or overloaded)",
+                            title(&service),
+                            PROBE_TIMEOUT.as_secs()
+                        ),
+                    )
+                    .evidence([format!("GET {url}: {reason}")])
+                    .fix(self.unhang(&service)))
+                }
+                _ => Err(Finding::new(
+                    check,
+                    Verdict::Inconclusive,
+                    format!("GET {url}: unreachable: {reason}"),
+                )),
+            },
         }
     }
 
@@ -709,16 +731,20 @@ impl Diagnosis {
     /// Why a check that needs the verified token (and `--company`) was
     /// not made.
     fn needs_identity(&self, check: &str) -> Finding {
-        let reason = if self.inputs.token.is_none() {
-            "needs the user's token (--token-file)".to_string()
+        // `skip` is for an input not given; `??` for what could not ask.
+        let (verdict, reason) = if self.inputs.token.is_none() {
+            (Verdict::Skipped, "needs the user's token (--token-file)")
         } else if self.is_silent(AUTH) {
-            "not asked: Auth did not answer".to_string()
+            (Verdict::Inconclusive, "not asked: Auth did not answer")
         } else if self.claims.is_none() {
-            "not asked: the token was not verified (see jwt-valid)".to_string()
+            (
+                Verdict::Inconclusive,
+                "not asked: the token was not verified (see jwt-valid)",
+            )
         } else {
-            "needs --company".to_string()
+            (Verdict::Skipped, "needs --company")
         };
-        Finding::new(check, Verdict::Skipped, reason)
+        Finding::new(check, verdict, reason)
     }
 
     async fn jwt_valid(&mut self) -> Finding {
@@ -1161,12 +1187,18 @@ impl Diagnosis {
             &self.inputs.module,
             self.company(),
         ) else {
-            let reason = if self.is_silent(AUTH) {
-                "not asked: Auth did not answer"
-            } else {
-                "needs Auth's access context (a valid --token-file) and Core's entitlements"
+            return match self.is_silent(AUTH) {
+                true => Finding::new(
+                    ACCESS_CACHE,
+                    Verdict::Inconclusive,
+                    "not asked: Auth did not answer",
+                ),
+                false => Finding::new(
+                    ACCESS_CACHE,
+                    Verdict::Skipped,
+                    "needs Auth's access context (a valid --token-file) and Core's entitlements",
+                ),
             };
-            return Finding::new(ACCESS_CACHE, Verdict::Skipped, reason);
         };
         let cached = context["entitlement_version"].as_i64().unwrap_or(-1);
         let computed = entitlements["version"].as_i64().unwrap_or(-1);
@@ -1441,6 +1473,30 @@ impl Diagnosis {
             }
             evidence.push(line);
         }
+        if !self.platform.postgres_down.is_empty() {
+            // Services may still hold connections (and say ready) to a
+            // server that no longer answers new ones.
+            evidence.extend(
+                self.platform
+                    .postgres_down
+                    .iter()
+                    .map(|why| format!("PostgreSQL: {why}")),
+            );
+            let not_ready = match down.is_empty() {
+                true => "the services still say ready".to_string(),
+                false => format!("not ready: {}", down.join(", ")),
+            };
+            return Finding::new(
+                SERVICES_READY,
+                Verdict::Cause,
+                format!(
+                    "{not_ready}: PostgreSQL is unreachable ({})",
+                    self.platform.postgres_down.join("; ")
+                ),
+            )
+            .evidence(evidence)
+            .fix(self.restart_postgres());
+        }
         if down.is_empty() && !unasked.is_empty() {
             return Finding::new(
                 SERVICES_READY,
@@ -1458,24 +1514,6 @@ impl Diagnosis {
             .evidence(evidence);
         }
         let not_ready = format!("not ready: {}", down.join(", "));
-        if !self.platform.postgres_down.is_empty() {
-            evidence.extend(
-                self.platform
-                    .postgres_down
-                    .iter()
-                    .map(|why| format!("PostgreSQL: {why}")),
-            );
-            return Finding::new(
-                SERVICES_READY,
-                Verdict::Cause,
-                format!(
-                    "{not_ready}: PostgreSQL is unreachable ({})",
-                    self.platform.postgres_down.join("; ")
-                ),
-            )
-            .evidence(evidence)
-            .fix(self.restart_postgres());
-        }
         let fix = match hung.contains(&down[0]) {
             true => self.unhang(&down[0]),
             false => self.restart(&down[0]),
@@ -1516,6 +1554,7 @@ impl Diagnosis {
         };
         let mut evidence = vec![format!("Auth signs with kid {signing}")];
         let mut lagging = Vec::new();
+        let mut unasked = Vec::new();
         let others: Vec<(String, String)> = self
             .platform
             .endpoints
@@ -1534,9 +1573,26 @@ impl Diagnosis {
                     }
                     evidence.push(format!("{service}: kids [{}]", kids.join(", ")));
                 }
-                Ok(answer) => evidence.push(format!("{service}: GET {url}: {}", answer.code())),
-                Err(e) => evidence.push(format!("{service}: unreachable: {e}")),
+                Ok(answer) => {
+                    unasked.push(service.clone());
+                    evidence.push(format!("{service}: GET {url}: {}", answer.code()));
+                }
+                Err(e) => {
+                    unasked.push(service.clone());
+                    evidence.push(format!("{service}: unreachable: {e}"));
+                }
             }
+        }
+        if lagging.is_empty() && !unasked.is_empty() {
+            return Finding::new(
+                JWKS_PROPAGATED,
+                Verdict::Inconclusive,
+                format!(
+                    "the verifiers asked know Auth's signing kid; could not ask: {}",
+                    unasked.join(", ")
+                ),
+            )
+            .evidence(evidence);
         }
         if lagging.is_empty() {
             return Finding::new(
@@ -1849,7 +1905,7 @@ mod tests {
         use Verdict::*;
         assert_eq!(
             verdicts,
-            [Inconclusive, Inconclusive, Skipped, Skipped],
+            [Inconclusive, Inconclusive, Inconclusive, Inconclusive],
             "{findings:#?}"
         );
         assert!(
@@ -1930,6 +1986,73 @@ mod tests {
         assert!(fix.starts_with("restart finance"), "{fix}");
         assert!(fix.contains("finance process's pid; `kill PID`"), "{fix}");
         assert!(fix.contains("only then does"), "{fix}");
+    }
+
+    #[tokio::test]
+    async fn a_verifier_that_could_not_be_asked_leaves_the_check_inconclusive() {
+        let auth = answering_with(200, r#"{"signing_kid":"new"}"#).await;
+        let mut platform = platform("local", &auth);
+        platform
+            .endpoints
+            .internal
+            .insert("finance".into(), refused_url());
+        let finding = Diagnosis::new(platform, Inputs::default())
+            .run(&[JWKS_PROPAGATED])
+            .await
+            .remove(0);
+        assert_eq!(finding.verdict, Verdict::Inconclusive, "{finding:?}");
+        assert!(
+            finding.summary.ends_with("could not ask: finance"),
+            "{finding:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_backend_on_local_is_named_as_not_answering() {
+        let (_socket, finance) = hung();
+        let mut platform = platform("local", &answering(200).await);
+        platform
+            .endpoints
+            .internal
+            .insert("finance".into(), finance);
+        let inputs = Inputs {
+            module: Some("finance".into()),
+            ..Inputs::default()
+        };
+        let started = std::time::Instant::now();
+        let finding = Diagnosis::new(platform, inputs)
+            .run(&[PERMISSION_KEY])
+            .await
+            .remove(0);
+        assert!(started.elapsed() < PROBE_TIMEOUT * 2);
+        assert_eq!(finding.verdict, Verdict::Cause, "{finding:?}");
+        assert!(
+            finding
+                .summary
+                .starts_with("the finance service is not answering"),
+            "{finding:?}"
+        );
+        assert!(finding.fix.unwrap().contains("kill -CONT PID"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_postgresql_is_the_cause_while_the_services_still_say_ready() {
+        let mut platform = platform("local", &answering(200).await);
+        let auth = platform.endpoints.internal[AUTH].clone();
+        platform.endpoints.public.insert(AUTH.into(), auth);
+        platform.postgres_down = vec!["127.0.0.1:25432 did not answer within 5 s".into()];
+        let finding = Diagnosis::new(platform, Inputs::default())
+            .run(&[SERVICES_READY])
+            .await
+            .remove(0);
+        assert_eq!(finding.verdict, Verdict::Cause, "{finding:?}");
+        assert!(
+            finding
+                .summary
+                .starts_with("the services still say ready: PostgreSQL is unreachable"),
+            "{finding:?}"
+        );
+        assert!(finding.fix.unwrap().contains("kill -CONT PID"));
     }
 
     fn redis_verdict(env: &str, light: crate::ops::health::Light, detail: &str) -> Finding {
