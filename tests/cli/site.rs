@@ -275,6 +275,16 @@ impl Site {
         serde_json::from_slice(&output.stdout).expect("a JSON document")
     }
 
+    /// The result of the newest record of the local journal.
+    pub fn last_journal_result(&self) -> String {
+        let journal = self.json(&["journal", "local", "-o", "json"], 0);
+        let records = journal["records"].as_array().unwrap();
+        records.last().unwrap()["result"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn backup(&self, database: &str) -> Value {
         let document = self.json(&["backup", "local", database, "-o", "json"], 0);
         document["backups"][0]["manifest"].clone()
