@@ -147,6 +147,9 @@ pub const STALE_UPLOAD_SECONDS: i64 = 24 * 3600;
 /// A bucket that cannot be listed is an error.
 pub async fn unfinished(cx: &Context<'_>) -> Result<Vec<Unfinished>> {
     let mut found = staged(cx);
+    // Known gap: objects of an upload stopped before uploads were marked
+    // (no manifest, no marker) are neither listed nor swept; see
+    // docs/backups.md, "What a backup is".
     if let Store::S3(s3) = &cx.store {
         let this_host = crate::ops::journal::host();
         for upload in s3.marked_uploads().await? {
