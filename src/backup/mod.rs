@@ -147,9 +147,6 @@ pub const STALE_UPLOAD_SECONDS: i64 = 24 * 3600;
 /// A bucket that cannot be listed is an error.
 pub async fn unfinished(cx: &Context<'_>) -> Result<Vec<Unfinished>> {
     let mut found = staged(cx);
-    // Known gap: objects of an upload stopped before uploads were marked
-    // (no manifest, no marker) are neither listed nor swept; see
-    // docs/backups.md, "What a backup is".
     if let Store::S3(s3) = &cx.store {
         let this_host = crate::ops::journal::host();
         for upload in s3.marked_uploads().await? {
@@ -168,6 +165,23 @@ pub async fn unfinished(cx: &Context<'_>) -> Result<Vec<Unfinished>> {
                 pid: upload.marker.as_ref().map(|m| m.pid),
                 host: Some(upload.marker.map_or("unknown".into(), |m| m.host)),
                 abandoned: gone || old,
+            });
+        }
+        // Objects without a manifest and without a marker: an upload
+        // stopped by a kisumctl from before uploads were marked (today's
+        // put the marker first). Nothing tells whether it runs, so it is
+        // abandoned once its id's start time is over a day old.
+        for (id, location) in s3.unmarked_uploads().await? {
+            if found.iter().any(|known| known.id == id) {
+                continue;
+            }
+            let old = id_age_seconds(&id).is_some_and(|age| age > STALE_UPLOAD_SECONDS);
+            found.push(Unfinished {
+                id,
+                path: location,
+                pid: None,
+                host: Some("unknown (no marker)".into()),
+                abandoned: old,
             });
         }
     }
@@ -300,6 +314,16 @@ pub fn id_database(id: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     (stamp_ok && suffix_ok && database_ok).then_some(database)
+}
+
+/// Seconds since the start time a backup id carries; `None` for an id of
+/// another shape.
+fn id_age_seconds(id: &str) -> Option<i64> {
+    id_database(id)?;
+    let (stamp, _) = id.split_once('-')?;
+    let started = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stamp).ok()?;
+    let started = jiff::tz::TimeZone::UTC.to_timestamp(started).ok()?;
+    Some(jiff::Timestamp::now().as_second() - started.as_second())
 }
 
 /// Seconds since an RFC 3339 time of a manifest.

@@ -848,27 +848,21 @@ async fn an_s3_upload_killed_midway_is_listed_and_the_next_backup_removes_it_and
     // An upload of another host, started just now, is not this host's to
     // judge: reported, never removed.
     let foreign = "20260101T000000Z-auth-db-0f0f";
-    moto_client(&endpoint)
-        .put_object()
-        .bucket("kisum-local-backups")
-        .key(format!("databases/.partial/{foreign}"))
-        .body(
-            br#"{"host":"elsewhere","pid":1,"started_at":"2026-01-01T00:00:00Z"}"#
-                .to_vec()
-                .into(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let body = br#"{"host":"elsewhere","pid":1,"started_at":"2026-01-01T00:00:00Z"}"#;
+    put_object(&endpoint, &format!("databases/.partial/{foreign}"), body).await;
 
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
-    let unfinished = list["unfinished"].as_array().unwrap();
-    assert_eq!(unfinished.len(), 2, "{list:#}");
-    assert_eq!(unfinished[0]["id"], foreign, "{list:#}");
-    assert_eq!(unfinished[0]["abandoned"], false, "{list:#}");
-    assert_eq!(unfinished[0]["host"], "elsewhere", "{list:#}");
-    assert_eq!(unfinished[1]["id"], marker.as_str(), "{list:#}");
-    assert_eq!(unfinished[1]["abandoned"], true, "{list:#}");
+    // The marker of this host's upload names it.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim().to_string();
+    assert_eq!(
+        unfinished(&list),
+        [
+            (foreign.to_string(), false, "elsewhere".to_string()),
+            (marker.clone(), true, host)
+        ],
+        "{list:#}"
+    );
     assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
     let text = site.expect(&["backup", "list", "local"], 0);
     assert!(
@@ -896,6 +890,72 @@ async fn an_s3_upload_killed_midway_is_listed_and_the_next_backup_removes_it_and
     assert_eq!(markers, [format!("databases/.partial/{foreign}")]);
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
     assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmarked_s3_uploads_are_listed_and_pruned_once_their_id_is_a_day_old() {
+    // What an upload stopped before uploads were marked left: objects,
+    // no manifest, no marker.
+    let moto = Moto::start().await;
+    moto.create_bucket("kisum-local-backups").await;
+    let endpoint = moto.endpoint();
+    let site = s3_site(25433, &moto);
+    let old = "20260101T000000Z-auth-db-0a0a";
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    let young = format!("{stamp}-auth-db-0b0b");
+    for id in [old, young.as_str()] {
+        let key = format!("databases/{id}/auth_db.dump");
+        put_object(&endpoint, &key, b"half a dump").await;
+    }
+
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    let unmarked = "unknown (no marker)".to_string();
+    assert_eq!(
+        unfinished(&list),
+        [
+            (old.to_string(), true, unmarked.clone()),
+            (young.clone(), false, unmarked)
+        ],
+        "{list:#}"
+    );
+    let text = site.expect(&["backup", "list", "local"], 0);
+    assert!(
+        stderr(&text).contains(&format!("unfinished backup {old}"))
+            && stderr(&text).contains("left by a stopped run"),
+        "{}",
+        stderr(&text)
+    );
+
+    site.expect(&["backup", "prune", "local"], 0);
+    let (keys, _) = bucket_state(&endpoint, "databases/").await;
+    assert_eq!(
+        keys,
+        [format!("databases/{young}/auth_db.dump")],
+        "the day-old upload is gone, the young one stays"
+    );
+}
+
+/// Puts object `key` into bucket `kisum-local-backups` of moto.
+async fn put_object(endpoint: &str, key: &str, body: &[u8]) {
+    moto_client(endpoint)
+        .put_object()
+        .bucket("kisum-local-backups")
+        .key(key)
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// (id, abandoned, host) of each unfinished backup `backup list -o json`
+/// reported.
+fn unfinished(list: &Value) -> Vec<(String, bool, String)> {
+    let entries = list["unfinished"].as_array().unwrap();
+    let field = |entry: &Value, name: &str| entry[name].as_str().unwrap_or_default().to_string();
+    entries
+        .iter()
+        .map(|e| (field(e, "id"), e["abandoned"] == true, field(e, "host")))
+        .collect()
 }
 
 /// Rewrites the finish time of a backup in moto, with the SDK (fixed
