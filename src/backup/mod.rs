@@ -167,6 +167,23 @@ pub async fn unfinished(cx: &Context<'_>) -> Result<Vec<Unfinished>> {
                 abandoned: gone || old,
             });
         }
+        // Objects without a manifest and without a marker: an upload
+        // stopped by a kisumctl from before uploads were marked (today's
+        // put the marker first). Nothing tells whether it runs, so it is
+        // abandoned once its id's start time is over a day old.
+        for (id, location) in s3.unmarked_uploads().await? {
+            if found.iter().any(|known| known.id == id) {
+                continue;
+            }
+            let old = id_age_seconds(&id).is_some_and(|age| age > STALE_UPLOAD_SECONDS);
+            found.push(Unfinished {
+                id,
+                path: location,
+                pid: None,
+                host: Some("unknown (no marker)".into()),
+                abandoned: old,
+            });
+        }
     }
     found.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(found)
@@ -297,6 +314,16 @@ pub fn id_database(id: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     (stamp_ok && suffix_ok && database_ok).then_some(database)
+}
+
+/// Seconds since the start time a backup id carries; `None` for an id of
+/// another shape.
+fn id_age_seconds(id: &str) -> Option<i64> {
+    id_database(id)?;
+    let (stamp, _) = id.split_once('-')?;
+    let started = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stamp).ok()?;
+    let started = jiff::tz::TimeZone::UTC.to_timestamp(started).ok()?;
+    Some(jiff::Timestamp::now().as_second() - started.as_second())
 }
 
 /// Seconds since an RFC 3339 time of a manifest.

@@ -1,8 +1,9 @@
 //! `restore`: replaces a live database with a backup without ever leaving
 //! it unserved.
 //!
-//! The steps, each recorded in a journal file before it starts
-//! (`<state-dir>/restores/<database>.json`):
+//! The steps, each recorded in a journal file
+//! (`<state-dir>/restores/<database>.json`) as it starts (`under_way`) and
+//! once it is done (`steps`):
 //!
 //! 1. fetch the backup and verify it (checksums, decryption, manifest);
 //!    a corrupt backup stops here and nothing has changed;
@@ -85,11 +86,33 @@ pub struct Journal {
     /// removes it; cleared once the backup is committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_staging: Option<PathBuf>,
+    /// The step being worked on (named by what it completes), written as
+    /// it starts and cleared once it is recorded in `steps`: a restore
+    /// killed midway is reported at the step it was in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub under_way: Option<Step>,
 }
 
 impl Journal {
     pub fn last(&self) -> Step {
         self.steps.last().map(|s| s.0).unwrap_or(Step::Started)
+    }
+
+    /// Where a restore that stopped here had got to, for people: the step
+    /// under way when there was one ("during the safety backup"), else
+    /// the last one finished.
+    pub fn stopped_at(&self, engine: EngineKind) -> &'static str {
+        let redis = engine == EngineKind::Redis;
+        match self.under_way {
+            Some(Step::SafetyBackup) => "during the safety backup",
+            Some(Step::Created) if redis => {
+                "while loading the snapshot into a scratch redis-server"
+            }
+            Some(Step::Created) => "while creating the restored database",
+            Some(Step::Restored) => "while restoring the backup",
+            Some(Step::Verified) => "while checking the restored data",
+            _ => self.last().stopped_after(engine),
+        }
     }
 }
 
@@ -171,8 +194,16 @@ fn write_journal(state_dir: &Path, journal: &Journal) -> Result<()> {
     write_json_atomic(&journal_path(state_dir, &journal.database), journal)
 }
 
+/// Records that `step` is done.
 fn record(state_dir: &Path, journal: &mut Journal, step: Step) -> Result<()> {
     journal.steps.push((step, super::now_rfc3339()));
+    journal.under_way = None;
+    write_journal(state_dir, journal)
+}
+
+/// Records that the work towards `step` starts.
+fn begin(state_dir: &Path, journal: &mut Journal, step: Step) -> Result<()> {
+    journal.under_way = Some(step);
     write_journal(state_dir, journal)
 }
 
@@ -644,7 +675,7 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
     };
     stop_scratch_server(&journal);
     let staging_note = remove_safety_staging(&mut journal);
-    let reopened = reopen_postgres(cx, target, &journal).await?;
+    let mut reopened = reopen_postgres(cx, target, &journal).await?;
     let last = journal.last();
     let swapped = match last {
         Step::Swapped => true,
@@ -662,7 +693,7 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
         )
     } else {
         let scratch = drop_scratch(cx, target, &journal).await?;
-        let stopped = last.stopped_after(target.engine);
+        let stopped = journal.stopped_at(target.engine);
         journal.error = Some(format!("interrupted {stopped}"));
         journal.cleaned = scratch != Scratch::LeftOver;
         record(&cx.state_dir, &mut journal, Step::Abandoned)?;
@@ -677,40 +708,53 @@ pub async fn recover(cx: &Context<'_>, target: &Target) -> Result<Option<String>
                 journal.environment, journal.database
             ),
         };
+        // A swap killed after closing the live database to new
+        // connections: it refused them until now.
+        let live = match reopened.iter().position(|name| *name == journal.name) {
+            Some(at) => refused_note(&reopened.remove(at)),
+            None => live_note(&journal),
+        };
         format!(
-            "restore {} of {} stopped {stopped}, before the swap; {}{built}",
-            journal.restore_id,
-            journal.database,
-            live_note(&journal)
+            "restore {} of {} stopped {stopped}, before the swap; {live}{built}",
+            journal.restore_id, journal.database,
         )
     };
     archive(&cx.state_dir, &journal)?;
-    let notes = staging_note.into_iter().chain(reopened);
-    Ok(Some(
-        notes.fold(description, |text, note| format!("{text}; {note}")),
-    ))
-}
-
-/// PostgreSQL: a restore killed during its swap may leave the live (or
-/// the previous) database refusing connections; they are allowed again.
-async fn reopen_postgres(
-    cx: &Context<'_>,
-    target: &Target,
-    journal: &Journal,
-) -> Result<Option<String>> {
-    if target.engine != EngineKind::Postgresql {
-        return Ok(None);
-    }
-    let login = pg_login(cx, target)?;
-    let names = [journal.name.as_str(), journal.previous.as_str()];
-    let reopened = postgres::allow_connections(&login, &names).await?;
-    Ok((!reopened.is_empty()).then(|| {
+    let reopened = (!reopened.is_empty()).then(|| {
         format!(
             "{} accept{} connections again",
             reopened.join(" and "),
             if reopened.len() == 1 { "s" } else { "" }
         )
-    }))
+    });
+    let notes = (staging_note.into_iter())
+        .chain(safety_note(cx, &journal))
+        .chain(reopened);
+    Ok(Some(
+        notes.fold(description, |text, note| format!("{text}; {note}")),
+    ))
+}
+
+/// A live database that refused new connections (a swap stopped after
+/// closing it) and was opened again.
+fn refused_note(name: &str) -> String {
+    format!("{name} was refusing new connections; allowed again, its data unchanged")
+}
+
+/// PostgreSQL: a restore killed during its swap may leave the live (or
+/// the previous) database refusing connections; they are allowed again.
+/// Answers the databases that were refusing them.
+async fn reopen_postgres(
+    cx: &Context<'_>,
+    target: &Target,
+    journal: &Journal,
+) -> Result<Vec<String>> {
+    if target.engine != EngineKind::Postgresql {
+        return Ok(Vec::new());
+    }
+    let login = pg_login(cx, target)?;
+    let names = [journal.name.as_str(), journal.previous.as_str()];
+    postgres::allow_connections(&login, &names).await
 }
 
 /// Removes the staging directory of a safety backup the interrupted
@@ -846,6 +890,7 @@ pub async fn run(
         cleaned: false,
         scratch_server: None,
         safety_staging: None,
+        under_way: None,
     };
     record(&cx.state_dir, &mut journal, Step::Started)
         .map_err(|e| Failure::untouched(e, format!("fix the cause, then run `{again}`")))?;
@@ -895,9 +940,7 @@ async fn abandon(
         };
     }
     let mut aftermath = vec![live_note(journal)];
-    if let Some(id) = &journal.safety_backup {
-        aftermath.push(format!("the safety backup {id} was kept"));
-    }
+    aftermath.extend(safety_note(cx, journal));
     let mut next = if error.is::<super::interrupt::Interrupted>() {
         format!("run `{again}` again")
     } else if error.downcast_ref::<super::Corrupt>().is_some() {
@@ -933,6 +976,15 @@ async fn abandon(
     }
 }
 
+/// The safety backup a restore kept, and where.
+fn safety_note(cx: &Context<'_>, journal: &Journal) -> Option<String> {
+    let id = journal.safety_backup.as_ref()?;
+    Some(format!(
+        "the safety backup {id} was kept in {}",
+        cx.store.describe()
+    ))
+}
+
 /// What the live data is after a restore stopped before its swap.
 fn live_note(journal: &Journal) -> String {
     if journal.original_exists {
@@ -966,7 +1018,7 @@ async fn steps(
         let started = std::time::Instant::now();
         let id = super::new_id(&target.id);
         journal.safety_staging = Some(cx.store.staging_dir(&id, &cx.state_dir));
-        write_journal(&cx.state_dir, journal)?;
+        begin(&cx.state_dir, journal, Step::SafetyBackup)?;
         let safety = super::backup_as(cx, target, Trigger::Safety, id).await?;
         safety_seconds = started.elapsed().as_secs_f64();
         journal.safety_backup = Some(safety.id);
@@ -1051,11 +1103,14 @@ async fn restore_postgres(
 ) -> Result<std::collections::BTreeMap<String, u64>> {
     let login = pg_login(cx, target)?;
     let (facts, dump) = prepared.postgres_dump(&target.name)?;
+    begin(&cx.state_dir, journal, Step::Created)?;
     postgres::drop_database(&login, &journal.scratch).await?;
     postgres::create_database(&login, &journal.scratch, &facts).await?;
     record(&cx.state_dir, journal, Step::Created)?;
+    begin(&cx.state_dir, journal, Step::Restored)?;
     postgres::restore_file(&login, &journal.scratch, dump).await?;
     record(&cx.state_dir, journal, Step::Restored)?;
+    begin(&cx.state_dir, journal, Step::Verified)?;
     progress(&format!("verifying the row counts of {}", journal.scratch));
     postgres::count_restored(&login, &journal.scratch, &prepared.manifest.counts).await
 }
@@ -1067,8 +1122,10 @@ async fn restore_mongo(
     journal: &mut Journal,
 ) -> Result<std::collections::BTreeMap<String, u64>> {
     let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+    begin(&cx.state_dir, journal, Step::Created)?;
     mongo::drop_database(&url, &journal.scratch).await?;
     record(&cx.state_dir, journal, Step::Created)?;
+    begin(&cx.state_dir, journal, Step::Restored)?;
     let counts = mongo::restore_into(&url, &journal.scratch, &prepared.plain).await?;
     record(&cx.state_dir, journal, Step::Restored)?;
     Ok(counts)
@@ -1085,6 +1142,7 @@ async fn restore_redis(
         .get(redis::RDB_FILE)
         .context("the backup has no RDB snapshot")?
         .clone();
+    begin(&cx.state_dir, journal, Step::Created)?;
     let scratch = tokio::task::spawn_blocking(move || redis::ScratchServer::start(&snapshot))
         .await
         .context("the scratch Redis task")??;
@@ -1100,6 +1158,7 @@ async fn restore_redis(
     }
     journal.scratch_server = Some((scratch.pid(), scratch.dir().to_path_buf()));
     record(&cx.state_dir, journal, Step::Created)?;
+    begin(&cx.state_dir, journal, Step::Restored)?;
     let mut counts = std::collections::BTreeMap::new();
     for (source, staging) in &journal.redis_pairs {
         let copied = redis::copy_database(&from, *source, &live, *staging).await?;
@@ -1165,6 +1224,73 @@ fn restart_local_service(state_dir: &Path, service: &str) -> Option<u32> {
     supervisor::request_restart(&state, service).ok()?
 }
 
+/// What `cleanup` of `target` would drop, for the confirmation asked
+/// before it: one line per database (Redis: indexes) and for a stopped
+/// restore whose journal remains. Read only.
+pub async fn cleanup_preview(cx: &Context<'_>, target: &Target) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    if let Some(journal) = read_journal(&cx.state_dir, &target.id)? {
+        lines.push(format!(
+            "settle restore {} (pid {}), which did not finish: drop the {} it was building, if \
+             there",
+            journal.restore_id,
+            journal.pid,
+            scratch_label(target, &journal)
+        ));
+    }
+    if target.engine == EngineKind::Postgresql {
+        let login = pg_login(cx, target)?;
+        for kind in ["_previous_", "_restore_"] {
+            let prefix = format!("{}{kind}", target.name);
+            for name in postgres::databases_with_prefix(&login, &prefix).await? {
+                lines.push(format!("drop database {name}"));
+            }
+        }
+    }
+    for (_, journal) in history(&cx.state_dir, &target.id)? {
+        lines.extend(match kept(cx, target, &journal)? {
+            None => None,
+            Some(Kept::Previous) => Some(format!("drop database {}", journal.previous)),
+            Some(Kept::Abandoned) => Some(format!(
+                "drop database {} of the stopped restore {}, if there",
+                journal.scratch, journal.restore_id
+            )),
+            Some(Kept::Staging) => Some(format!(
+                "flush Redis database index(es) {} (the keys before restore {})",
+                journal.scratch, journal.restore_id
+            )),
+        });
+    }
+    Ok(lines)
+}
+
+/// What a finished MongoDB or Redis restore left for `--cleanup`.
+enum Kept {
+    /// MongoDB: the database that served before it.
+    Previous,
+    /// MongoDB: the new database of an abandoned restore, if it is there.
+    Abandoned,
+    /// Redis: the staging indexes, holding the keys from before it.
+    Staging,
+}
+
+/// What the finished restore `journal` left that `--cleanup` drops, once
+/// (`None` after that, and never the live data).
+fn kept(cx: &Context<'_>, target: &Target, journal: &Journal) -> Result<Option<Kept>> {
+    if journal.cleaned {
+        return Ok(None);
+    }
+    Ok(match (target.engine, journal.last()) {
+        (EngineKind::Mongodb, Step::Swapped) if journal.original_exists => {
+            let live = connection::mongo_database(target, cx.secrets.as_ref())?;
+            (journal.previous != live).then_some(Kept::Previous)
+        }
+        (EngineKind::Mongodb, Step::Abandoned) => Some(Kept::Abandoned),
+        (EngineKind::Redis, Step::Swapped) => Some(Kept::Staging),
+        _ => None,
+    })
+}
+
 /// Drops what earlier restores of `target` kept (the previous database or
 /// keys) and what an interrupted restore left. Answers what was found of
 /// an interrupted restore, and what was dropped.
@@ -1178,10 +1304,8 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<(Option<String
         let reopened = postgres::allow_connections(&login, &[&target.name]).await?;
         let recovered = match (recovered, reopened.is_empty()) {
             (recovered, true) => recovered,
-            (None, false) => Some(format!("{} accepts connections again", target.name)),
-            (Some(note), false) => {
-                Some(format!("{note}; {} accepts connections again", target.name))
-            }
+            (None, false) => Some(refused_note(&target.name)),
+            (Some(note), false) => Some(format!("{note}; {}", refused_note(&target.name))),
         };
         for kind in ["_previous_", "_restore_"] {
             let prefix = format!("{}{kind}", target.name);
@@ -1197,44 +1321,39 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<(Option<String
         if journal.cleaned {
             continue;
         }
-        match (target.engine, journal.last()) {
-            (EngineKind::Mongodb, Step::Swapped) if journal.original_exists => {
-                let live = connection::mongo_database(target, cx.secrets.as_ref())?;
-                if journal.previous != live {
-                    release(cx, target, &journal.previous).await?;
-                    let url = connection::mongo_url(target, cx.secrets.as_ref())?;
-                    let patience = mongo::DROP_PATIENCE;
-                    if !mongo::drop_database_verified(&url, &journal.previous, patience).await? {
-                        bail!(
-                            "database {} came back after each drop for {} s; run `kisumctl \
-                             restore {} {} --cleanup` again",
-                            journal.previous,
-                            patience.as_secs(),
-                            cx.env.name,
-                            target.id
-                        );
-                    }
-                    dropped.push(journal.previous.clone());
-                }
-            }
-            (EngineKind::Mongodb, Step::Abandoned) => {
-                match drop_scratch(cx, target, &journal).await? {
-                    Scratch::NeverMade => {}
-                    Scratch::Dropped => dropped.push(journal.scratch.clone()),
-                    Scratch::LeftOver => bail!(
-                        "database {} of the stopped restore {} came back after each drop for {} \
-                         s (a write of that restore is still running); nothing else was dropped \
-                         after it; run `kisumctl restore {} {} --cleanup` again once it has \
-                         finished",
-                        journal.scratch,
-                        journal.restore_id,
-                        mongo::DROP_PATIENCE.as_secs(),
+        match kept(cx, target, &journal)? {
+            None => {}
+            Some(Kept::Previous) => {
+                release(cx, target, &journal.previous).await?;
+                let url = connection::mongo_url(target, cx.secrets.as_ref())?;
+                let patience = mongo::DROP_PATIENCE;
+                if !mongo::drop_database_verified(&url, &journal.previous, patience).await? {
+                    bail!(
+                        "database {} came back after each drop for {} s; run `kisumctl restore \
+                         {} {} --cleanup` again",
+                        journal.previous,
+                        patience.as_secs(),
                         cx.env.name,
                         target.id
-                    ),
+                    );
                 }
+                dropped.push(journal.previous.clone());
             }
-            (EngineKind::Redis, Step::Swapped) => {
+            Some(Kept::Abandoned) => match drop_scratch(cx, target, &journal).await? {
+                Scratch::NeverMade => {}
+                Scratch::Dropped => dropped.push(journal.scratch.clone()),
+                Scratch::LeftOver => bail!(
+                    "database {} of the stopped restore {} came back after each drop for {} s \
+                     (a write of that restore is still running); nothing else was dropped after \
+                     it; run `kisumctl restore {} {} --cleanup` again once it has finished",
+                    journal.scratch,
+                    journal.restore_id,
+                    mongo::DROP_PATIENCE.as_secs(),
+                    cx.env.name,
+                    target.id
+                ),
+            },
+            Some(Kept::Staging) => {
                 let password = redis_password(cx)?;
                 let server = redis_server(target, password.as_ref());
                 for (_, staging) in &journal.redis_pairs {
@@ -1242,7 +1361,6 @@ pub async fn cleanup(cx: &Context<'_>, target: &Target) -> Result<(Option<String
                     dropped.push(format!("Redis database {staging}"));
                 }
             }
-            _ => {}
         }
         journal.cleaned = true;
         write_json_atomic(&path, &journal)?;

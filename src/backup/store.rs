@@ -665,6 +665,34 @@ impl S3Store {
         Ok(found)
     }
 
+    /// The ids (with their key prefix, for people) that have objects under
+    /// `<prefix><id>/` but neither a manifest nor a marker.
+    pub async fn unmarked_uploads(&self) -> Result<Vec<(String, String)>> {
+        let marked = format!("{}{PARTIAL}/", self.prefix);
+        let mut ids = std::collections::BTreeMap::<String, bool>::new();
+        for key in self.keys(&self.prefix).await? {
+            if key.starts_with(&marked) {
+                let id = &key[marked.len()..];
+                ids.insert(id.to_string(), true);
+                continue;
+            }
+            let Some((id, name)) = key[self.prefix.len()..].split_once('/') else {
+                continue;
+            };
+            if check_id(id).is_ok() {
+                *ids.entry(id.to_string()).or_default() |= name == manifest::FILE_NAME;
+            }
+        }
+        Ok(ids
+            .into_iter()
+            .filter(|(_, settled)| !settled)
+            .map(|(id, _)| {
+                let location = format!("s3://{}/{}{id}/", self.bucket, self.prefix);
+                (id, location)
+            })
+            .collect())
+    }
+
     /// Removes what an unfinished upload of backup `id` left: its objects
     /// (unless its manifest made it a backup), its open multipart uploads
     /// and its marker, the marker last so that a failure is found again.

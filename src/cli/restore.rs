@@ -60,7 +60,8 @@ pub struct Args {
     dry_run: bool,
 
     /// Drop the previous databases (Redis: keys) kept by earlier restores,
-    /// and what an interrupted restore left, instead of restoring.
+    /// and what an interrupted restore left, instead of restoring. Asks
+    /// for confirmation on a terminal, listing what goes; `--yes` skips it.
     #[arg(long, conflicts_with_all = ["backup", "dry_run"])]
     cleanup: bool,
 
@@ -108,6 +109,11 @@ async fn restore_command(cx: &Context<'_>, args: Args) -> anyhow::Result<Exit> {
         Err(message) => return Ok(refuse(args.output, &message, Exit::UnusableInput)),
     };
     if args.cleanup {
+        if !args.yes && !cleanup_confirmed(cx, &targets).await? {
+            let message = "restore --cleanup not confirmed; nothing was dropped (pass --yes to skip the \
+                 question)";
+            return Ok(refuse(args.output, message, Exit::UnusableInput));
+        }
         return cleanup(cx, &targets, args.output).await;
     }
 
@@ -283,6 +289,26 @@ fn confirmed(cx: &Context<'_>, plans: &[(Target, restore::Plan)]) -> anyhow::Res
     super::confirm_by_typing("restore", &lines, cx.env.name)
 }
 
+/// Asks on the terminal before `--cleanup` drops what restores kept,
+/// listing it; without a terminal, refuses (the caller names `--yes`).
+async fn cleanup_confirmed(cx: &Context<'_>, targets: &[Target]) -> anyhow::Result<bool> {
+    let mut lines = Vec::new();
+    for target in targets {
+        lines.push(format!(
+            "restore {} {} --cleanup, for good:",
+            cx.env.name, target.id
+        ));
+        let preview = restore::cleanup_preview(cx, target).await?;
+        lines.extend(
+            preview
+                .iter()
+                .map(|line| format!("  - {}", printable(line))),
+        );
+        lines.push("  - drop the scratch databases of stopped drills, if any".into());
+    }
+    super::confirm_by_typing("restore --cleanup", &lines, cx.env.name)
+}
+
 async fn cleanup(
     cx: &Context<'_>,
     targets: &[Target],
@@ -337,7 +363,7 @@ async fn cleanup(
 }
 
 /// The restore as a Job: its arguments, and the confirmation asked
-/// before the Job is launched (not for a dry run or `--cleanup`).
+/// before the Job is launched (not for a dry run).
 fn as_job(args: &Args) -> super::operation::Request<'_> {
     let databases: &[String] = args.database.as_slice();
     let mut rest: Vec<String> = databases.to_vec();
@@ -356,11 +382,23 @@ fn as_job(args: &Args) -> super::operation::Request<'_> {
     if let Some(id) = &args.backup {
         rest.extend(["--backup".to_string(), id.clone()]);
     }
-    let destructive = !args.dry_run && !args.cleanup && !args.yes;
+    let destructive = !args.dry_run && !args.yes;
     let which = match (&args.database, &args.backup) {
         (Some(db), Some(id)) => format!("{db} from backup {id}"),
         (Some(db), None) => format!("{db} from its newest backup"),
         _ => "every database from its newest backup, in restore order".to_string(),
+    };
+    let what = match args.cleanup {
+        true => format!(
+            "restore --cleanup of {} in {}: a Job in its cluster drops, for good, the previous \
+             data earlier restores kept and what a stopped restore left",
+            args.database.as_deref().unwrap_or("every database"),
+            args.env
+        ),
+        false => format!(
+            "restore {which} in {}: a Job in its cluster takes a safety backup, then replaces the live data",
+            args.env
+        ),
     };
     super::operation::Request {
         command: "restore",
@@ -368,12 +406,7 @@ fn as_job(args: &Args) -> super::operation::Request<'_> {
         env: &args.env,
         databases,
         args: rest,
-        confirm: destructive.then(|| {
-            vec![format!(
-                "restore {which} in {}: a Job in its cluster takes a safety backup, then replaces the live data",
-                args.env
-            )]
-        }),
+        confirm: destructive.then(|| vec![what]),
         format: args.output,
     }
 }

@@ -212,7 +212,7 @@ async fn backup_then_restore_brings_a_postgres_database_back_exactly() {
     assert_eq!(triggers, ["manual", "safety"]);
     assert_eq!(list["backups"][1]["counts"]["public.events"], 500_000);
 
-    site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    site.expect(&["restore", "local", "auth-db", "--cleanup", "--yes"], 0);
     assert_eq!(databases(&pg).await, ["auth_db"]);
 }
 
@@ -320,7 +320,7 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
     // The next run settles the interrupted restore, then restores.
     let rerun = site.expect(&["restore", "local", "auth-db", "--yes"], 0);
     assert!(
-        stderr(&rerun).contains("stopped after creating the restored database, before the swap"),
+        stderr(&rerun).contains("stopped while restoring the backup, before the swap"),
         "the recovery says in plain words where the restore stopped: {}",
         stderr(&rerun)
     );
@@ -330,7 +330,7 @@ async fn sigkill_during_restore_leaves_the_original_serving() {
         after[3], before[3],
         "the backup, without the later audit line, is live"
     );
-    site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    site.expect(&["restore", "local", "auth-db", "--cleanup", "--yes"], 0);
     assert_eq!(databases(&pg).await, ["auth_db"]);
 }
 
@@ -856,27 +856,21 @@ async fn an_s3_upload_killed_midway_is_listed_and_the_next_backup_removes_it_and
     // An upload of another host, started just now, is not this host's to
     // judge: reported, never removed.
     let foreign = "20260101T000000Z-auth-db-0f0f";
-    moto_client(&endpoint)
-        .put_object()
-        .bucket("kisum-local-backups")
-        .key(format!("databases/.partial/{foreign}"))
-        .body(
-            br#"{"host":"elsewhere","pid":1,"started_at":"2026-01-01T00:00:00Z"}"#
-                .to_vec()
-                .into(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let body = br#"{"host":"elsewhere","pid":1,"started_at":"2026-01-01T00:00:00Z"}"#;
+    put_object(&endpoint, &format!("databases/.partial/{foreign}"), body).await;
 
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
-    let unfinished = list["unfinished"].as_array().unwrap();
-    assert_eq!(unfinished.len(), 2, "{list:#}");
-    assert_eq!(unfinished[0]["id"], foreign, "{list:#}");
-    assert_eq!(unfinished[0]["abandoned"], false, "{list:#}");
-    assert_eq!(unfinished[0]["host"], "elsewhere", "{list:#}");
-    assert_eq!(unfinished[1]["id"], marker.as_str(), "{list:#}");
-    assert_eq!(unfinished[1]["abandoned"], true, "{list:#}");
+    // The marker of this host's upload names it.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim().to_string();
+    assert_eq!(
+        unfinished(&list),
+        [
+            (foreign.to_string(), false, "elsewhere".to_string()),
+            (marker.clone(), true, host)
+        ],
+        "{list:#}"
+    );
     assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
     let text = site.expect(&["backup", "list", "local"], 0);
     assert!(
@@ -904,6 +898,72 @@ async fn an_s3_upload_killed_midway_is_listed_and_the_next_backup_removes_it_and
     assert_eq!(markers, [format!("databases/.partial/{foreign}")]);
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
     assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmarked_s3_uploads_are_listed_and_pruned_once_their_id_is_a_day_old() {
+    // What an upload stopped before uploads were marked left: objects,
+    // no manifest, no marker.
+    let moto = Moto::start().await;
+    moto.create_bucket("kisum-local-backups").await;
+    let endpoint = moto.endpoint();
+    let site = s3_site(25433, &moto);
+    let old = "20260101T000000Z-auth-db-0a0a";
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    let young = format!("{stamp}-auth-db-0b0b");
+    for id in [old, young.as_str()] {
+        let key = format!("databases/{id}/auth_db.dump");
+        put_object(&endpoint, &key, b"half a dump").await;
+    }
+
+    let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
+    let unmarked = "unknown (no marker)".to_string();
+    assert_eq!(
+        unfinished(&list),
+        [
+            (old.to_string(), true, unmarked.clone()),
+            (young.clone(), false, unmarked)
+        ],
+        "{list:#}"
+    );
+    let text = site.expect(&["backup", "list", "local"], 0);
+    assert!(
+        stderr(&text).contains(&format!("unfinished backup {old}"))
+            && stderr(&text).contains("left by a stopped run"),
+        "{}",
+        stderr(&text)
+    );
+
+    site.expect(&["backup", "prune", "local"], 0);
+    let (keys, _) = bucket_state(&endpoint, "databases/").await;
+    assert_eq!(
+        keys,
+        [format!("databases/{young}/auth_db.dump")],
+        "the day-old upload is gone, the young one stays"
+    );
+}
+
+/// Puts object `key` into bucket `kisum-local-backups` of moto.
+async fn put_object(endpoint: &str, key: &str, body: &[u8]) {
+    moto_client(endpoint)
+        .put_object()
+        .bucket("kisum-local-backups")
+        .key(key)
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// (id, abandoned, host) of each unfinished backup `backup list -o json`
+/// reported.
+fn unfinished(list: &Value) -> Vec<(String, bool, String)> {
+    let entries = list["unfinished"].as_array().unwrap();
+    let field = |entry: &Value, name: &str| entry[name].as_str().unwrap_or_default().to_string();
+    entries
+        .iter()
+        .map(|e| (field(e, "id"), e["abandoned"] == true, field(e, "host")))
+        .collect()
 }
 
 /// Rewrites the finish time of a backup in moto, with the SDK (fixed
@@ -1137,6 +1197,42 @@ async fn on_a_terminal_restore_asks_for_the_environment_name() {
     assert_eq!(fingerprint(&pg, "auth_db").await, before);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_asks_on_a_terminal_and_refuses_without_yes_off_one() {
+    let pg = Postgres::start().await.unwrap();
+    seed_auth_db(&pg, 10).await;
+    let site = Site::new(pg.port());
+    site.backup("auth-db");
+    site.expect(&["restore", "local", "auth-db", "--yes"], 0);
+    let kept = databases(&pg).await;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let previous = kept.iter().find(|d| d.contains("_previous_")).unwrap();
+
+    let refused = site.expect(&["restore", "local", "auth-db", "--cleanup"], 2);
+    assert!(
+        stderr(&refused).contains("restore --cleanup not confirmed; nothing was dropped")
+            && stderr(&refused).contains("--yes"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(databases(&pg).await, kept, "nothing was dropped");
+
+    let args = ["restore", "local", "auth-db", "--cleanup"];
+    let (code, screen) = on_a_terminal(&site, &args, "staging");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(
+        screen.contains(&format!("drop database {previous}"))
+            && screen.contains("type local to go ahead"),
+        "the question lists what goes: {screen}"
+    );
+    assert_eq!(databases(&pg).await, kept, "nothing was dropped");
+
+    let (code, screen) = on_a_terminal(&site, &args, "local");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains(&format!("dropped {previous}")), "{screen}");
+    assert_eq!(databases(&pg).await, ["auth_db"]);
+}
+
 /// auth_db and platform_core_db laid out as `deploy local` lays them out:
 /// provisioned, with the services' own migrations (tables in the `auth`
 /// and `platform_core` schemas, Core's catalog seeded), and one active
@@ -1329,9 +1425,14 @@ async fn sigkill_during_the_safety_backup_takes_pg_dump_along_and_cleanup_remove
     let foreign = partial.join("20260101T000000Z-auth-db-0000");
     std::fs::create_dir_all(&foreign).unwrap();
 
-    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup", "--yes"], 0);
     let expected = format!("removed the unfinished safety backup {}", staged.display());
     assert!(stderr(&cleanup).contains(&expected), "{}", stderr(&cleanup));
+    assert!(
+        stderr(&cleanup).contains("stopped during the safety backup, before the swap"),
+        "the step under way is named, not the one before it: {}",
+        stderr(&cleanup)
+    );
     assert!(
         !stderr(&cleanup).contains("auth_db_restore_"),
         "the new database was never made: {}",
@@ -1461,7 +1562,7 @@ async fn a_second_restore_of_a_database_is_refused_and_names_the_running_one() {
 
     for args in [
         &["restore", "local", "auth-db", "--yes"][..],
-        &["restore", "local", "auth-db", "--cleanup"][..],
+        &["restore", "local", "auth-db", "--cleanup", "--yes"][..],
     ] {
         let refused = site.expect(args, 3);
         let expected = format!(
@@ -1587,43 +1688,75 @@ async fn a_restore_swaps_under_steady_traffic_and_the_clients_reconnect() {
     again.close().await.unwrap();
 }
 
+/// Whether `name` refuses new connections (`datallowconn` false).
+async fn refuses_connections(pg: &Postgres, name: &str) -> bool {
+    let mut admin = connect(pg, "postgres").await;
+    let closed: Option<bool> =
+        sqlx::query_scalar("SELECT NOT datallowconn FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_optional(&mut admin)
+            .await
+            .unwrap();
+    admin.close().await.unwrap();
+    closed == Some(true)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_database_left_refusing_connections_by_a_killed_swap_is_opened_again() {
+async fn a_restore_killed_before_its_renames_is_cleaned_up_saying_what_it_found() {
     let pg = Postgres::start().await.unwrap();
-    seed_auth_db(&pg, 300_000).await;
+    seed_auth_db(&pg, 100).await;
     let site = Site::new(pg.port());
     site.backup("auth-db");
-    kill_during_pg_restore(&site, &pg).await;
-    // What a kill between the closing of the live database and the
-    // renames leaves: the journal at the swap, connections refused.
-    let journal_path = site.root().join(".kisum/local/restores/auth-db.json");
-    let mut journal: Value =
-        serde_json::from_str(&std::fs::read_to_string(&journal_path).unwrap()).unwrap();
-    journal["steps"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!(["swapping", "2026-01-01T00:00:00Z"]));
-    std::fs::write(&journal_path, journal.to_string()).unwrap();
-    let mut admin = connect(&pg, "postgres").await;
-    exec(&mut admin, "ALTER DATABASE auth_db ALLOW_CONNECTIONS false").await;
+    let before = fingerprint(&pg, "auth_db").await;
+
+    // A session on the new database makes its rename fail (in use) for a
+    // few seconds of retries, while the live one refuses connections:
+    // the kill lands between the closing and the renames.
+    let mut holder: Option<sqlx::PgConnection> = None;
+    site.kill_when(&["restore", "local", "auth-db", "--yes"], async || {
+        if holder.is_none() {
+            let scratch = databases(&pg)
+                .await
+                .into_iter()
+                .find(|d| d.starts_with("auth_db_restore_"))?;
+            holder = Some(connect(&pg, &scratch).await);
+        }
+        refuses_connections(&pg, "auth_db").await.then_some(())
+    })
+    .await;
+    holder.unwrap().close().await.unwrap();
+    assert!(refuses_connections(&pg, "auth_db").await);
     assert!(
         sqlx::PgConnection::connect(&pg.url("auth_db"))
             .await
             .is_err()
     );
+    let journal: Value = serde_json::from_str(
+        &std::fs::read_to_string(site.root().join(".kisum/local/restores/auth-db.json")).unwrap(),
+    )
+    .unwrap();
+    let safety = journal["safety_backup"].as_str().unwrap().to_string();
 
-    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup", "--yes"], 0);
+    let said = stderr(&cleanup);
     assert!(
-        stderr(&cleanup).contains("auth_db accepts connections again"),
-        "{}",
-        stderr(&cleanup)
+        said.contains("stopped while swapping the restored data in, before the swap")
+            && said.contains("auth_db was refusing new connections; allowed again")
+            && !said.contains("left serving, unchanged"),
+        "{said}"
     );
-    let mut db = connect(&pg, "auth_db").await;
-    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM platform_roles")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(admins, 1, "the original serves");
+    let kept = format!(
+        "the safety backup {safety} was kept in directory {}",
+        site.store().display()
+    );
+    assert!(said.contains(&kept), "{said}");
+    assert!(site.store().join(&safety).join("manifest.json").is_file());
+    assert!(!refuses_connections(&pg, "auth_db").await);
+    assert_eq!(
+        fingerprint(&pg, "auth_db").await,
+        before,
+        "the original serves"
+    );
     assert_eq!(databases(&pg).await, ["auth_db"]);
 }
 
@@ -1689,7 +1822,7 @@ async fn sigkill_during_an_encrypted_restore_leaves_private_scratch_the_next_run
     // The next run, a backup here, removes the dead run's scratch.
     site.backup("auth-db");
     assert!(!dir.exists(), "{} was left behind", dir.display());
-    site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    site.expect(&["restore", "local", "auth-db", "--cleanup", "--yes"], 0);
     assert_eq!(databases(&pg).await, ["auth_db"]);
 }
 
@@ -1705,16 +1838,6 @@ fn verifying_an_empty_store_is_a_failed_check_that_says_so() {
     let json = site.json(&["backup", "verify", "local", "-o", "json"], 1);
     assert_eq!(json["passed"], false);
     assert_eq!(json["verified"], serde_json::json!([]));
-}
-
-/// The result of the newest record of the local journal.
-fn last_journal_result(site: &Site) -> String {
-    let journal = site.json(&["journal", "local", "-o", "json"], 0);
-    let records = journal["records"].as_array().unwrap();
-    records.last().unwrap()["result"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1747,7 +1870,7 @@ async fn sigint_to_kisumctl_alone_stops_a_backup_and_its_pg_dump() {
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
     assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
     assert_eq!(list["unfinished"], serde_json::json!([]), "{list:#}");
-    assert_eq!(last_journal_result(&site), "interrupted");
+    assert_eq!(site.last_journal_result(), "interrupted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1797,9 +1920,9 @@ async fn sigterm_to_kisumctl_alone_stops_a_restore_and_the_original_keeps_servin
         ["auth_db"],
         "the new database was dropped"
     );
-    assert_eq!(last_journal_result(&site), "interrupted");
+    assert_eq!(site.last_journal_result(), "interrupted");
 
-    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup"], 0);
+    let cleanup = site.expect(&["restore", "local", "auth-db", "--cleanup", "--yes"], 0);
     assert_eq!(stdout(&cleanup), "", "nothing is left to drop");
     assert_eq!(databases(&pg).await, ["auth_db"]);
 }
@@ -1888,7 +2011,7 @@ async fn ctrl_c_to_the_process_group_stops_a_backup_of_several_databases() {
     );
     let list = site.json(&["backup", "list", "local", "-o", "json"], 0);
     assert_eq!(list["backups"], serde_json::json!([]), "{list:#}");
-    assert_eq!(last_journal_result(&site), "interrupted");
+    assert_eq!(site.last_journal_result(), "interrupted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1933,7 +2056,7 @@ async fn ctrl_c_to_the_process_group_stops_a_drill_and_saves_no_failure() {
         ["auth_db"],
         "the scratch copy is gone"
     );
-    assert_eq!(last_journal_result(&site), "interrupted");
+    assert_eq!(site.last_journal_result(), "interrupted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,7 +131,7 @@ async fn a_mongodb_restore_repoints_the_service_and_keeps_the_previous_database(
     site.expect(&["db", "provision", "local", "main-db"], 0);
     assert_eq!(live_database(&site), live);
 
-    let cleanup = site.expect(&["restore", "local", "main-db", "--cleanup"], 0);
+    let cleanup = site.expect(&["restore", "local", "main-db", "--cleanup", "--yes"], 0);
     assert!(
         stdout(&cleanup).contains("dropped main\n"),
         "{}",
@@ -139,7 +139,7 @@ async fn a_mongodb_restore_repoints_the_service_and_keeps_the_previous_database(
     );
     assert_eq!(count(&client, "main").await, 0);
     assert_eq!(count(&client, &live).await, 300, "the live database stays");
-    let again = site.expect(&["restore", "local", "main-db", "--cleanup"], 0);
+    let again = site.expect(&["restore", "local", "main-db", "--cleanup", "--yes"], 0);
     assert_eq!(stdout(&again), "", "nothing is dropped twice");
 }
 
@@ -170,7 +170,7 @@ async fn sigkill_during_a_mongodb_restore_leaves_the_original_serving() {
 
     let rerun = site.expect(&["restore", "local", "main-db", "--yes"], 0);
     assert!(
-        stderr(&rerun).contains("stopped after creating the restored database, before the swap"),
+        stderr(&rerun).contains("stopped while restoring the backup, before the swap"),
         "{}",
         stderr(&rerun)
     );
@@ -180,6 +180,63 @@ async fn sigkill_during_a_mongodb_restore_leaves_the_original_serving() {
         "the unfinished copy was dropped"
     );
     assert_eq!(count(&client, &live_database(&site)).await, 1500);
+}
+
+/// A restore of `database` stopped by `signal` within `seconds`, before
+/// its swap: exit 3, and stderr says so and names the command to rerun.
+fn stopped_before_the_swap<T>(
+    stopped: &crate::site::Signalled<T>,
+    signal: &str,
+    database: &str,
+    seconds: f64,
+) {
+    let said = &stopped.stderr;
+    assert_eq!(stopped.code, Some(3), "{said}");
+    assert!(stopped.seconds < seconds, "took {} s", stopped.seconds);
+    assert!(
+        said.contains(&format!("interrupted by {signal}"))
+            && said.contains(&format!("next: run `kisumctl restore local {database}")),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_kisumctl_alone_stops_a_mongodb_restore_and_the_original_keeps_serving() {
+    let (site, _mongo, client) = mongo_site(1500).await;
+    site.backup("main-db");
+    let journal = site.root().join(".kisum/local/restores/main-db.json");
+    let args = ["restore", "local", "main-db", "--yes"];
+    let stopped = site
+        .signal_when(&args, "TERM", async || {
+            let value: Value =
+                serde_json::from_str(&std::fs::read_to_string(&journal).ok()?).ok()?;
+            let scratch = value["scratch"].as_str()?.to_string();
+            database_names(&client)
+                .await
+                .contains(&scratch)
+                .then_some(scratch)
+        })
+        .await;
+    let said = &stopped.stderr;
+    stopped_before_the_swap(&stopped, "SIGTERM", "main-db", 30.0);
+    assert!(said.contains("main was left serving, unchanged"), "{said}");
+    assert_eq!(
+        live_database(&site),
+        "main",
+        "the service still points at it"
+    );
+    assert_eq!(
+        count(&client, "main").await,
+        1500,
+        "the original is untouched"
+    );
+    assert!(
+        !database_names(&client).await.contains(&stopped.found),
+        "the new database {} was dropped: {said}",
+        stopped.found
+    );
+    assert!(!journal.exists(), "the journal is closed");
+    assert_eq!(site.last_journal_result(), "interrupted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +307,7 @@ async fn a_redis_restore_swaps_databases_and_keeps_the_previous_keys() {
         "the previous keys are kept in database {index}"
     );
 
-    site.expect(&["restore", "local", "redis", "--cleanup"], 0);
+    site.expect(&["restore", "local", "redis", "--cleanup", "--yes"], 0);
     let size: u64 = redis::cmd("DBSIZE").query_async(&mut before).await.unwrap();
     assert_eq!(size, 0);
     let size: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
@@ -278,10 +335,10 @@ async fn redis_db(redis: &Redis, index: u32) -> redis::aio::MultiplexedConnectio
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_each_step_of_a_redis_restore_leaves_the_original_serving() {
-    // kisumctl reaches Redis through a relay that freezes it at an exact
-    // command, where the test kills it; the test reads Redis directly.
+/// A persistent Redis reached through a [`Relay`], holding 250 keys
+/// (`session:N` = `value-N`) in database 0, backed up; answers a direct
+/// connection to that database.
+async fn redis_behind_a_relay() -> (Redis, Relay, Site, redis::aio::MultiplexedConnection) {
     let redis = Redis::start().await.unwrap();
     let relay = Relay::start(redis.port()).await;
     let site = Site::new(25433);
@@ -299,6 +356,14 @@ async fn sigkill_at_each_step_of_a_redis_restore_leaves_the_original_serving() {
     }
     pipe.query_async::<()>(&mut live).await.unwrap();
     site.backup("redis");
+    (redis, relay, site, live)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_each_step_of_a_redis_restore_leaves_the_original_serving() {
+    // kisumctl reaches Redis through a relay that freezes it at an exact
+    // command, where the test kills it; the test reads Redis directly.
+    let (redis, relay, site, mut live) = redis_behind_a_relay().await;
 
     // (where kisumctl is frozen, the journal's step then, whether the swap
     // happened, how the test finishes it)
@@ -367,7 +432,7 @@ async fn sigkill_at_each_step_of_a_redis_restore_leaves_the_original_serving() {
         let args = if finish == "rerun" {
             vec!["restore", "local", "redis", "--yes"]
         } else {
-            vec!["restore", "local", "redis", "--cleanup"]
+            vec!["restore", "local", "redis", "--cleanup", "--yes"]
         };
         let done = site.expect(&args, 0);
         let said = stderr(&done) + &stdout(&done);
@@ -406,6 +471,50 @@ async fn sigkill_at_each_step_of_a_redis_restore_leaves_the_original_serving() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_to_kisumctl_alone_stops_a_redis_restore_and_the_original_keeps_serving() {
+    // Frozen by a relay while it copies keys into the staging index,
+    // kisumctl gets SIGINT there.
+    let (redis, relay, site, mut live) = redis_behind_a_relay().await;
+    redis::cmd("SET")
+        .arg("session:0")
+        .arg("changed")
+        .query_async::<()>(&mut live)
+        .await
+        .unwrap();
+
+    relay.arm(Hold::Request(b"\r\nRESTORE\r\n"));
+    let stopped = site
+        .signal_when(&["restore", "local", "redis", "--yes"], "INT", async || {
+            if !relay.held() || journal_step(&site)? != "created" {
+                return None;
+            }
+            let path = site.root().join(".kisum/local/restores/redis.json");
+            serde_json::from_str::<Value>(&std::fs::read_to_string(path).ok()?).ok()
+        })
+        .await;
+    stopped_before_the_swap(&stopped, "SIGINT", "redis", 10.0);
+    let said = &stopped.stderr;
+    assert!(said.contains("was left serving, unchanged"), "{said}");
+    assert_eq!(
+        get(&mut live, "session:0").await.as_deref(),
+        Some("changed")
+    );
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut live).await.unwrap();
+    assert_eq!(size, 250, "the original keeps serving, untouched");
+    let staging = u32::try_from(stopped.found["redis_pairs"][0][1].as_u64().unwrap()).unwrap();
+    let mut kept = redis_db(&redis, staging).await;
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut kept).await.unwrap();
+    assert_eq!(size, 0, "the partial copy in index {staging} was flushed");
+    let scratch_server = stopped.found["scratch_server"][0].as_u64().unwrap();
+    assert!(
+        !kisum_testkit::process_alive(u32::try_from(scratch_server).unwrap()),
+        "the scratch redis-server stopped with the run"
+    );
+    assert!(journal_step(&site).is_none(), "the journal is closed");
+    assert_eq!(site.last_journal_result(), "interrupted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,7 +606,7 @@ async fn kill_while_restoring(site: &Site, client: &mongodb::Client) -> String {
 /// half-made database: `Some(true)` when it said it dropped it (and it is
 /// gone), `Some(false)` when it said it is left over (and it is there).
 async fn cleanup_tells_the_truth(site: &Site, client: &mongodb::Client, scratch: &str) -> bool {
-    let cleanup = site.command(&["restore", "local", "main-db", "--cleanup"]);
+    let cleanup = site.command(&["restore", "local", "main-db", "--cleanup", "--yes"]);
     let output = tokio::task::spawn_blocking({
         let mut cleanup = cleanup;
         move || cleanup.output().unwrap()
