@@ -276,19 +276,12 @@ pub fn apply(dir: &Path, args: ApplyArgs) -> anyhow::Result<Exit> {
 /// abandons its orders at once and removes its challenge records), no
 /// later part runs, and the run ends as interrupted (exit 3).
 fn watch_interrupt(env: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Some(mut signals) = super::Interrupts::watch() else {
         return;
     };
     let env = env.to_string();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
+        signals.next().await;
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         errln!("apply {env}: interrupted: the part under way finishes, no later part runs");
     });

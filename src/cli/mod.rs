@@ -294,21 +294,52 @@ impl LockWait {
     }
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM, watched from inside a tokio runtime: from
+/// [`Interrupts::watch`] on, neither ends the process by itself.
+struct Interrupts {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    /// Starts watching; `None` when the signals cannot be watched (the
+    /// default action stays).
+    fn watch() -> Option<Interrupts> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Interrupts {
+            interrupt: signal(SignalKind::interrupt()).ok()?,
+            terminate: signal(SignalKind::terminate()).ok()?,
+        })
+    }
+
+    /// Waits for the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
 /// Takes lock file `file` in the environment's state directory for
 /// `command` (one run of it per environment on this machine), waiting up
 /// to `timeout`; `Err` says who holds it.
+/// `timeout` comes from `--lock-timeout` when the command has that flag
+/// (`flag`), and the messages name it then.
 fn hold_lock(
     state_dir: &std::path::Path,
     file: &str,
     command: &str,
     timeout: std::time::Duration,
+    flag: bool,
 ) -> Result<crate::local::lock::DeployLock, String> {
     use crate::local::lock::{self, LockError};
     let path = state_dir.join(file);
     let state = crate::local::state::StateDir::new(state_dir);
+    let flag = if flag { ", --lock-timeout" } else { "" };
     let waiting = &mut |holder: &lock::Holder| {
         errln!(
-            "waiting for {holder} to finish: it holds {} (up to {} s, --lock-timeout)",
+            "waiting for {holder} to finish: it holds {} (up to {} s{flag})",
             path.display(),
             timeout.as_secs()
         );
@@ -316,9 +347,14 @@ fn hold_lock(
     match lock::acquire_at(&path, &state, command, timeout, waiting) {
         Ok(lock) => Ok(lock),
         Err(LockError::Held { holder, waited, .. }) => Err(format!(
-            "another {command} is running: {holder} holds {}; waited {} s (--lock-timeout)",
+            "another {command} is running: {holder} holds {}; waited {} s{}",
             path.display(),
-            waited.as_secs()
+            waited.as_secs(),
+            if flag.is_empty() {
+                ""
+            } else {
+                " (--lock-timeout)"
+            }
         )),
         Err(error) => Err(error.to_string()),
     }

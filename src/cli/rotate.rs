@@ -185,7 +185,7 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     if matches!(request, Request::Revoke(_)) {
         stop_routine_rotation(&state_dir, &routine);
     }
-    let _lock = match super::hold_lock(&state_dir, LOCK_FILE, &command, timeout) {
+    let _lock = match super::hold_lock(&state_dir, LOCK_FILE, &command, timeout, true) {
         Ok(lock) => lock,
         Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
     };

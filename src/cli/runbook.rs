@@ -258,6 +258,7 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
         expiry_alert_days: env.base.tls.expiry_alert_days,
         redis: None,
         postgres_down: Vec::new(),
+        mongo_down: Vec::new(),
     };
     let inputs_given = Given {
         company: args.company,
@@ -296,6 +297,18 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     // Elsewhere the database servers are private to the cluster's network.
     if env.name == "local" && checks.contains(&checks::SERVICES_READY) {
         platform.postgres_down = runtime.block_on(crate::ops::reachability::postgres_down(env));
+        // Only a MongoDB serving a service that runs here can be the cause.
+        let running: Vec<&str> = platform
+            .endpoints
+            .public
+            .keys()
+            .map(String::as_str)
+            .collect();
+        platform.mongo_down = runtime.block_on(crate::ops::reachability::mongo_down(
+            env,
+            store.as_ref(),
+            &running,
+        ));
     }
     let findings = runtime.block_on(Diagnosis::new(platform, inputs).run(&checks));
     let cause = findings.iter().find(|f| f.verdict == Verdict::Cause);
@@ -327,12 +340,29 @@ fn run_checks(dir: &Path, env: &Environment, args: RunArgs) -> anyhow::Result<Ex
     })
 }
 
+/// The most a token file may hold.
+const TOKEN_LIMIT: u64 = 64 * 1024;
+
 /// The token in `path`: surrounding whitespace and an optional `Bearer `
 /// prefix (as browser tools show the header) dropped; why not, for a file
 /// that cannot be read or holds no token.
 fn read_token(path: &Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read as _;
+    // An access token is a few kilobytes: read at most TOKEN_LIMIT bytes,
+    // so a wrong file (a log, /dev/zero) is refused, not swallowed.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(TOKEN_LIMIT + 1).read_to_end(&mut bytes))
         .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    if bytes.len() as u64 > TOKEN_LIMIT {
+        return Err(format!(
+            "--token-file {}: longer than {} KiB: not an access token",
+            path.display(),
+            TOKEN_LIMIT / 1024
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("--token-file {}: not text", path.display()))?;
     let text = text.trim();
     let token = if text.eq_ignore_ascii_case("bearer") {
         ""
@@ -369,12 +399,8 @@ fn manual_steps(runbook: &Runbook, env: &Environment, given: &Given) -> Vec<Step
         .iter()
         .filter_map(|step| match step {
             Step::Manual { manual, command } => Some(match command.as_deref() {
-                Some(command) if !applies(command, env) => Step::Manual {
-                    manual: format!(
-                        "{manual} (not in {}: dns.managed is false, kisumctl manages no DNS \
-                         records there)",
-                        env.name
-                    ),
+                Some(command) if let Err(why) = applies(command, env) => Step::Manual {
+                    manual: format!("{manual} ({why})"),
                     command: None,
                 },
                 Some(command) => match concrete(command, &runbook.name, env, given) {
@@ -401,9 +427,19 @@ fn manual_steps(runbook: &Runbook, env: &Environment, given: &Given) -> Vec<Step
 }
 
 /// Whether `command` runs in `env`: the `dns` commands only where
-/// kisumctl manages the records (`dns.managed`).
-fn applies(command: &str, env: &Environment) -> bool {
-    !command.starts_with("kisumctl dns ") || env.file.dns.managed
+/// kisumctl manages the records (`dns.managed`), `kubectl` not on `local`
+/// (it runs no Kubernetes).
+fn applies(command: &str, env: &Environment) -> Result<(), String> {
+    if command.starts_with("kisumctl dns ") && !env.file.dns.managed {
+        return Err(format!(
+            "not in {}: dns.managed is false, kisumctl manages no DNS records there",
+            env.name
+        ));
+    }
+    if command.starts_with("kubectl ") && env.name == "local" {
+        return Err("not in local: it runs as processes, not on Kubernetes".to_string());
+    }
+    Ok(())
 }
 
 /// `command` with the ids given; outside `local`, its cluster form, or
@@ -495,6 +531,10 @@ fn print_findings(
             );
             print_manual(manual);
         }
+        None if findings.is_empty() => {
+            outln!("this runbook has no automated checks: its steps are manual");
+            print_manual(manual);
+        }
         None => {
             outln!("no cause found by the automated checks");
             print_manual(manual);
@@ -542,6 +582,15 @@ mod tests {
             );
         }
         assert!(read_token(dir.path()).is_err());
+        let large = dir.path().join("large");
+        std::fs::write(&large, vec![b'a'; 70 * 1024]).unwrap();
+        assert!(
+            read_token(&large)
+                .unwrap_err()
+                .contains("longer than 64 KiB")
+        );
+        let zero = read_token(Path::new("/dev/zero")).unwrap_err();
+        assert!(zero.contains("longer than 64 KiB"), "{zero}");
         assert!(read_token(&dir.path().join("nonexistent")).is_err());
     }
 
@@ -626,6 +675,11 @@ mod tests {
                         dns_named += 1;
                     }
                     assert!(!command.contains("/COMPANY/"), "{command}");
+                    assert!(
+                        name != "local" || !command.starts_with("kubectl "),
+                        "{}: {command}",
+                        runbook.name
+                    );
                     // On local every kisumctl command parses.
                     if name == "local" && command.starts_with("kisumctl ") {
                         let words: Vec<&str> = command.split(' ').collect();

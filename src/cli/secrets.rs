@@ -427,7 +427,7 @@ async fn rotate(
     let state_dir = crate::matrix::resolve_path(dir, &env.file.state_dir);
     let command = format!("kisumctl secrets rotate {}", env.name);
     let timeout = Duration::from_secs(args.lock_timeout);
-    let _lock = match super::hold_lock(&state_dir, "secrets-rotate.lock", &command, timeout) {
+    let _lock = match super::hold_lock(&state_dir, "secrets-rotate.lock", &command, timeout, true) {
         Ok(lock) => lock,
         Err(message) => return Ok(refuse(output, &message, Exit::OperationFailed)),
     };

@@ -38,28 +38,18 @@ pub struct Args {
 /// seconds) so that the add-on they switch is switched back, then the run
 /// ends as interrupted (exit 3). A second signal is not waited on.
 fn finish_on_interrupt(env: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Some(mut signals) = super::Interrupts::watch() else {
         return;
     };
     let env = env.to_string();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
+        signals.next().await;
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         errln!(
-            "smoke {env}: interrupted: finishing the checks under way so that the smoke \
-             company's add-on is switched back (a few seconds; a second Ctrl-C stops at once)"
+            "smoke {env}: interrupted: the run goes on to its end (a few seconds) so that the \
+             smoke company's add-on it switches is switched back; a second Ctrl-C stops at once"
         );
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
+        signals.next().await;
         std::process::exit(130);
     });
 }
@@ -99,7 +89,7 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
     // One smoke run of the environment at a time on this machine: each
     // toggles the smoke company's add-on, so two at once fail each other.
     let command = format!("kisumctl smoke {}", env.name);
-    let _lock = match super::hold_lock(&state_dir, "smoke.lock", &command, SMOKE_LOCK_WAIT) {
+    let _lock = match super::hold_lock(&state_dir, "smoke.lock", &command, SMOKE_LOCK_WAIT, false) {
         Ok(lock) => lock,
         Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
     };
@@ -135,7 +125,8 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
     if interrupted {
         super::journal::note_interrupted();
         errln!(
-            "smoke {}: interrupted; the checks under way finished and were undone",
+            "smoke {}: interrupted (exit 3): the run went on to its end; the results above \
+             stand, and the add-on it switched is switched back",
             env.name
         );
         return Ok(Exit::OperationFailed);

@@ -218,7 +218,13 @@ fn obtain(
     } else {
         let verb = if renew { "renew" } else { "issue" };
         let command = format!("kisumctl tls {verb} {}", env.name);
-        match super::hold_lock(&state_dir, "tls.lock", &command, std::time::Duration::ZERO) {
+        match super::hold_lock(
+            &state_dir,
+            "tls.lock",
+            &command,
+            std::time::Duration::ZERO,
+            false,
+        ) {
             Ok(lock) => Some(lock),
             Err(message) => return Ok(refuse(output, &message, Exit::OperationFailed)),
         }

@@ -336,6 +336,7 @@ pub fn data_process(process: DataProcess) -> ProcessSpec {
         ports: vec![process.port],
         probe: match process.name {
             "redis" => Probe::Resp { port: process.port },
+            "postgres" => Probe::Postgres { port: process.port },
             _ => Probe::Tcp { port: process.port },
         },
         version: None,

@@ -45,6 +45,12 @@ pub async fn check(client: &reqwest::Client, probe: &Probe) -> Result<(), String
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
         }
+        Probe::Postgres { port } => {
+            let port = *port;
+            tokio::task::spawn_blocking(move || postgres_answers(port))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
         Probe::Http { url } => match client.get(url).send().await {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => {
@@ -98,6 +104,29 @@ fn resp_answers(port: u16) -> Result<(), String> {
         Err(_) => Err(format!(
             "127.0.0.1:{port} accepts connections and answers no PING within 2 s (hung or \
              stopped)"
+        )),
+    }
+}
+
+/// Whether the PostgreSQL server at 127.0.0.1:`port` answers an SSL
+/// request (`S` or `N`) within 2 s.
+fn postgres_answers(port: u16) -> Result<(), String> {
+    use std::io::Read as _;
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, CONNECT)
+        .map_err(|e| format!("nothing accepts connections on 127.0.0.1:{port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(&[0, 0, 0, 8, 4, 210, 22, 47])
+        .map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 1];
+    match stream.read_exact(&mut answer) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(format!(
+            "127.0.0.1:{port} accepts connections and answers no SSL request within 2 s \
+             (hung or stopped)"
         )),
     }
 }
@@ -166,6 +195,8 @@ mod tests {
         let port = silent.local_addr().unwrap().port();
         let why = resp_answers(port).unwrap_err();
         assert!(why.contains("answers no PING within 2 s"), "{why}");
+        let why = postgres_answers(port).unwrap_err();
+        assert!(why.contains("answers no SSL request within 2 s"), "{why}");
         drop(silent);
         let why = resp_answers(port).unwrap_err();
         assert!(why.starts_with("nothing accepts connections"), "{why}");

@@ -126,6 +126,10 @@ pub enum Probe {
     /// an unauthenticated client included): a stopped or hung Redis
     /// accepts connections and answers nothing.
     Resp { port: u16 },
+    /// PostgreSQL at 127.0.0.1:port answers the SSL request every client
+    /// opens with (one byte, before any login): a stopped or hung server
+    /// accepts connections and answers nothing.
+    Postgres { port: u16 },
     /// `GET url` answers 2xx.
     Http { url: String },
 }

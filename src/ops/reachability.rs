@@ -83,6 +83,35 @@ pub async fn postgres_down(env: &Environment<'_>) -> Vec<String> {
     .collect()
 }
 
+/// The MongoDB servers of `env` (each `host:port` once) serving a
+/// database of one of `services` that refuse a connection or do not
+/// answer a ping within [`TIMEOUT`], each with why in [`databases`]'s
+/// words.
+pub async fn mongo_down(
+    env: &Environment<'_>,
+    store: &dyn SecretStore,
+    services: &[&str],
+) -> Vec<String> {
+    let owned = |t: &Target| {
+        env.base
+            .databases
+            .get(&t.id)
+            .is_some_and(|db| services.contains(&db.owner.as_str()))
+    };
+    let mut targets: Vec<Target> = connection::targets(env)
+        .into_iter()
+        .filter(|t| t.engine == EngineKind::Mongodb && owned(t))
+        .collect();
+    targets.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+    targets.dedup_by(|a, b| (&a.host, a.port) == (&b.host, b.port));
+    concurrently(targets.iter().map(|target| reach(env, target, store)))
+        .await
+        .into_iter()
+        .filter(|item| item.light == Light::Red)
+        .map(|item| item.detail)
+        .collect()
+}
+
 /// Why the PostgreSQL server at `host:port` is down: it refuses the
 /// connection, or does not answer the SSL request every client opens with
 /// (one byte, before any login) within [`TIMEOUT`], as a stopped server

@@ -146,6 +146,9 @@ pub struct Platform {
     /// accept one in time, as `status` says it (`connection refused at
     /// 127.0.0.1:25432`), when the runbook checks readiness.
     pub postgres_down: Vec<String>,
+    /// `local`: the MongoDB servers that refuse or do not answer a ping,
+    /// as `status` says it, when the runbook checks readiness.
+    pub mongo_down: Vec<String>,
 }
 
 /// One run: the platform, the inputs, and what earlier checks learned.
@@ -166,6 +169,9 @@ pub struct Diagnosis {
     /// The services that let a request time out: not asked again in this
     /// run, so that a hung service costs one timeout, not one per check.
     silent: std::sync::Mutex<BTreeSet<String>>,
+    /// `local`: the services whose recorded loopback port refused a
+    /// request of this run (the process is gone).
+    gone: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// How long a health or readiness probe may take: a service that takes
@@ -286,6 +292,7 @@ impl Diagnosis {
             role: None,
             member_keys: Vec::new(),
             silent: std::sync::Mutex::new(BTreeSet::new()),
+            gone: std::sync::Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -366,6 +373,53 @@ impl Diagnosis {
         }
     }
 
+    /// Whether `service`'s port refused a request of this run (`local`).
+    fn is_gone(&self, service: &str) -> bool {
+        let gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        gone.contains(service)
+    }
+
+    /// The cause a service that refused (gone) or let a request time out
+    /// (hung) is, on `local`: said with `evidence`.
+    fn not_serving(&self, check: &str, service: &str, evidence: Vec<String>) -> Option<Finding> {
+        let title = title(service);
+        if self.is_gone(service) {
+            return Some(
+                Finding::new(
+                    check,
+                    Verdict::Cause,
+                    format!("{title} is down: nothing listens on its port"),
+                )
+                .evidence(evidence)
+                .fix(self.restart(service)),
+            );
+        }
+        let hung = self.platform.env == "local" && self.is_silent(service);
+        hung.then(|| self.not_answering(check, service, evidence))
+    }
+
+    /// The cause a `local` service that accepts connections and answers
+    /// nothing in time is, with `evidence` and the way to unstick it.
+    fn not_answering(
+        &self,
+        check: &str,
+        service: &str,
+        evidence: impl IntoIterator<Item = String>,
+    ) -> Finding {
+        Finding::new(
+            check,
+            Verdict::Cause,
+            format!(
+                "{} is not answering: it accepts connections and answers nothing within {} s \
+                 (hung, stopped or overloaded)",
+                title(service),
+                PROBE_TIMEOUT.as_secs()
+            ),
+        )
+        .evidence(evidence)
+        .fix(self.unhang(service))
+    }
+
     /// Whether `service` let a request of this run time out.
     fn is_silent(&self, service: &str) -> bool {
         let silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
@@ -404,6 +458,13 @@ impl Diagnosis {
                 if error.is_timeout() {
                     self.note_silent(url);
                 }
+                if self.platform.env == "local"
+                    && refused_on_loopback(url, &error)
+                    && let Some(service) = self.service_of(url)
+                {
+                    let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+                    gone.insert(service);
+                }
                 return Err(without_url(&error));
             }
         };
@@ -429,33 +490,22 @@ impl Diagnosis {
                 Verdict::Inconclusive,
                 format!("GET {url} answered {}", answer.code()),
             )),
-            Err(reason) => match self.service_of(url) {
-                // On local, a loopback port that accepted and answered
-                // nothing in time is a hung (or stopped) process.
-                Some(service)
-                    if self.platform.env == "local"
-                        && on_loopback(url)
-                        && self.is_silent(&service) =>
-                {
-                    Err(Finding::new(
+            // On local, a recorded loopback port that refused (gone) or
+            // accepted and answered nothing in time (hung) is the cause.
+            Err(reason) => {
+                let line = format!("GET {url}: {reason}");
+                let cause = self
+                    .service_of(url)
+                    .filter(|_| on_loopback(url))
+                    .and_then(|service| self.not_serving(check, &service, vec![line]));
+                Err(cause.unwrap_or_else(|| {
+                    Finding::new(
                         check,
-                        Verdict::Cause,
-                        format!(
-                            "{} is not answering: it accepts connections and answers nothing \
-                             within {} s (hung, stopped or overloaded)",
-                            title(&service),
-                            PROBE_TIMEOUT.as_secs()
-                        ),
+                        Verdict::Inconclusive,
+                        format!("GET {url}: unreachable: {reason}"),
                     )
-                    .evidence([format!("GET {url}: {reason}")])
-                    .fix(self.unhang(&service)))
-                }
-                _ => Err(Finding::new(
-                    check,
-                    Verdict::Inconclusive,
-                    format!("GET {url}: unreachable: {reason}"),
-                )),
-            },
+                }))
+            }
         }
     }
 
@@ -676,17 +726,9 @@ impl Diagnosis {
         let evidence = probes.iter().map(|(_, line)| line.clone());
         let outcomes: Vec<Probe> = probes.iter().map(|(probe, _)| *probe).collect();
         match judge(&outcomes) {
-            Verdict::Cause if outcomes.contains(&Probe::Hung) => Finding::new(
-                check,
-                Verdict::Cause,
-                format!(
-                    "{title} is not answering: it accepts connections and answers nothing \
-                     within {} s (hung, stopped or overloaded)",
-                    PROBE_TIMEOUT.as_secs()
-                ),
-            )
-            .evidence(evidence)
-            .fix(self.unhang(service)),
+            Verdict::Cause if outcomes.contains(&Probe::Hung) => {
+                self.not_answering(check, service, evidence)
+            }
             Verdict::Cause => Finding::new(
                 check,
                 Verdict::Cause,
@@ -833,7 +875,16 @@ impl Diagnosis {
                     evidence,
                 )
             }
-            Err(VerifyError::Token(error)) => invalid(format!("refused: {error}"), evidence),
+            Err(VerifyError::Token(error)) => match header_alg(token.expose()) {
+                Some(alg) if alg != "RS256" => invalid(
+                    format!(
+                        "refused: signed with alg {}, and only RS256 is accepted",
+                        printable(&alg)
+                    ),
+                    evidence,
+                ),
+                _ => invalid(format!("refused: {error}"), evidence),
+            },
         }
     }
 
@@ -1128,9 +1179,14 @@ impl Diagnosis {
                 Verdict::Cause,
                 format!("user {user} has no membership in company {company}"),
             )
-            .evidence([format!("GET {url}: {} memberships, none of user {user}", memberships.len())])
+            .evidence([format!(
+                "GET {url}: {} memberships, none of user {user}",
+                memberships.len()
+            )])
             .fix(format!(
-                "Platform Admin: POST /admin/companies/{company}/memberships {{\"user\": \"{user}\", \"role\": ROLE}}"
+                "check the user id first (Platform Admin answers 404 for a user Auth does not \
+                 know); then Platform Admin: POST /admin/companies/{company}/memberships \
+                 {{\"user\": \"{user}\", \"role\": ROLE}}"
             ));
         };
         let id = membership["membership"]
@@ -1497,6 +1553,32 @@ impl Diagnosis {
             .evidence(evidence)
             .fix(self.restart_postgres());
         }
+        if !self.platform.mongo_down.is_empty() {
+            let why = self.platform.mongo_down.join("; ");
+            evidence.push(format!("MongoDB: {why}"));
+            let not_ready = match down.is_empty() {
+                true => "the services still say ready".to_string(),
+                false => format!("not ready: {}", down.join(", ")),
+            };
+            let silent = why.contains(crate::ops::reachability::SILENT);
+            let fix = match (self.platform.env.as_str(), silent) {
+                ("local", true) => self.unhang("mongo"),
+                ("local", false) => "kisumctl deploy local (starts the MongoDB server again; \
+                                     `kisumctl logs local mongo` shows why it stopped)"
+                    .to_string(),
+                (env, _) => format!(
+                    "bring the MongoDB server back (`kisumctl db status {env}` says which \
+                     databases answer)"
+                ),
+            };
+            return Finding::new(
+                SERVICES_READY,
+                Verdict::Cause,
+                format!("{not_ready}: MongoDB is unreachable ({why})"),
+            )
+            .evidence(evidence)
+            .fix(fix);
+        }
         if down.is_empty() && !unasked.is_empty() {
             return Finding::new(
                 SERVICES_READY,
@@ -1525,6 +1607,17 @@ impl Diagnosis {
 
     /// What brings PostgreSQL back (only `local` runs it itself).
     fn restart_postgres(&self) -> String {
+        let silent = self
+            .platform
+            .postgres_down
+            .iter()
+            .any(|why| why.contains(crate::ops::reachability::SILENT));
+        if self.platform.env == "local" && silent {
+            return "`kisumctl status local` names the postgres process's pid: `kill -CONT PID` \
+                    if it was stopped, else `kill PID` (the supervisor starts it again); \
+                    `kisumctl logs local postgres` shows what it last did"
+                .to_string();
+        }
         if self.platform.env == "local" {
             "kisumctl deploy local (starts PostgreSQL again; `kisumctl logs local postgres` \
              shows why it stopped; a server that accepts and does not answer was stopped: \
@@ -1582,6 +1675,13 @@ impl Diagnosis {
                     evidence.push(format!("{service}: unreachable: {e}"));
                 }
             }
+        }
+        if lagging.is_empty()
+            && let Some(cause) = unasked
+                .iter()
+                .find_map(|service| self.not_serving(JWKS_PROPAGATED, service, evidence.clone()))
+        {
+            return cause;
         }
         if lagging.is_empty() && !unasked.is_empty() {
             return Finding::new(
@@ -1658,6 +1758,16 @@ fn printable(text: &str) -> String {
     crate::matrix::load::printable(&text.chars().take(200).collect::<String>())
 }
 
+/// The `alg` a token's header names, read without any checking.
+fn header_alg(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let header: Value = serde_json::from_slice(&bytes).ok()?;
+    header["alg"].as_str().map(str::to_string)
+}
+
 /// `iss`, `aud`, `sub`, `sid`, `exp` of a token's payload, unverified, for
 /// the evidence; `unreadable` when it is not a JWT.
 fn unverified_claims(token: &str) -> String {
@@ -1670,8 +1780,13 @@ fn unverified_claims(token: &str) -> String {
                 .ok()
         })
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-    let header =
-        TokenPolicy::kid_of(token).map_or_else(|e| e.to_string(), |kid| format!("kid {kid}"));
+    let header = TokenPolicy::kid_of(token).map_or_else(
+        |e| match header_alg(token) {
+            Some(alg) => format!("{e} (alg {})", printable(&alg)),
+            None => e.to_string(),
+        },
+        |kid| format!("kid {kid}"),
+    );
     match payload {
         Some(claims) => {
             let field = |name: &str| printable(&claims[name].to_string());
@@ -1785,6 +1900,16 @@ impl Diagnosis {
                 .evidence(evidence)
                 .fix(format!("kisumctl tls renew {env}"));
         }
+        // `local` serves plain HTTP until `tls issue local`: none issued
+        // there is not an outage (as `status local` says it).
+        if env == "local" && statuses.iter().all(|s| s.health == Health::Missing) {
+            let summary = format!(
+                "no certificates issued: local serves plain HTTP (`kisumctl tls issue local` \
+                 issues them for {} hosts)",
+                statuses.len()
+            );
+            return Finding::new(CERTIFICATE_EXPIRY, Verdict::Ok, summary).evidence(evidence);
+        }
         let unusable: Vec<&str> = statuses
             .iter()
             .filter(|s| matches!(s.health, Health::Missing | Health::Invalid))
@@ -1820,6 +1945,13 @@ mod tests {
             r#"kid abc, iss "https://auth", aud "kisum-api", sub "u", sid "s", exp 5"#
         );
         assert!(unverified_claims("nope").contains("payload unreadable"));
+        let none = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#);
+        assert_eq!(
+            header_alg(&format!("{none}.{payload}.")).as_deref(),
+            Some("none")
+        );
+        let text = unverified_claims(&format!("{none}.{payload}."));
+        assert!(text.contains("(alg none)"), "{text}");
     }
 
     #[test]
@@ -1851,6 +1983,7 @@ mod tests {
             expiry_alert_days: 14,
             redis: None,
             postgres_down: Vec::new(),
+            mongo_down: Vec::new(),
         }
     }
 
@@ -1991,20 +2124,31 @@ mod tests {
     #[tokio::test]
     async fn a_verifier_that_could_not_be_asked_leaves_the_check_inconclusive() {
         let auth = answering_with(200, r#"{"signing_kid":"new"}"#).await;
-        let mut platform = platform("local", &auth);
-        platform
-            .endpoints
-            .internal
-            .insert("finance".into(), refused_url());
-        let finding = Diagnosis::new(platform, Inputs::default())
-            .run(&[JWKS_PROPAGATED])
-            .await
-            .remove(0);
-        assert_eq!(finding.verdict, Verdict::Inconclusive, "{finding:?}");
-        assert!(
-            finding.summary.ends_with("could not ask: finance"),
-            "{finding:?}"
+        let verdict = |env: &'static str| {
+            let auth = auth.clone();
+            async move {
+                let mut platform = platform(env, &auth);
+                platform
+                    .endpoints
+                    .internal
+                    .insert("finance".into(), refused_url());
+                Diagnosis::new(platform, Inputs::default())
+                    .run(&[JWKS_PROPAGATED])
+                    .await
+                    .remove(0)
+            }
+        };
+        let elsewhere = verdict("staging").await;
+        assert_eq!(elsewhere.verdict, Verdict::Inconclusive, "{elsewhere:?}");
+        assert!(elsewhere.summary.ends_with("could not ask: finance"));
+        // On local the supervisor's port refusing means the process is gone.
+        let local = verdict("local").await;
+        assert_eq!(local.verdict, Verdict::Cause, "{local:?}");
+        assert_eq!(
+            local.summary,
+            "the finance service is down: nothing listens on its port"
         );
+        assert!(local.fix.unwrap().starts_with("kisumctl deploy local"));
     }
 
     #[tokio::test]
@@ -2052,7 +2196,56 @@ mod tests {
                 .starts_with("the services still say ready: PostgreSQL is unreachable"),
             "{finding:?}"
         );
-        assert!(finding.fix.unwrap().contains("kill -CONT PID"));
+        let fix = finding.fix.unwrap();
+        assert!(
+            fix.starts_with("`kisumctl status local` names the postgres"),
+            "{fix}"
+        );
+        assert!(!fix.contains("deploy local"), "{fix}");
+
+        // MongoDB is named too (the services it serves may still say ready).
+        let mut platform = self::platform("local", &answering(200).await);
+        let auth = platform.endpoints.internal[AUTH].clone();
+        platform.endpoints.public.insert(AUTH.into(), auth);
+        platform.mongo_down = vec!["127.0.0.1:27117 did not answer within 5 s".into()];
+        let finding = Diagnosis::new(platform, Inputs::default())
+            .run(&[SERVICES_READY])
+            .await
+            .remove(0);
+        assert!(
+            finding
+                .summary
+                .ends_with("MongoDB is unreachable (127.0.0.1:27117 did not answer within 5 s)"),
+            "{finding:?}"
+        );
+        assert!(finding.fix.unwrap().contains("mongo process's pid"));
+    }
+
+    #[test]
+    fn no_certificate_issued_is_an_outage_elsewhere_but_not_on_plain_http_local() {
+        let missing = |env: &str| {
+            let mut platform = platform(env, "http://127.0.0.1:1");
+            platform.certificates = Ok(vec![crate::tls::HostStatus {
+                host: crate::tls::TlsHost {
+                    id: "auth".into(),
+                    host: "auth.kisum.localhost".into(),
+                    zone: "kisum-io".into(),
+                    secret: "tls-auth".into(),
+                },
+                health: crate::tls::Health::Missing,
+                certificate: None,
+                expires: None,
+                days_left: None,
+                problem: None,
+            }]);
+            Diagnosis::new(platform, Inputs::default()).certificate_expiry()
+        };
+        let local = missing("local");
+        assert_eq!(local.verdict, Verdict::Ok, "{local:?}");
+        assert!(local.summary.contains("plain HTTP"), "{local:?}");
+        let dev = missing("dev");
+        assert_eq!(dev.verdict, Verdict::Cause, "{dev:?}");
+        assert_eq!(dev.fix.as_deref(), Some("kisumctl tls issue dev"));
     }
 
     fn redis_verdict(env: &str, light: crate::ops::health::Light, detail: &str) -> Finding {
