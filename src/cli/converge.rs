@@ -276,15 +276,9 @@ pub fn apply(dir: &Path, args: ApplyArgs) -> anyhow::Result<Exit> {
 /// abandons its orders at once and removes its challenge records), no
 /// later part runs, and the run ends as interrupted (exit 3).
 fn watch_interrupt(env: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let Some(mut signals) = super::Interrupts::watch() else {
-        return;
-    };
-    let env = env.to_string();
-    tokio::spawn(async move {
-        signals.next().await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        errln!("apply {env}: interrupted: the part under way finishes, no later part runs");
-    });
+    let message =
+        format!("apply {env}: interrupted: the part under way finishes, no later part runs");
+    super::flag_interrupt(stop, message, false);
 }
 
 fn context<'a>(

@@ -321,6 +321,28 @@ impl Interrupts {
     }
 }
 
+/// From now on (inside a tokio runtime), the first Ctrl-C or SIGTERM sets
+/// `stop` and prints `message` instead of ending the process; with
+/// `second_ends`, another one ends it at once (exit 130).
+fn flag_interrupt(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    message: String,
+    second_ends: bool,
+) {
+    let Some(mut signals) = Interrupts::watch() else {
+        return;
+    };
+    tokio::spawn(async move {
+        signals.next().await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        errln!("{message}");
+        if second_ends {
+            signals.next().await;
+            std::process::exit(130);
+        }
+    });
+}
+
 /// Takes lock file `file` in the environment's state directory for
 /// `command` (one run of it per environment on this machine), waiting up
 /// to `timeout`; `Err` says who holds it.

@@ -34,24 +34,15 @@ pub struct Args {
     output: OutputFormat,
 }
 
-/// Ctrl-C or SIGTERM during a smoke run: the checks finish (a few
-/// seconds) so that the add-on they switch is switched back, then the run
-/// ends as interrupted (exit 3). A second signal is not waited on.
+/// Ctrl-C or SIGTERM during a smoke run: the run goes on to its end (a
+/// few seconds) so that the add-on it switches is switched back, then ends
+/// as interrupted (exit 3); a second signal ends it at once (exit 130).
 fn finish_on_interrupt(env: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let Some(mut signals) = super::Interrupts::watch() else {
-        return;
-    };
-    let env = env.to_string();
-    tokio::spawn(async move {
-        signals.next().await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        errln!(
-            "smoke {env}: interrupted: the run goes on to its end (a few seconds) so that the \
-             smoke company's add-on it switches is switched back; a second Ctrl-C stops at once"
-        );
-        signals.next().await;
-        std::process::exit(130);
-    });
+    let message = format!(
+        "smoke {env}: interrupted: the run goes on to its end (a few seconds) so that the smoke \
+         company's add-on it switches is switched back; a second Ctrl-C stops at once"
+    );
+    super::flag_interrupt(stop, message, true);
 }
 
 /// How long a smoke run waits for another one of the environment.
