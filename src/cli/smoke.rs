@@ -2,6 +2,7 @@
 //! environment's public URLs.
 
 use super::output::{errln, out, outln};
+use crate::local::state::{SMOKE_LOCK, SMOKE_LOCK_WAIT};
 use std::path::Path;
 
 use serde_json::json;
@@ -45,9 +46,6 @@ fn finish_on_interrupt(env: &str, stop: std::sync::Arc<std::sync::atomic::Atomic
     super::flag_interrupt(stop, message, true);
 }
 
-/// How long a smoke run waits for another one of the environment.
-const SMOKE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
-
 pub fn run(dir: &Path, args: Args) -> anyhow::Result<Exit> {
     super::with_environment(dir, &args.env, args.output, |_, env| {
         smoke_environment(dir, env, args.output)
@@ -80,7 +78,7 @@ fn smoke_environment(dir: &Path, env: &Environment, format: OutputFormat) -> any
     // One smoke run of the environment at a time on this machine: each
     // toggles the smoke company's add-on, so two at once fail each other.
     let command = format!("kisumctl smoke {}", env.name);
-    let _lock = match super::hold_lock(&state_dir, "smoke.lock", &command, SMOKE_LOCK_WAIT, false) {
+    let _lock = match super::hold_lock(&state_dir, SMOKE_LOCK, &command, SMOKE_LOCK_WAIT, false) {
         Ok(lock) => lock,
         Err(message) => return Ok(refuse(format, &message, Exit::OperationFailed)),
     };

@@ -71,8 +71,6 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
         None
     };
     let operations = runtime.block_on(operations(dir, env, &context));
-    let mut report = report;
-    unready_silent_redis(&mut report, &operations);
     let red = operations.iter().any(|i| i.light == health::Light::Red);
     let passed =
         report.all_ready() && !red && verified.as_ref().is_none_or(|c| c.iter().all(|c| c.passed));
@@ -93,21 +91,6 @@ pub fn run(dir: &Path, env: &Environment, args: Args) -> anyhow::Result<Exit> {
     } else {
         Exit::CheckFailed
     })
-}
-
-/// Redis's readiness probe only connects; the PING of the operations
-/// checks is what tells a stopped or hung Redis from a serving one.
-fn unready_silent_redis(report: &mut status::Report, operations: &[health::Item]) {
-    let ping = operations
-        .iter()
-        .find(|i| i.name == "redis" && i.light == health::Light::Red);
-    let row = report.processes.iter_mut().find(|p| p.name == "redis");
-    if let (Some(ping), Some(row)) = (ping, row)
-        && row.ready
-    {
-        row.ready = false;
-        row.detail = format!("not ready: no answer to a PING: {}", ping.detail);
-    }
 }
 
 /// A deploy has run here (even one that stopped part way): its record or

@@ -32,9 +32,6 @@ use super::state::{
 use super::supervisor;
 use crate::db;
 
-/// How long a deploy's smoke checks wait for another smoke run of the
-/// environment to finish.
-const SMOKE_LOCK_WAIT: Duration = Duration::from_secs(120);
 use crate::matrix::Environment;
 use crate::matrix::schema::Engine;
 use crate::secrets::{Secret, SecretStore};
@@ -411,7 +408,7 @@ async fn steps(
         &state.smoke_lock(),
         state,
         "kisumctl deploy local (smoke)",
-        SMOKE_LOCK_WAIT,
+        super::state::SMOKE_LOCK_WAIT,
         &mut |_| {},
     );
     let target = match &smoke_lock {

@@ -52,6 +52,12 @@ pub struct StateDir {
     root: PathBuf,
 }
 
+/// The lock file of a smoke run, in the state directory.
+pub const SMOKE_LOCK: &str = "smoke.lock";
+
+/// How long a smoke run waits for another one of the environment.
+pub const SMOKE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl StateDir {
     pub fn new(root: impl Into<PathBuf>) -> StateDir {
         StateDir { root: root.into() }
@@ -68,7 +74,7 @@ impl StateDir {
     /// Held by a smoke run (each toggles the smoke company's add-on, so
     /// two at once fail each other).
     pub fn smoke_lock(&self) -> PathBuf {
-        self.root.join("smoke.lock")
+        self.root.join(SMOKE_LOCK)
     }
 
     pub fn deploy_record(&self) -> PathBuf {

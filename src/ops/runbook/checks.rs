@@ -1529,15 +1529,15 @@ impl Diagnosis {
             }
             evidence.push(line);
         }
-        if !self.platform.postgres_down.is_empty() {
-            // Services may still hold connections (and say ready) to a
-            // server that no longer answers new ones.
-            evidence.extend(
-                self.platform
-                    .postgres_down
-                    .iter()
-                    .map(|why| format!("PostgreSQL: {why}")),
-            );
+        // Services may still hold connections (and say ready) to a data
+        // server that no longer answers new ones.
+        let servers = [
+            ("PostgreSQL", "postgres", &self.platform.postgres_down),
+            ("MongoDB", "mongo", &self.platform.mongo_down),
+        ];
+        if let Some((name, process, reasons)) = servers.iter().find(|(_, _, r)| !r.is_empty()) {
+            let why = reasons.join("; ");
+            evidence.extend(reasons.iter().map(|reason| format!("{name}: {reason}")));
             let not_ready = match down.is_empty() {
                 true => "the services still say ready".to_string(),
                 false => format!("not ready: {}", down.join(", ")),
@@ -1545,39 +1545,10 @@ impl Diagnosis {
             return Finding::new(
                 SERVICES_READY,
                 Verdict::Cause,
-                format!(
-                    "{not_ready}: PostgreSQL is unreachable ({})",
-                    self.platform.postgres_down.join("; ")
-                ),
+                format!("{not_ready}: {name} is unreachable ({why})"),
             )
             .evidence(evidence)
-            .fix(self.restart_postgres());
-        }
-        if !self.platform.mongo_down.is_empty() {
-            let why = self.platform.mongo_down.join("; ");
-            evidence.push(format!("MongoDB: {why}"));
-            let not_ready = match down.is_empty() {
-                true => "the services still say ready".to_string(),
-                false => format!("not ready: {}", down.join(", ")),
-            };
-            let silent = why.contains(crate::ops::reachability::SILENT);
-            let fix = match (self.platform.env.as_str(), silent) {
-                ("local", true) => self.unhang("mongo"),
-                ("local", false) => "kisumctl deploy local (starts the MongoDB server again; \
-                                     `kisumctl logs local mongo` shows why it stopped)"
-                    .to_string(),
-                (env, _) => format!(
-                    "bring the MongoDB server back (`kisumctl db status {env}` says which \
-                     databases answer)"
-                ),
-            };
-            return Finding::new(
-                SERVICES_READY,
-                Verdict::Cause,
-                format!("{not_ready}: MongoDB is unreachable ({why})"),
-            )
-            .evidence(evidence)
-            .fix(fix);
+            .fix(self.restart_data_server(name, process, &why));
         }
         if down.is_empty() && !unasked.is_empty() {
             return Finding::new(
@@ -1605,31 +1576,25 @@ impl Diagnosis {
             .fix(fix)
     }
 
-    /// What brings PostgreSQL back (only `local` runs it itself).
-    fn restart_postgres(&self) -> String {
-        let silent = self
-            .platform
-            .postgres_down
-            .iter()
-            .any(|why| why.contains(crate::ops::reachability::SILENT));
-        if self.platform.env == "local" && silent {
-            return "`kisumctl status local` names the postgres process's pid: `kill -CONT PID` \
-                    if it was stopped, else `kill PID` (the supervisor starts it again); \
-                    `kisumctl logs local postgres` shows what it last did"
-                .to_string();
+    /// What brings data server `name` back, as `why` it is unreachable
+    /// says (only `local` runs it itself, as `process`).
+    fn restart_data_server(&self, name: &str, process: &str, why: &str) -> String {
+        let env = &self.platform.env;
+        if env != "local" {
+            return format!(
+                "bring the {name} server back (`kisumctl db status {env}` says which databases \
+                 answer)"
+            );
         }
-        if self.platform.env == "local" {
-            "kisumctl deploy local (starts PostgreSQL again; `kisumctl logs local postgres` \
-             shows why it stopped; a server that accepts and does not answer was stopped: \
-             `kisumctl status local` names its pid for `kill -CONT PID`)"
-                .to_string()
-        } else {
-            format!(
-                "bring the PostgreSQL server back (`kisumctl db status {}` says which \
-                 databases answer)",
-                self.platform.env
-            )
+        // A server that accepts and answers nothing was stopped or hung:
+        // `deploy local` would wait on it.
+        if why.contains(crate::ops::reachability::SILENT) {
+            return self.unhang(process);
         }
+        format!(
+            "kisumctl deploy local (starts {name} again; `kisumctl logs local {process}` shows why \
+             it stopped)"
+        )
     }
 
     async fn jwks_propagated(&mut self) -> Finding {
